@@ -1,0 +1,144 @@
+//! Gatehouse's pages: the Leptos components rendered on the server and hydrated in the
+//! browser. Nothing here knows about OAuth or storage; the server hands pages what they
+//! show through context and server functions.
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::{
+    components::{Route, Router, Routes},
+    StaticSegment,
+};
+use serde::{Deserialize, Serialize};
+
+mod error_page;
+#[cfg(feature = "ssr")]
+pub use error_page::error_document;
+pub use error_page::ErrorPage;
+
+/// Where the compiled stylesheet is served (cargo-leptos writes `<site-pkg-dir>/<name>.css`).
+pub const STYLESHEET_HREF: &str = "/pkg/gatehouse.css";
+
+/// What the pages show about this deployment. The server provides it as context.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteInfo {
+    /// The externally visible origin, e.g. `https://gate.example.com`.
+    pub public_url: String,
+    /// The URL people paste into an MCP client: `<public_url>/mcp`.
+    pub mcp_url: String,
+}
+
+/// The HTML document around the app, rendered on the server only.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <AutoReload options=options.clone() />
+                <HydrationScripts options />
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="leptos" href=STYLESHEET_HREF />
+        <Title text="Gatehouse" />
+        <Router>
+            <Routes fallback=NotFound>
+                <Route path=StaticSegment("") view=HomePage />
+            </Routes>
+        </Router>
+    }
+}
+
+/// Reads the deployment's public URLs from the server's context.
+#[server]
+pub async fn get_site_info() -> Result<SiteInfo, ServerFnError> {
+    use_context::<SiteInfo>()
+        .ok_or_else(|| ServerFnError::new("site information is not configured"))
+}
+
+#[component]
+fn HomePage() -> impl IntoView {
+    let info = Resource::new_blocking(|| (), |_| get_site_info());
+    view! {
+        <main class="page">
+            <header class="brand">
+                <span class="brand-mark" aria-hidden="true">"⛩"</span>
+                <h1>"Gatehouse"</h1>
+            </header>
+            <p class="lede">
+                "An OAuth 2.1 authorization server and the MCP server it protects. "
+                "MCP clients such as Claude Code, Claude.ai connectors, mcp-remote and the "
+                "MCP Inspector sign in here before they may call this server's tools."
+            </p>
+            <Suspense fallback=|| view! { <p>"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match info.await {
+                        Ok(info) => view! { <McpUrl info /> }.into_any(),
+                        Err(_) => {
+                            view! {
+                                <p class="notice">"This server's address is not configured."</p>
+                            }
+                                .into_any()
+                        }
+                    }
+                })}
+            </Suspense>
+        </main>
+    }
+}
+
+#[component]
+fn McpUrl(info: SiteInfo) -> impl IntoView {
+    let (show_setup, set_show_setup) = signal(false);
+    let claude_code = format!("claude mcp add --transport http gatehouse {}", info.mcp_url);
+    view! {
+        <section class="card">
+            <h2>"Connect a client"</h2>
+            <p>"Paste this URL into your MCP client:"</p>
+            <code class="mcp-url" data-testid="mcp-url">
+                {info.mcp_url.clone()}
+            </code>
+            <button
+                class="button"
+                data-testid="toggle-setup"
+                on:click=move |_| set_show_setup.update(|shown| *shown = !*shown)
+            >
+                {move || if show_setup.get() { "Hide setup commands" } else { "Show setup commands" }}
+            </button>
+            <Show when=move || show_setup.get()>
+                <div class="setup" data-testid="setup">
+                    <h3>"Claude Code"</h3>
+                    <pre>{claude_code.clone()}</pre>
+                    <p>"Then run " <code>"/mcp"</code> " in Claude Code to sign in."</p>
+                </div>
+            </Show>
+        </section>
+    }
+}
+
+/// The page for any path the router does not know.
+#[component]
+fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <ErrorPage
+            status=404
+            title="Page not found"
+            message="There is nothing at this address. The MCP endpoint is /mcp."
+        />
+    }
+}

@@ -1,0 +1,371 @@
+//! Configuration: command-line flags (each also read from a `GATEHOUSE_*` environment
+//! variable), validated once at start-up into a [`Config`]. Every mistake is reported,
+//! one line each, before anything starts.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// `gatehouse` alone runs `gatehouse serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, env = "GATEHOUSE_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: String,
+
+    /// The externally visible origin, e.g. `https://gate.example.com` (no path, no
+    /// trailing slash). It becomes the OAuth issuer and the base of the MCP resource
+    /// URL; it is never taken from request headers. Default: `http://<bind>`.
+    #[arg(long, env = "GATEHOUSE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Where state lives: `embedded:PATH` (a redb file) or a `redis://…` URL.
+    /// Default: `embedded:<data-dir>/gatehouse.redb`.
+    #[arg(long, env = "GATEHOUSE_STORE")]
+    pub store: Option<String>,
+
+    /// The directory for the embedded store. Default: `$XDG_DATA_HOME/gatehouse`, or
+    /// `~/.local/share/gatehouse`.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The directory with the compiled site (`pkg/` with the wasm, JS and CSS), as
+    /// `cargo leptos build` writes it. Default: `$LEPTOS_SITE_ROOT`, else `target/site`.
+    #[arg(long, env = "GATEHOUSE_SITE_ROOT")]
+    pub site_root: Option<PathBuf>,
+}
+
+/// Validated configuration. Everything past start-up reads this, never raw flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub public_url: PublicUrl,
+    pub store: StoreSpec,
+    pub site_root: PathBuf,
+}
+
+/// The externally visible origin: scheme, host and optional port, with no path, no
+/// query and no trailing slash, so that `issuer` and resource URLs built from it are
+/// byte-identical to what clients derive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url =
+            url::Url::parse(raw).map_err(|e| format!("--public-url {raw:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("--public-url {raw:?} must use http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("--public-url {raw:?} has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("--public-url {raw:?} must not carry credentials"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "--public-url {raw:?} must not have a query or fragment"
+            ));
+        }
+        if raw.ends_with('/') {
+            return Err(format!(
+                "--public-url {raw:?} must not end with a slash (use {:?})",
+                raw.trim_end_matches('/')
+            ));
+        }
+        if url.path() != "/" {
+            return Err(format!(
+                "--public-url {raw:?} must be an origin without a path (Gatehouse serves from the root)"
+            ));
+        }
+        // `url` normalises (lower-cases the host, drops default ports); use its form so
+        // the issuer we advertise is canonical.
+        let canonical = url.as_str().trim_end_matches('/').to_owned();
+        Ok(PublicUrl(canonical))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+
+    /// `<public-url><path>`; `path` starts with `/`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+
+    /// The MCP endpoint's URL, which is also its OAuth resource identifier.
+    pub fn mcp_url(&self) -> String {
+        self.join("/mcp")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Embedded(PathBuf),
+    Redis(String),
+}
+
+impl ServeArgs {
+    /// Turns flags into a [`Config`], or every mistake found, one line each.
+    pub fn into_config(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+
+        let bind = match self.bind.parse::<SocketAddr>() {
+            Ok(bind) => Some(bind),
+            Err(_) => {
+                errors.push(format!(
+                    "--bind {:?} is not an address like 127.0.0.1:3000",
+                    self.bind
+                ));
+                None
+            }
+        };
+
+        let public_url = match (&self.public_url, bind) {
+            (Some(raw), _) => PublicUrl::parse(raw).map_err(|e| errors.push(e)).ok(),
+            (None, Some(bind)) if bind.ip().is_unspecified() => {
+                errors.push(format!(
+                    "--bind {bind} listens on every interface; set --public-url to the address clients use"
+                ));
+                None
+            }
+            (None, Some(bind)) => PublicUrl::parse(&format!("http://{bind}"))
+                .map_err(|e| errors.push(e))
+                .ok(),
+            (None, None) => None,
+        };
+
+        let store = match self.store.as_deref() {
+            None => match self.data_dir.clone().or_else(default_data_dir) {
+                Some(dir) => Some(StoreSpec::Embedded(dir.join("gatehouse.redb"))),
+                None => {
+                    errors.push(
+                        "no data directory: set --data-dir or --store (HOME is not set)".into(),
+                    );
+                    None
+                }
+            },
+            Some(spec) => parse_store(spec).map_err(|e| errors.push(e)).ok(),
+        };
+        if let Some(StoreSpec::Embedded(path)) = &store {
+            if let Err(e) = check_writable_parent(path) {
+                errors.push(e);
+            }
+        }
+
+        let site_root = self
+            .site_root
+            .or_else(|| std::env::var_os("LEPTOS_SITE_ROOT").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("target/site"));
+
+        match (bind, public_url, store) {
+            (Some(bind), Some(public_url), Some(store)) if errors.is_empty() => Ok(Config {
+                bind,
+                public_url,
+                store,
+                site_root,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn parse_store(spec: &str) -> Result<StoreSpec, String> {
+    if let Some(path) = spec.strip_prefix("embedded:") {
+        if path.is_empty() {
+            return Err("--store embedded: needs a file path, e.g. embedded:/var/lib/gatehouse/gatehouse.redb".into());
+        }
+        return Ok(StoreSpec::Embedded(PathBuf::from(path)));
+    }
+    let redis_schemes = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "redis-sentinel://",
+    ];
+    if redis_schemes.iter().any(|s| spec.starts_with(s)) {
+        return Err(
+            "--store redis://…: the Redis store is not available in this version yet; use embedded:PATH".into(),
+        );
+    }
+    Err(format!(
+        "--store {spec:?} is not a store: use embedded:PATH or a redis:// URL"
+    ))
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join("gatehouse"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/share/gatehouse"))
+}
+
+/// Creates the store's directory if needed and proves we can write there, so a bad
+/// data directory fails at start-up with its name rather than at the first request.
+fn check_writable_parent(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("data directory {} cannot be created: {e}", dir.display()))?;
+    let probe = dir.join(format!(".gatehouse-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("data directory {} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["gatehouse"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("flags parse").serve
+    }
+
+    #[test]
+    fn public_url_must_be_a_bare_origin() {
+        assert_eq!(
+            PublicUrl::parse("https://Gate.Example.com")
+                .expect("valid")
+                .as_str(),
+            "https://gate.example.com"
+        );
+        assert_eq!(
+            PublicUrl::parse("http://127.0.0.1:8080")
+                .expect("valid")
+                .mcp_url(),
+            "http://127.0.0.1:8080/mcp"
+        );
+        assert_eq!(
+            PublicUrl::parse("https://gate.example.com:443")
+                .expect("valid")
+                .as_str(),
+            "https://gate.example.com"
+        );
+        for bad in [
+            "https://gate.example.com/",
+            "https://gate.example.com/base",
+            "https://gate.example.com?x=1",
+            "https://user:pw@gate.example.com",
+            "ftp://gate.example.com",
+            "gate.example.com",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn defaults_derive_from_bind_and_data_dir() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = args(&["--data-dir", dir.path().to_str().expect("utf-8")])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:3000");
+        assert_eq!(
+            config.store,
+            StoreSpec::Embedded(dir.path().join("gatehouse.redb"))
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_on_its_own_line() {
+        let errors = args(&[
+            "--bind",
+            "nonsense",
+            "--public-url",
+            "https://gate.example.com/",
+            "--store",
+            "postgres://db",
+        ])
+        .into_config()
+        .expect_err("invalid");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("--bind"));
+        assert!(errors[1].contains("must not end with a slash"));
+        assert!(errors[2].contains("is not a store"));
+    }
+
+    #[test]
+    fn unwritable_data_dir_and_unimplemented_redis_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").expect("write");
+        let errors = args(&["--data-dir", file.join("sub").to_str().expect("utf-8")])
+            .into_config()
+            .expect_err("a file is not a directory");
+        assert!(errors[0].contains("cannot be created"), "{errors:?}");
+
+        let errors = args(&["--store", "redis://127.0.0.1:6379"])
+            .into_config()
+            .expect_err("not yet");
+        assert!(errors[0].contains("not available"), "{errors:?}");
+    }
+
+    #[test]
+    fn wildcard_bind_needs_a_public_url() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_str().expect("utf-8");
+        let errors = args(&["--bind", "0.0.0.0:3000", "--data-dir", data])
+            .into_config()
+            .expect_err("needs public url");
+        assert!(errors[0].contains("--public-url"), "{errors:?}");
+        let config = args(&[
+            "--bind",
+            "0.0.0.0:3000",
+            "--data-dir",
+            data,
+            "--public-url",
+            "https://gate.example.com",
+        ])
+        .into_config()
+        .expect("valid");
+        assert_eq!(config.public_url.mcp_url(), "https://gate.example.com/mcp");
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from(["gatehouse", "serve", "--bind", "127.0.0.1:4000"])
+            .expect("parses");
+        match cli.command {
+            Some(Command::Serve(serve)) => assert_eq!(serve.bind, "127.0.0.1:4000"),
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+}

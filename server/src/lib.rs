@@ -1,0 +1,24 @@
+//! Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
+//!
+//! - [`config`]: flags and environment, validated once;
+//! - [`store`]: the storage trait and its backends;
+//! - [`http`]: the route table and handlers.
+
+pub mod config;
+pub mod http;
+pub mod store;
+
+use std::sync::Arc;
+
+use config::{Config, StoreSpec};
+use store::{embedded::EmbeddedStore, SharedStore, StoreError};
+
+/// Opens the store that `config` names.
+pub fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
+    match &config.store {
+        StoreSpec::Embedded(path) => Ok(Arc::new(EmbeddedStore::open(path)?)),
+        StoreSpec::Redis(_) => Err(StoreError::Unavailable(
+            "the Redis store is not available in this version yet".into(),
+        )),
+    }
+}

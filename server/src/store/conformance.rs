@@ -1,0 +1,345 @@
+//! The store's behaviour, written once and run against every backend with
+//! [`suite!`]: `suite!(fresh)` where `async fn fresh() -> (Guard, impl Store)` returns a
+//! store that holds nothing and a guard that keeps its resources (a temp dir, a key
+//! prefix) alive for the test.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Group, Key, Put, Store};
+
+macro_rules! suite {
+    ($fresh:path) => {
+        mod conformance_suite {
+            use super::*;
+            $crate::store::conformance::suite!(@tests $fresh;
+                put_then_get, put_replaces_value_ttl_and_group, missing_keys_are_none,
+                ttl_expiry_hides_records_everywhere, take_is_single_use,
+                take_under_concurrency_yields_exactly_once, put_new_writes_only_once,
+                put_new_under_concurrency_writes_exactly_once, compare_and_swap_needs_the_expected_value,
+                compare_and_swap_under_concurrency_swaps_once, delete_reports_live_records,
+                delete_group_removes_exactly_its_members, scan_lists_live_records_by_prefix,
+                ping_answers);
+        }
+    };
+    (@tests $fresh:path; $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (_guard, store) = $fresh().await;
+                $crate::store::conformance::$name(std::sync::Arc::new(store)).await;
+            }
+        )+
+    };
+}
+pub(crate) use suite;
+
+const SHORT_TTL: Duration = Duration::from_millis(80);
+/// Long enough after [`SHORT_TTL`] for any backend to have expired the record.
+const PAST_SHORT_TTL: Duration = Duration::from_millis(250);
+
+fn key(id: &str) -> Key {
+    Key::new("test", id)
+}
+
+pub async fn put_then_get<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("a"), b"one", Put::forever())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key("a")).await.expect("get"),
+        Some(b"one".to_vec())
+    );
+    // Values are bytes, not strings.
+    let binary = [0u8, 255, 1, 254];
+    store
+        .put(&key("bin"), &binary, Put::forever())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key("bin")).await.expect("get"),
+        Some(binary.to_vec())
+    );
+}
+
+pub async fn put_replaces_value_ttl_and_group<S: Store>(store: Arc<S>) {
+    let group = Group::new("replace");
+    let k = Key::in_group("test", &group, "k");
+    store
+        .put(&k, b"short-lived", Put::ttl(SHORT_TTL).in_group(&group))
+        .await
+        .expect("put");
+    // Rewriting without a TTL or group makes the record permanent and ungrouped.
+    store.put(&k, b"kept", Put::forever()).await.expect("put");
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
+    assert_eq!(store.delete_group(&group).await.expect("delete group"), 0);
+    assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
+}
+
+pub async fn missing_keys_are_none<S: Store>(store: Arc<S>) {
+    assert_eq!(store.get(&key("nothing")).await.expect("get"), None);
+    assert_eq!(store.take(&key("nothing")).await.expect("take"), None);
+    assert!(!store.delete(&key("nothing")).await.expect("delete"));
+    assert!(!store
+        .compare_and_swap(&key("nothing"), b"", b"x", Put::forever())
+        .await
+        .expect("cas"));
+}
+
+pub async fn ttl_expiry_hides_records_everywhere<S: Store>(store: Arc<S>) {
+    for id in ["get", "take", "scan", "new", "cas"] {
+        store
+            .put(&key(id), b"soon gone", Put::ttl(SHORT_TTL))
+            .await
+            .expect("put");
+    }
+    let long = key("long");
+    store
+        .put(&long, b"stays", Put::ttl(Duration::from_secs(3600)))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(&key("get")).await.expect("get"),
+        Some(b"soon gone".to_vec())
+    );
+
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+
+    assert_eq!(store.get(&key("get")).await.expect("get"), None);
+    assert_eq!(store.take(&key("take")).await.expect("take"), None);
+    let listed = store.scan("test:").await.expect("scan");
+    assert_eq!(listed, vec![(long.clone(), b"stays".to_vec())]);
+    assert!(store
+        .put_new(&key("new"), b"fresh", Put::forever())
+        .await
+        .expect("put_new"));
+    assert!(!store
+        .compare_and_swap(&key("cas"), b"soon gone", b"x", Put::forever())
+        .await
+        .expect("cas"));
+    assert_eq!(
+        store.get(&long).await.expect("get"),
+        Some(b"stays".to_vec())
+    );
+}
+
+pub async fn take_is_single_use<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("code"), b"grant", Put::ttl(Duration::from_secs(600)))
+        .await
+        .expect("put");
+    assert_eq!(
+        store.take(&key("code")).await.expect("take"),
+        Some(b"grant".to_vec())
+    );
+    assert_eq!(store.take(&key("code")).await.expect("take"), None);
+    assert_eq!(store.get(&key("code")).await.expect("get"), None);
+}
+
+pub async fn take_under_concurrency_yields_exactly_once<S: Store>(store: Arc<S>) {
+    for round in 0..5 {
+        let k = key(&format!("race-{round}"));
+        store
+            .put(&k, b"once", Put::ttl(Duration::from_secs(60)))
+            .await
+            .expect("put");
+        let takers: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, k) = (store.clone(), k.clone());
+                tokio::spawn(async move { store.take(&k).await.expect("take") })
+            })
+            .collect();
+        let mut winners = 0;
+        for taker in takers {
+            if let Some(value) = taker.await.expect("join") {
+                assert_eq!(value, b"once");
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "round {round}: exactly one take must win");
+    }
+}
+
+pub async fn put_new_writes_only_once<S: Store>(store: Arc<S>) {
+    assert!(store
+        .put_new(&key("slug"), b"first", Put::forever())
+        .await
+        .expect("put_new"));
+    assert!(!store
+        .put_new(&key("slug"), b"second", Put::forever())
+        .await
+        .expect("put_new"));
+    assert_eq!(
+        store.get(&key("slug")).await.expect("get"),
+        Some(b"first".to_vec())
+    );
+}
+
+pub async fn put_new_under_concurrency_writes_exactly_once<S: Store>(store: Arc<S>) {
+    let writers: Vec<_> = (0..50u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let won = store
+                    .put_new(&key("contended"), &[i], Put::forever())
+                    .await
+                    .expect("put_new");
+                won.then_some(i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for writer in writers {
+        winners.extend(writer.await.expect("join"));
+    }
+    assert_eq!(winners.len(), 1);
+    assert_eq!(
+        store.get(&key("contended")).await.expect("get"),
+        Some(vec![winners[0]])
+    );
+}
+
+pub async fn compare_and_swap_needs_the_expected_value<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("rt"), b"active", Put::forever())
+        .await
+        .expect("put");
+    assert!(!store
+        .compare_and_swap(&key("rt"), b"other", b"rotated", Put::forever())
+        .await
+        .expect("cas"));
+    assert_eq!(
+        store.get(&key("rt")).await.expect("get"),
+        Some(b"active".to_vec())
+    );
+    assert!(store
+        .compare_and_swap(&key("rt"), b"active", b"rotated", Put::ttl(SHORT_TTL))
+        .await
+        .expect("cas"));
+    assert_eq!(
+        store.get(&key("rt")).await.expect("get"),
+        Some(b"rotated".to_vec())
+    );
+    // The swap applied the new TTL.
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.get(&key("rt")).await.expect("get"), None);
+}
+
+pub async fn compare_and_swap_under_concurrency_swaps_once<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("rotate"), b"v0", Put::forever())
+        .await
+        .expect("put");
+    let swappers: Vec<_> = (0..50u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .compare_and_swap(&key("rotate"), b"v0", &[i], Put::forever())
+                    .await
+                    .expect("cas")
+                    .then_some(i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for swapper in swappers {
+        winners.extend(swapper.await.expect("join"));
+    }
+    assert_eq!(winners.len(), 1);
+    assert_eq!(
+        store.get(&key("rotate")).await.expect("get"),
+        Some(vec![winners[0]])
+    );
+}
+
+pub async fn delete_reports_live_records<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("d"), b"x", Put::forever())
+        .await
+        .expect("put");
+    assert!(store.delete(&key("d")).await.expect("delete"));
+    assert!(!store.delete(&key("d")).await.expect("delete"));
+    assert_eq!(store.get(&key("d")).await.expect("get"), None);
+}
+
+pub async fn delete_group_removes_exactly_its_members<S: Store>(store: Arc<S>) {
+    let grant = Group::new("grant1");
+    let other = Group::new("grant2");
+    let members = [
+        Key::in_group("at", &grant, "h1"),
+        Key::in_group("rt", &grant, "h2"),
+        Key::in_group("grant", &grant, "record"),
+    ];
+    for k in &members {
+        store
+            .put(
+                k,
+                b"member",
+                Put::ttl(Duration::from_secs(3600)).in_group(&grant),
+            )
+            .await
+            .expect("put");
+    }
+    let outsider = Key::in_group("at", &other, "h3");
+    store
+        .put(&outsider, b"other grant", Put::forever().in_group(&other))
+        .await
+        .expect("put");
+    let ungrouped = key("client");
+    store
+        .put(&ungrouped, b"client", Put::forever())
+        .await
+        .expect("put");
+
+    assert_eq!(store.delete_group(&grant).await.expect("delete group"), 3);
+    for k in &members {
+        assert_eq!(store.get(k).await.expect("get"), None, "{k} must be gone");
+    }
+    assert_eq!(
+        store.get(&outsider).await.expect("get"),
+        Some(b"other grant".to_vec())
+    );
+    assert_eq!(
+        store.get(&ungrouped).await.expect("get"),
+        Some(b"client".to_vec())
+    );
+    // Deleting again finds nothing; a member written afterwards is a new member.
+    assert_eq!(store.delete_group(&grant).await.expect("delete group"), 0);
+    store
+        .put(&members[0], b"again", Put::forever().in_group(&grant))
+        .await
+        .expect("put");
+    assert_eq!(store.delete_group(&grant).await.expect("delete group"), 1);
+}
+
+pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>) {
+    for slug in ["b-second", "a-first", "c-third"] {
+        store
+            .put(&Key::new("article", slug), slug.as_bytes(), Put::forever())
+            .await
+            .expect("put");
+    }
+    store
+        .put(&Key::new("articles-index", "x"), b"no", Put::forever())
+        .await
+        .expect("put");
+    store
+        .put(&Key::new("client", "x"), b"no", Put::forever())
+        .await
+        .expect("put");
+    let listed = store.scan("article:").await.expect("scan");
+    let slugs: Vec<_> = listed
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(slugs, ["a-first", "b-second", "c-third"]);
+    assert_eq!(listed[0].0, Key::new("article", "a-first"));
+    assert!(store.scan("nothing-here:").await.expect("scan").is_empty());
+}
+
+pub async fn ping_answers<S: Store>(store: Arc<S>) {
+    store.ping().await.expect("ping");
+    assert!(!store.backend().is_empty());
+}

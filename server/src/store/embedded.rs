@@ -1,0 +1,515 @@
+//! The default store: one redb file. redb is crash-safe (copy-on-write B-trees, a
+//! commit is durable when it returns), so a restart keeps everything stored.
+//!
+//! Layout, three tables:
+//! - `kv`: key → record (`expires_at` in ms since the epoch or 0, the group, the value);
+//! - `expiry`: (`expires_at` big-endian ‖ key) → (), so the sweeper finds expired keys
+//!   in order without reading every record;
+//! - `members`: (group ‖ NUL ‖ key) → (), so a group is deleted without a full scan.
+//!
+//! redb serialises writers, which makes every trait operation atomic; readers never
+//! block. Calls run on tokio's blocking pool because commits wait for the disk.
+
+use std::{
+    path::Path,
+    sync::{Arc, Weak},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::{Group, Key, Put, Store, StoreError, StoreResult};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+const MEMBERS: TableDefinition<&str, ()> = TableDefinition::new("members");
+
+/// How often the background sweeper removes expired records from disk. Reads never
+/// depend on it: an expired record is invisible from the moment it expires.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file and starts the expiry sweeper on the
+    /// current tokio runtime.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        // Create the tables up front so that read transactions always find them.
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(KV).map_err(backend)?;
+        txn.open_table(EXPIRY).map_err(backend)?;
+        txn.open_table(MEMBERS).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        let store = EmbeddedStore { db: Arc::new(db) };
+        store.spawn_sweeper();
+        Ok(store)
+    }
+
+    fn spawn_sweeper(&self) {
+        let weak: Weak<Database> = Arc::downgrade(&self.db);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    // Stop once the store is dropped, so tests do not leak sweepers.
+                    let Some(db) = weak.upgrade() else { break };
+                    let store = EmbeddedStore { db };
+                    if let Err(e) = store.sweep().await {
+                        tracing::warn!(error = %e, "expiry sweep failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Physically removes every record that has expired; returns how many.
+    pub async fn sweep(&self) -> StoreResult<u64> {
+        self.write(|txn| {
+            let now = now_ms();
+            let expired: Vec<Vec<u8>> = {
+                let expiry = txn.open_table(EXPIRY).map_err(backend)?;
+                let end = (now + 1).to_be_bytes();
+                let range = expiry.range::<&[u8]>(..&end[..]).map_err(backend)?;
+                let mut keys = Vec::new();
+                for entry in range {
+                    let (k, _) = entry.map_err(backend)?;
+                    keys.push(k.value().to_vec());
+                }
+                keys
+            };
+            let mut tables = Tables::open(txn)?;
+            let mut removed = 0;
+            for index_key in expired {
+                let key = std::str::from_utf8(&index_key[8..])
+                    .map_err(|_| StoreError::Backend("corrupt expiry index".into()))?;
+                tables.expiry.remove(&index_key[..]).map_err(backend)?;
+                if let Some(record) = tables.read(key)? {
+                    if record.expires_at != 0 && record.expires_at <= now {
+                        tables.remove(key, &record)?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> StoreResult<T>
+            + Send
+            + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            f(&kv)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()> {
+        let (key, record) = (key.as_str().to_owned(), Record::new(value, put));
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            tables.replace(&key, &record)
+        })
+        .await
+    }
+
+    async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool> {
+        let (key, record) = (key.as_str().to_owned(), Record::new(value, put));
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            if tables.read_live(&key)?.is_some() {
+                return Ok(false);
+            }
+            tables.replace(&key, &record)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        let key = key.as_str().to_owned();
+        self.read(move |kv| {
+            let now = now_ms();
+            match kv.get(key.as_str()).map_err(backend)? {
+                Some(raw) => Ok(Record::decode(raw.value())?
+                    .filter(|r| r.is_live(now))
+                    .map(|r| r.value)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        let key = key.as_str().to_owned();
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            match tables.read(&key)? {
+                Some(record) => {
+                    tables.remove(&key, &record)?;
+                    Ok(record.is_live(now_ms()).then_some(record.value))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        new: &[u8],
+        put: Put<'_>,
+    ) -> StoreResult<bool> {
+        let (key, record) = (key.as_str().to_owned(), Record::new(new, put));
+        let expected = expected.to_vec();
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            match tables.read_live(&key)? {
+                Some(current) if current.value == expected => {
+                    tables.replace(&key, &record)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &Key) -> StoreResult<bool> {
+        let key = key.as_str().to_owned();
+        self.write(move |txn| {
+            let mut tables = Tables::open(txn)?;
+            match tables.read(&key)? {
+                Some(record) => {
+                    tables.remove(&key, &record)?;
+                    Ok(record.is_live(now_ms()))
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn delete_group(&self, group: &Group) -> StoreResult<u64> {
+        let group = group.as_str().to_owned();
+        self.write(move |txn| {
+            let prefix = format!("{group}\0");
+            let members: Vec<String> = {
+                let members = txn.open_table(MEMBERS).map_err(backend)?;
+                let mut keys = Vec::new();
+                for entry in members.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, _) = entry.map_err(backend)?;
+                    match k.value().strip_prefix(prefix.as_str()) {
+                        Some(key) => keys.push(key.to_owned()),
+                        None => break,
+                    }
+                }
+                keys
+            };
+            let mut tables = Tables::open(txn)?;
+            let now = now_ms();
+            let mut removed = 0;
+            for key in members {
+                match tables.read(&key)? {
+                    // The key may have been rewritten outside the group since.
+                    Some(record) if record.group.as_deref() == Some(group.as_str()) => {
+                        tables.remove(&key, &record)?;
+                        removed += u64::from(record.is_live(now));
+                    }
+                    _ => {
+                        tables
+                            .members
+                            .remove(format!("{prefix}{key}").as_str())
+                            .map_err(backend)?;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+        let prefix = prefix.to_owned();
+        self.read(move |kv| {
+            let now = now_ms();
+            let mut out = Vec::new();
+            for entry in kv.range(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                if let Some(record) = Record::decode(v.value())?.filter(|r| r.is_live(now)) {
+                    out.push((Key::from_raw(k.value()), record.value));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|_| Ok(())).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+/// The three tables of one write transaction, with the bookkeeping that keeps the
+/// expiry index and group membership in step with `kv`.
+struct Tables<'txn> {
+    kv: Table<'txn, &'static str, &'static [u8]>,
+    expiry: Table<'txn, &'static [u8], ()>,
+    members: Table<'txn, &'static str, ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> StoreResult<Self> {
+        Ok(Tables {
+            kv: txn.open_table(KV).map_err(backend)?,
+            expiry: txn.open_table(EXPIRY).map_err(backend)?,
+            members: txn.open_table(MEMBERS).map_err(backend)?,
+        })
+    }
+
+    fn read(&self, key: &str) -> StoreResult<Option<Record>> {
+        match self.kv.get(key).map_err(backend)? {
+            Some(raw) => Record::decode(raw.value()),
+            None => Ok(None),
+        }
+    }
+
+    fn read_live(&self, key: &str) -> StoreResult<Option<Record>> {
+        let now = now_ms();
+        Ok(self.read(key)?.filter(|r| r.is_live(now)))
+    }
+
+    fn replace(&mut self, key: &str, record: &Record) -> StoreResult<()> {
+        if let Some(old) = self.read(key)? {
+            self.unindex(key, &old)?;
+        }
+        self.kv
+            .insert(key, record.encode().as_slice())
+            .map_err(backend)?;
+        if record.expires_at != 0 {
+            self.expiry
+                .insert(expiry_key(record.expires_at, key).as_slice(), ())
+                .map_err(backend)?;
+        }
+        if let Some(group) = &record.group {
+            self.members
+                .insert(format!("{group}\0{key}").as_str(), ())
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str, record: &Record) -> StoreResult<()> {
+        self.unindex(key, record)?;
+        self.kv.remove(key).map_err(backend)?;
+        Ok(())
+    }
+
+    fn unindex(&mut self, key: &str, record: &Record) -> StoreResult<()> {
+        if record.expires_at != 0 {
+            self.expiry
+                .remove(expiry_key(record.expires_at, key).as_slice())
+                .map_err(backend)?;
+        }
+        if let Some(group) = &record.group {
+            self.members
+                .remove(format!("{group}\0{key}").as_str())
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+/// One stored value: `expires_at` (u64 BE, 0 = never) ‖ group length (u16 BE) ‖ group
+/// ‖ value.
+struct Record {
+    expires_at: u64,
+    group: Option<String>,
+    value: Vec<u8>,
+}
+
+impl Record {
+    fn new(value: &[u8], put: Put<'_>) -> Self {
+        let expires_at = match put.ttl {
+            // A zero TTL still expires: at least one millisecond from now.
+            Some(ttl) => now_ms() + (ttl.as_millis() as u64).max(1),
+            None => 0,
+        };
+        Record {
+            expires_at,
+            group: put.group.map(|g| g.as_str().to_owned()),
+            value: value.to_vec(),
+        }
+    }
+
+    fn is_live(&self, now: u64) -> bool {
+        self.expires_at == 0 || self.expires_at > now
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let group = self.group.as_deref().unwrap_or("").as_bytes();
+        let mut out = Vec::with_capacity(10 + group.len() + self.value.len());
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.extend_from_slice(&(group.len() as u16).to_be_bytes());
+        out.extend_from_slice(group);
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    fn decode(raw: &[u8]) -> StoreResult<Option<Self>> {
+        let corrupt = || StoreError::Backend("corrupt record".into());
+        let expires_at = u64::from_be_bytes(
+            raw.get(..8)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?,
+        );
+        let group_len = u16::from_be_bytes(
+            raw.get(8..10)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?,
+        ) as usize;
+        let group = raw.get(10..10 + group_len).ok_or_else(corrupt)?;
+        let group = match group {
+            [] => None,
+            g => Some(String::from_utf8(g.to_vec()).map_err(|_| corrupt())?),
+        };
+        Ok(Some(Record {
+            expires_at,
+            group,
+            value: raw[10 + group_len..].to_vec(),
+        }))
+    }
+}
+
+fn expiry_key(expires_at: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+    use redb::ReadableTableMetadata;
+
+    async fn fresh() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open store");
+        (dir, store)
+    }
+
+    conformance::suite!(fresh);
+
+    #[tokio::test]
+    async fn a_reopened_store_keeps_what_it_held() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.redb");
+        let key = Key::new("client", "abc");
+        let token = Key::new("at", "hash");
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            store
+                .put(&key, b"forever", Put::forever())
+                .await
+                .expect("put");
+            store
+                .put(&token, b"for an hour", Put::ttl(Duration::from_secs(3600)))
+                .await
+                .expect("put");
+        }
+        let store = EmbeddedStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.get(&key).await.expect("get"),
+            Some(b"forever".to_vec())
+        );
+        assert_eq!(
+            store.get(&token).await.expect("get"),
+            Some(b"for an hour".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_removes_expired_records_from_disk() {
+        let (_dir, store) = fresh().await;
+        let group = Group::new("g1");
+        let short = Key::in_group("at", &group, "short");
+        let long = Key::new("client", "long");
+        store
+            .put(
+                &short,
+                b"x",
+                Put::ttl(Duration::from_millis(10)).in_group(&group),
+            )
+            .await
+            .expect("put");
+        store.put(&long, b"y", Put::forever()).await.expect("put");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(store.sweep().await.expect("sweep"), 1);
+        assert_eq!(store.sweep().await.expect("sweep"), 0);
+        // The expired key left no index entries behind.
+        let db = store.db.clone();
+        let txn = db.begin_read().expect("read");
+        assert_eq!(txn.open_table(EXPIRY).expect("t").len().expect("len"), 0);
+        assert_eq!(txn.open_table(MEMBERS).expect("t").len().expect("len"), 0);
+        assert_eq!(txn.open_table(KV).expect("t").len().expect("len"), 1);
+    }
+}

@@ -1,0 +1,157 @@
+//! Storage behind one small trait. The OAuth and MCP layers keep every piece of state
+//! here: short-lived records with a TTL (codes, tokens, sessions, tickets), ordinary
+//! records without one (clients, articles), and groups, so that every key of one grant
+//! can be revoked at once.
+//!
+//! Backends: [`embedded::EmbeddedStore`] (redb, the default) and, later, Redis. Both run
+//! the same behaviour suite in `conformance`.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+pub mod embedded;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+/// A key in the store. Keys are built only through the constructors below, so every
+/// key has the shape `kind:id` or, inside a group, `kind:{group}:id`. The braces make
+/// the group a Redis Cluster hash tag: all keys of one group land in one slot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// A key outside any group.
+    pub fn new(kind: &str, id: &str) -> Self {
+        Key(format!("{kind}:{id}"))
+    }
+
+    /// A key that belongs to `group`; put it with [`Put::in_group`] so that
+    /// [`Store::delete_group`] removes it.
+    pub fn in_group(kind: &str, group: &Group, id: &str) -> Self {
+        Key(format!("{kind}:{{{}}}:{id}", group.0))
+    }
+
+    /// Rebuilds a key read back from [`Store::scan`] or an export.
+    pub fn from_raw(raw: impl Into<String>) -> Self {
+        Key(raw.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A set of keys that is deleted as one, e.g. everything issued from one grant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Group(String);
+
+impl Group {
+    /// `id` must not contain `{`, `}` or `:` (it is part of every member's key).
+    pub fn new(id: impl Into<String>) -> Self {
+        let id = id.into();
+        debug_assert!(!id.contains(['{', '}', ':']), "group ids are plain tokens");
+        Group(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How a value is written.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Put<'a> {
+    /// Expire the record after this long; `None` keeps it until deleted.
+    pub ttl: Option<Duration>,
+    /// Make the record a member of this group.
+    pub group: Option<&'a Group>,
+}
+
+impl<'a> Put<'a> {
+    /// A record without expiry, outside any group.
+    pub fn forever() -> Self {
+        Put::default()
+    }
+
+    pub fn ttl(ttl: Duration) -> Self {
+        Put {
+            ttl: Some(ttl),
+            group: None,
+        }
+    }
+
+    pub fn in_group(self, group: &'a Group) -> Self {
+        Put {
+            group: Some(group),
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached now (a service is down, a timeout passed). Callers
+    /// answer 503 and try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered but failed (corruption, a bug, a full disk).
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations every layer of Gatehouse needs, and no more.
+///
+/// Every operation is atomic on its own. Expired records are never returned, whether
+/// or not the backend has physically removed them yet.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes `value` under `key`, replacing what was there (and its TTL and group).
+    async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()>;
+
+    /// Writes `value` only when `key` holds nothing; returns whether it wrote.
+    async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool>;
+
+    async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Gets and deletes in one step: of many concurrent takers of one key, exactly one
+    /// receives the value. Single-use codes and tickets rely on this.
+    async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Replaces the value only while it still equals `expected`; returns whether it
+    /// replaced. Refresh-token rotation relies on this to rotate exactly once.
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        new: &[u8],
+        put: Put<'_>,
+    ) -> StoreResult<bool>;
+
+    /// Deletes `key`; returns whether it held a live value.
+    async fn delete(&self, key: &Key) -> StoreResult<bool>;
+
+    /// Deletes every member of `group`; returns how many live records went.
+    async fn delete_group(&self, group: &Group) -> StoreResult<u64>;
+
+    /// Every live record whose key starts with `prefix`, in key order. For listings
+    /// (articles, clients) and export; not for hot paths.
+    async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>>;
+
+    /// Checks that the backend answers, for `/healthz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// A short name for logs and health output.
+    fn backend(&self) -> &'static str;
+}
+
+pub type SharedStore = Arc<dyn Store>;

@@ -1,0 +1,271 @@
+//! Router tests: the real router, driven with `oneshot`, no socket.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use axum::{
+    body::Body,
+    http::{Request, StatusCode},
+    Router,
+};
+use clap::Parser;
+use gatehouse::{
+    config::{Cli, Config},
+    http::{router, AppState, MAX_BODY_BYTES},
+    store::{
+        embedded::EmbeddedStore, Group, Key, Put, SharedStore, Store, StoreError, StoreResult,
+    },
+};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+struct TestApp {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, public_url: &str) -> Config {
+    Cli::try_parse_from([
+        "gatehouse",
+        "--public-url",
+        public_url,
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("valid config")
+}
+
+fn app_with(public_url: &str, store: impl FnOnce(&Config) -> SharedStore) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path(), public_url);
+    let store = store(&config);
+    TestApp {
+        router: router(AppState::new(config, store)),
+        _dir: dir,
+    }
+}
+
+fn app() -> TestApp {
+    app_with("https://gate.example.com", |config| {
+        gatehouse::open_store(config).expect("store opens")
+    })
+}
+
+async fn send(
+    app: &TestApp,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = app.router.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn home_page_names_the_server_and_shows_the_mcp_url() {
+    let app = app();
+    let (status, headers, body) = send(&app, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    assert!(body.contains("Gatehouse"), "{body}");
+    assert!(body.contains("OAuth 2.1 authorization server"), "{body}");
+    // The URL comes from --public-url, never from the request's Host header.
+    assert!(body.contains("https://gate.example.com/mcp"), "{body}");
+}
+
+#[tokio::test]
+async fn the_public_url_is_not_taken_from_the_host_header() {
+    let app = app();
+    let request = Request::get("/")
+        .header("host", "evil.example.net")
+        .header("x-forwarded-host", "evil.example.net")
+        .body(Body::empty())
+        .expect("request");
+    let (_, _, body) = send(&app, request).await;
+    assert!(body.contains("https://gate.example.com/mcp"));
+    assert!(!body.contains("evil.example.net"));
+}
+
+#[tokio::test]
+async fn unknown_pages_get_the_styled_404_page() {
+    let app = app();
+    let (status, _, body) = send(&app, get("/no/such/page")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("Page not found"), "{body}");
+    assert!(body.contains("error-card"), "{body}");
+}
+
+#[tokio::test]
+async fn healthz_reports_the_store() {
+    let app = app();
+    let (status, headers, body) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["store"]["backend"], "embedded");
+    assert_eq!(json["store"]["status"], "up");
+}
+
+/// A store whose backend cannot be reached, as when a Redis server is down.
+struct UnreachableStore;
+
+#[async_trait]
+impl Store for UnreachableStore {
+    async fn put(&self, _: &Key, _: &[u8], _: Put<'_>) -> StoreResult<()> {
+        Err(down())
+    }
+    async fn put_new(&self, _: &Key, _: &[u8], _: Put<'_>) -> StoreResult<bool> {
+        Err(down())
+    }
+    async fn get(&self, _: &Key) -> StoreResult<Option<Vec<u8>>> {
+        Err(down())
+    }
+    async fn take(&self, _: &Key) -> StoreResult<Option<Vec<u8>>> {
+        Err(down())
+    }
+    async fn compare_and_swap(&self, _: &Key, _: &[u8], _: &[u8], _: Put<'_>) -> StoreResult<bool> {
+        Err(down())
+    }
+    async fn delete(&self, _: &Key) -> StoreResult<bool> {
+        Err(down())
+    }
+    async fn delete_group(&self, _: &Group) -> StoreResult<u64> {
+        Err(down())
+    }
+    async fn scan(&self, _: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+        Err(down())
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        Err(down())
+    }
+    fn backend(&self) -> &'static str {
+        "unreachable"
+    }
+}
+
+fn down() -> StoreError {
+    StoreError::Unavailable("connection refused".into())
+}
+
+/// A store that never answers.
+struct HangingStore(EmbeddedStore);
+
+#[async_trait]
+impl Store for HangingStore {
+    async fn put(&self, k: &Key, v: &[u8], p: Put<'_>) -> StoreResult<()> {
+        self.0.put(k, v, p).await
+    }
+    async fn put_new(&self, k: &Key, v: &[u8], p: Put<'_>) -> StoreResult<bool> {
+        self.0.put_new(k, v, p).await
+    }
+    async fn get(&self, k: &Key) -> StoreResult<Option<Vec<u8>>> {
+        self.0.get(k).await
+    }
+    async fn take(&self, k: &Key) -> StoreResult<Option<Vec<u8>>> {
+        self.0.take(k).await
+    }
+    async fn compare_and_swap(&self, k: &Key, e: &[u8], n: &[u8], p: Put<'_>) -> StoreResult<bool> {
+        self.0.compare_and_swap(k, e, n, p).await
+    }
+    async fn delete(&self, k: &Key) -> StoreResult<bool> {
+        self.0.delete(k).await
+    }
+    async fn delete_group(&self, g: &Group) -> StoreResult<u64> {
+        self.0.delete_group(g).await
+    }
+    async fn scan(&self, p: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+        self.0.scan(p).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        std::future::pending().await
+    }
+    fn backend(&self) -> &'static str {
+        "hanging"
+    }
+}
+
+#[tokio::test]
+async fn healthz_is_503_when_the_store_is_unreachable() {
+    let app = app_with("https://gate.example.com", |_| Arc::new(UnreachableStore));
+    let (status, _, body) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["status"], "unavailable");
+    assert_eq!(json["store"]["status"], "down");
+    // The internal cause goes to the log, not to the client.
+    assert!(!body.contains("connection refused"), "{body}");
+}
+
+#[tokio::test]
+async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
+    let app = app_with("https://gate.example.com", |config| {
+        let gatehouse::config::StoreSpec::Embedded(path) = &config.store else {
+            panic!("embedded store expected")
+        };
+        Arc::new(HangingStore(EmbeddedStore::open(path).expect("open")))
+    });
+    let started = std::time::Instant::now();
+    let (status, _, _) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let app = app();
+    let request = Request::post("/api/anything")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-length", (MAX_BODY_BYTES + 1).to_string())
+        .body(Body::from(vec![b'a'; MAX_BODY_BYTES + 1]))
+        .expect("request");
+    let (status, _, _) = send(&app, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn error_pages_escape_what_they_echo_and_refuse_framing() {
+    use axum::response::IntoResponse;
+    let page = gatehouse::http::pages::ErrorPage::new(
+        StatusCode::BAD_REQUEST,
+        "Unknown client <b>x</b>",
+        "redirect_uri \"<script>alert(1)</script>\" is not registered",
+    );
+    let response = page.into_response();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    assert_eq!(
+        response.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(!body.contains("<b>x</b>"), "{body}");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(body.contains("/pkg/gatehouse.css"), "{body}");
+}
