@@ -33,9 +33,9 @@ macro_rules! suite {
 }
 pub(crate) use suite;
 
-const SHORT_TTL: Duration = Duration::from_millis(80);
+const SHORT_TTL: Duration = Duration::from_millis(400);
 /// Long enough after [`SHORT_TTL`] for any backend to have expired the record.
-const PAST_SHORT_TTL: Duration = Duration::from_millis(250);
+const PAST_SHORT_TTL: Duration = Duration::from_millis(900);
 
 fn key(id: &str) -> Key {
     Key::new("test", id)
