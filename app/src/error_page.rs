@@ -24,24 +24,11 @@ pub fn ErrorPage(
     }
 }
 
-/// A whole HTML document around [`ErrorPage`], for handlers that answer outside the
-/// Leptos router (it needs no hydration: it has nothing interactive). Leptos escapes
-/// every text node, so `title` and `message` may carry anything a request sent.
+/// A whole HTML document around [`ErrorPage`].
 #[cfg(feature = "ssr")]
 pub fn error_document(status: u16, title: &str, message: &str) -> String {
-    let page_title = format!("{title} · Gatehouse");
-    let body = view! {
-        <ErrorPage status title=title.to_owned() message=message.to_owned() />
-    }
-    .to_html();
-    let head = view! {
-        <title>{page_title}</title>
-    }
-    .to_html();
-    format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{head}\
-         <link rel=\"stylesheet\" href=\"{href}\"></head><body>{body}</body></html>",
-        href = super::STYLESHEET_HREF,
+    crate::document::document(
+        title,
+        view! { <ErrorPage status title=title.to_owned() message=message.to_owned() /> },
     )
 }

@@ -10,7 +10,11 @@ use leptos_router::{
 };
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "ssr")]
+mod document;
 mod error_page;
+#[cfg(feature = "ssr")]
+pub mod oauth_pages;
 #[cfg(feature = "ssr")]
 pub use error_page::error_document;
 pub use error_page::ErrorPage;

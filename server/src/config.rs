@@ -5,9 +5,16 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::oauth::{
+    redirect::RedirectUri,
+    secret::SecretHash,
+    server::{OAuthSettings, StaticClient},
+};
 
 /// Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
 #[derive(Debug, Parser)]
@@ -29,7 +36,60 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage the owner, the one person who may approve clients.
+    Owner {
+        #[command(subcommand)]
+        command: OwnerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OwnerCommand {
+    /// Set the owner's password, read from standard input (one line).
+    SetPassword(StoreArgs),
+}
+
+/// Where state lives; shared by `serve` and the maintenance commands.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Where state lives: `embedded:PATH` (a redb file) or a `redis://…` URL.
+    /// Default: `embedded:<data-dir>/gatehouse.redb`.
+    #[arg(long, env = "GATEHOUSE_STORE")]
+    pub store: Option<String>,
+
+    /// The directory for the embedded store. Default: `$XDG_DATA_HOME/gatehouse`, or
+    /// `~/.local/share/gatehouse`.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The store these flags name, or every mistake, one line each.
+    pub fn into_spec(self) -> Result<StoreSpec, Vec<String>> {
+        let mut errors = Vec::new();
+        let spec = match self.store.as_deref() {
+            None => match self.data_dir.or_else(default_data_dir) {
+                Some(dir) => Some(StoreSpec::Embedded(dir.join("gatehouse.redb"))),
+                None => {
+                    errors.push(
+                        "no data directory: set --data-dir or --store (HOME is not set)".into(),
+                    );
+                    None
+                }
+            },
+            Some(spec) => parse_store(spec).map_err(|e| errors.push(e)).ok(),
+        };
+        if let Some(StoreSpec::Embedded(path)) = &spec {
+            if let Err(e) = check_writable_parent(path) {
+                errors.push(e);
+            }
+        }
+        match spec {
+            Some(spec) if errors.is_empty() => Ok(spec),
+            _ => Err(errors),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -44,20 +104,63 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Where state lives: `embedded:PATH` (a redb file) or a `redis://…` URL.
-    /// Default: `embedded:<data-dir>/gatehouse.redb`.
-    #[arg(long, env = "GATEHOUSE_STORE")]
-    pub store: Option<String>,
-
-    /// The directory for the embedded store. Default: `$XDG_DATA_HOME/gatehouse`, or
-    /// `~/.local/share/gatehouse`.
-    #[arg(long, env = "GATEHOUSE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// The directory with the compiled site (`pkg/` with the wasm, JS and CSS), as
     /// `cargo leptos build` writes it. Default: `$LEPTOS_SITE_ROOT`, else `target/site`.
     #[arg(long, env = "GATEHOUSE_SITE_ROOT")]
     pub site_root: Option<PathBuf>,
+
+    /// The owner's password as an Argon2id PHC string (`$argon2id$…`), for automated
+    /// deployments. Without it the password is set at first start through a one-time
+    /// setup link in the log, or with `gatehouse owner set-password`.
+    #[arg(long, env = "GATEHOUSE_OWNER_PASSWORD_HASH", hide_env_values = true)]
+    pub owner_password_hash: Option<String>,
+
+    /// How long access tokens live (e.g. `1h`, `15m`).
+    #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// How long refresh tokens live; each rotation starts a new lifetime.
+    #[arg(long, env = "GATEHOUSE_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Duration,
+
+    /// How long a just-rotated refresh token still yields the same successor pair
+    /// (for clients that lost the response). A reuse after it revokes the grant.
+    #[arg(long, env = "GATEHOUSE_REFRESH_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub refresh_grace: Duration,
+
+    /// Registered clients that never obtain a grant are forgotten after this long.
+    #[arg(long, env = "GATEHOUSE_UNUSED_CLIENT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub unused_client_ttl: Duration,
+
+    /// A fixed client id, for clients that cannot register themselves (Claude.ai's
+    /// advanced settings take a client id and secret).
+    #[arg(
+        long,
+        env = "GATEHOUSE_STATIC_CLIENT_ID",
+        requires = "static_client_secret"
+    )]
+    pub static_client_id: Option<String>,
+
+    /// The fixed client's secret (at least 32 characters). Only its hash is kept.
+    #[arg(
+        long,
+        env = "GATEHOUSE_STATIC_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "static_client_id"
+    )]
+    pub static_client_secret: Option<String>,
+
+    /// The fixed client's redirect URIs (comma-separated).
+    #[arg(
+        long,
+        env = "GATEHOUSE_STATIC_CLIENT_REDIRECT_URIS",
+        value_delimiter = ',',
+        default_value = "https://claude.ai/api/mcp/auth_callback,https://claude.com/api/mcp/auth_callback"
+    )]
+    pub static_client_redirect_uris: Vec<String>,
 }
 
 /// Validated configuration. Everything past start-up reads this, never raw flags.
@@ -67,6 +170,8 @@ pub struct Config {
     pub public_url: PublicUrl,
     pub store: StoreSpec,
     pub site_root: PathBuf,
+    pub owner_password_hash: Option<String>,
+    pub oauth: OAuthSettings,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -165,23 +270,47 @@ impl ServeArgs {
             (None, None) => None,
         };
 
-        let store = match self.store.as_deref() {
-            None => match self.data_dir.clone().or_else(default_data_dir) {
-                Some(dir) => Some(StoreSpec::Embedded(dir.join("gatehouse.redb"))),
-                None => {
-                    errors.push(
-                        "no data directory: set --data-dir or --store (HOME is not set)".into(),
-                    );
-                    None
-                }
-            },
-            Some(spec) => parse_store(spec).map_err(|e| errors.push(e)).ok(),
-        };
-        if let Some(StoreSpec::Embedded(path)) = &store {
-            if let Err(e) = check_writable_parent(path) {
+        let store = self.store.into_spec().map_err(|e| errors.extend(e)).ok();
+
+        if let Some(hash) = &self.owner_password_hash {
+            if let Err(e) = crate::oauth::owner::check_password_hash(hash) {
                 errors.push(e);
             }
         }
+        for (flag, ttl) in [
+            ("--access-token-ttl", self.access_token_ttl),
+            ("--refresh-token-ttl", self.refresh_token_ttl),
+            ("--unused-client-ttl", self.unused_client_ttl),
+        ] {
+            if ttl.as_secs() == 0 {
+                errors.push(format!("{flag} must be at least one second"));
+            }
+        }
+        let static_client = match (&self.static_client_id, &self.static_client_secret) {
+            (Some(id), Some(secret)) => {
+                if secret.chars().count() < 32 {
+                    errors.push("--static-client-secret must have at least 32 characters".into());
+                }
+                if id.is_empty() || id.len() > 256 {
+                    errors.push("--static-client-id must have 1 to 256 characters".into());
+                }
+                let uris: Vec<RedirectUri> = self
+                    .static_client_redirect_uris
+                    .iter()
+                    .filter_map(|u| {
+                        RedirectUri::parse(u)
+                            .map_err(|e| errors.push(format!("--static-client-redirect-uris: {e}")))
+                            .ok()
+                    })
+                    .collect();
+                Some(StaticClient {
+                    client_id: id.clone(),
+                    secret_hash: SecretHash::of(secret),
+                    redirect_uris: uris,
+                })
+            }
+            _ => None,
+        };
 
         let site_root = self
             .site_root
@@ -191,9 +320,19 @@ impl ServeArgs {
         match (bind, public_url, store) {
             (Some(bind), Some(public_url), Some(store)) if errors.is_empty() => Ok(Config {
                 bind,
+                oauth: OAuthSettings {
+                    issuer: public_url.as_str().to_owned(),
+                    resource: public_url.mcp_url(),
+                    access_token_ttl: self.access_token_ttl,
+                    refresh_token_ttl: self.refresh_token_ttl,
+                    refresh_grace: self.refresh_grace,
+                    unused_client_ttl: self.unused_client_ttl,
+                    static_client,
+                },
                 public_url,
                 store,
                 site_root,
+                owner_password_hash: self.owner_password_hash,
             }),
             _ => Err(errors),
         }

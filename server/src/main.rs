@@ -1,10 +1,11 @@
-use std::process::ExitCode;
+use std::{io::BufRead, net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use gatehouse::{
-    config::{Cli, Command, StoreSpec},
+    config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreSpec},
     http::{router, AppState},
-    open_store,
+    oauth::owner::Owner,
+    open_store_spec,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -18,32 +19,34 @@ async fn main() -> ExitCode {
         .init();
 
     let cli = Cli::parse();
-    let serve = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
-    };
-    let config = match serve.into_config() {
+    match cli.command {
+        Some(Command::Serve(args)) => serve(*args).await,
+        Some(Command::Owner {
+            command: OwnerCommand::SetPassword(store),
+        }) => set_password(store).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+fn report(errors: Vec<String>) -> ExitCode {
+    for error in errors {
+        eprintln!("gatehouse: {error}");
+    }
+    ExitCode::from(2)
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.into_config() {
         Ok(config) => config,
-        Err(errors) => {
-            for error in errors {
-                eprintln!("gatehouse: {error}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(errors) => return report(errors),
     };
-    let store = match open_store(&config) {
+    let store = match open_store_spec(&config.store) {
         Ok(store) => store,
-        Err(e) => {
-            eprintln!("gatehouse: cannot open the store: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return report(vec![format!("cannot open the store: {e}")]),
     };
     let listener = match tokio::net::TcpListener::bind(config.bind).await {
         Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("gatehouse: cannot listen on {}: {e}", config.bind);
-            return ExitCode::from(2);
-        }
+        Err(e) => return report(vec![format!("cannot listen on {}: {e}", config.bind)]),
     };
     let store_desc = match &config.store {
         StoreSpec::Embedded(path) => format!("embedded:{}", path.display()),
@@ -56,15 +59,59 @@ async fn main() -> ExitCode {
         "gatehouse listening; MCP endpoint {}",
         config.public_url.mcp_url()
     );
-    let app = router(AppState::new(config, store));
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let state = AppState::new(config, store);
+    announce_setup_link(&state).await;
+    let app = router(state);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
     {
         eprintln!("gatehouse: server error: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// First start without an owner password: log a one-time link to choose one. The
+/// link is the only way in until a password is set, so it must reach the operator.
+async fn announce_setup_link(state: &AppState) {
+    match state.owner.create_setup_token().await {
+        Ok(Some(token)) => tracing::warn!(
+            "no owner password is set. Open {}/setup?token={token} within an hour to choose one \
+             (or run `gatehouse owner set-password`)",
+            state.config.public_url.as_str()
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot create the setup link"),
+    }
+}
+
+/// `gatehouse owner set-password`: reads one line from standard input.
+async fn set_password(args: StoreArgs) -> ExitCode {
+    let spec = match args.into_spec() {
+        Ok(spec) => spec,
+        Err(errors) => return report(errors),
+    };
+    let store = match open_store_spec(&spec) {
+        Ok(store) => store,
+        Err(e) => return report(vec![format!("cannot open the store: {e}")]),
+    };
+    eprintln!("New owner password (one line on standard input):");
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        return report(vec![format!("cannot read the password: {e}")]);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    match Owner::new(store, None).set_password(password).await {
+        Ok(()) => {
+            eprintln!("gatehouse: the owner password is set");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(vec![e.to_string()]),
+    }
 }
 
 async fn shutdown_signal() {

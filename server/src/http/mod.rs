@@ -1,27 +1,52 @@
 //! The HTTP layer: the one route table, shared state, and the handlers that turn
 //! requests into calls on the domain and the store. Handlers stay thin.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use app::{shell, App, SiteInfo};
-use axum::{extract::FromRef, routing::get, Router};
+use axum::{
+    extract::FromRef,
+    http::{header, HeaderName, Method},
+    routing::{get, post},
+    Router,
+};
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    trace::TraceLayer,
+};
 
-use crate::{config::Config, store::SharedStore};
+use crate::{
+    config::Config,
+    oauth::{
+        owner::{Owner, SignInLimiter},
+        AuthServer,
+    },
+    store::SharedStore,
+};
 
 mod health;
+pub mod oauth;
 pub mod pages;
 
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Failed sign-ins allowed per client address, and in total, per window.
+const SIGN_IN_LIMIT_PER_ADDRESS: u32 = 10;
+const SIGN_IN_LIMIT_GLOBAL: u32 = 100;
+const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: SharedStore,
+    pub auth: Arc<AuthServer>,
+    pub owner: Arc<Owner>,
+    pub limiter: Arc<SignInLimiter>,
     pub leptos: LeptosOptions,
 }
 
@@ -40,6 +65,16 @@ impl AppState {
             .site_addr(config.bind)
             .build();
         AppState {
+            auth: AuthServer::new(store.clone(), config.oauth.clone()),
+            owner: Arc::new(Owner::new(
+                store.clone(),
+                config.owner_password_hash.clone(),
+            )),
+            limiter: Arc::new(SignInLimiter::new(
+                SIGN_IN_LIMIT_PER_ADDRESS,
+                SIGN_IN_LIMIT_GLOBAL,
+                SIGN_IN_WINDOW,
+            )),
             config: Arc::new(config),
             store,
             leptos,
@@ -54,12 +89,67 @@ impl AppState {
     }
 }
 
-/// Every path Gatehouse serves, in one place.
+/// CORS for the endpoints browser-based clients call (the MCP Inspector runs at
+/// `http://localhost:6274`). No cookies are involved, so any origin may call them;
+/// preflights are answered here and never reach authentication.
+fn api_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::WWW_AUTHENTICATE,
+            HeaderName::from_static("mcp-session-id"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Every path Gatehouse serves, in one place. API paths are exact: no trailing-slash
+/// redirects (a 301 turns a client's POST into a GET).
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let site_info = state.site_info();
+
+    let api = Router::new()
+        // RFC 8414 discovery, also under the OpenID name some clients try first.
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(oauth::metadata::authorization_server),
+        )
+        .route("/oauth/register", post(oauth::register::register))
+        .route("/oauth/token", post(oauth::token::token))
+        .route("/oauth/revoke", post(oauth::token::revoke))
+        .layer(api_cors());
+
+    let browser = Router::new()
+        .route("/oauth/authorize", get(oauth::authorize::authorize))
+        .route("/oauth/authorize/approve", get(oauth::authorize::approve))
+        .route("/oauth/authorize/deny", get(oauth::authorize::deny))
+        .route(
+            "/oauth/login",
+            get(oauth::owner::login_page).post(oauth::owner::login),
+        )
+        .route("/oauth/logout", post(oauth::owner::logout))
+        .route(
+            "/setup",
+            get(oauth::owner::setup_page).post(oauth::owner::setup),
+        );
+
     Router::new()
         .route("/healthz", get(health::healthz))
+        .merge(api)
+        .merge(browser)
         // Pages (Leptos SSR) and their server functions.
         .leptos_routes_with_context(
             &state,

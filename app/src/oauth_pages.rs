@@ -1,0 +1,135 @@
+//! The owner's pages on the authorization server: sign-in, first-run setup and
+//! consent. Server-rendered Leptos components with plain forms and links.
+
+use leptos::prelude::*;
+
+use crate::document::document;
+
+/// What the consent page shows. Everything here may come from a client and is
+/// escaped when rendered.
+#[derive(Clone, Debug)]
+pub struct ConsentView {
+    pub client_name: String,
+    pub client_id: String,
+    /// Self-registered clients choose their own names: say so.
+    pub unverified: bool,
+    /// The host that will receive the code.
+    pub redirect_host: String,
+    pub redirect_is_loopback: bool,
+    /// Each granted scope: (name, plain words).
+    pub scopes: Vec<(String, String)>,
+    /// Requested scopes this server does not have; not granted.
+    pub ignored_scopes: Vec<String>,
+    pub approve_href: String,
+    pub deny_href: String,
+}
+
+pub fn consent_document(view: ConsentView) -> String {
+    let ConsentView {
+        client_name,
+        client_id,
+        unverified,
+        redirect_host,
+        redirect_is_loopback,
+        scopes,
+        ignored_scopes,
+        approve_href,
+        deny_href,
+    } = view;
+    let title = format!("Allow {client_name}?");
+    document(
+        &title,
+        view! {
+            <main class="page">
+                <section class="card consent">
+                    <h1>
+                        "Allow " <span data-testid="client-name" class="client-name">{client_name}</span>
+                        " to use Gatehouse?"
+                    </h1>
+                    {unverified.then(|| view! {
+                        <p class="badge warning" data-testid="unverified">
+                            "Unverified: this client registered itself and chose its own name."
+                        </p>
+                    })}
+                    <p class="muted">"Client ID: " <code data-testid="client-id">{client_id}</code></p>
+                    <h2>"It asks to"</h2>
+                    <ul class="scopes" data-testid="scopes">
+                        {scopes.into_iter().map(|(name, words)| view! {
+                            <li><strong>{words}</strong> " " <code>{name}</code></li>
+                        }).collect_view()}
+                    </ul>
+                    {(!ignored_scopes.is_empty()).then(|| view! {
+                        <p class="muted" data-testid="ignored-scopes">
+                            "It also asked for scopes this server does not have; they will not be granted: "
+                            {ignored_scopes.into_iter().map(|s| view! { <code>{s}</code> " " }).collect_view()}
+                        </p>
+                    })}
+                    <h2>"Where the approval goes"</h2>
+                    <p>
+                        "The authorization code will be sent to "
+                        <strong data-testid="redirect-host">{redirect_host}</strong> "."
+                    </p>
+                    {redirect_is_loopback.then(|| view! {
+                        <p class="badge warning" data-testid="loopback-warning">
+                            "This is a program on your own computer (localhost). Approve only if you just started it."
+                        </p>
+                    })}
+                    <div class="actions">
+                        <a class="button" data-testid="approve" href=approve_href>"Approve"</a>
+                        <a class="button secondary" data-testid="deny" href=deny_href>"Deny"</a>
+                    </div>
+                </section>
+            </main>
+        },
+    )
+}
+
+pub fn sign_in_document(return_to: &str, notice: Option<&str>, error: Option<&str>) -> String {
+    let return_to = return_to.to_owned();
+    let notice = notice.map(str::to_owned);
+    let error = error.map(str::to_owned);
+    document(
+        "Sign in",
+        view! {
+            <main class="page">
+                <section class="card">
+                    <h1>"Sign in"</h1>
+                    <p>"Only the owner of this Gatehouse can approve clients."</p>
+                    {notice.map(|n| view! { <p class="badge" data-testid="notice">{n}</p> })}
+                    {error.map(|e| view! { <p class="badge danger" role="alert" data-testid="error">{e}</p> })}
+                    <form method="post" action="/oauth/login" class="form">
+                        <input type="hidden" name="return_to" value=return_to />
+                        <label for="password">"Password"</label>
+                        <input id="password" name="password" type="password" autocomplete="current-password" required autofocus />
+                        <button class="button" type="submit">"Sign in"</button>
+                    </form>
+                </section>
+            </main>
+        },
+    )
+}
+
+pub fn setup_document(token: &str, error: Option<&str>) -> String {
+    let token = token.to_owned();
+    let error = error.map(str::to_owned);
+    document(
+        "Set the owner password",
+        view! {
+            <main class="page">
+                <section class="card">
+                    <h1>"Set the owner password"</h1>
+                    <p>"This password lets you sign in and approve the clients that connect to your tools. Use at least 12 characters."</p>
+                    {error.map(|e| view! { <p class="badge danger" role="alert" data-testid="error">{e}</p> })}
+                    <form method="post" action="/setup" class="form">
+                        <input type="hidden" name="token" value=token />
+                        <label for="password">"New password"</label>
+                        <input id="password" name="password" type="password" autocomplete="new-password" minlength="12" required autofocus />
+                        <label for="confirm">"Repeat it"</label>
+                        <input id="confirm" name="confirm" type="password" autocomplete="new-password" minlength="12" required />
+                        <button class="button" type="submit">"Set password"</button>
+                    </form>
+                </section>
+            </main>
+        },
+    )
+}

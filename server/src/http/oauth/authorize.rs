@@ -1,0 +1,189 @@
+//! `GET /oauth/authorize` and the consent page's two links,
+//! `GET /oauth/authorize/approve` and `GET /oauth/authorize/deny`.
+//!
+//! Approval is a GET link (mcp-remote's callback accepts only GET, and the flow must
+//! end in a GET redirect). The link carries a random single-use ticket bound to the
+//! signed-in session and to the one pending request, so a forged or replayed link, or
+//! one opened in another browser, approves nothing.
+
+use axum::{
+    extract::{RawQuery, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{owner::current_session, page_headers, unavailable_page};
+use crate::{
+    http::{pages::ErrorPage, AppState},
+    oauth::{
+        client::ClientKind,
+        server::{AuthorizeError, AuthorizeParams, TicketError},
+    },
+};
+
+pub async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params: AuthorizeParams = match serde_urlencoded::from_str(&query) {
+        Ok(params) => params,
+        Err(_) => {
+            return ErrorPage::new(
+                StatusCode::BAD_REQUEST,
+                "Malformed authorization request",
+                "The request's parameters could not be read (a parameter may be repeated).",
+            )
+            .into_response()
+        }
+    };
+    let pending = match state.auth.validate_authorization(params).await {
+        Ok(pending) => pending,
+        // RFC 6749 §4.1.2.1: with a bad client or redirect URI, tell the person and
+        // never redirect.
+        Err(AuthorizeError::Page { title, message }) => {
+            return ErrorPage::new(StatusCode::BAD_REQUEST, title, message).into_response()
+        }
+        Err(AuthorizeError::Redirect {
+            redirect_uri,
+            error,
+            description,
+            state: client_state,
+        }) => {
+            let target = state.auth.error_redirect(
+                &redirect_uri,
+                error,
+                &description,
+                client_state.as_deref(),
+            );
+            return see_other(&target);
+        }
+        Err(AuthorizeError::Store(e)) => return unavailable_page(&e).into_response(),
+    };
+
+    let session = match current_session(&state, &headers).await {
+        Ok(Some(session)) => session,
+        // Sign in first, then come back to this very request.
+        Ok(None) => {
+            let return_to = format!("/oauth/authorize?{query}");
+            let login: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("return_to", &return_to)
+                .finish();
+            return see_other(&format!("/oauth/login?{login}"));
+        }
+        Err(e) => return unavailable_page(&e).into_response(),
+    };
+
+    let view = app::oauth_pages::ConsentView {
+        client_name: pending.client_name.clone(),
+        client_id: pending.client_id.clone(),
+        unverified: pending.client_kind == ClientKind::Registered,
+        redirect_host: pending.redirect_uri.host(),
+        redirect_is_loopback: pending.redirect_uri.is_loopback(),
+        scopes: pending
+            .scopes
+            .iter()
+            .map(|s| (s.as_str().to_owned(), s.description().to_owned()))
+            .collect(),
+        ignored_scopes: pending.ignored_scopes.clone(),
+        approve_href: String::new(),
+        deny_href: String::new(),
+    };
+    let ticket = match state.auth.create_ticket(&session, pending).await {
+        Ok(ticket) => ticket,
+        Err(e) => return unavailable_page(&e).into_response(),
+    };
+    let encoded: String = form_urlencoded::byte_serialize(ticket.as_bytes()).collect();
+    let view = app::oauth_pages::ConsentView {
+        approve_href: format!("/oauth/authorize/approve?ticket={encoded}"),
+        deny_href: format!("/oauth/authorize/deny?ticket={encoded}"),
+        ..view
+    };
+    (
+        StatusCode::OK,
+        page_headers(),
+        app::oauth_pages::consent_document(view),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct TicketParams {
+    ticket: Option<String>,
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<TicketParams>,
+) -> Response {
+    decide(state, headers, params, true).await
+}
+
+pub async fn deny(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<TicketParams>,
+) -> Response {
+    decide(state, headers, params, false).await
+}
+
+async fn decide(
+    state: AppState,
+    headers: HeaderMap,
+    params: TicketParams,
+    approve: bool,
+) -> Response {
+    let invalid = || {
+        ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "This link is not valid",
+            "Approval links work once, for a few minutes, in the browser that signed in. \
+             Start the connection again from your app.",
+        )
+        .into_response()
+    };
+    let Some(ticket) = params.ticket.filter(|t| !t.is_empty()) else {
+        return invalid();
+    };
+    let session = match current_session(&state, &headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return invalid(),
+        Err(e) => return unavailable_page(&e).into_response(),
+    };
+    let outcome = if approve {
+        state.auth.approve(&ticket, &session).await
+    } else {
+        state.auth.deny(&ticket, &session).await
+    };
+    match outcome {
+        Ok(target) => {
+            tracing::info!(approved = approve, "authorization decided");
+            see_other(&target)
+        }
+        Err(TicketError::Invalid) => invalid(),
+        Err(TicketError::Store(e)) => unavailable_page(&e).into_response(),
+    }
+}
+
+/// A 303 redirect that no cache keeps.
+pub fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, location),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+        Err(_) => ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid redirect",
+            "The redirect target is malformed.",
+        )
+        .into_response(),
+    }
+}

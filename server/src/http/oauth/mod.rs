@@ -1,0 +1,99 @@
+//! HTTP adapters for the authorization server: they parse requests into the domain's
+//! types, call [`AuthServer`](crate::oauth::AuthServer), and map its errors to the
+//! wire: RFC 6749 JSON for API endpoints, the HTML error page for browser endpoints.
+
+pub mod authorize;
+pub mod metadata;
+pub mod owner;
+pub mod register;
+pub mod token;
+
+use axum::{
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use super::pages::ErrorPage;
+use crate::store::StoreError;
+
+/// An RFC 6749 §5.2 error body with its status, never cached.
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+    /// `WWW-Authenticate: Basic` for `invalid_client` after HTTP Basic (RFC 6749 §5.2).
+    pub basic_challenge: bool,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+
+    pub fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
+        OAuthError::new(StatusCode::BAD_REQUEST, error, description)
+    }
+
+    /// The store failed: the cause goes to the log, the client may retry.
+    pub fn unavailable(cause: &StoreError) -> Self {
+        tracing::error!(error = %cause, "store failure");
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the server cannot reach its store; try again shortly",
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({ "error": self.error, "error_description": self.description })),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        no_store(headers);
+        if self.basic_challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"gatehouse\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+/// RFC 6749 §5.1: responses with tokens or credentials are never cached.
+pub fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// The error page for a store failure on a browser endpoint.
+pub fn unavailable_page(cause: &StoreError) -> ErrorPage {
+    tracing::error!(error = %cause, "store failure");
+    ErrorPage::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "Gatehouse cannot reach its store right now. Try again in a moment.",
+    )
+}
+
+/// Headers every page an owner acts on carries: never framed (clickjacking), never
+/// cached.
+pub fn page_headers() -> [(header::HeaderName, &'static str); 4] {
+    [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+    ]
+}

@@ -1,0 +1,256 @@
+//! The owner's sign-in (`/oauth/login`, `/oauth/logout`) and first-run setup
+//! (`/setup`), with the session cookie: a random id (the store keeps its hash),
+//! `HttpOnly`, `SameSite=Lax`, and `Secure` with the `__Host-` prefix under https.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::{
+    body::Bytes,
+    extract::{ConnectInfo, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{authorize::see_other, page_headers, unavailable_page};
+use crate::{
+    http::{pages::ErrorPage, AppState},
+    oauth::{owner::SetupError, secret::SecretHash},
+    store::StoreError,
+};
+
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.config.public_url.is_https() {
+        "__Host-gatehouse_session"
+    } else {
+        "gatehouse_session"
+    }
+}
+
+fn session_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if state.config.public_url.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        cookie_name(state)
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The signed-in session's hash, if the request carries a live session cookie.
+pub async fn current_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<SecretHash>, StoreError> {
+    match cookie_value(headers, cookie_name(state)) {
+        Some(value) if !value.is_empty() && value.len() <= 128 => state.owner.session(value).await,
+        _ => Ok(None),
+    }
+}
+
+/// Where to go after signing in: only back into an authorization request or home, so
+/// the parameter cannot be used as an open redirect.
+fn safe_return_to(raw: Option<&str>) -> String {
+    match raw {
+        Some(path) if path.starts_with("/oauth/authorize?") && !path.contains(['\r', '\n']) => {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+    setup: Option<String>,
+}
+
+pub async fn login_page(Query(query): Query<LoginQuery>) -> Response {
+    let notice = query
+        .setup
+        .as_deref()
+        .map(|_| "Your password is set. Sign in with it.");
+    let html = app::oauth_pages::sign_in_document(
+        &safe_return_to(query.return_to.as_deref()),
+        notice,
+        None,
+    );
+    (StatusCode::OK, page_headers(), html).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    password: Option<String>,
+    return_to: Option<String>,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request_ip: ClientIp,
+    body: Bytes,
+) -> Response {
+    let form: LoginForm = serde_urlencoded::from_bytes(&body).unwrap_or(LoginForm {
+        password: None,
+        return_to: None,
+    });
+    let return_to = safe_return_to(form.return_to.as_deref());
+    let retry = |status: StatusCode, message: &str| {
+        (
+            status,
+            page_headers(),
+            app::oauth_pages::sign_in_document(&return_to, None, Some(message)),
+        )
+            .into_response()
+    };
+    if let Err(wait) = state.limiter.check(request_ip.0) {
+        let minutes = wait.0.as_secs().div_ceil(60).max(1);
+        tracing::warn!("sign-in refused: too many failed attempts");
+        return retry(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed sign-ins. Try again in {minutes} minute(s)."),
+        );
+    }
+    let password = form.password.unwrap_or_default();
+    // The same answer whether or not a password exists.
+    match state.owner.verify_password(&password).await {
+        Ok(true) => {}
+        Ok(false) => {
+            state.limiter.record_failure(request_ip.0);
+            tracing::warn!(client = %request_ip.0, "failed sign-in");
+            return retry(StatusCode::UNAUTHORIZED, "That password is not right.");
+        }
+        Err(e) => return unavailable_page(&e).into_response(),
+    }
+    // A new id at every sign-in (no session fixation).
+    if let Some(old) = cookie_value(&headers, cookie_name(&state)) {
+        let _ = state.owner.end_session(old).await;
+    }
+    let session = match state.owner.new_session().await {
+        Ok(session) => session,
+        Err(e) => return unavailable_page(&e).into_response(),
+    };
+    let mut response = see_other(&return_to);
+    let max_age = crate::oauth::owner::SESSION_TTL.as_secs();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&state, &session, max_age),
+    );
+    response
+}
+
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(value) = cookie_value(&headers, cookie_name(&state)) {
+        if let Err(e) = state.owner.end_session(value).await {
+            return unavailable_page(&e).into_response();
+        }
+    }
+    let mut response = see_other("/");
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct SetupQuery {
+    token: Option<String>,
+}
+
+fn invalid_setup() -> Response {
+    ErrorPage::new(
+        StatusCode::BAD_REQUEST,
+        "This setup link is not valid",
+        "Setup links work once, for an hour, and only while no password is set. \
+         Restart Gatehouse for a new one, or use `gatehouse owner set-password`.",
+    )
+    .into_response()
+}
+
+pub async fn setup_page(
+    State(state): State<AppState>,
+    Query(query): Query<SetupQuery>,
+) -> Response {
+    let Some(token) = query.token.filter(|t| !t.is_empty()) else {
+        return invalid_setup();
+    };
+    match state.owner.setup_token_is_valid(&token).await {
+        Ok(true) => (
+            StatusCode::OK,
+            page_headers(),
+            app::oauth_pages::setup_document(&token, None),
+        )
+            .into_response(),
+        Ok(false) => invalid_setup(),
+        Err(e) => unavailable_page(&e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SetupForm {
+    token: Option<String>,
+    password: Option<String>,
+    confirm: Option<String>,
+}
+
+pub async fn setup(State(state): State<AppState>, body: Bytes) -> Response {
+    let Ok(form) = serde_urlencoded::from_bytes::<SetupForm>(&body) else {
+        return invalid_setup();
+    };
+    let token = form.token.unwrap_or_default();
+    let password = form.password.unwrap_or_default();
+    let again = |message: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            page_headers(),
+            app::oauth_pages::setup_document(&token, Some(message)),
+        )
+            .into_response()
+    };
+    if form.confirm.as_deref() != Some(password.as_str()) {
+        return again("The two passwords differ.");
+    }
+    match state.owner.complete_setup(&token, &password).await {
+        Ok(()) => {
+            tracing::info!("owner password set through the setup link");
+            see_other("/oauth/login?setup=done")
+        }
+        Err(SetupError::WeakPassword(message)) => again(&message),
+        Err(SetupError::InvalidToken) => invalid_setup(),
+        Err(SetupError::Store(e)) => unavailable_page(&e).into_response(),
+    }
+}
+
+/// The client's address for rate limiting: the TCP peer (a reverse proxy in front
+/// makes every client one address; the global limit still holds).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
+    }
+}

@@ -1,0 +1,177 @@
+//! `POST /oauth/token` (RFC 6749 §3.2) and `POST /oauth/revoke` (RFC 7009). Both take
+//! form-encoded bodies and authenticate the client the way it registered.
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::Deserialize;
+
+use super::{no_store, OAuthError};
+use crate::{
+    http::AppState,
+    oauth::server::{ClientCredentials, TokenError, TokenParams},
+};
+
+pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let params: TokenParams = match form(&headers, &body) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    let credentials = match credentials(
+        &headers,
+        params.client_id.as_deref(),
+        params.client_secret.as_deref(),
+    ) {
+        Ok(credentials) => credentials,
+        Err(e) => return e.into_response(),
+    };
+    match state.auth.token(&credentials, params).await {
+        Ok(tokens) => {
+            let mut response = Json(tokens).into_response();
+            no_store(response.headers_mut());
+            response
+        }
+        Err(e) => token_error(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeParams {
+    token: Option<String>,
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let params: RevokeParams = match form(&headers, &body) {
+        Ok(params) => params,
+        Err(e) => return e.into_response(),
+    };
+    let credentials = match credentials(
+        &headers,
+        params.client_id.as_deref(),
+        params.client_secret.as_deref(),
+    ) {
+        Ok(credentials) => credentials,
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = params.token.filter(|t| !t.is_empty()) else {
+        return OAuthError::bad_request("invalid_request", "token is required").into_response();
+    };
+    match state.auth.revoke(&credentials, &token).await {
+        // RFC 7009 §2.2: 200 whether or not the token was valid.
+        Ok(()) => {
+            let mut response = StatusCode::OK.into_response();
+            no_store(response.headers_mut());
+            response
+        }
+        Err(e) => token_error(e).into_response(),
+    }
+}
+
+fn token_error(e: TokenError) -> OAuthError {
+    match e {
+        TokenError::InvalidRequest(m) => OAuthError::bad_request("invalid_request", m),
+        TokenError::InvalidClient { description, basic } => OAuthError {
+            basic_challenge: basic,
+            ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+        },
+        TokenError::InvalidGrant(m) => OAuthError::bad_request("invalid_grant", m),
+        TokenError::UnauthorizedClient(m) => OAuthError::bad_request("unauthorized_client", m),
+        TokenError::UnsupportedGrantType(m) => OAuthError::bad_request("unsupported_grant_type", m),
+        TokenError::InvalidScope(m) => OAuthError::bad_request("invalid_scope", m),
+        TokenError::InvalidTarget(m) => OAuthError::bad_request("invalid_target", m),
+        TokenError::Store(e) => OAuthError::unavailable(&e),
+    }
+}
+
+/// Parses an `application/x-www-form-urlencoded` body.
+fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, OAuthError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(OAuthError::bad_request(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        OAuthError::bad_request("invalid_request", format!("the form is malformed: {e}"))
+    })
+}
+
+/// The client's credentials: HTTP Basic (RFC 6749 §2.3.1, with form-encoded id and
+/// secret) or the form body. Using both at once is refused.
+fn credentials(
+    headers: &HeaderMap,
+    body_id: Option<&str>,
+    body_secret: Option<&str>,
+) -> Result<ClientCredentials, OAuthError> {
+    let basic_refused = |description: &str| OAuthError {
+        basic_challenge: true,
+        ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| basic_refused("malformed Authorization header"))?;
+        let Some(encoded) = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+        else {
+            return Err(basic_refused(
+                "only HTTP Basic client authentication is supported here",
+            ));
+        };
+        if body_secret.is_some() {
+            return Err(OAuthError::bad_request(
+                "invalid_request",
+                "use one client authentication method, not Basic and client_secret together",
+            ));
+        }
+        let decoded = STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .ok_or_else(|| basic_refused("malformed Basic credentials"))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| basic_refused("malformed Basic credentials"))?;
+        let decode = |s: &str| {
+            form_urlencoded::parse(format!("v={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let client_id = decode(id);
+        if body_id.is_some_and(|b| b != client_id) {
+            return Err(basic_refused(
+                "client_id in the body differs from the Basic credentials",
+            ));
+        }
+        return Ok(ClientCredentials::Basic {
+            client_id,
+            secret: decode(secret),
+        });
+    }
+    Ok(match body_id {
+        Some(client_id) if !client_id.is_empty() => ClientCredentials::Body {
+            client_id: client_id.to_owned(),
+            secret: body_secret.map(str::to_owned),
+        },
+        _ => ClientCredentials::Missing,
+    })
+}

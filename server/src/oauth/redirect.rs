@@ -1,0 +1,152 @@
+//! Redirect URIs (OAuth 2.1 §2.3.1, RFC 8252 §7.3): https, or http on a loopback host;
+//! never a fragment. Requests must match a registered URI exactly, except that the port
+//! of a loopback URI is ignored, because native clients (mcp-remote, Claude Code) pick
+//! their callback port at run time.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use url::{Host, Url};
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RedirectUri(Url);
+
+impl RedirectUri {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = Url::parse(raw).map_err(|_| format!("{raw:?} is not an absolute URL"))?;
+        if url.fragment().is_some() || raw.contains('#') {
+            return Err(format!("{raw:?} must not contain a fragment"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{raw:?} must not contain credentials"));
+        }
+        match url.scheme() {
+            "https" if url.host().is_some() => Ok(RedirectUri(url)),
+            "http" if is_loopback(&url) => Ok(RedirectUri(url)),
+            "http" => Err(format!(
+                "{raw:?} uses http on a host that is not loopback; use https, or http://localhost, http://127.0.0.1 or http://[::1]"
+            )),
+            _ => Err(format!("{raw:?} must use https (or http on a loopback host)")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        is_loopback(&self.0)
+    }
+
+    /// The host the code will be sent to, for the consent page.
+    pub fn host(&self) -> String {
+        match self.0.port() {
+            Some(port) => format!("{}:{port}", self.0.host_str().unwrap_or("")),
+            None => self.0.host_str().unwrap_or("").to_owned(),
+        }
+    }
+
+    /// Whether a requested URI is allowed by this registered one.
+    pub fn allows(&self, requested: &RedirectUri) -> bool {
+        if self.is_loopback() && requested.is_loopback() {
+            let (mut registered, mut requested) = (self.0.clone(), requested.0.clone());
+            // Infallible for http URLs with a host.
+            let _ = registered.set_port(None);
+            let _ = requested.set_port(None);
+            return registered == requested;
+        }
+        self.0 == requested.0
+    }
+
+    /// This URI with the authorization response's parameters appended to its query.
+    pub fn with_params(&self, params: &[(&str, &str)]) -> String {
+        let mut url = self.0.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            for (name, value) in params {
+                query.append_pair(name, value);
+            }
+        }
+        url.to_string()
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl TryFrom<String> for RedirectUri {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        RedirectUri::parse(&raw)
+    }
+}
+
+impl From<RedirectUri> for String {
+    fn from(uri: RedirectUri) -> String {
+        uri.0.into()
+    }
+}
+
+impl fmt::Debug for RedirectUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedirectUri({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> RedirectUri {
+        RedirectUri::parse(s).expect(s)
+    }
+
+    #[test]
+    fn accepts_https_and_loopback_http_only() {
+        for ok in [
+            "https://claude.ai/api/mcp/auth_callback",
+            "http://localhost:8080/oauth/callback",
+            "http://127.0.0.1/callback",
+            "http://[::1]:3334/cb",
+        ] {
+            assert!(RedirectUri::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://example.com/cb",
+            "https://example.com/cb#frag",
+            "javascript:alert(1)",
+            "/relative",
+            "ftp://example.com/",
+            "https://user:pw@example.com/cb",
+        ] {
+            assert!(RedirectUri::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn matches_exactly_but_ignores_loopback_ports() {
+        assert!(uri("https://claude.ai/api/mcp/auth_callback")
+            .allows(&uri("https://claude.ai/api/mcp/auth_callback")));
+        assert!(!uri("https://claude.ai/api/mcp/auth_callback")
+            .allows(&uri("https://claude.ai/api/mcp/auth_callback2")));
+        assert!(!uri("https://claude.ai/cb").allows(&uri("https://claude.ai:8443/cb")));
+        assert!(uri("http://localhost/callback").allows(&uri("http://localhost:53127/callback")));
+        assert!(uri("http://127.0.0.1:1/callback").allows(&uri("http://127.0.0.1:2/callback")));
+        assert!(!uri("http://localhost/callback").allows(&uri("http://localhost:5/other")));
+        assert!(!uri("http://localhost/callback").allows(&uri("http://127.0.0.1/callback")));
+    }
+
+    #[test]
+    fn appends_response_parameters_to_an_existing_query() {
+        let with = uri("https://app.example/cb?tenant=a")
+            .with_params(&[("code", "x y"), ("state", "s&t")]);
+        assert_eq!(with, "https://app.example/cb?tenant=a&code=x+y&state=s%26t");
+    }
+}

@@ -1,0 +1,156 @@
+//! Secrets Gatehouse hands out (codes, tokens, client secrets, session ids, tickets):
+//! 256 random bits, base64url. The store only ever sees their SHA-256 ([`SecretHash`]).
+//!
+//! Codes and tokens carry the id of their grant in clear (`<kind>.<grant>.<secret>`),
+//! so their keys can live under the grant's group (one Redis Cluster slot, one
+//! revocation). The hash covers the whole string, so editing the grant id finds nothing.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::Group;
+
+/// 32 bytes from the OS's CSPRNG, base64url (43 characters).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A shorter random id (128 bits) for identifiers that are not secrets: grant ids,
+/// client ids.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The SHA-256 of a secret, base64url: what keys and records hold instead of it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    pub fn of(secret: &str) -> Self {
+        SecretHash(URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `secret` hashes to this, in constant time.
+    pub fn matches(&self, secret: &str) -> bool {
+        SecretHash::of(secret)
+            .0
+            .as_bytes()
+            .ct_eq(self.0.as_bytes())
+            .into()
+    }
+}
+
+/// The kinds of grant-bound secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    Code,
+    Access,
+    Refresh,
+}
+
+impl TokenKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Code => "ghc",
+            TokenKind::Access => "gha",
+            TokenKind::Refresh => "ghr",
+        }
+    }
+}
+
+/// A grant-bound secret as a client presents it, split but not yet looked up.
+#[derive(Debug)]
+pub struct GrantToken {
+    pub kind: TokenKind,
+    pub grant: Group,
+    pub hash: SecretHash,
+}
+
+impl GrantToken {
+    /// A new secret of `kind` for `grant`; returns the string to hand out.
+    pub fn issue(kind: TokenKind, grant: &Group) -> (String, GrantToken) {
+        let raw = format!("{}.{}.{}", kind.prefix(), grant.as_str(), random_token());
+        let token = GrantToken {
+            kind,
+            grant: grant.clone(),
+            hash: SecretHash::of(&raw),
+        };
+        (raw, token)
+    }
+
+    /// Splits a presented token; `None` when it is not one of ours.
+    pub fn parse(raw: &str) -> Option<GrantToken> {
+        let mut parts = raw.split('.');
+        let kind = match parts.next()? {
+            "ghc" => TokenKind::Code,
+            "gha" => TokenKind::Access,
+            "ghr" => TokenKind::Refresh,
+            _ => return None,
+        };
+        let grant = parts.next()?;
+        let secret = parts.next()?;
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if parts.next().is_some() || !plain(grant) || !plain(secret) || grant.len() > 64 {
+            return None;
+        }
+        Some(GrantToken {
+            kind,
+            grant: Group::new(grant),
+            hash: SecretHash::of(raw),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_parse_back() {
+        let grant = Group::new(random_id());
+        let (a, parsed_a) = GrantToken::issue(TokenKind::Access, &grant);
+        let (b, _) = GrantToken::issue(TokenKind::Access, &grant);
+        assert_ne!(a, b);
+        let parsed = GrantToken::parse(&a).expect("ours");
+        assert_eq!(parsed.kind, TokenKind::Access);
+        assert_eq!(parsed.grant, grant);
+        assert_eq!(parsed.hash, parsed_a.hash);
+        assert!(!a.contains(parsed.hash.as_str()));
+    }
+
+    #[test]
+    fn foreign_or_malformed_tokens_are_not_ours() {
+        for bad in [
+            "",
+            "gha",
+            "gha.x",
+            "xyz.a.b",
+            "gha.a.b.c",
+            "gha.a{b}.c",
+            "gha..c",
+        ] {
+            assert!(GrantToken::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hashes_compare_in_constant_time() {
+        let hash = SecretHash::of("s3cret");
+        assert!(hash.matches("s3cret"));
+        assert!(!hash.matches("s3cret "));
+    }
+}

@@ -1,0 +1,1411 @@
+//! Router tests for the authorization server: every rule, success and refusal, with
+//! the exact status, error code and headers. The real router, driven with `oneshot`.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{header, HeaderMap, Request, StatusCode},
+    Router,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use clap::Parser;
+use gatehouse::{
+    config::{Cli, Config},
+    http::{router, AppState},
+    store::SharedStore,
+};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "correct horse battery staple";
+const VERIFIER: &str = "a-verifier-that-is-long-enough-for-pkce-rules-0123456789";
+const PUBLIC_URL: &str = "https://gate.example.com";
+
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| gatehouse::oauth::owner::hash_password(PASSWORD).expect("hash"))
+}
+
+fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+struct TestApp {
+    router: Router,
+    store: SharedStore,
+    state: AppState,
+    dir: Arc<tempfile::TempDir>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn location(&self) -> String {
+        self.headers
+            .get(header::LOCATION)
+            .unwrap_or_else(|| panic!("no Location ({}): {}", self.status, self.body))
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    }
+
+    fn query(&self) -> Vec<(String, String)> {
+        let location = self.location();
+        let url = url::Url::parse(&location).expect("absolute redirect");
+        url.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    fn param(&self, name: &str) -> Option<String> {
+        self.query()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+fn config_with(dir: &std::path::Path, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "gatehouse",
+        "--public-url",
+        PUBLIC_URL,
+        "--data-dir",
+        dir.to_str().expect("utf-8"),
+        "--owner-password-hash",
+        password_hash(),
+    ];
+    args.extend_from_slice(extra);
+    Cli::try_parse_from(args)
+        .expect("flags")
+        .serve
+        .into_config()
+        .expect("valid config")
+}
+
+impl TestApp {
+    fn new(extra: &[&str]) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::open(dir, extra)
+    }
+
+    /// The same data directory, a fresh process: what a restart looks like.
+    fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
+        let config = config_with(dir.path(), extra);
+        let store = gatehouse::open_store(&config).expect("store");
+        let state = AppState::new(config, store.clone());
+        TestApp {
+            router: router(state.clone()),
+            store,
+            state,
+            dir,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Answer {
+        let mut request = Request::get(path);
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Answer {
+        let body = serde_urlencoded::to_string(form).expect("form");
+        let mut request =
+            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = basic {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            request = request.header(header::AUTHORIZATION, format!("Basic {encoded}"));
+        }
+        self.send(request.body(Body::from(body)).expect("request"))
+            .await
+    }
+
+    async fn register(&self, metadata: Value) -> Answer {
+        let request = Request::post("/oauth/register")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(metadata.to_string()))
+            .expect("request");
+        self.send(request).await
+    }
+
+    /// Registers a public client with one https and one loopback redirect URI.
+    async fn public_client(&self, name: &str) -> String {
+        let answer = self
+            .register(json!({
+                "client_name": name,
+                "redirect_uris": ["https://client.example/cb", "http://localhost/callback"],
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+            }))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.json()["client_id"]
+            .as_str()
+            .expect("client_id")
+            .to_owned()
+    }
+
+    async fn sign_in_from(&self, ip: [u8; 4], password: &str) -> Answer {
+        let body = serde_urlencoded::to_string([("password", password), ("return_to", "/")])
+            .expect("form");
+        let mut request = Request::post("/oauth/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((ip, 40000))));
+        self.send(request).await
+    }
+
+    /// Signs in; returns the `Cookie` header value.
+    async fn sign_in(&self) -> String {
+        let answer = self.sign_in_from([127, 0, 0, 1], PASSWORD).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let set_cookie = answer.headers[header::SET_COOKIE].to_str().expect("ascii");
+        set_cookie.split(';').next().expect("pair").to_owned()
+    }
+
+    async fn authorize(
+        &self,
+        client_id: &str,
+        extra: &[(&str, &str)],
+        cookie: Option<&str>,
+    ) -> Answer {
+        let challenge = challenge(VERIFIER);
+        let mut params = vec![
+            ("client_id", client_id),
+            ("redirect_uri", "https://client.example/cb"),
+            ("response_type", "code"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("scope", "read:articles write:articles"),
+            ("state", "xyz-state"),
+            ("resource", "https://gate.example.com/mcp"),
+        ];
+        for (name, value) in extra {
+            params.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                params.push((name, value));
+            }
+        }
+        let query = serde_urlencoded::to_string(&params).expect("query");
+        self.get(&format!("/oauth/authorize?{query}"), cookie).await
+    }
+
+    /// The consent page's approve (or deny) link.
+    fn link(consent: &Answer, which: &str) -> String {
+        let marker = format!("href=\"/oauth/authorize/{which}?ticket=");
+        let start = consent
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {which} link: {}", consent.body))
+            + 6;
+        let end = start + consent.body[start..].find('"').expect("closing quote");
+        consent.body[start..end].replace("&amp;", "&")
+    }
+
+    /// Runs the whole flow to a code; returns (client_id, cookie, code).
+    async fn code_for(&self, scope: &str) -> (String, String, String) {
+        let client_id = self.public_client("Test client").await;
+        let cookie = self.sign_in().await;
+        let consent = self
+            .authorize(&client_id, &[("scope", scope)], Some(&cookie))
+            .await;
+        assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+        let approved = self
+            .get(&Self::link(&consent, "approve"), Some(&cookie))
+            .await;
+        assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+        let code = approved.param("code").expect("code");
+        (client_id, cookie, code)
+    }
+
+    async fn redeem(&self, client_id: &str, code: &str) -> Answer {
+        self.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", "https://client.example/cb"),
+                ("code_verifier", VERIFIER),
+                ("client_id", client_id),
+                ("resource", "https://gate.example.com/mcp"),
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn refresh(
+        &self,
+        client_id: &str,
+        refresh_token: &str,
+        extra: &[(&str, &str)],
+    ) -> Answer {
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ];
+        form.extend_from_slice(extra);
+        self.post_form("/oauth/token", &form, None).await
+    }
+
+    async fn token_is_valid(&self, access_token: &str) -> bool {
+        self.state
+            .auth
+            .verify_access_token(access_token)
+            .await
+            .expect("store")
+            .is_some()
+    }
+}
+
+/// Form fields to override in a request (an empty value removes the field).
+type Overrides<'a> = &'a [(&'a str, &'a str)];
+
+fn assert_oauth_error(answer: &Answer, status: StatusCode, error: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.json()["error"], error, "{}", answer.body);
+    assert!(answer.json()["error_description"].is_string());
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+}
+
+fn assert_no_nulls(value: &Value) {
+    match value {
+        Value::Null => panic!("null in a response"),
+        Value::Array(items) => items.iter().for_each(assert_no_nulls),
+        Value::Object(map) => map.values().for_each(assert_no_nulls),
+        _ => {}
+    }
+}
+
+// ----- discovery -------------------------------------------------------------------
+
+#[tokio::test]
+async fn metadata_lists_what_clients_require_under_both_names() {
+    let app = TestApp::new(&[]);
+    let request = Request::get("/.well-known/oauth-authorization-server")
+        .header(header::ORIGIN, "http://localhost:6274")
+        .body(Body::empty())
+        .expect("request");
+    let answer = app.send(request).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let doc = answer.json();
+    assert_no_nulls(&doc);
+    assert_eq!(doc["issuer"], PUBLIC_URL);
+    assert_eq!(
+        doc["authorization_endpoint"],
+        "https://gate.example.com/oauth/authorize"
+    );
+    assert_eq!(
+        doc["token_endpoint"],
+        "https://gate.example.com/oauth/token"
+    );
+    assert_eq!(
+        doc["registration_endpoint"],
+        "https://gate.example.com/oauth/register"
+    );
+    assert_eq!(
+        doc["revocation_endpoint"],
+        "https://gate.example.com/oauth/revoke"
+    );
+    assert_eq!(doc["response_types_supported"], json!(["code"]));
+    assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(
+        doc["grant_types_supported"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    assert_eq!(
+        doc["token_endpoint_auth_methods_supported"],
+        json!(["none", "client_secret_post", "client_secret_basic"])
+    );
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["read:articles", "write:articles"])
+    );
+    assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+
+    let openid = app.get("/.well-known/openid-configuration", None).await;
+    assert_eq!(openid.status, StatusCode::OK);
+    assert_eq!(openid.json(), doc);
+}
+
+#[tokio::test]
+async fn api_paths_never_redirect() {
+    let app = TestApp::new(&[]);
+    for path in [
+        "/oauth/register/",
+        "/oauth/token/",
+        "/.well-known/oauth-authorization-server/",
+    ] {
+        let answer = app
+            .send(Request::post(path).body(Body::empty()).expect("request"))
+            .await;
+        assert!(!answer.status.is_redirection(), "{path}: {}", answer.status);
+        assert!(answer.headers.get(header::LOCATION).is_none());
+    }
+}
+
+#[tokio::test]
+async fn preflights_on_api_endpoints_are_answered_for_browser_clients() {
+    let app = TestApp::new(&[]);
+    for path in [
+        "/oauth/register",
+        "/oauth/token",
+        "/oauth/revoke",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let request = Request::options(path)
+            .header(header::ORIGIN, "http://localhost:6274")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "content-type,authorization",
+            )
+            .body(Body::empty())
+            .expect("request");
+        let answer = app.send(request).await;
+        assert!(answer.status.is_success(), "{path}: {}", answer.status);
+        assert_eq!(
+            answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "{path}"
+        );
+    }
+}
+
+// ----- registration ------------------------------------------------------------------
+
+#[tokio::test]
+async fn public_clients_register_without_a_secret() {
+    let app = TestApp::new(&[]);
+    let answer = app
+        .register(json!({
+            "client_name": "Claude",
+            "redirect_uris": ["https://claude.ai/api/mcp/auth_callback"],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "scope": "claudeai",
+        }))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    let client = answer.json();
+    assert_no_nulls(&client);
+    assert!(client["client_id"]
+        .as_str()
+        .is_some_and(|id| id.len() >= 16));
+    assert!(client.get("client_secret").is_none());
+    assert!(
+        client.get("scope").is_none(),
+        "unknown scopes are dropped: {client}"
+    );
+    assert_eq!(client["token_endpoint_auth_method"], "none");
+    assert_eq!(
+        client["redirect_uris"],
+        json!(["https://claude.ai/api/mcp/auth_callback"])
+    );
+    assert_eq!(client["client_name"], "Claude");
+
+    let second = app.public_client("Claude").await;
+    assert_ne!(
+        second, client["client_id"],
+        "every registration gets its own id"
+    );
+}
+
+#[tokio::test]
+async fn confidential_clients_get_their_own_secret_stored_only_as_a_hash() {
+    let app = TestApp::new(&[]);
+    let mut secrets = Vec::new();
+    for method in ["client_secret_basic", "client_secret_post"] {
+        let answer = app
+            .register(json!({"redirect_uris": ["https://client.example/cb"], "token_endpoint_auth_method": method}))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        let client = answer.json();
+        assert_eq!(client["token_endpoint_auth_method"], method);
+        assert_eq!(client["client_secret_expires_at"], 0);
+        secrets.push(client["client_secret"].as_str().expect("secret").to_owned());
+    }
+    assert_ne!(secrets[0], secrets[1]);
+    for (_, value) in app.store.scan("").await.expect("scan") {
+        let value = String::from_utf8_lossy(&value);
+        for secret in &secrets {
+            assert!(!value.contains(secret.as_str()), "a raw secret is stored");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_registrations_get_clear_errors() {
+    let app = TestApp::new(&[]);
+    let bad_uri = app
+        .register(json!({"redirect_uris": ["http://evil.example/cb"]}))
+        .await;
+    assert_oauth_error(&bad_uri, StatusCode::BAD_REQUEST, "invalid_redirect_uri");
+    let fragment = app
+        .register(json!({"redirect_uris": ["https://a.example/cb#x"]}))
+        .await;
+    assert_oauth_error(&fragment, StatusCode::BAD_REQUEST, "invalid_redirect_uri");
+    let missing = app.register(json!({"client_name": "x"})).await;
+    assert_oauth_error(&missing, StatusCode::BAD_REQUEST, "invalid_redirect_uri");
+    let method = app
+        .register(json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"}))
+        .await;
+    assert_oauth_error(&method, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    let garbage = app
+        .send(
+            Request::post("/oauth/register")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .expect("request"),
+        )
+        .await;
+    assert_oauth_error(&garbage, StatusCode::BAD_REQUEST, "invalid_client_metadata");
+    let huge =
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(100_000)});
+    let too_big = app.register(huge).await;
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+// ----- authorization endpoint -----------------------------------------------------------
+
+#[tokio::test]
+async fn a_bad_client_or_redirect_uri_is_shown_and_never_redirected() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    let cases = [
+        app.authorize("no-such-client", &[], Some(&cookie)).await,
+        app.authorize("", &[("client_id", "")], Some(&cookie)).await,
+        app.authorize(
+            &client_id,
+            &[("redirect_uri", "https://evil.example/cb")],
+            Some(&cookie),
+        )
+        .await,
+        app.authorize(
+            &client_id,
+            &[("redirect_uri", "https://client.example/cb/extra")],
+            Some(&cookie),
+        )
+        .await,
+        app.authorize(
+            &client_id,
+            &[("redirect_uri", "http://client.example/cb")],
+            Some(&cookie),
+        )
+        .await,
+        // Several registered URIs: the request must name one.
+        app.authorize(&client_id, &[("redirect_uri", "")], Some(&cookie))
+            .await,
+        // Even with other errors too, the redirect URI is judged first.
+        app.authorize(
+            &client_id,
+            &[
+                ("redirect_uri", "https://evil.example/cb"),
+                ("code_challenge", ""),
+            ],
+            None,
+        )
+        .await,
+    ];
+    for answer in cases {
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert!(answer.headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html"));
+        assert!(
+            answer.body.contains("error-card"),
+            "the styled error page: {}",
+            answer.body
+        );
+        assert!(
+            !answer.body.contains("evil.example/cb\"</"),
+            "{}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn loopback_redirect_uris_match_on_any_port() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("CLI").await;
+    let cookie = app.sign_in().await;
+    let answer = app
+        .authorize(
+            &client_id,
+            &[("redirect_uri", "http://localhost:53682/callback")],
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.body.contains("loopback-warning"));
+    let approved = app
+        .get(&TestApp::link(&answer, "approve"), Some(&cookie))
+        .await;
+    assert!(approved
+        .location()
+        .starts_with("http://localhost:53682/callback?code="));
+}
+
+#[tokio::test]
+async fn later_errors_go_back_to_the_client_with_state_and_iss() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cases: [(Overrides, &str); 7] = [
+        (&[("code_challenge", "")], "invalid_request"),
+        (&[("code_challenge_method", "plain")], "invalid_request"),
+        (&[("code_challenge_method", "")], "invalid_request"),
+        (&[("response_type", "token")], "unsupported_response_type"),
+        (&[("response_type", "")], "invalid_request"),
+        (
+            &[("resource", "https://other.example/mcp")],
+            "invalid_target",
+        ),
+        (&[("scope", "admin everything")], "invalid_scope"),
+    ];
+    for (extra, error) in cases {
+        let answer = app.authorize(&client_id, extra, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SEE_OTHER,
+            "{extra:?}: {}",
+            answer.body
+        );
+        assert!(answer.location().starts_with("https://client.example/cb?"));
+        assert_eq!(answer.param("error").as_deref(), Some(error), "{extra:?}");
+        assert_eq!(answer.param("state").as_deref(), Some("xyz-state"));
+        assert_eq!(answer.param("iss").as_deref(), Some(PUBLIC_URL));
+        assert!(answer.param("code").is_none());
+    }
+}
+
+#[tokio::test]
+async fn without_a_session_sign_in_comes_first_and_returns_to_the_request() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let answer = app.authorize(&client_id, &[], None).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let location = answer.location();
+    assert!(
+        location.starts_with("/oauth/login?return_to=%2Foauth%2Fauthorize%3F"),
+        "{location}"
+    );
+
+    let page = app.get(&location, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("type=\"password\""));
+    assert!(page
+        .body
+        .contains("name=\"return_to\" value=\"/oauth/authorize?"));
+
+    // Signing in with that return_to leads back to the same authorization request.
+    let return_to =
+        url::form_urlencoded::parse(location.split_once('?').expect("query").1.as_bytes())
+            .find(|(k, _)| k == "return_to")
+            .map(|(_, v)| v.into_owned())
+            .expect("return_to");
+    let signed_in = app
+        .post_form(
+            "/oauth/login",
+            &[("password", PASSWORD), ("return_to", &return_to)],
+            None,
+        )
+        .await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.location(), return_to);
+}
+
+#[tokio::test]
+async fn sign_in_never_redirects_off_site() {
+    let app = TestApp::new(&[]);
+    for target in [
+        "https://evil.example/",
+        "//evil.example/",
+        "/oauth/authorize\r\nX: y",
+    ] {
+        let answer = app
+            .post_form(
+                "/oauth/login",
+                &[("password", PASSWORD), ("return_to", target)],
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+        assert_eq!(answer.location(), "/");
+    }
+}
+
+#[tokio::test]
+async fn the_consent_page_names_client_host_and_scopes_escaped_and_unframeable() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("<script>alert(1)</script>").await;
+    let cookie = app.sign_in().await;
+    let answer = app
+        .authorize(
+            &client_id,
+            &[("scope", "read:articles <img src=x onerror=alert(2)>")],
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(
+        answer.headers[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'"
+    );
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    let body = &answer.body;
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(!body.contains("<script>alert(1)"), "{body}");
+    assert!(!body.contains("<img src=x"), "{body}");
+    assert!(
+        body.contains("&lt;img"),
+        "ignored scopes are shown as text: {body}"
+    );
+    assert!(body.contains("client.example"), "the redirect host: {body}");
+    assert!(
+        body.contains("Read your articles"),
+        "scopes in plain words: {body}"
+    );
+    assert!(
+        !body.contains("Create, edit, publish"),
+        "only the granted scopes: {body}"
+    );
+    assert!(body.contains("Unverified"), "{body}");
+}
+
+// ----- approve and deny ------------------------------------------------------------------
+
+#[tokio::test]
+async fn approval_sends_code_state_and_iss_once() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let approve = TestApp::link(&consent, "approve");
+
+    let approved = app.get(&approve, Some(&cookie)).await;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER);
+    assert!(approved
+        .location()
+        .starts_with("https://client.example/cb?code="));
+    assert!(approved.param("code").is_some_and(|c| c.len() > 43));
+    assert_eq!(approved.param("state").as_deref(), Some("xyz-state"));
+    assert_eq!(approved.param("iss").as_deref(), Some(PUBLIC_URL));
+
+    let replayed = app.get(&approve, Some(&cookie)).await;
+    assert_eq!(replayed.status, StatusCode::BAD_REQUEST);
+    assert!(replayed.headers.get(header::LOCATION).is_none());
+}
+
+#[tokio::test]
+async fn an_approve_link_from_another_session_approves_nothing() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let owner = app.sign_in().await;
+    let other = app.sign_in().await;
+    assert_ne!(owner, other);
+    let consent = app.authorize(&client_id, &[], Some(&owner)).await;
+    let approve = TestApp::link(&consent, "approve");
+
+    for cookie in [Some(other.as_str()), None, Some("gatehouse_session=forged")] {
+        let answer = app.get(&approve, cookie).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{cookie:?}");
+        assert!(answer.headers.get(header::LOCATION).is_none());
+    }
+    let forged = app
+        .get("/oauth/authorize/approve?ticket=forged", Some(&owner))
+        .await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    // The foreign attempts did not burn the owner's link.
+    let answer = app.get(&approve, Some(&owner)).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn deny_sends_access_denied() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let denied = app
+        .get(&TestApp::link(&consent, "deny"), Some(&cookie))
+        .await;
+    assert_eq!(denied.status, StatusCode::SEE_OTHER);
+    assert_eq!(denied.param("error").as_deref(), Some("access_denied"));
+    assert_eq!(denied.param("state").as_deref(), Some("xyz-state"));
+    assert_eq!(denied.param("iss").as_deref(), Some(PUBLIC_URL));
+    assert!(denied.param("code").is_none());
+    // The ticket is spent: approving afterwards does nothing.
+    let approve = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_eq!(approve.status, StatusCode::BAD_REQUEST);
+}
+
+// ----- token endpoint ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_code_is_redeemed_with_pkce_for_tokens_bound_to_the_resource() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let answer = app.redeem(&client_id, &code).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+    let tokens = answer.json();
+    assert_no_nulls(&tokens);
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 3600);
+    assert_eq!(tokens["scope"], "read:articles");
+    let access = tokens["access_token"].as_str().expect("access token");
+    assert!(tokens["refresh_token"].is_string());
+    let verified = app
+        .state
+        .auth
+        .verify_access_token(access)
+        .await
+        .expect("store")
+        .expect("valid");
+    assert_eq!(verified.resource, "https://gate.example.com/mcp");
+    assert_eq!(verified.client_id, client_id);
+    assert_eq!(verified.subject, "owner");
+
+    // Nothing raw is stored: neither the code nor the tokens.
+    for (key, value) in app.store.scan("").await.expect("scan") {
+        let text = format!("{key} {}", String::from_utf8_lossy(&value));
+        for secret in [
+            code.as_str(),
+            access,
+            tokens["refresh_token"].as_str().expect("rt"),
+        ] {
+            let secret_part = secret.rsplit('.').next().expect("secret");
+            assert!(!text.contains(secret_part), "{key} holds a raw secret");
+        }
+    }
+}
+
+#[tokio::test]
+async fn code_redemption_checks_verifier_redirect_uri_resource_and_client() {
+    let app = TestApp::new(&[]);
+    let other_client = app.public_client("Other").await;
+    let cases: [(Overrides, StatusCode, &str); 5] = [
+        (
+            &[(
+                "code_verifier",
+                "wrong-verifier-wrong-verifier-wrong-verifier-0000",
+            )],
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+        ),
+        (
+            &[("redirect_uri", "https://client.example/other")],
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+        ),
+        (
+            &[("resource", "https://other.example/mcp")],
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+        ),
+        (
+            &[("client_id", other_client.as_str())],
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+        ),
+        (
+            &[("code_verifier", "")],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (overrides, status, error) in cases {
+        let (client_id, _, code) = app.code_for("read:articles").await;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "https://client.example/cb"),
+            ("code_verifier", VERIFIER),
+            ("client_id", client_id.as_str()),
+        ];
+        for (name, value) in overrides {
+            form.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                form.push((name, value));
+            }
+        }
+        let answer = app.post_form("/oauth/token", &form, None).await;
+        assert_oauth_error(&answer, status, error);
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_code_fails_and_revokes_what_it_issued() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let first = app.redeem(&client_id, &code).await.json();
+    let access = first["access_token"].as_str().expect("token");
+    assert!(app.token_is_valid(access).await);
+
+    let replay = app.redeem(&client_id, &code).await;
+    assert_oauth_error(&replay, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(
+        !app.token_is_valid(access).await,
+        "the first redemption's token is revoked"
+    );
+    let refresh = app
+        .refresh(
+            &client_id,
+            first["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn concurrent_redemptions_of_one_code_succeed_once() {
+    let app = Arc::new(TestApp::new(&[]));
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let (app, client_id, code) = (app.clone(), client_id.clone(), code.clone());
+            tokio::spawn(async move { app.redeem(&client_id, &code).await.status })
+        })
+        .collect();
+    let mut successes = 0;
+    for attempt in attempts {
+        if attempt.await.expect("join") == StatusCode::OK {
+            successes += 1;
+        }
+    }
+    assert_eq!(successes, 1);
+}
+
+#[tokio::test]
+async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
+    let app = TestApp::new(&["--refresh-grace", "1s"]);
+    let (client_id, _, code) = app.code_for("read:articles write:articles").await;
+    let first = app.redeem(&client_id, &code).await.json();
+    let rt1 = first["refresh_token"].as_str().expect("rt").to_owned();
+
+    let second = app.refresh(&client_id, &rt1, &[]).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert_eq!(second.headers[header::CACHE_CONTROL], "no-store");
+    let second = second.json();
+    let rt2 = second["refresh_token"].as_str().expect("rt").to_owned();
+    assert_ne!(rt1, rt2, "refresh tokens rotate");
+    assert_ne!(first["access_token"], second["access_token"]);
+
+    // A lost response: the same old token within the window yields the same pair.
+    let again = app.refresh(&client_id, &rt1, &[]).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.json(), second);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reuse = app.refresh(&client_id, &rt1, &[]).await;
+    assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
+    // The reuse revoked the whole grant: the successor no longer works either.
+    assert!(
+        !app.token_is_valid(second["access_token"].as_str().expect("at"))
+            .await
+    );
+    let successor = app.refresh(&client_id, &rt2, &[]).await;
+    assert_oauth_error(&successor, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn refresh_may_narrow_scopes_but_not_widen_them_or_change_the_resource() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let tokens = app.redeem(&client_id, &code).await.json();
+    let rt = tokens["refresh_token"].as_str().expect("rt").to_owned();
+
+    let widen = app
+        .refresh(
+            &client_id,
+            &rt,
+            &[("scope", "read:articles write:articles")],
+        )
+        .await;
+    assert_oauth_error(&widen, StatusCode::BAD_REQUEST, "invalid_scope");
+    let retarget = app
+        .refresh(
+            &client_id,
+            &rt,
+            &[("resource", "https://other.example/mcp")],
+        )
+        .await;
+    assert_oauth_error(&retarget, StatusCode::BAD_REQUEST, "invalid_target");
+    let other_client = app.public_client("Other").await;
+    let stolen = app.refresh(&other_client, &rt, &[]).await;
+    assert_oauth_error(&stolen, StatusCode::BAD_REQUEST, "invalid_grant");
+
+    let (client_id, _, code) = app.code_for("read:articles write:articles").await;
+    let tokens = app.redeem(&client_id, &code).await.json();
+    let narrowed = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[("scope", "read:articles")],
+        )
+        .await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{}", narrowed.body);
+    assert_eq!(narrowed.json()["scope"], "read:articles");
+    // The grant keeps its scopes: the next refresh may ask for both again.
+    let restored = app
+        .refresh(
+            &client_id,
+            narrowed.json()["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(restored.json()["scope"], "read:articles write:articles");
+}
+
+#[tokio::test]
+async fn grant_types_and_bodies_are_checked() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let unsupported = app
+        .post_form(
+            "/oauth/token",
+            &[("grant_type", "password"), ("client_id", &client_id)],
+            None,
+        )
+        .await;
+    assert_oauth_error(
+        &unsupported,
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
+    );
+    let missing = app
+        .post_form("/oauth/token", &[("client_id", &client_id)], None)
+        .await;
+    assert_oauth_error(&missing, StatusCode::BAD_REQUEST, "invalid_request");
+    let json_body = app
+        .send(
+            Request::post("/oauth/token")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_oauth_error(&json_body, StatusCode::BAD_REQUEST, "invalid_request");
+    let bad_code = app
+        .post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", "ghc.x.y"),
+                ("code_verifier", VERIFIER),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&bad_code, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn clients_must_authenticate_the_way_they_registered() {
+    let app = TestApp::new(&[]);
+    let basic = app
+        .register(json!({"redirect_uris": ["https://client.example/cb"], "token_endpoint_auth_method": "client_secret_basic"}))
+        .await
+        .json();
+    let (id, secret) = (
+        basic["client_id"].as_str().expect("id"),
+        basic["client_secret"].as_str().expect("secret"),
+    );
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", "ghr.a.b"),
+    ];
+
+    let wrong = app
+        .post_form("/oauth/token", &form, Some((id, "wrong-secret")))
+        .await;
+    assert_oauth_error(&wrong, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert!(wrong.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .expect("ascii")
+        .starts_with("Basic"));
+
+    let as_post = app
+        .post_form(
+            "/oauth/token",
+            &[
+                form[0],
+                form[1],
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&as_post, StatusCode::UNAUTHORIZED, "invalid_client");
+    let no_secret = app
+        .post_form("/oauth/token", &[form[0], form[1], ("client_id", id)], None)
+        .await;
+    assert_oauth_error(&no_secret, StatusCode::UNAUTHORIZED, "invalid_client");
+    let unknown = app
+        .post_form(
+            "/oauth/token",
+            &[form[0], form[1], ("client_id", "nobody")],
+            None,
+        )
+        .await;
+    assert_oauth_error(&unknown, StatusCode::UNAUTHORIZED, "invalid_client");
+    let anonymous = app.post_form("/oauth/token", &form, None).await;
+    assert_oauth_error(&anonymous, StatusCode::UNAUTHORIZED, "invalid_client");
+
+    // The right secret passes authentication (and then fails on the fake token).
+    let right = app
+        .post_form("/oauth/token", &form, Some((id, secret)))
+        .await;
+    assert_oauth_error(&right, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_revokes_the_grant() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let tokens = app.redeem(&client_id, &code).await.json();
+    let access = tokens["access_token"].as_str().expect("at");
+
+    let unknown = app
+        .post_form(
+            "/oauth/revoke",
+            &[("token", "gha.nothing.here"), ("client_id", &client_id)],
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::OK);
+
+    // Another client cannot revoke it.
+    let other = app.public_client("Other").await;
+    let foreign = app
+        .post_form(
+            "/oauth/revoke",
+            &[
+                ("token", tokens["refresh_token"].as_str().expect("rt")),
+                ("client_id", &other),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::OK);
+    assert!(app.token_is_valid(access).await);
+
+    let revoked = app
+        .post_form(
+            "/oauth/revoke",
+            &[
+                ("token", tokens["refresh_token"].as_str().expect("rt")),
+                ("token_type_hint", "refresh_token"),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(!app.token_is_valid(access).await);
+    let refresh = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test]
+async fn revoking_an_access_token_leaves_the_refresh_token() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let tokens = app.redeem(&client_id, &code).await.json();
+    let access = tokens["access_token"].as_str().expect("at");
+    let revoked = app
+        .post_form(
+            "/oauth/revoke",
+            &[("token", access), ("client_id", &client_id)],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(!app.token_is_valid(access).await);
+    let refreshed = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_static_client_from_configuration_works() {
+    let secret = "a-static-secret-of-more-than-32-characters";
+    let app = TestApp::new(&[
+        "--static-client-id",
+        "claude-fixed",
+        "--static-client-secret",
+        secret,
+        "--static-client-redirect-uris",
+        "https://client.example/cb",
+    ]);
+    let cookie = app.sign_in().await;
+    let consent = app.authorize("claude-fixed", &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    assert!(!consent.body.contains("Unverified"));
+    let code = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await
+        .param("code")
+        .expect("code");
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "https://client.example/cb"),
+        ("code_verifier", VERIFIER),
+        ("client_id", "claude-fixed"),
+        ("client_secret", "not-the-secret"),
+    ];
+    let wrong = app.post_form("/oauth/token", &form, None).await;
+    assert_oauth_error(&wrong, StatusCode::UNAUTHORIZED, "invalid_client");
+    let mut form = form;
+    form[5] = ("client_secret", secret);
+    // The failed attempt did not consume the code: client authentication comes first.
+    let right = app.post_form("/oauth/token", &form, None).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", right.body);
+}
+
+// ----- owner sign-in and setup ---------------------------------------------------------------
+
+#[tokio::test]
+async fn session_cookies_are_host_only_secure_httponly_lax_under_https() {
+    let app = TestApp::new(&[]);
+    let answer = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;
+    let cookie = answer.headers[header::SET_COOKIE].to_str().expect("ascii");
+    assert!(cookie.starts_with("__Host-gatehouse_session="), "{cookie}");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert!(!cookie.contains("Domain"));
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_limited_per_address() {
+    let app = TestApp::new(&[]);
+    for _ in 0..10 {
+        let answer = app.sign_in_from([192, 0, 2, 1], "wrong password!").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert!(answer.body.contains("not right"));
+    }
+    let limited = app.sign_in_from([192, 0, 2, 1], PASSWORD).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.body.contains("Too many failed sign-ins"));
+    assert!(limited.headers.get(header::SET_COOKIE).is_none());
+    // Another address may still sign in.
+    let other = app.sign_in_from([192, 0, 2, 2], PASSWORD).await;
+    assert_eq!(other.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn first_run_setup_sets_the_password_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Cli::try_parse_from([
+        "gatehouse",
+        "--public-url",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("config");
+    let store = gatehouse::open_store(&config).expect("store");
+    let state = AppState::new(config, store);
+    let app = TestApp {
+        router: router(state.clone()),
+        store: state.store.clone(),
+        state,
+        dir: Arc::new(dir),
+    };
+    // No password yet: a sign-in fails exactly like a wrong password.
+    let before = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;
+    assert_eq!(before.status, StatusCode::UNAUTHORIZED);
+    assert!(before.body.contains("not right"));
+
+    let token = app
+        .state
+        .owner
+        .create_setup_token()
+        .await
+        .expect("store")
+        .expect("a token");
+    let page = app.get(&format!("/setup?token={token}"), None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let short = app
+        .post_form(
+            "/setup",
+            &[
+                ("token", &token),
+                ("password", "short"),
+                ("confirm", "short"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    let done = app
+        .post_form(
+            "/setup",
+            &[
+                ("token", &token),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location(), "/oauth/login?setup=done");
+
+    let reused = app
+        .post_form(
+            "/setup",
+            &[
+                ("token", &token),
+                ("password", "another long password"),
+                ("confirm", "another long password"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.get(&format!("/setup?token={token}"), None).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(app
+        .state
+        .owner
+        .create_setup_token()
+        .await
+        .expect("store")
+        .is_none());
+
+    let signed_in = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let cookie = signed_in.headers[header::SET_COOKIE]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        cookie.starts_with("gatehouse_session="),
+        "plain http: no __Host- prefix: {cookie}"
+    );
+    assert!(!cookie.contains("Secure"));
+}
+
+#[tokio::test]
+async fn a_refresh_token_survives_a_restart() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    let tokens = app.redeem(&client_id, &code).await.json();
+    let dir = app.dir.clone();
+    drop(app);
+    // redb allows one open handle per file; give the old one's tasks a moment to end.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let restarted = TestApp::open(dir, &[]);
+    let refreshed = restarted
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+}
+
+#[tokio::test]
+async fn registered_clients_that_never_obtain_a_grant_expire() {
+    let app = TestApp::new(&["--unused-client-ttl", "1s"]);
+    let unused = app.public_client("Unused").await;
+    let (used, _, code) = app.code_for("read:articles").await;
+    assert_eq!(app.redeem(&used, &code).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(app
+        .state
+        .auth
+        .client(&unused)
+        .await
+        .expect("store")
+        .is_none());
+    assert!(app.state.auth.client(&used).await.expect("store").is_some());
+    let answer = app.authorize(&unused, &[], None).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
