@@ -11,6 +11,8 @@ export interface Gatehouse {
   /** The public URL, e.g. http://127.0.0.1:43117 */
   url: string;
   dataDir: string;
+  /** What the process printed since it last started. */
+  output(): string;
   /** Stops the process and starts it again on the same port and store. */
   restart(): Promise<void>;
   stop(): Promise<void>;
@@ -82,6 +84,7 @@ export async function startGatehouse(extraArgs: string[] = []): Promise<Gatehous
   return {
     url,
     dataDir,
+    output: () => output,
     restart: async () => {
       await stopProcess();
       await launch();
