@@ -161,6 +161,15 @@ pub struct ServeArgs {
         default_value = "https://claude.ai/api/mcp/auth_callback,https://claude.com/api/mcp/auth_callback"
     )]
     pub static_client_redirect_uris: Vec<String>,
+
+    /// Fetch client-ID metadata documents from loopback http URLs. For tests only: it
+    /// turns off part of the SSRF guard.
+    #[arg(
+        long,
+        env = "GATEHOUSE_INSECURE_ALLOW_LOOPBACK_CLIENT_METADATA",
+        hide = true
+    )]
+    pub insecure_allow_loopback_client_metadata: bool,
 }
 
 /// Validated configuration. Everything past start-up reads this, never raw flags.
@@ -328,6 +337,7 @@ impl ServeArgs {
                     refresh_grace: self.refresh_grace,
                     unused_client_ttl: self.unused_client_ttl,
                     static_client,
+                    allow_loopback_client_metadata: self.insecure_allow_loopback_client_metadata,
                 },
                 public_url,
                 store,

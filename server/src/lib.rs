@@ -8,6 +8,7 @@
 pub mod config;
 pub mod http;
 pub mod oauth;
+pub mod outbound;
 pub mod store;
 
 use std::sync::Arc;

@@ -1409,3 +1409,166 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
     let answer = app.authorize(&unused, &[], None).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 }
+
+// ----- client-ID metadata documents --------------------------------------------------------
+
+/// Serves metadata documents on a loopback port and counts fetches.
+struct DocumentServer {
+    base: String,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn document_server() -> DocumentServer {
+    use axum::{response::IntoResponse, routing::get};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let doc = |base: &str, path: &str, name: &str| {
+        json!({
+            "client_id": format!("{base}{path}"),
+            "client_name": name,
+            "redirect_uris": ["https://client.example/cb"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+        })
+    };
+    let good = doc(&base, "/client.json", "Documented client");
+    let mismatch = doc(&base, "/elsewhere.json", "Liar");
+    let counter = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/client.json",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = good.to_string();
+                async move {
+                    (
+                        [
+                            (header::CACHE_CONTROL, "max-age=60"),
+                            (header::CONTENT_TYPE, "application/json"),
+                        ],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/mismatch.json",
+            get(move || async move { axum::Json(mismatch) }),
+        )
+        .route("/big.json", get(|| async { "x".repeat(40_000) }))
+        .route(
+            "/redirect.json",
+            get(|| async {
+                (StatusCode::FOUND, [(header::LOCATION, "/client.json")]).into_response()
+            }),
+        )
+        .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    DocumentServer { base, hits }
+}
+
+#[tokio::test]
+async fn metadata_document_clients_are_fetched_validated_and_cached() {
+    use std::sync::atomic::Ordering;
+    let docs = document_server().await;
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let discovery = app
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .json();
+    assert_eq!(discovery["client_id_metadata_document_supported"], true);
+
+    let client_id = format!("{}/client.json", docs.base);
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    assert!(consent.body.contains("Documented client"));
+    assert!(!consent.body.contains("Unverified"));
+    let code = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await
+        .param("code")
+        .expect("code");
+    let tokens = app.redeem(&client_id, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    assert_eq!(
+        docs.hits.load(Ordering::SeqCst),
+        1,
+        "the document is cached per its max-age"
+    );
+}
+
+#[tokio::test]
+async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
+    let docs = document_server().await;
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let cookie = app.sign_in().await;
+    for path in [
+        "/mismatch.json",
+        "/big.json",
+        "/redirect.json",
+        "/missing.json",
+    ] {
+        let client_id = format!("{}{path}", docs.base);
+        let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            answer.body
+        );
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert!(
+            answer.body.contains("Client metadata unavailable"),
+            "{path}: {}",
+            answer.body
+        );
+        let token = app
+            .post_form(
+                "/oauth/token",
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", "ghr.a.b"),
+                    ("client_id", &client_id),
+                ],
+                None,
+            )
+            .await;
+        assert_oauth_error(&token, StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+}
+
+#[tokio::test]
+async fn metadata_documents_on_private_addresses_are_refused_without_the_test_opt_in() {
+    let docs = document_server().await;
+    let app = TestApp::new(&[]);
+    let port = docs.base.rsplit(':').next().expect("port");
+    let cookie = app.sign_in().await;
+    for client_id in [
+        format!("https://127.0.0.1:{port}/client.json"),
+        format!("https://localhost:{port}/client.json"),
+        format!("https://[::1]:{port}/client.json"),
+        "https://10.0.0.1/client.json".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{client_id}");
+        assert!(answer.headers.get(header::LOCATION).is_none());
+    }
+    // Plain http document URLs are not metadata documents at all without the opt-in.
+    let answer = app
+        .authorize(&format!("{}/client.json", docs.base), &[], Some(&cookie))
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        docs.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing was fetched"
+    );
+}

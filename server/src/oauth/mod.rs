@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod grace;
+pub mod metadata_document;
 pub mod owner;
 pub mod pkce;
 pub mod redirect;

@@ -9,13 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     client::{AuthMethod, Client, ClientKind, MetadataError, RegistrationRequest},
-    grace, now_secs,
+    grace, metadata_document, now_secs,
     pkce::CodeChallenge,
     redirect::RedirectUri,
     scope::{Scope, ScopeSet},
     secret::{random_id, random_token, GrantToken, SecretHash, TokenKind},
 };
-use crate::store::{Group, Key, Put, SharedStore, StoreError};
+use crate::{
+    outbound::DocumentFetcher,
+    store::{Group, Key, Put, SharedStore, StoreError},
+};
 
 /// Codes live 10 minutes (RFC 6749 §4.1.2 recommends at most 10).
 pub const CODE_TTL: Duration = Duration::from_secs(600);
@@ -34,6 +37,8 @@ pub struct OAuthSettings {
     /// Registered clients that never obtain a grant are forgotten after this long.
     pub unused_client_ttl: Duration,
     pub static_client: Option<StaticClient>,
+    /// Admit client-ID metadata documents on loopback http URLs. Tests only.
+    pub allow_loopback_client_metadata: bool,
 }
 
 /// A client configured by the operator, for clients that cannot register (a fixed id
@@ -48,6 +53,17 @@ pub struct StaticClient {
 pub struct AuthServer {
     store: SharedStore,
     settings: OAuthSettings,
+    fetcher: DocumentFetcher,
+}
+
+/// Why a client could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's metadata document is unusable (unreachable, invalid, not public).
+    #[error("{0}")]
+    Document(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 // ---------------------------------------------------------------------------------
@@ -306,7 +322,12 @@ const OWNER: &str = "owner";
 
 impl AuthServer {
     pub fn new(store: SharedStore, settings: OAuthSettings) -> Arc<Self> {
-        Arc::new(AuthServer { store, settings })
+        let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata);
+        Arc::new(AuthServer {
+            store,
+            settings,
+            fetcher,
+        })
     }
 
     pub fn settings(&self) -> &OAuthSettings {
@@ -359,7 +380,9 @@ impl AuthServer {
         })
     }
 
-    pub async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+    /// Finds a client: the static one, a metadata document (fetched, or cached in the
+    /// store), or a registered one.
+    pub async fn client(&self, client_id: &str) -> Result<Option<Client>, ClientError> {
         if let Some(fixed) = &self.settings.static_client {
             if fixed.client_id == client_id {
                 return Ok(Some(Client {
@@ -375,6 +398,12 @@ impl AuthServer {
                 }));
             }
         }
+        if let Some(url) =
+            metadata_document::document_url(client_id, self.settings.allow_loopback_client_metadata)
+        {
+            let url = url.map_err(ClientError::Document)?;
+            return self.document_client(&url).await.map(Some);
+        }
         if client_id.is_empty() || client_id.len() > 256 {
             return Ok(None);
         }
@@ -382,6 +411,31 @@ impl AuthServer {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(corrupt)?)),
             None => Ok(None),
         }
+    }
+
+    /// A metadata-document client, from the cache while the document's HTTP caching
+    /// headers allow, else fetched and validated.
+    async fn document_client(&self, url: &url::Url) -> Result<Client, ClientError> {
+        let cache_key = Key::new("cimd", SecretHash::of(url.as_str()).as_str());
+        if let Some(raw) = self.store.get(&cache_key).await? {
+            if let Ok(client) = serde_json::from_slice(&raw) {
+                return Ok(client);
+            }
+        }
+        let fetched = self
+            .fetcher
+            .fetch(url)
+            .await
+            .map_err(ClientError::Document)?;
+        let client = metadata_document::client_from_document(url, &fetched.body)
+            .map_err(ClientError::Document)?;
+        if let Some(max_age) = fetched.max_age {
+            let record = serde_json::to_vec(&client).map_err(corrupt)?;
+            self.store
+                .put(&cache_key, &record, Put::ttl(max_age))
+                .await?;
+        }
+        Ok(client)
     }
 
     /// RFC 6749 §2.3 and RFC 7591: the client must authenticate the way it registered.
@@ -400,10 +454,12 @@ impl AuthServer {
             ClientCredentials::Body { client_id, secret } => (client_id, secret.as_ref()),
             ClientCredentials::Missing => return Err(refuse("client authentication is required")),
         };
-        let client = self
-            .client(client_id)
-            .await?
-            .ok_or_else(|| refuse("unknown client; register again"))?;
+        let client = match self.client(client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) => return Err(refuse("unknown client; register again")),
+            Err(ClientError::Document(reason)) => return Err(refuse(&reason)),
+            Err(ClientError::Store(e)) => return Err(e.into()),
+        };
         let method_used = match (basic, secret) {
             (true, _) => AuthMethod::ClientSecretBasic,
             (false, Some(_)) => AuthMethod::ClientSecretPost,
@@ -440,12 +496,20 @@ impl AuthServer {
             .as_deref()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| page("Missing client", "The request names no client_id.".into()))?;
-        let client = self.client(client_id).await?.ok_or_else(|| {
-            page(
-                "Unknown client",
-                "This client is not registered here. Remove the connection from your app and add it again.".into(),
-            )
-        })?;
+        let client = match self.client(client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) => {
+                return Err(page(
+                    "Unknown client",
+                    "This client is not registered here. Remove the connection from your app and add it again."
+                        .into(),
+                ))
+            }
+            Err(ClientError::Document(reason)) => {
+                return Err(page("Client metadata unavailable", format!("{reason}.")))
+            }
+            Err(ClientError::Store(e)) => return Err(e.into()),
+        };
 
         let (redirect_uri, explicit) = match params.redirect_uri.as_deref() {
             Some(raw) => {

@@ -29,6 +29,7 @@ pub async fn authorization_server(State(state): State<AppState>) -> impl IntoRes
         "revocation_endpoint_auth_methods_supported": AuthMethod::SUPPORTED,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": true,
         "service_documentation": url("/"),
     }))
 }

@@ -1,0 +1,177 @@
+//! Client-ID metadata documents (draft-ietf-oauth-client-id-metadata-document, adopted
+//! by the MCP authorization spec): a `client_id` that is an https URL with a path
+//! names a JSON document, published by the client, that describes it. This module
+//! judges the URL and the document; fetching lives in [`crate::outbound`].
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    client::{AuthMethod, Client, ClientKind, MAX_CLIENT_NAME, MAX_REDIRECT_URIS},
+    now_secs,
+    redirect::RedirectUri,
+    scope::ScopeSet,
+};
+
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Whether `client_id` is meant as a metadata document URL (rather than a registered
+/// id), and if so whether it is an acceptable one. `allow_loopback_http` admits
+/// `http://127.0.0.1:…` documents, for tests only.
+pub fn document_url(client_id: &str, allow_loopback_http: bool) -> Option<Result<Url, String>> {
+    let looks_like_url = client_id.starts_with("https://")
+        || (allow_loopback_http && client_id.starts_with("http://"));
+    if !looks_like_url {
+        return None;
+    }
+    Some(check_url(client_id, allow_loopback_http))
+}
+
+fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err("the client_id URL is too long".into());
+    }
+    let url = Url::parse(raw).map_err(|_| "the client_id is not a valid URL".to_owned())?;
+    let loopback_http = allow_loopback_http && url.scheme() == "http";
+    if url.scheme() != "https" && !loopback_http {
+        return Err("a client_id URL must use https".into());
+    }
+    if url.host().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err("a client_id URL needs a host and no credentials".into());
+    }
+    if url.fragment().is_some() || raw.contains('#') {
+        return Err("a client_id URL must not have a fragment".into());
+    }
+    if url.path() == "/" || url.path().is_empty() {
+        return Err("a client_id URL must have a path".into());
+    }
+    // The URL must be in its normal form: no dot segments, nothing the parser rewrote.
+    if url.as_str() != raw || raw.split('/').any(|s| s == "." || s == "..") {
+        return Err("a client_id URL must be in normal form (no dot segments)".into());
+    }
+    Ok(url)
+}
+
+#[derive(Deserialize)]
+struct Document {
+    client_id: Option<String>,
+    client_name: Option<String>,
+    redirect_uris: Option<Vec<String>>,
+    token_endpoint_auth_method: Option<String>,
+    scope: Option<String>,
+}
+
+/// Validates a fetched document for `url` and turns it into a client.
+pub fn client_from_document(url: &Url, body: &[u8]) -> Result<Client, String> {
+    let doc: Document = serde_json::from_slice(body)
+        .map_err(|e| format!("the metadata document is not valid JSON: {e}"))?;
+    if doc.client_id.as_deref() != Some(url.as_str()) {
+        return Err("the metadata document's client_id differs from its URL".into());
+    }
+    let uris = doc
+        .redirect_uris
+        .filter(|u| !u.is_empty())
+        .ok_or("the metadata document lists no redirect_uris")?;
+    if uris.len() > MAX_REDIRECT_URIS {
+        return Err("the metadata document lists too many redirect_uris".into());
+    }
+    let redirect_uris = uris
+        .iter()
+        .map(|u| RedirectUri::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the metadata document has a bad redirect URI: {e}"))?;
+    // A document is public: it cannot carry a shared secret, so only `none` works.
+    match doc.token_endpoint_auth_method.as_deref() {
+        None | Some("none") => {}
+        Some(other) => {
+            return Err(format!(
+                "the metadata document asks for {other:?}; only \"none\" is supported for metadata documents"
+            ))
+        }
+    }
+    let client_name = doc
+        .client_name
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_CLIENT_NAME)
+                .collect::<String>()
+        })
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    Ok(Client {
+        client_id: url.as_str().to_owned(),
+        client_name,
+        redirect_uris,
+        auth_method: AuthMethod::None,
+        secret_hash: None,
+        scope: doc
+            .scope
+            .map(|s| ScopeSet::parse(&s).known)
+            .filter(|s| !s.is_empty()),
+        kind: ClientKind::MetadataDocument,
+        issued_at: now_secs(),
+        has_grant: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLAUDE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+
+    #[test]
+    fn recognises_document_urls() {
+        assert!(document_url("abc123", false).is_none());
+        assert!(document_url(CLAUDE, false).is_some_and(|r| r.is_ok()));
+        for bad in [
+            "https://claude.ai",
+            "https://claude.ai/",
+            "https://claude.ai/a/../b",
+            "https://claude.ai/a#frag",
+            "https://user@claude.ai/doc",
+        ] {
+            assert!(
+                document_url(bad, false).is_some_and(|r| r.is_err()),
+                "{bad}"
+            );
+        }
+        assert!(document_url("http://127.0.0.1:8000/doc", false).is_none());
+        assert!(document_url("http://127.0.0.1:8000/doc", true).is_some_and(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn accepts_claude_codes_document_with_portless_loopback_redirects() {
+        let url = Url::parse(CLAUDE).expect("url");
+        let body = serde_json::json!({
+            "client_id": CLAUDE,
+            "client_name": "Claude Code",
+            "redirect_uris": ["http://localhost/callback", "http://127.0.0.1/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+        });
+        let client = client_from_document(&url, body.to_string().as_bytes()).expect("valid");
+        assert_eq!(client.kind, ClientKind::MetadataDocument);
+        let requested = RedirectUri::parse("http://localhost:54321/callback").expect("uri");
+        assert!(client.redirect_uri_for(&requested).is_some());
+    }
+
+    #[test]
+    fn refuses_documents_that_do_not_describe_their_url() {
+        let url = Url::parse(CLAUDE).expect("url");
+        let cases = [
+            serde_json::json!({"client_id": "https://evil.example/doc", "redirect_uris": ["https://a.example/cb"]}),
+            serde_json::json!({"client_id": CLAUDE}),
+            serde_json::json!({"client_id": CLAUDE, "redirect_uris": ["http://evil.example/cb"]}),
+            serde_json::json!({"client_id": CLAUDE, "redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "client_secret_basic"}),
+        ];
+        for case in cases {
+            assert!(
+                client_from_document(&url, case.to_string().as_bytes()).is_err(),
+                "{case}"
+            );
+        }
+        assert!(client_from_document(&url, b"not json").is_err());
+    }
+}

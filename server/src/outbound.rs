@@ -1,0 +1,259 @@
+//! Outbound HTTP, for client-ID metadata documents only. Fetching a URL that a client
+//! chose is a server-side request forgery risk, so every fetch:
+//! - resolves the host itself and connects only to public addresses (no loopback,
+//!   private, link-local, shared, multicast or reserved ranges), which also defeats
+//!   DNS rebinding because the checked address is the one connected to;
+//! - follows no redirects;
+//! - gives up after [`FETCH_TIMEOUT`] and reads at most [`MAX_DOCUMENT_BYTES`].
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use url::{Host, Url};
+
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+
+/// A fetched document and how long it may be cached.
+pub struct Fetched {
+    pub body: Vec<u8>,
+    /// From `Cache-Control: max-age`; `None` when the response forbids caching.
+    pub max_age: Option<Duration>,
+}
+
+pub struct DocumentFetcher {
+    client: reqwest::Client,
+    allow_loopback: bool,
+}
+
+impl DocumentFetcher {
+    /// `allow_loopback` admits loopback addresses, for tests that serve documents
+    /// locally. Never in production.
+    pub fn new(allow_loopback: bool) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(FETCH_TIMEOUT)
+            .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        DocumentFetcher {
+            client,
+            allow_loopback,
+        }
+    }
+
+    pub async fn fetch(&self, url: &Url) -> Result<Fetched, String> {
+        // IP literals never reach the resolver: check them here.
+        match url.host() {
+            Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
+                return Err("the metadata document's address is not public".into())
+            }
+            Some(Host::Ipv6(ip)) if !allowed(IpAddr::V6(ip), self.allow_loopback) => {
+                return Err("the metadata document's address is not public".into())
+            }
+            _ => {}
+        }
+        let mut response = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    "fetching the metadata document timed out".to_owned()
+                } else if e.is_connect() {
+                    "the metadata document's host is not reachable or not public".to_owned()
+                } else {
+                    "the metadata document could not be fetched".to_owned()
+                }
+            })?;
+        if response.status().is_redirection() {
+            return Err("the metadata document URL redirects; redirects are not followed".into());
+        }
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(format!(
+                "the metadata document answered {}",
+                response.status().as_u16()
+            ));
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
+        {
+            return Err("the metadata document is too large".into());
+        }
+        let max_age = cache_lifetime(response.headers());
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|_| "reading the metadata document failed".to_owned())?
+        {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err("the metadata document is too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched { body, max_age })
+    }
+}
+
+/// How long a response may be cached: `max-age` when given (capped at a day),
+/// nothing for `no-store`/`no-cache`, and five minutes otherwise.
+fn cache_lifetime(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let cache_control = headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut max_age = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        if directive == "no-store" || directive == "no-cache" {
+            return None;
+        }
+        if let Some(secs) = directive
+            .strip_prefix("max-age=")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            max_age = Some(secs);
+        }
+    }
+    match max_age {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs.min(24 * 3600))),
+        None => Some(Duration::from_secs(300)),
+    }
+}
+
+struct GuardedResolver {
+    allow_loopback: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_loopback = self.allow_loopback;
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| allowed(a.ip(), allow_loopback))
+                .collect();
+            if addresses.is_empty() {
+                return Err("the host has no public address".into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn allowed(ip: IpAddr, allow_loopback: bool) -> bool {
+    is_public(ip) || (allow_loopback && ip.is_loopback())
+}
+
+/// Whether an address is on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (segments[0] & 0xfe00) == 0xfc00 // unique local
+        || (segments[0] & 0xffc0) == 0xfe80 // link local
+        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (segments[0] == 0x0064 && segments[1] == 0xff9b) // NAT64: may reach private v4
+        || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_public(private.parse().expect(private)), "{private}");
+        }
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().expect(public)), "{public}");
+        }
+    }
+
+    #[test]
+    fn cache_lifetime_follows_cache_control() {
+        let headers = |value: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::CACHE_CONTROL,
+                value.parse().expect("header"),
+            );
+            h
+        };
+        assert_eq!(
+            cache_lifetime(&headers("public, max-age=600")),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            cache_lifetime(&headers("max-age=99999999")),
+            Some(Duration::from_secs(86400))
+        );
+        assert_eq!(cache_lifetime(&headers("no-store")), None);
+        assert_eq!(cache_lifetime(&headers("max-age=0")), None);
+        assert_eq!(
+            cache_lifetime(&reqwest::header::HeaderMap::new()),
+            Some(Duration::from_secs(300))
+        );
+    }
+}
