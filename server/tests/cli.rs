@@ -1,0 +1,85 @@
+//! The binary's maintenance commands, run as a person would run them.
+
+use std::{io::Write, process::Command, process::Stdio};
+
+use gatehouse::{config::StoreSpec, oauth::owner::Owner, open_store_spec};
+
+#[tokio::test]
+async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().to_str().expect("utf-8");
+    let set = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["owner", "set-password", "--data-dir", data_dir])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+
+    let weak = set("short");
+    assert_eq!(weak.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 12 characters"));
+
+    let ok = set("a perfectly long password");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !output.contains("a perfectly long password"),
+        "the password is never echoed"
+    );
+
+    let store =
+        open_store_spec(&StoreSpec::Embedded(dir.path().join("gatehouse.redb"))).expect("store");
+    let owner = Owner::new(store, None);
+    assert!(owner
+        .verify_password("a perfectly long password")
+        .await
+        .expect("store"));
+    assert!(!owner
+        .verify_password("another password")
+        .await
+        .expect("store"));
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_with_one_line_per_mistake() {
+    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "serve",
+            "--public-url",
+            "https://gate.example.com/",
+            "--owner-password-hash",
+            "not-a-hash",
+            "--store",
+            "redis://127.0.0.1:6379",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("gatehouse: "))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(stderr.contains("must not end with a slash"));
+    assert!(stderr.contains("--owner-password-hash"));
+    assert!(stderr.contains("Redis"));
+}
