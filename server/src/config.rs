@@ -162,6 +162,25 @@ pub struct ServeArgs {
     )]
     pub static_client_redirect_uris: Vec<String>,
 
+    /// Another browser origin that may call `/mcp` (repeatable, e.g.
+    /// `https://app.example.com`). The public URL's origin and loopback origins are
+    /// always allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "GATEHOUSE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Another `Host` under which `/mcp` may be reached (repeatable). The public
+    /// URL's host and loopback hosts are always allowed.
+    #[arg(
+        long = "allowed-host",
+        env = "GATEHOUSE_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
     /// Fetch client-ID metadata documents from loopback http URLs. For tests only: it
     /// turns off part of the SSRF guard.
     #[arg(
@@ -181,6 +200,8 @@ pub struct Config {
     pub site_root: PathBuf,
     pub owner_password_hash: Option<String>,
     pub oauth: OAuthSettings,
+    pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -343,6 +364,8 @@ impl ServeArgs {
                 store,
                 site_root,
                 owner_password_hash: self.owner_password_hash,
+                allowed_origins: self.allowed_origins,
+                allowed_hosts: self.allowed_hosts,
             }),
             _ => Err(errors),
         }

@@ -5,8 +5,10 @@
 //! - [`store`]: the storage trait and its backends;
 //! - [`http`]: the route table and handlers.
 
+pub mod articles;
 pub mod config;
 pub mod http;
+pub mod mcp;
 pub mod oauth;
 pub mod outbound;
 pub mod store;

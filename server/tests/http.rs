@@ -1,5 +1,9 @@
 //! Router tests: the real router, driven with `oneshot`, no socket.
 
+mod common;
+
+use common::UnreachableStore;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -12,9 +16,7 @@ use clap::Parser;
 use gatehouse::{
     config::{Cli, Config},
     http::{router, AppState, MAX_BODY_BYTES},
-    store::{
-        embedded::EmbeddedStore, Group, Key, Put, SharedStore, Store, StoreError, StoreResult,
-    },
+    store::{embedded::EmbeddedStore, Group, Key, Put, SharedStore, Store, StoreResult},
 };
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -121,47 +123,6 @@ async fn healthz_reports_the_store() {
     assert_eq!(json["status"], "ok");
     assert_eq!(json["store"]["backend"], "embedded");
     assert_eq!(json["store"]["status"], "up");
-}
-
-/// A store whose backend cannot be reached, as when a Redis server is down.
-struct UnreachableStore;
-
-#[async_trait]
-impl Store for UnreachableStore {
-    async fn put(&self, _: &Key, _: &[u8], _: Put<'_>) -> StoreResult<()> {
-        Err(down())
-    }
-    async fn put_new(&self, _: &Key, _: &[u8], _: Put<'_>) -> StoreResult<bool> {
-        Err(down())
-    }
-    async fn get(&self, _: &Key) -> StoreResult<Option<Vec<u8>>> {
-        Err(down())
-    }
-    async fn take(&self, _: &Key) -> StoreResult<Option<Vec<u8>>> {
-        Err(down())
-    }
-    async fn compare_and_swap(&self, _: &Key, _: &[u8], _: &[u8], _: Put<'_>) -> StoreResult<bool> {
-        Err(down())
-    }
-    async fn delete(&self, _: &Key) -> StoreResult<bool> {
-        Err(down())
-    }
-    async fn delete_group(&self, _: &Group) -> StoreResult<u64> {
-        Err(down())
-    }
-    async fn scan(&self, _: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
-        Err(down())
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        Err(down())
-    }
-    fn backend(&self) -> &'static str {
-        "unreachable"
-    }
-}
-
-fn down() -> StoreError {
-    StoreError::Unavailable("connection refused".into())
 }
 
 /// A store that never answers.

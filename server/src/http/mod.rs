@@ -12,6 +12,7 @@ use axum::{
 };
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use tokio_util::sync::CancellationToken;
 use tower_http::{
     cors::{Any, CorsLayer},
     limit::RequestBodyLimitLayer,
@@ -19,6 +20,7 @@ use tower_http::{
 };
 
 use crate::{
+    articles::Articles,
     config::Config,
     oauth::{
         owner::{Owner, SignInLimiter},
@@ -28,6 +30,7 @@ use crate::{
 };
 
 mod health;
+pub mod mcp;
 pub mod oauth;
 pub mod pages;
 
@@ -47,6 +50,10 @@ pub struct AppState {
     pub auth: Arc<AuthServer>,
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
+    pub articles: Articles,
+    pub mcp_origins: Arc<mcp::OriginPolicy>,
+    /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
+    pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
 }
 
@@ -75,8 +82,14 @@ impl AppState {
                 SIGN_IN_LIMIT_GLOBAL,
                 SIGN_IN_WINDOW,
             )),
+            articles: Articles::new(store.clone()),
+            mcp_origins: Arc::new(mcp::OriginPolicy::new(
+                &config.public_url,
+                &config.allowed_origins,
+            )),
             config: Arc::new(config),
             store,
+            shutdown: CancellationToken::new(),
             leptos,
         }
     }
@@ -103,6 +116,8 @@ fn api_cors() -> CorsLayer {
             HeaderName::from_static("mcp-session-id"),
             HeaderName::from_static("mcp-protocol-version"),
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
         ])
         .expose_headers([
             header::WWW_AUTHENTICATE,
@@ -132,6 +147,32 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/revoke", post(oauth::token::revoke))
         .layer(api_cors());
 
+    // The MCP endpoint, exact path only (never redirected), behind the bearer guard.
+    let mcp = Router::new()
+        .route_service(
+            "/mcp",
+            mcp::service(
+                state.articles.clone(),
+                &state.config.public_url,
+                &state.config.allowed_hosts,
+                &state.config.allowed_origins,
+                state.shutdown.child_token(),
+            ),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            mcp::guard,
+        ))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(mcp::protected_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(mcp::protected_resource_metadata),
+        )
+        .layer(api_cors());
+
     let browser = Router::new()
         .route("/oauth/authorize", get(oauth::authorize::authorize))
         .route("/oauth/authorize/approve", get(oauth::authorize::approve))
@@ -149,6 +190,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .merge(api)
+        .merge(mcp)
         .merge(browser)
         // Pages (Leptos SSR) and their server functions.
         .leptos_routes_with_context(

@@ -1,0 +1,373 @@
+//! `/mcp` and its protected-resource metadata (RFC 9728). The guard in front of the
+//! MCP service checks, in order: the `Origin` (403), the bearer token from the
+//! `Authorization` header only (401 with `WWW-Authenticate`), and the scope the
+//! JSON-RPC call needs (403 `insufficient_scope`, so clients can step up). Then the
+//! official Rust SDK (`rmcp`) speaks Streamable HTTP for every protocol revision.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::{AppState, MAX_BODY_BYTES};
+use crate::{
+    articles::Articles,
+    config::PublicUrl,
+    mcp::{required_scope, ArticleServer},
+    oauth::scope::{Scope, ScopeSet},
+};
+
+/// A token check that does not answer within this long counts as a store outage.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The scope every client needs to do anything useful; advertised in 401 challenges
+/// so clients do not ask for every scope.
+const BASELINE: Scope = Scope::ReadArticles;
+
+/// Which browser origins may call `/mcp`: the public URL's own origin, loopback
+/// origins on any port (local tools such as the MCP Inspector), and those added with
+/// `--allowed-origin`. Requests without an `Origin` (non-browser clients) pass.
+#[derive(Clone, Debug)]
+pub struct OriginPolicy {
+    exact: Vec<String>,
+}
+
+impl OriginPolicy {
+    pub fn new(public_url: &PublicUrl, extra: &[String]) -> Self {
+        let mut exact = vec![public_url.as_str().to_owned()];
+        exact.extend(
+            extra
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase()),
+        );
+        OriginPolicy { exact }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        let Ok(url) = Url::parse(origin) else {
+            return false;
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return false;
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        loopback
+            || self
+                .exact
+                .iter()
+                .any(|allowed| *allowed == url.origin().ascii_serialization())
+    }
+}
+
+/// The MCP service: rmcp's Streamable HTTP transport around [`ArticleServer`].
+pub fn service(
+    articles: Articles,
+    public_url: &PublicUrl,
+    extra_hosts: &[String],
+    extra_origins: &[String],
+    shutdown: tokio_util::sync::CancellationToken,
+) -> StreamableHttpService<ArticleServer, LocalSessionManager> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(url) = Url::parse(public_url.as_str()) {
+        if let Some(host) = url.host_str() {
+            hosts.push(host.trim_matches(['[', ']']).to_owned());
+        }
+    }
+    hosts.extend(extra_hosts.iter().cloned());
+    let mut origins = vec![
+        public_url.as_str().to_owned(),
+        "http://localhost:*".to_owned(),
+        "http://127.0.0.1:*".to_owned(),
+        "http://[::1]:*".to_owned(),
+        "https://localhost:*".to_owned(),
+        "https://127.0.0.1:*".to_owned(),
+        "https://[::1]:*".to_owned(),
+    ];
+    origins.extend(extra_origins.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(MAX_BODY_BYTES)
+        .with_cancellation_token(shutdown);
+    let server = ArticleServer::new(articles);
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`.
+pub async fn protected_resource_metadata(State(state): State<AppState>) -> impl IntoResponse {
+    let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    Json(json!({
+        "resource": state.config.public_url.mcp_url(),
+        "authorization_servers": [state.config.public_url.as_str()],
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Gatehouse",
+        "resource_documentation": state.config.public_url.join("/"),
+    }))
+}
+
+/// RFC 9728 §3.1: the metadata URL for the resource `<origin>/mcp`.
+fn metadata_url(public_url: &PublicUrl) -> String {
+    public_url.join("/.well-known/oauth-protected-resource/mcp")
+}
+
+/// A JSON-RPC error body with an HTTP status.
+fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        Json(
+            json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": null }),
+        ),
+    )
+        .into_response()
+}
+
+/// RFC 6750 §3: 401 with the challenge that sends clients to our metadata.
+fn unauthorized(public_url: &PublicUrl, invalid: Option<&str>) -> Response {
+    let mut challenge = String::from("Bearer ");
+    if let Some(description) = invalid {
+        challenge.push_str(&format!(
+            "error=\"invalid_token\", error_description=\"{description}\", "
+        ));
+    }
+    challenge.push_str(&format!(
+        "resource_metadata=\"{}\", scope=\"{}\"",
+        metadata_url(public_url),
+        BASELINE.as_str()
+    ));
+    let mut response = rpc_error(
+        StatusCode::UNAUTHORIZED,
+        -32001,
+        invalid.unwrap_or(
+            "authorization required: send a bearer token from this server's authorization server",
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn insufficient_scope(public_url: &PublicUrl, needed: ScopeSet) -> Response {
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\"",
+        metadata_url(public_url)
+    );
+    let mut response = rpc_error(
+        StatusCode::FORBIDDEN,
+        -32001,
+        &format!("this call needs the scopes {needed}; authorize again to grant them"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Just enough of a JSON-RPC message to know which scope it needs.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<PeekParams<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PeekParams<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+}
+
+enum Needs {
+    Scopes(ScopeSet),
+    Batch,
+}
+
+fn needed_scopes(body: &[u8]) -> Needs {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return Needs::Batch;
+    }
+    // Anything unparsable goes on to the transport, which answers it properly.
+    let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
+        return Needs::Scopes(ScopeSet::default());
+    };
+    let scope = match peek.method.as_deref() {
+        Some("tools/call") => peek
+            .params
+            .and_then(|p| p.name)
+            .and_then(|n| required_scope(&n)),
+        Some("resources/read") | Some("resources/list") => Some(Scope::ReadArticles),
+        _ => None,
+    };
+    Needs::Scopes(scope.map(ScopeSet::only).unwrap_or_default())
+}
+
+/// The guard in front of the MCP service.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let public_url = &state.config.public_url;
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| state.mcp_origins.allows(o));
+        if !allowed {
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                -32600,
+                "this Origin may not call the MCP endpoint",
+            );
+        }
+    }
+    let Some(token) = bearer(request.headers()) else {
+        return unauthorized(public_url, None);
+    };
+    let access =
+        match tokio::time::timeout(VERIFY_TIMEOUT, state.auth.verify_access_token(token)).await {
+            Ok(Ok(Some(access))) => access,
+            Ok(Ok(None)) => {
+                return unauthorized(
+                    public_url,
+                    Some("the access token is invalid, expired or revoked"),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store failure while checking a token");
+                return rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    -32603,
+                    "the server cannot reach its store; try again shortly",
+                );
+            }
+            Err(_) => {
+                tracing::error!("token check timed out");
+                return rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    -32603,
+                    "the server cannot reach its store; try again shortly",
+                );
+            }
+        };
+
+    let (mut parts, body) = request.into_parts();
+    let body = if parts.method == Method::POST {
+        let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    -32600,
+                    "the request body is too large",
+                )
+            }
+        };
+        match needed_scopes(&bytes) {
+            // One JSON-RPC message per POST since 2025-06-18.
+            Needs::Batch => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    -32600,
+                    "batched JSON-RPC requests are not supported",
+                )
+            }
+            Needs::Scopes(needed) if !needed.is_subset_of(access.scopes) => {
+                let mut wanted = access.scopes;
+                needed.iter().for_each(|s| wanted.insert(s));
+                return insufficient_scope(public_url, wanted);
+            }
+            Needs::Scopes(_) => {}
+        }
+        Body::from(bytes)
+    } else {
+        body
+    };
+    parts.extensions.insert(access);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let policy = OriginPolicy::new(
+            &PublicUrl::parse("https://gate.example.com").expect("url"),
+            &["https://app.example.org".to_owned()],
+        );
+        for ok in [
+            "https://gate.example.com",
+            "http://localhost:6274",
+            "http://127.0.0.1:1234",
+            "http://[::1]:80",
+            "https://app.example.org",
+        ] {
+            assert!(policy.allows(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "null",
+            "https://gate.example.com.evil.example",
+            "http://gate.example.com",
+        ] {
+            assert!(!policy.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_needed_by_calls() {
+        let needs = |body: &str| match needed_scopes(body.as_bytes()) {
+            Needs::Scopes(s) => Some(s.to_string()),
+            Needs::Batch => None,
+        };
+        assert_eq!(
+            needs(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            needs(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_article"}}"#).as_deref(),
+            Some("write:articles")
+        );
+        assert_eq!(
+            needs(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"article://x"}}"#).as_deref(),
+            Some("read:articles")
+        );
+        assert_eq!(needs(r#" [{"jsonrpc":"2.0"}]"#), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! The MCP server behind `/mcp`: article tools and `article://{slug}` resources, on
+//! the official Rust SDK (`rmcp`), which also speaks the Streamable HTTP transport for
+//! every protocol revision. The bearer guard in `http::mcp` has already checked the
+//! token and the scope a request needs; the handlers here check the scope again from
+//! the token the guard attached, so a routing mistake cannot open a write path.
+
+use std::{borrow::Cow, sync::Arc};
+
+use rmcp::{
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+        ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
+        ToolAnnotations,
+    },
+    service::RequestContext,
+    ErrorData, RoleServer, ServerHandler,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    articles::{ArticleError, Articles, Status, MAX_PAGE},
+    oauth::{
+        scope::{Scope, ScopeSet},
+        server::AccessToken,
+    },
+};
+
+/// The scope each tool needs. `tools/list` shows them all, so clients know what a
+/// step-up would unlock.
+pub fn required_scope(tool: &str) -> Option<Scope> {
+    match tool {
+        "list_articles" | "get_article" | "search_articles" => Some(Scope::ReadArticles),
+        "create_article" | "update_article" | "publish_article" | "delete_article" => {
+            Some(Scope::WriteArticles)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+pub struct ArticleServer {
+    articles: Articles,
+    tools: Arc<Vec<Tool>>,
+}
+
+fn schema(value: Value) -> Arc<Map<String, Value>> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(Map::new()),
+    }
+}
+
+fn summary_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "string", "enum": ["draft", "published"]},
+            "updated_at": {"type": "integer", "description": "seconds since the Unix epoch"}
+        },
+        "required": ["slug", "title", "status", "updated_at"]
+    })
+}
+
+fn article_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "slug": {"type": "string"},
+            "title": {"type": "string"},
+            "body": {"type": "string", "description": "Markdown"},
+            "status": {"type": "string", "enum": ["draft", "published"]},
+            "created_at": {"type": "integer"},
+            "updated_at": {"type": "integer"},
+            "published_at": {"type": "integer"}
+        },
+        "required": ["slug", "title", "body", "status", "created_at", "updated_at"]
+    })
+}
+
+fn slug_property() -> Value {
+    json!({"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$", "maxLength": 80,
+           "description": "The article's slug, e.g. hello-world"})
+}
+
+fn tool(
+    name: &'static str,
+    description: &'static str,
+    input: Value,
+    output: Value,
+    hints: (bool, bool, bool),
+) -> Tool {
+    let (read_only, destructive, idempotent) = hints;
+    Tool::new(name, description, schema(input))
+        .with_raw_output_schema(schema(output))
+        .with_annotations(
+            ToolAnnotations::new()
+                .read_only(read_only)
+                .destructive(destructive)
+                .idempotent(idempotent)
+                .open_world(false),
+        )
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
+        tool(
+            "list_articles",
+            "List the blog's articles, newest first. Needs read:articles.",
+            json!({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["draft", "published"], "description": "Only articles with this status"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20},
+                "cursor": {"type": "string", "description": "next_cursor from the previous page"}
+            }, "additionalProperties": false}),
+            json!({"type": "object", "properties": {
+                "articles": {"type": "array", "items": summary_schema()},
+                "next_cursor": {"type": "string"}
+            }, "required": ["articles"]}),
+            (true, false, true),
+        ),
+        tool(
+            "get_article",
+            "Read one article, with its body. Needs read:articles.",
+            json!({"type": "object", "properties": {"slug": slug_property()}, "required": ["slug"], "additionalProperties": false}),
+            article_schema(),
+            (true, false, true),
+        ),
+        tool(
+            "search_articles",
+            "Find articles whose title or body contains the query (case-insensitive). Needs read:articles.",
+            json!({"type": "object", "properties": {
+                "query": {"type": "string", "minLength": 1},
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20}
+            }, "required": ["query"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"articles": {"type": "array", "items": summary_schema()}}, "required": ["articles"]}),
+            (true, false, true),
+        ),
+        tool(
+            "create_article",
+            "Create a draft article. The slug defaults to one made from the title. Needs write:articles.",
+            json!({"type": "object", "properties": {
+                "title": {"type": "string", "minLength": 1, "maxLength": 200},
+                "body": {"type": "string", "description": "Markdown"},
+                "slug": slug_property()
+            }, "required": ["title", "body"], "additionalProperties": false}),
+            article_schema(),
+            (false, false, false),
+        ),
+        tool(
+            "update_article",
+            "Replace an article's title, body, or both. Needs write:articles.",
+            json!({"type": "object", "properties": {
+                "slug": slug_property(),
+                "title": {"type": "string", "minLength": 1, "maxLength": 200},
+                "body": {"type": "string"}
+            }, "required": ["slug"], "additionalProperties": false}),
+            article_schema(),
+            (false, true, true),
+        ),
+        tool(
+            "publish_article",
+            "Publish a draft article (publishing a published one changes nothing). Needs write:articles.",
+            json!({"type": "object", "properties": {"slug": slug_property()}, "required": ["slug"], "additionalProperties": false}),
+            article_schema(),
+            (false, false, true),
+        ),
+        tool(
+            "delete_article",
+            "Delete an article for good. Needs write:articles.",
+            json!({"type": "object", "properties": {"slug": slug_property()}, "required": ["slug"], "additionalProperties": false}),
+            json!({"type": "object", "properties": {"deleted": {"type": "string"}}, "required": ["deleted"]}),
+            (false, true, true),
+        ),
+    ]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListArgs {
+    status: Option<Status>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlugArgs {
+    slug: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchArgs {
+    query: String,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateArgs {
+    title: String,
+    body: String,
+    slug: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateArgs {
+    slug: String,
+    title: Option<String>,
+    body: Option<String>,
+}
+
+/// A tool failure the model can read and act on (MCP: tool errors are results with
+/// `isError`, not protocol errors).
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    arguments: Option<Map<String, Value>>,
+) -> Result<T, CallToolResult> {
+    serde_json::from_value(Value::Object(arguments.unwrap_or_default()))
+        .map_err(|e| tool_error(format!("invalid arguments: {e}")))
+}
+
+fn structured(value: impl serde::Serialize) -> CallToolResult {
+    match serde_json::to_value(value) {
+        Ok(value) => CallToolResult::structured(value),
+        Err(e) => tool_error(format!("cannot encode the result: {e}")),
+    }
+}
+
+/// The token the guard attached to this request.
+fn granted(context: &RequestContext<RoleServer>) -> ScopeSet {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<AccessToken>())
+        .map(|token| token.scopes)
+        .unwrap_or_default()
+}
+
+impl ArticleServer {
+    pub fn new(articles: Articles) -> Self {
+        ArticleServer {
+            articles,
+            tools: Arc::new(tools()),
+        }
+    }
+
+    async fn run(
+        &self,
+        name: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let outcome = match name {
+            "list_articles" => match parse::<ListArgs>(arguments) {
+                Ok(a) => self
+                    .articles
+                    .list(a.status, a.limit.unwrap_or(20), a.cursor.as_deref())
+                    .await
+                    .map(structured),
+                Err(e) => return Ok(e),
+            },
+            "get_article" => match parse::<SlugArgs>(arguments) {
+                Ok(a) => self.articles.get(&a.slug).await.map(structured),
+                Err(e) => return Ok(e),
+            },
+            "search_articles" => match parse::<SearchArgs>(arguments) {
+                Ok(a) => self
+                    .articles
+                    .search(&a.query, a.limit.unwrap_or(20))
+                    .await
+                    .map(|articles| structured(json!({ "articles": articles }))),
+                Err(e) => return Ok(e),
+            },
+            "create_article" => match parse::<CreateArgs>(arguments) {
+                Ok(a) => self
+                    .articles
+                    .create(a.slug.as_deref(), &a.title, &a.body)
+                    .await
+                    .map(structured),
+                Err(e) => return Ok(e),
+            },
+            "update_article" => match parse::<UpdateArgs>(arguments) {
+                Ok(a) => self
+                    .articles
+                    .update(&a.slug, a.title.as_deref(), a.body.as_deref())
+                    .await
+                    .map(structured),
+                Err(e) => return Ok(e),
+            },
+            "publish_article" => match parse::<SlugArgs>(arguments) {
+                Ok(a) => self.articles.publish(&a.slug).await.map(structured),
+                Err(e) => return Ok(e),
+            },
+            "delete_article" => match parse::<SlugArgs>(arguments) {
+                Ok(a) => self
+                    .articles
+                    .delete(&a.slug)
+                    .await
+                    .map(|()| structured(json!({ "deleted": a.slug }))),
+                Err(e) => return Ok(e),
+            },
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool {other:?}"),
+                    None,
+                ))
+            }
+        };
+        match outcome {
+            Ok(result) => Ok(result),
+            Err(ArticleError::Store(e)) => {
+                tracing::error!(error = %e, "store failure in a tool");
+                Err(ErrorData::internal_error(
+                    "the server cannot reach its store; try again shortly",
+                    None,
+                ))
+            }
+            Err(e) => Ok(tool_error(e.to_string())),
+        }
+    }
+}
+
+impl ServerHandler for ArticleServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("gatehouse", env!("CARGO_PKG_VERSION")).with_title("Gatehouse"),
+        )
+        .with_instructions(
+            "Tools for the owner's blog. Reading needs the read:articles scope; \
+                 creating, editing, publishing and deleting need write:articles.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let Some(needed) = required_scope(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {:?}", request.name),
+                None,
+            ));
+        };
+        if !granted(&context).contains(needed) {
+            return Ok(
+                tool_error(format!("this token lacks the {} scope", needed.as_str())).into(),
+            );
+        }
+        self.run(&request.name, request.arguments)
+            .await
+            .map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        if !granted(&context).contains(Scope::ReadArticles) {
+            return Err(ErrorData::invalid_request(
+                "this token lacks the read:articles scope",
+                None,
+            ));
+        }
+        let cursor = request.and_then(|r| r.cursor);
+        let page = self
+            .articles
+            .list(None, MAX_PAGE, cursor.as_deref())
+            .await
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let resources = page
+            .articles
+            .into_iter()
+            .map(|a| {
+                Resource::new(format!("article://{}", a.slug), a.slug.clone())
+                    .with_title(a.title)
+                    .with_mime_type("text/markdown")
+            })
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = page.next_cursor;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new("article://{slug}", "article")
+                .with_title("A blog article")
+                .with_description("An article's Markdown, by slug")
+                .with_mime_type("text/markdown"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if !granted(&context).contains(Scope::ReadArticles) {
+            return Err(ErrorData::invalid_request(
+                "this token lacks the read:articles scope",
+                None,
+            ));
+        }
+        let Some(slug) = request.uri.strip_prefix("article://") else {
+            return Err(ErrorData::resource_not_found(
+                Cow::Owned(format!(
+                    "no resource {:?}; articles are article://{{slug}}",
+                    request.uri
+                )),
+                None,
+            ));
+        };
+        match self.articles.get(slug).await {
+            Ok(article) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
+                format!("# {}\n\n{}", article.title, article.body),
+                request.uri.clone(),
+            )
+            .with_mime_type("text/markdown")])
+            .into()),
+            Err(ArticleError::Store(e)) => {
+                tracing::error!(error = %e, "store failure reading a resource");
+                Err(ErrorData::internal_error(
+                    "the server cannot reach its store",
+                    None,
+                ))
+            }
+            Err(e) => Err(ErrorData::resource_not_found(e.to_string(), None)),
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! Router tests for `/mcp`: every status code the transport and the bearer guard
+//! answer, the tools under their scopes, and the resources.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+};
+use common::*;
+use gatehouse::{
+    oauth::{
+        now_secs,
+        scope::ScopeSet,
+        secret::{random_id, GrantToken, TokenKind},
+        server::AccessToken,
+    },
+    store::{Group, Key, Put},
+};
+use serde_json::{json, Value};
+
+const V2025_06: &str = "2025-06-18";
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+fn www_authenticate(answer: &Answer) -> String {
+    answer
+        .headers
+        .get(header::WWW_AUTHENTICATE)
+        .unwrap_or_else(|| panic!("no WWW-Authenticate ({}): {}", answer.status, answer.body))
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn protected_resource_metadata_is_served_at_both_paths() {
+    let app = TestApp::new(&[]);
+    let with_path = app
+        .get("/.well-known/oauth-protected-resource/mcp", None)
+        .await;
+    let root = app.get("/.well-known/oauth-protected-resource", None).await;
+    assert_eq!(with_path.status, StatusCode::OK);
+    assert_eq!(root.status, StatusCode::OK);
+    let doc = with_path.json();
+    assert_eq!(doc, root.json());
+    assert_no_nulls(&doc);
+    assert_eq!(doc["resource"], "https://gate.example.com/mcp");
+    assert_eq!(
+        doc["authorization_servers"],
+        json!(["https://gate.example.com"])
+    );
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["read:articles", "write:articles"])
+    );
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+}
+
+#[tokio::test]
+async fn without_a_token_the_answer_is_401_pointing_at_the_metadata() {
+    let app = TestApp::new(&[]);
+    let answer = app
+        .mcp(
+            None,
+            None,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www_authenticate(&answer),
+        "Bearer resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"read:articles\""
+    );
+    // A token in the query string is not a token.
+    let query = app
+        .send(
+            Request::post("/mcp?access_token=gha.x.y")
+                .header(header::HOST, "gate.example.com")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(query.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_bad_token_is_401_with_invalid_token() {
+    let app = TestApp::new(&[]);
+    for token in ["nonsense", "gha.abc.def", "ghr.abc.def"] {
+        let answer = app
+            .mcp(
+                Some(token),
+                None,
+                None,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{token}");
+        let challenge = www_authenticate(&answer);
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{challenge}"
+        );
+        assert!(challenge.contains("resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\""));
+        assert!(challenge.contains("scope=\"read:articles\""));
+    }
+}
+
+/// Writes an access token straight into the store, for the cases the real flow
+/// cannot produce (another resource, an expiry in the past).
+async fn planted_token(app: &TestApp, resource: &str, expires_at: u64) -> String {
+    let grant = Group::new(random_id());
+    let (raw, token) = GrantToken::issue(TokenKind::Access, &grant);
+    let record = serde_json::to_vec(&AccessToken {
+        subject: "owner".into(),
+        client_id: "planted".into(),
+        scopes: ScopeSet::all(),
+        resource: resource.into(),
+        expires_at,
+    })
+    .expect("json");
+    app.store
+        .put(
+            &Key::in_group("at", &grant, token.hash.as_str()),
+            &record,
+            Put::ttl(Duration::from_secs(3600)).in_group(&grant),
+        )
+        .await
+        .expect("put");
+    raw
+}
+
+#[tokio::test]
+async fn tokens_for_another_resource_expired_or_revoked_are_refused() {
+    let app = TestApp::new(&[]);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let foreign = planted_token(&app, "https://other.example/mcp", now_secs() + 3600).await;
+    let expired = planted_token(&app, "https://gate.example.com/mcp", now_secs() - 1).await;
+    let control = planted_token(&app, "https://gate.example.com/mcp", now_secs() + 3600).await;
+    for token in [&foreign, &expired] {
+        let answer = app.mcp(Some(token), None, None, list.clone()).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert!(www_authenticate(&answer).contains("invalid_token"));
+    }
+    let init = app
+        .mcp(Some(&control), None, None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": V2025_06, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(
+        init.status,
+        StatusCode::OK,
+        "the planted control token works: {}",
+        init.body
+    );
+
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("at");
+    assert!(!app.mcp_session(access, V2025_06).await.is_empty());
+    let revoked = app
+        .post_form(
+            "/oauth/revoke",
+            &[
+                ("token", tokens["refresh_token"].as_str().expect("rt")),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let answer = app.mcp(Some(access), None, None, list).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNAUTHORIZED,
+        "revocation is immediate"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_403_and_preflights_are_never_401() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("at");
+    for token in [Some(access), None] {
+        let mut request = Request::post("/mcp")
+            .header(header::HOST, "gate.example.com")
+            .header(header::ORIGIN, "https://evil.example")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let answer = app
+            .send(
+                request
+                    .body(Body::from(
+                        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string(),
+                    ))
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    }
+    let preflight = app
+        .send(
+            Request::options("/mcp")
+                .header(header::ORIGIN, "http://localhost:6274")
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                .header(
+                    header::ACCESS_CONTROL_REQUEST_HEADERS,
+                    "authorization,content-type,mcp-session-id,mcp-protocol-version",
+                )
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(preflight.status.is_success(), "{}", preflight.status);
+    assert_eq!(preflight.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let allowed = preflight.headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    for needed in [
+        "authorization",
+        "content-type",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    ] {
+        assert!(allowed.contains(needed), "{allowed} lacks {needed}");
+    }
+    // The Inspector's origin may call /mcp, and sees the headers it needs.
+    let from_inspector = app
+        .send(
+            Request::post("/mcp")
+                .header(header::HOST, "gate.example.com")
+                .header(header::ORIGIN, "http://localhost:6274")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(from_inspector.status, StatusCode::UNAUTHORIZED);
+    let exposed = from_inspector.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .expect("ascii")
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("mcp-session-id"),
+        "{exposed}"
+    );
+}
+
+#[tokio::test]
+async fn sessions_protocol_versions_and_transport_errors() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    for version in ["2025-03-26", V2025_06, "2025-11-25"] {
+        let session = app.mcp_session(token, version).await;
+        let listed = app
+            .mcp(Some(token), Some(&session), Some(version), list.clone())
+            .await;
+        assert_eq!(listed.status, StatusCode::OK, "{version}: {}", listed.body);
+        assert_eq!(
+            listed.rpc()["result"]["tools"].as_array().map(Vec::len),
+            Some(7),
+            "{version}"
+        );
+    }
+
+    let missing = app
+        .mcp(Some(token), None, Some(V2025_06), list.clone())
+        .await;
+    assert_eq!(
+        missing.status,
+        StatusCode::BAD_REQUEST,
+        "missing session: {}",
+        missing.body
+    );
+    let unknown = app
+        .mcp(
+            Some(token),
+            Some("no-such-session"),
+            Some(V2025_06),
+            list.clone(),
+        )
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::NOT_FOUND,
+        "unknown session: {}",
+        unknown.body
+    );
+    let session = app.mcp_session(token, V2025_06).await;
+    let bad_version = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some("1999-01-01"),
+            list.clone(),
+        )
+        .await;
+    assert_eq!(
+        bad_version.status,
+        StatusCode::BAD_REQUEST,
+        "unsupported version: {}",
+        bad_version.body
+    );
+
+    let batch = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            json!([list.clone(), list.clone()]),
+        )
+        .await;
+    assert!(batch.status.is_client_error(), "batch: {}", batch.status);
+    let notification = app
+        .mcp(Some(token), Some(&session), Some(V2025_06), json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}))
+        .await;
+    assert_eq!(notification.status, StatusCode::ACCEPTED);
+    assert!(notification.body.is_empty());
+
+    let with = |accept: &str, content_type: &str| {
+        Request::post("/mcp")
+            .header(header::HOST, "gate.example.com")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("mcp-session-id", session.as_str())
+            .header("mcp-protocol-version", V2025_06)
+            .header(header::ACCEPT, accept)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(list.to_string()))
+            .expect("request")
+    };
+    assert_eq!(
+        app.send(with("text/html", "application/json")).await.status,
+        StatusCode::NOT_ACCEPTABLE
+    );
+    assert_eq!(
+        app.send(with("application/json, text/event-stream", "text/plain"))
+            .await
+            .status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let redirect = app
+        .send(Request::post("/mcp/").body(Body::empty()).expect("request"))
+        .await;
+    assert!(!redirect.status.is_redirection());
+}
+
+#[tokio::test]
+async fn the_2026_revision_works_without_a_session() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "router-test", "version": "1"}
+    });
+    // 2026-07-28 clients also name the method (and tool) in headers.
+    let request = |body: Value, name: Option<&str>| {
+        let mut request = Request::post("/mcp")
+            .header(header::HOST, "gate.example.com")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", body["method"].as_str().expect("method"));
+        if let Some(name) = name {
+            request = request.header("mcp-name", name);
+        }
+        request.body(Body::from(body.to_string())).expect("request")
+    };
+    let listed = app
+        .send(request(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}),
+            None,
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert!(listed.headers.get("mcp-session-id").is_none());
+    assert_eq!(
+        listed.rpc()["result"]["tools"].as_array().map(Vec::len),
+        Some(7)
+    );
+    let called = app
+        .send(request(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_articles", "arguments": {}, "_meta": meta}}),
+            Some("list_articles"),
+        ))
+        .await;
+    assert_eq!(called.status, StatusCode::OK, "{}", called.body);
+    assert_eq!(
+        called.rpc()["result"]["structuredContent"]["articles"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn tools_list_shows_every_tool_with_schema_and_annotations() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let listed = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        )
+        .await;
+    let tools = listed.rpc()["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .clone();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "list_articles",
+            "get_article",
+            "search_articles",
+            "create_article",
+            "update_article",
+            "publish_article",
+            "delete_article"
+        ]
+    );
+    for tool in &tools {
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert_eq!(tool["outputSchema"]["type"], "object", "{tool}");
+        let read_only = tool["annotations"]["readOnlyHint"]
+            .as_bool()
+            .expect("readOnlyHint");
+        assert!(tool["annotations"]["destructiveHint"].is_boolean());
+        assert!(tool["annotations"]["idempotentHint"].is_boolean());
+        assert_eq!(
+            read_only,
+            tool["name"].as_str().is_some_and(|n| n.starts_with("list")
+                || n.starts_with("get")
+                || n.starts_with("search"))
+        );
+    }
+    let delete = tools
+        .iter()
+        .find(|t| t["name"] == "delete_article")
+        .expect("delete");
+    assert_eq!(delete["annotations"]["destructiveHint"], true);
+}
+
+#[tokio::test]
+async fn write_tools_need_write_scope_and_answer_403_insufficient_scope() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let create = call(3, "create_article", json!({"title": "Nope", "body": "x"}));
+    let answer = app
+        .mcp(Some(token), Some(&session), Some(V2025_06), create)
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    assert_eq!(
+        www_authenticate(&answer),
+        "Bearer error=\"insufficient_scope\", scope=\"read:articles write:articles\", \
+         resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\""
+    );
+    // Reading still works with the same token and session.
+    let listed = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            call(4, "list_articles", json!({})),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.rpc()["result"]["isError"], false);
+}
+
+#[tokio::test]
+async fn articles_are_created_read_searched_updated_published_and_deleted() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let run = |id: u64, tool: &'static str, args: Value| {
+        let (app, session) = (&app, session.clone());
+        async move {
+            let answer = app
+                .mcp(
+                    Some(token),
+                    Some(&session),
+                    Some(V2025_06),
+                    call(id, tool, args),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{tool}: {}", answer.body);
+            answer.rpc()["result"].clone()
+        }
+    };
+
+    let created = run(
+        10,
+        "create_article",
+        json!({"title": "Hello, World!", "body": "First post about gates."}),
+    )
+    .await;
+    assert_eq!(created["isError"], false, "{created}");
+    assert_eq!(created["structuredContent"]["slug"], "hello-world");
+    assert_eq!(created["structuredContent"]["status"], "draft");
+    assert!(
+        created["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("hello-world")),
+        "text content for older clients"
+    );
+
+    let got = run(11, "get_article", json!({"slug": "hello-world"})).await;
+    assert_eq!(got["structuredContent"]["body"], "First post about gates.");
+    let found = run(12, "search_articles", json!({"query": "GATES"})).await;
+    assert_eq!(
+        found["structuredContent"]["articles"][0]["slug"],
+        "hello-world"
+    );
+    let updated = run(
+        13,
+        "update_article",
+        json!({"slug": "hello-world", "title": "Hello again"}),
+    )
+    .await;
+    assert_eq!(updated["structuredContent"]["title"], "Hello again");
+    let published = run(14, "publish_article", json!({"slug": "hello-world"})).await;
+    assert_eq!(published["structuredContent"]["status"], "published");
+    let drafts = run(15, "list_articles", json!({"status": "draft"})).await;
+    assert_eq!(drafts["structuredContent"]["articles"], json!([]));
+
+    // Bad arguments are tool errors the model can read, not protocol failures.
+    for (tool, args, says) in [
+        ("get_article", json!({"slug": "Not A Slug"}), "slug"),
+        ("get_article", json!({}), "missing field `slug`"),
+        ("get_article", json!({"slug": "missing"}), "no article"),
+        (
+            "create_article",
+            json!({"title": "Hello again", "body": "dup", "slug": "hello-world"}),
+            "already exists",
+        ),
+        (
+            "list_articles",
+            json!({"status": "archived"}),
+            "invalid arguments",
+        ),
+        ("update_article", json!({"slug": "hello-world"}), "title"),
+    ] {
+        let result = run(20, tool, args).await;
+        assert_eq!(result["isError"], true, "{tool}: {result}");
+        assert!(
+            result["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(says)),
+            "{tool}: {result}"
+        );
+    }
+
+    // Articles are resources too.
+    let read = app
+        .mcp(Some(token), Some(&session), Some(V2025_06), json!({"jsonrpc": "2.0", "id": 30, "method": "resources/read", "params": {"uri": "article://hello-world"}}))
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    let contents = &read.rpc()["result"]["contents"][0];
+    assert_eq!(contents["uri"], "article://hello-world");
+    assert!(contents["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("# Hello again")));
+    let listed = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            json!({"jsonrpc": "2.0", "id": 31, "method": "resources/list"}),
+        )
+        .await;
+    assert_eq!(
+        listed.rpc()["result"]["resources"][0]["uri"],
+        "article://hello-world"
+    );
+
+    let deleted = run(40, "delete_article", json!({"slug": "hello-world"})).await;
+    assert_eq!(deleted["structuredContent"]["deleted"], "hello-world");
+    let gone = run(41, "get_article", json!({"slug": "hello-world"})).await;
+    assert_eq!(gone["isError"], true);
+}
+
+#[tokio::test]
+async fn listing_pages_through_articles() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    for i in 0..5 {
+        let answer = app
+            .mcp(
+                Some(token),
+                Some(&session),
+                Some(V2025_06),
+                call(
+                    i,
+                    "create_article",
+                    json!({"title": format!("Post {i}"), "body": "b"}),
+                ),
+            )
+            .await;
+        assert_eq!(answer.rpc()["result"]["isError"], false);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..3 {
+        let mut args = json!({"limit": 2});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let result = app
+            .mcp(
+                Some(token),
+                Some(&session),
+                Some(V2025_06),
+                call(100 + page, "list_articles", args),
+            )
+            .await
+            .rpc()["result"]
+            .clone();
+        let articles = result["structuredContent"]["articles"]
+            .as_array()
+            .expect("articles")
+            .clone();
+        seen.extend(
+            articles
+                .iter()
+                .filter_map(|a| a["slug"].as_str().map(str::to_owned)),
+        );
+        cursor = result["structuredContent"]["next_cursor"]
+            .as_str()
+            .map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["post-0", "post-1", "post-2", "post-3", "post-4"]);
+    assert!(cursor.is_none());
+}
+
+#[tokio::test]
+async fn articles_survive_a_restart() {
+    let app = TestApp::new(&[]);
+    let (client_id, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.mcp_session(&token, V2025_06).await;
+    let created = app
+        .mcp(
+            Some(&token),
+            Some(&session),
+            Some(V2025_06),
+            call(
+                1,
+                "create_article",
+                json!({"title": "Kept", "body": "across restarts"}),
+            ),
+        )
+        .await;
+    assert_eq!(created.rpc()["result"]["isError"], false);
+    let dir = app.dir.clone();
+    // What a shutdown does: end the MCP sessions, then let go of the store.
+    app.state.shutdown.cancel();
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let app = TestApp::open(dir, &[]);
+    let session = app.mcp_session(&token, V2025_06).await;
+    let got = app
+        .mcp(
+            Some(&token),
+            Some(&session),
+            Some(V2025_06),
+            call(2, "get_article", json!({"slug": "kept"})),
+        )
+        .await;
+    assert_eq!(
+        got.rpc()["result"]["structuredContent"]["body"],
+        "across restarts",
+        "client {client_id}"
+    );
+}
+
+#[tokio::test]
+async fn the_guard_answers_503_when_the_store_is_unreachable() {
+    use gatehouse::http::{router, AppState};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_with(dir.path(), &[]);
+    let state = AppState::new(config, Arc::new(common::UnreachableStore));
+    let app = TestApp {
+        router: router(state.clone()),
+        store: state.store.clone(),
+        state,
+        dir: Arc::new(dir),
+    };
+    let answer = app
+        .mcp(
+            Some("gha.some.token"),
+            None,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"]["code"], -32603);
+}
