@@ -77,6 +77,8 @@ export async function startGatehouse(extraArgs: string[] = []): Promise<Gatehous
     await new Promise<void>((done) => {
       child.once('exit', () => done());
       child.kill('SIGTERM');
+      // A graceful shutdown waits for open streams; do not let a test hang on one.
+      setTimeout(() => child.exitCode === null && child.kill('SIGKILL'), 5_000).unref();
     });
   };
 
