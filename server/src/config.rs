@@ -62,6 +62,11 @@ pub struct StoreArgs {
     /// `~/.local/share/gatehouse`.
     #[arg(long, env = "GATEHOUSE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// With a Redis store: the prefix of every key, so one Redis can serve several
+    /// deployments. No braces (they would form a Cluster hash tag).
+    #[arg(long, env = "GATEHOUSE_REDIS_KEY_PREFIX", default_value = "gatehouse:")]
+    pub redis_key_prefix: String,
 }
 
 impl StoreArgs {
@@ -78,7 +83,9 @@ impl StoreArgs {
                     None
                 }
             },
-            Some(spec) => parse_store(spec).map_err(|e| errors.push(e)).ok(),
+            Some(spec) => parse_store(spec, &self.redis_key_prefix)
+                .map_err(|e| errors.push(e))
+                .ok(),
         };
         if let Some(StoreSpec::Embedded(path)) = &spec {
             if let Err(e) = check_writable_parent(path) {
@@ -267,7 +274,11 @@ impl PublicUrl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Embedded(PathBuf),
-    Redis(String),
+    /// A Redis URL in any form fred accepts, and the key prefix.
+    Redis {
+        url: String,
+        prefix: String,
+    },
 }
 
 impl ServeArgs {
@@ -372,7 +383,7 @@ impl ServeArgs {
     }
 }
 
-fn parse_store(spec: &str) -> Result<StoreSpec, String> {
+fn parse_store(spec: &str, redis_prefix: &str) -> Result<StoreSpec, String> {
     if let Some(path) = spec.strip_prefix("embedded:") {
         if path.is_empty() {
             return Err("--store embedded: needs a file path, e.g. embedded:/var/lib/gatehouse/gatehouse.redb".into());
@@ -383,12 +394,21 @@ fn parse_store(spec: &str) -> Result<StoreSpec, String> {
         "redis://",
         "rediss://",
         "redis-cluster://",
+        "rediss-cluster://",
         "redis-sentinel://",
+        "rediss-sentinel://",
     ];
     if redis_schemes.iter().any(|s| spec.starts_with(s)) {
-        return Err(
-            "--store redis://…: the Redis store is not available in this version yet; use embedded:PATH".into(),
-        );
+        // Never echo the URL: it may carry a password.
+        fred::types::config::Config::from_url(spec)
+            .map_err(|e| format!("--store: the Redis URL is not valid: {}", e.details()))?;
+        if redis_prefix.contains(['{', '}']) {
+            return Err("--redis-key-prefix must not contain braces".into());
+        }
+        return Ok(StoreSpec::Redis {
+            url: spec.to_owned(),
+            prefix: redis_prefix.to_owned(),
+        });
     }
     Err(format!(
         "--store {spec:?} is not a store: use embedded:PATH or a redis:// URL"
@@ -495,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn unwritable_data_dir_and_unimplemented_redis_are_refused() {
+    fn unwritable_data_dirs_and_bad_redis_prefixes_are_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").expect("write");
@@ -504,10 +524,25 @@ mod tests {
             .expect_err("a file is not a directory");
         assert!(errors[0].contains("cannot be created"), "{errors:?}");
 
-        let errors = args(&["--store", "redis://127.0.0.1:6379"])
+        let config = args(&["--store", "rediss://user:pw@redis.example:6380/2"])
             .into_config()
-            .expect_err("not yet");
-        assert!(errors[0].contains("not available"), "{errors:?}");
+            .expect("a Redis URL");
+        assert_eq!(
+            config.store,
+            StoreSpec::Redis {
+                url: "rediss://user:pw@redis.example:6380/2".into(),
+                prefix: "gatehouse:".into()
+            }
+        );
+        let errors = args(&[
+            "--store",
+            "redis://127.0.0.1:6379",
+            "--redis-key-prefix",
+            "a{b}",
+        ])
+        .into_config()
+        .expect_err("braces");
+        assert!(errors[0].contains("braces"), "{errors:?}");
     }
 
     #[test]

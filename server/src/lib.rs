@@ -15,19 +15,13 @@ pub mod store;
 
 use std::sync::Arc;
 
-use config::{Config, StoreSpec};
-use store::{embedded::EmbeddedStore, SharedStore, StoreError};
+use config::StoreSpec;
+use store::{embedded::EmbeddedStore, redis::RedisStore, SharedStore, StoreError};
 
-/// Opens the store that `config` names.
-pub fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
-    open_store_spec(&config.store)
-}
-
-pub fn open_store_spec(spec: &StoreSpec) -> Result<SharedStore, StoreError> {
+/// Opens (or connects to) the store that `spec` names.
+pub async fn open_store(spec: &StoreSpec) -> Result<SharedStore, StoreError> {
     match spec {
         StoreSpec::Embedded(path) => Ok(Arc::new(EmbeddedStore::open(path)?)),
-        StoreSpec::Redis(_) => Err(StoreError::Unavailable(
-            "the Redis store is not available in this version yet".into(),
-        )),
+        StoreSpec::Redis { url, prefix } => Ok(Arc::new(RedisStore::connect(url, prefix).await?)),
     }
 }

@@ -5,7 +5,7 @@ use gatehouse::{
     config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreSpec},
     http::{router, AppState},
     oauth::owner::Owner,
-    open_store_spec,
+    open_store,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -40,7 +40,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(errors) => return report(errors),
     };
-    let store = match open_store_spec(&config.store) {
+    let store = match open_store(&config.store).await {
         Ok(store) => store,
         Err(e) => return report(vec![format!("cannot open the store: {e}")]),
     };
@@ -50,7 +50,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let store_desc = match &config.store {
         StoreSpec::Embedded(path) => format!("embedded:{}", path.display()),
-        StoreSpec::Redis(_) => "redis".to_owned(),
+        StoreSpec::Redis { prefix, .. } => format!("redis (key prefix {prefix:?})"),
     };
     tracing::info!(
         bind = %config.bind,
@@ -95,7 +95,7 @@ async fn set_password(args: StoreArgs) -> ExitCode {
         Ok(spec) => spec,
         Err(errors) => return report(errors),
     };
-    let store = match open_store_spec(&spec) {
+    let store = match open_store(&spec).await {
         Ok(store) => store,
         Err(e) => return report(vec![format!("cannot open the store: {e}")]),
     };

@@ -2,7 +2,7 @@
 
 use std::{io::Write, process::Command, process::Stdio};
 
-use gatehouse::{config::StoreSpec, oauth::owner::Owner, open_store_spec};
+use gatehouse::{config::StoreSpec, oauth::owner::Owner, open_store};
 
 #[tokio::test]
 async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
@@ -45,8 +45,9 @@ async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
         "the password is never echoed"
     );
 
-    let store =
-        open_store_spec(&StoreSpec::Embedded(dir.path().join("gatehouse.redb"))).expect("store");
+    let store = open_store(&StoreSpec::Embedded(dir.path().join("gatehouse.redb")))
+        .await
+        .expect("store");
     let owner = Owner::new(store, None);
     assert!(owner
         .verify_password("a perfectly long password")
@@ -68,7 +69,7 @@ fn invalid_configuration_stops_start_up_with_one_line_per_mistake() {
             "--owner-password-hash",
             "not-a-hash",
             "--store",
-            "redis://127.0.0.1:6379",
+            "postgres://127.0.0.1:5432",
         ])
         .output()
         .expect("run");
@@ -81,5 +82,5 @@ fn invalid_configuration_stops_start_up_with_one_line_per_mistake() {
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(stderr.contains("must not end with a slash"));
     assert!(stderr.contains("--owner-password-hash"));
-    assert!(stderr.contains("Redis"));
+    assert!(stderr.contains("is not a store"));
 }

@@ -52,7 +52,7 @@ fn app_with(public_url: &str, store: impl FnOnce(&Config) -> SharedStore) -> Tes
 
 fn app() -> TestApp {
     app_with("https://gate.example.com", |config| {
-        gatehouse::open_store(config).expect("store opens")
+        common::embedded(config)
     })
 }
 

@@ -976,7 +976,7 @@ async fn first_run_setup_sets_the_password_once() {
     .serve
     .into_config()
     .expect("config");
-    let store = gatehouse::open_store(&config).expect("store");
+    let store = embedded(&config);
     let state = AppState::new(config, store);
     let app = TestApp {
         router: router(state.clone()),

@@ -123,6 +123,7 @@ fn setup(needs: Needs) -> Result {
     if needs == Needs::Everything {
         ensure_chromium()?;
         ensure_npm_packages()?;
+        ensure_redis()?;
     }
     Ok(())
 }
@@ -177,6 +178,46 @@ fn ensure_chromium() -> Result {
     apt(&["update"])?;
     apt(&["install", "-y", "--no-install-recommends", "chromium"])
         .map_err(|e| format!("{e}; the browser tests need {CHROMIUM} (apt-get install chromium)"))
+}
+
+/// The Redis store's tests use the Redis on 127.0.0.1:6379 (or
+/// `GATEHOUSE_TEST_REDIS_URL`); start one if none answers, installing Debian's
+/// `redis-server` if it is missing (the outage tests also start their own).
+fn ensure_redis() -> Result {
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", 6379)).is_ok();
+    if env::var_os("GATEHOUSE_TEST_REDIS_URL").is_some() || answers() {
+        return Ok(());
+    }
+    if output(Command::new("redis-server").arg("--version")).is_err() {
+        step("installing Debian's redis-server for the Redis store tests");
+        let apt = |args: &[&str]| {
+            run(Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        };
+        apt(&["update"])?;
+        apt(&["install", "-y", "--no-install-recommends", "redis-server"])?;
+    }
+    step("starting redis-server on 127.0.0.1:6379");
+    run(Command::new("redis-server").args([
+        "--daemonize",
+        "yes",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "6379",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]))?;
+    for _ in 0..50 {
+        if answers() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err("redis-server did not start on 127.0.0.1:6379".into())
 }
 
 /// `npm ci` in end2end/ when node_modules is missing or older than the lock file.

@@ -3,14 +3,15 @@
 //! records without one (clients, articles), and groups, so that every key of one grant
 //! can be revoked at once.
 //!
-//! Backends: [`embedded::EmbeddedStore`] (redb, the default) and, later, Redis. Both run
-//! the same behaviour suite in `conformance`.
+//! Backends: [`embedded::EmbeddedStore`] (redb, the default) and [`redis::RedisStore`]
+//! (fred). Both run the same behaviour suite in `conformance`.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
 pub mod embedded;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod conformance;

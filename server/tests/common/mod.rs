@@ -108,7 +108,7 @@ impl TestApp {
     /// The same data directory, a fresh process: what a restart looks like.
     pub fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
         let config = config_with(dir.path(), extra);
-        let store = gatehouse::open_store(&config).expect("store");
+        let store = embedded(&config);
         let state = AppState::new(config, store.clone());
         TestApp {
             router: router(state.clone()),
@@ -491,5 +491,15 @@ impl gatehouse::store::Store for UnreachableStore {
     }
     fn backend(&self) -> &'static str {
         "unreachable"
+    }
+}
+
+/// The embedded store a test config names (tests build apps synchronously).
+pub fn embedded(config: &Config) -> SharedStore {
+    match &config.store {
+        gatehouse::config::StoreSpec::Embedded(path) => {
+            Arc::new(gatehouse::store::embedded::EmbeddedStore::open(path).expect("store"))
+        }
+        other => panic!("an embedded store was expected, not {other:?}"),
     }
 }

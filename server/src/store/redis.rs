@@ -1,0 +1,309 @@
+//! The Redis backend, through `fred`: a connection pool with bounded timeouts and
+//! reconnection with backoff, for deployments where several instances share state.
+//! Every URL form fred understands works: `redis://`, `rediss://` (TLS),
+//! `redis-cluster://` and `redis-sentinel://`.
+//!
+//! Key layout (see the README's table): every store key is `<prefix><key>`; a group's
+//! member set is `<prefix>grp:{<group>}`. Keys of a group are built as
+//! `kind:{<group>}:id`, so a group and all its members share one hash tag and one
+//! Cluster slot, which lets the group scripts below touch them atomically. TTLs are
+//! Redis's own (`PX`), so nothing outlives its lifetime even if no instance runs.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::{bytes::Bytes, prelude::*};
+use futures::StreamExt;
+
+use super::{Group, Key, Put, Store, StoreError, StoreResult};
+
+/// A command that takes longer than this fails, so callers answer 503 promptly.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const POOL_SIZE: usize = 4;
+
+/// Writes a value and keeps its group's member set (and the set's TTL, the longest of
+/// its members') in step. KEYS: the key, then its group set when the key's name carries
+/// a group tag (same slot). ARGV: value, ttl ms (0 = none), mode ("set", "nx" or "cas"),
+/// expected value (cas), "1" when the key is put as a member of that group.
+const PUT_SCRIPT: &str = r#"
+local key, tag = KEYS[1], KEYS[2]
+local value, ttl, mode, expected, member = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+if mode == "nx" then
+  if redis.call("EXISTS", key) == 1 then return 0 end
+elseif mode == "cas" then
+  if redis.call("GET", key) ~= expected then return 0 end
+end
+if ttl > 0 then
+  redis.call("SET", key, value, "PX", ttl)
+else
+  redis.call("SET", key, value)
+end
+if tag then
+  if member == "1" then
+    local pttl = redis.call("PTTL", tag)
+    redis.call("SADD", tag, key)
+    if ttl == 0 then
+      redis.call("PERSIST", tag)
+    elseif pttl == -2 or (pttl >= 0 and pttl < ttl) then
+      redis.call("PEXPIRE", tag, ttl)
+    end
+  else
+    redis.call("SREM", tag, key)
+  end
+end
+return 1
+"#;
+
+/// Deletes every member of a group and the set itself; returns how many members
+/// existed. KEYS: the group set.
+const DELETE_GROUP_SCRIPT: &str = r#"
+local members = redis.call("SMEMBERS", KEYS[1])
+local deleted = 0
+for _, member in ipairs(members) do
+  deleted = deleted + redis.call("DEL", member)
+end
+redis.call("DEL", KEYS[1])
+return deleted
+"#;
+
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+}
+
+fn unavailable(e: Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ if e.to_string().contains("connection") => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url`; every key gets `prefix` (no braces: it must not contain a
+    /// hash tag of its own).
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Backend(
+                "the Redis key prefix must not contain braces".into(),
+            ));
+        }
+        let config = Config::from_url(url)
+            .map_err(|e| StoreError::Backend(format!("bad Redis URL: {e}")))?;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = CONNECT_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_command_attempts = 2;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+            })
+            // Reconnect forever, backing off from 100 ms to 5 s: Redis may come back.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_pool(POOL_SIZE)
+            .map_err(|e| StoreError::Backend(format!("cannot configure Redis: {e}")))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, pool.init()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to Redis: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "cannot connect to Redis: timed out".into(),
+                ))
+            }
+        }
+        Ok(RedisStore {
+            pool,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, key: &Key) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+
+    fn group_set(&self, group: &str) -> String {
+        format!("{}grp:{{{group}}}", self.prefix)
+    }
+
+    /// The group set of a key built with [`Key::in_group`], from its name.
+    fn tag_set(&self, key: &Key) -> String {
+        let raw = key.as_str();
+        match (raw.find('{'), raw.find('}')) {
+            (Some(open), Some(close)) if open < close => self.group_set(&raw[open + 1..close]),
+            _ => String::new(),
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &Key,
+        value: &[u8],
+        put: Put<'_>,
+        mode: &str,
+        expected: &[u8],
+    ) -> StoreResult<bool> {
+        let ttl = put.ttl.map(|t| (t.as_millis() as u64).max(1)).unwrap_or(0);
+        let tag = self.tag_set(key);
+        if let Some(group) = put.group {
+            if self.group_set(group.as_str()) != tag {
+                return Err(StoreError::Backend(format!(
+                    "{key} is not a key of group {}",
+                    group.as_str()
+                )));
+            }
+        }
+        let mut keys = vec![self.key(key)];
+        if !tag.is_empty() {
+            keys.push(tag);
+        }
+        let args: Vec<Value> = vec![
+            Value::Bytes(Bytes::copy_from_slice(value)),
+            Value::from(ttl as i64),
+            Value::from(mode),
+            Value::Bytes(Bytes::copy_from_slice(expected)),
+            Value::from(if put.group.is_some() { "1" } else { "0" }),
+        ];
+        let wrote: i64 = self
+            .pool
+            .eval(PUT_SCRIPT, keys, args)
+            .await
+            .map_err(unavailable)?;
+        Ok(wrote == 1)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()> {
+        self.write(key, value, put, "set", b"").await.map(|_| ())
+    }
+
+    async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool> {
+        self.write(key, value, put, "nx", b"").await
+    }
+
+    async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        let value: Option<Bytes> = self.pool.get(self.key(key)).await.map_err(unavailable)?;
+        Ok(value.map(|b| b.to_vec()))
+    }
+
+    async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        let value: Option<Bytes> = self.pool.getdel(self.key(key)).await.map_err(unavailable)?;
+        Ok(value.map(|b| b.to_vec()))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        new: &[u8],
+        put: Put<'_>,
+    ) -> StoreResult<bool> {
+        self.write(key, new, put, "cas", expected).await
+    }
+
+    async fn delete(&self, key: &Key) -> StoreResult<bool> {
+        let deleted: i64 = self.pool.del(self.key(key)).await.map_err(unavailable)?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_group(&self, group: &Group) -> StoreResult<u64> {
+        let deleted: i64 = self
+            .pool
+            .eval(
+                DELETE_GROUP_SCRIPT,
+                vec![self.group_set(group.as_str())],
+                Vec::<Value>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted.max(0) as u64)
+    }
+
+    async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+        let escaped: String = format!("{}{prefix}", self.prefix)
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("{escaped}*");
+        let client = self.pool.next();
+        let mut stream = if client.is_clustered() {
+            client
+                .scan_cluster_buffered(pattern, Some(1000), None)
+                .boxed()
+        } else {
+            client.scan_buffered(pattern, Some(1000), None).boxed()
+        };
+        let mut keys = Vec::new();
+        while let Some(key) = stream.next().await {
+            let key = key.map_err(unavailable)?;
+            if let Some(name) = key.as_str() {
+                // Group sets share the prefix namespace; they are bookkeeping, not records.
+                if let Some(name) = name.strip_prefix(self.prefix.as_str()) {
+                    if !name.starts_with("grp:") {
+                        keys.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::with_capacity(keys.len());
+        for name in keys {
+            let value: Option<Bytes> = self
+                .pool
+                .get(format!("{}{name}", self.prefix))
+                .await
+                .map_err(unavailable)?;
+            // A key that expired between SCAN and GET is simply not listed.
+            if let Some(value) = value {
+                out.push((Key::from_raw(name), value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = self.pool.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+
+    /// The Redis the tests use (`GATEHOUSE_TEST_REDIS_URL`, default the local one),
+    /// with a random key prefix per test so tests run in parallel.
+    pub(crate) async fn fresh() -> ((), RedisStore) {
+        let url = std::env::var("GATEHOUSE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("gatehouse-test:{}:", crate::oauth::secret::random_id());
+        let store = RedisStore::connect(&url, &prefix)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Redis at {url} is needed for these tests ({e}); `cargo xtask test` starts one"
+                )
+            });
+        ((), store)
+    }
+
+    conformance::suite!(fresh);
+}
