@@ -42,6 +42,20 @@ pub enum Command {
         #[command(subcommand)]
         command: OwnerCommand,
     },
+    /// Move state between stores (e.g. from the embedded file to Redis).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every record (clients, grants, tokens' hashes, articles…) as JSON lines
+    /// to standard output.
+    Export(StoreArgs),
+    /// Read an export from standard input into this store.
+    Import(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ pub mod articles;
 pub mod config;
 pub mod http;
 pub mod mcp;
+pub mod migrate;
 pub mod oauth;
 pub mod outbound;
 pub mod store;

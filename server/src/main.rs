@@ -2,7 +2,7 @@ use std::{io::BufRead, net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use gatehouse::{
-    config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreSpec},
+    config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec},
     http::{router, AppState},
     oauth::owner::Owner,
     open_store,
@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
         Some(Command::Owner {
             command: OwnerCommand::SetPassword(store),
         }) => set_password(store).await,
+        Some(Command::Store { command }) => migrate(command).await,
         None => serve(cli.serve).await,
     }
 }
@@ -108,6 +109,35 @@ async fn set_password(args: StoreArgs) -> ExitCode {
     match Owner::new(store, None).set_password(password).await {
         Ok(()) => {
             eprintln!("gatehouse: the owner password is set");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(vec![e.to_string()]),
+    }
+}
+
+/// `gatehouse store export|import`.
+async fn migrate(command: StoreCommand) -> ExitCode {
+    let (args, exporting) = match command {
+        StoreCommand::Export(args) => (args, true),
+        StoreCommand::Import(args) => (args, false),
+    };
+    let spec = match args.into_spec() {
+        Ok(spec) => spec,
+        Err(errors) => return report(errors),
+    };
+    let store = match open_store(&spec).await {
+        Ok(store) => store,
+        Err(e) => return report(vec![format!("cannot open the store: {e}")]),
+    };
+    let outcome = if exporting {
+        gatehouse::migrate::export(store.as_ref(), &mut std::io::stdout().lock()).await
+    } else {
+        gatehouse::migrate::import(store.as_ref(), std::io::stdin().lock()).await
+    };
+    match outcome {
+        Ok(count) => {
+            let verb = if exporting { "exported" } else { "imported" };
+            eprintln!("gatehouse: {verb} {count} records");
             ExitCode::SUCCESS
         }
         Err(e) => report(vec![e.to_string()]),

@@ -154,6 +154,9 @@ impl Store for HangingStore {
     async fn scan(&self, p: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
         self.0.scan(p).await
     }
+    async fn export(&self) -> StoreResult<Vec<gatehouse::store::Entry>> {
+        self.0.export().await
+    }
     async fn ping(&self) -> StoreResult<()> {
         std::future::pending().await
     }

@@ -713,6 +713,7 @@ async fn the_guard_answers_503_when_the_store_is_unreachable() {
         store: state.store.clone(),
         state,
         dir: Arc::new(dir),
+        base: None,
     };
     let answer = app
         .mcp(

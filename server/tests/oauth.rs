@@ -983,6 +983,7 @@ async fn first_run_setup_sets_the_password_once() {
         store: state.store.clone(),
         state,
         dir: Arc::new(dir),
+        base: None,
     };
     // No password yet: a sign-in fails exactly like a wrong password.
     let before = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;

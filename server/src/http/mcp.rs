@@ -15,7 +15,11 @@ use axum::{
     Json,
 };
 use rmcp::transport::streamable_http_server::{
-    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    session::{
+        local::LocalSessionManager,
+        store::{SessionState, SessionStore, SessionStoreError},
+    },
+    StreamableHttpServerConfig, StreamableHttpService,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +30,11 @@ use crate::{
     articles::Articles,
     config::PublicUrl,
     mcp::{required_scope, ArticleServer},
-    oauth::scope::{Scope, ScopeSet},
+    oauth::{
+        scope::{Scope, ScopeSet},
+        secret::SecretHash,
+    },
+    store::{Key, Put, SharedStore},
 };
 
 /// A token check that does not answer within this long counts as a store outage.
@@ -76,8 +84,44 @@ impl OriginPolicy {
     }
 }
 
+/// How long an idle MCP session can be restored on another instance.
+const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Keeps each MCP session's `initialize` parameters in the store, so that any
+/// instance of a deployment can take over a session another instance started (rmcp
+/// replays the handshake from them). Keys hold the SHA-256 of the session id.
+struct StoreSessions(SharedStore);
+
+fn session_key(session_id: &str) -> Key {
+    Key::new("mcp-session", SecretHash::of(session_id).as_str())
+}
+
+#[async_trait::async_trait]
+impl SessionStore for StoreSessions {
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        match self.0.get(&session_key(session_id)).await? {
+            Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        let raw = serde_json::to_vec(state)?;
+        Ok(self
+            .0
+            .put(&session_key(session_id), &raw, Put::ttl(SESSION_TTL))
+            .await?)
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), SessionStoreError> {
+        self.0.delete(&session_key(session_id)).await?;
+        Ok(())
+    }
+}
+
 /// The MCP service: rmcp's Streamable HTTP transport around [`ArticleServer`].
 pub fn service(
+    store: SharedStore,
     articles: Articles,
     public_url: &PublicUrl,
     extra_hosts: &[String],
@@ -105,11 +149,12 @@ pub fn service(
         "https://[::1]:*".to_owned(),
     ];
     origins.extend(extra_origins.iter().cloned());
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(shutdown);
+    config.session_store = Some(Arc::new(StoreSessions(store)));
     let server = ArticleServer::new(articles);
     StreamableHttpService::new(
         move || Ok(server.clone()),

@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route_service(
             "/mcp",
             mcp::service(
+                state.store.clone(),
                 state.articles.clone(),
                 &state.config.public_url,
                 &state.config.allowed_hosts,

@@ -18,7 +18,7 @@ macro_rules! suite {
                 put_new_under_concurrency_writes_exactly_once, compare_and_swap_needs_the_expected_value,
                 compare_and_swap_under_concurrency_swaps_once, delete_reports_live_records,
                 delete_group_removes_exactly_its_members, scan_lists_live_records_by_prefix,
-                ping_answers);
+                export_reads_back_lifetimes_and_groups, ping_answers);
         }
     };
     (@tests $fresh:path; $($name:ident),+) => {
@@ -337,6 +337,43 @@ pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>) {
     assert_eq!(slugs, ["a-first", "b-second", "c-third"]);
     assert_eq!(listed[0].0, Key::new("article", "a-first"));
     assert!(store.scan("nothing-here:").await.expect("scan").is_empty());
+}
+
+pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>) {
+    let grant = Group::new("exported");
+    let member = Key::in_group("rt", &grant, "h");
+    store
+        .put(
+            &member,
+            b"token",
+            Put::ttl(Duration::from_secs(600)).in_group(&grant),
+        )
+        .await
+        .expect("put");
+    store
+        .put(&key("client"), b"forever", Put::forever())
+        .await
+        .expect("put");
+    store
+        .put(&key("gone"), b"x", Put::ttl(SHORT_TTL))
+        .await
+        .expect("put");
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+
+    let mut entries = store.export().await.expect("export");
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let (token, client) = (&entries[0], &entries[1]);
+    assert_eq!(token.key, member);
+    assert_eq!(token.value, b"token");
+    assert_eq!(token.group.as_ref(), Some(&grant));
+    let ttl = token.ttl.expect("a lifetime");
+    assert!(
+        ttl > Duration::from_secs(590) && ttl <= Duration::from_secs(600),
+        "{ttl:?}"
+    );
+    assert_eq!(client.key, key("client"));
+    assert_eq!((client.ttl, client.group.as_ref()), (None, None));
 }
 
 pub async fn ping_answers<S: Store>(store: Arc<S>) {

@@ -19,7 +19,7 @@ use std::{
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::{Group, Key, Put, Store, StoreError, StoreResult};
+use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
@@ -278,6 +278,27 @@ impl Store for EmbeddedStore {
                 }
                 if let Some(record) = Record::decode(v.value())?.filter(|r| r.is_live(now)) {
                     out.push((Key::from_raw(k.value()), record.value));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn export(&self) -> StoreResult<Vec<Entry>> {
+        self.read(|kv| {
+            let now = now_ms();
+            let mut out = Vec::new();
+            for entry in kv.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                if let Some(record) = Record::decode(v.value())?.filter(|r| r.is_live(now)) {
+                    out.push(Entry {
+                        key: Key::from_raw(k.value()),
+                        ttl: (record.expires_at != 0)
+                            .then(|| Duration::from_millis(record.expires_at - now)),
+                        group: record.group.map(Group::new),
+                        value: record.value,
+                    });
                 }
             }
             Ok(out)

@@ -148,6 +148,10 @@ pub trait Store: Send + Sync + 'static {
     /// (articles, clients) and export; not for hot paths.
     async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>>;
 
+    /// Every live record with its remaining lifetime and group, for moving a
+    /// deployment from one backend to another (`gatehouse store export`).
+    async fn export(&self) -> StoreResult<Vec<Entry>>;
+
     /// Checks that the backend answers, for `/healthz`.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -156,3 +160,22 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// One record as [`Store::export`] reads it and an import writes it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Key,
+    pub value: Vec<u8>,
+    /// What is left of its lifetime; `None` for records that do not expire.
+    pub ttl: Option<Duration>,
+    pub group: Option<Group>,
+}
+
+impl Entry {
+    pub fn put(&self) -> Put<'_> {
+        Put {
+            ttl: self.ttl,
+            group: self.group.as_ref(),
+        }
+    }
+}

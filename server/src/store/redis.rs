@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use fred::{bytes::Bytes, prelude::*};
 use futures::StreamExt;
 
-use super::{Group, Key, Put, Store, StoreError, StoreResult};
+use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
 
 /// A command that takes longer than this fails, so callers answer 503 promptly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -270,6 +270,38 @@ impl Store for RedisStore {
             if let Some(value) = value {
                 out.push((Key::from_raw(name), value.to_vec()));
             }
+        }
+        Ok(out)
+    }
+
+    async fn export(&self) -> StoreResult<Vec<Entry>> {
+        let mut out = Vec::new();
+        for (key, value) in self.scan("").await? {
+            let full = self.key(&key);
+            let pttl: i64 = self.pool.pttl(&full).await.map_err(unavailable)?;
+            if pttl == -2 {
+                continue; // expired since the scan
+            }
+            let tag = self.tag_set(&key);
+            let member: bool = if tag.is_empty() {
+                false
+            } else {
+                self.pool
+                    .sismember(&tag, &full)
+                    .await
+                    .map_err(unavailable)?
+            };
+            let group = member.then(|| {
+                let raw = key.as_str();
+                let (open, close) = (raw.find('{').unwrap_or(0), raw.find('}').unwrap_or(0));
+                Group::new(&raw[open + 1..close])
+            });
+            out.push(Entry {
+                key,
+                value,
+                ttl: (pttl > 0).then(|| Duration::from_millis(pttl as u64)),
+                group,
+            });
         }
         Ok(out)
     }

@@ -43,6 +43,8 @@ pub struct TestApp {
     pub store: SharedStore,
     pub state: AppState,
     pub dir: Arc<tempfile::TempDir>,
+    /// Set by [`TestApp::serve`]: requests then go over HTTP to this origin.
+    pub base: Option<String>,
 }
 
 pub struct Answer {
@@ -115,10 +117,73 @@ impl TestApp {
             store,
             state,
             dir,
+            base: None,
+        }
+    }
+
+    /// An app on a Redis store with this key prefix (two apps with one prefix are two
+    /// instances of one deployment).
+    pub async fn on_redis(url: &str, prefix: &str, extra: &[&str]) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut args = vec!["--store", url, "--redis-key-prefix", prefix];
+        args.extend_from_slice(extra);
+        let config = config_with(dir.path(), &args);
+        let store = gatehouse::open_store(&config.store)
+            .await
+            .expect("Redis store");
+        let state = AppState::new(config, store.clone());
+        TestApp {
+            router: router(state.clone()),
+            store,
+            state,
+            dir,
+            base: None,
+        }
+    }
+
+    /// Serves the app on a free loopback port, as a real instance; every request of
+    /// the helpers then goes over TCP.
+    pub async fn serve(mut self) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        self.base = Some(format!("http://{addr}"));
+        self
+    }
+
+    async fn send_http(&self, base: &str, request: Request<Body>) -> Answer {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let mut outgoing = client
+            .request(parts.method, format!("{base}{}", parts.uri))
+            .body(body);
+        for (name, value) in &parts.headers {
+            outgoing = outgoing.header(name, value);
+        }
+        let response = outgoing.send().await.expect("response");
+        Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.text().await.expect("text"),
         }
     }
 
     pub async fn send(&self, request: Request<Body>) -> Answer {
+        if let Some(base) = &self.base {
+            return self.send_http(base, request).await;
+        }
         let response = self
             .router
             .clone()
@@ -484,6 +549,9 @@ impl gatehouse::store::Store for UnreachableStore {
         &self,
         _: &str,
     ) -> gatehouse::store::StoreResult<Vec<(gatehouse::store::Key, Vec<u8>)>> {
+        Err(down())
+    }
+    async fn export(&self) -> gatehouse::store::StoreResult<Vec<gatehouse::store::Entry>> {
         Err(down())
     }
     async fn ping(&self) -> gatehouse::store::StoreResult<()> {

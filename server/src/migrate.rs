@@ -1,0 +1,86 @@
+//! `gatehouse store export` and `gatehouse store import`: move a deployment from one
+//! store to another (the embedded file to Redis, say) without losing its clients,
+//! grants, tokens, owner password or articles. The format is JSON lines, one record
+//! each, with the value in base64 and what is left of its lifetime. The store holds
+//! only hashes of secrets, so the export does too; it still holds the owner's password
+//! hash and every grant, so keep it as private as the store.
+
+use std::io::{BufRead, Write};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Entry, Group, Key, Store, StoreError};
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the export: {0}")]
+    Write(std::io::Error),
+    #[error("line {line} of the import is not a record: {reason}")]
+    Malformed { line: usize, reason: String },
+}
+
+/// Writes every live record of `store`; returns how many.
+pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, MigrateError> {
+    let entries = store.export().await?;
+    for entry in &entries {
+        let line = Line {
+            key: entry.key.as_str().to_owned(),
+            value: STANDARD.encode(&entry.value),
+            ttl_ms: entry.ttl.map(|t| t.as_millis() as u64),
+            group: entry.group.as_ref().map(|g| g.as_str().to_owned()),
+        };
+        let json = serde_json::to_string(&line).map_err(|e| MigrateError::Write(e.into()))?;
+        writeln!(out, "{json}").map_err(MigrateError::Write)?;
+    }
+    out.flush().map_err(MigrateError::Write)?;
+    Ok(entries.len())
+}
+
+/// Writes every record of an export into `store` (replacing what has the same key);
+/// returns how many. Nothing is written unless every line parses.
+pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, MigrateError> {
+    let mut entries = Vec::new();
+    for (index, line) in input.lines().enumerate() {
+        let malformed = |reason: String| MigrateError::Malformed {
+            line: index + 1,
+            reason,
+        };
+        let line = line.map_err(|e| malformed(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| malformed(e.to_string()))?;
+        let group = parsed.group.map(Group::new);
+        let key = Key::from_raw(parsed.key);
+        if let Some(group) = &group {
+            if !key.as_str().contains(&format!("{{{}}}", group.as_str())) {
+                return Err(malformed("the key does not carry its group's tag".into()));
+            }
+        }
+        entries.push(Entry {
+            value: STANDARD
+                .decode(parsed.value)
+                .map_err(|e| malformed(e.to_string()))?,
+            ttl: parsed.ttl_ms.map(std::time::Duration::from_millis),
+            group,
+            key,
+        });
+    }
+    for entry in &entries {
+        store.put(&entry.key, &entry.value, entry.put()).await?;
+    }
+    Ok(entries.len())
+}

@@ -1,0 +1,358 @@
+//! One deployment, several instances, one Redis: codes, tokens, sessions and
+//! revocations cross instances; concurrency rules hold across them; an outage is
+//! answered quickly and recovered from without a restart; a deployment moves from the
+//! embedded store to Redis without losing its connections.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::http::StatusCode;
+use common::*;
+use serde_json::json;
+
+fn redis_url() -> String {
+    std::env::var("GATEHOUSE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn random_prefix() -> String {
+    format!("gatehouse-test:{}:", gatehouse::oauth::secret::random_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_codes_tokens_sessions_and_revocations() {
+    let prefix = random_prefix();
+    let a = TestApp::on_redis(&redis_url(), &prefix, &[])
+        .await
+        .serve()
+        .await;
+    let b = TestApp::on_redis(&redis_url(), &prefix, &[])
+        .await
+        .serve()
+        .await;
+    assert_ne!(a.base, b.base, "two ports");
+
+    // Registered and signed in at A; the consent page comes from B with A's cookie.
+    let client_id = a.public_client("Across instances").await;
+    let cookie = a.sign_in().await;
+    let consent = b
+        .authorize(&client_id, &[("scope", "read:articles")], Some(&cookie))
+        .await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    let code = a
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await
+        .param("code")
+        .expect("code issued by A");
+
+    // A code issued by A is redeemed at B.
+    let tokens = b.redeem(&client_id, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let tokens = tokens.json();
+    let access = tokens["access_token"].as_str().expect("at");
+
+    // A token issued by B works at A.
+    let session = a.mcp_session(access, "2025-06-18").await;
+    let listed = a
+        .mcp(
+            Some(access),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+
+    // Revoking at A is refused at B immediately.
+    let revoked = a
+        .post_form(
+            "/oauth/revoke",
+            &[
+                ("token", tokens["refresh_token"].as_str().expect("rt")),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let refused = b
+        .mcp(
+            Some(access),
+            None,
+            None,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let refresh = b
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_redemptions_and_refreshes_follow_the_rules() {
+    let prefix = random_prefix();
+    let a = Arc::new(TestApp::on_redis(&redis_url(), &prefix, &[]).await);
+    let b = Arc::new(TestApp::on_redis(&redis_url(), &prefix, &[]).await);
+
+    let (client_id, _, code) = a.code_for("read:articles").await;
+    let redemptions: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, client_id, code) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                client_id.clone(),
+                code.clone(),
+            );
+            tokio::spawn(async move { app.redeem(&client_id, &code).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for redemption in redemptions {
+        let answer = redemption.await.expect("join");
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            _ => assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one redemption succeeds");
+
+    // 50 refreshes of one refresh token, inside the grace window: one rotation, and
+    // every caller receives that same successor pair.
+    let (client_id, tokens) = a.tokens_for("read:articles").await;
+    let refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let refreshes: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, client_id, rt) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                client_id.clone(),
+                refresh_token.clone(),
+            );
+            tokio::spawn(async move { app.refresh(&client_id, &rt, &[]).await })
+        })
+        .collect();
+    let mut successors = Vec::new();
+    for refresh in refreshes {
+        let answer = refresh.await.expect("join");
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        successors.push(answer.json());
+    }
+    assert!(
+        successors.windows(2).all(|w| w[0] == w[1]),
+        "one successor pair for all"
+    );
+    assert_ne!(successors[0]["refresh_token"], tokens["refresh_token"]);
+}
+
+/// A redis-server of the test's own, on a free port, that it can stop and restart.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (cargo xtask test installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Self::start_on(port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_is_answered_quickly_and_recovered_from() {
+    let mut redis = OwnRedis::start();
+    let app = TestApp::on_redis(&redis.url(), "gatehouse:", &[])
+        .await
+        .serve()
+        .await;
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("at").to_owned();
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+
+    redis.stop();
+
+    let started = Instant::now();
+    let mcp = app
+        .mcp(
+            Some(&access),
+            None,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(mcp.status, StatusCode::SERVICE_UNAVAILABLE, "{}", mcp.body);
+    assert_eq!(mcp.json()["error"]["code"], -32603);
+    let token = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(
+        &token,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    let health = app.get("/healthz", None).await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.json()["store"]["status"], "down");
+    let page = app.authorize(&client_id, &[], None).await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.body.contains("Temporarily unavailable"),
+        "{}",
+        page.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answers are bounded: {:?}",
+        started.elapsed()
+    );
+
+    // Redis returns (empty: it keeps nothing on disk); service resumes without a restart.
+    let _redis = OwnRedis::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if app.get("/healthz", None).await.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not recover");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let again = app.public_client("After the outage").await;
+    assert!(!again.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_and_import_move_a_deployment_from_embedded_to_redis() {
+    // Connections made on the embedded store...
+    let embedded = TestApp::new(&[]);
+    let (client_id, tokens) = embedded.tokens_for("read:articles write:articles").await;
+    let access = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = embedded.mcp_session(&access, "2025-06-18").await;
+    let created = embedded
+        .mcp(
+            Some(&access),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "create_article", "arguments": {"title": "Moved", "body": "to Redis"}}}),
+        )
+        .await;
+    assert_eq!(created.rpc()["result"]["isError"], false);
+
+    let mut exported = Vec::new();
+    let count = gatehouse::migrate::export(embedded.store.as_ref(), &mut exported)
+        .await
+        .expect("export");
+    assert!(
+        count >= 5,
+        "clients, grant, tokens, owner data and articles: {count}"
+    );
+    let text = String::from_utf8_lossy(&exported);
+    assert!(!text.contains(&access), "the export holds no raw token");
+
+    // ...keep working on Redis after the move.
+    let prefix = random_prefix();
+    let redis = TestApp::on_redis(&redis_url(), &prefix, &[]).await;
+    let imported = gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice())
+        .await
+        .expect("import");
+    assert_eq!(imported, count);
+    let refreshed = redis
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let new_access = refreshed.json()["access_token"]
+        .as_str()
+        .expect("at")
+        .to_owned();
+    let session = redis.mcp_session(&new_access, "2025-06-18").await;
+    let got = redis
+        .mcp(
+            Some(&new_access),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "get_article", "arguments": {"slug": "moved"}}}),
+        )
+        .await;
+    assert_eq!(got.rpc()["result"]["structuredContent"]["body"], "to Redis");
+    // Revoking the migrated grant still revokes everything in it (groups survived).
+    let revoked = redis
+        .post_form(
+            "/oauth/revoke",
+            &[
+                (
+                    "token",
+                    refreshed.json()["refresh_token"].as_str().expect("rt"),
+                ),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(!redis.token_is_valid(&new_access).await);
+    assert!(!redis.token_is_valid(&access).await);
+}
