@@ -726,3 +726,36 @@ async fn the_guard_answers_503_when_the_store_is_unreachable() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.json()["error"]["code"], -32603);
 }
+
+#[tokio::test]
+async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
+    let app = TestApp::new(&["--allowed-host", "internal.example"]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let with_host = |host: &str| {
+        Request::post("/mcp")
+            .header(header::HOST, host)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(Body::from(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": V2025_06, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+                .to_string(),
+            ))
+            .expect("request")
+    };
+    // DNS rebinding protection: a Host that is not ours is refused.
+    assert_eq!(
+        app.send(with_host("evil.example")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.send(with_host("internal.example")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.send(with_host("127.0.0.1:3000")).await.status,
+        StatusCode::OK
+    );
+}

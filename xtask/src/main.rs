@@ -123,6 +123,7 @@ fn setup(needs: Needs) -> Result {
     if needs == Needs::Everything {
         ensure_chromium()?;
         ensure_npm_packages()?;
+        ensure_python_venv()?;
         ensure_redis()?;
     }
     Ok(())
@@ -178,6 +179,49 @@ fn ensure_chromium() -> Result {
     apt(&["update"])?;
     apt(&["install", "-y", "--no-install-recommends", "chromium"])
         .map_err(|e| format!("{e}; the browser tests need {CHROMIUM} (apt-get install chromium)"))
+}
+
+/// The Python SDK test runs in `end2end/.venv`, made from `python/requirements.txt`
+/// when missing or older than it.
+fn ensure_python_venv() -> Result {
+    let dir = workspace_root().join("end2end");
+    let requirements = dir.join("python/requirements.txt");
+    let stamp = dir.join(".venv/.installed");
+    if let (Some(req), Some(done)) = (modified(&requirements), modified(&stamp)) {
+        if done >= req {
+            return Ok(());
+        }
+    }
+    step("creating the Python virtual environment for the MCP Python SDK test");
+    if !dir.join(".venv/bin/python").exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv", ".venv"])
+            .current_dir(&dir)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            // Debian's python3 needs its venv package for this.
+            let apt = |args: &[&str]| {
+                run(Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive"))
+            };
+            apt(&["update"])?;
+            apt(&["install", "-y", "--no-install-recommends", "python3-venv"])?;
+            run(Command::new("python3")
+                .args(["-m", "venv", ".venv"])
+                .current_dir(&dir))?;
+        }
+    }
+    run(Command::new(dir.join(".venv/bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            "python/requirements.txt",
+        ])
+        .current_dir(&dir))?;
+    std::fs::write(&stamp, b"").map_err(|e| format!("cannot write {}: {e}", stamp.display()))
 }
 
 /// The Redis store's tests use the Redis on 127.0.0.1:6379 (or

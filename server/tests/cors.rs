@@ -1,0 +1,124 @@
+//! Browser-based clients, such as the MCP Inspector at http://localhost:6274, call
+//! discovery, registration, token and /mcp from another origin: every preflight is
+//! answered (never 401) and every answer carries the CORS headers they need.
+
+mod common;
+
+use axum::{
+    body::Body,
+    http::{header, Method, Request, StatusCode},
+};
+use common::*;
+use serde_json::json;
+
+const INSPECTOR: &str = "http://localhost:6274";
+
+fn preflight(path: &str, method: &str) -> Request<Body> {
+    Request::options(path)
+        .header(header::HOST, "gate.example.com")
+        .header(header::ORIGIN, INSPECTOR)
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, method)
+        .header(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id",
+        )
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
+    let app = TestApp::new(&[]);
+    for (path, method) in [
+        ("/.well-known/oauth-protected-resource/mcp", "GET"),
+        ("/.well-known/oauth-protected-resource", "GET"),
+        ("/.well-known/oauth-authorization-server", "GET"),
+        ("/.well-known/openid-configuration", "GET"),
+        ("/oauth/register", "POST"),
+        ("/oauth/token", "POST"),
+        ("/oauth/revoke", "POST"),
+        ("/mcp", "POST"),
+        ("/mcp", "GET"),
+        ("/mcp", "DELETE"),
+    ] {
+        let answer = app.send(preflight(path, method)).await;
+        assert!(
+            answer.status.is_success(),
+            "{method} {path}: preflight got {}",
+            answer.status
+        );
+        assert_eq!(
+            answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "{path}"
+        );
+        let methods = answer.headers[header::ACCESS_CONTROL_ALLOW_METHODS]
+            .to_str()
+            .expect("ascii");
+        assert!(methods.contains(method), "{path}: {methods}");
+        let allowed = answer.headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .expect("ascii")
+            .to_ascii_lowercase();
+        for needed in [
+            "authorization",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(needed), "{path}: {allowed} lacks {needed}");
+        }
+    }
+
+    // The answers themselves carry the origin and expose what clients read.
+    let with_origin =
+        |request: axum::http::request::Builder| request.header(header::ORIGIN, INSPECTOR);
+    let discovery = app
+        .send(
+            with_origin(Request::get("/.well-known/oauth-authorization-server"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    let registration = app
+        .send(
+            with_origin(Request::post("/oauth/register"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({"redirect_uris": ["http://localhost:6274/oauth/callback"], "token_endpoint_auth_method": "none"}).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(registration.status, StatusCode::CREATED);
+    let token = app
+        .send(
+            with_origin(Request::builder().method(Method::POST).uri("/oauth/token"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(
+                    "grant_type=refresh_token&refresh_token=ghr.a.b&client_id=nobody",
+                ))
+                .expect("request"),
+        )
+        .await;
+    let mcp = app
+        .send(
+            with_origin(Request::post("/mcp"))
+                .header(header::HOST, "gate.example.com")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(mcp.status, StatusCode::UNAUTHORIZED);
+    for answer in [&discovery, &registration, &token, &mcp] {
+        assert_eq!(answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        let exposed = answer.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .expect("ascii")
+            .to_ascii_lowercase();
+        assert!(
+            exposed.contains("www-authenticate") && exposed.contains("mcp-session-id"),
+            "{exposed}"
+        );
+    }
+}
