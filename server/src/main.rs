@@ -1,5 +1,6 @@
 use std::{io::BufRead, net::SocketAddr, process::ExitCode};
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use gatehouse::{
     config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec},
@@ -46,7 +47,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return report(vec![format!("cannot open the store: {e}")]),
     };
     let listener = match tokio::net::TcpListener::bind(config.bind).await {
-        Ok(listener) => listener,
+        // Small JSON-RPC answers must not wait for Nagle's algorithm (a 40 ms stall
+        // against delayed ACKs on every streamed response).
+        Ok(listener) => listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
         Err(e) => return report(vec![format!("cannot listen on {}: {e}", config.bind)]),
     };
     let store_desc = match &config.store {

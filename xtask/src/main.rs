@@ -27,12 +27,14 @@ fn main() -> ExitCode {
         Some("dev") => dev(&args[1..]),
         Some("test") => test(),
         Some("setup") => setup(Needs::Everything),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  dev     install what is missing, then run the server (cargo leptos watch)\n  \
                  test    install what is missing, then run every check and test\n  \
+                 bench   build the release server and run the benchmark (table on stdout)\n  \
                  setup   only install what is missing"
             );
             return ExitCode::from(2);
@@ -101,6 +103,33 @@ fn test() -> Result {
     }
     step("all checks passed");
     Ok(())
+}
+
+/// Builds the release server and the load generator, installs the reference server
+/// (the MCP TypeScript SDK's example) into `bench/reference`, and runs the benchmark.
+fn bench(extra: &[String]) -> Result {
+    ensure_redis()?;
+    let root = workspace_root();
+    let reference = root.join("bench/reference");
+    if !reference
+        .join("node_modules/@modelcontextprotocol/sdk")
+        .exists()
+    {
+        step("installing the reference server (@modelcontextprotocol/sdk) into bench/reference");
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(&reference))?;
+    }
+    step("building the release server and the load generator");
+    run(cargo().args(["build", "--release", "-p", "gatehouse", "-p", "bench"]))?;
+    step("benchmarking");
+    run(Command::new(root.join("target/release/bench"))
+        .arg("--gatehouse")
+        .arg(root.join("target/release/gatehouse"))
+        .arg("--reference")
+        .arg(&reference)
+        .args(extra)
+        .current_dir(&root))
 }
 
 fn setup(needs: Needs) -> Result {
