@@ -281,35 +281,16 @@ async fn bench_gatehouse(
         return Err(format!("create_article failed: {created}"));
     }
 
-    // tools/call: each worker has its own MCP session, as separate clients would.
-    let mcp = format!("{base}/mcp");
-    let mut sessions = Vec::new();
-    for _ in 0..CONCURRENCY {
-        sessions.push(mcp_session(http, &mcp, &token).await?);
-    }
     eprintln!("tools/call get_article …");
-    let tools = load(duration, sessions, {
-        let (http, mcp, token) = (http.clone(), mcp.clone(), token.clone());
-        move |session: &mut String| {
-            let (http, mcp, token, session) =
-                (http.clone(), mcp.clone(), token.clone(), session.clone());
-            async move {
-                let body = tools_call(
-                    &http,
-                    &mcp,
-                    &token,
-                    &session,
-                    json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
-                )
-                .await?;
-                if body.contains("\"isError\":true") || !body.contains("Read me quickly.") {
-                    return Err(format!("unexpected answer: {body}"));
-                }
-                Ok(())
-            }
-        }
-    })
-    .await;
+    let tools = tools_load(
+        http,
+        &format!("{base}/mcp"),
+        &token,
+        json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
+        "Read me quickly.",
+        duration,
+    )
+    .await?;
 
     // Refresh grants: 64 grants, each worker rotating its own.
     let mut grants = Vec::new();
@@ -529,6 +510,40 @@ async fn tools_call(
     Ok(body)
 }
 
+/// `tools/call` with `params` from 64 MCP sessions (one per worker, as separate clients
+/// would have); an answer counts only when it contains `expect` and no tool error.
+async fn tools_load(
+    http: &reqwest::Client,
+    mcp: &str,
+    token: &str,
+    params: Value,
+    expect: &'static str,
+    duration: Duration,
+) -> Result<Load> {
+    let mut sessions = Vec::new();
+    for _ in 0..CONCURRENCY {
+        sessions.push(mcp_session(http, mcp, token).await?);
+    }
+    let (http, mcp, token) = (http.clone(), mcp.to_owned(), token.to_owned());
+    Ok(load(duration, sessions, move |session: &mut String| {
+        let (http, mcp, token, session, params) = (
+            http.clone(),
+            mcp.clone(),
+            token.clone(),
+            session.clone(),
+            params.clone(),
+        );
+        async move {
+            let body = tools_call(&http, &mcp, &token, &session, params).await?;
+            if body.contains("\"isError\":true") || !body.contains(expect) {
+                return Err(format!("unexpected answer: {body}"));
+            }
+            Ok(())
+        }
+    })
+    .await)
+}
+
 // ----- load -------------------------------------------------------------------------
 
 /// Runs one worker per state for `duration`; each call's output becomes its next state
@@ -707,34 +722,16 @@ async fn bench_reference(
         .ok_or_else(|| format!("reference token: {tokens}"))?
         .to_owned();
 
-    let mcp = format!("{base}/mcp");
-    let mut sessions = Vec::new();
-    for _ in 0..CONCURRENCY {
-        sessions.push(mcp_session(http, &mcp, &token).await?);
-    }
     eprintln!("tools/call greet …");
-    let tools = load(duration, sessions, {
-        let (http, mcp, token) = (http.clone(), mcp.clone(), token.clone());
-        move |session: &mut String| {
-            let (http, mcp, token, session) =
-                (http.clone(), mcp.clone(), token.clone(), session.clone());
-            async move {
-                let body = tools_call(
-                    &http,
-                    &mcp,
-                    &token,
-                    &session,
-                    json!({"name": "greet", "arguments": {"name": "bench"}}),
-                )
-                .await?;
-                if !body.contains("Hello, bench") {
-                    return Err(format!("unexpected answer: {body}"));
-                }
-                Ok(())
-            }
-        }
-    })
-    .await;
+    let tools = tools_load(
+        http,
+        &format!("{base}/mcp"),
+        &token,
+        json!({"name": "greet", "arguments": {"name": "bench"}}),
+        "Hello, bench",
+        duration,
+    )
+    .await?;
     let after_rss_mb = server.rss_mb();
     Ok(Row {
         name: "reference: TS SDK simpleStreamableHttp --oauth".into(),

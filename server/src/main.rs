@@ -95,15 +95,19 @@ async fn announce_setup_link(state: &AppState) {
     }
 }
 
+/// The store a maintenance command names, or the exit code after reporting why not.
+async fn store_for(args: StoreArgs) -> Result<gatehouse::store::SharedStore, ExitCode> {
+    let spec = args.into_spec().map_err(report)?;
+    open_store(&spec)
+        .await
+        .map_err(|e| report(vec![format!("cannot open the store: {e}")]))
+}
+
 /// `gatehouse owner set-password`: reads one line from standard input.
 async fn set_password(args: StoreArgs) -> ExitCode {
-    let spec = match args.into_spec() {
-        Ok(spec) => spec,
-        Err(errors) => return report(errors),
-    };
-    let store = match open_store(&spec).await {
+    let store = match store_for(args).await {
         Ok(store) => store,
-        Err(e) => return report(vec![format!("cannot open the store: {e}")]),
+        Err(code) => return code,
     };
     eprintln!("New owner password (one line on standard input):");
     let mut line = String::new();
@@ -126,13 +130,9 @@ async fn migrate(command: StoreCommand) -> ExitCode {
         StoreCommand::Export(args) => (args, true),
         StoreCommand::Import(args) => (args, false),
     };
-    let spec = match args.into_spec() {
-        Ok(spec) => spec,
-        Err(errors) => return report(errors),
-    };
-    let store = match open_store(&spec).await {
+    let store = match store_for(args).await {
         Ok(store) => store,
-        Err(e) => return report(vec![format!("cannot open the store: {e}")]),
+        Err(code) => return code,
     };
     let outcome = if exporting {
         gatehouse::migrate::export(store.as_ref(), &mut std::io::stdout().lock()).await

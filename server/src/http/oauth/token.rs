@@ -17,17 +17,34 @@ use crate::{
     oauth::server::{ClientCredentials, TokenError, TokenParams},
 };
 
+/// A form body that may carry the client's id and secret.
+trait ClientForm {
+    fn client_id(&self) -> Option<&str>;
+    fn client_secret(&self) -> Option<&str>;
+}
+
+impl ClientForm for TokenParams {
+    fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+    fn client_secret(&self) -> Option<&str> {
+        self.client_secret.as_deref()
+    }
+}
+
+/// The form and the client's credentials, as both endpoints read them.
+fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, ClientCredentials), OAuthError> {
+    let params: T = form(headers, body)?;
+    let credentials = credentials(headers, params.client_id(), params.client_secret())?;
+    Ok((params, credentials))
+}
+
 pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params: TokenParams = match form(&headers, &body) {
-        Ok(params) => params,
-        Err(e) => return e.into_response(),
-    };
-    let credentials = match credentials(
-        &headers,
-        params.client_id.as_deref(),
-        params.client_secret.as_deref(),
-    ) {
-        Ok(credentials) => credentials,
+    let (params, credentials) = match client_request::<TokenParams>(&headers, &body) {
+        Ok(request) => request,
         Err(e) => return e.into_response(),
     };
     match state.auth.token(&credentials, params).await {
@@ -49,17 +66,18 @@ struct RevokeParams {
     client_secret: Option<String>,
 }
 
+impl ClientForm for RevokeParams {
+    fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+    fn client_secret(&self) -> Option<&str> {
+        self.client_secret.as_deref()
+    }
+}
+
 pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params: RevokeParams = match form(&headers, &body) {
-        Ok(params) => params,
-        Err(e) => return e.into_response(),
-    };
-    let credentials = match credentials(
-        &headers,
-        params.client_id.as_deref(),
-        params.client_secret.as_deref(),
-    ) {
-        Ok(credentials) => credentials,
+    let (params, credentials) = match client_request::<RevokeParams>(&headers, &body) {
+        Ok(request) => request,
         Err(e) => return e.into_response(),
     };
     let Some(token) = params.token.filter(|t| !t.is_empty()) else {
