@@ -42,9 +42,19 @@ const SIGN_IN_LIMIT_PER_ADDRESS: u32 = 10;
 const SIGN_IN_LIMIT_GLOBAL: u32 = 100;
 const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: SharedStore,
     pub auth: Arc<AuthServer>,
@@ -71,7 +81,7 @@ impl AppState {
             .site_pkg_dir("pkg")
             .site_addr(config.bind)
             .build();
-        AppState {
+        AppState(Arc::new(Shared {
             auth: AuthServer::new(store.clone(), config.oauth.clone()),
             owner: Arc::new(Owner::new(
                 store.clone(),
@@ -91,7 +101,7 @@ impl AppState {
             store,
             shutdown: CancellationToken::new(),
             leptos,
-        }
+        }))
     }
 
     fn site_info(&self) -> SiteInfo {
