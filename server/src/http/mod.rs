@@ -216,6 +216,12 @@ pub fn router(state: AppState) -> Router {
         // Static files from the site root (`/pkg/*`), else the app's 404 page.
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                // The path only: query strings carry single-use tickets, setup tokens
+                // and authorization parameters, which must never reach a log.
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
         .with_state(state)
 }
