@@ -22,6 +22,15 @@ const test = base.extend<{ gatehouse: Gatehouse; callback: Callback }>({
 
 /** Follows the SDK's authorization URL in the browser, approves, returns the code. */
 async function consent(page: Page, authorizationUrl: URL | undefined, callback: Callback): Promise<string> {
+  return (await consentParams(page, authorizationUrl, callback)).get('code')!;
+}
+
+/** The same, returning the whole callback query (`code`, `state`, `iss`). */
+async function consentParams(
+  page: Page,
+  authorizationUrl: URL | undefined,
+  callback: Callback,
+): Promise<URLSearchParams> {
   expect(authorizationUrl, 'the SDK asked for authorization').toBeDefined();
   await page.goto(authorizationUrl!.toString());
   const password = page.getByLabel('Password');
@@ -33,7 +42,7 @@ async function consent(page: Page, authorizationUrl: URL | undefined, callback: 
   await expect(page.getByText('Callback received')).toBeVisible();
   const landed = new URL(page.url());
   expect(landed.origin + landed.pathname).toBe(callback.url);
-  return landed.searchParams.get('code')!;
+  return landed.searchParams;
 }
 
 test('the official TypeScript SDK signs in, reads, steps up to write, and writes', async ({
@@ -106,5 +115,45 @@ test('the official TypeScript SDK signs in, reads, steps up to write, and writes
   expect(slug).toBe('written-through-the-sdk');
   const got = await client.callTool({ name: 'get_article', arguments: { slug } });
   expect(got.structuredContent).toMatchObject({ slug, title: article.title, body: article.body, status: 'draft' });
+  await client.close();
+});
+
+test('the v2 TypeScript client (SEP-2350) steps up on 403 insufficient_scope by itself', async ({
+  page,
+  gatehouse,
+  callback,
+}) => {
+  const v2 = await import('@modelcontextprotocol/client');
+  const mcpUrl = new URL(`${gatehouse.url}/mcp`);
+  const provider = new InMemoryOAuthProvider(callback.url);
+  const seen: Seen[] = [];
+  const transport = () =>
+    new v2.StreamableHTTPClientTransport(mcpUrl, { authProvider: provider as any, fetch: recordingFetch(seen) });
+
+  const first = transport();
+  await expect(new v2.Client({ name: 'e2e-v2', version: '1.0.0' }).connect(first)).rejects.toThrow(v2.UnauthorizedError);
+  expect(provider.authorizationUrl!.searchParams.get('scope')).toBe('read:articles');
+  // v2 checks the authorization response's `iss` (RFC 9207) before redeeming the code.
+  await first.finishAuth(await consentParams(page, provider.authorizationUrl, callback));
+
+  const client = new v2.Client({ name: 'e2e-v2', version: '1.0.0' });
+  const connected = transport();
+  await client.connect(connected);
+  const listed = await client.callTool({ name: 'list_articles', arguments: {} });
+  expect(listed.isError).toBeFalsy();
+
+  // The write is refused with 403; the client goes straight to a new authorization
+  // for the union of its scopes, without a refresh that could not widen them.
+  provider.authorizationUrl = undefined;
+  seen.length = 0;
+  const article = { title: 'Stepped up by the SDK', body: 'No application code for this.' };
+  await expect(client.callTool({ name: 'create_article', arguments: article })).rejects.toThrow();
+  expect(seen.map((s) => s.status)).toContain(403);
+  expect(provider.authorizationUrl!.searchParams.get('scope')).toBe('read:articles write:articles');
+  await connected.finishAuth(await consentParams(page, provider.authorizationUrl, callback));
+
+  const created = await client.callTool({ name: 'create_article', arguments: article });
+  expect(created.isError).toBeFalsy();
+  expect((created.structuredContent as { slug: string }).slug).toBe('stepped-up-by-the-sdk');
   await client.close();
 });
