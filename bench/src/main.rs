@@ -511,7 +511,8 @@ async fn tools_call(
 }
 
 /// `tools/call` with `params` from 64 MCP sessions (one per worker, as separate clients
-/// would have); an answer counts only when it contains `expect` and no tool error.
+/// would have), each worker on its own keep-alive connection; an answer counts only
+/// when it contains `expect` and no tool error.
 async fn tools_load(
     http: &reqwest::Client,
     mcp: &str,
@@ -520,28 +521,108 @@ async fn tools_load(
     expect: &'static str,
     duration: Duration,
 ) -> Result<Load> {
-    let mut sessions = Vec::new();
+    let url = url::Url::parse(mcp).map_err(|e| e.to_string())?;
+    let address = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(80)
+    );
+    let host = address.clone();
+    let body = bytes::Bytes::from(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string(),
+    );
+    let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        sessions.push(mcp_session(http, mcp, token).await?);
+        let session = mcp_session(http, mcp, token).await?;
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        workers.push((sender, session));
     }
-    let (http, mcp, token) = (http.clone(), mcp.to_owned(), token.to_owned());
-    Ok(load(duration, sessions, move |session: &mut String| {
-        let (http, mcp, token, session, params) = (
-            http.clone(),
-            mcp.clone(),
-            token.clone(),
-            session.clone(),
-            params.clone(),
-        );
-        async move {
-            let body = tools_call(&http, &mcp, &token, &session, params).await?;
-            if body.contains("\"isError\":true") || !body.contains(expect) {
-                return Err(format!("unexpected answer: {body}"));
-            }
-            Ok(())
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|(mut sender, session)| {
+            let (path, host, token, body) = (
+                url.path().to_owned(),
+                host.clone(),
+                token.to_owned(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let request = hyper::Request::post(path.as_str())
+                        .header("host", host.as_str())
+                        .header("authorization", format!("Bearer {token}"))
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-session-id", session.as_str())
+                        .header("mcp-protocol-version", "2025-06-18")
+                        .body(http_body_util::Full::new(body.clone()));
+                    let began = Instant::now();
+                    let outcome = match request {
+                        Ok(request) => exchange(&mut sender, request, expect).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match outcome {
+                        Ok(()) => latencies.push(began.elapsed().as_micros() as u32),
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("  error: {e}");
+                            }
+                            errors += 1;
+                            if sender.is_closed() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((latencies, e)) = task.await {
+            all.extend(latencies);
+            errors += e;
         }
-    })
-    .await)
+    }
+    Ok(summarize(all, errors, started.elapsed().as_secs_f64()))
+}
+
+async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    expect: &str,
+) -> Result {
+    use http_body_util::BodyExt;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    if !status.is_success() || text.contains("\"isError\":true") || !text.contains(expect) {
+        return Err(format!("{status}: {text}"));
+    }
+    Ok(())
 }
 
 // ----- load -------------------------------------------------------------------------
@@ -591,7 +672,10 @@ where
             errors += e;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    summarize(all, errors, started.elapsed().as_secs_f64())
+}
+
+fn summarize(mut all: Vec<u32>, errors: u64, seconds: f64) -> Load {
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -613,18 +697,10 @@ trait NextState<O> {
     fn advance(&mut self, output: O);
 }
 
-impl NextState<()> for String {
-    fn advance(&mut self, _: ()) {}
-}
-
 impl NextState<String> for (String, String) {
     fn advance(&mut self, next_refresh_token: String) {
         self.1 = next_refresh_token;
     }
-}
-
-impl NextState<()> for (String, String) {
-    fn advance(&mut self, _: ()) {}
 }
 
 // ----- reference --------------------------------------------------------------------
