@@ -394,16 +394,13 @@ impl Flow {
 
     async fn tokens(&self, scope: &str) -> Result<Value> {
         let (verifier, challenge) = pkce();
-        let mut url = url::Url::parse(&format!("{}/oauth/authorize", self.base))
-            .map_err(|e| e.to_string())?;
-        url.query_pairs_mut()
-            .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", REDIRECT)
-            .append_pair("response_type", "code")
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256")
-            .append_pair("scope", scope)
-            .append_pair("state", "bench");
+        let url = authorize_url(
+            &format!("{}/oauth/authorize", self.base),
+            &self.client_id,
+            &challenge,
+            Some(scope),
+            None,
+        )?;
         let consent = self
             .http
             .get(url)
@@ -425,33 +422,89 @@ impl Flow {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let location = approve
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("no redirect")?;
-        let code = url::Url::parse(location)
-            .map_err(|e| e.to_string())?
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.into_owned())
-            .ok_or("no code")?;
-        self.http
-            .post(format!("{}/oauth/token", self.base))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", verifier.as_str()),
-                ("client_id", self.client_id.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+        let code = code_of(&approve)?;
+        redeem(
+            &self.http,
+            &format!("{}/oauth/token", self.base),
+            &code,
+            &verifier,
+            &self.client_id,
+            None,
+        )
+        .await
     }
+}
+
+/// An authorization request URL with PKCE for the bench client.
+fn authorize_url(
+    endpoint: &str,
+    client_id: &str,
+    challenge: &str,
+    scope: Option<&str>,
+    resource: Option<&str>,
+) -> Result<url::Url> {
+    let mut url = url::Url::parse(endpoint).map_err(|e| e.to_string())?;
+    {
+        let mut query = url.query_pairs_mut();
+        query
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", REDIRECT)
+            .append_pair("response_type", "code")
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", "bench");
+        if let Some(scope) = scope {
+            query.append_pair("scope", scope);
+        }
+        if let Some(resource) = resource {
+            query.append_pair("resource", resource);
+        }
+    }
+    Ok(url)
+}
+
+/// The `code` in an authorization response's redirect.
+fn code_of(response: &reqwest::Response) -> Result<String> {
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("no redirect ({})", response.status()))?;
+    url::Url::parse(location)
+        .map_err(|e| e.to_string())?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| "no code in the redirect".to_owned())
+}
+
+/// Redeems a code with its PKCE verifier; returns the token response.
+async fn redeem(
+    http: &reqwest::Client,
+    token_url: &str,
+    code: &str,
+    verifier: &str,
+    client_id: &str,
+    resource: Option<&str>,
+) -> Result<Value> {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier),
+        ("client_id", client_id),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource));
+    }
+    http.post(token_url)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 // ----- MCP --------------------------------------------------------------------------
@@ -756,43 +809,25 @@ async fn bench_reference(
         .ok_or_else(|| format!("reference registration: {registered}"))?
         .to_owned();
     let (verifier, challenge) = pkce();
-    let mut url = url::Url::parse(&format!("{auth}/authorize")).map_err(|e| e.to_string())?;
-    url.query_pairs_mut()
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", REDIRECT)
-        .append_pair("response_type", "code")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "bench")
-        .append_pair("resource", &format!("{base}/mcp"));
+    let resource = format!("{base}/mcp");
+    let url = authorize_url(
+        &format!("{auth}/authorize"),
+        &client_id,
+        &challenge,
+        None,
+        Some(&resource),
+    )?;
     let authorized = http.get(url).send().await.map_err(|e| e.to_string())?;
-    let location = authorized
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("reference: no redirect")?;
-    let code = url::Url::parse(location)
-        .map_err(|e| e.to_string())?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .ok_or("reference: no code")?;
-    let tokens: Value = http
-        .post(format!("{auth}/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", verifier.as_str()),
-            ("client_id", client_id.as_str()),
-            ("resource", &format!("{base}/mcp")),
-        ])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let code = code_of(&authorized).map_err(|e| format!("reference: {e}"))?;
+    let tokens = redeem(
+        http,
+        &format!("{auth}/token"),
+        &code,
+        &verifier,
+        &client_id,
+        Some(&resource),
+    )
+    .await?;
     let token = tokens["access_token"]
         .as_str()
         .ok_or_else(|| format!("reference token: {tokens}"))?
