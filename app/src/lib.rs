@@ -86,7 +86,7 @@ fn HomePage() -> impl IntoView {
     view! {
         <main class="page">
             <header class="brand">
-                <span class="brand-mark" aria-hidden="true">"⛩"</span>
+                <img class="brand-mark" src="/favicon.svg" alt="" width="36" height="36" />
                 <h1>"Gatehouse"</h1>
             </header>
             <p class="lede">
