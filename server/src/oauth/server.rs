@@ -119,8 +119,6 @@ pub enum TokenError {
     InvalidClient { description: String, basic: bool },
     #[error("invalid_grant: {0}")]
     InvalidGrant(String),
-    #[error("unauthorized_client: {0}")]
-    UnauthorizedClient(String),
     #[error("unsupported_grant_type: {0}")]
     UnsupportedGrantType(String),
     #[error("invalid_scope: {0}")]
@@ -328,10 +326,6 @@ impl AuthServer {
             settings,
             fetcher,
         })
-    }
-
-    pub fn settings(&self) -> &OAuthSettings {
-        &self.settings
     }
 
     // ----- clients ---------------------------------------------------------------

@@ -102,7 +102,6 @@ fn token_error(e: TokenError) -> OAuthError {
             ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
         },
         TokenError::InvalidGrant(m) => OAuthError::bad_request("invalid_grant", m),
-        TokenError::UnauthorizedClient(m) => OAuthError::bad_request("unauthorized_client", m),
         TokenError::UnsupportedGrantType(m) => OAuthError::bad_request("unsupported_grant_type", m),
         TokenError::InvalidScope(m) => OAuthError::bad_request("invalid_scope", m),
         TokenError::InvalidTarget(m) => OAuthError::bad_request("invalid_target", m),
