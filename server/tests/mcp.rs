@@ -164,14 +164,7 @@ async fn tokens_for_another_resource_expired_or_revoked_are_refused() {
     let access = tokens["access_token"].as_str().expect("at");
     assert!(!app.mcp_session(access, V2025_06).await.is_empty());
     let revoked = app
-        .post_form(
-            "/oauth/revoke",
-            &[
-                ("token", tokens["refresh_token"].as_str().expect("rt")),
-                ("client_id", &client_id),
-            ],
-            None,
-        )
+        .revoke(&client_id, tokens["refresh_token"].as_str().expect("rt"))
         .await;
     assert_eq!(revoked.status, StatusCode::OK);
     let answer = app.mcp(Some(access), None, None, list).await;

@@ -822,26 +822,13 @@ async fn revoking_a_refresh_token_revokes_the_grant() {
     let tokens = app.redeem(&client_id, &code).await.json();
     let access = tokens["access_token"].as_str().expect("at");
 
-    let unknown = app
-        .post_form(
-            "/oauth/revoke",
-            &[("token", "gha.nothing.here"), ("client_id", &client_id)],
-            None,
-        )
-        .await;
+    let unknown = app.revoke(&client_id, "gha.nothing.here").await;
     assert_eq!(unknown.status, StatusCode::OK);
 
     // Another client cannot revoke it.
     let other = app.public_client("Other").await;
     let foreign = app
-        .post_form(
-            "/oauth/revoke",
-            &[
-                ("token", tokens["refresh_token"].as_str().expect("rt")),
-                ("client_id", &other),
-            ],
-            None,
-        )
+        .revoke(&other, tokens["refresh_token"].as_str().expect("rt"))
         .await;
     assert_eq!(foreign.status, StatusCode::OK);
     assert!(app.token_is_valid(access).await);
@@ -875,13 +862,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token() {
     let (client_id, _, code) = app.code_for("read:articles").await;
     let tokens = app.redeem(&client_id, &code).await.json();
     let access = tokens["access_token"].as_str().expect("at");
-    let revoked = app
-        .post_form(
-            "/oauth/revoke",
-            &[("token", access), ("client_id", &client_id)],
-            None,
-        )
-        .await;
+    let revoked = app.revoke(&client_id, access).await;
     assert_eq!(revoked.status, StatusCode::OK);
     assert!(!app.token_is_valid(access).await);
     let refreshed = app

@@ -70,14 +70,7 @@ async fn two_instances_share_codes_tokens_sessions_and_revocations() {
 
     // Revoking at A is refused at B immediately.
     let revoked = a
-        .post_form(
-            "/oauth/revoke",
-            &[
-                ("token", tokens["refresh_token"].as_str().expect("rt")),
-                ("client_id", &client_id),
-            ],
-            None,
-        )
+        .revoke(&client_id, tokens["refresh_token"].as_str().expect("rt"))
         .await;
     assert_eq!(revoked.status, StatusCode::OK);
     let refused = b

@@ -364,6 +364,16 @@ impl TestApp {
         self.post_form("/oauth/token", &form, None).await
     }
 
+    /// RFC 7009 revocation by a public client.
+    pub async fn revoke(&self, client_id: &str, token: &str) -> Answer {
+        self.post_form(
+            "/oauth/revoke",
+            &[("token", token), ("client_id", client_id)],
+            None,
+        )
+        .await
+    }
+
     pub async fn token_is_valid(&self, access_token: &str) -> bool {
         self.state
             .auth
