@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::UnreachableStore;
+use common::{TestApp, UnreachableStore};
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,66 +10,29 @@ use async_trait::async_trait;
 use axum::{
     body::Body,
     http::{Request, StatusCode},
-    Router,
 };
-use clap::Parser;
 use gatehouse::{
-    config::{Cli, Config},
-    http::{router, AppState, MAX_BODY_BYTES},
+    config::Config,
+    http::MAX_BODY_BYTES,
     store::{embedded::EmbeddedStore, Group, Key, Put, SharedStore, Store, StoreResult},
 };
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 
-struct TestApp {
-    router: Router,
-    _dir: tempfile::TempDir,
-}
-
-fn config(dir: &std::path::Path, public_url: &str) -> Config {
-    Cli::try_parse_from([
-        "gatehouse",
-        "--public-url",
-        public_url,
-        "--data-dir",
-        dir.to_str().expect("utf-8 path"),
-    ])
-    .expect("flags")
-    .serve
-    .into_config()
-    .expect("valid config")
-}
-
-fn app_with(public_url: &str, store: impl FnOnce(&Config) -> SharedStore) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(dir.path(), public_url);
-    let store = store(&config);
-    TestApp {
-        router: router(AppState::new(config, store)),
-        _dir: dir,
-    }
+/// An app on the store `store` makes (the embedded one unless a test needs another).
+fn app_with(store: impl FnOnce(&Config) -> SharedStore) -> TestApp {
+    TestApp::with_store(store)
 }
 
 fn app() -> TestApp {
-    app_with("https://gate.example.com", |config| {
-        common::embedded(config)
-    })
+    app_with(common::embedded)
 }
 
 async fn send(
     app: &TestApp,
     request: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
-    let response = app.router.clone().oneshot(request).await.expect("response");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    let answer = app.send(request).await;
+    (answer.status, answer.headers, answer.body)
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -167,7 +130,7 @@ impl Store for HangingStore {
 
 #[tokio::test]
 async fn healthz_is_503_when_the_store_is_unreachable() {
-    let app = app_with("https://gate.example.com", |_| Arc::new(UnreachableStore));
+    let app = app_with(|_| Arc::new(UnreachableStore));
     let (status, _, body) = send(&app, get("/healthz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -179,7 +142,7 @@ async fn healthz_is_503_when_the_store_is_unreachable() {
 
 #[tokio::test]
 async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
-    let app = app_with("https://gate.example.com", |config| {
+    let app = app_with(|config| {
         let gatehouse::config::StoreSpec::Embedded(path) = &config.store else {
             panic!("embedded store expected")
         };

@@ -697,17 +697,7 @@ async fn articles_survive_a_restart() {
 
 #[tokio::test]
 async fn the_guard_answers_503_when_the_store_is_unreachable() {
-    use gatehouse::http::{router, AppState};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = config_with(dir.path(), &[]);
-    let state = AppState::new(config, Arc::new(common::UnreachableStore));
-    let app = TestApp {
-        router: router(state.clone()),
-        store: state.store.clone(),
-        state,
-        dir: Arc::new(dir),
-        base: None,
-    };
+    let app = TestApp::with_store(|_| Arc::new(common::UnreachableStore));
     let answer = app
         .mcp(
             Some("gha.some.token"),

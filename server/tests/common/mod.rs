@@ -109,8 +109,21 @@ impl TestApp {
 
     /// The same data directory, a fresh process: what a restart looks like.
     pub fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
+        Self::assemble(dir, extra, embedded)
+    }
+
+    /// An app on the store `store` makes from the config (a failing one, say).
+    pub fn with_store(store: impl FnOnce(&Config) -> SharedStore) -> Self {
+        Self::assemble(Arc::new(tempfile::tempdir().expect("temp dir")), &[], store)
+    }
+
+    fn assemble(
+        dir: Arc<tempfile::TempDir>,
+        extra: &[&str],
+        store: impl FnOnce(&Config) -> SharedStore,
+    ) -> Self {
         let config = config_with(dir.path(), extra);
-        let store = embedded(&config);
+        let store = store(&config);
         let state = AppState::new(config, store.clone());
         TestApp {
             router: router(state.clone()),
