@@ -253,6 +253,28 @@ impl ArticleServer {
         }
     }
 
+    /// `tools/call` for a token with the `granted` scopes. rmcp's dispatch and the
+    /// direct JSON path for established sessions (`http::mcp`) both end here.
+    pub async fn call(
+        &self,
+        request: CallToolRequestParams,
+        granted: ScopeSet,
+    ) -> Result<CallToolResult, ErrorData> {
+        let Some(needed) = required_scope(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool {:?}", request.name),
+                None,
+            ));
+        };
+        if !granted.contains(needed) {
+            return Ok(tool_error(format!(
+                "this token lacks the {} scope",
+                needed.as_str()
+            )));
+        }
+        self.run(&request.name, request.arguments).await
+    }
+
     async fn run(
         &self,
         name: &str,
@@ -358,20 +380,7 @@ impl ServerHandler for ArticleServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let Some(needed) = required_scope(&request.name) else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool {:?}", request.name),
-                None,
-            ));
-        };
-        if !granted(&context).contains(needed) {
-            return Ok(
-                tool_error(format!("this token lacks the {} scope", needed.as_str())).into(),
-            );
-        }
-        self.run(&request.name, request.arguments)
-            .await
-            .map(Into::into)
+        self.call(request, granted(&context)).await.map(Into::into)
     }
 
     async fn list_resources(

@@ -741,4 +741,191 @@ async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
         app.send(with_host("127.0.0.1:3000")).await.status,
         StatusCode::OK
     );
+
+    // The Host is checked before anything else: a rebound name does not even learn
+    // that a token is needed, and tool calls in a live session are refused too.
+    let no_token = app
+        .send(
+            Request::post("/mcp")
+                .header(header::HOST, "evil.example")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+    assert!(no_token.headers.get(header::WWW_AUTHENTICATE).is_none());
+    let session = app.mcp_session(token, V2025_06).await;
+    let tool_call = app
+        .send(
+            Request::post("/mcp")
+                .header(header::HOST, "evil.example")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json, text/event-stream")
+                .header("mcp-session-id", session.as_str())
+                .header("mcp-protocol-version", V2025_06)
+                .body(Body::from(call(2, "list_articles", json!({})).to_string()))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(
+        tool_call.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        tool_call.body
+    );
+}
+
+fn content_type(answer: &Answer) -> &str {
+    answer
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn tool_calls_in_a_session_are_answered_with_plain_json() {
+    let app = TestApp::new(&[]);
+    let (client_id, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    for version in ["2025-03-26", V2025_06, "2025-11-25"] {
+        let session = app.mcp_session(token, version).await;
+        let created = app
+            .mcp(
+                Some(token),
+                Some(&session),
+                Some(version),
+                call(
+                    7,
+                    "create_article",
+                    json!({"title": format!("Plain {version}"), "body": "JSON"}),
+                ),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+        assert_eq!(content_type(&created), "application/json", "{version}");
+        let slug = created.json()["result"]["structuredContent"]["slug"]
+            .as_str()
+            .expect("slug")
+            .to_owned();
+        let got = app
+            .mcp(
+                Some(token),
+                Some(&session),
+                Some(version),
+                json!({"jsonrpc": "2.0", "id": "read-1", "method": "tools/call",
+                       "params": {"name": "get_article", "arguments": {"slug": slug}}}),
+            )
+            .await;
+        let got = got.json();
+        assert_eq!(got["jsonrpc"], "2.0");
+        assert_eq!(got["id"], "read-1", "the request id is echoed as it came");
+        assert_eq!(got["result"]["structuredContent"]["body"], "JSON");
+
+        // Other methods still go through rmcp's session stream.
+        let listed = app
+            .mcp(
+                Some(token),
+                Some(&session),
+                Some(version),
+                json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}),
+            )
+            .await;
+        assert!(content_type(&listed).starts_with("text/event-stream"));
+    }
+
+    let session = app.mcp_session(token, V2025_06).await;
+    let in_session = |body: Value| app.mcp(Some(token), Some(&session), Some(V2025_06), body);
+    // Tool errors and protocol errors keep their JSON-RPC shapes.
+    let missing = in_session(call(9, "get_article", json!({"slug": "nope"}))).await;
+    assert_eq!(
+        missing.json()["result"]["isError"],
+        true,
+        "{}",
+        missing.body
+    );
+    let invalid = in_session(call(10, "get_article", json!({"slug": "Not A Slug!"}))).await;
+    assert_eq!(
+        invalid.json()["result"]["isError"],
+        true,
+        "{}",
+        invalid.body
+    );
+    let unknown = in_session(call(11, "no_such_tool", json!({}))).await;
+    assert_eq!(unknown.json()["error"]["code"], -32602, "{}", unknown.body);
+    assert_eq!(unknown.json()["id"], 11);
+
+    // Unknown or ended sessions, and unsupported versions, are answered as before.
+    let stranger = app
+        .mcp(
+            Some(token),
+            Some("no-such-session"),
+            Some(V2025_06),
+            call(12, "get_article", json!({"slug": "x"})),
+        )
+        .await;
+    assert_eq!(stranger.status, StatusCode::NOT_FOUND, "{}", stranger.body);
+    let bad_version = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some("1999-01-01"),
+            call(13, "get_article", json!({"slug": "x"})),
+        )
+        .await;
+    assert_eq!(bad_version.status, StatusCode::BAD_REQUEST);
+    let with = |accept: &str, content_type: &str| {
+        Request::post("/mcp")
+            .header(header::HOST, "gate.example.com")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("mcp-session-id", session.as_str())
+            .header("mcp-protocol-version", V2025_06)
+            .header(header::ACCEPT, accept)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(
+                call(14, "get_article", json!({"slug": "x"})).to_string(),
+            ))
+            .expect("request")
+    };
+    assert_eq!(
+        app.send(with("application/json", "application/json"))
+            .await
+            .status,
+        StatusCode::NOT_ACCEPTABLE
+    );
+    assert_eq!(
+        app.send(with("application/json, text/event-stream", "text/plain"))
+            .await
+            .status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let deleted = app
+        .send(
+            Request::delete("/mcp")
+                .header(header::HOST, "gate.example.com")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("mcp-session-id", session.as_str())
+                .header("mcp-protocol-version", V2025_06)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.status);
+    let after = in_session(call(15, "get_article", json!({"slug": "x"}))).await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
+
+    // Revocation is immediate on this path too.
+    let session = app.mcp_session(token, V2025_06).await;
+    app.revoke(&client_id, token).await;
+    let revoked = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            call(16, "get_article", json!({"slug": "x"})),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
 }

@@ -14,12 +14,16 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use rmcp::transport::streamable_http_server::{
-    session::{
-        local::LocalSessionManager,
-        store::{SessionState, SessionStore, SessionStoreError},
+use rmcp::{
+    model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult},
+    transport::streamable_http_server::{
+        session::{
+            local::LocalSessionManager,
+            store::{SessionState, SessionStore, SessionStoreError},
+            SessionId, SessionManager,
+        },
+        StreamableHttpServerConfig, StreamableHttpService,
     },
-    StreamableHttpServerConfig, StreamableHttpService,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -119,48 +123,253 @@ impl SessionStore for StoreSessions {
     }
 }
 
-/// The MCP service: rmcp's Streamable HTTP transport around [`ArticleServer`].
-pub fn service(
-    store: SharedStore,
-    articles: Articles,
-    public_url: &PublicUrl,
-    extra_hosts: &[String],
-    extra_origins: &[String],
-    shutdown: tokio_util::sync::CancellationToken,
-) -> StreamableHttpService<ArticleServer, LocalSessionManager> {
-    let mut hosts = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if let Ok(url) = Url::parse(public_url.as_str()) {
-        if let Some(host) = url.host_str() {
-            hosts.push(host.trim_matches(['[', ']']).to_owned());
+/// One allowed `Host`: a name, and a port when the entry names one.
+#[derive(Debug)]
+struct AllowedHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl AllowedHost {
+    fn parse(entry: &str) -> Option<Self> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return None;
+        }
+        let (host, port) = match entry.parse::<axum::http::uri::Authority>() {
+            Ok(authority) => (authority.host().to_owned(), authority.port_u16()),
+            Err(_) => (entry.to_owned(), None),
+        };
+        Some(AllowedHost {
+            host: host.trim_matches(['[', ']']).to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// What the guard, the direct path and rmcp's transport share: which `Host`s and
+/// `Origin`s may call, the live MCP sessions, and the tool server.
+pub struct Endpoint {
+    host_names: Vec<String>,
+    hosts: Vec<AllowedHost>,
+    origins: OriginPolicy,
+    extra_origins: Vec<String>,
+    public_url: String,
+    sessions: Arc<LocalSessionManager>,
+    server: ArticleServer,
+}
+
+/// Why a `Host` header was refused.
+enum HostRefusal {
+    Malformed,
+    NotAllowed,
+}
+
+impl Endpoint {
+    pub fn new(
+        articles: Articles,
+        public_url: &PublicUrl,
+        extra_hosts: &[String],
+        extra_origins: &[String],
+    ) -> Self {
+        // DNS-rebinding protection: loopback names, the public URL's host, and those
+        // added with --allowed-host.
+        let mut host_names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if let Ok(url) = Url::parse(public_url.as_str()) {
+            if let Some(host) = url.host_str() {
+                host_names.push(host.trim_matches(['[', ']']).to_owned());
+            }
+        }
+        host_names.extend(extra_hosts.iter().cloned());
+        Endpoint {
+            hosts: host_names
+                .iter()
+                .filter_map(|h| AllowedHost::parse(h))
+                .collect(),
+            host_names,
+            origins: OriginPolicy::new(public_url, extra_origins),
+            extra_origins: extra_origins.to_vec(),
+            public_url: public_url.as_str().to_owned(),
+            sessions: Arc::new(LocalSessionManager::default()),
+            server: ArticleServer::new(articles),
         }
     }
-    hosts.extend(extra_hosts.iter().cloned());
-    let mut origins = vec![
-        public_url.as_str().to_owned(),
-        "http://localhost:*".to_owned(),
-        "http://127.0.0.1:*".to_owned(),
-        "http://[::1]:*".to_owned(),
-        "https://localhost:*".to_owned(),
-        "https://127.0.0.1:*".to_owned(),
-        "https://[::1]:*".to_owned(),
-    ];
-    origins.extend(extra_origins.iter().cloned());
-    let mut config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(hosts)
-        .with_allowed_origins(origins)
-        .with_max_request_body_bytes(MAX_BODY_BYTES)
-        .with_cancellation_token(shutdown);
-    config.session_store = Some(Arc::new(StoreSessions(store)));
-    let server = ArticleServer::new(articles);
-    StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    )
+
+    /// rmcp's Streamable HTTP transport around [`ArticleServer`], sharing this
+    /// endpoint's sessions. It checks `Host` and `Origin` again, with the same lists.
+    pub fn service(
+        &self,
+        store: SharedStore,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> StreamableHttpService<ArticleServer, LocalSessionManager> {
+        let mut origins = vec![
+            self.public_url.clone(),
+            "http://localhost:*".to_owned(),
+            "http://127.0.0.1:*".to_owned(),
+            "http://[::1]:*".to_owned(),
+            "https://localhost:*".to_owned(),
+            "https://127.0.0.1:*".to_owned(),
+            "https://[::1]:*".to_owned(),
+        ];
+        origins.extend(self.extra_origins.iter().cloned());
+        let mut config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(self.host_names.clone())
+            .with_allowed_origins(origins)
+            .with_max_request_body_bytes(MAX_BODY_BYTES)
+            // Sessionless (2026-07-28) requests that only answer get plain JSON.
+            .with_json_response(true)
+            .with_cancellation_token(shutdown);
+        config.session_store = Some(Arc::new(StoreSessions(store)));
+        let server = self.server.clone();
+        StreamableHttpService::new(move || Ok(server.clone()), self.sessions.clone(), config)
+    }
+
+    /// The `Host` check rmcp makes, made first, so that a rebound name learns
+    /// nothing, not even whether a token is needed.
+    fn check_host(&self, request: &Request) -> Result<(), HostRefusal> {
+        let authority = match request.headers().get(header::HOST) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<axum::http::uri::Authority>().ok()),
+            None => request.uri().authority().cloned(),
+        }
+        .ok_or(HostRefusal::Malformed)?;
+        let host = authority
+            .host()
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        let port = authority.port_u16();
+        let allowed = self
+            .hosts
+            .iter()
+            .any(|a| a.host == host && a.port.is_none_or(|p| Some(p) == port));
+        if allowed {
+            Ok(())
+        } else {
+            Err(HostRefusal::NotAllowed)
+        }
+    }
+
+    /// Answers a `tools/call` in an established session with a plain JSON response,
+    /// which Streamable HTTP allows for any request (every revision: "the server MUST
+    /// either return `Content-Type: text/event-stream` ... or `application/json`").
+    /// Our tools never send notifications or requests before their result, so the
+    /// per-request SSE stream and session worker rmcp would use add only cost.
+    ///
+    /// Anything this path is not sure of returns `None` and goes to rmcp, which then
+    /// answers exactly as before: unknown or expired sessions (restore or 404),
+    /// other methods, protocol revisions with per-request metadata or standard
+    /// headers, unusual `Accept` or `Content-Type` headers, and malformed bodies.
+    async fn answer_directly(
+        &self,
+        parts: &axum::http::request::Parts,
+        body: &[u8],
+        granted: ScopeSet,
+    ) -> Option<Response> {
+        let headers = &parts.headers;
+        let session = headers.get(SESSION_ID)?.to_str().ok()?;
+        let version = match headers.get(PROTOCOL_VERSION) {
+            Some(v) => Some(v.to_str().ok()?),
+            None => None,
+        };
+        if !version.is_none_or(|v| SESSION_REVISIONS.contains(&v)) {
+            return None;
+        }
+        if !accepts_json_and_sse(headers) || !is_json(headers) {
+            return None;
+        }
+        let call: CallRequest = serde_json::from_slice(body).ok()?;
+        if call.jsonrpc != "2.0" || call.method != "tools/call" {
+            return None;
+        }
+        let params = call.params;
+        let per_request_meta = params
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.protocol_version().is_some());
+        if per_request_meta || params.input_responses.is_some() || params.request_state.is_some() {
+            return None;
+        }
+        if !self
+            .sessions
+            .has_session(&SessionId::from(session))
+            .await
+            .ok()?
+        {
+            return None;
+        }
+        let message = match self.server.call(params, granted).await {
+            Ok(result) => {
+                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), call.id)
+            }
+            Err(error) => ServerJsonRpcMessage::error(error, Some(call.id)),
+        };
+        let body = serde_json::to_vec(&message).ok()?;
+        Some(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+        )
+    }
+}
+
+const SESSION_ID: &str = "mcp-session-id";
+const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+
+/// The revisions with sessions and without per-request metadata or standard headers.
+const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// A JSON-RPC `tools/call` request, as the direct path reads it.
+#[derive(Deserialize)]
+struct CallRequest {
+    jsonrpc: String,
+    id: RequestId,
+    method: String,
+    params: CallToolRequestParams,
+}
+
+/// `Accept` names both `application/json` and `text/event-stream`. Weighted entries
+/// (`;q=`) are left to rmcp's full parser.
+fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for entry in value.split(',') {
+            let mut params = entry.split(';');
+            let essence = params.next().unwrap_or("").trim();
+            if params.any(|p| p.trim_start().to_ascii_lowercase().starts_with("q=")) {
+                return false;
+            }
+            json |= essence.eq_ignore_ascii_case("application/json");
+            sse |= essence.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && sse
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
 }
 
 /// `GET /.well-known/oauth-protected-resource[/mcp]`.
@@ -290,8 +499,26 @@ fn needed_scopes(body: &[u8]) -> Needs {
 /// The guard in front of the MCP service.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let public_url = &state.config.public_url;
+    match state.mcp.check_host(&request) {
+        Ok(()) => {}
+        Err(HostRefusal::Malformed) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                "the Host header is invalid",
+            )
+        }
+        Err(HostRefusal::NotAllowed) => {
+            tracing::warn!("refused an MCP request for a Host that is not ours");
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                -32600,
+                "this Host is not served here; add it with --allowed-host",
+            );
+        }
+    }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| state.mcp_origins.allows(o));
+        let allowed = origin.to_str().is_ok_and(|o| state.mcp.origins.allows(o));
         if !allowed {
             return rpc_error(
                 StatusCode::FORBIDDEN,
@@ -357,6 +584,13 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                 return insufficient_scope(public_url, wanted);
             }
             Needs::Scopes(_) => {}
+        }
+        if let Some(answer) = state
+            .mcp
+            .answer_directly(&parts, &bytes, access.scopes)
+            .await
+        {
+            return answer;
         }
         Body::from(bytes)
     } else {

@@ -61,7 +61,7 @@ pub struct Shared {
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
     pub articles: Articles,
-    pub mcp_origins: Arc<mcp::OriginPolicy>,
+    pub mcp: Arc<mcp::Endpoint>,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -93,8 +93,10 @@ impl AppState {
                 SIGN_IN_WINDOW,
             )),
             articles: Articles::new(store.clone()),
-            mcp_origins: Arc::new(mcp::OriginPolicy::new(
+            mcp: Arc::new(mcp::Endpoint::new(
+                Articles::new(store.clone()),
                 &config.public_url,
+                &config.allowed_hosts,
                 &config.allowed_origins,
             )),
             config: Arc::new(config),
@@ -161,14 +163,9 @@ pub fn router(state: AppState) -> Router {
     let mcp = Router::new()
         .route_service(
             "/mcp",
-            mcp::service(
-                state.store.clone(),
-                state.articles.clone(),
-                &state.config.public_url,
-                &state.config.allowed_hosts,
-                &state.config.allowed_origins,
-                state.shutdown.child_token(),
-            ),
+            state
+                .mcp
+                .service(state.store.clone(), state.shutdown.child_token()),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
