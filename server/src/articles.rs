@@ -197,7 +197,19 @@ impl Articles {
 
     pub async fn get(&self, slug: &str) -> Result<Article, ArticleError> {
         check_slug(slug)?;
-        match self.store.get(&key(slug)).await? {
+        let record = self.store.get(&key(slug)).await?;
+        Self::decode(slug, record)
+    }
+
+    /// Where the article `slug` lives, when `slug` is valid: for callers that read it
+    /// together with other records and hand the result to [`Articles::decode`].
+    pub fn key_of(slug: &str) -> Option<Key> {
+        check_slug(slug).ok().map(|()| key(slug))
+    }
+
+    /// The article in a record read under [`Articles::key_of`].
+    pub fn decode(slug: &str, record: Option<Vec<u8>>) -> Result<Article, ArticleError> {
+        match record {
             Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
                 ArticleError::Store(StoreError::Backend(format!("corrupt article: {e}")))
             }),

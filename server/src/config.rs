@@ -81,6 +81,17 @@ pub struct StoreArgs {
     /// deployments. No braces (they would form a Cluster hash tag).
     #[arg(long, env = "GATEHOUSE_REDIS_KEY_PREFIX", default_value = "gatehouse:")]
     pub redis_key_prefix: String,
+
+    /// With a Redis store: how many connections each instance opens. Commands are
+    /// pipelined on each, and one connection batches best; more help only when one
+    /// instance has many cores to keep busy.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REDIS_CONNECTIONS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=32)
+    )]
+    pub redis_connections: u8,
 }
 
 impl StoreArgs {
@@ -97,7 +108,7 @@ impl StoreArgs {
                     None
                 }
             },
-            Some(spec) => parse_store(spec, &self.redis_key_prefix)
+            Some(spec) => parse_store(spec, &self.redis_key_prefix, self.redis_connections)
                 .map_err(|e| errors.push(e))
                 .ok(),
         };
@@ -292,6 +303,7 @@ pub enum StoreSpec {
     Redis {
         url: String,
         prefix: String,
+        connections: u8,
     },
 }
 
@@ -397,7 +409,7 @@ impl ServeArgs {
     }
 }
 
-fn parse_store(spec: &str, redis_prefix: &str) -> Result<StoreSpec, String> {
+fn parse_store(spec: &str, redis_prefix: &str, connections: u8) -> Result<StoreSpec, String> {
     if let Some(path) = spec.strip_prefix("embedded:") {
         if path.is_empty() {
             return Err("--store embedded: needs a file path, e.g. embedded:/var/lib/gatehouse/gatehouse.redb".into());
@@ -422,6 +434,7 @@ fn parse_store(spec: &str, redis_prefix: &str) -> Result<StoreSpec, String> {
         return Ok(StoreSpec::Redis {
             url: spec.to_owned(),
             prefix: redis_prefix.to_owned(),
+            connections,
         });
     }
     Err(format!(
@@ -545,7 +558,8 @@ mod tests {
             config.store,
             StoreSpec::Redis {
                 url: "rediss://user:pw@redis.example:6380/2".into(),
-                prefix: "gatehouse:".into()
+                prefix: "gatehouse:".into(),
+                connections: 1,
             }
         );
         let errors = args(&[
@@ -557,6 +571,18 @@ mod tests {
         .into_config()
         .expect_err("braces");
         assert!(errors[0].contains("braces"), "{errors:?}");
+
+        let config = args(&["--store", "redis://127.0.0.1", "--redis-connections", "4"])
+            .into_config()
+            .expect("four connections");
+        assert!(matches!(
+            config.store,
+            StoreSpec::Redis { connections: 4, .. }
+        ));
+        for bad in ["0", "33", "many"] {
+            let argv = ["gatehouse", "--redis-connections", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,6 +23,12 @@ use store::{embedded::EmbeddedStore, redis::RedisStore, SharedStore, StoreError}
 pub async fn open_store(spec: &StoreSpec) -> Result<SharedStore, StoreError> {
     match spec {
         StoreSpec::Embedded(path) => Ok(Arc::new(EmbeddedStore::open(path)?)),
-        StoreSpec::Redis { url, prefix } => Ok(Arc::new(RedisStore::connect(url, prefix).await?)),
+        StoreSpec::Redis {
+            url,
+            prefix,
+            connections,
+        } => Ok(Arc::new(
+            RedisStore::connect(url, prefix, usize::from(*connections)).await?,
+        )),
     }
 }

@@ -26,6 +26,7 @@ use crate::{
         scope::{Scope, ScopeSet},
         server::AccessToken,
     },
+    store::Key,
 };
 
 /// The scope each tool needs. `tools/list` shows them all, so clients know what a
@@ -38,6 +39,12 @@ pub fn required_scope(tool: &str) -> Option<Scope> {
         }
         _ => None,
     }
+}
+
+/// A record read ahead of a tool call, with the key it was read under.
+pub struct Prefetched {
+    pub key: Key,
+    pub value: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -253,12 +260,25 @@ impl ArticleServer {
         }
     }
 
+    /// The one record a call starts by reading, for the calls that only read one
+    /// (`get_article`), so the guard can read it together with the caller's token.
+    pub fn first_read(request: &CallToolRequestParams) -> Option<Key> {
+        if request.name != "get_article" {
+            return None;
+        }
+        let slug = request.arguments.as_ref()?.get("slug")?.as_str()?;
+        Articles::key_of(slug)
+    }
+
     /// `tools/call` for a token with the `granted` scopes. rmcp's dispatch and the
-    /// direct JSON path for established sessions (`http::mcp`) both end here.
+    /// direct JSON path for established sessions (`http::mcp`) both end here;
+    /// `prefetched` is the record [`ArticleServer::first_read`] named, when the caller
+    /// has already read it.
     pub async fn call(
         &self,
         request: CallToolRequestParams,
         granted: ScopeSet,
+        prefetched: Option<Prefetched>,
     ) -> Result<CallToolResult, ErrorData> {
         let Some(needed) = required_scope(&request.name) else {
             return Err(ErrorData::invalid_params(
@@ -272,13 +292,14 @@ impl ArticleServer {
                 needed.as_str()
             )));
         }
-        self.run(&request.name, request.arguments).await
+        self.run(&request.name, request.arguments, prefetched).await
     }
 
     async fn run(
         &self,
         name: &str,
         arguments: Option<Map<String, Value>>,
+        prefetched: Option<Prefetched>,
     ) -> Result<CallToolResult, ErrorData> {
         let outcome = match name {
             "list_articles" => match parse::<ListArgs>(arguments) {
@@ -290,7 +311,12 @@ impl ArticleServer {
                 Err(e) => return Ok(e),
             },
             "get_article" => match parse::<SlugArgs>(arguments) {
-                Ok(a) => self.articles.get(&a.slug).await.map(structured),
+                Ok(a) => match prefetched
+                    .filter(|p| Articles::key_of(&a.slug).as_ref() == Some(&p.key))
+                {
+                    Some(read) => Articles::decode(&a.slug, read.value).map(structured),
+                    None => self.articles.get(&a.slug).await.map(structured),
+                },
                 Err(e) => return Ok(e),
             },
             "search_articles" => match parse::<SearchArgs>(arguments) {
@@ -380,7 +406,9 @@ impl ServerHandler for ArticleServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.call(request, granted(&context)).await.map(Into::into)
+        self.call(request, granted(&context), None)
+            .await
+            .map(Into::into)
     }
 
     async fn list_resources(

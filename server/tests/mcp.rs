@@ -790,6 +790,7 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
     let app = TestApp::new(&[]);
     let (client_id, tokens) = app.tokens_for("read:articles write:articles").await;
     let token = tokens["access_token"].as_str().expect("at");
+    let mut slug_of_first = String::new();
     for version in ["2025-03-26", V2025_06, "2025-11-25"] {
         let session = app.mcp_session(token, version).await;
         let created = app
@@ -810,6 +811,9 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
             .as_str()
             .expect("slug")
             .to_owned();
+        if slug_of_first.is_empty() {
+            slug_of_first = slug.clone();
+        }
         let got = app
             .mcp(
                 Some(token),
@@ -915,6 +919,22 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
     assert!(deleted.status.is_success(), "{}", deleted.status);
     let after = in_session(call(15, "get_article", json!({"slug": "x"}))).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
+
+    // The article read together with the token is not shown to a token without the
+    // scope: the answer is the step-up challenge, without the article.
+    let (_, writer) = app.tokens_for("write:articles").await;
+    let writer = writer["access_token"].as_str().expect("at");
+    let writer_session = app.mcp_session(writer, V2025_06).await;
+    let refused = app
+        .mcp(
+            Some(writer),
+            Some(&writer_session),
+            Some(V2025_06),
+            call(17, "get_article", json!({"slug": slug_of_first})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(!refused.body.contains("JSON"), "{}", refused.body);
 
     // Revocation is immediate on this path too.
     let session = app.mcp_session(token, V2025_06).await;

@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    body::{Body, Bytes},
+    body::Body,
     extract::{Request, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
@@ -33,10 +33,11 @@ use super::{AppState, MAX_BODY_BYTES};
 use crate::{
     articles::Articles,
     config::PublicUrl,
-    mcp::{required_scope, ArticleServer},
+    mcp::{required_scope, ArticleServer, Prefetched},
     oauth::{
         scope::{Scope, ScopeSet},
         secret::SecretHash,
+        server::AuthServer,
     },
     store::{Key, Put, SharedStore},
 };
@@ -205,7 +206,7 @@ impl Endpoint {
         &self,
         store: SharedStore,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> StreamableHttpService<ArticleServer, LocalSessionManager> {
+    ) -> McpService {
         let mut origins = vec![
             self.public_url.clone(),
             "http://localhost:*".to_owned(),
@@ -225,7 +226,11 @@ impl Endpoint {
             .with_cancellation_token(shutdown);
         config.session_store = Some(Arc::new(StoreSessions(store)));
         let server = self.server.clone();
-        StreamableHttpService::new(move || Ok(server.clone()), self.sessions.clone(), config)
+        McpService(Arc::new(StreamableHttpService::new(
+            move || Ok(server.clone()),
+            self.sessions.clone(),
+            config,
+        )))
     }
 
     /// The `Host` check rmcp makes, made first, so that a rebound name learns
@@ -261,18 +266,58 @@ impl Endpoint {
     /// Our tools never send notifications or requests before their result, so the
     /// per-request SSE stream and session worker rmcp would use add only cost.
     ///
-    /// Anything this path is not sure of returns `None` and goes to rmcp, which then
-    /// answers exactly as before: unknown or expired sessions (restore or 404),
-    /// other methods, protocol revisions with per-request metadata or standard
-    /// headers, unusual `Accept` or `Content-Type` headers, and malformed bodies.
+    /// `None` when the session is not live here: rmcp then restores it from the
+    /// store or answers 404, exactly as before.
     async fn answer_directly(
         &self,
-        parts: &axum::http::request::Parts,
-        body: &[u8],
+        headers: &HeaderMap,
+        call: DirectCall,
         granted: ScopeSet,
+        prefetched: Option<Prefetched>,
     ) -> Option<Response> {
-        let headers = &parts.headers;
         let session = headers.get(SESSION_ID)?.to_str().ok()?;
+        if !self
+            .sessions
+            .has_session(&SessionId::from(session))
+            .await
+            .ok()?
+        {
+            return None;
+        }
+        let message = match self.server.call(call.params, granted, prefetched).await {
+            Ok(result) => {
+                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), call.id)
+            }
+            Err(error) => ServerJsonRpcMessage::error(error, Some(call.id)),
+        };
+        let body = serde_json::to_vec(&message).ok()?;
+        Some(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+        )
+    }
+}
+
+/// A `tools/call` the guard may answer itself.
+struct DirectCall {
+    id: RequestId,
+    params: CallToolRequestParams,
+}
+
+impl DirectCall {
+    /// The call in `body`, when nothing about the request needs rmcp's judgement: a
+    /// session id, a 2025 revision (no per-request metadata or standard headers),
+    /// `Accept` naming JSON and SSE without weights, a JSON `Content-Type`, and a
+    /// well-formed `tools/call`. Everything else goes to rmcp, which answers it
+    /// (400, 404, 406, 415, ...) as it always has.
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
+        headers.get(SESSION_ID)?.to_str().ok()?;
         let version = match headers.get(PROTOCOL_VERSION) {
             Some(v) => Some(v.to_str().ok()?),
             None => None,
@@ -295,31 +340,10 @@ impl Endpoint {
         if per_request_meta || params.input_responses.is_some() || params.request_state.is_some() {
             return None;
         }
-        if !self
-            .sessions
-            .has_session(&SessionId::from(session))
-            .await
-            .ok()?
-        {
-            return None;
-        }
-        let message = match self.server.call(params, granted).await {
-            Ok(result) => {
-                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), call.id)
-            }
-            Err(error) => ServerJsonRpcMessage::error(error, Some(call.id)),
-        };
-        let body = serde_json::to_vec(&message).ok()?;
-        Some(
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response(),
-        )
+        Some(DirectCall {
+            id: call.id,
+            params,
+        })
     }
 }
 
@@ -370,6 +394,30 @@ fn is_json(headers: &HeaderMap) -> bool {
                 .trim()
                 .eq_ignore_ascii_case("application/json")
         })
+}
+
+/// rmcp's transport behind one `Arc`. Routers clone their services for every
+/// request, and rmcp's own clone copies its whole configuration (host and origin
+/// lists, a cancellation token); this clone is one reference count.
+#[derive(Clone)]
+pub struct McpService(Arc<StreamableHttpService<ArticleServer, LocalSessionManager>>);
+
+impl tower::Service<Request> for McpService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let transport = self.0.clone();
+        Box::pin(async move { Ok(transport.handle(request).await.map(Body::new)) })
+    }
 }
 
 /// `GET /.well-known/oauth-protected-resource[/mcp]`.
@@ -496,6 +544,14 @@ fn needed_scopes(body: &[u8]) -> Needs {
     Needs::Scopes(scope.map(ScopeSet::only).unwrap_or_default())
 }
 
+fn store_unavailable() -> Response {
+    rpc_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        -32603,
+        "the server cannot reach its store; try again shortly",
+    )
+}
+
 /// The guard in front of the MCP service.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let public_url = &state.config.public_url;
@@ -527,40 +583,21 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             );
         }
     }
+    const INVALID: &str = "the access token is invalid, expired or revoked";
     let Some(token) = bearer(request.headers()) else {
         return unauthorized(public_url, None);
     };
-    let access =
-        match tokio::time::timeout(VERIFY_TIMEOUT, state.auth.verify_access_token(token)).await {
-            Ok(Ok(Some(access))) => access,
-            Ok(Ok(None)) => {
-                return unauthorized(
-                    public_url,
-                    Some("the access token is invalid, expired or revoked"),
-                )
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "store failure while checking a token");
-                return rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    -32603,
-                    "the server cannot reach its store; try again shortly",
-                );
-            }
-            Err(_) => {
-                tracing::error!("token check timed out");
-                return rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    -32603,
-                    "the server cannot reach its store; try again shortly",
-                );
-            }
-        };
+    let Some(token_key) = AuthServer::access_token_key(token) else {
+        return unauthorized(public_url, Some(INVALID));
+    };
 
+    // A POST's body is read before the token is looked up, so that the one record a
+    // direct tool call starts with travels to the store with the token's: one round
+    // trip per call. Nothing read is used before the token and its scopes pass.
     let (mut parts, body) = request.into_parts();
-    let body = if parts.method == Method::POST {
-        let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-            Ok(bytes) => bytes,
+    let (bytes, body) = if parts.method == Method::POST {
+        match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => (Some(bytes), Body::empty()),
             Err(_) => {
                 return rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -568,33 +605,76 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                     "the request body is too large",
                 )
             }
-        };
-        match needed_scopes(&bytes) {
-            // One JSON-RPC message per POST since 2025-06-18.
-            Needs::Batch => {
-                return rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    -32600,
-                    "batched JSON-RPC requests are not supported",
-                )
-            }
-            Needs::Scopes(needed) if !needed.is_subset_of(access.scopes) => {
-                let mut wanted = access.scopes;
-                needed.iter().for_each(|s| wanted.insert(s));
-                return insufficient_scope(public_url, wanted);
-            }
-            Needs::Scopes(_) => {}
         }
-        if let Some(answer) = state
-            .mcp
-            .answer_directly(&parts, &bytes, access.scopes)
-            .await
-        {
-            return answer;
-        }
-        Body::from(bytes)
     } else {
-        body
+        (None, body)
+    };
+    let direct = bytes
+        .as_deref()
+        .and_then(|body| DirectCall::parse(&parts.headers, body));
+    let ahead = direct
+        .as_ref()
+        .and_then(|call| ArticleServer::first_read(&call.params));
+    let keys: Vec<&Key> = std::iter::once(&token_key).chain(&ahead).collect();
+    let mut records = match tokio::time::timeout(VERIFY_TIMEOUT, state.store.get_many(&keys)).await
+    {
+        Ok(Ok(records)) if records.len() == keys.len() => records,
+        Ok(Ok(_)) => {
+            tracing::error!("the store answered the wrong number of records");
+            return store_unavailable();
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store failure while checking a token");
+            return store_unavailable();
+        }
+        Err(_) => {
+            tracing::error!("token check timed out");
+            return store_unavailable();
+        }
+    };
+    let prefetched = ahead.map(|key| Prefetched {
+        key,
+        value: records.pop().flatten(),
+    });
+    let access = match state.auth.access_token_from(records[0].as_deref()) {
+        Ok(Some(access)) => access,
+        Ok(None) => return unauthorized(public_url, Some(INVALID)),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable token record");
+            return store_unavailable();
+        }
+    };
+
+    let body = match bytes {
+        Some(bytes) => {
+            match needed_scopes(&bytes) {
+                // One JSON-RPC message per POST since 2025-06-18.
+                Needs::Batch => {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        -32600,
+                        "batched JSON-RPC requests are not supported",
+                    )
+                }
+                Needs::Scopes(needed) if !needed.is_subset_of(access.scopes) => {
+                    let mut wanted = access.scopes;
+                    needed.iter().for_each(|s| wanted.insert(s));
+                    return insufficient_scope(public_url, wanted);
+                }
+                Needs::Scopes(_) => {}
+            }
+            if let Some(call) = direct {
+                let answer = state
+                    .mcp
+                    .answer_directly(&parts.headers, call, access.scopes, prefetched)
+                    .await;
+                if let Some(answer) = answer {
+                    return answer;
+                }
+            }
+            Body::from(bytes)
+        }
+        None => body,
     };
     parts.extensions.insert(access);
     next.run(Request::from_parts(parts, body)).await

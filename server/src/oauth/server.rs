@@ -1037,13 +1037,31 @@ impl AuthServer {
     /// The bearer check: one store read by the token's hash. Expired and revoked tokens
     /// are absent from the store; the resource must be ours.
     pub async fn verify_access_token(&self, raw: &str) -> Result<Option<AccessToken>, StoreError> {
-        let Some(token) = GrantToken::parse(raw).filter(|t| t.kind == TokenKind::Access) else {
+        let Some(key) = Self::access_token_key(raw) else {
             return Ok(None);
         };
-        let Some(record) = self.store.get(&token_key(&token)).await? else {
+        let record = self.store.get(&key).await?;
+        self.access_token_from(record.as_deref())
+    }
+
+    /// Where the record of the access token `raw` lives, if `raw` has the shape of
+    /// one of ours. For callers that read it together with other records.
+    pub fn access_token_key(raw: &str) -> Option<Key> {
+        GrantToken::parse(raw)
+            .filter(|t| t.kind == TokenKind::Access)
+            .map(|token| token_key(&token))
+    }
+
+    /// The token a record read under [`Self::access_token_key`] stands for, when it
+    /// is unexpired and issued for our resource. A revoked token has no record.
+    pub fn access_token_from(
+        &self,
+        record: Option<&[u8]>,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let Some(record) = record else {
             return Ok(None);
         };
-        let access: AccessToken = serde_json::from_slice(&record).map_err(corrupt)?;
+        let access: AccessToken = serde_json::from_slice(record).map_err(corrupt)?;
         let valid = access.expires_at > now_secs() && access.resource == self.settings.resource;
         Ok(valid.then_some(access))
     }

@@ -12,7 +12,7 @@ macro_rules! suite {
         mod conformance_suite {
             use super::*;
             $crate::store::conformance::suite!(@tests $fresh;
-                put_then_get, put_replaces_value_ttl_and_group, missing_keys_are_none,
+                put_then_get, get_many_reads_each_key, put_replaces_value_ttl_and_group, missing_keys_are_none,
                 ttl_expiry_hides_records_everywhere, take_is_single_use,
                 take_under_concurrency_yields_exactly_once, put_new_writes_only_once,
                 put_new_under_concurrency_writes_exactly_once, compare_and_swap_needs_the_expected_value,
@@ -60,6 +60,42 @@ pub async fn put_then_get<S: Store>(store: Arc<S>) {
         store.get(&key("bin")).await.expect("get"),
         Some(binary.to_vec())
     );
+}
+
+pub async fn get_many_reads_each_key<S: Store>(store: Arc<S>) {
+    store
+        .put(&key("a"), b"one", Put::forever())
+        .await
+        .expect("put");
+    store
+        .put(&key("b"), b"two", Put::ttl(Duration::from_secs(60)))
+        .await
+        .expect("put");
+    store
+        .put(&key("gone"), b"old", Put::ttl(SHORT_TTL))
+        .await
+        .expect("put");
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    let (a, b, gone, none) = (key("a"), key("b"), key("gone"), key("none"));
+    assert_eq!(
+        store
+            .get_many(&[&b, &none, &a, &gone, &a])
+            .await
+            .expect("get_many"),
+        vec![
+            Some(b"two".to_vec()),
+            None,
+            Some(b"one".to_vec()),
+            None,
+            Some(b"one".to_vec())
+        ],
+        "values in the order asked, expired and missing records as None"
+    );
+    assert_eq!(
+        store.get_many(&[&a]).await.expect("one"),
+        vec![Some(b"one".to_vec())]
+    );
+    assert!(store.get_many(&[]).await.expect("none").is_empty());
 }
 
 pub async fn put_replaces_value_ttl_and_group<S: Store>(store: Arc<S>) {

@@ -124,6 +124,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
 
+    /// Reads several keys, in one round trip where the backend has round trips (Redis
+    /// pipelines them). Each read is atomic on its own; the set is not a snapshot.
+    async fn get_many(&self, keys: &[&Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Gets and deletes in one step: of many concurrent takers of one key, exactly one
     /// receives the value. Single-use codes and tickets rely on this.
     async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;

@@ -20,7 +20,6 @@ use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
 /// A command that takes longer than this fails, so callers answer 503 promptly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const POOL_SIZE: usize = 4;
 
 /// Writes a value and keeps its group's member set (and the set's TTL, the longest of
 /// its members') in step. KEYS: the key, then its group set when the key's name carries
@@ -83,9 +82,9 @@ fn unavailable(e: Error) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to `url`; every key gets `prefix` (no braces: it must not contain a
-    /// hash tag of its own).
-    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+    /// Connects to `url` with `connections` pipelined connections; every key gets
+    /// `prefix` (no braces: it must not contain a hash tag of its own).
+    pub async fn connect(url: &str, prefix: &str, connections: usize) -> StoreResult<Self> {
         if prefix.contains(['{', '}']) {
             return Err(StoreError::Backend(
                 "the Redis key prefix must not contain braces".into(),
@@ -104,7 +103,7 @@ impl RedisStore {
             })
             // Reconnect forever, backing off from 100 ms to 5 s: Redis may come back.
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build_pool(POOL_SIZE)
+            .build_pool(connections.max(1))
             .map_err(|e| StoreError::Backend(format!("cannot configure Redis: {e}")))?;
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, pool.init()).await {
             Ok(Ok(_)) => {}
@@ -193,6 +192,32 @@ impl Store for RedisStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
         let value: Option<Bytes> = self.pool.get(self.key(key)).await.map_err(unavailable)?;
         Ok(value.map(|b| b.to_vec()))
+    }
+
+    async fn get_many(&self, keys: &[&Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        if keys.len() < 2 {
+            let mut values = Vec::with_capacity(1);
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            return Ok(values);
+        }
+        // One write and one read on one connection, whatever the number of keys;
+        // unlike MGET, a pipeline also works when the keys live on different
+        // cluster slots.
+        let pipeline = self.pool.next().pipeline();
+        for key in keys {
+            let _: () = pipeline.get(self.key(key)).await.map_err(unavailable)?;
+        }
+        let values: Vec<Option<Bytes>> = pipeline.all().await.map_err(unavailable)?;
+        if values.len() != keys.len() {
+            return Err(StoreError::Backend(format!(
+                "Redis answered {} values for {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
     }
 
     async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
@@ -327,7 +352,7 @@ mod tests {
         let url = std::env::var("GATEHOUSE_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("gatehouse-test:{}:", crate::oauth::secret::random_id());
-        let store = RedisStore::connect(&url, &prefix)
+        let store = RedisStore::connect(&url, &prefix, 2)
             .await
             .unwrap_or_else(|e| {
                 panic!(
