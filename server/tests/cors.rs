@@ -102,11 +102,11 @@ async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
         .await;
     let mcp = app
         .send(
-            with_origin(Request::post("/mcp"))
-                .header(header::HOST, "gate.example.com")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .expect("request"),
+            McpPost {
+                origin: Some(INSPECTOR),
+                ..McpPost::default()
+            }
+            .body(json!({})),
         )
         .await;
     assert_eq!(mcp.status, StatusCode::UNAUTHORIZED);

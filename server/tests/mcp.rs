@@ -181,22 +181,13 @@ async fn a_foreign_origin_is_403_and_preflights_are_never_401() {
     let (_, tokens) = app.tokens_for("read:articles").await;
     let access = tokens["access_token"].as_str().expect("at");
     for token in [Some(access), None] {
-        let mut request = Request::post("/mcp")
-            .header(header::HOST, "gate.example.com")
-            .header(header::ORIGIN, "https://evil.example")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream");
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let post = McpPost {
+            origin: Some("https://evil.example"),
+            token,
+            ..McpPost::default()
+        };
         let answer = app
-            .send(
-                request
-                    .body(Body::from(
-                        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string(),
-                    ))
-                    .expect("request"),
-            )
+            .send(post.body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})))
             .await;
         assert_eq!(answer.status, StatusCode::FORBIDDEN);
     }
@@ -231,12 +222,11 @@ async fn a_foreign_origin_is_403_and_preflights_are_never_401() {
     // The Inspector's origin may call /mcp, and sees the headers it needs.
     let from_inspector = app
         .send(
-            Request::post("/mcp")
-                .header(header::HOST, "gate.example.com")
-                .header(header::ORIGIN, "http://localhost:6274")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .expect("request"),
+            McpPost {
+                origin: Some("http://localhost:6274"),
+                ..McpPost::default()
+            }
+            .body(json!({})),
         )
         .await;
     assert_eq!(from_inspector.status, StatusCode::UNAUTHORIZED);
@@ -324,16 +314,16 @@ async fn sessions_protocol_versions_and_transport_errors() {
     assert_eq!(notification.status, StatusCode::ACCEPTED);
     assert!(notification.body.is_empty());
 
-    let with = |accept: &str, content_type: &str| {
-        Request::post("/mcp")
-            .header(header::HOST, "gate.example.com")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header("mcp-session-id", session.as_str())
-            .header("mcp-protocol-version", V2025_06)
-            .header(header::ACCEPT, accept)
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Body::from(list.to_string()))
-            .expect("request")
+    let with = |accept, content_type| {
+        McpPost {
+            token: Some(token),
+            session: Some(&session),
+            version: Some(V2025_06),
+            accept,
+            content_type,
+            ..McpPost::default()
+        }
+        .body(list.clone())
     };
     assert_eq!(
         app.send(with("text/html", "application/json")).await.status,
@@ -715,18 +705,14 @@ async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
     let app = TestApp::new(&["--allowed-host", "internal.example"]);
     let (_, tokens) = app.tokens_for("read:articles").await;
     let token = tokens["access_token"].as_str().expect("at");
-    let with_host = |host: &str| {
-        Request::post("/mcp")
-            .header(header::HOST, host)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(Body::from(
-                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": V2025_06, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-                .to_string(),
-            ))
-            .expect("request")
+    let with_host = |host| {
+        McpPost {
+            host,
+            token: Some(token),
+            ..McpPost::default()
+        }
+        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": V2025_06, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
     };
     // DNS rebinding protection: a Host that is not ours is refused.
     assert_eq!(
@@ -746,11 +732,11 @@ async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
     // that a token is needed, and tool calls in a live session are refused too.
     let no_token = app
         .send(
-            Request::post("/mcp")
-                .header(header::HOST, "evil.example")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .expect("request"),
+            McpPost {
+                host: "evil.example",
+                ..McpPost::default()
+            }
+            .body(json!({})),
         )
         .await;
     assert_eq!(no_token.status, StatusCode::FORBIDDEN);
@@ -758,15 +744,14 @@ async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
     let session = app.mcp_session(token, V2025_06).await;
     let tool_call = app
         .send(
-            Request::post("/mcp")
-                .header(header::HOST, "evil.example")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json, text/event-stream")
-                .header("mcp-session-id", session.as_str())
-                .header("mcp-protocol-version", V2025_06)
-                .body(Body::from(call(2, "list_articles", json!({})).to_string()))
-                .expect("request"),
+            McpPost {
+                host: "evil.example",
+                token: Some(token),
+                session: Some(&session),
+                version: Some(V2025_06),
+                ..McpPost::default()
+            }
+            .body(call(2, "list_articles", json!({}))),
         )
         .await;
     assert_eq!(
@@ -880,18 +865,16 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
         )
         .await;
     assert_eq!(bad_version.status, StatusCode::BAD_REQUEST);
-    let with = |accept: &str, content_type: &str| {
-        Request::post("/mcp")
-            .header(header::HOST, "gate.example.com")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header("mcp-session-id", session.as_str())
-            .header("mcp-protocol-version", V2025_06)
-            .header(header::ACCEPT, accept)
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Body::from(
-                call(14, "get_article", json!({"slug": "x"})).to_string(),
-            ))
-            .expect("request")
+    let with = |accept, content_type| {
+        McpPost {
+            token: Some(token),
+            session: Some(&session),
+            version: Some(V2025_06),
+            accept,
+            content_type,
+            ..McpPost::default()
+        }
+        .body(call(14, "get_article", json!({"slug": "x"})))
     };
     assert_eq!(
         app.send(with("application/json", "application/json"))

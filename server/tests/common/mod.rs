@@ -53,6 +53,56 @@ pub struct Answer {
     pub body: String,
 }
 
+/// A `POST /mcp` as a client sends it, every header a field, for tests that vary
+/// one of them.
+pub struct McpPost<'a> {
+    pub host: &'a str,
+    pub origin: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub accept: &'a str,
+    pub content_type: &'a str,
+}
+
+impl Default for McpPost<'_> {
+    fn default() -> Self {
+        McpPost {
+            host: "gate.example.com",
+            origin: None,
+            token: None,
+            session: None,
+            version: None,
+            accept: "application/json, text/event-stream",
+            content_type: "application/json",
+        }
+    }
+}
+
+impl McpPost<'_> {
+    pub fn body(&self, body: Value) -> Request<Body> {
+        let mut request = Request::post("/mcp")
+            .header(header::HOST, self.host)
+            .header(header::CONTENT_TYPE, self.content_type)
+            .header(header::ACCEPT, self.accept);
+        let optional = [
+            (header::ORIGIN.as_str(), self.origin.map(str::to_owned)),
+            (
+                header::AUTHORIZATION.as_str(),
+                self.token.map(|t| format!("Bearer {t}")),
+            ),
+            ("mcp-session-id", self.session.map(str::to_owned)),
+            ("mcp-protocol-version", self.version.map(str::to_owned)),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                request = request.header(name, value);
+            }
+        }
+        request.body(Body::from(body.to_string())).expect("request")
+    }
+}
+
 impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
@@ -433,21 +483,13 @@ impl TestApp {
         version: Option<&str>,
         body: Value,
     ) -> Answer {
-        let mut request = Request::post("/mcp")
-            .header(header::HOST, "gate.example.com")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream");
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        if let Some(session) = session {
-            request = request.header("mcp-session-id", session);
-        }
-        if let Some(version) = version {
-            request = request.header("mcp-protocol-version", version);
-        }
-        self.send(request.body(Body::from(body.to_string())).expect("request"))
-            .await
+        let post = McpPost {
+            token,
+            session,
+            version,
+            ..McpPost::default()
+        };
+        self.send(post.body(body)).await
     }
 
     /// `initialize` then `notifications/initialized`; returns the session id.
