@@ -24,6 +24,7 @@ use rmcp::{
         },
         StreamableHttpServerConfig, StreamableHttpService,
     },
+    ErrorData,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -284,13 +285,19 @@ impl Endpoint {
         {
             return None;
         }
+        let id = call.id;
         let message = match self.server.call(call.params, granted, prefetched).await {
             Ok(result) => {
-                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), call.id)
+                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id.clone())
             }
-            Err(error) => ServerJsonRpcMessage::error(error, Some(call.id)),
+            Err(error) => ServerJsonRpcMessage::error(error, Some(id.clone())),
         };
-        let body = serde_json::to_vec(&message).ok()?;
+        // From here on the call has run: answer it, never hand it to rmcp to run again.
+        let body = serde_json::to_vec(&message).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot encode a tool result");
+            let error = ErrorData::internal_error("the tool's result could not be encoded", None);
+            serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id))).unwrap_or_default()
+        });
         Some(
             (
                 [(
