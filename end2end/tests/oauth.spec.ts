@@ -44,7 +44,7 @@ async function reachConsent(page: Page, gatehouse: Gatehouse, callback: Callback
 }
 
 test('first-run setup, then sign in', async ({ page, gatehouse }) => {
-  await page.goto(setupLink(gatehouse));
+  await page.goto(await setupLink(gatehouse));
   await expect(page.getByRole('heading', { name: 'Set the owner password' })).toBeVisible();
   await page.getByLabel('New password').fill(OWNER_PASSWORD);
   await page.getByLabel('Repeat it').fill(OWNER_PASSWORD);
@@ -58,7 +58,7 @@ test('first-run setup, then sign in', async ({ page, gatehouse }) => {
   await expect(page).toHaveURL(`${gatehouse.url}/`);
 
   // The setup link works once.
-  const again = await page.goto(setupLink(gatehouse));
+  const again = await page.goto(await setupLink(gatehouse));
   expect(again?.status()).toBe(400);
 });
 

@@ -8,7 +8,7 @@ export const OWNER_PASSWORD = 'a long and proper owner password';
 
 /** Completes first-run setup with the link the server logged. */
 export async function setOwnerPassword(gatehouse: Gatehouse, password = OWNER_PASSWORD): Promise<void> {
-  const link = setupLink(gatehouse);
+  const link = await setupLink(gatehouse);
   const token = new URL(link).searchParams.get('token') ?? '';
   const response = await fetch(`${gatehouse.url}/setup`, {
     method: 'POST',
@@ -19,11 +19,19 @@ export async function setOwnerPassword(gatehouse: Gatehouse, password = OWNER_PA
   if (response.status !== 303) throw new Error(`setup failed: ${response.status} ${await response.text()}`);
 }
 
-/** The one-time setup URL from the server's log. */
-export function setupLink(gatehouse: Gatehouse): string {
-  const match = gatehouse.output().match(/(http:\/\/\S+\/setup\?token=[A-Za-z0-9_-]+)/);
-  if (!match) throw new Error(`no setup link in the log:\n${gatehouse.output()}`);
-  return match[1];
+/**
+ * The one-time setup URL from the server's log. The server logs it before it
+ * serves, but Node may hand us the answer to the health check before the log
+ * line, so this waits for it a little.
+ */
+export async function setupLink(gatehouse: Gatehouse): Promise<string> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const match = gatehouse.output().match(/(http:\/\/\S+\/setup\?token=[A-Za-z0-9_-]+)/);
+    if (match) return match[1];
+    if (Date.now() > deadline) throw new Error(`no setup link in the log:\n${gatehouse.output()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 export interface Callback {
