@@ -33,7 +33,7 @@ use url::Url;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::{
     articles::Articles,
-    config::PublicUrl,
+    config::{Config, PublicUrl},
     mcp::{required_scope, ArticleServer, Prefetched},
     oauth::{
         scope::{Scope, ScopeSet},
@@ -152,13 +152,12 @@ impl AllowedHost {
 /// What the guard, the direct path and rmcp's transport share: which `Host`s and
 /// `Origin`s may call, the live MCP sessions, and the tool server.
 pub struct Endpoint {
-    host_names: Vec<String>,
     hosts: Vec<AllowedHost>,
     origins: OriginPolicy,
-    extra_origins: Vec<String>,
-    public_url: String,
     sessions: Arc<LocalSessionManager>,
     server: ArticleServer,
+    /// rmcp's Streamable HTTP transport, on the same sessions and server.
+    pub transport: McpService,
 }
 
 /// Why a `Host` header was refused.
@@ -169,11 +168,12 @@ enum HostRefusal {
 
 impl Endpoint {
     pub fn new(
+        store: SharedStore,
         articles: Articles,
-        public_url: &PublicUrl,
-        extra_hosts: &[String],
-        extra_origins: &[String],
+        config: &Config,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
+        let public_url = &config.public_url;
         // DNS-rebinding protection: loopback names, the public URL's host, and those
         // added with --allowed-host.
         let mut host_names = vec![
@@ -186,30 +186,10 @@ impl Endpoint {
                 host_names.push(host.trim_matches(['[', ']']).to_owned());
             }
         }
-        host_names.extend(extra_hosts.iter().cloned());
-        Endpoint {
-            hosts: host_names
-                .iter()
-                .filter_map(|h| AllowedHost::parse(h))
-                .collect(),
-            host_names,
-            origins: OriginPolicy::new(public_url, extra_origins),
-            extra_origins: extra_origins.to_vec(),
-            public_url: public_url.as_str().to_owned(),
-            sessions: Arc::new(LocalSessionManager::default()),
-            server: ArticleServer::new(articles),
-        }
-    }
-
-    /// rmcp's Streamable HTTP transport around [`ArticleServer`], sharing this
-    /// endpoint's sessions. It checks `Host` and `Origin` again, with the same lists.
-    pub fn service(
-        &self,
-        store: SharedStore,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> McpService {
+        host_names.extend(config.allowed_hosts.iter().cloned());
+        // rmcp checks `Host` and `Origin` again, with the same lists.
         let mut origins = vec![
-            self.public_url.clone(),
+            public_url.as_str().to_owned(),
             "http://localhost:*".to_owned(),
             "http://127.0.0.1:*".to_owned(),
             "http://[::1]:*".to_owned(),
@@ -217,21 +197,36 @@ impl Endpoint {
             "https://127.0.0.1:*".to_owned(),
             "https://[::1]:*".to_owned(),
         ];
-        origins.extend(self.extra_origins.iter().cloned());
-        let mut config = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(self.host_names.clone())
+        origins.extend(config.allowed_origins.iter().cloned());
+        let hosts = host_names
+            .iter()
+            .filter_map(|h| AllowedHost::parse(h))
+            .collect();
+        let mut transport_config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(host_names)
             .with_allowed_origins(origins)
             .with_max_request_body_bytes(MAX_BODY_BYTES)
             // Sessionless (2026-07-28) requests that only answer get plain JSON.
             .with_json_response(true)
             .with_cancellation_token(shutdown);
-        config.session_store = Some(Arc::new(StoreSessions(store)));
-        let server = self.server.clone();
-        McpService(Arc::new(StreamableHttpService::new(
-            move || Ok(server.clone()),
-            self.sessions.clone(),
-            config,
-        )))
+        transport_config.session_store = Some(Arc::new(StoreSessions(store)));
+        let server = ArticleServer::new(articles);
+        let sessions = Arc::new(LocalSessionManager::default());
+        let transport = {
+            let server = server.clone();
+            McpService(Arc::new(StreamableHttpService::new(
+                move || Ok(server.clone()),
+                sessions.clone(),
+                transport_config,
+            )))
+        };
+        Endpoint {
+            hosts,
+            origins: OriginPolicy::new(public_url, &config.allowed_origins),
+            sessions,
+            server,
+            transport,
+        }
     }
 
     /// The `Host` check rmcp makes, made first, so that a rebound name learns
@@ -271,18 +266,11 @@ impl Endpoint {
     /// store or answers 404, exactly as before.
     async fn answer_directly(
         &self,
-        headers: &HeaderMap,
         call: DirectCall,
         granted: ScopeSet,
         prefetched: Option<Prefetched>,
     ) -> Option<Response> {
-        let session = headers.get(SESSION_ID)?.to_str().ok()?;
-        if !self
-            .sessions
-            .has_session(&SessionId::from(session))
-            .await
-            .ok()?
-        {
+        if !self.sessions.has_session(&call.session).await.ok()? {
             return None;
         }
         let id = call.id;
@@ -313,6 +301,7 @@ impl Endpoint {
 
 /// A `tools/call` the guard may answer itself.
 struct DirectCall {
+    session: SessionId,
     id: RequestId,
     params: CallToolRequestParams,
 }
@@ -324,7 +313,7 @@ impl DirectCall {
     /// well-formed `tools/call`. Everything else goes to rmcp, which answers it
     /// (400, 404, 406, 415, ...) as it always has.
     fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
-        headers.get(SESSION_ID)?.to_str().ok()?;
+        let session = headers.get(SESSION_ID)?.to_str().ok()?;
         let version = match headers.get(PROTOCOL_VERSION) {
             Some(v) => Some(v.to_str().ok()?),
             None => None,
@@ -348,6 +337,7 @@ impl DirectCall {
             return None;
         }
         Some(DirectCall {
+            session: SessionId::from(session),
             id: call.id,
             params,
         })
@@ -540,15 +530,21 @@ fn needed_scopes(body: &[u8]) -> Needs {
     let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
         return Needs::Scopes(ScopeSet::default());
     };
-    let scope = match peek.method.as_deref() {
+    Needs::Scopes(match peek.method.as_deref() {
         Some("tools/call") => peek
             .params
             .and_then(|p| p.name)
-            .and_then(|n| required_scope(&n)),
-        Some("resources/read") | Some("resources/list") => Some(Scope::ReadArticles),
-        _ => None,
-    };
-    Needs::Scopes(scope.map(ScopeSet::only).unwrap_or_default())
+            .map(|n| tool_scopes(&n))
+            .unwrap_or_default(),
+        Some("resources/read") | Some("resources/list") => ScopeSet::only(Scope::ReadArticles),
+        _ => ScopeSet::default(),
+    })
+}
+
+/// The scopes calling the tool `name` needs (none for a tool we do not have: rmcp
+/// answers those).
+fn tool_scopes(name: &str) -> ScopeSet {
+    required_scope(name).map(ScopeSet::only).unwrap_or_default()
 }
 
 fn store_unavailable() -> Response {
@@ -654,7 +650,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
 
     let body = match bytes {
         Some(bytes) => {
-            match needed_scopes(&bytes) {
+            // A direct call has been parsed already; read nothing twice.
+            let needs = match &direct {
+                Some(call) => Needs::Scopes(tool_scopes(&call.params.name)),
+                None => needed_scopes(&bytes),
+            };
+            match needs {
                 // One JSON-RPC message per POST since 2025-06-18.
                 Needs::Batch => {
                     return rpc_error(
@@ -673,7 +674,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             if let Some(call) = direct {
                 let answer = state
                     .mcp
-                    .answer_directly(&parts.headers, call, access.scopes, prefetched)
+                    .answer_directly(call, access.scopes, prefetched)
                     .await;
                 if let Some(answer) = answer {
                     return answer;

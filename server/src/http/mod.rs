@@ -81,6 +81,8 @@ impl AppState {
             .site_pkg_dir("pkg")
             .site_addr(config.bind)
             .build();
+        let articles = Articles::new(store.clone());
+        let shutdown = CancellationToken::new();
         AppState(Arc::new(Shared {
             auth: AuthServer::new(store.clone(), config.oauth.clone()),
             owner: Arc::new(Owner::new(
@@ -92,16 +94,16 @@ impl AppState {
                 SIGN_IN_LIMIT_GLOBAL,
                 SIGN_IN_WINDOW,
             )),
-            articles: Articles::new(store.clone()),
             mcp: Arc::new(mcp::Endpoint::new(
-                Articles::new(store.clone()),
-                &config.public_url,
-                &config.allowed_hosts,
-                &config.allowed_origins,
+                store.clone(),
+                articles.clone(),
+                &config,
+                shutdown.child_token(),
             )),
+            articles,
             config: Arc::new(config),
             store,
-            shutdown: CancellationToken::new(),
+            shutdown,
             leptos,
         }))
     }
@@ -161,12 +163,7 @@ pub fn router(state: AppState) -> Router {
 
     // The MCP endpoint, exact path only (never redirected), behind the bearer guard.
     let mcp = Router::new()
-        .route_service(
-            "/mcp",
-            state
-                .mcp
-                .service(state.store.clone(), state.shutdown.child_token()),
-        )
+        .route_service("/mcp", state.mcp.transport.clone())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             mcp::guard,

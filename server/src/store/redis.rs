@@ -195,12 +195,10 @@ impl Store for RedisStore {
     }
 
     async fn get_many(&self, keys: &[&Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
-        if keys.len() < 2 {
-            let mut values = Vec::with_capacity(1);
-            for key in keys {
-                values.push(self.get(key).await?);
-            }
-            return Ok(values);
+        match keys {
+            [] => return Ok(Vec::new()),
+            [key] => return Ok(vec![self.get(key).await?]),
+            _ => {}
         }
         // One write and one read on one connection, whatever the number of keys;
         // unlike MGET, a pipeline also works when the keys live on different
