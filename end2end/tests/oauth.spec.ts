@@ -43,6 +43,34 @@ async function reachConsent(page: Page, gatehouse: Gatehouse, callback: Callback
   return { clientId, verifier, state };
 }
 
+/** The form a client posts to redeem `code`. */
+function codeGrant(code: string, verifier: string, clientId: string, callback: Callback, extra: Record<string, string> = {}) {
+  return {
+    grant_type: 'authorization_code',
+    code,
+    redirect_uri: callback.url,
+    code_verifier: verifier,
+    client_id: clientId,
+    ...extra,
+  };
+}
+
+/** Rotates a refresh token of `clientId`. */
+function refresher(gatehouse: Gatehouse, clientId: string) {
+  return (token: string) =>
+    tokenRequest(gatehouse, { grant_type: 'refresh_token', refresh_token: token, client_id: clientId });
+}
+
+/** Consent, approve, and redeem the code: a client with its first tokens. */
+async function approvedClient(page: Page, gatehouse: Gatehouse, callback: Callback) {
+  const { clientId, verifier } = await reachConsent(page, gatehouse, callback);
+  await page.getByTestId('approve').click();
+  await expect(page.getByText('Callback received')).toBeVisible();
+  const code = new URL(page.url()).searchParams.get('code')!;
+  const tokens = await tokenRequest(gatehouse, codeGrant(code, verifier, clientId, callback));
+  return { clientId, tokens };
+}
+
 test('first-run setup, then sign in', async ({ page, gatehouse }) => {
   await page.goto(await setupLink(gatehouse));
   await expect(page.getByRole('heading', { name: 'Set the owner password' })).toBeVisible();
@@ -86,21 +114,16 @@ test('consent shows the client, the host and the scopes; approve leads to tokens
   const code = landed.searchParams.get('code')!;
   expect(code).toBeTruthy();
 
-  const redeemed = await tokenRequest(gatehouse, {
-    grant_type: 'authorization_code',
-    code,
-    redirect_uri: callback.url,
-    code_verifier: verifier,
-    client_id: clientId,
-    resource: `${gatehouse.url}/mcp`,
-  });
+  const redeemed = await tokenRequest(
+    gatehouse,
+    codeGrant(code, verifier, clientId, callback, { resource: `${gatehouse.url}/mcp` }),
+  );
   expect(redeemed.status).toBe(200);
   expect(redeemed.headers.get('cache-control')).toBe('no-store');
   expect(redeemed.body.token_type).toBe('Bearer');
   expect(redeemed.body.scope).toBe('read:articles write:articles');
 
-  const refresh = (token: string) =>
-    tokenRequest(gatehouse, { grant_type: 'refresh_token', refresh_token: token, client_id: clientId });
+  const refresh = refresher(gatehouse, clientId);
   const rotated = await refresh(redeemed.body.refresh_token);
   expect(rotated.status).toBe(200);
   expect(rotated.body.refresh_token).not.toBe(redeemed.body.refresh_token);
@@ -109,32 +132,15 @@ test('consent shows the client, the host and the scopes; approve leads to tokens
   expect(repeated.body).toEqual(rotated.body);
 
   // The code works once.
-  const replay = await tokenRequest(gatehouse, {
-    grant_type: 'authorization_code',
-    code,
-    redirect_uri: callback.url,
-    code_verifier: verifier,
-    client_id: clientId,
-  });
+  const replay = await tokenRequest(gatehouse, codeGrant(code, verifier, clientId, callback));
   expect(replay.status).toBe(400);
   expect(replay.body.error).toBe('invalid_grant');
 });
 
 test('the old refresh token fails after the grace window', async ({ page, gatehouse, callback }) => {
   await setOwnerPassword(gatehouse);
-  const { clientId, verifier } = await reachConsent(page, gatehouse, callback);
-  await page.getByTestId('approve').click();
-  await expect(page.getByText('Callback received')).toBeVisible();
-  const code = new URL(page.url()).searchParams.get('code')!;
-  const tokens = await tokenRequest(gatehouse, {
-    grant_type: 'authorization_code',
-    code,
-    redirect_uri: callback.url,
-    code_verifier: verifier,
-    client_id: clientId,
-  });
-  const refresh = (token: string) =>
-    tokenRequest(gatehouse, { grant_type: 'refresh_token', refresh_token: token, client_id: clientId });
+  const { clientId, tokens } = await approvedClient(page, gatehouse, callback);
+  const refresh = refresher(gatehouse, clientId);
   const rotated = await refresh(tokens.body.refresh_token);
   expect(rotated.status).toBe(200);
 
@@ -213,25 +219,11 @@ test('script in a client name or scope is shown as text', async ({ page, gatehou
 
 test('a refresh token issued before a restart still works after it', async ({ page, gatehouse, callback }) => {
   await setOwnerPassword(gatehouse);
-  const { clientId, verifier } = await reachConsent(page, gatehouse, callback);
-  await page.getByTestId('approve').click();
-  await expect(page.getByText('Callback received')).toBeVisible();
-  const code = new URL(page.url()).searchParams.get('code')!;
-  const tokens = await tokenRequest(gatehouse, {
-    grant_type: 'authorization_code',
-    code,
-    redirect_uri: callback.url,
-    code_verifier: verifier,
-    client_id: clientId,
-  });
+  const { clientId, tokens } = await approvedClient(page, gatehouse, callback);
   expect(tokens.status).toBe(200);
 
   await gatehouse.restart();
-  const refreshed = await tokenRequest(gatehouse, {
-    grant_type: 'refresh_token',
-    refresh_token: tokens.body.refresh_token,
-    client_id: clientId,
-  });
+  const refreshed = await refresher(gatehouse, clientId)(tokens.body.refresh_token);
   expect(refreshed.status).toBe(200);
   expect(refreshed.body.access_token).toBeTruthy();
 });

@@ -159,21 +159,20 @@ impl TestApp {
 
     /// The same data directory, a fresh process: what a restart looks like.
     pub fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
-        Self::assemble(dir, extra, embedded)
+        let config = config_with(dir.path(), extra);
+        let store = embedded(&config);
+        Self::assemble(dir, config, store)
     }
 
     /// An app on the store `store` makes from the config (a failing one, say).
     pub fn with_store(store: impl FnOnce(&Config) -> SharedStore) -> Self {
-        Self::assemble(Arc::new(tempfile::tempdir().expect("temp dir")), &[], store)
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let config = config_with(dir.path(), &[]);
+        let store = store(&config);
+        Self::assemble(dir, config, store)
     }
 
-    fn assemble(
-        dir: Arc<tempfile::TempDir>,
-        extra: &[&str],
-        store: impl FnOnce(&Config) -> SharedStore,
-    ) -> Self {
-        let config = config_with(dir.path(), extra);
-        let store = store(&config);
+    fn assemble(dir: Arc<tempfile::TempDir>, config: Config, store: SharedStore) -> Self {
         let state = AppState::new(config, store.clone());
         TestApp {
             router: router(state.clone()),
@@ -194,14 +193,7 @@ impl TestApp {
         let store = gatehouse::open_store(&config.store)
             .await
             .expect("Redis store");
-        let state = AppState::new(config, store.clone());
-        TestApp {
-            router: router(state.clone()),
-            store,
-            state,
-            dir,
-            base: None,
-        }
+        Self::assemble(dir, config, store)
     }
 
     /// Serves the app on a free loopback port, as a real instance; every request of
