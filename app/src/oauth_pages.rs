@@ -16,6 +16,9 @@ pub struct ConsentView {
     /// The host that will receive the code.
     pub redirect_host: String,
     pub redirect_is_loopback: bool,
+    /// The protected resource being granted: its name and URL.
+    pub resource_title: String,
+    pub resource_url: String,
     /// Each granted scope: (name, plain words).
     pub scopes: Vec<(String, String)>,
     /// Requested scopes this server does not have; not granted.
@@ -31,6 +34,8 @@ pub fn consent_document(view: ConsentView) -> String {
         unverified,
         redirect_host,
         redirect_is_loopback,
+        resource_title,
+        resource_url,
         scopes,
         ignored_scopes,
         approve_href,
@@ -52,6 +57,10 @@ pub fn consent_document(view: ConsentView) -> String {
                         </p>
                     })}
                     <p class="muted">"Client ID: " <code data-testid="client-id">{client_id}</code></p>
+                    <h2>"On " <span data-testid="resource-title">{resource_title}</span></h2>
+                    <p class="muted">
+                        "MCP server " <code data-testid="resource-url">{resource_url}</code>
+                    </p>
                     <h2>"It asks to"</h2>
                     <ul class="scopes" data-testid="scopes">
                         {scopes.into_iter().map(|(name, words)| view! {

@@ -1,15 +1,17 @@
 //! The owner's blog articles: the data behind the MCP tools and resources, kept in the
 //! same store as everything else (`article:<slug>`, no TTL).
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    oauth::now_secs,
-    store::{Key, Put, SharedStore, StoreError},
+    clock::Clock,
+    store::{decode, encode, Key, Kind, Put, SharedStore, StoreError},
 };
 
 pub const MAX_TITLE_CHARS: usize = 200;
-pub const MAX_BODY_BYTES: usize = 48 * 1024;
+pub const MAX_ARTICLE_BYTES: usize = 48 * 1024;
 pub const MAX_SLUG_CHARS: usize = 80;
 pub const MAX_PAGE: usize = 100;
 
@@ -22,7 +24,7 @@ pub enum Status {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Article {
-    pub slug: String,
+    pub slug: Slug,
     pub title: String,
     pub body: String,
     pub status: Status,
@@ -36,7 +38,7 @@ pub struct Article {
 /// A listing entry: an article without its body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
-    pub slug: String,
+    pub slug: Slug,
     pub title: String,
     pub status: Status,
     pub updated_at: u64,
@@ -58,30 +60,69 @@ impl From<&Article> for Summary {
 pub enum ArticleError {
     #[error("{0}")]
     Invalid(String),
-    #[error("no article has the slug {0:?}")]
-    NotFound(String),
-    #[error("an article with the slug {0:?} already exists")]
-    Exists(String),
+    #[error("no article has the slug {:?}", .0.as_str())]
+    NotFound(Slug),
+    #[error("an article with the slug {:?} already exists", .0.as_str())]
+    Exists(Slug),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// A slug: lower-case letters, digits and single hyphens, at most 80 characters.
-pub fn check_slug(slug: &str) -> Result<(), ArticleError> {
-    let valid = !slug.is_empty()
-        && slug.len() <= MAX_SLUG_CHARS
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.starts_with('-')
-        && !slug.ends_with('-')
-        && !slug.contains("--");
-    if valid {
-        Ok(())
-    } else {
-        Err(ArticleError::Invalid(format!(
-            "slug {slug:?} must be 1 to {MAX_SLUG_CHARS} lower-case letters, digits and single hyphens"
-        )))
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Slug(String);
+
+impl Slug {
+    pub fn parse(slug: &str) -> Result<Self, ArticleError> {
+        let valid = !slug.is_empty()
+            && slug.len() <= MAX_SLUG_CHARS
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !slug.starts_with('-')
+            && !slug.ends_with('-')
+            && !slug.contains("--");
+        if valid {
+            Ok(Slug(slug.to_owned()))
+        } else {
+            Err(ArticleError::Invalid(format!(
+                "slug {slug:?} must be 1 to {MAX_SLUG_CHARS} lower-case letters, digits and single hyphens"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn key(&self) -> Key {
+        Key::new(Kind::ARTICLE, &self.0)
+    }
+}
+
+impl TryFrom<String> for Slug {
+    type Error = ArticleError;
+    fn try_from(raw: String) -> Result<Self, ArticleError> {
+        Slug::parse(&raw)
+    }
+}
+
+impl From<Slug> for String {
+    fn from(slug: Slug) -> String {
+        slug.0
+    }
+}
+
+impl fmt::Display for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Slug({})", self.0)
     }
 }
 
@@ -114,21 +155,18 @@ fn check_title(title: &str) -> Result<String, ArticleError> {
 }
 
 fn check_body(body: &str) -> Result<(), ArticleError> {
-    if body.len() > MAX_BODY_BYTES {
+    if body.len() > MAX_ARTICLE_BYTES {
         return Err(ArticleError::Invalid(format!(
-            "body must be at most {MAX_BODY_BYTES} bytes"
+            "body must be at most {MAX_ARTICLE_BYTES} bytes"
         )));
     }
     Ok(())
 }
 
-fn key(slug: &str) -> Key {
-    Key::new("article", slug)
-}
-
 #[derive(Clone)]
 pub struct Articles {
     store: SharedStore,
+    clock: Clock,
 }
 
 /// One page of a listing.
@@ -141,13 +179,14 @@ pub struct Page {
 }
 
 impl Articles {
-    pub fn new(store: SharedStore) -> Self {
-        Articles { store }
+    pub fn new(store: SharedStore, clock: Clock) -> Self {
+        Articles { store, clock }
     }
 
     async fn all(&self) -> Result<Vec<Article>, ArticleError> {
         let mut articles = Vec::new();
-        for (_, raw) in self.store.scan("article:").await? {
+        let prefix = format!("{}:", Kind::ARTICLE.as_str());
+        for (_, raw) in self.store.scan(&prefix).await? {
             match serde_json::from_slice::<Article>(&raw) {
                 Ok(article) => articles.push(article),
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable article"),
@@ -195,25 +234,22 @@ impl Articles {
         })
     }
 
-    pub async fn get(&self, slug: &str) -> Result<Article, ArticleError> {
-        check_slug(slug)?;
-        let record = self.store.get(&key(slug)).await?;
+    pub async fn get(&self, slug: &Slug) -> Result<Article, ArticleError> {
+        let record = self.store.get(&slug.key()).await?;
         Self::decode(slug, record)
     }
 
-    /// Where the article `slug` lives, when `slug` is valid: for callers that read it
-    /// together with other records and hand the result to [`Articles::decode`].
-    pub fn key_of(slug: &str) -> Option<Key> {
-        check_slug(slug).ok().map(|()| key(slug))
+    /// Where the article `slug` lives: for callers that read it together with other
+    /// records and hand the result to [`Articles::decode`].
+    pub fn key_of(slug: &Slug) -> Key {
+        slug.key()
     }
 
     /// The article in a record read under [`Articles::key_of`].
-    pub fn decode(slug: &str, record: Option<Vec<u8>>) -> Result<Article, ArticleError> {
+    pub fn decode(slug: &Slug, record: Option<Vec<u8>>) -> Result<Article, ArticleError> {
         match record {
-            Some(raw) => serde_json::from_slice(&raw).map_err(|e| {
-                ArticleError::Store(StoreError::Backend(format!("corrupt article: {e}")))
-            }),
-            None => Err(ArticleError::NotFound(slug.to_owned())),
+            Some(raw) => Ok(decode(&raw)?),
+            None => Err(ArticleError::NotFound(slug.clone())),
         }
     }
 
@@ -238,18 +274,17 @@ impl Articles {
     /// Creates a draft. The slug defaults to one made from the title.
     pub async fn create(
         &self,
-        slug: Option<&str>,
+        slug: Option<Slug>,
         title: &str,
         body: &str,
     ) -> Result<Article, ArticleError> {
         let title = check_title(title)?;
         check_body(body)?;
         let slug = match slug {
-            Some(slug) => slug.to_owned(),
-            None => slugify(&title),
+            Some(slug) => slug,
+            None => Slug::parse(&slugify(&title))?,
         };
-        check_slug(&slug)?;
-        let now = now_secs();
+        let now = self.clock.now_secs();
         let article = Article {
             slug: slug.clone(),
             title,
@@ -259,10 +294,9 @@ impl Articles {
             updated_at: now,
             published_at: None,
         };
-        let raw = serde_json::to_vec(&article).map_err(|e| StoreError::Backend(e.to_string()))?;
         if !self
             .store
-            .put_new(&key(&slug), &raw, Put::forever())
+            .put_new(&slug.key(), &encode(&article)?, Put::forever())
             .await?
         {
             return Err(ArticleError::Exists(slug));
@@ -273,23 +307,20 @@ impl Articles {
     /// Applies `change` to the stored article atomically (compare-and-swap, retried).
     async fn modify(
         &self,
-        slug: &str,
-        change: impl Fn(&mut Article) -> Result<(), ArticleError>,
+        slug: &Slug,
+        change: impl Fn(&mut Article, u64) -> Result<(), ArticleError>,
     ) -> Result<Article, ArticleError> {
-        check_slug(slug)?;
         for _ in 0..5 {
-            let Some(current) = self.store.get(&key(slug)).await? else {
-                return Err(ArticleError::NotFound(slug.to_owned()));
+            let Some(current) = self.store.get(&slug.key()).await? else {
+                return Err(ArticleError::NotFound(slug.clone()));
             };
-            let mut article: Article = serde_json::from_slice(&current)
-                .map_err(|e| StoreError::Backend(format!("corrupt article: {e}")))?;
-            change(&mut article)?;
-            article.updated_at = now_secs();
-            let raw =
-                serde_json::to_vec(&article).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let mut article: Article = decode(&current)?;
+            let now = self.clock.now_secs();
+            change(&mut article, now)?;
+            article.updated_at = now;
             if self
                 .store
-                .compare_and_swap(&key(slug), &current, &raw, Put::forever())
+                .compare_and_swap(&slug.key(), &current, &encode(&article)?, Put::forever())
                 .await?
             {
                 return Ok(article);
@@ -302,7 +333,7 @@ impl Articles {
 
     pub async fn update(
         &self,
-        slug: &str,
+        slug: &Slug,
         title: Option<&str>,
         body: Option<&str>,
     ) -> Result<Article, ArticleError> {
@@ -315,7 +346,7 @@ impl Articles {
         if let Some(body) = body {
             check_body(body)?;
         }
-        self.modify(slug, |article| {
+        self.modify(slug, |article, _| {
             if let Some(title) = &title {
                 article.title = title.clone();
             }
@@ -327,23 +358,22 @@ impl Articles {
         .await
     }
 
-    pub async fn publish(&self, slug: &str) -> Result<Article, ArticleError> {
-        self.modify(slug, |article| {
+    pub async fn publish(&self, slug: &Slug) -> Result<Article, ArticleError> {
+        self.modify(slug, |article, now| {
             if article.status != Status::Published {
                 article.status = Status::Published;
-                article.published_at = Some(now_secs());
+                article.published_at = Some(now);
             }
             Ok(())
         })
         .await
     }
 
-    pub async fn delete(&self, slug: &str) -> Result<(), ArticleError> {
-        check_slug(slug)?;
-        if self.store.delete(&key(slug)).await? {
+    pub async fn delete(&self, slug: &Slug) -> Result<(), ArticleError> {
+        if self.store.delete(&slug.key()).await? {
             Ok(())
         } else {
-            Err(ArticleError::NotFound(slug.to_owned()))
+            Err(ArticleError::NotFound(slug.clone()))
         }
     }
 }
@@ -356,9 +386,9 @@ mod tests {
     fn slugs() {
         assert_eq!(slugify("Hello, World!"), "hello-world");
         assert_eq!(slugify("  Ünïcode & more  "), "n-code-more");
-        assert!(check_slug("hello-world").is_ok());
+        assert!(Slug::parse("hello-world").is_ok());
         for bad in ["", "Hello", "a--b", "-a", "a-", "a b", "../etc"] {
-            assert!(check_slug(bad).is_err(), "{bad}");
+            assert!(Slug::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -5,15 +5,18 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::oauth::{
-    redirect::RedirectUri,
-    secret::SecretHash,
-    server::{OAuthSettings, StaticClient},
+use crate::{
+    net::{AllowedHost, Origin},
+    oauth::{
+        client::ClientId, redirect::RedirectUri, secret::SecretHash, OAuthSettings, StaticClient,
+    },
+    resource::Resources,
 };
 
 /// Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
@@ -31,6 +34,24 @@ pub struct Cli {
     /// `gatehouse` alone runs `gatehouse serve`.
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// Parses `args` as the command line, without reading `GATEHOUSE_*` environment
+    /// variables: for tests, which must not depend on the developer's shell.
+    pub fn parse_ignoring_env<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = Cli::command().mut_args(|arg| arg.env(None::<&str>));
+        let command = command.mut_subcommands(|sub| {
+            sub.mut_args(|arg| arg.env(None::<&str>))
+                .mut_subcommands(|sub| sub.mut_args(|arg| arg.env(None::<&str>)))
+        });
+        let mut matches = command.try_get_matches_from(args)?;
+        Cli::from_arg_matches_mut(&mut matches)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,8 +253,8 @@ pub struct Config {
     pub site_root: PathBuf,
     pub owner_password_hash: Option<String>,
     pub oauth: OAuthSettings,
-    pub allowed_origins: Vec<String>,
-    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<Origin>,
+    pub allowed_hosts: Vec<AllowedHost>,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -358,9 +379,6 @@ impl ServeArgs {
                 if secret.chars().count() < 32 {
                     errors.push("--static-client-secret must have at least 32 characters".into());
                 }
-                if id.is_empty() || id.len() > 256 {
-                    errors.push("--static-client-id must have 1 to 256 characters".into());
-                }
                 let uris: Vec<RedirectUri> = self
                     .static_client_redirect_uris
                     .iter()
@@ -370,14 +388,42 @@ impl ServeArgs {
                             .ok()
                     })
                     .collect();
-                Some(StaticClient {
-                    client_id: id.clone(),
-                    secret_hash: SecretHash::of(secret),
-                    redirect_uris: uris,
-                })
+                match ClientId::parse(id).filter(|_| id.len() <= 256) {
+                    Some(client_id) => Some(StaticClient {
+                        client_id,
+                        secret_hash: SecretHash::of(secret),
+                        redirect_uris: uris,
+                    }),
+                    None => {
+                        errors.push(
+                            "--static-client-id must have 1 to 256 visible ASCII characters".into(),
+                        );
+                        None
+                    }
+                }
             }
             _ => None,
         };
+        let allowed_origins: Vec<Origin> = self
+            .allowed_origins
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .filter_map(|o| {
+                Origin::parse(o)
+                    .map_err(|e| errors.push(format!("--allowed-origin {e}")))
+                    .ok()
+            })
+            .collect();
+        let allowed_hosts: Vec<AllowedHost> = self
+            .allowed_hosts
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+            .filter_map(|h| {
+                AllowedHost::parse(h)
+                    .map_err(|e| errors.push(format!("--allowed-host {e}")))
+                    .ok()
+            })
+            .collect();
 
         let site_root = self
             .site_root
@@ -389,7 +435,9 @@ impl ServeArgs {
                 bind,
                 oauth: OAuthSettings {
                     issuer: public_url.as_str().to_owned(),
-                    resource: public_url.mcp_url(),
+                    resources: Arc::new(Resources::new(vec![Arc::new(
+                        crate::mcp::articles::resource(public_url.as_str()),
+                    )])),
                     access_token_ttl: self.access_token_ttl,
                     refresh_token_ttl: self.refresh_token_ttl,
                     refresh_grace: self.refresh_grace,
@@ -401,8 +449,8 @@ impl ServeArgs {
                 store,
                 site_root,
                 owner_password_hash: self.owner_password_hash,
-                allowed_origins: self.allowed_origins,
-                allowed_hosts: self.allowed_hosts,
+                allowed_origins,
+                allowed_hosts,
             }),
             _ => Err(errors),
         }
@@ -474,7 +522,7 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["gatehouse"];
         argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).expect("flags parse").serve
+        Cli::parse_ignoring_env(argv).expect("flags parse").serve
     }
 
     #[test]
@@ -581,7 +629,7 @@ mod tests {
         ));
         for bad in ["0", "33", "many"] {
             let argv = ["gatehouse", "--redis-connections", bad];
-            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+            assert!(Cli::parse_ignoring_env(argv).is_err(), "{bad}");
         }
     }
 
@@ -608,11 +656,37 @@ mod tests {
 
     #[test]
     fn serve_subcommand_takes_the_same_flags() {
-        let cli = Cli::try_parse_from(["gatehouse", "serve", "--bind", "127.0.0.1:4000"])
+        let cli = Cli::parse_ignoring_env(["gatehouse", "serve", "--bind", "127.0.0.1:4000"])
             .expect("parses");
         match cli.command {
             Some(Command::Serve(serve)) => assert_eq!(serve.bind, "127.0.0.1:4000"),
             other => panic!("expected serve, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn bad_allowed_origins_and_hosts_stop_start_up() {
+        let errors = args(&[
+            "--allowed-origin",
+            "https://app.example.org/path",
+            "--allowed-origin",
+            "https://ok.example.org",
+            "--allowed-host",
+            "a b",
+        ])
+        .into_config()
+        .expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("--allowed-origin"), "{errors:?}");
+        assert!(errors[1].starts_with("--allowed-host"), "{errors:?}");
+    }
+
+    #[test]
+    fn tests_parse_flags_without_the_environment() {
+        // A flag's variable in the environment must not leak into a test's config.
+        std::env::set_var("GATEHOUSE_BIND", "127.0.0.1:9");
+        let parsed = args(&[]);
+        std::env::remove_var("GATEHOUSE_BIND");
+        assert_eq!(parsed.bind, "127.0.0.1:3000");
     }
 }

@@ -1,17 +1,22 @@
 //! Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
 //!
 //! - [`config`]: flags and environment, validated once;
+//! - [`resource`]: the protected resources (MCP endpoints) and their scopes;
 //! - [`oauth`]: the authorization server's rules (no HTTP types);
+//! - [`mcp`]: what MCP requests need, and the built-in article server;
 //! - [`store`]: the storage trait and its backends;
 //! - [`http`]: the route table and handlers.
 
 pub mod articles;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod mcp;
 pub mod migrate;
+pub mod net;
 pub mod oauth;
 pub mod outbound;
+pub mod resource;
 pub mod store;
 
 use std::sync::Arc;

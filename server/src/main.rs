@@ -68,7 +68,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         "gatehouse listening; MCP endpoint {}",
         config.public_url.mcp_url()
     );
-    let state = AppState::new(config, store);
+    let state = match AppState::new(config, store) {
+        Ok(state) => state,
+        Err(e) => return report(vec![e]),
+    };
     announce_setup_link(&state).await;
     let app = router(state);
     if let Err(e) = axum::serve(

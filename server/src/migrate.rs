@@ -63,13 +63,18 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, Mig
             continue;
         }
         let parsed: Line = serde_json::from_str(&line).map_err(|e| malformed(e.to_string()))?;
-        let group = parsed.group.map(Group::new);
         let key = Key::from_raw(parsed.key);
-        if let Some(group) = &group {
-            if !key.as_str().contains(&format!("{{{}}}", group.as_str())) {
-                return Err(malformed("the key does not carry its group's tag".into()));
+        let group = match parsed.group.as_deref() {
+            None => None,
+            Some(raw) => {
+                let group = Group::parse(raw)
+                    .ok_or_else(|| malformed(format!("{raw:?} is not a group id")))?;
+                if key.group().as_ref() != Some(&group) {
+                    return Err(malformed("the key does not carry its group's tag".into()));
+                }
+                Some(group)
             }
-        }
+        };
         entries.push(Entry {
             value: STANDARD
                 .decode(parsed.value)

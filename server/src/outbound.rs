@@ -3,7 +3,8 @@
 //! - resolves the host itself and connects only to public addresses (no loopback,
 //!   private, link-local, shared, multicast or reserved ranges), which also defeats
 //!   DNS rebinding because the checked address is the one connected to;
-//! - follows no redirects;
+//! - follows no redirects, and ignores proxy environment variables (a proxy would
+//!   make the address check meaningless);
 //! - gives up after [`FETCH_TIMEOUT`] and reads at most [`MAX_DOCUMENT_BYTES`].
 
 use std::{
@@ -31,30 +32,32 @@ pub struct DocumentFetcher {
 
 impl DocumentFetcher {
     /// `allow_loopback` admits loopback addresses, for tests that serve documents
-    /// locally. Never in production.
-    pub fn new(allow_loopback: bool) -> Self {
+    /// locally. Never in production. Fails when the HTTP client cannot be built (no
+    /// TLS roots, say): a start-up error, never a client without the guard.
+    pub fn new(allow_loopback: bool) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
             .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
-        DocumentFetcher {
+            .map_err(|e| format!("cannot build the HTTP client for metadata documents: {e}"))?;
+        Ok(DocumentFetcher {
             client,
             allow_loopback,
-        }
+        })
     }
 
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, String> {
         // IP literals never reach the resolver: check them here.
         match url.host() {
             Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
-                return Err("the metadata document's address is not public".into())
+                return Err(NOT_PUBLIC.into())
             }
             Some(Host::Ipv6(ip)) if !allowed(IpAddr::V6(ip), self.allow_loopback) => {
-                return Err("the metadata document's address is not public".into())
+                return Err(NOT_PUBLIC.into())
             }
             _ => {}
         }
@@ -65,10 +68,12 @@ impl DocumentFetcher {
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
+                if caused_by_not_public(&e) {
+                    NOT_PUBLIC.to_owned()
+                } else if e.is_timeout() {
                     "fetching the metadata document timed out".to_owned()
                 } else if e.is_connect() {
-                    "the metadata document's host is not reachable or not public".to_owned()
+                    "the metadata document's host is not reachable".to_owned()
                 } else {
                     "the metadata document could not be fetched".to_owned()
                 }
@@ -131,21 +136,62 @@ fn cache_lifetime(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     }
 }
 
+/// Why a fetch was refused when the host resolves only to addresses that are not
+/// public (or is such an address).
+pub const NOT_PUBLIC: &str = "the metadata document's host has no public address";
+
+/// The resolver's refusal, recognisable in reqwest's error chain.
+#[derive(Debug)]
+struct NotPublic;
+
+impl std::fmt::Display for NotPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NOT_PUBLIC)
+    }
+}
+
+impl std::error::Error for NotPublic {}
+
+fn caused_by_not_public(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<NotPublic>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Resolves names to their public addresses only: a name with none is refused, so
+/// the address connected to is the address checked (no DNS-rebinding window).
 struct GuardedResolver {
     allow_loopback: bool,
 }
 
+impl GuardedResolver {
+    async fn public_addresses(
+        &self,
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+            .await?
+            .filter(|a| allowed(a.ip(), self.allow_loopback))
+            .collect();
+        if addresses.is_empty() {
+            return Err(Box::new(NotPublic));
+        }
+        Ok(addresses)
+    }
+}
+
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_loopback = self.allow_loopback;
+        let resolver = GuardedResolver {
+            allow_loopback: self.allow_loopback,
+        };
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| allowed(a.ip(), allow_loopback))
-                .collect();
-            if addresses.is_empty() {
-                return Err("the host has no public address".into());
-            }
+            let addresses = resolver.public_addresses(name.as_str()).await?;
             Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -190,6 +236,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] & 0xfe00) == 0xfc00 // unique local
         || (segments[0] & 0xffc0) == 0xfe80 // link local
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (segments[0] & 0xffc0) == 0xfec0 // site local (deprecated, still routed inside)
+        || segments[0] == 0x2002 // 6to4: embeds an IPv4 address that may be private
+        || (segments[0] == 0x2001 && segments[1] == 0x0000) // Teredo: likewise
         || (segments[0] == 0x0064 && segments[1] == 0xff9b) // NAT64: may reach private v4
         || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
 }
@@ -218,6 +267,10 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "fec0::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!is_public(private.parse().expect(private)), "{private}");
         }
@@ -228,6 +281,49 @@ mod tests {
             "::ffff:8.8.8.8",
         ] {
             assert!(is_public(public.parse().expect(public)), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_resolver_keeps_public_addresses_only() {
+        let guarded = GuardedResolver {
+            allow_loopback: false,
+        };
+        let refused = guarded
+            .public_addresses("localhost")
+            .await
+            .expect_err("localhost is loopback");
+        assert!(refused.is::<NotPublic>(), "{refused}");
+        let refused = guarded
+            .public_addresses("10.0.0.1")
+            .await
+            .expect_err("private");
+        assert!(refused.is::<NotPublic>(), "{refused}");
+        let testing = GuardedResolver {
+            allow_loopback: true,
+        };
+        let found = testing
+            .public_addresses("127.0.0.1")
+            .await
+            .expect("loopback allowed in tests");
+        assert!(found.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_from_a_private_address_is_refused_for_that_reason() {
+        let fetcher = DocumentFetcher::new(false).expect("client");
+        for url in [
+            "https://127.0.0.1/doc",
+            "https://[::1]/doc",
+            "https://localhost/doc",
+            "https://10.1.2.3:8443/doc",
+        ] {
+            let refused = fetcher
+                .fetch(&Url::parse(url).expect("url"))
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(refused, NOT_PUBLIC, "{url}");
         }
     }
 

@@ -2,29 +2,17 @@
 
 mod common;
 
-use common::{TestApp, UnreachableStore};
+use common::{faults::Mode, TestApp};
 
-use std::{sync::Arc, time::Duration};
-
-use async_trait::async_trait;
 use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use gatehouse::{
-    config::Config,
-    http::MAX_BODY_BYTES,
-    store::{embedded::EmbeddedStore, Group, Key, Put, SharedStore, Store, StoreResult},
-};
+use gatehouse::http::MAX_BODY_BYTES;
 use http_body_util::BodyExt;
 
-/// An app on the store `store` makes (the embedded one unless a test needs another).
-fn app_with(store: impl FnOnce(&Config) -> SharedStore) -> TestApp {
-    TestApp::with_store(store)
-}
-
 fn app() -> TestApp {
-    app_with(common::embedded)
+    TestApp::new(&[])
 }
 
 async fn send(
@@ -88,70 +76,33 @@ async fn healthz_reports_the_store() {
     assert_eq!(json["store"]["status"], "up");
 }
 
-/// A store that never answers.
-struct HangingStore(EmbeddedStore);
-
-#[async_trait]
-impl Store for HangingStore {
-    async fn put(&self, k: &Key, v: &[u8], p: Put<'_>) -> StoreResult<()> {
-        self.0.put(k, v, p).await
-    }
-    async fn put_new(&self, k: &Key, v: &[u8], p: Put<'_>) -> StoreResult<bool> {
-        self.0.put_new(k, v, p).await
-    }
-    async fn get(&self, k: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.0.get(k).await
-    }
-    async fn take(&self, k: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.0.take(k).await
-    }
-    async fn compare_and_swap(&self, k: &Key, e: &[u8], n: &[u8], p: Put<'_>) -> StoreResult<bool> {
-        self.0.compare_and_swap(k, e, n, p).await
-    }
-    async fn delete(&self, k: &Key) -> StoreResult<bool> {
-        self.0.delete(k).await
-    }
-    async fn delete_group(&self, g: &Group) -> StoreResult<u64> {
-        self.0.delete_group(g).await
-    }
-    async fn scan(&self, p: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
-        self.0.scan(p).await
-    }
-    async fn export(&self) -> StoreResult<Vec<gatehouse::store::Entry>> {
-        self.0.export().await
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        std::future::pending().await
-    }
-    fn backend(&self) -> &'static str {
-        "hanging"
-    }
-}
-
 #[tokio::test]
 async fn healthz_is_503_when_the_store_is_unreachable() {
-    let app = app_with(|_| Arc::new(UnreachableStore));
+    let (app, faults) = TestApp::with_faults();
+    faults.set(Mode::Down);
     let (status, _, body) = send(&app, get("/healthz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(json["status"], "unavailable");
     assert_eq!(json["store"]["status"], "down");
     // The internal cause goes to the log, not to the client.
-    assert!(!body.contains("connection refused"), "{body}");
+    assert!(!body.contains("injected"), "{body}");
 }
 
-#[tokio::test]
+/// Paused time: the 2 s deadline passes without waiting for it.
+#[tokio::test(start_paused = true)]
 async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
-    let app = app_with(|config| {
-        let gatehouse::config::StoreSpec::Embedded(path) = &config.store else {
-            panic!("embedded store expected")
-        };
-        Arc::new(HangingStore(EmbeddedStore::open(path).expect("open")))
-    });
-    let started = std::time::Instant::now();
-    let (status, _, _) = send(&app, get("/healthz")).await;
+    let (app, faults) = TestApp::with_faults();
+    faults.set(Mode::Hang);
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = send(&app, get("/healthz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(body.contains("timed out"), "{body}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(3),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -199,7 +150,7 @@ async fn error_pages_escape_what_they_echo_and_refuse_framing() {
 
 /// Collects what the server logs.
 #[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

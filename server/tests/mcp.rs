@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{
     body::Body,
@@ -12,12 +12,13 @@ use axum::{
 use common::*;
 use gatehouse::{
     oauth::{
-        now_secs,
+        client::ClientId,
+        records::{access_key, AccessToken},
         scope::ScopeSet,
-        secret::{random_id, GrantToken, TokenKind},
-        server::AccessToken,
+        secret::{GrantToken, TokenKind},
     },
-    store::{Group, Key, Put},
+    resource::ResourceUri,
+    store::{Group, Put},
 };
 use serde_json::{json, Value};
 
@@ -116,19 +117,19 @@ async fn a_bad_token_is_401_with_invalid_token() {
 /// Writes an access token straight into the store, for the cases the real flow
 /// cannot produce (another resource, an expiry in the past).
 async fn planted_token(app: &TestApp, resource: &str, expires_at: u64) -> String {
-    let grant = Group::new(random_id());
+    let grant = Group::random();
     let (raw, token) = GrantToken::issue(TokenKind::Access, &grant);
     let record = serde_json::to_vec(&AccessToken {
         subject: "owner".into(),
-        client_id: "planted".into(),
-        scopes: ScopeSet::all(),
-        resource: resource.into(),
+        client_id: ClientId::parse("planted").expect("id"),
+        scopes: ScopeSet::parse("read:articles write:articles").expect("scopes"),
+        resource: ResourceUri::new(resource.into()),
         expires_at,
     })
     .expect("json");
     app.store
         .put(
-            &Key::in_group("at", &grant, token.hash.as_str()),
+            &access_key(&grant, &token.hash),
             &record,
             Put::ttl(Duration::from_secs(3600)).in_group(&grant),
         )
@@ -141,9 +142,24 @@ async fn planted_token(app: &TestApp, resource: &str, expires_at: u64) -> String
 async fn tokens_for_another_resource_expired_or_revoked_are_refused() {
     let app = TestApp::new(&[]);
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    let foreign = planted_token(&app, "https://other.example/mcp", now_secs() + 3600).await;
-    let expired = planted_token(&app, "https://gate.example.com/mcp", now_secs() - 1).await;
-    let control = planted_token(&app, "https://gate.example.com/mcp", now_secs() + 3600).await;
+    let foreign = planted_token(
+        &app,
+        "https://other.example/mcp",
+        app.clock.now_secs() + 3600,
+    )
+    .await;
+    let expired = planted_token(
+        &app,
+        "https://gate.example.com/mcp",
+        app.clock.now_secs() - 1,
+    )
+    .await;
+    let control = planted_token(
+        &app,
+        "https://gate.example.com/mcp",
+        app.clock.now_secs() + 3600,
+    )
+    .await;
     for token in [&foreign, &expired] {
         let answer = app.mcp(Some(token), None, None, list.clone()).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
@@ -687,7 +703,8 @@ async fn articles_survive_a_restart() {
 
 #[tokio::test]
 async fn the_guard_answers_503_when_the_store_is_unreachable() {
-    let app = TestApp::with_store(|_| Arc::new(common::UnreachableStore));
+    let (app, faults) = TestApp::with_faults();
+    faults.set(faults::Mode::Down);
     let answer = app
         .mcp(
             Some("gha.some.token"),

@@ -9,12 +9,8 @@ use axum::{
     body::Body,
     http::{header, Request, StatusCode},
 };
-use clap::Parser;
 use common::*;
-use gatehouse::{
-    config::Cli,
-    http::{router, AppState},
-};
+use gatehouse::{config::Cli, resource::ResourceUri};
 use serde_json::json;
 
 // ----- discovery -------------------------------------------------------------------
@@ -511,12 +507,12 @@ async fn a_code_is_redeemed_with_pkce_for_tokens_bound_to_the_resource() {
     let verified = app
         .state
         .auth
-        .verify_access_token(access)
+        .verify_access_token(access, &ResourceUri::new(MCP_URL.into()))
         .await
         .expect("store")
         .expect("valid");
-    assert_eq!(verified.resource, "https://gate.example.com/mcp");
-    assert_eq!(verified.client_id, client_id);
+    assert_eq!(verified.resource.as_str(), MCP_URL);
+    assert_eq!(verified.client_id.as_str(), client_id);
     assert_eq!(verified.subject, "owner");
 
     // Nothing raw is stored: neither the code nor the tokens.
@@ -611,23 +607,10 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
     assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
-#[tokio::test]
-async fn concurrent_redemptions_of_one_code_succeed_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_redemptions_revoke_and_concurrent_refreshes_rotate_once() {
     let app = Arc::new(TestApp::new(&[]));
-    let (client_id, _, code) = app.code_for("read:articles").await;
-    let attempts: Vec<_> = (0..20)
-        .map(|_| {
-            let (app, client_id, code) = (app.clone(), client_id.clone(), code.clone());
-            tokio::spawn(async move { app.redeem(&client_id, &code).await.status })
-        })
-        .collect();
-    let mut successes = 0;
-    for attempt in attempts {
-        if attempt.await.expect("join") == StatusCode::OK {
-            successes += 1;
-        }
-    }
-    assert_eq!(successes, 1);
+    concurrent_redemptions_and_refreshes(&app, &app).await;
 }
 
 #[tokio::test]
@@ -825,12 +808,12 @@ async fn revoking_a_refresh_token_revokes_the_grant() {
     let unknown = app.revoke(&client_id, "gha.nothing.here").await;
     assert_eq!(unknown.status, StatusCode::OK);
 
-    // Another client cannot revoke it.
+    // Another client cannot revoke it, and is told so (RFC 7009 §2.1).
     let other = app.public_client("Other").await;
-    let foreign = app
-        .revoke(&other, tokens["refresh_token"].as_str().expect("rt"))
-        .await;
-    assert_eq!(foreign.status, StatusCode::OK);
+    for token in [tokens["refresh_token"].as_str().expect("rt"), access] {
+        let foreign = app.revoke(&other, token).await;
+        assert_oauth_error(&foreign, StatusCode::BAD_REQUEST, "unauthorized_client");
+    }
     assert!(app.token_is_valid(access).await);
 
     let revoked = app
@@ -946,7 +929,7 @@ async fn failed_sign_ins_are_limited_per_address() {
 #[tokio::test]
 async fn first_run_setup_sets_the_password_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = Cli::try_parse_from([
+    let config = Cli::parse_ignoring_env([
         "gatehouse",
         "--public-url",
         "http://127.0.0.1:9",
@@ -957,15 +940,9 @@ async fn first_run_setup_sets_the_password_once() {
     .serve
     .into_config()
     .expect("config");
-    let store = embedded(&config);
-    let state = AppState::new(config, store);
-    let app = TestApp {
-        router: router(state.clone()),
-        store: state.store.clone(),
-        state,
-        dir: Arc::new(dir),
-        base: None,
-    };
+    let clock = gatehouse::clock::Clock::manual();
+    let store = embedded(&config, &clock);
+    let app = TestApp::assemble(Arc::new(dir), config, store, clock);
     // No password yet: a sign-in fails exactly like a wrong password.
     let before = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;
     assert_eq!(before.status, StatusCode::UNAUTHORIZED);

@@ -98,52 +98,7 @@ async fn fifty_concurrent_redemptions_and_refreshes_follow_the_rules() {
     let a = Arc::new(TestApp::on_redis(&redis_url(), &prefix, &[]).await);
     let b = Arc::new(TestApp::on_redis(&redis_url(), &prefix, &[]).await);
 
-    let (client_id, _, code) = a.code_for("read:articles").await;
-    let redemptions: Vec<_> = (0..50)
-        .map(|i| {
-            let (app, client_id, code) = (
-                if i % 2 == 0 { a.clone() } else { b.clone() },
-                client_id.clone(),
-                code.clone(),
-            );
-            tokio::spawn(async move { app.redeem(&client_id, &code).await })
-        })
-        .collect();
-    let mut ok = 0;
-    for redemption in redemptions {
-        let answer = redemption.await.expect("join");
-        match answer.status {
-            StatusCode::OK => ok += 1,
-            _ => assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body),
-        }
-    }
-    assert_eq!(ok, 1, "exactly one redemption succeeds");
-
-    // 50 refreshes of one refresh token, inside the grace window: one rotation, and
-    // every caller receives that same successor pair.
-    let (client_id, tokens) = a.tokens_for("read:articles").await;
-    let refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
-    let refreshes: Vec<_> = (0..50)
-        .map(|i| {
-            let (app, client_id, rt) = (
-                if i % 2 == 0 { a.clone() } else { b.clone() },
-                client_id.clone(),
-                refresh_token.clone(),
-            );
-            tokio::spawn(async move { app.refresh(&client_id, &rt, &[]).await })
-        })
-        .collect();
-    let mut successors = Vec::new();
-    for refresh in refreshes {
-        let answer = refresh.await.expect("join");
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-        successors.push(answer.json());
-    }
-    assert!(
-        successors.windows(2).all(|w| w[0] == w[1]),
-        "one successor pair for all"
-    );
-    assert_ne!(successors[0]["refresh_token"], tokens["refresh_token"]);
+    concurrent_redemptions_and_refreshes(&a, &b).await;
 }
 
 /// A redis-server of the test's own, on a free port, that it can stop and restart.

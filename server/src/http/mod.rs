@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use app::{shell, App, SiteInfo};
 use axum::{
-    extract::FromRef,
+    extract::{FromRef, Request, State},
     http::{header, HeaderName, Method},
-    routing::{get, post},
+    routing::{any, get, post},
     Router,
 };
 use leptos::prelude::*;
@@ -21,11 +21,13 @@ use tower_http::{
 
 use crate::{
     articles::Articles,
+    clock::Clock,
     config::Config,
     oauth::{
         owner::{Owner, SignInLimiter},
         AuthServer,
     },
+    resource::Resource,
     store::SharedStore,
 };
 
@@ -33,6 +35,7 @@ mod health;
 pub mod mcp;
 pub mod oauth;
 pub mod pages;
+pub mod session;
 
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,11 +60,15 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub config: Arc<Config>,
     pub store: SharedStore,
+    pub clock: Clock,
     pub auth: Arc<AuthServer>,
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
     pub articles: Articles,
-    pub mcp: Arc<mcp::Endpoint>,
+    /// Which `Host`s and `Origin`s may reach the MCP endpoints.
+    pub hosts: mcp::policy::HostPolicy,
+    /// The built-in article server at `/mcp`.
+    pub article_endpoint: Arc<mcp::articles::ArticleEndpoint>,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -74,17 +81,30 @@ impl FromRef<AppState> for LeptosOptions {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: SharedStore) -> Self {
+    /// The state for `config` on `store`, on the system clock. Fails only when a
+    /// part cannot be built (the guarded HTTP client, say): a start-up error.
+    pub fn new(config: Config, store: SharedStore) -> Result<Self, String> {
+        Self::with_clock(config, store, Clock::system())
+    }
+
+    /// The same, with time read from `clock` (tests move it forward).
+    pub fn with_clock(config: Config, store: SharedStore, clock: Clock) -> Result<Self, String> {
         let leptos = LeptosOptions::builder()
             .output_name("gatehouse")
             .site_root(config.site_root.to_string_lossy().as_ref())
             .site_pkg_dir("pkg")
             .site_addr(config.bind)
             .build();
-        let articles = Articles::new(store.clone());
+        let articles = Articles::new(store.clone(), clock.clone());
         let shutdown = CancellationToken::new();
-        AppState(Arc::new(Shared {
-            auth: AuthServer::new(store.clone(), config.oauth.clone()),
+        let article_resource = config
+            .oauth
+            .resources
+            .get(&config.public_url.mcp_url())
+            .cloned()
+            .ok_or("the article server's resource is not configured")?;
+        Ok(AppState(Arc::new(Shared {
+            auth: AuthServer::new(store.clone(), config.oauth.clone(), clock.clone())?,
             owner: Arc::new(Owner::new(
                 store.clone(),
                 config.owner_password_hash.clone(),
@@ -94,18 +114,20 @@ impl AppState {
                 SIGN_IN_LIMIT_GLOBAL,
                 SIGN_IN_WINDOW,
             )),
-            mcp: Arc::new(mcp::Endpoint::new(
+            hosts: mcp::policy::HostPolicy::new(&config),
+            article_endpoint: Arc::new(mcp::articles::ArticleEndpoint::new(
+                article_resource,
                 store.clone(),
                 articles.clone(),
-                &config,
                 shutdown.child_token(),
             )),
             articles,
             config: Arc::new(config),
             store,
+            clock,
             shutdown,
             leptos,
-        }))
+        })))
     }
 
     fn site_info(&self) -> SiteInfo {
@@ -113,6 +135,10 @@ impl AppState {
             public_url: self.config.public_url.as_str().to_owned(),
             mcp_url: self.config.public_url.mcp_url(),
         }
+    }
+
+    fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.auth.settings().resources.iter()
     }
 }
 
@@ -161,22 +187,31 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/revoke", post(oauth::token::revoke))
         .layer(api_cors());
 
-    // The MCP endpoint, exact path only (never redirected), behind the bearer guard.
-    let mcp = Router::new()
-        .route_service("/mcp", state.mcp.transport.clone())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            mcp::guard,
-        ))
-        .route(
-            "/.well-known/oauth-protected-resource",
-            get(mcp::protected_resource_metadata),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(mcp::protected_resource_metadata),
-        )
-        .layer(api_cors());
+    // The MCP endpoints, exact paths only (never redirected), behind the bearer guard,
+    // and each resource's RFC 9728 metadata.
+    let endpoint = state.article_endpoint.clone();
+    let mut mcp = Router::new().route(
+        crate::mcp::articles::PATH,
+        any(move |State(state): State<AppState>, request: Request| {
+            mcp::guard::handle(state, endpoint.clone(), request)
+        }),
+    );
+    for (index, resource) in state.resources().enumerate() {
+        let document = {
+            let (resource, public_url) = (resource.clone(), state.config.public_url.clone());
+            move || {
+                let (resource, public_url) = (resource.clone(), public_url.clone());
+                async move { mcp::metadata::document(public_url.as_str(), &resource) }
+            }
+        };
+        mcp = mcp.route(&resource.metadata_path(), get(document.clone()));
+        // RFC 9728 §3.1 puts the document at the path-suffixed URL; older clients
+        // look at the bare one, which describes the default resource.
+        if index == 0 {
+            mcp = mcp.route("/.well-known/oauth-protected-resource", get(document));
+        }
+    }
+    let mcp = mcp.layer(api_cors());
 
     let browser = Router::new()
         .route("/oauth/authorize", get(oauth::authorize::authorize))

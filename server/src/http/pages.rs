@@ -2,7 +2,7 @@
 //! status code, for endpoints that must show an error instead of redirecting.
 
 use axum::{
-    http::{header, StatusCode},
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -37,5 +37,25 @@ impl IntoResponse for ErrorPage {
             html,
         )
             .into_response()
+    }
+}
+
+/// A 303 redirect that no cache keeps.
+pub fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, location),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+        Err(_) => ErrorPage::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid redirect",
+            "The redirect target is malformed.",
+        )
+        .into_response(),
     }
 }

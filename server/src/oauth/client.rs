@@ -1,9 +1,90 @@
 //! OAuth clients: registered dynamically (RFC 7591), named by a client-ID metadata
 //! document, or configured statically. How they authenticate at the token endpoint.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::{redirect::RedirectUri, scope::ScopeSet, secret::SecretHash};
+
+/// A `client_id`: 1 to [`ClientId::MAX_LEN`] visible ASCII characters (RFC 6749
+/// Appendix A.1). Registered clients get random ones; metadata-document clients use
+/// their document's URL.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        valid.then(|| ClientId(raw.to_owned()))
+    }
+
+    /// A fresh id for a registered client (128 random bits).
+    pub fn random() -> Self {
+        ClientId(super::secret::random_id())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClientId {
+    type Error = &'static str;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        ClientId::parse(&raw).ok_or("not a client_id")
+    }
+}
+
+impl From<ClientId> for String {
+    fn from(id: ClientId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({})", self.0)
+    }
+}
+
+/// A client-provided name made safe to show: control characters and Unicode format
+/// characters (bidi overrides, zero-width joiners: category Cf) removed, trimmed, at
+/// most [`MAX_CLIENT_NAME`] characters. `None` when nothing is left.
+pub fn clean_name(raw: &str) -> Option<String> {
+    let name: String = raw
+        .chars()
+        .filter(|c| !c.is_control() && !is_format_char(*c))
+        .take(MAX_CLIENT_NAME)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Unicode general category Cf (format characters) that can disguise a name: soft
+/// hyphen, Arabic and Syriac marks, the Mongolian vowel separator, zero-width and
+/// bidirectional controls, invisible operators, the BOM, interlinear annotation
+/// marks, and the tag characters.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+        | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
 
 /// How a client authenticates at the token endpoint (RFC 7591 §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +131,7 @@ pub enum ClientKind {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Client {
-    pub client_id: String,
+    pub client_id: ClientId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_name: Option<String>,
     pub redirect_uris: Vec<RedirectUri>,
@@ -76,7 +157,9 @@ impl Client {
 
     /// The name to show on the consent page.
     pub fn display_name(&self) -> &str {
-        self.client_name.as_deref().unwrap_or(&self.client_id)
+        self.client_name
+            .as_deref()
+            .unwrap_or(self.client_id.as_str())
     }
 }
 
@@ -98,9 +181,11 @@ pub struct RegistrationRequest {
 }
 
 /// Why a registration was refused (RFC 7591 §3.2.2).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
+    #[error("{0}")]
     InvalidRedirectUri(String),
+    #[error("{0}")]
     InvalidClientMetadata(String),
 }
 
@@ -117,7 +202,9 @@ pub const MAX_CLIENT_NAME: usize = 200;
 pub const MAX_REDIRECT_URIS: usize = 20;
 
 impl RegistrationRequest {
-    pub fn validate(self) -> Result<ValidRegistration, MetadataError> {
+    /// Validates the request; scopes outside `known` are dropped, not fatal
+    /// (Claude.ai has sent `scope: "claudeai"`).
+    pub fn validate(self, known: &ScopeSet) -> Result<ValidRegistration, MetadataError> {
         use MetadataError::*;
         let uris = self
             .redirect_uris
@@ -163,23 +250,19 @@ impl RegistrationRequest {
             }
         }
         let client_name = match self.client_name {
-            Some(name) => {
-                let name: String = name.chars().filter(|c| !c.is_control()).collect();
-                let name = name.trim();
-                if name.chars().count() > MAX_CLIENT_NAME {
-                    return Err(InvalidClientMetadata(format!(
-                        "client_name is longer than {MAX_CLIENT_NAME} characters"
-                    )));
-                }
-                (!name.is_empty()).then(|| name.to_owned())
+            Some(name) if name.chars().count() > MAX_CLIENT_NAME => {
+                return Err(InvalidClientMetadata(format!(
+                    "client_name is longer than {MAX_CLIENT_NAME} characters"
+                )))
             }
+            Some(name) => clean_name(&name),
             None => None,
         };
-        // Unknown scopes are dropped, not fatal.
-        let scope = self
-            .scope
-            .map(|s| ScopeSet::parse(&s).known)
-            .filter(|s| !s.is_empty());
+        let scope = match self.scope.as_deref().map(ScopeSet::parse) {
+            Some(Ok(requested)) => Some(requested.intersection(known)).filter(|s| !s.is_empty()),
+            Some(Err(e)) => return Err(InvalidClientMetadata(format!("scope: {e}"))),
+            None => None,
+        };
         Ok(ValidRegistration {
             redirect_uris,
             auth_method,
@@ -197,6 +280,10 @@ mod tests {
         serde_json::from_value(json).expect("parses")
     }
 
+    fn known() -> ScopeSet {
+        ScopeSet::parse("read:articles write:articles").expect("scopes")
+    }
+
     #[test]
     fn accepts_what_claude_sends() {
         let valid = request(serde_json::json!({
@@ -207,7 +294,7 @@ mod tests {
             "token_endpoint_auth_method": "none",
             "scope": "claudeai",
         }))
-        .validate()
+        .validate(&known())
         .expect("valid");
         assert_eq!(valid.auth_method, AuthMethod::None);
         assert_eq!(valid.scope, None);
@@ -216,7 +303,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_metadata_with_the_right_error() {
-        let err = |json| request(json).validate().expect_err("invalid");
+        let err = |json| request(json).validate(&known()).expect_err("invalid");
         assert!(matches!(
             err(serde_json::json!({})),
             MetadataError::InvalidRedirectUri(_)
@@ -241,5 +328,46 @@ mod tests {
             ),
             MetadataError::InvalidClientMetadata(_)
         ));
+    }
+
+    #[test]
+    fn names_lose_format_and_control_characters() {
+        assert_eq!(
+            clean_name("Claude\u{202E}edoC\u{200B} \u{0007}").as_deref(),
+            Some("ClaudeedoC")
+        );
+        assert_eq!(clean_name("\u{200B}\u{FEFF} "), None);
+        assert_eq!(clean_name("Zoë's app").as_deref(), Some("Zoë's app"));
+    }
+
+    #[test]
+    fn scopes_are_bounded_and_unknown_ones_dropped() {
+        let valid = request(serde_json::json!({
+            "redirect_uris": ["https://a.example/cb"],
+            "scope": "read:articles claudeai",
+        }))
+        .validate(&known())
+        .expect("valid");
+        assert_eq!(valid.scope.expect("scope").to_string(), "read:articles");
+        let many = vec!["x"; 40].join(" ");
+        let refused = request(serde_json::json!({
+            "redirect_uris": ["https://a.example/cb"],
+            "scope": many,
+        }))
+        .validate(&known())
+        .expect_err("too many scopes");
+        assert!(
+            matches!(refused, MetadataError::InvalidClientMetadata(m) if m.contains("at most"))
+        );
+    }
+
+    #[test]
+    fn client_ids_are_visible_ascii() {
+        assert!(ClientId::parse("abc-123").is_some());
+        assert!(ClientId::parse("https://claude.ai/oauth/doc").is_some());
+        for bad in ["", "a\u{0}b", "é", "tab\there"] {
+            assert!(ClientId::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(ClientId::parse(&"a".repeat(ClientId::MAX_LEN + 1)).is_none());
     }
 }

@@ -34,7 +34,7 @@ pub fn seal(old_refresh_token: &str, plaintext: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(out)
 }
 
-pub fn open(old_refresh_token: &str, sealed: &str) -> Option<Vec<u8>> {
+pub fn open(old_refresh_token: &str, sealed: &[u8]) -> Option<Vec<u8>> {
     let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
     if raw.len() < 12 {
         return None;
@@ -53,10 +53,10 @@ mod tests {
     fn only_the_old_token_opens_the_successor() {
         let sealed = seal("ghr.g.old", b"successor pair");
         assert_eq!(
-            open("ghr.g.old", &sealed).as_deref(),
+            open("ghr.g.old", sealed.as_bytes()).as_deref(),
             Some(&b"successor pair"[..])
         );
-        assert_eq!(open("ghr.g.other", &sealed), None);
-        assert_eq!(open("ghr.g.old", "garbage"), None);
+        assert_eq!(open("ghr.g.other", sealed.as_bytes()), None);
+        assert_eq!(open("ghr.g.old", b"garbage"), None);
     }
 }

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    client::{AuthMethod, Client, ClientKind, MAX_CLIENT_NAME, MAX_REDIRECT_URIS},
-    now_secs,
+    client::{clean_name, AuthMethod, Client, ClientId, ClientKind, MAX_REDIRECT_URIS},
     redirect::RedirectUri,
     scope::ScopeSet,
 };
@@ -61,8 +60,14 @@ struct Document {
     scope: Option<String>,
 }
 
-/// Validates a fetched document for `url` and turns it into a client.
-pub fn client_from_document(url: &Url, body: &[u8]) -> Result<Client, String> {
+/// Validates a fetched document for `url` and turns it into a client. Scopes outside
+/// `known` are dropped.
+pub fn client_from_document(
+    url: &Url,
+    body: &[u8],
+    known: &ScopeSet,
+    now: u64,
+) -> Result<Client, String> {
     let doc: Document = serde_json::from_slice(body)
         .map_err(|e| format!("the metadata document is not valid JSON: {e}"))?;
     if doc.client_id.as_deref() != Some(url.as_str()) {
@@ -89,28 +94,24 @@ pub fn client_from_document(url: &Url, body: &[u8]) -> Result<Client, String> {
             ))
         }
     }
-    let client_name = doc
-        .client_name
-        .map(|n| {
-            n.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_CLIENT_NAME)
-                .collect::<String>()
-        })
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
+    let client_id = ClientId::parse(url.as_str()).ok_or("the client_id URL is too long")?;
+    let scope = doc
+        .scope
+        .as_deref()
+        .map(ScopeSet::parse)
+        .transpose()
+        .map_err(|e| format!("the metadata document's scope is invalid: {e}"))?
+        .map(|s| s.intersection(known))
+        .filter(|s| !s.is_empty());
     Ok(Client {
-        client_id: url.as_str().to_owned(),
-        client_name,
+        client_id,
+        client_name: doc.client_name.as_deref().and_then(clean_name),
         redirect_uris,
         auth_method: AuthMethod::None,
         secret_hash: None,
-        scope: doc
-            .scope
-            .map(|s| ScopeSet::parse(&s).known)
-            .filter(|s| !s.is_empty()),
+        scope,
         kind: ClientKind::MetadataDocument,
-        issued_at: now_secs(),
+        issued_at: now,
         has_grant: true,
     })
 }
@@ -120,6 +121,10 @@ mod tests {
     use super::*;
 
     const CLAUDE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+
+    fn known() -> ScopeSet {
+        ScopeSet::parse("read:articles write:articles").expect("scopes")
+    }
 
     #[test]
     fn recognises_document_urls() {
@@ -151,7 +156,8 @@ mod tests {
             "grant_types": ["authorization_code", "refresh_token"],
             "token_endpoint_auth_method": "none",
         });
-        let client = client_from_document(&url, body.to_string().as_bytes()).expect("valid");
+        let client =
+            client_from_document(&url, body.to_string().as_bytes(), &known(), 0).expect("valid");
         assert_eq!(client.kind, ClientKind::MetadataDocument);
         let requested = RedirectUri::parse("http://localhost:54321/callback").expect("uri");
         assert!(client.redirect_uri_for(&requested).is_some());
@@ -168,10 +174,10 @@ mod tests {
         ];
         for case in cases {
             assert!(
-                client_from_document(&url, case.to_string().as_bytes()).is_err(),
+                client_from_document(&url, case.to_string().as_bytes(), &known(), 0).is_err(),
                 "{case}"
             );
         }
-        assert!(client_from_document(&url, b"not json").is_err());
+        assert!(client_from_document(&url, b"not json", &known(), 0).is_err());
     }
 }

@@ -1,25 +1,102 @@
 //! The OAuth 2.1 authorization server's domain: clients, scopes, redirect URIs, PKCE,
 //! grants, codes and tokens. No HTTP types here: `crate::http::oauth` adapts requests
 //! to these calls and these errors to the wire.
+//!
+//! [`AuthServer`] holds what every flow shares; each flow lives in its own file:
+//! - [`clients`]: registration, client lookup (static, metadata document,
+//!   registered) and client authentication;
+//! - [`authorize`]: authorization requests, consent tickets, approve and deny;
+//! - [`code`]: redeeming a code for tokens;
+//! - [`refresh`]: refresh-token rotation with its grace window and reuse detection;
+//! - [`revoke`]: RFC 7009 revocation;
+//! - [`bearer`]: checking an access token for a protected resource.
 
+pub mod authorize;
+pub mod bearer;
 pub mod client;
+pub mod clients;
+pub mod code;
+pub mod error;
 pub mod grace;
 pub mod metadata_document;
 pub mod owner;
 pub mod pkce;
+pub mod records;
 pub mod redirect;
+pub mod refresh;
+pub mod revoke;
 pub mod scope;
 pub mod secret;
-pub mod server;
+pub mod token;
 
-pub use server::{AuthServer, OAuthSettings};
+use std::{sync::Arc, time::Duration};
 
-use std::time::{SystemTime, UNIX_EPOCH};
+pub use error::{AuthorizeError, ClientError, ErrorCode, RegisterError, TicketError, TokenError};
 
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+use self::{client::ClientId, redirect::RedirectUri, secret::SecretHash};
+use crate::{clock::Clock, outbound::DocumentFetcher, resource::Resources, store::SharedStore};
+
+/// Codes live 10 minutes (RFC 6749 §4.1.2 recommends at most 10).
+pub const CODE_TTL: Duration = Duration::from_secs(600);
+/// A consent page's approve link lives as long as the code it would mint.
+pub const TICKET_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Debug)]
+pub struct OAuthSettings {
+    /// The issuer: the public URL, byte for byte.
+    pub issuer: String,
+    /// The resources tokens may be issued for.
+    pub resources: Arc<Resources>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_grace: Duration,
+    /// Registered clients that never obtain a grant are forgotten after this long.
+    pub unused_client_ttl: Duration,
+    pub static_client: Option<StaticClient>,
+    /// Admit client-ID metadata documents on loopback http URLs. Tests only.
+    pub allow_loopback_client_metadata: bool,
+}
+
+/// A client configured by the operator, for clients that cannot register (a fixed id
+/// and secret pasted into Claude.ai's advanced settings).
+#[derive(Clone, Debug)]
+pub struct StaticClient {
+    pub client_id: ClientId,
+    pub secret_hash: SecretHash,
+    pub redirect_uris: Vec<RedirectUri>,
+}
+
+/// What every flow shares: the store, the settings, the clock, and the fetcher of
+/// client-ID metadata documents.
+pub struct AuthServer {
+    store: SharedStore,
+    settings: OAuthSettings,
+    fetcher: DocumentFetcher,
+    clock: Clock,
+}
+
+impl AuthServer {
+    /// Fails when the guarded HTTP client for metadata documents cannot be built: a
+    /// start-up error, never a silently weaker client.
+    pub fn new(
+        store: SharedStore,
+        settings: OAuthSettings,
+        clock: Clock,
+    ) -> Result<Arc<Self>, String> {
+        let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata)?;
+        Ok(Arc::new(AuthServer {
+            store,
+            settings,
+            fetcher,
+            clock,
+        }))
+    }
+
+    pub fn settings(&self) -> &OAuthSettings {
+        &self.settings
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_secs()
+    }
 }

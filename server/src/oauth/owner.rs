@@ -14,10 +14,10 @@ use argon2::{
 };
 
 use super::secret::{random_token, SecretHash};
-use crate::store::{Key, Put, SharedStore, StoreError, StoreResult};
+use crate::store::{Key, Kind, Put, SharedStore, StoreError, StoreResult};
 
 pub const MIN_PASSWORD_CHARS: usize = 12;
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub const SIGN_IN_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const SETUP_TTL: Duration = Duration::from_secs(3600);
 
 /// Hashes a password as an Argon2id PHC string with a random salt.
@@ -76,6 +76,9 @@ pub enum SetupError {
     InvalidToken,
     #[error("{0}")]
     WeakPassword(String),
+    /// Hashing the password failed (the blocking task died, or Argon2 refused).
+    #[error("cannot hash the password: {0}")]
+    Hashing(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,7 +90,7 @@ pub struct Owner {
 }
 
 fn password_key() -> Key {
-    Key::new("owner", "password")
+    Key::new(Kind::OWNER, "password")
 }
 
 impl Owner {
@@ -124,8 +127,8 @@ impl Owner {
         let password = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
-            .map_err(|e| SetupError::WeakPassword(e.to_string()))?
-            .map_err(SetupError::WeakPassword)?;
+            .map_err(|e| SetupError::Hashing(e.to_string()))?
+            .map_err(SetupError::Hashing)?;
         self.store
             .put(&password_key(), hash.as_bytes(), Put::forever())
             .await?;
@@ -140,7 +143,7 @@ impl Owner {
         let token = random_token();
         self.store
             .put(
-                &Key::new("setup", SecretHash::of(&token).as_str()),
+                &Key::new(Kind::SETUP, SecretHash::of(&token).as_str()),
                 b"",
                 Put::ttl(SETUP_TTL),
             )
@@ -149,7 +152,7 @@ impl Owner {
     }
 
     pub async fn setup_token_is_valid(&self, token: &str) -> StoreResult<bool> {
-        let key = Key::new("setup", SecretHash::of(token).as_str());
+        let key = Key::new(Kind::SETUP, SecretHash::of(token).as_str());
         Ok(!self.has_password().await? && self.store.get(&key).await?.is_some())
     }
 
@@ -159,7 +162,7 @@ impl Owner {
         if self.has_password().await? {
             return Err(SetupError::InvalidToken);
         }
-        let key = Key::new("setup", SecretHash::of(token).as_str());
+        let key = Key::new(Kind::SETUP, SecretHash::of(token).as_str());
         if self.store.take(&key).await?.is_none() {
             return Err(SetupError::InvalidToken);
         }
@@ -169,9 +172,9 @@ impl Owner {
     /// Starts a session; returns the cookie value. The store keeps only its hash.
     pub async fn new_session(&self) -> StoreResult<String> {
         let id = random_token();
-        let key = Key::new("session", SecretHash::of(&id).as_str());
+        let key = Key::new(Kind::SESSION, SecretHash::of(&id).as_str());
         self.store
-            .put(&key, b"owner", Put::ttl(SESSION_TTL))
+            .put(&key, b"owner", Put::ttl(SIGN_IN_TTL))
             .await?;
         Ok(id)
     }
@@ -181,7 +184,7 @@ impl Owner {
         let hash = SecretHash::of(cookie);
         let live = self
             .store
-            .get(&Key::new("session", hash.as_str()))
+            .get(&Key::new(Kind::SESSION, hash.as_str()))
             .await?
             .is_some();
         Ok(live.then_some(hash))
@@ -189,7 +192,7 @@ impl Owner {
 
     pub async fn end_session(&self, cookie: &str) -> StoreResult<()> {
         self.store
-            .delete(&Key::new("session", SecretHash::of(cookie).as_str()))
+            .delete(&Key::new(Kind::SESSION, SecretHash::of(cookie).as_str()))
             .await?;
         Ok(())
     }

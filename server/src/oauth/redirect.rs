@@ -6,7 +6,9 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use url::{Host, Url};
+use url::Url;
+
+use crate::net::is_loopback_url;
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -23,7 +25,7 @@ impl RedirectUri {
         }
         match url.scheme() {
             "https" if url.host().is_some() => Ok(RedirectUri(url)),
-            "http" if is_loopback(&url) => Ok(RedirectUri(url)),
+            "http" if is_loopback_url(&url) => Ok(RedirectUri(url)),
             "http" => Err(format!(
                 "{raw:?} uses http on a host that is not loopback; use https, or http://localhost, http://127.0.0.1 or http://[::1]"
             )),
@@ -36,7 +38,7 @@ impl RedirectUri {
     }
 
     pub fn is_loopback(&self) -> bool {
-        is_loopback(&self.0)
+        is_loopback_url(&self.0)
     }
 
     /// The host the code will be sent to, for the consent page.
@@ -69,15 +71,6 @@ impl RedirectUri {
             }
         }
         url.to_string()
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 

@@ -1,122 +1,167 @@
-//! Scopes: the permissions a grant carries. Parsed once at the edge; unknown scopes
-//! are dropped, never fatal (Claude.ai has sent `scope: "claudeai"` at registration).
+//! Scopes: the permissions a grant carries (RFC 6749 §3.3). Every protected resource
+//! defines its own (`read:articles`, `github:read`, …), so a scope is a validated
+//! token rather than a fixed enum, and which tokens a request may have is decided by
+//! the resource it names ([`crate::resource::Resource`]).
+//!
+//! Parsing is linear and bounded: at most [`MAX_SCOPES`] tokens of at most
+//! [`MAX_SCOPE_CHARS`] characters, so a 64 KiB `scope` parameter is refused at once
+//! instead of costing CPU.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-/// The scopes this server defines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
-    ReadArticles,
-    WriteArticles,
-}
+/// Most scope tokens one `scope` parameter may carry.
+pub const MAX_SCOPES: usize = 32;
+/// Longest scope token.
+pub const MAX_SCOPE_CHARS: usize = 64;
+
+/// One scope token: `%x21 / %x23-5B / %x5D-7E` (RFC 6749 §3.3), 1 to
+/// [`MAX_SCOPE_CHARS`] characters. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(Arc<str>);
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::ReadArticles, Scope::WriteArticles];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::ReadArticles => "read:articles",
-            Scope::WriteArticles => "write:articles",
+    pub fn parse(raw: &str) -> Result<Self, ScopeError> {
+        let valid_char =
+            |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+        if raw.is_empty() || raw.len() > MAX_SCOPE_CHARS {
+            return Err(ScopeError::TooLong);
         }
+        if !raw.bytes().all(valid_char) {
+            return Err(ScopeError::BadCharacter);
+        }
+        Ok(Scope(Arc::from(raw)))
     }
 
-    /// What the scope allows, in plain words for the consent page.
-    pub fn description(self) -> &'static str {
-        match self {
-            Scope::ReadArticles => "Read your articles, drafts included",
-            Scope::WriteArticles => "Create, edit, publish and delete your articles",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
-    }
-
-    fn bit(self) -> u8 {
-        match self {
-            Scope::ReadArticles => 1,
-            Scope::WriteArticles => 2,
-        }
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// A set of known scopes. Serialised as the space-separated OAuth string.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ScopeSet(u8);
-
-/// The result of parsing a `scope` parameter: what we know, and what we dropped.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ParsedScopes {
-    pub known: ScopeSet,
-    pub unknown: Vec<String>,
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scope({})", self.0)
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = std::borrow::Cow::<str>::deserialize(d)?;
+        Scope::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a `scope` parameter was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("at most {MAX_SCOPES} scopes may be requested")]
+    TooMany,
+    #[error("a scope has at most {MAX_SCOPE_CHARS} characters")]
+    TooLong,
+    #[error("a scope contains a character RFC 6749 §3.3 does not allow")]
+    BadCharacter,
+}
+
+/// A set of scopes, kept sorted and without duplicates. Serialised as the
+/// space-separated OAuth string. Small: a handful of scopes at most.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(Vec<Scope>);
 
 impl ScopeSet {
-    pub fn all() -> Self {
-        Scope::ALL.into_iter().collect()
-    }
-
     pub fn only(scope: Scope) -> Self {
-        ScopeSet(scope.bit())
+        ScopeSet(vec![scope])
     }
 
-    /// Parses a space-separated `scope` parameter (RFC 6749 §3.3).
-    pub fn parse(raw: &str) -> ParsedScopes {
-        let mut parsed = ParsedScopes::default();
+    /// Parses a space-separated `scope` parameter. Empty tokens (double spaces) are
+    /// skipped; more than [`MAX_SCOPES`] tokens, or a malformed one, is an error.
+    pub fn parse(raw: &str) -> Result<Self, ScopeError> {
+        let mut scopes = Vec::new();
         for token in raw.split(' ').filter(|t| !t.is_empty()) {
-            match Scope::parse(token) {
-                Some(scope) => parsed.known.insert(scope),
-                None if !parsed.unknown.iter().any(|u| u == token) => {
-                    parsed.unknown.push(token.to_owned())
-                }
-                None => {}
+            // Count before parsing, so a huge parameter stops after MAX_SCOPES + 1.
+            if scopes.len() == MAX_SCOPES {
+                return Err(ScopeError::TooMany);
             }
+            scopes.push(Scope::parse(token)?);
         }
-        parsed
+        Ok(scopes.into_iter().collect())
     }
 
     pub fn insert(&mut self, scope: Scope) {
-        self.0 |= scope.bit();
+        if let Err(at) = self.0.binary_search(&scope) {
+            self.0.insert(at, scope);
+        }
     }
 
-    pub fn contains(self, scope: Scope) -> bool {
-        self.0 & scope.bit() != 0
+    pub fn contains(&self, scope: &Scope) -> bool {
+        self.0.binary_search(scope).is_ok()
     }
 
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
+    pub fn contains_str(&self, scope: &str) -> bool {
+        self.0.iter().any(|s| s.as_str() == scope)
     }
 
-    pub fn is_subset_of(self, other: ScopeSet) -> bool {
-        self.0 & !other.0 == 0
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
-    pub fn iter(self) -> impl Iterator<Item = Scope> {
-        Scope::ALL.into_iter().filter(move |s| self.contains(*s))
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_subset_of(&self, other: &ScopeSet) -> bool {
+        self.0.iter().all(|s| other.contains(s))
+    }
+
+    /// The scopes of `self` that are also in `other`.
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        ScopeSet(
+            self.0
+                .iter()
+                .filter(|s| other.contains(s))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Every scope of either set.
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        self.0.iter().chain(other.0.iter()).cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
     }
 }
 
 impl FromIterator<Scope> for ScopeSet {
     fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
-        let mut set = ScopeSet::default();
-        for scope in iter {
-            set.insert(scope);
-        }
-        set
+        let mut scopes: Vec<Scope> = iter.into_iter().collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        ScopeSet(scopes)
     }
 }
 
 impl fmt::Display for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for scope in self.iter() {
-            if !first {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
                 f.write_str(" ")?;
             }
             f.write_str(scope.as_str())?;
-            first = false;
         }
         Ok(())
     }
@@ -136,8 +181,8 @@ impl Serialize for ScopeSet {
 
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Ok(ScopeSet::parse(&raw).known)
+        let raw = std::borrow::Cow::<str>::deserialize(d)?;
+        ScopeSet::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -145,24 +190,48 @@ impl<'de> Deserialize<'de> for ScopeSet {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_known_scopes_and_keeps_unknown_ones_aside() {
-        let parsed = ScopeSet::parse("read:articles  claudeai read:articles <script>");
-        assert_eq!(parsed.known, ScopeSet::only(Scope::ReadArticles));
-        assert_eq!(parsed.unknown, ["claudeai", "<script>"]);
-        assert_eq!(
-            ScopeSet::parse("write:articles read:articles")
-                .known
-                .to_string(),
-            "read:articles write:articles"
-        );
+    fn set(raw: &str) -> ScopeSet {
+        ScopeSet::parse(raw).expect(raw)
     }
 
     #[test]
-    fn subsets() {
-        let read = ScopeSet::only(Scope::ReadArticles);
-        assert!(read.is_subset_of(ScopeSet::all()));
-        assert!(!ScopeSet::all().is_subset_of(read));
-        assert!(ScopeSet::default().is_subset_of(read));
+    fn parses_sorted_and_without_duplicates() {
+        let parsed = set("write:articles  read:articles read:articles claudeai");
+        assert_eq!(parsed.to_string(), "claudeai read:articles write:articles");
+        assert_eq!(parsed.len(), 3);
+        assert!(set("").is_empty());
+    }
+
+    #[test]
+    fn refuses_too_many_too_long_or_malformed_tokens() {
+        let many = vec!["a"; MAX_SCOPES + 1].join(" ");
+        // Duplicates count: the bound is on the work, not on the result.
+        assert_eq!(ScopeSet::parse(&many), Err(ScopeError::TooMany));
+        assert!(ScopeSet::parse(&vec!["a"; MAX_SCOPES].join(" ")).is_ok());
+        let long = "x".repeat(MAX_SCOPE_CHARS + 1);
+        assert_eq!(ScopeSet::parse(&long), Err(ScopeError::TooLong));
+        assert_eq!(ScopeSet::parse("a\"b"), Err(ScopeError::BadCharacter));
+        assert_eq!(ScopeSet::parse("a\\b"), Err(ScopeError::BadCharacter));
+        assert_eq!(ScopeSet::parse("é"), Err(ScopeError::BadCharacter));
+        assert!(ScopeSet::parse("<script>").is_ok(), "allowed by RFC 6749");
+    }
+
+    #[test]
+    fn subsets_unions_and_intersections() {
+        let read = set("read:articles");
+        let both = set("read:articles write:articles");
+        assert!(read.is_subset_of(&both));
+        assert!(!both.is_subset_of(&read));
+        assert!(ScopeSet::default().is_subset_of(&read));
+        assert_eq!(both.intersection(&read), read);
+        assert_eq!(read.union(&set("write:articles")), both);
+    }
+
+    #[test]
+    fn serialises_as_the_oauth_string() {
+        let both = set("write:articles read:articles");
+        let json = serde_json::to_string(&both).expect("json");
+        assert_eq!(json, "\"read:articles write:articles\"");
+        assert_eq!(serde_json::from_str::<ScopeSet>(&json).expect("back"), both);
     }
 }

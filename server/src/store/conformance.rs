@@ -1,11 +1,30 @@
 //! The store's behaviour, written once and run against every backend with
-//! [`suite!`]: `suite!(fresh)` where `async fn fresh() -> (Guard, impl Store)` returns a
-//! store that holds nothing and a guard that keeps its resources (a temp dir, a key
-//! prefix) alive for the test.
+//! [`suite!`]: `suite!(fresh)` where `async fn fresh() -> (Guard, impl Store, Time)`
+//! returns a store that holds nothing, a guard that keeps its resources (a temp dir, a
+//! key prefix) alive for the test, and how time passes for that store: a manual clock
+//! for the embedded store (no sleeping), real time for Redis, whose TTLs are its own.
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Group, Key, Put, Store};
+use super::{Group, Key, Kind, Put, Store};
+use crate::clock::Clock;
+
+/// How time passes for a backend under test.
+pub enum Time {
+    /// The store reads this clock: passing time is advancing it.
+    Manual(Clock),
+    /// The backend keeps its own time (Redis TTLs): passing time is waiting.
+    Real,
+}
+
+impl Time {
+    async fn pass(&self, by: Duration) {
+        match self {
+            Time::Manual(clock) => clock.advance(by),
+            Time::Real => tokio::time::sleep(by).await,
+        }
+    }
+}
 
 macro_rules! suite {
     ($fresh:path) => {
@@ -25,23 +44,27 @@ macro_rules! suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let (_guard, store) = $fresh().await;
-                $crate::store::conformance::$name(std::sync::Arc::new(store)).await;
+                let (_guard, store, time) = $fresh().await;
+                $crate::store::conformance::$name(std::sync::Arc::new(store), time).await;
             }
         )+
     };
 }
 pub(crate) use suite;
 
-const SHORT_TTL: Duration = Duration::from_millis(400);
+const SHORT_TTL: Duration = Duration::from_millis(150);
 /// Long enough after [`SHORT_TTL`] for any backend to have expired the record.
-const PAST_SHORT_TTL: Duration = Duration::from_millis(900);
+const PAST_SHORT_TTL: Duration = Duration::from_millis(300);
 
-fn key(id: &str) -> Key {
-    Key::new("test", id)
+fn group(id: &str) -> Group {
+    Group::parse(id).expect("a plain group id")
 }
 
-pub async fn put_then_get<S: Store>(store: Arc<S>) {
+fn key(id: &str) -> Key {
+    Key::new(Kind::TEST, id)
+}
+
+pub async fn put_then_get<S: Store>(store: Arc<S>, _time: Time) {
     store
         .put(&key("a"), b"one", Put::forever())
         .await
@@ -62,7 +85,7 @@ pub async fn put_then_get<S: Store>(store: Arc<S>) {
     );
 }
 
-pub async fn get_many_reads_each_key<S: Store>(store: Arc<S>) {
+pub async fn get_many_reads_each_key<S: Store>(store: Arc<S>, time: Time) {
     store
         .put(&key("a"), b"one", Put::forever())
         .await
@@ -75,7 +98,7 @@ pub async fn get_many_reads_each_key<S: Store>(store: Arc<S>) {
         .put(&key("gone"), b"old", Put::ttl(SHORT_TTL))
         .await
         .expect("put");
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    time.pass(PAST_SHORT_TTL).await;
     let (a, b, gone, none) = (key("a"), key("b"), key("gone"), key("none"));
     assert_eq!(
         store
@@ -98,22 +121,22 @@ pub async fn get_many_reads_each_key<S: Store>(store: Arc<S>) {
     assert!(store.get_many(&[]).await.expect("none").is_empty());
 }
 
-pub async fn put_replaces_value_ttl_and_group<S: Store>(store: Arc<S>) {
-    let group = Group::new("replace");
-    let k = Key::in_group("test", &group, "k");
+pub async fn put_replaces_value_ttl_and_group<S: Store>(store: Arc<S>, time: Time) {
+    let group = group("replace");
+    let k = Key::in_group(Kind::TEST, &group, "k");
     store
         .put(&k, b"short-lived", Put::ttl(SHORT_TTL).in_group(&group))
         .await
         .expect("put");
     // Rewriting without a TTL or group makes the record permanent and ungrouped.
     store.put(&k, b"kept", Put::forever()).await.expect("put");
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    time.pass(PAST_SHORT_TTL).await;
     assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
     assert_eq!(store.delete_group(&group).await.expect("delete group"), 0);
     assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
 }
 
-pub async fn missing_keys_are_none<S: Store>(store: Arc<S>) {
+pub async fn missing_keys_are_none<S: Store>(store: Arc<S>, _time: Time) {
     assert_eq!(store.get(&key("nothing")).await.expect("get"), None);
     assert_eq!(store.take(&key("nothing")).await.expect("take"), None);
     assert!(!store.delete(&key("nothing")).await.expect("delete"));
@@ -123,7 +146,7 @@ pub async fn missing_keys_are_none<S: Store>(store: Arc<S>) {
         .expect("cas"));
 }
 
-pub async fn ttl_expiry_hides_records_everywhere<S: Store>(store: Arc<S>) {
+pub async fn ttl_expiry_hides_records_everywhere<S: Store>(store: Arc<S>, time: Time) {
     for id in ["get", "take", "scan", "new", "cas"] {
         store
             .put(&key(id), b"soon gone", Put::ttl(SHORT_TTL))
@@ -140,7 +163,7 @@ pub async fn ttl_expiry_hides_records_everywhere<S: Store>(store: Arc<S>) {
         Some(b"soon gone".to_vec())
     );
 
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    time.pass(PAST_SHORT_TTL).await;
 
     assert_eq!(store.get(&key("get")).await.expect("get"), None);
     assert_eq!(store.take(&key("take")).await.expect("take"), None);
@@ -160,7 +183,7 @@ pub async fn ttl_expiry_hides_records_everywhere<S: Store>(store: Arc<S>) {
     );
 }
 
-pub async fn take_is_single_use<S: Store>(store: Arc<S>) {
+pub async fn take_is_single_use<S: Store>(store: Arc<S>, _time: Time) {
     store
         .put(&key("code"), b"grant", Put::ttl(Duration::from_secs(600)))
         .await
@@ -173,7 +196,7 @@ pub async fn take_is_single_use<S: Store>(store: Arc<S>) {
     assert_eq!(store.get(&key("code")).await.expect("get"), None);
 }
 
-pub async fn take_under_concurrency_yields_exactly_once<S: Store>(store: Arc<S>) {
+pub async fn take_under_concurrency_yields_exactly_once<S: Store>(store: Arc<S>, _time: Time) {
     for round in 0..5 {
         let k = key(&format!("race-{round}"));
         store
@@ -197,7 +220,7 @@ pub async fn take_under_concurrency_yields_exactly_once<S: Store>(store: Arc<S>)
     }
 }
 
-pub async fn put_new_writes_only_once<S: Store>(store: Arc<S>) {
+pub async fn put_new_writes_only_once<S: Store>(store: Arc<S>, _time: Time) {
     assert!(store
         .put_new(&key("slug"), b"first", Put::forever())
         .await
@@ -212,7 +235,7 @@ pub async fn put_new_writes_only_once<S: Store>(store: Arc<S>) {
     );
 }
 
-pub async fn put_new_under_concurrency_writes_exactly_once<S: Store>(store: Arc<S>) {
+pub async fn put_new_under_concurrency_writes_exactly_once<S: Store>(store: Arc<S>, _time: Time) {
     let writers: Vec<_> = (0..50u8)
         .map(|i| {
             let store = store.clone();
@@ -236,7 +259,7 @@ pub async fn put_new_under_concurrency_writes_exactly_once<S: Store>(store: Arc<
     );
 }
 
-pub async fn compare_and_swap_needs_the_expected_value<S: Store>(store: Arc<S>) {
+pub async fn compare_and_swap_needs_the_expected_value<S: Store>(store: Arc<S>, time: Time) {
     store
         .put(&key("rt"), b"active", Put::forever())
         .await
@@ -258,11 +281,11 @@ pub async fn compare_and_swap_needs_the_expected_value<S: Store>(store: Arc<S>) 
         Some(b"rotated".to_vec())
     );
     // The swap applied the new TTL.
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    time.pass(PAST_SHORT_TTL).await;
     assert_eq!(store.get(&key("rt")).await.expect("get"), None);
 }
 
-pub async fn compare_and_swap_under_concurrency_swaps_once<S: Store>(store: Arc<S>) {
+pub async fn compare_and_swap_under_concurrency_swaps_once<S: Store>(store: Arc<S>, _time: Time) {
     store
         .put(&key("rotate"), b"v0", Put::forever())
         .await
@@ -290,7 +313,7 @@ pub async fn compare_and_swap_under_concurrency_swaps_once<S: Store>(store: Arc<
     );
 }
 
-pub async fn delete_reports_live_records<S: Store>(store: Arc<S>) {
+pub async fn delete_reports_live_records<S: Store>(store: Arc<S>, _time: Time) {
     store
         .put(&key("d"), b"x", Put::forever())
         .await
@@ -300,13 +323,13 @@ pub async fn delete_reports_live_records<S: Store>(store: Arc<S>) {
     assert_eq!(store.get(&key("d")).await.expect("get"), None);
 }
 
-pub async fn delete_group_removes_exactly_its_members<S: Store>(store: Arc<S>) {
-    let grant = Group::new("grant1");
-    let other = Group::new("grant2");
+pub async fn delete_group_removes_exactly_its_members<S: Store>(store: Arc<S>, _time: Time) {
+    let grant = group("grant1");
+    let other = group("grant2");
     let members = [
-        Key::in_group("at", &grant, "h1"),
-        Key::in_group("rt", &grant, "h2"),
-        Key::in_group("grant", &grant, "record"),
+        Key::in_group(Kind::ACCESS, &grant, "h1"),
+        Key::in_group(Kind::REFRESH, &grant, "h2"),
+        Key::in_group(Kind::GRANT, &grant, "record"),
     ];
     for k in &members {
         store
@@ -318,7 +341,7 @@ pub async fn delete_group_removes_exactly_its_members<S: Store>(store: Arc<S>) {
             .await
             .expect("put");
     }
-    let outsider = Key::in_group("at", &other, "h3");
+    let outsider = Key::in_group(Kind::ACCESS, &other, "h3");
     store
         .put(&outsider, b"other grant", Put::forever().in_group(&other))
         .await
@@ -350,19 +373,23 @@ pub async fn delete_group_removes_exactly_its_members<S: Store>(store: Arc<S>) {
     assert_eq!(store.delete_group(&grant).await.expect("delete group"), 1);
 }
 
-pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>) {
+pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>, _time: Time) {
     for slug in ["b-second", "a-first", "c-third"] {
         store
-            .put(&Key::new("article", slug), slug.as_bytes(), Put::forever())
+            .put(
+                &Key::new(Kind::ARTICLE, slug),
+                slug.as_bytes(),
+                Put::forever(),
+            )
             .await
             .expect("put");
     }
     store
-        .put(&Key::new("articles-index", "x"), b"no", Put::forever())
+        .put(&Key::from_raw("articles-index:x"), b"no", Put::forever())
         .await
         .expect("put");
     store
-        .put(&Key::new("client", "x"), b"no", Put::forever())
+        .put(&Key::new(Kind::CLIENT, "x"), b"no", Put::forever())
         .await
         .expect("put");
     let listed = store.scan("article:").await.expect("scan");
@@ -371,13 +398,13 @@ pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>) {
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .collect();
     assert_eq!(slugs, ["a-first", "b-second", "c-third"]);
-    assert_eq!(listed[0].0, Key::new("article", "a-first"));
+    assert_eq!(listed[0].0, Key::new(Kind::ARTICLE, "a-first"));
     assert!(store.scan("nothing-here:").await.expect("scan").is_empty());
 }
 
-pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>) {
-    let grant = Group::new("exported");
-    let member = Key::in_group("rt", &grant, "h");
+pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>, time: Time) {
+    let grant = group("exported");
+    let member = Key::in_group(Kind::REFRESH, &grant, "h");
     store
         .put(
             &member,
@@ -394,7 +421,7 @@ pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>) {
         .put(&key("gone"), b"x", Put::ttl(SHORT_TTL))
         .await
         .expect("put");
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    time.pass(PAST_SHORT_TTL).await;
 
     let mut entries = store.export().await.expect("export");
     entries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -412,7 +439,7 @@ pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>) {
     assert_eq!((client.ttl, client.group.as_ref()), (None, None));
 }
 
-pub async fn ping_answers<S: Store>(store: Arc<S>) {
+pub async fn ping_answers<S: Store>(store: Arc<S>, _time: Time) {
     store.ping().await.expect("ping");
     assert!(!store.backend().is_empty());
 }

@@ -13,13 +13,14 @@
 use std::{
     path::Path,
     sync::{Arc, Weak},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
+use crate::clock::Clock;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
@@ -34,12 +35,18 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    clock: Clock,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the database file and starts the expiry sweeper on the
     /// current tokio runtime.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with_clock(path, Clock::system())
+    }
+
+    /// Opens the store with expiry measured by `clock` (tests move it forward).
+    pub fn open_with_clock(path: &Path, clock: Clock) -> StoreResult<Self> {
         // A bounded page cache: the records here are small, and an idle server should
         // stay small too (redb's default cache is large).
         let db = Database::builder()
@@ -52,13 +59,17 @@ impl EmbeddedStore {
         txn.open_table(EXPIRY).map_err(backend)?;
         txn.open_table(MEMBERS).map_err(backend)?;
         txn.commit().map_err(backend)?;
-        let store = EmbeddedStore { db: Arc::new(db) };
+        let store = EmbeddedStore {
+            db: Arc::new(db),
+            clock,
+        };
         store.spawn_sweeper();
         Ok(store)
     }
 
     fn spawn_sweeper(&self) {
         let weak: Weak<Database> = Arc::downgrade(&self.db);
+        let clock = self.clock.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -67,7 +78,10 @@ impl EmbeddedStore {
                     tick.tick().await;
                     // Stop once the store is dropped, so tests do not leak sweepers.
                     let Some(db) = weak.upgrade() else { break };
-                    let store = EmbeddedStore { db };
+                    let store = EmbeddedStore {
+                        db,
+                        clock: clock.clone(),
+                    };
                     if let Err(e) = store.sweep().await {
                         tracing::warn!(error = %e, "expiry sweep failed");
                     }
@@ -78,8 +92,8 @@ impl EmbeddedStore {
 
     /// Physically removes every record that has expired; returns how many.
     pub async fn sweep(&self) -> StoreResult<u64> {
-        self.write(|txn| {
-            let now = now_ms();
+        let now = self.clock.now_ms();
+        self.write(move |txn| {
             let expired: Vec<Vec<u8>> = {
                 let expiry = txn.open_table(EXPIRY).map_err(backend)?;
                 let end = (now + 1).to_be_bytes();
@@ -158,7 +172,8 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()> {
-        let (key, record) = (key.as_str().to_owned(), Record::new(value, put));
+        let now = self.clock.now_ms();
+        let (key, record) = (key.as_str().to_owned(), Record::new(value, put, now));
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
             tables.replace(&key, &record)
@@ -167,10 +182,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool> {
-        let (key, record) = (key.as_str().to_owned(), Record::new(value, put));
+        let now = self.clock.now_ms();
+        let (key, record) = (key.as_str().to_owned(), Record::new(value, put, now));
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
-            if tables.read_live(&key)?.is_some() {
+            if tables.read_live(&key, now)?.is_some() {
                 return Ok(false);
             }
             tables.replace(&key, &record)?;
@@ -180,25 +196,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.read_now(|kv| {
-            let now = now_ms();
-            match kv.get(key.as_str()).map_err(backend)? {
-                Some(raw) => Ok(Record::decode(raw.value())?
-                    .filter(|r| r.is_live(now))
-                    .map(|r| r.value)),
-                None => Ok(None),
-            }
+        let now = self.clock.now_ms();
+        self.read_now(|kv| match kv.get(key.as_str()).map_err(backend)? {
+            Some(raw) => Ok(Record::decode(raw.value())?
+                .filter(|r| r.is_live(now))
+                .map(|r| r.value)),
+            None => Ok(None),
         })
     }
 
     async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
-        let key = key.as_str().to_owned();
+        let (key, now) = (key.as_str().to_owned(), self.clock.now_ms());
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
             match tables.read(&key)? {
                 Some(record) => {
                     tables.remove(&key, &record)?;
-                    Ok(record.is_live(now_ms()).then_some(record.value))
+                    Ok(record.is_live(now).then_some(record.value))
                 }
                 None => Ok(None),
             }
@@ -213,11 +227,12 @@ impl Store for EmbeddedStore {
         new: &[u8],
         put: Put<'_>,
     ) -> StoreResult<bool> {
-        let (key, record) = (key.as_str().to_owned(), Record::new(new, put));
+        let now = self.clock.now_ms();
+        let (key, record) = (key.as_str().to_owned(), Record::new(new, put, now));
         let expected = expected.to_vec();
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
-            match tables.read_live(&key)? {
+            match tables.read_live(&key, now)? {
                 Some(current) if current.value == expected => {
                     tables.replace(&key, &record)?;
                     Ok(true)
@@ -229,13 +244,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete(&self, key: &Key) -> StoreResult<bool> {
-        let key = key.as_str().to_owned();
+        let (key, now) = (key.as_str().to_owned(), self.clock.now_ms());
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
             match tables.read(&key)? {
                 Some(record) => {
                     tables.remove(&key, &record)?;
-                    Ok(record.is_live(now_ms()))
+                    Ok(record.is_live(now))
                 }
                 None => Ok(false),
             }
@@ -244,7 +259,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_group(&self, group: &Group) -> StoreResult<u64> {
-        let group = group.as_str().to_owned();
+        let (group, now) = (group.as_str().to_owned(), self.clock.now_ms());
         self.write(move |txn| {
             let prefix = format!("{group}\0");
             let members: Vec<String> = {
@@ -260,7 +275,6 @@ impl Store for EmbeddedStore {
                 keys
             };
             let mut tables = Tables::open(txn)?;
-            let now = now_ms();
             let mut removed = 0;
             for key in members {
                 match tables.read(&key)? {
@@ -283,9 +297,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
-        let prefix = prefix.to_owned();
+        let (prefix, now) = (prefix.to_owned(), self.clock.now_ms());
         self.read(move |kv| {
-            let now = now_ms();
             let mut out = Vec::new();
             for entry in kv.range(prefix.as_str()..).map_err(backend)? {
                 let (k, v) = entry.map_err(backend)?;
@@ -302,8 +315,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn export(&self) -> StoreResult<Vec<Entry>> {
-        self.read(|kv| {
-            let now = now_ms();
+        let now = self.clock.now_ms();
+        self.read(move |kv| {
             let mut out = Vec::new();
             for entry in kv.iter().map_err(backend)? {
                 let (k, v) = entry.map_err(backend)?;
@@ -312,7 +325,7 @@ impl Store for EmbeddedStore {
                         key: Key::from_raw(k.value()),
                         ttl: (record.expires_at != 0)
                             .then(|| Duration::from_millis(record.expires_at - now)),
-                        group: record.group.map(Group::new),
+                        group: record.group.as_deref().and_then(Group::parse),
                         value: record.value,
                     });
                 }
@@ -355,8 +368,7 @@ impl<'txn> Tables<'txn> {
         }
     }
 
-    fn read_live(&self, key: &str) -> StoreResult<Option<Record>> {
-        let now = now_ms();
+    fn read_live(&self, key: &str, now: u64) -> StoreResult<Option<Record>> {
         Ok(self.read(key)?.filter(|r| r.is_live(now)))
     }
 
@@ -410,10 +422,10 @@ struct Record {
 }
 
 impl Record {
-    fn new(value: &[u8], put: Put<'_>) -> Self {
+    fn new(value: &[u8], put: Put<'_>, now: u64) -> Self {
         let expires_at = match put.ttl {
             // A zero TTL still expires: at least one millisecond from now.
-            Some(ttl) => now_ms() + (ttl.as_millis() as u64).max(1),
+            Some(ttl) => now + (ttl.as_millis() as u64).max(1),
             None => 0,
         };
         Record {
@@ -471,13 +483,6 @@ fn expiry_key(expires_at: u64, key: &str) -> Vec<u8> {
     out
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -485,13 +490,15 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance;
+    use crate::store::{conformance, Kind};
     use redb::ReadableTableMetadata;
 
-    async fn fresh() -> (tempfile::TempDir, EmbeddedStore) {
+    async fn fresh() -> (tempfile::TempDir, EmbeddedStore, conformance::Time) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open store");
-        (dir, store)
+        let clock = Clock::manual();
+        let store = EmbeddedStore::open_with_clock(&dir.path().join("store.redb"), clock.clone())
+            .expect("open store");
+        (dir, store, conformance::Time::Manual(clock))
     }
 
     conformance::suite!(fresh);
@@ -500,8 +507,8 @@ mod tests {
     async fn a_reopened_store_keeps_what_it_held() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("store.redb");
-        let key = Key::new("client", "abc");
-        let token = Key::new("at", "hash");
+        let key = Key::new(Kind::CLIENT, "abc");
+        let token = Key::new(Kind::ACCESS, "hash");
         {
             let store = EmbeddedStore::open(&path).expect("open");
             store
@@ -526,10 +533,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_sweeper_removes_expired_records_from_disk() {
-        let (_dir, store) = fresh().await;
-        let group = Group::new("g1");
-        let short = Key::in_group("at", &group, "short");
-        let long = Key::new("client", "long");
+        let (_dir, store, time) = fresh().await;
+        let group = Group::parse("g1").expect("group");
+        let short = Key::in_group(Kind::ACCESS, &group, "short");
+        let long = Key::new(Kind::CLIENT, "long");
         store
             .put(
                 &short,
@@ -539,7 +546,10 @@ mod tests {
             .await
             .expect("put");
         store.put(&long, b"y", Put::forever()).await.expect("put");
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let conformance::Time::Manual(clock) = time else {
+            unreachable!("the embedded store runs on a manual clock here")
+        };
+        clock.advance(Duration::from_millis(30));
         assert_eq!(store.sweep().await.expect("sweep"), 1);
         assert_eq!(store.sweep().await.expect("sweep"), 0);
         // The expired key left no index entries behind.

@@ -16,22 +16,52 @@ pub mod redis;
 #[cfg(test)]
 pub(crate) mod conformance;
 
+/// The kinds of record, one each: the first segment of every key. The README's key
+/// layout table lists the same names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kind(&'static str);
+
+impl Kind {
+    pub const CLIENT: Kind = Kind("client");
+    pub const CIMD: Kind = Kind("cimd");
+    pub const GRANT: Kind = Kind("grant");
+    pub const CODE: Kind = Kind("code");
+    pub const ACCESS: Kind = Kind("at");
+    pub const REFRESH: Kind = Kind("rt");
+    pub const SUCCESSOR: Kind = Kind("next");
+    pub const SESSION: Kind = Kind("session");
+    pub const TICKET: Kind = Kind("ticket");
+    pub const SETUP: Kind = Kind("setup");
+    pub const OWNER: Kind = Kind("owner");
+    pub const MCP_SESSION: Kind = Kind("mcp-session");
+    pub const ARTICLE: Kind = Kind("article");
+    /// For the store's own tests.
+    #[cfg(test)]
+    pub const TEST: Kind = Kind("test");
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
 /// A key in the store. Keys are built only through the constructors below, so every
 /// key has the shape `kind:id` or, inside a group, `kind:{group}:id`. The braces make
-/// the group a Redis Cluster hash tag: all keys of one group land in one slot.
+/// the group a Redis Cluster hash tag: all keys of one group land in one slot. This
+/// grammar lives here alone; both backends and the import read groups through
+/// [`Key::group`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(String);
 
 impl Key {
     /// A key outside any group.
-    pub fn new(kind: &str, id: &str) -> Self {
-        Key(format!("{kind}:{id}"))
+    pub fn new(kind: Kind, id: &str) -> Self {
+        Key(format!("{}:{id}", kind.0))
     }
 
     /// A key that belongs to `group`; put it with [`Put::in_group`] so that
     /// [`Store::delete_group`] removes it.
-    pub fn in_group(kind: &str, group: &Group, id: &str) -> Self {
-        Key(format!("{kind}:{{{}}}:{id}", group.0))
+    pub fn in_group(kind: Kind, group: &Group, id: &str) -> Self {
+        Key(format!("{}:{{{}}}:{id}", kind.0, group.0))
     }
 
     /// Rebuilds a key read back from [`Store::scan`] or an export.
@@ -42,6 +72,13 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The group whose hash tag this key carries (`kind:{group}:id`), if any.
+    pub fn group(&self) -> Option<Group> {
+        let (_, rest) = self.0.split_once(":{")?;
+        let (group, _) = rest.split_once("}:")?;
+        Group::parse(group)
+    }
 }
 
 impl fmt::Display for Key {
@@ -50,16 +87,27 @@ impl fmt::Display for Key {
     }
 }
 
-/// A set of keys that is deleted as one, e.g. everything issued from one grant.
+/// A set of keys that is deleted as one, e.g. everything issued from one grant. Its id
+/// is 1 to 64 characters of `[A-Za-z0-9_-]`: it is part of every member's key and of
+/// tokens handed to clients.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Group(String);
 
 impl Group {
-    /// `id` must not contain `{`, `}` or `:` (it is part of every member's key).
-    pub fn new(id: impl Into<String>) -> Self {
-        let id = id.into();
-        debug_assert!(!id.contains(['{', '}', ':']), "group ids are plain tokens");
-        Group(id)
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(id: &str) -> Option<Self> {
+        let plain = !id.is_empty()
+            && id.len() <= Self::MAX_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        plain.then(|| Group(id.to_owned()))
+    }
+
+    /// A fresh random group id (128 bits).
+    pub fn random() -> Self {
+        Group(crate::oauth::secret::random_id())
     }
 
     pub fn as_str(&self) -> &str {
@@ -103,12 +151,25 @@ pub enum StoreError {
     /// answer 503 and try again later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// The backend answered but failed (corruption, a bug, a full disk).
+    /// The backend answered but failed (a bug, a full disk).
     #[error("store failure: {0}")]
     Backend(String),
+    /// A record is not what its key says it holds.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Encodes a record as JSON, the format of every record above the store.
+pub fn encode<T: serde::Serialize>(record: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes a record written by [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
 
 /// The operations every layer of Gatehouse needs, and no more.
 ///

@@ -133,12 +133,8 @@ impl RedisStore {
     }
 
     /// The group set of a key built with [`Key::in_group`], from its name.
-    fn tag_set(&self, key: &Key) -> String {
-        let raw = key.as_str();
-        match (raw.find('{'), raw.find('}')) {
-            (Some(open), Some(close)) if open < close => self.group_set(&raw[open + 1..close]),
-            _ => String::new(),
-        }
+    fn tag_set(&self, key: &Key) -> Option<String> {
+        key.group().map(|group| self.group_set(group.as_str()))
     }
 
     async fn write(
@@ -152,7 +148,7 @@ impl RedisStore {
         let ttl = put.ttl.map(|t| (t.as_millis() as u64).max(1)).unwrap_or(0);
         let tag = self.tag_set(key);
         if let Some(group) = put.group {
-            if self.group_set(group.as_str()) != tag {
+            if tag.as_deref() != Some(self.group_set(group.as_str()).as_str()) {
                 return Err(StoreError::Backend(format!(
                     "{key} is not a key of group {}",
                     group.as_str()
@@ -160,9 +156,7 @@ impl RedisStore {
             }
         }
         let mut keys = vec![self.key(key)];
-        if !tag.is_empty() {
-            keys.push(tag);
-        }
+        keys.extend(tag);
         let args: Vec<Value> = vec![
             Value::Bytes(Bytes::copy_from_slice(value)),
             Value::from(ttl as i64),
@@ -305,20 +299,17 @@ impl Store for RedisStore {
             if pttl == -2 {
                 continue; // expired since the scan
             }
-            let tag = self.tag_set(&key);
-            let member: bool = if tag.is_empty() {
-                false
-            } else {
-                self.pool
-                    .sismember(&tag, &full)
-                    .await
-                    .map_err(unavailable)?
+            let group = match key.group() {
+                Some(group) => {
+                    let member: bool = self
+                        .pool
+                        .sismember(self.group_set(group.as_str()), &full)
+                        .await
+                        .map_err(unavailable)?;
+                    member.then_some(group)
+                }
+                None => None,
             };
-            let group = member.then(|| {
-                let raw = key.as_str();
-                let (open, close) = (raw.find('{').unwrap_or(0), raw.find('}').unwrap_or(0));
-                Group::new(&raw[open + 1..close])
-            });
             out.push(Entry {
                 key,
                 value,
@@ -339,6 +330,52 @@ impl Store for RedisStore {
     }
 }
 
+/// Deletes every key under a prefix when dropped, so tests that use a random prefix
+/// on a shared Redis leave nothing behind. For tests only.
+#[doc(hidden)]
+pub struct PurgeOnDrop {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for PurgeOnDrop {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // Drop cannot await, and the test's runtime may be shutting down: purge on a
+        // thread with its own small runtime.
+        let purge = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let client = Builder::from_config(Config::from_url(&url).ok()?)
+                    .build()
+                    .ok()?;
+                client.init().await.ok()?;
+                let escaped: String = prefix
+                    .chars()
+                    .flat_map(|c| match c {
+                        '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                        c => vec![c],
+                    })
+                    .collect();
+                let mut stream = client.scan_buffered(format!("{escaped}*"), Some(1000), None);
+                let mut keys: Vec<fred::types::Key> = Vec::new();
+                while let Some(Ok(key)) = stream.next().await {
+                    keys.push(key);
+                }
+                for chunk in keys.chunks(500) {
+                    let _: Result<i64, _> = client.unlink(chunk.to_vec()).await;
+                }
+                let _ = client.quit().await;
+                Some(())
+            })
+        });
+        let _ = purge.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +383,7 @@ mod tests {
 
     /// The Redis the tests use (`GATEHOUSE_TEST_REDIS_URL`, default the local one),
     /// with a random key prefix per test so tests run in parallel.
-    pub(crate) async fn fresh() -> ((), RedisStore) {
+    pub(crate) async fn fresh() -> (PurgeOnDrop, RedisStore, conformance::Time) {
         let url = std::env::var("GATEHOUSE_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("gatehouse-test:{}:", crate::oauth::secret::random_id());
@@ -357,7 +394,7 @@ mod tests {
                     "Redis at {url} is needed for these tests ({e}); `cargo xtask test` starts one"
                 )
             });
-        ((), store)
+        (PurgeOnDrop { url, prefix }, store, conformance::Time::Real)
     }
 
     conformance::suite!(fresh);

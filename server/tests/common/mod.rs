@@ -1,6 +1,8 @@
-//! Shared helpers for the router tests: a real app on a fresh embedded store,
-//! driven with `oneshot`, and the steps of the OAuth flow.
+//! Shared helpers for the router tests: a real app on a fresh embedded store and a
+//! manual clock, driven with `oneshot`, and the steps of the OAuth flow.
 #![allow(dead_code)]
+
+pub mod faults;
 
 use std::{
     net::SocketAddr,
@@ -14,11 +16,12 @@ use axum::{
     Router,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use clap::Parser;
 use gatehouse::{
+    clock::Clock,
     config::{Cli, Config},
     http::{router, AppState},
-    store::SharedStore,
+    resource::ResourceUri,
+    store::{embedded::EmbeddedStore, redis::PurgeOnDrop, SharedStore},
 };
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -38,13 +41,20 @@ pub fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
+pub const MCP_URL: &str = "https://gate.example.com/mcp";
+
 pub struct TestApp {
     pub router: Router,
     pub store: SharedStore,
     pub state: AppState,
     pub dir: Arc<tempfile::TempDir>,
+    /// The app's clock: manual on the embedded store (tests move it forward), the
+    /// system clock on Redis (whose TTLs are its own).
+    pub clock: Clock,
     /// Set by [`TestApp::serve`]: requests then go over HTTP to this origin.
     pub base: Option<String>,
+    /// Deletes a Redis test's keys when the app goes.
+    purge: Option<Arc<PurgeOnDrop>>,
 }
 
 pub struct Answer {
@@ -144,7 +154,7 @@ pub fn config_with(dir: &std::path::Path, extra: &[&str]) -> Config {
         password_hash(),
     ];
     args.extend_from_slice(extra);
-    Cli::try_parse_from(args)
+    Cli::parse_ignoring_env(args)
         .expect("flags")
         .serve
         .into_config()
@@ -159,33 +169,73 @@ impl TestApp {
 
     /// The same data directory, a fresh process: what a restart looks like.
     pub fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
-        let config = config_with(dir.path(), extra);
-        let store = embedded(&config);
-        Self::assemble(dir, config, store)
+        Self::open_with_clock(dir, extra, Clock::manual())
     }
 
-    /// An app on the store `store` makes from the config (a failing one, say).
-    pub fn with_store(store: impl FnOnce(&Config) -> SharedStore) -> Self {
+    /// A restart that keeps the clock where the previous process left it.
+    pub fn open_with_clock(dir: Arc<tempfile::TempDir>, extra: &[&str], clock: Clock) -> Self {
+        let config = config_with(dir.path(), extra);
+        let store = embedded(&config, &clock);
+        Self::assemble(dir, config, store, clock)
+    }
+
+    /// An app on the store `store` makes from the config and the clock (a failing
+    /// one, say).
+    pub fn with_store(store: impl FnOnce(&Config, &Clock) -> SharedStore) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let config = config_with(dir.path(), &[]);
-        let store = store(&config);
-        Self::assemble(dir, config, store)
+        let clock = Clock::manual();
+        let store = store(&config, &clock);
+        Self::assemble(dir, config, store, clock)
     }
 
-    fn assemble(dir: Arc<tempfile::TempDir>, config: Config, store: SharedStore) -> Self {
-        let state = AppState::new(config, store.clone());
+    /// An app on an embedded store behind a fault switch.
+    pub fn with_faults() -> (Self, faults::Faults) {
+        let mut switch = None;
+        let app = Self::with_store(|config, clock| {
+            let (store, faults) = faults::FaultStore::wrap(embedded(config, clock));
+            switch = Some(faults);
+            store
+        });
+        (app, switch.expect("the store was built"))
+    }
+
+    pub fn assemble(
+        dir: Arc<tempfile::TempDir>,
+        config: Config,
+        store: SharedStore,
+        clock: Clock,
+    ) -> Self {
+        let state = AppState::with_clock(config, store.clone(), clock.clone()).expect("state");
         TestApp {
             router: router(state.clone()),
             store,
             state,
             dir,
+            clock,
             base: None,
+            purge: None,
         }
     }
 
     /// An app on a Redis store with this key prefix (two apps with one prefix are two
-    /// instances of one deployment).
+    /// instances of one deployment). The prefix's keys are deleted when the last app
+    /// using it goes.
     pub async fn on_redis(url: &str, prefix: &str, extra: &[&str]) -> Self {
+        Self::on_redis_sharing(url, prefix, extra, None).await
+    }
+
+    /// A second instance on the same prefix as `other`.
+    pub async fn another_instance(other: &TestApp, url: &str, prefix: &str) -> Self {
+        Self::on_redis_sharing(url, prefix, &[], other.purge.clone()).await
+    }
+
+    async fn on_redis_sharing(
+        url: &str,
+        prefix: &str,
+        extra: &[&str],
+        purge: Option<Arc<PurgeOnDrop>>,
+    ) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut args = vec!["--store", url, "--redis-key-prefix", prefix];
         args.extend_from_slice(extra);
@@ -193,7 +243,14 @@ impl TestApp {
         let store = gatehouse::open_store(&config.store)
             .await
             .expect("Redis store");
-        Self::assemble(dir, config, store)
+        let mut app = Self::assemble(dir, config, store, Clock::system());
+        app.purge = Some(purge.unwrap_or_else(|| {
+            Arc::new(PurgeOnDrop {
+                url: url.to_owned(),
+                prefix: prefix.to_owned(),
+            })
+        }));
+        app
     }
 
     /// Serves the app on a free loopback port, as a real instance; every request of
@@ -432,7 +489,7 @@ impl TestApp {
     pub async fn token_is_valid(&self, access_token: &str) -> bool {
         self.state
             .auth
-            .verify_access_token(access_token)
+            .verify_access_token(access_token, &ResourceUri::new(MCP_URL.into()))
             .await
             .expect("store")
             .is_some()
@@ -547,84 +604,104 @@ impl Answer {
     }
 }
 
-/// A store whose backend cannot be reached, as when a Redis server is down.
-pub struct UnreachableStore;
-
-fn down() -> gatehouse::store::StoreError {
-    gatehouse::store::StoreError::Unavailable("connection refused".into())
-}
-
-#[async_trait::async_trait]
-impl gatehouse::store::Store for UnreachableStore {
-    async fn put(
-        &self,
-        _: &gatehouse::store::Key,
-        _: &[u8],
-        _: gatehouse::store::Put<'_>,
-    ) -> gatehouse::store::StoreResult<()> {
-        Err(down())
-    }
-    async fn put_new(
-        &self,
-        _: &gatehouse::store::Key,
-        _: &[u8],
-        _: gatehouse::store::Put<'_>,
-    ) -> gatehouse::store::StoreResult<bool> {
-        Err(down())
-    }
-    async fn get(
-        &self,
-        _: &gatehouse::store::Key,
-    ) -> gatehouse::store::StoreResult<Option<Vec<u8>>> {
-        Err(down())
-    }
-    async fn take(
-        &self,
-        _: &gatehouse::store::Key,
-    ) -> gatehouse::store::StoreResult<Option<Vec<u8>>> {
-        Err(down())
-    }
-    async fn compare_and_swap(
-        &self,
-        _: &gatehouse::store::Key,
-        _: &[u8],
-        _: &[u8],
-        _: gatehouse::store::Put<'_>,
-    ) -> gatehouse::store::StoreResult<bool> {
-        Err(down())
-    }
-    async fn delete(&self, _: &gatehouse::store::Key) -> gatehouse::store::StoreResult<bool> {
-        Err(down())
-    }
-    async fn delete_group(
-        &self,
-        _: &gatehouse::store::Group,
-    ) -> gatehouse::store::StoreResult<u64> {
-        Err(down())
-    }
-    async fn scan(
-        &self,
-        _: &str,
-    ) -> gatehouse::store::StoreResult<Vec<(gatehouse::store::Key, Vec<u8>)>> {
-        Err(down())
-    }
-    async fn export(&self) -> gatehouse::store::StoreResult<Vec<gatehouse::store::Entry>> {
-        Err(down())
-    }
-    async fn ping(&self) -> gatehouse::store::StoreResult<()> {
-        Err(down())
-    }
-    fn backend(&self) -> &'static str {
-        "unreachable"
-    }
-}
-
-/// The embedded store a test config names (tests build apps synchronously).
-pub fn embedded(config: &Config) -> SharedStore {
+/// The embedded store a test config names, on `clock` (tests build apps
+/// synchronously).
+pub fn embedded(config: &Config, clock: &Clock) -> SharedStore {
     match &config.store {
         gatehouse::config::StoreSpec::Embedded(path) => {
-            Arc::new(gatehouse::store::embedded::EmbeddedStore::open(path).expect("store"))
+            Arc::new(EmbeddedStore::open_with_clock(path, clock.clone()).expect("store"))
         }
         other => panic!("an embedded store was expected, not {other:?}"),
     }
+}
+
+/// The grant id a token names (`<kind>.<grant>.<secret>`).
+pub fn grant_of(token: &str) -> String {
+    token.split('.').nth(1).expect("a grant id").to_owned()
+}
+
+/// 50 concurrent redemptions of one code, then 50 concurrent refreshes of one refresh
+/// token, spread over two apps (two instances, or one app twice).
+///
+/// A code redeemed twice is a replay (OAuth 2.1 §4.1.3), even when the two arrive
+/// together: at most one redemption is answered with tokens, and the grant is
+/// revoked, so those tokens stop working too. Concurrent refreshes inside the grace
+/// window rotate once, every caller gets the same successor pair, and the losers
+/// leave no token behind.
+pub async fn concurrent_redemptions_and_refreshes(a: &Arc<TestApp>, b: &Arc<TestApp>) {
+    let (client_id, _, code) = a.code_for("read:articles").await;
+    let redemptions: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, client_id, code) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                client_id.clone(),
+                code.clone(),
+            );
+            tokio::spawn(async move { app.redeem(&client_id, &code).await })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for redemption in redemptions {
+        let answer = redemption.await.expect("join");
+        match answer.status {
+            StatusCode::OK => issued.push(answer.json()),
+            _ => assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.body),
+        }
+    }
+    assert!(issued.len() <= 1, "at most one redemption succeeds");
+    for tokens in &issued {
+        let access = tokens["access_token"].as_str().expect("at");
+        assert!(!a.token_is_valid(access).await, "the replay revoked it");
+        let rt = tokens["refresh_token"].as_str().expect("rt");
+        let refresh = a.refresh(&client_id, rt, &[]).await;
+        assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    let grant = grant_of(&code);
+    let left = a.store.scan("").await.expect("scan");
+    assert!(
+        left.iter().all(|(key, _)| !key.as_str().contains(&grant)),
+        "nothing of the replayed grant is left: {left:?}"
+    );
+
+    let (client_id, tokens) = a.tokens_for("read:articles").await;
+    let refresh_token = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let refreshes: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, client_id, rt) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                client_id.clone(),
+                refresh_token.clone(),
+            );
+            tokio::spawn(async move { app.refresh(&client_id, &rt, &[]).await })
+        })
+        .collect();
+    let mut successors = Vec::new();
+    for refresh in refreshes {
+        let answer = refresh.await.expect("join");
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        successors.push(answer.json());
+    }
+    assert!(
+        successors.windows(2).all(|w| w[0] == w[1]),
+        "one successor pair for all"
+    );
+    assert_ne!(successors[0]["refresh_token"], tokens["refresh_token"]);
+    // The losers' access tokens are gone: the grant holds the first token and the
+    // successor's, nothing else.
+    let grant = grant_of(&refresh_token);
+    let access_keys = a
+        .store
+        .scan(&format!("at:{{{grant}}}:"))
+        .await
+        .expect("scan")
+        .len();
+    assert_eq!(access_keys, 2, "only the original and the successor remain");
+    assert!(
+        a.token_is_valid(tokens["access_token"].as_str().expect("at"))
+            .await
+    );
+    assert!(
+        a.token_is_valid(successors[0]["access_token"].as_str().expect("at"))
+            .await
+    );
 }

@@ -8,18 +8,19 @@
 
 use axum::{
     extract::{RawQuery, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
-use super::{owner::current_session, page_headers, unavailable_page};
+use super::{page_headers, unavailable_page};
 use crate::{
-    http::{pages::ErrorPage, AppState},
-    oauth::{
-        client::ClientKind,
-        server::{AuthorizeError, AuthorizeParams, TicketError},
+    http::{
+        pages::{see_other, ErrorPage},
+        session::current_session,
+        AppState,
     },
+    oauth::{authorize::AuthorizeParams, client::ClientKind, AuthorizeError, TicketError},
 };
 
 pub async fn authorize(
@@ -48,13 +49,14 @@ pub async fn authorize(
         }
         Err(AuthorizeError::Redirect {
             redirect_uri,
-            error,
+            code,
             description,
             state: client_state,
+            verified: _,
         }) => {
             let target = state.auth.error_redirect(
                 &redirect_uri,
-                error,
+                code,
                 &description,
                 client_state.as_deref(),
             );
@@ -76,18 +78,32 @@ pub async fn authorize(
         Err(e) => return unavailable_page(&e).into_response(),
     };
 
+    let resource = state
+        .auth
+        .settings()
+        .resources
+        .get(pending.resource.as_str());
     let view = app::oauth_pages::ConsentView {
         client_name: pending.client_name.clone(),
-        client_id: pending.client_id.clone(),
+        client_id: pending.client_id.to_string(),
         unverified: pending.client_kind == ClientKind::Registered,
         redirect_host: pending.redirect_uri.host(),
         redirect_is_loopback: pending.redirect_uri.is_loopback(),
+        resource_title: resource.map(|r| r.title.clone()).unwrap_or_default(),
+        resource_url: pending.resource.to_string(),
         scopes: pending
             .scopes
             .iter()
-            .map(|s| (s.as_str().to_owned(), s.description().to_owned()))
+            .map(|s| {
+                let words = resource.and_then(|r| r.description(s)).unwrap_or("");
+                (s.to_string(), words.to_owned())
+            })
             .collect(),
-        ignored_scopes: pending.ignored_scopes.clone(),
+        ignored_scopes: pending
+            .ignored_scopes
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         approve_href: String::new(),
         deny_href: String::new(),
     };
@@ -165,25 +181,5 @@ async fn decide(
         }
         Err(TicketError::Invalid) => invalid(),
         Err(TicketError::Store(e)) => unavailable_page(&e).into_response(),
-    }
-}
-
-/// A 303 redirect that no cache keeps.
-pub fn see_other(location: &str) -> Response {
-    match HeaderValue::from_str(location) {
-        Ok(location) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, location),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-        )
-            .into_response(),
-        Err(_) => ErrorPage::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid redirect",
-            "The redirect target is malformed.",
-        )
-        .into_response(),
     }
 }

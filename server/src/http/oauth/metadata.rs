@@ -6,15 +6,12 @@
 use axum::{extract::State, response::IntoResponse, Json};
 use serde_json::json;
 
-use crate::{
-    http::AppState,
-    oauth::{client::AuthMethod, scope::Scope},
-};
+use crate::{http::AppState, oauth::client::AuthMethod};
 
 pub async fn authorization_server(State(state): State<AppState>) -> impl IntoResponse {
     let issuer = state.config.public_url.as_str();
     let url = |path: &str| state.config.public_url.join(path);
-    let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    let scopes = state.auth.settings().resources.scopes_supported();
     Json(json!({
         "issuer": issuer,
         "authorization_endpoint": url("/oauth/authorize"),

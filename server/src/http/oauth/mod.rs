@@ -16,29 +16,33 @@ use axum::{
 use serde_json::json;
 
 use super::pages::ErrorPage;
-use crate::store::StoreError;
+use crate::{
+    oauth::{ErrorCode, RegisterError, TokenError},
+    store::StoreError,
+};
 
-/// An RFC 6749 §5.2 error body with its status, never cached.
+/// An RFC 6749 §5.2 error body with its status, never cached: the one mapping of
+/// OAuth errors to the wire for API endpoints.
 pub struct OAuthError {
     pub status: StatusCode,
-    pub error: &'static str,
+    pub code: ErrorCode,
     pub description: String,
     /// `WWW-Authenticate: Basic` for `invalid_client` after HTTP Basic (RFC 6749 §5.2).
     pub basic_challenge: bool,
 }
 
 impl OAuthError {
-    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, description: impl Into<String>) -> Self {
         OAuthError {
             status,
-            error,
+            code,
             description: description.into(),
             basic_challenge: false,
         }
     }
 
-    pub fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
-        OAuthError::new(StatusCode::BAD_REQUEST, error, description)
+    pub fn bad_request(code: ErrorCode, description: impl Into<String>) -> Self {
+        OAuthError::new(StatusCode::BAD_REQUEST, code, description)
     }
 
     /// The store failed: the cause goes to the log, the client may retry.
@@ -46,9 +50,48 @@ impl OAuthError {
         tracing::error!(error = %cause, "store failure");
         OAuthError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
+            ErrorCode::TemporarilyUnavailable,
             "the server cannot reach its store; try again shortly",
         )
+    }
+}
+
+impl From<TokenError> for OAuthError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Store(cause) => OAuthError::unavailable(&cause),
+            // RFC 6749 §5.2: invalid_client is 401 (it makes Claude register again).
+            TokenError::InvalidClient { description, basic } => OAuthError {
+                basic_challenge: basic,
+                ..OAuthError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::InvalidClient,
+                    description,
+                )
+            },
+            other => OAuthError::bad_request(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<RegisterError> for OAuthError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Store(cause) => OAuthError::unavailable(&cause),
+            other => OAuthError::bad_request(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for TokenError {
+    fn into_response(self) -> Response {
+        OAuthError::from(self).into_response()
+    }
+}
+
+impl IntoResponse for RegisterError {
+    fn into_response(self) -> Response {
+        OAuthError::from(self).into_response()
     }
 }
 
@@ -56,7 +99,7 @@ impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({ "error": self.error, "error_description": self.description })),
+            Json(json!({ "error": self.code.as_str(), "error_description": self.description })),
         )
             .into_response();
         let headers = response.headers_mut();
@@ -77,7 +120,8 @@ pub fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
-/// The error page for a store failure on a browser endpoint.
+/// The error page for a store failure on a browser endpoint: the one mapping of
+/// store failures to HTML.
 pub fn unavailable_page(cause: &StoreError) -> ErrorPage {
     tracing::error!(error = %cause, "store failure");
     ErrorPage::new(

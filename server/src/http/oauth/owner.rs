@@ -7,60 +7,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, Query, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
-use super::{authorize::see_other, page_headers, unavailable_page};
+use super::{page_headers, unavailable_page};
 use crate::{
-    http::{pages::ErrorPage, AppState},
-    oauth::{owner::SetupError, secret::SecretHash},
-    store::StoreError,
+    http::{
+        pages::{see_other, ErrorPage},
+        session::{cookie_name, cookie_value, session_cookie},
+        AppState,
+    },
+    oauth::owner::SetupError,
 };
-
-fn cookie_name(state: &AppState) -> &'static str {
-    if state.config.public_url.is_https() {
-        "__Host-gatehouse_session"
-    } else {
-        "gatehouse_session"
-    }
-}
-
-fn session_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if state.config.public_url.is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-        cookie_name(state)
-    );
-    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The signed-in session's hash, if the request carries a live session cookie.
-pub async fn current_session(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<SecretHash>, StoreError> {
-    match cookie_value(headers, cookie_name(state)) {
-        Some(value) if !value.is_empty() && value.len() <= 128 => state.owner.session(value).await,
-        _ => Ok(None),
-    }
-}
 
 /// Where to go after signing in: only back into an authorization request or home, so
 /// the parameter cannot be used as an open redirect.
@@ -145,7 +105,7 @@ pub async fn login(
         Err(e) => return unavailable_page(&e).into_response(),
     };
     let mut response = see_other(&return_to);
-    let max_age = crate::oauth::owner::SESSION_TTL.as_secs();
+    let max_age = crate::oauth::owner::SIGN_IN_TTL.as_secs();
     response.headers_mut().insert(
         header::SET_COOKIE,
         session_cookie(&state, &session, max_age),
@@ -230,6 +190,15 @@ pub async fn setup(State(state): State<AppState>, body: Bytes) -> Response {
             see_other("/oauth/login?setup=done")
         }
         Err(SetupError::WeakPassword(message)) => again(&message),
+        Err(SetupError::Hashing(cause)) => {
+            tracing::error!(error = %cause, "cannot hash the new owner password");
+            ErrorPage::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The password could not be set",
+                "Hashing the password failed. Try again; if it keeps failing, see the server log.",
+            )
+            .into_response()
+        }
         Err(SetupError::InvalidToken) => invalid_setup(),
         Err(SetupError::Store(e)) => unavailable_page(&e).into_response(),
     }

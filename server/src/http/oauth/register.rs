@@ -11,48 +11,34 @@ use axum::{
 use super::{no_store, OAuthError};
 use crate::{
     http::AppState,
-    oauth::{client::RegistrationRequest, server::RegisterError},
+    net::media_type,
+    oauth::{client::RegistrationRequest, ErrorCode},
 };
 
-pub async fn register(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
+        .is_some_and(|v| media_type(v) == "application/json");
     if !is_json {
-        return OAuthError::bad_request(
-            "invalid_client_metadata",
+        return Err(OAuthError::bad_request(
+            ErrorCode::InvalidClientMetadata,
             "send the metadata as application/json",
+        ));
+    }
+    let request: RegistrationRequest = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::bad_request(
+            ErrorCode::InvalidClientMetadata,
+            format!("the body is not valid client metadata: {e}"),
         )
-        .into_response();
-    }
-    let request: RegistrationRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            return OAuthError::bad_request(
-                "invalid_client_metadata",
-                format!("the body is not valid client metadata: {e}"),
-            )
-            .into_response()
-        }
-    };
-    match state.auth.register(request).await {
-        Ok(client) => {
-            tracing::info!(client_id = %client.client_id, method = client.token_endpoint_auth_method, "client registered");
-            let mut response = (StatusCode::CREATED, Json(client)).into_response();
-            no_store(response.headers_mut());
-            response
-        }
-        Err(RegisterError::InvalidRedirectUri(m)) => {
-            OAuthError::bad_request("invalid_redirect_uri", m).into_response()
-        }
-        Err(RegisterError::InvalidClientMetadata(m)) => {
-            OAuthError::bad_request("invalid_client_metadata", m).into_response()
-        }
-        Err(RegisterError::Store(e)) => OAuthError::unavailable(&e).into_response(),
-    }
+    })?;
+    let client = state.auth.register(request).await?;
+    tracing::info!(client_id = %client.client_id, method = client.token_endpoint_auth_method, "client registered");
+    let mut response = (StatusCode::CREATED, Json(client)).into_response();
+    no_store(response.headers_mut());
+    Ok(response)
 }

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use super::{no_store, OAuthError};
 use crate::{
     http::AppState,
-    oauth::server::{ClientCredentials, TokenError, TokenParams},
+    net::media_type,
+    oauth::{clients::ClientCredentials, token::TokenParams, ErrorCode},
 };
 
 /// A form body that may carry the client's id and secret.
@@ -42,19 +43,16 @@ fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
     Ok((params, credentials))
 }
 
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (params, credentials) = match client_request::<TokenParams>(&headers, &body) {
-        Ok(request) => request,
-        Err(e) => return e.into_response(),
-    };
-    match state.auth.token(&credentials, params).await {
-        Ok(tokens) => {
-            let mut response = Json(tokens).into_response();
-            no_store(response.headers_mut());
-            response
-        }
-        Err(e) => token_error(e).into_response(),
-    }
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let (params, credentials) = client_request::<TokenParams>(&headers, &body)?;
+    let tokens = state.auth.token(&credentials, params).await?;
+    let mut response = Json(tokens).into_response();
+    no_store(response.headers_mut());
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -75,38 +73,21 @@ impl ClientForm for RevokeParams {
     }
 }
 
-pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (params, credentials) = match client_request::<RevokeParams>(&headers, &body) {
-        Ok(request) => request,
-        Err(e) => return e.into_response(),
-    };
-    let Some(token) = params.token.filter(|t| !t.is_empty()) else {
-        return OAuthError::bad_request("invalid_request", "token is required").into_response();
-    };
-    match state.auth.revoke(&credentials, &token).await {
-        // RFC 7009 §2.2: 200 whether or not the token was valid.
-        Ok(()) => {
-            let mut response = StatusCode::OK.into_response();
-            no_store(response.headers_mut());
-            response
-        }
-        Err(e) => token_error(e).into_response(),
-    }
-}
-
-fn token_error(e: TokenError) -> OAuthError {
-    match e {
-        TokenError::InvalidRequest(m) => OAuthError::bad_request("invalid_request", m),
-        TokenError::InvalidClient { description, basic } => OAuthError {
-            basic_challenge: basic,
-            ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
-        },
-        TokenError::InvalidGrant(m) => OAuthError::bad_request("invalid_grant", m),
-        TokenError::UnsupportedGrantType(m) => OAuthError::bad_request("unsupported_grant_type", m),
-        TokenError::InvalidScope(m) => OAuthError::bad_request("invalid_scope", m),
-        TokenError::InvalidTarget(m) => OAuthError::bad_request("invalid_target", m),
-        TokenError::Store(e) => OAuthError::unavailable(&e),
-    }
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let (params, credentials) = client_request::<RevokeParams>(&headers, &body)?;
+    let token = params
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| OAuthError::bad_request(ErrorCode::InvalidRequest, "token is required"))?;
+    state.auth.revoke(&credentials, &token).await?;
+    // RFC 7009 §2.2: 200 whether or not the token was valid.
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    Ok(response)
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.
@@ -114,19 +95,18 @@ fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Res
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+        .is_some_and(|v| media_type(v) == "application/x-www-form-urlencoded");
     if !is_form {
         return Err(OAuthError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the body must be application/x-www-form-urlencoded",
         ));
     }
     serde_urlencoded::from_bytes(body).map_err(|e| {
-        OAuthError::bad_request("invalid_request", format!("the form is malformed: {e}"))
+        OAuthError::bad_request(
+            ErrorCode::InvalidRequest,
+            format!("the form is malformed: {e}"),
+        )
     })
 }
 
@@ -139,7 +119,11 @@ fn credentials(
 ) -> Result<ClientCredentials, OAuthError> {
     let basic_refused = |description: &str| OAuthError {
         basic_challenge: true,
-        ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+        ..OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidClient,
+            description,
+        )
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
@@ -155,7 +139,7 @@ fn credentials(
         };
         if body_secret.is_some() {
             return Err(OAuthError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "use one client authentication method, not Basic and client_secret together",
             ));
         }

@@ -1,8 +1,9 @@
-//! The MCP server behind `/mcp`: article tools and `article://{slug}` resources, on
-//! the official Rust SDK (`rmcp`), which also speaks the Streamable HTTP transport for
-//! every protocol revision. The bearer guard in `http::mcp` has already checked the
-//! token and the scope a request needs; the handlers here check the scope again from
-//! the token the guard attached, so a routing mistake cannot open a write path.
+//! The built-in MCP server behind `/mcp`: article tools and `article://{slug}`
+//! resources, on the official Rust SDK (`rmcp`), which also speaks the Streamable HTTP
+//! transport for every protocol revision. The bearer guard in `http::mcp` has already
+//! checked the token and the scope a request needs ([`ArticlePolicy`]); the handlers
+//! here check the scope again from the token the guard attached, so a routing mistake
+//! or a body the guard read differently cannot open a write path.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -20,24 +21,68 @@ use rmcp::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::{Access, Call, CallPolicy, Need};
 use crate::{
-    articles::{ArticleError, Articles, Status, MAX_PAGE},
+    articles::{ArticleError, Articles, Slug, Status, MAX_PAGE},
     oauth::{
+        records::AccessToken,
         scope::{Scope, ScopeSet},
-        server::AccessToken,
     },
+    resource,
     store::Key,
 };
 
-/// The scope each tool needs. `tools/list` shows them all, so clients know what a
-/// step-up would unlock.
-pub fn required_scope(tool: &str) -> Option<Scope> {
+/// The path of the built-in article server.
+pub const PATH: &str = "/mcp";
+
+/// The article server as a protected resource: `<public-url>/mcp` with
+/// `read:articles` and `write:articles`.
+pub fn resource(public_url: &str) -> resource::Resource {
+    let scope = |s: &str| Scope::parse(s).unwrap_or_else(|e| unreachable!("{s}: {e}"));
+    resource::Resource::new(
+        public_url,
+        PATH,
+        "Articles",
+        (
+            scope("read:articles"),
+            "Read your articles, drafts included".into(),
+        ),
+        (
+            scope("write:articles"),
+            "Create, edit, publish and delete your articles".into(),
+        ),
+    )
+}
+
+/// What each tool needs. `tools/list` shows them all, so clients know what a step-up
+/// would unlock.
+pub fn tool_access(tool: &str) -> Option<Access> {
     match tool {
-        "list_articles" | "get_article" | "search_articles" => Some(Scope::ReadArticles),
+        "list_articles" | "get_article" | "search_articles" => Some(Access::Read),
         "create_article" | "update_article" | "publish_article" | "delete_article" => {
-            Some(Scope::WriteArticles)
+            Some(Access::Write)
         }
         _ => None,
+    }
+}
+
+/// The article server's scopes per request: tools by [`tool_access`], resources need
+/// reading, everything else only a valid token. Unknown tools need nothing here: the
+/// server answers them with an error.
+pub struct ArticlePolicy;
+
+impl CallPolicy for ArticlePolicy {
+    fn needs(&self, call: &Call<'_>) -> Need {
+        match call.method() {
+            "tools/call" => call
+                .name()
+                .and_then(tool_access)
+                .map_or(Need::Nothing, Need::Scope),
+            "resources/read" | "resources/list" | "resources/templates/list" => {
+                Need::Scope(Access::Read)
+            }
+            _ => Need::Nothing,
+        }
     }
 }
 
@@ -51,6 +96,7 @@ pub struct Prefetched {
 pub struct ArticleServer {
     articles: Articles,
     tools: Arc<Vec<Tool>>,
+    resource: Arc<resource::Resource>,
 }
 
 fn schema(value: Value) -> Arc<Map<String, Value>> {
@@ -196,7 +242,7 @@ struct ListArgs {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SlugArgs {
-    slug: String,
+    slug: Slug,
 }
 
 #[derive(Deserialize)]
@@ -211,13 +257,13 @@ struct SearchArgs {
 struct CreateArgs {
     title: String,
     body: String,
-    slug: Option<String>,
+    slug: Option<Slug>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateArgs {
-    slug: String,
+    slug: Slug,
     title: Option<String>,
     body: Option<String>,
 }
@@ -248,15 +294,23 @@ fn granted(context: &RequestContext<RoleServer>) -> ScopeSet {
         .extensions
         .get::<axum::http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<AccessToken>())
-        .map(|token| token.scopes)
+        .map(|token| token.scopes.clone())
         .unwrap_or_default()
 }
 
 impl ArticleServer {
-    pub fn new(articles: Articles) -> Self {
+    pub fn new(articles: Articles, resource: Arc<resource::Resource>) -> Self {
         ArticleServer {
             articles,
             tools: Arc::new(tools()),
+            resource,
+        }
+    }
+
+    fn scope(&self, access: Access) -> &Scope {
+        match access {
+            Access::Read => &self.resource.read,
+            Access::Write => &self.resource.write,
         }
     }
 
@@ -267,7 +321,7 @@ impl ArticleServer {
             return None;
         }
         let slug = request.arguments.as_ref()?.get("slug")?.as_str()?;
-        Articles::key_of(slug)
+        Slug::parse(slug).ok().map(|slug| Articles::key_of(&slug))
     }
 
     /// `tools/call` for a token with the `granted` scopes. rmcp's dispatch and the
@@ -280,17 +334,15 @@ impl ArticleServer {
         granted: ScopeSet,
         prefetched: Option<Prefetched>,
     ) -> Result<CallToolResult, ErrorData> {
-        let Some(needed) = required_scope(&request.name) else {
+        let Some(access) = tool_access(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown tool {:?}", request.name),
                 None,
             ));
         };
+        let needed = self.scope(access);
         if !granted.contains(needed) {
-            return Ok(tool_error(format!(
-                "this token lacks the {} scope",
-                needed.as_str()
-            )));
+            return Ok(tool_error(format!("this token lacks the {needed} scope")));
         }
         self.run(&request.name, request.arguments, prefetched).await
     }
@@ -311,9 +363,7 @@ impl ArticleServer {
                 Err(e) => return Ok(e),
             },
             "get_article" => match parse::<SlugArgs>(arguments) {
-                Ok(a) => match prefetched
-                    .filter(|p| Articles::key_of(&a.slug).as_ref() == Some(&p.key))
-                {
+                Ok(a) => match prefetched.filter(|p| Articles::key_of(&a.slug) == p.key) {
                     Some(read) => Articles::decode(&a.slug, read.value).map(structured),
                     None => self.articles.get(&a.slug).await.map(structured),
                 },
@@ -330,7 +380,7 @@ impl ArticleServer {
             "create_article" => match parse::<CreateArgs>(arguments) {
                 Ok(a) => self
                     .articles
-                    .create(a.slug.as_deref(), &a.title, &a.body)
+                    .create(a.slug, &a.title, &a.body)
                     .await
                     .map(structured),
                 Err(e) => return Ok(e),
@@ -352,7 +402,7 @@ impl ArticleServer {
                     .articles
                     .delete(&a.slug)
                     .await
-                    .map(|()| structured(json!({ "deleted": a.slug }))),
+                    .map(|()| structured(json!({ "deleted": a.slug.as_str() }))),
                 Err(e) => return Ok(e),
             },
             other => {
@@ -416,9 +466,10 @@ impl ServerHandler for ArticleServer {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        if !granted(&context).contains(Scope::ReadArticles) {
+        let read = self.scope(Access::Read);
+        if !granted(&context).contains(read) {
             return Err(ErrorData::invalid_request(
-                "this token lacks the read:articles scope",
+                format!("this token lacks the {read} scope"),
                 None,
             ));
         }
@@ -432,7 +483,7 @@ impl ServerHandler for ArticleServer {
             .articles
             .into_iter()
             .map(|a| {
-                Resource::new(format!("article://{}", a.slug), a.slug.clone())
+                Resource::new(format!("article://{}", a.slug), a.slug.to_string())
                     .with_title(a.title)
                     .with_mime_type("text/markdown")
             })
@@ -460,9 +511,10 @@ impl ServerHandler for ArticleServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        if !granted(&context).contains(Scope::ReadArticles) {
+        let read = self.scope(Access::Read);
+        if !granted(&context).contains(read) {
             return Err(ErrorData::invalid_request(
-                "this token lacks the read:articles scope",
+                format!("this token lacks the {read} scope"),
                 None,
             ));
         }
@@ -475,7 +527,9 @@ impl ServerHandler for ArticleServer {
                 None,
             ));
         };
-        match self.articles.get(slug).await {
+        let slug =
+            Slug::parse(slug).map_err(|e| ErrorData::resource_not_found(e.to_string(), None))?;
+        match self.articles.get(&slug).await {
             Ok(article) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
                 format!("# {}\n\n{}", article.title, article.body),
                 request.uri.clone(),

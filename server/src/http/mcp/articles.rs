@@ -1,0 +1,245 @@
+//! The built-in article server at `/mcp`: rmcp's Streamable HTTP transport, and a
+//! direct path for `tools/call` in live sessions.
+//!
+//! The direct path answers with a plain JSON response, which Streamable HTTP allows for
+//! any request (every revision: "the server MUST either return `Content-Type:
+//! text/event-stream` ... or `application/json`"). Our tools never send notifications
+//! or requests before their result, so the per-request SSE stream and session worker
+//! rmcp would use add only cost. Whatever the direct path is unsure of goes to rmcp.
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    http::{header, request::Parts, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
+};
+use rmcp::{
+    model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult},
+    transport::streamable_http_server::{
+        session::{local::LocalSessionManager, SessionId, SessionManager},
+        StreamableHttpServerConfig, StreamableHttpService,
+    },
+    ErrorData,
+};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    guard::rebuild, sessions::StoreSessions, Endpoint, Guarded, Prepared, MAX_BODY_BYTES,
+    PROTOCOL_VERSION, SESSION_ID,
+};
+use crate::{
+    articles::Articles,
+    mcp::{
+        articles::{tool_access, ArticlePolicy, ArticleServer, Prefetched},
+        Call, CallPolicy, Need,
+    },
+    net::media_type,
+    oauth::scope::ScopeSet,
+    resource::Resource,
+    store::SharedStore,
+};
+
+pub struct ArticleEndpoint {
+    resource: Arc<Resource>,
+    server: ArticleServer,
+    sessions: Arc<LocalSessionManager>,
+    transport: StreamableHttpService<ArticleServer, LocalSessionManager>,
+}
+
+impl ArticleEndpoint {
+    pub fn new(
+        resource: Arc<Resource>,
+        store: SharedStore,
+        articles: Articles,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut config = StreamableHttpServerConfig::default()
+            // The guard alone checks Host and Origin, for this path and the direct one.
+            .disable_allowed_hosts()
+            .disable_allowed_origins()
+            .with_max_request_body_bytes(MAX_BODY_BYTES)
+            // Sessionless (2026-07-28) requests that only answer get plain JSON.
+            .with_json_response(true)
+            .with_cancellation_token(shutdown);
+        config.session_store = Some(Arc::new(StoreSessions(store)));
+        let server = ArticleServer::new(articles, resource.clone());
+        let sessions = Arc::new(LocalSessionManager::default());
+        let transport = {
+            let server = server.clone();
+            StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config)
+        };
+        ArticleEndpoint {
+            resource,
+            server,
+            sessions,
+            transport,
+        }
+    }
+
+    /// Answers a direct call, or `None` when its session is not live here: rmcp then
+    /// restores it from the store or answers 404, exactly as without the direct path.
+    async fn answer_directly(
+        &self,
+        call: DirectCall,
+        granted: ScopeSet,
+        prefetched: Option<Prefetched>,
+    ) -> Option<Response> {
+        if !self.sessions.has_session(&call.session).await.ok()? {
+            return None;
+        }
+        let id = call.id;
+        let message = match self.server.call(call.params, granted, prefetched).await {
+            Ok(result) => {
+                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id.clone())
+            }
+            Err(error) => ServerJsonRpcMessage::error(error, Some(id.clone())),
+        };
+        // From here on the call has run: answer it, never hand it to rmcp to run again.
+        let body = serde_json::to_vec(&message).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot encode a tool result");
+            let error = ErrorData::internal_error("the tool's result could not be encoded", None);
+            serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id))).unwrap_or_default()
+        });
+        Some(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+        )
+    }
+}
+
+impl Endpoint for ArticleEndpoint {
+    type Prepared = Option<DirectCall>;
+
+    fn resource(&self) -> &Arc<Resource> {
+        &self.resource
+    }
+
+    fn needs(&self, call: &Call<'_>) -> Need {
+        ArticlePolicy.needs(call)
+    }
+
+    fn prepare(&self, parts: &Parts, body: Option<&Bytes>) -> Prepared<Option<DirectCall>> {
+        let direct = body.and_then(|body| DirectCall::parse(&parts.headers, body));
+        let read_ahead = direct
+            .as_ref()
+            .and_then(|call| ArticleServer::first_read(&call.params));
+        let need = direct
+            .as_ref()
+            .map(|call| tool_access(&call.params.name).map_or(Need::Nothing, Need::Scope));
+        Prepared {
+            state: direct,
+            read_ahead,
+            need,
+        }
+    }
+
+    async fn serve(&self, request: Guarded<Option<DirectCall>>) -> Response {
+        let Guarded {
+            parts,
+            body,
+            access,
+            prepared,
+            read_ahead,
+        } = request;
+        if let Some(call) = prepared {
+            let prefetched = read_ahead.map(|(key, value)| Prefetched { key, value });
+            if let Some(answer) = self.answer_directly(call, access.scopes, prefetched).await {
+                return answer;
+            }
+        }
+        self.transport
+            .handle(rebuild(parts, body))
+            .await
+            .map(Body::new)
+    }
+}
+
+/// A `tools/call` the guard may answer itself.
+pub struct DirectCall {
+    session: SessionId,
+    id: RequestId,
+    params: CallToolRequestParams,
+}
+
+/// The revisions with sessions and without per-request metadata or standard headers.
+const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// A JSON-RPC `tools/call` request, as the direct path reads it.
+#[derive(Deserialize)]
+struct CallRequest {
+    jsonrpc: String,
+    id: RequestId,
+    method: String,
+    params: CallToolRequestParams,
+}
+
+impl DirectCall {
+    /// The call in `body`, when nothing about the request needs rmcp's judgement: a
+    /// session id, a 2025 revision (no per-request metadata or standard headers),
+    /// `Accept` naming JSON and SSE without weights, a JSON `Content-Type`, and a
+    /// well-formed `tools/call`. Everything else goes to rmcp, which answers it
+    /// (400, 404, 406, 415, ...) as it always has.
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
+        let session = headers.get(SESSION_ID)?.to_str().ok()?;
+        let version = match headers.get(PROTOCOL_VERSION) {
+            Some(v) => Some(v.to_str().ok()?),
+            None => None,
+        };
+        if !version.is_none_or(|v| SESSION_REVISIONS.contains(&v)) {
+            return None;
+        }
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| media_type(v) == "application/json");
+        if !accepts_json_and_sse(headers) || !is_json {
+            return None;
+        }
+        let call: CallRequest = serde_json::from_slice(body).ok()?;
+        if call.jsonrpc != "2.0" || call.method != "tools/call" {
+            return None;
+        }
+        let params = call.params;
+        let per_request_meta = params
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.protocol_version().is_some());
+        if per_request_meta || params.input_responses.is_some() || params.request_state.is_some() {
+            return None;
+        }
+        Some(DirectCall {
+            session: SessionId::from(session),
+            id: call.id,
+            params,
+        })
+    }
+}
+
+/// `Accept` names both `application/json` and `text/event-stream`. Weighted entries
+/// (`;q=`) are left to rmcp's full parser.
+fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for entry in value.split(',') {
+            let mut params = entry.split(';');
+            let essence = media_type(params.next().unwrap_or(""));
+            if params.any(|p| p.trim_start().to_ascii_lowercase().starts_with("q=")) {
+                return false;
+            }
+            json |= essence == "application/json";
+            sse |= essence == "text/event-stream";
+        }
+    }
+    json && sse
+}

@@ -1,0 +1,99 @@
+//! MCP endpoints over HTTP, each a protected resource behind one bearer guard.
+//!
+//! - [`policy`]: which `Host`s and `Origin`s may call (checked first);
+//! - [`guard`]: the bearer token, its audience and the scope a call needs, for any
+//!   [`Endpoint`];
+//! - [`articles`]: the built-in article server at `/mcp`, with its direct path for
+//!   tool calls in live sessions;
+//! - [`sessions`]: MCP sessions kept in the store for cross-instance recovery;
+//! - [`metadata`]: RFC 9728 protected-resource metadata;
+//! - [`reply`]: the JSON-RPC and `WWW-Authenticate` answers.
+
+pub mod articles;
+pub mod guard;
+pub mod metadata;
+pub mod policy;
+pub mod reply;
+pub mod sessions;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    body::{Body, Bytes},
+    http::{request::Parts, HeaderMap},
+    response::Response,
+};
+
+use crate::{
+    mcp::{Call, Need},
+    oauth::records::AccessToken,
+    resource::Resource,
+    store::Key,
+};
+
+/// Request bodies larger than this are refused with 413 (one constant for every route).
+pub use super::MAX_BODY_BYTES;
+
+/// An MCP server behind the guard. The guard knows only what this trait tells it: the
+/// resource (URL, scopes), which scope a call needs, and what to read with the token.
+pub trait Endpoint: Send + Sync + 'static {
+    /// What [`Endpoint::prepare`] learnt from a request, handed back to
+    /// [`Endpoint::serve`].
+    type Prepared: Send;
+
+    fn resource(&self) -> &Arc<Resource>;
+
+    /// The scope a JSON-RPC request needs.
+    fn needs(&self, call: &Call<'_>) -> Need;
+
+    /// Looks at a request before its token is checked (nothing learnt here is used
+    /// unless the token passes): what to read from the store together with the
+    /// token, in one round trip, and the scope the request needs when preparing
+    /// already found out (so the body is parsed once).
+    fn prepare(&self, parts: &Parts, body: Option<&Bytes>) -> Prepared<Self::Prepared>;
+
+    /// Serves a request that passed the guard.
+    fn serve(&self, request: Guarded<Self::Prepared>) -> impl Future<Output = Response> + Send;
+}
+
+/// What [`Endpoint::prepare`] returns.
+pub struct Prepared<P> {
+    pub state: P,
+    pub read_ahead: Option<Key>,
+    pub need: Option<Need>,
+}
+
+/// A request that passed the guard: its token (also in `parts.extensions`), its body
+/// (already read for POSTs), and what was read ahead.
+pub struct Guarded<P> {
+    pub parts: Parts,
+    pub body: GuardedBody,
+    pub access: AccessToken,
+    pub prepared: P,
+    /// The record named by [`Prepared::read_ahead`], read with the token.
+    pub read_ahead: Option<(Key, Option<Vec<u8>>)>,
+}
+
+/// A POST body the guard has read, or the untouched body of any other method.
+pub enum GuardedBody {
+    Read(Bytes),
+    Stream(Body),
+}
+
+impl GuardedBody {
+    pub fn into_body(self) -> Body {
+        match self {
+            GuardedBody::Read(bytes) => Body::from(bytes),
+            GuardedBody::Stream(body) => body,
+        }
+    }
+}
+
+/// Header names the MCP transport uses.
+pub const SESSION_ID: &str = "mcp-session-id";
+pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+
+/// The session id a request carries, if any.
+pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get(SESSION_ID).and_then(|v| v.to_str().ok())
+}

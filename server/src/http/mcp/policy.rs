@@ -1,0 +1,176 @@
+//! Which `Host`s and browser `Origin`s may reach an MCP endpoint: the guard's first two
+//! checks, and the only place they are made (rmcp's own checks are turned off, so the
+//! direct path and rmcp's path cannot disagree).
+
+use axum::http::{header, HeaderMap, Uri};
+
+use crate::{
+    config::Config,
+    net::{normalise_host, AllowedHost, Origin},
+};
+
+/// Why a request was refused before its token was looked at.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Host` is missing or not an authority.
+    MalformedHost,
+    /// DNS-rebinding protection: a `Host` that is not ours.
+    HostNotAllowed,
+    OriginNotAllowed,
+}
+
+/// `Host` and `Origin` policy. Allowed hosts: loopback names, the public URL's host,
+/// and `--allowed-host`. Allowed origins: the public URL's origin, loopback origins on
+/// any port (local tools such as the MCP Inspector), and `--allowed-origin`. Requests
+/// without an `Origin` (non-browser clients) pass.
+#[derive(Clone, Debug)]
+pub struct HostPolicy {
+    hosts: Vec<AllowedHost>,
+    origins: Vec<Origin>,
+}
+
+impl HostPolicy {
+    pub fn new(config: &Config) -> Self {
+        let mut hosts: Vec<AllowedHost> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .filter_map(|h| AllowedHost::parse(h).ok())
+            .collect();
+        if let Some(host) = url::Url::parse(config.public_url.as_str())
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+        {
+            hosts.extend(AllowedHost::parse(&host).ok());
+        }
+        hosts.extend(config.allowed_hosts.iter().cloned());
+        let mut origins: Vec<Origin> = Origin::parse(config.public_url.as_str())
+            .into_iter()
+            .collect();
+        origins.extend(config.allowed_origins.iter().cloned());
+        HostPolicy { hosts, origins }
+    }
+
+    /// The `Host` check, made first so that a rebound name learns nothing, not even
+    /// whether a token is needed; then the `Origin` check.
+    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        let authority = match headers.get(header::HOST) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<axum::http::uri::Authority>().ok()),
+            None => uri.authority().cloned(),
+        }
+        .ok_or(Refusal::MalformedHost)?;
+        let host = normalise_host(authority.host());
+        let port = authority.port_u16();
+        if !self.hosts.iter().any(|a| a.matches(&host, port)) {
+            return Err(Refusal::HostNotAllowed);
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let allowed = origin
+                .to_str()
+                .ok()
+                .and_then(|o| Origin::parse(o).ok())
+                .is_some_and(|o| self.allows_origin(&o));
+            if !allowed {
+                return Err(Refusal::OriginNotAllowed);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn allows_origin(&self, origin: &Origin) -> bool {
+        origin.is_loopback() || self.origins.contains(origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn policy() -> HostPolicy {
+        let config = crate::config::Cli::parse_ignoring_env([
+            "gatehouse",
+            "--public-url",
+            "https://gate.example.com",
+            "--data-dir",
+            "/tmp",
+            "--allowed-origin",
+            "https://app.example.org",
+            "--allowed-host",
+            "alias.example.com:8443",
+        ])
+        .expect("flags")
+        .serve
+        .into_config()
+        .expect("config");
+        HostPolicy::new(&config)
+    }
+
+    fn check(host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
+        let mut headers = HeaderMap::new();
+        if let Some(host) = host {
+            headers.insert(header::HOST, HeaderValue::from_str(host).expect("header"));
+        }
+        if let Some(origin) = origin {
+            headers.insert(
+                header::ORIGIN,
+                HeaderValue::from_str(origin).expect("header"),
+            );
+        }
+        policy().check(&Uri::from_static("/mcp"), &headers)
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "gate.example.com",
+            "GATE.example.com:443",
+            "localhost:3000",
+            "127.0.0.1",
+            "[::1]:80",
+            "alias.example.com:8443",
+        ] {
+            assert_eq!(check(Some(ok), None), Ok(()), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "alias.example.com",
+            "gate.example.com.evil.example",
+        ] {
+            assert_eq!(
+                check(Some(bad), None),
+                Err(Refusal::HostNotAllowed),
+                "{bad}"
+            );
+        }
+        assert_eq!(check(None, None), Err(Refusal::MalformedHost));
+        assert_eq!(check(Some("a b"), None), Err(Refusal::MalformedHost));
+    }
+
+    #[test]
+    fn origins() {
+        for ok in [
+            "https://gate.example.com",
+            "http://localhost:6274",
+            "http://127.0.0.1:1234",
+            "http://127.0.0.2:1",
+            "http://[::1]:80",
+            "https://app.example.org",
+        ] {
+            assert_eq!(check(Some("gate.example.com"), Some(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "null",
+            "https://gate.example.com.evil.example",
+            "http://gate.example.com",
+        ] {
+            assert_eq!(
+                check(Some("gate.example.com"), Some(bad)),
+                Err(Refusal::OriginNotAllowed),
+                "{bad}"
+            );
+        }
+    }
+}

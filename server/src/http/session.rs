@@ -1,0 +1,49 @@
+//! The owner's sign-in session cookie: a random id (the store keeps its hash),
+//! `HttpOnly`, `SameSite=Lax`, and `Secure` with the `__Host-` prefix under https.
+
+use axum::http::{header, HeaderMap, HeaderValue};
+
+use crate::{http::AppState, oauth::secret::SecretHash, store::StoreError};
+
+pub fn cookie_name(state: &AppState) -> &'static str {
+    if state.config.public_url.is_https() {
+        "__Host-gatehouse_session"
+    } else {
+        "gatehouse_session"
+    }
+}
+
+pub fn session_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if state.config.public_url.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        cookie_name(state)
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The signed-in session's hash, if the request carries a live session cookie.
+pub async fn current_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<SecretHash>, StoreError> {
+    match cookie_value(headers, cookie_name(state)) {
+        Some(value) if !value.is_empty() && value.len() <= 128 => state.owner.session(value).await,
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,183 @@
+//! Small network vocabulary used across layers, each rule in one place: what counts as
+//! a loopback host, how an allowed browser origin and an allowed `Host` are parsed and
+//! matched, and how a `Content-Type` is read.
+
+use std::fmt;
+
+use url::{Host, Url};
+
+/// Whether `host` is a loopback host: `localhost`, `127.0.0.0/8` or `::1`.
+pub fn is_loopback_host(host: &Host<&str>) -> bool {
+    match host {
+        Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        Host::Ipv4(ip) => ip.is_loopback(),
+        Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// Whether the URL's host is a loopback host.
+pub fn is_loopback_url(url: &Url) -> bool {
+    url.host().is_some_and(|h| is_loopback_host(&h))
+}
+
+/// The media type of a `Content-Type` value (`application/json; charset=utf-8` →
+/// `application/json`), lower-cased.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A browser origin (RFC 6454): scheme, host and port, serialised the way browsers
+/// send it in `Origin`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Origin(String);
+
+impl Origin {
+    /// Parses an origin as a browser sends it, or as an operator writes it (a trailing
+    /// slash is tolerated). Anything with a path, query, credentials or another
+    /// scheme than http(s) is refused.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim().trim_end_matches('/');
+        let url = Url::parse(trimmed).map_err(|_| format!("{raw:?} is not an origin"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(format!("{raw:?} is not an http or https origin"));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{raw:?} has a path; an origin is scheme://host[:port] only"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{raw:?} carries credentials"));
+        }
+        Ok(Origin(url.origin().ascii_serialization()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        Url::parse(&self.0).is_ok_and(|u| is_loopback_url(&u))
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({})", self.0)
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An allowed `Host`: a name, and a port when the entry names one (then only that
+/// port matches).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl AllowedHost {
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let trimmed = entry.trim();
+        let authority = trimmed
+            .parse::<http::uri::Authority>()
+            .map_err(|_| format!("{entry:?} is not a host or host:port"))?;
+        let after_brackets = trimmed.rsplit_once(']').map_or(trimmed, |(_, rest)| rest);
+        let bad_port = after_brackets.contains(':') && authority.port_u16().is_none();
+        if trimmed.contains('@') || authority.host().is_empty() || bad_port {
+            return Err(format!("{entry:?} is not a host or host:port"));
+        }
+        Ok(AllowedHost {
+            host: normalise_host(authority.host()),
+            port: authority.port_u16(),
+        })
+    }
+
+    /// Whether a request's `Host` (already split) matches.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        self.host == host && self.port.is_none_or(|p| Some(p) == port)
+    }
+}
+
+/// A `Host` name as compared: lower case, IPv6 without brackets.
+pub fn normalise_host(host: &str) -> String {
+    host.trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in ["http://localhost:1", "http://127.0.0.2", "http://[::1]:8"] {
+            assert!(is_loopback_url(&Url::parse(ok).expect(ok)), "{ok}");
+        }
+        for bad in ["http://localhost.evil", "http://10.0.0.1", "http://[::2]"] {
+            assert!(!is_loopback_url(&Url::parse(bad).expect(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            Origin::parse("HTTPS://App.Example.org/")
+                .expect("origin")
+                .as_str(),
+            "https://app.example.org"
+        );
+        assert_eq!(
+            Origin::parse("https://app.example.org:443")
+                .expect("origin")
+                .as_str(),
+            "https://app.example.org"
+        );
+        for bad in [
+            "app.example.org",
+            "https://app.example.org/path",
+            "ftp://app.example.org",
+            "https://user@app.example.org",
+            "null",
+            "",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Origin::parse("http://127.0.0.2:9")
+            .expect("o")
+            .is_loopback());
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let any_port = AllowedHost::parse("Gate.Example.com").expect("host");
+        assert!(any_port.matches("gate.example.com", Some(8443)));
+        let one_port = AllowedHost::parse("gate.example.com:8443").expect("host");
+        assert!(one_port.matches("gate.example.com", Some(8443)));
+        assert!(!one_port.matches("gate.example.com", None));
+        assert!(AllowedHost::parse("[::1]:3000")
+            .expect("v6")
+            .matches("::1", Some(3000)));
+        for bad in ["", "a b", "user@host", "host:port", "https://x/"] {
+            assert!(AllowedHost::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            media_type("Application/JSON; charset=utf-8"),
+            "application/json"
+        );
+        assert_eq!(media_type(""), "");
+    }
+}

@@ -1,0 +1,224 @@
+//! Clients: dynamic registration (RFC 7591), lookup of the static client, of
+//! client-ID metadata documents (fetched and cached) and of registered clients, and
+//! client authentication at the token and revocation endpoints (RFC 6749 §2.3).
+
+use serde::Serialize;
+
+use super::{
+    client::{AuthMethod, Client, ClientId, ClientKind, MetadataError, RegistrationRequest},
+    metadata_document,
+    records::client_key,
+    redirect::RedirectUri,
+    scope::ScopeSet,
+    secret::{random_token, SecretHash},
+    AuthServer, ClientError, RegisterError, TokenError,
+};
+use crate::store::{decode, encode, Key, Kind, Put};
+
+/// How the client identified itself at the token or revocation endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientCredentials {
+    Basic {
+        client_id: String,
+        secret: String,
+    },
+    /// From the form body; `secret` is absent for public clients.
+    Body {
+        client_id: String,
+        secret: Option<String>,
+    },
+    Missing,
+}
+
+/// A successful registration (RFC 7591 §3.2.1). The secret appears here once.
+#[derive(Debug, Serialize)]
+pub struct RegisteredClient {
+    pub client_id: ClientId,
+    pub client_id_issued_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_expires_at: Option<u64>,
+    pub redirect_uris: Vec<RedirectUri>,
+    pub token_endpoint_auth_method: &'static str,
+    pub grant_types: [&'static str; 2],
+    pub response_types: [&'static str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeSet>,
+}
+
+impl AuthServer {
+    /// Every scope some resource defines: what a client may register with.
+    fn known_scopes(&self) -> ScopeSet {
+        self.settings
+            .resources
+            .iter()
+            .fold(ScopeSet::default(), |all, r| all.union(&r.all_scopes()))
+    }
+
+    /// RFC 7591 dynamic registration: a fresh client id, and a fresh secret for
+    /// confidential clients, of which only the hash is kept.
+    pub async fn register(
+        &self,
+        request: RegistrationRequest,
+    ) -> Result<RegisteredClient, RegisterError> {
+        let valid = request
+            .validate(&self.known_scopes())
+            .map_err(|e| match e {
+                MetadataError::InvalidRedirectUri(m) => RegisterError::InvalidRedirectUri(m),
+                MetadataError::InvalidClientMetadata(m) => RegisterError::InvalidClientMetadata(m),
+            })?;
+        let secret = (valid.auth_method != AuthMethod::None).then(random_token);
+        let client = Client {
+            client_id: ClientId::random(),
+            client_name: valid.client_name,
+            redirect_uris: valid.redirect_uris,
+            auth_method: valid.auth_method,
+            secret_hash: secret.as_deref().map(SecretHash::of),
+            scope: valid.scope,
+            kind: ClientKind::Registered,
+            issued_at: self.now(),
+            has_grant: false,
+        };
+        self.store
+            .put(
+                &client_key(&client.client_id),
+                &encode(&client)?,
+                Put::ttl(self.settings.unused_client_ttl),
+            )
+            .await?;
+        Ok(RegisteredClient {
+            client_secret_expires_at: secret.as_ref().map(|_| 0),
+            client_secret: secret,
+            client_id: client.client_id,
+            client_id_issued_at: client.issued_at,
+            redirect_uris: client.redirect_uris,
+            token_endpoint_auth_method: client.auth_method.as_str(),
+            grant_types: ["authorization_code", "refresh_token"],
+            response_types: ["code"],
+            client_name: client.client_name,
+            scope: client.scope,
+        })
+    }
+
+    /// Finds a client: the static one, a metadata document (fetched, or cached in the
+    /// store), or a registered one.
+    pub async fn client(&self, raw_id: &str) -> Result<Option<Client>, ClientError> {
+        let Some(client_id) = ClientId::parse(raw_id) else {
+            return Ok(None);
+        };
+        if let Some(fixed) = &self.settings.static_client {
+            if fixed.client_id == client_id {
+                return Ok(Some(Client {
+                    client_id,
+                    client_name: None,
+                    redirect_uris: fixed.redirect_uris.clone(),
+                    auth_method: AuthMethod::ClientSecretPost,
+                    secret_hash: Some(fixed.secret_hash.clone()),
+                    scope: None,
+                    kind: ClientKind::Static,
+                    issued_at: 0,
+                    has_grant: true,
+                }));
+            }
+        }
+        if let Some(url) =
+            metadata_document::document_url(raw_id, self.settings.allow_loopback_client_metadata)
+        {
+            let url = url.map_err(ClientError::Document)?;
+            return self.document_client(&url).await.map(Some);
+        }
+        match self.store.get(&client_key(&client_id)).await? {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A metadata-document client, from the cache while the document's HTTP caching
+    /// headers allow, else fetched and validated.
+    async fn document_client(&self, url: &url::Url) -> Result<Client, ClientError> {
+        let cache_key = Key::new(Kind::CIMD, SecretHash::of(url.as_str()).as_str());
+        if let Some(raw) = self.store.get(&cache_key).await? {
+            if let Ok(client) = decode(&raw) {
+                return Ok(client);
+            }
+        }
+        let fetched = self
+            .fetcher
+            .fetch(url)
+            .await
+            .map_err(ClientError::Document)?;
+        let client = metadata_document::client_from_document(
+            url,
+            &fetched.body,
+            &self.known_scopes(),
+            self.now(),
+        )
+        .map_err(ClientError::Document)?;
+        if let Some(max_age) = fetched.max_age {
+            self.store
+                .put(&cache_key, &encode(&client)?, Put::ttl(max_age))
+                .await?;
+        }
+        Ok(client)
+    }
+
+    /// Remembers that a registered client obtained a grant: it no longer expires.
+    pub(super) async fn keep_client(&self, client: &Client) -> Result<(), TokenError> {
+        if client.kind == ClientKind::Registered && !client.has_grant {
+            let kept = encode(&Client {
+                has_grant: true,
+                ..client.clone()
+            })?;
+            self.store
+                .put(&client_key(&client.client_id), &kept, Put::forever())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// RFC 6749 §2.3 and RFC 7591: the client must authenticate the way it registered.
+    /// Secrets are compared through their hashes in constant time.
+    pub async fn authenticate(
+        &self,
+        credentials: &ClientCredentials,
+    ) -> Result<Client, TokenError> {
+        let basic = matches!(credentials, ClientCredentials::Basic { .. });
+        let refuse = |description: &str| TokenError::InvalidClient {
+            description: description.to_owned(),
+            basic,
+        };
+        let (client_id, secret) = match credentials {
+            ClientCredentials::Basic { client_id, secret } => (client_id, Some(secret)),
+            ClientCredentials::Body { client_id, secret } => (client_id, secret.as_ref()),
+            ClientCredentials::Missing => return Err(refuse("client authentication is required")),
+        };
+        let client = match self.client(client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) => return Err(refuse("unknown client; register again")),
+            Err(ClientError::Document(reason)) => return Err(refuse(&reason)),
+            Err(ClientError::Store(e)) => return Err(e.into()),
+        };
+        let method_used = match (basic, secret) {
+            (true, _) => AuthMethod::ClientSecretBasic,
+            (false, Some(_)) => AuthMethod::ClientSecretPost,
+            (false, None) => AuthMethod::None,
+        };
+        let static_post_or_basic =
+            client.kind == ClientKind::Static && method_used != AuthMethod::None;
+        if method_used != client.auth_method && !static_post_or_basic {
+            return Err(refuse(&format!(
+                "this client must authenticate with {}",
+                client.auth_method.as_str()
+            )));
+        }
+        if let (Some(secret), Some(hash)) = (secret, &client.secret_hash) {
+            if !hash.matches(secret) {
+                return Err(refuse("client authentication failed"));
+            }
+        }
+        Ok(client)
+    }
+}

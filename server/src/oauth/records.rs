@@ -1,0 +1,141 @@
+//! What the authorization server keeps in the store, and the keys it keeps it under.
+//! Every secret appears here only as its SHA-256 ([`SecretHash`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    client::{ClientId, ClientKind},
+    pkce::CodeChallenge,
+    redirect::RedirectUri,
+    scope::{Scope, ScopeSet},
+    secret::{GrantToken, SecretHash, TokenKind},
+};
+use crate::{
+    resource::ResourceUri,
+    store::{Group, Key, Kind},
+};
+
+/// The one subject this server knows: the owner.
+pub const OWNER: &str = "owner";
+
+/// An authorization request that passed every check, waiting for the owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingAuthorization {
+    pub client_id: ClientId,
+    pub client_name: String,
+    pub client_kind: ClientKind,
+    pub redirect_uri: RedirectUri,
+    /// Whether the request named the redirect URI (then the token request must too).
+    pub redirect_uri_explicit: bool,
+    pub challenge: CodeChallenge,
+    pub scopes: ScopeSet,
+    /// Requested scopes the resource does not have, shown and not granted.
+    pub ignored_scopes: Vec<Scope>,
+    pub resource: ResourceUri,
+    pub state: Option<String>,
+}
+
+/// The consent page's approve/deny ticket: which session saw the page, and what it
+/// would approve.
+#[derive(Serialize, Deserialize)]
+pub struct Ticket {
+    pub session: SecretHash,
+    pub request: PendingAuthorization,
+}
+
+/// A grant: who approved which client for which scopes of which resource, and the
+/// state of its refresh-token chain. One record per grant, whatever the number of
+/// rotations; rotation replaces it with compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub subject: String,
+    pub client_id: ClientId,
+    pub scopes: ScopeSet,
+    pub resource: ResourceUri,
+    pub created_at: u64,
+    /// The live refresh token; `None` until the code is redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<SecretHash>,
+    /// Refresh tokens rotated within the grace window, newest first, so a client that
+    /// lost a response gets the same successor again. Older ones are pruned: any
+    /// other refresh token of this grant is a reuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotated: Vec<Rotation>,
+    /// The access tokens still kept: the newest and the one before it. Older ones are
+    /// deleted at rotation, so a grant holds a bounded number of keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<SecretHash>,
+}
+
+/// One rotation of a refresh token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub hash: SecretHash,
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CodeRecord {
+    pub used: bool,
+    pub client_id: ClientId,
+    pub redirect_uri: RedirectUri,
+    pub redirect_uri_explicit: bool,
+    pub challenge: CodeChallenge,
+    pub scopes: ScopeSet,
+    pub resource: ResourceUri,
+    pub subject: String,
+    pub expires_at: u64,
+}
+
+/// What a valid access token grants; the bearer guard reads this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessToken {
+    pub subject: String,
+    pub client_id: ClientId,
+    pub scopes: ScopeSet,
+    pub resource: ResourceUri,
+    pub expires_at: u64,
+}
+
+/// RFC 6749 §5.1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+pub fn client_key(client_id: &ClientId) -> Key {
+    Key::new(Kind::CLIENT, client_id.as_str())
+}
+
+pub fn grant_key(grant: &Group) -> Key {
+    Key::in_group(Kind::GRANT, grant, "record")
+}
+
+/// Where a code or access token's record lives. Refresh tokens have none of their
+/// own: the grant record names the live one.
+pub fn token_key(token: &GrantToken) -> Key {
+    let kind = match token.kind {
+        TokenKind::Code => Kind::CODE,
+        TokenKind::Access => Kind::ACCESS,
+        TokenKind::Refresh => Kind::REFRESH,
+    };
+    Key::in_group(kind, &token.grant, token.hash.as_str())
+}
+
+pub fn access_key(grant: &Group, hash: &SecretHash) -> Key {
+    Key::in_group(Kind::ACCESS, grant, hash.as_str())
+}
+
+/// The sealed successor of a rotated refresh token, kept for the grace window only.
+pub fn successor_key(grant: &Group, rotated: &SecretHash) -> Key {
+    Key::in_group(Kind::SUCCESSOR, grant, rotated.as_str())
+}
+
+pub fn ticket_key(ticket: &str) -> Key {
+    Key::new(Kind::TICKET, SecretHash::of(ticket).as_str())
+}

@@ -1,0 +1,184 @@
+//! Refresh-token rotation (RFC 6749 §6, OAuth 2.1 §4.3.1, RFC 9700 §4.14.2).
+//!
+//! The grant record names the one live refresh token. Presenting it rotates: a new
+//! pair is minted and the grant record is swapped (compare-and-swap, so concurrent
+//! rotations of one token rotate once). Clients lose responses and race themselves,
+//! so for `--refresh-grace` a just-rotated token yields the same successor pair again:
+//! the pair is sealed with a key derived from the old token (see [`super::grace`])
+//! in a record that lives only for the grace window. Any other refresh token of the
+//! grant is a reuse, and revokes the grant.
+//!
+//! What a grant keeps is bounded whatever the number of rotations: one grant record
+//! (with the rotations still within the grace window), at most two access tokens,
+//! and one sealed successor per rotation within the window.
+
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+use super::{
+    client::Client,
+    grace,
+    records::{access_key, grant_key, successor_key, Grant, Rotation, TokenResponse},
+    scope::ScopeSet,
+    secret::{GrantToken, SecretHash, TokenKind},
+    token::TokenParams,
+    AuthServer, TokenError,
+};
+use crate::store::{decode, encode, Put};
+
+/// How often to look again for a rotation's successor that a concurrent request is
+/// still writing, and how long to wait between looks.
+const SUCCESSOR_LOOKS: usize = 20;
+const SUCCESSOR_WAIT: Duration = Duration::from_millis(10);
+
+/// Access tokens kept per grant: the newest and the one before it, so a client that
+/// refreshed early can finish what it was doing with the previous one.
+const ACCESS_TOKENS_KEPT: usize = 2;
+
+fn same(a: &SecretHash, b: &SecretHash) -> bool {
+    a.as_str().as_bytes().ct_eq(b.as_str().as_bytes()).into()
+}
+
+impl AuthServer {
+    pub(super) async fn refresh(
+        &self,
+        client: &Client,
+        params: TokenParams,
+    ) -> Result<TokenResponse, TokenError> {
+        let raw = params
+            .refresh_token
+            .as_deref()
+            .ok_or_else(|| TokenError::InvalidRequest("refresh_token is required".into()))?;
+        let invalid =
+            || TokenError::InvalidGrant("the refresh token is invalid, expired or revoked".into());
+        let token = GrantToken::parse(raw)
+            .filter(|t| t.kind == TokenKind::Refresh)
+            .ok_or_else(invalid)?;
+        let requested = params
+            .scope
+            .as_deref()
+            .map(ScopeSet::parse)
+            .transpose()
+            .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+        let key = grant_key(&token.grant);
+
+        for _ in 0..SUCCESSOR_LOOKS {
+            let current = self.store.get(&key).await?.ok_or_else(invalid)?;
+            let grant: Grant = decode(&current)?;
+            if grant.client_id != client.client_id {
+                return Err(invalid());
+            }
+            let live = grant.refresh.as_ref().is_some_and(|h| same(h, &token.hash));
+            if !live {
+                let now = self.now();
+                let grace = self.settings.refresh_grace.as_secs();
+                let recent = grant
+                    .rotated
+                    .iter()
+                    .any(|r| same(&r.hash, &token.hash) && now.saturating_sub(r.at) <= grace);
+                if !recent {
+                    self.store.delete_group(&token.grant).await?;
+                    tracing::warn!(client_id = %client.client_id, "refresh token reused after rotation; its grant is revoked");
+                    return Err(invalid());
+                }
+                let successor = successor_key(&token.grant, &token.hash);
+                if let Some(sealed) = self.store.get(&successor).await? {
+                    let pair = grace::open(raw, &sealed).ok_or_else(invalid)?;
+                    return Ok(decode(&pair)?);
+                }
+                // Rotated a moment ago by a request that is still storing the
+                // successor: look again shortly.
+                tokio::time::sleep(SUCCESSOR_WAIT).await;
+                continue;
+            }
+
+            if let Some(sent) = params.resource.as_deref() {
+                if sent != grant.resource.as_str() {
+                    return Err(TokenError::InvalidTarget(format!(
+                        "this grant is for {}, not {sent:?}",
+                        grant.resource
+                    )));
+                }
+            }
+            let scopes = match &requested {
+                Some(requested) if requested.is_empty() => {
+                    return Err(TokenError::InvalidScope("no scope was requested".into()))
+                }
+                Some(requested) if !requested.is_subset_of(&grant.scopes) => {
+                    return Err(TokenError::InvalidScope(format!(
+                        "a refresh may narrow scopes but not widen them beyond {}",
+                        grant.scopes
+                    )))
+                }
+                Some(requested) => requested.clone(),
+                None => grant.scopes.clone(),
+            };
+            let minted = self.mint(
+                &token.grant,
+                &grant.subject,
+                &client.client_id,
+                scopes,
+                &grant.resource,
+            )?;
+            self.store_access(&minted).await?;
+
+            let now = self.now();
+            let grace = self.settings.refresh_grace.as_secs();
+            let mut rotated = vec![Rotation {
+                hash: token.hash.clone(),
+                at: now,
+            }];
+            rotated.extend(
+                grant
+                    .rotated
+                    .iter()
+                    .filter(|r| now.saturating_sub(r.at) <= grace)
+                    .cloned(),
+            );
+            let mut access = vec![minted.access.hash.clone()];
+            access.extend(grant.access.iter().take(ACCESS_TOKENS_KEPT - 1).cloned());
+            let dropped: Vec<SecretHash> = grant
+                .access
+                .iter()
+                .skip(ACCESS_TOKENS_KEPT - 1)
+                .cloned()
+                .collect();
+            let next = encode(&Grant {
+                refresh: Some(minted.refresh.clone()),
+                rotated,
+                access,
+                ..grant
+            })?;
+            let swapped = self
+                .store
+                .compare_and_swap(
+                    &key,
+                    &current,
+                    &next,
+                    Put::ttl(self.settings.refresh_token_ttl).in_group(&token.grant),
+                )
+                .await?;
+            if !swapped {
+                // Someone rotated (or revoked) first: drop ours and look again.
+                self.discard_access(&minted).await?;
+                continue;
+            }
+            if !self.settings.refresh_grace.is_zero() {
+                let sealed = grace::seal(raw, &encode(&minted.response)?);
+                self.store
+                    .put(
+                        &successor_key(&token.grant, &token.hash),
+                        sealed.as_bytes(),
+                        Put::ttl(self.settings.refresh_grace).in_group(&token.grant),
+                    )
+                    .await?;
+            }
+            for hash in dropped {
+                self.store.delete(&access_key(&token.grant, &hash)).await?;
+            }
+            return Ok(minted.response);
+        }
+        Err(invalid())
+    }
+}

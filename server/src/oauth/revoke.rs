@@ -1,0 +1,55 @@
+//! RFC 7009 revocation. Revoking a refresh token revokes its whole grant; an access
+//! token goes alone. Unknown tokens are not an error (§2.2), but a token issued to
+//! another client is refused (§2.1): a client may revoke only its own.
+
+use super::{
+    clients::ClientCredentials,
+    records::{grant_key, token_key, AccessToken, Grant},
+    secret::{GrantToken, TokenKind},
+    AuthServer, TokenError,
+};
+use crate::store::decode;
+
+impl AuthServer {
+    pub async fn revoke(
+        &self,
+        credentials: &ClientCredentials,
+        raw_token: &str,
+    ) -> Result<(), TokenError> {
+        let client = self.authenticate(credentials).await?;
+        let Some(token) = GrantToken::parse(raw_token) else {
+            return Ok(());
+        };
+        let not_yours =
+            || TokenError::UnauthorizedClient("this token was issued to another client".into());
+        match token.kind {
+            TokenKind::Access => {
+                let key = token_key(&token);
+                let Some(raw) = self.store.get(&key).await? else {
+                    return Ok(());
+                };
+                if decode::<AccessToken>(&raw)?.client_id != client.client_id {
+                    return Err(not_yours());
+                }
+                self.store.delete(&key).await?;
+            }
+            TokenKind::Refresh => {
+                let Some(raw) = self.store.get(&grant_key(&token.grant)).await? else {
+                    return Ok(());
+                };
+                let grant: Grant = decode(&raw)?;
+                if grant.client_id != client.client_id {
+                    return Err(not_yours());
+                }
+                let known = grant.refresh.as_ref() == Some(&token.hash)
+                    || grant.rotated.iter().any(|r| r.hash == token.hash);
+                if known {
+                    self.store.delete_group(&token.grant).await?;
+                }
+            }
+            // Codes are not revocable tokens; RFC 7009 covers access and refresh.
+            TokenKind::Code => {}
+        }
+        Ok(())
+    }
+}
