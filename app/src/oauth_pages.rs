@@ -13,6 +13,9 @@ pub struct ConsentView {
     pub client_id: String,
     /// Self-registered clients choose their own names: say so.
     pub unverified: bool,
+    /// For a client named by a metadata document: the host that published it, which
+    /// is all that vouches for the name.
+    pub document_host: Option<String>,
     /// The host that will receive the code.
     pub redirect_host: String,
     pub redirect_is_loopback: bool,
@@ -32,6 +35,7 @@ pub fn consent_document(view: ConsentView) -> String {
         client_name,
         client_id,
         unverified,
+        document_host,
         redirect_host,
         redirect_is_loopback,
         resource_title,
@@ -54,6 +58,11 @@ pub fn consent_document(view: ConsentView) -> String {
                     {unverified.then(|| view! {
                         <p class="badge warning" data-testid="unverified">
                             "Unverified: this client registered itself and chose its own name."
+                        </p>
+                    })}
+                    {document_host.map(|host| view! {
+                        <p class="badge" data-testid="document-host">
+                            <strong>{host}</strong> " says this is this client. Only that site vouches for the name."
                         </p>
                     })}
                     <p class="muted">"Client ID: " <code data-testid="client-id">{client_id}</code></p>
@@ -137,6 +146,33 @@ pub fn setup_document(token: &str, error: Option<&str>) -> String {
                         <input id="confirm" name="confirm" type="password" autocomplete="new-password" minlength="12" required />
                         <button class="button" type="submit">"Set password"</button>
                     </form>
+                </section>
+            </main>
+        },
+    )
+}
+
+/// Where an authorization error would go, for a client whose redirect URI anyone may
+/// have registered: the error and the destination, with a link instead of an
+/// automatic redirect (RFC 9700 §4.11.2), so Gatehouse is no open redirector.
+pub fn redirect_notice_document(error: &str, description: &str, host: &str, href: &str) -> String {
+    let (error, description, href) = (error.to_owned(), description.to_owned(), href.to_owned());
+    let (host, link_host) = (host.to_owned(), host.to_owned());
+    document(
+        "Authorization request refused",
+        view! {
+            <main class="page error-page">
+                <section class="card error-card" role="alert">
+                    <h1 data-testid="error-title">"This authorization request was refused"</h1>
+                    <p data-testid="error-message">
+                        <code>{error}</code> ": " {description}
+                    </p>
+                    <p>
+                        "The app that sent you here asked for the answer to go to "
+                        <strong data-testid="redirect-host">{host}</strong>
+                        ". Continue only if you trust it."
+                    </p>
+                    <p><a class="button secondary" data-testid="continue" href=href>"Continue to " {link_host}</a></p>
                 </section>
             </main>
         },

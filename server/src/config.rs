@@ -73,8 +73,15 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Write every record (clients, grants, tokens' hashes, articles…) as JSON lines
-    /// to standard output.
-    Export(StoreArgs),
+    /// to standard output, or to a new file readable by its owner only.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Write to this new file (created with mode 0600; never overwritten) instead
+        /// of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Read an export from standard input into this store.
     Import(StoreArgs),
 }
@@ -90,7 +97,7 @@ pub enum OwnerCommand {
 pub struct StoreArgs {
     /// Where state lives: `embedded:PATH` (a redb file) or a `redis://…` URL.
     /// Default: `embedded:<data-dir>/gatehouse.redb`.
-    #[arg(long, env = "GATEHOUSE_STORE")]
+    #[arg(long, env = "GATEHOUSE_STORE", hide_env_values = true)]
     pub store: Option<String>,
 
     /// The directory for the embedded store. Default: `$XDG_DATA_HOME/gatehouse`, or
@@ -185,8 +192,69 @@ pub struct ServeArgs {
     pub refresh_grace: Duration,
 
     /// Registered clients that never obtain a grant are forgotten after this long.
-    #[arg(long, env = "GATEHOUSE_UNUSED_CLIENT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GATEHOUSE_UNUSED_CLIENT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub unused_client_ttl: Duration,
+
+    /// A request's head must arrive in full within this long; a keep-alive connection
+    /// that waits this long for its next request is closed.
+    #[arg(long, env = "GATEHOUSE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A request's body must arrive in full within this long.
+    #[arg(long, env = "GATEHOUSE_REQUEST_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_body_timeout: Duration,
+
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
+
+    /// Dynamic registrations allowed per client address per minute (more get 429).
+    #[arg(
+        long,
+        env = "GATEHOUSE_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub registrations_per_minute: u32,
+
+    /// The largest registration request body, in bytes.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_REGISTRATION_BYTES",
+        default_value_t = 8192,
+        value_parser = clap::value_parser!(u32).range(512..=65536)
+    )]
+    pub max_registration_bytes: u32,
+
+    /// Client-ID metadata documents kept in memory at once.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_CACHED_CLIENT_DOCUMENTS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_cached_client_documents: u32,
+
+    /// A reverse proxy (address or CIDR range, repeatable) whose
+    /// `Forwarded`/`X-Forwarded-For` header names the client. Requests from other
+    /// peers are identified by their own address.
+    #[arg(
+        long = "trusted-proxy",
+        env = "GATEHOUSE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Allow an `http://` public URL on a host that is not loopback. Tokens and the
+    /// session cookie then travel in clear: only behind a TLS-terminating proxy on a
+    /// private network.
+    #[arg(long, env = "GATEHOUSE_INSECURE_HTTP")]
+    pub insecure_http: bool,
 
     /// A fixed client id, for clients that cannot register themselves (Claude.ai's
     /// advanced settings take a client id and secret).
@@ -255,6 +323,19 @@ pub struct Config {
     pub oauth: OAuthSettings,
     pub allowed_origins: Vec<Origin>,
     pub allowed_hosts: Vec<AllowedHost>,
+    pub limits: Limits,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What one client, or all of them, may cost: each limit is a flag.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub max_connections: usize,
+    pub registrations_per_minute: u32,
+    pub max_registration_bytes: usize,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -296,6 +377,19 @@ impl PublicUrl {
         // the issuer we advertise is canonical.
         let canonical = url.as_str().trim_end_matches('/').to_owned();
         Ok(PublicUrl(canonical))
+    }
+
+    /// Refuses `http://` on a host that is not loopback unless `allowed`: tokens and
+    /// the session cookie would travel in clear.
+    pub fn refuse_clear_text(&self, allowed: bool) -> Result<(), String> {
+        let loopback = url::Url::parse(&self.0).is_ok_and(|u| crate::net::is_loopback_url(&u));
+        if self.is_https() || loopback || allowed {
+            return Ok(());
+        }
+        Err(format!(
+            "--public-url {:?} uses http on a host that is not loopback, so tokens and the sign-in cookie would travel in clear; use https, or pass --insecure-http behind a TLS-terminating proxy",
+            self.0
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -345,7 +439,10 @@ impl ServeArgs {
         };
 
         let public_url = match (&self.public_url, bind) {
-            (Some(raw), _) => PublicUrl::parse(raw).map_err(|e| errors.push(e)).ok(),
+            (Some(raw), _) => PublicUrl::parse(raw)
+                .and_then(|url| url.refuse_clear_text(self.insecure_http).map(|()| url))
+                .map_err(|e| errors.push(e))
+                .ok(),
             (None, Some(bind)) if bind.ip().is_unspecified() => {
                 errors.push(format!(
                     "--bind {bind} listens on every interface; set --public-url to the address clients use"
@@ -353,6 +450,7 @@ impl ServeArgs {
                 None
             }
             (None, Some(bind)) => PublicUrl::parse(&format!("http://{bind}"))
+                .and_then(|url| url.refuse_clear_text(self.insecure_http).map(|()| url))
                 .map_err(|e| errors.push(e))
                 .ok(),
             (None, None) => None,
@@ -369,6 +467,8 @@ impl ServeArgs {
             ("--access-token-ttl", self.access_token_ttl),
             ("--refresh-token-ttl", self.refresh_token_ttl),
             ("--unused-client-ttl", self.unused_client_ttl),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--request-body-timeout", self.request_body_timeout),
         ] {
             if ttl.as_secs() == 0 {
                 errors.push(format!("{flag} must be at least one second"));
@@ -414,6 +514,22 @@ impl ServeArgs {
                     .ok()
             })
             .collect();
+        let trusted_proxies: Vec<ipnet::IpNet> = self
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .filter_map(|p| {
+                let p = p.trim();
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        errors.push(format!(
+                            "--trusted-proxy {p:?} is not an address or CIDR range (e.g. 10.0.0.0/8)"
+                        ))
+                    })
+                    .ok()
+            })
+            .collect();
         let allowed_hosts: Vec<AllowedHost> = self
             .allowed_hosts
             .iter()
@@ -442,6 +558,7 @@ impl ServeArgs {
                     refresh_token_ttl: self.refresh_token_ttl,
                     refresh_grace: self.refresh_grace,
                     unused_client_ttl: self.unused_client_ttl,
+                    max_cached_documents: self.max_cached_client_documents as usize,
                     static_client,
                     allow_loopback_client_metadata: self.insecure_allow_loopback_client_metadata,
                 },
@@ -451,6 +568,14 @@ impl ServeArgs {
                 owner_password_hash: self.owner_password_hash,
                 allowed_origins,
                 allowed_hosts,
+                limits: Limits {
+                    header_read_timeout: self.header_read_timeout,
+                    request_body_timeout: self.request_body_timeout,
+                    max_connections: self.max_connections as usize,
+                    registrations_per_minute: self.registrations_per_minute,
+                    max_registration_bytes: self.max_registration_bytes as usize,
+                },
+                trusted_proxies,
             }),
             _ => Err(errors),
         }
@@ -501,12 +626,22 @@ fn default_data_dir() -> Option<PathBuf> {
 
 /// Creates the store's directory if needed and proves we can write there, so a bad
 /// data directory fails at start-up with its name rather than at the first request.
+/// Creates a directory (and its parents) readable by its owner only: it will hold the
+/// store, with every grant and the owner's password hash.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 fn check_writable_parent(path: &Path) -> Result<(), String> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)
+    create_private_dir(dir)
         .map_err(|e| format!("data directory {} cannot be created: {e}", dir.display()))?;
     let probe = dir.join(format!(".gatehouse-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")
@@ -662,6 +797,49 @@ mod tests {
             Some(Command::Serve(serve)) => assert_eq!(serve.bind, "127.0.0.1:4000"),
             other => panic!("expected serve, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn clear_text_public_urls_need_an_explicit_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_str().expect("utf-8");
+        let errors = args(&[
+            "--public-url",
+            "http://gate.example.com",
+            "--data-dir",
+            data,
+        ])
+        .into_config()
+        .expect_err("clear text");
+        assert!(errors[0].contains("--insecure-http"), "{errors:?}");
+        for ok in [
+            &["--public-url", "http://gate.example.com", "--insecure-http"][..],
+            &["--public-url", "http://localhost:3000"][..],
+            &["--public-url", "http://127.0.0.1:3000"][..],
+        ] {
+            let mut argv = ok.to_vec();
+            argv.extend(["--data-dir", data]);
+            assert!(args(&argv).into_config().is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_str().expect("utf-8");
+        let config = args(&[
+            "--trusted-proxy",
+            "10.0.0.0/8,127.0.0.1",
+            "--data-dir",
+            data,
+        ])
+        .into_config()
+        .expect("valid");
+        assert_eq!(config.trusted_proxies.len(), 2);
+        let errors = args(&["--trusted-proxy", "10.0.0.0/33", "--data-dir", data])
+            .into_config()
+            .expect_err("bad range");
+        assert!(errors[0].contains("--trusted-proxy"), "{errors:?}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
-use std::{io::BufRead, net::SocketAddr, process::ExitCode};
+use std::{io::BufRead, process::ExitCode};
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use gatehouse::{
     config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec},
-    http::{router, AppState},
+    http::{
+        listener::{self, Limits},
+        router, AppState,
+    },
     oauth::owner::Owner,
     open_store,
 };
@@ -49,12 +51,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(store) => store,
         Err(e) => return report(vec![format!("cannot open the store: {e}")]),
     };
-    let listener = match tokio::net::TcpListener::bind(config.bind).await {
-        // Small JSON-RPC answers must not wait for Nagle's algorithm (a 40 ms stall
-        // against delayed ACKs on every streamed response).
-        Ok(listener) => listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
+    let tcp = match tokio::net::TcpListener::bind(config.bind).await {
+        Ok(tcp) => tcp,
         Err(e) => return report(vec![format!("cannot listen on {}: {e}", config.bind)]),
     };
     let store_desc = match &config.store {
@@ -68,22 +66,22 @@ async fn serve(args: ServeArgs) -> ExitCode {
         "gatehouse listening; MCP endpoint {}",
         config.public_url.mcp_url()
     );
+    let limits = Limits {
+        header_read_timeout: config.limits.header_read_timeout,
+        max_connections: config.limits.max_connections,
+    };
     let state = match AppState::new(config, store) {
         Ok(state) => state,
         Err(e) => return report(vec![e]),
     };
     announce_setup_link(&state).await;
+    let shutdown = state.shutdown.clone();
     let app = router(state);
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    {
-        eprintln!("gatehouse: server error: {e}");
-        return ExitCode::FAILURE;
-    }
+    listener::serve(tcp, app, limits, async move {
+        shutdown_signal().await;
+        shutdown.cancel();
+    })
+    .await;
     ExitCode::SUCCESS
 }
 
@@ -132,18 +130,24 @@ async fn set_password(args: StoreArgs) -> ExitCode {
 
 /// `gatehouse store export|import`.
 async fn migrate(command: StoreCommand) -> ExitCode {
-    let (args, exporting) = match command {
-        StoreCommand::Export(args) => (args, true),
-        StoreCommand::Import(args) => (args, false),
+    let (args, export_to) = match command {
+        StoreCommand::Export { store, output } => (store, Some(output)),
+        StoreCommand::Import(args) => (args, None),
     };
     let store = match store_for(args).await {
         Ok(store) => store,
         Err(code) => return code,
     };
-    let outcome = if exporting {
-        gatehouse::migrate::export(store.as_ref(), &mut std::io::stdout().lock()).await
-    } else {
-        gatehouse::migrate::import(store.as_ref(), std::io::stdin().lock()).await
+    let exporting = export_to.is_some();
+    let outcome = match export_to {
+        Some(Some(path)) => match private_file(&path) {
+            Ok(mut file) => gatehouse::migrate::export(store.as_ref(), &mut file).await,
+            Err(e) => return report(vec![format!("cannot create {}: {e}", path.display())]),
+        },
+        Some(None) => {
+            gatehouse::migrate::export(store.as_ref(), &mut std::io::stdout().lock()).await
+        }
+        None => gatehouse::migrate::import(store.as_ref(), std::io::stdin().lock()).await,
     };
     match outcome {
         Ok(count) => {
@@ -153,6 +157,16 @@ async fn migrate(command: StoreCommand) -> ExitCode {
         }
         Err(e) => report(vec![e.to_string()]),
     }
+}
+
+/// A new file only its owner can read: an export holds every grant and the owner's
+/// password hash. An existing file is never overwritten.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(std::io::BufWriter::new)
 }
 
 async fn shutdown_signal() {

@@ -47,9 +47,11 @@ async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
             "{method} {path}: preflight got {}",
             answer.status
         );
+        // /mcp answers the origins its guard allows, by name; the rest any origin.
+        let expected = if path == "/mcp" { INSPECTOR } else { "*" };
         assert_eq!(
             answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "*",
+            expected,
             "{path}"
         );
         let methods = answer.headers[header::ACCESS_CONTROL_ALLOW_METHODS]
@@ -110,8 +112,16 @@ async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
         )
         .await;
     assert_eq!(mcp.status, StatusCode::UNAUTHORIZED);
-    for answer in [&discovery, &registration, &token, &mcp] {
-        assert_eq!(answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    for (answer, expected) in [
+        (&discovery, "*"),
+        (&registration, "*"),
+        (&token, "*"),
+        (&mcp, INSPECTOR),
+    ] {
+        assert_eq!(
+            answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            expected
+        );
         let exposed = answer.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS]
             .to_str()
             .expect("ascii")
@@ -121,4 +131,26 @@ async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
             "{exposed}"
         );
     }
+}
+
+#[tokio::test]
+async fn mcp_gives_no_cors_grant_to_an_origin_it_refuses() {
+    let app = TestApp::new(&[]);
+    let request = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/mcp")
+        .header(header::ORIGIN, "https://evil.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+        .body(Body::empty())
+        .expect("request");
+    let answer = app.send(request).await;
+    assert!(
+        answer
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none(),
+        "{:?}",
+        answer.headers
+    );
 }

@@ -221,7 +221,10 @@ async fn a_foreign_origin_is_403_and_preflights_are_never_401() {
         )
         .await;
     assert!(preflight.status.is_success(), "{}", preflight.status);
-    assert_eq!(preflight.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(
+        preflight.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "http://localhost:6274"
+    );
     let allowed = preflight.headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
         .to_str()
         .expect("ascii")

@@ -202,7 +202,12 @@ async fn bad_registrations_get_clear_errors() {
     let huge =
         json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(100_000)});
     let too_big = app.register(huge).await;
-    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        too_big.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        too_big.body
+    );
 }
 
 // ----- authorization endpoint -----------------------------------------------------------
@@ -289,24 +294,33 @@ async fn loopback_redirect_uris_match_on_any_port() {
         .starts_with("http://localhost:53682/callback?code="));
 }
 
+/// The later errors of an authorization request, each with the error it must carry.
+const LATER_ERRORS: [(Overrides<'static>, &str); 7] = [
+    (&[("code_challenge", "")], "invalid_request"),
+    (&[("code_challenge_method", "plain")], "invalid_request"),
+    (&[("code_challenge_method", "")], "invalid_request"),
+    (&[("response_type", "token")], "unsupported_response_type"),
+    (&[("response_type", "")], "invalid_request"),
+    (
+        &[("resource", "https://other.example/mcp")],
+        "invalid_target",
+    ),
+    (&[("scope", "admin everything")], "invalid_scope"),
+];
+
 #[tokio::test]
-async fn later_errors_go_back_to_the_client_with_state_and_iss() {
-    let app = TestApp::new(&[]);
-    let client_id = app.public_client("Test").await;
-    let cases: [(Overrides, &str); 7] = [
-        (&[("code_challenge", "")], "invalid_request"),
-        (&[("code_challenge_method", "plain")], "invalid_request"),
-        (&[("code_challenge_method", "")], "invalid_request"),
-        (&[("response_type", "token")], "unsupported_response_type"),
-        (&[("response_type", "")], "invalid_request"),
-        (
-            &[("resource", "https://other.example/mcp")],
-            "invalid_target",
-        ),
-        (&[("scope", "admin everything")], "invalid_scope"),
-    ];
-    for (extra, error) in cases {
-        let answer = app.authorize(&client_id, extra, None).await;
+async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
+    let secret = "a-static-secret-of-more-than-32-characters";
+    let app = TestApp::new(&[
+        "--static-client-id",
+        "claude-fixed",
+        "--static-client-secret",
+        secret,
+        "--static-client-redirect-uris",
+        "https://client.example/cb",
+    ]);
+    for (extra, error) in LATER_ERRORS {
+        let answer = app.authorize("claude-fixed", extra, None).await;
         assert_eq!(
             answer.status,
             StatusCode::SEE_OTHER,
@@ -318,6 +332,42 @@ async fn later_errors_go_back_to_the_client_with_state_and_iss() {
         assert_eq!(answer.param("state").as_deref(), Some("xyz-state"));
         assert_eq!(answer.param("iss").as_deref(), Some(PUBLIC_URL));
         assert!(answer.param("code").is_none());
+    }
+}
+
+/// RFC 9700 §4.11.2: before the owner has acted, a self-registered client (whose
+/// redirect URI anyone may have chosen) gets a page naming the error and the
+/// destination, with a link, never an automatic redirect.
+#[tokio::test]
+async fn later_errors_of_a_self_registered_client_are_shown_not_redirected() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    for (extra, error) in LATER_ERRORS {
+        let answer = app.authorize(&client_id, extra, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{extra:?}: {}",
+            answer.body
+        );
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert!(answer
+            .body
+            .contains("data-testid=\"redirect-host\">client.example<"));
+        let marker = "data-testid=\"continue\" href=\"";
+        let start = answer.body.find(marker).expect("a continue link") + marker.len();
+        let end = start + answer.body[start..].find('"').expect("end");
+        let href = answer.body[start..end].replace("&amp;", "&");
+        let url = url::Url::parse(&href).expect("absolute");
+        assert!(href.starts_with("https://client.example/cb?"), "{href}");
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        assert_eq!(param("error").as_deref(), Some(error), "{extra:?}");
+        assert_eq!(param("state").as_deref(), Some("xyz-state"));
+        assert_eq!(param("iss").as_deref(), Some(PUBLIC_URL));
     }
 }
 

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use app::{shell, App, SiteInfo};
 use axum::{
     extract::{FromRef, Request, State},
-    http::{header, HeaderName, Method},
+    http::{header, HeaderName, HeaderValue, Method},
     routing::{any, get, post},
     Router,
 };
@@ -14,8 +14,10 @@ use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
-    cors::{Any, CorsLayer},
+    cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
+    set_header::SetResponseHeaderLayer,
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -27,11 +29,14 @@ use crate::{
         owner::{Owner, SignInLimiter},
         AuthServer,
     },
+    ratelimit::WindowLimiter,
     resource::Resource,
     store::SharedStore,
 };
 
+pub mod address;
 mod health;
+pub mod listener;
 pub mod mcp;
 pub mod oauth;
 pub mod pages;
@@ -40,10 +45,11 @@ pub mod session;
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Failed sign-ins allowed per client address, and in total, per window.
-const SIGN_IN_LIMIT_PER_ADDRESS: u32 = 10;
-const SIGN_IN_LIMIT_GLOBAL: u32 = 100;
-const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failed sign-ins per client address before each further attempt must wait, the
+/// longest such wait, and how long a quiet address is remembered.
+const SIGN_IN_FREE_FAILURES: u32 = 10;
+const SIGN_IN_MAX_DELAY: Duration = Duration::from_secs(5 * 60);
+const SIGN_IN_FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// What every handler can reach. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -64,11 +70,15 @@ pub struct Shared {
     pub auth: Arc<AuthServer>,
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
+    /// Dynamic registrations per client address per minute.
+    pub registrations: WindowLimiter,
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
     /// The built-in article server at `/mcp`.
     pub article_endpoint: Arc<mcp::articles::ArticleEndpoint>,
+    /// How often an open MCP stream checks that its token is still valid.
+    pub stream_recheck: Duration,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -110,10 +120,14 @@ impl AppState {
                 config.owner_password_hash.clone(),
             )),
             limiter: Arc::new(SignInLimiter::new(
-                SIGN_IN_LIMIT_PER_ADDRESS,
-                SIGN_IN_LIMIT_GLOBAL,
-                SIGN_IN_WINDOW,
+                SIGN_IN_FREE_FAILURES,
+                SIGN_IN_MAX_DELAY,
+                SIGN_IN_FORGET_AFTER,
             )),
+            registrations: WindowLimiter::new(
+                config.limits.registrations_per_minute,
+                Duration::from_secs(60),
+            ),
             hosts: mcp::policy::HostPolicy::new(&config),
             article_endpoint: Arc::new(mcp::articles::ArticleEndpoint::new(
                 article_resource,
@@ -122,6 +136,7 @@ impl AppState {
                 shutdown.child_token(),
             )),
             articles,
+            stream_recheck: mcp::guard::STREAM_RECHECK,
             config: Arc::new(config),
             store,
             clock,
@@ -143,11 +158,23 @@ impl AppState {
 }
 
 /// CORS for the endpoints browser-based clients call (the MCP Inspector runs at
-/// `http://localhost:6274`). No cookies are involved, so any origin may call them;
-/// preflights are answered here and never reach authentication.
-fn api_cors() -> CorsLayer {
+/// `http://localhost:6274`); preflights are answered here and never reach
+/// authentication. Discovery, registration and tokens involve no cookies, so any
+/// origin may call them; the MCP endpoints answer only the origins the guard allows
+/// (`origins`), echoing the origin rather than `*`.
+fn api_cors(origins: Option<mcp::policy::HostPolicy>) -> CorsLayer {
+    let allow_origin = match origins {
+        None => AllowOrigin::any(),
+        Some(policy) => AllowOrigin::predicate(move |origin, _| {
+            origin
+                .to_str()
+                .ok()
+                .and_then(|o| crate::net::Origin::parse(o).ok())
+                .is_some_and(|o| policy.allows_origin(&o))
+        }),
+    };
     CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
@@ -185,17 +212,21 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/register", post(oauth::register::register))
         .route("/oauth/token", post(oauth::token::token))
         .route("/oauth/revoke", post(oauth::token::revoke))
-        .layer(api_cors());
+        .layer(api_cors(None));
 
-    // The MCP endpoints, exact paths only (never redirected), behind the bearer guard,
-    // and each resource's RFC 9728 metadata.
+    // The MCP endpoints, exact paths only (never redirected), behind the bearer guard.
     let endpoint = state.article_endpoint.clone();
-    let mut mcp = Router::new().route(
-        crate::mcp::articles::PATH,
-        any(move |State(state): State<AppState>, request: Request| {
-            mcp::guard::handle(state, endpoint.clone(), request)
-        }),
-    );
+    let mcp = Router::new()
+        .route(
+            crate::mcp::articles::PATH,
+            any(move |State(state): State<AppState>, request: Request| {
+                mcp::guard::handle(state, endpoint.clone(), request)
+            }),
+        )
+        .layer(api_cors(Some(state.hosts.clone())));
+
+    // Each resource's RFC 9728 metadata: public documents.
+    let mut metadata = Router::new();
     for (index, resource) in state.resources().enumerate() {
         let document = {
             let (resource, public_url) = (resource.clone(), state.config.public_url.clone());
@@ -204,14 +235,14 @@ pub fn router(state: AppState) -> Router {
                 async move { mcp::metadata::document(public_url.as_str(), &resource) }
             }
         };
-        mcp = mcp.route(&resource.metadata_path(), get(document.clone()));
+        metadata = metadata.route(&resource.metadata_path(), get(document.clone()));
         // RFC 9728 §3.1 puts the document at the path-suffixed URL; older clients
         // look at the bare one, which describes the default resource.
         if index == 0 {
-            mcp = mcp.route("/.well-known/oauth-protected-resource", get(document));
+            metadata = metadata.route("/.well-known/oauth-protected-resource", get(document));
         }
     }
-    let mcp = mcp.layer(api_cors());
+    let metadata = metadata.layer(api_cors(None));
 
     let browser = Router::new()
         .route("/oauth/authorize", get(oauth::authorize::authorize))
@@ -231,6 +262,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .merge(api)
         .merge(mcp)
+        .merge(metadata)
         .merge(browser)
         // Pages (Leptos SSR) and their server functions.
         .leptos_routes_with_context(
@@ -245,6 +277,26 @@ pub fn router(state: AppState) -> Router {
         // Static files from the site root (`/pkg/*`), else the app's 404 page.
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(
+            state.config.limits.request_body_timeout,
+        ))
+        // RFC 6797: browsers keep to https once they have seen it here.
+        .layer(tower::util::option_layer(
+            state.config.public_url.is_https().then(|| {
+                SetResponseHeaderLayer::if_not_present(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                )
+            }),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
                 // The path only: query strings carry single-use tickets, setup tokens

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Access, Call, CallPolicy, Need};
 use crate::{
-    articles::{ArticleError, Articles, Slug, Status, MAX_PAGE},
+    articles::{Article, ArticleError, Articles, Slug, Status, MAX_PAGE},
     oauth::{
         records::AccessToken,
         scope::{Scope, ScopeSet},
@@ -119,6 +119,16 @@ fn summary_schema() -> Value {
     })
 }
 
+/// A written article as the write tools return it: the body only to tokens that may
+/// also read (a write-only token must not read drafts through `update_article`).
+fn written_schema() -> Value {
+    let mut schema = article_schema();
+    schema["required"] = json!(["slug", "title", "status", "created_at", "updated_at"]);
+    schema["properties"]["body"]["description"] =
+        json!("Markdown; present only when the token also holds the read scope");
+    schema
+}
+
 fn article_schema() -> Value {
     json!({
         "type": "object",
@@ -200,7 +210,7 @@ fn tools() -> Vec<Tool> {
                 "body": {"type": "string", "description": "Markdown"},
                 "slug": slug_property()
             }, "required": ["title", "body"], "additionalProperties": false}),
-            article_schema(),
+            written_schema(),
             (false, false, false),
         ),
         tool(
@@ -211,14 +221,14 @@ fn tools() -> Vec<Tool> {
                 "title": {"type": "string", "minLength": 1, "maxLength": 200},
                 "body": {"type": "string"}
             }, "required": ["slug"], "additionalProperties": false}),
-            article_schema(),
+            written_schema(),
             (false, true, true),
         ),
         tool(
             "publish_article",
             "Publish a draft article (publishing a published one changes nothing). Needs write:articles.",
             json!({"type": "object", "properties": {"slug": slug_property()}, "required": ["slug"], "additionalProperties": false}),
-            article_schema(),
+            written_schema(),
             (false, false, true),
         ),
         tool(
@@ -344,7 +354,9 @@ impl ArticleServer {
         if !granted.contains(needed) {
             return Ok(tool_error(format!("this token lacks the {needed} scope")));
         }
-        self.run(&request.name, request.arguments, prefetched).await
+        let can_read = granted.contains(self.scope(Access::Read));
+        self.run(&request.name, request.arguments, prefetched, can_read)
+            .await
     }
 
     async fn run(
@@ -352,7 +364,19 @@ impl ArticleServer {
         name: &str,
         arguments: Option<Map<String, Value>>,
         prefetched: Option<Prefetched>,
+        can_read: bool,
     ) -> Result<CallToolResult, ErrorData> {
+        let written = |article: Article| {
+            if can_read {
+                structured(article)
+            } else {
+                let mut value = serde_json::to_value(article).unwrap_or_default();
+                if let Some(map) = value.as_object_mut() {
+                    map.remove("body");
+                }
+                structured(value)
+            }
+        };
         let outcome = match name {
             "list_articles" => match parse::<ListArgs>(arguments) {
                 Ok(a) => self
@@ -382,7 +406,7 @@ impl ArticleServer {
                     .articles
                     .create(a.slug, &a.title, &a.body)
                     .await
-                    .map(structured),
+                    .map(written),
                 Err(e) => return Ok(e),
             },
             "update_article" => match parse::<UpdateArgs>(arguments) {
@@ -390,11 +414,11 @@ impl ArticleServer {
                     .articles
                     .update(&a.slug, a.title.as_deref(), a.body.as_deref())
                     .await
-                    .map(structured),
+                    .map(written),
                 Err(e) => return Ok(e),
             },
             "publish_article" => match parse::<SlugArgs>(arguments) {
-                Ok(a) => self.articles.publish(&a.slug).await.map(structured),
+                Ok(a) => self.articles.publish(&a.slug).await.map(written),
                 Err(e) => return Ok(e),
             },
             "delete_article" => match parse::<SlugArgs>(arguments) {

@@ -13,7 +13,7 @@ use super::{
     secret::{random_token, SecretHash},
     AuthServer, ClientError, RegisterError, TokenError,
 };
-use crate::store::{decode, encode, Key, Kind, Put};
+use crate::store::{decode, encode, Put};
 
 /// How the client identified itself at the token or revocation endpoint.
 #[derive(Clone, Debug)]
@@ -139,11 +139,9 @@ impl AuthServer {
     /// A metadata-document client, from the cache while the document's HTTP caching
     /// headers allow, else fetched and validated.
     async fn document_client(&self, url: &url::Url) -> Result<Client, ClientError> {
-        let cache_key = Key::new(Kind::CIMD, SecretHash::of(url.as_str()).as_str());
-        if let Some(raw) = self.store.get(&cache_key).await? {
-            if let Ok(client) = decode(&raw) {
-                return Ok(client);
-            }
+        let now_ms = self.clock.now_ms();
+        if let Some(client) = self.document_cache().get(url, now_ms) {
+            return Ok(client);
         }
         let fetched = self
             .fetcher
@@ -158,11 +156,15 @@ impl AuthServer {
         )
         .map_err(ClientError::Document)?;
         if let Some(max_age) = fetched.max_age {
-            self.store
-                .put(&cache_key, &encode(&client)?, Put::ttl(max_age))
-                .await?;
+            let expires = now_ms + max_age.as_millis() as u64;
+            self.document_cache()
+                .insert(url, client.clone(), expires, now_ms);
         }
         Ok(client)
+    }
+
+    fn document_cache(&self) -> std::sync::MutexGuard<'_, metadata_document::DocumentCache> {
+        self.documents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remembers that a registered client obtained a grant: it no longer expires.

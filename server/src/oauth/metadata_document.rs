@@ -3,6 +3,8 @@
 //! names a JSON document, published by the client, that describes it. This module
 //! judges the URL and the document; fetching lives in [`crate::outbound`].
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use url::Url;
 
@@ -116,6 +118,56 @@ pub fn client_from_document(
     })
 }
 
+/// Fetched documents, in memory and bounded: an anonymous caller who names a new
+/// document URL at every request costs a fetch, never storage. When full, expired
+/// entries go first, then the one closest to expiry.
+pub struct DocumentCache {
+    max: usize,
+    entries: HashMap<String, (Client, u64)>,
+}
+
+impl DocumentCache {
+    pub fn new(max: usize) -> Self {
+        DocumentCache {
+            max: max.max(1),
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, url: &Url, now_ms: u64) -> Option<Client> {
+        self.entries
+            .get(url.as_str())
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(client, _)| client.clone())
+    }
+
+    pub fn insert(&mut self, url: &Url, client: Client, expires_ms: u64, now_ms: u64) {
+        if self.entries.len() >= self.max && !self.entries.contains_key(url.as_str()) {
+            self.entries.retain(|_, (_, expires)| *expires > now_ms);
+            if self.entries.len() >= self.max {
+                let soonest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (_, expires))| *expires)
+                    .map(|(url, _)| url.clone());
+                if let Some(url) = soonest {
+                    self.entries.remove(&url);
+                }
+            }
+        }
+        self.entries
+            .insert(url.as_str().to_owned(), (client, expires_ms));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +231,32 @@ mod tests {
             );
         }
         assert!(client_from_document(&url, b"not json", &known(), 0).is_err());
+    }
+
+    #[test]
+    fn the_document_cache_is_bounded_and_forgets_expired_entries() {
+        let client = |url: &Url| {
+            let body = serde_json::json!({"client_id": url.as_str(), "redirect_uris": ["https://a.example/cb"]});
+            client_from_document(url, body.to_string().as_bytes(), &known(), 0).expect("valid")
+        };
+        let mut cache = DocumentCache::new(2);
+        let urls: Vec<Url> = (0..3)
+            .map(|i| Url::parse(&format!("https://c{i}.example/doc")).expect("url"))
+            .collect();
+        cache.insert(&urls[0], client(&urls[0]), 1_000, 0);
+        cache.insert(&urls[1], client(&urls[1]), 5_000, 0);
+        cache.insert(&urls[2], client(&urls[2]), 9_000, 0);
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache.get(&urls[0], 10).is_none(),
+            "the soonest to expire went"
+        );
+        assert!(cache.get(&urls[2], 10).is_some());
+        assert!(cache.get(&urls[1], 5_000).is_none(), "expired");
+        for i in 0..100 {
+            let url = Url::parse(&format!("https://many{i}.example/doc")).expect("url");
+            cache.insert(&url, client(&url), 99_000, 6_000);
+        }
+        assert_eq!(cache.len(), 2);
     }
 }

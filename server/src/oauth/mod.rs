@@ -52,6 +52,8 @@ pub struct OAuthSettings {
     pub refresh_grace: Duration,
     /// Registered clients that never obtain a grant are forgotten after this long.
     pub unused_client_ttl: Duration,
+    /// Client-ID metadata documents kept in memory at once.
+    pub max_cached_documents: usize,
     pub static_client: Option<StaticClient>,
     /// Admit client-ID metadata documents on loopback http URLs. Tests only.
     pub allow_loopback_client_metadata: bool,
@@ -72,6 +74,7 @@ pub struct AuthServer {
     store: SharedStore,
     settings: OAuthSettings,
     fetcher: DocumentFetcher,
+    documents: std::sync::Mutex<metadata_document::DocumentCache>,
     clock: Clock,
 }
 
@@ -85,6 +88,9 @@ impl AuthServer {
     ) -> Result<Arc<Self>, String> {
         let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata)?;
         Ok(Arc::new(AuthServer {
+            documents: std::sync::Mutex::new(metadata_document::DocumentCache::new(
+                settings.max_cached_documents,
+            )),
             store,
             settings,
             fetcher,

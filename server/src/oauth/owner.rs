@@ -1,12 +1,9 @@
 //! The owner: the one person who may approve clients. Their password (Argon2id), the
 //! first-run setup token, sign-in sessions, and the limit on failed sign-ins.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+
+use tokio::{sync::Semaphore, time::Instant};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -14,7 +11,14 @@ use argon2::{
 };
 
 use super::secret::{random_token, SecretHash};
-use crate::store::{Key, Kind, Put, SharedStore, StoreError, StoreResult};
+use crate::{
+    ratelimit::{address_key, RetryAfter, MAX_TRACKED},
+    store::{Key, Kind, Put, SharedStore, StoreError, StoreResult},
+};
+
+/// Argon2 verifications running at once. Each needs about 19 MiB and a core for tens
+/// of milliseconds, on the blocking pool that embedded-store writes share.
+pub const ARGON2_CONCURRENCY: usize = 2;
 
 pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const SIGN_IN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -87,6 +91,7 @@ pub struct Owner {
     store: SharedStore,
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
+    argon2: Semaphore,
 }
 
 fn password_key() -> Key {
@@ -98,6 +103,7 @@ impl Owner {
         Owner {
             store,
             configured_hash,
+            argon2: Semaphore::new(ARGON2_CONCURRENCY),
         }
     }
 
@@ -113,15 +119,32 @@ impl Owner {
         Ok(self.password_hash().await?.is_some())
     }
 
+    /// Checks a password, at most [`ARGON2_CONCURRENCY`] at a time.
     pub async fn verify_password(&self, password: &str) -> StoreResult<bool> {
         let (hash, exists) = match self.password_hash().await? {
             Some(hash) => (hash, true),
             None => (decoy_hash().to_owned(), false),
         };
+        let _permit = self
+            .argon2
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
         Ok(verify(hash, password.to_owned()).await && exists)
     }
 
-    /// Stores a new password (`gatehouse owner set-password`, or first-run setup).
+    /// Ends every sign-in session (after a password change).
+    pub async fn end_all_sessions(&self) -> StoreResult<u64> {
+        let prefix = format!("{}:", Kind::SESSION.as_str());
+        let mut ended = 0;
+        for (key, _) in self.store.scan(&prefix).await? {
+            ended += u64::from(self.store.delete(&key).await?);
+        }
+        Ok(ended)
+    }
+
+    /// Stores a new password (`gatehouse owner set-password`, or first-run setup) and
+    /// ends every existing sign-in session.
     pub async fn set_password(&self, password: &str) -> Result<(), SetupError> {
         check_new_password(password).map_err(SetupError::WeakPassword)?;
         let password = password.to_owned();
@@ -132,6 +155,7 @@ impl Owner {
         self.store
             .put(&password_key(), hash.as_bytes(), Put::forever())
             .await?;
+        self.end_all_sessions().await?;
         Ok(())
     }
 
@@ -198,71 +222,135 @@ impl Owner {
     }
 }
 
-/// Limits failed sign-ins per client address and in total, in fixed windows. Kept in
-/// memory: a limit per instance is still a limit, and it must not depend on the store
-/// (an attacker must not be able to fill the store).
+/// Slows failed sign-ins down per client address, without ever locking the owner
+/// out for what strangers elsewhere do:
+///
+/// - each address may fail [`SignInLimiter::free`] times; after that, each further
+///   attempt must wait a delay that doubles with every failure (1 s, 2 s, 4 s, … up
+///   to `max_delay`);
+/// - an attempt is *reserved* before the password is checked, so a burst of
+///   concurrent guesses from one address is checked at most `free` times: the rest
+///   are refused with `Retry-After` without costing an Argon2 run;
+/// - a correct password clears the address; an address forgotten for
+///   `forget_after` starts afresh.
+///
+/// Behind a reverse proxy every client shares the proxy's address unless
+/// `--trusted-proxy` names it. Argon2 runs themselves are bounded by the owner's
+/// semaphore ([`Owner::verify_password`]), whatever the number of addresses.
 pub struct SignInLimiter {
-    per_address: u32,
-    global: u32,
-    window: Duration,
-    state: Mutex<LimiterState>,
+    free: u32,
+    max_delay: Duration,
+    forget_after: Duration,
+    state: Mutex<HashMap<IpAddr, Tries>>,
 }
 
-#[derive(Default)]
-struct LimiterState {
-    global: Option<(Instant, u32)>,
-    addresses: HashMap<IpAddr, (Instant, u32)>,
+struct Tries {
+    failures: u32,
+    in_flight: u32,
+    /// When the next attempt may start, once the free ones are spent.
+    next: Instant,
+    last: Instant,
 }
 
-/// When the next attempt is allowed.
-#[derive(Debug, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+/// One reserved attempt. Report how it went; dropping it unreported (a store
+/// failure, say) releases the reservation without counting a failure.
+pub struct Attempt<'a> {
+    limiter: &'a SignInLimiter,
+    key: IpAddr,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        let mut state = self.limiter.lock();
+        state.remove(&self.key);
+    }
+
+    pub fn failed(mut self) {
+        self.settled = true;
+        let now = Instant::now();
+        let limiter = self.limiter;
+        let mut state = limiter.lock();
+        if let Some(tries) = state.get_mut(&self.key) {
+            tries.in_flight = tries.in_flight.saturating_sub(1);
+            tries.failures += 1;
+            tries.last = now;
+            if tries.failures >= limiter.free {
+                let doublings = (tries.failures - limiter.free).min(20);
+                let delay = Duration::from_secs(1u64 << doublings).min(limiter.max_delay);
+                tries.next = now + delay;
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut state = self.limiter.lock();
+            if let Some(tries) = state.get_mut(&self.key) {
+                tries.in_flight = tries.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
 
 impl SignInLimiter {
-    pub fn new(per_address: u32, global: u32, window: Duration) -> Self {
+    pub fn new(free: u32, max_delay: Duration, forget_after: Duration) -> Self {
         SignInLimiter {
-            per_address,
-            global,
-            window,
+            free: free.max(1),
+            max_delay,
+            forget_after,
             state: Mutex::default(),
         }
     }
 
-    /// Whether `address` may try now.
-    pub fn check(&self, address: IpAddr) -> Result<(), RetryAfter> {
-        let now = Instant::now();
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let blocked = |entry: Option<&(Instant, u32)>, limit: u32| match entry {
-            Some((start, count)) if now.duration_since(*start) < self.window && *count >= limit => {
-                Some(self.window - now.duration_since(*start))
-            }
-            _ => None,
-        };
-        if let Some(wait) = blocked(state.addresses.get(&address), self.per_address)
-            .or_else(|| blocked(state.global.as_ref(), self.global))
-        {
-            return Err(RetryAfter(wait));
-        }
-        Ok(())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Tries>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record_failure(&self, address: IpAddr) {
+    /// Reserves an attempt for `address`, or says when one will be allowed.
+    pub fn reserve(&self, address: IpAddr) -> Result<Attempt<'_>, RetryAfter> {
         let now = Instant::now();
-        let window = self.window;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let bump = |entry: &mut (Instant, u32)| {
-            if now.duration_since(entry.0) >= window {
-                *entry = (now, 0);
+        let key = address_key(address);
+        let mut state = self.lock();
+        if state.len() >= MAX_TRACKED {
+            let forget = self.forget_after;
+            state.retain(|_, t| t.in_flight > 0 || now.duration_since(t.last) < forget);
+            if state.len() >= MAX_TRACKED {
+                if let Some(oldest) = state
+                    .iter()
+                    .filter(|(_, t)| t.in_flight == 0)
+                    .min_by_key(|(_, t)| t.last)
+                    .map(|(k, _)| *k)
+                {
+                    state.remove(&oldest);
+                }
             }
-            entry.1 += 1;
-        };
-        bump(state.global.get_or_insert((now, 0)));
-        if state.addresses.len() > 10_000 {
-            state
-                .addresses
-                .retain(|_, (start, _)| now.duration_since(*start) < window);
         }
-        bump(state.addresses.entry(address).or_insert((now, 0)));
+        let tries = state.entry(key).or_insert(Tries {
+            failures: 0,
+            in_flight: 0,
+            next: now,
+            last: now,
+        });
+        if tries.in_flight == 0 && now.duration_since(tries.last) >= self.forget_after {
+            tries.failures = 0;
+            tries.next = now;
+        }
+        let within_free = tries.failures + tries.in_flight < self.free;
+        let waited = tries.in_flight == 0 && now >= tries.next;
+        if !(within_free || waited) {
+            let wait = tries.next.saturating_duration_since(now);
+            return Err(RetryAfter(wait.max(Duration::from_secs(1))));
+        }
+        tries.in_flight += 1;
+        Ok(Attempt {
+            limiter: self,
+            key,
+            settled: false,
+        })
     }
 }
 
@@ -270,22 +358,49 @@ impl SignInLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_per_address_and_globally() {
-        let limiter = SignInLimiter::new(2, 3, Duration::from_secs(60));
-        let (a, b, c) = (
-            [10, 0, 0, 1].into(),
-            [10, 0, 0, 2].into(),
-            [10, 0, 0, 3].into(),
-        );
-        limiter.record_failure(a);
-        assert!(limiter.check(a).is_ok());
-        limiter.record_failure(a);
-        assert!(limiter.check(a).is_err());
-        assert!(limiter.check(b).is_ok());
-        limiter.record_failure(b);
-        // Three failures in all: everyone waits.
-        assert!(limiter.check(c).is_err());
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_slow_one_address_down_and_no_other() {
+        let limiter = SignInLimiter::new(2, Duration::from_secs(8), Duration::from_secs(900));
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        limiter.reserve(a).expect("free").failed();
+        limiter.reserve(a).expect("free").failed();
+        // Two failures: the next attempt waits 1 s, then 2 s, 4 s, 8 s, 8 s.
+        for wait in [1, 2, 4, 8, 8] {
+            let refused = limiter.reserve(a).err().expect("slowed down");
+            assert_eq!(refused.seconds(), wait);
+            assert!(limiter.reserve(b).is_ok(), "another address is not slowed");
+            tokio::time::advance(Duration::from_secs(wait)).await;
+            limiter.reserve(a).expect("after the delay").failed();
+        }
+        // The right password, once allowed, clears the address.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        limiter.reserve(a).expect("allowed").succeeded();
+        assert!(limiter.reserve(a).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_attempts_are_reserved_before_they_are_checked() {
+        let limiter = SignInLimiter::new(10, Duration::from_secs(300), Duration::from_secs(900));
+        let a = ip("192.0.2.1");
+        let held: Vec<Attempt<'_>> = (0..150).filter_map(|_| limiter.reserve(a).ok()).collect();
+        assert_eq!(held.len(), 10, "only the free attempts may run at once");
+        drop(held);
+        // Released without a verdict (a store failure): nothing was counted.
+        assert!(limiter.reserve(a).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_are_forgotten_after_a_quiet_period() {
+        let limiter = SignInLimiter::new(1, Duration::from_secs(300), Duration::from_secs(900));
+        let a = ip("192.0.2.1");
+        limiter.reserve(a).expect("free").failed();
+        assert!(limiter.reserve(a).is_err());
+        tokio::time::advance(Duration::from_secs(900)).await;
+        assert!(limiter.reserve(a).is_ok());
     }
 
     #[test]

@@ -57,9 +57,9 @@ pub struct Grant {
     /// The live refresh token; `None` until the code is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<SecretHash>,
-    /// Refresh tokens rotated within the grace window, newest first, so a client that
-    /// lost a response gets the same successor again. Older ones are pruned: any
-    /// other refresh token of this grant is a reuse.
+    /// The refresh token rotated last (at most one), so a client that lost the
+    /// response gets the same successor again within the grace window. Any other
+    /// refresh token of this grant is a reuse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotated: Vec<Rotation>,
     /// The access tokens still kept: the newest and the one before it. Older ones are

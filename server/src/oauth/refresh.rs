@@ -8,9 +8,10 @@
 //! in a record that lives only for the grace window. Any other refresh token of the
 //! grant is a reuse, and revokes the grant.
 //!
-//! What a grant keeps is bounded whatever the number of rotations: one grant record
-//! (with the rotations still within the grace window), at most two access tokens,
-//! and one sealed successor per rotation within the window.
+//! What a grant keeps is bounded whatever the number of rotations: one grant record,
+//! at most two access tokens, and the sealed successor of the last rotation only.
+//! Once a successor has itself been rotated, the client clearly received it, so the
+//! token before it has no more use: presenting it again is a reuse, grace or not.
 
 use std::time::Duration;
 
@@ -123,19 +124,10 @@ impl AuthServer {
             )?;
             self.store_access(&minted).await?;
 
-            let now = self.now();
-            let grace = self.settings.refresh_grace.as_secs();
-            let mut rotated = vec![Rotation {
+            let rotated = vec![Rotation {
                 hash: token.hash.clone(),
-                at: now,
+                at: self.now(),
             }];
-            rotated.extend(
-                grant
-                    .rotated
-                    .iter()
-                    .filter(|r| now.saturating_sub(r.at) <= grace)
-                    .cloned(),
-            );
             let mut access = vec![minted.access.hash.clone()];
             access.extend(grant.access.iter().take(ACCESS_TOKENS_KEPT - 1).cloned());
             let dropped: Vec<SecretHash> = grant
@@ -176,6 +168,11 @@ impl AuthServer {
             }
             for hash in dropped {
                 self.store.delete(&access_key(&token.grant, &hash)).await?;
+            }
+            for earlier in &grant.rotated {
+                self.store
+                    .delete(&successor_key(&token.grant, &earlier.hash))
+                    .await?;
             }
             return Ok(minted.response);
         }

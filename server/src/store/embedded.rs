@@ -45,8 +45,11 @@ impl EmbeddedStore {
         Self::open_with_clock(path, Clock::system())
     }
 
-    /// Opens the store with expiry measured by `clock` (tests move it forward).
+    /// Opens the store with expiry measured by `clock` (tests move it forward). The
+    /// file is readable by its owner only.
     pub fn open_with_clock(path: &Path, clock: Clock) -> StoreResult<Self> {
+        restrict_to_owner(path)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         // A bounded page cache: the records here are small, and an idle server should
         // stay small too (redb's default cache is large).
         let db = Database::builder()
@@ -481,6 +484,25 @@ fn expiry_key(expires_at: u64, key: &str) -> Vec<u8> {
     out.extend_from_slice(&expires_at.to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out
+}
+
+/// Creates the database file with mode 0600, or narrows an existing one to it: it
+/// holds every grant and the owner's password hash.
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {

@@ -23,7 +23,6 @@ pub struct Kind(&'static str);
 
 impl Kind {
     pub const CLIENT: Kind = Kind("client");
-    pub const CIMD: Kind = Kind("cimd");
     pub const GRANT: Kind = Kind("grant");
     pub const CODE: Kind = Kind("code");
     pub const ACCESS: Kind = Kind("at");
@@ -34,6 +33,8 @@ impl Kind {
     pub const SETUP: Kind = Kind("setup");
     pub const OWNER: Kind = Kind("owner");
     pub const MCP_SESSION: Kind = Kind("mcp-session");
+    /// Which client (and resource) an MCP session belongs to.
+    pub const MCP_BINDING: Kind = Kind("mcp-bind");
     pub const ARTICLE: Kind = Kind("article");
     /// For the store's own tests.
     #[cfg(test)]

@@ -42,6 +42,13 @@ if tag then
   if member == "1" then
     local pttl = redis.call("PTTL", tag)
     redis.call("SADD", tag, key)
+    -- Members that expired on their own stay in the set until pruned here; the
+    -- members deleted explicitly leave it at once (DELETE_MEMBER_SCRIPT).
+    if redis.call("SCARD", tag) > PRUNE_ABOVE then
+      for _, m in ipairs(redis.call("SMEMBERS", tag)) do
+        if redis.call("EXISTS", m) == 0 then redis.call("SREM", tag, m) end
+      end
+    end
     if ttl == 0 then
       redis.call("PERSIST", tag)
     elseif pttl == -2 or (pttl >= 0 and pttl < ttl) then
@@ -54,17 +61,36 @@ end
 return 1
 "#;
 
-/// Deletes every member of a group and the set itself; returns how many members
-/// existed. KEYS: the group set.
-const DELETE_GROUP_SCRIPT: &str = r#"
-local members = redis.call("SMEMBERS", KEYS[1])
+/// A group set is pruned of expired members when a put finds more than this many.
+const PRUNE_ABOVE: u32 = 64;
+
+/// Deletes a group member and leaves its set. KEYS: the key, its group set.
+const DELETE_MEMBER_SCRIPT: &str = r#"
+local deleted = redis.call("DEL", KEYS[1])
+redis.call("SREM", KEYS[2], KEYS[1])
+return deleted
+"#;
+
+/// Deletes up to ARGV[1] members of a group; returns {deleted, members left}. Called
+/// until none are left, so revoking a large group never blocks Redis for long (a
+/// script runs alone). KEYS: the group set.
+const DELETE_GROUP_BATCH_SCRIPT: &str = r#"
+local members = redis.call("SPOP", KEYS[1], tonumber(ARGV[1]))
 local deleted = 0
 for _, member in ipairs(members) do
   deleted = deleted + redis.call("DEL", member)
 end
-redis.call("DEL", KEYS[1])
-return deleted
+return {deleted, redis.call("SCARD", KEYS[1])}
 "#;
+
+/// Members deleted per script call by [`Store::delete_group`].
+const DELETE_BATCH: usize = 200;
+
+/// [`PUT_SCRIPT`] with its pruning threshold filled in.
+fn put_script() -> &'static str {
+    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| PUT_SCRIPT.replace("PRUNE_ABOVE", &PRUNE_ABOVE.to_string()))
+}
 
 pub struct RedisStore {
     pool: Pool,
@@ -166,7 +192,7 @@ impl RedisStore {
         ];
         let wrote: i64 = self
             .pool
-            .eval(PUT_SCRIPT, keys, args)
+            .eval(put_script(), keys, args)
             .await
             .map_err(unavailable)?;
         Ok(wrote == 1)
@@ -228,21 +254,39 @@ impl Store for RedisStore {
     }
 
     async fn delete(&self, key: &Key) -> StoreResult<bool> {
-        let deleted: i64 = self.pool.del(self.key(key)).await.map_err(unavailable)?;
+        let deleted: i64 = match self.tag_set(key) {
+            Some(tag) => self
+                .pool
+                .eval(
+                    DELETE_MEMBER_SCRIPT,
+                    vec![self.key(key), tag],
+                    Vec::<Value>::new(),
+                )
+                .await
+                .map_err(unavailable)?,
+            None => self.pool.del(self.key(key)).await.map_err(unavailable)?,
+        };
         Ok(deleted > 0)
     }
 
     async fn delete_group(&self, group: &Group) -> StoreResult<u64> {
-        let deleted: i64 = self
-            .pool
-            .eval(
-                DELETE_GROUP_SCRIPT,
-                vec![self.group_set(group.as_str())],
-                Vec::<Value>::new(),
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(deleted.max(0) as u64)
+        let set = self.group_set(group.as_str());
+        let mut total = 0;
+        loop {
+            let (deleted, left): (i64, i64) = self
+                .pool
+                .eval(
+                    DELETE_GROUP_BATCH_SCRIPT,
+                    vec![set.clone()],
+                    vec![Value::from(DELETE_BATCH as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            total += deleted.max(0) as u64;
+            if left <= 0 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {

@@ -5,9 +5,15 @@
 //! 3. the token's record, read by its hash in one round trip together with whatever
 //!    the endpoint reads ahead: unexpired, unrevoked and issued for this very resource
 //!    (RFC 8707 audience), else 401 `invalid_token`;
-//! 4. one JSON-RPC message per POST (batches 400), and the scope the call needs: 403
+//! 4. a session id, when sent, belongs to this token's client (else 404, exactly as
+//!    for an unknown session);
+//! 5. one JSON-RPC message per POST (batches 400), and the scope the call needs: 403
 //!    `insufficient_scope` so clients can step up;
-//! 5. the store answering within [`VERIFY_TIMEOUT`], else 503.
+//! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
+//!
+//! A new session is bound to the client that opened it. A streamed answer (SSE) is
+//! closed once its token expires or is revoked, checked every
+//! [`STREAM_RECHECK`].
 //!
 //! The guard knows no tools: each [`Endpoint`] says which scope a call needs.
 
@@ -17,23 +23,31 @@ use axum::{
     body::Body,
     extract::Request,
     http::{header, HeaderMap, Method, StatusCode},
-    response::Response,
+    response::{IntoResponse, Response},
 };
+use futures::StreamExt;
 
 use super::{
     policy::Refusal,
     reply::{code, insufficient_scope, rpc_error, store_unavailable, unauthorized},
+    session_id,
+    sessions::{self, binding_key, Binding},
     Endpoint, Guarded, GuardedBody, MAX_BODY_BYTES,
 };
 use crate::{
     http::AppState,
     mcp::{call::Message, Access, Need},
+    net::media_type,
     oauth::AuthServer,
+    resource::ResourceUri,
     store::{Key, StoreError},
 };
 
 /// A token check that does not answer within this long counts as a store outage.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an open stream checks that its token is still valid.
+pub const STREAM_RECHECK: Duration = Duration::from_secs(30);
 
 const INVALID_TOKEN: &str = "the access token is invalid, expired or revoked";
 
@@ -106,7 +120,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         GuardedBody::Stream(_) => None,
     };
     let prepared = endpoint.prepare(&parts, bytes);
+    let session = session_id(&parts.headers).map(str::to_owned);
+    let binding = session.as_deref().map(binding_key);
     let keys: Vec<&Key> = std::iter::once(&token_key)
+        .chain(binding.as_ref())
         .chain(prepared.read_ahead.as_ref())
         .collect();
     let mut records = match tokio::time::timeout(VERIFY_TIMEOUT, state.store.get_many(&keys)).await
@@ -133,6 +150,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         Ok(None) => return unauthorized(public_url, resource, Some(INVALID_TOKEN)),
         Err(e) => return store_unavailable(&e),
     };
+    if session.is_some()
+        && !sessions::allows(records[1].as_deref(), &access.client_id, &resource.uri)
+    {
+        return unknown_session();
+    }
 
     if let Some(bytes) = bytes {
         let need = match prepared.need {
@@ -164,7 +186,9 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
 
     let mut parts = parts;
     parts.extensions.insert(access.clone());
-    endpoint
+    let client_id = access.client_id.clone();
+    let deleting = parts.method == Method::DELETE;
+    let response = endpoint
         .serve(Guarded {
             parts,
             body,
@@ -172,7 +196,91 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             prepared: prepared.state,
             read_ahead,
         })
-        .await
+        .await;
+
+    match session {
+        // A new session: bind it to this client before the client can use it.
+        None => {
+            let opened = response
+                .headers()
+                .get(super::SESSION_ID)
+                .and_then(|v| v.to_str().ok());
+            if let Some(opened) = opened {
+                let binding = Binding {
+                    client_id,
+                    resource: resource.uri.clone(),
+                };
+                if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
+                    return store_unavailable(&e);
+                }
+            }
+        }
+        Some(ended) if deleting && response.status().is_success() => {
+            let _ = state.store.delete(&sessions::binding_key(&ended)).await;
+        }
+        Some(_) => {}
+    }
+    watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// What rmcp answers for a session it does not know, to the byte: a session of
+/// another client must look exactly like no session at all.
+fn unknown_session() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Not Found: Session not found",
+    )
+        .into_response()
+}
+
+/// Ends a streamed (SSE) answer once its token expires or is revoked. A store that
+/// cannot answer does not end the stream: a revocation it cannot confirm is checked
+/// again at the next tick.
+fn watch_stream(
+    state: AppState,
+    token_key: Key,
+    resource: ResourceUri,
+    response: Response,
+) -> Response {
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type(v) == "text/event-stream");
+    if !streaming {
+        return response;
+    }
+    let every = state.stream_recheck;
+    let (parts, body) = response.into_parts();
+    let frames = body.into_data_stream();
+    let tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let watched = futures::stream::unfold(
+        (frames, tick, state, token_key, resource),
+        |(mut frames, mut tick, state, token_key, resource)| async move {
+            loop {
+                tokio::select! {
+                    frame = frames.next() => {
+                        return frame.map(|f| (f, (frames, tick, state, token_key, resource)));
+                    }
+                    _ = tick.tick() => {
+                        let record = match state.store.get(&token_key).await {
+                            Ok(record) => record,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot recheck a streaming token");
+                                continue;
+                            }
+                        };
+                        if !matches!(state.auth.access_token_from(record.as_deref(), &resource), Ok(Some(_))) {
+                            tracing::info!("closing an MCP stream: its token expired or was revoked");
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Response::from_parts(parts, Body::from_stream(watched))
 }
 
 /// A request's body, for endpoints that hand the request on.

@@ -8,9 +8,12 @@ use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    oauth::secret::SecretHash,
-    store::{decode, encode, Key, Kind, Put, SharedStore},
+    oauth::{client::ClientId, secret::SecretHash},
+    resource::ResourceUri,
+    store::{decode, encode, Key, Kind, Put, SharedStore, StoreResult},
 };
 
 /// How long an idle MCP session can be restored on another instance.
@@ -46,4 +49,35 @@ impl SessionStore for StoreSessions {
         self.0.delete(&session_key(session_id)).await?;
         Ok(())
     }
+}
+
+/// Which client opened a session, on which resource. The guard reads it with the
+/// token and answers a session used by any other client as unknown (404), so a
+/// session id is never a credential (MCP security best practices, "Session
+/// Hijacking"). Kept in the store, so the binding holds on every instance.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub client_id: ClientId,
+    pub resource: ResourceUri,
+}
+
+pub fn binding_key(session_id: &str) -> Key {
+    Key::new(Kind::MCP_BINDING, SecretHash::of(session_id).as_str())
+}
+
+pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> StoreResult<()> {
+    store
+        .put(
+            &binding_key(session_id),
+            &encode(binding)?,
+            Put::ttl(MCP_SESSION_TTL),
+        )
+        .await
+}
+
+/// Whether a binding record (as read with the token) lets this client use the session.
+pub fn allows(record: Option<&[u8]>, client_id: &ClientId, resource: &ResourceUri) -> bool {
+    record
+        .and_then(|raw| decode::<Binding>(raw).ok())
+        .is_some_and(|b| b.client_id == *client_id && b.resource == *resource)
 }

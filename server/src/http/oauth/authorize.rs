@@ -52,7 +52,7 @@ pub async fn authorize(
             code,
             description,
             state: client_state,
-            verified: _,
+            verified,
         }) => {
             let target = state.auth.error_redirect(
                 &redirect_uri,
@@ -60,7 +60,22 @@ pub async fn authorize(
                 &description,
                 client_state.as_deref(),
             );
-            return see_other(&target);
+            if verified {
+                return see_other(&target);
+            }
+            // Nobody has approved anything yet, and a self-registered client's URI
+            // may be anyone's: show where it would go instead of sending the person.
+            return (
+                StatusCode::BAD_REQUEST,
+                page_headers(),
+                app::oauth_pages::redirect_notice_document(
+                    code.as_str(),
+                    &description,
+                    &redirect_uri.host(),
+                    &target,
+                ),
+            )
+                .into_response();
         }
         Err(AuthorizeError::Store(e)) => return unavailable_page(&e).into_response(),
     };
@@ -87,6 +102,10 @@ pub async fn authorize(
         client_name: pending.client_name.clone(),
         client_id: pending.client_id.to_string(),
         unverified: pending.client_kind == ClientKind::Registered,
+        document_host: (pending.client_kind == ClientKind::MetadataDocument)
+            .then(|| url::Url::parse(pending.client_id.as_str()).ok())
+            .flatten()
+            .and_then(|u| u.host_str().map(str::to_owned)),
         redirect_host: pending.redirect_uri.host(),
         redirect_is_loopback: pending.redirect_uri.is_loopback(),
         resource_title: resource.map(|r| r.title.clone()).unwrap_or_default(),
@@ -146,12 +165,33 @@ pub async fn deny(
     decide(state, headers, params, false).await
 }
 
+/// Whether a browser fetched the link on its own (a prefetch or prerender) or another
+/// site sent the person here: then nothing is decided, and the ticket stays.
+fn unintended(headers: &HeaderMap) -> Option<&'static str> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let prefetch = [value("sec-purpose"), value("purpose")]
+        .into_iter()
+        .flatten()
+        .any(|v| v.to_ascii_lowercase().contains("prefetch"));
+    if prefetch {
+        return Some("The browser fetched this link ahead of time. Click it on the consent page.");
+    }
+    if value("sec-fetch-site") == Some("cross-site") {
+        return Some("Another site sent you to this link. Use the buttons on the consent page.");
+    }
+    None
+}
+
 async fn decide(
     state: AppState,
     headers: HeaderMap,
     params: TicketParams,
     approve: bool,
 ) -> Response {
+    if let Some(reason) = unintended(&headers) {
+        return ErrorPage::new(StatusCode::BAD_REQUEST, "Nothing was decided", reason)
+            .into_response();
+    }
     let invalid = || {
         ErrorPage::new(
             StatusCode::BAD_REQUEST,

@@ -131,6 +131,31 @@ pub fn unavailable_page(cause: &StoreError) -> ErrorPage {
     )
 }
 
+/// Form posts that change state (sign-in, sign-out, setup) must come from our own
+/// pages: a present `Origin` must be the public URL's, and without one a browser's
+/// `Sec-Fetch-Site: cross-site` is refused. (Browsers send `Origin` with every form
+/// POST; non-browser clients send neither and are no CSRF vector.)
+pub fn same_origin_post(
+    state: &crate::http::AppState,
+    headers: &HeaderMap,
+) -> Result<(), ErrorPage> {
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let ours = match header(header::ORIGIN) {
+        Some(origin) => origin.trim_end_matches('/') == state.config.public_url.as_str(),
+        None => header(header::HeaderName::from_static("sec-fetch-site")) != Some("cross-site"),
+    };
+    if ours {
+        Ok(())
+    } else {
+        tracing::warn!("refused a cross-site form post");
+        Err(ErrorPage::new(
+            StatusCode::FORBIDDEN,
+            "Cross-site request refused",
+            "This form can only be sent from this server's own pages.",
+        ))
+    }
+}
+
 /// Headers every page an owner acts on carries: never framed (clickjacking), never
 /// cached.
 pub fn page_headers() -> [(header::HeaderName, &'static str); 4] {

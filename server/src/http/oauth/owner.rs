@@ -2,19 +2,18 @@
 //! (`/setup`), with the session cookie: a random id (the store keeps its hash),
 //! `HttpOnly`, `SameSite=Lax`, and `Secure` with the `__Host-` prefix under https.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, Query, State},
+    extract::{Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
-use super::{page_headers, unavailable_page};
+use super::{page_headers, same_origin_post, unavailable_page};
 use crate::{
     http::{
+        address::ClientAddress,
         pages::{see_other, ErrorPage},
         session::{cookie_name, cookie_value, session_cookie},
         AppState,
@@ -61,9 +60,12 @@ struct LoginForm {
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
-    request_ip: ClientIp,
+    ClientAddress(address): ClientAddress,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = same_origin_post(&state, &headers) {
+        return refused.into_response();
+    }
     let form: LoginForm = serde_urlencoded::from_bytes(&body).unwrap_or(LoginForm {
         password: None,
         return_to: None,
@@ -77,21 +79,33 @@ pub async fn login(
         )
             .into_response()
     };
-    if let Err(wait) = state.limiter.check(request_ip.0) {
-        let minutes = wait.0.as_secs().div_ceil(60).max(1);
-        tracing::warn!("sign-in refused: too many failed attempts");
-        return retry(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("Too many failed sign-ins. Try again in {minutes} minute(s)."),
-        );
-    }
+    // Reserved before the password is checked: a burst from one address is checked
+    // only as often as its budget allows, and never locks out another address.
+    let attempt = match state.limiter.reserve(address) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::warn!(client = %address, "sign-in slowed down: too many failures from this address");
+            let mut response = retry(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "Too many failed sign-ins from your address. Try again in {} second(s).",
+                    wait.seconds()
+                ),
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.seconds()),
+            );
+            return response;
+        }
+    };
     let password = form.password.unwrap_or_default();
     // The same answer whether or not a password exists.
     match state.owner.verify_password(&password).await {
-        Ok(true) => {}
+        Ok(true) => attempt.succeeded(),
         Ok(false) => {
-            state.limiter.record_failure(request_ip.0);
-            tracing::warn!(client = %request_ip.0, "failed sign-in");
+            attempt.failed();
+            tracing::warn!(client = %address, "failed sign-in");
             return retry(StatusCode::UNAUTHORIZED, "That password is not right.");
         }
         Err(e) => return unavailable_page(&e).into_response(),
@@ -114,6 +128,9 @@ pub async fn login(
 }
 
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = same_origin_post(&state, &headers) {
+        return refused.into_response();
+    }
     if let Some(value) = cookie_value(&headers, cookie_name(&state)) {
         if let Err(e) = state.owner.end_session(value).await {
             return unavailable_page(&e).into_response();
@@ -167,7 +184,10 @@ struct SetupForm {
     confirm: Option<String>,
 }
 
-pub async fn setup(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn setup(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = same_origin_post(&state, &headers) {
+        return refused.into_response();
+    }
     let Ok(form) = serde_urlencoded::from_bytes::<SetupForm>(&body) else {
         return invalid_setup();
     };
@@ -201,25 +221,5 @@ pub async fn setup(State(state): State<AppState>, body: Bytes) -> Response {
         }
         Err(SetupError::InvalidToken) => invalid_setup(),
         Err(SetupError::Store(e)) => unavailable_page(&e).into_response(),
-    }
-}
-
-/// The client's address for rate limiting: the TCP peer (a reverse proxy in front
-/// makes every client one address; the global limit still holds).
-pub struct ClientIp(pub IpAddr);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
     }
 }

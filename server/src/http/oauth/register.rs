@@ -3,23 +3,53 @@
 use axum::{
     body::Bytes,
     extract::State,
-    http::{header, HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 
 use super::{no_store, OAuthError};
 use crate::{
-    http::AppState,
+    http::{address::ClientAddress, AppState},
     net::media_type,
     oauth::{client::RegistrationRequest, ErrorCode},
 };
 
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
+    // Every registration is a record kept for --unused-client-ttl: bounded per address.
+    if let Err(wait) = state.registrations.hit(address) {
+        tracing::warn!(client = %address, "registration refused: too many from this address");
+        let mut refused = OAuthError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TemporarilyUnavailable,
+            format!(
+                "too many registrations from this address; try again in {} second(s)",
+                wait.seconds()
+            ),
+        )
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+        return Ok(refused);
+    }
+    // The body is already bounded by the router (64 KiB); a registration, which is
+    // kept for --unused-client-ttl, by its own smaller limit.
+    if body.len() > state.config.limits.max_registration_bytes {
+        return Err(OAuthError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidClientMetadata,
+            format!(
+                "the registration is larger than {} bytes",
+                state.config.limits.max_registration_bytes
+            ),
+        ));
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -1,0 +1,180 @@
+//! Which client a request comes from, for rate limits and the activity log: the TCP
+//! peer, or, when the peer is a trusted reverse proxy (`--trusted-proxy`), the address
+//! its `Forwarded` (RFC 7239) or `X-Forwarded-For` header names. The chain is read
+//! from the right, skipping trusted proxies, so a client cannot choose its address by
+//! sending the header itself.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::{
+    extract::FromRequestParts,
+    http::{request::Parts, HeaderMap},
+};
+use ipnet::IpNet;
+
+use super::{listener::peer, AppState};
+
+/// The client's address as rate limits see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = peer(&parts.extensions)
+            .map(|addr| addr.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientAddress(client_address(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the
+/// right-most address of the forwarding chain that is not a trusted proxy.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let chain = forwarded_chain(headers);
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// The addresses of the forwarding chain, client first: from `Forwarded` when present
+/// (its `for=` parameters), else from `X-Forwarded-For`. Entries that are not
+/// addresses (`unknown`, obfuscated names) end the chain there, so nothing left of
+/// them is believed.
+pub fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_owned())
+            .collect()
+    };
+    let forwarded = values("forwarded");
+    let entries: Vec<Option<IpAddr>> = if !forwarded.is_empty() {
+        forwarded
+            .iter()
+            .map(|element| {
+                element
+                    .split(';')
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, value)| parse_node(value.trim().trim_matches('"')))
+            })
+            .collect()
+    } else {
+        values("x-forwarded-for")
+            .iter()
+            .map(|entry| parse_node(entry))
+            .collect()
+    };
+    // Keep only the trustworthy tail: everything right of the last unparsable entry.
+    let start = entries
+        .iter()
+        .rposition(Option::is_none)
+        .map_or(0, |i| i + 1);
+    entries[start..].iter().flatten().copied().collect()
+}
+
+/// An address as a node: `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`,
+/// `2001:db8::1`.
+fn parse_node(raw: &str) -> Option<IpAddr> {
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    raw.strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect(s)
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_sends() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &h, &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_from_the_right() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        // The client sent a forged entry first; the proxy appended the real peer.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
+        // Two proxies of ours in a row.
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.0.0.3")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
+        // Forwarded wins over X-Forwarded-For, with ports and IPv6.
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3",
+            ),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("2001:db8:cafe::17")
+        );
+        // Nothing usable: the proxy itself.
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn nothing_left_of_an_unparsable_entry_is_believed() {
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, unknown, 198.51.100.7")]);
+        assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
+        let h = headers(&[("forwarded", "for=1.1.1.1, for=_hidden, for=192.0.2.1:80")]);
+        assert_eq!(forwarded_chain(&h), vec![ip("192.0.2.1")]);
+    }
+}

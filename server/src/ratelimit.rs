@@ -1,0 +1,115 @@
+//! In-memory limits per client address. Kept in memory on purpose: a limit per
+//! instance is still a limit, and it must not depend on the store (an attacker must
+//! not be able to fill the store, nor slow every request with a store write). Time is
+//! tokio's, so tests pause it instead of sleeping.
+
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
+
+/// Addresses tracked at once; past this the oldest entries go.
+pub const MAX_TRACKED: usize = 100_000;
+
+/// When the next attempt is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// Whole seconds, at least one, for a `Retry-After` header.
+    pub fn seconds(self) -> u64 {
+        self.0.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+/// The key an address is limited under: IPv4 addresses alone, IPv6 addresses by
+/// their /64, because one host usually holds a whole /64.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
+            }
+        },
+    }
+}
+
+/// At most `limit` events per address in each fixed window.
+pub struct WindowLimiter {
+    limit: u32,
+    window: Duration,
+    state: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl WindowLimiter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        WindowLimiter {
+            limit: limit.max(1),
+            window,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Counts an event from `ip`, or says when the next one is allowed.
+    pub fn hit(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.len() >= MAX_TRACKED {
+            let window = self.window;
+            state.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if state.len() >= MAX_TRACKED {
+                if let Some(oldest) = state.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                    state.remove(&oldest);
+                }
+            }
+        }
+        let entry = state.entry(address_key(ip)).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.limit {
+            return Err(RetryAfter(self.window - now.duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn windows_limit_per_address_and_reset() {
+        let limiter = WindowLimiter::new(2, Duration::from_secs(60));
+        let (a, b): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        assert!(limiter.hit(a).is_ok());
+        assert!(limiter.hit(a).is_ok());
+        let wait = limiter.hit(a).expect_err("third in the window");
+        assert_eq!(wait.seconds(), 60);
+        assert!(limiter.hit(b).is_ok(), "another address is not affected");
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert_eq!(limiter.hit(a).expect_err("still limited").seconds(), 15);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(limiter.hit(a).is_ok(), "a new window");
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(address_key(one), address_key(other));
+        assert_ne!(address_key(one), address_key(elsewhere));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        assert_eq!(
+            address_key(mapped),
+            "192.0.2.1".parse::<IpAddr>().expect("ip")
+        );
+    }
+}
