@@ -302,6 +302,11 @@ pub struct ServeArgs {
     )]
     pub allowed_hosts: Vec<String>,
 
+    /// How often an open MCP stream checks that its token is still valid. For tests;
+    /// the default suits production.
+    #[arg(long, env = "GATEHOUSE_STREAM_RECHECK", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    pub stream_recheck: Duration,
+
     /// Fetch client-ID metadata documents from loopback http URLs. For tests only: it
     /// turns off part of the SSRF guard.
     #[arg(
@@ -336,6 +341,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub registrations_per_minute: u32,
     pub max_registration_bytes: usize,
+    /// How often an open MCP stream checks that its token is still valid.
+    pub stream_recheck: Duration,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -514,6 +521,9 @@ impl ServeArgs {
                     .ok()
             })
             .collect();
+        if self.stream_recheck < Duration::from_millis(100) {
+            errors.push("--stream-recheck must be at least 100ms".into());
+        }
         let trusted_proxies: Vec<ipnet::IpNet> = self
             .trusted_proxies
             .iter()
@@ -574,6 +584,7 @@ impl ServeArgs {
                     max_connections: self.max_connections as usize,
                     registrations_per_minute: self.registrations_per_minute,
                     max_registration_bytes: self.max_registration_bytes as usize,
+                    stream_recheck: self.stream_recheck,
                 },
                 trusted_proxies,
             }),

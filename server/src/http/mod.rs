@@ -77,8 +77,6 @@ pub struct Shared {
     pub hosts: mcp::policy::HostPolicy,
     /// The built-in article server at `/mcp`.
     pub article_endpoint: Arc<mcp::articles::ArticleEndpoint>,
-    /// How often an open MCP stream checks that its token is still valid.
-    pub stream_recheck: Duration,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -136,7 +134,6 @@ impl AppState {
                 shutdown.child_token(),
             )),
             articles,
-            stream_recheck: mcp::guard::STREAM_RECHECK,
             config: Arc::new(config),
             store,
             clock,

@@ -42,10 +42,11 @@ if tag then
   if member == "1" then
     local pttl = redis.call("PTTL", tag)
     redis.call("SADD", tag, key)
-    -- Members that expired on their own stay in the set until pruned here; the
-    -- members deleted explicitly leave it at once (DELETE_MEMBER_SCRIPT).
+    -- Members that expired on their own stay in the set until pruned here, a
+    -- random few per write, so the work per write is bounded however large the
+    -- set; members deleted explicitly leave it at once (DELETE_MEMBER_SCRIPT).
     if redis.call("SCARD", tag) > PRUNE_ABOVE then
-      for _, m in ipairs(redis.call("SMEMBERS", tag)) do
+      for _, m in ipairs(redis.call("SRANDMEMBER", tag, PRUNE_SAMPLE)) do
         if redis.call("EXISTS", m) == 0 then redis.call("SREM", tag, m) end
       end
     end
@@ -61,8 +62,10 @@ end
 return 1
 "#;
 
-/// A group set is pruned of expired members when a put finds more than this many.
-const PRUNE_ABOVE: u32 = 64;
+/// A group set is pruned of expired members when a put finds more than this many,
+/// checking this many random members per put.
+const PRUNE_ABOVE: u32 = 16;
+const PRUNE_SAMPLE: u32 = 8;
 
 /// Deletes a group member and leaves its set. KEYS: the key, its group set.
 const DELETE_MEMBER_SCRIPT: &str = r#"
@@ -89,7 +92,11 @@ const DELETE_BATCH: usize = 200;
 /// [`PUT_SCRIPT`] with its pruning threshold filled in.
 fn put_script() -> &'static str {
     static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| PUT_SCRIPT.replace("PRUNE_ABOVE", &PRUNE_ABOVE.to_string()))
+    SCRIPT.get_or_init(|| {
+        PUT_SCRIPT
+            .replace("PRUNE_ABOVE", &PRUNE_ABOVE.to_string())
+            .replace("PRUNE_SAMPLE", &PRUNE_SAMPLE.to_string())
+    })
 }
 
 pub struct RedisStore {

@@ -144,10 +144,14 @@ impl Answer {
 }
 
 pub fn config_with(dir: &std::path::Path, extra: &[&str]) -> Config {
+    config_for(PUBLIC_URL, dir, extra)
+}
+
+pub fn config_for(public_url: &str, dir: &std::path::Path, extra: &[&str]) -> Config {
     let mut args = vec![
         "gatehouse",
         "--public-url",
-        PUBLIC_URL,
+        public_url,
         "--data-dir",
         dir.to_str().expect("utf-8"),
         "--owner-password-hash",
@@ -170,6 +174,15 @@ impl TestApp {
     /// The same data directory, a fresh process: what a restart looks like.
     pub fn open(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Self {
         Self::open_with_clock(dir, extra, Clock::manual())
+    }
+
+    /// An app whose public URL is `public_url` instead of [`PUBLIC_URL`].
+    pub fn with_public_url(public_url: &str) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let config = config_for(public_url, dir.path(), &[]);
+        let clock = Clock::manual();
+        let store = embedded(&config, &clock);
+        Self::assemble(dir, config, store, clock)
     }
 
     /// A restart that keeps the clock where the previous process left it.

@@ -12,8 +12,8 @@
 //! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
 //!
 //! A new session is bound to the client that opened it. A streamed answer (SSE) is
-//! closed once its token expires or is revoked, checked every
-//! [`STREAM_RECHECK`].
+//! closed once its token expires or is revoked, checked every `--stream-recheck`
+//! (30 s).
 //!
 //! The guard knows no tools: each [`Endpoint`] says which scope a call needs.
 
@@ -45,9 +45,6 @@ use crate::{
 
 /// A token check that does not answer within this long counts as a store outage.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often an open stream checks that its token is still valid.
-pub const STREAM_RECHECK: Duration = Duration::from_secs(30);
 
 const INVALID_TOKEN: &str = "the access token is invalid, expired or revoked";
 
@@ -251,7 +248,7 @@ fn watch_stream(
     if !streaming {
         return response;
     }
-    let every = state.stream_recheck;
+    let every = state.config.limits.stream_recheck;
     let (parts, body) = response.into_parts();
     let frames = body.into_data_stream();
     let tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

@@ -1,0 +1,396 @@
+//! What an anonymous caller can make Gatehouse spend, bounded: registration floods,
+//! sign-in bursts, slow clients, oversized scope parameters, and sessions used by a
+//! client that did not open them.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{header, Request, StatusCode},
+};
+use common::*;
+use gatehouse::http::{listener, router};
+use serde_json::json;
+
+fn from(ip: [u8; 4], mut request: Request<Body>) -> Request<Body> {
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((ip, 40000))));
+    request
+}
+
+fn registration() -> Request<Body> {
+    Request::post("/oauth/register")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"redirect_uris": ["https://client.example/cb"], "token_endpoint_auth_method": "none"})
+                .to_string(),
+        ))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_registration_flood_from_one_address_is_answered_429() {
+    let app = TestApp::new(&["--registrations-per-minute", "20"]);
+    for _ in 0..20 {
+        let answer = app.send(from([198, 51, 100, 1], registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let refused = app.send(from([198, 51, 100, 1], registration())).await;
+    assert_oauth_error(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+    );
+    let retry: u64 = refused.headers[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another address is not affected.
+    let other = app.send(from([198, 51, 100, 2], registration())).await;
+    assert_eq!(other.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn registrations_are_small_and_short_lived_until_used() {
+    let app = TestApp::new(&[]);
+    let big = json!({
+        "redirect_uris": ["https://client.example/cb"],
+        "client_name": "x",
+        "padding": "p".repeat(9000),
+    });
+    let refused = app.register(big).await;
+    assert_oauth_error(
+        &refused,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_client_metadata",
+    );
+
+    // Unused clients are forgotten after a day (the default), used ones kept.
+    let unused = app.public_client("Never used").await;
+    let (used, _) = app.tokens_for("read:articles").await;
+    app.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    for (client, kept) in [(unused, false), (used, true)] {
+        let found = app
+            .state
+            .auth
+            .client(&client)
+            .await
+            .expect("store")
+            .is_some();
+        assert_eq!(found, kept, "{client}");
+    }
+}
+
+fn scope_of(tokens: usize) -> String {
+    (0..tokens)
+        .map(|i| format!("s{}", i % 7))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A 64 KiB scope parameter used to cost seconds of CPU (a quadratic dedup); now at
+/// most 32 tokens are read before the request is refused.
+#[tokio::test]
+async fn a_scope_of_15000_tokens_is_refused_at_once() {
+    let app = TestApp::new(&["--max-registration-bytes", "65536"]);
+    let huge = scope_of(15_000);
+
+    let started = Instant::now();
+    let registered = app
+        .register(json!({"redirect_uris": ["https://client.example/cb"], "scope": huge}))
+        .await;
+    assert_oauth_error(
+        &registered,
+        StatusCode::BAD_REQUEST,
+        "invalid_client_metadata",
+    );
+    assert!(registered.json()["error_description"]
+        .as_str()
+        .expect("description")
+        .contains("at most 32"));
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let client_id = app.public_client("Scopes").await;
+    let started = Instant::now();
+    let authorize = app.authorize(&client_id, &[("scope", &huge)], None).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(authorize.status, StatusCode::BAD_REQUEST);
+    assert!(
+        authorize.body.contains("invalid_scope"),
+        "{}",
+        authorize.body
+    );
+
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let started = Instant::now();
+    let refresh = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("rt"),
+            &[("scope", &huge)],
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_scope");
+}
+
+/// 150 wrong passwords at once from one address: each attempt is reserved before
+/// Argon2 runs, so only the address's budget is checked; the rest are refused with
+/// Retry-After unchecked. The owner, elsewhere, signs in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_wrong_passwords_is_checked_only_as_often_as_its_budget() {
+    let app = Arc::new(TestApp::new(&[]));
+    let attempts: Vec<_> = (0..150)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.sign_in_from([203, 0, 113, 7], "wrong password").await })
+        })
+        .collect();
+    let (mut checked, mut refused) = (0, 0);
+    for attempt in attempts {
+        let answer = attempt.await.expect("join");
+        match answer.status {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(answer.headers.contains_key(header::RETRY_AFTER));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!(checked + refused, 150);
+    assert!(checked <= 10, "{checked} passwords were checked");
+    let owner = app.sign_in_from([192, 0, 2, 44], PASSWORD).await;
+    assert_eq!(owner.status, StatusCode::SEE_OTHER, "{}", owner.body);
+}
+
+/// Behind a trusted proxy each client is told apart by its forwarded address, so an
+/// attacker's failures do not slow the owner down; an untrusted peer cannot choose
+/// its address by sending the header itself.
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
+    let app = TestApp::new(&["--trusted-proxy", "10.0.0.0/8"]);
+    let login = |password: &str, forwarded: &str| {
+        let body = serde_urlencoded::to_string([("password", password), ("return_to", "/")])
+            .expect("form");
+        Request::post("/oauth/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", forwarded)
+            .body(Body::from(body))
+            .expect("request")
+    };
+    for _ in 0..10 {
+        let wrong = app
+            .send(from([10, 0, 0, 2], login("wrong", "6.6.6.6, 198.51.100.9")))
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    let slowed = app
+        .send(from([10, 0, 0, 2], login("wrong", "198.51.100.9")))
+        .await;
+    assert_eq!(slowed.status, StatusCode::TOO_MANY_REQUESTS);
+    // The owner behind the same proxy, from another address: not slowed.
+    let owner = app
+        .send(from([10, 0, 0, 2], login(PASSWORD, "192.0.2.80")))
+        .await;
+    assert_eq!(owner.status, StatusCode::SEE_OTHER, "{}", owner.body);
+    // A peer that is not a trusted proxy is itself the client, whatever it claims.
+    for _ in 0..10 {
+        app.send(from([198, 51, 100, 50], login("wrong", "192.0.2.81")))
+            .await;
+    }
+    let claimed = app
+        .send(from([198, 51, 100, 51], login(PASSWORD, "198.51.100.50")))
+        .await;
+    assert_eq!(claimed.status, StatusCode::SEE_OTHER, "{}", claimed.body);
+}
+
+/// A server on a free port with the given limits, as `gatehouse serve` runs it.
+async fn serve_with(limits: listener::Limits) -> SocketAddr {
+    let app = TestApp::new(&[]);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let router = router(app.state.clone());
+    tokio::spawn(async move {
+        let _app = app;
+        listener::serve(tcp, router, limits, std::future::pending()).await;
+    });
+    addr
+}
+
+/// Reads until the server closes the connection; how long that took.
+fn wait_for_close(stream: &mut TcpStream, within: Duration) -> Duration {
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("the server did not close the connection within {within:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_half_a_request_line_is_disconnected() {
+    let timeout = Duration::from_millis(300);
+    let addr = serve_with(listener::Limits {
+        header_read_timeout: timeout,
+        max_connections: 100,
+    })
+    .await;
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"GET /healthz HT").expect("write");
+        wait_for_close(&mut slow, Duration::from_secs(5))
+    })
+    .await
+    .expect("join");
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+
+    // A keep-alive connection idle between requests is closed the same way.
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut idle = TcpStream::connect(addr).expect("connect");
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("write");
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).expect("an answer");
+        assert_eq!(&first, b"HTTP/1.1 200");
+        wait_for_close(&mut idle, Duration::from_secs(5))
+    })
+    .await
+    .expect("join");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_for_a_free_place() {
+    let addr = serve_with(listener::Limits {
+        header_read_timeout: Duration::from_secs(2),
+        max_connections: 1,
+    })
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let holder = TcpStream::connect(addr).expect("connect");
+        // Let the server accept the holder before the second client arrives.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut waiting = TcpStream::connect(addr).expect("the kernel queues it");
+        waiting
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut buffer = [0u8; 12];
+        assert!(
+            waiting.read(&mut buffer).is_err(),
+            "no answer while the one place is taken"
+        );
+        drop(holder);
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        waiting
+            .read_exact(&mut buffer)
+            .expect("answered once a place is free");
+        assert_eq!(&buffer, b"HTTP/1.1 200");
+    })
+    .await
+    .expect("join");
+}
+
+/// A session id is not a credential: a session opened by client A is unknown (404,
+/// exactly as an unknown session) to client B's token on every path: the direct
+/// tool-call path, rmcp's path, GET streams and DELETE. A keeps it, also after a
+/// refresh.
+#[tokio::test]
+async fn a_session_is_refused_to_another_client() {
+    let app = TestApp::new(&[]);
+    let (a_client, a_tokens) = app.tokens_for("read:articles write:articles").await;
+    let (_, b_tokens) = app.tokens_for("read:articles write:articles").await;
+    let a = a_tokens["access_token"].as_str().expect("at");
+    let b = b_tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(a, "2025-06-18").await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "list_articles", "arguments": {}}});
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+
+    for body in [&call, &list] {
+        let foreign = app
+            .mcp(Some(b), Some(&session), Some("2025-06-18"), body.clone())
+            .await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{}", foreign.body);
+        assert_eq!(foreign.body, "Not Found: Session not found");
+    }
+    for method in ["GET", "DELETE"] {
+        let request = Request::builder()
+            .method(method)
+            .uri("/mcp")
+            .header(header::HOST, "gate.example.com")
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::AUTHORIZATION, format!("Bearer {b}"))
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(Body::empty())
+            .expect("request");
+        let foreign = app.send(request).await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{method}");
+    }
+    // An unknown session looks the same.
+    let unknown = app
+        .mcp(
+            Some(b),
+            Some("no-such-session"),
+            Some("2025-06-18"),
+            list.clone(),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body, "Not Found: Session not found");
+
+    // A still uses it, and so does A's next access token after a refresh.
+    let own = app
+        .mcp(Some(a), Some(&session), Some("2025-06-18"), call.clone())
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    let refreshed = app
+        .refresh(
+            &a_client,
+            a_tokens["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await
+        .json();
+    let a2 = refreshed["access_token"].as_str().expect("at");
+    let own = app
+        .mcp(Some(a2), Some(&session), Some("2025-06-18"), list)
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+}

@@ -1,0 +1,463 @@
+//! The hardening rules, each with a test that fails without it: what is stored and for
+//! how long, what a page refuses, what a token may see, and what the headers say.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+};
+use common::*;
+use futures::StreamExt;
+use gatehouse::oauth::grace;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+/// Keys of one grant, as the store holds them.
+async fn grant_keys(app: &TestApp, grant: &str) -> Vec<String> {
+    app.store
+        .scan("")
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(key, _)| key.as_str().to_owned())
+        .filter(|key| key.contains(&format!("{{{grant}}}")))
+        .collect()
+}
+
+/// However often a grant rotates, it holds a bounded number of keys: the grant
+/// record, its used code, at most two access tokens and one sealed successor.
+async fn rotations_leave_a_bounded_number_of_keys(app: &TestApp, rotations: usize) {
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let mut refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let grant = grant_of(&refresh);
+    for _ in 0..rotations {
+        let answer = app.refresh(&client_id, &refresh, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        refresh = answer.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+    }
+    let keys = grant_keys(app, &grant).await;
+    assert!(keys.len() <= 5, "{} keys: {keys:?}", keys.len());
+}
+
+/// The same on the embedded store, with fewer rotations: each is three durable
+/// commits, and the rule is the same code.
+#[tokio::test]
+async fn rotations_on_the_embedded_store_leave_a_bounded_number_of_keys() {
+    let app = TestApp::new(&[]);
+    rotations_leave_a_bounded_number_of_keys(&app, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_rotations_on_redis_leave_a_bounded_number_of_keys() {
+    let prefix = format!("gatehouse-test:{}:", gatehouse::oauth::secret::random_id());
+    let app = TestApp::on_redis(&redis_url(), &prefix, &[]).await;
+    rotations_leave_a_bounded_number_of_keys(&app, 5000).await;
+    // The group's bookkeeping set is bounded too.
+    let client = redis_client().await;
+    let sets: Vec<String> = redis_keys(&client, &format!("{prefix}grp:*")).await;
+    for set in sets {
+        let size: i64 = fred::interfaces::SetsInterface::scard(&client, &set)
+            .await
+            .expect("scard");
+        assert!(size <= 8, "{set} has {size} members");
+    }
+}
+
+fn redis_url() -> String {
+    std::env::var("GATEHOUSE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn redis_client() -> fred::clients::Client {
+    use fred::interfaces::ClientLike;
+    let client = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&redis_url()).expect("url"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("connect");
+    client
+}
+
+async fn redis_keys(client: &fred::clients::Client, pattern: &str) -> Vec<String> {
+    let mut stream = client.scan_buffered(pattern, Some(1000), None);
+    let mut keys = Vec::new();
+    while let Some(key) = stream.next().await {
+        if let Some(key) = key.expect("scan").as_str() {
+            keys.push(key.to_owned());
+        }
+    }
+    keys
+}
+
+/// Revoking a grant with 40,000 members (say, a store full of junk planted in it)
+/// runs in batches: Redis keeps answering others within a few milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_huge_group_never_blocks_redis() {
+    use gatehouse::store::{Group, Key, Kind, Put, Store};
+    let prefix = format!("gatehouse-test:{}:", gatehouse::oauth::secret::random_id());
+    let _purge = gatehouse::store::redis::PurgeOnDrop {
+        url: redis_url(),
+        prefix: prefix.clone(),
+    };
+    let store = gatehouse::store::redis::RedisStore::connect(&redis_url(), &prefix, 2)
+        .await
+        .expect("redis");
+    let group = Group::random();
+    let writes: Vec<_> = (0..40_000)
+        .map(|i| Key::in_group(Kind::ACCESS, &group, &format!("h{i}")))
+        .collect();
+    for chunk in writes.chunks(500) {
+        futures::future::try_join_all(chunk.iter().map(|key| {
+            store.put(
+                key,
+                b"x",
+                Put::ttl(Duration::from_secs(600)).in_group(&group),
+            )
+        }))
+        .await
+        .expect("put");
+    }
+    let probe = redis_client().await;
+    let watching = tokio::spawn(async move {
+        let mut slowest = Duration::ZERO;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(1500) {
+            let sent = std::time::Instant::now();
+            let _: String = fred::interfaces::ClientLike::ping(&probe, None)
+                .await
+                .expect("ping");
+            slowest = slowest.max(sent.elapsed());
+        }
+        slowest
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deleted = store.delete_group(&group).await.expect("revoke");
+    assert_eq!(deleted, 40_000);
+    let slowest = watching.await.expect("join");
+    // One script call deletes 200 keys (well under a millisecond of Redis's time);
+    // a single 40,000-key call holds Redis for tens of milliseconds.
+    assert!(
+        slowest < Duration::from_millis(25),
+        "a PING waited {slowest:?}"
+    );
+}
+
+/// The sealed successor of a rotated refresh token lives for the grace window only:
+/// afterwards nothing in the store opens with the old token.
+#[tokio::test]
+async fn after_the_grace_window_nothing_decrypts_with_an_old_refresh_token() {
+    let app = TestApp::new(&["--refresh-grace", "30s"]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let old = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let rotated = app.refresh(&client_id, &old, &[]).await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let opens = |records: &[(gatehouse::store::Key, Vec<u8>)]| {
+        records
+            .iter()
+            .filter(|(_, value)| grace::open(&old, value).is_some())
+            .count()
+    };
+    let during = app.store.scan("").await.expect("scan");
+    assert_eq!(opens(&during), 1, "the successor, within the window");
+    app.clock.advance(Duration::from_secs(31));
+    let after = app.store.scan("").await.expect("scan");
+    assert_eq!(opens(&after), 0, "nothing decryptable after the window");
+    // And the export, a copy of the store, holds nothing either.
+    let mut exported = Vec::new();
+    gatehouse::migrate::export(app.store.as_ref(), &mut exported)
+        .await
+        .expect("export");
+    for line in String::from_utf8(exported).expect("utf-8").lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("json");
+        let value = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            record["value"].as_str().expect("value"),
+        )
+        .expect("base64");
+        assert!(grace::open(&old, &value).is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_write_only_token_does_not_read_bodies_through_write_tools() {
+    let app = TestApp::new(&[]);
+    let (_, both) = app.tokens_for("read:articles write:articles").await;
+    let (_, write_only) = app.tokens_for("write:articles").await;
+    let both = both["access_token"].as_str().expect("at");
+    let write_only = write_only["access_token"].as_str().expect("at");
+    let both_session = app.mcp_session(both, "2025-06-18").await;
+    let write_session = app.mcp_session(write_only, "2025-06-18").await;
+    let call = |id: u64, name: &str, arguments: serde_json::Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": arguments}})
+    };
+    let created = app
+        .mcp(
+            Some(both),
+            Some(&both_session),
+            Some("2025-06-18"),
+            call(
+                1,
+                "create_article",
+                json!({"title": "Secret draft", "body": "the secret body"}),
+            ),
+        )
+        .await;
+    assert!(created.body.contains("the secret body"), "{}", created.body);
+    for (id, name, arguments) in [
+        (
+            2,
+            "update_article",
+            json!({"slug": "secret-draft", "title": "Renamed"}),
+        ),
+        (3, "publish_article", json!({"slug": "secret-draft"})),
+    ] {
+        let answer = app
+            .mcp(
+                Some(write_only),
+                Some(&write_session),
+                Some("2025-06-18"),
+                call(id, name, arguments.clone()),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let result = answer.rpc();
+        assert_eq!(result["result"]["isError"], false, "{name}: {result}");
+        assert!(
+            !answer.body.contains("the secret body"),
+            "{name}: {}",
+            answer.body
+        );
+        assert!(result["result"]["structuredContent"]["body"].is_null());
+        // A token that may also read gets the body.
+        let answer = app
+            .mcp(
+                Some(both),
+                Some(&both_session),
+                Some("2025-06-18"),
+                call(id, name, arguments),
+            )
+            .await;
+        assert!(
+            answer.body.contains("the secret body"),
+            "{name}: {}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn approve_links_refuse_prefetches_and_cross_site_navigations_and_keep_the_ticket() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Prefetched").await;
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let link = TestApp::link(&consent, "approve");
+    for (name, value) in [
+        ("sec-purpose", "prefetch;prerender"),
+        ("purpose", "prefetch"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let request = Request::get(&link)
+            .header(header::COOKIE, &cookie)
+            .header(name, value)
+            .body(Body::empty())
+            .expect("request");
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{name}");
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert!(
+            answer.body.contains("Nothing was decided"),
+            "{}",
+            answer.body
+        );
+    }
+    // The ticket is still good for the owner's own click.
+    let request = Request::get(&link)
+        .header(header::COOKIE, &cookie)
+        .header("sec-fetch-site", "same-origin")
+        .body(Body::empty())
+        .expect("request");
+    let approved = app.send(request).await;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+    assert!(approved.param("code").is_some());
+}
+
+#[tokio::test]
+async fn sign_in_sign_out_and_setup_posts_must_come_from_our_pages() {
+    let app = TestApp::new(&[]);
+    let post = |path: &str, origin: Option<&str>, site: Option<&str>| {
+        let mut request =
+            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request
+            .body(Body::from(format!("password={}", urlencode(PASSWORD))))
+            .expect("request")
+    };
+    for path in ["/oauth/login", "/oauth/logout", "/setup"] {
+        for (origin, site) in [
+            (Some("https://evil.example"), None),
+            (Some("null"), None),
+            (None, Some("cross-site")),
+        ] {
+            let answer = app.send(post(path, origin, site)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::FORBIDDEN,
+                "{path} {origin:?} {site:?}"
+            );
+            assert!(answer.headers.get(header::SET_COOKIE).is_none());
+        }
+    }
+    let ours = app
+        .send(post("/oauth/login", Some(PUBLIC_URL), Some("same-origin")))
+        .await;
+    assert_eq!(ours.status, StatusCode::SEE_OTHER, "{}", ours.body);
+}
+
+fn urlencode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn pages_and_api_answers_carry_the_security_headers() {
+    let https = TestApp::new(&[]);
+    for path in [
+        "/",
+        "/oauth/login",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let answer = https.get(path, None).await;
+        assert_eq!(
+            answer.headers[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(
+            answer.headers[header::REFERRER_POLICY],
+            "no-referrer",
+            "{path}"
+        );
+        assert_eq!(
+            answer.headers[header::STRICT_TRANSPORT_SECURITY],
+            "max-age=31536000",
+            "{path}"
+        );
+    }
+    let plain = TestApp::with_public_url("http://127.0.0.1:3000");
+    let answer = plain.get("/", None).await;
+    assert!(answer
+        .headers
+        .get(header::STRICT_TRANSPORT_SECURITY)
+        .is_none());
+    assert_eq!(answer.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
+/// An open SSE stream ends once its token is revoked (checked every 30 s; here every
+/// 200 ms, in real time: rmcp's keep-alive stream spins under tokio's paused clock).
+#[tokio::test]
+async fn an_open_stream_ends_when_its_grant_is_revoked() {
+    let app = TestApp::new(&["--stream-recheck", "200ms"]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(access, "2025-06-18").await;
+    let request = Request::get("/mcp")
+        .header(header::HOST, "gate.example.com")
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::AUTHORIZATION, format!("Bearer {access}"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(Body::empty())
+        .expect("request");
+    let response = tower::ServiceExt::oneshot(app.router.clone(), request)
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // Still open over several rechecks while the token is good.
+    let open = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(frame) = body.frame().await {
+            frame.expect("frame");
+        }
+    })
+    .await;
+    assert!(open.is_err(), "the stream ended with a valid token");
+
+    let revoked = app
+        .revoke(&client_id, tokens["refresh_token"].as_str().expect("rt"))
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its grant");
+}
+
+/// A client-ID metadata document may call itself anything: the consent page names the
+/// host that published it, and Unicode format characters are stripped from the name.
+#[tokio::test]
+async fn a_metadata_document_client_is_shown_with_its_host_and_a_clean_name() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("{base}/client.json");
+    let document = json!({
+        "client_id": url,
+        "client_name": "Claude\u{202E}edoC\u{200B} Code",
+        "redirect_uris": ["https://client.example/cb"],
+        "token_endpoint_auth_method": "none",
+    })
+    .to_string();
+    let server = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, server).await;
+    });
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&url, &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    assert!(
+        consent
+            .body
+            .contains("data-testid=\"client-name\" class=\"client-name\">ClaudeedoC Code<")
+            || consent.body.contains(">ClaudeedoC Code<"),
+        "{}",
+        consent.body
+    );
+    assert!(!consent.body.contains('\u{202E}') && !consent.body.contains('\u{200B}'));
+    let host = url::Url::parse(&base)
+        .expect("url")
+        .host_str()
+        .expect("host")
+        .to_owned();
+    assert!(
+        consent.body.contains(&format!("<strong>{host}</strong>")),
+        "the document's host vouches for the name: {}",
+        consent.body
+    );
+    assert!(consent.body.contains("data-testid=\"document-host\""));
+}
