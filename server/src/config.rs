@@ -12,6 +12,7 @@ use std::{
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
+    gateway::config::{parse_short, FileConfig, RawUpstream, Upstream},
     net::{AllowedHost, Origin},
     oauth::{
         client::ClientId, redirect::RedirectUri, secret::SecretHash, OAuthSettings, StaticClient,
@@ -307,6 +308,21 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_STREAM_RECHECK", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub stream_recheck: Duration,
 
+    /// A TOML file listing upstream MCP servers to guard (`[[upstream]]` tables; see
+    /// the README). Every flag works without it.
+    #[arg(long, env = "GATEHOUSE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// An upstream MCP server to guard at `/mcp/NAME` (repeatable): `NAME=URL` for a
+    /// Streamable HTTP server, or `'NAME=stdio:COMMAND ARGS…'` for one Gatehouse
+    /// starts itself.
+    #[arg(long = "upstream", env = "GATEHOUSE_UPSTREAM")]
+    pub upstreams: Vec<String>,
+
+    /// Turn off the built-in article server at `/mcp`.
+    #[arg(long, env = "GATEHOUSE_NO_ARTICLES")]
+    pub no_articles: bool,
+
     /// Fetch client-ID metadata documents from loopback http URLs. For tests only: it
     /// turns off part of the SSRF guard.
     #[arg(
@@ -331,6 +347,10 @@ pub struct Config {
     pub limits: Limits,
     /// Peers whose forwarding headers name the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether the built-in article server answers at `/mcp`.
+    pub articles: bool,
+    /// The upstream MCP servers guarded at `/mcp/NAME`.
+    pub upstreams: Vec<Upstream>,
 }
 
 /// What one client, or all of them, may cost: each limit is a flag.
@@ -463,7 +483,10 @@ impl ServeArgs {
             (None, None) => None,
         };
 
+        let mut upstream_errors = Vec::new();
+        let (articles, upstreams) = self.upstreams_and_articles(&mut upstream_errors);
         let store = self.store.into_spec().map_err(|e| errors.extend(e)).ok();
+        errors.extend(upstream_errors);
 
         if let Some(hash) = &self.owner_password_hash {
             if let Err(e) = crate::oauth::owner::check_password_hash(hash) {
@@ -556,14 +579,19 @@ impl ServeArgs {
             .or_else(|| std::env::var_os("LEPTOS_SITE_ROOT").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("target/site"));
 
+        let resources = match &public_url {
+            Some(public_url) => resources(public_url, articles, &upstreams)
+                .map_err(|e| errors.push(e))
+                .unwrap_or_default(),
+            None => Resources::default(),
+        };
+
         match (bind, public_url, store) {
             (Some(bind), Some(public_url), Some(store)) if errors.is_empty() => Ok(Config {
                 bind,
                 oauth: OAuthSettings {
                     issuer: public_url.as_str().to_owned(),
-                    resources: Arc::new(Resources::new(vec![Arc::new(
-                        crate::mcp::articles::resource(public_url.as_str()),
-                    )])),
+                    resources: Arc::new(resources),
                     access_token_ttl: self.access_token_ttl,
                     refresh_token_ttl: self.refresh_token_ttl,
                     refresh_grace: self.refresh_grace,
@@ -587,10 +615,78 @@ impl ServeArgs {
                     stream_recheck: self.stream_recheck,
                 },
                 trusted_proxies,
+                articles,
+                upstreams,
             }),
             _ => Err(errors),
         }
     }
+
+    /// The upstreams of `--config` and `--upstream`, and whether the article server
+    /// runs; mistakes go to `errors`.
+    fn upstreams_and_articles(&self, errors: &mut Vec<String>) -> (bool, Vec<Upstream>) {
+        let mut raw: Vec<RawUpstream> = Vec::new();
+        let mut articles = !self.no_articles;
+        if let Some(path) = &self.config {
+            match std::fs::read_to_string(path) {
+                Err(e) => errors.push(format!("--config {}: {e}", path.display())),
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Err(e) => errors.push(format!(
+                        "--config {}: {}",
+                        path.display(),
+                        e.to_string().trim_end()
+                    )),
+                    Ok(file) => {
+                        if let Some(section) = file.articles {
+                            articles &= section.enabled;
+                        }
+                        raw.extend(file.upstreams);
+                    }
+                },
+            }
+        }
+        for short in &self.upstreams {
+            match parse_short(short) {
+                Ok(upstream) => raw.push(upstream),
+                Err(e) => errors.push(e),
+            }
+        }
+        let lookup = |name: &str| std::env::var(name).ok();
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for upstream in raw {
+            match upstream.validate(&lookup) {
+                Ok(upstream) if upstreams.iter().any(|u| u.name == upstream.name) => {
+                    errors.push(format!("upstream {:?} is configured twice", upstream.name))
+                }
+                Ok(upstream) => upstreams.push(upstream),
+                Err(mistakes) => errors.extend(mistakes),
+            }
+        }
+        if !articles && upstreams.is_empty() {
+            errors.push(
+                "nothing to serve: the article server is off and no upstream is configured".into(),
+            );
+        }
+        (articles, upstreams)
+    }
+}
+
+/// The protected resources: the article server (when on) first, then each upstream.
+fn resources(
+    public_url: &PublicUrl,
+    articles: bool,
+    upstreams: &[Upstream],
+) -> Result<Resources, String> {
+    let mut list = Vec::new();
+    if articles {
+        list.push(Arc::new(crate::mcp::articles::resource(
+            public_url.as_str(),
+        )));
+    }
+    for upstream in upstreams {
+        list.push(crate::gateway::resource(public_url.as_str(), upstream)?);
+    }
+    Ok(Resources::new(list))
 }
 
 fn parse_store(spec: &str, redis_prefix: &str, connections: u8) -> Result<StoreSpec, String> {

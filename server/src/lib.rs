@@ -10,6 +10,7 @@
 pub mod articles;
 pub mod clock;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod mcp;
 pub mod migrate;

@@ -17,6 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // TLS for the gateway's HTTP upstreams (rmcp's client is built on reqwest with
+    // rustls and no default provider).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -75,6 +78,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return report(vec![e]),
     };
     announce_setup_link(&state).await;
+    // Learn each upstream's tools (their hints decide the scope each needs) without
+    // holding up start-up.
+    for upstream in &state.upstreams {
+        let shared = upstream.shared().clone();
+        tokio::spawn(async move { shared.probe().await });
+    }
     let shutdown = state.shutdown.clone();
     let app = router(state);
     listener::serve(tcp, app, limits, async move {

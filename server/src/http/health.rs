@@ -39,9 +39,17 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         "unavailable"
     };
+    // Upstreams are reported, not judged: one that is down does not take Gatehouse
+    // out of a load balancer's rotation.
+    let upstreams: Vec<_> = state.upstreams.iter().map(|u| u.health()).collect();
     (
         status,
         [("cache-control", "no-store")],
-        Json(json!({ "status": overall, "store": store, "version": env!("CARGO_PKG_VERSION") })),
+        Json(json!({
+            "status": overall,
+            "store": store,
+            "upstreams": upstreams,
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
     )
 }

@@ -21,6 +21,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
+use self::mcp::Endpoint;
 use crate::{
     articles::Articles,
     clock::Clock,
@@ -75,8 +76,10 @@ pub struct Shared {
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
-    /// The built-in article server at `/mcp`.
-    pub article_endpoint: Arc<mcp::articles::ArticleEndpoint>,
+    /// The built-in article server at `/mcp`, unless turned off.
+    pub article_endpoint: Option<Arc<mcp::articles::ArticleEndpoint>>,
+    /// The guarded upstream servers at `/mcp/NAME`.
+    pub upstreams: Vec<Arc<mcp::gateway::GatewayEndpoint>>,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -105,12 +108,33 @@ impl AppState {
             .build();
         let articles = Articles::new(store.clone(), clock.clone());
         let shutdown = CancellationToken::new();
-        let article_resource = config
-            .oauth
-            .resources
-            .get(&config.public_url.mcp_url())
-            .cloned()
-            .ok_or("the article server's resource is not configured")?;
+        let resources = &config.oauth.resources;
+        let article_endpoint = match resources.get(&config.public_url.mcp_url()) {
+            Some(resource) if config.articles => {
+                Some(Arc::new(mcp::articles::ArticleEndpoint::new(
+                    resource.clone(),
+                    store.clone(),
+                    articles.clone(),
+                    shutdown.child_token(),
+                )))
+            }
+            _ => None,
+        };
+        let mut upstreams = Vec::new();
+        for upstream in &config.upstreams {
+            let resource = resources
+                .get(&config.public_url.join(&format!("/mcp/{}", upstream.name)))
+                .cloned()
+                .ok_or_else(|| {
+                    format!("upstream {}: its resource is not configured", upstream.name)
+                })?;
+            let shared = crate::gateway::upstream::Shared::new(upstream.clone(), resource)?;
+            upstreams.push(Arc::new(mcp::gateway::GatewayEndpoint::new(
+                shared,
+                store.clone(),
+                shutdown.child_token(),
+            )));
+        }
         Ok(AppState(Arc::new(Shared {
             auth: AuthServer::new(store.clone(), config.oauth.clone(), clock.clone())?,
             owner: Arc::new(Owner::new(
@@ -127,12 +151,8 @@ impl AppState {
                 Duration::from_secs(60),
             ),
             hosts: mcp::policy::HostPolicy::new(&config),
-            article_endpoint: Arc::new(mcp::articles::ArticleEndpoint::new(
-                article_resource,
-                store.clone(),
-                articles.clone(),
-                shutdown.child_token(),
-            )),
+            article_endpoint,
+            upstreams,
             articles,
             config: Arc::new(config),
             store,
@@ -212,15 +232,26 @@ pub fn router(state: AppState) -> Router {
         .layer(api_cors(None));
 
     // The MCP endpoints, exact paths only (never redirected), behind the bearer guard.
-    let endpoint = state.article_endpoint.clone();
-    let mcp = Router::new()
-        .route(
+    let mut mcp = Router::new();
+    if let Some(endpoint) = state.article_endpoint.clone() {
+        mcp = mcp.route(
             crate::mcp::articles::PATH,
             any(move |State(state): State<AppState>, request: Request| {
                 mcp::guard::handle(state, endpoint.clone(), request)
             }),
-        )
-        .layer(api_cors(Some(state.hosts.clone())));
+        );
+    }
+    for endpoint in &state.upstreams {
+        let path = endpoint.resource().path.clone();
+        let endpoint = endpoint.clone();
+        mcp = mcp.route(
+            &path,
+            any(move |State(state): State<AppState>, request: Request| {
+                mcp::guard::handle(state, endpoint.clone(), request)
+            }),
+        );
+    }
+    let mcp = mcp.layer(api_cors(Some(state.hosts.clone())));
 
     // Each resource's RFC 9728 metadata: public documents.
     let mut metadata = Router::new();

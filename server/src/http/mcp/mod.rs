@@ -10,6 +10,7 @@
 //! - [`reply`]: the JSON-RPC and `WWW-Authenticate` answers.
 
 pub mod articles;
+pub mod gateway;
 pub mod guard;
 pub mod metadata;
 pub mod policy;

@@ -1,0 +1,495 @@
+//! Upstream servers as configured: in the `--config` file (`[[upstream]]` tables) or
+//! with `--upstream NAME=URL` / `--upstream 'NAME=stdio:COMMAND ARGS…'`. Everything is
+//! checked at start-up, one message per mistake; `${VAR}` in header and environment
+//! values is replaced from Gatehouse's own environment, so secrets stay out of the
+//! file.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub articles: Option<ArticlesSection>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArticlesSection {
+    pub enabled: bool,
+}
+
+/// One `[[upstream]]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub title: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_sessions: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub pool_size: Option<u32>,
+    #[serde(default)]
+    pub tools: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub access: String,
+}
+
+/// How Gatehouse reaches an upstream.
+#[derive(Clone)]
+pub enum Transport {
+    /// A Streamable HTTP MCP server, with the static headers it needs (its own
+    /// credentials, never the client's token).
+    Http {
+        url: url::Url,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    /// A stdio MCP server Gatehouse starts, one process per session.
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        /// The configured variables; `PATH` and `HOME` are added from Gatehouse's
+        /// environment, nothing else.
+        env: Vec<(String, String)>,
+        cwd: Option<PathBuf>,
+    },
+}
+
+/// Header values and environment values may hold secrets: never printed.
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", &url.as_str())
+                .field(
+                    "headers",
+                    &headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                )
+                .finish(),
+            Transport::Stdio {
+                command, args, env, ..
+            } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field(
+                    "env",
+                    &env.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                )
+                .finish(),
+        }
+    }
+}
+
+/// What a tool rule grants or forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAccess {
+    Read,
+    Write,
+    /// Hidden from `tools/list` and refused at `tools/call`.
+    Deny,
+}
+
+#[derive(Clone, Debug)]
+pub struct ToolRule {
+    pub pattern: String,
+    matcher: globset::GlobMatcher,
+    pub access: RuleAccess,
+}
+
+impl ToolRule {
+    pub fn parse(pattern: &str, access: &str) -> Result<Self, String> {
+        let access = match access {
+            "read" => RuleAccess::Read,
+            "write" => RuleAccess::Write,
+            "deny" => RuleAccess::Deny,
+            other => {
+                return Err(format!(
+                    "tool rule {pattern:?}: access {other:?} must be read, write or deny"
+                ))
+            }
+        };
+        let matcher = globset::Glob::new(pattern)
+            .map_err(|e| format!("tool rule {pattern:?} is not a glob: {e}"))?
+            .compile_matcher();
+        Ok(ToolRule {
+            pattern: pattern.to_owned(),
+            matcher,
+            access,
+        })
+    }
+
+    pub fn matches(&self, tool: &str) -> bool {
+        self.matcher.is_match(tool)
+    }
+}
+
+/// A validated upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub title: String,
+    pub transport: Transport,
+    /// How long one request may take upstream (reset by progress notifications).
+    pub timeout: Duration,
+    /// How long connecting and the upstream's `initialize` may take.
+    pub connect_timeout: Duration,
+    /// Downstream sessions (each with its own upstream session or process) at once.
+    pub max_sessions: usize,
+    /// A session without requests for this long is closed.
+    pub idle_timeout: Duration,
+    /// Upstream connections shared by sessionless (2026-07-28) requests.
+    pub pool_size: usize,
+    /// First match wins; tools no rule matches follow their `readOnlyHint`.
+    pub tools: Vec<ToolRule>,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_POOL_SIZE: usize = 2;
+
+/// A name is the path segment `/mcp/NAME` and the prefix of its scopes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "upstream name {name:?} must be 1 to 32 lower-case letters, digits and hyphens"
+        ))
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value from `lookup`.
+pub fn interpolate(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{value:?} has an unclosed ${{"))?;
+        let name = &after[..end];
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!("${{{name}}} is not a variable name"));
+        }
+        out.push_str(&lookup(name).ok_or_else(|| format!("${{{name}}} is not set"))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn duration(field: &str, raw: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => humantime::parse_duration(raw)
+            .map_err(|e| format!("{field} {raw:?} is not a duration: {e}"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(format!("{field} must be more than zero"))
+                } else {
+                    Ok(d)
+                }
+            }),
+    }
+}
+
+impl RawUpstream {
+    /// Validates one upstream; `lookup` reads environment variables.
+    pub fn validate(
+        self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Upstream, Vec<String>> {
+        let mut errors = Vec::new();
+        let name = self.name.clone();
+        let mut fail = |e: String| errors.push(format!("upstream {name:?}: {e}"));
+        if let Err(e) = check_name(&self.name) {
+            fail(e);
+        }
+        let transport = match (&self.url, &self.command) {
+            (Some(url), None) => {
+                if !self.args.is_empty() || !self.env.is_empty() || self.cwd.is_some() {
+                    fail("args, env and cwd are for command upstreams, not url ones".into());
+                }
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| format!("url {url:?} is not a URL: {e}"))
+                    .and_then(|u| match u.scheme() {
+                        "http" | "https" => Ok(u),
+                        _ => Err(format!("url {url:?} must be http or https")),
+                    });
+                let mut headers = Vec::new();
+                for (name, value) in &self.headers {
+                    let header = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("header {name:?} is not a header name"));
+                    let value = interpolate(value, lookup)
+                        .map_err(|e| format!("header {name}: {e}"))
+                        .and_then(|v| {
+                            http::HeaderValue::from_str(&v).map_err(|_| {
+                                format!("header {name}: the value is not a valid header value")
+                            })
+                        });
+                    let reserved = [
+                        "accept",
+                        "mcp-session-id",
+                        "last-event-id",
+                        "host",
+                        "content-length",
+                    ];
+                    match (header, value) {
+                        (Ok(h), _) if reserved.contains(&h.as_str()) => {
+                            fail(format!("header {h} is set by the MCP transport itself"))
+                        }
+                        (Ok(h), Ok(mut v)) => {
+                            v.set_sensitive(true);
+                            headers.push((h, v));
+                        }
+                        (Err(e), _) | (_, Err(e)) => fail(e),
+                    }
+                }
+                match parsed {
+                    Ok(url) => Some(Transport::Http { url, headers }),
+                    Err(e) => {
+                        fail(e);
+                        None
+                    }
+                }
+            }
+            (None, Some(command)) => {
+                if !self.headers.is_empty() {
+                    fail(
+                        "headers are for url upstreams; pass a command's credentials in env".into(),
+                    );
+                }
+                if command.trim().is_empty() {
+                    fail("command is empty".into());
+                }
+                let mut env = Vec::new();
+                for (name, value) in &self.env {
+                    let valid =
+                        !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0');
+                    if !valid {
+                        fail(format!("env {name:?} is not a variable"));
+                        continue;
+                    }
+                    match interpolate(value, lookup) {
+                        Ok(v) => env.push((name.clone(), v)),
+                        Err(e) => fail(format!("env {name}: {e}")),
+                    }
+                }
+                Some(Transport::Stdio {
+                    command: command.clone(),
+                    args: self.args.clone(),
+                    env,
+                    cwd: self.cwd.clone(),
+                })
+            }
+            (Some(_), Some(_)) => {
+                fail("give either url or command, not both".into());
+                None
+            }
+            (None, None) => {
+                fail("needs a url (Streamable HTTP) or a command (stdio)".into());
+                None
+            }
+        };
+        let timeout = duration("timeout", self.timeout.as_deref(), DEFAULT_TIMEOUT)
+            .map_err(&mut fail)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let connect_timeout = duration(
+            "connect_timeout",
+            self.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        )
+        .map_err(&mut fail)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let idle_timeout = duration(
+            "idle_timeout",
+            self.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        )
+        .map_err(&mut fail)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let max_sessions = self
+            .max_sessions
+            .map_or(DEFAULT_MAX_SESSIONS, |n| n as usize);
+        let pool_size = self.pool_size.map_or(DEFAULT_POOL_SIZE, |n| n as usize);
+        if !(1..=10_000).contains(&max_sessions) {
+            fail("max_sessions must be 1 to 10000".into());
+        }
+        if !(1..=64).contains(&pool_size) {
+            fail("pool_size must be 1 to 64".into());
+        }
+        let mut tools = Vec::new();
+        for rule in &self.tools {
+            match ToolRule::parse(&rule.pattern, &rule.access) {
+                Ok(rule) => tools.push(rule),
+                Err(e) => fail(e),
+            }
+        }
+        match transport {
+            Some(transport) if errors.is_empty() => Ok(Upstream {
+                title: self.title.clone().unwrap_or_else(|| self.name.clone()),
+                name: self.name,
+                transport,
+                timeout,
+                connect_timeout,
+                max_sessions,
+                idle_timeout,
+                pool_size,
+                tools,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// `--upstream NAME=https://…` or `--upstream 'NAME=stdio:COMMAND ARGS…'`.
+pub fn parse_short(raw: &str) -> Result<RawUpstream, String> {
+    let (name, target) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("--upstream {raw:?} must be NAME=URL or NAME=stdio:COMMAND"))?;
+    let mut upstream = RawUpstream {
+        name: name.trim().to_owned(),
+        ..RawUpstream::default()
+    };
+    match target.strip_prefix("stdio:") {
+        Some(command) => {
+            let words = shlex::split(command)
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| {
+                    format!("--upstream {name}: the command {command:?} has unbalanced quotes")
+                })?;
+            let mut words = words.into_iter();
+            upstream.command = words.next();
+            upstream.args = words.collect();
+        }
+        None => upstream.url = Some(target.trim().to_owned()),
+    }
+    Ok(upstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variables_are_replaced_and_missing_ones_refused() {
+        assert_eq!(
+            interpolate("Bearer ${TOKEN}", &env).as_deref(),
+            Ok("Bearer s3cret")
+        );
+        assert_eq!(
+            interpolate("no vars $HOME", &env).as_deref(),
+            Ok("no vars $HOME")
+        );
+        assert!(interpolate("${MISSING}", &env)
+            .expect_err("unset")
+            .contains("not set"));
+        assert!(interpolate("${OPEN", &env).is_err());
+        assert!(interpolate("${bad-name}", &env).is_err());
+    }
+
+    #[test]
+    fn short_forms() {
+        let http = parse_short("github=https://api.example.com/mcp").expect("valid");
+        assert_eq!(http.url.as_deref(), Some("https://api.example.com/mcp"));
+        let stdio =
+            parse_short("everything=stdio:npx -y '@modelcontextprotocol/server-everything'")
+                .expect("valid");
+        assert_eq!(stdio.command.as_deref(), Some("npx"));
+        assert_eq!(
+            stdio.args,
+            ["-y", "@modelcontextprotocol/server-everything"]
+        );
+        assert!(parse_short("no-equals").is_err());
+        assert!(parse_short("x=stdio:npx 'unbalanced").is_err());
+    }
+
+    #[test]
+    fn upstreams_are_validated_with_every_mistake_reported() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [[upstream]]
+            name = "GitHub"
+            url = "ftp://x"
+            headers = { Authorization = "Bearer ${MISSING}", Accept = "x" }
+            tools = [{ match = "get_*", access = "sometimes" }]
+
+            [[upstream]]
+            name = "ok"
+            command = "npx"
+            args = ["-y", "server"]
+            env = { API_KEY = "${TOKEN}" }
+            tools = [{ match = "delete_*", access = "deny" }, { match = "get_*", access = "read" }]
+            "#,
+        )
+        .expect("toml");
+        let mut upstreams = file.upstreams.into_iter();
+        let errors = upstreams
+            .next()
+            .expect("first")
+            .validate(&env)
+            .expect_err("invalid");
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        let ok = upstreams
+            .next()
+            .expect("second")
+            .validate(&env)
+            .expect("valid");
+        match &ok.transport {
+            Transport::Stdio { env, .. } => assert_eq!(env, &[("API_KEY".into(), "s3cret".into())]),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{ok:?}").contains("s3cret"),
+            "secrets are never printed"
+        );
+        assert_eq!(ok.tools[0].access, RuleAccess::Deny);
+        assert!(ok.tools[0].matches("delete_everything"));
+        assert!(!ok.tools[0].matches("get_thing"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("[[upstream]]\nname = \"a\"\nurll = \"x\"").is_err());
+    }
+}

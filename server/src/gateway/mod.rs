@@ -1,0 +1,47 @@
+//! The gateway: Gatehouse in front of any MCP server, HTTP or stdio, with the same
+//! sign-in, consent and per-tool scopes as its own `/mcp`.
+//!
+//! - [`config`]: upstreams from `--config` and `--upstream`, validated at start-up;
+//! - [`policy`]: which scope each request needs, and which tools are hidden;
+//! - [`upstream`]: connections (a process or upstream session per client session, a
+//!   pool for sessionless requests), the session cap, health;
+//! - [`relay`]: the faithful relay between the two legs, on rmcp.
+//!
+//! The HTTP side (the bearer guard, Streamable HTTP) is `crate::http::mcp::gateway`.
+
+pub mod config;
+pub mod policy;
+pub mod relay;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::{oauth::scope::Scope, resource::Resource};
+
+/// An upstream as a protected resource: `<public-url>/mcp/NAME`, with the scopes
+/// `NAME:read` and `NAME:write`.
+pub fn resource(public_url: &str, upstream: &config::Upstream) -> Result<Arc<Resource>, String> {
+    let scope = |suffix: &str| {
+        Scope::parse(&format!("{}:{suffix}", upstream.name))
+            .map_err(|e| format!("upstream {:?}: {e}", upstream.name))
+    };
+    Ok(Arc::new(Resource::new(
+        public_url,
+        &format!("/mcp/{}", upstream.name),
+        upstream.title.clone(),
+        (
+            scope("read")?,
+            format!(
+                "Use the read-only tools, resources and prompts of {}",
+                upstream.title
+            ),
+        ),
+        (
+            scope("write")?,
+            format!(
+                "Use every tool of {}, including those that change things",
+                upstream.title
+            ),
+        ),
+    )))
+}

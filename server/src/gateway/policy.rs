@@ -1,0 +1,185 @@
+//! Which scope each request to an upstream needs, and which tools are hidden.
+//!
+//! A tool needs the upstream's read scope when its `readOnlyHint` says so, and the
+//! write scope otherwise (including tools whose hints are not known yet: the safe
+//! side). The configuration's rules, first match wins, override that per tool name
+//! (globs), or deny a tool: absent from `tools/list`, refused at `tools/call`.
+//! Resources, prompts and completions need the read scope.
+
+use std::{collections::HashMap, sync::RwLock};
+
+use rmcp::model::Tool;
+
+use super::config::{RuleAccess, ToolRule};
+use crate::mcp::{Access, Call, CallPolicy, Need};
+
+/// Tools an upstream answer names at most are remembered (a server listing more is
+/// not remembered beyond this: those tools need the write scope).
+const MAX_KNOWN_TOOLS: usize = 4096;
+
+pub struct ToolPolicy {
+    rules: Vec<ToolRule>,
+    /// What the upstream said of each tool (`readOnlyHint`), learnt from every
+    /// `tools/list` answer that passes through.
+    read_only: RwLock<HashMap<String, bool>>,
+}
+
+impl ToolPolicy {
+    pub fn new(rules: Vec<ToolRule>) -> Self {
+        ToolPolicy {
+            rules,
+            read_only: RwLock::default(),
+        }
+    }
+
+    fn rule(&self, tool: &str) -> Option<RuleAccess> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(tool))
+            .map(|r| r.access)
+    }
+
+    /// Whether `tool` may be listed and called at all.
+    pub fn visible(&self, tool: &str) -> bool {
+        self.rule(tool) != Some(RuleAccess::Deny)
+    }
+
+    /// The scope calling `tool` needs; `None` for a denied tool (the relay refuses it).
+    pub fn tool_access(&self, tool: &str) -> Option<Access> {
+        match self.rule(tool) {
+            Some(RuleAccess::Deny) => None,
+            Some(RuleAccess::Read) => Some(Access::Read),
+            Some(RuleAccess::Write) => Some(Access::Write),
+            None => {
+                let known = self.read_only.read().unwrap_or_else(|p| p.into_inner());
+                Some(match known.get(tool) {
+                    Some(true) => Access::Read,
+                    _ => Access::Write,
+                })
+            }
+        }
+    }
+
+    /// Remembers the hints of the tools an upstream listed.
+    pub fn learn(&self, tools: &[Tool]) {
+        let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());
+        for tool in tools {
+            if known.len() >= MAX_KNOWN_TOOLS && !known.contains_key(tool.name.as_ref()) {
+                break;
+            }
+            let read_only = tool
+                .annotations
+                .as_ref()
+                .and_then(|a| a.read_only_hint)
+                .unwrap_or(false);
+            known.insert(tool.name.to_string(), read_only);
+        }
+    }
+}
+
+impl CallPolicy for ToolPolicy {
+    fn needs(&self, call: &Call<'_>) -> Need {
+        match call.method() {
+            // A denied tool needs nothing here: the relay answers it as unknown, the
+            // same to every token.
+            "tools/call" => match call.name().and_then(|n| self.tool_access(n)) {
+                Some(access) => Need::Scope(access),
+                None if call.name().is_none() => Need::Scope(Access::Write),
+                None => Need::Nothing,
+            },
+            "resources/read"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "prompts/get"
+            | "prompts/list"
+            | "completion/complete" => Need::Scope(Access::Read),
+            _ => Need::Nothing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, sync::Arc};
+
+    use rmcp::model::ToolAnnotations;
+
+    use super::*;
+
+    fn tool(name: &'static str, read_only: Option<bool>) -> Tool {
+        let mut tool = Tool::new(name, "t", Arc::new(serde_json::Map::new()));
+        if let Some(read_only) = read_only {
+            tool = tool.with_annotations(ToolAnnotations::new().read_only(read_only));
+        }
+        tool
+    }
+
+    fn call(method: &'static str, name: Option<&'static str>) -> Call<'static> {
+        Call {
+            method: Some(Cow::Borrowed(method)),
+            name: name.map(Cow::Borrowed),
+            uri: None,
+        }
+    }
+
+    #[test]
+    fn hints_decide_unless_a_rule_does() {
+        let policy = ToolPolicy::new(vec![
+            ToolRule::parse("toggle-*", "read").expect("rule"),
+            ToolRule::parse("secret*", "deny").expect("rule"),
+            ToolRule::parse("*", "write").expect("rule"),
+        ]);
+        let plain = ToolPolicy::new(Vec::new());
+        let tools = [
+            tool("echo", Some(true)),
+            tool("add", Some(false)),
+            tool("mystery", None),
+        ];
+        plain.learn(&tools);
+        policy.learn(&tools);
+        assert_eq!(plain.tool_access("echo"), Some(Access::Read));
+        assert_eq!(plain.tool_access("add"), Some(Access::Write));
+        assert_eq!(plain.tool_access("mystery"), Some(Access::Write));
+        assert_eq!(plain.tool_access("never-listed"), Some(Access::Write));
+        // Rules win over hints, first match first.
+        assert_eq!(policy.tool_access("toggle-logging"), Some(Access::Read));
+        assert_eq!(policy.tool_access("echo"), Some(Access::Write));
+        assert_eq!(policy.tool_access("secret-stuff"), None);
+        assert!(!policy.visible("secret-stuff"));
+        assert!(policy.visible("echo"));
+    }
+
+    #[test]
+    fn requests_need_the_scope_of_what_they_touch() {
+        let policy = ToolPolicy::new(vec![ToolRule::parse("hidden", "deny").expect("rule")]);
+        policy.learn(&[tool("echo", Some(true))]);
+        assert_eq!(
+            policy.needs(&call("tools/call", Some("echo"))),
+            Need::Scope(Access::Read)
+        );
+        assert_eq!(
+            policy.needs(&call("tools/call", Some("other"))),
+            Need::Scope(Access::Write)
+        );
+        assert_eq!(
+            policy.needs(&call("tools/call", Some("hidden"))),
+            Need::Nothing
+        );
+        assert_eq!(
+            policy.needs(&call("tools/call", None)),
+            Need::Scope(Access::Write)
+        );
+        assert_eq!(
+            policy.needs(&call("prompts/get", Some("p"))),
+            Need::Scope(Access::Read)
+        );
+        assert_eq!(
+            policy.needs(&call("resources/read", None)),
+            Need::Scope(Access::Read)
+        );
+        assert_eq!(policy.needs(&call("tools/list", None)), Need::Nothing);
+        assert_eq!(policy.needs(&call("initialize", None)), Need::Nothing);
+    }
+}

@@ -1,0 +1,601 @@
+//! The relay between a downstream MCP client and an upstream MCP server, on rmcp for
+//! both sides.
+//!
+//! Downstream, rmcp's Streamable HTTP server drives a [`GatewayHandler`] per session
+//! (and per sessionless 2026-07-28 request); rmcp accepts only a `ServerHandler`
+//! there, so each request kind has a method that rebuilds the request and hands it to
+//! one [`GatewayHandler::forward`]. Upstream, an rmcp client ([`UpClient`]) speaks
+//! to the server and relays what the server sends on its own: progress (with the
+//! client's progress token restored), logging and `list_changed` notifications, and
+//! sampling, elicitation and roots requests, whose answers go back up.
+//!
+//! rmcp gives each leg its own request ids and progress tokens, so the relay keeps
+//! the mapping ([`Routes`]) and bridges cancellation both ways. A session's upstream
+//! speaks the revision its client negotiated, capped at what the upstream knows.
+//!
+//! What rmcp's typed model does not know (vendor fields outside `_meta`) is not
+//! relayed: every message is parsed and re-serialised.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use rmcp::{
+    model::*,
+    service::{
+        InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
+        RequestContext, RunningService, ServiceError,
+    },
+    ErrorData, RoleClient, RoleServer, ServerHandler,
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::upstream::{Shared, UpSession};
+use crate::{mcp::Access, oauth::records::AccessToken};
+
+/// How long a request relayed to the client (sampling, elicitation, roots) may wait
+/// for its answer: a person may be reading an elicitation form.
+const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One upstream connection's mapping between the legs.
+#[derive(Default)]
+pub struct Routes {
+    /// Upstream progress token → the client's peer, its own token, and the last
+    /// progress sent (progress must increase; rmcp delivers notifications from
+    /// separate tasks, so late ones are dropped).
+    progress: HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken, f64)>,
+    /// Upstream request id → the client's peer and its own request id, to route the
+    /// upstream's requests to the stream of the call they belong to.
+    inflight: HashMap<RequestId, (Peer<RoleServer>, RequestId)>,
+}
+
+/// The upstream-facing side: an rmcp client service for one upstream connection.
+pub struct UpClient {
+    pub upstream: String,
+    /// What Gatehouse says of itself upstream: the client's own `initialize`
+    /// parameters for a session, Gatehouse's identity for a pooled connection.
+    pub info: ClientConfig,
+    /// The session's client, for what belongs to no call (logging, `list_changed`);
+    /// `None` for pooled connections, which have no single client.
+    pub session_peer: Option<Peer<RoleServer>>,
+    pub routes: Arc<Mutex<Routes>>,
+}
+
+fn relay_failed(upstream: &str, what: &str, e: impl std::fmt::Display) -> ErrorData {
+    ErrorData::internal_error(
+        format!("upstream {upstream}: {what}: {e}"),
+        Some(json!({ "upstream": upstream })),
+    )
+}
+
+impl rmcp::Service<RoleClient> for UpClient {
+    async fn handle_request(
+        &self,
+        mut request: ServerRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        if let ServerRequest::PingRequest(_) = request {
+            return Ok(ClientResult::empty(()));
+        }
+        // Which call does this request belong to? An HTTP upstream says so
+        // (SEP-2260); for stdio, the one call in flight, if there is exactly one.
+        let origin = context.extensions.get::<InboundStreamOrigin>().cloned();
+        let target = {
+            let routes = self.routes.lock().await;
+            match &origin {
+                Some(InboundStreamOrigin::OutboundRequest(up)) => routes.inflight.get(up).cloned(),
+                _ if routes.inflight.len() == 1 => routes.inflight.values().next().cloned(),
+                _ => None,
+            }
+        };
+        let (downstream, call) = match (target, &self.session_peer) {
+            (Some((peer, id)), _) => (peer, Some(id)),
+            (None, Some(peer)) => (peer.clone(), None),
+            (None, None) => {
+                return Err(ErrorData::invalid_request(
+                    "this request cannot reach a client: the connection is shared",
+                    None,
+                ))
+            }
+        };
+        let mut meta = context.meta.clone();
+        meta.0 .0.remove("progressToken");
+        *request.get_meta_mut() = meta;
+        if let Some(id) = call {
+            request.extensions_mut().insert(OriginatingRequestId(id));
+        }
+        // rmcp stamps a request with the id of the request being handled (a
+        // task-local: here the upstream's id), which would send it to the wrong
+        // stream; task-locals do not cross a spawn.
+        let handle = tokio::spawn(async move {
+            downstream
+                .send_request_with_option(
+                    request,
+                    PeerRequestOptions::with_timeout(DOWNSTREAM_TIMEOUT),
+                )
+                .await
+        })
+        .await
+        .map_err(|e| relay_failed(&self.upstream, "relaying to the client failed", e))?
+        .map_err(|e| relay_failed(&self.upstream, "the client cannot be reached", e))?;
+        let (id, peer) = (handle.id.clone(), handle.peer.clone());
+        tokio::select! {
+            answer = handle.await_response() => answer.map_err(|e| match e {
+                ServiceError::McpError(e) => e,
+                e => relay_failed(&self.upstream, "the client did not answer", e),
+            }),
+            () = context.ct.cancelled() => {
+                let _ = peer
+                    .send_notification(ServerNotification::CancelledNotification(
+                        CancelledNotification::new(CancelledNotificationParam::new(
+                            Some(id),
+                            Some("cancelled by the server".into()),
+                        )),
+                    ))
+                    .await;
+                Err(ErrorData::internal_error("cancelled by the server", None))
+            }
+        }
+    }
+
+    async fn handle_notification(
+        &self,
+        mut notification: ServerNotification,
+        context: NotificationContext<RoleClient>,
+    ) -> Result<(), ErrorData> {
+        let target = match &mut notification {
+            ServerNotification::ProgressNotification(progress) => {
+                let mut routes = self.routes.lock().await;
+                let Some((peer, token, last)) =
+                    routes.progress.get_mut(&progress.params.progress_token)
+                else {
+                    return Ok(());
+                };
+                if progress.params.progress <= *last {
+                    return Ok(());
+                }
+                *last = progress.params.progress;
+                progress.params.progress_token = token.clone();
+                peer.clone()
+            }
+            // Its ids are the upstream's: rmcp already cancelled the request it names.
+            ServerNotification::CancelledNotification(_) => return Ok(()),
+            _ => match &self.session_peer {
+                Some(peer) => peer.clone(),
+                None => return Ok(()),
+            },
+        };
+        *notification.get_meta_mut() = context.meta;
+        target
+            .send_notification(notification)
+            .await
+            .map_err(|e| relay_failed(&self.upstream, "the client cannot be reached", e))
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+}
+
+/// The downstream-facing side: one per session, or per sessionless request.
+#[derive(Clone)]
+pub struct GatewayHandler {
+    shared: Arc<Shared>,
+    session: Arc<OnceLock<Arc<UpSession>>>,
+}
+
+/// Re-reads a result as the type a method must return (rmcp's results are an
+/// untagged union: `{}` reads as an empty result, for instance).
+fn coerce<T: serde::de::DeserializeOwned>(
+    upstream: &str,
+    result: ServerResult,
+) -> Result<T, ErrorData> {
+    serde_json::to_value(&result)
+        .and_then(serde_json::from_value)
+        .map_err(|e| relay_failed(upstream, "it sent an unexpected result", e))
+}
+
+/// The token the guard attached to the request.
+fn granted(context: &RequestContext<RoleServer>) -> Option<&AccessToken> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<AccessToken>())
+}
+
+impl GatewayHandler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        GatewayHandler {
+            shared,
+            session: Arc::default(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// This session's upstream, or a pooled one for a sessionless request.
+    async fn upstream(&self) -> Result<Arc<UpSession>, ErrorData> {
+        match self.session.get() {
+            Some(session) => Ok(session.clone()),
+            None => self.shared.pooled().await,
+        }
+    }
+
+    /// The guard checked the scope from its reading of the body; check again from
+    /// rmcp's, so that a body the two read differently cannot open a write path.
+    fn check_scope(
+        &self,
+        access: Access,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let resource = &self.shared.resource;
+        let needed = match access {
+            Access::Read => &resource.read,
+            Access::Write => &resource.write,
+        };
+        match granted(context) {
+            Some(token) if token.scopes.contains(needed) => Ok(()),
+            _ => Err(ErrorData::invalid_request(
+                format!("this token lacks the {needed} scope"),
+                None,
+            )),
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let up = self.upstream().await?;
+        if up.peer().is_transport_closed() {
+            return Err(self.shared.closed_error());
+        }
+        let client_token = context.meta.get_progress_token();
+        let mut meta = context.meta.clone();
+        meta.0
+             .0
+            .retain(|k, _| k != "progressToken" && !k.starts_with("io.modelcontextprotocol/"));
+        let options = PeerRequestOptions::with_timeout(self.shared.config.timeout)
+            .reset_timeout_on_progress()
+            .with_max_total_timeout(self.shared.config.timeout * 10)
+            .with_meta(meta);
+        let handle = {
+            // Registered under the lock, before a fast upstream's first progress
+            // notification can look for it.
+            let mut routes = up.routes.lock().await;
+            let handle = up
+                .peer()
+                .send_request_with_option(request, options)
+                .await
+                .map_err(|e| self.shared.error(e))?;
+            if let Some(token) = client_token {
+                routes.progress.insert(
+                    handle.progress_token.clone(),
+                    (context.peer.clone(), token, f64::MIN),
+                );
+            }
+            routes.inflight.insert(
+                handle.id.clone(),
+                (context.peer.clone(), context.id.clone()),
+            );
+            handle
+        };
+        let (up_id, up_token, peer) = (
+            handle.id.clone(),
+            handle.progress_token.clone(),
+            handle.peer.clone(),
+        );
+        let answer = tokio::select! {
+            answer = handle.await_response() => answer.map_err(|e| self.shared.error(e)),
+            () = context.ct.cancelled() => {
+                let _ = peer
+                    .send_notification(ClientNotification::CancelledNotification(
+                        CancelledNotification::new(CancelledNotificationParam::new(
+                            Some(up_id.clone()),
+                            Some("cancelled by the client".into()),
+                        )),
+                    ))
+                    .await;
+                Err(ErrorData::internal_error("cancelled by the client", None))
+            }
+        };
+        let mut routes = up.routes.lock().await;
+        routes.progress.remove(&up_token);
+        routes.inflight.remove(&up_id);
+        answer
+    }
+
+    async fn forward_as<T: serde::de::DeserializeOwned>(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<T, ErrorData> {
+        let result = self.forward(request, context).await?;
+        coerce(self.name(), result)
+    }
+}
+
+impl ServerHandler for GatewayHandler {
+    /// Once the upstream answered, offer the client nothing newer than the upstream's
+    /// revision, so both legs speak the same one.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        match self.session.get().and_then(|s| s.info()) {
+            Some(up) => Cow::Borrowed(ProtocolVersion::known_up_to(&up.protocol_version)),
+            None => Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+        }
+    }
+
+    /// Called often and synchronously: answered from the last upstream handshake.
+    fn get_info(&self) -> ServerConfig {
+        let info = self
+            .session
+            .get()
+            .and_then(|s| s.info())
+            .or_else(|| self.shared.last_info());
+        match info {
+            Some(up) => {
+                let mut config = ServerConfig::new(up.capabilities.clone());
+                config.server_info = up
+                    .server_info
+                    .clone()
+                    .unwrap_or_else(|| Implementation::new(self.name(), "unknown"));
+                config.instructions = up.instructions.clone();
+                config
+            }
+            None => ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+                .with_server_info(Implementation::new(self.name(), "unknown")),
+        }
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let session = self
+            .shared
+            .open_session(&request, context.peer.clone())
+            .await?;
+        let info = session.info().ok_or_else(|| self.shared.closed_error())?;
+        let _ = self.session.set(session);
+        let mut result = InitializeResult::new(info.capabilities.clone());
+        result.server_info = info
+            .server_info
+            .clone()
+            .unwrap_or_else(|| Implementation::new(self.name(), "unknown"));
+        result.instructions = info.instructions.clone();
+        // rmcp negotiates from this: the client's revision when both know it, else
+        // the upstream's.
+        result.protocol_version = info.protocol_version.clone();
+        Ok(result)
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut page: ListToolsResult = self
+            .forward_as(
+                ClientRequest::ListToolsRequest(ListToolsRequest {
+                    method: Default::default(),
+                    params: request,
+                    extensions: Default::default(),
+                }),
+                context,
+            )
+            .await?;
+        self.shared.policy.learn(&page.tools);
+        page.tools
+            .retain(|tool| self.shared.policy.visible(&tool.name));
+        Ok(page)
+    }
+
+    fn get_tool(&self, _name: &str) -> Option<Tool> {
+        None
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // A denied tool is answered exactly as a tool that does not exist.
+        let Some(access) = self.shared.policy.tool_access(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("Unknown tool: {}", request.name),
+                None,
+            ));
+        };
+        self.check_scope(access, &context)?;
+        let name = self.name().to_owned();
+        match self
+            .forward(
+                ClientRequest::CallToolRequest(CallToolRequest::new(request)),
+                context,
+            )
+            .await?
+        {
+            ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+            ServerResult::InputRequiredResult(result) => {
+                Ok(CallToolResponse::InputRequired(result))
+            }
+            ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
+            other => Ok(CallToolResponse::Complete(coerce(&name, other)?)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward_as(
+            ClientRequest::ListResourcesRequest(ListResourcesRequest {
+                method: Default::default(),
+                params: request,
+                extensions: Default::default(),
+            }),
+            context,
+        )
+        .await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward_as(
+            ClientRequest::ListResourceTemplatesRequest(ListResourceTemplatesRequest {
+                method: Default::default(),
+                params: request,
+                extensions: Default::default(),
+            }),
+            context,
+        )
+        .await
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        let name = self.name().to_owned();
+        match self
+            .forward(
+                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request)),
+                context,
+            )
+            .await?
+        {
+            ServerResult::ReadResourceResult(result) => Ok(result.into()),
+            ServerResult::InputRequiredResult(result) => Ok(result.into()),
+            other => coerce::<ReadResourceResult>(&name, other).map(Into::into),
+        }
+    }
+
+    // Legacy (before 2026-07-28), still what clients of those revisions send.
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward(
+            ClientRequest::SubscribeRequest(SubscribeRequest::new(request)),
+            context,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward(
+            ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request)),
+            context,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward_as(
+            ClientRequest::ListPromptsRequest(ListPromptsRequest {
+                method: Default::default(),
+                params: request,
+                extensions: Default::default(),
+            }),
+            context,
+        )
+        .await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        let name = self.name().to_owned();
+        match self
+            .forward(
+                ClientRequest::GetPromptRequest(GetPromptRequest::new(request)),
+                context,
+            )
+            .await?
+        {
+            ServerResult::GetPromptResult(result) => Ok(result.into()),
+            ServerResult::InputRequiredResult(result) => Ok(result.into()),
+            other => coerce::<GetPromptResult>(&name, other).map(Into::into),
+        }
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        self.check_scope(Access::Read, &context)?;
+        self.forward_as(
+            ClientRequest::CompleteRequest(CompleteRequest::new(request)),
+            context,
+        )
+        .await
+    }
+
+    // Deprecated by SEP-2577, still relayed for the revisions that have it.
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.forward(
+            ClientRequest::SetLevelRequest(SetLevelRequest::new(request)),
+            context,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        if let Some(session) = self.session.get() {
+            let _ = session
+                .peer()
+                .send_notification(ClientNotification::RootsListChangedNotification(
+                    RootsListChangedNotification {
+                        method: Default::default(),
+                        extensions: Default::default(),
+                    },
+                ))
+                .await;
+        }
+    }
+}
+
+/// The running rmcp client of one upstream connection.
+pub type UpService = RunningService<RoleClient, UpClient>;
