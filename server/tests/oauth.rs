@@ -3,14 +3,22 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
     http::{header, Request, StatusCode},
 };
 use common::*;
-use gatehouse::{config::Cli, resource::ResourceUri};
+use gatehouse::{
+    config::Cli,
+    outbound::NOT_PUBLIC,
+    resource::ResourceUri,
+};
 use serde_json::json;
 
 // ----- discovery -------------------------------------------------------------------
@@ -1060,61 +1068,123 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
 
 // ----- client-ID metadata documents --------------------------------------------------------
 
-/// Serves metadata documents on a loopback port and counts fetches.
+/// Serves metadata documents on a loopback port and counts the requests for each path.
 struct DocumentServer {
     base: String,
-    hits: Arc<std::sync::atomic::AtomicUsize>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl DocumentServer {
+    /// How many requests reached `path`.
+    fn hits(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn total_hits(&self) -> usize {
+        self.hits.lock().expect("lock").values().sum()
+    }
+}
+
+/// A valid metadata document for the document at `base` + `path`.
+fn document(base: &str, path: &str, name: &str) -> serde_json::Value {
+    json!({
+        "client_id": format!("{base}{path}"),
+        "client_name": name,
+        "redirect_uris": ["https://client.example/cb"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": "none",
+    })
+}
+
+/// The most of a metadata document Gatehouse reads (outbound.rs); written out so
+/// that raising or removing the cap fails the tests below.
+const DOCUMENT_CAP: usize = 16 * 1024;
+
+/// A document that would be valid but for its size: padded with an extra field (which
+/// the parser ignores) to just over the cap.
+fn oversized_document(base: &str, path: &str) -> Vec<u8> {
+    let mut doc = document(base, path, "Too big");
+    doc["padding"] = json!("x".repeat(DOCUMENT_CAP));
+    let body = doc.to_string().into_bytes();
+    assert!(body.len() > DOCUMENT_CAP && body.len() < DOCUMENT_CAP + 1024);
+    body
 }
 
 async fn document_server() -> DocumentServer {
-    use axum::{response::IntoResponse, routing::get};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use axum::{extract::Request, middleware::Next, response::IntoResponse, routing::get};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let doc = |base: &str, path: &str, name: &str| {
-        json!({
-            "client_id": format!("{base}{path}"),
-            "client_name": name,
-            "redirect_uris": ["https://client.example/cb"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "token_endpoint_auth_method": "none",
-        })
+    let hits = Arc::new(Mutex::new(HashMap::new()));
+    let json_body = |body: Body| {
+        (
+            [
+                (header::CACHE_CONTROL, "max-age=60"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            body,
+        )
     };
-    let good = doc(&base, "/client.json", "Documented client");
-    let mismatch = doc(&base, "/elsewhere.json", "Liar");
+    let good = document(&base, "/client.json", "Documented client").to_string();
+    let mismatch = document(&base, "/elsewhere.json", "Liar");
+    let big = oversized_document(&base, "/big.json");
+    let big_chunked = oversized_document(&base, "/big-chunked.json");
+    // What the redirect points at would pass every check, were it followed.
+    let redirect_target = document(&base, "/redirect.json", "Followed a redirect").to_string();
     let counter = hits.clone();
     let app = axum::Router::new()
         .route(
             "/client.json",
-            get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = good.to_string();
-                async move {
-                    (
-                        [
-                            (header::CACHE_CONTROL, "max-age=60"),
-                            (header::CONTENT_TYPE, "application/json"),
-                        ],
-                        body,
-                    )
-                }
-            }),
+            get(move || async move { json_body(Body::from(good)) }),
         )
         .route(
             "/mismatch.json",
             get(move || async move { axum::Json(mismatch) }),
         )
-        .route("/big.json", get(|| async { "x".repeat(40_000) }))
+        // Content-Length says how big it is.
+        .route(
+            "/big.json",
+            get(move || async move { json_body(Body::from(big)) }),
+        )
+        // No Content-Length: only counting the bytes read finds out.
+        .route(
+            "/big-chunked.json",
+            get(move || async move { json_body(streamed(big_chunked, 8)) }),
+        )
         .route(
             "/redirect.json",
             get(|| async {
-                (StatusCode::FOUND, [(header::LOCATION, "/client.json")]).into_response()
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, "/redirect-target.json")],
+                )
+                    .into_response()
             }),
         )
-        .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }));
+        .route(
+            "/redirect-target.json",
+            get(move || async move { json_body(Body::from(redirect_target)) }),
+        )
+        .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let counter = counter.clone();
+                async move {
+                    *counter
+                        .lock()
+                        .expect("lock")
+                        .entry(request.uri().path().to_owned())
+                        .or_default() += 1;
+                    next.run(request).await
+                }
+            },
+        ));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -1123,7 +1193,6 @@ async fn document_server() -> DocumentServer {
 
 #[tokio::test]
 async fn metadata_document_clients_are_fetched_validated_and_cached() {
-    use std::sync::atomic::Ordering;
     let docs = document_server().await;
     let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
     let discovery = app
@@ -1146,7 +1215,7 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
     let tokens = app.redeem(&client_id, &code).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
     assert_eq!(
-        docs.hits.load(Ordering::SeqCst),
+        docs.hits("/client.json"),
         1,
         "the document is cached per its max-age"
     );
@@ -1157,25 +1226,26 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
     let docs = document_server().await;
     let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
     let cookie = app.sign_in().await;
-    for path in [
-        "/mismatch.json",
-        "/big.json",
-        "/redirect.json",
-        "/missing.json",
+    for (path, reason) in [
+        (
+            "/mismatch.json",
+            "the metadata document's client_id differs from its URL",
+        ),
+        ("/big.json", "the metadata document is too large"),
+        ("/big-chunked.json", "the metadata document is too large"),
+        (
+            "/redirect.json",
+            "the metadata document URL redirects; redirects are not followed",
+        ),
+        ("/missing.json", "the metadata document answered 404"),
     ] {
         let client_id = format!("{}{path}", docs.base);
         let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
-        assert_eq!(
-            answer.status,
+        assert_error_page(
+            &answer,
             StatusCode::BAD_REQUEST,
-            "{path}: {}",
-            answer.body
-        );
-        assert!(answer.headers.get(header::LOCATION).is_none());
-        assert!(
-            answer.body.contains("Client metadata unavailable"),
-            "{path}: {}",
-            answer.body
+            "Client metadata unavailable",
+            reason,
         );
         let token = app
             .post_form(
@@ -1189,7 +1259,14 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
             )
             .await;
         assert_oauth_error(&token, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(token.json()["error_description"], reason, "{path}");
     }
+    assert!(docs.hits("/redirect.json") > 0, "the redirect was fetched");
+    assert_eq!(
+        docs.hits("/redirect-target.json"),
+        0,
+        "the redirect's target was never fetched"
+    );
 }
 
 #[tokio::test]
@@ -1198,25 +1275,37 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
     let app = TestApp::new(&[]);
     let port = docs.base.rsplit(':').next().expect("port");
     let cookie = app.sign_in().await;
+    let not_public = format!("{NOT_PUBLIC}.");
     for client_id in [
         format!("https://127.0.0.1:{port}/client.json"),
         format!("https://localhost:{port}/client.json"),
         format!("https://[::1]:{port}/client.json"),
+        // IPv4-mapped IPv6 for 127.0.0.1 (in the normal form a client_id URL must have).
+        format!("https://[::ffff:7f00:1]:{port}/client.json"),
         "https://10.0.0.1/client.json".to_owned(),
+        "https://192.168.1.1/client.json".to_owned(),
         "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://[fd00::1]/client.json".to_owned(),
+        "https://[fe80::1]/client.json".to_owned(),
     ] {
         let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{client_id}");
-        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert_error_page(
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "Client metadata unavailable",
+            &not_public,
+        );
     }
-    // Plain http document URLs are not metadata documents at all without the opt-in.
+    // Plain http document URLs are not metadata documents at all without the opt-in:
+    // the id is looked up as a registered client, and there is none.
     let answer = app
         .authorize(&format!("{}/client.json", docs.base), &[], Some(&cookie))
         .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        docs.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing was fetched"
+    assert_error_page(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "Unknown client",
+        "not registered here",
     );
+    assert_eq!(docs.total_hits(), 0, "nothing was fetched");
 }
