@@ -215,63 +215,136 @@ async fn bad_registrations_get_clear_errors() {
 
 // ----- authorization endpoint -----------------------------------------------------------
 
+/// RFC 6749 §4.1.2.1: with a bad client or redirect URI the person is told what is
+/// wrong, and nothing is sent to the redirect URI. Each mistake has its own words.
 #[tokio::test]
 async fn a_bad_client_or_redirect_uri_is_shown_and_never_redirected() {
     let app = TestApp::new(&[]);
     let client_id = app.public_client("Test").await;
     let cookie = app.sign_in().await;
     let cases = [
-        app.authorize("no-such-client", &[], Some(&cookie)).await,
-        app.authorize("", &[("client_id", "")], Some(&cookie)).await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "https://evil.example/cb")],
-            Some(&cookie),
-        )
-        .await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "https://client.example/cb/extra")],
-            Some(&cookie),
-        )
-        .await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "http://client.example/cb")],
-            Some(&cookie),
-        )
-        .await,
-        // Several registered URIs: the request must name one.
-        app.authorize(&client_id, &[("redirect_uri", "")], Some(&cookie))
+        (
+            app.authorize("no-such-client", &[], Some(&cookie)).await,
+            "Unknown client",
+            "This client is not registered here.",
+        ),
+        (
+            app.authorize("", &[("client_id", "")], Some(&cookie)).await,
+            "Missing client",
+            "The request names no client_id.",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://evil.example/cb")],
+                Some(&cookie),
+            )
             .await,
-        // Even with other errors too, the redirect URI is judged first.
-        app.authorize(
-            &client_id,
-            &[
-                ("redirect_uri", "https://evil.example/cb"),
-                ("code_challenge", ""),
-            ],
-            None,
-        )
-        .await,
+            "Unregistered redirect URI",
+            "The redirect_uri \"https://evil.example/cb\" is not one this client registered",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://client.example/cb/extra")],
+                Some(&cookie),
+            )
+            .await,
+            "Unregistered redirect URI",
+            "\"https://client.example/cb/extra\" is not one this client registered",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "http://client.example/cb")],
+                Some(&cookie),
+            )
+            .await,
+            "Invalid redirect URI",
+            "\"http://client.example/cb\" uses http on a host that is not loopback",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://client.example/cb#frag")],
+                Some(&cookie),
+            )
+            .await,
+            "Invalid redirect URI",
+            "must not contain a fragment",
+        ),
+        // Several registered URIs: the request must name one.
+        (
+            app.authorize(&client_id, &[("redirect_uri", "")], Some(&cookie))
+                .await,
+            "Missing redirect URI",
+            "This client registered several redirect URIs; the request must name one.",
+        ),
+        // Even with other errors too, and before signing in, the redirect URI is
+        // judged first.
+        (
+            app.authorize(
+                &client_id,
+                &[
+                    ("redirect_uri", "https://evil.example/cb"),
+                    ("code_challenge", ""),
+                ],
+                None,
+            )
+            .await,
+            "Unregistered redirect URI",
+            "\"https://evil.example/cb\" is not one this client registered",
+        ),
+        // A repeated parameter cannot be read at all.
+        (
+            app.get(
+                &format!(
+                    "/oauth/authorize?client_id={client_id}&client_id=other&response_type=code"
+                ),
+                Some(&cookie),
+            )
+            .await,
+            "Malformed authorization request",
+            "could not be read (a parameter may be repeated)",
+        ),
     ];
-    for answer in cases {
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
-        assert!(answer.headers.get(header::LOCATION).is_none());
-        assert!(answer.headers[header::CONTENT_TYPE]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/html"));
+    for (answer, title, message) in cases {
+        assert_error_page(&answer, StatusCode::BAD_REQUEST, title, message);
         assert!(
             answer.body.contains("error-card"),
             "the styled error page: {}",
             answer.body
         );
-        assert!(
-            !answer.body.contains("evil.example/cb\"</"),
-            "{}",
-            answer.body
-        );
+    }
+}
+
+/// The error page echoes the redirect URI the request named; markup in it must reach
+/// the page as text.
+#[tokio::test]
+async fn an_echoed_redirect_uri_is_escaped_on_the_error_page() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    for (redirect_uri, title, markup, escaped) in [
+        (
+            "https://evil.example/cb?x=<script>alert(1)</script>",
+            "Unregistered redirect URI",
+            "<script>alert(1)</script>",
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+        ),
+        (
+            "https://client.example/cb#<img src=x onerror=alert(2)>",
+            "Invalid redirect URI",
+            "<img src=x onerror=alert(2)>",
+            "&lt;img src=x onerror=alert(2)&gt;",
+        ),
+    ] {
+        let answer = app
+            .authorize(&client_id, &[("redirect_uri", redirect_uri)], Some(&cookie))
+            .await;
+        assert_error_page(&answer, StatusCode::BAD_REQUEST, title, redirect_uri);
+        assert!(answer.body.contains(escaped), "{}", answer.body);
+        assert!(!answer.body.contains(markup), "{}", answer.body);
     }
 }
 
