@@ -1,28 +1,52 @@
 //! The binary's maintenance commands, run as a person would run them.
 
-use std::{io::Write, process::Command, process::Stdio};
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+};
 
 use gatehouse::{config::StoreSpec, oauth::owner::Owner, open_store};
+
+/// The binary, without the developer's environment: a `GATEHOUSE_*` variable in the
+/// shell that runs the tests must not configure it, only the flags a test passes.
+fn gatehouse() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command.env_clear();
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
+/// Runs the binary with `args`, `input` on standard input.
+fn run(args: &[&str], input: &[u8]) -> Output {
+    let mut child = gatehouse()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("output")
+}
 
 #[tokio::test]
 async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().to_str().expect("utf-8");
     let set = |password: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["owner", "set-password", "--data-dir", data_dir])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{password}\n").as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("output")
+        run(
+            &["owner", "set-password", "--data-dir", data_dir],
+            format!("{password}\n").as_bytes(),
+        )
     };
 
     let weak = set("short");
@@ -61,7 +85,7 @@ async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
 
 #[test]
 fn invalid_configuration_stops_start_up_with_one_line_per_mistake() {
-    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let output = gatehouse()
         .args([
             "serve",
             "--public-url",
