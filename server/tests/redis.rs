@@ -419,3 +419,99 @@ async fn a_session_is_continued_after_its_in_memory_state_is_gone() {
     assert_eq!(called.status, StatusCode::OK, "{}", called.body);
     assert_eq!(called.rpc()["result"]["isError"], false);
 }
+
+/// Every record of a store, by key.
+async fn records(store: &gatehouse::store::SharedStore) -> Vec<gatehouse::store::Entry> {
+    let mut entries = store.export().await.expect("export");
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries
+}
+
+/// Embedded → Redis → embedded keeps every record, its remaining lifetime (less the
+/// time the move took) and its group, so a moved grant is still revoked as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
+    let source = TestApp::new(&[]);
+    let (client_id, tokens) = source.tokens_for("read:articles write:articles").await;
+    let access = tokens["access_token"].as_str().expect("at").to_owned();
+    let refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let session = source.mcp_session(&access, V2025_06).await;
+    let created = source
+        .mcp(
+            Some(&access),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(
+                1,
+                "create_article",
+                json!({"title": "Round", "body": "trip"}),
+            ),
+        )
+        .await;
+    assert_eq!(created.rpc()["result"]["isError"], false);
+    let before = records(&source.store).await;
+    for needed in [
+        "client:",
+        "grant:",
+        "code:",
+        "at:",
+        "session:",
+        "article:",
+        "mcp-session:",
+    ] {
+        assert!(
+            before.iter().any(|e| e.key.as_str().starts_with(needed)),
+            "the source holds a {needed} record"
+        );
+    }
+    assert!(before.iter().any(|e| e.ttl.is_some() && e.group.is_some()));
+    assert!(before.iter().any(|e| e.ttl.is_none()));
+
+    let mut exported = Vec::new();
+    gatehouse::migrate::export(source.store.as_ref(), &mut exported)
+        .await
+        .expect("export");
+    let redis = TestApp::on_redis(&redis_url(), &random_prefix(), &[]).await;
+    gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice())
+        .await
+        .expect("import into Redis");
+    let mut exported_again = Vec::new();
+    gatehouse::migrate::export(redis.store.as_ref(), &mut exported_again)
+        .await
+        .expect("export from Redis");
+    let target = TestApp::new(&[]);
+    assert!(records(&target.store).await.is_empty());
+    gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice())
+        .await
+        .expect("import into embedded");
+    let after = records(&target.store).await;
+
+    let keys = |entries: &[gatehouse::store::Entry]| -> Vec<String> {
+        entries.iter().map(|e| e.key.to_string()).collect()
+    };
+    assert_eq!(keys(&after), keys(&before), "every record, no other");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(new.value, old.value, "{}", old.key);
+        assert_eq!(new.group, old.group, "{}", old.key);
+        match (old.ttl, new.ttl) {
+            (None, None) => {}
+            (Some(old_ttl), Some(new_ttl)) => assert!(
+                new_ttl <= old_ttl && old_ttl - new_ttl < Duration::from_secs(30),
+                "{}: {old_ttl:?} became {new_ttl:?}",
+                old.key
+            ),
+            (old_ttl, new_ttl) => panic!("{}: {old_ttl:?} became {new_ttl:?}", old.key),
+        }
+    }
+
+    // The moved grant is still one group: revoking its refresh token revokes it all.
+    let revoked = target.revoke(&client_id, &refresh).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(!target.token_is_valid(&access).await);
+    let grant = grant_of(&refresh);
+    let left: Vec<String> = keys(&records(&target.store).await)
+        .into_iter()
+        .filter(|key| key.contains(&grant))
+        .collect();
+    assert!(left.is_empty(), "nothing of the grant is left: {left:?}");
+}
