@@ -658,12 +658,7 @@ async fn articles_survive_a_restart() {
         )
         .await;
     assert_eq!(created.rpc()["result"]["isError"], false);
-    let dir = app.dir.clone();
-    // What a shutdown does: end the MCP sessions, then let go of the store.
-    app.state.shutdown.cancel();
-    drop(app);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let app = TestApp::open(dir, &[]);
+    let app = app.restart(&[]).await;
     let session = app.mcp_session(&token, V2025_06).await;
     let got = app
         .mcp(

@@ -14,11 +14,7 @@ use axum::{
     http::{header, Request, StatusCode},
 };
 use common::*;
-use gatehouse::{
-    config::Cli,
-    outbound::NOT_PUBLIC,
-    resource::ResourceUri,
-};
+use gatehouse::{config::Cli, outbound::NOT_PUBLIC, resource::ResourceUri};
 use serde_json::json;
 
 // ----- discovery -------------------------------------------------------------------
@@ -709,7 +705,8 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(again.json(), second);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the window, the old token is a reuse.
+    app.clock.advance(Duration::from_secs(2));
     let reuse = app.refresh(&client_id, &rt1, &[]).await;
     assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
     // The reuse revoked the whole grant: the successor no longer works either.
@@ -1100,11 +1097,7 @@ async fn a_refresh_token_survives_a_restart() {
     let app = TestApp::new(&[]);
     let (client_id, _, code) = app.code_for("read:articles").await;
     let tokens = app.redeem(&client_id, &code).await.json();
-    let dir = app.dir.clone();
-    drop(app);
-    // redb allows one open handle per file; give the old one's tasks a moment to end.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let restarted = TestApp::open(dir, &[]);
+    let restarted = app.restart(&[]).await;
     let refreshed = restarted
         .refresh(
             &client_id,
@@ -1121,7 +1114,7 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
     let unused = app.public_client("Unused").await;
     let (used, _, code) = app.code_for("read:articles").await;
     assert_eq!(app.redeem(&used, &code).await.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.clock.advance(Duration::from_secs(2));
     assert!(app
         .state
         .auth
@@ -1131,7 +1124,167 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
         .is_none());
     assert!(app.state.auth.client(&used).await.expect("store").is_some());
     let answer = app.authorize(&unused, &[], None).await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_error_page(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "Unknown client",
+        "not registered here",
+    );
+}
+
+// ----- expiry, on the app's manual clock ---------------------------------------------------
+
+/// A minute past a lifetime: clearly expired, whatever the rounding to seconds.
+const PAST: Duration = Duration::from_secs(60);
+
+// The lifetimes the server promises, written out rather than read from its
+// constants, so that changing one fails a test. Codes: RFC 6749 §4.1.2 (at most 10
+// minutes); approve links live as long as the code they would mint.
+const TEN_MINUTES: Duration = Duration::from_secs(10 * 60);
+const SIGN_IN: Duration = Duration::from_secs(12 * 3600);
+const SETUP_LINK: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn an_authorization_code_expires_after_ten_minutes() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    app.clock.advance(TEN_MINUTES + PAST);
+    let late = app.redeem(&client_id, &code).await;
+    assert_oauth_error(&late, StatusCode::BAD_REQUEST, "invalid_grant");
+
+    // The control: a code redeemed within its lifetime works.
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    app.clock.advance(TEN_MINUTES - PAST);
+    assert_eq!(app.redeem(&client_id, &code).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_consent_pages_approve_link_expires_after_ten_minutes() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    app.clock.advance(TEN_MINUTES + PAST);
+    let late = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_error_page(
+        &late,
+        StatusCode::BAD_REQUEST,
+        "This link is not valid",
+        "Approval links work once, for a few minutes",
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_session_expires_after_twelve_hours() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    app.clock.advance(SIGN_IN - PAST);
+    let still = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(still.status, StatusCode::OK, "{}", still.body);
+
+    app.clock.advance(PAST + PAST);
+    let later = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(later.status, StatusCode::SEE_OTHER, "{}", later.body);
+    assert!(
+        later
+            .location()
+            .starts_with("/oauth/login?return_to=%2Foauth%2Fauthorize%3F"),
+        "asks to sign in again: {}",
+        later.location()
+    );
+}
+
+#[tokio::test]
+async fn the_first_run_setup_link_expires_after_an_hour() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Cli::parse_ignoring_env([
+        "gatehouse",
+        "--public-url",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("config");
+    let clock = gatehouse::clock::Clock::manual();
+    let store = embedded(&config, &clock);
+    let app = TestApp::assemble(Arc::new(dir), config, store, clock);
+    let token = app
+        .state
+        .owner
+        .create_setup_token()
+        .await
+        .expect("store")
+        .expect("a token");
+    app.clock.advance(SETUP_LINK - PAST);
+    let page = app.get(&format!("/setup?token={token}"), None).await;
+    assert_eq!(page.status, StatusCode::OK, "valid within the hour");
+
+    app.clock.advance(PAST + PAST);
+    let page = app.get(&format!("/setup?token={token}"), None).await;
+    assert_error_page(
+        &page,
+        StatusCode::BAD_REQUEST,
+        "This setup link is not valid",
+        "Setup links work once, for an hour",
+    );
+    let set = app
+        .post_form(
+            "/setup",
+            &[
+                ("token", &token),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_error_page(
+        &set,
+        StatusCode::BAD_REQUEST,
+        "This setup link is not valid",
+        "Setup links work once, for an hour",
+    );
+    assert!(!app.state.owner.has_password().await.expect("store"));
+}
+
+#[tokio::test]
+async fn a_refresh_token_expires_after_its_lifetime() {
+    let app = TestApp::new(&["--refresh-token-ttl", "1d"]);
+    let (early_client, early) = app.tokens_for("read:articles").await;
+    let (late_client, late) = app.tokens_for("read:articles").await;
+
+    app.clock
+        .advance(Duration::from_secs(24 * 3600) - Duration::from_secs(60));
+    assert!(
+        !app.token_is_valid(early["access_token"].as_str().expect("at"))
+            .await,
+        "the access token's hour is long over"
+    );
+    let within = app
+        .refresh(
+            &early_client,
+            early["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(within.status, StatusCode::OK, "{}", within.body);
+
+    app.clock.advance(PAST + PAST);
+    let expired = app
+        .refresh(
+            &late_client,
+            late["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(&expired, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
 // ----- client-ID metadata documents --------------------------------------------------------
