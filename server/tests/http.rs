@@ -2,11 +2,11 @@
 
 mod common;
 
-use common::{faults::Mode, TestApp};
+use common::{faults::Mode, streamed, TestApp};
 
 use axum::{
     body::Body,
-    http::{Request, StatusCode},
+    http::{header, Request, StatusCode},
 };
 use gatehouse::http::MAX_BODY_BYTES;
 use http_body_util::BodyExt;
@@ -105,16 +105,57 @@ async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
     );
 }
 
+/// Every endpoint that takes a body refuses one over [`MAX_BODY_BYTES`] with 413,
+/// whether its size is announced (`Content-Length`) or found out while reading it
+/// (chunked), and reads one at the limit as usual.
 #[tokio::test]
-async fn oversized_bodies_are_refused() {
-    let app = app();
-    let request = Request::post("/api/anything")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("content-length", (MAX_BODY_BYTES + 1).to_string())
-        .body(Body::from(vec![b'a'; MAX_BODY_BYTES + 1]))
-        .expect("request");
-    let (status, _, _) = send(&app, request).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+async fn oversized_bodies_are_refused_announced_or_streamed() {
+    // Registrations have a smaller limit of their own (tests/abuse.rs); here they
+    // get the router's.
+    let app = TestApp::new(&["--max-registration-bytes", "65536"]);
+    // /mcp reads a body only for a valid token, so the streamed case needs one.
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let request = |path: &str, content_type: &str, size: usize, chunked: bool| {
+        let body = vec![b'a'; size];
+        let mut request = Request::post(path)
+            .header(header::HOST, "gate.example.com")
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if path == "/mcp" {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if chunked {
+            request.body(streamed(body, 5))
+        } else {
+            request
+                .header(header::CONTENT_LENGTH, size.to_string())
+                .body(Body::from(body))
+        }
+        .expect("request")
+    };
+    for (path, content_type) in [
+        ("/mcp", "application/json"),
+        ("/oauth/token", "application/x-www-form-urlencoded"),
+        ("/oauth/register", "application/json"),
+        ("/oauth/revoke", "application/x-www-form-urlencoded"),
+    ] {
+        for chunked in [false, true] {
+            let what = format!("{path}, chunked: {chunked}");
+            let (status, _, body) = send(
+                &app,
+                request(path, content_type, MAX_BODY_BYTES + 1, chunked),
+            )
+            .await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{what}: {body}");
+            let (status, _, body) =
+                send(&app, request(path, content_type, MAX_BODY_BYTES, chunked)).await;
+            assert!(
+                status.is_client_error() && status != StatusCode::PAYLOAD_TOO_LARGE,
+                "{what}: a body at the limit is read: {status} {body}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -3,14 +3,18 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
     http::{header, Request, StatusCode},
 };
 use common::*;
-use gatehouse::{config::Cli, resource::ResourceUri};
+use gatehouse::{config::Cli, outbound::NOT_PUBLIC, resource::ResourceUri};
 use serde_json::json;
 
 // ----- discovery -------------------------------------------------------------------
@@ -100,12 +104,7 @@ async fn preflights_on_api_endpoints_are_answered_for_browser_clients() {
             .body(Body::empty())
             .expect("request");
         let answer = app.send(request).await;
-        assert!(answer.status.is_success(), "{path}: {}", answer.status);
-        assert_eq!(
-            answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "*",
-            "{path}"
-        );
+        assert_cors_preflight(&answer, path, "*");
     }
 }
 
@@ -212,63 +211,136 @@ async fn bad_registrations_get_clear_errors() {
 
 // ----- authorization endpoint -----------------------------------------------------------
 
+/// RFC 6749 §4.1.2.1: with a bad client or redirect URI the person is told what is
+/// wrong, and nothing is sent to the redirect URI. Each mistake has its own words.
 #[tokio::test]
 async fn a_bad_client_or_redirect_uri_is_shown_and_never_redirected() {
     let app = TestApp::new(&[]);
     let client_id = app.public_client("Test").await;
     let cookie = app.sign_in().await;
     let cases = [
-        app.authorize("no-such-client", &[], Some(&cookie)).await,
-        app.authorize("", &[("client_id", "")], Some(&cookie)).await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "https://evil.example/cb")],
-            Some(&cookie),
-        )
-        .await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "https://client.example/cb/extra")],
-            Some(&cookie),
-        )
-        .await,
-        app.authorize(
-            &client_id,
-            &[("redirect_uri", "http://client.example/cb")],
-            Some(&cookie),
-        )
-        .await,
-        // Several registered URIs: the request must name one.
-        app.authorize(&client_id, &[("redirect_uri", "")], Some(&cookie))
+        (
+            app.authorize("no-such-client", &[], Some(&cookie)).await,
+            "Unknown client",
+            "This client is not registered here.",
+        ),
+        (
+            app.authorize("", &[("client_id", "")], Some(&cookie)).await,
+            "Missing client",
+            "The request names no client_id.",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://evil.example/cb")],
+                Some(&cookie),
+            )
             .await,
-        // Even with other errors too, the redirect URI is judged first.
-        app.authorize(
-            &client_id,
-            &[
-                ("redirect_uri", "https://evil.example/cb"),
-                ("code_challenge", ""),
-            ],
-            None,
-        )
-        .await,
+            "Unregistered redirect URI",
+            "The redirect_uri \"https://evil.example/cb\" is not one this client registered",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://client.example/cb/extra")],
+                Some(&cookie),
+            )
+            .await,
+            "Unregistered redirect URI",
+            "\"https://client.example/cb/extra\" is not one this client registered",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "http://client.example/cb")],
+                Some(&cookie),
+            )
+            .await,
+            "Invalid redirect URI",
+            "\"http://client.example/cb\" uses http on a host that is not loopback",
+        ),
+        (
+            app.authorize(
+                &client_id,
+                &[("redirect_uri", "https://client.example/cb#frag")],
+                Some(&cookie),
+            )
+            .await,
+            "Invalid redirect URI",
+            "must not contain a fragment",
+        ),
+        // Several registered URIs: the request must name one.
+        (
+            app.authorize(&client_id, &[("redirect_uri", "")], Some(&cookie))
+                .await,
+            "Missing redirect URI",
+            "This client registered several redirect URIs; the request must name one.",
+        ),
+        // Even with other errors too, and before signing in, the redirect URI is
+        // judged first.
+        (
+            app.authorize(
+                &client_id,
+                &[
+                    ("redirect_uri", "https://evil.example/cb"),
+                    ("code_challenge", ""),
+                ],
+                None,
+            )
+            .await,
+            "Unregistered redirect URI",
+            "\"https://evil.example/cb\" is not one this client registered",
+        ),
+        // A repeated parameter cannot be read at all.
+        (
+            app.get(
+                &format!(
+                    "/oauth/authorize?client_id={client_id}&client_id=other&response_type=code"
+                ),
+                Some(&cookie),
+            )
+            .await,
+            "Malformed authorization request",
+            "could not be read (a parameter may be repeated)",
+        ),
     ];
-    for answer in cases {
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
-        assert!(answer.headers.get(header::LOCATION).is_none());
-        assert!(answer.headers[header::CONTENT_TYPE]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/html"));
+    for (answer, title, message) in cases {
+        assert_error_page(&answer, StatusCode::BAD_REQUEST, title, message);
         assert!(
             answer.body.contains("error-card"),
             "the styled error page: {}",
             answer.body
         );
-        assert!(
-            !answer.body.contains("evil.example/cb\"</"),
-            "{}",
-            answer.body
-        );
+    }
+}
+
+/// The error page echoes the redirect URI the request named; markup in it must reach
+/// the page as text.
+#[tokio::test]
+async fn an_echoed_redirect_uri_is_escaped_on_the_error_page() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    for (redirect_uri, title, markup, escaped) in [
+        (
+            "https://evil.example/cb?x=<script>alert(1)</script>",
+            "Unregistered redirect URI",
+            "<script>alert(1)</script>",
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+        ),
+        (
+            "https://client.example/cb#<img src=x onerror=alert(2)>",
+            "Invalid redirect URI",
+            "<img src=x onerror=alert(2)>",
+            "&lt;img src=x onerror=alert(2)&gt;",
+        ),
+    ] {
+        let answer = app
+            .authorize(&client_id, &[("redirect_uri", redirect_uri)], Some(&cookie))
+            .await;
+        assert_error_page(&answer, StatusCode::BAD_REQUEST, title, redirect_uri);
+        assert!(answer.body.contains(escaped), "{}", answer.body);
+        assert!(!answer.body.contains(markup), "{}", answer.body);
     }
 }
 
@@ -683,7 +755,8 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(again.json(), second);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the window, the old token is a reuse.
+    app.clock.advance(Duration::from_secs(2));
     let reuse = app.refresh(&client_id, &rt1, &[]).await;
     assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
     // The reuse revoked the whole grant: the successor no longer works either.
@@ -1074,11 +1147,7 @@ async fn a_refresh_token_survives_a_restart() {
     let app = TestApp::new(&[]);
     let (client_id, _, code) = app.code_for("read:articles").await;
     let tokens = app.redeem(&client_id, &code).await.json();
-    let dir = app.dir.clone();
-    drop(app);
-    // redb allows one open handle per file; give the old one's tasks a moment to end.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let restarted = TestApp::open(dir, &[]);
+    let restarted = app.restart(&[]).await;
     let refreshed = restarted
         .refresh(
             &client_id,
@@ -1095,7 +1164,7 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
     let unused = app.public_client("Unused").await;
     let (used, _, code) = app.code_for("read:articles").await;
     assert_eq!(app.redeem(&used, &code).await.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.clock.advance(Duration::from_secs(2));
     assert!(app
         .state
         .auth
@@ -1105,66 +1174,288 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
         .is_none());
     assert!(app.state.auth.client(&used).await.expect("store").is_some());
     let answer = app.authorize(&unused, &[], None).await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_error_page(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "Unknown client",
+        "not registered here",
+    );
+}
+
+// ----- expiry, on the app's manual clock ---------------------------------------------------
+
+/// A minute past a lifetime: clearly expired, whatever the rounding to seconds.
+const PAST: Duration = Duration::from_secs(60);
+
+// The lifetimes the server promises, written out rather than read from its
+// constants, so that changing one fails a test. Codes: RFC 6749 §4.1.2 (at most 10
+// minutes); approve links live as long as the code they would mint.
+const TEN_MINUTES: Duration = Duration::from_secs(10 * 60);
+const SIGN_IN: Duration = Duration::from_secs(12 * 3600);
+const SETUP_LINK: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn an_authorization_code_expires_after_ten_minutes() {
+    let app = TestApp::new(&[]);
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    app.clock.advance(TEN_MINUTES + PAST);
+    let late = app.redeem(&client_id, &code).await;
+    assert_oauth_error(&late, StatusCode::BAD_REQUEST, "invalid_grant");
+
+    // The control: a code redeemed within its lifetime works.
+    let (client_id, _, code) = app.code_for("read:articles").await;
+    app.clock.advance(TEN_MINUTES - PAST);
+    assert_eq!(app.redeem(&client_id, &code).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_consent_pages_approve_link_expires_after_ten_minutes() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    app.clock.advance(TEN_MINUTES + PAST);
+    let late = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_error_page(
+        &late,
+        StatusCode::BAD_REQUEST,
+        "This link is not valid",
+        "Approval links work once, for a few minutes",
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_session_expires_after_twelve_hours() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+    app.clock.advance(SIGN_IN - PAST);
+    let still = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(still.status, StatusCode::OK, "{}", still.body);
+
+    app.clock.advance(PAST + PAST);
+    let later = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(later.status, StatusCode::SEE_OTHER, "{}", later.body);
+    assert!(
+        later
+            .location()
+            .starts_with("/oauth/login?return_to=%2Foauth%2Fauthorize%3F"),
+        "asks to sign in again: {}",
+        later.location()
+    );
+}
+
+#[tokio::test]
+async fn the_first_run_setup_link_expires_after_an_hour() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Cli::parse_ignoring_env([
+        "gatehouse",
+        "--public-url",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("config");
+    let clock = gatehouse::clock::Clock::manual();
+    let store = embedded(&config, &clock);
+    let app = TestApp::assemble(Arc::new(dir), config, store, clock);
+    let token = app
+        .state
+        .owner
+        .create_setup_token()
+        .await
+        .expect("store")
+        .expect("a token");
+    app.clock.advance(SETUP_LINK - PAST);
+    let page = app.get(&format!("/setup?token={token}"), None).await;
+    assert_eq!(page.status, StatusCode::OK, "valid within the hour");
+
+    app.clock.advance(PAST + PAST);
+    let page = app.get(&format!("/setup?token={token}"), None).await;
+    assert_error_page(
+        &page,
+        StatusCode::BAD_REQUEST,
+        "This setup link is not valid",
+        "Setup links work once, for an hour",
+    );
+    let set = app
+        .post_form(
+            "/setup",
+            &[
+                ("token", &token),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+            None,
+        )
+        .await;
+    assert_error_page(
+        &set,
+        StatusCode::BAD_REQUEST,
+        "This setup link is not valid",
+        "Setup links work once, for an hour",
+    );
+    assert!(!app.state.owner.has_password().await.expect("store"));
+}
+
+#[tokio::test]
+async fn a_refresh_token_expires_after_its_lifetime() {
+    let app = TestApp::new(&["--refresh-token-ttl", "1d"]);
+    let (early_client, early) = app.tokens_for("read:articles").await;
+    let (late_client, late) = app.tokens_for("read:articles").await;
+
+    app.clock
+        .advance(Duration::from_secs(24 * 3600) - Duration::from_secs(60));
+    assert!(
+        !app.token_is_valid(early["access_token"].as_str().expect("at"))
+            .await,
+        "the access token's hour is long over"
+    );
+    let within = app
+        .refresh(
+            &early_client,
+            early["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_eq!(within.status, StatusCode::OK, "{}", within.body);
+
+    app.clock.advance(PAST + PAST);
+    let expired = app
+        .refresh(
+            &late_client,
+            late["refresh_token"].as_str().expect("rt"),
+            &[],
+        )
+        .await;
+    assert_oauth_error(&expired, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
 // ----- client-ID metadata documents --------------------------------------------------------
 
-/// Serves metadata documents on a loopback port and counts fetches.
+/// Serves metadata documents on a loopback port and counts the requests for each path.
 struct DocumentServer {
     base: String,
-    hits: Arc<std::sync::atomic::AtomicUsize>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl DocumentServer {
+    /// How many requests reached `path`.
+    fn hits(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn total_hits(&self) -> usize {
+        self.hits.lock().expect("lock").values().sum()
+    }
+}
+
+/// A valid metadata document for the document at `base` + `path`.
+fn document(base: &str, path: &str, name: &str) -> serde_json::Value {
+    json!({
+        "client_id": format!("{base}{path}"),
+        "client_name": name,
+        "redirect_uris": ["https://client.example/cb"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": "none",
+    })
+}
+
+/// The most of a metadata document Gatehouse reads (outbound.rs); written out so
+/// that raising or removing the cap fails the tests below.
+const DOCUMENT_CAP: usize = 16 * 1024;
+
+/// A document that would be valid but for its size: padded with an extra field (which
+/// the parser ignores) to just over the cap.
+fn oversized_document(base: &str, path: &str) -> Vec<u8> {
+    let mut doc = document(base, path, "Too big");
+    doc["padding"] = json!("x".repeat(DOCUMENT_CAP));
+    let body = doc.to_string().into_bytes();
+    assert!(body.len() > DOCUMENT_CAP && body.len() < DOCUMENT_CAP + 1024);
+    body
 }
 
 async fn document_server() -> DocumentServer {
-    use axum::{response::IntoResponse, routing::get};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use axum::{extract::Request, middleware::Next, response::IntoResponse, routing::get};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let doc = |base: &str, path: &str, name: &str| {
-        json!({
-            "client_id": format!("{base}{path}"),
-            "client_name": name,
-            "redirect_uris": ["https://client.example/cb"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "token_endpoint_auth_method": "none",
-        })
+    let hits = Arc::new(Mutex::new(HashMap::new()));
+    let json_body = |body: Body| {
+        (
+            [
+                (header::CACHE_CONTROL, "max-age=60"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            body,
+        )
     };
-    let good = doc(&base, "/client.json", "Documented client");
-    let mismatch = doc(&base, "/elsewhere.json", "Liar");
+    let good = document(&base, "/client.json", "Documented client").to_string();
+    let mismatch = document(&base, "/elsewhere.json", "Liar");
+    let big = oversized_document(&base, "/big.json");
+    let big_chunked = oversized_document(&base, "/big-chunked.json");
+    // What the redirect points at would pass every check, were it followed.
+    let redirect_target = document(&base, "/redirect.json", "Followed a redirect").to_string();
     let counter = hits.clone();
     let app = axum::Router::new()
         .route(
             "/client.json",
-            get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = good.to_string();
-                async move {
-                    (
-                        [
-                            (header::CACHE_CONTROL, "max-age=60"),
-                            (header::CONTENT_TYPE, "application/json"),
-                        ],
-                        body,
-                    )
-                }
-            }),
+            get(move || async move { json_body(Body::from(good)) }),
         )
         .route(
             "/mismatch.json",
             get(move || async move { axum::Json(mismatch) }),
         )
-        .route("/big.json", get(|| async { "x".repeat(40_000) }))
+        // Content-Length says how big it is.
+        .route(
+            "/big.json",
+            get(move || async move { json_body(Body::from(big)) }),
+        )
+        // No Content-Length: only counting the bytes read finds out.
+        .route(
+            "/big-chunked.json",
+            get(move || async move { json_body(streamed(big_chunked, 8)) }),
+        )
         .route(
             "/redirect.json",
             get(|| async {
-                (StatusCode::FOUND, [(header::LOCATION, "/client.json")]).into_response()
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, "/redirect-target.json")],
+                )
+                    .into_response()
             }),
         )
-        .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }));
+        .route(
+            "/redirect-target.json",
+            get(move || async move { json_body(Body::from(redirect_target)) }),
+        )
+        .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let counter = counter.clone();
+                async move {
+                    *counter
+                        .lock()
+                        .expect("lock")
+                        .entry(request.uri().path().to_owned())
+                        .or_default() += 1;
+                    next.run(request).await
+                }
+            },
+        ));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -1173,7 +1464,6 @@ async fn document_server() -> DocumentServer {
 
 #[tokio::test]
 async fn metadata_document_clients_are_fetched_validated_and_cached() {
-    use std::sync::atomic::Ordering;
     let docs = document_server().await;
     let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
     let discovery = app
@@ -1196,7 +1486,7 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
     let tokens = app.redeem(&client_id, &code).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
     assert_eq!(
-        docs.hits.load(Ordering::SeqCst),
+        docs.hits("/client.json"),
         1,
         "the document is cached per its max-age"
     );
@@ -1207,25 +1497,26 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
     let docs = document_server().await;
     let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
     let cookie = app.sign_in().await;
-    for path in [
-        "/mismatch.json",
-        "/big.json",
-        "/redirect.json",
-        "/missing.json",
+    for (path, reason) in [
+        (
+            "/mismatch.json",
+            "the metadata document's client_id differs from its URL",
+        ),
+        ("/big.json", "the metadata document is too large"),
+        ("/big-chunked.json", "the metadata document is too large"),
+        (
+            "/redirect.json",
+            "the metadata document URL redirects; redirects are not followed",
+        ),
+        ("/missing.json", "the metadata document answered 404"),
     ] {
         let client_id = format!("{}{path}", docs.base);
         let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
-        assert_eq!(
-            answer.status,
+        assert_error_page(
+            &answer,
             StatusCode::BAD_REQUEST,
-            "{path}: {}",
-            answer.body
-        );
-        assert!(answer.headers.get(header::LOCATION).is_none());
-        assert!(
-            answer.body.contains("Client metadata unavailable"),
-            "{path}: {}",
-            answer.body
+            "Client metadata unavailable",
+            reason,
         );
         let token = app
             .post_form(
@@ -1239,7 +1530,14 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
             )
             .await;
         assert_oauth_error(&token, StatusCode::UNAUTHORIZED, "invalid_client");
+        assert_eq!(token.json()["error_description"], reason, "{path}");
     }
+    assert!(docs.hits("/redirect.json") > 0, "the redirect was fetched");
+    assert_eq!(
+        docs.hits("/redirect-target.json"),
+        0,
+        "the redirect's target was never fetched"
+    );
 }
 
 #[tokio::test]
@@ -1248,25 +1546,37 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
     let app = TestApp::new(&[]);
     let port = docs.base.rsplit(':').next().expect("port");
     let cookie = app.sign_in().await;
+    let not_public = format!("{NOT_PUBLIC}.");
     for client_id in [
         format!("https://127.0.0.1:{port}/client.json"),
         format!("https://localhost:{port}/client.json"),
         format!("https://[::1]:{port}/client.json"),
+        // IPv4-mapped IPv6 for 127.0.0.1 (in the normal form a client_id URL must have).
+        format!("https://[::ffff:7f00:1]:{port}/client.json"),
         "https://10.0.0.1/client.json".to_owned(),
+        "https://192.168.1.1/client.json".to_owned(),
         "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://[fd00::1]/client.json".to_owned(),
+        "https://[fe80::1]/client.json".to_owned(),
     ] {
         let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{client_id}");
-        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert_error_page(
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "Client metadata unavailable",
+            &not_public,
+        );
     }
-    // Plain http document URLs are not metadata documents at all without the opt-in.
+    // Plain http document URLs are not metadata documents at all without the opt-in:
+    // the id is looked up as a registered client, and there is none.
     let answer = app
         .authorize(&format!("{}/client.json", docs.base), &[], Some(&cookie))
         .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        docs.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing was fetched"
+    assert_error_page(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "Unknown client",
+        "not registered here",
     );
+    assert_eq!(docs.total_hits(), 0, "nothing was fetched");
 }

@@ -304,3 +304,214 @@ async fn export_and_import_move_a_deployment_from_embedded_to_redis() {
     assert!(!redis.token_is_valid(&new_access).await);
     assert!(!redis.token_is_valid(&access).await);
 }
+
+const V2025_06: &str = "2025-06-18";
+
+fn tool_call(id: u64, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": arguments}})
+}
+
+fn content_type(answer: &Answer) -> &str {
+    answer
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A session opened (initialize) on one instance is continued with a tool call on
+/// another: rmcp there finds no such session in memory, restores it from the store
+/// and replays the handshake; from then on that instance answers it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_on_one_instance_is_continued_on_another() {
+    let prefix = random_prefix();
+    let a = TestApp::on_redis(&redis_url(), &prefix, &[]).await;
+    let b = TestApp::another_instance(&a, &redis_url(), &prefix).await;
+    let (_, tokens) = a.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = a.mcp_session(token, V2025_06).await;
+    let created = a
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(
+                1,
+                "create_article",
+                json!({"title": "Crossing", "body": "from A to B"}),
+            ),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+
+    let got = b
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(2, "get_article", json!({"slug": "crossing"})),
+        )
+        .await;
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "B continues A's session: {}",
+        got.body
+    );
+    assert_eq!(
+        got.rpc()["result"]["structuredContent"]["body"],
+        "from A to B"
+    );
+    let again = b
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(3, "list_articles", json!({})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        content_type(&again),
+        "application/json",
+        "the restored session is live on B: the direct path answers"
+    );
+}
+
+/// A session outlives the rmcp worker that served it. Here the instance that opened
+/// it shuts down and a fresh one, which never saw it, continues it. That is the same
+/// path as a session rmcp dropped from memory after its 5-minute idle timeout: the
+/// session is not in memory, so it is restored from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_continued_after_its_in_memory_state_is_gone() {
+    let prefix = random_prefix();
+    let first = TestApp::on_redis(&redis_url(), &prefix, &[]).await;
+    let (_, tokens) = first.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = first.mcp_session(&token, V2025_06).await;
+    let fresh = TestApp::another_instance(&first, &redis_url(), &prefix).await;
+    first.state.shutdown.cancel();
+    drop(first);
+
+    // rmcp's path first (tools/list is never answered directly), then a tool call.
+    let listed = fresh
+        .mcp(
+            Some(&token),
+            Some(&session),
+            Some(V2025_06),
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(
+        listed.rpc()["result"]["tools"].as_array().map(Vec::len),
+        Some(7)
+    );
+    let called = fresh
+        .mcp(
+            Some(&token),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(5, "list_articles", json!({})),
+        )
+        .await;
+    assert_eq!(called.status, StatusCode::OK, "{}", called.body);
+    assert_eq!(called.rpc()["result"]["isError"], false);
+}
+
+/// Every record of a store, by key.
+async fn records(store: &gatehouse::store::SharedStore) -> Vec<gatehouse::store::Entry> {
+    let mut entries = store.export().await.expect("export");
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries
+}
+
+/// Embedded → Redis → embedded keeps every record, its remaining lifetime (less the
+/// time the move took) and its group, so a moved grant is still revoked as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
+    let source = TestApp::new(&[]);
+    let (client_id, tokens) = source.tokens_for("read:articles write:articles").await;
+    let access = tokens["access_token"].as_str().expect("at").to_owned();
+    let refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let session = source.mcp_session(&access, V2025_06).await;
+    let created = source
+        .mcp(
+            Some(&access),
+            Some(&session),
+            Some(V2025_06),
+            tool_call(
+                1,
+                "create_article",
+                json!({"title": "Round", "body": "trip"}),
+            ),
+        )
+        .await;
+    assert_eq!(created.rpc()["result"]["isError"], false);
+    let before = records(&source.store).await;
+    for needed in [
+        "client:",
+        "grant:",
+        "code:",
+        "at:",
+        "session:",
+        "article:",
+        "mcp-session:",
+    ] {
+        assert!(
+            before.iter().any(|e| e.key.as_str().starts_with(needed)),
+            "the source holds a {needed} record"
+        );
+    }
+    assert!(before.iter().any(|e| e.ttl.is_some() && e.group.is_some()));
+    assert!(before.iter().any(|e| e.ttl.is_none()));
+
+    let mut exported = Vec::new();
+    gatehouse::migrate::export(source.store.as_ref(), &mut exported)
+        .await
+        .expect("export");
+    let redis = TestApp::on_redis(&redis_url(), &random_prefix(), &[]).await;
+    gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice())
+        .await
+        .expect("import into Redis");
+    let mut exported_again = Vec::new();
+    gatehouse::migrate::export(redis.store.as_ref(), &mut exported_again)
+        .await
+        .expect("export from Redis");
+    let target = TestApp::new(&[]);
+    assert!(records(&target.store).await.is_empty());
+    gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice())
+        .await
+        .expect("import into embedded");
+    let after = records(&target.store).await;
+
+    let keys = |entries: &[gatehouse::store::Entry]| -> Vec<String> {
+        entries.iter().map(|e| e.key.to_string()).collect()
+    };
+    assert_eq!(keys(&after), keys(&before), "every record, no other");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(new.value, old.value, "{}", old.key);
+        assert_eq!(new.group, old.group, "{}", old.key);
+        match (old.ttl, new.ttl) {
+            (None, None) => {}
+            (Some(old_ttl), Some(new_ttl)) => assert!(
+                new_ttl <= old_ttl && old_ttl - new_ttl < Duration::from_secs(30),
+                "{}: {old_ttl:?} became {new_ttl:?}",
+                old.key
+            ),
+            (old_ttl, new_ttl) => panic!("{}: {old_ttl:?} became {new_ttl:?}", old.key),
+        }
+    }
+
+    // The moved grant is still one group: revoking its refresh token revokes it all.
+    let revoked = target.revoke(&client_id, &refresh).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(!target.token_is_valid(&access).await);
+    let grant = grant_of(&refresh);
+    let left: Vec<String> = keys(&records(&target.store).await)
+        .into_iter()
+        .filter(|key| key.contains(&grant))
+        .collect();
+    assert!(left.is_empty(), "nothing of the grant is left: {left:?}");
+}

@@ -65,6 +65,7 @@ pub struct Answer {
 
 /// A `POST /mcp` as a client sends it, every header a field, for tests that vary
 /// one of them.
+#[derive(Clone, Copy)]
 pub struct McpPost<'a> {
     pub host: &'a str,
     pub origin: Option<&'a str>,
@@ -91,6 +92,11 @@ impl Default for McpPost<'_> {
 
 impl McpPost<'_> {
     pub fn body(&self, body: Value) -> Request<Body> {
+        self.with_body(Body::from(body.to_string()))
+    }
+
+    /// The request with any body (raw bytes, a stream without `Content-Length`).
+    pub fn with_body(&self, body: Body) -> Request<Body> {
         let mut request = Request::post("/mcp")
             .header(header::HOST, self.host)
             .header(header::CONTENT_TYPE, self.content_type)
@@ -109,7 +115,7 @@ impl McpPost<'_> {
                 request = request.header(name, value);
             }
         }
-        request.body(Body::from(body.to_string())).expect("request")
+        request.body(body).expect("request")
     }
 }
 
@@ -190,6 +196,30 @@ impl TestApp {
         let config = config_with(dir.path(), extra);
         let store = embedded(&config, &clock);
         Self::assemble(dir, config, store, clock)
+    }
+
+    /// Restarts the app as a shutdown and a new start would: the MCP sessions end,
+    /// the store is let go, and the same data directory opens on the same clock.
+    /// redb allows one handle per file and session tasks drop theirs only once they
+    /// see the cancellation, so the reopen yields to them until the file is free
+    /// instead of waiting for wall-clock time.
+    pub async fn restart(self, extra: &[&str]) -> Self {
+        let (dir, clock) = (self.dir.clone(), self.clock.clone());
+        self.state.shutdown.cancel();
+        drop(self);
+        let config = config_with(dir.path(), extra);
+        let gatehouse::config::StoreSpec::Embedded(path) = config.store.clone() else {
+            panic!("a restart reopens an embedded store")
+        };
+        let mut refused = None;
+        for _ in 0..10_000 {
+            match EmbeddedStore::open_with_clock(&path, clock.clone()) {
+                Ok(store) => return Self::assemble(dir, config, Arc::new(store), clock),
+                Err(e) => refused = Some(e),
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the old app never let go of its store: {refused:?}");
     }
 
     /// An app on the store `store` makes from the config and the clock (a failing
@@ -517,6 +547,158 @@ pub fn assert_oauth_error(answer: &Answer, status: StatusCode, error: &str) {
     assert_eq!(answer.json()["error"], error, "{}", answer.body);
     assert!(answer.json()["error_description"].is_string());
     assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
+}
+
+/// Text of an HTML page as a person reads it: tags dropped, entities decoded.
+fn page_text(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+impl Answer {
+    /// The error page's title and message (the `data-testid` elements), as shown.
+    pub fn error_page(&self) -> (String, String) {
+        let element = |testid: &str, close: &str| {
+            let marker = format!("data-testid=\"{testid}\"");
+            let start = self
+                .body
+                .find(&marker)
+                .unwrap_or_else(|| panic!("no {testid} ({}): {}", self.status, self.body));
+            let open_end = start + self.body[start..].find('>').expect("tag end") + 1;
+            let end = open_end + self.body[open_end..].find(close).expect("closing tag");
+            page_text(&self.body[open_end..end])
+        };
+        (
+            element("error-title", "</h1>"),
+            element("error-message", "</p>"),
+        )
+    }
+}
+
+/// A browser endpoint's refusal: the styled error page with this title and a message
+/// that contains `message`, never a redirect.
+#[track_caller]
+pub fn assert_error_page(answer: &Answer, status: StatusCode, title: &str, message: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert!(
+        answer.headers.get(header::LOCATION).is_none(),
+        "redirected: {:?}",
+        answer.headers.get(header::LOCATION)
+    );
+    assert!(answer.headers[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    let (shown_title, shown_message) = answer.error_page();
+    assert_eq!(shown_title, title, "{shown_message}");
+    assert!(
+        shown_message.contains(message),
+        "{title}: {shown_message:?} does not say {message:?}"
+    );
+}
+
+/// The request headers browser-based MCP and OAuth clients send, which every preflight
+/// must allow.
+pub const CORS_REQUEST_HEADERS: [&str; 6] = [
+    "authorization",
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
+#[track_caller]
+fn header_list(answer: &Answer, name: header::HeaderName) -> Vec<String> {
+    let value = answer
+        .headers
+        .get(&name)
+        .unwrap_or_else(|| panic!("no {name} ({}): {:?}", answer.status, answer.headers));
+    value
+        .to_str()
+        .expect("ascii")
+        .split(',')
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// A CORS preflight answered for any origin, with every method, request header and
+/// the cache lifetime browser clients of `/mcp` and the OAuth endpoints need.
+#[track_caller]
+pub fn assert_cors_preflight(answer: &Answer, what: &str, origin: &str) {
+    assert!(
+        answer.status.is_success(),
+        "{what}: preflight got {}",
+        answer.status
+    );
+    assert_eq!(
+        answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        origin,
+        "{what}"
+    );
+    let methods = header_list(answer, header::ACCESS_CONTROL_ALLOW_METHODS);
+    for method in ["get", "post", "delete", "options"] {
+        assert!(
+            methods.iter().any(|m| m == method),
+            "{what}: {methods:?} lacks {method}"
+        );
+    }
+    let allowed = header_list(answer, header::ACCESS_CONTROL_ALLOW_HEADERS);
+    for needed in CORS_REQUEST_HEADERS {
+        assert!(
+            allowed.iter().any(|h| h == needed),
+            "{what}: {allowed:?} lacks {needed}"
+        );
+    }
+    assert_eq!(
+        answer.headers[header::ACCESS_CONTROL_MAX_AGE],
+        "86400",
+        "{what}: preflights are cached for a day"
+    );
+}
+
+/// A cross-origin answer (not a preflight) that lets browser clients read the
+/// challenge and the session id.
+#[track_caller]
+pub fn assert_cors_exposed(answer: &Answer, what: &str, origin: &str) {
+    assert_eq!(
+        answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        origin,
+        "{what}"
+    );
+    let exposed = header_list(answer, header::ACCESS_CONTROL_EXPOSE_HEADERS);
+    for needed in ["www-authenticate", "mcp-session-id"] {
+        assert!(
+            exposed.iter().any(|h| h == needed),
+            "{what}: {exposed:?} lacks {needed}"
+        );
+    }
+}
+
+/// A body sent in `chunks` pieces without a `Content-Length` (chunked transfer).
+pub fn streamed(body: Vec<u8>, chunks: usize) -> Body {
+    let size = body.len().div_ceil(chunks).max(1);
+    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> = body
+        .chunks(size)
+        .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+        .collect();
+    Body::from_stream(futures::stream::iter(pieces))
 }
 
 pub fn assert_no_nulls(value: &Value) {

@@ -92,7 +92,10 @@ impl ArticleEndpoint {
         let id = call.id;
         let message = match self.server.call(call.params, granted, prefetched).await {
             Ok(result) => {
-                ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id.clone())
+                // As rmcp answers the 2025 revisions: without 2026-07-28's resultType.
+                let mut result = ServerResult::CallToolResult(result);
+                result.strip_result_type_for_legacy_peer();
+                ServerJsonRpcMessage::response(result, id.clone())
             }
             Err(error) => ServerJsonRpcMessage::error(error, Some(id.clone())),
         };
