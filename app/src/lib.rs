@@ -27,8 +27,18 @@ pub const STYLESHEET_HREF: &str = "/pkg/gatehouse.css";
 pub struct SiteInfo {
     /// The externally visible origin, e.g. `https://gate.example.com`.
     pub public_url: String,
-    /// The URL people paste into an MCP client: `<public_url>/mcp`.
-    pub mcp_url: String,
+    /// Every MCP server Gatehouse guards: the built-in one at `/mcp` (unless it is
+    /// off) and each upstream at `/mcp/NAME`.
+    pub endpoints: Vec<McpEndpoint>,
+}
+
+/// One MCP URL to paste into a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpEndpoint {
+    /// A short name for `claude mcp add NAME URL`.
+    pub name: String,
+    pub title: String,
+    pub url: String,
 }
 
 /// The HTML document around the app, rendered on the server only.
@@ -97,7 +107,22 @@ fn HomePage() -> impl IntoView {
             <Suspense fallback=|| view! { <p>"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match info.await {
-                        Ok(info) => view! { <McpUrl info /> }.into_any(),
+                        Ok(info) => {
+                            view! {
+                                <section class="card">
+                                    <h2>"Connect a client"</h2>
+                                    <p>"Paste one of these URLs into your MCP client:"</p>
+                                    <ul class="endpoints">
+                                        {info
+                                            .endpoints
+                                            .into_iter()
+                                            .map(|endpoint| view! { <McpUrl endpoint /> })
+                                            .collect_view()}
+                                    </ul>
+                                </section>
+                            }
+                                .into_any()
+                        }
                         Err(_) => {
                             view! {
                                 <p class="notice">"This server's address is not configured."</p>
@@ -112,15 +137,17 @@ fn HomePage() -> impl IntoView {
 }
 
 #[component]
-fn McpUrl(info: SiteInfo) -> impl IntoView {
+fn McpUrl(endpoint: McpEndpoint) -> impl IntoView {
     let (show_setup, set_show_setup) = signal(false);
-    let claude_code = format!("claude mcp add --transport http gatehouse {}", info.mcp_url);
+    let claude_code = format!(
+        "claude mcp add --transport http {} {}",
+        endpoint.name, endpoint.url
+    );
     view! {
-        <section class="card">
-            <h2>"Connect a client"</h2>
-            <p>"Paste this URL into your MCP client:"</p>
+        <li class="endpoint">
+            <h3>{endpoint.title}</h3>
             <code class="mcp-url" data-testid="mcp-url">
-                {info.mcp_url.clone()}
+                {endpoint.url.clone()}
             </code>
             <button
                 class="button"
@@ -131,12 +158,12 @@ fn McpUrl(info: SiteInfo) -> impl IntoView {
             </button>
             <Show when=move || show_setup.get()>
                 <div class="setup" data-testid="setup">
-                    <h3>"Claude Code"</h3>
+                    <h4>"Claude Code"</h4>
                     <pre>{claude_code.clone()}</pre>
                     <p>"Then run " <code>"/mcp"</code> " in Claude Code to sign in."</p>
                 </div>
             </Show>
-        </section>
+        </li>
     }
 }
 
@@ -151,7 +178,7 @@ fn NotFound() -> impl IntoView {
         <ErrorPage
             status=404
             title="Page not found"
-            message="There is nothing at this address. The MCP endpoint is /mcp."
+            message="There is nothing at this address. The MCP endpoints are listed on the home page."
         />
     }
 }

@@ -60,6 +60,16 @@ impl ToolPolicy {
         }
     }
 
+    /// Whether what `tool` needs is known: a rule names it, or the upstream listed it.
+    pub fn knows(&self, tool: &str) -> bool {
+        self.rule(tool).is_some()
+            || self
+                .read_only
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(tool)
+    }
+
     /// Remembers the hints of the tools an upstream listed.
     pub fn learn(&self, tools: &[Tool]) {
         let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());

@@ -27,8 +27,9 @@ use rmcp::{
     model::*,
     service::{
         InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
-        RequestContext, RunningService, ServiceError,
+        RequestContext, RunningService, RxJsonRpcMessage, ServiceError, TxJsonRpcMessage,
     },
+    transport::Transport,
     ErrorData, RoleClient, RoleServer, ServerHandler,
 };
 use serde_json::json;
@@ -148,20 +149,8 @@ impl rmcp::Service<RoleClient> for UpClient {
         context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
         let target = match &mut notification {
-            ServerNotification::ProgressNotification(progress) => {
-                let mut routes = self.routes.lock().await;
-                let Some((peer, token, last)) =
-                    routes.progress.get_mut(&progress.params.progress_token)
-                else {
-                    return Ok(());
-                };
-                if progress.params.progress <= *last {
-                    return Ok(());
-                }
-                *last = progress.params.progress;
-                progress.params.progress_token = token.clone();
-                peer.clone()
-            }
+            // Relayed in order by the transport (`InOrder`); none arrive here.
+            ServerNotification::ProgressNotification(_) => return Ok(()),
             // Its ids are the upstream's: rmcp already cancelled the request it names.
             ServerNotification::CancelledNotification(_) => return Ok(()),
             _ => match &self.session_peer {
@@ -599,3 +588,63 @@ impl ServerHandler for GatewayHandler {
 
 /// The running rmcp client of one upstream connection.
 pub type UpService = RunningService<RoleClient, UpClient>;
+
+/// Relays an upstream's progress notifications as they are read, in order. rmcp would
+/// hand each notification to a task of its own, and a call's answer could then reach
+/// the client before the progress sent just before it, on a stream already closed.
+/// Everything else goes on to rmcp.
+pub struct InOrder<T> {
+    inner: T,
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl<T> InOrder<T> {
+    pub fn new(inner: T, routes: Arc<Mutex<Routes>>) -> Self {
+        InOrder { inner, routes }
+    }
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        loop {
+            let message = self.inner.receive().await?;
+            let JsonRpcMessage::Notification(JsonRpcNotification {
+                notification: ServerNotification::ProgressNotification(mut progress),
+                ..
+            }) = message
+            else {
+                return Some(message);
+            };
+            let target = {
+                let mut routes = self.routes.lock().await;
+                match routes.progress.get_mut(&progress.params.progress_token) {
+                    // Progress must increase; anything else is dropped.
+                    Some((peer, token, last)) if progress.params.progress > *last => {
+                        *last = progress.params.progress;
+                        progress.params.progress_token = token.clone();
+                        Some(peer.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(peer) = target {
+                let _ = peer
+                    .send_notification(ServerNotification::ProgressNotification(progress))
+                    .await;
+            }
+        }
+    }
+
+    fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}

@@ -29,9 +29,12 @@ use tokio::{
 use super::{
     config::{Transport, Upstream},
     policy::ToolPolicy,
-    relay::{Routes, UpClient, UpService},
+    relay::{InOrder, Routes, UpClient, UpService},
 };
 use crate::resource::Resource;
+
+/// How often an unknown tool may make Gatehouse list an upstream's tools.
+const RELIST_AFTER: Duration = Duration::from_secs(30);
 
 /// The longest stderr line kept; longer ones are cut.
 const MAX_STDERR_LINE: usize = 8 * 1024;
@@ -85,6 +88,9 @@ pub struct Shared {
     pub resource: Arc<Resource>,
     pub policy: ToolPolicy,
     places: Arc<Semaphore>,
+    /// When the upstream's tools were last listed for an unknown tool: at most
+    /// once per [`RELIST_AFTER`], however many unknown tools clients name.
+    listed: Mutex<Option<tokio::time::Instant>>,
     pool: Vec<Mutex<Option<Arc<UpSession>>>>,
     next: std::sync::atomic::AtomicUsize,
     observed: StdMutex<Observed>,
@@ -120,6 +126,7 @@ impl Shared {
             places: Arc::new(Semaphore::new(config.max_sessions)),
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: Default::default(),
+            listed: Mutex::new(None),
             observed: StdMutex::default(),
             config,
             resource,
@@ -256,6 +263,28 @@ impl Shared {
     /// Checks at start-up that the upstream answers, and learns its tools (their hints
     /// decide which scope each needs).
     pub async fn probe(self: &Arc<Self>) {
+        *self.listed.lock().await = Some(tokio::time::Instant::now());
+        self.list_tools().await;
+    }
+
+    /// Before a call of a tool whose hints are unknown (no client listed tools yet),
+    /// lists the upstream's tools, so a read-only tool is not refused to a read-only
+    /// token. Unknown tools stay unknown: they need the write scope.
+    pub async fn learn_tool(self: &Arc<Self>, tool: &str) {
+        if self.policy.knows(tool) {
+            return;
+        }
+        let mut listed = self.listed.lock().await;
+        let recent = listed.is_some_and(|at| at.elapsed() < RELIST_AFTER);
+        if recent || self.policy.knows(tool) {
+            return;
+        }
+        *listed = Some(tokio::time::Instant::now());
+        self.list_tools().await;
+    }
+
+    async fn list_tools(self: &Arc<Self>) {
+        let name = &self.config.name;
         match self.pooled().await {
             Ok(session) => {
                 let listed =
@@ -264,15 +293,15 @@ impl Shared {
                 match listed {
                     Ok(Ok(tools)) => self.policy.learn(&tools),
                     Ok(Err(e)) => {
-                        tracing::warn!(upstream = %self.config.name, error = %e, "cannot list the upstream's tools")
+                        tracing::warn!(upstream = %name, error = %e, "cannot list the upstream's tools")
                     }
                     Err(_) => {
-                        tracing::warn!(upstream = %self.config.name, "listing the upstream's tools timed out")
+                        tracing::warn!(upstream = %name, "listing the upstream's tools timed out")
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(upstream = %self.config.name, error = %e.message, "upstream not reachable at start-up")
+                tracing::warn!(upstream = %name, error = %e.message, "upstream not reachable")
             }
         }
     }
@@ -298,7 +327,7 @@ impl Shared {
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(headers.iter().cloned().collect());
                     let transport = StreamableHttpClientTransport::with_client(http, config);
-                    serve(up, transport, lifecycle).await
+                    serve(up, InOrder::new(transport, routes.clone()), lifecycle).await
                 }
                 Transport::Stdio {
                     command,
@@ -307,7 +336,7 @@ impl Shared {
                     cwd,
                 } => {
                     let child = self.spawn(command, args, env, cwd.as_deref())?;
-                    serve(up, child, lifecycle).await
+                    serve(up, InOrder::new(child, routes.clone()), lifecycle).await
                 }
             }
         })

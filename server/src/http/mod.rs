@@ -163,9 +163,20 @@ impl AppState {
     }
 
     fn site_info(&self) -> SiteInfo {
+        let endpoints = self
+            .resources()
+            .map(|resource| app::McpEndpoint {
+                name: match resource.path.strip_prefix("/mcp/") {
+                    Some(name) => name.to_owned(),
+                    None => "gatehouse".to_owned(),
+                },
+                title: resource.title.clone(),
+                url: resource.uri.to_string(),
+            })
+            .collect();
         SiteInfo {
             public_url: self.config.public_url.as_str().to_owned(),
-            mcp_url: self.config.public_url.mcp_url(),
+            endpoints,
         }
     }
 

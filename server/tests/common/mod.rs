@@ -67,6 +67,8 @@ pub struct Answer {
 /// one of them.
 #[derive(Clone, Copy)]
 pub struct McpPost<'a> {
+    /// `/mcp`, or `/mcp/NAME` for an upstream.
+    pub path: &'a str,
     pub host: &'a str,
     pub origin: Option<&'a str>,
     pub token: Option<&'a str>,
@@ -79,6 +81,7 @@ pub struct McpPost<'a> {
 impl Default for McpPost<'_> {
     fn default() -> Self {
         McpPost {
+            path: "/mcp",
             host: "gate.example.com",
             origin: None,
             token: None,
@@ -97,7 +100,7 @@ impl McpPost<'_> {
 
     /// The request with any body (raw bytes, a stream without `Content-Length`).
     pub fn with_body(&self, body: Body) -> Request<Body> {
-        let mut request = Request::post("/mcp")
+        let mut request = Request::post(self.path)
             .header(header::HOST, self.host)
             .header(header::CONTENT_TYPE, self.content_type)
             .header(header::ACCEPT, self.accept);
@@ -489,6 +492,11 @@ impl TestApp {
     }
 
     pub async fn redeem(&self, client_id: &str, code: &str) -> Answer {
+        self.redeem_at(client_id, code, MCP_URL).await
+    }
+
+    /// Redeems a code issued for `resource`.
+    pub async fn redeem_at(&self, client_id: &str, code: &str, resource: &str) -> Answer {
         self.post_form(
             "/oauth/token",
             &[
@@ -497,7 +505,7 @@ impl TestApp {
                 ("redirect_uri", "https://client.example/cb"),
                 ("code_verifier", VERIFIER),
                 ("client_id", client_id),
-                ("resource", "https://gate.example.com/mcp"),
+                ("resource", resource),
             ],
             None,
         )
@@ -711,6 +719,72 @@ pub fn assert_no_nulls(value: &Value) {
 }
 
 impl TestApp {
+    /// The whole OAuth flow to tokens for `resource` with `scope`.
+    pub async fn tokens_at(&self, resource: &str, scope: &str) -> (String, Value) {
+        let client_id = self.public_client("Test client").await;
+        let cookie = self.sign_in().await;
+        let consent = self
+            .authorize(
+                &client_id,
+                &[("scope", scope), ("resource", resource)],
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+        let approved = self
+            .get(&Self::link(&consent, "approve"), Some(&cookie))
+            .await;
+        let code = approved.param("code").expect("code");
+        let answer = self.redeem_at(&client_id, &code, resource).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        (client_id, answer.json())
+    }
+
+    /// `initialize` and `notifications/initialized` at `path`; returns the session id.
+    pub async fn session_at(&self, path: &str, token: &str, version: &str) -> String {
+        let post = |session: Option<&str>, body: Value| {
+            McpPost {
+                path,
+                token: Some(token),
+                session,
+                version: session.map(|_| version),
+                ..McpPost::default()
+            }
+            .body(body)
+        };
+        let init = self
+            .send(post(
+                None,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": version,
+                    "capabilities": {},
+                    "clientInfo": {"name": "router-test", "version": "1"}
+                }}),
+            ))
+            .await;
+        assert_eq!(init.status, StatusCode::OK, "{}", init.body);
+        let session = init
+            .headers
+            .get("mcp-session-id")
+            .expect("session id")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let initialized = self
+            .send(post(
+                Some(&session),
+                json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            ))
+            .await;
+        assert_eq!(
+            initialized.status,
+            StatusCode::ACCEPTED,
+            "{}",
+            initialized.body
+        );
+        session
+    }
+
     /// The whole OAuth flow to tokens with `scope`; returns (client_id, token response).
     pub async fn tokens_for(&self, scope: &str) -> (String, Value) {
         let (client_id, _, code) = self.code_for(scope).await;

@@ -125,7 +125,7 @@ impl Endpoint for ArticleEndpoint {
         &self.resource
     }
 
-    fn needs(&self, call: &Call<'_>) -> Need {
+    async fn needs(&self, call: &Call<'_>) -> Need {
         ArticlePolicy.needs(call)
     }
 

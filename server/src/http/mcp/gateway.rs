@@ -71,7 +71,12 @@ impl Endpoint for GatewayEndpoint {
         &self.shared.resource
     }
 
-    fn needs(&self, call: &Call<'_>) -> Need {
+    async fn needs(&self, call: &Call<'_>) -> Need {
+        if call.method() == "tools/call" {
+            if let Some(tool) = call.name() {
+                self.shared.learn_tool(tool).await;
+            }
+        }
         self.shared.policy.needs(call)
     }
 

@@ -154,6 +154,16 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     }
 
     if let Some(bytes) = bytes {
+        // SEP-2243 (2026-07-28): a request may name its method and target in headers,
+        // for intermediaries to route by. The body decides; headers that say
+        // otherwise are refused, so nothing downstream can be misled by them.
+        if !headers_agree(&parts.headers, bytes) {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "the Mcp-Method or Mcp-Name header does not match the request body",
+            );
+        }
         let need = match prepared.need {
             Some(need) => need,
             None => match Message::peek(bytes) {
@@ -165,7 +175,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "batched JSON-RPC requests are not supported",
                     )
                 }
-                Message::Single(call) => endpoint.needs(&call),
+                Message::Single(call) => endpoint.needs(&call).await,
             },
         };
         if let Need::Scope(access_needed) = need {
@@ -218,6 +228,30 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         Some(_) => {}
     }
     watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,
+/// and the tool or prompt name (`params.name`) or resource (`params.uri`).
+pub fn headers_agree(headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| -> Result<Option<&str>, ()> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(value) => value.to_str().map(Some).map_err(|_| ()),
+        }
+    };
+    let (Ok(method), Ok(name)) = (header("mcp-method"), header("mcp-name")) else {
+        return false;
+    };
+    if method.is_none() && name.is_none() {
+        return true;
+    }
+    let Message::Single(call) = Message::peek(body) else {
+        return false;
+    };
+    let method_agrees = method.is_none_or(|m| call.method.as_deref() == Some(m));
+    let name_agrees =
+        name.is_none_or(|n| call.name.as_deref() == Some(n) || call.uri.as_deref() == Some(n));
+    method_agrees && name_agrees
 }
 
 /// What rmcp answers for a session it does not know, to the byte: a session of
@@ -289,6 +323,38 @@ pub fn rebuild(parts: axum::http::request::Parts, body: GuardedBody) -> Request<
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn mcp_method_and_name_headers_must_match_the_body() {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+        let read =
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#;
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_str(value).expect("v"));
+            }
+            h
+        };
+        assert!(headers_agree(&HeaderMap::new(), call));
+        assert!(headers_agree(
+            &with(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+            call
+        ));
+        assert!(headers_agree(
+            &with(&[("mcp-method", "resources/read"), ("mcp-name", "file:///a")]),
+            read
+        ));
+        assert!(!headers_agree(&with(&[("mcp-method", "tools/list")]), call));
+        assert!(!headers_agree(
+            &with(&[("mcp-name", "delete_everything")]),
+            call
+        ));
+        assert!(!headers_agree(
+            &with(&[("mcp-method", "tools/call")]),
+            b"[]"
+        ));
+    }
 
     #[test]
     fn bearer_tokens_come_from_the_authorization_header() {

@@ -44,8 +44,9 @@ pub trait Endpoint: Send + Sync + 'static {
 
     fn resource(&self) -> &Arc<Resource>;
 
-    /// The scope a JSON-RPC request needs.
-    fn needs(&self, call: &Call<'_>) -> Need;
+    /// The scope a JSON-RPC request needs. It may look something up first (the
+    /// gateway asks an upstream for its tools when it meets one it does not know).
+    fn needs(&self, call: &Call<'_>) -> impl Future<Output = Need> + Send;
 
     /// Looks at a request before its token is checked (nothing learnt here is used
     /// unless the token passes): what to read from the store together with the

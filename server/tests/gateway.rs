@@ -1,0 +1,507 @@
+//! The gateway through the real router: a stdio server Gatehouse starts (a small
+//! hand-written Python server, `upstreams/stdio_server.py`) and a Streamable HTTP
+//! server (rmcp, in this process), each its own protected resource with per-tool
+//! scopes. Real third-party servers and clients are in the end-to-end suite.
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::http::{header, StatusCode};
+use common::*;
+use rmcp::{
+    model::*,
+    service::RequestContext,
+    transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    },
+    ErrorData, RoleServer, ServerHandler,
+};
+use serde_json::{json, Value};
+
+const V2025: &str = "2025-06-18";
+const PY_URL: &str = "https://gate.example.com/mcp/py";
+
+/// The Python interpreter itself, not a wrapper (pyenv's `python3` is a shell script
+/// that adds variables of its own to the environment).
+fn python() -> String {
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed for the gateway tests");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// A config file with the Python server, a deny rule, a short timeout, and one
+/// configured variable.
+fn config_file(dir: &std::path::Path) -> String {
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[upstream]]
+name = "py"
+title = "Python test server"
+command = "{}"
+args = ["{}/tests/upstreams/stdio_server.py"]
+env = {{ CONFIGURED_VAR = "configured" }}
+timeout = "2s"
+tools = [{{ match = "secret-*", access = "deny" }}]
+"#,
+            python(),
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write config");
+    path.to_str().expect("utf-8").to_owned()
+}
+
+fn gateway_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path());
+    let app = TestApp::new(&["--config", &config]);
+    drop(dir);
+    app
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": arguments}})
+}
+
+async fn post(app: &TestApp, token: &str, session: &str, body: Value) -> Answer {
+    app.send(
+        McpPost {
+            path: "/mcp/py",
+            token: Some(token),
+            session: Some(session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
+        .body(body),
+    )
+    .await
+}
+
+fn text(answer: &Answer) -> String {
+    answer.rpc()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text: {}", answer.body))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_stdio_server_is_guarded_with_per_tool_scopes() {
+    let app = gateway_app();
+    let (_, read) = app.tokens_at(PY_URL, "py:read").await;
+    let read = read["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &read, V2025).await;
+
+    // Listed: everything but the denied tool.
+    let listed = post(
+        &app,
+        &read,
+        &session,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let names: Vec<String> = listed.rpc()["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert!(names.contains(&"echo".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("secret")), "{names:?}");
+
+    // A read-only tool with a read token.
+    let echoed = post(
+        &app,
+        &read,
+        &session,
+        call(3, "echo", json!({"message": "hi"})),
+    )
+    .await;
+    assert_eq!(text(&echoed), "echo: hi");
+
+    // A tool that writes: 403 with the step-up challenge for this resource.
+    let refused = post(
+        &app,
+        &read,
+        &session,
+        call(4, "add", json!({"a": 1, "b": 2})),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let challenge = refused.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"py:read py:write\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp/py\""),
+        "{challenge}"
+    );
+
+    // A denied tool is unknown, whatever the token.
+    let (_, both) = app.tokens_at(PY_URL, "py:read py:write").await;
+    let both = both["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &both, V2025).await;
+    let added = post(
+        &app,
+        &both,
+        &session,
+        call(5, "add", json!({"a": 1, "b": 2})),
+    )
+    .await;
+    assert_eq!(text(&added), "3");
+    let denied = post(&app, &both, &session, call(6, "secret-admin", json!({}))).await;
+    assert_eq!(denied.rpc()["error"]["code"], -32602, "{}", denied.body);
+    assert!(!denied.body.contains("the secret"));
+
+    // The server's environment: PATH, HOME and what was configured, nothing else.
+    let env = text(&post(&app, &both, &session, call(7, "env", json!({}))).await);
+    let names: Vec<&str> = env.split(' ').collect();
+    assert!(names.contains(&"CONFIGURED_VAR"), "{env}");
+    for name in &names {
+        // Python may set LC_CTYPE itself (PEP 538).
+        assert!(
+            ["PATH", "HOME", "CONFIGURED_VAR", "LC_CTYPE"].contains(name),
+            "{name} leaked into the upstream: {env}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_bound_to_their_resource() {
+    let app = gateway_app();
+    let (_, upstream) = app.tokens_at(PY_URL, "py:read").await;
+    let (_, articles) = app.tokens_for("read:articles").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    for (path, token) in [
+        ("/mcp", upstream["access_token"].as_str().expect("at")),
+        ("/mcp/py", articles["access_token"].as_str().expect("at")),
+    ] {
+        let answer = app
+            .send(
+                McpPost {
+                    path,
+                    token: Some(token),
+                    ..McpPost::default()
+                }
+                .body(list.clone()),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}: {}",
+            answer.body
+        );
+        let challenge = answer.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ascii");
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+    }
+    // Without a token, each resource points at its own metadata and scope.
+    let answer = app
+        .send(
+            McpPost {
+                path: "/mcp/py",
+                ..McpPost::default()
+            }
+            .body(list),
+        )
+        .await;
+    let challenge = answer.headers[header::WWW_AUTHENTICATE]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        challenge.contains("oauth-protected-resource/mcp/py"),
+        "{challenge}"
+    );
+    assert!(challenge.contains("scope=\"py:read\""), "{challenge}");
+    let metadata = app
+        .get("/.well-known/oauth-protected-resource/mcp/py", None)
+        .await
+        .json();
+    assert_eq!(metadata["resource"], PY_URL);
+    assert_eq!(metadata["scopes_supported"], json!(["py:read", "py:write"]));
+}
+
+#[tokio::test]
+async fn progress_reaches_the_client_with_its_own_token() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &token, V2025).await;
+    let mut request = call(2, "slow", json!({}));
+    request["params"]["_meta"] = json!({"progressToken": "client-token-42"});
+    let answer = post(&app, &token, &session, request).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let progress: Vec<Value> = answer
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{}", answer.body);
+    for message in &progress {
+        assert_eq!(message["params"]["progressToken"], "client-token-42");
+    }
+    assert_eq!(text(&answer), "slow done");
+}
+
+#[tokio::test]
+async fn failures_are_clear_errors_that_name_the_upstream() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &token, V2025).await;
+
+    // Garbage on its stdout is ignored.
+    let garbage = post(&app, &token, &session, call(2, "garbage", json!({}))).await;
+    assert_eq!(text(&garbage), "after garbage");
+
+    // A call that never answers: an error after the configured 2 s.
+    let started = std::time::Instant::now();
+    let hung = post(&app, &token, &session, call(3, "hang", json!({}))).await;
+    let error = &hung.rpc()["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("upstream py did not answer within 2s"),
+        "{}",
+        hung.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A crash mid-call: an error naming the upstream, and so is every later call in
+    // that session; a new session starts a new process.
+    let crashed = post(&app, &token, &session, call(4, "crash", json!({}))).await;
+    assert_eq!(
+        crashed.rpc()["error"]["data"]["upstream"],
+        "py",
+        "{}",
+        crashed.body
+    );
+    let after = post(
+        &app,
+        &token,
+        &session,
+        call(5, "echo", json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(
+        after.rpc()["error"]["data"]["upstream"],
+        "py",
+        "{}",
+        after.body
+    );
+    let fresh = app.session_at("/mcp/py", &token, V2025).await;
+    let echoed = post(
+        &app,
+        &token,
+        &fresh,
+        call(6, "echo", json!({"message": "again"})),
+    )
+    .await;
+    assert_eq!(text(&echoed), "echo: again");
+
+    // /healthz reports the upstream.
+    let health = app.get("/healthz", None).await.json();
+    let upstream = &health["upstreams"][0];
+    assert_eq!(upstream["name"], "py");
+    assert_eq!(upstream["transport"], "stdio");
+    assert_eq!(upstream["status"], "up");
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_start_is_an_error_naming_it() {
+    let app = TestApp::new(&["--upstream", "gone=stdio:/nonexistent/mcp-server --flag"]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/gone", "gone:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let init = app
+        .send(
+            McpPost {
+                path: "/mcp/gone",
+                token: Some(token),
+                ..McpPost::default()
+            }
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": V2025, "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}}),
+            ),
+        )
+        .await;
+    let error = &init.rpc()["error"];
+    assert_eq!(error["data"]["upstream"], "gone", "{}", init.body);
+    let health = app.get("/healthz", None).await.json();
+    assert_eq!(health["upstreams"][0]["status"], "down");
+}
+
+/// An HTTP upstream (rmcp, here) that records the headers it was sent.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<axum::http::HeaderMap>>>);
+
+impl ServerHandler for Recorder {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("recorder", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("whoami", "who called", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(parts) = context.extensions.get::<axum::http::request::Parts>() {
+            self.0.lock().expect("lock").push(parts.headers.clone());
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text("you")]).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
+    let recorder = Recorder::default();
+    let service = {
+        let recorder = recorder.clone();
+        StreamableHttpService::new(
+            move || Ok(recorder.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::env::set_var("GATEHOUSE_TEST_UPSTREAM_SECRET", "upstream-secret-123");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"web\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer ${{GATEHOUSE_TEST_UPSTREAM_SECRET}}\", X-Tenant = \"t1\" }}\n"
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let answer = app
+        .send(
+            McpPost {
+                path: "/mcp/web",
+                token: Some(&token),
+                session: Some(&session),
+                version: Some(V2025),
+                ..McpPost::default()
+            }
+            .body(call(2, "whoami", json!({}))),
+        )
+        .await;
+    assert_eq!(text(&answer), "you");
+    let seen = recorder.0.lock().expect("lock").clone();
+    assert!(!seen.is_empty());
+    for headers in seen {
+        assert_eq!(headers[header::AUTHORIZATION], "Bearer upstream-secret-123");
+        assert_eq!(headers["x-tenant"], "t1");
+        for (_, value) in &headers {
+            assert!(
+                !value.to_str().unwrap_or("").contains(&token),
+                "the client's token reached the upstream"
+            );
+        }
+    }
+}
+
+/// 2026-07-28 requests carry no session: they go through a small pool of upstream
+/// connections.
+#[tokio::test]
+async fn sessionless_requests_use_the_pool() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    for id in 1..=3 {
+        let mut request = call(id, "echo", json!({"message": id}));
+        request["params"]["_meta"] = meta.clone();
+        let mut request = McpPost {
+            path: "/mcp/py",
+            token: Some(&token),
+            version: Some("2026-07-28"),
+            ..McpPost::default()
+        }
+        .body(request);
+        // SEP-2243: 2026-07-28 requests name their method and tool in headers.
+        request
+            .headers_mut()
+            .insert("mcp-method", "tools/call".parse().expect("header"));
+        request
+            .headers_mut()
+            .insert("mcp-name", "echo".parse().expect("header"));
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(text(&answer), format!("echo: {id}"));
+    }
+    // Headers that disagree with the body are refused before anything runs.
+    let mut request = call(9, "echo", json!({"message": "x"}));
+    request["params"]["_meta"] = meta;
+    let mut request = McpPost {
+        path: "/mcp/py",
+        token: Some(&token),
+        version: Some("2026-07-28"),
+        ..McpPost::default()
+    }
+    .body(request);
+    request
+        .headers_mut()
+        .insert("mcp-method", "tools/call".parse().expect("header"));
+    request
+        .headers_mut()
+        .insert("mcp-name", "add".parse().expect("header"));
+    let refused = app.send(request).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert!(refused.body.contains("does not match"), "{}", refused.body);
+}
