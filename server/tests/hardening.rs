@@ -311,6 +311,8 @@ async fn sign_in_sign_out_and_setup_posts_must_come_from_our_pages() {
             (Some("https://evil.example"), None),
             (Some("null"), None),
             (None, Some("cross-site")),
+            (None, Some("same-site")),
+            (Some(PUBLIC_URL), Some("cross-site")),
         ] {
             let answer = app.send(post(path, origin, site)).await;
             assert_eq!(
@@ -321,10 +323,18 @@ async fn sign_in_sign_out_and_setup_posts_must_come_from_our_pages() {
             assert!(answer.headers.get(header::SET_COOKIE).is_none());
         }
     }
+    // Our own form as a browser sends it under Referrer-Policy: no-referrer.
     let ours = app
-        .send(post("/oauth/login", Some(PUBLIC_URL), Some("same-origin")))
+        .send(post("/oauth/login", Some("null"), Some("same-origin")))
         .await;
     assert_eq!(ours.status, StatusCode::SEE_OTHER, "{}", ours.body);
+    let older_browser = app.send(post("/oauth/login", Some(PUBLIC_URL), None)).await;
+    assert_eq!(
+        older_browser.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        older_browser.body
+    );
 }
 
 fn urlencode(value: &str) -> String {

@@ -132,17 +132,20 @@ pub fn unavailable_page(cause: &StoreError) -> ErrorPage {
 }
 
 /// Form posts that change state (sign-in, sign-out, setup) must come from our own
-/// pages: a present `Origin` must be the public URL's, and without one a browser's
-/// `Sec-Fetch-Site: cross-site` is refused. (Browsers send `Origin` with every form
-/// POST; non-browser clients send neither and are no CSRF vector.)
+/// pages. A browser says where a request comes from in `Sec-Fetch-Site`, which pages
+/// cannot forge: it must be `same-origin` (or `none`, typed by the person). Without it
+/// (an older browser, or no browser at all), a present `Origin` must be ours. Our
+/// pages send `Referrer-Policy: no-referrer`, under which browsers send `Origin:
+/// null` even for our own forms, so `Sec-Fetch-Site` comes first.
 pub fn same_origin_post(
     state: &crate::http::AppState,
     headers: &HeaderMap,
 ) -> Result<(), ErrorPage> {
-    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let ours = match header(header::ORIGIN) {
-        Some(origin) => origin.trim_end_matches('/') == state.config.public_url.as_str(),
-        None => header(header::HeaderName::from_static("sec-fetch-site")) != Some("cross-site"),
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let ours = match (header("sec-fetch-site"), header("origin")) {
+        (Some(site), _) => site == "same-origin" || site == "none",
+        (None, Some(origin)) => origin.trim_end_matches('/') == state.config.public_url.as_str(),
+        (None, None) => true,
     };
     if ours {
         Ok(())
