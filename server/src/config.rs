@@ -308,6 +308,19 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_STREAM_RECHECK", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub stream_recheck: Duration,
 
+    /// How long the activity log keeps events.
+    #[arg(long, env = "GATEHOUSE_ACTIVITY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub activity_retention: Duration,
+
+    /// The most events the activity log keeps (the oldest go first).
+    #[arg(
+        long,
+        env = "GATEHOUSE_ACTIVITY_MAX_EVENTS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(100..=10_000_000)
+    )]
+    pub activity_max_events: u32,
+
     /// A TOML file listing upstream MCP servers to guard (`[[upstream]]` tables; see
     /// the README). Every flag works without it.
     #[arg(long, env = "GATEHOUSE_CONFIG")]
@@ -363,6 +376,8 @@ pub struct Limits {
     pub max_registration_bytes: usize,
     /// How often an open MCP stream checks that its token is still valid.
     pub stream_recheck: Duration,
+    pub activity_retention: Duration,
+    pub activity_max_events: usize,
 }
 
 /// The externally visible origin: scheme, host and optional port, with no path, no
@@ -499,6 +514,7 @@ impl ServeArgs {
             ("--unused-client-ttl", self.unused_client_ttl),
             ("--header-read-timeout", self.header_read_timeout),
             ("--request-body-timeout", self.request_body_timeout),
+            ("--activity-retention", self.activity_retention),
         ] {
             if ttl.as_secs() == 0 {
                 errors.push(format!("{flag} must be at least one second"));
@@ -613,6 +629,8 @@ impl ServeArgs {
                     registrations_per_minute: self.registrations_per_minute,
                     max_registration_bytes: self.max_registration_bytes as usize,
                     stream_recheck: self.stream_recheck,
+                    activity_retention: self.activity_retention,
+                    activity_max_events: self.activity_max_events as usize,
                 },
                 trusted_proxies,
                 articles,

@@ -8,6 +8,7 @@
 //! - [`http`]: the route table and handlers.
 
 pub mod articles;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod gateway;

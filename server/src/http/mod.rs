@@ -24,6 +24,7 @@ use tower_http::{
 use self::mcp::Endpoint;
 use crate::{
     articles::Articles,
+    audit::Audit,
     clock::Clock,
     config::Config,
     oauth::{
@@ -68,6 +69,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub store: SharedStore,
     pub clock: Clock,
+    /// The activity log and per-grant usage.
+    pub audit: Arc<Audit>,
     pub auth: Arc<AuthServer>,
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
@@ -135,8 +138,20 @@ impl AppState {
                 shutdown.child_token(),
             )));
         }
+        let audit = Audit::new(
+            store.clone(),
+            clock.clone(),
+            config.limits.activity_retention,
+            config.limits.activity_max_events,
+        );
         Ok(AppState(Arc::new(Shared {
-            auth: AuthServer::new(store.clone(), config.oauth.clone(), clock.clone())?,
+            auth: AuthServer::new(
+                store.clone(),
+                config.oauth.clone(),
+                clock.clone(),
+                audit.clone(),
+            )?,
+            audit,
             owner: Arc::new(Owner::new(
                 store.clone(),
                 config.owner_password_hash.clone(),

@@ -18,6 +18,7 @@ use super::{
     AuthServer, AuthorizeError, ClientError, ErrorCode, TicketError, CODE_TTL, TICKET_TTL,
 };
 use crate::{
+    audit::{Event, EventKind},
     resource::Resource,
     store::{decode, encode, Group, Put, StoreError},
 };
@@ -256,6 +257,11 @@ impl AuthServer {
             )
             .await?;
 
+        let approved = Event::new(EventKind::ConsentApproved)
+            .client(request.client_id.to_string())
+            .grant(grant.as_str())
+            .scopes(&request.scopes)
+            .resource(request.resource.to_string());
         let (code, code_token) = GrantToken::issue(TokenKind::Code, &grant);
         let record = encode(&CodeRecord {
             used: false,
@@ -276,6 +282,7 @@ impl AuthServer {
             )
             .await?;
 
+        self.audit.record(approved);
         let mut params = vec![("code", code.as_str())];
         if let Some(state) = &request.state {
             params.push(("state", state));
@@ -287,6 +294,11 @@ impl AuthServer {
     /// Denies: returns the redirect with `access_denied`.
     pub async fn deny(&self, ticket: &str, session: &SecretHash) -> Result<String, TicketError> {
         let request = self.redeem_ticket(ticket, session).await?;
+        self.audit.record(
+            Event::new(EventKind::ConsentDenied)
+                .client(request.client_id.to_string())
+                .resource(request.resource.to_string()),
+        );
         Ok(self.error_redirect(
             &request.redirect_uri,
             ErrorCode::AccessDenied,

@@ -12,7 +12,10 @@ use super::{
     token::TokenParams,
     AuthServer, TokenError, CODE_TTL,
 };
-use crate::store::{decode, encode, Put};
+use crate::{
+    audit::{Event, EventKind},
+    store::{decode, encode, Put},
+};
 
 impl AuthServer {
     pub(super) async fn redeem_code(
@@ -38,6 +41,11 @@ impl AuthServer {
         let record: CodeRecord = decode(&current)?;
         if record.used {
             self.store.delete_group(&token.grant).await?;
+            self.audit.record(
+                Event::new(EventKind::TokenRevoked)
+                    .client(client.client_id.to_string())
+                    .grant(token.grant.as_str()),
+            );
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
             return Err(invalid());
         }
@@ -103,6 +111,7 @@ impl AuthServer {
         }
         // The grant now lives as long as its refresh token. A swap, not a write, so
         // that a grant revoked meanwhile stays revoked.
+        let grant_resource = grant.resource.clone();
         let started = encode(&Grant {
             refresh: Some(minted.refresh.clone()),
             access: vec![minted.access.hash.clone()],
@@ -122,6 +131,12 @@ impl AuthServer {
             return Err(invalid());
         }
         self.keep_client(client).await?;
+        self.audit.record(
+            Event::new(EventKind::CodeRedeemed)
+                .client(client.client_id.to_string())
+                .grant(token.grant.as_str())
+                .resource(grant_resource.to_string()),
+        );
         Ok(minted.response)
     }
 }

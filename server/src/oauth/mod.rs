@@ -34,7 +34,9 @@ use std::{sync::Arc, time::Duration};
 pub use error::{AuthorizeError, ClientError, ErrorCode, RegisterError, TicketError, TokenError};
 
 use self::{client::ClientId, redirect::RedirectUri, secret::SecretHash};
-use crate::{clock::Clock, outbound::DocumentFetcher, resource::Resources, store::SharedStore};
+use crate::{
+    audit::Audit, clock::Clock, outbound::DocumentFetcher, resource::Resources, store::SharedStore,
+};
 
 /// Codes live 10 minutes (RFC 6749 §4.1.2 recommends at most 10).
 pub const CODE_TTL: Duration = Duration::from_secs(600);
@@ -72,6 +74,7 @@ pub struct StaticClient {
 /// client-ID metadata documents.
 pub struct AuthServer {
     store: SharedStore,
+    audit: Arc<Audit>,
     settings: OAuthSettings,
     fetcher: DocumentFetcher,
     documents: std::sync::Mutex<metadata_document::DocumentCache>,
@@ -85,6 +88,7 @@ impl AuthServer {
         store: SharedStore,
         settings: OAuthSettings,
         clock: Clock,
+        audit: Arc<Audit>,
     ) -> Result<Arc<Self>, String> {
         let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata)?;
         Ok(Arc::new(AuthServer {
@@ -92,6 +96,7 @@ impl AuthServer {
                 settings.max_cached_documents,
             )),
             store,
+            audit,
             settings,
             fetcher,
             clock,

@@ -26,7 +26,10 @@ use super::{
     token::TokenParams,
     AuthServer, TokenError,
 };
-use crate::store::{decode, encode, Put};
+use crate::{
+    audit::{Event, EventKind},
+    store::{decode, encode, Put},
+};
 
 /// How often to look again for a rotation's successor that a concurrent request is
 /// still writing, and how long to wait between looks.
@@ -80,6 +83,11 @@ impl AuthServer {
                     .any(|r| same(&r.hash, &token.hash) && now.saturating_sub(r.at) <= grace);
                 if !recent {
                     self.store.delete_group(&token.grant).await?;
+                    self.audit.record(
+                        Event::new(EventKind::RefreshReuseDetected)
+                            .client(client.client_id.to_string())
+                            .grant(token.grant.as_str()),
+                    );
                     tracing::warn!(client_id = %client.client_id, "refresh token reused after rotation; its grant is revoked");
                     return Err(invalid());
                 }
@@ -169,6 +177,11 @@ impl AuthServer {
             for hash in dropped {
                 self.store.delete(&access_key(&token.grant, &hash)).await?;
             }
+            self.audit.record(
+                Event::new(EventKind::TokenRefreshed)
+                    .client(client.client_id.to_string())
+                    .grant(token.grant.as_str()),
+            );
             for earlier in &grant.rotated {
                 self.store
                     .delete(&successor_key(&token.grant, &earlier.hash))

@@ -8,7 +8,10 @@ use super::{
     secret::{GrantToken, TokenKind},
     AuthServer, TokenError,
 };
-use crate::store::decode;
+use crate::{
+    audit::{Event, EventKind},
+    store::decode,
+};
 
 impl AuthServer {
     pub async fn revoke(
@@ -32,6 +35,11 @@ impl AuthServer {
                     return Err(not_yours());
                 }
                 self.store.delete(&key).await?;
+                self.audit.record(
+                    Event::new(EventKind::TokenRevoked)
+                        .client(client.client_id.to_string())
+                        .grant(token.grant.as_str()),
+                );
             }
             TokenKind::Refresh => {
                 let Some(raw) = self.store.get(&grant_key(&token.grant)).await? else {
@@ -45,6 +53,11 @@ impl AuthServer {
                     || grant.rotated.iter().any(|r| r.hash == token.hash);
                 if known {
                     self.store.delete_group(&token.grant).await?;
+                    self.audit.record(
+                        Event::new(EventKind::TokenRevoked)
+                            .client(client.client_id.to_string())
+                            .grant(token.grant.as_str()),
+                    );
                 }
             }
             // Codes are not revocable tokens; RFC 7009 covers access and refresh.

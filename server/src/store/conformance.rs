@@ -37,7 +37,7 @@ macro_rules! suite {
                 put_new_under_concurrency_writes_exactly_once, compare_and_swap_needs_the_expected_value,
                 compare_and_swap_under_concurrency_swaps_once, delete_reports_live_records,
                 delete_group_removes_exactly_its_members, scan_lists_live_records_by_prefix,
-                export_reads_back_lifetimes_and_groups, ping_answers);
+                export_reads_back_lifetimes_and_groups, logs_keep_order_cap_and_age, ping_answers);
         }
     };
     (@tests $fresh:path; $($name:ident),+) => {
@@ -437,6 +437,52 @@ pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>, tim
     );
     assert_eq!(client.key, key("client"));
     assert_eq!((client.ttl, client.group.as_ref()), (None, None));
+}
+
+pub async fn logs_keep_order_cap_and_age<S: Store>(store: Arc<S>, time: Time) {
+    let entries: Vec<Vec<u8>> = (0..5).map(|i| format!("e{i}").into_bytes()).collect();
+    store
+        .log_append("activity", &entries[..3], 100, Duration::from_secs(3600))
+        .await
+        .expect("append");
+    store
+        .log_append("activity", &entries[3..], 100, Duration::from_secs(3600))
+        .await
+        .expect("append");
+    let read = store.log_read("activity", 10, None).await.expect("read");
+    let values: Vec<&[u8]> = read.iter().map(|(_, v)| v.as_slice()).collect();
+    assert_eq!(values, [b"e4", b"e3", b"e2", b"e1", b"e0"], "newest first");
+    // Paging: the next page starts after the last id seen.
+    let first = store.log_read("activity", 2, None).await.expect("read");
+    let next = store
+        .log_read("activity", 2, Some(&first[1].0))
+        .await
+        .expect("read");
+    assert_eq!(next[0].1, b"e2");
+    assert_eq!(next[1].1, b"e1");
+    // Logs are not records.
+    assert!(store.scan("").await.expect("scan").is_empty());
+    // The cap keeps the newest.
+    store
+        .log_append("capped", &entries, 3, Duration::from_secs(3600))
+        .await
+        .expect("append");
+    let capped = store.log_read("capped", 10, None).await.expect("read");
+    assert_eq!(capped.len(), 3);
+    assert_eq!(capped[2].1, b"e2");
+    // Entries older than the age limit go at the next append.
+    store
+        .log_append("aged", &entries[..1], 100, SHORT_TTL)
+        .await
+        .expect("append");
+    time.pass(PAST_SHORT_TTL).await;
+    store
+        .log_append("aged", &entries[1..2], 100, SHORT_TTL)
+        .await
+        .expect("append");
+    let aged = store.log_read("aged", 10, None).await.expect("read");
+    assert_eq!(aged.len(), 1, "{aged:?}");
+    assert_eq!(aged[0].1, b"e1");
 }
 
 pub async fn ping_answers<S: Store>(store: Arc<S>, _time: Time) {

@@ -25,6 +25,9 @@ use crate::clock::Clock;
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const MEMBERS: TableDefinition<&str, ()> = TableDefinition::new("members");
+/// Append-only logs: (log name ‖ NUL ‖ 20-digit id) → entry, and each log's length.
+const LOG: TableDefinition<&str, &[u8]> = TableDefinition::new("log");
+const LOG_LEN: TableDefinition<&str, u64> = TableDefinition::new("log_len");
 
 /// How often the background sweeper removes expired records from disk. Reads never
 /// depend on it: an expired record is invisible from the moment it expires.
@@ -61,6 +64,8 @@ impl EmbeddedStore {
         txn.open_table(KV).map_err(backend)?;
         txn.open_table(EXPIRY).map_err(backend)?;
         txn.open_table(MEMBERS).map_err(backend)?;
+        txn.open_table(LOG).map_err(backend)?;
+        txn.open_table(LOG_LEN).map_err(backend)?;
         txn.commit().map_err(backend)?;
         let store = EmbeddedStore {
             db: Arc::new(db),
@@ -338,6 +343,100 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn log_append(
+        &self,
+        name: &str,
+        entries: &[Vec<u8>],
+        cap: usize,
+        max_age: Duration,
+    ) -> StoreResult<()> {
+        let (name, entries, now) = (name.to_owned(), entries.to_vec(), self.clock.now_ms());
+        self.write(move |txn| {
+            let prefix = format!("{name}\0");
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let mut lengths = txn.open_table(LOG_LEN).map_err(backend)?;
+            let mut length = lengths
+                .get(name.as_str())
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
+            // Ids are milliseconds × 1000 plus a counter: increasing, and they say
+            // when an entry was written.
+            let last: u64 = {
+                let mut range = log
+                    .range(prefix.as_str()..format!("{name}\u{1}").as_str())
+                    .map_err(backend)?;
+                match range.next_back() {
+                    Some(entry) => {
+                        let (k, _) = entry.map_err(backend)?;
+                        log_id(k.value()).unwrap_or(0)
+                    }
+                    None => 0,
+                }
+            };
+            let first = (now * 1000).max(last + 1);
+            for (id, entry) in (first..).zip(entries.iter()) {
+                log.insert(format!("{prefix}{id:020}").as_str(), entry.as_slice())
+                    .map_err(backend)?;
+                length += 1;
+            }
+            let oldest_kept = now.saturating_sub(max_age.as_millis() as u64) * 1000;
+            let mut doomed = Vec::new();
+            for entry in log
+                .range(prefix.as_str()..format!("{name}\u{1}").as_str())
+                .map_err(backend)?
+            {
+                let (k, _) = entry.map_err(backend)?;
+                let too_many = length - doomed.len() as u64 > cap as u64;
+                let too_old = log_id(k.value()).is_some_and(|id| id < oldest_kept);
+                if !(too_many || too_old) {
+                    break;
+                }
+                doomed.push(k.value().to_owned());
+            }
+            for key in &doomed {
+                log.remove(key.as_str()).map_err(backend)?;
+            }
+            length -= doomed.len() as u64;
+            lengths.insert(name.as_str(), length).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn log_read(
+        &self,
+        name: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let (name, before) = (name.to_owned(), before.map(str::to_owned));
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            let log = txn.open_table(LOG).map_err(backend)?;
+            let start = format!("{name}\0");
+            let end = match before.as_deref().and_then(|b| b.parse::<u64>().ok()) {
+                Some(before) => format!("{name}\0{before:020}"),
+                None => format!("{name}\u{1}"),
+            };
+            let mut out = Vec::new();
+            for entry in log
+                .range(start.as_str()..end.as_str())
+                .map_err(backend)?
+                .rev()
+                .take(limit)
+            {
+                let (k, v) = entry.map_err(backend)?;
+                if let Some(id) = log_id(k.value()) {
+                    out.push((id.to_string(), v.value().to_vec()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(|_| Ok(())).await
     }
@@ -484,6 +583,11 @@ fn expiry_key(expires_at: u64, key: &str) -> Vec<u8> {
     out.extend_from_slice(&expires_at.to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out
+}
+
+/// The id of a log key (`name ‖ NUL ‖ id`).
+fn log_id(key: &str) -> Option<u64> {
+    key.rsplit_once('\0')?.1.parse().ok()
 }
 
 /// Creates the database file with mode 0600, or narrows an existing one to it: it

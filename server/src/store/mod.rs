@@ -36,6 +36,8 @@ impl Kind {
     /// Which client (and resource) an MCP session belongs to.
     pub const MCP_BINDING: Kind = Kind("mcp-bind");
     pub const ARTICLE: Kind = Kind("article");
+    /// A grant's use: when last, how many tool calls per hour.
+    pub const USAGE: Kind = Kind("usage");
     /// For the store's own tests.
     #[cfg(test)]
     pub const TEST: Kind = Kind("test");
@@ -223,6 +225,26 @@ pub trait Store: Send + Sync + 'static {
     /// Every live record with its remaining lifetime and group, for moving a
     /// deployment from one backend to another (`gatehouse store export`).
     async fn export(&self) -> StoreResult<Vec<Entry>>;
+
+    /// Appends `entries` to the append-only log `name` (the activity log), keeping at
+    /// most `cap` entries and none older than `max_age`. Entries get increasing ids.
+    /// Logs are not records: [`Store::scan`] and [`Store::export`] do not see them.
+    async fn log_append(
+        &self,
+        name: &str,
+        entries: &[Vec<u8>],
+        cap: usize,
+        max_age: Duration,
+    ) -> StoreResult<()>;
+
+    /// Up to `limit` entries of log `name`, newest first, each with its id; with
+    /// `before`, only entries older than that id (the next page).
+    async fn log_read(
+        &self,
+        name: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>>;
 
     /// Checks that the backend answers, for `/healthz`.
     async fn ping(&self) -> StoreResult<()>;

@@ -86,6 +86,17 @@ end
 return {deleted, redis.call("SCARD", KEYS[1])}
 "#;
 
+/// Appends to a log (a Redis stream) and trims it by length and by age. KEYS: the
+/// stream. ARGV: the most entries to keep, the oldest id to keep, then the entries.
+const LOG_APPEND_SCRIPT: &str = r#"
+for i = 3, #ARGV do
+  redis.call("XADD", KEYS[1], "*", "v", ARGV[i])
+end
+redis.call("XTRIM", KEYS[1], "MAXLEN", ARGV[1])
+redis.call("XTRIM", KEYS[1], "MINID", ARGV[2])
+return 1
+"#;
+
 /// Members deleted per script call by [`Store::delete_group`].
 const DELETE_BATCH: usize = 200;
 
@@ -159,6 +170,10 @@ impl RedisStore {
 
     fn key(&self, key: &Key) -> String {
         format!("{}{}", self.prefix, key.as_str())
+    }
+
+    fn log_key(&self, name: &str) -> String {
+        format!("{}log:{name}", self.prefix)
     }
 
     fn group_set(&self, group: &str) -> String {
@@ -317,9 +332,9 @@ impl Store for RedisStore {
         while let Some(key) = stream.next().await {
             let key = key.map_err(unavailable)?;
             if let Some(name) = key.as_str() {
-                // Group sets share the prefix namespace; they are bookkeeping, not records.
+                // Group sets and logs share the prefix namespace; they are not records.
                 if let Some(name) = name.strip_prefix(self.prefix.as_str()) {
-                    if !name.starts_with("grp:") {
+                    if !name.starts_with("grp:") && !name.starts_with("log:") {
                         keys.push(name.to_owned());
                     }
                 }
@@ -367,6 +382,70 @@ impl Store for RedisStore {
                 ttl: (pttl > 0).then(|| Duration::from_millis(pttl as u64)),
                 group,
             });
+        }
+        Ok(out)
+    }
+
+    async fn log_append(
+        &self,
+        name: &str,
+        entries: &[Vec<u8>],
+        cap: usize,
+        max_age: Duration,
+    ) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let oldest = now_ms.saturating_sub(max_age.as_millis() as u64);
+        let mut args: Vec<Value> = vec![Value::from(cap as i64), Value::from(oldest.to_string())];
+        args.extend(
+            entries
+                .iter()
+                .map(|e| Value::Bytes(Bytes::copy_from_slice(e))),
+        );
+        let _: i64 = self
+            .pool
+            .eval(LOG_APPEND_SCRIPT, vec![self.log_key(name)], args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn log_read(
+        &self,
+        name: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        // Exclusive ranges (`(id`) need Redis 6.2.
+        let end = match before {
+            Some(before) if !before.is_empty() && !before.contains(char::is_whitespace) => {
+                format!("({before}")
+            }
+            _ => "+".to_owned(),
+        };
+        let reply: Value = self
+            .pool
+            .xrevrange(self.log_key(name), end, "-", Some(limit as u64))
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in reply.into_array() {
+            let mut parts = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let mut fields = fields.into_array().into_iter();
+            let (Some(_), Some(value)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            if let (Some(id), Some(value)) = (id.as_string(), value.as_bytes()) {
+                out.push((id, value.to_vec()));
+            }
         }
         Ok(out)
     }

@@ -127,6 +127,25 @@ impl Store for FaultStore {
         self.faults.gate(false).await?;
         self.inner.export().await
     }
+    async fn log_append(
+        &self,
+        name: &str,
+        entries: &[Vec<u8>],
+        cap: usize,
+        max_age: std::time::Duration,
+    ) -> StoreResult<()> {
+        self.faults.gate(true).await?;
+        self.inner.log_append(name, entries, cap, max_age).await
+    }
+    async fn log_read(
+        &self,
+        name: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.faults.gate(false).await?;
+        self.inner.log_read(name, limit, before).await
+    }
     async fn ping(&self) -> StoreResult<()> {
         self.faults.gate(false).await?;
         self.inner.ping().await

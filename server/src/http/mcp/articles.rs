@@ -26,8 +26,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    guard::rebuild, sessions::StoreSessions, Endpoint, Guarded, Prepared, MAX_BODY_BYTES,
-    PROTOCOL_VERSION, SESSION_ID,
+    guard::{rebuild, ToolOutcome},
+    sessions::StoreSessions,
+    Endpoint, Guarded, Prepared, MAX_BODY_BYTES, PROTOCOL_VERSION, SESSION_ID,
 };
 use crate::{
     articles::Articles,
@@ -90,14 +91,24 @@ impl ArticleEndpoint {
             return None;
         }
         let id = call.id;
+        let mut outcome = ToolOutcome::Ok;
         let message = match self.server.call(call.params, granted, prefetched).await {
+            Ok(result) if result.is_error == Some(true) => {
+                outcome = ToolOutcome::Error;
+                let mut result = ServerResult::CallToolResult(result);
+                result.strip_result_type_for_legacy_peer();
+                ServerJsonRpcMessage::response(result, id.clone())
+            }
             Ok(result) => {
                 // As rmcp answers the 2025 revisions: without 2026-07-28's resultType.
                 let mut result = ServerResult::CallToolResult(result);
                 result.strip_result_type_for_legacy_peer();
                 ServerJsonRpcMessage::response(result, id.clone())
             }
-            Err(error) => ServerJsonRpcMessage::error(error, Some(id.clone())),
+            Err(error) => {
+                outcome = ToolOutcome::Error;
+                ServerJsonRpcMessage::error(error, Some(id.clone()))
+            }
         };
         // From here on the call has run: answer it, never hand it to rmcp to run again.
         let body = serde_json::to_vec(&message).unwrap_or_else(|e| {
@@ -105,16 +116,16 @@ impl ArticleEndpoint {
             let error = ErrorData::internal_error("the tool's result could not be encoded", None);
             serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id))).unwrap_or_default()
         });
-        Some(
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response(),
+        let mut response = (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
         )
+            .into_response();
+        response.extensions_mut().insert(outcome);
+        Some(response)
     }
 }
 
@@ -137,10 +148,12 @@ impl Endpoint for ArticleEndpoint {
         let need = direct
             .as_ref()
             .map(|call| tool_access(&call.params.name).map_or(Need::Nothing, Need::Scope));
+        let tool = direct.as_ref().map(|call| call.params.name.to_string());
         Prepared {
             state: direct,
             read_ahead,
             need,
+            tool,
         }
     }
 

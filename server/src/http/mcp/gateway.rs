@@ -85,6 +85,7 @@ impl Endpoint for GatewayEndpoint {
             state: (),
             read_ahead: None,
             need: None,
+            tool: None,
         }
     }
 

@@ -35,6 +35,7 @@ use super::{
     Endpoint, Guarded, GuardedBody, MAX_BODY_BYTES,
 };
 use crate::{
+    audit::{Event, EventKind},
     http::AppState,
     mcp::{call::Message, Access, Need},
     net::media_type,
@@ -116,7 +117,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         GuardedBody::Read(bytes) => Some(bytes),
         GuardedBody::Stream(_) => None,
     };
+    let started = tokio::time::Instant::now();
     let prepared = endpoint.prepare(&parts, bytes);
+    // The tool a `tools/call` names, for the activity log.
+    let mut tool = prepared.tool.clone();
     let session = session_id(&parts.headers).map(str::to_owned);
     let binding = session.as_deref().map(binding_key);
     let keys: Vec<&Key> = std::iter::once(&token_key)
@@ -175,7 +179,12 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "batched JSON-RPC requests are not supported",
                     )
                 }
-                Message::Single(call) => endpoint.needs(&call).await,
+                Message::Single(call) => {
+                    if call.method() == "tools/call" {
+                        tool = call.name().map(str::to_owned);
+                    }
+                    endpoint.needs(&call).await
+                }
             },
         };
         if let Need::Scope(access_needed) = need {
@@ -184,6 +193,16 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 Access::Write => &resource.write,
             };
             if !access.scopes.contains(needed) {
+                if let Some(tool) = &tool {
+                    let event = Event::new(EventKind::ToolCall)
+                        .client(access.client_id.to_string())
+                        .resource(resource.uri.to_string())
+                        .tool(tool.clone(), "denied", started.elapsed());
+                    state.audit.record(match token_key.group() {
+                        Some(grant) => event.grant(grant.as_str()),
+                        None => event,
+                    });
+                }
                 let mut wanted = access.scopes.clone();
                 wanted.insert(needed.clone());
                 return insufficient_scope(public_url, resource, &wanted);
@@ -195,6 +214,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     parts.extensions.insert(access.clone());
     let client_id = access.client_id.clone();
     let deleting = parts.method == Method::DELETE;
+    let grant = token_key.group();
     let response = endpoint
         .serve(Guarded {
             parts,
@@ -214,7 +234,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 .and_then(|v| v.to_str().ok());
             if let Some(opened) = opened {
                 let binding = Binding {
-                    client_id,
+                    client_id: client_id.clone(),
                     resource: resource.uri.clone(),
                 };
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
@@ -227,7 +247,32 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         }
         Some(_) => {}
     }
+    if let Some(tool) = tool {
+        // The time to the answer's head: for a streamed answer, to its first byte.
+        let outcome = match response.extensions().get::<ToolOutcome>() {
+            Some(ToolOutcome::Error) => "error",
+            _ if response.status().is_success() => "ok",
+            _ => "error",
+        };
+        let mut event = Event::new(EventKind::ToolCall)
+            .client(client_id.to_string())
+            .resource(resource.uri.to_string())
+            .tool(tool, outcome, started.elapsed());
+        if let Some(grant) = &grant {
+            state.audit.used(grant);
+            event = event.grant(grant.as_str());
+        }
+        state.audit.record(event);
+    }
     watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// What an endpoint knows of a tool call's outcome beyond the HTTP status (a tool
+/// error in a `200` answer), in the response's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolOutcome {
+    Ok,
+    Error,
 }
 
 /// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,

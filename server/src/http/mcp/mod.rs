@@ -63,6 +63,8 @@ pub struct Prepared<P> {
     pub state: P,
     pub read_ahead: Option<Key>,
     pub need: Option<Need>,
+    /// The tool a `tools/call` names, when preparing read it (for the activity log).
+    pub tool: Option<String>,
 }
 
 /// A request that passed the guard: its token (also in `parts.extensions`), its body

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{page_headers, same_origin_post, unavailable_page};
 use crate::{
+    audit::{Event, EventKind},
     http::{
         address::ClientAddress,
         pages::{see_other, ErrorPage},
@@ -102,9 +103,17 @@ pub async fn login(
     let password = form.password.unwrap_or_default();
     // The same answer whether or not a password exists.
     match state.owner.verify_password(&password).await {
-        Ok(true) => attempt.succeeded(),
+        Ok(true) => {
+            attempt.succeeded();
+            state
+                .audit
+                .record(Event::new(EventKind::SignInSucceeded).address(address));
+        }
         Ok(false) => {
             attempt.failed();
+            state
+                .audit
+                .record(Event::new(EventKind::SignInFailed).address(address));
             tracing::warn!(client = %address, "failed sign-in");
             return retry(StatusCode::UNAUTHORIZED, "That password is not right.");
         }

@@ -10,6 +10,7 @@ use axum::{
 
 use super::{no_store, OAuthError};
 use crate::{
+    audit::{Event, EventKind},
     http::{address::ClientAddress, AppState},
     net::media_type,
     oauth::{client::RegistrationRequest, ErrorCode},
@@ -67,7 +68,11 @@ pub async fn register(
         )
     })?;
     let client = state.auth.register(request).await?;
-    tracing::info!(client_id = %client.client_id, method = client.token_endpoint_auth_method, "client registered");
+    state.audit.record(
+        Event::new(EventKind::ClientRegistered)
+            .client(client.client_id.to_string())
+            .address(address),
+    );
     let mut response = (StatusCode::CREATED, Json(client)).into_response();
     no_store(response.headers_mut());
     Ok(response)

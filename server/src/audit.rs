@@ -1,0 +1,403 @@
+//! The activity log: what happened, for the owner's console and for the log.
+//!
+//! Events are recorded without waiting: they go to a bounded queue, and one task
+//! writes them to the store in batches (a log with a retention and a count cap, on
+//! either backend) and to the process log as structured events. A hot path (a tool
+//! call) therefore costs a queue send; when the queue is full, events are dropped and
+//! counted rather than slowing requests down.
+//!
+//! Per grant, the time of last use and the tool calls per hour are kept in memory and
+//! written at most once a minute, into the grant's group (so revoking removes them).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    clock::Clock,
+    store::{decode, encode, Group, Key, Kind, Put, SharedStore, StoreResult},
+};
+
+/// The store log the activity goes to.
+const LOG: &str = "activity";
+/// Events waiting to be written; more are dropped (and counted).
+const QUEUE: usize = 8192;
+/// Events written per store call at most.
+const BATCH: usize = 512;
+/// How often usage counters are written.
+pub const USAGE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    SignInSucceeded,
+    SignInFailed,
+    ConsentApproved,
+    ConsentDenied,
+    ClientRegistered,
+    CodeRedeemed,
+    TokenRefreshed,
+    RefreshReuseDetected,
+    TokenRevoked,
+    GrantRevoked,
+    ToolCall,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::SignInSucceeded,
+        EventKind::SignInFailed,
+        EventKind::ConsentApproved,
+        EventKind::ConsentDenied,
+        EventKind::ClientRegistered,
+        EventKind::CodeRedeemed,
+        EventKind::TokenRefreshed,
+        EventKind::RefreshReuseDetected,
+        EventKind::TokenRevoked,
+        EventKind::GrantRevoked,
+        EventKind::ToolCall,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SignInSucceeded => "sign_in_succeeded",
+            EventKind::SignInFailed => "sign_in_failed",
+            EventKind::ConsentApproved => "consent_approved",
+            EventKind::ConsentDenied => "consent_denied",
+            EventKind::ClientRegistered => "client_registered",
+            EventKind::CodeRedeemed => "code_redeemed",
+            EventKind::TokenRefreshed => "token_refreshed",
+            EventKind::RefreshReuseDetected => "refresh_reuse_detected",
+            EventKind::TokenRevoked => "token_revoked",
+            EventKind::GrantRevoked => "grant_revoked",
+            EventKind::ToolCall => "tool_call",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+/// One thing that happened. Never a secret: no token, code, password or cookie.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub at: u64,
+    pub kind: Option<EventKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// The client's address (sign-in, registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// `ok`, `error` (a tool error or a failure), `denied` (a missing scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+impl Event {
+    pub fn new(kind: EventKind) -> Self {
+        Event {
+            kind: Some(kind),
+            ..Event::default()
+        }
+    }
+
+    pub fn client(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    pub fn grant(mut self, grant: impl Into<String>) -> Self {
+        self.grant = Some(grant.into());
+        self
+    }
+
+    pub fn address(mut self, address: impl ToString) -> Self {
+        self.address = Some(address.to_string());
+        self
+    }
+
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    pub fn scopes(mut self, scopes: impl ToString) -> Self {
+        self.scopes = Some(scopes.to_string());
+        self
+    }
+
+    pub fn tool(mut self, tool: impl Into<String>, outcome: &str, duration: Duration) -> Self {
+        self.tool = Some(tool.into());
+        self.outcome = Some(outcome.to_owned());
+        self.duration_ms = Some(duration.as_millis() as u64);
+        self
+    }
+}
+
+/// What the console shows of a grant's use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Milliseconds since the epoch.
+    pub last_used: u64,
+    /// Tool calls per hour (hour number since the epoch, count), the last 25 hours.
+    pub hours: Vec<(u64, u64)>,
+}
+
+impl Usage {
+    /// Tool calls in the 24 hours before `now_ms`.
+    pub fn calls_last_day(&self, now_ms: u64) -> u64 {
+        let hour = now_ms / 3_600_000;
+        self.hours
+            .iter()
+            .filter(|(h, _)| hour.saturating_sub(*h) < 24)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn add(&mut self, last_used: u64, calls: &[(u64, u64)]) {
+        self.last_used = self.last_used.max(last_used);
+        for (hour, count) in calls {
+            match self.hours.iter_mut().find(|(h, _)| h == hour) {
+                Some((_, n)) => *n += count,
+                None => self.hours.push((*hour, *count)),
+            }
+        }
+        let newest = self.hours.iter().map(|(h, _)| *h).max().unwrap_or(0);
+        self.hours.retain(|(h, _)| newest.saturating_sub(*h) < 25);
+        self.hours.sort_unstable();
+    }
+}
+
+pub fn usage_key(grant: &Group) -> Key {
+    Key::in_group(Kind::USAGE, grant, "usage")
+}
+
+enum Message {
+    Event(Event),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Unwritten use of one grant.
+#[derive(Default)]
+struct Pending {
+    last_used: u64,
+    calls: Vec<(u64, u64)>,
+}
+
+pub struct Audit {
+    queue: mpsc::Sender<Message>,
+    store: SharedStore,
+    clock: Clock,
+    dropped: AtomicU64,
+    usage: Mutex<HashMap<Group, Pending>>,
+    retention: Duration,
+    cap: usize,
+}
+
+impl Audit {
+    /// Starts the writer on the current tokio runtime.
+    pub fn new(store: SharedStore, clock: Clock, retention: Duration, cap: usize) -> Arc<Self> {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let audit = Arc::new(Audit {
+            queue,
+            store,
+            clock,
+            dropped: AtomicU64::new(0),
+            usage: Mutex::default(),
+            retention,
+            cap,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(write_events(Arc::downgrade(&audit), receiver));
+            runtime.spawn(write_usage(Arc::downgrade(&audit)));
+        }
+        audit
+    }
+
+    /// Records an event: to the process log at once, to the store soon.
+    pub fn record(&self, mut event: Event) {
+        event.at = self.clock.now_ms();
+        let kind = event.kind.map_or("unknown", EventKind::as_str);
+        // Tool calls can be thousands a second: in the log at debug level only.
+        if event.kind == Some(EventKind::ToolCall) {
+            tracing::debug!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), tool = event.tool.as_deref(), outcome = event.outcome.as_deref(), duration_ms = event.duration_ms, "activity");
+        } else {
+            tracing::info!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), grant = event.grant.as_deref(), address = event.address.as_deref(), resource = event.resource.as_deref(), scopes = event.scopes.as_deref(), "activity");
+        }
+        if self.queue.try_send(Message::Event(event)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Notes a tool call of `grant`: when, and one more call this hour.
+    pub fn used(&self, grant: &Group) {
+        let now = self.clock.now_ms();
+        let hour = now / 3_600_000;
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = usage.entry(grant.clone()).or_default();
+        pending.last_used = now;
+        match pending.calls.iter_mut().find(|(h, _)| *h == hour) {
+            Some((_, n)) => *n += 1,
+            None => pending.calls.push((hour, 1)),
+        }
+    }
+
+    /// Waits until every event recorded so far is in the store, and writes the usage
+    /// counters (for tests and shutdown).
+    pub async fn flush(&self) -> StoreResult<()> {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        self.write_usage().await
+    }
+
+    /// The newest events first, `limit` at most, older than `before` when given.
+    pub async fn read(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Event)>> {
+        let entries = self.store.log_read(LOG, limit, before).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, raw)| decode(&raw).ok().map(|e| (id, e)))
+            .collect())
+    }
+
+    /// A grant's use as last written.
+    pub async fn usage(&self, grant: &Group) -> StoreResult<Usage> {
+        Ok(match self.store.get(&usage_key(grant)).await? {
+            Some(raw) => decode(&raw)?,
+            None => Usage::default(),
+        })
+    }
+
+    async fn write_usage(&self) -> StoreResult<()> {
+        let pending: Vec<(Group, Pending)> = {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            usage.drain().collect()
+        };
+        for (grant, delta) in pending {
+            let key = usage_key(&grant);
+            // Several instances add to the same record: compare-and-swap.
+            for _ in 0..5 {
+                let current = self.store.get(&key).await?;
+                let mut usage: Usage = match &current {
+                    Some(raw) => decode(raw)?,
+                    None => Usage::default(),
+                };
+                usage.add(delta.last_used, &delta.calls);
+                let put = Put::ttl(Duration::from_secs(25 * 3600)).in_group(&grant);
+                let written = match &current {
+                    Some(raw) => {
+                        self.store
+                            .compare_and_swap(&key, raw, &encode(&usage)?, put)
+                            .await?
+                    }
+                    None => self.store.put_new(&key, &encode(&usage)?, put).await?,
+                };
+                if written {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn write_events(audit: std::sync::Weak<Audit>, mut receiver: mpsc::Receiver<Message>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Event(event) => batch.push(event),
+                Message::Flush(done) => waiting.push(done),
+            }
+            if batch.len() < BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        let Some(audit) = audit.upgrade() else { break };
+        if !batch.is_empty() {
+            let entries: Vec<Vec<u8>> = batch.iter().filter_map(|e| encode(e).ok()).collect();
+            if let Err(e) = audit
+                .store
+                .log_append(LOG, &entries, audit.cap, audit.retention)
+                .await
+            {
+                tracing::warn!(error = %e, lost = entries.len(), "cannot write the activity log");
+            }
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write_usage(audit: std::sync::Weak<Audit>) {
+    let mut tick = tokio::time::interval(USAGE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(audit) = audit.upgrade() else { break };
+        if let Err(e) = audit.write_usage().await {
+            tracing::warn!(error = %e, "cannot write usage counters");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_the_last_day() {
+        let hour = 3_600_000u64;
+        let mut usage = Usage::default();
+        usage.add(100 * hour, &[(100, 3), (90, 2)]);
+        usage.add(101 * hour, &[(101, 1), (100, 1), (70, 9)]);
+        assert_eq!(usage.last_used, 101 * hour);
+        assert_eq!(usage.calls_last_day(101 * hour), 7, "{usage:?}");
+        assert!(
+            usage.hours.iter().all(|(h, _)| *h != 70),
+            "older than 25 h dropped"
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).expect("json");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+}
