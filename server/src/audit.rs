@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     clock::Clock,
     store::{decode, encode, Group, Key, Kind, Put, SharedStore, StoreResult},
+    telemetry,
 };
 
 /// The store log the activity goes to.
@@ -244,8 +245,26 @@ impl Audit {
         } else {
             tracing::info!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), grant = event.grant.as_deref(), address = event.address.as_deref(), resource = event.resource.as_deref(), scopes = event.scopes.as_deref(), "activity");
         }
+        match event.kind {
+            Some(EventKind::ToolCall) => {
+                let resource = event.resource.clone().unwrap_or_default();
+                let tool = event.tool.clone().unwrap_or_default();
+                let outcome = event.outcome.clone().unwrap_or_default();
+                metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool, "outcome" => outcome)
+                    .increment(1);
+                if let Some(ms) = event.duration_ms {
+                    metrics::histogram!(telemetry::TOOL_DURATION, "resource" => resource)
+                        .record(ms as f64 / 1000.0);
+                }
+            }
+            Some(EventKind::RefreshReuseDetected) => {
+                metrics::counter!(telemetry::REFRESH_REUSE).increment(1);
+            }
+            _ => {}
+        }
         if self.queue.try_send(Message::Event(event)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(telemetry::ACTIVITY_DROPPED).increment(1);
         }
     }
 

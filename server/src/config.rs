@@ -321,6 +321,17 @@ pub struct ServeArgs {
     )]
     pub activity_max_events: u32,
 
+    /// Serve Prometheus metrics at `/metrics` on the main listener to requests that
+    /// send `Authorization: Bearer <this>` (at least 32 characters; only its hash is
+    /// kept).
+    #[arg(long, env = "GATEHOUSE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Serve Prometheus metrics at `/metrics` on this address of their own, without
+    /// authentication (bind it to a private interface).
+    #[arg(long, env = "GATEHOUSE_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
+
     /// A TOML file listing upstream MCP servers to guard (`[[upstream]]` tables; see
     /// the README). Every flag works without it.
     #[arg(long, env = "GATEHOUSE_CONFIG")]
@@ -364,6 +375,16 @@ pub struct Config {
     pub articles: bool,
     /// The upstream MCP servers guarded at `/mcp/NAME`.
     pub upstreams: Vec<Upstream>,
+    pub metrics: Metrics,
+}
+
+/// Where `/metrics` is served, if anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// On the main listener, to this bearer secret (its hash).
+    pub token: Option<SecretHash>,
+    /// On a listener of its own.
+    pub bind: Option<SocketAddr>,
 }
 
 /// What one client, or all of them, may cost: each limit is a flag.
@@ -563,6 +584,25 @@ impl ServeArgs {
         if self.stream_recheck < Duration::from_millis(100) {
             errors.push("--stream-recheck must be at least 100ms".into());
         }
+        let metrics = Metrics {
+            token: match &self.metrics_token {
+                Some(token) if token.chars().count() < 32 => {
+                    errors.push("--metrics-token must have at least 32 characters".into());
+                    None
+                }
+                Some(token) => Some(SecretHash::of(token)),
+                None => None,
+            },
+            bind: self.metrics_bind.as_deref().and_then(|raw| {
+                raw.parse::<SocketAddr>()
+                    .map_err(|_| {
+                        errors.push(format!(
+                            "--metrics-bind {raw:?} is not an address like 127.0.0.1:9090"
+                        ))
+                    })
+                    .ok()
+            }),
+        };
         let trusted_proxies: Vec<ipnet::IpNet> = self
             .trusted_proxies
             .iter()
@@ -635,6 +675,7 @@ impl ServeArgs {
                 trusted_proxies,
                 articles,
                 upstreams,
+                metrics,
             }),
             _ => Err(errors),
         }

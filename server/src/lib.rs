@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod ratelimit;
 pub mod resource;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::Arc;
 

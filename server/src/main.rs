@@ -85,6 +85,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
         tokio::spawn(async move { shared.probe().await });
     }
     let shutdown = state.shutdown.clone();
+    if let Some(bind) = state.config.metrics.bind {
+        match tokio::net::TcpListener::bind(bind).await {
+            Ok(tcp) => {
+                let metrics = gatehouse::http::metrics::router(state.clone());
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    listener::serve(tcp, metrics, limits, async move { stop.cancelled().await })
+                        .await
+                });
+                tracing::info!(%bind, "metrics at /metrics");
+            }
+            Err(e) => return report(vec![format!("cannot listen on {bind} for metrics: {e}")]),
+        }
+    }
     let app = router(state);
     listener::serve(tcp, app, limits, async move {
         shutdown_signal().await;

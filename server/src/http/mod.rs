@@ -34,12 +34,14 @@ use crate::{
     ratelimit::WindowLimiter,
     resource::Resource,
     store::SharedStore,
+    telemetry::{self, MeteredStore},
 };
 
 pub mod address;
 mod health;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
 pub mod session;
@@ -103,6 +105,9 @@ impl AppState {
 
     /// The same, with time read from `clock` (tests move it forward).
     pub fn with_clock(config: Config, store: SharedStore, clock: Clock) -> Result<Self, String> {
+        // Every store operation is timed; the recorder is installed on first use.
+        telemetry::handle();
+        let store = MeteredStore::wrap(store);
         let leptos = LeptosOptions::builder()
             .output_name("gatehouse")
             .site_root(config.site_root.to_string_lossy().as_ref())
@@ -314,6 +319,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::guarded))
         .merge(api)
         .merge(mcp)
         .merge(metadata)
@@ -351,6 +357,7 @@ pub fn router(state: AppState) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
                 // The path only: query strings carry single-use tickets, setup tokens
@@ -359,4 +366,21 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// Counts every request by route (the path pattern, never the path itself, which may
+/// carry ids) and status, and times it to the answer's head.
+async fn count_request(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    ::metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status)
+        .increment(1);
+    response
 }

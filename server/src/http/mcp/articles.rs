@@ -79,6 +79,11 @@ impl ArticleEndpoint {
         }
     }
 
+    /// Sessions live on this instance.
+    pub async fn live_sessions(&self) -> usize {
+        self.sessions.sessions.read().await.len()
+    }
+
     /// Answers a direct call, or `None` when its session is not live here: rmcp then
     /// restores it from the store or answers 404, exactly as without the direct path.
     async fn answer_directly(

@@ -27,6 +27,7 @@ use crate::{
 
 pub struct GatewayEndpoint {
     shared: Arc<Shared>,
+    sessions: Arc<LocalSessionManager>,
     transport: StreamableHttpService<GatewayHandler, LocalSessionManager>,
 }
 
@@ -44,15 +45,25 @@ impl GatewayEndpoint {
         // rmcp closes a session after this long without traffic, which ends its
         // upstream session or process.
         sessions.session_config.keep_alive = Some(shared.config.idle_timeout);
+        let sessions = Arc::new(sessions);
         let transport = {
             let shared = shared.clone();
             StreamableHttpService::new(
                 move || Ok(GatewayHandler::new(shared.clone())),
-                Arc::new(sessions),
+                sessions.clone(),
                 config,
             )
         };
-        GatewayEndpoint { shared, transport }
+        GatewayEndpoint {
+            shared,
+            sessions,
+            transport,
+        }
+    }
+
+    /// Sessions live on this instance.
+    pub async fn live_sessions(&self) -> usize {
+        self.sessions.sessions.read().await.len()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

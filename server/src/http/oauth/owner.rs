@@ -86,6 +86,7 @@ pub async fn login(
         Ok(attempt) => attempt,
         Err(wait) => {
             tracing::warn!(client = %address, "sign-in slowed down: too many failures from this address");
+            crate::telemetry::rate_limited("sign_in");
             let mut response = retry(
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!(

@@ -25,6 +25,7 @@ pub async fn register(
     // Every registration is a record kept for --unused-client-ttl: bounded per address.
     if let Err(wait) = state.registrations.hit(address) {
         tracing::warn!(client = %address, "registration refused: too many from this address");
+        crate::telemetry::rate_limited("registration");
         let mut refused = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TemporarilyUnavailable,

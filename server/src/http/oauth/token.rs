@@ -16,6 +16,7 @@ use crate::{
     http::AppState,
     net::media_type,
     oauth::{clients::ClientCredentials, token::TokenParams, ErrorCode},
+    telemetry,
 };
 
 /// A form body that may carry the client's id and secret.
@@ -49,8 +50,18 @@ pub async fn token(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let (params, credentials) = client_request::<TokenParams>(&headers, &body)?;
-    let tokens = state.auth.token(&credentials, params).await?;
-    let mut response = Json(tokens).into_response();
+    let grant_type = match params.grant_type.as_deref() {
+        Some(t @ ("authorization_code" | "refresh_token")) => t.to_owned(),
+        _ => "other".to_owned(),
+    };
+    let outcome = state.auth.token(&credentials, params).await;
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    };
+    metrics::counter!(telemetry::TOKEN_GRANTS, "grant_type" => grant_type, "outcome" => label)
+        .increment(1);
+    let mut response = Json(outcome?).into_response();
     no_store(response.headers_mut());
     Ok(response)
 }

@@ -1,0 +1,185 @@
+//! Prometheus metrics: the names Gatehouse records (the README lists each), the
+//! process-wide recorder, and a store wrapper that times every store operation.
+//!
+//! Recording is the `metrics` facade's atomic counters and histograms, cheap enough
+//! for the bearer guard's hot path; rendering happens only when `/metrics` is read.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::{Entry, Group, Key, Put, SharedStore, Store, StoreResult};
+
+pub const HTTP_REQUESTS: &str = "gatehouse_http_requests_total";
+pub const HTTP_DURATION: &str = "gatehouse_http_request_duration_seconds";
+pub const TOKEN_GRANTS: &str = "gatehouse_token_grants_total";
+pub const REFRESH_REUSE: &str = "gatehouse_refresh_reuse_detected_total";
+pub const MCP_SESSIONS: &str = "gatehouse_mcp_sessions";
+pub const TOOL_CALLS: &str = "gatehouse_tool_calls_total";
+pub const TOOL_DURATION: &str = "gatehouse_tool_call_duration_seconds";
+pub const STORE_DURATION: &str = "gatehouse_store_operation_duration_seconds";
+pub const STORE_ERRORS: &str = "gatehouse_store_errors_total";
+pub const RATE_LIMITED: &str = "gatehouse_rate_limited_total";
+pub const ACTIVITY_DROPPED: &str = "gatehouse_activity_events_dropped_total";
+pub const UPSTREAM_UP: &str = "gatehouse_upstream_up";
+
+/// Buckets for request, tool and store latencies: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5, 10.0,
+];
+
+/// The process-wide recorder, installed on first use. Every app of the process
+/// records into it (tests run several).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (a test harness): then this one
+        // only renders what it is given, which is nothing; say so in the log.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to each answer's head, by route."
+    );
+    describe_counter!(
+        TOKEN_GRANTS,
+        "Token endpoint requests by grant type and outcome."
+    );
+    describe_counter!(
+        REFRESH_REUSE,
+        "Rotated refresh tokens presented again (the grant is revoked)."
+    );
+    describe_gauge!(MCP_SESSIONS, "Live MCP sessions per MCP URL.");
+    describe_counter!(TOOL_CALLS, "Tool calls by MCP URL, tool and outcome.");
+    describe_histogram!(
+        TOOL_DURATION,
+        Unit::Seconds,
+        "Tool calls' time to the answer's head."
+    );
+    describe_histogram!(STORE_DURATION, Unit::Seconds, "Store operations by kind.");
+    describe_counter!(STORE_ERRORS, "Failed store operations by kind.");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by limit.");
+    describe_counter!(
+        ACTIVITY_DROPPED,
+        "Activity events dropped because the queue was full."
+    );
+    describe_gauge!(
+        UPSTREAM_UP,
+        "1 when an upstream's last connection succeeded, else 0."
+    );
+}
+
+/// Counts a refusal by one of the rate limits (`sign_in`, `registration`).
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// The store, with every operation timed and every failure counted.
+pub struct MeteredStore(pub SharedStore);
+
+impl MeteredStore {
+    pub fn wrap(store: SharedStore) -> SharedStore {
+        std::sync::Arc::new(MeteredStore(store))
+    }
+}
+
+fn observe<T>(op: &'static str, started: Instant, result: &StoreResult<T>) {
+    metrics::histogram!(STORE_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(STORE_ERRORS, "op" => op).increment(1);
+    }
+}
+
+macro_rules! metered {
+    ($op:literal, $call:expr) => {{
+        let started = Instant::now();
+        let result = $call.await;
+        observe($op, started, &result);
+        result
+    }};
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()> {
+        metered!("put", self.0.put(key, value, put))
+    }
+    async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool> {
+        metered!("put_new", self.0.put_new(key, value, put))
+    }
+    async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        metered!("get", self.0.get(key))
+    }
+    async fn get_many(&self, keys: &[&Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        metered!("get_many", self.0.get_many(keys))
+    }
+    async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+        metered!("take", self.0.take(key))
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        new: &[u8],
+        put: Put<'_>,
+    ) -> StoreResult<bool> {
+        metered!(
+            "compare_and_swap",
+            self.0.compare_and_swap(key, expected, new, put)
+        )
+    }
+    async fn delete(&self, key: &Key) -> StoreResult<bool> {
+        metered!("delete", self.0.delete(key))
+    }
+    async fn delete_group(&self, group: &Group) -> StoreResult<u64> {
+        metered!("delete_group", self.0.delete_group(group))
+    }
+    async fn scan(&self, prefix: &str) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+        metered!("scan", self.0.scan(prefix))
+    }
+    async fn export(&self) -> StoreResult<Vec<Entry>> {
+        metered!("export", self.0.export())
+    }
+    async fn log_append(
+        &self,
+        name: &str,
+        entries: &[Vec<u8>],
+        cap: usize,
+        max_age: Duration,
+    ) -> StoreResult<()> {
+        metered!("log_append", self.0.log_append(name, entries, cap, max_age))
+    }
+    async fn log_read(
+        &self,
+        name: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        metered!("log_read", self.0.log_read(name, limit, before))
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        metered!("ping", self.0.ping())
+    }
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+}

@@ -1,0 +1,155 @@
+//! `/metrics`, scraped and parsed as Prometheus would: behind its bearer secret, with
+//! the counters and histograms each flow records. In a binary of its own: the
+//! recorder is process-wide.
+
+mod common;
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+};
+use common::*;
+use serde_json::json;
+
+const SECRET: &str = "a-metrics-secret-of-at-least-32-chars";
+
+fn scrape(token: Option<&str>) -> Request<Body> {
+    let mut request = Request::get("/metrics");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    request.body(Body::empty()).expect("request")
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
+}
+
+/// The value of the sample named `name` whose labels include `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn metrics_are_served_behind_their_secret_and_parse() {
+    // Not configured: nothing there.
+    let plain = TestApp::new(&[]);
+    assert_eq!(plain.send(scrape(None)).await.status, StatusCode::NOT_FOUND);
+
+    let app = TestApp::new(&["--metrics-token", SECRET]);
+    assert_eq!(
+        app.send(scrape(None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.send(scrape(Some("wrong-secret-wrong-secret-wrong-secret")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Some traffic: a flow to tokens, a tool call, a refused call, a bad grant.
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(access, "2025-06-18").await;
+    let call = |tool: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": tool, "arguments": {}}})
+    };
+    let listed = app
+        .mcp(
+            Some(access),
+            Some(&session),
+            Some("2025-06-18"),
+            call("list_articles"),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let refused = app
+        .mcp(
+            Some(access),
+            Some(&session),
+            Some("2025-06-18"),
+            call("delete_article"),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let bad = app.refresh(&client_id, "ghr.nothing.here", &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    let answer = app.send(scrape(Some(SECRET))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.headers[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/plain; version=0.0.4"));
+    let metrics = parse(&answer.body);
+
+    let counted = |name: &str, labels: &[(&str, &str)]| {
+        let v = value(&metrics, name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", answer.body));
+        assert!(v >= 1.0, "{name} {labels:?} = {v}");
+    };
+    counted(
+        "gatehouse_token_grants_total",
+        &[("grant_type", "authorization_code"), ("outcome", "ok")],
+    );
+    counted(
+        "gatehouse_token_grants_total",
+        &[
+            ("grant_type", "refresh_token"),
+            ("outcome", "invalid_grant"),
+        ],
+    );
+    counted(
+        "gatehouse_tool_calls_total",
+        &[("tool", "list_articles"), ("outcome", "ok")],
+    );
+    counted(
+        "gatehouse_tool_calls_total",
+        &[("tool", "delete_article"), ("outcome", "denied")],
+    );
+    counted(
+        "gatehouse_http_requests_total",
+        &[("route", "/oauth/token"), ("status", "200")],
+    );
+    counted(
+        "gatehouse_http_request_duration_seconds_count",
+        &[("route", "/mcp")],
+    );
+    counted(
+        "gatehouse_store_operation_duration_seconds_count",
+        &[("op", "get_many")],
+    );
+    counted("gatehouse_mcp_sessions", &[("resource", MCP_URL)]);
+}
+
+#[tokio::test]
+async fn rate_limit_refusals_are_counted() {
+    let app = TestApp::new(&["--metrics-token", SECRET, "--registrations-per-minute", "1"]);
+    for _ in 0..2 {
+        app.register(json!({"redirect_uris": ["https://client.example/cb"]}))
+            .await;
+    }
+    let metrics = parse(&app.send(scrape(Some(SECRET))).await.body);
+    let refused = value(
+        &metrics,
+        "gatehouse_rate_limited_total",
+        &[("limit", "registration")],
+    );
+    assert!(refused.is_some_and(|v| v >= 1.0), "{refused:?}");
+}
