@@ -73,6 +73,30 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Check a deployment from here as Claude and other MCP clients reach it, and
+    /// say how to fix what fails. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The URL clients use: the public URL (e.g. https://gate.example.com) or the MCP
+    /// URL (…/mcp, …/mcp/NAME).
+    pub url: String,
+
+    /// Print a JSON array of {check, ok, detail, fix} instead of the checklist.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The MCP endpoint's path: /mcp, or /mcp/NAME for an upstream. Default: the
+    /// URL's path, else /mcp.
+    #[arg(long)]
+    pub mcp_path: Option<String>,
+
+    /// Do not register a throwaway client (which also skips the authorization page
+    /// check). By default one is registered; unused, it is forgotten after a day.
+    #[arg(long)]
+    pub no_register: bool,
 }
 
 #[derive(Debug, Subcommand)]
