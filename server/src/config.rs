@@ -12,10 +12,14 @@ use std::{
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
-    gateway::config::{parse_short, FileConfig, RawUpstream, Upstream},
+    gateway::config::{parse_short, FileConfig, RawClientDocument, RawUpstream, Upstream},
     net::{AllowedHost, Origin},
     oauth::{
-        client::ClientId, redirect::RedirectUri, secret::SecretHash, OAuthSettings, StaticClient,
+        client::ClientId,
+        metadata_document::{self, PinnedDocuments},
+        redirect::RedirectUri,
+        secret::SecretHash,
+        OAuthSettings, StaticClient,
     },
     resource::Resources,
 };
@@ -69,6 +73,30 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Check a deployment from here as Claude and other MCP clients reach it, and
+    /// say how to fix what fails. Exits 1 when a check fails.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The URL clients use: the public URL (e.g. https://gate.example.com) or the MCP
+    /// URL (…/mcp, …/mcp/NAME).
+    pub url: String,
+
+    /// Print a JSON array of {check, ok, detail, fix} instead of the checklist.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The MCP endpoint's path: /mcp, or /mcp/NAME for an upstream. Default: the
+    /// URL's path, else /mcp.
+    #[arg(long)]
+    pub mcp_path: Option<String>,
+
+    /// Do not register a throwaway client (which also skips the authorization page
+    /// check). By default one is registered; unused, it is forgotten after a day.
+    #[arg(long)]
+    pub no_register: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -520,7 +548,9 @@ impl ServeArgs {
         };
 
         let mut upstream_errors = Vec::new();
-        let (articles, upstreams) = self.upstreams_and_articles(&mut upstream_errors);
+        let file = self.config_file(&mut upstream_errors);
+        let (articles, upstreams) =
+            self.upstreams_and_articles(file.articles, file.upstreams, &mut upstream_errors);
         let store = self.store.into_spec().map_err(|e| errors.extend(e)).ok();
         errors.extend(upstream_errors);
 
@@ -641,6 +671,12 @@ impl ServeArgs {
                 .unwrap_or_default(),
             None => Resources::default(),
         };
+        let pinned_documents = pinned_documents(
+            self.config.as_deref(),
+            file.client_documents,
+            &resources.all_scopes(),
+            &mut errors,
+        );
 
         match (bind, public_url, store) {
             (Some(bind), Some(public_url), Some(store)) if errors.is_empty() => Ok(Config {
@@ -654,6 +690,7 @@ impl ServeArgs {
                     unused_client_ttl: self.unused_client_ttl,
                     max_cached_documents: self.max_cached_client_documents as usize,
                     static_client,
+                    pinned_documents: Arc::new(pinned_documents),
                     allow_loopback_client_metadata: self.insecure_allow_loopback_client_metadata,
                 },
                 public_url,
@@ -681,29 +718,46 @@ impl ServeArgs {
         }
     }
 
-    /// The upstreams of `--config` and `--upstream`, and whether the article server
-    /// runs; mistakes go to `errors`.
-    fn upstreams_and_articles(&self, errors: &mut Vec<String>) -> (bool, Vec<Upstream>) {
-        let mut raw: Vec<RawUpstream> = Vec::new();
-        let mut articles = !self.no_articles;
-        if let Some(path) = &self.config {
-            match std::fs::read_to_string(path) {
-                Err(e) => errors.push(format!("--config {}: {e}", path.display())),
-                Ok(text) => match toml::from_str::<FileConfig>(&text) {
-                    Err(e) => errors.push(format!(
-                        "--config {}: {}",
-                        path.display(),
-                        e.to_string().trim_end()
-                    )),
-                    Ok(file) => {
-                        if let Some(section) = file.articles {
-                            articles &= section.enabled;
-                        }
-                        raw.extend(file.upstreams);
-                    }
-                },
+    /// The `--config` file, empty without one or when it cannot be read (the
+    /// mistake goes to `errors`). Pinned documents' files are made relative to the
+    /// config file's directory.
+    fn config_file(&self, errors: &mut Vec<String>) -> FileConfig {
+        let Some(path) = &self.config else {
+            return FileConfig::default();
+        };
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                toml::from_str::<FileConfig>(&text).map_err(|e| e.to_string().trim_end().into())
+            });
+        match parsed {
+            Ok(mut file) => {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                for document in &mut file.client_documents {
+                    document.file = dir.join(&document.file);
+                }
+                file
+            }
+            Err(e) => {
+                errors.push(format!("--config {}: {e}", path.display()));
+                FileConfig::default()
             }
         }
+    }
+
+    /// The upstreams of `--config` and `--upstream`, and whether the article server
+    /// runs; mistakes go to `errors`.
+    fn upstreams_and_articles(
+        &self,
+        section: Option<crate::gateway::config::ArticlesSection>,
+        from_file: Vec<RawUpstream>,
+        errors: &mut Vec<String>,
+    ) -> (bool, Vec<Upstream>) {
+        let mut articles = !self.no_articles;
+        if let Some(section) = section {
+            articles &= section.enabled;
+        }
+        let mut raw = from_file;
         for short in &self.upstreams {
             match parse_short(short) {
                 Ok(upstream) => raw.push(upstream),
@@ -728,6 +782,26 @@ impl ServeArgs {
         }
         (articles, upstreams)
     }
+}
+
+/// The `[[client_document]]` pins of the `config` file, each read and validated now
+/// as a fetched document would be; mistakes go to `errors`.
+fn pinned_documents(
+    config: Option<&Path>,
+    raw: Vec<RawClientDocument>,
+    known: &crate::oauth::scope::ScopeSet,
+    errors: &mut Vec<String>,
+) -> PinnedDocuments {
+    let mut pinned = PinnedDocuments::default();
+    let config = config.map(|p| p.display().to_string()).unwrap_or_default();
+    for document in raw {
+        let outcome = metadata_document::pin(&document.url, &document.file, known)
+            .and_then(|(url, doc)| pinned.insert(&url, doc));
+        if let Err(e) = outcome {
+            errors.push(format!("--config {config}: [[client_document]] {e}"));
+        }
+    }
+    pinned
 }
 
 /// The protected resources: the article server (when on) first, then each upstream.
@@ -1023,6 +1097,56 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("--allowed-origin"), "{errors:?}");
         assert!(errors[1].starts_with("--allowed-host"), "{errors:?}");
+    }
+
+    #[test]
+    fn pinned_client_documents_are_read_and_checked_at_start_up() {
+        const URL: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf-8");
+        let document = |client_id: &str| {
+            serde_json::json!({"client_id": client_id, "redirect_uris": ["http://localhost/callback"]})
+                .to_string()
+        };
+        std::fs::write(dir.path().join("claude-code.json"), document(URL)).expect("write");
+        std::fs::write(
+            dir.path().join("other.json"),
+            document("https://claude.ai/oauth/mcp-oauth-client-metadata"),
+        )
+        .expect("write");
+        let config_file = |name: &str, file: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!("[[client_document]]\nurl = \"{URL}\"\nfile = \"{file}\"\n"),
+            )
+            .expect("write");
+            path.to_str().expect("utf-8").to_owned()
+        };
+
+        // A relative file is found beside the config file, wherever Gatehouse runs.
+        let good = config_file("good.toml", "claude-code.json");
+        let config = args(&["--config", &good, "--data-dir", data])
+            .into_config()
+            .expect("valid");
+        let url = url::Url::parse(URL).expect("url");
+        let pinned = config.oauth.pinned_documents.get(&url).expect("pinned");
+        assert_eq!(pinned.file, dir.path().join("claude-code.json"));
+
+        let mismatch = config_file("mismatch.toml", "other.json");
+        let errors = args(&["--config", &mismatch, "--data-dir", data])
+            .into_config()
+            .expect_err("another client's document");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("[[client_document]]"), "{errors:?}");
+        assert!(errors[0].contains("client_id differs"), "{errors:?}");
+
+        let missing = config_file("missing.toml", "nowhere.json");
+        let errors = args(&["--config", &missing, "--data-dir", data])
+            .into_config()
+            .expect_err("no such file");
+        assert!(errors[0].contains("nowhere.json"), "{errors:?}");
     }
 
     #[test]

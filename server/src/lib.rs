@@ -5,12 +5,14 @@
 //! - [`oauth`]: the authorization server's rules (no HTTP types);
 //! - [`mcp`]: what MCP requests need, and the built-in article server;
 //! - [`store`]: the storage trait and its backends;
-//! - [`http`]: the route table and handlers.
+//! - [`http`]: the route table and handlers;
+//! - [`doctor`]: checks a deployment the way clients reach it.
 
 pub mod articles;
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod mcp;

@@ -2,7 +2,10 @@ use std::{io::BufRead, process::ExitCode};
 
 use clap::Parser;
 use gatehouse::{
-    config::{Cli, Command, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec},
+    config::{
+        Cli, Command, DoctorArgs, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec,
+    },
+    doctor,
     http::{
         listener::{self, Limits},
         router, AppState,
@@ -34,6 +37,7 @@ async fn main() -> ExitCode {
             command: OwnerCommand::SetPassword(store),
         }) => set_password(store).await,
         Some(Command::Store { command }) => migrate(command).await,
+        Some(Command::Doctor(args)) => run_doctor(args).await,
         None => serve(cli.serve).await,
     }
 }
@@ -179,6 +183,40 @@ async fn migrate(command: StoreCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => report(vec![e.to_string()]),
+    }
+}
+
+/// `gatehouse doctor URL`: the checklist (or JSON) on standard output; exit status 1
+/// when a check fails, 2 when the URL is unusable.
+async fn run_doctor(args: DoctorArgs) -> ExitCode {
+    let target = match doctor::Target::parse(&args.url, args.mcp_path.as_deref()) {
+        Ok(target) => target,
+        Err(e) => return report(vec![e]),
+    };
+    let options = doctor::Options {
+        register: !args.no_register,
+        ..doctor::Options::default()
+    };
+    let result = doctor::run_target(&target, &options).await;
+    let text = if args.json {
+        match serde_json::to_string_pretty(&result) {
+            Ok(json) => format!("{json}\n"),
+            Err(e) => return report(vec![format!("cannot write the report: {e}")]),
+        }
+    } else {
+        format!(
+            "Gatehouse doctor: {} (MCP URL {})\n\n{}",
+            target.base(),
+            target.mcp_url(),
+            result.render()
+        )
+    };
+    // Not print!: a closed pipe (`| head`) must not panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if result.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -156,6 +156,14 @@ impl Resources {
         self.0.iter()
     }
 
+    /// Every scope some resource defines: what a client may register or be
+    /// described with.
+    pub fn all_scopes(&self) -> ScopeSet {
+        self.0
+            .iter()
+            .fold(ScopeSet::default(), |all, r| all.union(&r.all_scopes()))
+    }
+
     /// Every scope of every resource, for the authorization server's metadata.
     pub fn scopes_supported(&self) -> Vec<String> {
         self.0

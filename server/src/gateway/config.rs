@@ -16,6 +16,18 @@ pub struct FileConfig {
     pub articles: Option<ArticlesSection>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<RawUpstream>,
+    #[serde(default, rename = "client_document")]
+    pub client_documents: Vec<RawClientDocument>,
+}
+
+/// One `[[client_document]]` table: a client-ID metadata document whose content is
+/// read from `file` instead of fetched from `url` (for servers without outbound
+/// access). A relative `file` is relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientDocument {
+    pub url: String,
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,8 +59,16 @@ impl AuthServer {
                         .into(),
                 ))
             }
+            // The person who lands here is often the owner: say how to fix it.
             Err(ClientError::Document(reason)) => {
-                return Err(page("Client metadata unavailable", format!("{reason}.")))
+                return Err(page(
+                    "Client metadata unavailable",
+                    format!(
+                        "{reason}. If this server cannot reach the document's host, its owner can \
+                         pin the document in Gatehouse's configuration instead (README: \
+                         \"Pinned client metadata documents\")."
+                    ),
+                ))
             }
             Err(ClientError::Store(e)) => return Err(e.into()),
         };

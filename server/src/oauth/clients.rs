@@ -52,10 +52,7 @@ pub struct RegisteredClient {
 impl AuthServer {
     /// Every scope some resource defines: what a client may register with.
     fn known_scopes(&self) -> ScopeSet {
-        self.settings
-            .resources
-            .iter()
-            .fold(ScopeSet::default(), |all, r| all.union(&r.all_scopes()))
+        self.settings.resources.all_scopes()
     }
 
     /// RFC 7591 dynamic registration: a fresh client id, and a fresh secret for
@@ -103,8 +100,8 @@ impl AuthServer {
         })
     }
 
-    /// Finds a client: the static one, a metadata document (fetched, or cached in the
-    /// store), or a registered one.
+    /// Finds a client: the static one, a metadata document (pinned, fetched, or
+    /// cached in memory), or a registered one.
     pub async fn client(&self, raw_id: &str) -> Result<Option<Client>, ClientError> {
         let Some(client_id) = ClientId::parse(raw_id) else {
             return Ok(None);
@@ -136,9 +133,13 @@ impl AuthServer {
         }
     }
 
-    /// A metadata-document client, from the cache while the document's HTTP caching
-    /// headers allow, else fetched and validated.
+    /// A metadata-document client: pinned in the configuration (never fetched), else
+    /// from the cache while the document's HTTP caching headers allow, else fetched
+    /// and validated.
     async fn document_client(&self, url: &url::Url) -> Result<Client, ClientError> {
+        if let Some(pinned) = self.settings.pinned_documents.get(url) {
+            return Ok(pinned.client.clone());
+        }
         let now_ms = self.clock.now_ms();
         if let Some(client) = self.document_cache().get(url, now_ms) {
             return Ok(client);

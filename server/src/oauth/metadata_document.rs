@@ -3,7 +3,10 @@
 //! names a JSON document, published by the client, that describes it. This module
 //! judges the URL and the document; fetching lives in [`crate::outbound`].
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 use url::Url;
@@ -116,6 +119,73 @@ pub fn client_from_document(
         issued_at: now,
         has_grant: true,
     })
+}
+
+/// A document pinned in the `--config` file: its content read from a file at
+/// start-up and used instead of fetching, for servers without outbound access.
+#[derive(Clone, Debug)]
+pub struct PinnedDocument {
+    pub client: Client,
+    /// Where the content came from, for the doctor and error messages.
+    pub file: PathBuf,
+}
+
+/// Every pinned document, by URL.
+#[derive(Clone, Debug, Default)]
+pub struct PinnedDocuments(BTreeMap<String, PinnedDocument>);
+
+impl PinnedDocuments {
+    pub fn get(&self, url: &Url) -> Option<&PinnedDocument> {
+        self.0.get(url.as_str())
+    }
+
+    /// Adds a document; a URL pinned twice is a configuration mistake.
+    pub fn insert(&mut self, url: &Url, document: PinnedDocument) -> Result<(), String> {
+        if self.0.contains_key(url.as_str()) {
+            return Err(format!("{url} is pinned twice"));
+        }
+        self.0.insert(url.as_str().to_owned(), document);
+        Ok(())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &PinnedDocument)> {
+        self.0.iter().map(|(url, doc)| (url.as_str(), doc))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reads the document pinned for `url` from `file`, under the rules of a fetched
+/// one: an https `client_id` URL with a path, at most
+/// [`crate::outbound::MAX_DOCUMENT_BYTES`], and content that describes that URL
+/// ([`client_from_document`]). A pin must not let through what a fetch would refuse.
+pub fn pin(url: &str, file: &Path, known: &ScopeSet) -> Result<(Url, PinnedDocument), String> {
+    let url = document_url(url, false)
+        .unwrap_or_else(|| Err("a client_id URL must use https".into()))
+        .map_err(|e| format!("{url:?}: {e}"))?;
+    let body = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if body.len() > crate::outbound::MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "{}: the metadata document is too large (at most {} bytes)",
+            file.display(),
+            crate::outbound::MAX_DOCUMENT_BYTES
+        ));
+    }
+    let client = client_from_document(&url, &body, known, 0)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((
+        url,
+        PinnedDocument {
+            client,
+            file: file.to_owned(),
+        },
+    ))
 }
 
 /// Fetched documents, in memory and bounded: an anonymous caller who names a new
@@ -231,6 +301,71 @@ mod tests {
             );
         }
         assert!(client_from_document(&url, b"not json", &known(), 0).is_err());
+    }
+
+    #[test]
+    fn pinned_documents_follow_the_rules_of_fetched_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, content: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            path
+        };
+        let valid = write(
+            "claude-code.json",
+            serde_json::json!({
+                "client_id": CLAUDE,
+                "client_name": "Claude Code",
+                "redirect_uris": ["http://localhost/callback", "http://127.0.0.1/callback"],
+                "token_endpoint_auth_method": "none",
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let (url, pinned) = pin(CLAUDE, &valid, &known()).expect("a valid document");
+        assert_eq!(url.as_str(), CLAUDE);
+        assert_eq!(pinned.client.kind, ClientKind::MetadataDocument);
+        assert_eq!(pinned.client.client_name.as_deref(), Some("Claude Code"));
+        assert_eq!(pinned.file, valid);
+        let mut all = PinnedDocuments::default();
+        all.insert(&url, pinned.clone()).expect("first");
+        assert!(all.get(&url).is_some());
+        assert!(all.insert(&url, pinned).is_err(), "pinned twice");
+
+        let missing = dir.path().join("missing.json");
+        let refused = pin(CLAUDE, &missing, &known()).expect_err("no such file");
+        assert!(refused.contains("missing.json"), "{refused}");
+
+        let garbage = write("garbage.json", b"<html>not json</html>");
+        let refused = pin(CLAUDE, &garbage, &known()).expect_err("not JSON");
+        assert!(refused.contains("not valid JSON"), "{refused}");
+
+        let other = write(
+            "other.json",
+            serde_json::json!({
+                "client_id": "https://claude.ai/oauth/mcp-oauth-client-metadata",
+                "redirect_uris": ["https://claude.ai/api/mcp/auth_callback"],
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let refused = pin(CLAUDE, &other, &known()).expect_err("another client_id");
+        assert!(
+            refused.contains("client_id differs from its URL"),
+            "{refused}"
+        );
+
+        let huge = write(
+            "huge.json",
+            &vec![b' '; crate::outbound::MAX_DOCUMENT_BYTES + 1],
+        );
+        let refused = pin(CLAUDE, &huge, &known()).expect_err("too large");
+        assert!(refused.contains("too large"), "{refused}");
+
+        for bad_url in ["http://claude.ai/doc", "https://claude.ai/", "claude-code"] {
+            let refused = pin(bad_url, &valid, &known()).expect_err(bad_url);
+            assert!(refused.contains(bad_url), "{refused}");
+        }
     }
 
     #[test]

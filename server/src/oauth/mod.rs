@@ -57,6 +57,9 @@ pub struct OAuthSettings {
     /// Client-ID metadata documents kept in memory at once.
     pub max_cached_documents: usize,
     pub static_client: Option<StaticClient>,
+    /// Client-ID metadata documents pinned in the `--config` file: used instead of
+    /// fetching, for servers that cannot reach the documents' hosts.
+    pub pinned_documents: Arc<metadata_document::PinnedDocuments>,
     /// Admit client-ID metadata documents on loopback http URLs. Tests only.
     pub allow_loopback_client_metadata: bool,
 }
@@ -105,6 +108,12 @@ impl AuthServer {
 
     pub fn settings(&self) -> &OAuthSettings {
         &self.settings
+    }
+
+    /// The guarded fetcher of client-ID metadata documents, for the doctor's check
+    /// that this server can reach the documents Claude uses.
+    pub fn document_fetcher(&self) -> &DocumentFetcher {
+        &self.fetcher
     }
 
     fn now(&self) -> u64 {

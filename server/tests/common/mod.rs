@@ -187,8 +187,13 @@ impl TestApp {
 
     /// An app whose public URL is `public_url` instead of [`PUBLIC_URL`].
     pub fn with_public_url(public_url: &str) -> Self {
+        Self::with_public_url_and(public_url, &[])
+    }
+
+    /// The same, with more flags.
+    pub fn with_public_url_and(public_url: &str, extra: &[&str]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let config = config_for(public_url, dir.path(), &[]);
+        let config = config_for(public_url, dir.path(), extra);
         let clock = Clock::manual();
         let store = embedded(&config, &clock);
         Self::assemble(dir, config, store, clock)
@@ -301,10 +306,28 @@ impl TestApp {
 
     /// Serves the app on a free loopback port, as a real instance; every request of
     /// the helpers then goes over TCP.
-    pub async fn serve(mut self) -> Self {
+    pub async fn serve(self) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        self.serve_on(listener).await
+    }
+
+    /// An app whose public URL is the loopback address it is served on: a
+    /// deployment with nothing in front, as a client on this machine reaches it.
+    pub async fn served_at_its_own_url(extra: &[&str]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        Self::with_public_url_and(&format!("http://{addr}"), extra)
+            .serve_on(listener)
+            .await
+    }
+
+    /// Serves the app on `listener`, bound by the caller (who may need its port
+    /// first).
+    pub async fn serve_on(mut self, listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().expect("addr");
         let app = self
             .router
