@@ -28,6 +28,16 @@ pub struct ConsentView {
     pub ignored_scopes: Vec<String>,
     pub approve_href: String,
     pub deny_href: String,
+    /// "Approve read-only", when the request asks to write too.
+    pub read_only: Option<ReadOnlyChoice>,
+}
+
+/// The lesser choice on the consent page: its own single-use link.
+#[derive(Clone, Debug)]
+pub struct ReadOnlyChoice {
+    pub href: String,
+    /// The scopes it grants.
+    pub scopes: Vec<String>,
 }
 
 pub fn consent_document(view: ConsentView) -> String {
@@ -44,6 +54,7 @@ pub fn consent_document(view: ConsentView) -> String {
         ignored_scopes,
         approve_href,
         deny_href,
+        read_only,
     } = view;
     let title = format!("Allow {client_name}?");
     document(
@@ -94,6 +105,16 @@ pub fn consent_document(view: ConsentView) -> String {
                     })}
                     <div class="actions">
                         <a class="button" data-testid="approve" href=approve_href>"Approve"</a>
+                        {read_only.map(|choice| view! {
+                            <a
+                                class="button secondary"
+                                data-testid="approve-read-only"
+                                title=format!("Grants only {}", choice.scopes.join(" "))
+                                href=choice.href
+                            >
+                                "Approve read-only"
+                            </a>
+                        })}
                         <a class="button secondary" data-testid="deny" href=deny_href>"Deny"</a>
                     </div>
                 </section>

@@ -106,6 +106,20 @@ impl Resource {
         ScopeSet::only(self.read.clone())
     }
 
+    /// What "approve read-only" grants of `requested`: everything but the write
+    /// scope, when the request includes it and something is left.
+    pub fn read_only(&self, requested: &ScopeSet) -> Option<ScopeSet> {
+        if !requested.contains(&self.write) {
+            return None;
+        }
+        let narrowed: ScopeSet = requested
+            .iter()
+            .filter(|s| **s != self.write)
+            .cloned()
+            .collect();
+        (!narrowed.is_empty()).then_some(narrowed)
+    }
+
     pub fn description(&self, scope: &Scope) -> Option<&str> {
         if *scope == self.read {
             Some(&self.read_description)

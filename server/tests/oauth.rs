@@ -610,6 +610,107 @@ async fn deny_sends_access_denied() {
     assert_eq!(approve.status, StatusCode::BAD_REQUEST);
 }
 
+/// The consent page's "Approve read-only" link, if it has one.
+fn read_only_link(consent: &Answer) -> Option<String> {
+    let at = consent.body.find("data-testid=\"approve-read-only\"")?;
+    let rest = &consent.body[at..];
+    let start = rest.find("href=\"")? + 6;
+    let end = start + rest[start..].find('"')?;
+    Some(rest[start..end].replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_owner_can_approve_only_the_read_scope_of_a_request_that_writes() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+
+    // Nothing to narrow when only reading is asked.
+    let reading = app
+        .authorize(&client_id, &[("scope", "read:articles")], Some(&cookie))
+        .await;
+    assert_eq!(reading.status, StatusCode::OK);
+    assert_eq!(read_only_link(&reading), None);
+
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let read_only = read_only_link(&consent).expect("an approve read-only link");
+    assert_ne!(read_only, TestApp::link(&consent, "approve"));
+    let approved = app.get(&read_only, Some(&cookie)).await;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+    assert_eq!(approved.param("state").as_deref(), Some("xyz-state"));
+    let code = approved.param("code").expect("code");
+    let tokens = app.redeem(&client_id, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    assert_eq!(tokens.json()["scope"], "read:articles");
+    let refreshed = app
+        .refresh(
+            &client_id,
+            tokens.json()["refresh_token"].as_str().unwrap(),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        refreshed.json()["scope"],
+        "read:articles",
+        "{}",
+        refreshed.body
+    );
+}
+
+#[tokio::test]
+async fn the_first_choice_on_a_consent_page_voids_the_others() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Test").await;
+    let cookie = app.sign_in().await;
+
+    // Approving everything voids approving read-only, and the reverse.
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let full = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_eq!(full.status, StatusCode::SEE_OTHER);
+    let late = app
+        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST);
+    assert!(late.headers.get(header::LOCATION).is_none());
+
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let narrow = app
+        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .await;
+    assert_eq!(narrow.status, StatusCode::SEE_OTHER);
+    for which in ["approve", "deny"] {
+        let late = app
+            .get(&TestApp::link(&consent, which), Some(&cookie))
+            .await;
+        assert_eq!(late.status, StatusCode::BAD_REQUEST, "{which}");
+    }
+
+    // Denying voids the read-only choice too.
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let denied = app
+        .get(&TestApp::link(&consent, "deny"), Some(&cookie))
+        .await;
+    assert_eq!(denied.param("error").as_deref(), Some("access_denied"));
+    let late = app
+        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST);
+
+    // Another session's click burns neither link.
+    let other = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    let foreign = app
+        .get(&read_only_link(&consent).unwrap(), Some(&other))
+        .await;
+    assert_eq!(foreign.status, StatusCode::BAD_REQUEST);
+    let owners = app
+        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .await;
+    assert_eq!(owners.status, StatusCode::SEE_OTHER);
+}
+
 // ----- token endpoint ----------------------------------------------------------------------
 
 #[tokio::test]

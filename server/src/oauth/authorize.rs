@@ -10,7 +10,8 @@ use super::{
     client::ClientKind,
     pkce::CodeChallenge,
     records::{
-        grant_key, ticket_key, token_key, CodeRecord, Grant, PendingAuthorization, Ticket, OWNER,
+        decision_key, grant_key, ticket_key, token_key, CodeRecord, Grant, PendingAuthorization,
+        Ticket, OWNER,
     },
     redirect::RedirectUri,
     scope::ScopeSet,
@@ -22,6 +23,15 @@ use crate::{
     resource::Resource,
     store::{decode, encode, Group, Put, StoreError},
 };
+
+/// The tickets of one consent page.
+#[derive(Debug)]
+pub struct ConsentTickets {
+    /// Approves what was asked; also the deny link's.
+    pub full: String,
+    /// Approves the read-only part of it, when the request asked to write too.
+    pub read_only: Option<String>,
+}
 
 /// The query of `GET /oauth/authorize`, as sent.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -205,17 +215,40 @@ impl AuthServer {
         redirect_uri.with_params(&params)
     }
 
-    /// Creates the single-use ticket behind the consent page's approve and deny links,
-    /// bound to this sign-in session and this request.
-    pub async fn create_ticket(
+    /// Creates the single-use tickets behind the consent page's links, bound to this
+    /// sign-in session and this request: one to approve (or deny) what was asked and,
+    /// when `read_only` is given, one to approve only those scopes. Whichever is used
+    /// first decides; the other then stops working.
+    pub async fn create_tickets(
         &self,
         session: &SecretHash,
         request: PendingAuthorization,
+        read_only: Option<ScopeSet>,
+    ) -> Result<ConsentTickets, StoreError> {
+        let decision = random_token();
+        let narrowed = read_only.map(|scopes| PendingAuthorization {
+            scopes,
+            ..request.clone()
+        });
+        let full = self.put_ticket(session, request, &decision).await?;
+        let read_only = match narrowed {
+            Some(request) => Some(self.put_ticket(session, request, &decision).await?),
+            None => None,
+        };
+        Ok(ConsentTickets { full, read_only })
+    }
+
+    async fn put_ticket(
+        &self,
+        session: &SecretHash,
+        request: PendingAuthorization,
+        decision: &str,
     ) -> Result<String, StoreError> {
         let ticket = random_token();
         let record = encode(&Ticket {
             session: session.clone(),
             request,
+            decision: Some(decision.to_owned()),
         })?;
         self.store
             .put(&ticket_key(&ticket), &record, Put::ttl(TICKET_TTL))
@@ -223,7 +256,8 @@ impl AuthServer {
         Ok(ticket)
     }
 
-    /// Redeems a ticket for this session, once.
+    /// Redeems a ticket for this session, once, and only if no other ticket of the
+    /// same consent page was used.
     async fn redeem_ticket(
         &self,
         ticket: &str,
@@ -238,6 +272,15 @@ impl AuthServer {
             return Err(TicketError::Invalid);
         }
         self.store.take(&key).await?.ok_or(TicketError::Invalid)?;
+        if let Some(decision) = &stored.decision {
+            let first = self
+                .store
+                .put_new(&decision_key(decision), b"1", Put::ttl(TICKET_TTL))
+                .await?;
+            if !first {
+                return Err(TicketError::Invalid);
+            }
+        }
         Ok(stored.request)
     }
 

@@ -164,7 +164,9 @@ impl AuthServer {
         Ok(client)
     }
 
-    fn document_cache(&self) -> std::sync::MutexGuard<'_, metadata_document::DocumentCache> {
+    pub(super) fn document_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, metadata_document::DocumentCache> {
         self.documents.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -9,7 +9,8 @@
 //! - [`code`]: redeeming a code for tokens;
 //! - [`refresh`]: refresh-token rotation with its grace window and reuse detection;
 //! - [`revoke`]: RFC 7009 revocation;
-//! - [`bearer`]: checking an access token for a protected resource.
+//! - [`bearer`]: checking an access token for a protected resource;
+//! - [`grants`]: the owner's list of live grants and revoking them.
 
 pub mod authorize;
 pub mod bearer;
@@ -18,6 +19,7 @@ pub mod clients;
 pub mod code;
 pub mod error;
 pub mod grace;
+pub mod grants;
 pub mod metadata_document;
 pub mod owner;
 pub mod pkce;

@@ -41,6 +41,18 @@ pub struct PendingAuthorization {
 pub struct Ticket {
     pub session: SecretHash,
     pub request: PendingAuthorization,
+    /// Shared by every ticket of one consent page (approve, approve read-only): the
+    /// first one used decides, and the others stop working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+}
+
+/// The marker the first ticket of a consent page leaves: its siblings are void.
+pub fn decision_key(decision: &str) -> Key {
+    Key::new(
+        Kind::TICKET,
+        &format!("decided-{}", SecretHash::of(decision).as_str()),
+    )
 }
 
 /// A grant: who approved which client for which scopes of which resource, and the

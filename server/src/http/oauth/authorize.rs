@@ -125,15 +125,32 @@ pub async fn authorize(
             .collect(),
         approve_href: String::new(),
         deny_href: String::new(),
+        read_only: None,
     };
-    let ticket = match state.auth.create_ticket(&session, pending).await {
-        Ok(ticket) => ticket,
+    let read_only = resource.and_then(|r| r.read_only(&pending.scopes));
+    let read_only_scopes = read_only
+        .as_ref()
+        .map(|scopes| scopes.iter().map(|s| s.to_string()).collect());
+    let tickets = match state
+        .auth
+        .create_tickets(&session, pending, read_only)
+        .await
+    {
+        Ok(tickets) => tickets,
         Err(e) => return unavailable_page(&e).into_response(),
     };
-    let encoded: String = form_urlencoded::byte_serialize(ticket.as_bytes()).collect();
+    let encode =
+        |ticket: &str| -> String { form_urlencoded::byte_serialize(ticket.as_bytes()).collect() };
+    let full = encode(&tickets.full);
     let view = app::oauth_pages::ConsentView {
-        approve_href: format!("/oauth/authorize/approve?ticket={encoded}"),
-        deny_href: format!("/oauth/authorize/deny?ticket={encoded}"),
+        approve_href: format!("/oauth/authorize/approve?ticket={full}"),
+        deny_href: format!("/oauth/authorize/deny?ticket={full}"),
+        read_only: tickets
+            .read_only
+            .map(|ticket| app::oauth_pages::ReadOnlyChoice {
+                href: format!("/oauth/authorize/approve?ticket={}", encode(&ticket)),
+                scopes: read_only_scopes.unwrap_or_default(),
+            }),
         ..view
     };
     (

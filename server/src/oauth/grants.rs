@@ -1,0 +1,159 @@
+//! The owner's view of what has access: every live grant with the client it was
+//! given to, and revoking a grant or every grant of a client at once.
+
+use serde::Serialize;
+
+use super::{
+    client::{ClientId, ClientKind},
+    metadata_document,
+    records::Grant,
+    redirect::RedirectUri,
+    AuthServer,
+};
+use crate::{
+    audit::{Event, EventKind},
+    store::{decode, Group, Kind, StoreResult},
+};
+
+/// How a client is identified, for the console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "host", rename_all = "snake_case")]
+pub enum Identity {
+    /// Its client-ID metadata document, published on this host.
+    Document(String),
+    /// The client configured with `--static-client-id`.
+    Static,
+    /// Registered itself: its name is its own choice.
+    SelfRegistered,
+    /// Registered itself, and its registration is gone since.
+    Unknown,
+}
+
+/// A live grant as the console lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrantSummary {
+    pub grant: String,
+    pub client_id: ClientId,
+    pub client_name: String,
+    pub identity: Identity,
+    /// The hosts of the client's redirect URIs.
+    pub redirect_hosts: Vec<String>,
+    pub scopes: String,
+    pub resource: String,
+    /// Seconds since the epoch.
+    pub approved_at: u64,
+}
+
+impl AuthServer {
+    /// Every grant whose code was redeemed and which is not revoked or expired.
+    pub async fn grants(&self) -> StoreResult<Vec<GrantSummary>> {
+        let prefix = format!("{}:", Kind::GRANT.as_str());
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(&prefix).await? {
+            let Ok(grant) = decode::<Grant>(&raw) else {
+                tracing::warn!(key = %key, "skipping an unreadable grant");
+                continue;
+            };
+            if grant.refresh.is_none() {
+                continue;
+            }
+            if !key.as_str().ends_with(":record") {
+                continue;
+            }
+            let Some(group) = key.group() else { continue };
+            let (client_name, identity, redirect_hosts) = self.describe(&grant.client_id).await?;
+            out.push(GrantSummary {
+                grant: group.as_str().to_owned(),
+                client_id: grant.client_id,
+                client_name,
+                identity,
+                redirect_hosts,
+                scopes: grant.scopes.to_string(),
+                resource: grant.resource.to_string(),
+                approved_at: grant.created_at,
+            });
+        }
+        out.sort_by(|a, b| b.approved_at.cmp(&a.approved_at));
+        Ok(out)
+    }
+
+    /// What the console says of a client, without fetching anything: a metadata
+    /// document client is named from the cache when it is there, else by its URL.
+    async fn describe(&self, client_id: &ClientId) -> StoreResult<(String, Identity, Vec<String>)> {
+        let hosts = |uris: &[RedirectUri]| {
+            let mut hosts: Vec<String> = uris.iter().map(RedirectUri::host).collect();
+            hosts.sort();
+            hosts.dedup();
+            hosts
+        };
+        if let Some(fixed) = &self.settings.static_client {
+            if fixed.client_id == *client_id {
+                return Ok((
+                    client_id.to_string(),
+                    Identity::Static,
+                    hosts(&fixed.redirect_uris),
+                ));
+            }
+        }
+        if let Some(Ok(url)) = metadata_document::document_url(
+            client_id.as_str(),
+            self.settings.allow_loopback_client_metadata,
+        ) {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            let cached = self
+                .settings
+                .pinned_documents
+                .get(&url)
+                .map(|pinned| pinned.client.clone())
+                .or_else(|| self.document_cache().get(&url, self.clock.now_ms()));
+            return Ok(match cached {
+                Some(client) => (
+                    client.display_name().to_owned(),
+                    Identity::Document(host),
+                    hosts(&client.redirect_uris),
+                ),
+                None => (client_id.to_string(), Identity::Document(host), Vec::new()),
+            });
+        }
+        match self.client(client_id.as_str()).await {
+            Ok(Some(client)) if client.kind == ClientKind::Registered => Ok((
+                client.display_name().to_owned(),
+                Identity::SelfRegistered,
+                hosts(&client.redirect_uris),
+            )),
+            Ok(Some(client)) => Ok((
+                client.display_name().to_owned(),
+                Identity::Unknown,
+                Vec::new(),
+            )),
+            Ok(None) | Err(super::ClientError::Document(_)) => {
+                Ok((client_id.to_string(), Identity::Unknown, Vec::new()))
+            }
+            Err(super::ClientError::Store(e)) => Err(e),
+        }
+    }
+
+    /// Ends a grant at once: its tokens stop working at their next request.
+    pub async fn revoke_grant(&self, grant: &Group) -> StoreResult<bool> {
+        let removed = self.store.delete_group(grant).await? > 0;
+        if removed {
+            self.audit
+                .record(Event::new(EventKind::GrantRevoked).grant(grant.as_str()));
+        }
+        Ok(removed)
+    }
+
+    /// Ends every grant of one client; returns how many.
+    pub async fn revoke_client(&self, client_id: &ClientId) -> StoreResult<usize> {
+        let mut revoked = 0;
+        for grant in self.grants().await? {
+            let Some(group) = Group::parse(&grant.grant) else {
+                continue;
+            };
+            if grant.client_id == *client_id && self.revoke_grant(&group).await? {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+}
