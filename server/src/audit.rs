@@ -33,6 +33,14 @@ const LOG: &str = "activity";
 const QUEUE: usize = 8192;
 /// Events written per store call at most.
 const BATCH: usize = 512;
+/// The characters of a tool name an event keeps.
+pub const MAX_TOOL_NAME: usize = 128;
+
+/// Distinct (resource, tool) label pairs the tool-call metrics take; calls to tools
+/// beyond them count as `tool="other"`, so that clients calling made-up names
+/// cannot grow the metrics without bound.
+pub const MAX_TOOL_LABELS: usize = 512;
+
 /// How often usage counters are written.
 pub const USAGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -147,8 +155,14 @@ impl Event {
         self
     }
 
+    /// A tool call. The name is the client's to choose: only its first
+    /// [`MAX_TOOL_NAME`] characters are kept.
     pub fn tool(mut self, tool: impl Into<String>, outcome: &str, duration: Duration) -> Self {
-        self.tool = Some(tool.into());
+        let mut tool = tool.into();
+        if let Some((cut, _)) = tool.char_indices().nth(MAX_TOOL_NAME) {
+            tool.truncate(cut);
+        }
+        self.tool = Some(tool);
         self.outcome = Some(outcome.to_owned());
         self.duration_ms = Some(duration.as_millis() as u64);
         self
@@ -211,6 +225,8 @@ pub struct Audit {
     clock: Clock,
     dropped: AtomicU64,
     usage: Mutex<HashMap<Group, Pending>>,
+    /// The tool labels the metrics have taken so far.
+    tool_labels: Mutex<std::collections::HashSet<(String, String)>>,
     retention: Duration,
     cap: usize,
 }
@@ -225,6 +241,7 @@ impl Audit {
             clock,
             dropped: AtomicU64::new(0),
             usage: Mutex::default(),
+            tool_labels: Mutex::default(),
             retention,
             cap,
         });
@@ -248,7 +265,7 @@ impl Audit {
         match event.kind {
             Some(EventKind::ToolCall) => {
                 let resource = event.resource.clone().unwrap_or_default();
-                let tool = event.tool.clone().unwrap_or_default();
+                let tool = self.tool_label(&resource, event.tool.as_deref().unwrap_or_default());
                 let outcome = event.outcome.clone().unwrap_or_default();
                 metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool, "outcome" => outcome)
                     .increment(1);
@@ -266,6 +283,21 @@ impl Audit {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(telemetry::ACTIVITY_DROPPED).increment(1);
         }
+    }
+
+    /// `tool` as a metric label: itself while fewer than [`MAX_TOOL_LABELS`] are in
+    /// use, else `other`.
+    fn tool_label(&self, resource: &str, tool: &str) -> String {
+        let mut labels = self.tool_labels.lock().unwrap_or_else(|p| p.into_inner());
+        let pair = (resource.to_owned(), tool.to_owned());
+        if labels.contains(&pair) {
+            return pair.1;
+        }
+        if labels.len() < MAX_TOOL_LABELS {
+            labels.insert(pair);
+            return tool.to_owned();
+        }
+        "other".to_owned()
     }
 
     /// Events dropped because the queue was full.
@@ -418,5 +450,29 @@ mod tests {
             let json = serde_json::to_string(&kind).expect("json");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
+    }
+
+    #[test]
+    fn a_clients_tool_names_are_bounded_in_events_and_metrics() {
+        let long = "t".repeat(10_000);
+        let event = Event::new(EventKind::ToolCall).tool(&long, "error", Duration::ZERO);
+        assert_eq!(event.tool.as_deref().map(str::len), Some(MAX_TOOL_NAME));
+        let wide = "é".repeat(MAX_TOOL_NAME + 5);
+        let event = Event::new(EventKind::ToolCall).tool(&wide, "error", Duration::ZERO);
+        assert_eq!(event.tool.map(|t| t.chars().count()), Some(MAX_TOOL_NAME));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let audit = Audit::new(store, Clock::system(), Duration::from_secs(60), 10);
+        for i in 0..MAX_TOOL_LABELS {
+            assert_eq!(
+                audit.tool_label("r", &format!("tool{i}")),
+                format!("tool{i}")
+            );
+        }
+        assert_eq!(audit.tool_label("r", "one-more"), "other");
+        assert_eq!(audit.tool_label("r", "tool7"), "tool7", "known labels stay");
     }
 }

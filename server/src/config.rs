@@ -36,9 +36,27 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// How the log is written: `text` for people, `json` (one object per line) for
+    /// machines. Activity events carry `target` `gatehouse::audit` in both.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "GATEHOUSE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
     /// `gatehouse` alone runs `gatehouse serve`.
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Cli {

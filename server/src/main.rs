@@ -3,7 +3,8 @@ use std::{io::BufRead, process::ExitCode};
 use clap::Parser;
 use gatehouse::{
     config::{
-        Cli, Command, DoctorArgs, OwnerCommand, ServeArgs, StoreArgs, StoreCommand, StoreSpec,
+        Cli, Command, DoctorArgs, LogFormat, OwnerCommand, ServeArgs, StoreArgs, StoreCommand,
+        StoreSpec,
     },
     doctor,
     http::{
@@ -23,14 +24,17 @@ async fn main() -> ExitCode {
     // TLS for the gateway's HTTP upstreams (rmcp's client is built on reqwest with
     // rustls and no default provider).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
-        )
-        .init();
-
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+
     match cli.command {
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Owner {

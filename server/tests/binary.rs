@@ -247,3 +247,66 @@ async fn set_password_ends_every_sign_in_session() {
         "the old session ended"
     );
 }
+
+/// `--log-format json`: one JSON object per line, activity events among them with
+/// their kind and particulars, and never the password that was tried.
+#[tokio::test]
+async fn json_logs_carry_activity_events_for_machines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let hash = gatehouse::oauth::owner::hash_password("the right password").expect("hash");
+    let mut child = gatehouse()
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--bind",
+            &bind,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--owner-password-hash", &hash])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&bind).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "the server did not start");
+    let answer = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("http://{bind}/oauth/login"))
+        .form(&[("password", "a-wrong-password-9f3c"), ("return_to", "/")])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status().as_u16(), 401);
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(!log.contains("a-wrong-password-9f3c"));
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(!lines.is_empty());
+    let event = lines
+        .iter()
+        .find(|l| l["target"] == "gatehouse::audit" && l["fields"]["kind"] == "sign_in_failed")
+        .unwrap_or_else(|| panic!("no sign-in event in {log}"));
+    assert_eq!(event["fields"]["address"], "127.0.0.1");
+    assert_eq!(event["level"], "INFO");
+}
