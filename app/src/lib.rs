@@ -5,11 +5,12 @@
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
-    components::{Route, Router, Routes},
-    StaticSegment,
+    components::{ParentRoute, Route, Router, Routes},
+    ParamSegment, SsrMode, StaticSegment,
 };
 use serde::{Deserialize, Serialize};
 
+pub mod console;
 #[cfg(feature = "ssr")]
 mod document;
 mod error_page;
@@ -78,6 +79,35 @@ pub fn App() -> impl IntoView {
         <Router>
             <Routes fallback=NotFound>
                 <Route path=StaticSegment("") view=HomePage />
+                // The console renders whole before it is sent (no streamed-in parts),
+                // so that it reads and revokes with JavaScript off.
+                <ParentRoute
+                    path=StaticSegment("console")
+                    view=console::pages::ConsoleLayout
+                    ssr=SsrMode::Async
+                >
+                    <Route path=StaticSegment("") view=console::pages::AppsPage ssr=SsrMode::Async />
+                    <Route
+                        path=StaticSegment("activity")
+                        view=console::pages::ActivityPage
+                        ssr=SsrMode::Async
+                    />
+                    <Route
+                        path=StaticSegment("articles")
+                        view=console::pages::ArticlesPage
+                        ssr=SsrMode::Async
+                    />
+                    <Route
+                        path=(StaticSegment("articles"), ParamSegment("slug"))
+                        view=console::pages::ArticlePage
+                        ssr=SsrMode::Async
+                    />
+                    <Route
+                        path=StaticSegment("connect")
+                        view=console::pages::ConnectPage
+                        ssr=SsrMode::Async
+                    />
+                </ParentRoute>
             </Routes>
         </Router>
     }
@@ -93,6 +123,7 @@ pub async fn get_site_info() -> Result<SiteInfo, ServerFnError> {
 #[component]
 fn HomePage() -> impl IntoView {
     let info = Resource::new_blocking(|| (), |_| get_site_info());
+    let signed_in = Resource::new(|| (), |_| console::console_signed_in());
     view! {
         <main class="page">
             <header class="brand">
@@ -104,6 +135,16 @@ fn HomePage() -> impl IntoView {
                 "MCP clients such as Claude Code, Claude.ai connectors, mcp-remote and the "
                 "MCP Inspector sign in here before they may call this server's tools."
             </p>
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    matches!(signed_in.await, Ok(true)).then(|| view! {
+                        <p class="card owner-link">
+                            "You are signed in as the owner. "
+                            <a class="button" href="/console" data-testid="open-console">"Open the console"</a>
+                        </p>
+                    })
+                })}
+            </Suspense>
             <Suspense fallback=|| view! { <p>"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match info.await {

@@ -64,6 +64,8 @@ pub enum ArticleError {
     NotFound(Slug),
     #[error("an article with the slug {:?} already exists", .0.as_str())]
     Exists(Slug),
+    #[error("the article {:?} changed since it was read", .0.as_str())]
+    Changed(Slug),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -353,6 +355,28 @@ impl Articles {
             if let Some(body) = body {
                 article.body = body.to_owned();
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces title and body, only if the article is still the version that was
+    /// read (`seen`, its `updated_at`): an edit made meanwhile is not overwritten.
+    pub async fn edit(
+        &self,
+        slug: &Slug,
+        title: &str,
+        body: &str,
+        seen: u64,
+    ) -> Result<Article, ArticleError> {
+        let title = check_title(title)?;
+        check_body(body)?;
+        self.modify(slug, |article, _| {
+            if article.updated_at != seen {
+                return Err(ArticleError::Changed(slug.clone()));
+            }
+            article.title = title.clone();
+            article.body = body.to_owned();
             Ok(())
         })
         .await

@@ -645,7 +645,7 @@ async fn the_owner_can_approve_only_the_read_scope_of_a_request_that_writes() {
     let refreshed = app
         .refresh(
             &client_id,
-            tokens.json()["refresh_token"].as_str().unwrap(),
+            tokens.json()["refresh_token"].as_str().expect("present"),
             &[],
         )
         .await;
@@ -670,14 +670,14 @@ async fn the_first_choice_on_a_consent_page_voids_the_others() {
         .await;
     assert_eq!(full.status, StatusCode::SEE_OTHER);
     let late = app
-        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .get(&read_only_link(&consent).expect("present"), Some(&cookie))
         .await;
     assert_eq!(late.status, StatusCode::BAD_REQUEST);
     assert!(late.headers.get(header::LOCATION).is_none());
 
     let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
     let narrow = app
-        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .get(&read_only_link(&consent).expect("present"), Some(&cookie))
         .await;
     assert_eq!(narrow.status, StatusCode::SEE_OTHER);
     for which in ["approve", "deny"] {
@@ -694,7 +694,7 @@ async fn the_first_choice_on_a_consent_page_voids_the_others() {
         .await;
     assert_eq!(denied.param("error").as_deref(), Some("access_denied"));
     let late = app
-        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .get(&read_only_link(&consent).expect("present"), Some(&cookie))
         .await;
     assert_eq!(late.status, StatusCode::BAD_REQUEST);
 
@@ -702,11 +702,11 @@ async fn the_first_choice_on_a_consent_page_voids_the_others() {
     let other = app.sign_in().await;
     let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
     let foreign = app
-        .get(&read_only_link(&consent).unwrap(), Some(&other))
+        .get(&read_only_link(&consent).expect("present"), Some(&other))
         .await;
     assert_eq!(foreign.status, StatusCode::BAD_REQUEST);
     let owners = app
-        .get(&read_only_link(&consent).unwrap(), Some(&cookie))
+        .get(&read_only_link(&consent).expect("present"), Some(&cookie))
         .await;
     assert_eq!(owners.status, StatusCode::SEE_OTHER);
 }

@@ -38,6 +38,7 @@ use crate::{
 };
 
 pub mod address;
+pub mod console;
 mod health;
 pub mod listener;
 pub mod mcp;
@@ -48,6 +49,10 @@ pub mod session;
 
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The pages' server functions take more: the console saves an article of up to
+/// 48 KiB, which form encoding can triple.
+pub const PAGE_BODY_BYTES: usize = 3 * crate::articles::MAX_ARTICLE_BYTES + 16 * 1024;
 
 /// Failed sign-ins per client address before each further attempt must wait, the
 /// longest such wait, and how long a quiet address is remembered.
@@ -317,6 +322,24 @@ pub fn router(state: AppState) -> Router {
             get(oauth::owner::setup_page).post(oauth::owner::setup),
         );
 
+    // Pages (Leptos SSR) and their server functions, with the owner's console.
+    let console: Arc<dyn app::console::ConsoleBackend> =
+        Arc::new(console::Console::new(state.clone()));
+    let pages = Router::new()
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || {
+                provide_context(site_info.clone());
+                provide_context(console.clone());
+            },
+            {
+                let options = state.leptos.clone();
+                move || shell(options.clone())
+            },
+        )
+        .layer(RequestBodyLimitLayer::new(PAGE_BODY_BYTES));
+
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::guarded))
@@ -324,19 +347,14 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp)
         .merge(metadata)
         .merge(browser)
-        // Pages (Leptos SSR) and their server functions.
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_context(site_info.clone()),
-            {
-                let options = state.leptos.clone();
-                move || shell(options.clone())
-            },
-        )
         // Static files from the site root (`/pkg/*`), else the app's 404 page.
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .merge(pages)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            console::guard,
+        ))
         .layer(RequestBodyTimeoutLayer::new(
             state.config.limits.request_body_timeout,
         ))

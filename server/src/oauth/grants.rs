@@ -73,7 +73,7 @@ impl AuthServer {
                 approved_at: grant.created_at,
             });
         }
-        out.sort_by(|a, b| b.approved_at.cmp(&a.approved_at));
+        out.sort_by_key(|g| std::cmp::Reverse(g.approved_at));
         Ok(out)
     }
 

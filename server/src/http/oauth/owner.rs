@@ -22,13 +22,20 @@ use crate::{
     oauth::owner::SetupError,
 };
 
-/// Where to go after signing in: only back into an authorization request or home, so
-/// the parameter cannot be used as an open redirect.
+/// Where to go after signing in: only back into an authorization request, the
+/// console, or home, so the parameter cannot be used as an open redirect.
 fn safe_return_to(raw: Option<&str>) -> String {
+    let one_line = |path: &str| !path.contains(['\r', '\n']);
+    // A console path: plain characters only, so it cannot turn into another host.
+    let console = |path: &str| {
+        (path == "/console" || path.starts_with("/console/") || path.starts_with("/console?"))
+            && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+            && !path.contains("//")
+            && !path.contains("/..")
+    };
     match raw {
-        Some(path) if path.starts_with("/oauth/authorize?") && !path.contains(['\r', '\n']) => {
-            path.to_owned()
-        }
+        Some(path) if path.starts_with("/oauth/authorize?") && one_line(path) => path.to_owned(),
+        Some(path) if console(path) => path.to_owned(),
         _ => "/".to_owned(),
     }
 }

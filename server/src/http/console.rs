@@ -1,0 +1,587 @@
+//! The owner's console on the server: the backend its server functions call
+//! (`app::console`), and the middleware in front of its pages and calls.
+//!
+//! Every call needs the owner's session. Every call that changes something also
+//! needs a same-origin request (`Sec-Fetch-Site`, else `Origin`) and the session's
+//! CSRF token: the SHA-256 of the session cookie under a fixed label, so it needs no
+//! storage, dies with the session, and reveals nothing of the cookie.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use app::console::{
+    ActivityRow, ActivityView, AppRow, ArticleDetail, ArticleRow, CheckRow, ConsoleBackend,
+    ConsoleError,
+};
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{
+    oauth::same_origin_post,
+    pages::see_other,
+    session::{cookie_name, cookie_value},
+    AppState,
+};
+use crate::{
+    articles::{ArticleError, Slug, Status, MAX_PAGE},
+    audit::{Event, EventKind},
+    oauth::{
+        client::ClientId,
+        grants::{GrantSummary, Identity},
+    },
+    store::{Group, StoreError},
+};
+
+/// Events on one page of the activity log, and how many the filter may look
+/// through for them.
+const ACTIVITY_PAGE: usize = 50;
+const ACTIVITY_SCAN: usize = 5_000;
+const ACTIVITY_BATCH: usize = 200;
+
+/// The doctor's requests from the Connect page: shorter than the CLI's, as someone
+/// waits for the page.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Console {
+    state: AppState,
+    /// One run of the doctor at a time.
+    checks: tokio::sync::Mutex<()>,
+}
+
+impl Console {
+    pub fn new(state: AppState) -> Self {
+        Console {
+            state,
+            checks: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// The CSRF token of the session whose cookie is `cookie`.
+pub fn csrf_token(cookie: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"gatehouse console csrf\0");
+    hash.update(cookie.as_bytes());
+    URL_SAFE_NO_PAD.encode(hash.finalize())
+}
+
+/// `2026-12-01 14:03:05`, in UTC.
+fn when(secs: u64) -> String {
+    let stamp = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+    stamp
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
+}
+
+fn unavailable(error: &StoreError) -> ConsoleError {
+    tracing::error!(error = %error, "store failure in the console");
+    ConsoleError::new(503, "The store is unavailable; try again shortly.")
+}
+
+fn article_error(error: ArticleError) -> ConsoleError {
+    match error {
+        ArticleError::Invalid(message) => ConsoleError::new(400, message),
+        ArticleError::NotFound(_) => ConsoleError::new(404, error.to_string()),
+        ArticleError::Exists(_) => ConsoleError::new(409, error.to_string()),
+        ArticleError::Changed(_) => ConsoleError::new(
+            409,
+            "Someone changed this article since you opened it. Open it again to see their change, then redo yours.",
+        ),
+        ArticleError::Store(e) => unavailable(&e),
+    }
+}
+
+fn identity(summary: &GrantSummary) -> (String, bool) {
+    match &summary.identity {
+        Identity::Document(host) => (host.clone(), true),
+        Identity::Static => ("static client".into(), true),
+        Identity::SelfRegistered => ("self-registered".into(), false),
+        Identity::Unknown => ("unknown".into(), false),
+    }
+}
+
+/// An event's particulars in words; never a secret (events hold none).
+fn detail(event: &Event) -> String {
+    let mut parts = Vec::new();
+    if let Some(tool) = &event.tool {
+        parts.push(format!("tool {tool}"));
+    }
+    if let Some(outcome) = &event.outcome {
+        parts.push(outcome.clone());
+    }
+    if let Some(ms) = event.duration_ms {
+        parts.push(format!("{ms} ms"));
+    }
+    if let Some(scopes) = &event.scopes {
+        parts.push(format!("scopes {scopes}"));
+    }
+    if let Some(resource) = &event.resource {
+        parts.push(format!("on {resource}"));
+    }
+    if let Some(address) = &event.address {
+        parts.push(format!("from {address}"));
+    }
+    if event.kind == Some(EventKind::RefreshReuseDetected) {
+        parts.push("the grant was revoked".into());
+    }
+    parts.join(" · ")
+}
+
+impl Console {
+    async fn live_grants(&self) -> Result<Vec<GrantSummary>, ConsoleError> {
+        self.state.auth.grants().await.map_err(|e| unavailable(&e))
+    }
+
+    fn slug(raw: &str) -> Result<Slug, ConsoleError> {
+        Slug::parse(raw).map_err(article_error)
+    }
+}
+
+#[async_trait::async_trait]
+impl ConsoleBackend for Console {
+    async fn signed_in(&self, headers: &HeaderMap) -> bool {
+        matches!(
+            super::session::current_session(&self.state, headers).await,
+            Ok(Some(_))
+        )
+    }
+
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        csrf: Option<&str>,
+    ) -> Result<String, ConsoleError> {
+        let sign_in = || ConsoleError::new(401, "Sign in to use the console.");
+        let cookie = cookie_value(headers, cookie_name(&self.state))
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .ok_or_else(sign_in)?;
+        match self.state.owner.session(cookie).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(sign_in()),
+            Err(e) => return Err(unavailable(&e)),
+        }
+        let token = csrf_token(cookie);
+        if let Some(given) = csrf {
+            if same_origin_post(&self.state, headers).is_err() {
+                return Err(ConsoleError::new(
+                    403,
+                    "Cross-site request refused: console actions work only from the console's own pages.",
+                ));
+            }
+            if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                tracing::warn!("refused a console action without this session's CSRF token");
+                return Err(ConsoleError::new(
+                    403,
+                    "This form has expired. Reload the page and try again.",
+                ));
+            }
+        }
+        Ok(token)
+    }
+
+    async fn apps(&self) -> Result<Vec<AppRow>, ConsoleError> {
+        // Usage counters are written about once a minute; write this instance's now.
+        if let Err(e) = self.state.audit.flush().await {
+            tracing::warn!(error = %e, "could not write usage before listing apps");
+        }
+        let now_ms = self.state.clock.now_ms();
+        let mut rows = Vec::new();
+        for summary in self.live_grants().await? {
+            let usage = match Group::parse(&summary.grant) {
+                Some(group) => self
+                    .state
+                    .audit
+                    .usage(&group)
+                    .await
+                    .map_err(|e| unavailable(&e))?,
+                None => Default::default(),
+            };
+            let (identity, verified) = identity(&summary);
+            rows.push(AppRow {
+                identity,
+                verified,
+                approved: when(summary.approved_at),
+                last_used: (usage.last_used > 0).then(|| when(usage.last_used / 1000)),
+                calls_last_day: usage.calls_last_day(now_ms),
+                grant: summary.grant,
+                client_id: summary.client_id.to_string(),
+                client_name: summary.client_name,
+                redirect_hosts: summary.redirect_hosts,
+                scopes: summary.scopes,
+                resource: summary.resource,
+            });
+        }
+        Ok(rows)
+    }
+
+    async fn revoke_grant(&self, grant: &str) -> Result<(), ConsoleError> {
+        let group = Group::parse(grant).ok_or_else(|| ConsoleError::new(400, "no such grant"))?;
+        // Gone already (revoked elsewhere, expired): the owner's wish holds.
+        self.state
+            .auth
+            .revoke_grant(&group)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tracing::info!(grant = %grant, "the owner revoked a grant from the console");
+        Ok(())
+    }
+
+    async fn revoke_client(&self, client_id: &str) -> Result<usize, ConsoleError> {
+        let client_id = ClientId::parse(client_id)
+            .ok_or_else(|| ConsoleError::new(400, "that is not a client id"))?;
+        let revoked = self
+            .state
+            .auth
+            .revoke_client(&client_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tracing::info!(
+            revoked,
+            "the owner revoked a client's grants from the console"
+        );
+        Ok(revoked)
+    }
+
+    async fn activity(
+        &self,
+        client: Option<&str>,
+        kind: Option<&str>,
+        before: Option<&str>,
+    ) -> Result<ActivityView, ConsoleError> {
+        let kind = match kind {
+            Some(raw) => Some(
+                EventKind::parse(raw)
+                    .ok_or_else(|| ConsoleError::new(400, "no such kind of event"))?,
+            ),
+            None => None,
+        };
+        if let Err(e) = self.state.audit.flush().await {
+            tracing::warn!(error = %e, "could not write pending events before reading them");
+        }
+        let names: BTreeMap<String, String> = self
+            .live_grants()
+            .await?
+            .into_iter()
+            .map(|g| (g.client_id.to_string(), g.client_name))
+            .collect();
+
+        let mut events = Vec::new();
+        let mut cursor = before.map(str::to_owned);
+        let mut scanned = 0;
+        let mut next = None;
+        'pages: loop {
+            let batch = self
+                .state
+                .audit
+                .read(ACTIVITY_BATCH, cursor.as_deref())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let exhausted = batch.len() < ACTIVITY_BATCH;
+            for (id, event) in batch {
+                scanned += 1;
+                cursor = Some(id.clone());
+                let wanted = kind.is_none_or(|k| event.kind == Some(k))
+                    && client.is_none_or(|c| event.client_id.as_deref() == Some(c));
+                if wanted {
+                    events.push(ActivityRow {
+                        at: when(event.at / 1000),
+                        kind: event.kind.map_or("unknown", EventKind::as_str).to_owned(),
+                        client: event
+                            .client_id
+                            .as_ref()
+                            .map(|id| names.get(id).cloned().unwrap_or_else(|| id.clone())),
+                        detail: detail(&event),
+                        outcome: event.outcome.clone(),
+                    });
+                    if events.len() == ACTIVITY_PAGE {
+                        next = Some(id);
+                        break 'pages;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+            if scanned >= ACTIVITY_SCAN {
+                next = cursor;
+                break;
+            }
+        }
+        let mut clients: Vec<(String, String)> = names.into_iter().collect();
+        if let Some(filtered) = client {
+            if !clients.iter().any(|(id, _)| id == filtered) {
+                clients.push((filtered.to_owned(), filtered.to_owned()));
+            }
+        }
+        Ok(ActivityView {
+            events,
+            next,
+            clients,
+        })
+    }
+
+    fn articles_enabled(&self) -> bool {
+        self.state.article_endpoint.is_some()
+    }
+
+    async fn articles(&self) -> Result<Vec<ArticleRow>, ConsoleError> {
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .state
+                .articles
+                .list(None, MAX_PAGE, cursor.as_deref())
+                .await
+                .map_err(article_error)?;
+            rows.extend(page.articles.into_iter().map(|a| ArticleRow {
+                slug: a.slug.as_str().to_owned(),
+                title: a.title,
+                published: a.status == Status::Published,
+                updated: when(a.updated_at),
+            }));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn article(&self, slug: &str) -> Result<Option<ArticleDetail>, ConsoleError> {
+        let Ok(slug) = Slug::parse(slug) else {
+            return Ok(None);
+        };
+        match self.state.articles.get(&slug).await {
+            Ok(a) => Ok(Some(ArticleDetail {
+                slug: a.slug.as_str().to_owned(),
+                title: a.title,
+                body: a.body,
+                published: a.status == Status::Published,
+                created: when(a.created_at),
+                updated: when(a.updated_at),
+                version: a.updated_at,
+            })),
+            Err(ArticleError::NotFound(_)) => Ok(None),
+            Err(e) => Err(article_error(e)),
+        }
+    }
+
+    async fn save_article(
+        &self,
+        slug: &str,
+        title: &str,
+        body: &str,
+        version: Option<u64>,
+    ) -> Result<String, ConsoleError> {
+        if !self.articles_enabled() {
+            return Err(ConsoleError::new(404, "The article server is turned off."));
+        }
+        // Browsers send a textarea's line breaks as CRLF.
+        let body = body.replace("\r\n", "\n");
+        let article = match version {
+            None => {
+                let slug = match slug {
+                    "" => None,
+                    given => Some(Self::slug(given)?),
+                };
+                self.state.articles.create(slug, title, &body).await
+            }
+            Some(seen) => {
+                let slug = Self::slug(slug)?;
+                self.state.articles.edit(&slug, title, &body, seen).await
+            }
+        }
+        .map_err(article_error)?;
+        Ok(article.slug.as_str().to_owned())
+    }
+
+    async fn publish_article(&self, slug: &str) -> Result<(), ConsoleError> {
+        let slug = Self::slug(slug)?;
+        self.state
+            .articles
+            .publish(&slug)
+            .await
+            .map_err(article_error)?;
+        Ok(())
+    }
+
+    async fn delete_article(&self, slug: &str) -> Result<(), ConsoleError> {
+        let slug = Self::slug(slug)?;
+        self.state
+            .articles
+            .delete(&slug)
+            .await
+            .map_err(article_error)
+    }
+
+    async fn checks(&self) -> Vec<CheckRow> {
+        let _one_at_a_time = self.checks.lock().await;
+        let options = crate::doctor::Options {
+            register: false,
+            timeout: CHECK_TIMEOUT,
+            ..Default::default()
+        };
+        let report = crate::doctor::run_checks(
+            self.state.config.public_url.as_str(),
+            Some(&self.state.auth),
+            &options,
+        )
+        .await;
+        report
+            .checks
+            .into_iter()
+            .map(|c| CheckRow {
+                check: c.check.to_owned(),
+                ok: c.ok,
+                detail: c.detail,
+                fix: c.fix,
+            })
+            .collect()
+    }
+}
+
+/// Leptos answers a call whose arguments do not parse with 500; it is the caller's
+/// error: 400.
+async fn caller_errors_are_400(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "error").into_response();
+    };
+    if bytes.starts_with(b"Args|") || bytes.starts_with(b"Deserialization|") {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn is_console_page(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
+fn is_console_call(path: &str) -> bool {
+    path.starts_with("/api/console/")
+}
+
+/// In front of the console: its pages send a visitor without a session to sign in
+/// (and back); its pages and calls carry the owner pages' headers (never cached,
+/// never framed); and a failed call made by a plain form (no JavaScript) gets an
+/// error page rather than the server function's bare text.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let (page, call) = (is_console_page(&path), is_console_call(&path));
+    if !page && !call {
+        return next.run(request).await;
+    }
+    if page && matches!(*request.method(), Method::GET | Method::HEAD) {
+        let signed_in = matches!(
+            super::session::current_session(&state, request.headers()).await,
+            Ok(Some(_))
+        );
+        if !signed_in {
+            let return_to = request
+                .uri()
+                .path_and_query()
+                .map_or("/console", |p| p.as_str());
+            let login: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("return_to", return_to)
+                .finish();
+            return see_other(&format!("/oauth/login?{login}"));
+        }
+    }
+    let wants_html = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let mut response = next.run(request).await;
+    if call && response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        response = caller_errors_are_400(response).await;
+    }
+    if call
+        && wants_html
+        && response.status().is_client_error() | response.status().is_server_error()
+    {
+        let status = response.status();
+        let (title, message) = match status {
+            StatusCode::UNAUTHORIZED => (
+                "Sign in again",
+                "Your session has ended. Sign in, then repeat what you did.",
+            ),
+            StatusCode::FORBIDDEN => (
+                "Request refused",
+                "Console actions work only from the console's own pages, in the browser that signed in. Reload the page and try again.",
+            ),
+            StatusCode::NOT_FOUND => ("Not found", "There is no such item any more."),
+            StatusCode::CONFLICT => (
+                "Not saved",
+                "Something changed since you opened the page. Open it again, then redo your change.",
+            ),
+            s if s.is_client_error() => (
+                "That did not work",
+                "The form had a value the console cannot accept. Go back and check it.",
+            ),
+            _ => (
+                "Something went wrong",
+                "Gatehouse could not do that just now. Try again shortly.",
+            ),
+        };
+        response = (
+            status,
+            super::oauth::page_headers(),
+            app::error_document(status.as_u16(), title, message),
+        )
+            .into_response();
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_has_words_in_the_console() {
+        for kind in EventKind::ALL {
+            assert!(
+                app::console::EVENT_KINDS
+                    .iter()
+                    .any(|(name, _)| *name == kind.as_str()),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(app::console::EVENT_KINDS.len(), EventKind::ALL.len());
+    }
+
+    #[test]
+    fn the_csrf_token_depends_on_the_session_and_reveals_nothing_of_it() {
+        let a = csrf_token("session-a");
+        assert_eq!(a, csrf_token("session-a"));
+        assert_ne!(a, csrf_token("session-b"));
+        assert!(!a.contains("session"));
+        assert_eq!(a.len(), 43);
+    }
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00:00");
+        assert_eq!(when(1_764_597_785), "2025-12-01 14:03:05");
+    }
+}
