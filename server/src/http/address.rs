@@ -58,13 +58,16 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
 /// addresses (`unknown`, obfuscated names) end the chain there, so nothing left of
 /// them is believed.
 pub fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+    // Values are split as bytes: an entry that is not visible ASCII (which HTTP allows
+    // as obs-text) is unparsable and ends the chain like `unknown`. Dropping its whole
+    // value instead would drop the hops a proxy appended after it, and let a client
+    // pass as the proxy.
     let values = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_owned())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|entry| String::from_utf8_lossy(entry).trim().to_owned())
             .collect()
     };
     let forwarded = values("forwarded");
@@ -176,5 +179,32 @@ mod tests {
         assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
         let h = headers(&[("forwarded", "for=1.1.1.1, for=_hidden, for=192.0.2.1:80")]);
         assert_eq!(forwarded_chain(&h), vec![ip("192.0.2.1")]);
+    }
+
+    /// Found by the property test: a value with a byte outside visible ASCII was
+    /// dropped whole, with the hop the proxy had appended to it, so the client was
+    /// taken for the proxy itself.
+    #[test]
+    fn non_ascii_entries_end_the_chain_without_hiding_the_proxys_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let obs_text = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_bytes(value.as_bytes()).expect("obs-text is allowed"),
+            );
+            h
+        };
+        let h = obs_text("x-forwarded-for", "1.1.1.1, \u{1B164}, 198.51.100.7");
+        assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
+        let h = obs_text("forwarded", "for=\"é\", for=198.51.100.7;proto=https");
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
     }
 }
