@@ -19,6 +19,8 @@ pub mod outbound;
 pub mod ratelimit;
 pub mod resource;
 pub mod store;
+#[cfg(test)]
+mod strategies;
 
 use std::sync::Arc;
 

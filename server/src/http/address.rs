@@ -208,3 +208,126 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use axum::http::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    /// Addresses from a few small ranges, so that trusted ranges and chains overlap.
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u8..4, 0u8..4).prop_map(|(a, b)| IpAddr::from([10, 0, a, b])),
+            (0u8..4).prop_map(|b| IpAddr::from([198, 51, 100, b])),
+            (0u16..4).prop_map(|b| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, b])),
+            any::<IpAddr>(),
+        ]
+    }
+
+    fn trusted() -> impl Strategy<Value = Vec<IpNet>> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("10.0.0.0/8"),
+                Just("10.0.1.0/24"),
+                Just("198.51.100.2/32"),
+                Just("2001:db8::/64"),
+                Just("0.0.0.0/0"),
+            ]
+            .prop_map(|net| net.parse::<IpNet>().expect("net")),
+            0..3,
+        )
+    }
+
+    /// One hop as proxies write it: an address with or without a port, in or out of
+    /// brackets and quotes, or junk (`unknown`, an obfuscated name, anything).
+    fn node() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (address(), prop::option::of(any::<u16>()), any::<bool>()).prop_map(|(ip, port, quoted)| {
+                let node = match (ip, port) {
+                    (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
+                    (IpAddr::V6(ip), None) if quoted => format!("[{ip}]"),
+                    (ip, Some(port)) => format!("{ip}:{port}"),
+                    (ip, None) => ip.to_string(),
+                };
+                if quoted { format!("\"{node}\"") } else { node }
+            }),
+            1 => prop_oneof![Just("unknown".to_owned()), Just("_hidden".to_owned()), tricky_text()],
+        ]
+    }
+
+    /// Header values: `Forwarded` elements (`for=` among other parameters) or
+    /// `X-Forwarded-For` lists, several values per header.
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        let forwarded = prop::collection::vec(
+            (node(), any::<bool>()).prop_map(|(node, proto)| {
+                if proto {
+                    format!("proto=https;For={node}")
+                } else {
+                    format!("for={node}")
+                }
+            }),
+            1..4,
+        );
+        let xff = prop::collection::vec(node(), 1..4);
+        prop::collection::vec(
+            prop_oneof![
+                forwarded.prop_map(|v| ("forwarded", v.join(", "))),
+                xff.prop_map(|v| ("x-forwarded-for", v.join(", "))),
+            ],
+            0..3,
+        )
+        .prop_map(|values| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in values {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.append(HeaderName::from_static(name), value);
+                }
+            }
+            headers
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_client_is_the_peer_or_a_hop_the_headers_name(
+            peer in address(),
+            trusted in trusted(),
+            headers in headers(),
+        ) {
+            let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+            let chain = forwarded_chain(&headers);
+            let client = client_address(peer, &headers, &trusted);
+            if !is_trusted(&peer) {
+                prop_assert_eq!(client, peer, "an untrusted peer is its own client");
+                return Ok(());
+            }
+            prop_assert!(client == peer || chain.contains(&client));
+            match chain.iter().rev().find(|ip| !is_trusted(ip)) {
+                Some(hop) => prop_assert_eq!(client, *hop),
+                None => prop_assert_eq!(client, chain.first().copied().unwrap_or(peer)),
+            }
+        }
+
+        /// Whatever a client writes into the header, a trusted proxy's appended hop
+        /// for an untrusted client wins.
+        #[test]
+        fn a_client_cannot_choose_its_address(
+            forged in prop::collection::vec(node(), 0..4),
+            real in address(),
+            peer in (0u8..4).prop_map(|b| IpAddr::from([10, 0, 0, b])),
+        ) {
+            let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+            prop_assume!(!trusted[0].contains(&real));
+            let mut list = forged;
+            list.push(real.to_string());
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                headers.insert("x-forwarded-for", value);
+                prop_assert_eq!(client_address(peer, &headers, &trusted), real);
+            }
+        }
+    }
+}
