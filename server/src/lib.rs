@@ -10,6 +10,8 @@
 pub mod articles;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod mcp;
 pub mod migrate;

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// A form body that may carry the client's id and secret.
-trait ClientForm {
+pub(crate) trait ClientForm {
     fn client_id(&self) -> Option<&str>;
     fn client_secret(&self) -> Option<&str>;
 }
@@ -34,7 +34,7 @@ impl ClientForm for TokenParams {
 }
 
 /// The form and the client's credentials, as both endpoints read them.
-fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
+pub(crate) fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(T, ClientCredentials), OAuthError> {
@@ -56,11 +56,11 @@ pub async fn token(
 }
 
 #[derive(Deserialize)]
-struct RevokeParams {
-    token: Option<String>,
+pub(crate) struct RevokeParams {
+    pub(crate) token: Option<String>,
     #[allow(dead_code)]
     token_type_hint: Option<String>,
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     client_secret: Option<String>,
 }
 
@@ -91,7 +91,10 @@ pub async fn revoke(
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.
-fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, OAuthError> {
+pub(crate) fn form<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, OAuthError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -112,7 +115,7 @@ fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Res
 
 /// The client's credentials: HTTP Basic (RFC 6749 §2.3.1, with form-encoded id and
 /// secret) or the form body. Using both at once is refused.
-fn credentials(
+pub(crate) fn credentials(
     headers: &HeaderMap,
     body_id: Option<&str>,
     body_secret: Option<&str>,
