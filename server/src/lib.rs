@@ -13,6 +13,8 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
@@ -23,6 +25,8 @@ pub mod outbound;
 pub mod ratelimit;
 pub mod resource;
 pub mod store;
+#[cfg(test)]
+mod strategies;
 pub mod telemetry;
 
 use std::sync::Arc;

@@ -181,3 +181,64 @@ mod tests {
         assert_eq!(media_type(""), "");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::{host, tricky_text, url};
+
+    proptest! {
+        /// An origin is `scheme://host[:port]` as browsers send it, and parsing that
+        /// again gives the same origin.
+        #[test]
+        fn origins_are_canonical_and_idempotent(
+            raw in prop_oneof![url(), tricky_text(), (url(), " {0,2}", "/?").prop_map(|(u, s, slash)| format!("{s}{u}{slash}"))]
+        ) {
+            let Ok(origin) = Origin::parse(&raw) else { return Ok(()) };
+            let text = origin.as_str();
+            let rest = text
+                .strip_prefix("https://")
+                .or_else(|| text.strip_prefix("http://"));
+            prop_assert!(rest.is_some_and(|r| !r.is_empty() && !r.contains('/') && !r.contains('@')), "{}", text);
+            prop_assert_eq!(text, text.to_ascii_lowercase());
+            prop_assert_eq!(Origin::parse(text), Ok(origin.clone()));
+            prop_assert_eq!(Origin::parse(&format!("{text}/")), Ok(origin.clone()));
+            let url = Url::parse(text).expect("an origin is a URL");
+            prop_assert_eq!(origin.is_loopback(), is_loopback_url(&url));
+        }
+
+        /// An entry matches its own host (in any case), on its own port, or on any
+        /// port when it names none; never another name.
+        #[test]
+        fn allowed_hosts_match_their_host_and_port(
+            name in host(),
+            port in prop::option::of(any::<u16>()),
+            asked in prop::option::of(any::<u16>()),
+            other in host(),
+        ) {
+            let entry = match port {
+                Some(port) => format!("{name}:{port}"),
+                None => name.clone(),
+            };
+            let Ok(allowed) = AllowedHost::parse(&entry) else { return Ok(()) };
+            let normal = normalise_host(&name);
+            prop_assert!(allowed.matches(&normal, port.or(asked)));
+            prop_assert_eq!(allowed.matches(&normal, asked), port.is_none() || port == asked);
+            if normalise_host(&other) != normal {
+                prop_assert!(!allowed.matches(&normalise_host(&other), asked));
+            }
+            prop_assert_eq!(AllowedHost::parse(&entry.to_ascii_uppercase()), Ok(allowed));
+        }
+
+        #[test]
+        fn allowed_host_entries_of_any_text_never_panic(raw in prop_oneof![tricky_text(), url(), "[a-z:\\[\\]0-9@.]{0,20}"]) {
+            if let Ok(allowed) = AllowedHost::parse(&raw) {
+                prop_assert!(!raw.contains('@'));
+                let authority: http::uri::Authority = raw.trim().parse().expect("an authority");
+                prop_assert!(allowed.matches(&normalise_host(authority.host()), authority.port_u16()));
+            }
+        }
+    }
+}

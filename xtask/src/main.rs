@@ -5,6 +5,8 @@
 //! - `cargo xtask test`: install what is missing, then run every check and test:
 //!   formatting, clippy, unit and router tests, and the Playwright suite against the
 //!   real server.
+//! - `cargo xtask fuzz [--seconds N] [TARGET…]`: run the libFuzzer targets in `fuzz/`
+//!   one after the other (not part of `test`: it takes minutes per target).
 //!
 //! Installs come from the package registries only and are skipped when the right
 //! version is already present, so repeated runs are fast.
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("setup") => setup(Needs::Everything),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
                  dev     install what is missing, then run the server (cargo leptos watch)\n  \
                  test    install what is missing, then run every check and test\n  \
                  bench   build the release server and run the benchmark (table on stdout)\n  \
+                 fuzz    run each fuzz target for N seconds: fuzz [--seconds N] [TARGET…]\n  \
                  setup   only install what is missing"
             );
             return ExitCode::from(2);
@@ -130,6 +134,180 @@ fn bench(extra: &[String]) -> Result {
         .arg(&reference)
         .args(extra)
         .current_dir(&root))
+}
+
+/// The libFuzzer targets in `fuzz/`, one per group of parsers that read outside input.
+const FUZZ_TARGETS: [&str; 10] = [
+    "scope",
+    "redirect_uri",
+    "registration_json",
+    "token_form",
+    "grant_token",
+    "bearer_and_peek",
+    "host_origin",
+    "forwarded",
+    "metadata_document",
+    "pkce",
+];
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const DEFAULT_FUZZ_SECONDS: u64 = 300;
+
+/// `--seconds N` and the targets to run (all when none is named).
+fn fuzz_args(args: &[String]) -> Result<(u64, Vec<&'static str>)> {
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut targets = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--seconds" {
+            seconds = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or("--seconds needs a whole number of seconds above 0")?;
+        } else if let Some(target) = FUZZ_TARGETS.iter().find(|t| **t == arg) {
+            targets.push(*target);
+        } else {
+            return Err(format!(
+                "{arg:?} is not a fuzz target; the targets are {}",
+                FUZZ_TARGETS.join(", ")
+            ));
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.to_vec();
+    }
+    Ok((seconds, targets))
+}
+
+/// Runs each fuzz target for `--seconds`, one after the other, and prints per target
+/// the executions and any crash. cargo-fuzz passes nightly-only flags to rustc
+/// (sanitizer coverage); `RUSTC_BOOTSTRAP=1` lets the stable toolchain take them.
+/// No sanitizer: the targets and the parsers are safe Rust, where a bug shows as a
+/// panic, and without AddressSanitizer the build is quicker and runs about twice as
+/// many inputs. libFuzzer's own output goes to `fuzz/logs/TARGET.log`.
+fn fuzz(args: &[String]) -> Result {
+    let (seconds, targets) = fuzz_args(args)?;
+    ensure_cargo_install(
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        &["cargo-fuzz", "--version"],
+        true,
+    )?;
+    let root = workspace_root();
+    let dir = root.join("fuzz");
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("fuzz");
+    let fuzz_cargo = |subcommand: &str| {
+        let mut cmd = cargo();
+        cmd.current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", subcommand, "--sanitizer", "none", "--target-dir"])
+            .arg(&target_dir);
+        cmd
+    };
+    step("building the fuzz targets");
+    run(&mut fuzz_cargo("build"))?;
+    let mut summary = Vec::new();
+    for target in targets {
+        step(&format!("fuzzing {target} for {seconds} s"));
+        let corpus = dir.join("corpus").join(target);
+        let seeds = dir.join("seeds").join(target);
+        let logs = dir.join("logs");
+        for made in [&corpus, &logs] {
+            std::fs::create_dir_all(made)
+                .map_err(|e| format!("cannot create {}: {e}", made.display()))?;
+        }
+        let log_path = logs.join(format!("{target}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+        let mut cmd = fuzz_cargo("run");
+        cmd.arg(target).arg(&corpus);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        cmd.args([
+            "--".to_owned(),
+            format!("-max_total_time={seconds}"),
+            "-print_final_stats=1".to_owned(),
+        ]);
+        let started = std::time::Instant::now();
+        let status = cmd
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?,
+            )
+            .stderr(log)
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        // Measured, not assumed: a crash stops libFuzzer before its time is up.
+        let ran = started.elapsed().as_secs();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let report = FuzzReport::read(&text, status.success());
+        eprintln!(
+            "{target}: {} executions in {ran} s, {}",
+            report.executions.as_deref().unwrap_or("?"),
+            report.finding()
+        );
+        summary.push((target, ran, report));
+    }
+    step("fuzzing done");
+    println!("| target | seconds | executions | findings |\n| --- | --- | --- | --- |");
+    for (target, ran, report) in &summary {
+        println!(
+            "| {target} | {ran} | {} | {} |",
+            report.executions.as_deref().unwrap_or("?"),
+            report.finding()
+        );
+    }
+    if summary.iter().any(|(_, _, r)| !r.clean) {
+        return Err("a fuzz target failed; see fuzz/logs/ and fuzz/artifacts/".into());
+    }
+    Ok(())
+}
+
+/// What one libFuzzer run printed that matters.
+struct FuzzReport {
+    executions: Option<String>,
+    clean: bool,
+    /// The panic message and the input libFuzzer saved, for a crash.
+    panic: Option<String>,
+    input: Option<String>,
+}
+
+impl FuzzReport {
+    fn read(log: &str, success: bool) -> Self {
+        let after = |prefix: &str| {
+            log.lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+        };
+        FuzzReport {
+            executions: after("stat::number_of_executed_units:"),
+            clean: success,
+            // `thread '…' panicked at FILE:LINE:COL:` and the message on the next line.
+            panic: log
+                .split_once("panicked at ")
+                .map(|(_, rest)| rest.lines().take(2).collect::<Vec<_>>().join(" ")),
+            input: log
+                .lines()
+                .find_map(|l| l.split_once("Test unit written to "))
+                .map(|(_, path)| path.trim().to_owned()),
+        }
+    }
+
+    fn finding(&self) -> String {
+        if self.clean {
+            return "no crash".into();
+        }
+        match (&self.panic, &self.input) {
+            (Some(panic), Some(input)) => format!("CRASH: {panic}; input {input}"),
+            (None, Some(input)) => format!("CRASH; input {input}"),
+            (Some(panic), None) => format!("FAILED: {panic}"),
+            (None, None) => "FAILED (see the log)".into(),
+        }
+    }
 }
 
 fn setup(needs: Needs) -> Result {
@@ -382,6 +560,51 @@ fn display(cmd: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_targets_are_the_fuzz_packages_binaries() {
+        let manifest =
+            std::fs::read_to_string(workspace_root().join("fuzz/Cargo.toml")).expect("manifest");
+        let bins: Vec<&str> = manifest
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = \""))
+            .map(|n| n.trim_end_matches('"'))
+            .filter(|n| *n != "gatehouse-fuzz")
+            .collect();
+        assert_eq!(bins, FUZZ_TARGETS);
+    }
+
+    #[test]
+    fn fuzz_arguments() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            fuzz_args(&[]).expect("none"),
+            (DEFAULT_FUZZ_SECONDS, FUZZ_TARGETS.to_vec())
+        );
+        assert_eq!(
+            fuzz_args(&args(&["pkce", "--seconds", "5", "scope"])).expect("some"),
+            (5, vec!["pkce", "scope"])
+        );
+        assert!(fuzz_args(&args(&["--seconds"])).is_err());
+        assert!(fuzz_args(&args(&["--seconds", "0"])).is_err());
+        assert!(fuzz_args(&args(&["nope"])).is_err());
+    }
+
+    #[test]
+    fn reads_libfuzzers_final_stats_and_crashes() {
+        let clean = FuzzReport::read("#2 INITED\nstat::number_of_executed_units: 1234\n", true);
+        assert_eq!(clean.executions.as_deref(), Some("1234"));
+        assert_eq!(clean.finding(), "no crash");
+        let crash = FuzzReport::read(
+            "thread '<unnamed>' panicked at src/x.rs:1:2:\nboom\n==1== ERROR: libFuzzer: deadly signal\n\
+             artifact_prefix='a/'; Test unit written to a/crash-12\nstat::number_of_executed_units: 9\n",
+            false,
+        );
+        assert_eq!(
+            crash.finding(),
+            "CRASH: src/x.rs:1:2: boom; input a/crash-12"
+        );
+    }
 
     #[test]
     fn reads_the_pinned_wasm_bindgen_version_from_the_lock_file() {

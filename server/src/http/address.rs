@@ -58,13 +58,16 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
 /// addresses (`unknown`, obfuscated names) end the chain there, so nothing left of
 /// them is believed.
 pub fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+    // Values are split as bytes: an entry that is not visible ASCII (which HTTP allows
+    // as obs-text) is unparsable and ends the chain like `unknown`. Dropping its whole
+    // value instead would drop the hops a proxy appended after it, and let a client
+    // pass as the proxy.
     let values = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_owned())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|entry| String::from_utf8_lossy(entry).trim().to_owned())
             .collect()
     };
     let forwarded = values("forwarded");
@@ -176,5 +179,155 @@ mod tests {
         assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
         let h = headers(&[("forwarded", "for=1.1.1.1, for=_hidden, for=192.0.2.1:80")]);
         assert_eq!(forwarded_chain(&h), vec![ip("192.0.2.1")]);
+    }
+
+    /// Found by the property test: a value with a byte outside visible ASCII was
+    /// dropped whole, with the hop the proxy had appended to it, so the client was
+    /// taken for the proxy itself.
+    #[test]
+    fn non_ascii_entries_end_the_chain_without_hiding_the_proxys_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let obs_text = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_bytes(value.as_bytes()).expect("obs-text is allowed"),
+            );
+            h
+        };
+        let h = obs_text("x-forwarded-for", "1.1.1.1, \u{1B164}, 198.51.100.7");
+        assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
+        let h = obs_text("forwarded", "for=\"é\", for=198.51.100.7;proto=https");
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted),
+            ip("198.51.100.7")
+        );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use axum::http::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    /// Addresses from a few small ranges, so that trusted ranges and chains overlap.
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u8..4, 0u8..4).prop_map(|(a, b)| IpAddr::from([10, 0, a, b])),
+            (0u8..4).prop_map(|b| IpAddr::from([198, 51, 100, b])),
+            (0u16..4).prop_map(|b| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, b])),
+            any::<IpAddr>(),
+        ]
+    }
+
+    fn trusted() -> impl Strategy<Value = Vec<IpNet>> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("10.0.0.0/8"),
+                Just("10.0.1.0/24"),
+                Just("198.51.100.2/32"),
+                Just("2001:db8::/64"),
+                Just("0.0.0.0/0"),
+            ]
+            .prop_map(|net| net.parse::<IpNet>().expect("net")),
+            0..3,
+        )
+    }
+
+    /// One hop as proxies write it: an address with or without a port, in or out of
+    /// brackets and quotes, or junk (`unknown`, an obfuscated name, anything).
+    fn node() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (address(), prop::option::of(any::<u16>()), any::<bool>()).prop_map(|(ip, port, quoted)| {
+                let node = match (ip, port) {
+                    (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
+                    (IpAddr::V6(ip), None) if quoted => format!("[{ip}]"),
+                    (ip, Some(port)) => format!("{ip}:{port}"),
+                    (ip, None) => ip.to_string(),
+                };
+                if quoted { format!("\"{node}\"") } else { node }
+            }),
+            1 => prop_oneof![Just("unknown".to_owned()), Just("_hidden".to_owned()), tricky_text()],
+        ]
+    }
+
+    /// Header values: `Forwarded` elements (`for=` among other parameters) or
+    /// `X-Forwarded-For` lists, several values per header.
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        let forwarded = prop::collection::vec(
+            (node(), any::<bool>()).prop_map(|(node, proto)| {
+                if proto {
+                    format!("proto=https;For={node}")
+                } else {
+                    format!("for={node}")
+                }
+            }),
+            1..4,
+        );
+        let xff = prop::collection::vec(node(), 1..4);
+        prop::collection::vec(
+            prop_oneof![
+                forwarded.prop_map(|v| ("forwarded", v.join(", "))),
+                xff.prop_map(|v| ("x-forwarded-for", v.join(", "))),
+            ],
+            0..3,
+        )
+        .prop_map(|values| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in values {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.append(HeaderName::from_static(name), value);
+                }
+            }
+            headers
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_client_is_the_peer_or_a_hop_the_headers_name(
+            peer in address(),
+            trusted in trusted(),
+            headers in headers(),
+        ) {
+            let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+            let chain = forwarded_chain(&headers);
+            let client = client_address(peer, &headers, &trusted);
+            if !is_trusted(&peer) {
+                prop_assert_eq!(client, peer, "an untrusted peer is its own client");
+                return Ok(());
+            }
+            prop_assert!(client == peer || chain.contains(&client));
+            match chain.iter().rev().find(|ip| !is_trusted(ip)) {
+                Some(hop) => prop_assert_eq!(client, *hop),
+                None => prop_assert_eq!(client, chain.first().copied().unwrap_or(peer)),
+            }
+        }
+
+        /// Whatever a client writes into the header, a trusted proxy's appended hop
+        /// for an untrusted client wins.
+        #[test]
+        fn a_client_cannot_choose_its_address(
+            forged in prop::collection::vec(node(), 0..4),
+            real in address(),
+            peer in (0u8..4).prop_map(|b| IpAddr::from([10, 0, 0, b])),
+        ) {
+            let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+            prop_assume!(!trusted[0].contains(&real));
+            let mut list = forged;
+            list.push(real.to_string());
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                headers.insert("x-forwarded-for", value);
+                prop_assert_eq!(client_address(peer, &headers, &trusted), real);
+            }
+        }
     }
 }

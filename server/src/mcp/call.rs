@@ -117,3 +117,126 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::strategies::{json, tricky_text};
+
+    const FIELDS: &[&str] = &[
+        "jsonrpc",
+        "id",
+        "method",
+        "params",
+        "name",
+        "uri",
+        "arguments",
+    ];
+
+    /// What the peek should read from a JSON value without duplicate keys: method,
+    /// name and uri when each is a string, null or absent; else nothing at all.
+    type Expected<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    fn expected(value: &Value) -> Option<Expected<'_>> {
+        fn as_text(v: Option<&Value>) -> Result<Option<&str>, ()> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(()),
+            }
+        }
+        let object = value.as_object()?;
+        let method = as_text(object.get("method")).ok()?;
+        let (name, uri) = match object.get("params") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::Object(params)) => (
+                as_text(params.get("name")).ok()?,
+                as_text(params.get("uri")).ok()?,
+            ),
+            // serde reads a struct from a sequence too (as rmcp reads its params):
+            // positional `[name, uri]`.
+            Some(Value::Array(items)) if items.len() == 2 => {
+                (as_text(items.first()).ok()?, as_text(items.get(1)).ok()?)
+            }
+            Some(_) => return None,
+        };
+        Some((method, name, uri))
+    }
+
+    /// A member that is usually a string.
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::from("tools/call")),
+            tricky_text().prop_map(Value::from),
+            json(FIELDS),
+        ]
+    }
+
+    /// A JSON-RPC message, mostly well-formed, with any extra fields.
+    fn message() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(text()),
+            prop::option::of(prop_oneof![
+                (
+                    prop::option::of(text()),
+                    prop::option::of(text()),
+                    json(FIELDS)
+                )
+                    .prop_map(|(name, uri, arguments)| {
+                        let mut params = serde_json::Map::new();
+                        params.extend(name.map(|n| ("name".to_owned(), n)));
+                        params.extend(uri.map(|u| ("uri".to_owned(), u)));
+                        params.insert("arguments".to_owned(), arguments);
+                        Value::Object(params)
+                    }),
+                json(FIELDS),
+            ]),
+            json(FIELDS),
+        )
+            .prop_map(|(method, params, extra)| {
+                let mut object = serde_json::Map::new();
+                object.insert("jsonrpc".to_owned(), "2.0".into());
+                object.insert("id".to_owned(), extra);
+                object.extend(method.map(|m| ("method".to_owned(), m)));
+                object.extend(params.map(|p| ("params".to_owned(), p)));
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_bytes_are_a_batch_exactly_when_they_open_an_array(
+            body in prop_oneof![any::<Vec<u8>>(), "[ \t\r\n]{0,3}[\\[{\"a-z0-9]{0,20}".prop_map(String::into_bytes)]
+        ) {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            prop_assert_eq!(Message::peek(&body) == Message::Batch, first == Some(&b'['));
+        }
+
+        /// For well-formed objects the peek reads what serde_json reads.
+        #[test]
+        fn the_peek_agrees_with_serde_json(value in prop_oneof![3 => message(), 1 => json(FIELDS)], pretty in any::<bool>()) {
+            let body = if pretty {
+                serde_json::to_vec_pretty(&value)
+            } else {
+                serde_json::to_vec(&value)
+            }
+            .expect("json");
+            match (Message::peek(&body), value.is_array()) {
+                (Message::Batch, true) => {}
+                (Message::Single(call), false) => match expected(&value) {
+                    Some((method, name, uri)) => {
+                        prop_assert_eq!(call.method.as_deref(), method);
+                        prop_assert_eq!(call.name(), name);
+                        prop_assert_eq!(call.uri.as_deref(), uri);
+                    }
+                    None => prop_assert_eq!(call, Call::default()),
+                },
+                (peeked, _) => prop_assert!(false, "{:?} for {}", peeked, value),
+            }
+        }
+    }
+}

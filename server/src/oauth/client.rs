@@ -371,3 +371,141 @@ mod tests {
         assert!(ClientId::parse(&"a".repeat(ClientId::MAX_LEN + 1)).is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::strategies::{json, tricky_text, url};
+
+    const FIELDS: &[&str] = &[
+        "redirect_uris",
+        "token_endpoint_auth_method",
+        "grant_types",
+        "response_types",
+        "client_name",
+        "scope",
+    ];
+
+    fn known() -> ScopeSet {
+        ScopeSet::parse("read:articles write:articles").expect("scopes")
+    }
+
+    /// A registration body that is mostly well-typed, so that cases reach `validate`.
+    fn near_valid_request() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop::collection::vec(url(), 0..22)),
+            prop::option::of(prop::sample::select(vec![
+                "none",
+                "client_secret_post",
+                "client_secret_basic",
+                "private_key_jwt",
+            ])),
+            prop::option::of(prop::collection::vec(
+                prop::sample::select(vec!["authorization_code", "refresh_token", "implicit"]),
+                0..3,
+            )),
+            prop::option::of(prop::collection::vec(
+                prop::sample::select(vec!["code", "token"]),
+                0..2,
+            )),
+            prop::option::of(prop_oneof![tricky_text(), "[a-z ]{190,210}"]),
+            prop::option::of(prop_oneof![
+                Just("read:articles claudeai".to_owned()),
+                "(read:articles|write:articles|x|a\"b)( (read:articles|write:articles|x)){0,40}",
+            ]),
+        )
+            .prop_map(|(uris, method, grants, responses, name, scope)| {
+                let mut object = serde_json::Map::new();
+                let mut put = |key: &str, value: Option<Value>| {
+                    if let Some(value) = value {
+                        object.insert(key.to_owned(), value);
+                    }
+                };
+                put("redirect_uris", uris.map(Value::from));
+                put("token_endpoint_auth_method", method.map(Value::from));
+                put("grant_types", grants.map(Value::from));
+                put("response_types", responses.map(Value::from));
+                put("client_name", name.map(Value::from));
+                put("scope", scope.map(Value::from));
+                Value::Object(object)
+            })
+    }
+
+    fn assert_clean(name: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!name.is_empty());
+        prop_assert!(name.chars().count() <= MAX_CLIENT_NAME);
+        prop_assert_eq!(name, name.trim());
+        prop_assert!(
+            !name.chars().any(|c| c.is_control() || is_format_char(c)),
+            "{:?}",
+            name
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_json_registration_is_parsed_or_refused_without_panic(
+            body in prop_oneof![json(FIELDS), near_valid_request()]
+        ) {
+            let text = serde_json::to_vec(&body).expect("json");
+            let from_value = serde_json::from_value::<RegistrationRequest>(body);
+            let from_bytes = serde_json::from_slice::<RegistrationRequest>(&text);
+            prop_assert_eq!(from_value.is_ok(), from_bytes.is_ok());
+            let Ok(request) = from_value else { return Ok(()) };
+            let method = request.token_endpoint_auth_method.clone();
+            let name = request.client_name.clone();
+            let Ok(valid) = request.validate(&known()) else { return Ok(()) };
+            prop_assert!(!valid.redirect_uris.is_empty());
+            prop_assert!(valid.redirect_uris.len() <= MAX_REDIRECT_URIS);
+            prop_assert_eq!(
+                valid.auth_method.as_str(),
+                method.as_deref().unwrap_or("client_secret_basic")
+            );
+            if let Some(scope) = &valid.scope {
+                prop_assert!(!scope.is_empty() && scope.is_subset_of(&known()));
+            }
+            if let Some(cleaned) = &valid.client_name {
+                assert_clean(cleaned)?;
+            }
+            prop_assert_eq!(valid.client_name, name.as_deref().and_then(clean_name));
+        }
+
+        #[test]
+        fn clean_names_are_safe_bounded_and_stable(raw in prop_oneof![tricky_text(), "[a-z\u{202E} ]{150,260}"]) {
+            let Some(name) = clean_name(&raw) else {
+                // Registration refuses longer names before cleaning them.
+                if raw.chars().count() <= MAX_CLIENT_NAME {
+                    prop_assert!(raw
+                        .chars()
+                        .all(|c| c.is_control() || is_format_char(c) || c.is_whitespace()));
+                }
+                return Ok(());
+            };
+            assert_clean(&name)?;
+            prop_assert_eq!(clean_name(&name), Some(name.clone()), "idempotent");
+            // Only removals: the name is a subsequence of what was sent.
+            let mut sent = raw.chars();
+            prop_assert!(name.chars().all(|c| sent.any(|s| s == c)));
+        }
+
+        #[test]
+        fn client_ids_are_1_to_2048_visible_ascii(raw in prop_oneof![tricky_text(), url(), "[ -~]{2040,2050}"]) {
+            let expected = !raw.is_empty()
+                && raw.len() <= ClientId::MAX_LEN
+                && raw.bytes().all(|b| (0x20..=0x7e).contains(&b));
+            let parsed = ClientId::parse(&raw);
+            prop_assert_eq!(parsed.is_some(), expected);
+            if let Some(id) = parsed {
+                prop_assert_eq!(id.as_str(), raw.as_str());
+                let json = serde_json::to_string(&id).expect("json");
+                prop_assert_eq!(serde_json::from_str::<ClientId>(&json).expect("back"), id);
+            }
+        }
+    }
+}

@@ -395,3 +395,88 @@ mod tests {
         assert_eq!(cache.len(), 2);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::strategies::{json, tricky_text, url};
+
+    const FIELDS: &[&str] = &[
+        "client_id",
+        "client_name",
+        "redirect_uris",
+        "token_endpoint_auth_method",
+        "scope",
+    ];
+
+    fn known() -> ScopeSet {
+        ScopeSet::parse("read:articles write:articles").expect("scopes")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A document URL is taken only in its normal form: what is accepted is
+        /// exactly what the URL serialises to, https (or loopback http when allowed),
+        /// with a path, without a fragment or credentials.
+        #[test]
+        fn document_urls_are_https_in_normal_form(
+            raw in prop_oneof![url(), tricky_text(), "https://[a-z.]{1,10}(/[a-z.]{0,3}){0,3}"],
+            allow in any::<bool>(),
+        ) {
+            let looks_like_url = raw.starts_with("https://") || (allow && raw.starts_with("http://"));
+            let judged = document_url(&raw, allow);
+            prop_assert_eq!(judged.is_some(), looks_like_url);
+            let Some(Ok(url)) = judged else { return Ok(()) };
+            prop_assert_eq!(url.as_str(), raw.as_str());
+            prop_assert!(raw.len() <= MAX_URL_LEN);
+            prop_assert!(url.scheme() == "https" || allow);
+            prop_assert!(url.fragment().is_none() && url.username().is_empty());
+            prop_assert!(url.path() != "/");
+            prop_assert!(!raw.split('/').any(|s| s == "." || s == ".."));
+            prop_assert!(matches!(document_url(url.as_str(), allow), Some(Ok(again)) if again == url));
+        }
+
+        /// Any JSON body, and bodies that claim the URL, become a public client whose id
+        /// is the URL and whose scopes are known ones, or are refused.
+        #[test]
+        fn documents_become_public_clients_or_are_refused(
+            mut document in json(FIELDS),
+            claim in any::<bool>(),
+            uris in prop::option::of(prop::collection::vec(url(), 0..3)),
+            name in prop::option::of(tricky_text()),
+        ) {
+            let url = Url::parse("https://client.example/doc").expect("url");
+            if let Value::Object(fields) = &mut document {
+                if claim {
+                    fields.insert("client_id".into(), url.as_str().into());
+                }
+                if let Some(uris) = uris {
+                    fields.insert("redirect_uris".into(), uris.into());
+                }
+                if let Some(name) = name {
+                    fields.insert("client_name".into(), name.into());
+                }
+            }
+            let body = serde_json::to_vec(&document).expect("json");
+            let Ok(client) = client_from_document(&url, &body, &known(), 7) else {
+                return Ok(());
+            };
+            prop_assert_eq!(client.client_id.as_str(), url.as_str());
+            prop_assert_eq!(client.kind, ClientKind::MetadataDocument);
+            prop_assert_eq!(client.auth_method, AuthMethod::None);
+            prop_assert!(client.secret_hash.is_none());
+            prop_assert!(!client.redirect_uris.is_empty());
+            prop_assert!(client.redirect_uris.len() <= MAX_REDIRECT_URIS);
+            if let Some(scope) = &client.scope {
+                prop_assert!(!scope.is_empty() && scope.is_subset_of(&known()));
+            }
+            if let Some(name) = &client.client_name {
+                prop_assert_eq!(Some(name.clone()), clean_name(name));
+            }
+        }
+    }
+}

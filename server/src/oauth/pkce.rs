@@ -67,3 +67,55 @@ mod tests {
         assert!(CodeChallenge::parse(Some("not-a-hash"), Some("S256")).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    /// RFC 7636 §4.1: 43 to 128 unreserved characters.
+    fn verifier() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._~-]{43,128}"
+    }
+
+    fn s256(verifier: &str) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+    }
+
+    proptest! {
+        #[test]
+        fn the_challenge_of_a_verifier_verifies_it_and_nothing_else(
+            verifier in verifier(),
+            other in prop_oneof![verifier(), tricky_text()],
+        ) {
+            let challenge = CodeChallenge::parse(Some(&s256(&verifier)), Some("S256"))
+                .expect("a SHA-256 is a challenge");
+            prop_assert!(challenge.verify(&verifier));
+            prop_assert_eq!(challenge.verify(&other), other == verifier);
+        }
+
+        #[test]
+        fn only_s256_challenges_of_32_bytes_parse(
+            challenge in prop::option::of(prop_oneof![
+                "[A-Za-z0-9_-]{42,44}",
+                "[A-Za-z0-9+/=_-]{0,60}",
+                tricky_text(),
+            ]),
+            method in prop::option::of(prop_oneof![Just("S256".to_owned()), Just("plain".to_owned()), Just("s256".to_owned()), tricky_text()]),
+            verifier in prop_oneof![verifier(), tricky_text()],
+        ) {
+            let Ok(parsed) = CodeChallenge::parse(challenge.as_deref(), method.as_deref()) else {
+                return Ok(());
+            };
+            prop_assert_eq!(method.as_deref(), Some("S256"));
+            let raw = challenge.expect("parsed from a challenge");
+            prop_assert_eq!(raw.len(), 43);
+            prop_assert!(URL_SAFE_NO_PAD.decode(&raw).is_ok_and(|d| d.len() == 32));
+            if parsed.verify(&verifier) {
+                prop_assert_eq!(s256(&verifier), raw);
+            }
+        }
+    }
+}

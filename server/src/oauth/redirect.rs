@@ -143,3 +143,95 @@ mod tests {
         assert_eq!(with, "https://app.example/cb?tenant=a&code=x+y&state=s%26t");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::{tricky_text, url};
+
+    fn candidate() -> impl Strategy<Value = String> {
+        prop_oneof![4 => url(), 1 => tricky_text()]
+    }
+
+    proptest! {
+        #[test]
+        fn accepts_only_https_or_loopback_http(raw in candidate()) {
+            let Ok(uri) = RedirectUri::parse(&raw) else { return Ok(()) };
+            let url = Url::parse(&raw).expect("an accepted URI is a URL");
+            match url.scheme() {
+                "https" => prop_assert!(url.host().is_some()),
+                "http" => prop_assert!(uri.is_loopback(), "{raw} is http off loopback"),
+                other => prop_assert!(false, "{raw} has scheme {other}"),
+            }
+            prop_assert!(url.fragment().is_none() && !raw.contains('#'));
+            prop_assert!(url.username().is_empty() && url.password().is_none());
+        }
+
+        /// What is stored (the serialised form) parses to the same value, and that value
+        /// is what requests are matched against.
+        #[test]
+        fn the_serialised_form_parses_to_the_same_uri(raw in candidate()) {
+            let Ok(uri) = RedirectUri::parse(&raw) else { return Ok(()) };
+            let again = RedirectUri::parse(uri.as_str()).expect("the serialised form parses");
+            prop_assert_eq!(&again, &uri);
+            prop_assert_eq!(again.as_str(), uri.as_str());
+            let json = serde_json::to_string(&uri).expect("json");
+            let stored: RedirectUri = serde_json::from_str(&json).expect("back");
+            prop_assert_eq!(&stored, &uri);
+            prop_assert!(stored.allows(&uri) && uri.allows(&stored));
+        }
+
+        #[test]
+        fn allows_is_reflexive_and_symmetric(a in candidate(), b in candidate()) {
+            let (Ok(a), Ok(b)) = (RedirectUri::parse(&a), RedirectUri::parse(&b)) else {
+                return Ok(());
+            };
+            prop_assert!(a.allows(&a) && b.allows(&b));
+            prop_assert_eq!(a.allows(&b), b.allows(&a));
+            if a.allows(&b) && !(a.is_loopback() && b.is_loopback()) {
+                prop_assert_eq!(&a, &b, "only loopback URIs match inexactly");
+            }
+        }
+
+        /// RFC 8252 §7.3: the port of a loopback URI is ignored; any other URI on
+        /// another port is another URI.
+        #[test]
+        fn only_loopback_uris_ignore_the_port(raw in candidate(), port in any::<u16>()) {
+            let Ok(uri) = RedirectUri::parse(&raw) else { return Ok(()) };
+            let mut moved = Url::parse(uri.as_str()).expect("url");
+            prop_assume!(moved.set_port(Some(port)).is_ok());
+            let moved = RedirectUri::parse(moved.as_str()).expect("same URI, another port");
+            prop_assert_eq!(moved.is_loopback(), uri.is_loopback());
+            if uri.is_loopback() {
+                prop_assert!(uri.allows(&moved) && moved.allows(&uri));
+            } else {
+                prop_assert_eq!(uri.allows(&moved), moved == uri);
+            }
+        }
+
+        #[test]
+        fn never_accepts_http_off_loopback(host in crate::strategies::host(), path in "(/[a-z]{0,5}){0,3}") {
+            let raw = format!("http://{host}{path}");
+            if let Ok(url) = Url::parse(&raw) {
+                if !is_loopback_url(&url) {
+                    prop_assert!(RedirectUri::parse(&raw).is_err(), "{raw}");
+                }
+            }
+        }
+
+        #[test]
+        fn response_parameters_keep_it_a_redirect_uri(raw in candidate(), code in tricky_text(), state in tricky_text()) {
+            let Ok(uri) = RedirectUri::parse(&raw) else { return Ok(()) };
+            let with = uri.with_params(&[("code", &code), ("state", &state)]);
+            let url = Url::parse(&with).expect("still a URL");
+            prop_assert!(url.fragment().is_none());
+            let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+            let n = pairs.len();
+            prop_assert!(n >= 2);
+            prop_assert_eq!(&pairs[n - 2], &("code".to_owned(), code));
+            prop_assert_eq!(&pairs[n - 1], &("state".to_owned(), state));
+        }
+    }
+}

@@ -235,3 +235,110 @@ mod tests {
         assert_eq!(serde_json::from_str::<ScopeSet>(&json).expect("back"), both);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    /// A valid scope token (RFC 6749 §3.3).
+    fn token() -> impl Strategy<Value = String> {
+        "[!#-\\[\\]-~]{1,64}"
+    }
+
+    /// Sets over a small alphabet, so that generated sets overlap often.
+    fn set() -> impl Strategy<Value = ScopeSet> {
+        prop::collection::vec("[a-d]{1,2}", 0..8)
+            .prop_map(|tokens| ScopeSet::parse(&tokens.join(" ")).expect("valid tokens"))
+    }
+
+    /// A `scope` parameter: anything, or valid tokens (sometimes too many, sometimes
+    /// with a bad one) separated by one or more spaces.
+    fn parameter() -> impl Strategy<Value = String> {
+        prop_oneof![
+            tricky_text(),
+            prop::collection::vec((token(), " {1,2}"), 0..40).prop_map(|tokens| {
+                tokens
+                    .into_iter()
+                    .map(|(token, gap)| token + &gap)
+                    .collect()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_max_scopes_and_nothing_dropped(raw in parameter()) {
+            let tokens: Vec<&str> = raw.split(' ').filter(|t| !t.is_empty()).collect();
+            match ScopeSet::parse(&raw) {
+                Ok(set) => {
+                    prop_assert!(tokens.len() <= MAX_SCOPES);
+                    prop_assert!(set.len() <= tokens.len());
+                    for token in &tokens {
+                        prop_assert!(set.contains_str(token));
+                        let scope = Scope::parse(token).expect("accepted");
+                        prop_assert!(set.contains(&scope), "sorted lookup agrees");
+                    }
+                }
+                Err(ScopeError::TooMany) => prop_assert!(tokens.len() > MAX_SCOPES),
+                Err(_) => prop_assert!(tokens.iter().any(|t| Scope::parse(t).is_err())),
+            }
+        }
+
+        #[test]
+        fn display_then_parse_round_trips(tokens in prop::collection::vec(token(), 0..=MAX_SCOPES)) {
+            let set = ScopeSet::parse(&tokens.join(" ")).expect("valid tokens");
+            prop_assert_eq!(ScopeSet::parse(&set.to_string()), Ok(set.clone()));
+            let json = serde_json::to_string(&set).expect("json");
+            prop_assert_eq!(serde_json::from_str::<ScopeSet>(&json).expect("back"), set);
+        }
+
+        #[test]
+        fn parse_is_idempotent(raw in parameter()) {
+            if let Ok(set) = ScopeSet::parse(&raw) {
+                let shown = set.to_string();
+                let again = ScopeSet::parse(&shown).expect("a displayed set parses");
+                prop_assert_eq!(again.to_string(), shown);
+                prop_assert_eq!(again, set);
+            }
+        }
+
+        #[test]
+        fn subset_intersection_and_union_obey_set_laws(a in set(), b in set(), c in set()) {
+            let both = a.intersection(&b);
+            let either = a.union(&b);
+            prop_assert!(both.is_subset_of(&a) && both.is_subset_of(&b));
+            prop_assert_eq!(&both, &b.intersection(&a));
+            prop_assert!(a.is_subset_of(&either) && b.is_subset_of(&either));
+            prop_assert_eq!(a.is_subset_of(&b), both == a);
+            prop_assert_eq!(a.is_subset_of(&b), either == b);
+            prop_assert_eq!(a.is_subset_of(&b) && b.is_subset_of(&a), a == b);
+            if a.is_subset_of(&b) && b.is_subset_of(&c) {
+                prop_assert!(a.is_subset_of(&c));
+            }
+            for scope in a.iter().chain(b.iter()).chain(c.iter()) {
+                prop_assert_eq!(both.contains(scope), a.contains(scope) && b.contains(scope));
+                prop_assert_eq!(either.contains(scope), a.contains(scope) || b.contains(scope));
+            }
+        }
+
+        /// What `refresh.rs` accepts (a requested set that `is_subset_of` the grant's)
+        /// and what registration keeps (the intersection with the known scopes) never
+        /// hold a scope the grant lacks.
+        #[test]
+        fn narrowing_never_grows(granted in set(), requested in set()) {
+            if requested.is_subset_of(&granted) {
+                prop_assert!(requested.iter().all(|s| granted.contains(s)));
+                prop_assert!(requested.len() <= granted.len());
+                prop_assert_eq!(requested.intersection(&granted), requested.clone());
+            } else {
+                prop_assert!(requested.iter().any(|s| !granted.contains(s)));
+            }
+            let narrowed = requested.intersection(&granted);
+            prop_assert!(narrowed.is_subset_of(&granted) && narrowed.is_subset_of(&requested));
+            prop_assert_eq!(narrowed.intersection(&granted), narrowed.clone());
+        }
+    }
+}

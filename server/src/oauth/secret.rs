@@ -160,3 +160,60 @@ mod tests {
         assert!(!hash.matches("s3cret "));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    const KINDS: [TokenKind; 3] = [TokenKind::Code, TokenKind::Access, TokenKind::Refresh];
+
+    /// Strings near the token shape: a prefix, a grant id and a secret, each sometimes
+    /// wrong, sometimes with an extra part.
+    fn near_token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            tricky_text(),
+            "(ghc|gha|ghr|ghx|GHA)?\\.[A-Za-z0-9_{} -]{0,70}(\\.[A-Za-z0-9_ .-]{0,70})?",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn issued_tokens_parse_back_to_the_same_kind_grant_and_hash(
+            kind in prop::sample::select(KINDS.to_vec()),
+            grant in "[A-Za-z0-9_-]{1,64}",
+        ) {
+            let grant = Group::parse(&grant).expect("a valid group id");
+            let (raw, issued) = GrantToken::issue(kind, &grant);
+            let parsed = GrantToken::parse(&raw).expect("an issued token is ours");
+            prop_assert_eq!(parsed.kind, kind);
+            prop_assert_eq!(&parsed.grant, &grant);
+            prop_assert_eq!(&parsed.hash, &issued.hash);
+            prop_assert!(issued.hash.matches(&raw));
+        }
+
+        /// Anything accepted is exactly `<kind>.<grant>.<secret>` and re-formats to the
+        /// very string that was hashed.
+        #[test]
+        fn what_parses_re_formats_to_itself(raw in near_token()) {
+            let Some(token) = GrantToken::parse(&raw) else { return Ok(()) };
+            let parts: Vec<&str> = raw.split('.').collect();
+            prop_assert_eq!(parts.len(), 3);
+            prop_assert_eq!(token.kind.prefix(), parts[0]);
+            prop_assert_eq!(token.grant.as_str(), parts[1]);
+            prop_assert!(!parts[2].is_empty() && parts[2].len() <= MAX_SECRET_LEN);
+            let reformatted = format!("{}.{}.{}", token.kind.prefix(), token.grant.as_str(), parts[2]);
+            prop_assert_eq!(&reformatted, &raw);
+            prop_assert_eq!(token.hash, SecretHash::of(&reformatted));
+        }
+
+        #[test]
+        fn a_hash_matches_only_its_secret(secret in tricky_text(), other in tricky_text()) {
+            let hash = SecretHash::of(&secret);
+            prop_assert!(hash.matches(&secret));
+            prop_assert_eq!(hash.matches(&other), other == secret);
+        }
+    }
+}

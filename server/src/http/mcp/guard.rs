@@ -419,3 +419,48 @@ mod tests {
         assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn with_authorization(value: &[u8]) -> Option<HeaderMap> {
+        let value = HeaderValue::from_bytes(value).ok()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value);
+        Some(headers)
+    }
+
+    proptest! {
+        #[test]
+        fn a_bearer_token_is_the_trimmed_rest_of_a_bearer_header(
+            value in prop_oneof![
+                any::<Vec<u8>>(),
+                "(Bearer|bearer|BEARER|Basic|Bearerx)?( {0,2})[ -~]{0,30}".prop_map(String::into_bytes),
+            ]
+        ) {
+            let Some(headers) = with_authorization(&value) else { return Ok(()) };
+            let Some(token) = bearer(&headers) else { return Ok(()) };
+            prop_assert!(!token.is_empty());
+            prop_assert_eq!(token, token.trim());
+            let text = std::str::from_utf8(&value).expect("a token came from text");
+            let (scheme, rest) = text.split_once(' ').expect("a scheme and a token");
+            prop_assert!(scheme.eq_ignore_ascii_case("bearer"));
+            prop_assert_eq!(rest.trim(), token);
+        }
+
+        #[test]
+        fn any_token_sent_as_bearer_is_read_back(
+            scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+            token in "[A-Za-z0-9._~+/=-]{1,80}",
+            padding in " {0,3}",
+        ) {
+            let value = format!("{scheme} {padding}{token}{padding}");
+            let headers = with_authorization(value.as_bytes()).expect("a valid header");
+            prop_assert_eq!(bearer(&headers), Some(token.as_str()));
+        }
+    }
+}

@@ -88,7 +88,7 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn policy() -> HostPolicy {
+    pub(super) fn policy() -> HostPolicy {
         let config = crate::config::Cli::parse_ignoring_env([
             "gatehouse",
             "--public-url",
@@ -171,6 +171,93 @@ mod tests {
                 Err(Refusal::OriginNotAllowed),
                 "{bad}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use axum::http::{uri::Authority, HeaderValue};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::{host, url};
+
+    /// What [`tests::policy`] serves: loopback, its public host, and one alias on one port.
+    fn ours(host: &str, port: Option<u16>) -> bool {
+        matches!(host, "localhost" | "127.0.0.1" | "::1" | "gate.example.com")
+            || (host == "alias.example.com" && port == Some(8443))
+    }
+
+    fn host_header() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (
+                prop_oneof![
+                    host(),
+                    Just("gate.example.com".to_owned()),
+                    Just("GATE.example.com".to_owned()),
+                    Just("alias.example.com".to_owned()),
+                ],
+                prop::option::of(prop_oneof![Just(8443u16), any::<u16>()]),
+            )
+                .prop_map(|(host, port)| match port {
+                    Some(port) => format!("{host}:{port}").into_bytes(),
+                    None => host.into_bytes(),
+                }),
+            any::<Vec<u8>>(),
+        ]
+    }
+
+    fn origin_header() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"https://gate.example.com".to_vec()),
+            Just(b"https://app.example.org".to_vec()),
+            url().prop_map(String::into_bytes),
+            any::<Vec<u8>>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn only_our_hosts_and_allowed_origins_pass(
+            host in prop::option::of(host_header()),
+            origin in prop::option::of(origin_header()),
+        ) {
+            let policy = tests::policy();
+            let mut headers = HeaderMap::new();
+            if let Some(value) = host.and_then(|h| HeaderValue::from_bytes(&h).ok()) {
+                headers.insert(header::HOST, value);
+            }
+            if let Some(value) = origin.and_then(|o| HeaderValue::from_bytes(&o).ok()) {
+                headers.insert(header::ORIGIN, value);
+            }
+            let verdict = policy.check(&Uri::from_static("/mcp"), &headers);
+            let authority = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Authority>().ok());
+            let Some(authority) = authority else {
+                prop_assert_eq!(verdict, Err(Refusal::MalformedHost));
+                return Ok(());
+            };
+            let allowed_host = ours(&normalise_host(authority.host()), authority.port_u16());
+            prop_assert_eq!(verdict != Err(Refusal::HostNotAllowed), allowed_host);
+            if !allowed_host {
+                return Ok(());
+            }
+            let origin_ok = headers.get(header::ORIGIN).is_none_or(|o| {
+                o.to_str()
+                    .ok()
+                    .and_then(|o| Origin::parse(o).ok())
+                    .is_some_and(|o| {
+                        o.is_loopback()
+                            || ["https://gate.example.com", "https://app.example.org"]
+                                .contains(&o.as_str())
+                    })
+            });
+            prop_assert_eq!(verdict, if origin_ok { Ok(()) } else { Err(Refusal::OriginNotAllowed) });
         }
     }
 }

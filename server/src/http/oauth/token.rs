@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// A form body that may carry the client's id and secret.
-trait ClientForm {
+pub(crate) trait ClientForm {
     fn client_id(&self) -> Option<&str>;
     fn client_secret(&self) -> Option<&str>;
 }
@@ -35,7 +35,7 @@ impl ClientForm for TokenParams {
 }
 
 /// The form and the client's credentials, as both endpoints read them.
-fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
+pub(crate) fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(T, ClientCredentials), OAuthError> {
@@ -67,11 +67,11 @@ pub async fn token(
 }
 
 #[derive(Deserialize)]
-struct RevokeParams {
-    token: Option<String>,
+pub(crate) struct RevokeParams {
+    pub(crate) token: Option<String>,
     #[allow(dead_code)]
     token_type_hint: Option<String>,
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     client_secret: Option<String>,
 }
 
@@ -102,7 +102,10 @@ pub async fn revoke(
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.
-fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, OAuthError> {
+pub(crate) fn form<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, OAuthError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -123,7 +126,7 @@ fn form<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Res
 
 /// The client's credentials: HTTP Basic (RFC 6749 §2.3.1, with form-encoded id and
 /// secret) or the form body. Using both at once is refused.
-fn credentials(
+pub(crate) fn credentials(
     headers: &HeaderMap,
     body_id: Option<&str>,
     body_secret: Option<&str>,
@@ -186,4 +189,173 @@ fn credentials(
         },
         _ => ClientCredentials::Missing,
     })
+}
+
+#[cfg(test)]
+mod properties {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::strategies::tricky_text;
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+
+    fn headers(content_type: Option<&[u8]>, authorization: Option<&[u8]>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (header::CONTENT_TYPE, content_type),
+            (header::AUTHORIZATION, authorization),
+        ] {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
+        headers
+    }
+
+    fn encode(s: &str) -> String {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    /// A Content-Type: the form type in various spellings, or anything.
+    fn content_type() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop::option::of(prop_oneof![
+            Just(FORM.as_bytes().to_vec()),
+            Just(b"Application/X-WWW-Form-URLEncoded; charset=utf-8".to_vec()),
+            Just(b"application/json".to_vec()),
+            any::<Vec<u8>>(),
+        ])
+    }
+
+    /// An Authorization value: Basic with any base64 payload, another scheme, or bytes.
+    fn authorization() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop::option::of(prop_oneof![
+            any::<Vec<u8>>()
+                .prop_map(|payload| format!("Basic {}", STANDARD.encode(payload)).into_bytes()),
+            "(Basic|basic|Bearer|BASIC) ?[A-Za-z0-9+/=: ]{0,40}".prop_map(String::into_bytes),
+            any::<Vec<u8>>(),
+        ])
+    }
+
+    /// A form body: pairs of known and unknown fields, or any bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            Just("client_id"),
+            Just("client_secret"),
+            Just("grant_type"),
+            Just("token"),
+            Just("scope"),
+            Just("x"),
+        ];
+        prop_oneof![
+            prop::collection::vec((field, tricky_text()), 0..5).prop_map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&")
+                    .into_bytes()
+            }),
+            any::<Vec<u8>>(),
+        ]
+    }
+
+    /// The rules both endpoints keep, given the form's client fields.
+    fn check(
+        headers: &HeaderMap,
+        form_id: Option<&str>,
+        form_secret: Option<Option<&str>>,
+        credentials: &ClientCredentials,
+    ) -> Result<(), TestCaseError> {
+        let basic = headers.contains_key(header::AUTHORIZATION);
+        match credentials {
+            ClientCredentials::Basic { client_id, .. } => {
+                prop_assert!(basic);
+                prop_assert!(form_id.is_none_or(|f| f == client_id));
+                prop_assert!(form_secret.is_none_or(|s| s.is_none()), "never both");
+            }
+            ClientCredentials::Body { client_id, secret } => {
+                prop_assert!(!basic);
+                prop_assert!(!client_id.is_empty());
+                prop_assert_eq!(Some(client_id.as_str()), form_id);
+                if let Some(form_secret) = form_secret {
+                    prop_assert_eq!(secret.as_deref(), form_secret);
+                }
+            }
+            ClientCredentials::Missing => {
+                prop_assert!(!basic);
+                prop_assert!(form_id.is_none_or(str::is_empty));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn token_and_revoke_requests_never_panic_and_keep_the_credential_rules(
+            content_type in content_type(),
+            authorization in authorization(),
+            body in body(),
+        ) {
+            let headers = headers(content_type.as_deref(), authorization.as_deref());
+            let is_form = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| media_type(v) == FORM);
+            match client_request::<TokenParams>(&headers, &body) {
+                Ok((params, credentials)) => {
+                    prop_assert!(is_form);
+                    check(
+                        &headers,
+                        params.client_id.as_deref(),
+                        Some(params.client_secret.as_deref()),
+                        &credentials,
+                    )?;
+                }
+                Err(e) => prop_assert!(e.status.is_client_error() && !e.description.is_empty()),
+            }
+            match client_request::<RevokeParams>(&headers, &body) {
+                Ok((params, credentials)) => {
+                    prop_assert!(is_form);
+                    check(&headers, params.client_id.as_deref(), None, &credentials)?;
+                }
+                Err(e) => prop_assert!(e.status.is_client_error() && !e.description.is_empty()),
+            }
+        }
+
+        /// RFC 6749 §2.3.1: id and secret are form-encoded, then joined by a colon and
+        /// base64-encoded; any id and secret survive the trip.
+        #[test]
+        fn basic_credentials_round_trip(id in tricky_text(), secret in tricky_text()) {
+            let value = format!("Basic {}", STANDARD.encode(format!("{}:{}", encode(&id), encode(&secret))));
+            let headers = headers(Some(FORM.as_bytes()), Some(value.as_bytes()));
+            match credentials(&headers, None, None) {
+                Ok(ClientCredentials::Basic { client_id, secret: read }) => {
+                    prop_assert_eq!(client_id, id);
+                    prop_assert_eq!(read, secret);
+                }
+                _ => prop_assert!(false, "refused {:?}", value),
+            }
+        }
+
+        #[test]
+        fn form_fields_round_trip(
+            id in prop::option::of(tricky_text()),
+            secret in prop::option::of(tricky_text()),
+            code in prop::option::of(tricky_text()),
+        ) {
+            let pairs: Vec<String> = [("client_id", &id), ("client_secret", &secret), ("code", &code)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+                .collect();
+            let headers = headers(Some(FORM.as_bytes()), None);
+            let Ok(params) = form::<TokenParams>(&headers, pairs.join("&").as_bytes()) else {
+                return Err(TestCaseError::fail("a well-formed form was refused"));
+            };
+            prop_assert_eq!(&params.client_id, &id);
+            prop_assert_eq!(&params.client_secret, &secret);
+            prop_assert_eq!(&params.code, &code);
+        }
+    }
 }
