@@ -1,13 +1,14 @@
 // Real MCP clients against the real server: mcp-remote (the stdio proxy Claude Desktop
 // and CLI setups use) and the official Python SDK. Each runs its own OAuth code; the
 // browser (Playwright) only does what a person does: sign in and approve.
-import { test as base, expect, type Page } from '@playwright/test';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { test as base, expect } from '@playwright/test';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startGatehouse, type Gatehouse } from './support/server';
-import { OWNER_PASSWORD, setOwnerPassword } from './support/oauth';
+import { approve, setOwnerPassword } from './support/oauth';
+import { Lines, McpRemote } from './support/clients';
 
 const ACCESS_TTL_SECONDS = 4;
 
@@ -20,112 +21,6 @@ const test = base.extend<{ gatehouse: Gatehouse }>({
     await server.stop();
   },
 });
-
-/** Lines a child process prints, with a way to wait for one that matches. */
-class Lines {
-  private lines: string[] = [];
-  private waiters: Array<() => void> = [];
-
-  constructor(stream: NodeJS.ReadableStream) {
-    let partial = '';
-    stream.on('data', (chunk) => {
-      partial += chunk.toString();
-      const parts = partial.split('\n');
-      partial = parts.pop() ?? '';
-      this.lines.push(...parts);
-      this.waiters.splice(0).forEach((wake) => wake());
-    });
-  }
-
-  all(): string[] {
-    return this.lines;
-  }
-
-  async waitFor(match: (line: string) => boolean, what: string, timeoutMs = 20_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.lines.find(match);
-      if (found !== undefined) return found;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; saw:\n${this.lines.join('\n')}`);
-      await new Promise<void>((wake) => {
-        this.waiters.push(wake);
-        setTimeout(wake, 250);
-      });
-    }
-  }
-}
-
-async function approve(page: Page, url: string) {
-  await page.goto(url);
-  const password = page.getByLabel('Password');
-  if (await password.isVisible()) {
-    await password.fill(OWNER_PASSWORD);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-  }
-  await page.getByTestId('approve').click();
-}
-
-/** mcp-remote, speaking JSON-RPC on its stdio. */
-class McpRemote {
-  readonly child: ChildProcessWithoutNullStreams;
-  readonly stdout: Lines;
-  readonly stderr: Lines;
-  private nextId = 1;
-
-  constructor(mcpUrl: string, configDir: string) {
-    const bin = resolve(__dirname, '../node_modules/.bin/mcp-remote');
-    this.child = spawn(bin, [mcpUrl, '--allow-http', '--transport', 'http-only'], {
-      env: {
-        ...process.env,
-        MCP_REMOTE_CONFIG_DIR: configDir,
-        // Print the authorization URL instead of opening a browser.
-        BROWSER: 'true',
-        DISPLAY: '',
-      },
-    });
-    this.stdout = new Lines(this.child.stdout);
-    this.stderr = new Lines(this.child.stderr);
-  }
-
-  authorizationUrl(): Promise<string> {
-    return this.stderr
-      .waitFor((line) => /https?:\/\/\S+\/oauth\/authorize\?\S+/.test(line), 'the authorization URL')
-      .then((line) => /(https?:\/\/\S+\/oauth\/authorize\?\S+)/.exec(line)![1]);
-  }
-
-  notify(method: string) {
-    this.child.stdin.write(JSON.stringify({ jsonrpc: '2.0', method }) + '\n');
-  }
-
-  async request(method: string, params: object = {}): Promise<any> {
-    const id = this.nextId++;
-    this.child.stdin.write(JSON.stringify({ jsonrpc: '2.0', id, method, params }) + '\n');
-    const line = await this.stdout.waitFor((l) => {
-      try {
-        return JSON.parse(l).id === id;
-      } catch {
-        return false;
-      }
-    }, `the answer to ${method}`, 30_000);
-    const message = JSON.parse(line);
-    if (message.error) throw new Error(`${method} failed: ${JSON.stringify(message.error)}`);
-    return message.result;
-  }
-
-  async session() {
-    const init = await this.request('initialize', {
-      protocolVersion: '2025-06-18',
-      capabilities: {},
-      clientInfo: { name: 'playwright-stdio', version: '1.0.0' },
-    });
-    this.notify('notifications/initialized');
-    return init;
-  }
-
-  stop() {
-    this.child.kill('SIGTERM');
-  }
-}
 
 function storedAccessToken(configDir: string): string | undefined {
   const walk = (dir: string): string[] =>

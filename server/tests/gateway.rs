@@ -505,3 +505,136 @@ async fn sessionless_requests_use_the_pool() {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert!(refused.body.contains("does not match"), "{}", refused.body);
 }
+
+/// An HTTP upstream (rmcp, here) whose one tool never answers: it tells the test it
+/// was called, then waits forever.
+#[derive(Clone)]
+struct Stalls(Arc<tokio::sync::Notify>);
+
+impl ServerHandler for Stalls {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("stalls", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("wait", "never answers", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.0.notify_one();
+        std::future::pending().await
+    }
+}
+
+/// A TCP relay in front of a server, so that a test can make the server vanish as a
+/// crashed process does: `cut` resets every open connection and stops listening.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accepted = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accepted.lock().expect("lock").push(relay.abort_handle());
+            }
+        });
+        tasks.lock().expect("lock").push(accept.abort_handle());
+        Cuttable { addr, tasks }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// An HTTP server that dies while a call waits on its event stream: the call fails
+/// within a few resumption attempts as "not reachable", naming the upstream, instead
+/// of waiting out its `timeout` while rmcp tries to resume the stream without end.
+/// (rmcp's server asks for 3 s between attempts, which the client must honour.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
+    let called = Arc::new(tokio::sync::Notify::new());
+    let service = {
+        let called = called.clone();
+        StreamableHttpService::new(
+            move || Ok(Stalls(called.clone())),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
+    });
+    let relay = Cuttable::start(upstream).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"web\"\nurl = \"http://{}/mcp\"\ntimeout = \"60s\"\n",
+            relay.addr
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+
+    let answer = app.send(
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session: Some(&session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
+        .body(call(2, "wait", json!({}))),
+    );
+    let crash = async {
+        called.notified().await;
+        relay.cut();
+        std::time::Instant::now()
+    };
+    let (answer, crashed_at) = tokio::join!(answer, crash);
+    let waited = crashed_at.elapsed();
+    let error = &answer.rpc()["error"];
+    assert_eq!(error["data"]["upstream"], "web", "{}", answer.body);
+    assert_eq!(error["data"]["reason"], "unavailable", "{}", answer.body);
+    assert!(
+        waited < Duration::from_secs(20),
+        "the call waited {waited:?} after its server died"
+    );
+}

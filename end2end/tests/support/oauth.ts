@@ -2,6 +2,7 @@
 // callback server, PKCE, registration and token requests over plain HTTP.
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
+import type { Page } from '@playwright/test';
 import type { Gatehouse } from './server';
 
 export const OWNER_PASSWORD = 'a long and proper owner password';
@@ -103,4 +104,18 @@ export async function tokenRequest(
     body: new URLSearchParams(form),
   });
   return { status: response.status, body: await response.json(), headers: response.headers };
+}
+
+/**
+ * What a person does with an authorization URL: open it, sign in if asked, approve.
+ * The browser then follows the redirect to the client's callback.
+ */
+export async function approve(page: Page, url: string): Promise<void> {
+  await page.goto(url);
+  const password = page.getByLabel('Password');
+  if (await password.isVisible()) {
+    await password.fill(OWNER_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+  }
+  await page.getByTestId('approve').click();
 }

@@ -21,7 +21,7 @@ export interface Gatehouse {
 const bin = process.env.GATEHOUSE_BIN ?? resolve(__dirname, '../../../target/debug/gatehouse');
 const siteRoot = process.env.GATEHOUSE_SITE_ROOT ?? resolve(__dirname, '../../../target/site');
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
     const probe = createServer();
     probe.once('error', fail);

@@ -14,6 +14,7 @@ use rmcp::{
     },
     service::{serve_client_with_lifecycle, ClientLifecycleMode, Peer, ServiceError},
     transport::{
+        common::client_side_sse::ExponentialBackoff,
         streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
         TokioChildProcess,
     },
@@ -324,8 +325,9 @@ impl Shared {
             match &self.config.transport {
                 Transport::Http { url, headers } => {
                     let http = self.http.clone().ok_or("no HTTP client")?;
-                    let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(headers.iter().cloned().collect());
+                    config.retry_config = Arc::new(resume_briefly());
                     let transport = StreamableHttpClientTransport::with_client(http, config);
                     serve(up, InOrder::new(transport, routes.clone()), lifecycle).await
                 }
@@ -438,6 +440,17 @@ where
             .await
             .map_err(|e| e.to_string()),
     }
+}
+
+/// How an HTTP upstream's broken event stream is resumed (`Last-Event-ID`): three
+/// quick attempts, about 1.5 s in all. rmcp's default retries without end, so a call
+/// whose server died waited out its whole `timeout`; now it fails as "not reachable"
+/// at once, and a server that restarts within the attempts loses nothing.
+fn resume_briefly() -> ExponentialBackoff {
+    let mut backoff = ExponentialBackoff::default();
+    backoff.max_times = Some(3);
+    backoff.base_duration = Duration::from_millis(250);
+    backoff
 }
 
 /// How long the start-up probe may take before serving starts regardless.
