@@ -260,13 +260,18 @@ impl Audit {
         if event.kind == Some(EventKind::ToolCall) {
             tracing::debug!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), tool = event.tool.as_deref(), outcome = event.outcome.as_deref(), duration_ms = event.duration_ms, "activity");
         } else {
-            tracing::info!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), grant = event.grant.as_deref(), address = event.address.as_deref(), resource = event.resource.as_deref(), scopes = event.scopes.as_deref(), "activity");
+            // Not the grant id: with a client id it would let a log reader end the grant.
+            tracing::info!(target: "gatehouse::audit", kind, client_id = event.client_id.as_deref(), address = event.address.as_deref(), resource = event.resource.as_deref(), scopes = event.scopes.as_deref(), "activity");
         }
         match event.kind {
             Some(EventKind::ToolCall) => {
                 let resource = event.resource.clone().unwrap_or_default();
-                let tool = self.tool_label(&resource, event.tool.as_deref().unwrap_or_default());
                 let outcome = event.outcome.clone().unwrap_or_default();
+                let tool = self.tool_label(
+                    &resource,
+                    event.tool.as_deref().unwrap_or_default(),
+                    outcome == "ok",
+                );
                 metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool, "outcome" => outcome)
                     .increment(1);
                 if let Some(ms) = event.duration_ms {
@@ -285,15 +290,16 @@ impl Audit {
         }
     }
 
-    /// `tool` as a metric label: itself while fewer than [`MAX_TOOL_LABELS`] are in
-    /// use, else `other`.
-    fn tool_label(&self, resource: &str, tool: &str) -> String {
+    /// `tool` as a metric label: a tool becomes a label once a call to it succeeds
+    /// (so names of tools that do not exist never do), while fewer than
+    /// [`MAX_TOOL_LABELS`] are in use; anything else is `other`.
+    fn tool_label(&self, resource: &str, tool: &str, succeeded: bool) -> String {
         let mut labels = self.tool_labels.lock().unwrap_or_else(|p| p.into_inner());
         let pair = (resource.to_owned(), tool.to_owned());
         if labels.contains(&pair) {
             return pair.1;
         }
-        if labels.len() < MAX_TOOL_LABELS {
+        if succeeded && labels.len() < MAX_TOOL_LABELS {
             labels.insert(pair);
             return tool.to_owned();
         }
@@ -466,13 +472,24 @@ mod tests {
             crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
         );
         let audit = Audit::new(store, Clock::system(), Duration::from_secs(60), 10);
+        // Failed calls to made-up names take no label.
+        for i in 0..2 * MAX_TOOL_LABELS {
+            assert_eq!(
+                audit.tool_label("r", &format!("made-up{i}"), false),
+                "other"
+            );
+        }
         for i in 0..MAX_TOOL_LABELS {
             assert_eq!(
-                audit.tool_label("r", &format!("tool{i}")),
+                audit.tool_label("r", &format!("tool{i}"), true),
                 format!("tool{i}")
             );
         }
-        assert_eq!(audit.tool_label("r", "one-more"), "other");
-        assert_eq!(audit.tool_label("r", "tool7"), "tool7", "known labels stay");
+        assert_eq!(audit.tool_label("r", "one-more", true), "other");
+        assert_eq!(
+            audit.tool_label("r", "tool7", false),
+            "tool7",
+            "known labels stay"
+        );
     }
 }

@@ -121,11 +121,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
 /// link is the only way in until a password is set, so it must reach the operator.
 async fn announce_setup_link(state: &AppState) {
     match state.owner.create_setup_token().await {
-        Ok(Some(token)) => tracing::warn!(
-            "no owner password is set. Open {}/setup?token={token} within an hour to choose one \
-             (or run `gatehouse owner set-password`)",
-            state.config.public_url.as_str()
-        ),
+        // The link goes to standard error only, never through the log (which may be
+        // collected elsewhere): it is a secret until it is used.
+        Ok(Some(token)) => {
+            tracing::warn!(
+                "no owner password is set; the one-time setup link is on standard error"
+            );
+            eprintln!(
+                "gatehouse: no owner password is set. Open {}/setup?token={token} within an \
+                 hour to choose one (or run `gatehouse owner set-password`)",
+                state.config.public_url.as_str()
+            );
+        }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "cannot create the setup link"),
     }

@@ -154,6 +154,15 @@ fn start(extra: &[&str]) -> Server {
     panic!("the server did not start");
 }
 
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("field")
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
@@ -199,6 +208,8 @@ async fn a_burst_of_sign_ins_keeps_memory_bounded() {
         assert_eq!(attempt.await.expect("join").as_u16(), 401);
     }
     let peak_mib = peak_rss_kib(server.child.id()) / 1024;
+    let file_mib = status_kib(server.child.id(), "RssFile:") / 1024;
+    eprintln!("peak RSS {peak_mib} MiB, of which the binary's own pages {file_mib} MiB");
     assert!(peak_mib < 150, "peak RSS {peak_mib} MiB");
 }
 
@@ -309,4 +320,50 @@ async fn json_logs_carry_activity_events_for_machines() {
         .unwrap_or_else(|| panic!("no sign-in event in {log}"));
     assert_eq!(event["fields"]["address"], "127.0.0.1");
     assert_eq!(event["level"], "INFO");
+}
+
+/// The first-run setup link is a secret until used: it goes to standard error,
+/// never through the log.
+#[test]
+fn the_setup_link_is_printed_on_stderr_and_never_logged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = gatehouse()
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--bind",
+            &bind,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&bind).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("output");
+    let (log, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(log.contains("no owner password is set"), "{log}");
+    assert!(!log.contains("setup?token="), "{log}");
+    assert!(
+        stderr.contains(&format!("http://{bind}/setup?token=")),
+        "{stderr}"
+    );
 }

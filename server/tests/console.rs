@@ -293,6 +293,8 @@ async fn console_pages_send_a_visitor_to_sign_in_and_back() {
     for unsafe_target in [
         "/console//evil.example",
         "/console/../oauth/logout",
+        "/console/%2e%2e/oauth/logout",
+        "/console/%2E%2E%2Foauth",
         "/console\\@evil.example",
         "/consolex",
         "https://evil.example/console",
@@ -358,13 +360,80 @@ async fn console_pages_render_for_the_owner_unframed_and_uncached() {
 // ----- what the console shows and does -------------------------------------------------
 
 #[tokio::test]
+async fn an_approved_code_not_yet_redeemed_is_listed_and_revoked_with_its_client() {
+    let app = TestApp::new(&[]);
+    let (client_id, cookie, code) = app.code_for("read:articles").await;
+    let apps = app.apps(&cookie).await;
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(apps[0]["pending"], true);
+    let page = app.get("/console", Some(&cookie)).await;
+    assert!(page.body.contains("code not yet redeemed"), "{}", page.body);
+
+    let revoked = app
+        .console_act("revoke_client", &[("client_id", &client_id)], &cookie)
+        .await;
+    assert_eq!(revoked.body, "1", "{}", revoked.body);
+    // The code the client still holds is worthless now.
+    let late = app.redeem(&client_id, &code).await;
+    assert_oauth_error(&late, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(app.apps(&cookie).await.is_empty());
+}
+
+#[tokio::test]
+async fn what_clients_write_is_shown_as_text_in_the_console() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("token");
+    let session = app.mcp_session(token, "2025-06-18").await;
+    let created = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "create_article",
+                "arguments": {
+                    "slug": "payload",
+                    "title": "</title><script>alert('title')</script>",
+                    "body": "\nfirst line kept</textarea><script>alert('body')</script>&lt;"
+                }
+            }}),
+        )
+        .await;
+    assert_eq!(
+        created.rpc()["result"]["isError"],
+        false,
+        "{}",
+        created.body
+    );
+    let cookie = app.sign_in().await;
+    for path in ["/console/articles", "/console/articles/payload"] {
+        let page = app.get(path, Some(&cookie)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path}: {}",
+            page.body
+        );
+        assert!(!page.body.contains("</textarea><script"), "{path}");
+    }
+    let page = app.get("/console/articles/payload", Some(&cookie)).await;
+    // The body, escaped once, after the newline the parser drops.
+    assert!(
+        page.body.contains(
+            "\n\nfirst line kept&lt;/textarea&gt;&lt;script&gt;alert('body')&lt;/script&gt;&amp;lt;</textarea>"
+        ),
+        "{}",
+        page.body
+    );
+}
+
+#[tokio::test]
 async fn connected_apps_list_live_grants_and_revoking_ends_them_at_once() {
     let app = TestApp::new(&[]);
     let (reader_id, reader) = app.tokens_for("read:articles").await;
     let (writer_id, writer) = app.tokens_for("read:articles write:articles").await;
     let cookie = app.sign_in().await;
-    // A consent never redeemed is no connected app.
-    let _unredeemed = app.code_for("read:articles").await;
 
     let apps = app.apps(&cookie).await;
     assert_eq!(apps.len(), 2, "{apps:?}");

@@ -30,6 +30,8 @@ pub struct AppRow {
     pub scopes: String,
     pub resource: String,
     pub approved: String,
+    /// Approved a moment ago, its code not yet redeemed.
+    pub pending: bool,
     /// When a token of this grant was last used; updated about once a minute.
     pub last_used: Option<String>,
     pub calls_last_day: u64,

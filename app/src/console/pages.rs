@@ -25,6 +25,23 @@ fn encode(value: &str) -> String {
     out
 }
 
+/// A textarea's initial text. Leptos writes a textarea's children into the server's
+/// HTML without escaping them (it is raw text to the parser, up to `</textarea>`),
+/// and a client wrote this text: escape it there. The browser decodes it back; in
+/// the browser, Leptos makes a text node, which needs no escaping. (The parser also
+/// drops one newline right after the start tag, so the server sends one to keep a
+/// body's own leading newline.)
+fn textarea_text(text: String) -> String {
+    #[cfg(feature = "ssr")]
+    let text = format!(
+        "\n{}",
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    );
+    text
+}
+
 /// A server function's error, in words.
 fn message(error: &ServerFnError) -> String {
     match error {
@@ -249,7 +266,11 @@ fn AppsTable(apps: Vec<AppRow>) -> impl IntoView {
                                     </td>
                                     <td>{app.approved}</td>
                                     <td data-testid="app-last-used">
-                                        {app.last_used.unwrap_or_else(|| "never".into())}
+                                        {match (app.pending, app.last_used) {
+                                            (true, _) => "code not yet redeemed".to_owned(),
+                                            (false, Some(when)) => when,
+                                            (false, None) => "never".to_owned(),
+                                        }}
                                     </td>
                                     <td data-testid="app-calls">{app.calls_last_day}</td>
                                     <td class="row-actions">
@@ -512,7 +533,9 @@ pub fn ArticlePage() -> impl IntoView {
                                 let status = if published { "Published" } else { "Draft" };
                                 let delete_href = format!("/console/articles/{slug}?delete=1");
                                 view! {
-                                    <Title text=article.title.clone() />
+                                    // A fixed title: leptos_meta writes the title into the
+                                    // head unescaped, and a client chose this one.
+                                    <Title text="Edit article" />
                                     {saved.then(|| view! { <p class="badge" data-testid="saved">"Saved."</p> })}
                                     <p class="muted">
                                         <span data-testid="article-status">{status}</span>
@@ -595,7 +618,7 @@ fn ArticleForm(
                 <input id="title" name="title" type="text" maxlength="200" required value=title />
                 <label for="body">"Body (Markdown)"</label>
                 <textarea id="body" name="body" rows="16" data-testid="article-body">
-                    {body}
+                    {textarea_text(body)}
                 </textarea>
                 <button class="button" type="submit" data-testid="save">
                     {if is_new { "Create draft" } else { "Save" }}

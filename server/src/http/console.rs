@@ -51,17 +51,21 @@ const ACTIVITY_BATCH: usize = 200;
 /// waits for the page.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A run of the doctor is reused for this long: the Connect page runs it on a GET,
+/// which a link from another site can make the owner's browser send.
+const CHECKS_REUSED_FOR: Duration = Duration::from_secs(30);
+
 pub struct Console {
     state: AppState,
-    /// One run of the doctor at a time.
-    checks: tokio::sync::Mutex<()>,
+    /// The last run of the doctor, and when it ended; one run at a time.
+    checks: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<CheckRow>)>>,
 }
 
 impl Console {
     pub fn new(state: AppState) -> Self {
         Console {
             state,
-            checks: tokio::sync::Mutex::new(()),
+            checks: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -212,6 +216,7 @@ impl ConsoleBackend for Console {
                 identity,
                 verified,
                 approved: when(summary.approved_at),
+                pending: summary.pending,
                 last_used: (usage.last_used > 0).then(|| when(usage.last_used / 1000)),
                 calls_last_day: usage.calls_last_day(now_ms),
                 grant: summary.grant,
@@ -233,7 +238,7 @@ impl ConsoleBackend for Console {
             .revoke_grant(&group)
             .await
             .map_err(|e| unavailable(&e))?;
-        tracing::info!(grant = %grant, "the owner revoked a grant from the console");
+        tracing::info!("the owner revoked a grant from the console");
         Ok(())
     }
 
@@ -427,7 +432,12 @@ impl ConsoleBackend for Console {
     }
 
     async fn checks(&self) -> Vec<CheckRow> {
-        let _one_at_a_time = self.checks.lock().await;
+        let mut last = self.checks.lock().await;
+        if let Some((at, rows)) = last.as_ref() {
+            if at.elapsed() < CHECKS_REUSED_FOR {
+                return rows.clone();
+            }
+        }
         let options = crate::doctor::Options {
             register: false,
             timeout: CHECK_TIMEOUT,
@@ -439,7 +449,7 @@ impl ConsoleBackend for Console {
             &options,
         )
         .await;
-        report
+        let rows: Vec<CheckRow> = report
             .checks
             .into_iter()
             .map(|c| CheckRow {
@@ -448,7 +458,9 @@ impl ConsoleBackend for Console {
                 detail: c.detail,
                 fix: c.fix,
             })
-            .collect()
+            .collect();
+        *last = Some((tokio::time::Instant::now(), rows.clone()));
+        rows
     }
 }
 
@@ -483,21 +495,36 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     if !page && !call {
         return next.run(request).await;
     }
-    if page && matches!(*request.method(), Method::GET | Method::HEAD) {
-        let signed_in = matches!(
-            super::session::current_session(&state, request.headers()).await,
+    let headers = request.headers().clone();
+    let signed_in = || async {
+        matches!(
+            super::session::current_session(&state, &headers).await,
             Ok(Some(_))
-        );
-        if !signed_in {
-            let return_to = request
-                .uri()
-                .path_and_query()
-                .map_or("/console", |p| p.as_str());
-            let login: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair("return_to", return_to)
-                .finish();
-            return see_other(&format!("/oauth/login?{login}"));
-        }
+        )
+    };
+    // Calls take bodies of up to 160 KiB: only from the owner. (Each checks the
+    // session again, and more.)
+    if call && path != "/api/console/signed_in" && !signed_in().await {
+        return (
+            StatusCode::UNAUTHORIZED,
+            super::oauth::page_headers(),
+            app::error_document(
+                401,
+                "Sign in again",
+                "Sign in to use the console, then repeat what you did.",
+            ),
+        )
+            .into_response();
+    }
+    if page && matches!(*request.method(), Method::GET | Method::HEAD) && !signed_in().await {
+        let return_to = request
+            .uri()
+            .path_and_query()
+            .map_or("/console", |p| p.as_str());
+        let login: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", return_to)
+            .finish();
+        return see_other(&format!("/oauth/login?{login}"));
     }
     let wants_html = request
         .headers()

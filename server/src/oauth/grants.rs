@@ -42,10 +42,13 @@ pub struct GrantSummary {
     pub resource: String,
     /// Seconds since the epoch.
     pub approved_at: u64,
+    /// Approved, and its code not redeemed yet (it may be, for 10 minutes).
+    pub pending: bool,
 }
 
 impl AuthServer {
-    /// Every grant whose code was redeemed and which is not revoked or expired.
+    /// Every grant that is not revoked or expired: those whose code was redeemed, and
+    /// those approved a moment ago whose code may still be (`pending`).
     pub async fn grants(&self) -> StoreResult<Vec<GrantSummary>> {
         let prefix = format!("{}:", Kind::GRANT.as_str());
         let mut out = Vec::new();
@@ -54,9 +57,6 @@ impl AuthServer {
                 tracing::warn!(key = %key, "skipping an unreadable grant");
                 continue;
             };
-            if grant.refresh.is_none() {
-                continue;
-            }
             if !key.as_str().ends_with(":record") {
                 continue;
             }
@@ -71,6 +71,7 @@ impl AuthServer {
                 scopes: grant.scopes.to_string(),
                 resource: grant.resource.to_string(),
                 approved_at: grant.created_at,
+                pending: grant.refresh.is_none(),
             });
         }
         out.sort_by_key(|g| std::cmp::Reverse(g.approved_at));

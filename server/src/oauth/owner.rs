@@ -6,9 +6,10 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 use tokio::{sync::Semaphore, time::Instant};
 
 use argon2::{
-    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
-    Algorithm, Argon2,
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString},
+    Algorithm, Argon2, Block, Params, Version,
 };
+use subtle::ConstantTimeEq;
 
 use super::secret::{random_token, SecretHash};
 use crate::{
@@ -52,19 +53,52 @@ pub fn check_new_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Verifies on the blocking pool: Argon2 is deliberately slow.
-async fn verify(phc: String, password: String) -> bool {
+/// The memory of one Argon2 run (about 19 MiB with the default parameters).
+type Blocks = Vec<Block>;
+
+/// Whether `password` matches the PHC string `phc`, computing in `blocks` (grown to
+/// the hash's memory cost if needed). Argon2's own `verify_password` allocates its
+/// memory afresh each time, on whichever blocking thread runs it, and the allocator
+/// keeps such blocks per thread: under a burst of sign-ins the process then held
+/// far more than the runs at once needed.
+fn verify_with(phc: &str, password: &[u8], blocks: &mut Blocks) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    blocks.resize(params.block_count(), Block::default());
+    let computed = Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..])
+        .is_ok();
+    computed && bool::from(expected.as_bytes().ct_eq(&out))
+}
+
+/// Verifies on the blocking pool (Argon2 is deliberately slow) in `blocks`, which
+/// it hands back for the next run.
+async fn verify(phc: String, password: String, mut blocks: Blocks) -> (bool, Blocks) {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&phc)
-            .map(|hash| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+        let ok = verify_with(&phc, password.as_bytes(), &mut blocks);
+        (ok, blocks)
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or((false, Vec::new()))
 }
 
 /// A hash to verify against when no password exists, so that a sign-in takes as long
@@ -92,6 +126,9 @@ pub struct Owner {
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
     argon2: Semaphore,
+    /// The memory of the Argon2 runs, allocated once and reused: at most
+    /// [`ARGON2_CONCURRENCY`] buffers, one per run at a time.
+    argon2_memory: Mutex<Vec<Blocks>>,
 }
 
 fn password_key() -> Key {
@@ -104,6 +141,7 @@ impl Owner {
             store,
             configured_hash,
             argon2: Semaphore::new(ARGON2_CONCURRENCY),
+            argon2_memory: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,7 +168,18 @@ impl Owner {
             .acquire()
             .await
             .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
-        Ok(verify(hash, password.to_owned()).await && exists)
+        let blocks = self
+            .argon2_memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let (ok, blocks) = verify(hash, password.to_owned(), blocks).await;
+        let mut memory = self.argon2_memory.lock().unwrap_or_else(|p| p.into_inner());
+        if memory.len() < ARGON2_CONCURRENCY {
+            memory.push(blocks);
+        }
+        Ok(ok && exists)
     }
 
     /// Ends every sign-in session (after a password change).
@@ -410,5 +459,34 @@ mod tests {
         assert!(check_password_hash(&hash).is_ok());
         assert!(check_password_hash("$2b$12$abcdefghijklmnopqrstuv").is_err());
         assert!(check_password_hash("plain").is_err());
+    }
+
+    #[test]
+    fn verification_in_reused_memory_matches_argon2s_own() {
+        let mut blocks = Blocks::new();
+        let hash = hash_password("correct horse battery").expect("hash");
+        assert!(verify_with(&hash, b"correct horse battery", &mut blocks));
+        assert!(!verify_with(&hash, b"correct horse batterz", &mut blocks));
+        let size = blocks.len();
+        assert!(size > 0);
+        // Other parameters and an older version, in the same memory.
+        let small = Params::new(1024, 1, 1, Some(16)).expect("params");
+        let salt = SaltString::generate(&mut OsRng);
+        let other = Argon2::new(Algorithm::Argon2id, Version::V0x10, small)
+            .hash_password(b"another one", &salt)
+            .expect("hash")
+            .to_string();
+        assert!(verify_with(&other, b"another one", &mut blocks));
+        assert!(!verify_with(&other, b"another two", &mut blocks));
+        assert!(verify_with(&hash, b"correct horse battery", &mut blocks));
+        assert_eq!(blocks.len(), size);
+        for broken in [
+            "",
+            "$argon2id$",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA",
+            "plain",
+        ] {
+            assert!(!verify_with(broken, b"x", &mut blocks), "{broken}");
+        }
     }
 }

@@ -31,10 +31,11 @@ use crate::{
     store::{decode, encode, Put},
 };
 
-/// How often to look again for a rotation's successor that a concurrent request is
-/// still writing, and how long to wait between looks.
-const SUCCESSOR_LOOKS: usize = 20;
-const SUCCESSOR_WAIT: Duration = Duration::from_millis(10);
+/// How long to keep looking for a rotation's successor that a concurrent request is
+/// still writing (under load, the winner's writes can take a while), and the longest
+/// wait between looks; waits start at 5 ms and double.
+const SUCCESSOR_PATIENCE: Duration = Duration::from_secs(2);
+const SUCCESSOR_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// Access tokens kept per grant: the newest and the one before it, so a client that
 /// refreshed early can finish what it was doing with the previous one.
@@ -67,7 +68,9 @@ impl AuthServer {
             .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
         let key = grant_key(&token.grant);
 
-        for _ in 0..SUCCESSOR_LOOKS {
+        let deadline = tokio::time::Instant::now() + SUCCESSOR_PATIENCE;
+        let mut wait = Duration::from_millis(5);
+        while tokio::time::Instant::now() < deadline {
             let current = self.store.get(&key).await?.ok_or_else(invalid)?;
             let grant: Grant = decode(&current)?;
             if grant.client_id != client.client_id {
@@ -98,7 +101,8 @@ impl AuthServer {
                 }
                 // Rotated a moment ago by a request that is still storing the
                 // successor: look again shortly.
-                tokio::time::sleep(SUCCESSOR_WAIT).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SUCCESSOR_MAX_WAIT);
                 continue;
             }
 

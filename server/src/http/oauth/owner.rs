@@ -32,6 +32,9 @@ fn safe_return_to(raw: Option<&str>) -> String {
             && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
             && !path.contains("//")
             && !path.contains("/..")
+            && !["%2e", "%2f", "%5c"]
+                .iter()
+                .any(|encoded| path.to_ascii_lowercase().contains(encoded))
     };
     match raw {
         Some(path) if path.starts_with("/oauth/authorize?") && one_line(path) => path.to_owned(),
