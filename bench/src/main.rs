@@ -23,6 +23,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod soak;
+
 const CONCURRENCY: usize = 64;
 const PASSWORD: &str = "benchmark owner password";
 
@@ -60,7 +62,13 @@ fn options() -> Result<Options> {
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
+    // `bench soak …` is the soak run (`cargo xtask soak`); anything else benchmarks.
+    let outcome = if std::env::args().nth(1).as_deref() == Some("soak") {
+        soak::run().await
+    } else {
+        run().await
+    };
+    if let Err(e) = outcome {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }

@@ -86,6 +86,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return report(vec![e]),
     };
     announce_setup_link(&state).await;
+    tokio::spawn(gatehouse::telemetry::upkeep());
     // Learn each upstream's tools (their hints decide the scope each needs) without
     // holding up start-up.
     for upstream in &state.upstreams {

@@ -3,6 +3,8 @@
 //!
 //! Recording is the `metrics` facade's atomic counters and histograms, cheap enough
 //! for the bearer guard's hot path; rendering happens only when `/metrics` is read.
+//! The recorder keeps every histogram sample until it is folded into its buckets, so
+//! [`upkeep`] folds them every few seconds whether or not anyone reads `/metrics`.
 
 use std::{
     sync::OnceLock,
@@ -50,6 +52,25 @@ pub fn handle() -> &'static PrometheusHandle {
         describe();
         handle
     })
+}
+
+/// How often [`upkeep`] folds recorded histogram samples into their buckets (the
+/// exporter's own default).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`], forever. The
+/// recorder holds each sample (every request, store operation and tool call records
+/// one) until then or until `/metrics` is rendered, so without this a server nobody
+/// scrapes grows by every sample it ever took: the soak run (`cargo xtask soak`) saw
+/// RSS climb by 36 MB in 50 s under load. Built with `build_recorder`, the
+/// exporter spawns no such task itself.
+pub async fn upkeep() {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle().run_upkeep();
+    }
 }
 
 fn describe() {

@@ -836,6 +836,68 @@ async fn concurrent_redemptions_revoke_and_concurrent_refreshes_rotate_once() {
     concurrent_redemptions_and_refreshes(&app, &app).await;
 }
 
+/// A refresh cut short by the store at any of its writes (Redis went away, the
+/// process stopped) is retried with the same refresh token and succeeds: our failure
+/// never signs the client out, and the pair it ends up with is live and rotates in
+/// turn. (Storing the grant before the successor left a rotated grant whose pair no
+/// one could obtain, and the retry was refused.)
+#[tokio::test]
+async fn a_refresh_interrupted_at_any_write_succeeds_when_retried() {
+    for fail_at in 0..8 {
+        let (app, faults) = TestApp::with_faults();
+        let (client_id, tokens) = app.tokens_for("read:articles").await;
+        let refresh = tokens["refresh_token"]
+            .as_str()
+            .expect("refresh")
+            .to_owned();
+
+        faults.set(faults::Mode::WritesFailAfter(fail_at));
+        let first = app.refresh(&client_id, &refresh, &[]).await;
+        faults.set(faults::Mode::Pass);
+        assert!(
+            [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&first.status),
+            "write {fail_at} failing: {} {}",
+            first.status,
+            first.body
+        );
+
+        let retried = app.refresh(&client_id, &refresh, &[]).await;
+        assert_eq!(
+            retried.status,
+            StatusCode::OK,
+            "write {fail_at} failing answered {}, then the retry: {}",
+            first.status,
+            retried.body
+        );
+        let pair = retried.json();
+        if first.status == StatusCode::OK {
+            assert_eq!(
+                first.json(),
+                pair,
+                "the retry within the grace window gets the same pair"
+            );
+        }
+        let access = pair["access_token"].as_str().expect("access");
+        assert!(
+            app.token_is_valid(access).await,
+            "write {fail_at}: the pair's access token is live"
+        );
+        let next = app
+            .refresh(
+                &client_id,
+                pair["refresh_token"].as_str().expect("refresh"),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            next.status,
+            StatusCode::OK,
+            "write {fail_at}: {}",
+            next.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     let app = TestApp::new(&["--refresh-grace", "1s"]);

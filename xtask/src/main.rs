@@ -7,6 +7,9 @@
 //!   real server.
 //! - `cargo xtask fuzz [--seconds N] [TARGET…]`: run the libFuzzer targets in `fuzz/`
 //!   one after the other (not part of `test`: it takes minutes per target).
+//! - `cargo xtask soak [--seconds N]`: a mixed load on each store for N seconds (60),
+//!   Redis killed and restarted halfway; fails when a goal of issue #12 is missed (not
+//!   part of `test`: it takes minutes and wants a quiet machine).
 //!
 //! Installs come from the package registries only and are skipped when the right
 //! version is already present, so repeated runs are fast.
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Some("setup") => setup(Needs::Everything),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
                  test    install what is missing, then run every check and test\n  \
                  bench   build the release server and run the benchmark (table on stdout)\n  \
                  fuzz    run each fuzz target for N seconds: fuzz [--seconds N] [TARGET…]\n  \
+                 soak    mixed load on each store, Redis killed halfway: soak [--seconds N]\n  \
                  setup   only install what is missing"
             );
             return ExitCode::from(2);
@@ -132,6 +137,23 @@ fn bench(extra: &[String]) -> Result {
         .arg(root.join("target/release/gatehouse"))
         .arg("--reference")
         .arg(&reference)
+        .args(extra)
+        .current_dir(&root))
+}
+
+/// Builds the release server and the load generator and runs the soak (`bench soak`):
+/// a mixed load on each store, its own `redis-server` killed and restarted halfway.
+/// Exits non-zero when a goal is missed.
+fn soak(extra: &[String]) -> Result {
+    install_redis_server()?;
+    let root = workspace_root();
+    step("building the release server and the load generator");
+    run(cargo().args(["build", "--release", "-p", "gatehouse", "-p", "bench"]))?;
+    step("soaking");
+    run(Command::new(root.join("target/release/bench"))
+        .arg("soak")
+        .arg("--gatehouse")
+        .arg(root.join("target/release/gatehouse"))
         .args(extra)
         .current_dir(&root))
 }
@@ -439,16 +461,7 @@ fn ensure_redis() -> Result {
     if env::var_os("GATEHOUSE_TEST_REDIS_URL").is_some() || answers() {
         return Ok(());
     }
-    if output(Command::new("redis-server").arg("--version")).is_err() {
-        step("installing Debian's redis-server for the Redis store tests");
-        let apt = |args: &[&str]| {
-            run(Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive"))
-        };
-        apt(&["update"])?;
-        apt(&["install", "-y", "--no-install-recommends", "redis-server"])?;
-    }
+    install_redis_server()?;
     step("starting redis-server on 127.0.0.1:6379");
     run(Command::new("redis-server").args([
         "--daemonize",
@@ -469,6 +482,21 @@ fn ensure_redis() -> Result {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Err("redis-server did not start on 127.0.0.1:6379".into())
+}
+
+/// Debian's `redis-server`, when it is missing.
+fn install_redis_server() -> Result {
+    if output(Command::new("redis-server").arg("--version")).is_ok() {
+        return Ok(());
+    }
+    step("installing Debian's redis-server");
+    let apt = |args: &[&str]| {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update"])?;
+    apt(&["install", "-y", "--no-install-recommends", "redis-server"])
 }
 
 /// `npm ci` in end2end/ when node_modules is missing or older than the lock file.

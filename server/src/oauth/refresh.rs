@@ -136,11 +136,61 @@ impl AuthServer {
             )?;
             self.store_access(&minted).await?;
 
+            // With a grace window, the successor is stored before the grant is
+            // swapped, and only by the first request to get there (put_new). A
+            // rotation cut short between the two writes (the store failed, the
+            // process died) is then finished by the client's retry with the same
+            // token, which finds the successor here; in the other order the grant
+            // would have rotated to a pair nobody can ever obtain, and the retry
+            // would be refused as a reuse.
+            let successor = successor_key(&token.grant, &token.hash);
+            let mut stored_successor = false;
+            let (response, refresh, access_hash) = if self.settings.refresh_grace.is_zero() {
+                (
+                    minted.response.clone(),
+                    minted.refresh.clone(),
+                    minted.access.hash.clone(),
+                )
+            } else {
+                let sealed = grace::seal(raw, &encode(&minted.response)?);
+                stored_successor = self
+                    .store
+                    .put_new(
+                        &successor,
+                        sealed.as_bytes(),
+                        Put::ttl(self.settings.refresh_grace).in_group(&token.grant),
+                    )
+                    .await?;
+                if stored_successor {
+                    (
+                        minted.response.clone(),
+                        minted.refresh.clone(),
+                        minted.access.hash.clone(),
+                    )
+                } else {
+                    // Another request, or an earlier attempt at this one, stored a
+                    // successor first: finish that rotation instead of ours.
+                    self.discard_access(&minted).await?;
+                    let Some(sealed) = self.store.get(&successor).await? else {
+                        continue;
+                    };
+                    let pair: TokenResponse =
+                        decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
+                    let refresh = GrantToken::parse(&pair.refresh_token)
+                        .ok_or_else(invalid)?
+                        .hash;
+                    let access = GrantToken::parse(&pair.access_token)
+                        .ok_or_else(invalid)?
+                        .hash;
+                    (pair, refresh, access)
+                }
+            };
+
             let rotated = vec![Rotation {
                 hash: token.hash.clone(),
                 at: self.now(),
             }];
-            let mut access = vec![minted.access.hash.clone()];
+            let mut access = vec![access_hash];
             access.extend(grant.access.iter().take(ACCESS_TOKENS_KEPT - 1).cloned());
             let dropped: Vec<SecretHash> = grant
                 .access
@@ -149,7 +199,7 @@ impl AuthServer {
                 .cloned()
                 .collect();
             let next = encode(&Grant {
-                refresh: Some(minted.refresh.clone()),
+                refresh: Some(refresh),
                 rotated,
                 access,
                 ..grant
@@ -164,19 +214,17 @@ impl AuthServer {
                 )
                 .await?;
             if !swapped {
-                // Someone rotated (or revoked) first: drop ours and look again.
-                self.discard_access(&minted).await?;
+                // Someone finished this rotation first (the next look finds the
+                // successor), or the grant was revoked meanwhile: then what this
+                // request stored must not outlive it.
+                let revoked = self.store.get(&key).await?.is_none();
+                if revoked || self.settings.refresh_grace.is_zero() {
+                    self.discard_access(&minted).await?;
+                    if stored_successor {
+                        self.store.delete(&successor).await?;
+                    }
+                }
                 continue;
-            }
-            if !self.settings.refresh_grace.is_zero() {
-                let sealed = grace::seal(raw, &encode(&minted.response)?);
-                self.store
-                    .put(
-                        &successor_key(&token.grant, &token.hash),
-                        sealed.as_bytes(),
-                        Put::ttl(self.settings.refresh_grace).in_group(&token.grant),
-                    )
-                    .await?;
             }
             for hash in dropped {
                 self.store.delete(&access_key(&token.grant, &hash)).await?;
@@ -191,7 +239,7 @@ impl AuthServer {
                     .delete(&successor_key(&token.grant, &earlier.hash))
                     .await?;
             }
-            return Ok(minted.response);
+            return Ok(response);
         }
         Err(invalid())
     }

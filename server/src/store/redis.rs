@@ -20,6 +20,8 @@ use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
 /// A command that takes longer than this fails, so callers answer 503 promptly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest wait between reconnection attempts while Redis is away.
+const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
 
 /// Writes a value and keeps its group's member set (and the set's TTL, the longest of
 /// its members') in step. KEYS: the key, then its group set when the key's name carries
@@ -145,8 +147,16 @@ impl RedisStore {
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
             })
-            // Reconnect forever, backing off from 100 ms to 5 s: Redis may come back.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            // Reconnect forever, backing off from 100 ms to at most 1 s: Redis may come
+            // back, and service should resume within about a second when it does (the
+            // soak run's goal is 2 s; with a 5 s cap it measured 3.2 s). An attempt
+            // against a dead Redis is one refused TCP connect, cheap even every second.
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                100,
+                RECONNECT_MAX_DELAY_MS,
+                2,
+            ))
             .build_pool(connections.max(1))
             .map_err(|e| StoreError::Backend(format!("cannot configure Redis: {e}")))?;
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, pool.init()).await {
