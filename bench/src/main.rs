@@ -42,6 +42,8 @@ struct Options {
     reference: PathBuf,
     redis: String,
     seconds: u64,
+    /// Only the gateway rows, on the embedded store: a quick loop while tuning them.
+    gateway_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -51,6 +53,7 @@ fn options() -> Result<Options> {
         reference: PathBuf::from("bench/reference"),
         redis: "redis://127.0.0.1:6379".into(),
         seconds: 10,
+        gateway_only: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -58,6 +61,7 @@ fn options() -> Result<Options> {
             "--gatehouse" => opts.gatehouse = value()?.into(),
             "--reference" => opts.reference = value()?.into(),
             "--redis" => opts.redis = value()?,
+            "--gateway-only" => opts.gateway_only = true,
             "--seconds" => {
                 opts.seconds = value()?.parse().map_err(|_| "--seconds takes a number")?
             }
@@ -181,7 +185,12 @@ async fn run() -> Result {
     )
     .await?;
     let config = gateway_config(&data, &upstream_url)?;
-    for (name, store, prefix) in stores {
+    let stores = if opts.gateway_only {
+        &stores[..1]
+    } else {
+        &stores[..]
+    };
+    for (name, store, prefix) in stores.iter().cloned() {
         let gatehouse_name = format!("gatehouse, {name}");
         eprintln!("\n== {gatehouse_name}");
         let gatehouse = bench_gatehouse(
@@ -194,6 +203,20 @@ async fn run() -> Result {
             duration,
         )
         .await?;
+        if opts.gateway_only {
+            rows.push(StoreRun {
+                store: name,
+                gatehouse,
+                ceiling: Row {
+                    name: String::new(),
+                    tools: Load::default(),
+                    refresh: None,
+                    idle_rss_mb: 0.0,
+                    after_rss_mb: 0.0,
+                },
+            });
+            continue;
+        }
         // Right after Gatehouse on the same store, so both see the same machine.
         eprintln!("\n== ceiling, {name}");
         let ceiling_store = match &prefix {
@@ -209,6 +232,11 @@ async fn run() -> Result {
         });
     }
     drop(upstream);
+    if opts.gateway_only {
+        let _ = std::fs::remove_dir_all(&data);
+        print_gateway_table(&rows, &direct);
+        return Ok(());
+    }
     eprintln!("\n== reference");
     let reference = bench_reference(&opts, &http, duration).await?;
     let _ = std::fs::remove_dir_all(&data);
@@ -357,7 +385,8 @@ fn print_gateway_table(runs: &[StoreRun], direct: &Load) {
         None,
     );
     for run in runs {
-        let ceiling = Some(run.ceiling.tools.rate());
+        // None with --gateway-only, which runs no ceiling.
+        let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
         let store = run.store;
         line(
             &format!("gateway → HTTP upstream, {store}"),
@@ -517,6 +546,23 @@ async fn bench_gatehouse(
     let idle_rss_mb = server.rss_mb();
 
     let flow = Flow::new(http.clone(), base.clone()).await?;
+    if opts.gateway_only {
+        let gateway_http =
+            gateway_load(&flow, http, &base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+        let gateway_stdio =
+            gateway_load(&flow, http, &base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+        return Ok(GatehouseRun {
+            row: Row {
+                name: name.to_owned(),
+                tools: Load::default(),
+                refresh: None,
+                idle_rss_mb,
+                after_rss_mb: server.rss_mb(),
+            },
+            gateway_http,
+            gateway_stdio,
+        });
+    }
     // One token for the tool calls; an article to read.
     let writer = flow.tokens("read:articles write:articles").await?;
     let token = writer["access_token"]
