@@ -8,6 +8,15 @@
 //! time from this separate process: authenticated `tools/call get_article`, and
 //! refresh grants (each worker rotating its own grant's refresh token). The reference
 //! row runs `simpleStreamableHttp.js --oauth` and calls its `greet` tool.
+//!
+//! The gateway rows call a fast rmcp server (`upstream.rs`) directly and through
+//! Gatehouse (`/mcp/NAME`, over HTTP and over stdio), in the same run; the ceiling rows
+//! drive a bare handler that does only the token's hash and one store read
+//! (`ceiling.rs`), so each Gatehouse row also reads as a share of what the machine
+//! allows.
+
+mod ceiling;
+mod upstream;
 
 use std::{
     io::Write,
@@ -35,6 +44,8 @@ struct Options {
     reference: PathBuf,
     redis: String,
     seconds: u64,
+    /// Only the gateway rows, on the embedded store: a quick loop while tuning them.
+    gateway_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -44,6 +55,7 @@ fn options() -> Result<Options> {
         reference: PathBuf::from("bench/reference"),
         redis: "redis://127.0.0.1:6379".into(),
         seconds: 10,
+        gateway_only: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -51,6 +63,7 @@ fn options() -> Result<Options> {
             "--gatehouse" => opts.gatehouse = value()?.into(),
             "--reference" => opts.reference = value()?.into(),
             "--redis" => opts.redis = value()?,
+            "--gateway-only" => opts.gateway_only = true,
             "--seconds" => {
                 opts.seconds = value()?.parse().map_err(|_| "--seconds takes a number")?
             }
@@ -60,18 +73,58 @@ fn options() -> Result<Options> {
     Ok(opts)
 }
 
-#[tokio::main]
-async fn main() {
-    // `bench soak …` is the soak run (`cargo xtask soak`); anything else benchmarks.
-    let outcome = if std::env::args().nth(1).as_deref() == Some("soak") {
-        soak::run().await
-    } else {
-        run().await
+/// `bench [OPTIONS]` runs the benchmark; `bench soak …` is the soak run (`cargo xtask
+/// soak`); `bench upstream …` and `bench ceiling …` are the servers the benchmark
+/// starts as separate processes (one binary, so nothing more to build).
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("upstream") => serve_upstream(&args[1..]),
+        Some("ceiling") => serve_ceiling(&args[1..]),
+        Some("soak") => runtime(true).and_then(|rt| rt.block_on(soak::run())),
+        _ => runtime(true).and_then(|rt| rt.block_on(run())),
     };
     if let Err(e) = outcome {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }
+}
+
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| e.to_string())
+}
+
+/// `upstream --http PORT` or `upstream --stdio`. A stdio server is one process per
+/// session with one client, so one thread is enough.
+fn serve_upstream(args: &[String]) -> Result {
+    match args {
+        [flag, port] if flag == "--http" => {
+            let port = port.parse().map_err(|_| "--http takes a port")?;
+            runtime(true)?.block_on(upstream::serve_http(port))
+        }
+        [flag] if flag == "--stdio" => runtime(false)?.block_on(upstream::serve_stdio()),
+        _ => Err("usage: bench upstream --http PORT | --stdio".into()),
+    }
+}
+
+/// `ceiling --port N --store SPEC --prefix P --hash H`.
+fn serve_ceiling(args: &[String]) -> Result {
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .ok_or(format!("ceiling needs {name}"))
+    };
+    let port = value("--port")?
+        .parse()
+        .map_err(|_| "--port takes a port")?;
+    let (store, prefix, hash) = (value("--store")?, value("--prefix")?, value("--hash")?);
+    runtime(true)?.block_on(ceiling::serve(port, store, prefix, hash))
 }
 
 #[derive(Default, Clone)]
@@ -111,59 +164,247 @@ async fn run() -> Result {
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
     let stores = [
         (
-            "gatehouse, embedded",
+            "embedded",
             format!("embedded:{}/bench.redb", data.display()),
             None,
         ),
         (
-            "gatehouse, Redis",
+            "Redis",
             opts.redis.clone(),
             Some(format!("gatehouse-bench-{}:", random(8))),
         ),
     ];
-    for (name, store, prefix) in stores {
-        eprintln!("\n== {name}");
-        rows.push(bench_gatehouse(&opts, &http, name, &store, prefix.as_deref(), duration).await?);
+    // The fast upstream, first called directly: the gateway rows' yardstick. It keeps
+    // running for the gateway rows of both stores.
+    let (upstream, upstream_url) = start_upstream(&http).await?;
+    eprintln!("\n== the upstream, called directly");
+    let direct = tools_load(
+        &http,
+        &upstream_url,
+        None,
+        json!({"name": upstream::TOOL, "arguments": {}}),
+        upstream::ANSWER,
+        duration,
+        CONCURRENCY,
+    )
+    .await?;
+    let config = gateway_config(&data, &upstream_url)?;
+    let stores = if opts.gateway_only {
+        &stores[..1]
+    } else {
+        &stores[..]
+    };
+    for (name, store, prefix) in stores.iter().cloned() {
+        let gatehouse_name = format!("gatehouse, {name}");
+        eprintln!("\n== {gatehouse_name}");
+        let gatehouse = bench_gatehouse(
+            &opts,
+            &http,
+            &gatehouse_name,
+            &store,
+            prefix.as_deref(),
+            &config,
+            duration,
+        )
+        .await?;
+        if opts.gateway_only {
+            rows.push(StoreRun {
+                store: name,
+                gatehouse,
+                ceiling: Row {
+                    name: String::new(),
+                    tools: Load::default(),
+                    refresh: None,
+                    idle_rss_mb: 0.0,
+                    after_rss_mb: 0.0,
+                },
+            });
+            continue;
+        }
+        // Right after Gatehouse on the same store, so both see the same machine.
+        eprintln!("\n== ceiling, {name}");
+        let ceiling_store = match &prefix {
+            Some(_) => store.clone(),
+            None => format!("embedded:{}/ceiling.redb", data.display()),
+        };
+        let mut ceiling = bench_ceiling(&http, &ceiling_store, prefix.as_deref(), duration).await?;
+        ceiling.name = format!("ceiling, {name}: bare axum handler, hash + 1 read");
+        rows.push(StoreRun {
+            store: name,
+            gatehouse,
+            ceiling,
+        });
+    }
+    drop(upstream);
+    if opts.gateway_only {
+        let _ = std::fs::remove_dir_all(&data);
+        print_gateway_table(&rows, &direct);
+        return Ok(());
     }
     eprintln!("\n== reference");
     let reference = bench_reference(&opts, &http, duration).await?;
     let _ = std::fs::remove_dir_all(&data);
 
     print_table(&rows, &reference, opts.seconds);
+    print_gateway_table(&rows, &direct);
     Ok(())
 }
 
-fn print_table(rows: &[Row], reference: &Row, seconds: u64) {
+/// Starts `bench upstream --http` and waits until it answers; returns its MCP URL.
+async fn start_upstream(http: &reqwest::Client) -> Result<(Server, String)> {
+    let port = free_port()?;
+    let server = Server {
+        child: Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["upstream", "--http", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    };
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    wait_until_up(http, &url).await?;
+    Ok((server, url))
+}
+
+/// The bare handler on one store (`bench ceiling`), under the same load as Gatehouse's
+/// `tools/call`, with a random token whose hash it stores first.
+async fn bench_ceiling(
+    http: &reqwest::Client,
+    store: &str,
+    prefix: Option<&str>,
+    duration: Duration,
+) -> Result<Row> {
+    let token = random(32);
+    let port = free_port()?;
+    let server = Server {
+        child: Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["ceiling", "--port", &port.to_string(), "--store", store])
+            .args(["--prefix", prefix.unwrap_or("")])
+            .args(["--hash", &ceiling::hash(&token)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    };
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    wait_until_up(http, &url).await?;
+    let idle_rss_mb = server.rss_mb();
+    eprintln!("tools/call …");
+    let tools = tools_load(
+        http,
+        &url,
+        Some(&token),
+        json!({"name": upstream::TOOL, "arguments": {}}),
+        upstream::ANSWER,
+        duration,
+        CONCURRENCY,
+    )
+    .await?;
+    Ok(Row {
+        name: String::new(),
+        tools,
+        refresh: None,
+        idle_rss_mb,
+        after_rss_mb: server.rss_mb(),
+    })
+}
+
+fn print_table(runs: &[StoreRun], reference: &Row, seconds: u64) {
     let reference_rate = reference.tools.rate();
     println!();
     println!("tools/call at concurrency {CONCURRENCY} for {seconds} s each; refresh grants likewise (64 grants rotating).");
     println!();
-    println!("| Server | tools/call req/s | p50 ms | p99 ms | errors | × reference | refresh req/s | p50 ms | p99 ms | errors | idle RSS MB | RSS after MB |");
+    println!("| Server | tools/call req/s | p50 ms | p99 ms | errors | × reference | % of ceiling | refresh req/s | p50 ms | p99 ms | errors | idle RSS MB | RSS after MB |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    for row in rows.iter().chain(std::iter::once(reference)) {
-        let refresh = row.refresh.clone();
-        let cell =
-            |f: &dyn Fn(&Load) -> String| refresh.as_ref().map(f).unwrap_or_else(|| "–".into());
+    for run in runs {
+        let ceiling = run.ceiling.tools.rate();
+        print_row(&run.gatehouse.row, reference_rate, Some(ceiling));
+        print_row(&run.ceiling, reference_rate, Some(ceiling));
+    }
+    print_row(reference, reference_rate, None);
+}
+
+fn print_row(row: &Row, reference_rate: f64, ceiling_rate: Option<f64>) {
+    let dash = || "–".to_owned();
+    let refresh = |f: &dyn Fn(&Load) -> String| row.refresh.as_ref().map(f).unwrap_or_else(dash);
+    println!(
+        "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+        row.name,
+        row.tools.rate(),
+        row.tools.p50_ms,
+        row.tools.p99_ms,
+        row.tools.errors,
+        row.tools.rate() / reference_rate.max(1e-9),
+        ceiling_rate.map_or_else(dash, |c| percent(row.tools.rate(), c)),
+        refresh(&|l| format!("{:.0}", l.rate())),
+        refresh(&|l| format!("{:.2}", l.p50_ms)),
+        refresh(&|l| format!("{:.2}", l.p99_ms)),
+        refresh(&|l| l.errors.to_string()),
+        row.idle_rss_mb,
+        row.after_rss_mb,
+    );
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    format!("{:.0}%", 100.0 * part / whole.max(1e-9))
+}
+
+/// The gateway rows: the upstream called directly, then through Gatehouse on each
+/// store; throughput as a share of direct and of the store's ceiling, and the p50
+/// the gateway adds.
+fn print_gateway_table(runs: &[StoreRun], direct: &Load) {
+    println!();
+    println!("The gateway: tools/call of the bench upstream's read-only tool, directly and through Gatehouse at /mcp/NAME.");
+    println!();
+    println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let line = |name: &str, sessions: usize, load: &Load, vs_direct: bool, ceiling: Option<f64>| {
+        let dash = || "–".to_owned();
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
-            row.name,
-            row.tools.rate(),
-            row.tools.p50_ms,
-            row.tools.p99_ms,
-            row.tools.errors,
-            if std::ptr::eq(row, reference) {
-                "1.0".to_owned()
+            "| {name} | {sessions} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            load.rate(),
+            load.p50_ms,
+            load.p99_ms,
+            load.errors,
+            if vs_direct {
+                percent(load.rate(), direct.rate())
             } else {
-                format!("{:.1}", row.tools.rate() / reference_rate.max(1e-9))
+                dash()
             },
-            cell(&|l| format!("{:.0}", l.rate())),
-            cell(&|l| format!("{:.2}", l.p50_ms)),
-            cell(&|l| format!("{:.2}", l.p99_ms)),
-            cell(&|l| l.errors.to_string()),
-            row.idle_rss_mb,
-            row.after_rss_mb,
+            if vs_direct {
+                format!("{:.2}", load.p50_ms - direct.p50_ms)
+            } else {
+                dash()
+            },
+            ceiling.map_or_else(dash, |c| percent(load.rate(), c)),
+        );
+    };
+    line(
+        "upstream called directly (rmcp, Streamable HTTP)",
+        CONCURRENCY,
+        direct,
+        true,
+        None,
+    );
+    for run in runs {
+        // None with --gateway-only, which runs no ceiling.
+        let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
+        let store = run.store;
+        line(
+            &format!("gateway → HTTP upstream, {store}"),
+            CONCURRENCY,
+            &run.gatehouse.gateway_http,
+            true,
+            ceiling,
+        );
+        line(
+            &format!("gateway → stdio upstream, {store}"),
+            STDIO_SESSIONS,
+            &run.gatehouse.gateway_stdio,
+            false,
+            ceiling,
         );
     }
 }
@@ -228,14 +469,51 @@ fn pkce() -> (String, String) {
 
 // ----- gatehouse ----------------------------------------------------------------------
 
+/// The gateway's upstreams: the bench's own fast server, over HTTP and over stdio.
+const HTTP_UPSTREAM: &str = "fast";
+const STDIO_UPSTREAM: &str = "stdio";
+/// A stdio upstream is one process per session, and Gatehouse's default cap is 16
+/// sessions per upstream; the stdio row keeps that default, so 16 workers.
+const STDIO_SESSIONS: usize = 16;
+
+/// Gatehouse's `--config` for the gateway rows. The HTTP upstream may have one session
+/// per load worker (the default cap is 16); the stdio one keeps its defaults.
+fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf> {
+    let bench = std::env::current_exe().map_err(|e| e.to_string())?;
+    let config = format!(
+        "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {CONCURRENCY}\n\n\
+         [[upstream]]\nname = \"{STDIO_UPSTREAM}\"\ncommand = {:?}\nargs = [\"upstream\", \"--stdio\"]\n",
+        bench.display().to_string()
+    );
+    let path = data.join("gatehouse.toml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// What one store's Gatehouse measured.
+struct GatehouseRun {
+    row: Row,
+    gateway_http: Load,
+    gateway_stdio: Load,
+}
+
+/// One store's Gatehouse and the bare handler on the same store beside it.
+struct StoreRun {
+    store: &'static str,
+    gatehouse: GatehouseRun,
+    ceiling: Row,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn bench_gatehouse(
     opts: &Options,
     http: &reqwest::Client,
     name: &str,
     store: &str,
     prefix: Option<&str>,
+    config: &std::path::Path,
     duration: Duration,
-) -> Result<Row> {
+) -> Result<GatehouseRun> {
     let mut store_args = vec!["--store".to_owned(), store.to_owned()];
     if let Some(prefix) = prefix {
         store_args.extend(["--redis-key-prefix".to_owned(), prefix.to_owned()]);
@@ -258,6 +536,8 @@ async fn bench_gatehouse(
     let server = Server {
         child: Command::new(&opts.gatehouse)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("--config")
+            .arg(config)
             .args(&store_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -270,13 +550,30 @@ async fn bench_gatehouse(
     let idle_rss_mb = server.rss_mb();
 
     let flow = Flow::new(http.clone(), base.clone()).await?;
+    if opts.gateway_only {
+        let gateway_http =
+            gateway_load(&flow, http, &base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+        let gateway_stdio =
+            gateway_load(&flow, http, &base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+        return Ok(GatehouseRun {
+            row: Row {
+                name: name.to_owned(),
+                tools: Load::default(),
+                refresh: None,
+                idle_rss_mb,
+                after_rss_mb: server.rss_mb(),
+            },
+            gateway_http,
+            gateway_stdio,
+        });
+    }
     // One token for the tool calls; an article to read.
     let writer = flow.tokens("read:articles write:articles").await?;
     let token = writer["access_token"]
         .as_str()
         .ok_or("no access token")?
         .to_owned();
-    let session = mcp_session(http, &format!("{base}/mcp"), &token).await?;
+    let session = mcp_session(http, &format!("{base}/mcp"), Some(&token)).await?;
     let created = tools_call(
         http,
         &format!("{base}/mcp"),
@@ -293,12 +590,17 @@ async fn bench_gatehouse(
     let tools = tools_load(
         http,
         &format!("{base}/mcp"),
-        &token,
+        Some(&token),
         json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
         "Read me quickly.",
         duration,
+        CONCURRENCY,
     )
     .await?;
+    let gateway_http =
+        gateway_load(&flow, http, &base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+    let gateway_stdio =
+        gateway_load(&flow, http, &base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
 
     // Refresh grants: 64 grants, each worker rotating its own.
     let mut grants = Vec::new();
@@ -345,13 +647,47 @@ async fn bench_gatehouse(
     .await;
     let after_rss_mb = server.rss_mb();
     drop(server);
-    Ok(Row {
-        name: name.to_owned(),
-        tools,
-        refresh: Some(refresh),
-        idle_rss_mb,
-        after_rss_mb,
+    Ok(GatehouseRun {
+        row: Row {
+            name: name.to_owned(),
+            tools,
+            refresh: Some(refresh),
+            idle_rss_mb,
+            after_rss_mb,
+        },
+        gateway_http,
+        gateway_stdio,
     })
+}
+
+/// `tools/call` of the upstream's read-only tool through Gatehouse at `/mcp/NAME`,
+/// with a token from the real flow for that resource and only `NAME:read`.
+async fn gateway_load(
+    flow: &Flow,
+    http: &reqwest::Client,
+    base: &str,
+    upstream: &str,
+    workers: usize,
+    duration: Duration,
+) -> Result<Load> {
+    let resource = format!("{base}/mcp/{upstream}");
+    let tokens = flow
+        .tokens_for(&format!("{upstream}:read"), Some(&resource))
+        .await?;
+    let token = tokens["access_token"]
+        .as_str()
+        .ok_or_else(|| format!("no access token for {resource}"))?;
+    eprintln!("tools/call through the gateway, {upstream} upstream ({workers} sessions) …");
+    tools_load(
+        http,
+        &resource,
+        Some(token),
+        json!({"name": upstream::TOOL, "arguments": {}}),
+        upstream::ANSWER,
+        duration,
+        workers,
+    )
+    .await
 }
 
 /// The OAuth flow as a client and the owner's browser perform it.
@@ -401,13 +737,18 @@ impl Flow {
     }
 
     async fn tokens(&self, scope: &str) -> Result<Value> {
+        self.tokens_for(scope, None).await
+    }
+
+    /// Tokens for `scope` at `resource` (RFC 8707; without one, the built-in `/mcp`).
+    async fn tokens_for(&self, scope: &str, resource: Option<&str>) -> Result<Value> {
         let (verifier, challenge) = pkce();
         let url = authorize_url(
             &format!("{}/oauth/authorize", self.base),
             &self.client_id,
             &challenge,
             Some(scope),
-            None,
+            resource,
         )?;
         let consent = self
             .http
@@ -437,7 +778,7 @@ impl Flow {
             &code,
             &verifier,
             &self.client_id,
-            None,
+            resource,
         )
         .await
     }
@@ -517,10 +858,18 @@ async fn redeem(
 
 // ----- MCP --------------------------------------------------------------------------
 
-async fn mcp_session(http: &reqwest::Client, url: &str, token: &str) -> Result<String> {
-    let init = http
-        .post(url)
-        .bearer_auth(token)
+/// A request to `url` with the bearer token when there is one (the upstream called
+/// directly takes none).
+fn post(http: &reqwest::Client, url: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    let request = http.post(url);
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+async fn mcp_session(http: &reqwest::Client, url: &str, token: Option<&str>) -> Result<String> {
+    let init = post(http, url, token)
         .header("accept", "application/json, text/event-stream")
         .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}))
@@ -534,8 +883,7 @@ async fn mcp_session(http: &reqwest::Client, url: &str, token: &str) -> Result<S
         .ok_or_else(|| format!("initialize answered {} without a session", init.status()))?
         .to_owned();
     let _ = init.text().await;
-    http.post(url)
-        .bearer_auth(token)
+    post(http, url, token)
         .header("accept", "application/json, text/event-stream")
         .header("mcp-session-id", &session)
         .header("mcp-protocol-version", "2025-06-18")
@@ -571,16 +919,17 @@ async fn tools_call(
     Ok(body)
 }
 
-/// `tools/call` with `params` from 64 MCP sessions (one per worker, as separate clients
-/// would have), each worker on its own keep-alive connection; an answer counts only
-/// when it contains `expect` and no tool error.
+/// `tools/call` with `params` from `workers` MCP sessions (one per worker, as separate
+/// clients would have), each worker on its own keep-alive connection; an answer counts
+/// only when it contains `expect` and no tool error.
 async fn tools_load(
     http: &reqwest::Client,
     mcp: &str,
-    token: &str,
+    token: Option<&str>,
     params: Value,
     expect: &'static str,
     duration: Duration,
+    workers: usize,
 ) -> Result<Load> {
     let url = url::Url::parse(mcp).map_err(|e| e.to_string())?;
     let address = format!(
@@ -592,8 +941,9 @@ async fn tools_load(
     let body = bytes::Bytes::from(
         json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string(),
     );
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let mut connections = Vec::new();
+    for _ in 0..workers {
         let session = mcp_session(http, mcp, token).await?;
         let stream = tokio::net::TcpStream::connect(&address)
             .await
@@ -604,30 +954,32 @@ async fn tools_load(
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
-        workers.push((sender, session));
+        connections.push((sender, session));
     }
     let started = Instant::now();
     let deadline = started + duration;
-    let tasks: Vec<_> = workers
+    let tasks: Vec<_> = connections
         .into_iter()
         .map(|(mut sender, session)| {
-            let (path, host, token, body) = (
+            let (path, host, authorization, body) = (
                 url.path().to_owned(),
                 host.clone(),
-                token.to_owned(),
+                authorization.clone(),
                 body.clone(),
             );
             tokio::spawn(async move {
                 let (mut latencies, mut errors) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
-                    let request = hyper::Request::post(path.as_str())
+                    let mut request = hyper::Request::post(path.as_str())
                         .header("host", host.as_str())
-                        .header("authorization", format!("Bearer {token}"))
                         .header("content-type", "application/json")
                         .header("accept", "application/json, text/event-stream")
                         .header("mcp-session-id", session.as_str())
-                        .header("mcp-protocol-version", "2025-06-18")
-                        .body(http_body_util::Full::new(body.clone()));
+                        .header("mcp-protocol-version", "2025-06-18");
+                    if let Some(authorization) = &authorization {
+                        request = request.header("authorization", authorization.as_str());
+                    }
+                    let request = request.body(http_body_util::Full::new(body.clone()));
                     let began = Instant::now();
                     let outcome = match request {
                         Ok(request) => exchange(&mut sender, request, expect).await,
@@ -845,10 +1197,11 @@ async fn bench_reference(
     let tools = tools_load(
         http,
         &format!("{base}/mcp"),
-        &token,
+        Some(&token),
         json!({"name": "greet", "arguments": {"name": "bench"}}),
         "Hello, bench",
         duration,
+        CONCURRENCY,
     )
     .await?;
     let after_rss_mb = server.rss_mb();
