@@ -168,7 +168,9 @@ async fn revoking_a_huge_group_never_blocks_redis() {
         "the group went {seen:?}: deleted in one long call, not in batches"
     );
     assert!(
-        redis_keys(&redis_client().await, &format!("{prefix}*")).await.is_empty(),
+        redis_keys(&redis_client().await, &format!("{prefix}*"))
+            .await
+            .is_empty(),
         "every member and the set are gone"
     );
 }
