@@ -570,7 +570,7 @@ async fn soak_store(
 
     let flow = Arc::new(Flow::new(http.clone(), base.clone()).await?);
     let token = access_token(&flow.tokens("read:articles write:articles").await?)?;
-    let session = mcp_session(http, &mcp, &token).await?;
+    let session = mcp_session(http, &mcp, Some(&token)).await?;
     let created = tools_call(
         http,
         &mcp,
@@ -585,7 +585,7 @@ async fn soak_store(
     }
     let mut sessions = Vec::new();
     for _ in 0..TOOL_WORKERS {
-        sessions.push(mcp_session(http, &mcp, &token).await?);
+        sessions.push(mcp_session(http, &mcp, Some(&token)).await?);
     }
     let mut grants = Vec::new();
     for _ in 0..REFRESH_WORKERS {
