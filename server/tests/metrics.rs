@@ -119,9 +119,21 @@ async fn metrics_are_served_behind_their_secret_and_parse() {
         "gatehouse_tool_calls_total",
         &[("tool", "list_articles"), ("outcome", "ok")],
     );
+    // A tool becomes a label once a call to it succeeds; until then its refusals
+    // count as `other`, so callers cannot mint labels with names of their choosing.
     counted(
         "gatehouse_tool_calls_total",
-        &[("tool", "delete_article"), ("outcome", "denied")],
+        &[("tool", "other"), ("outcome", "denied")],
+    );
+    assert!(
+        value(
+            &metrics,
+            "gatehouse_tool_calls_total",
+            &[("tool", "delete_article")]
+        )
+        .is_none(),
+        "a refused tool took a label:\n{}",
+        answer.body
     );
     counted(
         "gatehouse_http_requests_total",
