@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use gatehouse::{
-    config::Cli,
     http::mcp::policy::{HostPolicy, Refusal},
     net::{normalise_host, AllowedHost, Origin},
 };
@@ -25,24 +24,7 @@ struct Input<'a> {
 /// The policy of `https://gate.example.com` with one extra host and one extra origin.
 fn policy() -> &'static HostPolicy {
     static POLICY: OnceLock<HostPolicy> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        let config = Cli::parse_ignoring_env([
-            "gatehouse",
-            "--public-url",
-            "https://gate.example.com",
-            "--data-dir",
-            "/tmp",
-            "--allowed-origin",
-            "https://app.example.org",
-            "--allowed-host",
-            "alias.example.com:8443",
-        ])
-        .expect("flags")
-        .serve
-        .into_config()
-        .expect("config");
-        HostPolicy::new(&config)
-    })
+    POLICY.get_or_init(gatehouse::fuzzing::example_host_policy)
 }
 
 fuzz_target!(|input: Input| {

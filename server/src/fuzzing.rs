@@ -27,3 +27,25 @@ pub fn revoke_request(
         .map(|(params, credentials)| (params.token, params.client_id, credentials))
         .map_err(|e| e.description)
 }
+
+/// The Host and Origin policy of `https://gate.example.com` with one extra host
+/// (`alias.example.com:8443`) and one extra origin (`https://app.example.org`): what
+/// the policy's unit and property tests and its fuzz target check against.
+pub fn example_host_policy() -> crate::http::mcp::policy::HostPolicy {
+    let config = crate::config::Cli::parse_ignoring_env([
+        "gatehouse",
+        "--public-url",
+        "https://gate.example.com",
+        "--data-dir",
+        "/tmp",
+        "--allowed-origin",
+        "https://app.example.org",
+        "--allowed-host",
+        "alias.example.com:8443",
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("config");
+    crate::http::mcp::policy::HostPolicy::new(&config)
+}

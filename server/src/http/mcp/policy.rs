@@ -89,22 +89,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     pub(super) fn policy() -> HostPolicy {
-        let config = crate::config::Cli::parse_ignoring_env([
-            "gatehouse",
-            "--public-url",
-            "https://gate.example.com",
-            "--data-dir",
-            "/tmp",
-            "--allowed-origin",
-            "https://app.example.org",
-            "--allowed-host",
-            "alias.example.com:8443",
-        ])
-        .expect("flags")
-        .serve
-        .into_config()
-        .expect("config");
-        HostPolicy::new(&config)
+        crate::fuzzing::example_host_policy()
     }
 
     fn check(host: Option<&str>, origin: Option<&str>) -> Result<(), Refusal> {
