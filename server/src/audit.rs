@@ -33,6 +33,8 @@ const LOG: &str = "activity";
 const QUEUE: usize = 8192;
 /// Events written per store call at most.
 const BATCH: usize = 512;
+/// How long the writer gathers events before writing them.
+const GATHER: Duration = Duration::from_millis(200);
 /// The characters of a tool name an event keeps.
 pub const MAX_TOOL_NAME: usize = 128;
 
@@ -392,14 +394,21 @@ async fn write_events(audit: std::sync::Weak<Audit>, mut receiver: mpsc::Receive
     while let Some(first) = receiver.recv().await {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
+        // Events that come within GATHER of the first are written with it: one
+        // (durable) store write for many, where writing whatever was queued at once
+        // cost a commit per handful of tool calls under load.
+        let gathered = tokio::time::Instant::now() + GATHER;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Event(event) => batch.push(event),
                 Message::Flush(done) => waiting.push(done),
             }
-            if batch.len() < BATCH {
-                next = receiver.try_recv().ok();
+            if batch.len() < BATCH && waiting.is_empty() {
+                next = tokio::time::timeout_at(gathered, receiver.recv())
+                    .await
+                    .ok()
+                    .flatten();
             }
         }
         let Some(audit) = audit.upgrade() else { break };

@@ -425,18 +425,19 @@ async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
         .await;
     let token = tokens["access_token"].as_str().expect("at").to_owned();
     let session = app.session_at("/mcp/web", &token, V2025).await;
-    let answer = app
-        .send(
-            McpPost {
-                path: "/mcp/web",
-                token: Some(&token),
-                session: Some(&session),
-                version: Some(V2025),
-                ..McpPost::default()
-            }
-            .body(call(2, "whoami", json!({}))),
-        )
+    let web = McpPost {
+        path: "/mcp/web",
+        token: Some(&token),
+        session: Some(&session),
+        version: Some(V2025),
+        ..McpPost::default()
+    };
+    // Listed first, as clients do: the call then takes the direct path.
+    let listed = app
+        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
         .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let answer = app.send(web.body(call(3, "whoami", json!({})))).await;
     assert_eq!(text(&answer), "you");
     let seen = recorder.0.lock().expect("lock").clone();
     assert!(!seen.is_empty());
@@ -612,17 +613,20 @@ async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
         .await;
     let token = tokens["access_token"].as_str().expect("at").to_owned();
     let session = app.session_at("/mcp/web", &token, V2025).await;
+    let web = McpPost {
+        path: "/mcp/web",
+        token: Some(&token),
+        session: Some(&session),
+        version: Some(V2025),
+        ..McpPost::default()
+    };
+    // Listed first, as clients do: the call then takes the direct path.
+    let listed = app
+        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
 
-    let answer = app.send(
-        McpPost {
-            path: "/mcp/web",
-            token: Some(&token),
-            session: Some(&session),
-            version: Some(V2025),
-            ..McpPost::default()
-        }
-        .body(call(2, "wait", json!({}))),
-    );
+    let answer = app.send(web.body(call(3, "wait", json!({}))));
     let crash = async {
         called.notified().await;
         relay.cut();
@@ -637,4 +641,264 @@ async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
         waited < Duration::from_secs(20),
         "the call waited {waited:?} after its server died"
     );
+}
+
+/// An HTTP upstream (rmcp, here) whose tools talk back during a call: `ask` reports
+/// progress, asks the client for its roots, and answers with what it saw; `hold`
+/// waits until it is cancelled. It records the ids and progress tokens it is sent.
+/// A call's id and progress token as the upstream saw them (JSON text).
+type SeenCall = (String, Option<String>);
+
+#[derive(Clone, Default)]
+struct TalksBack {
+    seen: Arc<Mutex<Vec<SeenCall>>>,
+    holding: Arc<tokio::sync::Notify>,
+    cancelled: Arc<tokio::sync::Notify>,
+}
+
+impl ServerHandler for TalksBack {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("talks-back", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let read_only = |name: &'static str| {
+            Tool::new(name, name, Arc::new(serde_json::Map::new()))
+                .with_annotations(ToolAnnotations::new().read_only(true))
+        };
+        Ok(ListToolsResult::with_all_items(vec![
+            read_only("ask"),
+            read_only("hold"),
+        ]))
+    }
+
+    // Roots are deprecated by SEP-2577 but still relayed for the 2025 revisions.
+    #[allow(deprecated)]
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let token = context.meta.get_progress_token();
+        self.seen.lock().expect("lock").push((
+            serde_json::to_string(&context.id).expect("id"),
+            token
+                .as_ref()
+                .map(|t| serde_json::to_string(t).expect("token")),
+        ));
+        if request.name == "hold" {
+            self.holding.notify_one();
+            context.ct.cancelled().await;
+            self.cancelled.notify_one();
+            return Err(ErrorData::internal_error("cancelled", None));
+        }
+        if let Some(token) = token {
+            let _ = context
+                .peer
+                .notify_progress(ProgressNotificationParam::new(token, 1.0))
+                .await;
+        }
+        let roots = context
+            .peer
+            .list_roots()
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let uri = roots
+            .roots
+            .first()
+            .map(|r| r.uri.clone())
+            .unwrap_or_default();
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!("roots: {uri}"))]).into())
+    }
+}
+
+/// The messages of an SSE answer, read as they arrive.
+struct Events {
+    body: axum::body::Body,
+    buffer: String,
+}
+
+impl Events {
+    async fn next(&mut self) -> Value {
+        use http_body_util::BodyExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return serde_json::from_str(&data).expect("a JSON-RPC message");
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("the next event in time")
+                .expect("more events")
+                .expect("a frame");
+            if let Ok(data) = frame.into_data() {
+                self.buffer
+                    .push_str(std::str::from_utf8(&data).expect("utf-8"));
+            }
+        }
+    }
+}
+
+/// A tool call in a live session of an HTTP upstream takes the direct path (the
+/// upstream sees Gatehouse's own string ids, never the client's, so they cannot
+/// collide with the relay's numeric ones) and keeps everything the relay gives:
+/// progress with the client's own token, a request of the upstream's answered by
+/// the client in the same call, the client's ids in the answer, and cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() {
+    use tower::ServiceExt;
+    let upstream = TalksBack::default();
+    let service = {
+        let upstream = upstream.clone();
+        StreamableHttpService::new(
+            move || Ok(upstream.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("[[upstream]]\nname = \"web\"\nurl = \"{url}\"\ntimeout = \"30s\"\n"),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let post = |session: Option<&str>, body: Value| {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session,
+            version: session.map(|_| V2025),
+            ..McpPost::default()
+        }
+        .body(body)
+    };
+    // A client that offers roots.
+    let init = app
+        .send(post(
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": V2025, "capabilities": {"roots": {}},
+                "clientInfo": {"name": "t", "version": "1"}}}),
+        ))
+        .await;
+    let session = init.headers["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let session = session.as_str();
+    let sent = app
+        .send(post(
+            Some(session),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        ))
+        .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED);
+    let listed = app
+        .send(post(
+            Some(session),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+
+    // The call, with the client's progress token.
+    let mut request = call(3, "ask", json!({}));
+    request["params"]["_meta"] = json!({"progressToken": "client-token"});
+    let response = app
+        .router
+        .clone()
+        .oneshot(post(Some(session), request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+    };
+    let progress = events.next().await;
+    assert_eq!(progress["method"], "notifications/progress", "{progress}");
+    assert_eq!(progress["params"]["progressToken"], "client-token");
+    let ask = events.next().await;
+    assert_eq!(ask["method"], "roots/list", "{ask}");
+    let ask_id = ask["id"].as_str().expect("a string id").to_owned();
+    assert!(ask_id.starts_with("gatehouse-"), "{ask}");
+    let answered = app
+        .send(post(
+            Some(session),
+            json!({"jsonrpc": "2.0", "id": ask_id,
+                   "result": {"roots": [{"uri": "file:///home/owner/project"}]}}),
+        ))
+        .await;
+    assert_eq!(answered.status, StatusCode::ACCEPTED, "{}", answered.body);
+    let answer = events.next().await;
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "roots: file:///home/owner/project"
+    );
+    let seen = upstream.seen.lock().expect("lock").clone();
+    let (id, token) = seen.last().expect("the upstream saw the call").clone();
+    assert!(id.starts_with("\"gatehouse-"), "the upstream saw id {id}");
+    let token = token.expect("a progress token upstream");
+    assert!(
+        token.starts_with("\"gatehouse-"),
+        "the upstream saw token {token}"
+    );
+
+    // Cancelled by the client: the upstream hears of it, the call ends at once.
+    let held = app
+        .router
+        .clone()
+        .oneshot(post(Some(session), call(4, "hold", json!({}))));
+    let cancel = async {
+        upstream.holding.notified().await;
+        let cancelled = app
+            .send(post(
+                Some(session),
+                json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": 4, "reason": "the person gave up"}}),
+            ))
+            .await;
+        assert_eq!(cancelled.status, StatusCode::ACCEPTED);
+        tokio::time::timeout(Duration::from_secs(10), upstream.cancelled.notified())
+            .await
+            .expect("the upstream heard of the cancellation");
+    };
+    let (held, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(held, cancel)
+    })
+    .await
+    .expect("the cancelled call ended");
+    let held = held.expect("response");
+    assert_eq!(held.status(), StatusCode::OK);
 }

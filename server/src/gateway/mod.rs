@@ -5,11 +5,14 @@
 //! - [`policy`]: which scope each request needs, and which tools are hidden;
 //! - [`upstream`]: connections (a process or upstream session per client session, a
 //!   pool for sessionless requests), the session cap, health;
-//! - [`relay`]: the faithful relay between the two legs, on rmcp.
+//! - [`relay`]: the faithful relay between the two legs, on rmcp;
+//! - [`direct`]: an HTTP upstream's direct path for tool calls in live sessions,
+//!   around rmcp's session machinery.
 //!
 //! The HTTP side (the bearer guard, Streamable HTTP) is `crate::http::mcp::gateway`.
 
 pub mod config;
+pub mod direct;
 pub mod policy;
 pub mod relay;
 pub mod upstream;

@@ -170,6 +170,11 @@ impl rmcp::Service<RoleClient> for UpClient {
     }
 }
 
+/// Where `initialize` leaves the session's upstream connection, for the HTTP layer to
+/// find it by the session id rmcp then answers with (the direct path's way in).
+#[derive(Clone, Default)]
+pub struct SessionSlot(pub Arc<OnceLock<Arc<UpSession>>>);
+
 /// The downstream-facing side: one per session, or per sessionless request.
 #[derive(Clone)]
 pub struct GatewayHandler {
@@ -353,6 +358,13 @@ impl ServerHandler for GatewayHandler {
             .open_session(&request, context.peer.clone())
             .await?;
         let info = session.info().ok_or_else(|| self.shared.closed_error())?;
+        let slot = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<SessionSlot>());
+        if let Some(slot) = slot {
+            let _ = slot.0.set(session.clone());
+        }
         let _ = self.session.set(session);
         let mut result = InitializeResult::new(info.capabilities.clone());
         result.server_info = info

@@ -29,6 +29,7 @@ use tokio::{
 
 use super::{
     config::{Transport, Upstream},
+    direct::{Leg, Recorder},
     policy::ToolPolicy,
     relay::{InOrder, Routes, UpClient, UpService},
 };
@@ -51,6 +52,8 @@ const MAX_STDERR_LINE: usize = 8 * 1024;
 pub struct UpSession {
     service: UpService,
     pub routes: Arc<Mutex<Routes>>,
+    /// An HTTP upstream's direct path for tool calls ([`super::direct`]).
+    pub leg: Option<Arc<Leg>>,
     /// Held for a session's life: one place of `max_sessions`.
     _place: Option<OwnedSemaphorePermit>,
 }
@@ -101,6 +104,8 @@ pub struct Shared {
     pool: Vec<Mutex<Option<Arc<UpSession>>>>,
     next: std::sync::atomic::AtomicUsize,
     observed: StdMutex<Observed>,
+    /// `observed.ok == Some(true)`, read without the lock on the direct path.
+    up: std::sync::atomic::AtomicBool,
     http: Option<reqwest013::Client>,
 }
 
@@ -136,10 +141,16 @@ impl Shared {
             next: Default::default(),
             listed: Mutex::new(None),
             observed: StdMutex::default(),
+            up: Default::default(),
             config,
             resource,
             http,
         }))
+    }
+
+    /// Whether sessions of this upstream may have a direct path (HTTP upstreams).
+    pub fn is_http(&self) -> bool {
+        self.http.is_some()
     }
 
     fn observe(&self) -> std::sync::MutexGuard<'_, Observed> {
@@ -179,13 +190,7 @@ impl Shared {
         let name = &self.config.name;
         match e {
             ServiceError::McpError(e) => e,
-            ServiceError::Timeout { timeout } => ErrorData::internal_error(
-                format!(
-                    "upstream {name} did not answer within {}",
-                    humantime::format_duration(timeout)
-                ),
-                Some(json!({ "upstream": name, "reason": "timeout" })),
-            ),
+            ServiceError::Timeout { timeout } => self.timeout_error(timeout),
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
                 self.record(false, Some(format!("{e}")));
                 self.closed_error()
@@ -194,10 +199,7 @@ impl Shared {
                 format!("the request to upstream {name} was cancelled"),
                 Some(json!({ "upstream": name, "reason": "cancelled" })),
             ),
-            e => ErrorData::internal_error(
-                format!("upstream {name} failed: {e}"),
-                Some(json!({ "upstream": name })),
-            ),
+            e => self.failed_error(&e.to_string()),
         }
     }
 
@@ -209,7 +211,39 @@ impl Shared {
         )
     }
 
+    /// The upstream failed a call on the direct path.
+    pub fn unreachable(&self, error: String) {
+        self.record(false, Some(error));
+    }
+
+    pub fn timeout_error(&self, timeout: Duration) -> ErrorData {
+        let name = &self.config.name;
+        ErrorData::internal_error(
+            format!(
+                "upstream {name} did not answer within {}",
+                humantime::format_duration(timeout)
+            ),
+            Some(json!({ "upstream": name, "reason": "timeout" })),
+        )
+    }
+
+    pub fn failed_error(&self, what: &str) -> ErrorData {
+        let name = &self.config.name;
+        ErrorData::internal_error(
+            format!("upstream {name} failed: {what}"),
+            Some(json!({ "upstream": name })),
+        )
+    }
+
+    /// The upstream answered a call on the direct path.
+    pub fn answered(&self) {
+        if !self.up.load(std::sync::atomic::Ordering::Relaxed) {
+            self.record(true, None);
+        }
+    }
+
     fn record(&self, ok: bool, error: Option<String>) {
+        self.up.store(ok, std::sync::atomic::Ordering::Relaxed);
         let mut observed = self.observe();
         observed.ok = Some(ok);
         observed.error = error;
@@ -328,14 +362,16 @@ impl Shared {
             routes: routes.clone(),
         };
         let name = &self.config.name;
+        let leg = self.http.clone().map(Leg::new);
         let connected = tokio::time::timeout(self.config.connect_timeout, async {
             match &self.config.transport {
                 Transport::Http { url, headers } => {
-                    let http = self.http.clone().ok_or("no HTTP client")?;
+                    let leg = leg.clone().ok_or("no HTTP client")?;
                     let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                         .custom_headers(headers.iter().cloned().collect());
                     config.retry_config = Arc::new(resume_briefly());
-                    let transport = StreamableHttpClientTransport::with_client(http, config);
+                    let transport =
+                        StreamableHttpClientTransport::with_client(Recorder::new(leg), config);
                     serve(up, InOrder::new(transport, routes.clone()), lifecycle).await
                 }
                 Transport::Stdio {
@@ -376,6 +412,7 @@ impl Shared {
         Ok(UpSession {
             service,
             routes,
+            leg,
             _place: None,
         })
     }

@@ -26,9 +26,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    direct_session,
     guard::{rebuild, ToolOutcome},
     sessions::StoreSessions,
-    Endpoint, Guarded, Prepared, MAX_BODY_BYTES, PROTOCOL_VERSION, SESSION_ID,
+    Endpoint, Guarded, Prepared, MAX_BODY_BYTES,
 };
 use crate::{
     articles::Articles,
@@ -36,7 +37,6 @@ use crate::{
         articles::{tool_access, ArticlePolicy, ArticleServer, Prefetched},
         Call, CallPolicy, Need,
     },
-    net::media_type,
     oauth::scope::ScopeSet,
     resource::Resource,
     store::SharedStore,
@@ -190,9 +190,6 @@ pub struct DirectCall {
     params: CallToolRequestParams,
 }
 
-/// The revisions with sessions and without per-request metadata or standard headers.
-const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
-
 /// A JSON-RPC `tools/call` request, as the direct path reads it.
 #[derive(Deserialize)]
 struct CallRequest {
@@ -209,21 +206,7 @@ impl DirectCall {
     /// well-formed `tools/call`. Everything else goes to rmcp, which answers it
     /// (400, 404, 406, 415, ...) as it always has.
     fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
-        let session = headers.get(SESSION_ID)?.to_str().ok()?;
-        let version = match headers.get(PROTOCOL_VERSION) {
-            Some(v) => Some(v.to_str().ok()?),
-            None => None,
-        };
-        if !version.is_none_or(|v| SESSION_REVISIONS.contains(&v)) {
-            return None;
-        }
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| media_type(v) == "application/json");
-        if !accepts_json_and_sse(headers) || !is_json {
-            return None;
-        }
+        let (session, _) = direct_session(headers)?;
         let call: CallRequest = serde_json::from_slice(body).ok()?;
         if call.jsonrpc != "2.0" || call.method != "tools/call" {
             return None;
@@ -242,25 +225,4 @@ impl DirectCall {
             params,
         })
     }
-}
-
-/// `Accept` names both `application/json` and `text/event-stream`. Weighted entries
-/// (`;q=`) are left to rmcp's full parser.
-fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
-    let (mut json, mut sse) = (false, false);
-    for value in headers.get_all(header::ACCEPT) {
-        let Ok(value) = value.to_str() else {
-            return false;
-        };
-        for entry in value.split(',') {
-            let mut params = entry.split(';');
-            let essence = media_type(params.next().unwrap_or(""));
-            if params.any(|p| p.trim_start().to_ascii_lowercase().starts_with("q=")) {
-                return false;
-            }
-            json |= essence == "application/json";
-            sse |= essence == "text/event-stream";
-        }
-    }
-    json && sse
 }

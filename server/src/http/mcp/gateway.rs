@@ -1,24 +1,40 @@
 //! An upstream MCP server at `/mcp/NAME`, behind the same guard as `/mcp`: rmcp's
-//! Streamable HTTP transport in front of the relay (`crate::gateway`). There is no
-//! direct path here: every request goes through the relay.
+//! Streamable HTTP transport in front of the relay (`crate::gateway`), and for HTTP
+//! upstreams a direct path (`crate::gateway::direct`) for what a live session's tool
+//! calls consist of: the call, the client's answers to what the upstream asks during
+//! it, and its cancellation.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex as StdMutex, Weak},
+};
 
 use axum::{
     body::{Body, Bytes},
-    http::request::Parts,
-    response::Response,
+    http::{header, request::Parts, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
 };
+use futures::StreamExt;
 use rmcp::transport::streamable_http_server::{
-    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    session::{local::LocalSessionManager, SessionId, SessionManager},
+    StreamableHttpServerConfig, StreamableHttpService,
 };
+use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{guard::rebuild, sessions::StoreSessions, Endpoint, Guarded, Prepared, MAX_BODY_BYTES};
+use super::{
+    direct_session,
+    guard::{rebuild, ToolOutcome},
+    session_id,
+    sessions::StoreSessions,
+    Endpoint, Guarded, Prepared, MAX_BODY_BYTES, SESSION_ID,
+};
 use crate::{
     gateway::{
-        relay::GatewayHandler,
-        upstream::{Health, Shared},
+        direct::Answer,
+        relay::{GatewayHandler, SessionSlot},
+        upstream::{Health, Shared, UpSession},
     },
     mcp::{Call, CallPolicy, Need},
     resource::Resource,
@@ -29,6 +45,26 @@ pub struct GatewayEndpoint {
     shared: Arc<Shared>,
     sessions: Arc<LocalSessionManager>,
     transport: StreamableHttpService<GatewayHandler, LocalSessionManager>,
+    /// Live sessions of an HTTP upstream, for the direct path.
+    live: StdMutex<HashMap<String, Live>>,
+}
+
+/// A session the direct path may serve.
+struct Live {
+    upstream: Weak<UpSession>,
+    /// When rmcp last saw the session. rmcp closes a session it has not seen for the
+    /// upstream's `idle_timeout`, so the direct path hands it a call now and then.
+    relayed: Instant,
+}
+
+/// What the direct path may take, read from the body once, before the token check.
+pub enum Direct {
+    /// A `tools/call`: the whole request.
+    Call(Value),
+    /// The client's answer to a request the direct path relayed to it.
+    Answer(Value),
+    /// `notifications/cancelled`.
+    Cancel(Value),
 }
 
 impl GatewayEndpoint {
@@ -58,6 +94,7 @@ impl GatewayEndpoint {
             shared,
             sessions,
             transport,
+            live: StdMutex::default(),
         }
     }
 
@@ -73,10 +110,183 @@ impl GatewayEndpoint {
     pub fn health(&self) -> Health {
         self.shared.health()
     }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The upstream connection of a live session, when the direct path may use it.
+    async fn upstream_of(&self, session: &str, revision: Option<&str>) -> Option<Arc<UpSession>> {
+        let upstream = {
+            let live = self.live();
+            let entry = live.get(session)?;
+            // Half the idle timeout: rmcp sees the session well before it would close it.
+            if entry.relayed.elapsed() > self.shared.config.idle_timeout / 2 {
+                return None;
+            }
+            entry.upstream.upgrade()?
+        };
+        let leg = upstream.leg.as_ref()?;
+        // Both legs speak one revision, which the request must name.
+        let same = leg
+            .revision()
+            .zip(revision)
+            .is_some_and(|(up, down)| up.as_bytes() == down.as_bytes());
+        if !same || upstream.peer().is_transport_closed() {
+            return None;
+        }
+        // rmcp may have closed the session (DELETE, idle) while its upstream lives on
+        // in a call still in flight.
+        let id = SessionId::from(session);
+        if !self.sessions.has_session(&id).await.unwrap_or(false) {
+            return None;
+        }
+        Some(upstream)
+    }
+
+    /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
+    async fn directly(&self, direct: &Direct, parts: &Parts) -> Option<Response> {
+        let (session, revision) = direct_session(&parts.headers)?;
+        let upstream = self.upstream_of(session, revision).await?;
+        let leg = upstream.leg.as_ref()?;
+        match direct {
+            Direct::Call(request) => {
+                let answer = leg.call(&self.shared, request.clone()).await?;
+                Some(answer_response(answer))
+            }
+            Direct::Answer(message) => leg
+                .answer(&self.shared, message.clone())
+                .await
+                .then(accepted),
+            Direct::Cancel(message) => leg
+                .cancel(&self.shared, message.clone())
+                .await
+                .then(accepted),
+        }
+    }
+
+    /// Remembers a session `initialize` opened, for the direct path.
+    fn opened(&self, session: &str, slot: &SessionSlot) {
+        let Some(upstream) = slot.0.get() else { return };
+        if upstream.leg.is_none() {
+            return;
+        }
+        let mut live = self.live();
+        live.retain(|_, entry| entry.upstream.strong_count() > 0);
+        live.insert(
+            session.to_owned(),
+            Live {
+                upstream: Arc::downgrade(upstream),
+                relayed: Instant::now(),
+            },
+        );
+    }
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+fn answer_response(answer: Answer) -> Response {
+    match answer {
+        Answer::Json { body, error } => {
+            let mut response = (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response();
+            response.extensions_mut().insert(if error {
+                ToolOutcome::Error
+            } else {
+                ToolOutcome::Ok
+            });
+            response
+        }
+        Answer::Stream(messages) => {
+            let frames = messages.map(|message| {
+                let frame = match message {
+                    Some(json) => {
+                        let mut frame = Vec::with_capacity(json.len() + 22);
+                        frame.extend_from_slice(b"event: message\ndata: ");
+                        frame.extend_from_slice(&json);
+                        frame.extend_from_slice(b"\n\n");
+                        frame
+                    }
+                    None => b": keep-alive\n\n".to_vec(),
+                };
+                Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+            });
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                Body::from_stream(frames),
+            )
+                .into_response()
+        }
+    }
+}
+
+impl Direct {
+    /// What a POST's body holds, when the direct path may take it.
+    fn read(shared: &Shared, parts: &Parts, body: &[u8]) -> Option<(Direct, Need, Option<String>)> {
+        shared.is_http().then_some(())?;
+        direct_session(&parts.headers)?;
+        let message: Value = serde_json::from_slice(body).ok()?;
+        let object = message.as_object()?;
+        if object.get("jsonrpc")? != "2.0" {
+            return None;
+        }
+        let id = object.get("id");
+        match (object.get("method").map(Value::as_str), id) {
+            (Some(Some("tools/call")), Some(Value::Number(_) | Value::String(_))) => {
+                let params = object.get("params")?.as_object()?;
+                let name = params.get("name")?.as_str()?;
+                let per_request_meta =
+                    params
+                        .get("_meta")
+                        .and_then(Value::as_object)
+                        .is_some_and(|meta| {
+                            meta.keys()
+                                .any(|k| k.starts_with("io.modelcontextprotocol/"))
+                        });
+                if per_request_meta
+                    || params.contains_key("inputResponses")
+                    || params.contains_key("requestState")
+                {
+                    return None;
+                }
+                // A tool whose needs are unknown (or denied) goes to the relay, which
+                // learns or refuses it.
+                if !shared.policy.knows(name) {
+                    return None;
+                }
+                let access = shared.policy.tool_access(name)?;
+                let tool = name.to_owned();
+                Some((Direct::Call(message), Need::Scope(access), Some(tool)))
+            }
+            (None, Some(Value::String(_)))
+                if object.contains_key("result") || object.contains_key("error") =>
+            {
+                Some((Direct::Answer(message), Need::Nothing, None))
+            }
+            (Some(Some("notifications/cancelled")), None) => {
+                Some((Direct::Cancel(message), Need::Nothing, None))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Endpoint for GatewayEndpoint {
-    type Prepared = ();
+    type Prepared = Option<Direct>;
 
     fn resource(&self) -> &Arc<Resource> {
         &self.shared.resource
@@ -91,19 +301,60 @@ impl Endpoint for GatewayEndpoint {
         self.shared.policy.needs(call)
     }
 
-    fn prepare(&self, _parts: &Parts, _body: Option<&Bytes>) -> Prepared<()> {
+    fn prepare(&self, parts: &Parts, body: Option<&Bytes>) -> Prepared<Option<Direct>> {
+        let read = body.and_then(|body| Direct::read(&self.shared, parts, body));
+        let (state, need, tool) = match read {
+            Some((direct, need, tool)) => (Some(direct), Some(need), tool),
+            None => (None, None, None),
+        };
         Prepared {
-            state: (),
+            state,
             read_ahead: None,
-            need: None,
-            tool: None,
+            need,
+            tool,
         }
     }
 
-    async fn serve(&self, request: Guarded<()>) -> Response {
-        self.transport
-            .handle(rebuild(request.parts, request.body))
+    async fn serve(&self, request: Guarded<Option<Direct>>) -> Response {
+        let Guarded {
+            mut parts,
+            body,
+            prepared,
+            ..
+        } = request;
+        if let Some(direct) = &prepared {
+            if let Some(answer) = self.directly(direct, &parts).await {
+                return answer;
+            }
+        }
+        let session = session_id(&parts.headers).map(str::to_owned);
+        let slot = match &session {
+            Some(session) => {
+                if let Some(entry) = self.live().get_mut(session) {
+                    entry.relayed = Instant::now();
+                }
+                None
+            }
+            None => {
+                let slot = SessionSlot::default();
+                parts.extensions.insert(slot.clone());
+                Some(slot)
+            }
+        };
+        let response = self
+            .transport
+            .handle(rebuild(parts, body))
             .await
-            .map(Body::new)
+            .map(Body::new);
+        if let Some(slot) = slot {
+            let opened = response
+                .headers()
+                .get(SESSION_ID)
+                .and_then(|v| v.to_str().ok());
+            if let Some(opened) = opened {
+                self.opened(opened, &slot);
+            }
+        }
+        response
     }
 }

@@ -5,6 +5,8 @@
 //!   [`Endpoint`];
 //! - [`articles`]: the built-in article server at `/mcp`, with its direct path for
 //!   tool calls in live sessions;
+//! - [`gateway`]: the upstreams at `/mcp/NAME`, with an HTTP upstream's direct path
+//!   for tool calls in live sessions;
 //! - [`sessions`]: MCP sessions kept in the store for cross-instance recovery;
 //! - [`metadata`]: RFC 9728 protected-resource metadata;
 //! - [`reply`]: the JSON-RPC and `WWW-Authenticate` answers.
@@ -21,12 +23,13 @@ use std::{future::Future, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
-    http::{request::Parts, HeaderMap},
+    http::{header, request::Parts, HeaderMap},
     response::Response,
 };
 
 use crate::{
     mcp::{Call, Need},
+    net::media_type,
     oauth::records::AccessToken,
     resource::Resource,
     store::Key,
@@ -96,6 +99,51 @@ impl GuardedBody {
 /// Header names the MCP transport uses.
 pub const SESSION_ID: &str = "mcp-session-id";
 pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+
+/// The revisions with sessions and without per-request metadata or standard headers.
+const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The session id and revision (when sent) of a POST that a direct path may answer
+/// without rmcp: a session id, a 2025 revision (no per-request metadata or standard
+/// headers), a JSON `Content-Type`, and `Accept` naming JSON and SSE without weights.
+/// Everything else goes to rmcp, which answers it (400, 404, 406, 415, ...) as it
+/// always has.
+pub fn direct_session(headers: &HeaderMap) -> Option<(&str, Option<&str>)> {
+    let session = headers.get(SESSION_ID)?.to_str().ok()?;
+    let version = match headers.get(PROTOCOL_VERSION) {
+        Some(v) => Some(v.to_str().ok()?),
+        None => None,
+    };
+    if !version.is_none_or(|v| SESSION_REVISIONS.contains(&v)) {
+        return None;
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type(v) == "application/json");
+    (is_json && accepts_json_and_sse(headers)).then_some((session, version))
+}
+
+/// `Accept` names both `application/json` and `text/event-stream`. Weighted entries
+/// (`;q=`) are left to rmcp's full parser.
+fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for entry in value.split(',') {
+            let mut params = entry.split(';');
+            let essence = media_type(params.next().unwrap_or(""));
+            if params.any(|p| p.trim_start().to_ascii_lowercase().starts_with("q=")) {
+                return false;
+            }
+            json |= essence == "application/json";
+            sse |= essence == "text/event-stream";
+        }
+    }
+    json && sse
+}
 
 /// The session id a request carries, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
