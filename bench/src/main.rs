@@ -188,6 +188,20 @@ async fn run() -> Result {
         CONCURRENCY,
     )
     .await?;
+    let direct_one = tools_load(
+        &http,
+        &upstream_url,
+        None,
+        json!({"name": upstream::TOOL, "arguments": {}}),
+        upstream::ANSWER,
+        duration / 2,
+        1,
+    )
+    .await?;
+    let direct = Direct {
+        full: direct,
+        one: direct_one,
+    };
     let config = gateway_config(&data, &upstream_url)?;
     let stores = if opts.gateway_only {
         &stores[..1]
@@ -354,38 +368,44 @@ fn percent(part: f64, whole: f64) -> String {
 /// The gateway rows: the upstream called directly, then through Gatehouse on each
 /// store; throughput as a share of direct and of the store's ceiling, and the p50
 /// the gateway adds.
-fn print_gateway_table(runs: &[StoreRun], direct: &Load) {
+/// The upstream called directly: at full concurrency, and one call at a time.
+struct Direct {
+    full: Load,
+    one: Load,
+}
+
+fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
     println!();
     println!("The gateway: tools/call of the bench upstream's read-only tool, directly and through Gatehouse at /mcp/NAME.");
     println!();
     println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let line = |name: &str, sessions: usize, load: &Load, vs_direct: bool, ceiling: Option<f64>| {
-        let dash = || "–".to_owned();
-        println!(
-            "| {name} | {sessions} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
-            load.rate(),
-            load.p50_ms,
-            load.p99_ms,
-            load.errors,
-            if vs_direct {
-                percent(load.rate(), direct.rate())
-            } else {
-                dash()
-            },
-            if vs_direct {
-                format!("{:.2}", load.p50_ms - direct.p50_ms)
-            } else {
-                dash()
-            },
-            ceiling.map_or_else(dash, |c| percent(load.rate(), c)),
-        );
-    };
+    let line =
+        |name: &str, sessions: usize, load: &Load, versus: Option<&Load>, ceiling: Option<f64>| {
+            let dash = || "–".to_owned();
+            println!(
+                "| {name} | {sessions} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                load.rate(),
+                load.p50_ms,
+                load.p99_ms,
+                load.errors,
+                versus.map_or_else(dash, |d| percent(load.rate(), d.rate())),
+                versus.map_or_else(dash, |d| format!("{:.2}", load.p50_ms - d.p50_ms)),
+                ceiling.map_or_else(dash, |c| percent(load.rate(), c)),
+            );
+        };
     line(
         "upstream called directly (rmcp, Streamable HTTP)",
         CONCURRENCY,
-        direct,
-        true,
+        &direct.full,
+        Some(&direct.full),
+        None,
+    );
+    line(
+        "upstream called directly, one call at a time",
+        1,
+        &direct.one,
+        Some(&direct.one),
         None,
     );
     for run in runs {
@@ -396,14 +416,21 @@ fn print_gateway_table(runs: &[StoreRun], direct: &Load) {
             &format!("gateway → HTTP upstream, {store}"),
             CONCURRENCY,
             &run.gatehouse.gateway_http,
-            true,
+            Some(&direct.full),
             ceiling,
+        );
+        line(
+            &format!("gateway → HTTP upstream, {store}, one call at a time"),
+            1,
+            &run.gatehouse.gateway_http_one,
+            Some(&direct.one),
+            None,
         );
         line(
             &format!("gateway → stdio upstream, {store}"),
             STDIO_SESSIONS,
             &run.gatehouse.gateway_stdio,
-            false,
+            None,
             ceiling,
         );
     }
@@ -494,6 +521,9 @@ fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf>
 struct GatehouseRun {
     row: Row,
     gateway_http: Load,
+    /// One session, one call at a time: the latency the gateway adds, without
+    /// queueing behind 63 other calls.
+    gateway_http_one: Load,
     gateway_stdio: Load,
 }
 
@@ -551,10 +581,8 @@ async fn bench_gatehouse(
 
     let flow = Flow::new(http.clone(), base.clone()).await?;
     if opts.gateway_only {
-        let gateway_http =
-            gateway_load(&flow, http, &base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
-        let gateway_stdio =
-            gateway_load(&flow, http, &base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+        let (gateway_http, gateway_http_one, gateway_stdio) =
+            gateway_loads(&flow, http, &base, duration).await?;
         return Ok(GatehouseRun {
             row: Row {
                 name: name.to_owned(),
@@ -564,6 +592,7 @@ async fn bench_gatehouse(
                 after_rss_mb: server.rss_mb(),
             },
             gateway_http,
+            gateway_http_one,
             gateway_stdio,
         });
     }
@@ -597,10 +626,8 @@ async fn bench_gatehouse(
         CONCURRENCY,
     )
     .await?;
-    let gateway_http =
-        gateway_load(&flow, http, &base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
-    let gateway_stdio =
-        gateway_load(&flow, http, &base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+    let (gateway_http, gateway_http_one, gateway_stdio) =
+        gateway_loads(&flow, http, &base, duration).await?;
 
     // Refresh grants: 64 grants, each worker rotating its own.
     let mut grants = Vec::new();
@@ -656,8 +683,23 @@ async fn bench_gatehouse(
             after_rss_mb,
         },
         gateway_http,
+        gateway_http_one,
         gateway_stdio,
     })
+}
+
+/// The gateway rows of one Gatehouse: the HTTP upstream at full concurrency and with
+/// one session, and the stdio upstream.
+async fn gateway_loads(
+    flow: &Flow,
+    http: &reqwest::Client,
+    base: &str,
+    duration: Duration,
+) -> Result<(Load, Load, Load)> {
+    let full = gateway_load(flow, http, base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+    let one = gateway_load(flow, http, base, HTTP_UPSTREAM, 1, duration / 2).await?;
+    let stdio = gateway_load(flow, http, base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+    Ok((full, one, stdio))
 }
 
 /// `tools/call` of the upstream's read-only tool through Gatehouse at `/mcp/NAME`,

@@ -901,4 +901,20 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
     .expect("the cancelled call ended");
     let held = held.expect("response");
     assert_eq!(held.status(), StatusCode::OK);
+    // A cancelled request gets no answer (it ends without a message).
+    use http_body_util::BodyExt;
+    let rest = held.into_body().collect().await.expect("body").to_bytes();
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("data:"),
+        "{rest:?}"
+    );
+    // A second cancellation of the same call goes nowhere: the relay takes it.
+    let again = app
+        .send(post(
+            Some(session),
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 4}}),
+        ))
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
 }

@@ -186,25 +186,25 @@ impl Leg {
         let Some((_, upstream_id)) = lock(&self.pending).asks.remove(ours) else {
             return false;
         };
-        message["id"] = upstream_id;
-        self.notify(shared, message).await;
+        if let Some(object) = message.as_object_mut() {
+            object.insert("id".into(), upstream_id);
+            self.notify(shared, message).await;
+        }
         true
     }
 
     /// Relays the client's cancellation of a call on this path; `false` when it
     /// names no such call.
     pub async fn cancel(&self, shared: &Shared, mut message: Value) -> bool {
-        let Some(request_id) = message.pointer("/params/requestId") else {
+        let Some(request_id) = message.pointer_mut("/params/requestId") else {
             return false;
         };
-        let Some((ours, cancelled)) = lock(&self.pending)
-            .calls
-            .get(&request_id.to_string())
-            .cloned()
+        // Removed: a second cancellation of the call goes nowhere.
+        let Some((ours, cancelled)) = lock(&self.pending).calls.remove(&request_id.to_string())
         else {
             return false;
         };
-        message["params"]["requestId"] = Value::String(ours);
+        *request_id = Value::String(ours);
         self.notify(shared, message).await;
         // The client expects no answer now; the call's stream ends at once.
         cancelled.cancel();
@@ -223,16 +223,26 @@ impl Leg {
         let client_id = request.get("id")?.clone();
         let client_key = client_id.to_string();
         let ours = self.next_id();
-        request["id"] = Value::String(ours.clone());
+        request
+            .as_object_mut()?
+            .insert("id".into(), Value::String(ours.clone()));
         let client_token = match request.pointer_mut("/params/_meta/progressToken") {
             Some(token) => Some(std::mem::replace(token, Value::String(ours.clone()))),
             None => None,
         };
         let body = serde_json::to_vec(&request).ok()?;
         let cancelled = CancellationToken::new();
-        lock(&self.pending)
-            .calls
-            .insert(client_key.clone(), (ours.clone(), cancelled.clone()));
+        {
+            // A client reusing the id of a call in flight (which it must not) goes
+            // through the relay, so each id here names one call.
+            let mut pending = lock(&self.pending);
+            if pending.calls.contains_key(&client_key) {
+                return None;
+            }
+            pending
+                .calls
+                .insert(client_key.clone(), (ours.clone(), cancelled.clone()));
+        }
         let call = InFlight {
             cancelled,
             leg: self.clone(),
@@ -241,6 +251,7 @@ impl Leg {
             client_key,
             ours,
             client_token,
+            progress: f64::MIN,
             finished: false,
         };
         Some(call.start(&seen, body).await)
@@ -266,6 +277,8 @@ struct InFlight {
     client_key: String,
     ours: String,
     client_token: Option<Value>,
+    /// The last progress relayed.
+    progress: f64,
     cancelled: CancellationToken,
     finished: bool,
 }
@@ -294,8 +307,8 @@ impl InFlight {
         let sent = tokio::select! {
             sent = tokio::time::timeout(timeout, self.leg.post(seen, body).send()) => sent,
             () = self.cancelled.cancelled() => {
-                let error = rmcp::ErrorData::internal_error("cancelled by the client", None);
-                return Answer::json(self.error(error), true);
+                self.finished = true;
+                return Answer::Stream(futures::stream::empty().boxed());
             }
         };
         let response = match sent {
@@ -319,7 +332,9 @@ impl InFlight {
             .map(media_type)
             .unwrap_or_default();
         if status == reqwest013::StatusCode::NOT_FOUND {
-            // The upstream ended its session (it restarted, or reaped it).
+            // The upstream ended its session (it restarted, or reaped it): later calls
+            // go through the relay, which knows what to do.
+            *lock(&self.leg.seen) = None;
             self.shared.unreachable("the upstream session ended".into());
             let error = self.shared.closed_error();
             return Answer::json(self.error(error), true);
@@ -329,7 +344,21 @@ impl InFlight {
             return self.stream(events).await;
         }
         // A JSON answer, or an error with (perhaps) a JSON-RPC error in its body.
-        let body = read_bounded(response).await;
+        let body = tokio::select! {
+            body = tokio::time::timeout(timeout, read_bounded(response)) => {
+                match body {
+                    Ok(body) => body,
+                    Err(_) => {
+                        let error = self.shared.timeout_error(timeout);
+                        return Answer::json(self.error(error), true);
+                    }
+                }
+            }
+            () = self.cancelled.cancelled() => {
+                self.finished = true;
+                return Answer::Stream(futures::stream::empty().boxed());
+            }
+        };
         let relayed = match body {
             Ok(body) if content_type == "application/json" => {
                 match serde_json::from_slice::<Value>(&body) {
@@ -378,6 +407,8 @@ impl InFlight {
                 }
                 Next::Relayed(Relayed::Nothing) => {}
                 Next::Failed(body) => return Answer::json(body, true),
+                // An answer without messages: the client expects none.
+                Next::Cancelled => return Answer::Stream(futures::stream::empty().boxed()),
             }
         }
     }
@@ -419,6 +450,7 @@ impl InFlight {
                         }
                         Next::Relayed(Relayed::Nothing) => {}
                         Next::Failed(body) => return Some((Some(body), (call, events, deadline))),
+                        Next::Cancelled => return None,
                     }
                 }
             },
@@ -430,10 +462,8 @@ impl InFlight {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, events.next()) => next,
             () = self.cancelled.cancelled() => {
-                // The client expects no answer; it gets this one only because an HTTP
-                // answer cannot be empty.
-                let error = rmcp::ErrorData::internal_error("cancelled by the client", None);
-                return Next::Failed(self.error(error));
+                self.finished = true;
+                return Next::Cancelled;
             }
         };
         match next {
@@ -498,9 +528,24 @@ impl InFlight {
                         == Some(true);
                 Relayed::Answer(encode(&message), error)
             }
-            // A request of the upstream's (sampling, elicitation, roots, ping): under an
-            // id of ours, so the client's answer finds its way back.
+            // The upstream checking on us: answered here, as the relay does.
+            (true, Some("ping")) => {
+                let answer = json!({ "jsonrpc": "2.0", "id": object.get("id"), "result": {} });
+                let (leg, shared) = (self.leg.clone(), self.shared.clone());
+                tokio::spawn(async move { leg.notify(&shared, answer).await });
+                Relayed::Nothing
+            }
+            // A request of the upstream's (sampling, elicitation, roots): under an id of
+            // ours, so the client's answer finds its way back; without the upstream's
+            // progress token, which means nothing to the client.
             (true, Some(_)) => {
+                if let Some(meta) = object
+                    .get_mut("params")
+                    .and_then(|p| p.get_mut("_meta"))
+                    .and_then(Value::as_object_mut)
+                {
+                    meta.remove("progressToken");
+                }
                 let ours = self.leg.next_id();
                 let upstream_id = object.insert("id".into(), Value::String(ours.clone()));
                 if let Some(upstream_id) = upstream_id {
@@ -511,10 +556,18 @@ impl InFlight {
                 Relayed::Message(encode(&message), true)
             }
             (false, Some("notifications/progress")) => {
+                // Progress must increase; anything else is dropped, as on the relay.
+                let progress = message
+                    .pointer("/params/progress")
+                    .and_then(Value::as_f64)
+                    .filter(|p| *p > self.progress);
                 let token = message.pointer_mut("/params/progressToken");
-                match (token, &self.client_token) {
-                    (Some(token), Some(client_token)) if token.as_str() == Some(&self.ours) => {
+                match (token, &self.client_token, progress) {
+                    (Some(token), Some(client_token), Some(progress))
+                        if token.as_str() == Some(&self.ours) =>
+                    {
                         *token = client_token.clone();
+                        self.progress = progress;
                         Relayed::Message(encode(&message), true)
                     }
                     _ => Relayed::Nothing,
@@ -530,6 +583,8 @@ impl InFlight {
 
 enum Next {
     Relayed(Relayed),
+    /// The client cancelled the call: it expects no answer.
+    Cancelled,
     /// An error in place of the answer, which ends the call.
     Failed(Vec<u8>),
 }
@@ -544,7 +599,13 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         {
             let mut pending = lock(&self.leg.pending);
-            pending.calls.remove(&self.client_key);
+            if pending
+                .calls
+                .get(&self.client_key)
+                .is_some_and(|(ours, _)| *ours == self.ours)
+            {
+                pending.calls.remove(&self.client_key);
+            }
             pending.asks.retain(|_, (call, _)| *call != self.ours);
         }
         if self.finished {

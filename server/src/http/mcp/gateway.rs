@@ -6,7 +6,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex as StdMutex, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex as StdMutex, Weak,
+    },
+    time::Duration,
 };
 
 use axum::{
@@ -15,11 +19,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
-use rmcp::transport::streamable_http_server::{
-    session::{local::LocalSessionManager, SessionId, SessionManager},
-    StreamableHttpServerConfig, StreamableHttpService,
+use rmcp::{
+    model::ClientJsonRpcMessage,
+    transport::streamable_http_server::{
+        session::{local::LocalSessionManager, SessionId, SessionManager},
+        StreamableHttpServerConfig, StreamableHttpService,
+    },
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,13 +54,18 @@ pub struct GatewayEndpoint {
     transport: StreamableHttpService<GatewayHandler, LocalSessionManager>,
     /// Live sessions of an HTTP upstream, for the direct path.
     live: StdMutex<HashMap<String, Live>>,
+    touches: AtomicU64,
 }
+
+/// How long a touch (see [`GatewayEndpoint::touch`]) waits for rmcp's answer.
+const TOUCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A session the direct path may serve.
 struct Live {
     upstream: Weak<UpSession>,
     /// When rmcp last saw the session. rmcp closes a session it has not seen for the
-    /// upstream's `idle_timeout`, so the direct path hands it a call now and then.
+    /// upstream's `idle_timeout`, so the direct path shows it the session (a `ping`)
+    /// every quarter of that.
     relayed: Instant,
 }
 
@@ -95,6 +107,7 @@ impl GatewayEndpoint {
             sessions,
             transport,
             live: StdMutex::default(),
+            touches: AtomicU64::new(0),
         }
     }
 
@@ -117,14 +130,14 @@ impl GatewayEndpoint {
 
     /// The upstream connection of a live session, when the direct path may use it.
     async fn upstream_of(&self, session: &str, revision: Option<&str>) -> Option<Arc<UpSession>> {
-        let upstream = {
-            let live = self.live();
-            let entry = live.get(session)?;
-            // Half the idle timeout: rmcp sees the session well before it would close it.
-            if entry.relayed.elapsed() > self.shared.config.idle_timeout / 2 {
-                return None;
+        let (upstream, stale) = {
+            let mut live = self.live();
+            let entry = live.get_mut(session)?;
+            let stale = entry.relayed.elapsed() > self.shared.config.idle_timeout / 4;
+            if stale {
+                entry.relayed = Instant::now();
             }
-            entry.upstream.upgrade()?
+            (entry.upstream.upgrade()?, stale)
         };
         let leg = upstream.leg.as_ref()?;
         // Both legs speak one revision, which the request must name.
@@ -141,7 +154,30 @@ impl GatewayEndpoint {
         if !self.sessions.has_session(&id).await.unwrap_or(false) {
             return None;
         }
+        if stale {
+            self.touch(id);
+        }
         Some(upstream)
+    }
+
+    /// Lets rmcp see a session the direct path serves, which it would otherwise close
+    /// as idle: a `ping` of Gatehouse's own through the session, which rmcp answers.
+    fn touch(&self, session: SessionId) {
+        let sessions = self.sessions.clone();
+        let ping = json!({
+            "jsonrpc": "2.0",
+            "id": format!("gatehouse-touch-{}", self.touches.fetch_add(1, Ordering::Relaxed)),
+            "method": "ping",
+        });
+        tokio::spawn(async move {
+            let Ok(ping) = serde_json::from_value::<ClientJsonRpcMessage>(ping) else {
+                return;
+            };
+            if let Ok(answer) = sessions.create_stream(&session, ping).await {
+                let mut answer = Box::pin(answer);
+                let _ = tokio::time::timeout(TOUCH_TIMEOUT, answer.next()).await;
+            }
+        });
     }
 
     /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
@@ -246,7 +282,11 @@ impl Direct {
         }
         let id = object.get("id");
         match (object.get("method").map(Value::as_str), id) {
-            (Some(Some("tools/call")), Some(Value::Number(_) | Value::String(_))) => {
+            // Ids as rmcp reads them: strings and integers.
+            (Some(Some("tools/call")), Some(Value::String(_)))
+            | (Some(Some("tools/call")), Some(Value::Number(_)))
+                if id.is_some_and(|id| id.is_string() || id.is_i64() || id.is_u64()) =>
+            {
                 let params = object.get("params")?.as_object()?;
                 let name = params.get("name")?.as_str()?;
                 let per_request_meta =
