@@ -697,6 +697,8 @@ async fn gateway_loads(
     duration: Duration,
 ) -> Result<(Load, Load, Load)> {
     let full = gateway_load(flow, http, base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+    // The ended sessions' upstream places come back once rmcp has closed them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let one = gateway_load(flow, http, base, HTTP_UPSTREAM, 1, duration / 2).await?;
     let stdio = gateway_load(flow, http, base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
     Ok((full, one, stdio))
@@ -1038,6 +1040,23 @@ async fn tools_load(
                                 break;
                             }
                         }
+                    }
+                }
+                // Ended as a client ends its session, so that the next load finds the
+                // gateway's upstream places free.
+                let mut end = hyper::Request::delete(path.as_str())
+                    .header("host", host.as_str())
+                    .header("mcp-session-id", session.as_str())
+                    .header("mcp-protocol-version", "2025-06-18");
+                if let Some(authorization) = &authorization {
+                    end = end.header("authorization", authorization.as_str());
+                }
+                if let (Ok(end), Ok(())) = (
+                    end.body(http_body_util::Full::new(bytes::Bytes::new())),
+                    sender.ready().await,
+                ) {
+                    if let Ok(response) = sender.send_request(end).await {
+                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
                     }
                 }
                 (latencies, errors)

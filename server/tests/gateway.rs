@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use common::*;
 use rmcp::{
     model::*,
@@ -917,4 +917,76 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
         ))
         .await;
     assert_eq!(again.status, StatusCode::ACCEPTED);
+}
+
+/// An upstream at its `max_sessions`: the next client's `initialize` is a JSON-RPC
+/// error naming the upstream, without a session id to use (so nothing answers 500
+/// later); once a session ends, a new one opens.
+#[tokio::test]
+async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 1\n",
+            python(),
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let first = app.session_at("/mcp/py", &token, V2025).await;
+
+    let initialize = |id: u64| {
+        McpPost {
+            path: "/mcp/py",
+            token: Some(&token),
+            ..McpPost::default()
+        }
+        .body(
+            json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+            "protocolVersion": V2025, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+    };
+    let refused = app.send(initialize(1)).await;
+    let error = &refused.rpc()["error"];
+    assert_eq!(error["data"]["upstream"], "py", "{}", refused.body);
+    assert_eq!(error["data"]["reason"], "busy", "{}", refused.body);
+    assert!(
+        refused.headers.get("mcp-session-id").is_none(),
+        "a failed initialize named a session"
+    );
+
+    let ended = app
+        .send(
+            Request::delete("/mcp/py")
+                .header(header::HOST, "gate.example.com")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("mcp-session-id", &first)
+                .header("mcp-protocol-version", V2025)
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
+    // The upstream's place is given back once rmcp has closed the session.
+    let mut opened = None;
+    for _ in 0..50 {
+        let answer = app.send(initialize(2)).await;
+        if answer.headers.get("mcp-session-id").is_some() {
+            opened = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = opened.expect("a new session once the first ended");
+    assert!(
+        opened.rpc()["result"]["serverInfo"].is_object(),
+        "{}",
+        opened.body
+    );
 }

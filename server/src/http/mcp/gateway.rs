@@ -381,7 +381,7 @@ impl Endpoint for GatewayEndpoint {
                 Some(slot)
             }
         };
-        let response = self
+        let mut response = self
             .transport
             .handle(rebuild(parts, body))
             .await
@@ -391,8 +391,16 @@ impl Endpoint for GatewayEndpoint {
                 .headers()
                 .get(SESSION_ID)
                 .and_then(|v| v.to_str().ok());
-            if let Some(opened) = opened {
-                self.opened(opened, &slot);
+            match opened {
+                Some(opened) if slot.0.get().is_some() => self.opened(opened, &slot),
+                // rmcp names a session even when `initialize` failed (the upstream is
+                // down, or has its maximum of sessions). Unnamed, the session is never
+                // bound to the client, so using its id is answered 404, as a session
+                // that does not exist, not a 500 from rmcp failing to restore it.
+                Some(_) => {
+                    response.headers_mut().remove(SESSION_ID);
+                }
+                None => {}
             }
         }
         response
