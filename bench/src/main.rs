@@ -267,14 +267,7 @@ async fn run() -> Result {
 /// Starts `bench upstream --http` and waits until it answers; returns its MCP URL.
 async fn start_upstream(http: &reqwest::Client) -> Result<(Server, String)> {
     let port = free_port()?;
-    let server = Server {
-        child: Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-            .args(["upstream", "--http", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    };
+    let server = Server::this_binary(&["upstream", "--http", &port.to_string()])?;
     let url = format!("http://127.0.0.1:{port}/mcp");
     wait_until_up(http, &url).await?;
     Ok((server, url))
@@ -290,16 +283,17 @@ async fn bench_ceiling(
 ) -> Result<Row> {
     let token = random(32);
     let port = free_port()?;
-    let server = Server {
-        child: Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-            .args(["ceiling", "--port", &port.to_string(), "--store", store])
-            .args(["--prefix", prefix.unwrap_or("")])
-            .args(["--hash", &ceiling::hash(&token)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    };
+    let server = Server::this_binary(&[
+        "ceiling",
+        "--port",
+        &port.to_string(),
+        "--store",
+        store,
+        "--prefix",
+        prefix.unwrap_or(""),
+        "--hash",
+        &ceiling::hash(&token),
+    ])?;
     let url = format!("http://127.0.0.1:{port}/mcp");
     wait_until_up(http, &url).await?;
     let idle_rss_mb = server.rss_mb();
@@ -450,6 +444,18 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// This binary run with `args` (one of the servers it holds), its stderr shown.
+    fn this_binary(args: &[&str]) -> Result<Self> {
+        Ok(Server {
+            child: Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
     fn rss_mb(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()

@@ -359,6 +359,24 @@ async fn a_server_that_cannot_start_is_an_error_naming_it() {
     assert_eq!(health["upstreams"][0]["status"], "down");
 }
 
+/// Serves `handler` as a Streamable HTTP MCP server at `/mcp` on a free local port (one
+/// clone per session, rmcp's default configuration); returns its address.
+async fn serve_upstream<H: ServerHandler + Clone>(handler: H) -> std::net::SocketAddr {
+    let service = StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
+    });
+    address
+}
+
 /// An HTTP upstream (rmcp, here) that records the headers it was sent.
 #[derive(Clone, Default)]
 struct Recorder(Arc<Mutex<Vec<axum::http::HeaderMap>>>);
@@ -394,21 +412,7 @@ impl ServerHandler for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
     let recorder = Recorder::default();
-    let service = {
-        let recorder = recorder.clone();
-        StreamableHttpService::new(
-            move || Ok(recorder.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
-    });
+    let url = format!("http://{}/mcp", serve_upstream(recorder.clone()).await);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gatehouse.toml");
     std::env::set_var("GATEHOUSE_TEST_UPSTREAM_SECRET", "upstream-secret-123");
@@ -581,21 +585,7 @@ impl Cuttable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
     let called = Arc::new(tokio::sync::Notify::new());
-    let service = {
-        let called = called.clone();
-        StreamableHttpService::new(
-            move || Ok(Stalls(called.clone())),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
-    });
+    let upstream = serve_upstream(Stalls(called.clone())).await;
     let relay = Cuttable::start(upstream).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gatehouse.toml");
@@ -761,21 +751,7 @@ impl Events {
 async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() {
     use tower::ServiceExt;
     let upstream = TalksBack::default();
-    let service = {
-        let upstream = upstream.clone();
-        StreamableHttpService::new(
-            move || Ok(upstream.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default(),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
-    });
+    let url = format!("http://{}/mcp", serve_upstream(upstream.clone()).await);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(
