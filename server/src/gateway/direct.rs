@@ -29,7 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::{stream::BoxStream, StreamExt};
+use futures::{stream::BoxStream, FutureExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 use rmcp::{
     model::ClientJsonRpcMessage,
@@ -53,6 +53,9 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How often a streamed answer that has nothing to say sends an SSE comment, so that
 /// proxies do not close it while, say, a person reads an elicitation form.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How long the rest of an answered SSE response may take to end (see [`drain`]).
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// Ids (and progress tokens) Gatehouse gives on the upstream leg, and to the requests
 /// it relays to the client: strings, where rmcp's own ids are numbers.
@@ -308,7 +311,7 @@ impl InFlight {
             sent = tokio::time::timeout(timeout, self.leg.post(seen, body).send()) => sent,
             () = self.cancelled.cancelled() => {
                 self.finished = true;
-                return Answer::Stream(futures::stream::empty().boxed());
+                return Answer::nothing();
             }
         };
         let response = match sent {
@@ -356,7 +359,7 @@ impl InFlight {
             }
             () = self.cancelled.cancelled() => {
                 self.finished = true;
-                return Answer::Stream(futures::stream::empty().boxed());
+                return Answer::nothing();
             }
         };
         let relayed = match body {
@@ -395,6 +398,7 @@ impl InFlight {
                 Next::Relayed(Relayed::Answer(body, error)) => {
                     self.finished = true;
                     self.shared.answered();
+                    drain(events);
                     return Answer::json(body, error);
                 }
                 Next::Relayed(Relayed::Message(body, extends)) => {
@@ -408,7 +412,7 @@ impl InFlight {
                 Next::Relayed(Relayed::Nothing) => {}
                 Next::Failed(body) => return Answer::json(body, true),
                 // An answer without messages: the client expects none.
-                Next::Cancelled => return Answer::Stream(futures::stream::empty().boxed()),
+                Next::Cancelled => return Answer::nothing(),
             }
         }
     }
@@ -440,6 +444,10 @@ impl InFlight {
                         Next::Relayed(Relayed::Answer(body, _)) => {
                             call.finished = true;
                             call.shared.answered();
+                            drain(std::mem::replace(
+                                &mut events,
+                                futures::stream::empty().boxed(),
+                            ));
                             return Some((Some(body), (call, events, deadline)));
                         }
                         Next::Relayed(Relayed::Message(body, extends)) => {
@@ -590,6 +598,11 @@ enum Next {
 }
 
 impl Answer {
+    /// No answer: the call was cancelled, and the client expects none.
+    fn nothing() -> Self {
+        Answer::Stream(futures::stream::empty().boxed())
+    }
+
     fn json(body: Vec<u8>, error: bool) -> Self {
         Answer::Json { body, error }
     }
@@ -624,6 +637,20 @@ impl Drop for InFlight {
             });
         }
     }
+}
+
+/// Reads what is left of an answered SSE response, so that its connection goes back
+/// to the pool: dropped before its end, it would be closed, and the next call would
+/// open another. The end has usually arrived with the answer; else a task waits for
+/// it, for [`DRAIN`] at most.
+fn drain(mut events: Events) {
+    if let Some(None) = events.next().now_or_never() {
+        return;
+    }
+    tokio::spawn(async move {
+        let rest = async { while events.next().await.is_some() {} };
+        let _ = tokio::time::timeout(DRAIN, rest).await;
+    });
 }
 
 /// An upstream's body, cut off once a run of bytes without a blank line (an SSE event
