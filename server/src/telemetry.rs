@@ -7,7 +7,9 @@
 //! [`upkeep`] folds them every few seconds whether or not anyone reads `/metrics`.
 
 use std::{
-    sync::OnceLock,
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{OnceLock, RwLock},
     time::{Duration, Instant},
 };
 
@@ -52,6 +54,66 @@ pub fn handle() -> &'static PrometheusHandle {
         describe();
         handle
     })
+}
+
+/// Metric handles by their label values, each looked up in the recorder once. A
+/// `counter!` or `histogram!` with labels builds a key of owned strings, hashes it
+/// and searches the registry every time, which several times per request added up
+/// on the hot paths. At most [`Handles::MAX`] label sets are kept; past that, lookups
+/// go to the recorder as before. Label sets must be few anyway (they are series).
+pub struct Handles<H> {
+    hasher: std::hash::RandomState,
+    /// By the labels' hash: the labels themselves and their handle.
+    map: RwLock<HashMap<u64, Vec<Labelled<H>>>>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+/// A label set and its handle.
+type Labelled<H> = (Box<[Box<str>]>, H);
+
+impl<H: Clone> Handles<H> {
+    pub const MAX: usize = 4096;
+
+    pub fn new() -> Self {
+        // Handles made before the recorder is installed would record nowhere.
+        handle();
+        Handles {
+            hasher: std::hash::RandomState::new(),
+            map: RwLock::default(),
+            len: Default::default(),
+        }
+    }
+
+    /// The handle for `labels`, made by `make` the first time.
+    pub fn get(&self, labels: &[&str], make: impl FnOnce() -> H) -> H {
+        use std::sync::atomic::Ordering;
+        let hash = self.hasher.hash_one(labels);
+        let same = |(known, _): &&Labelled<H>| {
+            known.len() == labels.len() && known.iter().zip(labels).all(|(k, l)| **k == **l)
+        };
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, handle)) = map.get(&hash).and_then(|v| v.iter().find(same)) {
+                return handle.clone();
+            }
+        }
+        let handle = make();
+        if self.len.load(Ordering::Relaxed) < Self::MAX {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            let bucket = map.entry(hash).or_default();
+            if !bucket.iter().any(|entry| same(&entry)) {
+                bucket.push((labels.iter().map(|l| (*l).into()).collect(), handle.clone()));
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        handle
+    }
+}
+
+impl<H: Clone> Default for Handles<H> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How often [`upkeep`] folds recorded histogram samples into their buckets (the
@@ -124,7 +186,11 @@ impl MeteredStore {
 }
 
 fn observe<T>(op: &'static str, started: Instant, result: &StoreResult<T>) {
-    metrics::histogram!(STORE_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+    static DURATIONS: OnceLock<Handles<metrics::Histogram>> = OnceLock::new();
+    DURATIONS
+        .get_or_init(Handles::new)
+        .get(&[op], || metrics::histogram!(STORE_DURATION, "op" => op))
+        .record(started.elapsed().as_secs_f64());
     if result.is_err() {
         metrics::counter!(STORE_ERRORS, "op" => op).increment(1);
     }
@@ -202,5 +268,48 @@ impl Store for MeteredStore {
     }
     fn backend(&self) -> &'static str {
         self.0.backend()
+    }
+}
+
+#[cfg(test)]
+mod handles {
+    use std::cell::Cell;
+
+    use super::Handles;
+
+    #[test]
+    fn each_label_set_is_made_once_and_kept_apart() {
+        let handles = Handles::<u32>::new();
+        let made = Cell::new(0);
+        let get = |labels: &[&str]| {
+            handles.get(labels, || {
+                made.set(made.get() + 1);
+                made.get()
+            })
+        };
+        let first = get(&["/mcp", "200"]);
+        assert_eq!(get(&["/mcp", "200"]), first);
+        // Neither a different value nor the same text split otherwise is the same set.
+        assert_ne!(get(&["/mcp", "404"]), first);
+        assert_ne!(get(&["/mcp2", "00"]), first);
+        assert_ne!(get(&["/mcp200"]), first);
+        assert_eq!(made.get(), 4);
+    }
+
+    #[test]
+    fn past_the_cap_handles_are_made_each_time() {
+        let handles = Handles::<usize>::new();
+        for i in 0..Handles::<usize>::MAX {
+            handles.get(&[&i.to_string()], || i);
+        }
+        let made = Cell::new(0);
+        for _ in 0..2 {
+            handles.get(&["one more"], || {
+                made.set(made.get() + 1);
+                0
+            });
+        }
+        assert_eq!(made.get(), 2, "nothing is kept past the cap");
+        assert_eq!(handles.get(&["7"], || usize::MAX), 7, "what was kept stays");
     }
 }

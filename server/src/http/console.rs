@@ -490,11 +490,14 @@ fn is_console_call(path: &str) -> bool {
 /// never framed); and a failed call made by a plain form (no JavaScript) gets an
 /// error page rather than the server function's bare text.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let (page, call) = (is_console_page(&path), is_console_call(&path));
+    let (page, call) = {
+        let path = request.uri().path();
+        (is_console_page(path), is_console_call(path))
+    };
     if !page && !call {
         return next.run(request).await;
     }
+    let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
     let signed_in = || async {
         matches!(

@@ -77,11 +77,15 @@ pub async fn serve(
         // Small JSON-RPC answers must not wait for Nagle's algorithm (a 40 ms stall
         // against delayed ACKs on every streamed response).
         let _ = stream.set_nodelay(true);
+        // The peer's address goes in as the request enters the router. (A
+        // `Router::layer` here would wrap every route again for each connection, and
+        // box one more service for every request to clone.)
         let service = app
             .clone()
-            .layer(axum::Extension(ConnectInfo(peer)))
-            .map_request(|request: axum::http::Request<Incoming>| {
-                request.map(axum::body::Body::new)
+            .map_request(move |request: axum::http::Request<Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
             });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))

@@ -1,7 +1,10 @@
 //! The HTTP layer: the one route table, shared state, and the handlers that turn
 //! requests into calls on the domain and the store. Handlers stay thin.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use app::{shell, App, SiteInfo};
 use axum::{
@@ -340,7 +343,11 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(RequestBodyLimitLayer::new(PAGE_BODY_BYTES));
 
-    Router::new()
+    // Routes, with what must see the matched route (the request count) or apply to
+    // some routes only. Each layer here wraps every route, and axum clones each
+    // route's stack for every request, so what applies to all requests alike goes
+    // around the router instead, below.
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::guarded))
         .merge(api)
@@ -355,27 +362,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             console::guard,
         ))
-        .layer(RequestBodyTimeoutLayer::new(
-            state.config.limits.request_body_timeout,
-        ))
-        // RFC 6797: browsers keep to https once they have seen it here.
-        .layer(tower::util::option_layer(
-            state.config.public_url.is_https().then(|| {
-                SetResponseHeaderLayer::if_not_present(
-                    header::STRICT_TRANSPORT_SECURITY,
-                    HeaderValue::from_static("max-age=31536000"),
-                )
-            }),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
         .layer(axum::middleware::from_fn(count_request))
+        .with_state(state.clone());
+
+    let around = tower::ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
                 // The path only: query strings carry single-use tickets, setup tokens
@@ -383,22 +373,57 @@ pub fn router(state: AppState) -> Router {
                 tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
             }),
         )
-        .with_state(state)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // RFC 6797: browsers keep to https once they have seen it here.
+        .option_layer(state.config.public_url.is_https().then(|| {
+            SetResponseHeaderLayer::if_not_present(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            )
+        }))
+        .layer(RequestBodyTimeoutLayer::new(
+            state.config.limits.request_body_timeout,
+        ))
+        .service(routes);
+    Router::new().fallback_service(around)
 }
 
 /// Counts every request by route (the path pattern, never the path itself, which may
 /// carry ids) and status, and times it to the answer's head.
 async fn count_request(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    static DURATIONS: OnceLock<telemetry::Handles<::metrics::Histogram>> = OnceLock::new();
+    static REQUESTS: OnceLock<telemetry::Handles<::metrics::Counter>> = OnceLock::new();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    ::metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
+    let status = response.status();
+    DURATIONS
+        .get_or_init(telemetry::Handles::new)
+        .get(
+            &[route],
+            || ::metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.to_owned()),
+        )
         .record(started.elapsed().as_secs_f64());
-    ::metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status)
+    REQUESTS
+        .get_or_init(telemetry::Handles::new)
+        .get(&[route, status.as_str()], || {
+            ::metrics::counter!(
+                telemetry::HTTP_REQUESTS,
+                "route" => route.to_owned(),
+                "status" => status.as_str().to_owned()
+            )
+        })
         .increment(1);
     response
 }
