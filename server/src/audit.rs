@@ -120,8 +120,13 @@ pub struct Event {
     /// `ok`, `error` (a tool error or a failure), `denied` (a missing scope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// How long the call took; for an event that stands for several, the longest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// How many alike tool calls this event stands for, when more than one (see
+    /// [`coalesce`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
 }
 
 impl Event {
@@ -209,6 +214,8 @@ pub fn usage_key(grant: &Group) -> Key {
     Key::in_group(Kind::USAGE, grant, "usage")
 }
 
+// Nearly every message is an event: boxing it would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Event(Event),
     Flush(oneshot::Sender<()>),
@@ -221,6 +228,13 @@ struct Pending {
     calls: Vec<(u64, u64)>,
 }
 
+/// The tool-call metrics' handles, by labels.
+#[derive(Default)]
+struct ToolMetrics {
+    calls: telemetry::Handles<metrics::Counter>,
+    durations: telemetry::Handles<metrics::Histogram>,
+}
+
 pub struct Audit {
     queue: mpsc::Sender<Message>,
     store: SharedStore,
@@ -229,6 +243,7 @@ pub struct Audit {
     usage: Mutex<HashMap<Group, Pending>>,
     /// The tool labels the metrics have taken so far.
     tool_labels: Mutex<std::collections::HashSet<(String, String)>>,
+    metrics: ToolMetrics,
     retention: Duration,
     cap: usize,
 }
@@ -244,6 +259,7 @@ impl Audit {
             dropped: AtomicU64::new(0),
             usage: Mutex::default(),
             tool_labels: Mutex::default(),
+            metrics: ToolMetrics::default(),
             retention,
             cap,
         });
@@ -274,10 +290,18 @@ impl Audit {
                     event.tool.as_deref().unwrap_or_default(),
                     outcome == "ok",
                 );
-                metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool, "outcome" => outcome)
+                self.metrics
+                    .calls
+                    .get(&[&resource, &tool, &outcome], || {
+                        metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool.clone(), "outcome" => outcome.clone())
+                    })
                     .increment(1);
                 if let Some(ms) = event.duration_ms {
-                    metrics::histogram!(telemetry::TOOL_DURATION, "resource" => resource)
+                    self.metrics
+                        .durations
+                        .get(&[&resource], || {
+                            metrics::histogram!(telemetry::TOOL_DURATION, "resource" => resource.clone())
+                        })
                         .record(ms as f64 / 1000.0);
                 }
             }
@@ -412,6 +436,7 @@ async fn write_events(audit: std::sync::Weak<Audit>, mut receiver: mpsc::Receive
             }
         }
         let Some(audit) = audit.upgrade() else { break };
+        let batch = coalesce(batch);
         if !batch.is_empty() {
             let entries: Vec<Vec<u8>> = batch.iter().filter_map(|e| encode(e).ok()).collect();
             if let Err(e) = audit
@@ -426,6 +451,50 @@ async fn write_events(audit: std::sync::Weak<Audit>, mut receiver: mpsc::Receive
             let _ = done.send(());
         }
     }
+}
+
+/// Folds the tool calls of one batch that differ only in time (same client, grant,
+/// server, tool and outcome) into the first of them, counting them in
+/// [`Event::calls`] and keeping the longest duration. A client calling in a loop
+/// then writes one event per batch instead of one per call: the log stays readable,
+/// a flood of calls cannot push every other event out of the capped log, and the
+/// store does one insert where it did thousands (under load, the log's writes were
+/// the server's largest single cost after the sockets).
+fn coalesce(batch: Vec<Event>) -> Vec<Event> {
+    type Alike = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let mut kept: Vec<Event> = Vec::with_capacity(batch.len());
+    let mut first: HashMap<Alike, usize> = HashMap::new();
+    for event in batch {
+        if event.kind != Some(EventKind::ToolCall) {
+            kept.push(event);
+            continue;
+        }
+        let alike = (
+            event.client_id.clone(),
+            event.grant.clone(),
+            event.resource.clone(),
+            event.tool.clone(),
+            event.outcome.clone(),
+        );
+        match first.get(&alike) {
+            Some(&index) => {
+                let into = &mut kept[index];
+                into.calls = Some(into.calls.unwrap_or(1) + event.calls.unwrap_or(1));
+                into.duration_ms = into.duration_ms.max(event.duration_ms);
+            }
+            None => {
+                first.insert(alike, kept.len());
+                kept.push(event);
+            }
+        }
+    }
+    kept
 }
 
 async fn write_usage(audit: std::sync::Weak<Audit>) {
@@ -456,6 +525,50 @@ mod tests {
             usage.hours.iter().all(|(h, _)| *h != 70),
             "older than 25 h dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn alike_tool_calls_in_one_write_become_one_event_that_counts_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let audit = Audit::new(store, Clock::system(), Duration::from_secs(3600), 1000);
+        let call = |tool: &str, outcome: &str, ms: u64| {
+            Event::new(EventKind::ToolCall)
+                .client("c1")
+                .grant("g1")
+                .resource("https://gh.example/mcp")
+                .tool(tool, outcome, Duration::from_millis(ms))
+        };
+        for i in 0..300 {
+            audit.record(call("search", "ok", i % 7));
+        }
+        audit.record(Event::new(EventKind::SignInFailed).address("192.0.2.1"));
+        audit.record(call("search", "error", 2));
+        audit.record(call("search", "ok", 50).client("c2"));
+        audit.flush().await.expect("flush");
+
+        let events: Vec<Event> = audit
+            .read(100, None)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(events.len(), 4, "{events:#?}");
+        let folded = events
+            .iter()
+            .find(|e| e.client_id.as_deref() == Some("c1") && e.outcome.as_deref() == Some("ok"))
+            .expect("the folded calls");
+        assert_eq!(folded.calls, Some(300));
+        assert_eq!(folded.duration_ms, Some(6), "the longest");
+        for other in events.iter().filter(|e| !std::ptr::eq(*e, folded)) {
+            assert_eq!(other.calls, None, "{other:?}");
+        }
+        assert!(events
+            .iter()
+            .any(|e| e.kind == Some(EventKind::SignInFailed)));
     }
 
     #[test]

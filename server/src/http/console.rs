@@ -124,8 +124,11 @@ fn detail(event: &Event) -> String {
     if let Some(outcome) = &event.outcome {
         parts.push(outcome.clone());
     }
-    if let Some(ms) = event.duration_ms {
-        parts.push(format!("{ms} ms"));
+    match (event.calls, event.duration_ms) {
+        (Some(calls), Some(ms)) => parts.push(format!("{calls} calls, the longest {ms} ms")),
+        (Some(calls), None) => parts.push(format!("{calls} calls")),
+        (None, Some(ms)) => parts.push(format!("{ms} ms")),
+        (None, None) => {}
     }
     if let Some(scopes) = &event.scopes {
         parts.push(format!("scopes {scopes}"));
