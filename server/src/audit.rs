@@ -228,6 +228,13 @@ struct Pending {
     calls: Vec<(u64, u64)>,
 }
 
+/// The tools that are metric labels, by resource (looked up without allocating).
+#[derive(Default)]
+struct ToolLabels {
+    by_resource: HashMap<String, std::collections::HashSet<String>>,
+    count: usize,
+}
+
 /// The tool-call metrics' handles, by labels.
 #[derive(Default)]
 struct ToolMetrics {
@@ -242,7 +249,7 @@ pub struct Audit {
     dropped: AtomicU64,
     usage: Mutex<HashMap<Group, Pending>>,
     /// The tool labels the metrics have taken so far.
-    tool_labels: Mutex<std::collections::HashSet<(String, String)>>,
+    tool_labels: Mutex<ToolLabels>,
     metrics: ToolMetrics,
     retention: Duration,
     cap: usize,
@@ -283,24 +290,24 @@ impl Audit {
         }
         match event.kind {
             Some(EventKind::ToolCall) => {
-                let resource = event.resource.clone().unwrap_or_default();
-                let outcome = event.outcome.clone().unwrap_or_default();
+                let resource = event.resource.as_deref().unwrap_or_default();
+                let outcome = event.outcome.as_deref().unwrap_or_default();
                 let tool = self.tool_label(
-                    &resource,
+                    resource,
                     event.tool.as_deref().unwrap_or_default(),
                     outcome == "ok",
                 );
                 self.metrics
                     .calls
-                    .get(&[&resource, &tool, &outcome], || {
-                        metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.clone(), "tool" => tool.clone(), "outcome" => outcome.clone())
+                    .get(&[resource, tool, outcome], || {
+                        metrics::counter!(telemetry::TOOL_CALLS, "resource" => resource.to_owned(), "tool" => tool.to_owned(), "outcome" => outcome.to_owned())
                     })
                     .increment(1);
                 if let Some(ms) = event.duration_ms {
                     self.metrics
                         .durations
-                        .get(&[&resource], || {
-                            metrics::histogram!(telemetry::TOOL_DURATION, "resource" => resource.clone())
+                        .get(&[resource], || {
+                            metrics::histogram!(telemetry::TOOL_DURATION, "resource" => resource.to_owned())
                         })
                         .record(ms as f64 / 1000.0);
                 }
@@ -319,17 +326,25 @@ impl Audit {
     /// `tool` as a metric label: a tool becomes a label once a call to it succeeds
     /// (so names of tools that do not exist never do), while fewer than
     /// [`MAX_TOOL_LABELS`] are in use; anything else is `other`.
-    fn tool_label(&self, resource: &str, tool: &str, succeeded: bool) -> String {
+    fn tool_label<'a>(&self, resource: &str, tool: &'a str, succeeded: bool) -> &'a str {
         let mut labels = self.tool_labels.lock().unwrap_or_else(|p| p.into_inner());
-        let pair = (resource.to_owned(), tool.to_owned());
-        if labels.contains(&pair) {
-            return pair.1;
+        let known = labels
+            .by_resource
+            .get(resource)
+            .is_some_and(|tools| tools.contains(tool));
+        if known {
+            return tool;
         }
-        if succeeded && labels.len() < MAX_TOOL_LABELS {
-            labels.insert(pair);
-            return tool.to_owned();
+        if succeeded && labels.count < MAX_TOOL_LABELS {
+            labels
+                .by_resource
+                .entry(resource.to_owned())
+                .or_default()
+                .insert(tool.to_owned());
+            labels.count += 1;
+            return tool;
         }
-        "other".to_owned()
+        "other"
     }
 
     /// Events dropped because the queue was full.
@@ -342,7 +357,12 @@ impl Audit {
         let now = self.clock.now_ms();
         let hour = now / 3_600_000;
         let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = usage.entry(grant.clone()).or_default();
+        if !usage.contains_key(grant) {
+            usage.insert(grant.clone(), Pending::default());
+        }
+        let Some(pending) = usage.get_mut(grant) else {
+            return;
+        };
         pending.last_used = now;
         match pending.calls.iter_mut().find(|(h, _)| *h == hour) {
             Some((_, n)) => *n += 1,
