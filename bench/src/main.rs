@@ -134,6 +134,55 @@ struct Load {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// What each process spent per call, for the rows that measure it.
+    cpu: Option<CpuPerCall>,
+}
+
+/// CPU time (user and system) per successful call during a load, in microseconds, of
+/// each process on the path. Unlike throughput, it hardly depends on what else the
+/// machine runs, so it says where a row's time goes.
+#[derive(Default, Clone, Copy)]
+struct CpuPerCall {
+    /// This process, the load generator.
+    load: f64,
+    /// The upstream server, when it is a process of its own that the bench started.
+    upstream: Option<f64>,
+    /// The server under test: Gatehouse, or the ceiling or reference server.
+    server: Option<f64>,
+}
+
+/// The CPU seconds a process has used so far (`/proc/PID/stat`, in the kernel's
+/// 1/100 s ticks).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Runs `load` and records what the load generator, the upstream (`upstream`) and
+/// the server under test (`server`) spent per call during it.
+async fn with_cpu(
+    upstream: Option<u32>,
+    server: Option<u32>,
+    load: impl std::future::Future<Output = Result<Load>>,
+) -> Result<Load> {
+    let read = |pid: Option<u32>| pid.and_then(|pid| cpu_seconds(&pid.to_string()));
+    let before = (cpu_seconds("self"), read(upstream), read(server));
+    let mut load = load.await?;
+    let after = (cpu_seconds("self"), read(upstream), read(server));
+    // `requests` counts the calls that succeeded.
+    let calls = load.requests.max(1) as f64;
+    let per_call = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / calls);
+    load.cpu = Some(CpuPerCall {
+        load: per_call(before.0, after.0).unwrap_or(0.0),
+        upstream: per_call(before.1, after.1),
+        server: per_call(before.2, after.2),
+    });
+    Ok(load)
 }
 
 impl Load {
@@ -177,25 +226,34 @@ async fn run() -> Result {
     // The fast upstream, first called directly: the gateway rows' yardstick. It keeps
     // running for the gateway rows of both stores.
     let (upstream, upstream_url) = start_upstream(&http).await?;
+    let upstream_pid = Some(upstream.child.id());
     eprintln!("\n== the upstream, called directly");
-    let direct = tools_load(
-        &http,
-        &upstream_url,
+    let direct = with_cpu(
+        upstream_pid,
         None,
-        json!({"name": upstream::TOOL, "arguments": {}}),
-        upstream::ANSWER,
-        duration,
-        CONCURRENCY,
+        tools_load(
+            &http,
+            &upstream_url,
+            None,
+            json!({"name": upstream::TOOL, "arguments": {}}),
+            upstream::ANSWER,
+            duration,
+            CONCURRENCY,
+        ),
     )
     .await?;
-    let direct_one = tools_load(
-        &http,
-        &upstream_url,
+    let direct_one = with_cpu(
+        upstream_pid,
         None,
-        json!({"name": upstream::TOOL, "arguments": {}}),
-        upstream::ANSWER,
-        duration / 2,
-        1,
+        tools_load(
+            &http,
+            &upstream_url,
+            None,
+            json!({"name": upstream::TOOL, "arguments": {}}),
+            upstream::ANSWER,
+            duration / 2,
+            1,
+        ),
     )
     .await?;
     let direct = Direct {
@@ -219,6 +277,7 @@ async fn run() -> Result {
             prefix.as_deref(),
             &config,
             duration,
+            upstream_pid,
         )
         .await?;
         if opts.gateway_only {
@@ -298,14 +357,18 @@ async fn bench_ceiling(
     wait_until_up(http, &url).await?;
     let idle_rss_mb = server.rss_mb();
     eprintln!("tools/call …");
-    let tools = tools_load(
-        http,
-        &url,
-        Some(&token),
-        json!({"name": upstream::TOOL, "arguments": {}}),
-        upstream::ANSWER,
-        duration,
-        CONCURRENCY,
+    let tools = with_cpu(
+        None,
+        Some(server.child.id()),
+        tools_load(
+            http,
+            &url,
+            Some(&token),
+            json!({"name": upstream::TOOL, "arguments": {}}),
+            upstream::ANSWER,
+            duration,
+            CONCURRENCY,
+        ),
     )
     .await?;
     Ok(Row {
@@ -322,9 +385,9 @@ fn print_table(runs: &[StoreRun], reference: &Row, seconds: u64) {
     println!();
     println!("tools/call at concurrency {CONCURRENCY} for {seconds} s each; refresh grants likewise (64 grants rotating).");
     println!();
-    println!("| Server | tools/call req/s | p50 ms | p99 ms | errors | × reference | % of ceiling | refresh req/s | p50 ms | p99 ms | errors | idle RSS MB | RSS after MB |");
+    println!("| Server | tools/call req/s | p50 ms | p99 ms | errors | × reference | % of ceiling | server CPU µs per call | refresh req/s | p50 ms | p99 ms | errors | idle RSS MB | RSS after MB |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for run in runs {
         let ceiling = run.ceiling.tools.rate();
@@ -338,7 +401,7 @@ fn print_row(row: &Row, reference_rate: f64, ceiling_rate: Option<f64>) {
     let dash = || "–".to_owned();
     let refresh = |f: &dyn Fn(&Load) -> String| row.refresh.as_ref().map(f).unwrap_or_else(dash);
     println!(
-        "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+        "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
         row.name,
         row.tools.rate(),
         row.tools.p50_ms,
@@ -346,6 +409,10 @@ fn print_row(row: &Row, reference_rate: f64, ceiling_rate: Option<f64>) {
         row.tools.errors,
         row.tools.rate() / reference_rate.max(1e-9),
         ceiling_rate.map_or_else(dash, |c| percent(row.tools.rate(), c)),
+        row.tools
+            .cpu
+            .and_then(|cpu| cpu.server)
+            .map_or_else(dash, |us| format!("{us:.0}")),
         refresh(&|l| format!("{:.0}", l.rate())),
         refresh(&|l| format!("{:.2}", l.p50_ms)),
         refresh(&|l| format!("{:.2}", l.p99_ms)),
@@ -359,26 +426,35 @@ fn percent(part: f64, whole: f64) -> String {
     format!("{:.0}%", 100.0 * part / whole.max(1e-9))
 }
 
-/// The gateway rows: the upstream called directly, then through Gatehouse on each
-/// store; throughput as a share of direct and of the store's ceiling, and the p50
-/// the gateway adds.
 /// The upstream called directly: at full concurrency, and one call at a time.
 struct Direct {
     full: Load,
     one: Load,
 }
 
+/// The gateway rows: the upstream called directly, then through Gatehouse on each
+/// store; throughput as a share of direct and of the store's ceiling, the p50 the
+/// gateway adds, and where the CPU time goes.
 fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
     println!();
     println!("The gateway: tools/call of the bench upstream's read-only tool, directly and through Gatehouse at /mcp/NAME.");
     println!();
-    println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling | CPU µs per call: load generator · upstream · Gatehouse |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let line =
         |name: &str, sessions: usize, load: &Load, versus: Option<&Load>, ceiling: Option<f64>| {
             let dash = || "–".to_owned();
+            let micros = |v: Option<f64>| v.map_or_else(dash, |v| format!("{v:.0}"));
+            let cpu = load.cpu.map_or_else(dash, |cpu| {
+                format!(
+                    "{} · {} · {}",
+                    micros(Some(cpu.load)),
+                    micros(cpu.upstream),
+                    micros(cpu.server)
+                )
+            });
             println!(
-                "| {name} | {sessions} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                "| {name} | {sessions} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {cpu} |",
                 load.rate(),
                 load.p50_ms,
                 load.p99_ms,
@@ -549,6 +625,7 @@ async fn bench_gatehouse(
     prefix: Option<&str>,
     config: &std::path::Path,
     duration: Duration,
+    upstream: Option<u32>,
 ) -> Result<GatehouseRun> {
     let mut store_args = vec!["--store".to_owned(), store.to_owned()];
     if let Some(prefix) = prefix {
@@ -588,7 +665,7 @@ async fn bench_gatehouse(
     let flow = Flow::new(http.clone(), base.clone()).await?;
     if opts.gateway_only {
         let (gateway_http, gateway_http_one, gateway_stdio) =
-            gateway_loads(&flow, http, &base, duration).await?;
+            gateway_loads(&flow, http, &base, duration, upstream, server.child.id()).await?;
         return Ok(GatehouseRun {
             row: Row {
                 name: name.to_owned(),
@@ -622,18 +699,22 @@ async fn bench_gatehouse(
     }
 
     eprintln!("tools/call get_article …");
-    let tools = tools_load(
-        http,
-        &format!("{base}/mcp"),
-        Some(&token),
-        json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
-        "Read me quickly.",
-        duration,
-        CONCURRENCY,
+    let tools = with_cpu(
+        None,
+        Some(server.child.id()),
+        tools_load(
+            http,
+            &format!("{base}/mcp"),
+            Some(&token),
+            json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
+            "Read me quickly.",
+            duration,
+            CONCURRENCY,
+        ),
     )
     .await?;
     let (gateway_http, gateway_http_one, gateway_stdio) =
-        gateway_loads(&flow, http, &base, duration).await?;
+        gateway_loads(&flow, http, &base, duration, upstream, server.child.id()).await?;
 
     // Refresh grants: 64 grants, each worker rotating its own.
     let mut grants = Vec::new();
@@ -701,12 +782,32 @@ async fn gateway_loads(
     http: &reqwest::Client,
     base: &str,
     duration: Duration,
+    upstream: Option<u32>,
+    gatehouse: u32,
 ) -> Result<(Load, Load, Load)> {
-    let full = gateway_load(flow, http, base, HTTP_UPSTREAM, CONCURRENCY, duration).await?;
+    let gatehouse = Some(gatehouse);
+    let full = with_cpu(
+        upstream,
+        gatehouse,
+        gateway_load(flow, http, base, HTTP_UPSTREAM, CONCURRENCY, duration),
+    )
+    .await?;
     // The ended sessions' upstream places come back once rmcp has closed them.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let one = gateway_load(flow, http, base, HTTP_UPSTREAM, 1, duration / 2).await?;
-    let stdio = gateway_load(flow, http, base, STDIO_UPSTREAM, STDIO_SESSIONS, duration).await?;
+    let one = with_cpu(
+        upstream,
+        gatehouse,
+        gateway_load(flow, http, base, HTTP_UPSTREAM, 1, duration / 2),
+    )
+    .await?;
+    // The stdio upstreams are Gatehouse's children, whose time the kernel counts
+    // apart from Gatehouse's own until they exit.
+    let stdio = with_cpu(
+        None,
+        gatehouse,
+        gateway_load(flow, http, base, STDIO_UPSTREAM, STDIO_SESSIONS, duration),
+    )
+    .await?;
     Ok((full, one, stdio))
 }
 
@@ -1169,6 +1270,7 @@ fn summarize(mut all: Vec<u32>, errors: u64, seconds: f64) -> Load {
         seconds,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
+        cpu: None,
     }
 }
 
@@ -1261,14 +1363,18 @@ async fn bench_reference(
         .to_owned();
 
     eprintln!("tools/call greet …");
-    let tools = tools_load(
-        http,
-        &format!("{base}/mcp"),
-        Some(&token),
-        json!({"name": "greet", "arguments": {"name": "bench"}}),
-        "Hello, bench",
-        duration,
-        CONCURRENCY,
+    let tools = with_cpu(
+        None,
+        Some(server.child.id()),
+        tools_load(
+            http,
+            &format!("{base}/mcp"),
+            Some(&token),
+            json!({"name": "greet", "arguments": {"name": "bench"}}),
+            "Hello, bench",
+            duration,
+            CONCURRENCY,
+        ),
     )
     .await?;
     let after_rss_mb = server.rss_mb();
