@@ -13,9 +13,11 @@
 //! Gatehouse (`/mcp/NAME`, over HTTP and over stdio), in the same run; the ceiling rows
 //! drive a bare handler that does only the token's hash and one store read
 //! (`ceiling.rs`), so each Gatehouse row also reads as a share of what the machine
-//! allows.
+//! allows; and a bare proxy (`proxy.rs`) relays to the same upstream, which is what
+//! any HTTP gateway costs before it does anything of its own.
 
 mod ceiling;
+mod proxy;
 mod upstream;
 
 use std::{
@@ -81,6 +83,7 @@ fn main() {
     let outcome = match args.first().map(String::as_str) {
         Some("upstream") => serve_upstream(&args[1..]),
         Some("ceiling") => serve_ceiling(&args[1..]),
+        Some("proxy") => serve_proxy(&args[1..]),
         Some("soak") => runtime(true).and_then(|rt| rt.block_on(soak::run())),
         _ => runtime(true).and_then(|rt| rt.block_on(run())),
     };
@@ -109,6 +112,19 @@ fn serve_upstream(args: &[String]) -> Result {
         }
         [flag] if flag == "--stdio" => runtime(false)?.block_on(upstream::serve_stdio()),
         _ => Err("usage: bench upstream --http PORT | --stdio".into()),
+    }
+}
+
+/// `proxy --port N --upstream URL`.
+fn serve_proxy(args: &[String]) -> Result {
+    match args {
+        [port_flag, port, upstream_flag, upstream]
+            if port_flag == "--port" && upstream_flag == "--upstream" =>
+        {
+            let port = port.parse().map_err(|_| "--port takes a port")?;
+            runtime(true)?.block_on(proxy::serve(port, upstream))
+        }
+        _ => Err("usage: bench proxy --port N --upstream URL".into()),
     }
 }
 
@@ -256,9 +272,37 @@ async fn run() -> Result {
         ),
     )
     .await?;
+    // The least any relay costs: a bare hyper proxy in front of the same upstream.
+    let proxy_port = free_port()?;
+    let proxy = Server::this_binary(&[
+        "proxy",
+        "--port",
+        &proxy_port.to_string(),
+        "--upstream",
+        &upstream_url,
+    ])?;
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/mcp");
+    wait_until_up(&http, &proxy_url).await?;
+    eprintln!("\n== a bare proxy in front of the upstream");
+    let proxied = with_cpu(
+        upstream_pid,
+        Some(proxy.child.id()),
+        tools_load(
+            &http,
+            &proxy_url,
+            None,
+            json!({"name": upstream::TOOL, "arguments": {}}),
+            upstream::ANSWER,
+            duration,
+            CONCURRENCY,
+        ),
+    )
+    .await?;
+    drop(proxy);
     let direct = Direct {
         full: direct,
         one: direct_one,
+        proxied,
     };
     let config = gateway_config(&data, &upstream_url)?;
     let stores = if opts.gateway_only {
@@ -430,6 +474,8 @@ fn percent(part: f64, whole: f64) -> String {
 struct Direct {
     full: Load,
     one: Load,
+    /// Through the bare proxy, at full concurrency.
+    proxied: Load,
 }
 
 /// The gateway rows: the upstream called directly, then through Gatehouse on each
@@ -439,7 +485,7 @@ fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
     println!();
     println!("The gateway: tools/call of the bench upstream's read-only tool, directly and through Gatehouse at /mcp/NAME.");
     println!();
-    println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling | CPU µs per call: load generator · upstream · Gatehouse |");
+    println!("| Path | sessions | tools/call req/s | p50 ms | p99 ms | errors | % of direct | added p50 ms | % of ceiling | CPU µs per call: load generator · upstream · Gatehouse (or proxy) |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let line =
         |name: &str, sessions: usize, load: &Load, versus: Option<&Load>, ceiling: Option<f64>| {
@@ -476,6 +522,13 @@ fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
         1,
         &direct.one,
         Some(&direct.one),
+        None,
+    );
+    line(
+        "bare proxy → HTTP upstream (hyper, no auth, no parsing)",
+        CONCURRENCY,
+        &direct.proxied,
+        Some(&direct.full),
         None,
     );
     for run in runs {
