@@ -156,7 +156,7 @@ fn describe() {
     describe_histogram!(
         TOOL_DURATION,
         Unit::Seconds,
-        "Tool calls' time to the answer's head."
+        "Tool calls' time to the answer."
     );
     describe_histogram!(STORE_DURATION, Unit::Seconds, "Store operations by kind.");
     describe_counter!(STORE_ERRORS, "Failed store operations by kind.");

@@ -324,6 +324,31 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
     .await;
     assert_eq!(text(&echoed), "echo: again");
 
+    // The activity log has each call's outcome, read from the relayed answers: the
+    // errors as errors, though each came back as 200.
+    app.state.audit.flush().await.expect("flush");
+    let mut outcomes: Vec<(String, String)> = app
+        .state
+        .audit
+        .read(100, None)
+        .await
+        .expect("activity")
+        .into_iter()
+        .filter_map(|(_, event)| Some((event.tool?, event.outcome?)))
+        .collect();
+    outcomes.sort();
+    let expected = [
+        ("crash", "error"),
+        ("echo", "error"),
+        ("echo", "ok"),
+        ("garbage", "ok"),
+        ("hang", "error"),
+    ];
+    assert_eq!(
+        outcomes,
+        expected.map(|(t, o)| (t.to_owned(), o.to_owned())),
+    );
+
     // /healthz reports the upstream.
     let health = app.get("/healthz", None).await.json();
     let upstream = &health["upstreams"][0];

@@ -247,23 +247,46 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         }
         Some(_) => {}
     }
-    if let Some(tool) = tool {
-        // The time to the answer's head: for a streamed answer, to its first byte.
-        let outcome = match response.extensions().get::<ToolOutcome>() {
-            Some(ToolOutcome::Error) => "error",
-            _ if response.status().is_success() => "ok",
-            _ => "error",
-        };
-        let mut event = Event::new(EventKind::ToolCall)
-            .client(client_id.to_string())
-            .resource(resource.uri.to_string())
-            .tool(tool, outcome, started.elapsed());
-        if let Some(grant) = &grant {
-            state.audit.used(grant);
-            event = event.grant(grant.as_str());
+    let response = if tool.is_some() && response.extensions().get::<ToolOutcome>().is_none() {
+        with_outcome(response).await
+    } else {
+        response
+    };
+    let response = match tool {
+        Some(tool) => {
+            let record = {
+                let (state, resource) = (state.clone(), resource.uri.to_string());
+                move |outcome: &str| {
+                    let mut event = Event::new(EventKind::ToolCall)
+                        .client(client_id.to_string())
+                        .resource(resource)
+                        .tool(tool, outcome, started.elapsed());
+                    if let Some(grant) = &grant {
+                        state.audit.used(grant);
+                        event = event.grant(grant.as_str());
+                    }
+                    state.audit.record(event);
+                }
+            };
+            match response.extensions().get::<ToolOutcome>() {
+                Some(ToolOutcome::Error) => record("error"),
+                Some(ToolOutcome::Ok) if response.status().is_success() => record("ok"),
+                _ if !response.status().is_success() => record("error"),
+                // A streamed answer: the outcome (and the time) when the answer passes.
+                _ if is_event_stream(response.headers()) => {
+                    return watch_stream(
+                        state,
+                        token_key,
+                        resource.uri.clone(),
+                        watch_answer(response, record),
+                    )
+                }
+                _ => record("ok"),
+            }
+            response
         }
-        state.audit.record(event);
-    }
+        None => response,
+    };
     watch_stream(state, token_key, resource.uri.clone(), response)
 }
 
@@ -273,6 +296,113 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
 pub enum ToolOutcome {
     Ok,
     Error,
+}
+
+/// The largest plain JSON answer to a tool call whose outcome the guard reads itself.
+const MAX_OUTCOME_BYTES: u64 = 1024 * 1024;
+
+/// A tool call's answer with its [`ToolOutcome`], read from the answer itself when
+/// the endpoint did not say (a call relayed through rmcp): a JSON-RPC error, or a
+/// result with `isError`, is an error. Only a plain JSON answer of known length, in
+/// memory already, is read; a streamed answer is read as it passes (see
+/// [`watch_answer`]).
+async fn with_outcome(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type(v) == "application/json");
+    let small = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .is_some_and(|n| n <= MAX_OUTCOME_BYTES);
+    if !is_json || !small {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_OUTCOME_BYTES as usize).await else {
+        // The body said its length and broke off: what is left of it is an error.
+        return rpc_error(
+            StatusCode::BAD_GATEWAY,
+            code::INTERNAL_ERROR,
+            "the answer broke off",
+        );
+    };
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<serde::de::IgnoredAny>,
+        result: Option<ResultOutcome>,
+    }
+    let error = match serde_json::from_slice::<Answer>(&bytes) {
+        Ok(answer) => {
+            answer.error.is_some() || answer.result.is_some_and(|r| r.is_error == Some(true))
+        }
+        Err(_) => false,
+    };
+    parts.extensions.insert(if error {
+        ToolOutcome::Error
+    } else {
+        ToolOutcome::Ok
+    });
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type(v) == "text/event-stream")
+}
+
+/// Records a streamed tool call's activity event (through `record`) once its answer
+/// passes: an error if the answer is a JSON-RPC error or a result with `isError`, or
+/// if the stream ends, or the client leaves, before any answer.
+fn watch_answer(response: Response, record: impl FnOnce(&str) + Send + 'static) -> Response {
+    /// Records `error` if dropped before the answer passed.
+    struct Pending<F: FnOnce(&str)>(Option<F>);
+    impl<F: FnOnce(&str)> Drop for Pending<F> {
+        fn drop(&mut self) {
+            if let Some(record) = self.0.take() {
+                record("error");
+            }
+        }
+    }
+    let mut pending = Pending(Some(record));
+    let (parts, body) = response.into_parts();
+    let frames = body.into_data_stream().map(move |frame| {
+        if let (Ok(bytes), Some(_)) = (&frame, &pending.0) {
+            if let Some(error) = answer_in(bytes) {
+                if let Some(record) = pending.0.take() {
+                    record(if error { "error" } else { "ok" });
+                }
+            }
+        }
+        frame
+    });
+    Response::from_parts(parts, Body::from_stream(frames))
+}
+
+/// Whether an SSE frame carries a JSON-RPC answer (a message with `result` or `error`
+/// and no `method`), and if so whether it is an error (a JSON-RPC error, or a result
+/// with `isError: true`).
+fn answer_in(frame: &[u8]) -> Option<bool> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        method: Option<serde::de::IgnoredAny>,
+        error: Option<serde::de::IgnoredAny>,
+        result: Option<ResultOutcome>,
+    }
+    let text = std::str::from_utf8(frame).ok()?;
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Message>(data.trim_start()).ok())
+        .find(|m| m.method.is_none() && (m.error.is_some() || m.result.is_some()))
+        .map(|m| m.error.is_some() || m.result.is_some_and(|r| r.is_error == Some(true)))
+}
+
+#[derive(serde::Deserialize)]
+struct ResultOutcome {
+    #[serde(rename = "isError", default)]
+    is_error: Option<bool>,
 }
 
 /// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,
@@ -319,12 +449,7 @@ fn watch_stream(
     resource: ResourceUri,
     response: Response,
 ) -> Response {
-    let streaming = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "text/event-stream");
-    if !streaming {
+    if !is_event_stream(response.headers()) {
         return response;
     }
     let every = state.config.limits.stream_recheck;
@@ -399,6 +524,26 @@ mod tests {
             &with(&[("mcp-method", "tools/call")]),
             b"[]"
         ));
+    }
+
+    #[test]
+    fn a_streamed_answer_and_its_outcome_are_found_in_its_frames() {
+        let frame = |json: &str| format!("event: message\nid: 3\ndata: {json}\n\n");
+        let progress =
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#;
+        let ask =
+            r#"{"jsonrpc":"2.0","id":"gatehouse-1","method":"sampling/createMessage","params":{}}"#;
+        let ok = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#;
+        let tool_error = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#;
+        let rpc_error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"x"}}"#;
+        assert_eq!(answer_in(frame(progress).as_bytes()), None);
+        assert_eq!(answer_in(frame(ask).as_bytes()), None);
+        assert_eq!(answer_in(b": keep-alive\n\n"), None);
+        assert_eq!(answer_in(frame(ok).as_bytes()), Some(false));
+        assert_eq!(answer_in(frame(tool_error).as_bytes()), Some(true));
+        assert_eq!(answer_in(frame(rpc_error).as_bytes()), Some(true));
+        let two = frame(progress) + &frame(tool_error);
+        assert_eq!(answer_in(two.as_bytes()), Some(true));
     }
 
     #[test]
