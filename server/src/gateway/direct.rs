@@ -54,8 +54,10 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// proxies do not close it while, say, a person reads an elicitation form.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long the rest of an answered SSE response may take to end (see [`drain`]).
-const DRAIN: Duration = Duration::from_secs(1);
+/// How long the rest of an answered SSE response may take to end (see [`drain`]),
+/// and how many such responses of one upstream session are read off at once.
+const DRAIN: Duration = Duration::from_millis(250);
+const DRAINS: usize = 16;
 
 /// Ids (and progress tokens) Gatehouse gives on the upstream leg, and to the requests
 /// it relays to the client: strings, where rmcp's own ids are numbers.
@@ -89,6 +91,8 @@ pub struct Leg {
     seen: StdMutex<Option<Seen>>,
     next: AtomicU64,
     pending: StdMutex<Pending>,
+    /// Answered SSE responses being read off (see [`drain`]).
+    drains: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +106,7 @@ impl Leg {
             seen: StdMutex::default(),
             next: AtomicU64::new(1),
             pending: StdMutex::default(),
+            drains: Arc::new(tokio::sync::Semaphore::new(DRAINS)),
         })
     }
 
@@ -398,7 +403,7 @@ impl InFlight {
                 Next::Relayed(Relayed::Answer(body, error)) => {
                     self.finished = true;
                     self.shared.answered();
-                    drain(events);
+                    drain(&self.leg, events);
                     return Answer::json(body, error);
                 }
                 Next::Relayed(Relayed::Message(body, extends)) => {
@@ -444,10 +449,10 @@ impl InFlight {
                         Next::Relayed(Relayed::Answer(body, _)) => {
                             call.finished = true;
                             call.shared.answered();
-                            drain(std::mem::replace(
-                                &mut events,
-                                futures::stream::empty().boxed(),
-                            ));
+                            drain(
+                                &call.leg,
+                                std::mem::replace(&mut events, futures::stream::empty().boxed()),
+                            );
                             return Some((Some(body), (call, events, deadline)));
                         }
                         Next::Relayed(Relayed::Message(body, extends)) => {
@@ -642,14 +647,20 @@ impl Drop for InFlight {
 /// Reads what is left of an answered SSE response, so that its connection goes back
 /// to the pool: dropped before its end, it would be closed, and the next call would
 /// open another. The end has usually arrived with the answer; else a task waits for
-/// it, for [`DRAIN`] at most.
-fn drain(mut events: Events) {
+/// it, for [`DRAIN`] at most and [`DRAINS`] at once per upstream session, so that an
+/// upstream that keeps its streams open cannot make a client's calls pile up
+/// connections (past that, the response is dropped and its connection closed).
+fn drain(leg: &Leg, mut events: Events) {
     if let Some(None) = events.next().now_or_never() {
         return;
     }
+    let Ok(permit) = leg.drains.clone().try_acquire_owned() else {
+        return;
+    };
     tokio::spawn(async move {
         let rest = async { while events.next().await.is_some() {} };
         let _ = tokio::time::timeout(DRAIN, rest).await;
+        drop(permit);
     });
 }
 

@@ -254,6 +254,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     };
     let response = match tool {
         Some(tool) => {
+            // The grant's use counts now; the event waits for the outcome.
+            if let Some(grant) = &grant {
+                state.audit.used(grant);
+            }
             let record = {
                 let (state, resource) = (state.clone(), resource.uri.to_string());
                 move |outcome: &str| {
@@ -262,7 +266,6 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         .resource(resource)
                         .tool(tool, outcome, started.elapsed());
                     if let Some(grant) = &grant {
-                        state.audit.used(grant);
                         event = event.grant(grant.as_str());
                     }
                     state.audit.record(event);
@@ -357,23 +360,49 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 /// passes: an error if the answer is a JSON-RPC error or a result with `isError`, or
 /// if the stream ends, or the client leaves, before any answer.
 fn watch_answer(response: Response, record: impl FnOnce(&str) + Send + 'static) -> Response {
-    /// Records `error` if dropped before the answer passed.
-    struct Pending<F: FnOnce(&str)>(Option<F>);
-    impl<F: FnOnce(&str)> Drop for Pending<F> {
-        fn drop(&mut self) {
-            if let Some(record) = self.0.take() {
-                record("error");
+    type Record = Box<dyn FnOnce(&str) + Send>;
+    /// The event until it is recorded: by the answer, by the stream's end or the
+    /// client leaving (an error), or after [`ANSWER_WAIT`] (an error), whichever is
+    /// first. A client that stops reading (an HTTP/2 window left shut) cannot hold
+    /// the event back longer than that.
+    struct Pending {
+        record: Arc<std::sync::Mutex<Option<Record>>>,
+        timer: tokio::task::JoinHandle<()>,
+    }
+    impl Pending {
+        fn finish(&self, outcome: &str) {
+            let record = self.record.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(record) = record {
+                self.timer.abort();
+                record(outcome);
             }
         }
     }
-    let mut pending = Pending(Some(record));
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            self.finish("error");
+        }
+    }
+    let record: Arc<std::sync::Mutex<Option<Record>>> =
+        Arc::new(std::sync::Mutex::new(Some(Box::new(record))));
+    let timer = tokio::spawn({
+        let record = record.clone();
+        async move {
+            tokio::time::sleep(ANSWER_WAIT).await;
+            let record = record.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(record) = record {
+                record("error");
+            }
+        }
+    });
+    let pending = Pending { record, timer };
     let (parts, body) = response.into_parts();
+    let mut answered = false;
     let frames = body.into_data_stream().map(move |frame| {
-        if let (Ok(bytes), Some(_)) = (&frame, &pending.0) {
+        if let (Ok(bytes), false) = (&frame, answered) {
             if let Some(error) = answer_in(bytes) {
-                if let Some(record) = pending.0.take() {
-                    record(if error { "error" } else { "ok" });
-                }
+                answered = true;
+                pending.finish(if error { "error" } else { "ok" });
             }
         }
         frame
@@ -381,9 +410,15 @@ fn watch_answer(response: Response, record: impl FnOnce(&str) + Send + 'static) 
     Response::from_parts(parts, Body::from_stream(frames))
 }
 
+/// How long a streamed tool call's activity event waits for the answer to pass.
+const ANSWER_WAIT: Duration = Duration::from_secs(15 * 60);
+
 /// Whether an SSE frame carries a JSON-RPC answer (a message with `result` or `error`
 /// and no `method`), and if so whether it is an error (a JSON-RPC error, or a result
-/// with `isError: true`).
+/// with `isError: true`). Each frame is read on its own: both producers (the direct
+/// path's `answer_response` and rmcp's SSE body) send one whole event, with one
+/// `data:` line, per frame. An answer split across frames would go unseen, and the
+/// call would be logged as an error when the stream ends.
 fn answer_in(frame: &[u8]) -> Option<bool> {
     #[derive(serde::Deserialize)]
     struct Message {
@@ -544,6 +579,60 @@ mod tests {
         assert_eq!(answer_in(frame(rpc_error).as_bytes()), Some(true));
         let two = frame(progress) + &frame(tool_error);
         assert_eq!(answer_in(two.as_bytes()), Some(true));
+    }
+
+    /// A streamed answer's body: `frames`, then nothing more, ever.
+    fn streamed(frames: Vec<String>) -> Response {
+        let frames = futures::stream::iter(frames)
+            .map(|f| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(f)))
+            .chain(futures::stream::pending());
+        Response::new(Body::from_stream(frames))
+    }
+
+    fn recorder() -> (
+        impl FnOnce(&str) + Send + 'static,
+        std::sync::mpsc::Receiver<String>,
+    ) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        (
+            move |outcome: &str| sender.send(outcome.to_owned()).expect("send"),
+            receiver,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_calls_event_is_recorded_once_when_its_answer_passes_or_never_comes() {
+        let answer = r#"data: {"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#;
+        let progress = r#"data: {"jsonrpc":"2.0","method":"notifications/progress"}"#;
+
+        // Read to the answer: recorded then, once.
+        let (record, outcomes) = recorder();
+        let response = watch_answer(
+            streamed(vec![format!("{progress}\n\n"), format!("{answer}\n\n")]),
+            record,
+        );
+        let mut body = response.into_body().into_data_stream();
+        body.next().await;
+        assert!(outcomes.try_recv().is_err(), "not before the answer");
+        body.next().await;
+        assert_eq!(outcomes.try_recv().as_deref(), Ok("error"));
+        drop(body);
+        tokio::time::advance(ANSWER_WAIT * 2).await;
+        assert!(outcomes.try_recv().is_err(), "recorded once");
+
+        // The client leaves before the answer: an error.
+        let (record, outcomes) = recorder();
+        let response = watch_answer(streamed(vec![format!("{progress}\n\n")]), record);
+        drop(response);
+        assert_eq!(outcomes.try_recv().as_deref(), Ok("error"));
+
+        // Nobody reads the stream: an error after ANSWER_WAIT, not never.
+        let (record, outcomes) = recorder();
+        let _held = watch_answer(streamed(vec![format!("{answer}\n\n")]), record);
+        tokio::time::sleep(ANSWER_WAIT - Duration::from_secs(1)).await;
+        assert!(outcomes.try_recv().is_err());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(outcomes.try_recv().as_deref(), Ok("error"));
     }
 
     #[test]
