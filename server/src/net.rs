@@ -31,6 +31,16 @@ pub fn media_type(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether a request's or answer's `Content-Type` names the media type `essence`
+/// (lower case), whatever its parameters and case; without allocating.
+pub fn content_type_is(headers: &axum::http::HeaderMap, essence: &str) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(essence))
+}
+
 /// A browser origin (RFC 6454): scheme, host and port, serialised the way browsers
 /// send it in `Origin`.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -38,7 +38,7 @@ use crate::{
     audit::{Event, EventKind},
     http::AppState,
     mcp::{call::Message, Access, Need},
-    net::media_type,
+    net::content_type_is,
     oauth::AuthServer,
     resource::ResourceUri,
     store::{Key, StoreError},
@@ -247,11 +247,6 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         }
         Some(_) => {}
     }
-    let response = if tool.is_some() && response.extensions().get::<ToolOutcome>().is_none() {
-        with_outcome(response).await
-    } else {
-        response
-    };
     let response = match tool {
         Some(tool) => {
             // The grant's use counts now; the event waits for the outcome.
@@ -271,12 +266,17 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     state.audit.record(event);
                 }
             };
+            let response = if response.extensions().get::<ToolOutcome>().is_none() {
+                with_outcome(response).await
+            } else {
+                response
+            };
             match response.extensions().get::<ToolOutcome>() {
                 Some(ToolOutcome::Error) => record("error"),
                 Some(ToolOutcome::Ok) if response.status().is_success() => record("ok"),
                 _ if !response.status().is_success() => record("error"),
                 // A streamed answer: the outcome (and the time) when the answer passes.
-                _ if is_event_stream(response.headers()) => {
+                _ if content_type_is(response.headers(), "text/event-stream") => {
                     return watch_stream(
                         state,
                         token_key,
@@ -310,11 +310,7 @@ const MAX_OUTCOME_BYTES: u64 = 1024 * 1024;
 /// memory already, is read; a streamed answer is read as it passes (see
 /// [`watch_answer`]).
 async fn with_outcome(response: Response) -> Response {
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "application/json");
+    let is_json = content_type_is(response.headers(), "application/json");
     let small = axum::body::HttpBody::size_hint(response.body())
         .exact()
         .is_some_and(|n| n <= MAX_OUTCOME_BYTES);
@@ -330,30 +326,13 @@ async fn with_outcome(response: Response) -> Response {
             "the answer broke off",
         );
     };
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        error: Option<serde::de::IgnoredAny>,
-        result: Option<ResultOutcome>,
-    }
-    let error = match serde_json::from_slice::<Answer>(&bytes) {
-        Ok(answer) => {
-            answer.error.is_some() || answer.result.is_some_and(|r| r.is_error == Some(true))
-        }
-        Err(_) => false,
-    };
+    let error = answer_outcome(&bytes).unwrap_or(false);
     parts.extensions.insert(if error {
         ToolOutcome::Error
     } else {
         ToolOutcome::Ok
     });
     Response::from_parts(parts, Body::from(bytes))
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "text/event-stream")
 }
 
 /// Records a streamed tool call's activity event (through `record`) once its answer
@@ -420,24 +399,31 @@ const ANSWER_WAIT: Duration = Duration::from_secs(15 * 60);
 /// `data:` line, per frame. An answer split across frames would go unseen, and the
 /// call would be logged as an error when the stream ends.
 fn answer_in(frame: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(frame).ok()?;
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .find_map(|data| answer_outcome(data.trim_start().as_bytes()))
+}
+
+/// Whether one JSON-RPC message is an answer (`result` or `error`, no `method`), and
+/// if so whether it is an error (a JSON-RPC error, or a result with `isError: true`).
+fn answer_outcome(json: &[u8]) -> Option<bool> {
     #[derive(serde::Deserialize)]
     struct Message {
         method: Option<serde::de::IgnoredAny>,
         error: Option<serde::de::IgnoredAny>,
         result: Option<ResultOutcome>,
     }
-    let text = std::str::from_utf8(frame).ok()?;
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .filter_map(|data| serde_json::from_str::<Message>(data.trim_start()).ok())
-        .find(|m| m.method.is_none() && (m.error.is_some() || m.result.is_some()))
-        .map(|m| m.error.is_some() || m.result.is_some_and(|r| r.is_error == Some(true)))
-}
-
-#[derive(serde::Deserialize)]
-struct ResultOutcome {
-    #[serde(rename = "isError", default)]
-    is_error: Option<bool>,
+    #[derive(serde::Deserialize)]
+    struct ResultOutcome {
+        #[serde(rename = "isError", default)]
+        is_error: Option<bool>,
+    }
+    let message = serde_json::from_slice::<Message>(json).ok()?;
+    if message.method.is_some() || (message.error.is_none() && message.result.is_none()) {
+        return None;
+    }
+    Some(message.error.is_some() || message.result.is_some_and(|r| r.is_error == Some(true)))
 }
 
 /// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,
@@ -484,7 +470,7 @@ fn watch_stream(
     resource: ResourceUri,
     response: Response,
 ) -> Response {
-    if !is_event_stream(response.headers()) {
+    if !content_type_is(response.headers(), "text/event-stream") {
         return response;
     }
     let every = state.config.limits.stream_recheck;

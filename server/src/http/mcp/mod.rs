@@ -29,7 +29,7 @@ use axum::{
 
 use crate::{
     mcp::{Call, Need},
-    net::media_type,
+    net::{content_type_is, media_type},
     oauth::records::AccessToken,
     resource::Resource,
     store::Key,
@@ -117,10 +117,7 @@ pub fn direct_session(headers: &HeaderMap) -> Option<(&str, Option<&str>)> {
     if !version.is_none_or(|v| SESSION_REVISIONS.contains(&v)) {
         return None;
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "application/json");
+    let is_json = content_type_is(headers, "application/json");
     (is_json && accepts_json_and_sse(headers)).then_some((session, version))
 }
 

@@ -12,7 +12,7 @@ use super::{no_store, OAuthError};
 use crate::{
     audit::{Event, EventKind},
     http::{address::ClientAddress, AppState},
-    net::media_type,
+    net::content_type_is,
     oauth::{client::RegistrationRequest, ErrorCode},
 };
 
@@ -52,11 +52,7 @@ pub async fn register(
             ),
         ));
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "application/json");
-    if !is_json {
+    if !content_type_is(&headers, "application/json") {
         return Err(OAuthError::bad_request(
             ErrorCode::InvalidClientMetadata,
             "send the metadata as application/json",

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{no_store, OAuthError};
 use crate::{
     http::AppState,
-    net::media_type,
+    net::content_type_is,
     oauth::{clients::ClientCredentials, token::TokenParams, ErrorCode},
     telemetry,
 };
@@ -106,11 +106,7 @@ pub(crate) fn form<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, OAuthError> {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v) == "application/x-www-form-urlencoded");
-    if !is_form {
+    if !content_type_is(headers, "application/x-www-form-urlencoded") {
         return Err(OAuthError::bad_request(
             ErrorCode::InvalidRequest,
             "the body must be application/x-www-form-urlencoded",
@@ -299,10 +295,7 @@ mod properties {
             body in body(),
         ) {
             let headers = headers(content_type.as_deref(), authorization.as_deref());
-            let is_form = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| media_type(v) == FORM);
+            let is_form = content_type_is(&headers, FORM);
             match client_request::<TokenParams>(&headers, &body) {
                 Ok((params, credentials)) => {
                     prop_assert!(is_form);
