@@ -124,11 +124,5 @@ pub async fn serve(port: u16, spec: &str, prefix: &str, hash: &str) -> Result<()
     let app = axum::Router::new()
         .route("/mcp", axum::routing::post(handle))
         .with_state(ceiling);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    crate::serve_local(port, app).await
 }

@@ -102,6 +102,19 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
     builder.enable_all().build().map_err(|e| e.to_string())
 }
 
+/// Serves `app` on `127.0.0.1:PORT`, as Gatehouse's own listener does without Nagle's
+/// delay on small answers: the servers the benchmark starts (`upstream`, `ceiling`,
+/// `proxy`).
+async fn serve_local(port: u16, app: axum::Router) -> Result {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
 /// `upstream --http PORT` or `upstream --stdio`. A stdio server is one process per
 /// session with one client, so one thread is enough.
 fn serve_upstream(args: &[String]) -> Result {
@@ -247,29 +260,13 @@ async fn run() -> Result {
     let direct = with_cpu(
         upstream_pid,
         None,
-        tools_load(
-            &http,
-            &upstream_url,
-            None,
-            json!({"name": upstream::TOOL, "arguments": {}}),
-            upstream::ANSWER,
-            duration,
-            CONCURRENCY,
-        ),
+        fast_calls(&http, &upstream_url, None, duration, CONCURRENCY),
     )
     .await?;
     let direct_one = with_cpu(
         upstream_pid,
         None,
-        tools_load(
-            &http,
-            &upstream_url,
-            None,
-            json!({"name": upstream::TOOL, "arguments": {}}),
-            upstream::ANSWER,
-            duration / 2,
-            1,
-        ),
+        fast_calls(&http, &upstream_url, None, duration / 2, 1),
     )
     .await?;
     // The least any relay costs: a bare hyper proxy in front of the same upstream.
@@ -287,15 +284,7 @@ async fn run() -> Result {
     let proxied = with_cpu(
         upstream_pid,
         Some(proxy.child.id()),
-        tools_load(
-            &http,
-            &proxy_url,
-            None,
-            json!({"name": upstream::TOOL, "arguments": {}}),
-            upstream::ANSWER,
-            duration,
-            CONCURRENCY,
-        ),
+        fast_calls(&http, &proxy_url, None, duration, CONCURRENCY),
     )
     .await?;
     drop(proxy);
@@ -404,15 +393,7 @@ async fn bench_ceiling(
     let tools = with_cpu(
         None,
         Some(server.child.id()),
-        tools_load(
-            http,
-            &url,
-            Some(&token),
-            json!({"name": upstream::TOOL, "arguments": {}}),
-            upstream::ANSWER,
-            duration,
-            CONCURRENCY,
-        ),
+        fast_calls(http, &url, Some(&token), duration, CONCURRENCY),
     )
     .await?;
     Ok(Row {
@@ -882,16 +863,7 @@ async fn gateway_load(
         .as_str()
         .ok_or_else(|| format!("no access token for {resource}"))?;
     eprintln!("tools/call through the gateway, {upstream} upstream ({workers} sessions) …");
-    tools_load(
-        http,
-        &resource,
-        Some(token),
-        json!({"name": upstream::TOOL, "arguments": {}}),
-        upstream::ANSWER,
-        duration,
-        workers,
-    )
-    .await
+    fast_calls(http, &resource, Some(token), duration, workers).await
 }
 
 /// The OAuth flow as a client and the owner's browser perform it.
@@ -1126,6 +1098,26 @@ async fn tools_call(
 /// `tools/call` with `params` from `workers` MCP sessions (one per worker, as separate
 /// clients would have), each worker on its own keep-alive connection; an answer counts
 /// only when it contains `expect` and no tool error.
+/// `tools/call` of the bench upstream's tool at `mcp`: the upstream itself, or a
+/// server in front of it.
+fn fast_calls<'a>(
+    http: &'a reqwest::Client,
+    mcp: &'a str,
+    token: Option<&'a str>,
+    duration: Duration,
+    workers: usize,
+) -> impl std::future::Future<Output = Result<Load>> + 'a {
+    tools_load(
+        http,
+        mcp,
+        token,
+        json!({"name": upstream::TOOL, "arguments": {}}),
+        upstream::ANSWER,
+        duration,
+        workers,
+    )
+}
+
 async fn tools_load(
     http: &reqwest::Client,
     mcp: &str,

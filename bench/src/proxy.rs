@@ -46,11 +46,5 @@ pub async fn serve(port: u16, upstream: &str) -> Result<(), String> {
     let app = axum::Router::new()
         .route("/mcp", axum::routing::any(forward))
         .with_state(proxy);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    crate::serve_local(port, app).await
 }

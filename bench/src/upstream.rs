@@ -58,16 +58,7 @@ pub async fn serve_http(port: u16) -> Result<(), String> {
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    // As Gatehouse's own listener does: no Nagle delay on small answers.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, axum::Router::new().nest_service("/mcp", service))
-        .await
-        .map_err(|e| e.to_string())
+    crate::serve_local(port, axum::Router::new().nest_service("/mcp", service)).await
 }
 
 /// MCP over this process's stdin and stdout, as Gatehouse starts a stdio server (one
