@@ -256,8 +256,16 @@ impl RawUpstream {
                     fail("args, env and cwd are for command upstreams, not url ones".into());
                 }
                 let parsed = url::Url::parse(url)
-                    .map_err(|e| format!("url {url:?} is not a URL: {e}"))
+                    // Not repeated: it may hold credentials.
+                    .map_err(|e| format!("the url is not a URL: {e}"))
                     .and_then(|u| match u.scheme() {
+                        _ if !u.username().is_empty() || u.password().is_some() => Err(
+                            // It would show wherever the URL does (logs, /healthz), and
+                            // not every HTTP client sends it.
+                            "the url must not carry credentials: put them in headers, \
+                             from an environment variable"
+                                .to_string(),
+                        ),
                         "http" | "https" => Ok(u),
                         _ => Err(format!("url {url:?} must be http or https")),
                     });
@@ -498,6 +506,28 @@ mod tests {
         assert_eq!(ok.tools[0].access, RuleAccess::Deny);
         assert!(ok.tools[0].matches("delete_everything"));
         assert!(!ok.tools[0].matches("get_thing"));
+    }
+
+    #[test]
+    fn credentials_in_an_upstream_url_are_refused_without_repeating_them() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [[upstream]]
+            name = "a"
+            url = "http://me:hunter2@example.com/mcp"
+            "#,
+        )
+        .expect("toml");
+        let errors = file
+            .upstreams
+            .into_iter()
+            .next()
+            .expect("one")
+            .validate(&env)
+            .expect_err("credentials in the URL");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].contains("headers"), "{errors:#?}");
+        assert!(!errors[0].contains("hunter2"), "{errors:#?}");
     }
 
     #[test]
