@@ -29,7 +29,7 @@ use axum::{
 
 use crate::{
     mcp::{Call, Need},
-    net::{content_type_is, media_type},
+    net::content_type_is,
     oauth::records::AccessToken,
     resource::Resource,
     store::Key,
@@ -129,14 +129,21 @@ fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
         let Ok(value) = value.to_str() else {
             return false;
         };
+        // Without allocating: this runs twice for every call.
         for entry in value.split(',') {
             let mut params = entry.split(';');
-            let essence = media_type(params.next().unwrap_or(""));
-            if params.any(|p| p.trim_start().to_ascii_lowercase().starts_with("q=")) {
+            let essence = params.next().unwrap_or("").trim();
+            let weighted = |p: &str| {
+                p.trim_start()
+                    .as_bytes()
+                    .get(..2)
+                    .is_some_and(|q| q.eq_ignore_ascii_case(b"q="))
+            };
+            if params.any(weighted) {
                 return false;
             }
-            json |= essence == "application/json";
-            sse |= essence == "text/event-stream";
+            json |= essence.eq_ignore_ascii_case("application/json");
+            sse |= essence.eq_ignore_ascii_case("text/event-stream");
         }
     }
     json && sse
@@ -145,4 +152,33 @@ fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
 /// The session id a request carries, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers.get(SESSION_ID).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::ACCEPT, value.parse().expect("header"));
+        }
+        accepts_json_and_sse(&headers)
+    }
+
+    #[test]
+    fn the_direct_path_takes_accept_lists_that_name_both_types_without_weights() {
+        assert!(accept(&["application/json, text/event-stream"]));
+        assert!(accept(&[
+            "Application/JSON ;charset=utf-8",
+            " TEXT/event-stream"
+        ]));
+        assert!(!accept(&["application/json"]));
+        assert!(!accept(&["application/json, text/event-stream;q=0.5"]));
+        assert!(!accept(&["application/json, text/event-stream; Q=1"]));
+        // A parameter that is not a weight, even one shorter than "q=", is no reason
+        // to refuse.
+        assert!(accept(&["application/json;v, text/event-stream"]));
+        assert!(!accept(&[]));
+    }
 }
