@@ -29,7 +29,7 @@ use tokio::{
 
 use super::{
     config::{Transport, Upstream},
-    direct::{Leg, Recorder},
+    direct::{Leg, Recorder, Sender},
     policy::ToolPolicy,
     relay::{InOrder, Routes, UpClient, UpService},
 };
@@ -109,31 +109,35 @@ pub struct Shared {
     observed: StdMutex<Observed>,
     /// `observed.ok == Some(true)`, read without the lock on the direct path.
     up: std::sync::atomic::AtomicBool,
-    http: Option<reqwest013::Client>,
+    /// For an HTTP upstream: rmcp's client, and the direct path's.
+    http: Option<(reqwest013::Client, Sender)>,
 }
 
 impl Shared {
     pub fn new(config: Upstream, resource: Arc<Resource>) -> Result<Arc<Self>, String> {
         let http = match &config.transport {
-            Transport::Http { .. } => {
+            Transport::Http { url, .. } => {
                 // rmcp's HTTP client needs a rustls provider for the process.
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                Some(
-                    reqwest013::Client::builder()
-                        .connect_timeout(config.connect_timeout)
-                        // Never replay the upstream's credentials elsewhere.
-                        .redirect(reqwest013::redirect::Policy::none())
-                        .no_proxy()
-                        .pool_max_idle_per_host(IDLE_PER_HOST)
-                        .pool_idle_timeout(IDLE_TIMEOUT)
-                        .build()
-                        .map_err(|e| {
-                            format!(
-                                "upstream {}: cannot build its HTTP client: {e}",
-                                config.name
-                            )
-                        })?,
-                )
+                let client = reqwest013::Client::builder()
+                    .connect_timeout(config.connect_timeout)
+                    // Never replay the upstream's credentials elsewhere.
+                    .redirect(reqwest013::redirect::Policy::none())
+                    .no_proxy()
+                    .pool_max_idle_per_host(IDLE_PER_HOST)
+                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .build()
+                    .map_err(|e| {
+                        format!(
+                            "upstream {}: cannot build its HTTP client: {e}",
+                            config.name
+                        )
+                    })?;
+                let sender = match url.scheme() {
+                    "http" => Sender::plain(config.connect_timeout, IDLE_PER_HOST, IDLE_TIMEOUT),
+                    _ => Sender::Tls(client.clone()),
+                };
+                Some((client, sender))
             }
             Transport::Stdio { .. } => None,
         };
@@ -365,7 +369,10 @@ impl Shared {
             routes: routes.clone(),
         };
         let name = &self.config.name;
-        let leg = self.http.clone().map(Leg::new);
+        let leg = self
+            .http
+            .clone()
+            .map(|(client, sender)| Leg::new(client, sender));
         let connected = tokio::time::timeout(self.config.connect_timeout, async {
             match &self.config.transport {
                 Transport::Http { url, headers } => {

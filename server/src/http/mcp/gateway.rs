@@ -181,23 +181,17 @@ impl GatewayEndpoint {
     }
 
     /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
-    async fn directly(&self, direct: &Direct, parts: &Parts) -> Option<Response> {
+    async fn directly(&self, direct: Direct, parts: &Parts) -> Option<Response> {
         let (session, revision) = direct_session(&parts.headers)?;
         let upstream = self.upstream_of(session, revision).await?;
         let leg = upstream.leg.as_ref()?;
         match direct {
             Direct::Call(request) => {
-                let answer = leg.call(&self.shared, request.clone()).await?;
+                let answer = leg.call(&self.shared, request).await?;
                 Some(answer_response(answer))
             }
-            Direct::Answer(message) => leg
-                .answer(&self.shared, message.clone())
-                .await
-                .then(accepted),
-            Direct::Cancel(message) => leg
-                .cancel(&self.shared, message.clone())
-                .await
-                .then(accepted),
+            Direct::Answer(message) => leg.answer(&self.shared, message).await.then(accepted),
+            Direct::Cancel(message) => leg.cancel(&self.shared, message).await.then(accepted),
         }
     }
 
@@ -362,7 +356,7 @@ impl Endpoint for GatewayEndpoint {
             prepared,
             ..
         } = request;
-        if let Some(direct) = &prepared {
+        if let Some(direct) = prepared {
             if let Some(answer) = self.directly(direct, &parts).await {
                 return answer;
             }
