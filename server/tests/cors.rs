@@ -118,3 +118,49 @@ async fn mcp_gives_no_cors_grant_to_an_origin_it_refuses() {
         answer.headers
     );
 }
+
+/// A POST without `Origin` (every non-browser client) is served past the router
+/// (`http::mcp::front`): its answer carries the same CORS headers as one that went
+/// through the router's CORS layer, and is counted by route as before.
+#[tokio::test]
+async fn mcp_answers_carry_the_same_cors_headers_with_or_without_origin() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "t", "version": "1"}},
+    });
+    let (with, without) = (
+        McpPost {
+            origin: Some(INSPECTOR),
+            token: Some(token),
+            ..McpPost::default()
+        },
+        McpPost {
+            token: Some(token),
+            ..McpPost::default()
+        },
+    );
+    let browser = app.send(with.body(initialize.clone())).await;
+    let client = app.send(without.body(initialize)).await;
+    assert_eq!(browser.status, StatusCode::OK, "{}", browser.body);
+    assert_eq!(client.status, StatusCode::OK, "{}", client.body);
+    for name in [header::VARY, header::ACCESS_CONTROL_EXPOSE_HEADERS] {
+        let values = |answer: &Answer| -> Vec<String> {
+            answer
+                .headers
+                .get_all(&name)
+                .iter()
+                .map(|v| v.to_str().expect("text").to_owned())
+                .collect()
+        };
+        assert!(!values(&client).is_empty(), "{name}: {:?}", client.headers);
+        assert_eq!(values(&browser), values(&client), "{name}");
+    }
+    assert!(client
+        .headers
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+}

@@ -290,7 +290,8 @@ pub fn router(state: AppState) -> Router {
             }),
         );
     }
-    let mcp = mcp.layer(api_cors(Some(state.hosts.clone())));
+    let mcp_cors = api_cors(Some(state.hosts.clone()));
+    let mcp = mcp.layer(mcp_cors.clone());
 
     // Each resource's RFC 9728 metadata: public documents.
     let mut metadata = Router::new();
@@ -391,23 +392,14 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(
             state.config.limits.request_body_timeout,
         ))
-        .service(routes);
+        .service(mcp::front::McpFirst::new(state.clone(), routes, &mcp_cors));
     Router::new().fallback_service(around)
 }
 
-/// Counts every request by route (the path pattern, never the path itself, which may
-/// carry ids) and status, and times it to the answer's head.
-async fn count_request(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+/// Counts a request by route and status, timed from `started` to its answer's head.
+fn count_request_as(route: &str, status: axum::http::StatusCode, started: std::time::Instant) {
     static DURATIONS: OnceLock<telemetry::Handles<::metrics::Histogram>> = OnceLock::new();
     static REQUESTS: OnceLock<telemetry::Handles<::metrics::Counter>> = OnceLock::new();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status();
     DURATIONS
         .get_or_init(telemetry::Handles::new)
         .get(
@@ -425,5 +417,18 @@ async fn count_request(request: Request, next: axum::middleware::Next) -> axum::
             )
         })
         .increment(1);
+}
+
+/// Counts every request by route (the path pattern, never the path itself, which may
+/// carry ids) and status, and times it to the answer's head.
+async fn count_request(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    count_request_as(route, response.status(), started);
     response
 }

@@ -3,6 +3,7 @@
 //! - [`policy`]: which `Host`s and `Origin`s may call (checked first);
 //! - [`guard`]: the bearer token, its audience and the scope a call needs, for any
 //!   [`Endpoint`];
+//! - [`front`]: the common case (a client's POST) served without the router;
 //! - [`articles`]: the built-in article server at `/mcp`, with its direct path for
 //!   tool calls in live sessions;
 //! - [`gateway`]: the upstreams at `/mcp/NAME`, with an HTTP upstream's direct path
@@ -12,6 +13,7 @@
 //! - [`reply`]: the JSON-RPC and `WWW-Authenticate` answers.
 
 pub mod articles;
+pub mod front;
 pub mod gateway;
 pub mod guard;
 pub mod metadata;
