@@ -48,7 +48,10 @@ use sse_stream::{Sse, SseStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::Shared;
+use super::{
+    text::{self, plain_str, Members},
+    upstream::Shared,
+};
 use crate::net::media_type;
 
 /// The largest JSON answer, and the longest SSE event, read from an upstream (rmcp's
@@ -339,23 +342,19 @@ impl Leg {
     /// Sends a `tools/call` (the client's whole JSON-RPC request) upstream and reads
     /// its answer; `None` when the upstream session is not open yet (the relay then
     /// has the call).
-    pub async fn call(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        mut request: Value,
-    ) -> Option<Answer> {
+    pub async fn call(self: &Arc<Self>, shared: &Arc<Shared>, request: CallText) -> Option<Answer> {
         let seen = lock(&self.seen).clone()?;
-        let client_id = request.get("id")?.clone();
+        let client_id_text = request.body.slice(request.id.clone());
+        let client_id: Value = serde_json::from_slice(&client_id_text).ok()?;
         let client_key = client_id.to_string();
         let ours = self.next_id();
-        request
-            .as_object_mut()?
-            .insert("id".into(), Value::String(ours.clone()));
-        let client_token = match request.pointer_mut("/params/_meta/progressToken") {
-            Some(token) => Some(std::mem::replace(token, Value::String(ours.clone()))),
+        let body = request.with_id(&ours)?;
+        let client_token = match &request.token {
+            Some(token) => {
+                Some(serde_json::from_slice::<Value>(&request.body[token.clone()]).ok()?)
+            }
             None => None,
         };
-        let body = serde_json::to_vec(&request).ok()?;
         let cancelled = CancellationToken::new();
         {
             // A client reusing the id of a call in flight (which it must not) goes
@@ -373,6 +372,7 @@ impl Leg {
             leg: self.clone(),
             shared: shared.clone(),
             client_id,
+            client_id_text,
             client_key,
             ours,
             client_token,
@@ -380,6 +380,62 @@ impl Leg {
             finished: false,
         };
         Some(call.start(&seen, body).await)
+    }
+}
+
+/// A `tools/call` the direct path may send: the client's text, and where in it its
+/// id and progress token stand (the two values that change on the way up).
+pub struct CallText {
+    body: Bytes,
+    id: std::ops::Range<usize>,
+    token: Option<std::ops::Range<usize>>,
+}
+
+impl CallText {
+    /// The call in `body`, whose top-level members are `message` and whose id is a
+    /// string or an integer (as rmcp reads ids), and the tool it names. `None` for
+    /// what the direct path leaves to the relay: per-request metadata (2026-07-28),
+    /// answers to input requests, or anything it cannot read as text.
+    pub fn read(body: &Bytes, message: &Members<'_>) -> Option<(CallText, String)> {
+        let id = message.get("id")?;
+        let id_value: Value = serde_json::from_str(id.get()).ok()?;
+        if !(id_value.is_string() || id_value.is_i64() || id_value.is_u64()) {
+            return None;
+        }
+        let params = Members::of(message.get("params")?)?;
+        let name = plain_str(params.get("name"))??;
+        if params.contains("inputResponses") || params.contains("requestState") {
+            return None;
+        }
+        let meta = params.get("_meta").and_then(Members::of);
+        let meta = meta.as_ref();
+        if meta.is_some_and(|m| m.names().any(|k| k.starts_with("io.modelcontextprotocol/"))) {
+            return None;
+        }
+        let token = match meta.and_then(|m| m.get("progressToken")) {
+            Some(token) => Some(text::span(body, token)?),
+            None => None,
+        };
+        let id = text::span(body, id)?;
+        let call = CallText {
+            body: body.clone(),
+            id,
+            token,
+        };
+        Some((call, name.to_owned()))
+    }
+
+    /// The call's text with `ours` (an id without escapes) as its id and progress
+    /// token.
+    fn with_id(&self, ours: &str) -> Option<Vec<u8>> {
+        let ours = format!("\"{ours}\"");
+        let mut replacements = vec![(self.id.clone(), ours.as_bytes())];
+        if let Some(token) = &self.token {
+            replacements.push((token.clone(), ours.as_bytes()));
+        }
+        // The id may come after `params` in the text.
+        replacements.sort_by_key(|(span, _)| span.start);
+        text::splice(&self.body, &replacements)
     }
 }
 
@@ -399,6 +455,8 @@ struct InFlight {
     leg: Arc<Leg>,
     shared: Arc<Shared>,
     client_id: Value,
+    /// The client's id as it wrote it, for its answer.
+    client_id_text: Bytes,
     client_key: String,
     ours: String,
     client_token: Option<Value>,
@@ -480,12 +538,7 @@ impl InFlight {
             }
         };
         let relayed = match body {
-            Ok(body) if content_type == "application/json" => {
-                match serde_json::from_slice::<Value>(&body) {
-                    Ok(message) => self.relay(message),
-                    Err(_) => Relayed::Nothing,
-                }
-            }
+            Ok(body) if content_type == "application/json" => self.relay_text(&body),
             _ => Relayed::Nothing,
         };
         match relayed {
@@ -599,6 +652,10 @@ impl InFlight {
                     // A priming event (an id for resumption), or one of another kind.
                     return Next::Relayed(Relayed::Nothing);
                 }
+                let answer = answer_text(data.as_bytes(), &self.ours, &self.client_id_text);
+                if let Some((body, error)) = answer {
+                    return Next::Relayed(Relayed::Answer(body, error));
+                }
                 match serde_json::from_str::<Value>(data) {
                     Ok(message) => Next::Relayed(self.relay(message)),
                     Err(e) => {
@@ -625,6 +682,17 @@ impl InFlight {
                 let error = self.shared.timeout_error(self.shared.config.timeout);
                 Next::Failed(self.error(error))
             }
+        }
+    }
+
+    /// One message from the upstream, as text, with the client's ids put back.
+    fn relay_text(&mut self, message: &[u8]) -> Relayed {
+        if let Some((body, error)) = answer_text(message, &self.ours, &self.client_id_text) {
+            return Relayed::Answer(body, error);
+        }
+        match serde_json::from_slice::<Value>(message) {
+            Ok(message) => self.relay(message),
+            Err(_) => Relayed::Nothing,
         }
     }
 
@@ -704,6 +772,36 @@ impl InFlight {
             (false, None) => Relayed::Nothing,
         }
     }
+}
+
+/// The answer to the call `ours` with `client_id` (its text) in place of ours, and
+/// whether it is an error (a JSON-RPC error, or a result with `isError: true`), when
+/// `message` is that answer and can be read as text; else `None`, and
+/// [`InFlight::relay`] reads it as a tree.
+fn answer_text(message: &[u8], ours: &str, client_id: &[u8]) -> Option<(Vec<u8>, bool)> {
+    #[derive(serde::Deserialize)]
+    struct Outcome {
+        #[serde(rename = "isError", default)]
+        is_error: Option<bool>,
+    }
+    let members = Members::parse(message)?;
+    if members.contains("method") {
+        return None;
+    }
+    let id = members.get("id")?;
+    if plain_str(Some(id))? != Some(ours) {
+        return None;
+    }
+    let error = match (members.get("error"), members.get("result")) {
+        (Some(_), _) => true,
+        (None, Some(result)) => {
+            serde_json::from_str::<Outcome>(result.get()).ok()?.is_error == Some(true)
+        }
+        (None, None) => return None,
+    };
+    let id = text::span(message, id)?;
+    let body = text::splice(message, &[(id, client_id)])?;
+    Some((body, error))
 }
 
 enum Next {
@@ -942,6 +1040,66 @@ impl StreamableHttpClient for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_goes_up_as_written_with_only_its_id_and_progress_token_ours() {
+        // The id after `params`, a vendor member, members in no particular order.
+        let body = Bytes::from_static(
+            br#"{"params":{"_meta":{"progressToken":"p-1"},"name":"echo","arguments":{"s":"\u00e9"}},"id":7,"jsonrpc":"2.0","method":"tools/call","x-vendor":{"k":[1]}}"#,
+        );
+        let members = Members::parse(&body).expect("members");
+        let (call, tool) = CallText::read(&body, &members).expect("a call");
+        assert_eq!(tool, "echo");
+        assert_eq!(
+            call.with_id("gatehouse-3").expect("spliced"),
+            br#"{"params":{"_meta":{"progressToken":"gatehouse-3"},"name":"echo","arguments":{"s":"\u00e9"}},"id":"gatehouse-3","jsonrpc":"2.0","method":"tools/call","x-vendor":{"k":[1]}}"#
+        );
+
+        // What the relay reads instead: per-request metadata, an id that is neither a
+        // string nor an integer, a tool name written with escapes.
+        for refused in [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol/x":1}}}"#.as_slice(),
+            br#"{"jsonrpc":"2.0","id":1.5,"method":"tools/call","params":{"name":"a"}}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"a"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\u0061"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","inputResponses":{}}}"#,
+        ] {
+            let body = Bytes::copy_from_slice(refused);
+            let members = Members::parse(&body).expect("members");
+            assert!(
+                CallText::read(&body, &members).is_none(),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_comes_back_as_written_with_the_clients_id() {
+        let ours = "gatehouse-3";
+        let (body, error) = answer_text(
+            br#"{"jsonrpc":"2.0","result":{"content":[],"isError":true,"x":{}},"id":"gatehouse-3"}"#,
+            ours,
+            br#""c-1""#,
+        )
+        .expect("the answer");
+        assert_eq!(
+            body,
+            br#"{"jsonrpc":"2.0","result":{"content":[],"isError":true,"x":{}},"id":"c-1"}"#
+        );
+        assert!(error);
+        let ok = br#"{"jsonrpc":"2.0","id":"gatehouse-3","result":{"content":[]}}"#;
+        assert_eq!(answer_text(ok, ours, b"7").map(|(_, e)| e), Some(false));
+        let failed = br#"{"jsonrpc":"2.0","id":"gatehouse-3","error":{"code":-1,"message":"x"}}"#;
+        assert_eq!(answer_text(failed, ours, b"7").map(|(_, e)| e), Some(true));
+        // Not this call's answer, or not an answer: read as a tree instead.
+        let other = br#"{"jsonrpc":"2.0","id":"gatehouse-4","result":{}}"#;
+        assert!(answer_text(other, ours, b"7").is_none());
+        let request = br#"{"jsonrpc":"2.0","id":"gatehouse-3","method":"ping"}"#;
+        assert!(answer_text(request, ours, b"7").is_none());
+        let odd = br#"{"jsonrpc":"2.0","id":"gatehouse-3","result":{"isError":"yes"}}"#;
+        assert!(answer_text(odd, ours, b"7").is_none());
+    }
 
     #[tokio::test]
     async fn an_event_larger_than_the_limit_ends_the_body() {

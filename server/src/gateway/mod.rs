@@ -7,7 +7,8 @@
 //!   pool for sessionless requests), the session cap, health;
 //! - [`relay`]: the faithful relay between the two legs, on rmcp;
 //! - [`direct`]: an HTTP upstream's direct path for tool calls in live sessions,
-//!   around rmcp's session machinery.
+//!   around rmcp's session machinery;
+//! - [`text`]: JSON-RPC messages as text, for the direct path.
 //!
 //! The HTTP side (the bearer guard, Streamable HTTP) is `crate::http::mcp::gateway`.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod direct;
 pub mod policy;
 pub mod relay;
+pub mod text;
 pub mod upstream;
 
 use std::sync::Arc;

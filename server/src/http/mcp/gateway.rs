@@ -39,8 +39,9 @@ use super::{
 };
 use crate::{
     gateway::{
-        direct::Answer,
+        direct::{Answer, CallText},
         relay::{GatewayHandler, SessionSlot},
+        text::{plain_str, Members},
         upstream::{Health, Shared, UpSession},
     },
     mcp::{Call, CallPolicy, Need},
@@ -71,8 +72,8 @@ struct Live {
 
 /// What the direct path may take, read from the body once, before the token check.
 pub enum Direct {
-    /// A `tools/call`: the whole request.
-    Call(Value),
+    /// A `tools/call`: the client's text of it.
+    Call(CallText),
     /// The client's answer to a request the direct path relayed to it.
     Answer(Value),
     /// `notifications/cancelled`.
@@ -266,52 +267,39 @@ fn answer_response(answer: Answer) -> Response {
 
 impl Direct {
     /// What a POST's body holds, when the direct path may take it.
-    fn read(shared: &Shared, parts: &Parts, body: &[u8]) -> Option<(Direct, Need, Option<String>)> {
+    fn read(
+        shared: &Shared,
+        parts: &Parts,
+        body: &Bytes,
+    ) -> Option<(Direct, Need, Option<String>)> {
         shared.is_http().then_some(())?;
         direct_session(&parts.headers)?;
-        let message: Value = serde_json::from_slice(body).ok()?;
-        let object = message.as_object()?;
-        if object.get("jsonrpc")? != "2.0" {
+        // The members only: a call's text goes upstream as the client wrote it.
+        let message = Members::parse(body)?;
+        if plain_str(message.get("jsonrpc"))?? != "2.0" {
             return None;
         }
-        let id = object.get("id");
-        match (object.get("method").map(Value::as_str), id) {
-            // Ids as rmcp reads them: strings and integers.
-            (Some(Some("tools/call")), Some(Value::String(_)))
-            | (Some(Some("tools/call")), Some(Value::Number(_)))
-                if id.is_some_and(|id| id.is_string() || id.is_i64() || id.is_u64()) =>
-            {
-                let params = object.get("params")?.as_object()?;
-                let name = params.get("name")?.as_str()?;
-                let per_request_meta =
-                    params
-                        .get("_meta")
-                        .and_then(Value::as_object)
-                        .is_some_and(|meta| {
-                            meta.keys()
-                                .any(|k| k.starts_with("io.modelcontextprotocol/"))
-                        });
-                if per_request_meta
-                    || params.contains_key("inputResponses")
-                    || params.contains_key("requestState")
-                {
-                    return None;
-                }
+        let id = message.get("id");
+        match (plain_str(message.get("method")), id) {
+            (Some(Some("tools/call")), Some(_)) => {
+                let (call, name) = CallText::read(body, &message)?;
                 // A tool whose needs are unknown (or denied) goes to the relay, which
                 // learns or refuses it.
-                if !shared.policy.knows(name) {
+                if !shared.policy.knows(&name) {
                     return None;
                 }
-                let access = shared.policy.tool_access(name)?;
-                let tool = name.to_owned();
-                Some((Direct::Call(message), Need::Scope(access), Some(tool)))
+                let access = shared.policy.tool_access(&name)?;
+                Some((Direct::Call(call), Need::Scope(access), Some(name)))
             }
-            (None, Some(Value::String(_)))
-                if object.contains_key("result") || object.contains_key("error") =>
+            (None, Some(id))
+                if id.get().starts_with('"')
+                    && (message.contains("result") || message.contains("error")) =>
             {
+                let message = serde_json::from_slice(body).ok()?;
                 Some((Direct::Answer(message), Need::Nothing, None))
             }
             (Some(Some("notifications/cancelled")), None) => {
+                let message = serde_json::from_slice(body).ok()?;
                 Some((Direct::Cancel(message), Need::Nothing, None))
             }
             _ => None,

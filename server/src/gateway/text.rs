@@ -1,0 +1,148 @@
+//! JSON-RPC messages as text, for the direct path: an object's members borrowed from
+//! the message, and values replaced where they stand. A relayed call changes only its
+//! id (and progress token) on the way up and its id on the way back; everything else
+//! passes byte for byte, without building a `serde_json::Value` tree of the message
+//! and writing it out again (which, for a tool's large result, cost more than the
+//! rest of the call).
+
+use std::{fmt, ops::Range};
+
+use serde::{
+    de::{Error as _, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+use serde_json::value::RawValue;
+
+/// More members than this and a message is read as a tree instead (messages have
+/// a handful; the duplicate check below is quadratic).
+const MAX_MEMBERS: usize = 64;
+
+/// The members of one JSON object, in order, each value as its text in the message.
+/// Refused (so the caller falls back to a full parse): anything but an object, a
+/// name written with escapes, a member named twice, or more than [`MAX_MEMBERS`].
+pub struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    pub fn parse(text: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(text).ok()
+    }
+
+    /// The members of the object `value`, when it is one.
+    pub fn of(value: &'a RawValue) -> Option<Self> {
+        serde_json::from_str(value.get()).ok()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.0.iter().map(|(k, _)| *k)
+    }
+}
+
+/// A member's value as a string without escapes: `None` when absent, `Some(None)`
+/// when it is anything else.
+pub fn plain_str(value: Option<&RawValue>) -> Option<Option<&str>> {
+    value.map(|v| serde_json::from_str::<&str>(v.get()).ok())
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members: Vec<(&'de str, &'de RawValue)> = Vec::with_capacity(6);
+                while let Some((name, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    if members.len() == MAX_MEMBERS {
+                        return Err(A::Error::custom("too many members"));
+                    }
+                    if members.iter().any(|(seen, _)| *seen == name) {
+                        return Err(A::Error::custom("a member is named twice"));
+                    }
+                    members.push((name, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// Where `value`, borrowed from `text`, stands in it.
+pub fn span(text: &[u8], value: &RawValue) -> Option<Range<usize>> {
+    let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(value.get().len())?;
+    (end <= text.len()).then_some(start..end)
+}
+
+/// `text` with each span replaced by its new text. The spans must be in order and
+/// apart; `None` when they are not.
+pub fn splice(text: &[u8], replacements: &[(Range<usize>, &[u8])]) -> Option<Vec<u8>> {
+    let added: usize = replacements.iter().map(|(_, new)| new.len()).sum();
+    let mut out = Vec::with_capacity(text.len() + added);
+    let mut at = 0;
+    for (span, new) in replacements {
+        if span.start < at || span.end > text.len() || span.start > span.end {
+            return None;
+        }
+        out.extend_from_slice(&text[at..span.start]);
+        out.extend_from_slice(new);
+        at = span.end;
+    }
+    out.extend_from_slice(&text[at..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_borrowed_and_values_replaced_in_place() {
+        let text =
+            br#"{ "jsonrpc":"2.0", "id" : 17, "params":{"x":[1, 2]}, "vendor":{"a":"\u00e9"} }"#;
+        let members = Members::parse(text).expect("an object");
+        assert_eq!(
+            members.names().collect::<Vec<_>>(),
+            ["jsonrpc", "id", "params", "vendor"]
+        );
+        assert_eq!(plain_str(members.get("jsonrpc")), Some(Some("2.0")));
+        assert_eq!(plain_str(members.get("id")), Some(None));
+        assert_eq!(plain_str(members.get("method")), None);
+        let id = span(text, members.get("id").expect("id")).expect("span");
+        assert_eq!(&text[id.clone()], b"17");
+        let params = Members::of(members.get("params").expect("params")).expect("object");
+        let x = span(text, params.get("x").expect("x")).expect("span");
+        assert_eq!(&text[x.clone()], b"[1, 2]");
+        let spliced = splice(text, &[(id, br#""ours-1""#), (x, b"null")]).expect("in order");
+        assert_eq!(
+            spliced,
+            br#"{ "jsonrpc":"2.0", "id" : "ours-1", "params":{"x":null}, "vendor":{"a":"\u00e9"} }"#
+        );
+    }
+
+    #[test]
+    fn what_the_text_path_cannot_be_sure_of_is_refused() {
+        // Not an object; a repeated member (which a tree would keep the last of); a
+        // name with escapes; too many members.
+        assert!(Members::parse(b"[1]").is_none());
+        assert!(Members::parse(br#"{"id":1,"id":2}"#).is_none());
+        assert!(Members::parse(br#"{"\u0069d":1}"#).is_none());
+        let many: String = (0..=MAX_MEMBERS).map(|i| format!("\"m{i}\":0,")).collect();
+        assert!(Members::parse(format!("{{{}\"last\":0}}", many).as_bytes()).is_none());
+        assert!(Members::parse(br#"{"id":1,"#).is_none());
+        // Spans out of order are refused.
+        assert!(splice(b"abcdef", &[(3..4, b"x"), (1..2, b"y")]).is_none());
+    }
+}
