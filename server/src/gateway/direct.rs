@@ -795,7 +795,11 @@ fn answer_text(message: &[u8], ours: &str, client_id: &[u8]) -> Option<(Vec<u8>,
     let error = match (members.get("error"), members.get("result")) {
         (Some(_), _) => true,
         (None, Some(result)) => {
-            serde_json::from_str::<Outcome>(result.get()).ok()?.is_error == Some(true)
+            // A large result is scanned once more only if it may say `isError` (a
+            // name may be written with escapes).
+            let text = result.get();
+            let may_say = text.contains("isError") || text.contains('\\');
+            may_say && serde_json::from_str::<Outcome>(text).ok()?.is_error == Some(true)
         }
         (None, None) => return None,
     };
@@ -1099,6 +1103,8 @@ mod tests {
         assert!(answer_text(request, ours, b"7").is_none());
         let odd = br#"{"jsonrpc":"2.0","id":"gatehouse-3","result":{"isError":"yes"}}"#;
         assert!(answer_text(odd, ours, b"7").is_none());
+        let escaped = br#"{"jsonrpc":"2.0","id":"gatehouse-3","result":{"is\u0045rror":true}}"#;
+        assert_eq!(answer_text(escaped, ours, b"7").map(|(_, e)| e), Some(true));
     }
 
     #[tokio::test]
