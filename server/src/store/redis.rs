@@ -252,14 +252,23 @@ impl Store for RedisStore {
             [key] => return Ok(vec![self.get(key).await?]),
             _ => {}
         }
-        // One write and one read on one connection, whatever the number of keys;
-        // unlike MGET, a pipeline also works when the keys live on different
-        // cluster slots.
-        let pipeline = self.pool.next().pipeline();
-        for key in keys {
-            let _: () = pipeline.get(self.key(key)).await.map_err(unavailable)?;
-        }
-        let values: Vec<Option<Bytes>> = pipeline.all().await.map_err(unavailable)?;
+        let client = self.pool.next();
+        let values: Vec<Option<Bytes>> = if client.is_clustered() {
+            // One write and one read on one connection, whatever the number of
+            // keys; unlike MGET, a pipeline also works when the keys live on
+            // different cluster slots.
+            let pipeline = client.pipeline();
+            for key in keys {
+                let _: () = pipeline.get(self.key(key)).await.map_err(unavailable)?;
+            }
+            pipeline.all().await.map_err(unavailable)?
+        } else {
+            // One command: as a pipeline of GETs, the guard's read (token and
+            // session binding, on every MCP call) cost Gatehouse about 7 µs more
+            // CPU per call (`cargo xtask bench`, 2026-12-02).
+            let keys: Vec<String> = keys.iter().map(|key| self.key(key)).collect();
+            client.mget(keys).await.map_err(unavailable)?
+        };
         if values.len() != keys.len() {
             return Err(StoreError::Backend(format!(
                 "Redis answered {} values for {} keys",
