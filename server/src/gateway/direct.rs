@@ -7,7 +7,8 @@
 //! per-request SSE stream, the upstream client's worker, and a typed parse and
 //! re-serialisation on each leg; about 0.3 ms of CPU per call, and the gateway rows
 //! of `cargo xtask bench` ran at a quarter of the upstream called directly. Here a
-//! call is one HTTP exchange upstream and one JSON parse per message.
+//! call is one HTTP exchange upstream, and a message's members are read as text
+//! (`super::text`), with only its id and progress token replaced.
 //!
 //! As faithful as the relay: a message passes unchanged except for its id and
 //! progress token, which are Gatehouse's own on the upstream leg (so they cannot
