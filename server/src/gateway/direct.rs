@@ -408,7 +408,13 @@ impl CallText {
         if params.contains("inputResponses") || params.contains("requestState") {
             return None;
         }
-        let meta = params.get("_meta").and_then(Members::of);
+        let meta = match params.get("_meta") {
+            // An object it cannot read as text (a name twice, or with escapes) could
+            // hide metadata or a progress token from it: the relay's.
+            Some(meta) if meta.get().starts_with('{') => Some(Members::of(meta)?),
+            // Anything else is no metadata, as rmcp reads it.
+            _ => None,
+        };
         let meta = meta.as_ref();
         if meta.is_some_and(|m| m.names().any(|k| k.starts_with("io.modelcontextprotocol/"))) {
             return None;
@@ -1068,6 +1074,9 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"a"}}"#,
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\u0061"}}"#,
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","inputResponses":{}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"progressToken":1,"progressToken":2}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol\/x":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
         ] {
             let body = Bytes::copy_from_slice(refused);
             let members = Members::parse(&body).expect("members");
