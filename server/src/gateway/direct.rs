@@ -16,7 +16,9 @@
 //! restored on the way back. What the upstream sends before its answer (progress,
 //! logging, sampling, elicitation and roots requests) goes to the client on the
 //! call's own stream; the client's answers and cancellations come back here by their
-//! ids. Vendor fields rmcp's model does not know pass too. Whatever this path is
+//! ids. Vendor fields rmcp's model does not know pass too, and nested values pass as
+//! written (names twice inside `arguments`, say), where rmcp's typed relay would have
+//! rebuilt them; what the gateway decides on is read strictly (`super::text`). Whatever this path is
 //! unsure of goes through the relay instead (`crate::http::mcp::gateway` decides).
 
 use std::{

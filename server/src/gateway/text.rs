@@ -13,17 +13,34 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-/// More members than this and a message is read as a tree instead (messages have
-/// a handful; the duplicate check below is quadratic).
+/// More members than this, or a longer name, and a message is read as a tree instead
+/// (messages have a handful of short names; the duplicate check below is quadratic).
 const MAX_MEMBERS: usize = 64;
+const MAX_NAME_BYTES: usize = 256;
+
+/// Nested deeper than this and a message is read as a tree instead, which refuses
+/// what is too deep (serde_json stops at 128): nothing passes on the text path that
+/// the tree would have refused, to an upstream whose parser may recurse without end.
+const MAX_DEPTH: usize = 100;
 
 /// The members of one JSON object, in order, each value as its text in the message.
 /// Refused (so the caller falls back to a full parse): anything but an object, a
-/// name written with escapes, a member named twice, or more than [`MAX_MEMBERS`].
+/// name written with escapes, two names that are one to a parser that ignores case,
+/// more than [`MAX_MEMBERS`] members or a name longer than [`MAX_NAME_BYTES`].
+///
+/// Why case: the gateway decides on `params.name` as it reads it, and the upstream
+/// runs what its own parser reads. Go's `encoding/json` matches names by Unicode case
+/// folding and keeps the last, so `{"name":"list","NAME":"delete"}` would be checked
+/// as one tool and run as another. The relay re-serialises through rmcp's types,
+/// which keep only the exact names.
 pub struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
 
 impl<'a> Members<'a> {
+    /// The members of a whole message, nested at most [`MAX_DEPTH`] deep.
     pub fn parse(text: &'a [u8]) -> Option<Self> {
+        if !within_depth(text) {
+            return None;
+        }
         serde_json::from_slice(text).ok()
     }
 
@@ -67,7 +84,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
                     if members.len() == MAX_MEMBERS {
                         return Err(A::Error::custom("too many members"));
                     }
-                    if members.iter().any(|(seen, _)| *seen == name) {
+                    if name.len() > MAX_NAME_BYTES {
+                        return Err(A::Error::custom("a member name is too long"));
+                    }
+                    if members.iter().any(|(seen, _)| same_folded(seen, name)) {
                         return Err(A::Error::custom("a member is named twice"));
                     }
                     members.push((name, value));
@@ -77,6 +97,50 @@ impl<'de> Deserialize<'de> for Members<'de> {
         }
         deserializer.deserialize_map(Object)
     }
+}
+
+/// Whether two names are one to a parser that matches names by case folding (as Go's
+/// `encoding/json` does, where `ſ` is `s` and the Kelvin sign is `k`).
+fn same_folded(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    let fold = |s: &str| -> String {
+        s.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    fold(a) == fold(b)
+}
+
+/// Whether `text`'s objects and arrays nest at most [`MAX_DEPTH`] deep (brackets in
+/// strings do not count).
+fn within_depth(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Where `value`, borrowed from `text`, stands in it.
@@ -142,6 +206,29 @@ mod tests {
         let many: String = (0..=MAX_MEMBERS).map(|i| format!("\"m{i}\":0,")).collect();
         assert!(Members::parse(format!("{{{}\"last\":0}}", many).as_bytes()).is_none());
         assert!(Members::parse(br#"{"id":1,"#).is_none());
+        // Names that are one to a parser that ignores case (Go's): the gateway would
+        // check one tool and the upstream run another.
+        assert!(Members::parse(br#"{"name":"list","NAME":"delete"}"#).is_none());
+        assert!(Members::parse("{\"params\":1,\"param\u{17f}\":2}".as_bytes()).is_none());
+        assert!(Members::parse("{\"kind\":1,\"\u{212a}ind\":2}".as_bytes()).is_none());
+        assert!(Members::parse(br#"{"name":1,"names":2}"#).is_some());
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        assert!(Members::parse(format!("{{\"{long}\":1}}").as_bytes()).is_none());
+        // Deeper than a tree would take; brackets inside strings do not count.
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(Members::parse(deep.as_bytes()).is_none());
+        let shallow = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(Members::parse(shallow.as_bytes()).is_some());
+        let quoted = format!("{{\"a\":\"{}\\\"\"}}", "[".repeat(MAX_DEPTH * 2));
+        assert!(Members::parse(quoted.as_bytes()).is_some(), "{quoted}");
         // Spans out of order are refused.
         assert!(splice(b"abcdef", &[(3..4, b"x"), (1..2, b"y")]).is_none());
     }
