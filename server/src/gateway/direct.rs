@@ -348,7 +348,7 @@ impl Leg {
     pub async fn call(self: &Arc<Self>, shared: &Arc<Shared>, request: CallText) -> Option<Answer> {
         let seen = lock(&self.seen).clone()?;
         let client_id_text = request.body.slice(request.id.clone());
-        let client_id: Value = serde_json::from_slice(&client_id_text).ok()?;
+        let client_id = request.id_value.clone();
         let client_key = client_id.to_string();
         let ours = self.next_id();
         let body = request.with_id(&ours)?;
@@ -390,6 +390,8 @@ impl Leg {
 /// id and progress token stand (the two values that change on the way up).
 pub struct CallText {
     body: Bytes,
+    /// The id, as read once to check it is a string or an integer.
+    id_value: Value,
     id: std::ops::Range<usize>,
     token: Option<std::ops::Range<usize>>,
 }
@@ -428,6 +430,7 @@ impl CallText {
         let id = text::span(body, id)?;
         let call = CallText {
             body: body.clone(),
+            id_value,
             id,
             token,
         };
