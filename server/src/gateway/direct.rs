@@ -55,7 +55,10 @@ use super::{
     text::{self, plain_str, Members},
     upstream::Shared,
 };
-use crate::net::media_type;
+use crate::{
+    http::mcp::{PROTOCOL_VERSION, SESSION_ID},
+    net::media_type,
+};
 
 /// The largest JSON answer, and the longest SSE event, read from an upstream (rmcp's
 /// own limits for its client).
@@ -240,7 +243,7 @@ impl Leg {
     pub fn revision(&self) -> Option<HeaderValue> {
         lock(&self.seen)
             .as_ref()
-            .and_then(|seen| seen.headers.get("mcp-protocol-version").cloned())
+            .and_then(|seen| seen.headers.get(&PROTOCOL_VERSION).cloned())
     }
 
     fn record(
@@ -271,7 +274,7 @@ impl Leg {
             http::header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
-        all.insert(HeaderName::from_static("mcp-session-id"), id);
+        all.insert(SESSION_ID.clone(), id);
         *seen = Some(Arc::new(Seen {
             url,
             uri,

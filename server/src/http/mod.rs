@@ -236,16 +236,13 @@ fn api_cors(origins: Option<mcp::policy::HostPolicy>) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::ACCEPT,
-            HeaderName::from_static("mcp-session-id"),
-            HeaderName::from_static("mcp-protocol-version"),
+            mcp::SESSION_ID.clone(),
+            mcp::PROTOCOL_VERSION.clone(),
             HeaderName::from_static("last-event-id"),
-            HeaderName::from_static("mcp-method"),
-            HeaderName::from_static("mcp-name"),
+            mcp::METHOD.clone(),
+            mcp::NAME.clone(),
         ])
-        .expose_headers([
-            header::WWW_AUTHENTICATE,
-            HeaderName::from_static("mcp-session-id"),
-        ])
+        .expose_headers([header::WWW_AUTHENTICATE, mcp::SESSION_ID.clone()])
         .max_age(Duration::from_secs(24 * 3600))
 }
 

@@ -371,7 +371,7 @@ impl Endpoint for GatewayEndpoint {
         if let Some(slot) = slot {
             let opened = response
                 .headers()
-                .get(SESSION_ID)
+                .get(&SESSION_ID)
                 .and_then(|v| v.to_str().ok());
             match opened {
                 Some(opened) if slot.0.get().is_some() => self.opened(opened, &slot),
@@ -380,7 +380,7 @@ impl Endpoint for GatewayEndpoint {
                 // bound to the client, so using its id is answered 404, as a session
                 // that does not exist, not a 500 from rmcp failing to restore it.
                 Some(_) => {
-                    response.headers_mut().remove(SESSION_ID);
+                    response.headers_mut().remove(&SESSION_ID);
                 }
                 None => {}
             }

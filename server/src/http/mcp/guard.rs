@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     body::Body,
     extract::Request,
-    http::{header, HeaderMap, Method, StatusCode},
+    http::{header, HeaderMap, HeaderName, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
@@ -230,7 +230,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         None => {
             let opened = response
                 .headers()
-                .get(super::SESSION_ID)
+                .get(&super::SESSION_ID)
                 .and_then(|v| v.to_str().ok());
             if let Some(opened) = opened {
                 let binding = Binding {
@@ -429,13 +429,13 @@ fn answer_outcome(json: &[u8]) -> Option<bool> {
 /// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,
 /// and the tool or prompt name (`params.name`) or resource (`params.uri`).
 pub fn headers_agree(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = |name: &str| -> Result<Option<&str>, ()> {
+    let header = |name: &HeaderName| -> Result<Option<&str>, ()> {
         match headers.get(name) {
             None => Ok(None),
             Some(value) => value.to_str().map(Some).map_err(|_| ()),
         }
     };
-    let (Ok(method), Ok(name)) = (header("mcp-method"), header("mcp-name")) else {
+    let (Ok(method), Ok(name)) = (header(&super::METHOD), header(&super::NAME)) else {
         return false;
     };
     if method.is_none() && name.is_none() {

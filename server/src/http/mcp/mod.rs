@@ -25,7 +25,7 @@ use std::{future::Future, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
-    http::{header, request::Parts, HeaderMap},
+    http::{header, request::Parts, HeaderMap, HeaderName},
     response::Response,
 };
 
@@ -98,9 +98,13 @@ impl GuardedBody {
     }
 }
 
-/// Header names the MCP transport uses.
-pub const SESSION_ID: &str = "mcp-session-id";
-pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+/// Header names the MCP transport uses, as `HeaderName`s: a lookup by `&str` parses
+/// the name again on every call.
+pub static SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub static PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// SEP-2243 (2026-07-28): the method and target of a request, for intermediaries.
+pub static METHOD: HeaderName = HeaderName::from_static("mcp-method");
+pub static NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The revisions with sessions and without per-request metadata or standard headers.
 const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
@@ -111,8 +115,8 @@ const SESSION_REVISIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 /// Everything else goes to rmcp, which answers it (400, 404, 406, 415, ...) as it
 /// always has.
 pub fn direct_session(headers: &HeaderMap) -> Option<(&str, Option<&str>)> {
-    let session = headers.get(SESSION_ID)?.to_str().ok()?;
-    let version = match headers.get(PROTOCOL_VERSION) {
+    let session = headers.get(&SESSION_ID)?.to_str().ok()?;
+    let version = match headers.get(&PROTOCOL_VERSION) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };
@@ -153,7 +157,7 @@ fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
 
 /// The session id a request carries, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get(SESSION_ID).and_then(|v| v.to_str().ok())
+    headers.get(&SESSION_ID).and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]
