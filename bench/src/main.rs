@@ -15,6 +15,11 @@
 //! (`ceiling.rs`), so each Gatehouse row also reads as a share of what the machine
 //! allows; and a bare proxy (`proxy.rs`) relays to the same upstream, which is what
 //! any HTTP gateway costs before it does anything of its own.
+//!
+//! Rows that are compared with one another (Gatehouse and its ceiling; the upstream
+//! directly, through the bare proxy and through the gateway) run at once and take
+//! turns in [`ROUNDS`] slices, so that a drift in the machine's speed, which on
+//! shared machines is larger than the differences measured, reaches them alike.
 
 mod ceiling;
 mod proxy;
@@ -256,19 +261,6 @@ async fn run() -> Result {
     // running for the gateway rows of both stores.
     let (upstream, upstream_url) = start_upstream(&http).await?;
     let upstream_pid = Some(upstream.child.id());
-    eprintln!("\n== the upstream, called directly");
-    let direct = with_cpu(
-        upstream_pid,
-        None,
-        fast_calls(&http, &upstream_url, None, duration, CONCURRENCY),
-    )
-    .await?;
-    let direct_one = with_cpu(
-        upstream_pid,
-        None,
-        fast_calls(&http, &upstream_url, None, duration / 2, 1),
-    )
-    .await?;
     // The least any relay costs: a bare hyper proxy in front of the same upstream.
     let proxy_port = free_port()?;
     let proxy = Server::this_binary(&[
@@ -280,18 +272,38 @@ async fn run() -> Result {
     ])?;
     let proxy_url = format!("http://127.0.0.1:{proxy_port}/mcp");
     wait_until_up(&http, &proxy_url).await?;
-    eprintln!("\n== a bare proxy in front of the upstream");
-    let proxied = with_cpu(
-        upstream_pid,
-        Some(proxy.child.id()),
-        fast_calls(&http, &proxy_url, None, duration, CONCURRENCY),
-    )
-    .await?;
-    drop(proxy);
-    let direct = Direct {
-        full: direct,
-        one: direct_one,
-        proxied,
+    // Both kept open for the whole run: each gateway row at full concurrency runs in
+    // slices that alternate with them (see `Yardsticks`).
+    let mut yardsticks = Yardsticks {
+        direct: Sessions::open(
+            &http,
+            &upstream_url,
+            None,
+            fast_params(),
+            upstream::ANSWER,
+            CONCURRENCY,
+        )
+        .await?,
+        proxied: Sessions::open(
+            &http,
+            &proxy_url,
+            None,
+            fast_params(),
+            upstream::ANSWER,
+            CONCURRENCY,
+        )
+        .await?,
+        one: Sessions::open(
+            &http,
+            &upstream_url,
+            None,
+            fast_params(),
+            upstream::ANSWER,
+            1,
+        )
+        .await?,
+        upstream: upstream_pid,
+        proxy: Some(proxy.child.id()),
     };
     let config = gateway_config(&data, &upstream_url)?;
     let stores = if opts.gateway_only {
@@ -302,15 +314,19 @@ async fn run() -> Result {
     for (name, store, prefix) in stores.iter().cloned() {
         let gatehouse_name = format!("gatehouse, {name}");
         eprintln!("\n== {gatehouse_name}");
-        let gatehouse = bench_gatehouse(
+        let ceiling_store = match &prefix {
+            Some(_) => store.clone(),
+            None => format!("embedded:{}/ceiling.redb", data.display()),
+        };
+        let mut gatehouse = bench_gatehouse(
             &opts,
             &http,
             &gatehouse_name,
-            &store,
+            (&store, &ceiling_store),
             prefix.as_deref(),
             &config,
             duration,
-            upstream_pid,
+            &mut yardsticks,
         )
         .await?;
         if opts.gateway_only {
@@ -327,13 +343,9 @@ async fn run() -> Result {
             });
             continue;
         }
-        // Right after Gatehouse on the same store, so both see the same machine.
-        eprintln!("\n== ceiling, {name}");
-        let ceiling_store = match &prefix {
-            Some(_) => store.clone(),
-            None => format!("embedded:{}/ceiling.redb", data.display()),
+        let Some(mut ceiling) = gatehouse.ceiling.take() else {
+            return Err("the ceiling was not measured".into());
         };
-        let mut ceiling = bench_ceiling(&http, &ceiling_store, prefix.as_deref(), duration).await?;
         ceiling.name = format!("ceiling, {name}: bare axum handler, hash + 1 read");
         rows.push(StoreRun {
             store: name,
@@ -341,10 +353,14 @@ async fn run() -> Result {
             ceiling,
         });
     }
+    yardsticks.direct.close().await;
+    yardsticks.proxied.close().await;
+    yardsticks.one.close().await;
+    drop(proxy);
     drop(upstream);
     if opts.gateway_only {
         let _ = std::fs::remove_dir_all(&data);
-        print_gateway_table(&rows, &direct);
+        print_gateway_table(&rows);
         return Ok(());
     }
     eprintln!("\n== reference");
@@ -352,7 +368,7 @@ async fn run() -> Result {
     let _ = std::fs::remove_dir_all(&data);
 
     print_table(&rows, &reference, opts.seconds);
-    print_gateway_table(&rows, &direct);
+    print_gateway_table(&rows);
     Ok(())
 }
 
@@ -365,14 +381,13 @@ async fn start_upstream(http: &reqwest::Client) -> Result<(Server, String)> {
     Ok((server, url))
 }
 
-/// The bare handler on one store (`bench ceiling`), under the same load as Gatehouse's
-/// `tools/call`, with a random token whose hash it stores first.
-async fn bench_ceiling(
+/// The bare handler on one store (`bench ceiling`), with a random token whose hash
+/// it stores first: the server, its MCP URL and the token.
+async fn start_ceiling(
     http: &reqwest::Client,
     store: &str,
     prefix: Option<&str>,
-    duration: Duration,
-) -> Result<Row> {
+) -> Result<(Server, String, String)> {
     let token = random(32);
     let port = free_port()?;
     let server = Server::this_binary(&[
@@ -388,21 +403,7 @@ async fn bench_ceiling(
     ])?;
     let url = format!("http://127.0.0.1:{port}/mcp");
     wait_until_up(http, &url).await?;
-    let idle_rss_mb = server.rss_mb();
-    eprintln!("tools/call …");
-    let tools = with_cpu(
-        None,
-        Some(server.child.id()),
-        fast_calls(http, &url, Some(&token), duration, CONCURRENCY),
-    )
-    .await?;
-    Ok(Row {
-        name: String::new(),
-        tools,
-        refresh: None,
-        idle_rss_mb,
-        after_rss_mb: server.rss_mb(),
-    })
+    Ok((server, url, token))
 }
 
 fn print_table(runs: &[StoreRun], reference: &Row, seconds: u64) {
@@ -451,18 +452,83 @@ fn percent(part: f64, whole: f64) -> String {
     format!("{:.0}%", 100.0 * part / whole.max(1e-9))
 }
 
-/// The upstream called directly: at full concurrency, and one call at a time.
-struct Direct {
-    full: Load,
-    one: Load,
-    /// Through the bare proxy, at full concurrency.
+/// How many slices each load at full concurrency in the gateway table is cut into.
+const ROUNDS: u32 = 5;
+
+/// The yardsticks of the gateway rows: the upstream called directly, and through the
+/// bare proxy, each with its sessions open for the whole run. A gateway row at full
+/// concurrency runs in [`ROUNDS`] slices, each right after a slice of each of these,
+/// so that all three see the machine alike: on these shared machines the speed of a
+/// core drifts by a third within a minute, more than the difference being measured.
+struct Yardsticks {
+    direct: Sessions,
+    proxied: Sessions,
+    /// One session, for the rows of one call at a time.
+    one: Sessions,
+    upstream: Option<u32>,
+    proxy: Option<u32>,
+}
+
+/// The loads of one store's run that alternate in slices: at full concurrency, the
+/// upstream called directly, through the bare proxy and through the gateway; and
+/// with one session, the upstream called directly and through the gateway.
+struct Paired {
+    direct: Load,
     proxied: Load,
+    gateway: Load,
+    direct_one: Load,
+    gateway_one: Load,
+}
+
+impl Yardsticks {
+    /// `gateway` and the two yardsticks in turn, [`ROUNDS`] times, for `duration`
+    /// each in all.
+    /// each in all; then `one` (a single gateway session) and the direct single
+    /// session likewise, for half of `duration` each.
+    async fn paired(
+        &mut self,
+        gateway: &mut Sessions,
+        one: &mut Sessions,
+        gatehouse: u32,
+        duration: Duration,
+    ) -> Paired {
+        let slice = duration / ROUNDS;
+        let (mut direct, mut proxied, mut through) =
+            (Tally::default(), Tally::default(), Tally::default());
+        for _ in 0..ROUNDS {
+            direct
+                .run(&mut self.direct, slice, self.upstream, None)
+                .await;
+            proxied
+                .run(&mut self.proxied, slice, self.upstream, self.proxy)
+                .await;
+            through
+                .run(gateway, slice, self.upstream, Some(gatehouse))
+                .await;
+        }
+        let (mut direct_one, mut through_one) = (Tally::default(), Tally::default());
+        for _ in 0..ROUNDS {
+            direct_one
+                .run(&mut self.one, slice / 2, self.upstream, None)
+                .await;
+            through_one
+                .run(one, slice / 2, self.upstream, Some(gatehouse))
+                .await;
+        }
+        Paired {
+            direct: direct.load(),
+            proxied: proxied.load(),
+            gateway: through.load(),
+            direct_one: direct_one.load(),
+            gateway_one: through_one.load(),
+        }
+    }
 }
 
 /// The gateway rows: the upstream called directly, then through Gatehouse on each
 /// store; throughput as a share of direct and of the store's ceiling, the p50 the
 /// gateway adds, and where the CPU time goes.
-fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
+fn print_gateway_table(runs: &[StoreRun]) {
     println!();
     println!("The gateway: tools/call of the bench upstream's read-only tool, directly and through Gatehouse at /mcp/NAME.");
     println!();
@@ -491,43 +557,51 @@ fn print_gateway_table(runs: &[StoreRun], direct: &Direct) {
                 ceiling.map_or_else(dash, |c| percent(load.rate(), c)),
             );
         };
-    line(
-        "upstream called directly (rmcp, Streamable HTTP)",
-        CONCURRENCY,
-        &direct.full,
-        Some(&direct.full),
-        None,
-    );
-    line(
-        "upstream called directly, one call at a time",
-        1,
-        &direct.one,
-        Some(&direct.one),
-        None,
-    );
-    line(
-        "bare proxy → HTTP upstream (hyper, no auth, no parsing)",
-        CONCURRENCY,
-        &direct.proxied,
-        Some(&direct.full),
-        None,
-    );
     for run in runs {
         // None with --gateway-only, which runs no ceiling.
         let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
         let store = run.store;
+        let paired = &run.gatehouse.gateway_http;
+        line(
+            &format!("upstream called directly (rmcp, Streamable HTTP), alternating with {store}"),
+            CONCURRENCY,
+            &paired.direct,
+            Some(&paired.direct),
+            None,
+        );
+        line(
+            &format!(
+                "bare proxy → HTTP upstream (hyper, no auth, no parsing), alternating with {store}"
+            ),
+            CONCURRENCY,
+            &paired.proxied,
+            Some(&paired.direct),
+            None,
+        );
         line(
             &format!("gateway → HTTP upstream, {store}"),
             CONCURRENCY,
-            &run.gatehouse.gateway_http,
-            Some(&direct.full),
+            &paired.gateway,
+            Some(&paired.direct),
             ceiling,
+        );
+    }
+    for run in runs {
+        let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
+        let store = run.store;
+        let paired = &run.gatehouse.gateway_http;
+        line(
+            &format!("upstream called directly, one call at a time, alternating with {store}"),
+            1,
+            &paired.direct_one,
+            Some(&paired.direct_one),
+            None,
         );
         line(
             &format!("gateway → HTTP upstream, {store}, one call at a time"),
             1,
-            &run.gatehouse.gateway_http_one,
-            Some(&direct.one),
+            &paired.gateway_one,
+            Some(&paired.direct_one),
             None,
         );
         line(
@@ -620,12 +694,14 @@ const STDIO_UPSTREAM: &str = "stdio";
 const STDIO_SESSIONS: usize = 16;
 
 /// Gatehouse's `--config` for the gateway rows. The HTTP upstream may have one session
-/// per load worker (the default cap is 16); the stdio one keeps its defaults.
+/// per load worker, and one for the single-session row (the default cap is 16); the
+/// stdio one keeps its defaults.
 fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf> {
     let bench = std::env::current_exe().map_err(|e| e.to_string())?;
     let config = format!(
-        "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {CONCURRENCY}\n\n\
+        "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {}\n\n\
          [[upstream]]\nname = \"{STDIO_UPSTREAM}\"\ncommand = {:?}\nargs = [\"upstream\", \"--stdio\"]\n",
+        CONCURRENCY + 1,
         bench.display().to_string()
     );
     let path = data.join("gatehouse.toml");
@@ -636,11 +712,15 @@ fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf>
 /// What one store's Gatehouse measured.
 struct GatehouseRun {
     row: Row,
-    gateway_http: Load,
-    /// One session, one call at a time: the latency the gateway adds, without
-    /// queueing behind 63 other calls.
-    gateway_http_one: Load,
+    /// At full concurrency, alternating with the upstream called directly and
+    /// through the bare proxy; and one session, one call at a time (the latency the
+    /// gateway adds, without queueing behind 63 other calls), alternating with one
+    /// direct session.
+    gateway_http: Paired,
     gateway_stdio: Load,
+    /// The bare handler on the same store, its load in slices alternating with
+    /// Gatehouse's `tools/call` (not with `--gateway-only`).
+    ceiling: Option<Row>,
 }
 
 /// One store's Gatehouse and the bare handler on the same store beside it.
@@ -655,11 +735,11 @@ async fn bench_gatehouse(
     opts: &Options,
     http: &reqwest::Client,
     name: &str,
-    store: &str,
+    (store, ceiling_store): (&str, &str),
     prefix: Option<&str>,
     config: &std::path::Path,
     duration: Duration,
-    upstream: Option<u32>,
+    yardsticks: &mut Yardsticks,
 ) -> Result<GatehouseRun> {
     let mut store_args = vec!["--store".to_owned(), store.to_owned()];
     if let Some(prefix) = prefix {
@@ -698,8 +778,8 @@ async fn bench_gatehouse(
 
     let flow = Flow::new(http.clone(), base.clone()).await?;
     if opts.gateway_only {
-        let (gateway_http, gateway_http_one, gateway_stdio) =
-            gateway_loads(&flow, http, &base, duration, upstream, server.child.id()).await?;
+        let (gateway_http, gateway_stdio) =
+            gateway_loads(&flow, http, &base, duration, yardsticks, server.child.id()).await?;
         return Ok(GatehouseRun {
             row: Row {
                 name: name.to_owned(),
@@ -709,8 +789,8 @@ async fn bench_gatehouse(
                 after_rss_mb: server.rss_mb(),
             },
             gateway_http,
-            gateway_http_one,
             gateway_stdio,
+            ceiling: None,
         });
     }
     // One token for the tool calls; an article to read.
@@ -732,23 +812,51 @@ async fn bench_gatehouse(
         return Err(format!("create_article failed: {created}"));
     }
 
-    eprintln!("tools/call get_article …");
-    let tools = with_cpu(
-        None,
-        Some(server.child.id()),
-        tools_load(
-            http,
-            &format!("{base}/mcp"),
-            Some(&token),
-            json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
-            "Read me quickly.",
-            duration,
-            CONCURRENCY,
-        ),
+    // The bare handler on the same store, in slices alternating with Gatehouse's, so
+    // that both see the machine alike.
+    let (bare, bare_url, bare_token) = start_ceiling(http, ceiling_store, prefix).await?;
+    let bare_idle_rss_mb = bare.rss_mb();
+    eprintln!("tools/call get_article, alternating with the ceiling …");
+    let mut ours = Sessions::open(
+        http,
+        &format!("{base}/mcp"),
+        Some(&token),
+        json!({"name": "get_article", "arguments": {"slug": "benchmark"}}),
+        "Read me quickly.",
+        CONCURRENCY,
     )
     .await?;
-    let (gateway_http, gateway_http_one, gateway_stdio) =
-        gateway_loads(&flow, http, &base, duration, upstream, server.child.id()).await?;
+    let mut theirs = Sessions::open(
+        http,
+        &bare_url,
+        Some(&bare_token),
+        fast_params(),
+        upstream::ANSWER,
+        CONCURRENCY,
+    )
+    .await?;
+    let (mut tools, mut ceiling) = (Tally::default(), Tally::default());
+    for _ in 0..ROUNDS {
+        tools
+            .run(&mut ours, duration / ROUNDS, None, Some(server.child.id()))
+            .await;
+        ceiling
+            .run(&mut theirs, duration / ROUNDS, None, Some(bare.child.id()))
+            .await;
+    }
+    ours.close().await;
+    theirs.close().await;
+    let tools = tools.load();
+    let ceiling = Row {
+        name: String::new(),
+        tools: ceiling.load(),
+        refresh: None,
+        idle_rss_mb: bare_idle_rss_mb,
+        after_rss_mb: bare.rss_mb(),
+    };
+    drop(bare);
+    let (gateway_http, gateway_stdio) =
+        gateway_loads(&flow, http, &base, duration, yardsticks, server.child.id()).await?;
 
     // Refresh grants: 64 grants, each worker rotating its own.
     let mut grants = Vec::new();
@@ -804,57 +912,50 @@ async fn bench_gatehouse(
             after_rss_mb,
         },
         gateway_http,
-        gateway_http_one,
         gateway_stdio,
+        ceiling: Some(ceiling),
     })
 }
 
-/// The gateway rows of one Gatehouse: the HTTP upstream at full concurrency and with
-/// one session, and the stdio upstream.
+/// The gateway rows of one Gatehouse: the HTTP upstream at full concurrency (in
+/// slices alternating with the yardsticks) and with one session, and the stdio
+/// upstream.
 async fn gateway_loads(
     flow: &Flow,
     http: &reqwest::Client,
     base: &str,
     duration: Duration,
-    upstream: Option<u32>,
+    yardsticks: &mut Yardsticks,
     gatehouse: u32,
-) -> Result<(Load, Load, Load)> {
-    let gatehouse = Some(gatehouse);
-    let full = with_cpu(
-        upstream,
-        gatehouse,
-        gateway_load(flow, http, base, HTTP_UPSTREAM, CONCURRENCY, duration),
-    )
-    .await?;
-    // The ended sessions' upstream places come back once rmcp has closed them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let one = with_cpu(
-        upstream,
-        gatehouse,
-        gateway_load(flow, http, base, HTTP_UPSTREAM, 1, duration / 2),
-    )
-    .await?;
+) -> Result<(Paired, Load)> {
+    // 64 sessions and one: the bench's `--config` lets the upstream have 65.
+    let mut sessions = gateway_sessions(flow, http, base, HTTP_UPSTREAM, CONCURRENCY).await?;
+    let mut one = gateway_sessions(flow, http, base, HTTP_UPSTREAM, 1).await?;
+    let paired = yardsticks
+        .paired(&mut sessions, &mut one, gatehouse, duration)
+        .await;
+    sessions.close().await;
+    one.close().await;
     // The stdio upstreams are Gatehouse's children, whose time the kernel counts
     // apart from Gatehouse's own until they exit.
     let stdio = with_cpu(
         None,
-        gatehouse,
+        Some(gatehouse),
         gateway_load(flow, http, base, STDIO_UPSTREAM, STDIO_SESSIONS, duration),
     )
     .await?;
-    Ok((full, one, stdio))
+    Ok((paired, stdio))
 }
 
-/// `tools/call` of the upstream's read-only tool through Gatehouse at `/mcp/NAME`,
-/// with a token from the real flow for that resource and only `NAME:read`.
-async fn gateway_load(
+/// Sessions at `/mcp/NAME`, with a token from the real flow for that resource and
+/// only `NAME:read`, for `tools/call` of the upstream's read-only tool.
+async fn gateway_sessions(
     flow: &Flow,
     http: &reqwest::Client,
     base: &str,
     upstream: &str,
     workers: usize,
-    duration: Duration,
-) -> Result<Load> {
+) -> Result<Sessions> {
     let resource = format!("{base}/mcp/{upstream}");
     let tokens = flow
         .tokens_for(&format!("{upstream}:read"), Some(&resource))
@@ -863,7 +964,34 @@ async fn gateway_load(
         .as_str()
         .ok_or_else(|| format!("no access token for {resource}"))?;
     eprintln!("tools/call through the gateway, {upstream} upstream ({workers} sessions) …");
-    fast_calls(http, &resource, Some(token), duration, workers).await
+    Sessions::open(
+        http,
+        &resource,
+        Some(token),
+        fast_params(),
+        upstream::ANSWER,
+        workers,
+    )
+    .await
+}
+
+/// `tools/call` of the upstream's read-only tool through Gatehouse at `/mcp/NAME`,
+/// for `duration`.
+async fn gateway_load(
+    flow: &Flow,
+    http: &reqwest::Client,
+    base: &str,
+    upstream: &str,
+    workers: usize,
+    duration: Duration,
+) -> Result<Load> {
+    let mut sessions = gateway_sessions(flow, http, base, upstream, workers).await?;
+    let mut tally = Tally::default();
+    tally.run(&mut sessions, duration, None, None).await;
+    sessions.close().await;
+    let mut load = tally.load();
+    load.cpu = None;
+    Ok(load)
 }
 
 /// The OAuth flow as a client and the owner's browser perform it.
@@ -1100,22 +1228,9 @@ async fn tools_call(
 /// only when it contains `expect` and no tool error.
 /// `tools/call` of the bench upstream's tool at `mcp`: the upstream itself, or a
 /// server in front of it.
-fn fast_calls<'a>(
-    http: &'a reqwest::Client,
-    mcp: &'a str,
-    token: Option<&'a str>,
-    duration: Duration,
-    workers: usize,
-) -> impl std::future::Future<Output = Result<Load>> + 'a {
-    tools_load(
-        http,
-        mcp,
-        token,
-        json!({"name": upstream::TOOL, "arguments": {}}),
-        upstream::ANSWER,
-        duration,
-        workers,
-    )
+/// The `tools/call` params of the bench upstream's read-only tool.
+fn fast_params() -> Value {
+    json!({"name": upstream::TOOL, "arguments": {}})
 }
 
 async fn tools_load(
@@ -1127,82 +1242,164 @@ async fn tools_load(
     duration: Duration,
     workers: usize,
 ) -> Result<Load> {
-    let url = url::Url::parse(mcp).map_err(|e| e.to_string())?;
-    let address = format!(
-        "{}:{}",
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(80)
-    );
-    let host = address.clone();
-    let body = bytes::Bytes::from(
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).to_string(),
-    );
-    let authorization = token.map(|token| format!("Bearer {token}"));
-    let mut connections = Vec::new();
-    for _ in 0..workers {
-        let session = mcp_session(http, mcp, token).await?;
-        let stream = tokio::net::TcpStream::connect(&address)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let mut sessions = Sessions::open(http, mcp, token, params, expect, workers).await?;
+    let mut tally = Tally::default();
+    tally.run(&mut sessions, duration, None, None).await;
+    sessions.close().await;
+    // CPU per call is read around the whole load (`with_cpu`), where it is wanted.
+    let mut load = tally.load();
+    load.cpu = None;
+    Ok(load)
+}
+
+/// MCP sessions, each on its own connection, that loads drive again and again: the
+/// gateway rows run in slices interleaved with the upstream called directly and
+/// through the bare proxy, on the same sessions throughout.
+struct Sessions {
+    path: String,
+    host: String,
+    authorization: Option<String>,
+    body: bytes::Bytes,
+    expect: &'static str,
+    open: Vec<(
+        hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        String,
+    )>,
+}
+
+impl Sessions {
+    async fn open(
+        http: &reqwest::Client,
+        mcp: &str,
+        token: Option<&str>,
+        params: Value,
+        expect: &'static str,
+        workers: usize,
+    ) -> Result<Self> {
+        let url = url::Url::parse(mcp).map_err(|e| e.to_string())?;
+        let address = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(80)
+        );
+        let mut open = Vec::new();
+        for _ in 0..workers {
+            let session = mcp_session(http, mcp, token).await?;
+            let stream = tokio::net::TcpStream::connect(&address)
                 .await
                 .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        connections.push((sender, session));
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            open.push((sender, session));
+        }
+        Ok(Sessions {
+            path: url.path().to_owned(),
+            host: address,
+            authorization: token.map(|token| format!("Bearer {token}")),
+            body: bytes::Bytes::from(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+                    .to_string(),
+            ),
+            expect,
+            open,
+        })
     }
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = connections
-        .into_iter()
-        .map(|(mut sender, session)| {
-            let (path, host, authorization, body) = (
-                url.path().to_owned(),
-                host.clone(),
-                authorization.clone(),
-                body.clone(),
-            );
-            tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0u64);
-                while Instant::now() < deadline {
-                    let mut request = hyper::Request::post(path.as_str())
-                        .header("host", host.as_str())
+
+    /// A request in `session`, with the token when there is one.
+    fn request(
+        path: &str,
+        host: &str,
+        authorization: Option<&str>,
+        method: hyper::Method,
+        session: &str,
+    ) -> hyper::http::request::Builder {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18");
+        match authorization {
+            Some(authorization) => request.header("authorization", authorization),
+            None => request,
+        }
+    }
+
+    /// Calls the tool on every session at once, each as fast as it answers, for
+    /// `duration`: each successful call's latency in microseconds, and the errors.
+    async fn run(&mut self, duration: Duration) -> (Vec<u32>, u64) {
+        let deadline = Instant::now() + duration;
+        let tasks: Vec<_> = std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|(mut sender, session)| {
+                let (path, host, authorization) = (
+                    self.path.clone(),
+                    self.host.clone(),
+                    self.authorization.clone(),
+                );
+                let (body, expect) = (self.body.clone(), self.expect);
+                tokio::spawn(async move {
+                    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    while Instant::now() < deadline {
+                        let request = Sessions::request(
+                            &path,
+                            &host,
+                            authorization.as_deref(),
+                            hyper::Method::POST,
+                            &session,
+                        )
                         .header("content-type", "application/json")
                         .header("accept", "application/json, text/event-stream")
-                        .header("mcp-session-id", session.as_str())
-                        .header("mcp-protocol-version", "2025-06-18");
-                    if let Some(authorization) = &authorization {
-                        request = request.header("authorization", authorization.as_str());
-                    }
-                    let request = request.body(http_body_util::Full::new(body.clone()));
-                    let began = Instant::now();
-                    let outcome = match request {
-                        Ok(request) => exchange(&mut sender, request, expect).await,
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match outcome {
-                        Ok(()) => latencies.push(began.elapsed().as_micros() as u32),
-                        Err(e) => {
-                            if errors == 0 {
-                                eprintln!("  error: {e}");
-                            }
-                            errors += 1;
-                            if sender.is_closed() {
-                                break;
+                        .body(http_body_util::Full::new(body.clone()));
+                        let began = Instant::now();
+                        let outcome = match request {
+                            Ok(request) => exchange(&mut sender, request, expect).await,
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match outcome {
+                            Ok(()) => latencies.push(began.elapsed().as_micros() as u32),
+                            Err(e) => {
+                                if errors == 0 {
+                                    eprintln!("  error: {e}");
+                                }
+                                errors += 1;
+                                if sender.is_closed() {
+                                    break;
+                                }
                             }
                         }
                     }
-                }
-                // Ended as a client ends its session, so that the next load finds the
-                // gateway's upstream places free.
-                let mut end = hyper::Request::delete(path.as_str())
-                    .header("host", host.as_str())
-                    .header("mcp-session-id", session.as_str())
-                    .header("mcp-protocol-version", "2025-06-18");
-                if let Some(authorization) = &authorization {
-                    end = end.header("authorization", authorization.as_str());
-                }
+                    (sender, session, latencies, errors)
+                })
+            })
+            .collect();
+        let (mut all, mut errors) = (Vec::new(), 0);
+        for task in tasks {
+            if let Ok((sender, session, latencies, e)) = task.await {
+                self.open.push((sender, session));
+                all.extend(latencies);
+                errors += e;
+            }
+        }
+        (all, errors)
+    }
+
+    /// Ends every session as a client ends its own, so that the next load finds the
+    /// gateway's upstream places free.
+    async fn close(self) {
+        let ends = self.open.into_iter().map(|(mut sender, session)| {
+            let end = Sessions::request(
+                &self.path,
+                &self.host,
+                self.authorization.as_deref(),
+                hyper::Method::DELETE,
+                &session,
+            );
+            async move {
                 if let (Ok(end), Ok(())) = (
                     end.body(http_body_util::Full::new(bytes::Bytes::new())),
                     sender.ready().await,
@@ -1211,19 +1408,60 @@ async fn tools_load(
                         let _ = http_body_util::BodyExt::collect(response.into_body()).await;
                     }
                 }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        if let Ok((latencies, e)) = task.await {
-            all.extend(latencies);
-            errors += e;
-        }
+            }
+        });
+        futures::future::join_all(ends).await;
     }
-    Ok(summarize(all, errors, started.elapsed().as_secs_f64()))
+}
+
+/// A load's calls, errors, time and CPU, summed over the slices it ran in.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u32>,
+    errors: u64,
+    seconds: f64,
+    /// CPU seconds of the load generator, the upstream and the server under test.
+    cpu: [Option<f64>; 3],
+}
+
+impl Tally {
+    /// Drives `sessions` for `duration` and adds what it took, with the CPU time of
+    /// this process, `upstream` and `server` in that time.
+    async fn run(
+        &mut self,
+        sessions: &mut Sessions,
+        duration: Duration,
+        upstream: Option<u32>,
+        server: Option<u32>,
+    ) {
+        let read = |pid: Option<u32>| pid.and_then(|pid| cpu_seconds(&pid.to_string()));
+        let before = [cpu_seconds("self"), read(upstream), read(server)];
+        let started = Instant::now();
+        let (latencies, errors) = sessions.run(duration).await;
+        self.seconds += started.elapsed().as_secs_f64();
+        let after = [cpu_seconds("self"), read(upstream), read(server)];
+        for (i, spent) in self.cpu.iter_mut().enumerate() {
+            *spent = match (before[i], after[i]) {
+                (Some(b), Some(a)) => Some(spent.unwrap_or(0.0) + a - b),
+                _ => None,
+            };
+        }
+        self.latencies.extend(latencies);
+        self.errors += errors;
+    }
+
+    fn load(self) -> Load {
+        let calls = self.latencies.len().max(1) as f64;
+        let per_call = |spent: Option<f64>| spent.map(|s| s * 1e6 / calls);
+        let cpu = CpuPerCall {
+            load: per_call(self.cpu[0]).unwrap_or(0.0),
+            upstream: per_call(self.cpu[1]),
+            server: per_call(self.cpu[2]),
+        };
+        let mut load = summarize(self.latencies, self.errors, self.seconds);
+        load.cpu = Some(cpu);
+        load
+    }
 }
 
 async fn exchange(
