@@ -452,7 +452,7 @@ fn percent(part: f64, whole: f64) -> String {
     format!("{:.0}%", 100.0 * part / whole.max(1e-9))
 }
 
-/// How many slices each load at full concurrency in the gateway table is cut into.
+/// How many slices each load that is compared with another is cut into.
 const ROUNDS: u32 = 5;
 
 /// The yardsticks of the gateway rows: the upstream called directly, and through the
@@ -985,13 +985,8 @@ async fn gateway_load(
     workers: usize,
     duration: Duration,
 ) -> Result<Load> {
-    let mut sessions = gateway_sessions(flow, http, base, upstream, workers).await?;
-    let mut tally = Tally::default();
-    tally.run(&mut sessions, duration, None, None).await;
-    sessions.close().await;
-    let mut load = tally.load();
-    load.cpu = None;
-    Ok(load)
+    let sessions = gateway_sessions(flow, http, base, upstream, workers).await?;
+    Ok(sessions.once(duration).await)
 }
 
 /// The OAuth flow as a client and the owner's browser perform it.
@@ -1242,14 +1237,8 @@ async fn tools_load(
     duration: Duration,
     workers: usize,
 ) -> Result<Load> {
-    let mut sessions = Sessions::open(http, mcp, token, params, expect, workers).await?;
-    let mut tally = Tally::default();
-    tally.run(&mut sessions, duration, None, None).await;
-    sessions.close().await;
-    // CPU per call is read around the whole load (`with_cpu`), where it is wanted.
-    let mut load = tally.load();
-    load.cpu = None;
-    Ok(load)
+    let sessions = Sessions::open(http, mcp, token, params, expect, workers).await?;
+    Ok(sessions.once(duration).await)
 }
 
 /// MCP sessions, each on its own connection, that loads drive again and again: the
@@ -1386,6 +1375,17 @@ impl Sessions {
             }
         }
         (all, errors)
+    }
+
+    /// One load of `duration` on these sessions, which it then ends. CPU per call is
+    /// read around the whole load (`with_cpu`), where it is wanted.
+    async fn once(mut self, duration: Duration) -> Load {
+        let mut tally = Tally::default();
+        tally.run(&mut self, duration, None, None).await;
+        self.close().await;
+        let mut load = tally.load();
+        load.cpu = None;
+        load
     }
 
     /// Ends every session as a client ends its own, so that the next load finds the
