@@ -3,8 +3,9 @@
 //! Events are recorded without waiting: they go to a bounded queue, and one task
 //! writes them to the store in batches (a log with a retention and a count cap, on
 //! either backend) and to the process log as structured events. A hot path (a tool
-//! call) therefore costs a queue send; when the queue is full, events are dropped and
-//! counted rather than slowing requests down.
+//! call) therefore costs a queue send, which wakes nothing while the writer gathers;
+//! when the queue is full, events are dropped and counted rather than slowing
+//! requests down.
 //!
 //! Per grant, the time of last use and the tool calls per hour are kept in memory and
 //! written at most once a minute, into the grant's group (so revoking removes them).
@@ -19,7 +20,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{
     clock::Clock,
@@ -33,7 +34,8 @@ const LOG: &str = "activity";
 const QUEUE: usize = 8192;
 /// Events written per store call at most.
 const BATCH: usize = 512;
-/// How long the writer gathers events before writing them.
+/// How long the writer gathers events before writing them, unless the queue fills to
+/// half or a flush asks for them sooner.
 const GATHER: Duration = Duration::from_millis(200);
 /// The characters of a tool name an event keeps.
 pub const MAX_TOOL_NAME: usize = 128;
@@ -244,6 +246,8 @@ struct ToolMetrics {
 
 pub struct Audit {
     queue: mpsc::Sender<Message>,
+    /// Cuts the writer's gathering short (a flush, or a queue half full).
+    hurry: Arc<Notify>,
     store: SharedStore,
     clock: Clock,
     dropped: AtomicU64,
@@ -259,8 +263,10 @@ impl Audit {
     /// Starts the writer on the current tokio runtime.
     pub fn new(store: SharedStore, clock: Clock, retention: Duration, cap: usize) -> Arc<Self> {
         let (queue, receiver) = mpsc::channel(QUEUE);
+        let hurry = Arc::new(Notify::new());
         let audit = Arc::new(Audit {
             queue,
+            hurry: hurry.clone(),
             store,
             clock,
             dropped: AtomicU64::new(0),
@@ -271,7 +277,7 @@ impl Audit {
             cap,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(write_events(Arc::downgrade(&audit), receiver));
+            runtime.spawn(write_events(Arc::downgrade(&audit), receiver, hurry));
             runtime.spawn(write_usage(Arc::downgrade(&audit)));
         }
         audit
@@ -320,6 +326,8 @@ impl Audit {
         if self.queue.try_send(Message::Event(event)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(telemetry::ACTIVITY_DROPPED).increment(1);
+        } else if self.queue.capacity() < QUEUE / 2 {
+            self.hurry.notify_one();
         }
     }
 
@@ -375,6 +383,7 @@ impl Audit {
     pub async fn flush(&self) -> StoreResult<()> {
         let (done, wait) = oneshot::channel();
         if self.queue.send(Message::Flush(done)).await.is_ok() {
+            self.hurry.notify_one();
             let _ = wait.await;
         }
         self.write_usage().await
@@ -434,31 +443,43 @@ impl Audit {
     }
 }
 
-async fn write_events(audit: std::sync::Weak<Audit>, mut receiver: mpsc::Receiver<Message>) {
+async fn write_events(
+    audit: std::sync::Weak<Audit>,
+    mut receiver: mpsc::Receiver<Message>,
+    hurry: Arc<Notify>,
+) {
+    let mut messages = Vec::new();
     while let Some(first) = receiver.recv().await {
-        let mut batch = Vec::new();
+        // The first event wakes the writer; those after it wait in the queue for
+        // GATHER without waking it once each (under load, a wake of this task per
+        // tool call cost more than the writes), and are written with it: one
+        // (durable) store write for many. A flush, or a queue half full, cuts the
+        // wait short.
+        if !matches!(first, Message::Flush(_)) {
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
+                () = hurry.notified() => {}
+            }
+        }
+        messages.push(first);
+        while messages.len() < QUEUE {
+            match receiver.try_recv() {
+                Ok(message) => messages.push(message),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::with_capacity(messages.len());
         let mut waiting = Vec::new();
-        // Events that come within GATHER of the first are written with it: one
-        // (durable) store write for many, where writing whatever was queued at once
-        // cost a commit per handful of tool calls under load.
-        let gathered = tokio::time::Instant::now() + GATHER;
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
+        for message in messages.drain(..) {
             match message {
                 Message::Event(event) => batch.push(event),
                 Message::Flush(done) => waiting.push(done),
             }
-            if batch.len() < BATCH && waiting.is_empty() {
-                next = tokio::time::timeout_at(gathered, receiver.recv())
-                    .await
-                    .ok()
-                    .flatten();
-            }
         }
         let Some(audit) = audit.upgrade() else { break };
         let batch = coalesce(batch);
-        if !batch.is_empty() {
-            let entries: Vec<Vec<u8>> = batch.iter().filter_map(|e| encode(e).ok()).collect();
+        for events in batch.chunks(BATCH) {
+            let entries: Vec<Vec<u8>> = events.iter().filter_map(|e| encode(e).ok()).collect();
             if let Err(e) = audit
                 .store
                 .log_append(LOG, &entries, audit.cap, audit.retention)

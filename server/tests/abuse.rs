@@ -394,3 +394,46 @@ async fn a_session_is_refused_to_another_client() {
         .await;
     assert_eq!(own.status, StatusCode::OK, "{}", own.body);
 }
+
+/// The guard keeps a session's binding in memory for a minute instead of reading it
+/// per call. A binding ended elsewhere (another instance's DELETE removes it from
+/// the shared store) holds here for at most that minute: then the store is asked
+/// again and the session is unknown.
+#[tokio::test]
+async fn a_binding_ended_elsewhere_is_refused_once_the_remembered_one_is_stale() {
+    use gatehouse::http::mcp::sessions::{binding_key, RecentBindings};
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, "2025-06-18").await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "list_articles", "arguments": {}}});
+    let used = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some("2025-06-18"),
+            call.clone(),
+        )
+        .await;
+    assert_eq!(used.status, StatusCode::OK, "{}", used.body);
+
+    app.store
+        .delete(&binding_key(&session))
+        .await
+        .expect("delete");
+    let remembered = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some("2025-06-18"),
+            call.clone(),
+        )
+        .await;
+    assert_eq!(remembered.status, StatusCode::OK, "{}", remembered.body);
+    app.clock.advance(RecentBindings::TRUST);
+    let stale = app
+        .mcp(Some(token), Some(&session), Some("2025-06-18"), call)
+        .await;
+    assert_eq!(stale.status, StatusCode::NOT_FOUND, "{}", stale.body);
+}

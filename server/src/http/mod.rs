@@ -89,6 +89,8 @@ pub struct Shared {
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
+    /// MCP session bindings seen lately, so the guard need not read them per call.
+    pub bindings: mcp::sessions::RecentBindings,
     /// The built-in article server at `/mcp`, unless turned off.
     pub article_endpoint: Option<Arc<mcp::articles::ArticleEndpoint>>,
     /// The guarded upstream servers at `/mcp/NAME`.
@@ -179,6 +181,7 @@ impl AppState {
                 Duration::from_secs(60),
             ),
             hosts: mcp::policy::HostPolicy::new(&config),
+            bindings: mcp::sessions::RecentBindings::new(clock.clone()),
             article_endpoint,
             upstreams,
             articles,

@@ -6,7 +6,8 @@
 //!    the endpoint reads ahead: unexpired, unrevoked and issued for this very resource
 //!    (RFC 8707 audience), else 401 `invalid_token`;
 //! 4. a session id, when sent, belongs to this token's client (else 404, exactly as
-//!    for an unknown session);
+//!    for an unknown session); its binding is read with the token, unless this
+//!    instance saw it in the last minute ([`sessions::RecentBindings`]);
 //! 5. one JSON-RPC message per POST (batches 400), and the scope the call needs: 403
 //!    `insufficient_scope` so clients can step up;
 //! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
@@ -122,7 +123,12 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     // The tool a `tools/call` names, for the activity log.
     let mut tool = prepared.tool.clone();
     let session = session_id(&parts.headers).map(str::to_owned);
-    let binding = session.as_deref().map(binding_key);
+    // A binding this instance saw lately is not read again (see `RecentBindings`).
+    let known = session.as_deref().and_then(|s| state.bindings.get(s));
+    let binding = session
+        .as_deref()
+        .filter(|_| known.is_none())
+        .map(binding_key);
     let keys: Vec<&Key> = std::iter::once(&token_key)
         .chain(binding.as_ref())
         .chain(prepared.read_ahead.as_ref())
@@ -151,10 +157,15 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         Ok(None) => return unauthorized(public_url, resource, Some(INVALID_TOKEN)),
         Err(e) => return store_unavailable(&e),
     };
-    if session.is_some()
-        && !sessions::allows(records[1].as_deref(), &access.client_id, &resource.uri)
-    {
-        return unknown_session();
+    if let Some(session) = &session {
+        let bound = known.or_else(|| {
+            let bound = Arc::new(sessions::binding_of(records[1].as_deref())?);
+            state.bindings.remember(session, bound.clone());
+            Some(bound)
+        });
+        if !bound.is_some_and(|b| b.allows(&access.client_id, &resource.uri)) {
+            return unknown_session();
+        }
     }
 
     if let Some(bytes) = bytes {
@@ -240,9 +251,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
                     return store_unavailable(&e);
                 }
+                state.bindings.remember(opened, Arc::new(binding));
             }
         }
         Some(ended) if deleting && response.status().is_success() => {
+            state.bindings.forget(&ended);
             let _ = state.store.delete(&sessions::binding_key(&ended)).await;
         }
         Some(_) => {}

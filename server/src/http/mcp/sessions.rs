@@ -2,7 +2,11 @@
 //! instance of a deployment can continue a session another instance started (rmcp
 //! replays the handshake from them). Keys hold the SHA-256 of the session id.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
@@ -11,6 +15,7 @@ use rmcp::transport::streamable_http_server::session::store::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock::Clock,
     oauth::{client::ClientId, secret::SecretHash},
     resource::ResourceUri,
     store::{decode, encode, Key, Kind, Put, SharedStore, StoreResult},
@@ -55,7 +60,7 @@ impl SessionStore for StoreSessions {
 /// token and answers a session used by any other client as unknown (404), so a
 /// session id is never a credential (MCP security best practices, "Session
 /// Hijacking"). Kept in the store, so the binding holds on every instance.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     pub client_id: ClientId,
     pub resource: ResourceUri,
@@ -75,9 +80,112 @@ pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> S
         .await
 }
 
-/// Whether a binding record (as read with the token) lets this client use the session.
-pub fn allows(record: Option<&[u8]>, client_id: &ClientId, resource: &ResourceUri) -> bool {
-    record
-        .and_then(|raw| decode::<Binding>(raw).ok())
-        .is_some_and(|b| b.client_id == *client_id && b.resource == *resource)
+/// Bindings this instance read or wrote lately, so that every call in a session
+/// does not hash its id and read its binding again. A binding never changes (a
+/// session id is random and never reused), so an entry is trusted for
+/// [`RecentBindings::TRUST`]; after that, or once the session ends here, the store
+/// is asked again: a session ended on another instance is refused here within that
+/// long, as a binding that expired in the store is.
+pub struct RecentBindings {
+    clock: Clock,
+    seen: Mutex<HashMap<String, (Arc<Binding>, u64)>>,
+}
+
+impl RecentBindings {
+    pub const TRUST: Duration = Duration::from_secs(60);
+    /// Entries at most; when full, it starts again empty (sessions come back from
+    /// the store at the cost of one read each).
+    pub const MAX: usize = 4096;
+
+    pub fn new(clock: Clock) -> Self {
+        RecentBindings {
+            clock,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Binding>, u64)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session's binding, when this instance saw it less than [`Self::TRUST`] ago.
+    pub fn get(&self, session: &str) -> Option<Arc<Binding>> {
+        let now = self.clock.now_ms();
+        let seen = self.seen();
+        let (binding, at) = seen.get(session)?;
+        (now.saturating_sub(*at) < Self::TRUST.as_millis() as u64).then(|| binding.clone())
+    }
+
+    pub fn remember(&self, session: &str, binding: Arc<Binding>) {
+        let now = self.clock.now_ms();
+        let mut seen = self.seen();
+        if seen.len() >= Self::MAX && !seen.contains_key(session) {
+            seen.clear();
+        }
+        seen.insert(session.to_owned(), (binding, now));
+    }
+
+    pub fn forget(&self, session: &str) {
+        self.seen().remove(session);
+    }
+}
+
+impl Binding {
+    /// Whether this client may use the session on this resource.
+    pub fn allows(&self, client_id: &ClientId, resource: &ResourceUri) -> bool {
+        self.client_id == *client_id && self.resource == *resource
+    }
+}
+
+/// The binding a record holds, if it is one.
+pub fn binding_of(record: Option<&[u8]>) -> Option<Binding> {
+    record.and_then(|raw| decode::<Binding>(raw).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(client: &str) -> Binding {
+        Binding {
+            client_id: ClientId::parse(client).expect("client id"),
+            resource: ResourceUri::new("https://gh.example/mcp".into()),
+        }
+    }
+
+    #[test]
+    fn a_remembered_binding_answers_for_a_while_then_the_store_is_asked_again() {
+        let clock = Clock::manual();
+        let recent = RecentBindings::new(clock.clone());
+        assert_eq!(recent.get("s1"), None);
+        recent.remember("s1", Arc::new(binding("c1")));
+        assert_eq!(recent.get("s1").as_deref(), Some(&binding("c1")));
+        assert_eq!(recent.get("s2"), None);
+        clock.advance(RecentBindings::TRUST - Duration::from_millis(1));
+        assert!(recent.get("s1").is_some());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(recent.get("s1"), None, "stale");
+        recent.remember("s1", Arc::new(binding("c1")));
+        recent.forget("s1");
+        assert_eq!(recent.get("s1"), None, "ended");
+    }
+
+    #[test]
+    fn a_binding_allows_only_its_client_on_its_resource() {
+        let bound = binding("c1");
+        let resource = ResourceUri::new("https://gh.example/mcp".into());
+        let other = ResourceUri::new("https://gh.example/mcp/x".into());
+        assert!(bound.allows(&binding("c1").client_id, &resource));
+        assert!(!bound.allows(&binding("c2").client_id, &resource));
+        assert!(!bound.allows(&binding("c1").client_id, &other));
+    }
+
+    #[test]
+    fn the_remembered_bindings_are_bounded() {
+        let recent = RecentBindings::new(Clock::manual());
+        for i in 0..RecentBindings::MAX + 10 {
+            recent.remember(&format!("s{i}"), Arc::new(binding("c1")));
+        }
+        assert!(recent.seen().len() <= RecentBindings::MAX);
+    }
 }
