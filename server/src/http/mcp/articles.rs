@@ -22,7 +22,8 @@ use rmcp::{
     },
     ErrorData,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -34,7 +35,7 @@ use super::{
 use crate::{
     articles::Articles,
     mcp::{
-        articles::{tool_access, ArticlePolicy, ArticleServer, Prefetched},
+        articles::{tool_access, ArticlePolicy, ArticleServer, Outcome, Prefetched},
         Call, CallPolicy, Need,
     },
     oauth::scope::ScopeSet,
@@ -97,14 +98,17 @@ impl ArticleEndpoint {
         }
         let id = call.id;
         let mut outcome = ToolOutcome::Ok;
+        // Once the call has run, it is answered here: never handed to rmcp to run again.
         let message = match self.server.call(call.params, granted, prefetched).await {
-            Ok(result) if result.is_error == Some(true) => {
-                outcome = ToolOutcome::Error;
-                let mut result = ServerResult::CallToolResult(result);
-                result.strip_result_type_for_legacy_peer();
-                ServerJsonRpcMessage::response(result, id.clone())
+            Ok(Outcome::Structured(raw)) => {
+                let body = serde_json::to_vec(&StructuredAnswer::new(&id, &raw))
+                    .unwrap_or_else(|e| cannot_encode(e, id));
+                return Some(answer(body, outcome));
             }
-            Ok(result) => {
+            Ok(Outcome::Result(result)) => {
+                if result.is_error == Some(true) {
+                    outcome = ToolOutcome::Error;
+                }
                 // As rmcp answers the 2025 revisions: without 2026-07-28's resultType.
                 let mut result = ServerResult::CallToolResult(result);
                 result.strip_result_type_for_legacy_peer();
@@ -115,22 +119,72 @@ impl ArticleEndpoint {
                 ServerJsonRpcMessage::error(error, Some(id.clone()))
             }
         };
-        // From here on the call has run: answer it, never hand it to rmcp to run again.
-        let body = serde_json::to_vec(&message).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot encode a tool result");
-            let error = ErrorData::internal_error("the tool's result could not be encoded", None);
-            serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id))).unwrap_or_default()
-        });
-        let mut response = (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response();
-        response.extensions_mut().insert(outcome);
-        Some(response)
+        let body = serde_json::to_vec(&message).unwrap_or_else(|e| cannot_encode(e, id));
+        Some(answer(body, outcome))
+    }
+}
+
+/// An encoding failure's answer (none is expected: the values are ours).
+fn cannot_encode(error: serde_json::Error, id: RequestId) -> Vec<u8> {
+    tracing::error!(error = %error, "cannot encode a tool result");
+    let error = ErrorData::internal_error("the tool's result could not be encoded", None);
+    serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id))).unwrap_or_default()
+}
+
+/// The direct path's plain JSON answer, with the call's outcome for the activity log.
+fn answer(body: Vec<u8>, outcome: ToolOutcome) -> Response {
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// The answer to a call with a structured result, as rmcp writes
+/// `CallToolResult::structured` to a 2025 revision (no `resultType`; member order as
+/// rmcp's), from the result's JSON text: that text is the text content, escaped as
+/// a string, and the structured content, as it is.
+#[derive(Serialize)]
+struct StructuredAnswer<'a> {
+    jsonrpc: &'static str,
+    id: &'a RequestId,
+    result: StructuredResult<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StructuredResult<'a> {
+    content: [TextContent<'a>; 1],
+    structured_content: &'a RawValue,
+    is_error: bool,
+}
+
+#[derive(Serialize)]
+struct TextContent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
+
+impl<'a> StructuredAnswer<'a> {
+    fn new(id: &'a RequestId, raw: &'a RawValue) -> Self {
+        StructuredAnswer {
+            jsonrpc: "2.0",
+            id,
+            result: StructuredResult {
+                content: [TextContent {
+                    kind: "text",
+                    text: raw.get(),
+                }],
+                structured_content: raw,
+                is_error: false,
+            },
+        }
     }
 }
 
