@@ -406,34 +406,26 @@ async fn a_binding_ended_elsewhere_is_refused_once_the_remembered_one_is_stale()
     let (_, tokens) = app.tokens_for("read:articles").await;
     let token = tokens["access_token"].as_str().expect("at");
     let session = app.mcp_session(token, "2025-06-18").await;
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "list_articles", "arguments": {}}});
-    let used = app
-        .mcp(
+    let call = || {
+        app.mcp(
             Some(token),
             Some(&session),
             Some("2025-06-18"),
-            call.clone(),
+            body.clone(),
         )
-        .await;
+    };
+    let used = call().await;
     assert_eq!(used.status, StatusCode::OK, "{}", used.body);
 
     app.store
         .delete(&binding_key(&session))
         .await
         .expect("delete");
-    let remembered = app
-        .mcp(
-            Some(token),
-            Some(&session),
-            Some("2025-06-18"),
-            call.clone(),
-        )
-        .await;
+    let remembered = call().await;
     assert_eq!(remembered.status, StatusCode::OK, "{}", remembered.body);
     app.clock.advance(RecentBindings::TRUST);
-    let stale = app
-        .mcp(Some(token), Some(&session), Some("2025-06-18"), call)
-        .await;
+    let stale = call().await;
     assert_eq!(stale.status, StatusCode::NOT_FOUND, "{}", stale.body);
 }
