@@ -34,11 +34,8 @@ use std::{
 use bytes::Bytes;
 use futures::{stream::BoxStream, FutureExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyDataStream, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rmcp::{
     model::ClientJsonRpcMessage,
     transport::streamable_http_client::{
@@ -52,6 +49,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    plain::Pool,
     text::{self, plain_str, Members},
     upstream::Shared,
 };
@@ -84,20 +82,25 @@ struct Seen {
     /// Parsed once: reqwest would parse a string on every call.
     url: reqwest013::Url,
     uri: http::Uri,
+    /// The URI's path and query, and its authority as `Host`: what an `http://`
+    /// upstream gets on the request line and in the header.
+    path: http::Uri,
+    host: HeaderValue,
     session: Arc<str>,
     /// Every header a message in the session carries: the configured ones,
     /// `MCP-Protocol-Version`, the session's id, and the content types.
     headers: HeaderMap,
 }
 
-/// How the direct path sends to an upstream. An `http://` upstream through hyper's
-/// pooled client: reqwest, which wraps it, parses the URL again, merges headers and
-/// wraps the body on every request, which `perf` showed as a sizeable share of the
-/// server's own time on this path. An `https://` upstream through the reqwest client
-/// rmcp's side uses, with its TLS set-up.
+/// How the direct path sends to an upstream. An `http://` upstream on connections
+/// the call drives itself (`super::plain`): reqwest, which wraps hyper's pooled
+/// client, parses the URL again, merges headers and wraps the body on every request,
+/// and that client runs each connection as a task of its own; `perf` showed both as
+/// a sizeable share of the server's own time on this path. An `https://` upstream
+/// through the reqwest client rmcp's side uses, with its TLS set-up.
 #[derive(Clone)]
 pub enum Sender {
-    Plain(Box<Client<HttpConnector, Full<Bytes>>>),
+    Plain(Arc<Pool>),
     Tls(reqwest013::Client),
 }
 
@@ -125,29 +128,23 @@ impl Sender {
         connector.set_keepalive_retries(Some(3));
         #[cfg(target_os = "linux")]
         connector.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-        Sender::Plain(Box::new(
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(idle_per_host)
-                .pool_idle_timeout(idle)
-                .pool_timer(TokioTimer::new())
-                .build(connector),
-        ))
+        Sender::Plain(Pool::new(connector, idle_per_host, idle))
     }
 
     async fn send(&self, seen: &Seen, body: Vec<u8>) -> Result<Reply, String> {
         let (status, headers, length, body) = match self {
-            Sender::Plain(client) => {
+            Sender::Plain(pool) => {
                 let mut request = http::Request::new(Full::new(Bytes::from(body)));
                 *request.method_mut() = http::Method::POST;
-                *request.uri_mut() = seen.uri.clone();
+                *request.uri_mut() = seen.path.clone();
                 *request.headers_mut() = seen.headers.clone();
-                let response = client.request(request).await.map_err(|e| causes(&e))?;
+                request
+                    .headers_mut()
+                    .insert(http::header::HOST, seen.host.clone());
+                let response = pool.send(&seen.uri, request).await?;
                 let (parts, body) = response.into_parts();
-                let length = http_body::Body::size_hint(&body).exact();
-                let body = BodyDataStream::new(body)
-                    .map(|chunk| chunk.map_err(std::io::Error::other))
-                    .boxed();
-                (parts.status, parts.headers, length, body)
+                let length = body.exact_len();
+                (parts.status, parts.headers, length, body.boxed())
             }
             Sender::Tls(client) => {
                 let response = client
@@ -186,7 +183,7 @@ impl Sender {
 
 /// An error and its causes, as one line ("client error (Connect): tcp connect error:
 /// Connection refused").
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -264,6 +261,13 @@ impl Leg {
         ) else {
             return;
         };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let (Ok(path), Some(Ok(host))) = (
+            http::Uri::try_from(path),
+            uri.authority().map(|a| HeaderValue::from_str(a.as_str())),
+        ) else {
+            return;
+        };
         let mut all = HeaderMap::with_capacity(headers.len() + 3);
         all.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         all.insert(
@@ -278,6 +282,8 @@ impl Leg {
         *seen = Some(Arc::new(Seen {
             url,
             uri,
+            path,
+            host,
             session: session.clone(),
             headers: all,
         }));
@@ -875,12 +881,18 @@ impl Drop for InFlight {
 
 /// Reads what is left of an answered SSE response, so that its connection goes back
 /// to the pool: dropped before its end, it would be closed, and the next call would
-/// open another. The end has usually arrived with the answer; else a task waits for
-/// it, for [`DRAIN`] at most and [`DRAINS`] at once per upstream session, so that an
-/// upstream that keeps its streams open cannot make a client's calls pile up
-/// connections (past that, the response is dropped and its connection closed).
+/// open another. The end has usually arrived with the answer. Else, on an `http://`
+/// upstream, the connection waits in its pool (`super::plain`) until its end is
+/// read; through reqwest, a task waits for it, for [`DRAIN`] at most and [`DRAINS`]
+/// at once per upstream session, so that an upstream that keeps its streams open
+/// cannot make a client's calls pile up connections (past that, the response is
+/// dropped and its connection closed).
 fn drain(leg: &Leg, mut events: Events) {
     if let Some(None) = events.next().now_or_never() {
+        return;
+    }
+    if let Sender::Plain(_) = leg.sender {
+        // Its pool reads the rest off when it next needs a connection.
         return;
     }
     let Ok(permit) = leg.drains.clone().try_acquire_owned() else {

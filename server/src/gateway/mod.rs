@@ -8,12 +8,15 @@
 //! - [`relay`]: the faithful relay between the two legs, on rmcp;
 //! - [`direct`]: an HTTP upstream's direct path for tool calls in live sessions,
 //!   around rmcp's session machinery;
+//! - [`plain`]: the direct path's connections to an `http://` upstream, driven by
+//!   the calls that use them;
 //! - [`text`]: JSON-RPC messages as text, for the direct path.
 //!
 //! The HTTP side (the bearer guard, Streamable HTTP) is `crate::http::mcp::gateway`.
 
 pub mod config;
 pub mod direct;
+pub mod plain;
 pub mod policy;
 pub mod relay;
 pub mod text;
