@@ -909,6 +909,19 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
         !String::from_utf8_lossy(&rest).contains("data:"),
         "{rest:?}"
     );
+    // The activity log has it as cancelled, not as an error.
+    app.state.audit.flush().await.expect("flush");
+    let held: Vec<String> = app
+        .state
+        .audit
+        .read(100, None)
+        .await
+        .expect("activity")
+        .into_iter()
+        .filter(|(_, event)| event.tool.as_deref() == Some("hold"))
+        .filter_map(|(_, event)| event.outcome)
+        .collect();
+    assert_eq!(held, ["cancelled"]);
     // A second cancellation of the same call goes nowhere: the relay takes it.
     let again = app
         .send(post(

@@ -349,12 +349,15 @@ async fn with_outcome(response: Response) -> Response {
 }
 
 /// Records a streamed tool call's activity event (through `record`) once its answer
-/// passes: an error if the answer is a JSON-RPC error or a result with `isError`, or
-/// if the stream ends, or the client leaves, before any answer.
+/// passes: an error if the answer is a JSON-RPC error or a result with `isError`;
+/// cancelled if the stream ends, or the client leaves, before any answer. Every
+/// failure on Gatehouse's or the upstream's side is an answer (a JSON-RPC error
+/// naming the upstream, say), so an answer that never came is the client's doing:
+/// its `notifications/cancelled` (after which it expects none), or its going away.
 fn watch_answer(response: Response, record: impl FnOnce(&str) + Send + 'static) -> Response {
     type Record = Box<dyn FnOnce(&str) + Send>;
     /// The event until it is recorded: by the answer, by the stream's end or the
-    /// client leaving (an error), or after [`ANSWER_WAIT`] (an error), whichever is
+    /// client leaving (cancelled), or after [`ANSWER_WAIT`] (an error), whichever is
     /// first. A client that stops reading (an HTTP/2 window left shut) cannot hold
     /// the event back longer than that.
     struct Pending {
@@ -372,7 +375,7 @@ fn watch_answer(response: Response, record: impl FnOnce(&str) + Send + 'static) 
     }
     impl Drop for Pending {
         fn drop(&mut self) {
-            self.finish("error");
+            self.finish("cancelled");
         }
     }
     let record: Arc<std::sync::Mutex<Option<Record>>> =
@@ -619,11 +622,22 @@ mod tests {
         tokio::time::advance(ANSWER_WAIT * 2).await;
         assert!(outcomes.try_recv().is_err(), "recorded once");
 
-        // The client leaves before the answer: an error.
+        // The client leaves before the answer: cancelled.
         let (record, outcomes) = recorder();
         let response = watch_answer(streamed(vec![format!("{progress}\n\n")]), record);
         drop(response);
-        assert_eq!(outcomes.try_recv().as_deref(), Ok("error"));
+        assert_eq!(outcomes.try_recv().as_deref(), Ok("cancelled"));
+
+        // The stream ends without an answer (the client cancelled the call): cancelled.
+        let (record, outcomes) = recorder();
+        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(
+            axum::body::Bytes::from(format!("{progress}\n\n")),
+        )]);
+        let response = watch_answer(Response::new(Body::from_stream(frames)), record);
+        let mut body = response.into_body().into_data_stream();
+        while body.next().await.is_some() {}
+        drop(body);
+        assert_eq!(outcomes.try_recv().as_deref(), Ok("cancelled"));
 
         // Nobody reads the stream: an error after ANSWER_WAIT, not never.
         let (record, outcomes) = recorder();
