@@ -9,18 +9,21 @@
 //! task that serves the client's request writes the call upstream and reads its
 //! answer itself: one task from the client's bytes to the upstream and back.
 //!
-//! What a pool must still do, it does here: connections are reused (last in, first
-//! out), one found closed when taken is dropped, a call that could not be written on
-//! a reused connection is sent again on a new one, idle connections expire, and there
-//! are never more than `max_idle` of them. A connection whose answer is still open
-//! when the call is done with it (an SSE stream the upstream has not ended yet) waits
-//! in the pool for [`DRAIN`] at most: it is taken again only once its end has come.
+//! What a pool must still do, it does here: idle connections are reused (last in,
+//! first out), one found closed when taken is dropped, a call that a reused
+//! connection never wrote is sent again on a new one (one it wrote never is), idle
+//! connections expire (swept every [`SWEEP`] even when nobody calls), and there are
+//! never more than `max_idle` of them. A connection whose answer is still open when
+//! the call is done with it (an SSE stream the upstream has not ended yet) waits for
+//! [`DRAIN`] at most, [`MAX_DRAINING`] of them at once: it turns idle once its end
+//! has come, and is closed if it does not. No pool work happens under its lock:
+//! entries are taken out, looked at, and put back.
 
 use std::{
     collections::VecDeque,
     future::Future,
     pin::{pin, Pin},
-    sync::{Arc, Mutex as StdMutex},
+    sync::{Arc, Mutex as StdMutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -42,55 +45,107 @@ type Io = TokioIo<TcpStream>;
 /// the pool; after that the connection is closed.
 pub const DRAIN: Duration = Duration::from_millis(250);
 
+/// How many such responses wait at once; past that, a response the call is done
+/// with before its end closes its connection. An upstream that never ends its
+/// streams costs a connection per call, as it did before the pool waited for them.
+const MAX_DRAINING: usize = 32;
+
+/// How many pieces of a waiting response are read in one look; an upstream that
+/// streams on and on is closed when its [`DRAIN`] is up, not read for ever.
+const DRAIN_PIECES: usize = 16;
+
+/// How many waiting responses one call looks at before it takes an idle connection.
+const LOOKS: usize = 4;
+
+/// How often expired connections are closed when nothing else happens.
+const SWEEP: Duration = Duration::from_secs(10);
+
 /// One connection: what sends on it, and what drives it.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     driver: Connection<Io, Full<Bytes>>,
+    /// The connection's future has completed: it is closed, whatever `sender` says.
+    ended: bool,
 }
 
 impl Conn {
     /// Drives the connection once; `false` when it has ended.
     fn poll_alive(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.driver).poll(cx).is_pending()
+        if !self.ended && Pin::new(&mut self.driver).poll(cx).is_ready() {
+            self.ended = true;
+        }
+        !self.ended
+    }
+
+    /// Whether it may take a call now, looked at without waking anyone: what is in
+    /// the socket already is read (a close, say), nothing is waited for.
+    fn idle(&mut self) -> bool {
+        let waker = futures::task::noop_waker();
+        self.poll_alive(&mut Context::from_waker(&waker)) && self.sender.is_ready()
     }
 }
 
-/// A connection in the pool: idle, or still reading off the end of an answer.
-struct Parked {
+/// A connection whose answer had not ended when the call was done with it.
+struct Draining {
     conn: Conn,
-    /// The rest of an answer that has not ended yet.
-    rest: Option<Incoming>,
+    rest: Incoming,
     since: Instant,
 }
 
-impl Parked {
-    /// Whether the connection can take a call now: it is open and what it was still
-    /// reading has ended. Polled without waking anyone: what is already in the
-    /// socket is read, nothing is waited for.
-    fn ready(&mut self) -> bool {
+/// What became of a draining connection when looked at.
+enum Drained {
+    /// Its answer has ended: an idle connection.
+    Idle(Conn),
+    /// Still reading; look again later.
+    Waiting(Draining),
+    /// Closed, broken, or out of time.
+    Gone,
+}
+
+impl Draining {
+    /// Reads what has arrived of the rest of the answer (at most [`DRAIN_PIECES`]
+    /// pieces), without waiting or waking anyone.
+    fn look(mut self, now: Instant) -> Drained {
+        if now.saturating_duration_since(self.since) > DRAIN {
+            return Drained::Gone;
+        }
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        loop {
+        for _ in 0..DRAIN_PIECES {
             if !self.conn.poll_alive(&mut cx) {
-                return false;
+                return Drained::Gone;
             }
-            let Some(rest) = &mut self.rest else {
-                return self.conn.sender.is_ready();
-            };
-            match Pin::new(&mut *rest).poll_frame(&mut cx) {
-                // Driven again, the connection reads on (or turns idle at the end).
+            match Pin::new(&mut self.rest).poll_frame(&mut cx) {
+                // Driven again, the connection reads on.
                 Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(None) => self.rest = None,
-                Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
+                Poll::Ready(None) => {
+                    // Driven once more, the connection turns idle.
+                    return if self.conn.idle() {
+                        Drained::Idle(self.conn)
+                    } else {
+                        Drained::Gone
+                    };
+                }
+                Poll::Ready(Some(Err(_))) => return Drained::Gone,
+                Poll::Pending => break,
             }
         }
+        Drained::Waiting(self)
     }
+}
+
+#[derive(Default)]
+struct Parked {
+    /// Oldest first; taken from the back.
+    idle: VecDeque<(Conn, Instant)>,
+    /// In the order they were parked or last looked at.
+    draining: VecDeque<Draining>,
 }
 
 /// Connections to one `http://` upstream.
 pub struct Pool {
     connector: HttpConnector,
-    parked: StdMutex<VecDeque<Parked>>,
+    parked: StdMutex<Parked>,
     max_idle: usize,
     idle: Duration,
 }
@@ -105,75 +160,107 @@ pub struct Body {
 }
 
 impl Pool {
+    /// A pool that keeps at most `max_idle` idle connections, each for `idle`; a
+    /// task (while the pool lives) closes expired ones every [`SWEEP`].
     pub fn new(connector: HttpConnector, max_idle: usize, idle: Duration) -> Arc<Self> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             connector,
-            parked: StdMutex::new(VecDeque::new()),
+            parked: StdMutex::default(),
             max_idle,
             idle,
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Parked>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used connection that can take a call. Those found closed
-    /// or expired on the way are dropped; a draining one that has not ended yet is
-    /// kept for later.
+    /// A connection that can take a call: one whose answer has ended since it was
+    /// parked (the oldest of those first, looking at no more than [`LOOKS`]), else
+    /// the most recently used idle one. Closed and expired ones met on the way are
+    /// dropped, outside the lock.
     fn take(&self) -> Option<Conn> {
         let now = Instant::now();
-        let mut parked = self.lock();
         let mut waiting = Vec::new();
         let mut found = None;
-        while let Some(mut entry) = parked.pop_back() {
-            let limit = if entry.rest.is_some() {
-                DRAIN
-            } else {
-                self.idle
-            };
-            if now.saturating_duration_since(entry.since) > limit {
-                continue;
-            }
-            if entry.ready() {
-                found = Some(entry.conn);
+        for _ in 0..LOOKS {
+            let Some(draining) = self.lock().draining.pop_front() else {
                 break;
-            }
-            if entry.rest.is_some() && !entry.conn.sender.is_closed() {
-                waiting.push(entry);
+            };
+            match draining.look(now) {
+                Drained::Idle(conn) => {
+                    found = Some(conn);
+                    break;
+                }
+                Drained::Waiting(draining) => waiting.push(draining),
+                Drained::Gone => {}
             }
         }
-        // Put back, in their order, the ones still draining.
-        parked.extend(waiting.into_iter().rev());
-        found
+        if !waiting.is_empty() {
+            self.lock().draining.extend(waiting);
+        }
+        if found.is_some() {
+            return found;
+        }
+        loop {
+            let (mut conn, since) = self.lock().idle.pop_back()?;
+            if now.saturating_duration_since(since) <= self.idle && conn.idle() {
+                return Some(conn);
+            }
+        }
     }
 
+    /// Puts a connection back: idle when `rest` is `None`, else to wait for the end
+    /// of that answer. One that has ended, or that there is no room for, is closed
+    /// (outside the lock).
     fn park(&self, conn: Conn, rest: Option<Incoming>) {
-        if conn.sender.is_closed() {
+        if conn.ended || conn.sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut parked = self.lock();
-        // The oldest first: they expire first, and a full pool drops them.
-        while let Some(oldest) = parked.front() {
-            let limit = if oldest.rest.is_some() {
-                DRAIN
-            } else {
-                self.idle
-            };
-            if parked.len() < self.max_idle && now.saturating_duration_since(oldest.since) <= limit
-            {
+        let closed = match rest {
+            None => {
+                let mut closed = self.expired(&mut parked, now);
+                if parked.idle.len() >= self.max_idle {
+                    closed.extend(parked.idle.pop_front().map(|(conn, _)| conn));
+                }
+                if self.max_idle > 0 {
+                    parked.idle.push_back((conn, now));
+                } else {
+                    closed.push(conn);
+                }
+                closed
+            }
+            Some(rest) if parked.draining.len() < MAX_DRAINING => {
+                parked.draining.push_back(Draining {
+                    conn,
+                    rest,
+                    since: now,
+                });
+                Vec::new()
+            }
+            Some(_) => vec![conn],
+        };
+        drop(parked);
+        drop(closed);
+    }
+
+    /// Takes the idle connections that have expired out of `parked` (the oldest
+    /// are at the front), for the caller to drop once it has let go of the lock.
+    fn expired(&self, parked: &mut Parked, now: Instant) -> Vec<Conn> {
+        let mut closed = Vec::new();
+        while let Some((_, since)) = parked.idle.front() {
+            if now.saturating_duration_since(*since) <= self.idle {
                 break;
             }
-            parked.pop_front();
+            closed.extend(parked.idle.pop_front().map(|(conn, _)| conn));
         }
-        if self.max_idle > 0 {
-            parked.push_back(Parked {
-                conn,
-                rest,
-                since: now,
-            });
-        }
+        closed
     }
 
     async fn connect(&self, uri: &http::Uri) -> Result<Conn, String> {
@@ -186,13 +273,17 @@ impl Pool {
         let (sender, driver) = http1::handshake(io)
             .await
             .map_err(|e| super::direct::causes(&e))?;
-        Ok(Conn { sender, driver })
+        Ok(Conn {
+            sender,
+            driver,
+            ended: false,
+        })
     }
 
     /// Sends `request` (origin-form URI, with its `Host`) to the upstream at `uri`,
     /// on a pooled connection when one is ready. A request that a reused connection
-    /// could not take (it closed meanwhile) is sent again on a new one; one it took
-    /// is not, as a call must not run twice.
+    /// never wrote (it closed meanwhile) is sent again on a new one; one it wrote is
+    /// not, as a call must not run twice.
     pub async fn send(
         self: &Arc<Self>,
         uri: &http::Uri,
@@ -203,10 +294,27 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.connect(uri).await?, false),
             };
-            let sending = conn.sender.try_send_request(request);
-            let sent = drive(&mut conn.driver, sending).await;
+            // The future does not borrow the sender: it outlives the connection.
+            let mut sending = pin!(conn.sender.try_send_request(request));
+            let sent = match drive(&mut conn, sending.as_mut()).await {
+                Ok(sent) => sent,
+                Err(ended) => {
+                    // Dropped, the connection hands back a request it never wrote.
+                    drop(conn);
+                    match sending.await {
+                        Ok(_) => return Err(ended),
+                        Err(mut e) => match e.take_message() {
+                            Some(again) if reused => {
+                                request = again;
+                                continue;
+                            }
+                            _ => return Err(ended),
+                        },
+                    }
+                }
+            };
             match sent {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     let pool = self.clone();
                     return Ok(response.map(|body| Body {
                         conn: Some(conn),
@@ -214,38 +322,54 @@ impl Pool {
                         pool,
                     }));
                 }
-                Ok(Err(mut e)) => match e.take_message() {
+                Err(mut e) => match e.take_message() {
                     Some(again) if reused => request = again,
                     _ => return Err(super::direct::causes(e.error())),
                 },
-                Err(e) => return Err(e),
             }
         }
     }
 }
 
-/// Polls `future` while driving the connection it needs, on the caller's task.
-async fn drive<F: Future>(
-    driver: &mut Connection<Io, Full<Bytes>>,
-    future: F,
-) -> Result<F::Output, String> {
-    let mut future = pin!(future);
+/// Closes expired connections every [`SWEEP`] while the pool lives.
+async fn sweep(pool: Weak<Pool>) {
+    let mut every = tokio::time::interval(SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = Instant::now();
+        let mut parked = pool.lock();
+        let closed = pool.expired(&mut parked, now);
+        let (old, young): (Vec<_>, Vec<_>) = parked
+            .draining
+            .drain(..)
+            .partition(|d| now.saturating_duration_since(d.since) > DRAIN);
+        parked.draining.extend(young);
+        drop(parked);
+        drop((closed, old));
+    }
+}
+
+/// Polls `future` while driving the connection it needs, on the caller's task; an
+/// error (hyper's, if it has one) when the connection ends before the future does.
+async fn drive<F: Future + Unpin>(conn: &mut Conn, mut future: F) -> Result<F::Output, String> {
     let mut ended: Option<Result<(), hyper::Error>> = None;
     std::future::poll_fn(|cx| {
-        if ended.is_none() {
-            if let Poll::Ready(result) = Pin::new(&mut *driver).poll(cx) {
+        if !conn.ended {
+            if let Poll::Ready(result) = Pin::new(&mut conn.driver).poll(cx) {
+                conn.ended = true;
                 ended = Some(result);
             }
         }
-        match future.as_mut().poll(cx) {
+        match Pin::new(&mut future).poll(cx) {
             Poll::Ready(output) => Poll::Ready(Ok(output)),
-            Poll::Pending => match ended.take() {
-                // The connection is gone and took the answer with it: hyper's
-                // own error says why, if it has one.
-                Some(Err(e)) => Poll::Ready(Err(super::direct::causes(&e))),
-                Some(Ok(())) => Poll::Ready(Err("the connection closed".into())),
-                None => Poll::Pending,
-            },
+            Poll::Pending if conn.ended => Poll::Ready(Err(match ended.take() {
+                Some(Err(e)) => super::direct::causes(&e),
+                _ => "the connection closed".to_owned(),
+            })),
+            Poll::Pending => Poll::Pending,
         }
     })
     .await
@@ -268,10 +392,8 @@ impl futures::Stream for Body {
         };
         loop {
             if let Some(conn) = &mut this.conn {
-                if !conn.poll_alive(cx) {
-                    // Ended: the body says how (its end, or an error).
-                    this.conn = None;
-                }
+                // Ended, it stays until the body says how (its end, or an error).
+                conn.poll_alive(cx);
             }
             match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -284,6 +406,7 @@ impl futures::Stream for Body {
                     return Poll::Ready(Some(Err(std::io::Error::other(e))));
                 }
                 Poll::Ready(None) => {
+                    this.body = None;
                     if let Some(mut conn) = this.conn.take() {
                         // Driven once more, the connection turns idle.
                         if conn.poll_alive(cx) {
@@ -303,8 +426,7 @@ impl Drop for Body {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        // Whether ended or not, the pool has it: an answer still open is read off
-        // there, and the connection is reused once it has ended.
+        // An answer still open waits in the pool for its end.
         let rest = self.body.take().filter(|body| !body.is_end_stream());
         self.pool.park(conn, rest);
     }
@@ -333,6 +455,8 @@ mod tests {
         /// A chunked answer whose end follows after the given milliseconds (never,
         /// for `None`).
         EndLater(Option<u64>),
+        /// A chunked answer that goes on with a one-byte piece every millisecond.
+        Endless,
     }
 
     /// An upstream that answers as `answer` says, counting its connections.
@@ -391,6 +515,16 @@ mod tests {
                                 if stream.write_all(b"0\r\n\r\n").await.is_err() {
                                     return;
                                 }
+                            }
+                            Answer::Endless => {
+                                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+                                if stream.write_all(head).await.is_err() {
+                                    return;
+                                }
+                                while stream.write_all(b"1\r\na\r\n").await.is_ok() {
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
+                                return;
                             }
                         }
                     }
@@ -481,7 +615,43 @@ mod tests {
         let (_, body) = first_piece(&pool, &uri).await;
         drop(body);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        // Neither held: the expired one was dropped when the pool was next used.
-        assert!(pool.lock().len() <= 1);
+        // Only the second is held: the expired one was closed when the pool was next
+        // used.
+        let parked = pool.lock();
+        assert_eq!((parked.idle.len(), parked.draining.len()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_streams_on_and_on_is_read_a_little_then_closed() {
+        let (uri, accepted) = upstream(Answer::Endless).await;
+        let pool = pool();
+        let calls = async {
+            let (_, body) = first_piece(&pool, &uri).await;
+            drop(body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Never ends: each look reads a little of it and moves on.
+            let (_, body) = first_piece(&pool, &uri).await;
+            drop(body);
+            tokio::time::sleep(DRAIN + Duration::from_millis(50)).await;
+            let (_, body) = first_piece(&pool, &uri).await;
+            drop(body);
+        };
+        tokio::time::timeout(Duration::from_secs(5), calls)
+            .await
+            .expect("no call waits on another's stream");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Both out of time were closed; only the last waits.
+        assert_eq!(pool.lock().draining.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_when_they_expire_though_nobody_calls() {
+        let (uri, _) = upstream(Answer::Whole).await;
+        let pool = Pool::new(HttpConnector::new(), 8, Duration::from_secs(1));
+        let (_, mut body) = first_piece(&pool, &uri).await;
+        assert!(body.next().await.is_none());
+        assert_eq!(pool.lock().idle.len(), 1);
+        tokio::time::sleep(SWEEP * 2 + Duration::from_secs(1)).await;
+        assert_eq!(pool.lock().idle.len(), 0);
     }
 }
