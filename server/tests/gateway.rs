@@ -97,6 +97,22 @@ fn text(answer: &Answer) -> String {
         .to_owned()
 }
 
+/// Every tool call in the activity log, as (tool, outcome), sorted.
+async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
+    app.state.audit.flush().await.expect("flush");
+    let mut outcomes: Vec<(String, String)> = app
+        .state
+        .audit
+        .read(100, None)
+        .await
+        .expect("activity")
+        .into_iter()
+        .filter_map(|(_, event)| Some((event.tool?, event.outcome?)))
+        .collect();
+    outcomes.sort();
+    outcomes
+}
+
 #[tokio::test]
 async fn a_stdio_server_is_guarded_with_per_tool_scopes() {
     let app = gateway_app();
@@ -326,17 +342,7 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
 
     // The activity log has each call's outcome, read from the relayed answers: the
     // errors as errors, though each came back as 200.
-    app.state.audit.flush().await.expect("flush");
-    let mut outcomes: Vec<(String, String)> = app
-        .state
-        .audit
-        .read(100, None)
-        .await
-        .expect("activity")
-        .into_iter()
-        .filter_map(|(_, event)| Some((event.tool?, event.outcome?)))
-        .collect();
-    outcomes.sort();
+    let outcomes = tool_outcomes(&app).await;
     let expected = [
         ("crash", "error"),
         ("echo", "error"),
@@ -910,16 +916,11 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
         "{rest:?}"
     );
     // The activity log has it as cancelled, not as an error.
-    app.state.audit.flush().await.expect("flush");
-    let held: Vec<String> = app
-        .state
-        .audit
-        .read(100, None)
+    let held: Vec<String> = tool_outcomes(&app)
         .await
-        .expect("activity")
         .into_iter()
-        .filter(|(_, event)| event.tool.as_deref() == Some("hold"))
-        .filter_map(|(_, event)| event.outcome)
+        .filter(|(tool, _)| tool == "hold")
+        .map(|(_, outcome)| outcome)
         .collect();
     assert_eq!(held, ["cancelled"]);
     // A second cancellation of the same call goes nowhere: the relay takes it.

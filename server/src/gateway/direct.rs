@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    plain::Pool,
+    plain::{Pool, DRAIN},
     text::{self, plain_str, Members},
     upstream::Shared,
 };
@@ -66,9 +66,9 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// proxies do not close it while, say, a person reads an elicitation form.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// How long the rest of an answered SSE response may take to end (see [`drain`]),
-/// and how many such responses of one upstream session are read off at once.
-const DRAIN: Duration = Duration::from_millis(250);
+/// How many answered SSE responses of one upstream session are read off at once
+/// through reqwest (see [`drain`]); each for [`DRAIN`] at most, as in an `http://`
+/// upstream's pool.
 const DRAINS: usize = 16;
 
 /// Ids (and progress tokens) Gatehouse gives on the upstream leg, and to the requests
@@ -82,13 +82,12 @@ struct Seen {
     /// Parsed once: reqwest would parse a string on every call.
     url: reqwest013::Url,
     uri: http::Uri,
-    /// The URI's path and query, and its authority as `Host`: what an `http://`
-    /// upstream gets on the request line and in the header.
+    /// The URI's path and query: what an `http://` upstream gets on the request line.
     path: http::Uri,
-    host: HeaderValue,
     session: Arc<str>,
     /// Every header a message in the session carries: the configured ones,
-    /// `MCP-Protocol-Version`, the session's id, and the content types.
+    /// `MCP-Protocol-Version`, the session's id, the content types, and for an
+    /// `http://` upstream `Host` (reqwest writes its own).
     headers: HeaderMap,
 }
 
@@ -138,9 +137,6 @@ impl Sender {
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = seen.path.clone();
                 *request.headers_mut() = seen.headers.clone();
-                request
-                    .headers_mut()
-                    .insert(http::header::HOST, seen.host.clone());
                 let response = pool.send(&seen.uri, request).await?;
                 let (parts, body) = response.into_parts();
                 let length = body.exact_len();
@@ -279,11 +275,13 @@ impl Leg {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         all.insert(SESSION_ID.clone(), id);
+        if let Sender::Plain(_) = self.sender {
+            all.insert(http::header::HOST, host);
+        }
         *seen = Some(Arc::new(Seen {
             url,
             uri,
             path,
-            host,
             session: session.clone(),
             headers: all,
         }));

@@ -301,15 +301,12 @@ impl Pool {
                 Err(ended) => {
                     // Dropped, the connection hands back a request it never wrote.
                     drop(conn);
-                    match sending.await {
-                        Ok(_) => return Err(ended),
-                        Err(mut e) => match e.take_message() {
-                            Some(again) if reused => {
-                                request = again;
-                                continue;
-                            }
-                            _ => return Err(ended),
-                        },
+                    match sending.await.err().and_then(|mut e| e.take_message()) {
+                        Some(again) if reused => {
+                            request = again;
+                            continue;
+                        }
+                        _ => return Err(ended),
                     }
                 }
             };
