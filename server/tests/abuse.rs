@@ -290,6 +290,51 @@ async fn a_client_that_sends_half_a_request_line_is_disconnected() {
     assert!(waited < Duration::from_secs(2), "{waited:?}");
 }
 
+/// A POST refused before its body arrives (a client's first, tokenless `initialize`)
+/// says that its connection closes. Hyper closes a connection whose request body it
+/// did not read; a client that did not know would send its next request on it and
+/// see the server hang up without an answer (the Python SDK did, once, in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_refused_before_its_body_is_read_says_the_connection_closes() {
+    let addr = serve_with(listener::Limits {
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 100,
+    })
+    .await;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let head = |token: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: gate.example.com\r\n{token}\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut answers = Vec::new();
+        for token in ["", "Authorization: Bearer not-one-of-ours\r\n"] {
+            let mut client = TcpStream::connect(addr).expect("connect");
+            client.write_all(head(token).as_bytes()).expect("head");
+            // The body comes later, in a segment of its own, as httpx sends it.
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = client.write_all(body.as_bytes());
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut answer = Vec::new();
+            let _ = client.read_to_end(&mut answer);
+            answers.push(String::from_utf8_lossy(&answer).to_lowercase());
+        }
+        answers
+    })
+    .await
+    .expect("join");
+    for answer in &answers {
+        assert!(answer.starts_with("http/1.1 401"), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_for_a_free_place() {
     let addr = serve_with(listener::Limits {

@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     body::Body,
     extract::Request,
-    http::{header, HeaderMap, HeaderName, Method, StatusCode},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
@@ -41,7 +41,7 @@ use crate::{
     mcp::{call::Message, Access, Need},
     net::content_type_is,
     oauth::AuthServer,
-    resource::ResourceUri,
+    resource::{Resource, ResourceUri},
     store::{Key, StoreError},
 };
 
@@ -64,36 +64,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Request) -> Response {
     let public_url = state.config.public_url.as_str();
     let resource = endpoint.resource();
-    match state.hosts.check(request.uri(), request.headers()) {
-        Ok(()) => {}
-        Err(Refusal::MalformedHost) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
-                "the Host header is invalid",
-            )
-        }
-        Err(Refusal::HostNotAllowed) => {
-            tracing::warn!("refused an MCP request for a Host that is not ours");
-            return rpc_error(
-                StatusCode::FORBIDDEN,
-                code::INVALID_REQUEST,
-                "this Host is not served here; add it with --allowed-host",
-            );
-        }
-        Err(Refusal::OriginNotAllowed) => {
-            return rpc_error(
-                StatusCode::FORBIDDEN,
-                code::INVALID_REQUEST,
-                "this Origin may not call the MCP endpoint",
-            )
-        }
-    }
-    let Some(token) = bearer(request.headers()) else {
-        return unauthorized(public_url, resource, None);
-    };
-    let Some(token_key) = AuthServer::access_token_key(token) else {
-        return unauthorized(public_url, resource, Some(INVALID_TOKEN));
+    let token_key = match admit(&state, resource, &request) {
+        Ok(key) => key,
+        Err(refusal) => return unread_body(*refusal, &request),
     };
 
     // A POST's body is read before the token is looked up, so that what the endpoint
@@ -104,11 +77,13 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
             Err(_) => {
-                return rpc_error(
+                // The rest of the body stays unread: the connection ends with the answer.
+                let refusal = rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     code::INVALID_REQUEST,
                     "the request body is too large",
-                )
+                );
+                return closes(refusal, parts.version);
             }
         }
     } else {
@@ -304,6 +279,72 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         None => response,
     };
     watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// Steps 1 and 2, before the body is read: the hash of the bearer token, or the
+/// refusal.
+fn admit(state: &AppState, resource: &Resource, request: &Request) -> Result<Key, Box<Response>> {
+    let public_url = state.config.public_url.as_str();
+    match state.hosts.check(request.uri(), request.headers()) {
+        Ok(()) => {}
+        Err(Refusal::MalformedHost) => {
+            return Err(Box::new(rpc_error(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "the Host header is invalid",
+            )))
+        }
+        Err(Refusal::HostNotAllowed) => {
+            tracing::warn!("refused an MCP request for a Host that is not ours");
+            return Err(Box::new(rpc_error(
+                StatusCode::FORBIDDEN,
+                code::INVALID_REQUEST,
+                "this Host is not served here; add it with --allowed-host",
+            )));
+        }
+        Err(Refusal::OriginNotAllowed) => {
+            return Err(Box::new(rpc_error(
+                StatusCode::FORBIDDEN,
+                code::INVALID_REQUEST,
+                "this Origin may not call the MCP endpoint",
+            )))
+        }
+    }
+    let Some(token) = bearer(request.headers()) else {
+        return Err(Box::new(unauthorized(public_url, resource, None)));
+    };
+    AuthServer::access_token_key(token)
+        .ok_or_else(|| Box::new(unauthorized(public_url, resource, Some(INVALID_TOKEN))))
+}
+
+/// A refusal sent before the request's body was read, over HTTP/1.1, says that the
+/// connection closes. Hyper cannot reuse a connection whose request body it did not
+/// read (it reads off only what has already arrived), so it closes it after the
+/// answer; without the header a client may send its next request on it first and see
+/// the server hang up without answering. Clients send a request right after the
+/// 401 to their first, tokenless `initialize` (the Python SDK's test failed once in
+/// CI with httpx's "Server disconnected without sending a response" there).
+fn unread_body(refusal: Response, request: &Request) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        closes(refusal, request.version())
+    } else {
+        refusal
+    }
+}
+
+/// `response` with `Connection: close`, over HTTP/1 (HTTP/2 has no such header).
+fn closes(mut response: Response, version: Version) -> Response {
+    if version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// What an endpoint knows of a tool call's outcome beyond the HTTP status (a tool
