@@ -22,6 +22,7 @@
 //! shared machines is larger than the differences measured, reaches them alike.
 
 mod ceiling;
+mod cores;
 mod proxy;
 mod upstream;
 
@@ -304,6 +305,7 @@ async fn run() -> Result {
         .await?,
         upstream: upstream_pid,
         proxy: Some(proxy.child.id()),
+        cores: cores::Cores::two(),
     };
     let config = gateway_config(&data, &upstream_url)?;
     let stores = if opts.gateway_only {
@@ -467,24 +469,35 @@ struct Yardsticks {
     one: Sessions,
     upstream: Option<u32>,
     proxy: Option<u32>,
+    /// Where the rows with Gatehouse on a core of its own put each process.
+    cores: Option<cores::Cores>,
 }
 
-/// The loads of one store's run that alternate in slices: at full concurrency, the
-/// upstream called directly, through the bare proxy and through the gateway; and
-/// with one session, the upstream called directly and through the gateway.
-struct Paired {
+/// The three loads at full concurrency that alternate in slices: the upstream
+/// called directly, through the bare proxy and through the gateway.
+struct Trio {
     direct: Load,
     proxied: Load,
     gateway: Load,
+}
+
+/// The loads of one store's run that alternate in slices: the [`Trio`] with every
+/// process on every core, and again with Gatehouse (or the proxy) on a core of its
+/// own (see `cores`); and with one session, the upstream called directly and through
+/// the gateway.
+struct Paired {
+    shared: Trio,
+    /// `None` on a machine with one core, or without `taskset`.
+    own_core: Option<Trio>,
     direct_one: Load,
     gateway_one: Load,
 }
 
 impl Yardsticks {
     /// `gateway` and the two yardsticks in turn, [`ROUNDS`] times, for `duration`
-    /// each in all.
-    /// each in all; then `one` (a single gateway session) and the direct single
-    /// session likewise, for half of `duration` each.
+    /// each in all, with every process on every core and then with Gatehouse and the
+    /// proxy on a core of their own; then `one` (a single gateway session) and the
+    /// direct single session likewise, for half of `duration` each.
     async fn paired(
         &mut self,
         gateway: &mut Sessions,
@@ -493,6 +506,49 @@ impl Yardsticks {
         duration: Duration,
     ) -> Paired {
         let slice = duration / ROUNDS;
+        let shared = self.trio(gateway, gatehouse, slice).await;
+        // Taken while the trio runs, which borrows all of `self`.
+        let own_core = match self.cores.take() {
+            Some(cores) => {
+                let clients: Vec<u32> = [Some(std::process::id()), self.upstream]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let relays: Vec<u32> = [Some(gatehouse), self.proxy]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let trio = if cores.split(&clients, &relays) {
+                    let trio = self.trio(gateway, gatehouse, slice).await;
+                    cores.unpin(&[clients, relays].concat());
+                    Some(trio)
+                } else {
+                    None
+                };
+                self.cores = Some(cores);
+                trio
+            }
+            None => None,
+        };
+        let (mut direct_one, mut through_one) = (Tally::default(), Tally::default());
+        for _ in 0..ROUNDS {
+            direct_one
+                .run(&mut self.one, slice / 2, self.upstream, None)
+                .await;
+            through_one
+                .run(one, slice / 2, self.upstream, Some(gatehouse))
+                .await;
+        }
+        Paired {
+            shared,
+            own_core,
+            direct_one: direct_one.load(),
+            gateway_one: through_one.load(),
+        }
+    }
+
+    /// The [`Trio`]: each load [`ROUNDS`] times for `slice`, in turn.
+    async fn trio(&mut self, gateway: &mut Sessions, gatehouse: u32, slice: Duration) -> Trio {
         let (mut direct, mut proxied, mut through) =
             (Tally::default(), Tally::default(), Tally::default());
         for _ in 0..ROUNDS {
@@ -506,21 +562,10 @@ impl Yardsticks {
                 .run(gateway, slice, self.upstream, Some(gatehouse))
                 .await;
         }
-        let (mut direct_one, mut through_one) = (Tally::default(), Tally::default());
-        for _ in 0..ROUNDS {
-            direct_one
-                .run(&mut self.one, slice / 2, self.upstream, None)
-                .await;
-            through_one
-                .run(one, slice / 2, self.upstream, Some(gatehouse))
-                .await;
-        }
-        Paired {
+        Trio {
             direct: direct.load(),
             proxied: proxied.load(),
             gateway: through.load(),
-            direct_one: direct_one.load(),
-            gateway_one: through_one.load(),
         }
     }
 }
@@ -562,29 +607,37 @@ fn print_gateway_table(runs: &[StoreRun]) {
         let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
         let store = run.store;
         let paired = &run.gatehouse.gateway_http;
-        line(
-            &format!("upstream called directly (rmcp, Streamable HTTP), alternating with {store}"),
-            CONCURRENCY,
-            &paired.direct,
-            Some(&paired.direct),
-            None,
+        let trios = std::iter::once((&paired.shared, "")).chain(
+            paired
+                .own_core
+                .as_ref()
+                .map(|trio| (trio, ", Gatehouse (or the proxy) on a core of its own")),
         );
-        line(
-            &format!(
-                "bare proxy → HTTP upstream (hyper, no auth, no parsing), alternating with {store}"
-            ),
-            CONCURRENCY,
-            &paired.proxied,
-            Some(&paired.direct),
-            None,
-        );
-        line(
-            &format!("gateway → HTTP upstream, {store}"),
-            CONCURRENCY,
-            &paired.gateway,
-            Some(&paired.direct),
-            ceiling,
-        );
+        for (trio, cores) in trios {
+            line(
+                &format!("upstream called directly (rmcp, Streamable HTTP), alternating with {store}{cores}"),
+                CONCURRENCY,
+                &trio.direct,
+                Some(&trio.direct),
+                None,
+            );
+            line(
+                &format!(
+                    "bare proxy → HTTP upstream (hyper, no auth, no parsing), alternating with {store}{cores}"
+                ),
+                CONCURRENCY,
+                &trio.proxied,
+                Some(&trio.direct),
+                None,
+            );
+            line(
+                &format!("gateway → HTTP upstream, {store}{cores}"),
+                CONCURRENCY,
+                &trio.gateway,
+                Some(&trio.direct),
+                ceiling.filter(|_| cores.is_empty()),
+            );
+        }
     }
     for run in runs {
         let ceiling = Some(run.ceiling.tools.rate()).filter(|rate| *rate > 0.0);
