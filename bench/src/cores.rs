@@ -5,9 +5,10 @@
 //! Why: on a 2-core machine every process of a gateway row shares both cores, so
 //! throughput there measures CPU per call summed over the three processes, and the
 //! relay's CPU comes straight off the upstream's. Even a bare hyper proxy, doing
-//! nothing of its own, stays near 70% of the upstream called directly that way. A
-//! gateway deployed in front of a server has cores the server does not use; these rows
-//! show what it costs then.
+//! nothing of its own, got 54–73% of the upstream called directly that way (runs of
+//! 2026-12-03 and -04). A gateway deployed in front of a server has cores the server
+//! does not use; these rows show what it costs then. Redis, when the store is Redis,
+//! is a process of its own and stays on every core.
 //!
 //! Through `taskset` (util-linux, on every Linux machine), which sets every thread of
 //! a running process at once; threads started later inherit it.
@@ -53,10 +54,15 @@ impl Cores {
         pinned
     }
 
-    /// `pids` back on every core.
+    /// `pids` back on every core; a warning when one stays pinned (the rows after
+    /// it would not run as they say).
     pub fn unpin(&self, pids: &[u32]) {
         for &pid in pids {
-            pin(pid, &self.all);
+            if !pin(pid, &self.all) {
+                eprintln!(
+                    "warning: process {pid} is still on one core; the rows after this one are not comparable"
+                );
+            }
         }
     }
 }

@@ -77,13 +77,12 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
             Err(_) => {
-                // The rest of the body stays unread: the connection ends with the answer.
-                let refusal = rpc_error(
+                // With `Connection: close` (see `http::router`): the rest is unread.
+                return rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     code::INVALID_REQUEST,
                     "the request body is too large",
                 );
-                return closes(refusal, parts.version);
             }
         }
     } else {
@@ -324,27 +323,19 @@ fn admit(state: &AppState, resource: &Resource, request: &Request) -> Result<Key
 /// the server hang up without answering. Clients send a request right after the
 /// 401 to their first, tokenless `initialize` (the Python SDK's test failed once in
 /// CI with httpx's "Server disconnected without sending a response" there).
-fn unread_body(refusal: Response, request: &Request) -> Response {
+fn unread_body(mut refusal: Response, request: &Request) -> Response {
     let headers = request.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
-    if has_body {
-        closes(refusal, request.version())
-    } else {
+    // HTTP/2 has no such header: a stream ends on its own.
+    if has_body && request.version() <= Version::HTTP_11 {
         refusal
-    }
-}
-
-/// `response` with `Connection: close`, over HTTP/1 (HTTP/2 has no such header).
-fn closes(mut response: Response, version: Version) -> Response {
-    if version <= Version::HTTP_11 {
-        response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    refusal
 }
 
 /// What an endpoint knows of a tool call's outcome beyond the HTTP status (a tool
