@@ -11,7 +11,6 @@
 //! written at most once a minute, into the grant's group (so revoking removes them).
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -25,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::{
     clock::Clock,
     store::{decode, encode, Group, Key, Kind, Put, SharedStore, StoreResult},
-    telemetry,
+    telemetry::{self, FastHash, FastMap},
 };
 
 /// The store log the activity goes to.
@@ -233,7 +232,7 @@ struct Pending {
 /// The tools that are metric labels, by resource (looked up without allocating).
 #[derive(Default)]
 struct ToolLabels {
-    by_resource: HashMap<String, std::collections::HashSet<String>>,
+    by_resource: FastMap<String, std::collections::HashSet<String, FastHash>>,
     count: usize,
 }
 
@@ -251,7 +250,7 @@ pub struct Audit {
     store: SharedStore,
     clock: Clock,
     dropped: AtomicU64,
-    usage: Mutex<HashMap<Group, Pending>>,
+    usage: Mutex<FastMap<Group, Pending>>,
     /// The tool labels the metrics have taken so far.
     tool_labels: Mutex<ToolLabels>,
     metrics: ToolMetrics,
@@ -510,7 +509,7 @@ fn coalesce(batch: Vec<Event>) -> Vec<Event> {
         Option<String>,
     );
     let mut kept: Vec<Event> = Vec::with_capacity(batch.len());
-    let mut first: HashMap<Alike, usize> = HashMap::new();
+    let mut first: FastMap<Alike, usize> = FastMap::default();
     for event in batch {
         if event.kind != Some(EventKind::ToolCall) {
             kept.push(event);

@@ -7,7 +7,6 @@
 //! [`upkeep`] folds them every few seconds whether or not anyone reads `/metrics`.
 
 use std::{
-    collections::HashMap,
     hash::BuildHasher,
     sync::{OnceLock, RwLock},
     time::{Duration, Instant},
@@ -56,15 +55,24 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The hasher of the maps that each request looks into several times: metric
+/// handles, the activity log's labels, usage and batches, recent session bindings.
+/// foldhash, seeded at random per process: std's SipHash cost about a twentieth of
+/// the server's instructions per `/mcp` call (callgrind, 2026-12-04), on keys that
+/// are few and short. What goes into these maps is server-chosen or bounded (label
+/// sets, grant and session ids of ours), never a stream of a caller's choosing.
+pub type FastHash = foldhash::fast::RandomState;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
+
 /// Metric handles by their label values, each looked up in the recorder once. A
 /// `counter!` or `histogram!` with labels builds a key of owned strings, hashes it
 /// and searches the registry every time, which several times per request added up
 /// on the hot paths. At most [`Handles::MAX`] label sets are kept; past that, lookups
 /// go to the recorder as before. Label sets must be few anyway (they are series).
 pub struct Handles<H> {
-    hasher: std::hash::RandomState,
+    hasher: FastHash,
     /// By the labels' hash: the labels themselves and their handle.
-    map: RwLock<HashMap<u64, Vec<Labelled<H>>>>,
+    map: RwLock<FastMap<u64, Vec<Labelled<H>>>>,
     len: std::sync::atomic::AtomicUsize,
 }
 
@@ -78,7 +86,7 @@ impl<H: Clone> Handles<H> {
         // Handles made before the recorder is installed would record nowhere.
         handle();
         Handles {
-            hasher: std::hash::RandomState::new(),
+            hasher: FastHash::default(),
             map: RwLock::default(),
             len: Default::default(),
         }

@@ -83,6 +83,8 @@ pub struct AuthServer {
     settings: OAuthSettings,
     fetcher: DocumentFetcher,
     documents: std::sync::Mutex<metadata_document::DocumentCache>,
+    /// Access-token records as the guard last decoded them.
+    decoded: bearer::DecodedTokens,
     clock: Clock,
 }
 
@@ -97,6 +99,7 @@ impl AuthServer {
     ) -> Result<Arc<Self>, String> {
         let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata)?;
         Ok(Arc::new(AuthServer {
+            decoded: bearer::DecodedTokens::default(),
             documents: std::sync::Mutex::new(metadata_document::DocumentCache::new(
                 settings.max_cached_documents,
             )),

@@ -58,13 +58,25 @@ pub struct Key(String);
 impl Key {
     /// A key outside any group.
     pub fn new(kind: Kind, id: &str) -> Self {
-        Key(format!("{}:{id}", kind.0))
+        Key::of(&[kind.0, ":", id])
     }
 
     /// A key that belongs to `group`; put it with [`Put::in_group`] so that
     /// [`Store::delete_group`] removes it.
     pub fn in_group(kind: Kind, group: &Group, id: &str) -> Self {
-        Key(format!("{}:{{{}}}:{id}", kind.0, group.0))
+        Key::of(&[kind.0, ":{", &group.0, "}:", id])
+    }
+
+    /// The parts joined, in one allocation. Keys are built several times per
+    /// request (the token's, a session binding's, a record the call reads), and
+    /// `format!`'s machinery cost several times the copying (callgrind of the
+    /// `/mcp` load, 2026-12-04).
+    fn of(parts: &[&str]) -> Self {
+        let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            key.push_str(part);
+        }
+        Key(key)
     }
 
     /// Rebuilds a key read back from [`Store::scan`] or an export.
@@ -271,5 +283,20 @@ impl Entry {
             ttl: self.ttl,
             group: self.group.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_shape_and_give_their_group_back() {
+        assert_eq!(Key::new(Kind::CLIENT, "abc").as_str(), "client:abc");
+        let group = Group::parse("g-1_x").expect("group");
+        let key = Key::in_group(Kind::ACCESS, &group, "h4sh");
+        assert_eq!(key.as_str(), format!("{}:{{g-1_x}}:h4sh", Kind::ACCESS.0));
+        assert_eq!(key.group(), Some(group));
+        assert_eq!(Key::new(Kind::CLIENT, "abc").group(), None);
     }
 }

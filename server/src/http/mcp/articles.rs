@@ -226,12 +226,13 @@ impl Endpoint for ArticleEndpoint {
         } = request;
         if let Some(call) = prepared {
             let prefetched = read_ahead.map(|(key, value)| Prefetched { key, value });
-            if let Some(answer) = self.answer_directly(call, access.scopes, prefetched).await {
+            let granted = access.scopes.clone();
+            if let Some(answer) = self.answer_directly(call, granted, prefetched).await {
                 return answer;
             }
         }
         self.transport
-            .handle(rebuild(parts, body))
+            .handle(rebuild(parts, body, access))
             .await
             .map(Body::new)
     }

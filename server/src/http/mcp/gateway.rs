@@ -183,7 +183,12 @@ impl GatewayEndpoint {
 
     /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
     async fn directly(&self, direct: Direct, parts: &Parts) -> Option<Response> {
-        let (session, revision) = direct_session(&parts.headers)?;
+        // `Direct::read` checked the headers with `direct_session`.
+        let session = session_id(&parts.headers)?;
+        let revision = parts
+            .headers
+            .get(&super::PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok());
         let upstream = self.upstream_of(session, revision).await?;
         let leg = upstream.leg.as_ref()?;
         match direct {
@@ -341,6 +346,7 @@ impl Endpoint for GatewayEndpoint {
         let Guarded {
             mut parts,
             body,
+            access,
             prepared,
             ..
         } = request;
@@ -365,7 +371,7 @@ impl Endpoint for GatewayEndpoint {
         };
         let mut response = self
             .transport
-            .handle(rebuild(parts, body))
+            .handle(rebuild(parts, body, access))
             .await
             .map(Body::new);
         if let Some(slot) = slot {

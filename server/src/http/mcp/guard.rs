@@ -40,7 +40,7 @@ use crate::{
     http::AppState,
     mcp::{call::Message, Access, Need},
     net::content_type_is,
-    oauth::AuthServer,
+    oauth::{records::AccessToken, AuthServer},
     resource::{Resource, ResourceUri},
     store::{Key, StoreError},
 };
@@ -195,8 +195,6 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         }
     }
 
-    let mut parts = parts;
-    parts.extensions.insert(access.clone());
     let client_id = access.client_id.clone();
     let deleting = parts.method == Method::DELETE;
     let grant = token_key.group();
@@ -553,8 +551,15 @@ fn watch_stream(
     Response::from_parts(parts, Body::from_stream(watched))
 }
 
-/// A request's body, for endpoints that hand the request on.
-pub fn rebuild(parts: axum::http::request::Parts, body: GuardedBody) -> Request<Body> {
+/// The request again, for endpoints that hand it on (to rmcp), with the token that
+/// passed in its extensions for the handlers behind. Only then: an answer the
+/// endpoint makes itself needs no copy of it there.
+pub fn rebuild(
+    mut parts: axum::http::request::Parts,
+    body: GuardedBody,
+    access: AccessToken,
+) -> Request<Body> {
+    parts.extensions.insert(access);
     Request::from_parts(parts, body.into_body())
 }
 

@@ -3,7 +3,6 @@
 //! replays the handshake from them). Keys hold the SHA-256 of the session id.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -88,7 +87,7 @@ pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> S
 /// long, as a binding that expired in the store is.
 pub struct RecentBindings {
     clock: Clock,
-    seen: Mutex<HashMap<String, (Arc<Binding>, u64)>>,
+    seen: Mutex<crate::telemetry::FastMap<String, (Arc<Binding>, u64)>>,
 }
 
 impl RecentBindings {
@@ -104,7 +103,9 @@ impl RecentBindings {
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Binding>, u64)>> {
+    fn seen(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::telemetry::FastMap<String, (Arc<Binding>, u64)>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
