@@ -509,7 +509,9 @@ fn coalesce(batch: Vec<Event>) -> Vec<Event> {
         Option<String>,
     );
     let mut kept: Vec<Event> = Vec::with_capacity(batch.len());
-    let mut first: FastMap<Alike, usize> = FastMap::default();
+    // Keyed by tool names a caller chooses (denied calls are logged too): std's
+    // SipHash, not `FastMap` (see `telemetry::FastHash`).
+    let mut first: std::collections::HashMap<Alike, usize> = std::collections::HashMap::new();
     for event in batch {
         if event.kind != Some(EventKind::ToolCall) {
             kept.push(event);
