@@ -56,14 +56,15 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// The hasher of the maps that each request looks into several times: metric
-/// handles, the activity log's labels and usage, recent session bindings. foldhash,
-/// seeded at random: std's SipHash cost about a twentieth of the server's
-/// instructions per `/mcp` call (callgrind, 2026-12-04), on keys that are few and
-/// short. foldhash resists only simple flooding, so only keys that are not a
-/// caller's to choose go into these maps: label sets (tool labels only once a tool
-/// succeeded, at most 512), grant ids of accepted tokens, session ids of ours. A
-/// map a caller can fill with names of its own (the activity batch's, keyed by
-/// tool name) keeps std's SipHash.
+/// handles, the activity log's labels and usage, recent session bindings, decoded
+/// access-token records (`oauth::bearer`). foldhash, seeded at random: std's
+/// SipHash cost about a twentieth of the server's instructions per `/mcp` call
+/// (callgrind, 2026-12-04), on keys that are few and short. foldhash resists only
+/// simple flooding, so only keys that are not a caller's to choose go into these
+/// maps: label sets (tool labels only once a tool succeeded, at most 512), grant ids
+/// of accepted tokens, session ids and token records of ours. A map a caller can
+/// fill with names of its own (the activity batch's, keyed by tool name) keeps
+/// std's SipHash.
 pub type FastHash = foldhash::fast::RandomState;
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
 

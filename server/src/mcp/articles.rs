@@ -376,7 +376,7 @@ impl ArticleServer {
     pub async fn call(
         &self,
         request: CallToolRequestParams,
-        granted: ScopeSet,
+        granted: &ScopeSet,
         prefetched: Option<Prefetched>,
     ) -> Result<Outcome, ErrorData> {
         let Some(access) = tool_access(&request.name) else {
@@ -515,7 +515,7 @@ impl ServerHandler for ArticleServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.call(request, granted(&context), None)
+        self.call(request, &granted(&context), None)
             .await
             .map(|outcome| outcome.into_result().into())
     }

@@ -2,7 +2,7 @@
 //! token's hash. Expired and revoked tokens have no live record; the token must have
 //! been issued for the very resource it is presented to.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::sync::Mutex;
 
 use super::{
     records::{token_key, AccessToken},
@@ -12,6 +12,7 @@ use super::{
 use crate::{
     resource::ResourceUri,
     store::{decode, Key, StoreError},
+    telemetry::FastMap,
 };
 
 impl AuthServer {
@@ -61,7 +62,8 @@ impl AuthServer {
 /// real tokens, enter it; at [`DecodedTokens::MAX`] it starts again empty.
 #[derive(Default)]
 pub struct DecodedTokens {
-    records: Mutex<HashMap<Box<[u8]>, AccessToken>>,
+    /// Keyed by records Gatehouse wrote, of tokens it issued: `FastMap`.
+    records: Mutex<FastMap<Box<[u8]>, AccessToken>>,
 }
 
 impl DecodedTokens {

@@ -90,7 +90,7 @@ impl ArticleEndpoint {
     async fn answer_directly(
         &self,
         call: DirectCall,
-        granted: ScopeSet,
+        granted: &ScopeSet,
         prefetched: Option<Prefetched>,
     ) -> Option<Response> {
         if !self.sessions.has_session(&call.session).await.ok()? {
@@ -226,8 +226,7 @@ impl Endpoint for ArticleEndpoint {
         } = request;
         if let Some(call) = prepared {
             let prefetched = read_ahead.map(|(key, value)| Prefetched { key, value });
-            let granted = access.scopes.clone();
-            if let Some(answer) = self.answer_directly(call, granted, prefetched).await {
+            if let Some(answer) = self.answer_directly(call, &access.scopes, prefetched).await {
                 return answer;
             }
         }
