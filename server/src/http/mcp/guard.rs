@@ -472,13 +472,20 @@ fn answer_outcome(json: &[u8]) -> Option<bool> {
     Some(message.error.is_some() || message.result.is_some_and(|r| r.is_error == Some(true)))
 }
 
-/// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says: the method,
-/// and the tool or prompt name (`params.name`) or resource (`params.uri`).
+/// Whether `Mcp-Method` and `Mcp-Name`, when sent, say what the body says (SEP-2243):
+/// the method, and the name the method acts on: `params.name` for `tools/call` and
+/// `prompts/get`, `params.uri` for `resources/read`, `resources/subscribe` and
+/// `resources/unsubscribe`. A name that is not plain ASCII comes Base64-wrapped
+/// (`=?base64?…?=`). Refused: a header sent twice (two claims, and whoever reads it
+/// may take either), a name for a method that has none, a body that is not one
+/// message.
 pub fn headers_agree(headers: &HeaderMap, body: &[u8]) -> bool {
     let header = |name: &HeaderName| -> Result<Option<&str>, ()> {
-        match headers.get(name) {
-            None => Ok(None),
-            Some(value) => value.to_str().map(Some).map_err(|_| ()),
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => value.to_str().map(Some).map_err(|_| ()),
+            (Some(_), Some(_)) => Err(()),
         }
     };
     let (Ok(method), Ok(name)) = (header(&super::METHOD), header(&super::NAME)) else {
@@ -491,9 +498,32 @@ pub fn headers_agree(headers: &HeaderMap, body: &[u8]) -> bool {
         return false;
     };
     let method_agrees = method.is_none_or(|m| call.method.as_deref() == Some(m));
-    let name_agrees =
-        name.is_none_or(|n| call.name.as_deref() == Some(n) || call.uri.as_deref() == Some(n));
+    let name_agrees = name.is_none_or(|sent| {
+        let named = match call.method() {
+            "tools/call" | "prompts/get" => call.name.as_deref(),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                call.uri.as_deref()
+            }
+            _ => None,
+        };
+        named.is_some_and(|named| header_text(sent).is_some_and(|sent| sent == named))
+    });
     method_agrees && name_agrees
+}
+
+/// An SEP-2243 header's text: as sent, or Base64-decoded from `=?base64?…?=`.
+fn header_text(value: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|inner| inner.strip_suffix("?="))
+    {
+        Some(encoded) => {
+            let bytes = STANDARD.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok().map(Into::into)
+        }
+        None => Some(value.into()),
+    }
 }
 
 /// What rmcp answers for a session it does not know, to the byte: a session of
@@ -598,6 +628,30 @@ mod tests {
             &with(&[("mcp-method", "tools/call")]),
             b"[]"
         ));
+        // The name the method acts on, not any name: a resource's URI is not a tool.
+        assert!(!headers_agree(&with(&[("mcp-name", "file:///a")]), call));
+        assert!(!headers_agree(
+            &with(&[("mcp-name", "echo")]),
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"echo"}}"#
+        ));
+        // A name that is not plain ASCII comes Base64-wrapped.
+        let accented =
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"caf\u00e9"}}"#;
+        assert!(headers_agree(
+            &with(&[("mcp-name", "=?base64?Y2Fmw6k=?=")]),
+            accented.as_bytes()
+        ));
+        assert!(!headers_agree(
+            &with(&[("mcp-name", "=?base64?ZWNobw==?=")]),
+            accented.as_bytes()
+        ));
+        // Sent twice, a header is two claims.
+        let mut twice = with(&[("mcp-method", "tools/call")]);
+        twice.append("mcp-method", HeaderValue::from_static("tools/list"));
+        assert!(!headers_agree(&twice, call));
+        let mut same_twice = with(&[("mcp-name", "echo")]);
+        same_twice.append("mcp-name", HeaderValue::from_static("echo"));
+        assert!(!headers_agree(&same_twice, call));
     }
 
     #[test]
