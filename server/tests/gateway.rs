@@ -283,6 +283,25 @@ async fn progress_reaches_the_client_with_its_own_token() {
     assert_eq!(text(&answer), "slow done");
 }
 
+/// A call longer than the upstream's timeout (2 s here) that reports progress more
+/// often than that is not cut off: each notification restarts the timeout.
+#[tokio::test]
+async fn progress_keeps_a_long_call_alive() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &token, V2025).await;
+    let mut request = call(2, "slow", json!({"delay": 0.9}));
+    request["params"]["_meta"] = json!({"progressToken": 7});
+    let started = std::time::Instant::now();
+    let answer = post(&app, &token, &session, request).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "not longer than the timeout"
+    );
+    assert_eq!(text(&answer), "slow done");
+}
+
 #[tokio::test]
 async fn failures_are_clear_errors_that_name_the_upstream() {
     let app = gateway_app();
@@ -388,6 +407,48 @@ async fn a_server_that_cannot_start_is_an_error_naming_it() {
     assert_eq!(error["data"]["upstream"], "gone", "{}", init.body);
     let health = app.get("/healthz", None).await.json();
     assert_eq!(health["upstreams"][0]["status"], "down");
+}
+
+/// An HTTP upstream that cannot be reached: the client's error names it but not its
+/// URL (whose query may hold a key), neither does the public `/healthz`, and the
+/// failed `initialize` leaves nothing in the store.
+#[tokio::test]
+async fn an_unreachable_http_server_is_an_error_without_its_url_and_leaves_no_session() {
+    // Nothing listens on port 1 of this machine: the connection is refused at once.
+    let app = TestApp::new(&["--upstream", "down=http://127.0.0.1:1/mcp?key=hunter2"]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/down", "down:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at");
+    for id in 1..=3 {
+        let init = app
+            .send(
+                McpPost {
+                    path: "/mcp/down",
+                    token: Some(token),
+                    ..McpPost::default()
+                }
+                .body(
+                    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+                    "protocolVersion": V2025, "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}),
+                ),
+            )
+            .await;
+        assert_eq!(
+            init.rpc()["error"]["data"]["upstream"],
+            "down",
+            "{}",
+            init.body
+        );
+        assert!(!init.body.contains("hunter2"), "{}", init.body);
+        assert!(init.headers.get("mcp-session-id").is_none());
+    }
+    let health = app.get("/healthz", None).await;
+    assert_eq!(health.json()["upstreams"][0]["status"], "down");
+    assert!(!health.body.contains("hunter2"), "{}", health.body);
+    let stored = app.state.store.scan("mcp-session:").await.expect("scan");
+    assert!(stored.is_empty(), "{} session records left", stored.len());
 }
 
 /// Serves `handler` as a Streamable HTTP MCP server at `/mcp` on a free local port (one

@@ -960,6 +960,18 @@ impl Recorder {
     }
 }
 
+/// reqwest's errors name the URL, query and all, and rmcp's carry them into the
+/// JSON-RPC error a client gets, the log and the public `/healthz`; an upstream's URL
+/// may hold a key in its query. Taken out here, as the direct path does.
+fn without_url<T>(
+    result: Result<T, StreamableHttpError<reqwest013::Error>>,
+) -> Result<T, StreamableHttpError<reqwest013::Error>> {
+    result.map_err(|e| match e {
+        StreamableHttpError::Client(e) => StreamableHttpError::Client(e.without_url()),
+        e => e,
+    })
+}
+
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest013::Error>>;
 type StreamResult = Result<Events, StreamableHttpError<reqwest013::Error>>;
 
@@ -978,6 +990,7 @@ impl StreamableHttpClient for Recorder {
         self.leg
             .client
             .post_message(uri, message, session_id, auth_header, custom_headers)
+            .map(without_url)
     }
 
     fn post_message_with_max_sse_event_size(
@@ -990,14 +1003,17 @@ impl StreamableHttpClient for Recorder {
         max_sse_event_size: usize,
     ) -> impl Future<Output = PostResult> + Send + '_ {
         self.leg.record(&uri, session_id.as_ref(), &custom_headers);
-        self.leg.client.post_message_with_max_sse_event_size(
-            uri,
-            message,
-            session_id,
-            auth_header,
-            custom_headers,
-            max_sse_event_size,
-        )
+        self.leg
+            .client
+            .post_message_with_max_sse_event_size(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .map(without_url)
     }
 
     fn post_message_with_response_limits(
@@ -1010,14 +1026,17 @@ impl StreamableHttpClient for Recorder {
         limits: StreamableHttpResponseLimits,
     ) -> impl Future<Output = PostResult> + Send + '_ {
         self.leg.record(&uri, session_id.as_ref(), &custom_headers);
-        self.leg.client.post_message_with_response_limits(
-            uri,
-            message,
-            session_id,
-            auth_header,
-            custom_headers,
-            limits,
-        )
+        self.leg
+            .client
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                custom_headers,
+                limits,
+            )
+            .map(without_url)
     }
 
     fn delete_session(
@@ -1031,6 +1050,7 @@ impl StreamableHttpClient for Recorder {
         self.leg
             .client
             .delete_session(uri, session_id, auth_header, custom_headers)
+            .map(without_url)
     }
 
     fn get_stream(
@@ -1044,6 +1064,7 @@ impl StreamableHttpClient for Recorder {
         self.leg
             .client
             .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+            .map(without_url)
     }
 
     fn get_stream_with_max_sse_event_size(
@@ -1055,14 +1076,17 @@ impl StreamableHttpClient for Recorder {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> impl Future<Output = StreamResult> + Send + '_ {
-        self.leg.client.get_stream_with_max_sse_event_size(
-            uri,
-            session_id,
-            last_event_id,
-            auth_header,
-            custom_headers,
-            max_sse_event_size,
-        )
+        self.leg
+            .client
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .map(without_url)
     }
 }
 

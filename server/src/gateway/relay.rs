@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use rmcp::{
     model::*,
     service::{
@@ -149,7 +150,8 @@ impl rmcp::Service<RoleClient> for UpClient {
         context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
         let target = match &mut notification {
-            // Relayed in order by the transport (`InOrder`); none arrive here.
+            // Relayed in order by the transport (`InOrder`), which hands them on to
+            // rmcp only for the call's timeout.
             ServerNotification::ProgressNotification(_) => return Ok(()),
             // Its ids are the upstream's: rmcp already cancelled the request it names.
             ServerNotification::CancelledNotification(_) => return Ok(()),
@@ -604,15 +606,48 @@ pub type UpService = RunningService<RoleClient, UpClient>;
 /// Relays an upstream's progress notifications as they are read, in order. rmcp would
 /// hand each notification to a task of its own, and a call's answer could then reach
 /// the client before the progress sent just before it, on a stream already closed.
-/// Everything else goes on to rmcp.
+/// Each notification then goes on to rmcp as well, with the upstream's own token:
+/// that is what restarts the call's timeout there (`reset_timeout_on_progress`), so
+/// that a long call that keeps reporting is not cut off. rmcp's client ignores it
+/// otherwise (`UpClient::handle_notification`).
 pub struct InOrder<T> {
     inner: T,
     routes: Arc<Mutex<Routes>>,
+    /// A notification being relayed, and the message to hand rmcp once it is. rmcp
+    /// polls `receive` in a `select!` and drops it when another branch is ready
+    /// first (a new call taking the routes' lock, say); kept here, the next
+    /// `receive` finishes it instead of losing it.
+    relaying: Option<(BoxFuture<'static, ()>, RxJsonRpcMessage<RoleClient>)>,
 }
 
 impl<T> InOrder<T> {
     pub fn new(inner: T, routes: Arc<Mutex<Routes>>) -> Self {
-        InOrder { inner, routes }
+        InOrder {
+            inner,
+            routes,
+            relaying: None,
+        }
+    }
+}
+
+/// Sends one upstream progress notification to the client whose call it belongs to,
+/// with that client's own token; dropped when it names no call or does not increase.
+async fn relay_progress(routes: Arc<Mutex<Routes>>, mut progress: ProgressNotification) {
+    let target = {
+        let mut routes = routes.lock().await;
+        match routes.progress.get_mut(&progress.params.progress_token) {
+            Some((peer, token, last)) if progress.params.progress > *last => {
+                *last = progress.params.progress;
+                progress.params.progress_token = token.clone();
+                Some(peer.clone())
+            }
+            _ => None,
+        }
+    };
+    if let Some(peer) = target {
+        let _ = peer
+            .send_notification(ServerNotification::ProgressNotification(progress))
+            .await;
     }
 }
 
@@ -628,31 +663,22 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         loop {
+            if let Some((relay, _)) = &mut self.relaying {
+                relay.await;
+                // Taken in the same poll that finished it: never polled again.
+                let (_, message) = self.relaying.take()?;
+                return Some(message);
+            }
             let message = self.inner.receive().await?;
             let JsonRpcMessage::Notification(JsonRpcNotification {
-                notification: ServerNotification::ProgressNotification(mut progress),
+                notification: ServerNotification::ProgressNotification(progress),
                 ..
-            }) = message
+            }) = &message
             else {
                 return Some(message);
             };
-            let target = {
-                let mut routes = self.routes.lock().await;
-                match routes.progress.get_mut(&progress.params.progress_token) {
-                    // Progress must increase; anything else is dropped.
-                    Some((peer, token, last)) if progress.params.progress > *last => {
-                        *last = progress.params.progress;
-                        progress.params.progress_token = token.clone();
-                        Some(peer.clone())
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(peer) = target {
-                let _ = peer
-                    .send_notification(ServerNotification::ProgressNotification(progress))
-                    .await;
-            }
+            let relay = relay_progress(self.routes.clone(), progress.clone());
+            self.relaying = Some((Box::pin(relay), message));
         }
     }
 

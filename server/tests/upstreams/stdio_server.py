@@ -6,6 +6,7 @@ of garbage, a call that never answers."""
 import json
 import os
 import sys
+import time
 
 TOOLS = [
     {"name": "echo", "annotations": {"readOnlyHint": True}},
@@ -54,7 +55,10 @@ def call(request):
     if name == "secret-admin":
         return text("the secret")
     if name == "slow":
+        # `delay` seconds before each step: longer in all than the gateway's timeout,
+        # each step well within it.
         for step in (1, 2, 3):
+            time.sleep(float(args.get("delay", 0)))
             if token is not None:
                 send({"jsonrpc": "2.0", "method": "notifications/progress",
                       "params": {"progressToken": token, "progress": step, "total": 3}})

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use rmcp::{
     model::ClientJsonRpcMessage,
     transport::streamable_http_server::{
-        session::{local::LocalSessionManager, SessionId, SessionManager},
+        session::{local::LocalSessionManager, store::SessionStore, SessionId, SessionManager},
         StreamableHttpServerConfig, StreamableHttpService,
     },
 };
@@ -52,6 +52,8 @@ use crate::{
 pub struct GatewayEndpoint {
     shared: Arc<Shared>,
     sessions: Arc<LocalSessionManager>,
+    /// Where rmcp keeps each session's `initialize` parameters.
+    stored: Arc<StoreSessions>,
     transport: StreamableHttpService<GatewayHandler, LocalSessionManager>,
     /// Live sessions of an HTTP upstream, for the direct path.
     live: StdMutex<HashMap<String, Live>>,
@@ -89,7 +91,8 @@ impl GatewayEndpoint {
             .with_max_request_body_bytes(MAX_BODY_BYTES)
             .with_json_response(true)
             .with_cancellation_token(shutdown);
-        config.session_store = Some(Arc::new(StoreSessions(store)));
+        let stored = Arc::new(StoreSessions(store));
+        config.session_store = Some(stored.clone());
         let mut sessions = LocalSessionManager::default();
         // rmcp closes a session after this long without traffic, which ends its
         // upstream session or process.
@@ -106,6 +109,7 @@ impl GatewayEndpoint {
         GatewayEndpoint {
             shared,
             sessions,
+            stored,
             transport,
             live: StdMutex::default(),
             touches: AtomicU64::new(0),
@@ -296,20 +300,47 @@ impl Direct {
                 let access = shared.policy.tool_access(&name)?;
                 Some((Direct::Call(call), Need::Scope(access), Some(name)))
             }
-            (None, Some(id))
-                if id.get().starts_with('"')
-                    && (message.contains("result") || message.contains("error")) =>
-            {
-                let message = serde_json::from_slice(body).ok()?;
-                Some((Direct::Answer(message), Need::Nothing, None))
-            }
-            (Some(Some("notifications/cancelled")), None) => {
-                let message = serde_json::from_slice(body).ok()?;
-                Some((Direct::Cancel(message), Need::Nothing, None))
+            (None, Some(_)) | (Some(Some("notifications/cancelled")), None) => {
+                Some((Direct::reply(body, &message)?, Need::Nothing, None))
             }
             _ => None,
         }
     }
+}
+
+impl Direct {
+    /// A client's answer to a request relayed to it, or its cancellation of a call,
+    /// when the direct path may send it upstream. What goes upstream is the client's
+    /// message with only its ids replaced, so it must be exactly what it claims to
+    /// be: an answer has `jsonrpc`, an id of ours (a string) and one of `result` and
+    /// `error` (JSON-RPC 2.0 §5); a cancellation `jsonrpc`, `method` and `params`
+    /// with `requestId`, `reason` and `_meta`. Another member (a `METHOD`, which Go's
+    /// `encoding/json` reads as `method`) could make it a request, checked for no
+    /// scope, to the upstream's parser; such a message goes to the relay instead,
+    /// whose typed parse drops what it does not know.
+    fn reply(body: &Bytes, message: &Members<'_>) -> Option<Direct> {
+        if plain_str(message.get("method")) == Some(Some("notifications/cancelled")) {
+            let params = Members::of(message.get("params")?)?;
+            if !only(message, &["jsonrpc", "method", "params"])
+                || !only(&params, &["requestId", "reason", "_meta"])
+                || message.contains("id")
+            {
+                return None;
+            }
+            return Some(Direct::Cancel(serde_json::from_slice(body).ok()?));
+        }
+        let answer = message.get("id")?.get().starts_with('"')
+            && !message.contains("method")
+            && message.contains("result") != message.contains("error")
+            && only(message, &["jsonrpc", "id", "result", "error"]);
+        answer.then_some(())?;
+        Some(Direct::Answer(serde_json::from_slice(body).ok()?))
+    }
+}
+
+/// Whether `message` has no members but `allowed`.
+fn only(message: &Members<'_>, allowed: &[&str]) -> bool {
+    message.names().all(|name| allowed.contains(&name))
 }
 
 impl Endpoint for GatewayEndpoint {
@@ -385,12 +416,54 @@ impl Endpoint for GatewayEndpoint {
                 // down, or has its maximum of sessions). Unnamed, the session is never
                 // bound to the client, so using its id is answered 404, as a session
                 // that does not exist, not a 500 from rmcp failing to restore it.
-                Some(_) => {
+                // rmcp has stored the client's `initialize` parameters for it all the
+                // same, for a day: removed, or every failed attempt would leave up to
+                // a request body's worth in the store.
+                Some(failed) => {
+                    if let Err(e) = self.stored.delete(failed).await {
+                        tracing::warn!(error = %e, "cannot remove a failed session's record");
+                    }
                     response.headers_mut().remove(&SESSION_ID);
                 }
                 None => {}
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(json: &str) -> Option<Direct> {
+        let body = Bytes::copy_from_slice(json.as_bytes());
+        let message = Members::parse(&body).expect("an object");
+        Direct::reply(&body, &message)
+    }
+
+    #[test]
+    fn only_a_plain_answer_or_cancellation_goes_up_as_written() {
+        let answer = r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{"action":"accept"}}"#;
+        assert!(matches!(reply(answer), Some(Direct::Answer(_))));
+        let error = r#"{"jsonrpc":"2.0","id":"gatehouse-7","error":{"code":-1,"message":"no"}}"#;
+        assert!(matches!(reply(error), Some(Direct::Answer(_))));
+        let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"reason":"r"}}"#;
+        assert!(matches!(reply(cancel), Some(Direct::Cancel(_))));
+
+        // A member that a case-blind parser reads as `method` would make the answer
+        // a request upstream: the relay takes it, and drops the member.
+        for smuggled in [
+            r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"METHOD":"tools/call","params":{"name":"delete"}}"#,
+            r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"error":{"code":1,"message":"m"}}"#,
+            r#"{"jsonrpc":"2.0","id":"gatehouse-7"}"#,
+            r#"{"jsonrpc":"2.0","id":7,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3},"Id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"NAME":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":[3]}"#,
+        ] {
+            assert!(reply(smuggled).is_none(), "{smuggled}");
+        }
     }
 }
