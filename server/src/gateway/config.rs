@@ -143,7 +143,13 @@ impl ToolRule {
                 ))
             }
         };
-        let matcher = globset::Glob::new(pattern)
+        // A deny rule ignores case: an upstream that looks its tools up without
+        // regard to case would otherwise run `Delete_all` past a rule for
+        // `delete_*`. Hiding too much is the safe side; read and write rules match
+        // the name exactly, so that none widens a read scope by accident.
+        let matcher = globset::GlobBuilder::new(pattern)
+            .case_insensitive(access == RuleAccess::Deny)
+            .build()
             .map_err(|e| format!("tool rule {pattern:?} is not a glob: {e}"))?
             .compile_matcher();
         Ok(ToolRule {

@@ -158,6 +158,10 @@ mod tests {
         assert_eq!(policy.tool_access("echo"), Some(Access::Write));
         assert_eq!(policy.tool_access("secret-stuff"), None);
         assert!(!policy.visible("secret-stuff"));
+        // A deny rule ignores case (an upstream may too); the others do not.
+        assert_eq!(policy.tool_access("SECRET-stuff"), None);
+        assert!(!policy.visible("Secret-Stuff"));
+        assert_eq!(policy.tool_access("Toggle-logging"), Some(Access::Write));
         assert!(policy.visible("echo"));
     }
 
