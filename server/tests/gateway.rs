@@ -582,6 +582,29 @@ async fn sessionless_requests_use_the_pool() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert_eq!(text(&answer), format!("echo: {id}"));
     }
+    // A pooled connection serves many clients: the server's request during a call
+    // there reaches none (not whichever client's call is in flight), and the server
+    // hears so at once.
+    let mut request = call(8, "sample", json!({}));
+    request["params"]["_meta"] = meta.clone();
+    let mut request = McpPost {
+        path: "/mcp/py",
+        token: Some(&token),
+        version: Some("2026-07-28"),
+        ..McpPost::default()
+    }
+    .body(request);
+    for (name, value) in [("mcp-method", "tools/call"), ("mcp-name", "sample")] {
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("header"));
+    }
+    let answer = app.send(request).await;
+    assert!(
+        text(&answer).contains("the connection is shared"),
+        "{}",
+        answer.body
+    );
     // Headers that disagree with the body are refused before anything runs.
     let mut request = call(9, "echo", json!({"message": "x"}));
     request["params"]["_meta"] = meta;

@@ -84,13 +84,18 @@ impl rmcp::Service<RoleClient> for UpClient {
             return Ok(ClientResult::empty(()));
         }
         // Which call does this request belong to? An HTTP upstream says so
-        // (SEP-2260); for stdio, the one call in flight, if there is exactly one.
+        // (SEP-2260); for stdio, the one call in flight, if there is exactly one and
+        // the connection is a session's. A pooled connection serves many clients:
+        // there a guess could hand one client's request to another, whose call
+        // happens to be the one in flight.
         let origin = context.extensions.get::<InboundStreamOrigin>().cloned();
         let target = {
             let routes = self.routes.lock().await;
             match &origin {
                 Some(InboundStreamOrigin::OutboundRequest(up)) => routes.inflight.get(up).cloned(),
-                _ if routes.inflight.len() == 1 => routes.inflight.values().next().cloned(),
+                _ if routes.inflight.len() == 1 && self.session_peer.is_some() => {
+                    routes.inflight.values().next().cloned()
+                }
                 _ => None,
             }
         };
