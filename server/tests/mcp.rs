@@ -454,6 +454,16 @@ async fn write_tools_need_write_scope_and_answer_403_insufficient_scope() {
         "Bearer error=\"insufficient_scope\", scope=\"read:articles write:articles\", \
          resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\""
     );
+    // A member of another type beside the tool's name (which rmcp passes over)
+    // does not hide the call from the scope check, wherever it would go after.
+    let mut disguised = call(5, "create_article", json!({"title": "Nope", "body": "x"}));
+    disguised["params"]["uri"] = json!(0);
+    for session in [Some(session.as_str()), None] {
+        let answer = app
+            .mcp(Some(token), session, Some(V2025_06), disguised.clone())
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    }
     // Reading still works with the same token and session.
     let listed = app
         .mcp(

@@ -37,9 +37,64 @@ struct Peek<'a> {
 #[derive(Deserialize)]
 struct PeekParams<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Lenient<'a>>,
     #[serde(borrow)]
-    uri: Option<Cow<'a, str>>,
+    uri: Option<Lenient<'a>>,
+}
+
+/// A member read when it is a string and passed over otherwise. Typed as a string,
+/// a `"uri": 0` beside a tool's `name` made the whole message unreadable here (no
+/// method, so no scope needed), while rmcp, which ignores members a method does not
+/// have, ran the call all the same.
+struct Lenient<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Text<'a> {
+            type Value = Option<Cow<'a, str>>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        deserializer
+            .deserialize_any(Text(std::marker::PhantomData))
+            .map(Lenient)
+    }
 }
 
 impl<'a> Message<'a> {
@@ -53,7 +108,7 @@ impl<'a> Message<'a> {
         match serde_json::from_slice::<Peek<'a>>(body) {
             Ok(peek) => {
                 let (name, uri) = match peek.params {
-                    Some(p) => (p.name, p.uri),
+                    Some(p) => (p.name.and_then(|n| n.0), p.uri.and_then(|u| u.0)),
                     None => (None, None),
                 };
                 Message::Single(Call {
@@ -97,6 +152,29 @@ mod tests {
     }
 
     #[test]
+    fn a_member_of_another_type_does_not_hide_the_method() {
+        // rmcp runs this call (it ignores `uri` on `tools/call`): the guard must see
+        // it as the call it is, to check its scope.
+        for body in [
+            br#"{"method":"tools/call","params":{"name":"delete_article","uri":0}}"#.as_slice(),
+            br#"{"method":"tools/call","params":{"uri":{"a":[1,null]},"name":"delete_article"}}"#,
+            br#"{"method":"tools/call","params":{"name":"delete_article","uri":[true,1.5,"x"]}}"#,
+        ] {
+            let Message::Single(call) = Message::peek(body) else {
+                panic!("single")
+            };
+            assert_eq!(call.method(), "tools/call");
+            assert_eq!(call.name(), Some("delete_article"));
+            assert_eq!(call.uri, None);
+        }
+        let body = br#"{"method":"tools/call","params":{"name":7}}"#;
+        let Message::Single(call) = Message::peek(body) else {
+            panic!("single")
+        };
+        assert_eq!((call.method(), call.name()), ("tools/call", None));
+    }
+
+    #[test]
     fn escaped_names_are_unescaped() {
         let body = br#"{"method":"tools\/call","params":{"name":"get_\u0061rticle"}}"#;
         let Message::Single(call) = Message::peek(body) else {
@@ -136,8 +214,10 @@ mod properties {
         "arguments",
     ];
 
-    /// What the peek should read from a JSON value without duplicate keys: method,
-    /// name and uri when each is a string, null or absent; else nothing at all.
+    /// What the peek should read from a JSON value without duplicate keys: the
+    /// method when it is a string, null or absent (else nothing at all), and name
+    /// and uri when they are strings (passed over otherwise, as rmcp passes over
+    /// members a method does not have).
     type Expected<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
     fn expected(value: &Value) -> Option<Expected<'_>> {
         fn as_text(v: Option<&Value>) -> Result<Option<&str>, ()> {
@@ -152,14 +232,15 @@ mod properties {
         let (name, uri) = match object.get("params") {
             None | Some(Value::Null) => (None, None),
             Some(Value::Object(params)) => (
-                as_text(params.get("name")).ok()?,
-                as_text(params.get("uri")).ok()?,
+                params.get("name").and_then(Value::as_str),
+                params.get("uri").and_then(Value::as_str),
             ),
             // serde reads a struct from a sequence too (as rmcp reads its params):
             // positional `[name, uri]`.
-            Some(Value::Array(items)) if items.len() == 2 => {
-                (as_text(items.first()).ok()?, as_text(items.get(1)).ok()?)
-            }
+            Some(Value::Array(items)) if items.len() == 2 => (
+                items.first().and_then(Value::as_str),
+                items.get(1).and_then(Value::as_str),
+            ),
             Some(_) => return None,
         };
         Some((method, name, uri))
