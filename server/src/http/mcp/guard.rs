@@ -557,15 +557,22 @@ fn watch_stream(
         (frames, tick, state, token_key, resource),
         |(mut frames, mut tick, state, token_key, resource)| async move {
             loop {
+                // The recheck first when both are ready: once it is due, no frame
+                // goes out before it. A store that does not answer in time holds
+                // the stream no longer than that; the token is checked again at the
+                // next tick.
                 tokio::select! {
-                    frame = frames.next() => {
-                        return frame.map(|f| (f, (frames, tick, state, token_key, resource)));
-                    }
+                    biased;
                     _ = tick.tick() => {
-                        let record = match state.store.get(&token_key).await {
-                            Ok(record) => record,
-                            Err(e) => {
+                        let read = tokio::time::timeout(VERIFY_TIMEOUT, state.store.get(&token_key));
+                        let record = match read.await {
+                            Ok(Ok(record)) => record,
+                            Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "cannot recheck a streaming token");
+                                continue;
+                            }
+                            Err(_) => {
+                                tracing::warn!("rechecking a streaming token timed out");
                                 continue;
                             }
                         };
@@ -573,6 +580,9 @@ fn watch_stream(
                             tracing::info!("closing an MCP stream: its token expired or was revoked");
                             return None;
                         }
+                    }
+                    frame = frames.next() => {
+                        return frame.map(|f| (f, (frames, tick, state, token_key, resource)));
                     }
                 }
             }
