@@ -97,6 +97,20 @@ fn text(answer: &Answer) -> String {
         .to_owned()
 }
 
+/// A client's `initialize` at `path`, without a session.
+fn initialize(path: &str, token: &str, id: u64) -> Request<axum::body::Body> {
+    McpPost {
+        path,
+        token: Some(token),
+        ..McpPost::default()
+    }
+    .body(
+        json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": V2025, "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}),
+    )
+}
+
 /// Every tool call in the activity log, as (tool, outcome), sorted.
 async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
     app.state.audit.flush().await.expect("flush");
@@ -389,20 +403,7 @@ async fn a_server_that_cannot_start_is_an_error_naming_it() {
         .tokens_at("https://gate.example.com/mcp/gone", "gone:read")
         .await;
     let token = tokens["access_token"].as_str().expect("at");
-    let init = app
-        .send(
-            McpPost {
-                path: "/mcp/gone",
-                token: Some(token),
-                ..McpPost::default()
-            }
-            .body(
-                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": V2025, "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"}}}),
-            ),
-        )
-        .await;
+    let init = app.send(initialize("/mcp/gone", token, 1)).await;
     let error = &init.rpc()["error"];
     assert_eq!(error["data"]["upstream"], "gone", "{}", init.body);
     let health = app.get("/healthz", None).await.json();
@@ -421,20 +422,7 @@ async fn an_unreachable_http_server_is_an_error_without_its_url_and_leaves_no_se
         .await;
     let token = tokens["access_token"].as_str().expect("at");
     for id in 1..=3 {
-        let init = app
-            .send(
-                McpPost {
-                    path: "/mcp/down",
-                    token: Some(token),
-                    ..McpPost::default()
-                }
-                .body(
-                    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-                    "protocolVersion": V2025, "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"}}}),
-                ),
-            )
-            .await;
+        let init = app.send(initialize("/mcp/down", token, id)).await;
         assert_eq!(
             init.rpc()["error"]["data"]["upstream"],
             "down",
@@ -1039,19 +1027,7 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     let token = tokens["access_token"].as_str().expect("at").to_owned();
     let first = app.session_at("/mcp/py", &token, V2025).await;
 
-    let initialize = |id: u64| {
-        McpPost {
-            path: "/mcp/py",
-            token: Some(&token),
-            ..McpPost::default()
-        }
-        .body(
-            json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-            "protocolVersion": V2025, "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}),
-        )
-    };
-    let refused = app.send(initialize(1)).await;
+    let refused = app.send(initialize("/mcp/py", &token, 1)).await;
     let error = &refused.rpc()["error"];
     assert_eq!(error["data"]["upstream"], "py", "{}", refused.body);
     assert_eq!(error["data"]["reason"], "busy", "{}", refused.body);
@@ -1075,7 +1051,7 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     // The upstream's place is given back once rmcp has closed the session.
     let mut opened = None;
     for _ in 0..50 {
-        let answer = app.send(initialize(2)).await;
+        let answer = app.send(initialize("/mcp/py", &token, 2)).await;
         if answer.headers.get("mcp-session-id").is_some() {
             opened = Some(answer);
             break;
