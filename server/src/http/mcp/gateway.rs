@@ -306,9 +306,7 @@ impl Direct {
             _ => None,
         }
     }
-}
 
-impl Direct {
     /// A client's answer to a request relayed to it, or its cancellation of a call,
     /// when the direct path may send it upstream. What goes upstream is the client's
     /// message with only its ids replaced, so it must be exactly what it claims to
@@ -323,14 +321,12 @@ impl Direct {
             let params = Members::of(message.get("params")?)?;
             if !only(message, &["jsonrpc", "method", "params"])
                 || !only(&params, &["requestId", "reason", "_meta"])
-                || message.contains("id")
             {
                 return None;
             }
             return Some(Direct::Cancel(serde_json::from_slice(body).ok()?));
         }
         let answer = message.get("id")?.get().starts_with('"')
-            && !message.contains("method")
             && message.contains("result") != message.contains("error")
             && only(message, &["jsonrpc", "id", "result", "error"]);
         answer.then_some(())?;
