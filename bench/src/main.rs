@@ -748,12 +748,15 @@ const STDIO_SESSIONS: usize = 16;
 
 /// Gatehouse's `--config` for the gateway rows. The HTTP upstream may have one session
 /// per load worker, and one for the single-session row (the default cap is 16); the
-/// stdio one keeps its defaults.
+/// stdio one keeps its default cap. Every session is the bench's one client's, so
+/// each upstream lets one client hold all of them (by default, half).
 fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf> {
     let bench = std::env::current_exe().map_err(|e| e.to_string())?;
     let config = format!(
-        "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {}\n\n\
-         [[upstream]]\nname = \"{STDIO_UPSTREAM}\"\ncommand = {:?}\nargs = [\"upstream\", \"--stdio\"]\n",
+        "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {0}\n\
+         max_sessions_per_client = {0}\n\n\
+         [[upstream]]\nname = \"{STDIO_UPSTREAM}\"\ncommand = {1:?}\nargs = [\"upstream\", \"--stdio\"]\n\
+         max_sessions_per_client = {STDIO_SESSIONS}\n",
         CONCURRENCY + 1,
         bench.display().to_string()
     );
@@ -819,6 +822,8 @@ async fn bench_gatehouse(
             .arg("--config")
             .arg(config)
             .args(&store_args)
+            // Each load opens a session per worker, all of them the bench's one client.
+            .args(["--sessions-per-minute", "100000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -269,6 +269,16 @@ pub struct ServeArgs {
     )]
     pub registrations_per_minute: u32,
 
+    /// New MCP sessions allowed per client per minute, on all MCP URLs together (more
+    /// get 429): each keeps its `initialize` in the store for a day.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SESSIONS_PER_MINUTE",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub sessions_per_minute: u32,
+
     /// The largest registration request body, in bytes.
     #[arg(
         long,
@@ -440,6 +450,7 @@ pub struct Limits {
     pub request_body_timeout: Duration,
     pub max_connections: usize,
     pub registrations_per_minute: u32,
+    pub sessions_per_minute: u32,
     pub max_registration_bytes: usize,
     /// How often an open MCP stream checks that its token is still valid.
     pub stream_recheck: Duration,
@@ -722,6 +733,7 @@ impl ServeArgs {
                     request_body_timeout: self.request_body_timeout,
                     max_connections: self.max_connections as usize,
                     registrations_per_minute: self.registrations_per_minute,
+                    sessions_per_minute: self.sessions_per_minute,
                     max_registration_bytes: self.max_registration_bytes as usize,
                     stream_recheck: self.stream_recheck,
                     activity_retention: self.activity_retention,

@@ -3,7 +3,7 @@
 //! not be able to fill the store, nor slow every request with a store write). Time is
 //! tokio's, so tests pause it instead of sleeping.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::{collections::HashMap, hash::Hash, net::IpAddr, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
@@ -36,14 +36,14 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// At most `limit` events per address in each fixed window.
-pub struct WindowLimiter {
+/// At most `limit` events per key (a client address by default) in each fixed window.
+pub struct WindowLimiter<K = IpAddr> {
     limit: u32,
     window: Duration,
-    state: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    state: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
-impl WindowLimiter {
+impl<K: Clone + Eq + Hash> WindowLimiter<K> {
     pub fn new(limit: u32, window: Duration) -> Self {
         WindowLimiter {
             limit: limit.max(1),
@@ -52,20 +52,24 @@ impl WindowLimiter {
         }
     }
 
-    /// Counts an event from `ip`, or says when the next one is allowed.
-    pub fn hit(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+    /// Counts an event of `key`, or says when the next one is allowed.
+    pub fn hit_key(&self, key: &K) -> Result<(), RetryAfter> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.len() >= MAX_TRACKED {
+        if state.len() >= MAX_TRACKED && !state.contains_key(key) {
             let window = self.window;
             state.retain(|_, (start, _)| now.duration_since(*start) < window);
             if state.len() >= MAX_TRACKED {
-                if let Some(oldest) = state.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                if let Some(oldest) = state
+                    .iter()
+                    .min_by_key(|(_, (s, _))| *s)
+                    .map(|(k, _)| k.clone())
+                {
                     state.remove(&oldest);
                 }
             }
         }
-        let entry = state.entry(address_key(ip)).or_insert((now, 0));
+        let entry = state.entry(key.clone()).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
@@ -74,6 +78,13 @@ impl WindowLimiter {
         }
         entry.1 += 1;
         Ok(())
+    }
+}
+
+impl WindowLimiter<IpAddr> {
+    /// Counts an event from `ip`, or says when the next one is allowed.
+    pub fn hit(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        self.hit_key(&address_key(ip))
     }
 }
 

@@ -1006,9 +1006,9 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
     assert_eq!(again.status, StatusCode::ACCEPTED);
 }
 
-/// An upstream at its `max_sessions`: the next client's `initialize` is a JSON-RPC
-/// error naming the upstream, without a session id to use (so nothing answers 500
-/// later); once a session ends, a new one opens.
+/// An upstream at its `max_sessions`, or a client at its `max_sessions_per_client`:
+/// the next `initialize` is a JSON-RPC error naming the upstream, without a session
+/// id to use (so nothing answers 500 later); once a session ends, a new one opens.
 #[tokio::test]
 async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1016,31 +1016,55 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     std::fs::write(
         &config,
         format!(
-            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 1\n",
+            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 2\nmax_sessions_per_client = 1\n",
             python(),
             env!("CARGO_MANIFEST_DIR")
         ),
     )
     .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
-    let first = app.session_at("/mcp/py", &token, V2025).await;
-
-    let refused = app.send(initialize("/mcp/py", &token, 1)).await;
-    let error = &refused.rpc()["error"];
-    assert_eq!(error["data"]["upstream"], "py", "{}", refused.body);
-    assert_eq!(error["data"]["reason"], "busy", "{}", refused.body);
-    assert!(
-        refused.headers.get("mcp-session-id").is_none(),
-        "a failed initialize named a session"
+    // The retries below are new sessions too.
+    let app = TestApp::new(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--sessions-per-minute",
+        "1000",
+    ]);
+    let token = |scope| {
+        let app = &app;
+        async move {
+            let (_, tokens) = app.tokens_at(PY_URL, scope).await;
+            tokens["access_token"].as_str().expect("at").to_owned()
+        }
+    };
+    let refused = |answer: Answer, reason: &str| {
+        let error = &answer.rpc()["error"];
+        assert_eq!(error["data"]["upstream"], "py", "{}", answer.body);
+        assert_eq!(error["data"]["reason"], reason, "{}", answer.body);
+        assert!(
+            answer.headers.get("mcp-session-id").is_none(),
+            "a failed initialize named a session"
+        );
+    };
+    let (one, two, three) = (
+        token("py:read").await,
+        token("py:read").await,
+        token("py:read").await,
     );
+    let first = app.session_at("/mcp/py", &one, V2025).await;
+    // The first client holds its one place; another client still gets one of the
+    // upstream's two, and then the upstream is full for everyone.
+    refused(
+        app.send(initialize("/mcp/py", &one, 1)).await,
+        "client_busy",
+    );
+    app.session_at("/mcp/py", &two, V2025).await;
+    refused(app.send(initialize("/mcp/py", &three, 1)).await, "busy");
 
     let ended = app
         .send(
             Request::delete("/mcp/py")
                 .header(header::HOST, "gate.example.com")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::AUTHORIZATION, format!("Bearer {one}"))
                 .header("mcp-session-id", &first)
                 .header("mcp-protocol-version", V2025)
                 .body(axum::body::Body::empty())
@@ -1048,10 +1072,11 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
         )
         .await;
     assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
-    // The upstream's place is given back once rmcp has closed the session.
+    // The upstream's place, and the client's, are given back once rmcp has closed
+    // the session.
     let mut opened = None;
     for _ in 0..50 {
-        let answer = app.send(initialize("/mcp/py", &token, 2)).await;
+        let answer = app.send(initialize("/mcp/py", &one, 2)).await;
         if answer.headers.get("mcp-session-id").is_some() {
             opened = Some(answer);
             break;

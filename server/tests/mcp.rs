@@ -11,6 +11,7 @@ use axum::{
 };
 use common::*;
 use gatehouse::{
+    http::mcp::sessions::StoreSessions,
     oauth::{
         client::ClientId,
         records::{access_key, AccessToken},
@@ -20,6 +21,7 @@ use gatehouse::{
     resource::ResourceUri,
     store::{Group, Put},
 };
+use rmcp::transport::streamable_http_server::session::store::SessionStore;
 use serde_json::{json, Value};
 
 const V2025_06: &str = "2025-06-18";
@@ -334,6 +336,97 @@ async fn sessions_protocol_versions_and_transport_errors() {
         .send(Request::post("/mcp/").body(Body::empty()).expect("request"))
         .await;
     assert!(!redirect.status.is_redirection());
+}
+
+/// Each session keeps its `initialize` in the store for a day, so a client opens a
+/// bounded number per minute, each of a bounded size; sessions it has keep working,
+/// and other clients are not affected.
+#[tokio::test]
+async fn new_sessions_are_limited_per_client_and_in_size() {
+    let app = TestApp::new(&["--sessions-per-minute", "2"]);
+    let (mut tokens, mut clients) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let (client, issued) = app.tokens_for("read:articles").await;
+        tokens.push(issued["access_token"].as_str().expect("at").to_owned());
+        clients.push(client);
+    }
+    assert_ne!(clients[0], clients[1]);
+    let (one, other) = (&tokens[0], &tokens[1]);
+    let initialize = |padding: usize| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": V2025_06, "capabilities": {"experimental": {"pad": {"x": "p".repeat(padding)}}},
+            "clientInfo": {"name": "router-test", "version": "1"}}})
+    };
+
+    let large = app.mcp(Some(one), None, None, initialize(17 * 1024)).await;
+    assert_eq!(
+        large.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        large.body
+    );
+    assert!(large.headers.get("mcp-session-id").is_none());
+
+    let session = app.mcp_session(one, V2025_06).await;
+    app.mcp_session(one, V2025_06).await;
+    let refused = app.mcp(Some(one), None, None, initialize(0)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.rpc()["error"]["code"], -32600, "{}", refused.body);
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(refused.headers.get("mcp-session-id").is_none());
+
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let listed = app
+        .mcp(Some(one), Some(&session), Some(V2025_06), list)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    app.mcp_session(other, V2025_06).await;
+}
+
+/// A session's binding, and rmcp's record of its `initialize`, are kept for a day;
+/// a session still in use after half of that is kept for another day, so a client
+/// working on for days is not told its session is unknown.
+#[tokio::test]
+async fn a_session_in_use_outlives_a_day() {
+    let app = TestApp::new(&["--access-token-ttl", "4d"]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let stored = || async {
+        let store = StoreSessions(app.state.store.clone());
+        SessionStore::load(&store, &session).await.expect("load")
+    };
+
+    for hours in [13, 13, 13, 13] {
+        app.clock.advance(Duration::from_secs(hours * 3600));
+        let listed = app
+            .mcp(Some(token), Some(&session), Some(V2025_06), list.clone())
+            .await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert!(
+            stored().await.is_some(),
+            "rmcp's record of the session expired"
+        );
+    }
+
+    // Unused for a day, it ends as before.
+    app.clock.advance(Duration::from_secs(25 * 3600));
+    let unused = app
+        .mcp(Some(token), Some(&session), Some(V2025_06), list)
+        .await;
+    assert_eq!(unused.status, StatusCode::NOT_FOUND, "{}", unused.body);
+    assert!(stored().await.is_none());
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ pub struct RawUpstream {
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub max_sessions: Option<u32>,
+    pub max_sessions_per_client: Option<u32>,
     pub idle_timeout: Option<String>,
     pub pool_size: Option<u32>,
     #[serde(default)]
@@ -176,6 +177,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Downstream sessions (each with its own upstream session or process) at once.
     pub max_sessions: usize,
+    /// Of those, the most one client may hold, so that a client (a runaway script, a
+    /// leaked token) cannot take every place, and every process, from the others.
+    pub max_sessions_per_client: usize,
     /// A session without requests for this long is closed.
     pub idle_timeout: Duration,
     /// Upstream connections shared by sessionless (2026-07-28) requests.
@@ -374,6 +378,13 @@ impl RawUpstream {
         if !(1..=10_000).contains(&max_sessions) {
             fail("max_sessions must be 1 to 10000".into());
         }
+        // Half the places by default (at least one): two clients can always work.
+        let max_sessions_per_client = self
+            .max_sessions_per_client
+            .map_or(max_sessions.div_ceil(2), |n| n as usize);
+        if max_sessions > 0 && !(1..=max_sessions).contains(&max_sessions_per_client) {
+            fail("max_sessions_per_client must be 1 to max_sessions".into());
+        }
         if !(1..=64).contains(&pool_size) {
             fail("pool_size must be 1 to 64".into());
         }
@@ -392,6 +403,7 @@ impl RawUpstream {
                 timeout,
                 connect_timeout,
                 max_sessions,
+                max_sessions_per_client,
                 idle_timeout,
                 pool_size,
                 tools,
@@ -534,6 +546,36 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(errors[0].contains("headers"), "{errors:#?}");
         assert!(!errors[0].contains("hunter2"), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_client_may_hold_half_the_sessions_unless_configured() {
+        let upstream = |extra: &str| {
+            let file: FileConfig = toml::from_str(&format!(
+                "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n{extra}"
+            ))
+            .expect("toml");
+            file.upstreams
+                .into_iter()
+                .next()
+                .expect("one")
+                .validate(&env)
+        };
+        let per_client = |extra: &str| upstream(extra).expect("valid").max_sessions_per_client;
+        assert_eq!(per_client(""), 8);
+        assert_eq!(per_client("max_sessions = 5"), 3);
+        assert_eq!(per_client("max_sessions = 1"), 1);
+        assert_eq!(
+            per_client("max_sessions = 4\nmax_sessions_per_client = 4"),
+            4
+        );
+        for wrong in [
+            "max_sessions_per_client = 0",
+            "max_sessions_per_client = 17",
+        ] {
+            let errors = upstream(wrong).expect_err(wrong);
+            assert!(errors[0].contains("max_sessions_per_client"), "{errors:#?}");
+        }
     }
 
     #[test]

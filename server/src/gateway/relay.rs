@@ -360,15 +360,17 @@ impl ServerHandler for GatewayHandler {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
+        let parts = context.extensions.get::<http::request::Parts>();
+        // The guard put the client's token in the request.
+        let client_id = parts
+            .and_then(|parts| parts.extensions.get::<AccessToken>())
+            .map(|access| &access.client_id);
         let session = self
             .shared
-            .open_session(&request, context.peer.clone())
+            .open_session(&request, context.peer.clone(), client_id)
             .await?;
         let info = session.info().ok_or_else(|| self.shared.closed_error())?;
-        let slot = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<SessionSlot>());
+        let slot = parts.and_then(|parts| parts.extensions.get::<SessionSlot>());
         if let Some(slot) = slot {
             let _ = slot.0.set(session.clone());
         }

@@ -3,6 +3,7 @@
 //! requests, the cap on sessions, and what `/healthz` reports.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, SystemTime},
 };
@@ -33,7 +34,7 @@ use super::{
     policy::ToolPolicy,
     relay::{InOrder, Routes, UpClient, UpService},
 };
-use crate::resource::Resource;
+use crate::{oauth::client::ClientId, resource::Resource};
 
 /// How often an unknown tool may make Gatehouse list an upstream's tools.
 const RELIST_AFTER: Duration = Duration::from_secs(30);
@@ -57,8 +58,46 @@ pub struct UpSession {
     pub routes: Arc<Mutex<Routes>>,
     /// An HTTP upstream's direct path for tool calls ([`super::direct`]).
     pub leg: Option<Arc<Leg>>,
-    /// Held for a session's life: one place of `max_sessions`.
-    _place: Option<OwnedSemaphorePermit>,
+    /// Held for a session's life: one place of `max_sessions`, and one of its
+    /// client's `max_sessions_per_client`.
+    _place: Option<(OwnedSemaphorePermit, Option<ClientPlace>)>,
+}
+
+/// Sessions each client holds on one upstream, for `max_sessions_per_client`.
+type Held = Arc<StdMutex<HashMap<ClientId, usize>>>;
+
+/// One of a client's places on an upstream, given back when dropped.
+struct ClientPlace {
+    held: Held,
+    client: ClientId,
+}
+
+impl ClientPlace {
+    /// A place for `client`, unless it holds `max` already.
+    fn take(held: &Held, client: &ClientId, max: usize) -> Option<ClientPlace> {
+        let mut counts = held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(client.clone()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientPlace {
+            held: held.clone(),
+            client: client.clone(),
+        })
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut counts = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl UpSession {
@@ -101,6 +140,7 @@ pub struct Shared {
     pub resource: Arc<Resource>,
     pub policy: ToolPolicy,
     places: Arc<Semaphore>,
+    held: Held,
     /// When the upstream's tools were last listed for an unknown tool: at most
     /// once per [`RELIST_AFTER`], however many unknown tools clients name.
     listed: Mutex<Option<tokio::time::Instant>>,
@@ -144,6 +184,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             policy: ToolPolicy::new(config.tools.clone()),
             places: Arc::new(Semaphore::new(config.max_sessions)),
+            held: Held::default(),
             pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
             next: Default::default(),
             listed: Mutex::new(None),
@@ -257,12 +298,28 @@ impl Shared {
         observed.at = Some(SystemTime::now());
     }
 
-    /// A session's own upstream connection, for the client that sent `request`.
+    /// A session's own upstream connection, for the client (`client_id`, when known)
+    /// that sent `request`.
     pub async fn open_session(
         self: &Arc<Self>,
         request: &InitializeRequestParams,
         client: Peer<RoleServer>,
+        client_id: Option<&ClientId>,
     ) -> Result<Arc<UpSession>, ErrorData> {
+        let max = self.config.max_sessions_per_client;
+        let client_place = match client_id {
+            Some(id) => Some(ClientPlace::take(&self.held, id, max).ok_or_else(|| {
+                ErrorData::internal_error(
+                    format!(
+                        "this client has {max} sessions open at upstream {}, its maximum; \
+                         end one (DELETE) or let one close when idle",
+                        self.config.name
+                    ),
+                    Some(json!({ "upstream": self.config.name, "reason": "client_busy" })),
+                )
+            })?),
+            None => None,
+        };
         let place = self.places.clone().try_acquire_owned().map_err(|_| {
             ErrorData::internal_error(
                 format!(
@@ -282,7 +339,7 @@ impl Shared {
             )
             .await?;
         Ok(Arc::new(UpSession {
-            _place: Some(place),
+            _place: Some((place, client_place)),
             ..session
         }))
     }

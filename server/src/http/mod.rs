@@ -31,6 +31,7 @@ use crate::{
     clock::Clock,
     config::Config,
     oauth::{
+        client::ClientId,
         owner::{Owner, SignInLimiter},
         AuthServer,
     },
@@ -86,6 +87,8 @@ pub struct Shared {
     pub limiter: Arc<SignInLimiter>,
     /// Dynamic registrations per client address per minute.
     pub registrations: WindowLimiter,
+    /// New MCP sessions per client per minute.
+    pub new_sessions: WindowLimiter<ClientId>,
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
@@ -178,6 +181,10 @@ impl AppState {
             )),
             registrations: WindowLimiter::new(
                 config.limits.registrations_per_minute,
+                Duration::from_secs(60),
+            ),
+            new_sessions: WindowLimiter::new(
+                config.limits.sessions_per_minute,
                 Duration::from_secs(60),
             ),
             hosts: mcp::policy::HostPolicy::new(&config),

@@ -8,8 +8,9 @@
 //! 4. a session id, when sent, belongs to this token's client (else 404, exactly as
 //!    for an unknown session); its binding is read with the token, unless this
 //!    instance saw it in the last minute ([`sessions::RecentBindings`]);
-//! 5. one JSON-RPC message per POST (batches 400), and the scope the call needs: 403
-//!    `insufficient_scope` so clients can step up;
+//! 5. one JSON-RPC message per POST (batches 400); a new session's `initialize` at
+//!    most 16 KiB (413) and within its client's `--sessions-per-minute` (429); and
+//!    the scope the call needs: 403 `insufficient_scope` so clients can step up;
 //! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
 //!
 //! A new session is bound to the client that opened it. A streamed answer (SSE) is
@@ -132,13 +133,26 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         Err(e) => return store_unavailable(&e),
     };
     if let Some(session) = &session {
+        let from_store = known.is_none();
         let bound = known.or_else(|| {
             let bound = Arc::new(sessions::binding_of(records[1].as_deref())?);
             state.bindings.remember(session, bound.clone());
             Some(bound)
         });
-        if !bound.is_some_and(|b| b.allows(&access.client_id, &resource.uri)) {
+        let Some(bound) = bound.filter(|b| b.allows(&access.client_id, &resource.uri)) else {
             return unknown_session();
+        };
+        // Read from the store at most once a minute per instance; a session in use
+        // for half a day is kept for another.
+        let now = state.clock.now_ms();
+        if from_store && bound.is_due(now) {
+            let raw = records[1].as_deref().unwrap_or_default();
+            let renew = sessions::renew(&state.store, session, raw, &bound, now);
+            match tokio::time::timeout(VERIFY_TIMEOUT, renew).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew an MCP session in use"),
+                Err(_) => tracing::warn!("renewing an MCP session in use timed out"),
+            }
         }
     }
 
@@ -165,6 +179,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     )
                 }
                 Message::Single(call) => {
+                    if call.method() == "initialize" && session.is_none() {
+                        if let Err(refusal) = admit_session(&state, &access, bytes) {
+                            return *refusal;
+                        }
+                    }
                     if call.method() == "tools/call" {
                         tool = call.name().map(str::to_owned);
                     }
@@ -219,6 +238,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 let binding = Binding {
                     client_id: client_id.clone(),
                     resource: resource.uri.clone(),
+                    bound_at: state.clock.now_ms(),
                 };
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
                     return store_unavailable(&e);
@@ -276,6 +296,36 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         None => response,
     };
     watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// The largest `initialize` request. rmcp keeps each session's `initialize` in the
+/// store for a day ([`sessions::MCP_SESSION_TTL`]); a client's is a few hundred bytes.
+pub const MAX_INITIALIZE_BYTES: usize = 16 * 1024;
+
+/// A new session, if its client may open one now: each keeps its `initialize` in the
+/// store for a day, so what a token can make the store hold is bounded by the
+/// client's sessions per minute times [`MAX_INITIALIZE_BYTES`].
+fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
+    if body.len() > MAX_INITIALIZE_BYTES {
+        return Err(Box::new(rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::INVALID_REQUEST,
+            "the initialize request is too large (16 KiB at most)",
+        )));
+    }
+    if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
+        tracing::warn!(client = %access.client_id, "refused a new MCP session: too many this minute");
+        let mut refusal = rpc_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::INVALID_REQUEST,
+            "this client opened too many sessions in the last minute; try again later",
+        );
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+        return Err(Box::new(refusal));
+    }
+    Ok(())
 }
 
 /// Steps 1 and 2, before the body is read: the hash of the bearer token, or the

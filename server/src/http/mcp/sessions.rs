@@ -63,6 +63,10 @@ impl SessionStore for StoreSessions {
 pub struct Binding {
     pub client_id: ClientId,
     pub resource: ResourceUri,
+    /// When it was written (ms since the epoch; 0 for bindings written before this
+    /// was kept). See [`Binding::is_due`].
+    #[serde(default)]
+    pub bound_at: u64,
 }
 
 pub fn binding_key(session_id: &str) -> Key {
@@ -131,7 +135,47 @@ impl RecentBindings {
     }
 }
 
+/// Keeps a session in use past [`MCP_SESSION_TTL`]: its binding (read as `raw`),
+/// written again with `now`, and rmcp's record of its `initialize`, for another TTL
+/// each. Without this a session used for longer than a day would be answered 404 in
+/// the middle of its work, once its binding expired. Each is replaced only while it
+/// is still what was read, so a session ended meanwhile is not brought back; returns
+/// whether the binding was renewed.
+pub async fn renew(
+    store: &SharedStore,
+    session_id: &str,
+    raw: &[u8],
+    binding: &Binding,
+    now: u64,
+) -> StoreResult<bool> {
+    let renewed = Binding {
+        bound_at: now,
+        ..binding.clone()
+    };
+    let ttl = Put::ttl(MCP_SESSION_TTL);
+    let key = binding_key(session_id);
+    if !store
+        .compare_and_swap(&key, raw, &encode(&renewed)?, ttl)
+        .await?
+    {
+        return Ok(false);
+    }
+    let record = session_key(session_id);
+    if let Some(state) = store.get(&record).await? {
+        store
+            .compare_and_swap(&record, &state, &state, Put::ttl(MCP_SESSION_TTL))
+            .await?;
+    }
+    Ok(true)
+}
+
 impl Binding {
+    /// Whether the session has been in use for half its TTL since its binding was
+    /// written, so that [`renew`] should keep it for another.
+    pub fn is_due(&self, now: u64) -> bool {
+        now.saturating_sub(self.bound_at) >= MCP_SESSION_TTL.as_millis() as u64 / 2
+    }
+
     /// Whether this client may use the session on this resource.
     pub fn allows(&self, client_id: &ClientId, resource: &ResourceUri) -> bool {
         self.client_id == *client_id && self.resource == *resource
@@ -151,6 +195,7 @@ mod tests {
         Binding {
             client_id: ClientId::parse(client).expect("client id"),
             resource: ResourceUri::new("https://gh.example/mcp".into()),
+            bound_at: 0,
         }
     }
 
