@@ -97,6 +97,12 @@ fn text(answer: &Answer) -> String {
         .to_owned()
 }
 
+fn initialize_body(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+    "protocolVersion": V2025, "capabilities": {},
+    "clientInfo": {"name": "t", "version": "1"}}})
+}
+
 /// A client's `initialize` at `path`, without a session.
 fn initialize(path: &str, token: &str, id: u64) -> Request<axum::body::Body> {
     McpPost {
@@ -104,11 +110,7 @@ fn initialize(path: &str, token: &str, id: u64) -> Request<axum::body::Body> {
         token: Some(token),
         ..McpPost::default()
     }
-    .body(
-        json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-        "protocolVersion": V2025, "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"}}}),
-    )
+    .body(initialize_body(id))
 }
 
 /// Every tool call in the activity log, as (tool, outcome), sorted.
@@ -1051,6 +1053,14 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
         token("py:read").await,
     );
     let first = app.session_at("/mcp/py", &one, V2025).await;
+    // An `initialize` sent again in the session starts nothing upstream.
+    let again = post(&app, &one, &first, initialize_body(9)).await;
+    assert_eq!(
+        again.rpc()["error"]["message"],
+        "this session is already initialized",
+        "{}",
+        again.body
+    );
     // The first client holds its one place; another client still gets one of the
     // upstream's two, and then the upstream is full for everyone.
     refused(

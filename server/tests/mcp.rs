@@ -358,7 +358,7 @@ async fn new_sessions_are_limited_per_client_and_in_size() {
             "clientInfo": {"name": "router-test", "version": "1"}}})
     };
 
-    let large = app.mcp(Some(one), None, None, initialize(17 * 1024)).await;
+    let large = app.mcp(Some(one), None, None, initialize(9 * 1024)).await;
     assert_eq!(
         large.status,
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -366,6 +366,20 @@ async fn new_sessions_are_limited_per_client_and_in_size() {
         large.body
     );
     assert!(large.headers.get("mcp-session-id").is_none());
+    // rmcp ignores members it does not know, even given twice, where the guard's
+    // reading of the body fails: such a body is refused, never taken for less.
+    let twice = serde_json::to_string(&initialize(9 * 1024))
+        .expect("json")
+        .replacen(r#""params":{"#, r#""params":{"uri":0,"uri":0,"#, 1);
+    assert!(twice.contains(r#""uri":0,"uri":0"#), "{twice:.80}");
+    let request = McpPost {
+        token: Some(one),
+        ..McpPost::default()
+    };
+    let hidden = app.send(request.with_body(Body::from(twice))).await;
+    assert_eq!(hidden.status, StatusCode::BAD_REQUEST, "{}", hidden.body);
+    assert_eq!(hidden.rpc()["error"]["code"], -32700, "{}", hidden.body);
+    assert!(hidden.headers.get("mcp-session-id").is_none());
 
     let session = app.mcp_session(one, V2025_06).await;
     app.mcp_session(one, V2025_06).await;
@@ -395,10 +409,11 @@ async fn new_sessions_are_limited_per_client_and_in_size() {
 
 /// A session's binding, and rmcp's record of its `initialize`, are kept for a day;
 /// a session still in use after half of that is kept for another day, so a client
-/// working on for days is not told its session is unknown.
+/// working on for days is not told its session is unknown, up to a week: then it
+/// ends like an idle one, and the client opens another.
 #[tokio::test]
-async fn a_session_in_use_outlives_a_day() {
-    let app = TestApp::new(&["--access-token-ttl", "4d"]);
+async fn a_session_in_use_outlives_a_day_up_to_a_week() {
+    let app = TestApp::new(&["--access-token-ttl", "9d"]);
     let (_, tokens) = app.tokens_for("read:articles").await;
     let token = tokens["access_token"].as_str().expect("at");
     let session = app.mcp_session(token, V2025_06).await;
@@ -408,24 +423,31 @@ async fn a_session_in_use_outlives_a_day() {
         SessionStore::load(&store, &session).await.expect("load")
     };
 
-    for hours in [13, 13, 13, 13] {
-        app.clock.advance(Duration::from_secs(hours * 3600));
+    // Used every 13 hours: renewed at 13, 26, … 143 hours (the last renewal that
+    // ends within a week), still there at 156.
+    for step in 1..=12 {
+        app.clock.advance(Duration::from_secs(13 * 3600));
         let listed = app
             .mcp(Some(token), Some(&session), Some(V2025_06), list.clone())
             .await;
-        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert_eq!(
+            listed.status,
+            StatusCode::OK,
+            "{}h: {}",
+            step * 13,
+            listed.body
+        );
         assert!(
             stored().await.is_some(),
-            "rmcp's record of the session expired"
+            "{}h: rmcp's record expired",
+            step * 13
         );
     }
-
-    // Unused for a day, it ends as before.
-    app.clock.advance(Duration::from_secs(25 * 3600));
-    let unused = app
+    app.clock.advance(Duration::from_secs(13 * 3600));
+    let ended = app
         .mcp(Some(token), Some(&session), Some(V2025_06), list)
         .await;
-    assert_eq!(unused.status, StatusCode::NOT_FOUND, "{}", unused.body);
+    assert_eq!(ended.status, StatusCode::NOT_FOUND, "{}", ended.body);
     assert!(stored().await.is_none());
 }
 

@@ -360,6 +360,14 @@ impl ServerHandler for GatewayHandler {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
+        // rmcp hands an `initialize` sent again in a live session to this handler too;
+        // each would start an upstream session (a process) only to drop it.
+        if self.session.get().is_some() {
+            return Err(ErrorData::invalid_request(
+                "this session is already initialized",
+                None,
+            ));
+        }
         let parts = context.extensions.get::<http::request::Parts>();
         // The guard put the client's token in the request.
         let client_id = parts

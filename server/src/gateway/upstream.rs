@@ -60,7 +60,7 @@ pub struct UpSession {
     pub leg: Option<Arc<Leg>>,
     /// Held for a session's life: one place of `max_sessions`, and one of its
     /// client's `max_sessions_per_client`.
-    _place: Option<(OwnedSemaphorePermit, Option<ClientPlace>)>,
+    _place: Option<(OwnedSemaphorePermit, ClientPlace)>,
 }
 
 /// Sessions each client holds on one upstream, for `max_sessions_per_client`.
@@ -298,28 +298,28 @@ impl Shared {
         observed.at = Some(SystemTime::now());
     }
 
-    /// A session's own upstream connection, for the client (`client_id`, when known)
-    /// that sent `request`.
+    /// A session's own upstream connection, for the client (`client_id`) that sent
+    /// `request`.
     pub async fn open_session(
         self: &Arc<Self>,
         request: &InitializeRequestParams,
         client: Peer<RoleServer>,
         client_id: Option<&ClientId>,
     ) -> Result<Arc<UpSession>, ErrorData> {
+        // The guard puts the token in every request; without it, no session.
+        let client_id = client_id
+            .ok_or_else(|| ErrorData::internal_error("the session's client is not known", None))?;
         let max = self.config.max_sessions_per_client;
-        let client_place = match client_id {
-            Some(id) => Some(ClientPlace::take(&self.held, id, max).ok_or_else(|| {
-                ErrorData::internal_error(
-                    format!(
-                        "this client has {max} sessions open at upstream {}, its maximum; \
-                         end one (DELETE) or let one close when idle",
-                        self.config.name
-                    ),
-                    Some(json!({ "upstream": self.config.name, "reason": "client_busy" })),
-                )
-            })?),
-            None => None,
-        };
+        let client_place = ClientPlace::take(&self.held, client_id, max).ok_or_else(|| {
+            ErrorData::internal_error(
+                format!(
+                    "this client has {max} sessions open at upstream {}, its maximum; \
+                     end one (DELETE) or let one close when idle",
+                    self.config.name
+                ),
+                Some(json!({ "upstream": self.config.name, "reason": "client_busy" })),
+            )
+        })?;
         let place = self.places.clone().try_acquire_owned().map_err(|_| {
             ErrorData::internal_error(
                 format!(

@@ -19,11 +19,14 @@ pub struct Call<'a> {
 /// What a POST body holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message<'a> {
-    /// One JSON-RPC message (or something that is not JSON-RPC at all, which the MCP
-    /// server answers itself).
+    /// One JSON-RPC message: a request, a notification or a response.
     Single(Call<'a>),
     /// A JSON array: batches are refused since 2025-06-18.
     Batch,
+    /// Not JSON, not an object, a `method` that is not a string, a member given
+    /// twice (where rmcp, ignoring members it does not know, might still read a
+    /// message): refused, so the guard never decides on less than the server reads.
+    Unreadable,
 }
 
 #[derive(Deserialize)]
@@ -98,8 +101,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// Reads `body`. Anything unparsable is a `Single` with no method: the MCP server
-    /// answers it with the proper JSON-RPC error.
+    /// Reads `body`.
     pub fn peek(body: &'a [u8]) -> Self {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
@@ -117,7 +119,7 @@ impl<'a> Message<'a> {
                     uri,
                 })
             }
-            Err(_) => Message::Single(Call::default()),
+            Err(_) => Message::Unreadable,
         }
     }
 }
@@ -187,10 +189,15 @@ mod tests {
     #[test]
     fn batches_and_garbage() {
         assert_eq!(Message::peek(b" \n[{}]"), Message::Batch);
-        assert_eq!(Message::peek(b"not json"), Message::Single(Call::default()));
-        assert_eq!(Message::peek(b""), Message::Single(Call::default()));
+        assert_eq!(Message::peek(b"not json"), Message::Unreadable);
+        assert_eq!(Message::peek(b""), Message::Unreadable);
+        assert_eq!(Message::peek(br#"{"method":7}"#), Message::Unreadable);
         assert_eq!(
-            Message::peek(br#"{"method":7}"#),
+            Message::peek(br#"{"method":"initialize","params":{"uri":0,"uri":0}}"#),
+            Message::Unreadable
+        );
+        assert_eq!(
+            Message::peek(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
             Message::Single(Call::default())
         );
     }
@@ -308,14 +315,18 @@ mod properties {
             .expect("json");
             match (Message::peek(&body), value.is_array()) {
                 (Message::Batch, true) => {}
-                (Message::Single(call), false) => match expected(&value) {
-                    Some((method, name, uri)) => {
+                (Message::Single(call), false) => {
+                    let expected = expected(&value);
+                    prop_assert!(expected.is_some(), "read {:?} from {}", call, value);
+                    if let Some((method, name, uri)) = expected {
                         prop_assert_eq!(call.method.as_deref(), method);
                         prop_assert_eq!(call.name(), name);
                         prop_assert_eq!(call.uri.as_deref(), uri);
                     }
-                    None => prop_assert_eq!(call, Call::default()),
-                },
+                }
+                (Message::Unreadable, false) => {
+                    prop_assert!(expected(&value).is_none(), "could not read {}", value)
+                }
                 (peeked, _) => prop_assert!(false, "{:?} for {}", peeked, value),
             }
         }

@@ -8,8 +8,9 @@
 //! 4. a session id, when sent, belongs to this token's client (else 404, exactly as
 //!    for an unknown session); its binding is read with the token, unless this
 //!    instance saw it in the last minute ([`sessions::RecentBindings`]);
-//! 5. one JSON-RPC message per POST (batches 400); a new session's `initialize` at
-//!    most 16 KiB (413) and within its client's `--sessions-per-minute` (429); and
+//! 5. one JSON-RPC message per POST, which the guard can read (else 400: a batch, not
+//!    JSON, a member given twice); a new session's `initialize` at
+//!    most 8 KiB (413) and within its client's `--sessions-per-minute` (429); and
 //!    the scope the call needs: 403 `insufficient_scope` so clients can step up;
 //! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
 //!
@@ -97,6 +98,8 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     let prepared = endpoint.prepare(&parts, bytes);
     // The tool a `tools/call` names, for the activity log.
     let mut tool = prepared.tool.clone();
+    // Whether this request counted as a new session (see `admit_session`).
+    let mut counted = false;
     let session = session_id(&parts.headers).map(str::to_owned);
     // A binding this instance saw lately is not read again (see `RecentBindings`).
     let known = session.as_deref().and_then(|s| state.bindings.get(s));
@@ -143,7 +146,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             return unknown_session();
         };
         // Read from the store at most once a minute per instance; a session in use
-        // for half a day is kept for another.
+        // for half a day is kept for another, up to a week.
         let now = state.clock.now_ms();
         if from_store && bound.is_due(now) {
             let raw = records[1].as_deref().unwrap_or_default();
@@ -178,11 +181,19 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "batched JSON-RPC requests are not supported",
                     )
                 }
+                Message::Unreadable => {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        code::PARSE_ERROR,
+                        "the request body is not a JSON-RPC message",
+                    )
+                }
                 Message::Single(call) => {
-                    if call.method() == "initialize" && session.is_none() {
+                    if session.is_none() && call.method() == "initialize" {
                         if let Err(refusal) = admit_session(&state, &access, bytes) {
                             return *refusal;
                         }
+                        counted = true;
                     }
                     if call.method() == "tools/call" {
                         tool = call.name().map(str::to_owned);
@@ -235,10 +246,16 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 .get(&super::SESSION_ID)
                 .and_then(|v| v.to_str().ok());
             if let Some(opened) = opened {
+                if !counted {
+                    // Whatever opened it, it counts towards the client's next.
+                    let _ = state.new_sessions.hit_key(&client_id);
+                }
+                let now = state.clock.now_ms();
                 let binding = Binding {
                     client_id: client_id.clone(),
                     resource: resource.uri.clone(),
-                    bound_at: state.clock.now_ms(),
+                    opened_at: now,
+                    bound_at: now,
                 };
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
                     return store_unavailable(&e);
@@ -299,18 +316,20 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
 }
 
 /// The largest `initialize` request. rmcp keeps each session's `initialize` in the
-/// store for a day ([`sessions::MCP_SESSION_TTL`]); a client's is a few hundred bytes.
-pub const MAX_INITIALIZE_BYTES: usize = 16 * 1024;
+/// store for a day ([`sessions::MCP_SESSION_TTL`]), a week if in use; a client's is a
+/// few hundred bytes.
+pub const MAX_INITIALIZE_BYTES: usize = 8 * 1024;
 
 /// A new session, if its client may open one now: each keeps its `initialize` in the
-/// store for a day, so what a token can make the store hold is bounded by the
-/// client's sessions per minute times [`MAX_INITIALIZE_BYTES`].
+/// store for a day (a week at most while in use, [`sessions::MAX_SESSION_LIFE`]), so
+/// what a token can make the store hold is bounded by the client's sessions per
+/// minute times [`MAX_INITIALIZE_BYTES`].
 fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
     if body.len() > MAX_INITIALIZE_BYTES {
         return Err(Box::new(rpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             code::INVALID_REQUEST,
-            "the initialize request is too large (16 KiB at most)",
+            "the initialize request is too large (8 KiB at most)",
         )));
     }
     if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {

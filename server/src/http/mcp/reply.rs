@@ -13,6 +13,7 @@ use crate::{oauth::scope::ScopeSet, resource::Resource, store::StoreError};
 
 /// JSON-RPC error codes the guard uses.
 pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Implementation-defined: authorization failed (401/403).

@@ -23,6 +23,12 @@ use crate::{
 /// How long an idle MCP session can be restored on another instance.
 pub const MCP_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a session in use is kept ([`renew`]); then it expires like an idle one,
+/// and its client opens another (a client must, on 404). Without an end, a client
+/// could keep every session it ever opened, and what it made the store hold would be
+/// bounded only by its requests.
+pub const MAX_SESSION_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub struct StoreSessions(pub SharedStore);
 
 fn session_key(session_id: &str) -> Key {
@@ -63,8 +69,10 @@ impl SessionStore for StoreSessions {
 pub struct Binding {
     pub client_id: ClientId,
     pub resource: ResourceUri,
-    /// When it was written (ms since the epoch; 0 for bindings written before this
-    /// was kept). See [`Binding::is_due`].
+    /// When the session was opened, and when this was written (ms since the epoch;
+    /// 0 for bindings written before these were kept). See [`Binding::is_due`].
+    #[serde(default)]
+    pub opened_at: u64,
     #[serde(default)]
     pub bound_at: u64,
 }
@@ -149,6 +157,11 @@ pub async fn renew(
     now: u64,
 ) -> StoreResult<bool> {
     let renewed = Binding {
+        opened_at: if binding.opened_at == 0 {
+            now
+        } else {
+            binding.opened_at
+        },
         bound_at: now,
         ..binding.clone()
     };
@@ -171,9 +184,18 @@ pub async fn renew(
 
 impl Binding {
     /// Whether the session has been in use for half its TTL since its binding was
-    /// written, so that [`renew`] should keep it for another.
+    /// written, so that [`renew`] should keep it for another, unless it is near its
+    /// [`MAX_SESSION_LIFE`]. A binding written before `opened_at` was kept renews
+    /// once, with its session counted as opened then.
     pub fn is_due(&self, now: u64) -> bool {
+        let opened = if self.opened_at == 0 {
+            now
+        } else {
+            self.opened_at
+        };
         now.saturating_sub(self.bound_at) >= MCP_SESSION_TTL.as_millis() as u64 / 2
+            && now.saturating_sub(opened) + (MCP_SESSION_TTL.as_millis() as u64)
+                <= MAX_SESSION_LIFE.as_millis() as u64
     }
 
     /// Whether this client may use the session on this resource.
@@ -195,6 +217,7 @@ mod tests {
         Binding {
             client_id: ClientId::parse(client).expect("client id"),
             resource: ResourceUri::new("https://gh.example/mcp".into()),
+            opened_at: 0,
             bound_at: 0,
         }
     }
@@ -224,6 +247,25 @@ mod tests {
         assert!(bound.allows(&binding("c1").client_id, &resource));
         assert!(!bound.allows(&binding("c2").client_id, &resource));
         assert!(!bound.allows(&binding("c1").client_id, &other));
+    }
+
+    #[test]
+    fn a_binding_renews_after_half_a_day_until_its_session_is_a_week_old() {
+        const HOUR: u64 = 3600 * 1000;
+        let opened = 1_000 * HOUR;
+        let at = |bound: u64| Binding {
+            opened_at: opened,
+            bound_at: opened + bound * HOUR,
+            ..binding("c1")
+        };
+        assert!(!at(0).is_due(opened + 11 * HOUR));
+        assert!(at(0).is_due(opened + 12 * HOUR));
+        // Renewed for a day from now, so not after 6 days: it ends within the week.
+        assert!(at(130).is_due(opened + 144 * HOUR));
+        assert!(!at(140).is_due(opened + 145 * HOUR));
+        // Written before the times were kept: renewed once, as if opened now.
+        let old = binding("c1");
+        assert!(old.is_due(opened));
     }
 
     #[test]
