@@ -305,6 +305,31 @@ async fn sessions_protocol_versions_and_transport_errors() {
         )
         .await;
     assert!(batch.status.is_client_error(), "batch: {}", batch.status);
+    // serde reads a struct from an array too: a call written as one is a batch.
+    let positional = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            json!([
+                "2.0",
+                9,
+                "tools/call",
+                [null, "list_articles", {}, null, null]
+            ]),
+        )
+        .await;
+    assert_eq!(
+        positional.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        positional.body
+    );
+    assert!(
+        positional.body.contains("batched"),
+        "positional: {}",
+        positional.body
+    );
     let notification = app
         .mcp(Some(token), Some(&session), Some(V2025_06), json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}))
         .await;

@@ -23,9 +23,10 @@ pub enum Message<'a> {
     Single(Call<'a>),
     /// A JSON array: batches are refused since 2025-06-18.
     Batch,
-    /// Not JSON, not an object, a `method` that is not a string, a member given
-    /// twice (where rmcp, ignoring members it does not know, might still read a
-    /// message): refused, so the guard never decides on less than the server reads.
+    /// Not JSON, not an object, a `method` that is not a string, `method`, `params`,
+    /// `params.name` or `params.uri` given twice (where rmcp, ignoring members it
+    /// does not know, might still read a message): refused, so the guard never
+    /// decides on less than the server reads.
     Unreadable,
 }
 

@@ -261,6 +261,11 @@ impl DirectCall {
     /// (400, 404, 406, 415, ...) as it always has.
     fn parse(headers: &HeaderMap, body: &[u8]) -> Option<Self> {
         let (session, _) = direct_session(headers)?;
+        // serde reads a struct from an array too: a batch goes to the guard's refusal.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return None;
+        }
         let call: CallRequest = serde_json::from_slice(body).ok()?;
         if call.jsonrpc != "2.0" || call.method != "tools/call" {
             return None;

@@ -194,7 +194,9 @@ impl Binding {
             self.opened_at
         };
         now.saturating_sub(self.bound_at) >= MCP_SESSION_TTL.as_millis() as u64 / 2
-            && now.saturating_sub(opened) + (MCP_SESSION_TTL.as_millis() as u64)
+            && now
+                .saturating_sub(opened)
+                .saturating_add(MCP_SESSION_TTL.as_millis() as u64)
                 <= MAX_SESSION_LIFE.as_millis() as u64
     }
 
@@ -263,6 +265,7 @@ mod tests {
         // Renewed for a day from now, so not after 6 days: it ends within the week.
         assert!(at(130).is_due(opened + 144 * HOUR));
         assert!(!at(140).is_due(opened + 145 * HOUR));
+        assert!(!at(132).is_due(opened + 145 * HOUR), "past the week");
         // Written before the times were kept: renewed once, as if opened now.
         let old = binding("c1");
         assert!(old.is_due(opened));
