@@ -4,14 +4,16 @@
 
 use gatehouse::{
     http::mcp::guard::bearer,
-    mcp::call::{Call, Message},
+    mcp::call::Message,
 };
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-/// What the peek should report for a JSON value without duplicate keys: method, name
-/// and uri when each is a string, null or absent, else nothing at all.
+/// What the peek should report for a JSON value without duplicate keys: the method
+/// when it is a string, null or absent (else nothing at all: unreadable), and name and
+/// uri when they are strings (passed over otherwise, as rmcp passes over members a
+/// method does not have).
 fn expected(value: &Value) -> Option<(Option<&str>, Option<&str>, Option<&str>)> {
     let object = value.as_object()?;
     fn as_text(v: Option<&Value>) -> Result<Option<&str>, ()> {
@@ -25,14 +27,15 @@ fn expected(value: &Value) -> Option<(Option<&str>, Option<&str>, Option<&str>)>
     let (name, uri) = match object.get("params") {
         None | Some(Value::Null) => (None, None),
         Some(Value::Object(params)) => (
-            as_text(params.get("name")).ok()?,
-            as_text(params.get("uri")).ok()?,
+            params.get("name").and_then(Value::as_str),
+            params.get("uri").and_then(Value::as_str),
         ),
         // serde reads a struct from a sequence too (as rmcp reads its params):
         // positional `[name, uri]`.
-        Some(Value::Array(items)) if items.len() == 2 => {
-            (as_text(items.first()).ok()?, as_text(items.get(1)).ok()?)
-        }
+        Some(Value::Array(items)) if items.len() == 2 => (
+            items.first().and_then(Value::as_str),
+            items.get(1).and_then(Value::as_str),
+        ),
         Some(_) => return None,
     };
     Some((method, name, uri))
@@ -59,16 +62,16 @@ fuzz_target!(|input: (&[u8], &[u8])| {
         Message::Batch => assert_eq!(first, Some(&b'[')),
         Message::Single(call) => {
             assert_ne!(first, Some(&b'['));
-            // Whatever the peek read, serde_json reads the same. (A peek that read
-            // nothing may have failed on a duplicate key, which serde_json's Value
-            // accepts, keeping the last.)
-            if call != Call::default() {
-                if let Ok(value) = serde_json::from_slice::<Value>(body) {
-                    let read = (call.method.as_deref(), call.name(), call.uri.as_deref());
-                    assert_eq!(expected(&value), Some(read));
-                }
+            // Whatever the peek read, serde_json reads the same: a key the peek reads
+            // given twice (which serde_json's Value accepts, keeping the last) made
+            // the body unreadable instead. (What the peek passes over unread, a
+            // Value may refuse: a number beyond f64, nesting past 128; so does rmcp.)
+            if let Ok(value) = serde_json::from_slice::<Value>(body) {
+                let read = (call.method.as_deref(), call.name(), call.uri.as_deref());
+                assert_eq!(expected(&value), Some(read));
             }
         }
+        Message::Unreadable => assert_ne!(first, Some(&b'[')),
     }
 
     // On the same message re-serialised (no duplicate keys), the peek agrees fully.
@@ -83,15 +86,13 @@ fuzz_target!(|input: (&[u8], &[u8])| {
         assert_eq!(peeked, Message::Batch);
         return;
     }
-    let Message::Single(call) = peeked else {
-        panic!("only arrays are batches")
-    };
-    match expected(&value) {
-        Some((method, name, uri)) => {
+    match (peeked, expected(&value)) {
+        (Message::Single(call), Some((method, name, uri))) => {
             assert_eq!(call.method.as_deref(), method);
             assert_eq!(call.name.as_deref(), name);
             assert_eq!(call.uri.as_deref(), uri);
         }
-        None => assert_eq!(call, Call::default()),
+        (Message::Unreadable, None) => {}
+        (peeked, expected) => panic!("peeked {peeked:?} where {expected:?} was expected"),
     }
 });
