@@ -147,21 +147,16 @@ impl RecentBindings {
 /// written again with `now`, and rmcp's record of its `initialize`, for another TTL
 /// each. Without this a session used for longer than a day would be answered 404 in
 /// the middle of its work, once its binding expired. Each is replaced only while it
-/// is still what was read, so a session ended meanwhile is not brought back; returns
-/// whether the binding was renewed.
+/// is still what was read, so a session ended meanwhile is not brought back.
 pub async fn renew(
     store: &SharedStore,
     session_id: &str,
     raw: &[u8],
     binding: &Binding,
     now: u64,
-) -> StoreResult<bool> {
+) -> StoreResult<()> {
     let renewed = Binding {
-        opened_at: if binding.opened_at == 0 {
-            now
-        } else {
-            binding.opened_at
-        },
+        opened_at: binding.opened(now),
         bound_at: now,
         ..binding.clone()
     };
@@ -171,15 +166,13 @@ pub async fn renew(
         .compare_and_swap(&key, raw, &encode(&renewed)?, ttl)
         .await?
     {
-        return Ok(false);
+        return Ok(());
     }
     let record = session_key(session_id);
     if let Some(state) = store.get(&record).await? {
-        store
-            .compare_and_swap(&record, &state, &state, Put::ttl(MCP_SESSION_TTL))
-            .await?;
+        store.compare_and_swap(&record, &state, &state, ttl).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 impl Binding {
@@ -188,16 +181,20 @@ impl Binding {
     /// [`MAX_SESSION_LIFE`]. A binding written before `opened_at` was kept renews
     /// once, with its session counted as opened then.
     pub fn is_due(&self, now: u64) -> bool {
-        let opened = if self.opened_at == 0 {
+        now.saturating_sub(self.bound_at) >= MCP_SESSION_TTL.as_millis() as u64 / 2
+            && now
+                .saturating_sub(self.opened(now))
+                .saturating_add(MCP_SESSION_TTL.as_millis() as u64)
+                <= MAX_SESSION_LIFE.as_millis() as u64
+    }
+
+    /// When the session opened; `now` for a binding written before that was kept.
+    fn opened(&self, now: u64) -> u64 {
+        if self.opened_at == 0 {
             now
         } else {
             self.opened_at
-        };
-        now.saturating_sub(self.bound_at) >= MCP_SESSION_TTL.as_millis() as u64 / 2
-            && now
-                .saturating_sub(opened)
-                .saturating_add(MCP_SESSION_TTL.as_millis() as u64)
-                <= MAX_SESSION_LIFE.as_millis() as u64
+        }
     }
 
     /// Whether this client may use the session on this resource.
