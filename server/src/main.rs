@@ -93,6 +93,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let shared = upstream.shared().clone();
         tokio::spawn(async move { shared.probe().await });
     }
+    tokio::spawn(gatehouse::http::mcp::gateway::sweep(state.clone()));
     let shutdown = state.shutdown.clone();
     if let Some(bind) = state.config.metrics.bind {
         match tokio::net::TcpListener::bind(bind).await {

@@ -1100,3 +1100,139 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
         opened.body
     );
 }
+
+/// A console call, as the console's page sends it.
+async fn console(app: &TestApp, endpoint: &str, form: &[(&str, &str)], cookie: &str) -> Answer {
+    app.send(
+        Request::post(format!("/api/console/{endpoint}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .header("sec-fetch-site", "same-origin")
+            .header(header::COOKIE, cookie)
+            .body(axum::body::Body::from(
+                serde_urlencoded::to_string(form).expect("form"),
+            ))
+            .expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_session_ends_upstream_once_its_client_has_no_grant() {
+    use gatehouse::http::mcp::{gateway::end_ungranted, sessions::binding_key};
+
+    // One place upstream: a session kept after its grant went would keep every other
+    // client out until it idled (10 minutes).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 1\n",
+            python(),
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let access = |tokens: &Value| tokens["access_token"].as_str().expect("at").to_owned();
+    let (first_client, first) = app.tokens_at(PY_URL, "py:read").await;
+    let (second_client, second) = app.tokens_at(PY_URL, "py:read").await;
+    let (_, third) = app.tokens_at(PY_URL, "py:read").await;
+    let session = app.session_at("/mcp/py", &access(&first), V2025).await;
+    let busy = app.send(initialize("/mcp/py", &access(&second), 1)).await;
+    assert_eq!(
+        busy.rpc()["error"]["data"]["reason"],
+        "busy",
+        "{}",
+        busy.body
+    );
+    // Where the session's client holds its grant, the sweep leaves it alone.
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+    let listed = post(
+        &app,
+        &access(&first),
+        &session,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert!(
+        listed.rpc()["result"]["tools"].is_array(),
+        "{}",
+        listed.body
+    );
+
+    // The owner revokes the first client in the console: its session ends here and
+    // now, with its process, and the next client gets the place.
+    let cookie = app.sign_in().await;
+    let apps = console(&app, "apps", &[], &cookie).await;
+    let csrf = apps.json()["csrf"].as_str().expect("csrf").to_owned();
+    let revoked = console(
+        &app,
+        "revoke_client",
+        &[("client_id", &first_client), ("csrf", &csrf)],
+        &cookie,
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert!(
+        app.state
+            .store
+            .get(&binding_key(&session))
+            .await
+            .expect("store")
+            .is_none(),
+        "the ended session's binding is kept"
+    );
+    let mut second_session = None;
+    for _ in 0..50 {
+        let answer = app.send(initialize("/mcp/py", &access(&second), 2)).await;
+        if let Some(id) = answer.headers.get("mcp-session-id") {
+            second_session = Some(id.to_str().expect("ascii").to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second_session = second_session.expect("the place of the revoked client's session");
+
+    // A grant that goes otherwise (the client revokes its refresh token, or the owner
+    // on another instance) is noticed by the sweep each instance runs.
+    let refresh = second["refresh_token"].as_str().expect("rt");
+    let gone = app.revoke(&second_client, refresh).await;
+    assert!(gone.status.is_success(), "{}", gone.body);
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 1);
+    assert!(app
+        .state
+        .store
+        .get(&binding_key(&second_session))
+        .await
+        .expect("store")
+        .is_none());
+    let mut third_session = None;
+    for _ in 0..50 {
+        let answer = app.send(initialize("/mcp/py", &access(&third), 3)).await;
+        if let Some(id) = answer.headers.get("mcp-session-id") {
+            third_session = Some(id.to_str().expect("ascii").to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third_session = third_session.expect("the place of the session the sweep ended");
+
+    // A session whose binding is gone (it expired, or another instance ended the
+    // session) is refused by the guard; the sweep ends it here once it has had none
+    // for longer than an `initialize` may take (the timeout and a sweep).
+    let ends_after = Duration::from_secs(60 + 60);
+    app.state
+        .store
+        .delete(&binding_key(&third_session))
+        .await
+        .expect("store");
+    app.state.bindings.forget(&third_session);
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+    app.clock.advance(ends_after);
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 1);
+    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+}

@@ -88,6 +88,15 @@ fn when(secs: u64) -> String {
         .to_owned()
 }
 
+/// Ends, on this instance, the gateway sessions a revocation left without a grant
+/// (each other instance does within `SWEEP_EVERY`). The revocation holds whatever
+/// happens here.
+async fn end_ungranted_sessions(state: &AppState) {
+    if let Err(e) = crate::http::mcp::gateway::end_ungranted(state).await {
+        tracing::warn!(error = %e, "cannot end the sessions of a revoked grant");
+    }
+}
+
 fn unavailable(error: &StoreError) -> ConsoleError {
     tracing::error!(error = %error, "store failure in the console");
     ConsoleError::new(503, "The store is unavailable; try again shortly.")
@@ -242,6 +251,7 @@ impl ConsoleBackend for Console {
             .await
             .map_err(|e| unavailable(&e))?;
         tracing::info!("the owner revoked a grant from the console");
+        end_ungranted_sessions(&self.state).await;
         Ok(())
     }
 
@@ -258,6 +268,7 @@ impl ConsoleBackend for Console {
             revoked,
             "the owner revoked a client's grants from the console"
         );
+        end_ungranted_sessions(&self.state).await;
         Ok(revoked)
     }
 

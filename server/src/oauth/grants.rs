@@ -1,6 +1,8 @@
 //! The owner's view of what has access: every live grant with the client it was
 //! given to, and revoking a grant or every grant of a client at once.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use super::{
@@ -12,6 +14,7 @@ use super::{
 };
 use crate::{
     audit::{Event, EventKind},
+    resource::ResourceUri,
     store::{decode, Group, Kind, StoreResult},
 };
 
@@ -50,17 +53,8 @@ impl AuthServer {
     /// Every grant that is not revoked or expired: those whose code was redeemed, and
     /// those approved a moment ago whose code may still be (`pending`).
     pub async fn grants(&self) -> StoreResult<Vec<GrantSummary>> {
-        let prefix = format!("{}:", Kind::GRANT.as_str());
         let mut out = Vec::new();
-        for (key, raw) in self.store.scan(&prefix).await? {
-            let Ok(grant) = decode::<Grant>(&raw) else {
-                tracing::warn!(key = %key, "skipping an unreadable grant");
-                continue;
-            };
-            if !key.as_str().ends_with(":record") {
-                continue;
-            }
-            let Some(group) = key.group() else { continue };
+        for (group, grant) in self.live_grants().await? {
             let (client_name, identity, redirect_hosts) = self.describe(&grant.client_id).await?;
             out.push(GrantSummary {
                 grant: group.as_str().to_owned(),
@@ -75,6 +69,35 @@ impl AuthServer {
             });
         }
         out.sort_by_key(|g| std::cmp::Reverse(g.approved_at));
+        Ok(out)
+    }
+
+    /// Which clients hold a grant (redeemed or pending) for which resource: what may
+    /// keep an MCP session open (see `crate::http::mcp::gateway::end_ungranted`).
+    pub async fn granted(&self) -> StoreResult<HashSet<(ClientId, ResourceUri)>> {
+        Ok(self
+            .live_grants()
+            .await?
+            .into_iter()
+            .map(|(_, grant)| (grant.client_id, grant.resource))
+            .collect())
+    }
+
+    /// Every grant record in the store, with its group.
+    async fn live_grants(&self) -> StoreResult<Vec<(Group, Grant)>> {
+        let prefix = format!("{}:", Kind::GRANT.as_str());
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(&prefix).await? {
+            if !key.as_str().ends_with(":record") {
+                continue;
+            }
+            let Ok(grant) = decode::<Grant>(&raw) else {
+                tracing::warn!(key = %key, "skipping an unreadable grant");
+                continue;
+            };
+            let Some(group) = key.group() else { continue };
+            out.push((group, grant));
+        }
         Ok(out)
     }
 

@@ -2,7 +2,8 @@
 //! Streamable HTTP transport in front of the relay (`crate::gateway`), and for HTTP
 //! upstreams a direct path (`crate::gateway::direct`) for what a live session's tool
 //! calls consist of: the call, the client's answers to what the upstream asks during
-//! it, and its cancellation.
+//! it, and its cancellation. A session whose client lost its grant for the upstream
+//! is ended with what it holds upstream ([`end_ungranted`]).
 
 use std::{
     collections::HashMap,
@@ -34,7 +35,7 @@ use super::{
     direct_session,
     guard::{rebuild, ToolOutcome},
     session_id,
-    sessions::StoreSessions,
+    sessions::{binding_key, binding_of, Binding, StoreSessions},
     Endpoint, Guarded, Prepared, MAX_BODY_BYTES, SESSION_ID,
 };
 use crate::{
@@ -44,9 +45,10 @@ use crate::{
         text::{plain_str, Members},
         upstream::{Health, Shared, UpSession},
     },
+    http::AppState,
     mcp::{Call, CallPolicy, Need},
     resource::Resource,
-    store::SharedStore,
+    store::{Key, SharedStore, StoreResult},
 };
 
 pub struct GatewayEndpoint {
@@ -58,6 +60,8 @@ pub struct GatewayEndpoint {
     /// Live sessions of an HTTP upstream, for the direct path.
     live: StdMutex<HashMap<String, Live>>,
     touches: AtomicU64,
+    /// Sessions found without a binding by [`end_ungranted`], and since when (ms).
+    unbound: StdMutex<HashMap<SessionId, u64>>,
 }
 
 /// How long a touch (see [`GatewayEndpoint::touch`]) waits for rmcp's answer.
@@ -113,6 +117,7 @@ impl GatewayEndpoint {
             transport,
             live: StdMutex::default(),
             touches: AtomicU64::new(0),
+            unbound: StdMutex::default(),
         }
     }
 
@@ -127,6 +132,49 @@ impl GatewayEndpoint {
 
     pub fn health(&self) -> Health {
         self.shared.health()
+    }
+
+    /// The ids of the sessions live on this instance.
+    async fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions
+            .sessions
+            .read()
+            .await
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Ends a session on this instance: rmcp closes it, which ends its upstream
+    /// session or process, and its record goes, so that no instance restores it.
+    async fn end_session(&self, id: &SessionId) {
+        self.live().remove(id.as_ref());
+        if let Err(e) = self.sessions.close_session(id).await {
+            tracing::warn!(upstream = %self.shared.config.name, error = %e, "cannot close a session");
+        }
+        if let Err(e) = self.stored.delete(id).await {
+            tracing::warn!(error = %e, "cannot remove an ended session's record");
+        }
+    }
+
+    /// Of `unbound` (this instance's sessions without a binding in the store now),
+    /// those that have had none for longer than an `initialize` may take, as seen at
+    /// earlier sweeps; remembers the others.
+    fn long_unbound(&self, unbound: Vec<SessionId>, now: u64) -> Vec<SessionId> {
+        let grace = (self.shared.config.timeout + SWEEP_EVERY).as_millis() as u64;
+        let mut seen = self.unbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut still = HashMap::with_capacity(unbound.len());
+        let mut long = Vec::new();
+        for id in unbound {
+            let since = seen.get(&id).copied().unwrap_or(now);
+            if now.saturating_sub(since) > grace {
+                long.push(id);
+            } else {
+                still.insert(id, since);
+            }
+        }
+        *seen = still;
+        long
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -220,6 +268,99 @@ impl GatewayEndpoint {
                 relayed: Instant::now(),
             },
         );
+    }
+}
+
+/// How often each instance ends the gateway sessions whose client lost its grant
+/// (see [`end_ungranted`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Ends the gateway sessions on this instance whose client no longer holds a grant
+/// for their upstream: the owner revoked it, the client revoked its refresh token,
+/// or it expired. Every request in such a session is refused (401) already; what
+/// this ends is the upstream session or process it holds, which would otherwise
+/// live until the session idles out. The client may sign in again and open a new
+/// session. Returns how many ended. The console runs it after each revocation, and
+/// each instance every [`SWEEP_EVERY`] (see [`sweep`]).
+///
+/// A session without a binding in the store may be one whose `initialize` is being
+/// answered; it ends once it has had none for longer than that may take (its
+/// binding expired, or another instance ended it: the guard refuses it already).
+pub async fn end_ungranted(state: &AppState) -> StoreResult<usize> {
+    // Sessions first, then grants: a session opened after the grants were read
+    // could hold a grant they miss.
+    let mut open = Vec::new();
+    for (index, endpoint) in state.upstreams.iter().enumerate() {
+        for id in endpoint.session_ids().await {
+            open.push((index, id));
+        }
+    }
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let mut bindings: Vec<Option<Arc<Binding>>> =
+        open.iter().map(|(_, id)| state.bindings.get(id)).collect();
+    let unknown: Vec<usize> = (0..open.len()).filter(|&i| bindings[i].is_none()).collect();
+    for chunk in unknown.chunks(256) {
+        let keys: Vec<Key> = chunk.iter().map(|&i| binding_key(&open[i].1)).collect();
+        let records = state
+            .store
+            .get_many(&keys.iter().collect::<Vec<_>>())
+            .await?;
+        for (&i, record) in chunk.iter().zip(records) {
+            bindings[i] = binding_of(record.as_deref()).map(Arc::new);
+        }
+    }
+    let granted = state.auth.granted().await?;
+    let now = state.clock.now_ms();
+    let mut ended = 0;
+    for (index, endpoint) in state.upstreams.iter().enumerate() {
+        let (mut end, mut unbound) = (Vec::new(), Vec::new());
+        let sessions = open.iter().zip(&bindings).filter(|((i, _), _)| *i == index);
+        for ((_, id), binding) in sessions {
+            match binding {
+                Some(binding) => {
+                    if !granted.contains(&(binding.client_id.clone(), binding.resource.clone())) {
+                        end.push(id.clone());
+                    }
+                }
+                None => unbound.push(id.clone()),
+            }
+        }
+        end.extend(endpoint.long_unbound(unbound, now));
+        for id in end {
+            endpoint.end_session(&id).await;
+            state.bindings.forget(&id);
+            if let Err(e) = state.store.delete(&binding_key(&id)).await {
+                tracing::warn!(error = %e, "cannot remove an ended session's binding");
+            }
+            tracing::info!(
+                upstream = %endpoint.shared.config.name,
+                "ended a session whose client can no longer use it"
+            );
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Runs [`end_ungranted`] every [`SWEEP_EVERY`] until shutdown; nothing to do
+/// without upstreams.
+pub async fn sweep(state: AppState) {
+    if state.upstreams.is_empty() {
+        return;
+    }
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        if let Err(e) = end_ungranted(&state).await {
+            tracing::warn!(error = %e, "cannot check the gateway sessions' grants");
+        }
     }
 }
 
