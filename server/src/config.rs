@@ -600,6 +600,11 @@ impl ServeArgs {
                 errors.push(format!("{flag} must be at least one second"));
             }
         }
+        // A grant is kept for the refresh token's lifetime from its last rotation:
+        // an access token living longer would outlive the grant it came from.
+        if self.access_token_ttl > self.refresh_token_ttl {
+            errors.push("--access-token-ttl must not be longer than --refresh-token-ttl".into());
+        }
         let static_client = match (&self.static_client_id, &self.static_client_secret) {
             (Some(id), Some(secret)) => {
                 if secret.chars().count() < 32 {
@@ -992,6 +997,29 @@ mod tests {
         assert!(errors[0].contains("--bind"));
         assert!(errors[1].contains("must not end with a slash"));
         assert!(errors[2].contains("is not a store"));
+    }
+
+    #[test]
+    fn an_access_token_cannot_outlive_its_grant() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_str().expect("utf-8");
+        let ttls = |access: &str, refresh: &str| {
+            args(&[
+                "--data-dir",
+                data,
+                "--access-token-ttl",
+                access,
+                "--refresh-token-ttl",
+                refresh,
+            ])
+            .into_config()
+        };
+        let errors = ttls("2d", "1d").expect_err("longer than the grant");
+        assert_eq!(
+            errors,
+            ["--access-token-ttl must not be longer than --refresh-token-ttl"]
+        );
+        assert!(ttls("1d", "1d").is_ok());
     }
 
     #[test]

@@ -1147,6 +1147,8 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
         "{}",
         busy.body
     );
+    // A refused `initialize` leaves no session behind (rmcp opened one for it).
+    assert_eq!(app.state.upstreams[0].live_sessions().await, 1);
     // Where the session's client holds its grant, the sweep leaves it alone.
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
     let listed = post(
@@ -1223,6 +1225,8 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     // session) is refused by the guard; the sweep ends it here once it has had none
     // for longer than an `initialize` may take (the timeout and a sweep).
     let ends_after = Duration::from_secs(60 + 60);
+    let endpoint = &app.state.upstreams[0];
+    assert_eq!(endpoint.live_sessions().await, 1);
     app.state
         .store
         .delete(&binding_key(&third_session))
@@ -1232,7 +1236,8 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
     app.clock.advance(ends_after);
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+    assert_eq!(endpoint.live_sessions().await, 1);
     app.clock.advance(Duration::from_secs(1));
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 1);
-    assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 0);
+    assert_eq!(endpoint.live_sessions().await, 0);
 }

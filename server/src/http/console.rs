@@ -92,8 +92,18 @@ fn when(secs: u64) -> String {
 /// (each other instance does within `SWEEP_EVERY`). The revocation holds whatever
 /// happens here.
 async fn end_ungranted_sessions(state: &AppState) {
-    if let Err(e) = crate::http::mcp::gateway::end_ungranted(state).await {
-        tracing::warn!(error = %e, "cannot end the sessions of a revoked grant");
+    let sweep = {
+        let state = state.clone();
+        tokio::spawn(async move { crate::http::mcp::gateway::end_ungranted(&state).await })
+    };
+    // The owner's page does not wait long: what is left goes on without it.
+    match tokio::time::timeout(Duration::from_secs(5), sweep).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "cannot end the sessions of a revoked grant")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "ending the sessions of a revoked grant failed"),
+        Err(_) => tracing::warn!("still ending the sessions of a revoked grant"),
     }
 }
 

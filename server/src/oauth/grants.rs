@@ -15,7 +15,7 @@ use super::{
 use crate::{
     audit::{Event, EventKind},
     resource::ResourceUri,
-    store::{decode, Group, Kind, StoreResult},
+    store::{decode, Group, Kind, StoreError, StoreResult},
 };
 
 /// How a client is identified, for the console.
@@ -54,7 +54,7 @@ impl AuthServer {
     /// those approved a moment ago whose code may still be (`pending`).
     pub async fn grants(&self) -> StoreResult<Vec<GrantSummary>> {
         let mut out = Vec::new();
-        for (group, grant) in self.live_grants().await? {
+        for (group, grant) in self.live_grants().await?.0 {
             let (client_name, identity, redirect_hosts) = self.describe(&grant.client_id).await?;
             out.push(GrantSummary {
                 grant: group.as_str().to_owned(),
@@ -74,31 +74,38 @@ impl AuthServer {
 
     /// Which clients hold a grant (redeemed or pending) for which resource: what may
     /// keep an MCP session open (see `crate::http::mcp::gateway::end_ungranted`).
+    /// A grant record it cannot read fails it: that grant's client could be
+    /// taken for one without a grant.
     pub async fn granted(&self) -> StoreResult<HashSet<(ClientId, ResourceUri)>> {
-        Ok(self
-            .live_grants()
-            .await?
+        let (grants, unreadable) = self.live_grants().await?;
+        if unreadable > 0 {
+            return Err(StoreError::Backend(format!(
+                "{unreadable} grant records cannot be read"
+            )));
+        }
+        Ok(grants
             .into_iter()
             .map(|(_, grant)| (grant.client_id, grant.resource))
             .collect())
     }
 
-    /// Every grant record in the store, with its group.
-    async fn live_grants(&self) -> StoreResult<Vec<(Group, Grant)>> {
+    /// Every grant record in the store, with its group, and how many could not be
+    /// read (each logged).
+    async fn live_grants(&self) -> StoreResult<(Vec<(Group, Grant)>, usize)> {
         let prefix = format!("{}:", Kind::GRANT.as_str());
-        let mut out = Vec::new();
+        let (mut out, mut unreadable) = (Vec::new(), 0);
         for (key, raw) in self.store.scan(&prefix).await? {
             if !key.as_str().ends_with(":record") {
                 continue;
             }
-            let Ok(grant) = decode::<Grant>(&raw) else {
+            let (Ok(grant), Some(group)) = (decode::<Grant>(&raw), key.group()) else {
                 tracing::warn!(key = %key, "skipping an unreadable grant");
+                unreadable += 1;
                 continue;
             };
-            let Some(group) = key.group() else { continue };
             out.push((group, grant));
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// What the console says of a client, without fetching anything: a metadata

@@ -400,6 +400,21 @@ pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>, _time: T
     assert_eq!(slugs, ["a-first", "b-second", "c-third"]);
     assert_eq!(listed[0].0, Key::new(Kind::ARTICLE, "a-first"));
     assert!(store.scan("nothing-here:").await.expect("scan").is_empty());
+
+    // More than one batch of reads (Redis reads what SCAN found 200 at a time).
+    for n in 0..450 {
+        let key = Key::from_raw(format!("many:{n:03}"));
+        store
+            .put(&key, n.to_string().as_bytes(), Put::forever())
+            .await
+            .expect("put");
+    }
+    let listed = store.scan("many:").await.expect("scan");
+    assert_eq!(listed.len(), 450);
+    for (n, (key, value)) in listed.iter().enumerate() {
+        assert_eq!(key.as_str(), format!("many:{n:03}"));
+        assert_eq!(value, n.to_string().as_bytes());
+    }
 }
 
 pub async fn export_reads_back_lifetimes_and_groups<S: Store>(store: Arc<S>, time: Time) {

@@ -102,6 +102,9 @@ return 1
 /// Members deleted per script call by [`Store::delete_group`].
 const DELETE_BATCH: usize = 200;
 
+/// Keys read per round trip by `scan`.
+const SCAN_READ_BATCH: usize = 200;
+
 /// [`PUT_SCRIPT`] with its pruning threshold filled in.
 fn put_script() -> &'static str {
     static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -361,16 +364,17 @@ impl Store for RedisStore {
         }
         keys.sort();
         keys.dedup();
+        let keys: Vec<Key> = keys.into_iter().map(Key::from_raw).collect();
         let mut out = Vec::with_capacity(keys.len());
-        for name in keys {
-            let value: Option<Bytes> = self
-                .pool
-                .get(format!("{}{name}", self.prefix))
-                .await
-                .map_err(unavailable)?;
-            // A key that expired between SCAN and GET is simply not listed.
-            if let Some(value) = value {
-                out.push((Key::from_raw(name), value.to_vec()));
+        // Read in batches, one round trip each (the console's grants, and each
+        // instance's gateway session sweep, scan every minute).
+        for batch in keys.chunks(SCAN_READ_BATCH) {
+            let values = self.get_many(&batch.iter().collect::<Vec<_>>()).await?;
+            for (key, value) in batch.iter().zip(values) {
+                // A key that expired between SCAN and GET is simply not listed.
+                if let Some(value) = value {
+                    out.push((key.clone(), value));
+                }
             }
         }
         Ok(out)

@@ -48,7 +48,7 @@ use crate::{
     http::AppState,
     mcp::{Call, CallPolicy, Need},
     resource::Resource,
-    store::{Key, SharedStore, StoreResult},
+    store::{Key, SharedStore, StoreError, StoreResult},
 };
 
 pub struct GatewayEndpoint {
@@ -161,7 +161,14 @@ impl GatewayEndpoint {
     /// those that have had none for longer than an `initialize` may take, as seen at
     /// earlier sweeps; remembers the others.
     fn long_unbound(&self, unbound: Vec<SessionId>, now: u64) -> Vec<SessionId> {
-        let grace = (self.shared.config.timeout + SWEEP_EVERY).as_millis() as u64;
+        // Opening the upstream session is bounded by the connect timeout, its
+        // `initialize` by the request timeout.
+        let config = &self.shared.config;
+        let grace = config
+            .timeout
+            .max(config.connect_timeout)
+            .saturating_add(SWEEP_EVERY)
+            .as_millis() as u64;
         let mut seen = self.unbound.lock().unwrap_or_else(|p| p.into_inner());
         let mut still = HashMap::with_capacity(unbound.len());
         let mut long = Vec::new();
@@ -275,6 +282,10 @@ impl GatewayEndpoint {
 /// (see [`end_ungranted`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How long ending one session may take: rmcp's close waits for room in the
+/// session's queue, which a session whose client stopped reading may never make.
+const END_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Ends the gateway sessions on this instance whose client no longer holds a grant
 /// for their upstream: the owner revoked it, the client revoked its refresh token,
 /// or it expired. Every request in such a session is refused (401) already; what
@@ -307,6 +318,11 @@ pub async fn end_ungranted(state: &AppState) -> StoreResult<usize> {
             .store
             .get_many(&keys.iter().collect::<Vec<_>>())
             .await?;
+        if records.len() != chunk.len() {
+            return Err(StoreError::Backend(
+                "the store answered the wrong number of records".into(),
+            ));
+        }
         for (&i, record) in chunk.iter().zip(records) {
             bindings[i] = binding_of(record.as_deref()).map(Arc::new);
         }
@@ -329,7 +345,12 @@ pub async fn end_ungranted(state: &AppState) -> StoreResult<usize> {
         }
         end.extend(endpoint.long_unbound(unbound, now));
         for id in end {
-            endpoint.end_session(&id).await;
+            if tokio::time::timeout(END_TIMEOUT, endpoint.end_session(&id))
+                .await
+                .is_err()
+            {
+                tracing::warn!(upstream = %endpoint.shared.config.name, "closing a session timed out");
+            }
             state.bindings.forget(&id);
             if let Err(e) = state.store.delete(&binding_key(&id)).await {
                 tracing::warn!(error = %e, "cannot remove an ended session's binding");
@@ -557,6 +578,11 @@ impl Endpoint for GatewayEndpoint {
                 // same, for a day: removed, or every failed attempt would leave up to
                 // a request body's worth in the store.
                 Some(failed) => {
+                    // rmcp closes the session once its worker has ended, after this
+                    // answer; closed here, it is gone before the client can try again.
+                    let id = SessionId::from(failed);
+                    let _ =
+                        tokio::time::timeout(END_TIMEOUT, self.sessions.close_session(&id)).await;
                     if let Err(e) = self.stored.delete(failed).await {
                         tracing::warn!(error = %e, "cannot remove a failed session's record");
                     }
