@@ -58,9 +58,9 @@ pub struct UpSession {
     pub routes: Arc<Mutex<Routes>>,
     /// An HTTP upstream's direct path for tool calls ([`super::direct`]).
     pub leg: Option<Arc<Leg>>,
-    /// Held for a session's life: one place of `max_sessions`, and one of its
-    /// client's `max_sessions_per_client`.
-    _place: Option<(OwnedSemaphorePermit, ClientPlace)>,
+    /// Held for a session's life (or until [`UpSession::shut`]): one place of
+    /// `max_sessions`, and one of its client's `max_sessions_per_client`.
+    place: StdMutex<Option<(OwnedSemaphorePermit, ClientPlace)>>,
 }
 
 /// Sessions each client holds on one upstream, for `max_sessions_per_client`.
@@ -108,6 +108,14 @@ impl UpSession {
     /// The upstream's side of the handshake.
     pub fn info(&self) -> Option<Arc<ServerPeerInfo>> {
         self.service.peer_info()
+    }
+
+    /// Ends the upstream session (for stdio, its process) and gives its places back
+    /// now, while something may still hold this value: a downstream session that
+    /// rmcp could not close in time, say.
+    pub fn shut(&self) {
+        self.service.cancellation_token().cancel();
+        drop(self.place.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 
@@ -339,7 +347,7 @@ impl Shared {
             )
             .await?;
         Ok(Arc::new(UpSession {
-            _place: Some((place, client_place)),
+            place: StdMutex::new(Some((place, client_place))),
             ..session
         }))
     }
@@ -480,7 +488,7 @@ impl Shared {
             service,
             routes,
             leg,
-            _place: None,
+            place: StdMutex::new(None),
         })
     }
 

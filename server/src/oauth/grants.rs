@@ -79,7 +79,11 @@ impl AuthServer {
     pub async fn granted(&self) -> StoreResult<HashSet<(ClientId, ResourceUri)>> {
         let (grants, unreadable) = self.live_grants().await?;
         if unreadable > 0 {
-            return Err(StoreError::Backend(format!(
+            tracing::error!(
+                unreadable,
+                "grant records cannot be read: no gateway session is ended until they are removed"
+            );
+            return Err(StoreError::Corrupt(format!(
                 "{unreadable} grant records cannot be read"
             )));
         }

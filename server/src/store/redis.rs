@@ -402,7 +402,8 @@ impl Store for RedisStore {
             out.push(Entry {
                 key,
                 value,
-                ttl: (pttl > 0).then(|| Duration::from_millis(pttl as u64)),
+                // -1: no expiry; 0: expiring this very millisecond.
+                ttl: (pttl >= 0).then(|| Duration::from_millis(pttl.max(1) as u64)),
                 group,
             });
         }

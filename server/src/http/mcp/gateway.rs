@@ -145,12 +145,27 @@ impl GatewayEndpoint {
             .collect()
     }
 
-    /// Ends a session on this instance: rmcp closes it, which ends its upstream
-    /// session or process, and its record goes, so that no instance restores it.
+    /// Ends a session on this instance: rmcp closes it, its upstream session or
+    /// process ends, and its record goes, so that no instance restores it.
     async fn end_session(&self, id: &SessionId) {
-        self.live().remove(id.as_ref());
-        if let Err(e) = self.sessions.close_session(id).await {
-            tracing::warn!(upstream = %self.shared.config.name, error = %e, "cannot close a session");
+        let upstream = self
+            .live()
+            .remove(id.as_ref())
+            .and_then(|entry| entry.upstream.upgrade());
+        match tokio::time::timeout(END_TIMEOUT, self.sessions.close_session(id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.shared.config.name, error = %e, "cannot close a session")
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.shared.config.name, "closing a session timed out; its upstream side ends all the same")
+            }
+        }
+        // rmcp's close lets the session's worker go, and with it the upstream side;
+        // a worker stuck writing to a client that stopped reading would keep it (and
+        // its places) until that client hung up.
+        if let Some(upstream) = upstream {
+            upstream.shut();
         }
         if let Err(e) = self.stored.delete(id).await {
             tracing::warn!(error = %e, "cannot remove an ended session's record");
@@ -161,8 +176,8 @@ impl GatewayEndpoint {
     /// those that have had none for longer than an `initialize` may take, as seen at
     /// earlier sweeps; remembers the others.
     fn long_unbound(&self, unbound: Vec<SessionId>, now: u64) -> Vec<SessionId> {
-        // Opening the upstream session is bounded by the connect timeout, its
-        // `initialize` by the request timeout.
+        // Opening the upstream session and its `initialize` are bounded by the
+        // connect timeout; the longer of the two is kept in case that changes.
         let config = &self.shared.config;
         let grace = config
             .timeout
@@ -262,10 +277,9 @@ impl GatewayEndpoint {
 
     /// Remembers a session `initialize` opened, for the direct path.
     fn opened(&self, session: &str, slot: &SessionSlot) {
+        // Every session, for `end_session`; only an HTTP upstream's for the direct
+        // path (`upstream_of` checks).
         let Some(upstream) = slot.0.get() else { return };
-        if upstream.leg.is_none() {
-            return;
-        }
         let mut live = self.live();
         live.retain(|_, entry| entry.upstream.strong_count() > 0);
         live.insert(
@@ -345,12 +359,7 @@ pub async fn end_ungranted(state: &AppState) -> StoreResult<usize> {
         }
         end.extend(endpoint.long_unbound(unbound, now));
         for id in end {
-            if tokio::time::timeout(END_TIMEOUT, endpoint.end_session(&id))
-                .await
-                .is_err()
-            {
-                tracing::warn!(upstream = %endpoint.shared.config.name, "closing a session timed out");
-            }
+            endpoint.end_session(&id).await;
             state.bindings.forget(&id);
             if let Err(e) = state.store.delete(&binding_key(&id)).await {
                 tracing::warn!(error = %e, "cannot remove an ended session's binding");
@@ -581,8 +590,14 @@ impl Endpoint for GatewayEndpoint {
                     // rmcp closes the session once its worker has ended, after this
                     // answer; closed here, it is gone before the client can try again.
                     let id = SessionId::from(failed);
-                    let _ =
-                        tokio::time::timeout(END_TIMEOUT, self.sessions.close_session(&id)).await;
+                    match tokio::time::timeout(END_TIMEOUT, self.sessions.close_session(&id)).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot close a failed session")
+                        }
+                        Err(_) => tracing::warn!("closing a failed session timed out"),
+                    }
                     if let Err(e) = self.stored.delete(failed).await {
                         tracing::warn!(error = %e, "cannot remove a failed session's record");
                     }
