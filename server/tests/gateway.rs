@@ -129,6 +129,46 @@ async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
     outcomes
 }
 
+/// An app guarding only the Python server, with `settings` added to its upstream
+/// table and `flags` on the command line.
+fn py_app(settings: &str, flags: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\n{settings}",
+            python(),
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write");
+    let mut args = vec!["--config", config.to_str().expect("utf-8")];
+    args.extend_from_slice(flags);
+    TestApp::new(&args)
+}
+
+/// A new session at `/mcp/py`, tried for up to 5 s while a place upstream is being
+/// given back; the answer that opened it.
+async fn initialize_once_free(app: &TestApp, token: &str, id: u64) -> Answer {
+    for _ in 0..50 {
+        let answer = app.send(initialize("/mcp/py", token, id)).await;
+        if answer.headers.get("mcp-session-id").is_some() {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no place upstream within 5 s");
+}
+
+/// The session id an answer opened.
+fn opened_session(answer: &Answer) -> String {
+    answer.headers["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_stdio_server_is_guarded_with_per_tool_scopes() {
     let app = gateway_app();
@@ -1013,24 +1053,11 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
 /// id to use (so nothing answers 500 later); once a session ends, a new one opens.
 #[tokio::test]
 async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 2\nmax_sessions_per_client = 1\n",
-            python(),
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .expect("write");
     // The retries below are new sessions too.
-    let app = TestApp::new(&[
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--sessions-per-minute",
-        "1000",
-    ]);
+    let app = py_app(
+        "max_sessions = 2\nmax_sessions_per_client = 1\n",
+        &["--sessions-per-minute", "1000"],
+    );
     let token = |scope| {
         let app = &app;
         async move {
@@ -1084,16 +1111,7 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
     // The upstream's place, and the client's, are given back once rmcp has closed
     // the session.
-    let mut opened = None;
-    for _ in 0..50 {
-        let answer = app.send(initialize("/mcp/py", &one, 2)).await;
-        if answer.headers.get("mcp-session-id").is_some() {
-            opened = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let opened = opened.expect("a new session once the first ended");
+    let opened = initialize_once_free(&app, &one, 2).await;
     assert!(
         opened.rpc()["result"]["serverInfo"].is_object(),
         "{}",
@@ -1123,18 +1141,7 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
 
     // One place upstream: a session kept after its grant went would keep every other
     // client out until it idled (10 minutes).
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[upstream]]\nname = \"py\"\ncommand = \"{}\"\nargs = [\"{}/tests/upstreams/stdio_server.py\"]\nmax_sessions = 1\n",
-            python(),
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let app = py_app("max_sessions = 1\n", &[]);
     let access = |tokens: &Value| tokens["access_token"].as_str().expect("at").to_owned();
     let (first_client, first) = app.tokens_at(PY_URL, "py:read").await;
     let (second_client, second) = app.tokens_at(PY_URL, "py:read").await;
@@ -1186,16 +1193,8 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
             .is_none(),
         "the ended session's binding is kept"
     );
-    let mut second_session = None;
-    for _ in 0..50 {
-        let answer = app.send(initialize("/mcp/py", &access(&second), 2)).await;
-        if let Some(id) = answer.headers.get("mcp-session-id") {
-            second_session = Some(id.to_str().expect("ascii").to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let second_session = second_session.expect("the place of the revoked client's session");
+    // (the place of the revoked client's session)
+    let second_session = opened_session(&initialize_once_free(&app, &access(&second), 2).await);
 
     // A grant that goes otherwise (the client revokes its refresh token, or the owner
     // on another instance) is noticed by the sweep each instance runs.
@@ -1210,16 +1209,8 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
         .await
         .expect("store")
         .is_none());
-    let mut third_session = None;
-    for _ in 0..50 {
-        let answer = app.send(initialize("/mcp/py", &access(&third), 3)).await;
-        if let Some(id) = answer.headers.get("mcp-session-id") {
-            third_session = Some(id.to_str().expect("ascii").to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let third_session = third_session.expect("the place of the session the sweep ended");
+    // (the place of the session the sweep ended)
+    let third_session = opened_session(&initialize_once_free(&app, &access(&third), 3).await);
 
     // A session whose binding is gone (it expired, or another instance ended the
     // session) is refused by the guard; the sweep ends it here once it has had none

@@ -35,7 +35,7 @@ use super::{
     direct_session,
     guard::{rebuild, ToolOutcome},
     session_id,
-    sessions::{binding_key, binding_of, Binding, StoreSessions},
+    sessions::{binding_key, binding_of, unbind, Binding, StoreSessions},
     Endpoint, Guarded, Prepared, MAX_BODY_BYTES, SESSION_ID,
 };
 use crate::{
@@ -360,8 +360,7 @@ pub async fn end_ungranted(state: &AppState) -> StoreResult<usize> {
         end.extend(endpoint.long_unbound(unbound, now));
         for id in end {
             endpoint.end_session(&id).await;
-            state.bindings.forget(&id);
-            if let Err(e) = state.store.delete(&binding_key(&id)).await {
+            if let Err(e) = unbind(&state.store, &state.bindings, &id).await {
                 tracing::warn!(error = %e, "cannot remove an ended session's binding");
             }
             tracing::info!(

@@ -264,8 +264,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             }
         }
         Some(ended) if deleting && response.status().is_success() => {
-            state.bindings.forget(&ended);
-            let _ = state.store.delete(&sessions::binding_key(&ended)).await;
+            let _ = sessions::unbind(&state.store, &state.bindings, &ended).await;
         }
         Some(_) => {}
     }

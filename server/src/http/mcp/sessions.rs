@@ -91,6 +91,17 @@ pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> S
         .await
 }
 
+/// Forgets an ended session's binding, here and in the store, so that its id is
+/// refused (404) from now on.
+pub async fn unbind(
+    store: &SharedStore,
+    bindings: &RecentBindings,
+    session_id: &str,
+) -> StoreResult<()> {
+    bindings.forget(session_id);
+    store.delete(&binding_key(session_id)).await.map(|_| ())
+}
+
 /// Bindings this instance read or wrote lately, so that every call in a session
 /// does not hash its id and read its binding again. A binding never changes (a
 /// session id is random and never reused), so an entry is trusted for
