@@ -210,7 +210,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Replaces `${NAME}` with the variable's value from `lookup`.
+/// Replaces `${NAME}` with the variable's value from `lookup`. A variable that is
+/// not set, or set but empty, is a mistake: an empty credential would be sent as if
+/// it were one. Errors never repeat `value`, which may hold a secret of its own.
 pub fn interpolate(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -219,19 +221,29 @@ pub fn interpolate(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resu
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("{value:?} has an unclosed ${{"))?;
+            .ok_or_else(|| "the value has an unclosed ${".to_string())?;
         let name = &after[..end];
         let valid =
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
-            return Err(format!("${{{name}}} is not a variable name"));
+            return Err(
+                "the value has a ${…} that is not a variable name (letters, digits and _)".into(),
+            );
         }
-        out.push_str(&lookup(name).ok_or_else(|| format!("${{{name}}} is not set"))?);
+        match lookup(name) {
+            Some(found) if !found.is_empty() => out.push_str(&found),
+            Some(_) => return Err(format!("${{{name}}} is set but empty")),
+            None => return Err(format!("${{{name}}} is not set (or not Unicode)")),
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
 }
+
+/// The longest any of an upstream's durations may be: far past any real need, and
+/// far from what a deadline computed from it (ten timeouts) could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn duration(field: &str, raw: Option<&str>, default: Duration) -> Result<Duration, String> {
     match raw {
@@ -241,6 +253,8 @@ fn duration(field: &str, raw: Option<&str>, default: Duration) -> Result<Duratio
             .and_then(|d| {
                 if d.is_zero() {
                     Err(format!("{field} must be more than zero"))
+                } else if d > MAX_DURATION {
+                    Err(format!("{field} must be at most 7 days"))
                 } else {
                     Ok(d)
                 }
@@ -290,12 +304,22 @@ impl RawUpstream {
                                 format!("header {name}: the value is not a valid header value")
                             })
                         });
+                    // What the transport sets, and what frames or negotiates the
+                    // connection: a fixed value would break it or the revision.
                     let reserved = [
                         "accept",
                         "mcp-session-id",
+                        "mcp-protocol-version",
                         "last-event-id",
                         "host",
                         "content-length",
+                        "content-type",
+                        "transfer-encoding",
+                        "connection",
+                        "keep-alive",
+                        "te",
+                        "upgrade",
+                        "expect",
                     ];
                     match (header, value) {
                         (Ok(h), _) if reserved.contains(&h.as_str()) => {
@@ -445,6 +469,7 @@ mod tests {
     fn env(name: &str) -> Option<String> {
         match name {
             "TOKEN" => Some("s3cret".into()),
+            "EMPTY" => Some(String::new()),
             _ => None,
         }
     }
@@ -462,8 +487,14 @@ mod tests {
         assert!(interpolate("${MISSING}", &env)
             .expect_err("unset")
             .contains("not set"));
-        assert!(interpolate("${OPEN", &env).is_err());
-        assert!(interpolate("${bad-name}", &env).is_err());
+        assert!(interpolate("${EMPTY}", &env)
+            .expect_err("empty")
+            .contains("empty"));
+        // Errors name the mistake, never the value, which may hold a secret inline.
+        let unclosed = interpolate("Bearer hunter2 ${OPEN", &env).expect_err("unclosed");
+        assert!(!unclosed.contains("hunter2"), "{unclosed}");
+        let bad = interpolate("Bearer hunter2 ${bad-name}", &env).expect_err("bad name");
+        assert!(!bad.contains("hunter2"), "{bad}");
     }
 
     #[test]
@@ -489,8 +520,9 @@ mod tests {
             [[upstream]]
             name = "GitHub"
             url = "ftp://x"
-            headers = { Authorization = "Bearer ${MISSING}", Accept = "x" }
+            headers = { Authorization = "Bearer ${MISSING}", Accept = "x", "MCP-Protocol-Version" = "2025-03-26", "Transfer-Encoding" = "chunked" }
             tools = [{ match = "get_*", access = "sometimes" }]
+            timeout = "30days"
 
             [[upstream]]
             name = "ok"
@@ -507,7 +539,18 @@ mod tests {
             .expect("first")
             .validate(&env)
             .expect_err("invalid");
-        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_eq!(errors.len(), 8, "{errors:#?}");
+        for said in [
+            "header accept is set",
+            "header mcp-protocol-version is set",
+            "header transfer-encoding is set",
+            "timeout must be at most 7 days",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(said)),
+                "{said}: {errors:#?}"
+            );
+        }
         let ok = upstreams
             .next()
             .expect("second")
