@@ -54,6 +54,13 @@ fn report(errors: Vec<String>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    // Not dumpable: a process of the same user (a stdio upstream Gatehouse starts,
+    // say) cannot read this one's memory or environment (/proc/PID/environ, mem) or
+    // attach to it; only a process with CAP_SYS_PTRACE (root) still can.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the process non-dumpable");
+    }
     let config = match args.into_config() {
         Ok(config) => config,
         Err(errors) => return report(errors),
@@ -109,12 +116,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return report(vec![format!("cannot listen on {bind} for metrics: {e}")]),
         }
     }
+    let upstreams: Vec<_> = state.upstreams.iter().map(|u| u.shared().clone()).collect();
     let app = router(state);
     listener::serve(tcp, app, limits, async move {
         shutdown_signal().await;
         shutdown.cancel();
     })
     .await;
+    // Stdio servers do not outlive Gatehouse (nor does what they started).
+    gatehouse::gateway::upstream::end_processes(&upstreams).await;
     ExitCode::SUCCESS
 }
 

@@ -448,8 +448,15 @@ async fn a_server_that_cannot_start_is_an_error_naming_it() {
     let init = app.send(initialize("/mcp/gone", token, 1)).await;
     let error = &init.rpc()["error"];
     assert_eq!(error["data"]["upstream"], "gone", "{}", init.body);
+    // What failed upstream stays in the log: the client and the public /healthz get
+    // fixed words, whatever the upstream printed or answered.
+    assert!(!init.body.contains("nonexistent"), "{}", init.body);
     let health = app.get("/healthz", None).await.json();
     assert_eq!(health["upstreams"][0]["status"], "down");
+    assert_eq!(
+        health["upstreams"][0]["error"],
+        "it could not be started or reached"
+    );
 }
 
 /// An HTTP upstream that cannot be reached: the client's error names it but not its
@@ -720,6 +727,11 @@ impl Cuttable {
         for task in self.tasks.lock().expect("lock").drain(..) {
             task.abort();
         }
+    }
+
+    /// How many connections it has accepted.
+    fn connections(&self) -> usize {
+        self.tasks.lock().expect("lock").len().saturating_sub(1)
     }
 }
 
@@ -1232,4 +1244,195 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     app.clock.advance(Duration::from_secs(10));
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 1);
     assert_eq!(endpoint.live_sessions().await, 0);
+}
+
+/// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls.
+#[derive(Clone, Default)]
+struct Holds(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ServerHandler for Holds {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("holds", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("hold", "never answers", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+/// One session cannot make Gatehouse hold more than 64 requests (so upstream
+/// connections) at once: the next is refused with a JSON-RPC error, and a place is
+/// free again once a request's client goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_has_a_bounded_number_of_requests_in_flight() {
+    use futures::StreamExt;
+    const MAX: usize = 64;
+    let holds = Holds::default();
+    let upstream = serve_upstream(holds.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("[[upstream]]\nname = \"web\"\nurl = \"http://{upstream}/mcp\"\n"),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let web = McpPost {
+        path: "/mcp/web",
+        token: Some(&token),
+        session: Some(&session),
+        version: Some(V2025),
+        ..McpPost::default()
+    };
+    // Listed first, as clients do: the calls then take the direct path, which lets
+    // go of a call as soon as its client does.
+    let listed = app
+        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let held = |n: usize| {
+        let holds = holds.clone();
+        async move {
+            while holds.0.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let mut calls: futures::stream::FuturesUnordered<_> = (0..MAX as u64)
+        .map(|i| app.send(web.body(call(100 + i, "hold", json!({})))))
+        .collect();
+    tokio::select! {
+        answer = calls.next() => panic!("a held call was answered: {:?}", answer.map(|a| a.body)),
+        reached = tokio::time::timeout(Duration::from_secs(30), held(MAX)) => {
+            reached.expect("every call reached the upstream");
+        }
+    }
+    // The calls are still open (their futures live): one more is refused.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.send(web.body(call(1, "hold", json!({})))),
+    )
+    .await
+    .expect("refused at once, not held");
+    let error = &refused.rpc()["error"];
+    assert_eq!(
+        error["data"]["reason"], "too_many_requests",
+        "{}",
+        refused.body
+    );
+    assert_eq!(error["data"]["upstream"], "web", "{}", refused.body);
+    assert_eq!(holds.0.load(std::sync::atomic::Ordering::SeqCst), MAX);
+
+    // Their client went away: the places are free again.
+    drop(calls);
+    let again = app.send(web.body(call(3, "hold", json!({}))));
+    tokio::select! {
+        answer = again => panic!("the call was answered: {}", answer.body),
+        reached = tokio::time::timeout(Duration::from_secs(30), held(MAX + 1)) => {
+            reached.expect("the call reached the upstream");
+        }
+    }
+}
+
+/// An HTTP upstream (rmcp, here) whose one tool sends the client a flood of `ping`s
+/// during the call, then answers.
+#[derive(Clone)]
+struct Pings;
+
+impl ServerHandler for Pings {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("pings", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("pings", "pings a lot", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // Sent from the call's own task, as rmcp puts them in the call's stream.
+        let pings = (0..200).map(|_| {
+            context
+                .peer
+                .send_request(ServerRequest::PingRequest(Default::default()))
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(500), futures::future::join_all(pings))
+            .await;
+        Ok(CallToolResult::success(vec![ContentBlock::text("pinged")]).into())
+    }
+}
+
+/// An upstream that floods a call with `ping`s cannot make Gatehouse open a
+/// connection for each answer: they are answered one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_flooding_pings_does_not_multiply_connections() {
+    let upstream = serve_upstream(Pings).await;
+    let relay = Cuttable::start(upstream).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"web\"\nurl = \"http://{}/mcp\"\n",
+            relay.addr
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let web = McpPost {
+        path: "/mcp/web",
+        token: Some(&token),
+        session: Some(&session),
+        version: Some(V2025),
+        ..McpPost::default()
+    };
+    let listed = app
+        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let before = relay.connections();
+    let answer = app.send(web.body(call(3, "pings", json!({})))).await;
+    assert!(answer.body.contains("pinged"), "{}", answer.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opened = relay.connections() - before;
+    assert!(
+        opened < 20,
+        "{opened} connections opened for one call's pings"
+    );
 }

@@ -25,7 +25,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex as StdMutex,
     },
     time::Duration,
@@ -70,6 +70,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// through reqwest (see [`drain`]); each for [`DRAIN`] at most, as in an `http://`
 /// upstream's pool.
 const DRAINS: usize = 16;
+
+/// How many requests of the upstream's (sampling, elicitation, roots) one call may
+/// have waiting for the client's answer at once.
+const MAX_ASKS: usize = 16;
+
+/// The longest string id of such a request that is relayed.
+const MAX_ID_BYTES: usize = 256;
 
 /// Ids (and progress tokens) Gatehouse gives on the upstream leg, and to the requests
 /// it relays to the client: strings, where rmcp's own ids are numbers.
@@ -210,6 +217,13 @@ pub struct Leg {
     client: reqwest013::Client,
     sender: Sender,
     seen: StdMutex<Option<Arc<Seen>>>,
+    /// `gatehouse-` and a random part of this leg's own: its ids upstream never equal
+    /// another session's, so an answer that reached the wrong call (were a connection
+    /// ever to go out of step) would not be taken for its own.
+    prefix: String,
+    /// A `ping` of the upstream's is being answered (one at a time; see
+    /// [`InFlight::relay`]).
+    pinging: AtomicBool,
     next: AtomicU64,
     pending: StdMutex<Pending>,
     /// Answered SSE responses being read off (see [`drain`]).
@@ -226,6 +240,8 @@ impl Leg {
             client,
             sender,
             seen: StdMutex::default(),
+            prefix: format!("{ID_PREFIX}{:016x}-", rand::random::<u64>()),
+            pinging: AtomicBool::new(false),
             next: AtomicU64::new(1),
             pending: StdMutex::default(),
             drains: Arc::new(tokio::sync::Semaphore::new(DRAINS)),
@@ -288,7 +304,11 @@ impl Leg {
     }
 
     fn next_id(&self) -> String {
-        format!("{ID_PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Sends a message that is not a request (an answer or a notification); the
@@ -516,8 +536,8 @@ impl InFlight {
         let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %self.shared.config.name, error = %e, "the upstream cannot be reached");
-                self.shared.unreachable(e);
+                tracing::warn!(upstream = %self.shared.config.name, error = %super::upstream::cut(&e), "the upstream cannot be reached");
+                self.shared.unreachable("it could not be reached");
                 let error = self.shared.closed_error();
                 return Answer::json(self.error(error), true);
             }
@@ -532,7 +552,7 @@ impl InFlight {
             // The upstream ended its session (it restarted, or reaped it): later calls
             // go through the relay, which knows what to do.
             *lock(&self.leg.seen) = None;
-            self.shared.unreachable("the upstream session ended".into());
+            self.shared.unreachable("the upstream session ended");
             let error = self.shared.closed_error();
             return Answer::json(self.error(error), true);
         }
@@ -687,13 +707,13 @@ impl InFlight {
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!(upstream = %self.shared.config.name, error = %e, "the upstream's answer broke off");
-                self.shared.unreachable(e.to_string());
+                self.shared.unreachable("its answer broke off");
                 let error = self.shared.closed_error();
                 Next::Failed(self.error(error))
             }
             Ok(None) => {
                 self.shared
-                    .unreachable("it closed the stream before answering".into());
+                    .unreachable("it closed the stream before answering");
                 let error = self.shared.closed_error();
                 Next::Failed(self.error(error))
             }
@@ -740,11 +760,19 @@ impl InFlight {
                         == Some(true);
                 Relayed::Answer(encode(&message), error)
             }
-            // The upstream checking on us: answered here, as the relay does.
+            // The upstream checking on us: answered here, as the relay does; one at a
+            // time, so that an upstream streaming pings cannot make Gatehouse send (and
+            // open connections for) as many answers as it can write pings.
             (true, Some("ping")) => {
+                if self.leg.pinging.swap(true, Ordering::AcqRel) {
+                    return Relayed::Nothing;
+                }
                 let answer = json!({ "jsonrpc": "2.0", "id": object.get("id"), "result": {} });
                 let (leg, shared) = (self.leg.clone(), self.shared.clone());
-                tokio::spawn(async move { leg.notify(&shared, answer).await });
+                tokio::spawn(async move {
+                    leg.notify(&shared, answer).await;
+                    leg.pinging.store(false, Ordering::Release);
+                });
                 Relayed::Nothing
             }
             // A request of the upstream's (sampling, elicitation, roots): under an id of
@@ -758,13 +786,30 @@ impl InFlight {
                 {
                     meta.remove("progressToken");
                 }
+                // At most MAX_ASKS open per call, each under an id of a sane size: the
+                // rest go unanswered, as from a client that does not answer.
+                let upstream_id_fits = object.get("id").is_some_and(|id| {
+                    id.is_i64()
+                        || id.is_u64()
+                        || id.as_str().is_some_and(|s| s.len() <= MAX_ID_BYTES)
+                });
+                let mut pending = lock(&self.leg.pending);
+                let open = pending
+                    .asks
+                    .values()
+                    .filter(|(call, _)| *call == self.ours)
+                    .count();
+                if !upstream_id_fits || open >= MAX_ASKS {
+                    drop(pending);
+                    tracing::warn!(upstream = %self.shared.config.name, "dropped a request of the upstream's: too many open in one call, or an odd id");
+                    return Relayed::Nothing;
+                }
                 let ours = self.leg.next_id();
                 let upstream_id = object.insert("id".into(), Value::String(ours.clone()));
                 if let Some(upstream_id) = upstream_id {
-                    lock(&self.leg.pending)
-                        .asks
-                        .insert(ours, (self.ours.clone(), upstream_id));
+                    pending.asks.insert(ours, (self.ours.clone(), upstream_id));
                 }
+                drop(pending);
                 Relayed::Message(encode(&message), true)
             }
             (false, Some("notifications/progress")) => {
@@ -787,7 +832,12 @@ impl InFlight {
             }
             // Its ids are ours, for a call the client cannot cancel twice.
             (false, Some("notifications/cancelled")) => Relayed::Nothing,
-            (false, Some(_)) => Relayed::Message(encode(&message), false),
+            (false, Some(method)) => {
+                if method == "notifications/tools/list_changed" {
+                    self.shared.policy.mark_stale();
+                }
+                Relayed::Message(encode(&message), false)
+            }
             (false, None) => Relayed::Nothing,
         }
     }
@@ -836,6 +886,21 @@ enum Next {
 }
 
 impl Answer {
+    /// The answer, holding `place` until it has been sent (a stream's end).
+    pub fn holding(self, place: tokio::sync::OwnedSemaphorePermit) -> Self {
+        match self {
+            Answer::Stream(messages) => Answer::Stream(
+                messages
+                    .chain(futures::stream::poll_fn(move |_| {
+                        let _held = &place;
+                        std::task::Poll::Ready(None)
+                    }))
+                    .boxed(),
+            ),
+            json => json,
+        }
+    }
+
     /// No answer: the call was cancelled, and the client expects none.
     fn nothing() -> Self {
         Answer::Stream(futures::stream::empty().boxed())
@@ -908,19 +973,51 @@ fn drain(leg: &Leg, mut events: Events) {
 fn bounded(
     body: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    body.scan(0usize, |run, chunk| {
+    bounded_by(body, MAX_MESSAGE_BYTES)
+}
+
+fn bounded_by(
+    body: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    max: usize,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    // The bytes since the last boundary, and the chunk's last byte: a boundary may
+    // fall between two chunks (an upstream that writes an event's final newline on
+    // its own).
+    body.scan((0usize, 0u8), move |(run, last), chunk| {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => return futures::future::ready(Some(Err(e))),
         };
-        let boundary = chunk
+        let is_boundary = |a: u8, b: u8| matches!((a, b), (b'\n', b'\n' | b'\r') | (b'\r', b'\r'));
+        // Where a boundary ends: the index of its second byte. The first one matters
+        // only when the event running into this chunk may be too long.
+        let across = chunk.first().is_some_and(|&b| is_boundary(*last, b));
+        let within = |w: &[u8]| is_boundary(w[0], w[1]);
+        let last_end = chunk
             .windows(2)
-            .rposition(|w| w == b"\n\n" || w == b"\r\r" || w == b"\n\r");
-        *run = match boundary {
-            Some(at) => chunk.len() - at,
-            None => *run + chunk.len(),
-        };
-        if *run > MAX_MESSAGE_BYTES {
+            .rposition(within)
+            .map(|at| at + 1)
+            .or_else(|| across.then_some(0));
+        match last_end {
+            Some(end) => {
+                let first = match (*run + chunk.len() > max, across) {
+                    (false, _) => 0,
+                    (true, true) => 0,
+                    (true, false) => chunk.windows(2).position(within).map_or(end, |at| at + 1),
+                };
+                // The event that was running ends in this chunk: it too must fit.
+                *run = if *run + first > max {
+                    *run + first
+                } else {
+                    chunk.len() - end
+                };
+            }
+            None => *run += chunk.len(),
+        }
+        if let Some(&b) = chunk.last() {
+            *last = b;
+        }
+        if *run > max {
             return futures::future::ready(Some(Err(std::io::Error::other(
                 "an event is larger than the limit",
             ))));
@@ -1093,6 +1190,44 @@ impl StreamableHttpClient for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many chunks of `chunks` pass [`bounded_by`] with a limit of 10 bytes.
+    fn passed(chunks: &[&'static [u8]]) -> usize {
+        let body = futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
+        );
+        let results: Vec<_> = futures::executor::block_on(bounded_by(body, 10).collect());
+        results.iter().take_while(|r| r.is_ok()).count()
+    }
+
+    #[test]
+    fn an_event_longer_than_the_limit_is_cut_off_wherever_its_boundaries_fall() {
+        // Events of 8 bytes: within the limit, in one chunk or with the final newline
+        // in a chunk of its own, however many follow one another.
+        assert_eq!(passed(&[&b"data: 1\n\n"[..]; 6]), 6);
+        assert_eq!(
+            passed(&[
+                b"data: 1\n",
+                b"\n",
+                b"data: 2\n",
+                b"\n",
+                b"data: 3\n",
+                b"\n"
+            ]),
+            6
+        );
+        assert_eq!(
+            passed(&[b"data: 1\r", b"\rdata: 2\r\n", b"\r\n", b"data: 3\n\n"]),
+            4
+        );
+        // One event of 12 bytes, in pieces: cut at the piece that passes the limit.
+        assert_eq!(passed(&[b"data: ", b"123", b"456\n\n"]), 2);
+        // Bytes after the last boundary count towards the next event.
+        assert_eq!(passed(&[b"data: 1\n\ndata: 2", b"3456"]), 1);
+    }
 
     #[test]
     fn a_call_goes_up_as_written_with_only_its_id_and_progress_token_ours() {

@@ -6,7 +6,13 @@
 //! (globs), or deny a tool: absent from `tools/list`, refused at `tools/call`.
 //! Resources, prompts and completions need the read scope.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        RwLock,
+    },
+};
 
 use rmcp::model::Tool;
 
@@ -22,6 +28,9 @@ pub struct ToolPolicy {
     /// What the upstream said of each tool (`readOnlyHint`), learnt from every
     /// `tools/list` answer that passes through.
     read_only: RwLock<HashMap<String, bool>>,
+    /// The upstream said its tools changed (`notifications/tools/list_changed`)
+    /// since they were last listed: what it said of them may no longer hold.
+    stale: AtomicBool,
 }
 
 impl ToolPolicy {
@@ -29,6 +38,7 @@ impl ToolPolicy {
         ToolPolicy {
             rules,
             read_only: RwLock::default(),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -60,22 +70,41 @@ impl ToolPolicy {
         }
     }
 
-    /// Whether what `tool` needs is known: a rule names it, or the upstream listed it.
+    /// Whether what `tool` needs is known: a rule names it, or the upstream listed it
+    /// and has not said since that its tools changed.
     pub fn knows(&self, tool: &str) -> bool {
         self.rule(tool).is_some()
-            || self
-                .read_only
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(tool)
+            || (!self.is_stale()
+                && self
+                    .read_only
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(tool))
+    }
+
+    /// The upstream's tools changed: the next call of a tool no rule names lists
+    /// them again before its scope is decided (a tool that was read-only may not be
+    /// now). Until then, what was learnt still holds.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// A listing starts: a change announced after this marks the hints stale again.
+    pub fn mark_fresh(&self) {
+        self.stale.store(false, Ordering::Release);
     }
 
     /// Remembers the hints of the tools an upstream listed.
     pub fn learn(&self, tools: &[Tool]) {
         let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());
         for tool in tools {
+            // Full, it still takes changes to the tools it knows.
             if known.len() >= MAX_KNOWN_TOOLS && !known.contains_key(tool.name.as_ref()) {
-                break;
+                continue;
             }
             let read_only = tool
                 .annotations
@@ -90,13 +119,14 @@ impl ToolPolicy {
 impl CallPolicy for ToolPolicy {
     fn needs(&self, call: &Call<'_>) -> Need {
         match call.method() {
-            // A denied tool needs nothing here: the relay answers it as unknown, the
-            // same to every token.
-            "tools/call" => match call.name().and_then(|n| self.tool_access(n)) {
-                Some(access) => Need::Scope(access),
-                None if call.name().is_none() => Need::Scope(Access::Write),
-                None => Need::Nothing,
-            },
+            // A denied tool needs the write scope, as an unknown one does, and the
+            // relay answers it as unknown: no token can tell the two apart, so the
+            // deny rules cannot be mapped by trying names.
+            "tools/call" => Need::Scope(
+                call.name()
+                    .and_then(|n| self.tool_access(n))
+                    .unwrap_or(Access::Write),
+            ),
             "resources/read"
             | "resources/list"
             | "resources/templates/list"
@@ -177,9 +207,10 @@ mod tests {
             policy.needs(&call("tools/call", Some("other"))),
             Need::Scope(Access::Write)
         );
+        // A denied tool needs what an unknown one needs: no token tells them apart.
         assert_eq!(
             policy.needs(&call("tools/call", Some("hidden"))),
-            Need::Nothing
+            Need::Scope(Access::Write)
         );
         assert_eq!(
             policy.needs(&call("tools/call", None)),
@@ -195,5 +226,38 @@ mod tests {
         );
         assert_eq!(policy.needs(&call("tools/list", None)), Need::Nothing);
         assert_eq!(policy.needs(&call("initialize", None)), Need::Nothing);
+    }
+
+    #[test]
+    fn a_change_of_tools_makes_their_hints_unknown_until_listed_again() {
+        let policy = ToolPolicy::new(vec![ToolRule::parse("toggle", "read").expect("rule")]);
+        policy.learn(&[tool("query", Some(true))]);
+        assert!(policy.knows("query"));
+        policy.mark_stale();
+        // Listed again before its next call; rules need no listing.
+        assert!(!policy.knows("query"));
+        assert!(policy.knows("toggle"));
+        // Until then, what was learnt holds.
+        assert_eq!(policy.tool_access("query"), Some(Access::Read));
+        policy.mark_fresh();
+        policy.learn(&[tool("query", Some(false))]);
+        assert!(policy.knows("query"));
+        assert_eq!(policy.tool_access("query"), Some(Access::Write));
+    }
+
+    #[test]
+    fn a_full_memory_still_takes_changes_to_the_tools_it_knows() {
+        let policy = ToolPolicy::new(Vec::new());
+        let many: Vec<Tool> = (0..MAX_KNOWN_TOOLS)
+            .map(|i| {
+                let name: &'static str = Box::leak(format!("t{i}").into_boxed_str());
+                tool(name, Some(true))
+            })
+            .collect();
+        policy.learn(&many);
+        // A new name first, then a known tool that is no longer read-only.
+        policy.learn(&[tool("new", Some(true)), tool("t7", Some(false))]);
+        assert!(!policy.knows("new"));
+        assert_eq!(policy.tool_access("t7"), Some(Access::Write));
     }
 }

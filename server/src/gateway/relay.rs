@@ -65,6 +65,8 @@ pub struct UpClient {
     /// `None` for pooled connections, which have no single client.
     pub session_peer: Option<Peer<RoleServer>>,
     pub routes: Arc<Mutex<Routes>>,
+    /// The upstream's tool policy, told when its tools change.
+    pub policy: Arc<super::policy::ToolPolicy>,
 }
 
 fn relay_failed(upstream: &str, what: &str, e: impl std::fmt::Display) -> ErrorData {
@@ -154,6 +156,9 @@ impl rmcp::Service<RoleClient> for UpClient {
         mut notification: ServerNotification,
         context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
+        if let ServerNotification::ToolListChangedNotification(_) = notification {
+            self.policy.mark_stale();
+        }
         let target = match &mut notification {
             // Relayed in order by the transport (`InOrder`), which hands them on to
             // rmcp only for the call's timeout.
@@ -258,6 +263,7 @@ impl GatewayHandler {
         if up.peer().is_transport_closed() {
             return Err(self.shared.closed_error());
         }
+        let _place = up.call_place().ok_or_else(|| self.shared.busy_error())?;
         let client_token = context.meta.get_progress_token();
         let mut meta = context.meta.clone();
         meta.0

@@ -3,11 +3,12 @@
 //! requests, the cap on sessions, and what `/healthz` reports.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, SystemTime},
 };
 
+use process_wrap::tokio::ChildWrapper;
 use rmcp::{
     model::{
         ClientCapabilities, ClientConfig, Implementation, InitializeRequestParams, ProtocolVersion,
@@ -15,9 +16,8 @@ use rmcp::{
     },
     service::{serve_client_with_lifecycle, ClientLifecycleMode, Peer, ServiceError},
     transport::{
-        common::client_side_sse::ExponentialBackoff,
+        async_rw::AsyncRwTransport, common::client_side_sse::ExponentialBackoff,
         streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
-        TokioChildProcess,
     },
     ErrorData, RoleClient, RoleServer, ServiceExt,
 };
@@ -51,16 +51,41 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest stderr line kept; longer ones are cut.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
+/// How many requests one session (or one pooled connection) may have in flight to
+/// the upstream at once; past that, a request is refused with a JSON-RPC error. Each
+/// holds an upstream connection (HTTP) or a place in a server's queue (stdio), and
+/// sessions are bounded by `max_sessions`, so what clients make Gatehouse hold is too.
+pub const MAX_CALLS: usize = 64;
+
+/// How long a stdio server has to exit once its session ends (its stdin closed), and
+/// again after `SIGTERM`; then its process group is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
 /// One upstream connection, alive as long as this value: dropping it ends the rmcp
-/// client, which ends a stdio server's process (group).
+/// client, and a stdio server's process group (see [`end_process`]).
 pub struct UpSession {
     service: UpService,
     pub routes: Arc<Mutex<Routes>>,
     /// An HTTP upstream's direct path for tool calls ([`super::direct`]).
     pub leg: Option<Arc<Leg>>,
-    /// Held for a session's life (or until [`UpSession::shut`]): one place of
-    /// `max_sessions`, and one of its client's `max_sessions_per_client`.
+    /// Held for a session's life (or until [`UpSession::shut`]), and for a stdio
+    /// server until its process is gone: one place of `max_sessions`, and one of its
+    /// client's `max_sessions_per_client`.
     place: StdMutex<Option<(OwnedSemaphorePermit, ClientPlace)>>,
+    /// A stdio server's process, the leader of its own group; `None` once it is being
+    /// ended.
+    process: StdMutex<Option<Box<dyn ChildWrapper>>>,
+    processes: Processes,
+    /// Places for the requests in flight to the upstream (see [`MAX_CALLS`]).
+    calls: Arc<Semaphore>,
+}
+
+/// The process groups of an upstream's stdio servers that are not reaped yet, by
+/// group id: what is killed when Gatehouse stops.
+type Processes = Arc<StdMutex<HashSet<i32>>>;
+
+fn locked<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sessions each client holds on one upstream, for `max_sessions_per_client`.
@@ -110,12 +135,129 @@ impl UpSession {
         self.service.peer_info()
     }
 
-    /// Ends the upstream session (for stdio, its process) and gives its places back
-    /// now, while something may still hold this value: a downstream session that
-    /// rmcp could not close in time, say.
+    /// Ends the upstream session now, while something may still hold this value (a
+    /// downstream session that rmcp could not close in time, say): its places are
+    /// given back at once for an HTTP upstream, and once its process is gone for a
+    /// stdio one.
     pub fn shut(&self) {
         self.service.cancellation_token().cancel();
-        drop(self.place.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.end();
+    }
+
+    /// A place for one request in flight, held until its answer is done; `None`
+    /// when [`MAX_CALLS`] are in flight.
+    pub fn call_place(&self) -> Option<OwnedSemaphorePermit> {
+        self.calls.clone().try_acquire_owned().ok()
+    }
+
+    fn end(&self) {
+        let place = locked(&self.place).take();
+        let Some(process) = locked(&self.process).take() else {
+            return drop(place);
+        };
+        let processes = self.processes.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(end_process(process, processes, place));
+            }
+            // No runtime to wait in (Gatehouse is stopping): the group is killed now.
+            Err(_) => {
+                let mut process = process;
+                let _ = process.start_kill();
+            }
+        }
+    }
+}
+
+impl Drop for UpSession {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Ends a stdio server as the MCP specification's stdio transport says: its stdin is
+/// closed (rmcp's client closes it as the session ends), then it has [`EXIT_GRACE`]
+/// to exit, then `SIGTERM` and as long again; then its whole process group gets
+/// `SIGKILL`, which also ends what it left running (`npx` runs the server as its
+/// child). Only then are its places given back, so that `max_sessions` bounds the
+/// processes alive, not only the sessions. The leader is reaped last: until then its
+/// group id cannot be given to another process.
+async fn end_process<P: Send>(process: Box<dyn ChildWrapper>, processes: Processes, place: P) {
+    end_process_within(process, processes, place, EXIT_GRACE).await
+}
+
+async fn end_process_within<P: Send>(
+    mut process: Box<dyn ChildWrapper>,
+    processes: Processes,
+    place: P,
+    grace: Duration,
+) {
+    let pid = process.id().and_then(|id| i32::try_from(id).ok());
+    if let Some(pid) = pid {
+        if !exits_within(pid, grace).await {
+            let _ = process.signal(nix::sys::signal::Signal::SIGTERM as i32);
+            exits_within(pid, grace).await;
+        }
+    }
+    let _ = process.start_kill();
+    if let Some(pid) = pid {
+        locked(&processes).remove(&pid);
+    }
+    let _ = tokio::time::timeout(grace, process.wait()).await;
+    drop(place);
+}
+
+/// Whether the process `pid` (a child of Gatehouse's) exits within `grace`, looked at
+/// without reaping it.
+async fn exits_within(pid: i32, grace: Duration) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            // Exited, or not a child of ours any more.
+            _ => return true,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When Gatehouse stops: `SIGTERM` to every stdio server's process group still
+/// there, up to [`EXIT_GRACE`] for them to go, then `SIGKILL` to those that stay.
+pub async fn end_processes(upstreams: &[Arc<Shared>]) {
+    use nix::sys::signal::{killpg, Signal};
+    let groups: Vec<nix::unistd::Pid> = upstreams
+        .iter()
+        .flat_map(|u| locked(&u.processes).iter().copied().collect::<Vec<_>>())
+        .map(nix::unistd::Pid::from_raw)
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    for &group in &groups {
+        let _ = killpg(group, Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+    // A group is gone when it can no longer be signalled (its leader, not reaped,
+    // still holds its id while any of it lives).
+    while tokio::time::Instant::now() < deadline
+        && groups.iter().any(|&group| {
+            nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(group),
+                nix::sys::wait::WaitPidFlag::WEXITED
+                    | nix::sys::wait::WaitPidFlag::WNOHANG
+                    | nix::sys::wait::WaitPidFlag::WNOWAIT,
+            ) == Ok(nix::sys::wait::WaitStatus::StillAlive)
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for &group in &groups {
+        let _ = killpg(group, Signal::SIGKILL);
     }
 }
 
@@ -128,8 +270,10 @@ pub struct Health {
     /// before any.
     pub status: &'static str,
     pub sessions: usize,
+    /// What went wrong last, in a few fixed words: this is public, and what an
+    /// upstream answers (an error page, say) may say anything. The detail is in the log.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<u64>,
 }
@@ -137,28 +281,43 @@ pub struct Health {
 #[derive(Default)]
 struct Observed {
     ok: Option<bool>,
-    error: Option<String>,
+    error: Option<&'static str>,
     at: Option<SystemTime>,
     info: Option<Arc<ServerPeerInfo>>,
 }
+
+/// One pooled connection for sessionless requests, and when it may be opened again
+/// after it could not be.
+#[derive(Default)]
+struct PoolSlot {
+    session: Option<Arc<UpSession>>,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+/// After a pooled connection could not be opened, the next attempt waits this long,
+/// doubling up to the second: a stdio server that dies at start is not started again
+/// for every sessionless request (each such request is refused meanwhile).
+const POOL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 /// What every session of one upstream shares.
 pub struct Shared {
     pub config: Upstream,
     pub resource: Arc<Resource>,
-    pub policy: ToolPolicy,
+    pub policy: Arc<ToolPolicy>,
     places: Arc<Semaphore>,
     held: Held,
     /// When the upstream's tools were last listed for an unknown tool: at most
     /// once per [`RELIST_AFTER`], however many unknown tools clients name.
     listed: Mutex<Option<tokio::time::Instant>>,
-    pool: Vec<Mutex<Option<Arc<UpSession>>>>,
+    pool: Vec<Mutex<PoolSlot>>,
     next: std::sync::atomic::AtomicUsize,
     observed: StdMutex<Observed>,
     /// `observed.ok == Some(true)`, read without the lock on the direct path.
     up: std::sync::atomic::AtomicBool,
     /// For an HTTP upstream: rmcp's client, and the direct path's.
     http: Option<(reqwest013::Client, Sender)>,
+    processes: Processes,
 }
 
 impl Shared {
@@ -190,10 +349,10 @@ impl Shared {
             Transport::Stdio { .. } => None,
         };
         Ok(Arc::new(Shared {
-            policy: ToolPolicy::new(config.tools.clone()),
+            policy: Arc::new(ToolPolicy::new(config.tools.clone())),
             places: Arc::new(Semaphore::new(config.max_sessions)),
             held: Held::default(),
-            pool: (0..config.pool_size).map(|_| Mutex::new(None)).collect(),
+            pool: (0..config.pool_size).map(|_| Mutex::default()).collect(),
             next: Default::default(),
             listed: Mutex::new(None),
             observed: StdMutex::default(),
@@ -201,6 +360,7 @@ impl Shared {
             config,
             resource,
             http,
+            processes: Processes::default(),
         }))
     }
 
@@ -232,7 +392,7 @@ impl Shared {
                 None => "unknown",
             },
             sessions: self.config.max_sessions - self.places.available_permits(),
-            error: observed.error.clone(),
+            error: observed.error,
             checked_at: observed
                 .at
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -248,7 +408,8 @@ impl Shared {
             ServiceError::McpError(e) => e,
             ServiceError::Timeout { timeout } => self.timeout_error(timeout),
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
-                self.record(false, Some(format!("{e}")));
+                tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "the upstream connection closed");
+                self.record(false, Some("the connection closed"));
                 self.closed_error()
             }
             ServiceError::Cancelled { .. } => ErrorData::internal_error(
@@ -259,6 +420,17 @@ impl Shared {
         }
     }
 
+    pub fn busy_error(&self) -> ErrorData {
+        let name = &self.config.name;
+        ErrorData::internal_error(
+            format!(
+                "this session has {MAX_CALLS} requests in flight to upstream {name}, its \
+                 maximum; wait for an answer before sending more"
+            ),
+            Some(json!({ "upstream": name, "reason": "too_many_requests" })),
+        )
+    }
+
     pub fn closed_error(&self) -> ErrorData {
         let name = &self.config.name;
         ErrorData::internal_error(
@@ -267,9 +439,10 @@ impl Shared {
         )
     }
 
-    /// The upstream failed a call on the direct path.
-    pub fn unreachable(&self, error: String) {
-        self.record(false, Some(error));
+    /// The upstream failed a call on the direct path, as `reason` says (the caller
+    /// logs the detail).
+    pub fn unreachable(&self, reason: &'static str) {
+        self.record(false, Some(reason));
     }
 
     pub fn timeout_error(&self, timeout: Duration) -> ErrorData {
@@ -298,7 +471,7 @@ impl Shared {
         }
     }
 
-    fn record(&self, ok: bool, error: Option<String>) {
+    fn record(&self, ok: bool, error: Option<&'static str>) {
         self.up.store(ok, std::sync::atomic::Ordering::Relaxed);
         let mut observed = self.observe();
         observed.ok = Some(ok);
@@ -346,19 +519,29 @@ impl Shared {
                 ClientLifecycleMode::Initialize,
             )
             .await?;
-        Ok(Arc::new(UpSession {
-            place: StdMutex::new(Some((place, client_place))),
-            ..session
-        }))
+        *locked(&session.place) = Some((place, client_place));
+        Ok(Arc::new(session))
     }
 
     /// A pooled connection for sessionless requests, started when first needed and
     /// again after it stopped.
     pub async fn pooled(self: &Arc<Self>) -> Result<Arc<UpSession>, ErrorData> {
         let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pool.len();
-        let mut slot = self.pool[index].lock().await;
-        if let Some(session) = slot.as_ref().filter(|s| !s.peer().is_transport_closed()) {
+        // Waiting behind a connection being opened takes no longer than opening one.
+        let wait = self.config.connect_timeout;
+        let Ok(mut slot) = tokio::time::timeout(wait, self.pool[index].lock()).await else {
+            return Err(self.timeout_error(wait));
+        };
+        if let Some(session) = slot
+            .session
+            .as_ref()
+            .filter(|s| !s.peer().is_transport_closed())
+        {
             return Ok(session.clone());
+        }
+        let now = tokio::time::Instant::now();
+        if slot.retry_at.is_some_and(|at| now < at) {
+            return Err(self.closed_error());
         }
         let mut info = InitializeRequestParams::new(
             ClientCapabilities::default(),
@@ -369,9 +552,21 @@ impl Shared {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: Some(ProtocolVersion::V_2025_11_25),
         };
-        let session = Arc::new(self.connect(info, None, lifecycle).await?);
-        *slot = Some(session.clone());
-        Ok(session)
+        match self.connect(info, None, lifecycle).await {
+            Ok(session) => {
+                let session = Arc::new(session);
+                *slot = PoolSlot {
+                    session: Some(session.clone()),
+                    ..PoolSlot::default()
+                };
+                Ok(session)
+            }
+            Err(e) => {
+                slot.backoff = (slot.backoff * 2).clamp(POOL_BACKOFF.0, POOL_BACKOFF.1);
+                slot.retry_at = Some(tokio::time::Instant::now() + slot.backoff);
+                Err(e)
+            }
+        }
     }
 
     /// Checks at start-up that the upstream answers, and learns its tools (their hints
@@ -389,12 +584,17 @@ impl Shared {
             return;
         }
         let mut listed = self.listed.lock().await;
+        // After the upstream said its tools changed, at once; else at most once per
+        // RELIST_AFTER however many unknown tools clients name.
         let recent = listed.is_some_and(|at| at.elapsed() < RELIST_AFTER);
-        if recent || self.policy.knows(tool) {
+        if (recent && !self.policy.is_stale()) || self.policy.knows(tool) {
             return;
         }
+        self.policy.mark_fresh();
         *listed = Some(tokio::time::Instant::now());
         self.list_tools().await;
+        // Those who waited behind this listing find it recent, however long it took.
+        *listed = Some(tokio::time::Instant::now());
     }
 
     async fn list_tools(self: &Arc<Self>) {
@@ -432,12 +632,13 @@ impl Shared {
             info,
             session_peer: client,
             routes: routes.clone(),
+            policy: self.policy.clone(),
         };
-        let name = &self.config.name;
         let leg = self
             .http
             .clone()
             .map(|(client, sender)| Leg::new(client, sender));
+        let mut process = None;
         let connected = tokio::time::timeout(self.config.connect_timeout, async {
             match &self.config.transport {
                 Transport::Http { url, headers } => {
@@ -455,31 +656,26 @@ impl Shared {
                     env,
                     cwd,
                 } => {
-                    let child = self.spawn(command, args, env, cwd.as_deref())?;
-                    serve(up, InOrder::new(child, routes.clone()), lifecycle).await
+                    let (transport, child) = self.spawn(command, args, env, cwd.as_deref())?;
+                    process = Some(child);
+                    serve(up, InOrder::new(transport, routes.clone()), lifecycle).await
                 }
             }
         })
         .await;
-        let service = match connected {
-            Ok(Ok(service)) => service,
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %name, error = %e, "cannot connect to the upstream");
-                self.record(false, Some(e.clone()));
-                return Err(ErrorData::internal_error(
-                    format!("upstream {name} could not be started or reached: {e}"),
-                    Some(json!({ "upstream": name, "reason": "unavailable" })),
-                ));
-            }
-            Err(_) => {
-                self.record(false, Some("it did not initialize in time".into()));
-                return Err(ErrorData::internal_error(
-                    format!(
-                        "upstream {name} did not initialize within {}",
-                        humantime::format_duration(self.config.connect_timeout)
-                    ),
-                    Some(json!({ "upstream": name, "reason": "timeout" })),
-                ));
+        let failure = match connected {
+            Ok(Ok(service)) => Ok(service),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        };
+        let service = match failure {
+            Ok(service) => service,
+            Err(failure) => {
+                // A server that did not start its session is ended like any other.
+                if let Some(process) = process.take() {
+                    tokio::spawn(end_process(process, self.processes.clone(), ()));
+                }
+                return Err(self.failed_to_connect(failure));
             }
         };
         self.record(true, None);
@@ -489,19 +685,52 @@ impl Shared {
             routes,
             leg,
             place: StdMutex::new(None),
+            process: StdMutex::new(process),
+            processes: self.processes.clone(),
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
         })
     }
 
+    /// What the client is told when a connection could not be opened (and what
+    /// `/healthz` says of it).
+    /// `failure` is what went wrong, or `None` when the time was up.
+    fn failed_to_connect(&self, failure: Option<String>) -> ErrorData {
+        let name = &self.config.name;
+        match failure {
+            Some(e) => {
+                // The detail may quote what the upstream answered (an error page): the
+                // log has it, cut short; the client and `/healthz` get fixed words.
+                tracing::warn!(upstream = %name, error = %cut(&e), "cannot connect to the upstream");
+                self.record(false, Some("it could not be started or reached"));
+                ErrorData::internal_error(
+                    format!("upstream {name} could not be started or reached; its log says why"),
+                    Some(json!({ "upstream": name, "reason": "unavailable" })),
+                )
+            }
+            None => {
+                self.record(false, Some("it did not initialize in time"));
+                ErrorData::internal_error(
+                    format!(
+                        "upstream {name} did not initialize within {}",
+                        humantime::format_duration(self.config.connect_timeout)
+                    ),
+                    Some(json!({ "upstream": name, "reason": "timeout" })),
+                )
+            }
+        }
+    }
+
     /// Starts a stdio server in its own process group with a clean environment:
-    /// `PATH`, `HOME` and the configured variables only. Its stderr goes to the log,
-    /// line by line, with the upstream's name.
+    /// `PATH`, `HOME` and the configured variables only. Its stderr goes to the log
+    /// (see [`log_stderr`]). The process is Gatehouse's to end ([`end_process`]):
+    /// rmcp only gets its stdin and stdout, read a line of at most 16 MiB at a time.
     fn spawn(
         &self,
         command: &str,
         args: &[String],
         env: &[(String, String)],
         cwd: Option<&std::path::Path>,
-    ) -> Result<TokioChildProcess, String> {
+    ) -> Result<(StdioTransport, Box<dyn ChildWrapper>), String> {
         let mut cmd = tokio::process::Command::new(command);
         cmd.args(args).env_clear();
         for inherited in ["PATH", "HOME"] {
@@ -513,34 +742,119 @@ impl Shared {
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+        // Killed (its leader) if dropped without being ended, as when Gatehouse stops.
+        wrapped.wrap(process_wrap::tokio::KillOnDrop);
         wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
-        let (child, stderr) = TokioChildProcess::builder(wrapped)
-            .stderr(std::process::Stdio::piped())
+        let mut child = wrapped
             .spawn()
             .map_err(|e| format!("cannot start {command:?}: {e}"))?;
-        if let Some(stderr) = stderr {
-            let name = self.config.name.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match (&mut lines)
-                        .take(MAX_STDERR_LINE as u64)
-                        .read_until(b'\n', &mut line)
-                        .await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let text = String::from_utf8_lossy(&line);
-                            tracing::info!(target: "gatehouse::upstream", upstream = %name, "{}", text.trim_end());
-                        }
-                    }
-                }
-            });
+        if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+            locked(&self.processes).insert(pid);
         }
-        Ok(child)
+        let (Some(stdin), Some(stdout)) = (child.stdin().take(), child.stdout().take()) else {
+            let _ = child.start_kill();
+            return Err("its stdin and stdout could not be connected".into());
+        };
+        if let Some(stderr) = child.stderr().take() {
+            tokio::spawn(log_stderr(self.config.name.clone(), stderr));
+        }
+        Ok((AsyncRwTransport::new_client(stdout, stdin), child))
+    }
+}
+
+type StdioTransport =
+    AsyncRwTransport<RoleClient, tokio::process::ChildStdout, tokio::process::ChildStdin>;
+
+/// How many stderr lines of one server are logged in a burst, and how many a second
+/// after that; the rest are counted, and the count logged once lines flow again.
+const STDERR_BURST: f64 = 200.0;
+const STDERR_PER_SECOND: f64 = 20.0;
+
+/// A stdio server's stderr, line by line into the log with the upstream's name: a
+/// line is cut at [`MAX_STDERR_LINE`] (the rest of it skipped), a carriage return
+/// is shown as `\r` (it cannot rewrite a log line on a terminal), and a server that
+/// writes faster than [`STDERR_PER_SECOND`] loses lines, not Gatehouse's disk.
+async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut bucket = Bucket::new(STDERR_BURST, STDERR_PER_SECOND);
+    let mut skipping = false;
+    loop {
+        line.clear();
+        let read = (&mut lines)
+            .take(MAX_STDERR_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let whole = line.last() == Some(&b'\n');
+        let was_skipping = std::mem::replace(&mut skipping, !whole);
+        if was_skipping {
+            // The rest of a line already cut.
+            continue;
+        }
+        match bucket.take(tokio::time::Instant::now()) {
+            Take::Yes { dropped } => {
+                if dropped > 0 {
+                    tracing::warn!(target: "gatehouse::upstream", upstream = %name, dropped, "stderr lines not logged: the server wrote too many");
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end().replace('\r', "\\r");
+                let cut = if whole { "" } else { " …" };
+                tracing::info!(target: "gatehouse::upstream", upstream = %name, "{text}{cut}");
+            }
+            Take::No => {}
+        }
+    }
+}
+
+enum Take {
+    /// Log it; `dropped` lines were not logged since the last one that was.
+    Yes {
+        dropped: u64,
+    },
+    No,
+}
+
+/// A token bucket: `burst` at most, `rate` more each second.
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    at: tokio::time::Instant,
+    dropped: u64,
+}
+
+impl Bucket {
+    fn new(burst: f64, rate: f64) -> Self {
+        Bucket {
+            tokens: burst,
+            burst,
+            rate,
+            at: tokio::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    fn take(&mut self, now: tokio::time::Instant) -> Take {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Take::Yes {
+                dropped: std::mem::take(&mut self.dropped),
+            }
+        } else {
+            self.dropped += 1;
+            Take::No
+        }
     }
 }
 
@@ -572,5 +886,116 @@ fn resume_briefly() -> ExponentialBackoff {
     backoff
 }
 
+/// The longest part of an upstream's error text that is logged.
+const MAX_LOGGED_ERROR: usize = 512;
+
+/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (at a character's boundary), for the log.
+pub(super) fn cut(text: &str) -> &str {
+    let mut end = text.len().min(MAX_LOGGED_ERROR);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// How long the start-up probe may take before serving starts regardless.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a process of group `pgid` still runs (a zombie does not: where nothing
+    /// reaps orphans, as in some containers, it stays one).
+    fn group_alive(pgid: i32) -> bool {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                return false;
+            };
+            // "PID (COMM) STATE PPID PGRP …"; COMM may hold spaces and parentheses.
+            let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_server_that_ignores_its_end_is_killed_with_its_group_before_its_place_is_free() {
+        // A leader that ignores SIGTERM and a child of its own in its group, as `npx`
+        // leaves the server it starts.
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; sleep 600 & while :; do sleep 1; done"]);
+        let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+        let process = wrapped.spawn().expect("sh");
+        let pgid = i32::try_from(process.id().expect("pid")).expect("pid");
+        let processes = Processes::default();
+        locked(&processes).insert(pgid);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(group_alive(pgid));
+
+        let places = Arc::new(Semaphore::new(1));
+        let place = places.clone().try_acquire_owned().expect("a place");
+        let grace = Duration::from_millis(300);
+        let ending = tokio::spawn(end_process_within(process, processes.clone(), place, grace));
+        // Within the grace and after SIGTERM, still there: the place is still held.
+        tokio::time::sleep(grace + grace / 2).await;
+        assert!(group_alive(pgid));
+        assert_eq!(places.available_permits(), 0);
+        tokio::time::timeout(Duration::from_secs(5), ending)
+            .await
+            .expect("ended in time")
+            .expect("no panic");
+        // SIGKILL is delivered at once, but the orphan it left takes a moment to die.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!group_alive(pgid), "the whole group is gone");
+        assert_eq!(places.available_permits(), 1);
+        assert!(locked(&processes).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_at_once_frees_its_place_at_once() {
+        let cmd = tokio::process::Command::new("true");
+        let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+        let process = wrapped.spawn().expect("true");
+        let places = Arc::new(Semaphore::new(1));
+        let place = places.clone().try_acquire_owned().expect("a place");
+        let started = tokio::time::Instant::now();
+        end_process_within(process, Processes::default(), place, Duration::from_secs(3)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(places.available_permits(), 1);
+    }
+
+    #[test]
+    fn stderr_lines_past_the_burst_are_counted_not_logged() {
+        let start = tokio::time::Instant::now();
+        let mut bucket = Bucket::new(3.0, 2.0);
+        for _ in 0..3 {
+            assert!(matches!(bucket.take(start), Take::Yes { dropped: 0 }));
+        }
+        assert!(matches!(bucket.take(start), Take::No));
+        assert!(matches!(bucket.take(start), Take::No));
+        // Half a second brings one more, and the count of those left out.
+        let later = start + Duration::from_millis(500);
+        assert!(matches!(bucket.take(later), Take::Yes { dropped: 2 }));
+        assert!(matches!(bucket.take(later), Take::No));
+    }
+
+    #[test]
+    fn logged_errors_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_LOGGED_ERROR);
+        let logged = cut(&long);
+        assert!(logged.len() <= MAX_LOGGED_ERROR);
+        assert!(logged.len() >= MAX_LOGGED_ERROR - 1);
+        assert_eq!(cut("short"), "short");
+    }
+}

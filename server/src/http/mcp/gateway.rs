@@ -244,15 +244,17 @@ impl GatewayEndpoint {
             "id": format!("gatehouse-touch-{}", self.touches.fetch_add(1, Ordering::Relaxed)),
             "method": "ping",
         });
-        tokio::spawn(async move {
+        // Bounded as a whole: a session whose worker no longer takes messages (its
+        // client stopped reading) must not keep this task for ever.
+        tokio::spawn(tokio::time::timeout(TOUCH_TIMEOUT, async move {
             let Ok(ping) = serde_json::from_value::<ClientJsonRpcMessage>(ping) else {
                 return;
             };
             if let Ok(answer) = sessions.create_stream(&session, ping).await {
                 let mut answer = Box::pin(answer);
-                let _ = tokio::time::timeout(TOUCH_TIMEOUT, answer.next()).await;
+                answer.next().await;
             }
-        });
+        }));
     }
 
     /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
@@ -267,8 +269,10 @@ impl GatewayEndpoint {
         let leg = upstream.leg.as_ref()?;
         match direct {
             Direct::Call(request) => {
+                // Without a place, the relay answers it (with the error).
+                let place = upstream.call_place()?;
                 let answer = leg.call(&self.shared, request).await?;
-                Some(answer_response(answer))
+                Some(answer_response(answer.holding(place)))
             }
             Direct::Answer(message) => leg.answer(&self.shared, message).await.then(accepted),
             Direct::Cancel(message) => leg.cancel(&self.shared, message).await.then(accepted),
@@ -397,6 +401,21 @@ fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
 }
 
+/// One SSE event holding one JSON-RPC message. The message is the upstream's text
+/// with its ids spliced in, and JSON may have line breaks between its tokens, which in
+/// SSE would end the `data:` line: as whitespace outside strings (the only place JSON
+/// allows them raw) they become spaces, and the message means the same.
+fn sse_frame(mut json: Vec<u8>) -> Vec<u8> {
+    for byte in json.iter_mut().filter(|b| matches!(**b, b'\n' | b'\r')) {
+        *byte = b' ';
+    }
+    let mut frame = Vec::with_capacity(json.len() + 22);
+    frame.extend_from_slice(b"event: message\ndata: ");
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(b"\n\n");
+    frame
+}
+
 fn answer_response(answer: Answer) -> Response {
     match answer {
         Answer::Json { body, error } => {
@@ -418,13 +437,7 @@ fn answer_response(answer: Answer) -> Response {
         Answer::Stream(messages) => {
             let frames = messages.map(|message| {
                 let frame = match message {
-                    Some(json) => {
-                        let mut frame = Vec::with_capacity(json.len() + 22);
-                        frame.extend_from_slice(b"event: message\ndata: ");
-                        frame.extend_from_slice(&json);
-                        frame.extend_from_slice(b"\n\n");
-                        frame
-                    }
+                    Some(json) => sse_frame(json),
                     None => b": keep-alive\n\n".to_vec(),
                 };
                 Ok::<_, std::convert::Infallible>(Bytes::from(frame))
@@ -519,7 +532,10 @@ impl Endpoint for GatewayEndpoint {
     async fn needs(&self, call: &Call<'_>) -> Need {
         if call.method() == "tools/call" {
             if let Some(tool) = call.name() {
-                self.shared.learn_tool(tool).await;
+                // Bounded: an upstream that does not answer its listing leaves the
+                // tool unknown (it needs the write scope), not the call waiting.
+                let learning = self.shared.learn_tool(tool);
+                let _ = tokio::time::timeout(self.shared.config.timeout, learning).await;
             }
         }
         self.shared.policy.needs(call)
@@ -612,6 +628,22 @@ impl Endpoint for GatewayEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_with_line_breaks_stays_one_sse_event_that_means_the_same() {
+        let upstream =
+            b"{\"jsonrpc\":\"2.0\",\r\n  \"id\":1,\n\"result\":{\"text\":\"a\\nb\"}}".to_vec();
+        let frame = sse_frame(upstream.clone());
+        let text = std::str::from_utf8(&frame).expect("utf-8");
+        let data = text
+            .strip_prefix("event: message\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .expect("one event");
+        assert!(!data.contains(['\n', '\r']), "{data:?}");
+        let read: serde_json::Value = serde_json::from_str(data).expect("JSON");
+        let meant: serde_json::Value = serde_json::from_slice(&upstream).expect("JSON");
+        assert_eq!(read, meant);
+    }
 
     fn reply(json: &str) -> Option<Direct> {
         let body = Bytes::copy_from_slice(json.as_bytes());
