@@ -1436,3 +1436,70 @@ async fn an_upstream_flooding_pings_does_not_multiply_connections() {
         "{opened} connections opened for one call's pings"
     );
 }
+
+/// A stdio server that never initializes and ignores SIGTERM (its child too): the
+/// failed `initialize` keeps its place until the whole process group is killed, so
+/// `max_sessions` bounds the processes alive, not only the sessions; then the place
+/// is free again.
+#[tokio::test]
+async fn a_server_that_fails_to_start_holds_its_place_until_its_processes_are_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    // Its child's command line, to find it by.
+    let marker = format!("sleep {}", 100_000 + rand::random::<u32>() % 900_000);
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"stuck\"\ncommand = \"sh\"\nargs = [\"-c\", \"trap '' TERM; {marker} & while :; do sleep 1; done\"]\nmax_sessions = 1\nconnect_timeout = \"1s\"\n"
+        ),
+    )
+    .expect("write");
+    let app = TestApp::new(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--sessions-per-minute",
+        "1000",
+    ]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/stuck", "stuck:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let reason = |answer: &Answer| answer.rpc()["error"]["data"]["reason"].clone();
+    let first = app.send(initialize("/mcp/stuck", &token, 1)).await;
+    assert_eq!(reason(&first), "timeout", "{}", first.body);
+    // Its processes are still being ended (3 s, SIGTERM, 3 s, SIGKILL): no place.
+    let second = app.send(initialize("/mcp/stuck", &token, 2)).await;
+    assert!(
+        ["busy", "client_busy"].contains(&reason(&second).as_str().unwrap_or("")),
+        "{}",
+        second.body
+    );
+    // Then the place is free again, and what the server started is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let next = app.send(initialize("/mcp/stuck", &token, 3)).await;
+        if reason(&next) == "timeout" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", next.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .expect("pgrep");
+    let pids = String::from_utf8_lossy(&running.stdout);
+    // The third server's own, at most (it is being ended now): one process group.
+    let groups: std::collections::HashSet<String> = pids
+        .lines()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(2).map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        groups.len() <= 1,
+        "still running: {pids} in groups {groups:?}"
+    );
+}

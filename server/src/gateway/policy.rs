@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU64, Ordering},
         RwLock,
     },
 };
@@ -28,9 +28,12 @@ pub struct ToolPolicy {
     /// What the upstream said of each tool (`readOnlyHint`), learnt from every
     /// `tools/list` answer that passes through.
     read_only: RwLock<HashMap<String, bool>>,
-    /// The upstream said its tools changed (`notifications/tools/list_changed`)
-    /// since they were last listed: what it said of them may no longer hold.
-    stale: AtomicBool,
+    /// How many times the upstream said its tools changed
+    /// (`notifications/tools/list_changed`), and how many of those a completed
+    /// listing has seen: while the first is ahead, what it said of them may no
+    /// longer hold.
+    changes: AtomicU64,
+    seen: AtomicU64,
 }
 
 impl ToolPolicy {
@@ -38,7 +41,8 @@ impl ToolPolicy {
         ToolPolicy {
             rules,
             read_only: RwLock::default(),
-            stale: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -86,16 +90,24 @@ impl ToolPolicy {
     /// them again before its scope is decided (a tool that was read-only may not be
     /// now). Until then, what was learnt still holds.
     pub fn mark_stale(&self) {
-        self.stale.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn is_stale(&self) -> bool {
-        self.stale.load(Ordering::Acquire)
+        self.seen.load(Ordering::Acquire) < self.changes.load(Ordering::Acquire)
     }
 
-    /// A listing starts: a change announced after this marks the hints stale again.
-    pub fn mark_fresh(&self) {
-        self.stale.store(false, Ordering::Release);
+    /// The changes announced so far: what a listing that starts now will have seen
+    /// once it completes.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// A listing that started when [`ToolPolicy::changes`] said `as_of` completed
+    /// and was learnt. A change announced since keeps the hints stale; a listing
+    /// that failed or was given up never gets here, and they stay stale too.
+    pub fn mark_fresh(&self, as_of: u64) {
+        self.seen.fetch_max(as_of, Ordering::AcqRel);
     }
 
     /// Remembers the hints of the tools an upstream listed.
@@ -239,10 +251,21 @@ mod tests {
         assert!(policy.knows("toggle"));
         // Until then, what was learnt holds.
         assert_eq!(policy.tool_access("query"), Some(Access::Read));
-        policy.mark_fresh();
+        // A listing starts; another change comes while it runs: still stale after.
+        let as_of = policy.changes();
+        policy.mark_stale();
         policy.learn(&[tool("query", Some(false))]);
+        policy.mark_fresh(as_of);
+        assert!(!policy.knows("query"));
+        // The next listing saw both.
+        let as_of = policy.changes();
+        policy.learn(&[tool("query", Some(false))]);
+        policy.mark_fresh(as_of);
         assert!(policy.knows("query"));
         assert_eq!(policy.tool_access("query"), Some(Access::Write));
+        // A late listing that started before cannot make them stale or fresh again.
+        policy.mark_fresh(as_of - 1);
+        assert!(policy.knows("query"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ use crate::{oauth::client::ClientId, resource::Resource};
 /// How often an unknown tool may make Gatehouse list an upstream's tools.
 const RELIST_AFTER: Duration = Duration::from_secs(30);
 
+/// How often it may after the upstream said its tools changed.
+const RELIST_STALE: Duration = Duration::from_secs(1);
+
 /// Idle connections kept to an HTTP upstream, and for how long. Without reuse every
 /// upstream call opened a TCP connection (thousands in `TIME_WAIT` after a few
 /// seconds of load) and the gateway over HTTP ran at half its throughput. A call may
@@ -68,14 +71,8 @@ pub struct UpSession {
     pub routes: Arc<Mutex<Routes>>,
     /// An HTTP upstream's direct path for tool calls ([`super::direct`]).
     pub leg: Option<Arc<Leg>>,
-    /// Held for a session's life (or until [`UpSession::shut`]), and for a stdio
-    /// server until its process is gone: one place of `max_sessions`, and one of its
-    /// client's `max_sessions_per_client`.
-    place: StdMutex<Option<(OwnedSemaphorePermit, ClientPlace)>>,
-    /// A stdio server's process, the leader of its own group; `None` once it is being
-    /// ended.
-    process: StdMutex<Option<Box<dyn ChildWrapper>>>,
-    processes: Processes,
+    /// Its places and (stdio) process, until [`UpSession::shut`] or its drop.
+    owned: StdMutex<Owned>,
     /// Places for the requests in flight to the upstream (see [`MAX_CALLS`]).
     calls: Arc<Semaphore>,
 }
@@ -151,8 +148,26 @@ impl UpSession {
     }
 
     fn end(&self) {
-        let place = locked(&self.place).take();
-        let Some(process) = locked(&self.process).take() else {
+        locked(&self.owned).end();
+    }
+}
+
+/// What a connection holds until it ends: for a session, one place of
+/// `max_sessions` and one of its client's `max_sessions_per_client`; for a stdio
+/// server, its process, the leader of its own group. Dropped or ended (a session
+/// that ends, an `initialize` that fails, a caller that goes away while the
+/// connection is being opened), the process is ended ([`end_process`]) and the
+/// places are given back only once it is gone.
+struct Owned {
+    place: Option<(OwnedSemaphorePermit, ClientPlace)>,
+    process: Option<Box<dyn ChildWrapper>>,
+    processes: Processes,
+}
+
+impl Owned {
+    fn end(&mut self) {
+        let place = self.place.take();
+        let Some(mut process) = self.process.take() else {
             return drop(place);
         };
         let processes = self.processes.clone();
@@ -160,16 +175,19 @@ impl UpSession {
             Ok(runtime) => {
                 runtime.spawn(end_process(process, processes, place));
             }
-            // No runtime to wait in (Gatehouse is stopping): the group is killed now.
+            // No runtime to wait in (Gatehouse is stopping): the group is killed now,
+            // and forgotten before its leader can be reaped.
             Err(_) => {
-                let mut process = process;
+                if let Some(pid) = process.id().and_then(|id| i32::try_from(id).ok()) {
+                    locked(&processes).remove(&pid);
+                }
                 let _ = process.start_kill();
             }
         }
     }
 }
 
-impl Drop for UpSession {
+impl Drop for Owned {
     fn drop(&mut self) {
         self.end();
     }
@@ -210,14 +228,11 @@ async fn end_process_within<P: Send>(
 /// Whether the process `pid` (a child of Gatehouse's) exits within `grace`, looked at
 /// without reaping it.
 async fn exits_within(pid: i32, grace: Duration) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
-            Ok(WaitStatus::StillAlive) => {}
-            // Exited, or not a child of ours any more.
-            _ => return true,
+        // Exited, or not a child of ours any more.
+        if exited(pid) != Some(false) {
+            return true;
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
@@ -228,36 +243,48 @@ async fn exits_within(pid: i32, grace: Duration) -> bool {
 
 /// When Gatehouse stops: `SIGTERM` to every stdio server's process group still
 /// there, up to [`EXIT_GRACE`] for them to go, then `SIGKILL` to those that stay.
+///
+/// Only groups still in an upstream's set are signalled, under its lock: a group
+/// leaves the set before its leader is reaped ([`end_process`]), so its id is still
+/// its own.
 pub async fn end_processes(upstreams: &[Arc<Shared>]) {
     use nix::sys::signal::{killpg, Signal};
-    let groups: Vec<nix::unistd::Pid> = upstreams
-        .iter()
-        .flat_map(|u| locked(&u.processes).iter().copied().collect::<Vec<_>>())
-        .map(nix::unistd::Pid::from_raw)
-        .collect();
-    if groups.is_empty() {
+    let signal_all = |signal: Signal| {
+        let mut any = false;
+        for upstream in upstreams {
+            for &group in locked(&upstream.processes).iter() {
+                let _ = killpg(nix::unistd::Pid::from_raw(group), signal);
+                any = true;
+            }
+        }
+        any
+    };
+    if !signal_all(Signal::SIGTERM) {
         return;
     }
-    for &group in &groups {
-        let _ = killpg(group, Signal::SIGTERM);
-    }
     let deadline = tokio::time::Instant::now() + EXIT_GRACE;
-    // A group is gone when it can no longer be signalled (its leader, not reaped,
-    // still holds its id while any of it lives).
-    while tokio::time::Instant::now() < deadline
-        && groups.iter().any(|&group| {
-            nix::sys::wait::waitid(
-                nix::sys::wait::Id::Pid(group),
-                nix::sys::wait::WaitPidFlag::WEXITED
-                    | nix::sys::wait::WaitPidFlag::WNOHANG
-                    | nix::sys::wait::WaitPidFlag::WNOWAIT,
-            ) == Ok(nix::sys::wait::WaitStatus::StillAlive)
+    let running = || {
+        upstreams.iter().any(|u| {
+            locked(&u.processes)
+                .iter()
+                .any(|&pid| exited(pid) == Some(false))
         })
-    {
+    };
+    while tokio::time::Instant::now() < deadline && running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for &group in &groups {
-        let _ = killpg(group, Signal::SIGKILL);
+    signal_all(Signal::SIGKILL);
+}
+
+/// Whether the process `pid`, a child of Gatehouse's, has exited (looked at without
+/// reaping it); `None` when it is not a child of ours (any more).
+fn exited(pid: i32) -> Option<bool> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => Some(false),
+        Ok(_) => Some(true),
+        Err(_) => None,
     }
 }
 
@@ -517,9 +544,9 @@ impl Shared {
                 request.clone(),
                 Some(client),
                 ClientLifecycleMode::Initialize,
+                Some((place, client_place)),
             )
             .await?;
-        *locked(&session.place) = Some((place, client_place));
         Ok(Arc::new(session))
     }
 
@@ -552,7 +579,7 @@ impl Shared {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: Some(ProtocolVersion::V_2025_11_25),
         };
-        match self.connect(info, None, lifecycle).await {
+        match self.connect(info, None, lifecycle, None).await {
             Ok(session) => {
                 let session = Arc::new(session);
                 *slot = PoolSlot {
@@ -573,7 +600,10 @@ impl Shared {
     /// decide which scope each needs).
     pub async fn probe(self: &Arc<Self>) {
         *self.listed.lock().await = Some(tokio::time::Instant::now());
-        self.list_tools().await;
+        let as_of = self.policy.changes();
+        if self.list_tools().await {
+            self.policy.mark_fresh(as_of);
+        }
     }
 
     /// Before a call of a tool whose hints are unknown (no client listed tools yet),
@@ -584,20 +614,29 @@ impl Shared {
             return;
         }
         let mut listed = self.listed.lock().await;
-        // After the upstream said its tools changed, at once; else at most once per
-        // RELIST_AFTER however many unknown tools clients name.
-        let recent = listed.is_some_and(|at| at.elapsed() < RELIST_AFTER);
-        if (recent && !self.policy.is_stale()) || self.policy.knows(tool) {
+        // At most once per RELIST_AFTER however many unknown tools clients name;
+        // after the upstream said its tools changed, once per RELIST_STALE however
+        // often it says so (meanwhile, what was learnt holds).
+        let every = if self.policy.is_stale() {
+            RELIST_STALE
+        } else {
+            RELIST_AFTER
+        };
+        let recent = listed.is_some_and(|at| at.elapsed() < every);
+        if recent || self.policy.knows(tool) {
             return;
         }
-        self.policy.mark_fresh();
+        let as_of = self.policy.changes();
         *listed = Some(tokio::time::Instant::now());
-        self.list_tools().await;
+        if self.list_tools().await {
+            self.policy.mark_fresh(as_of);
+        }
         // Those who waited behind this listing find it recent, however long it took.
         *listed = Some(tokio::time::Instant::now());
     }
 
-    async fn list_tools(self: &Arc<Self>) {
+    /// Lists the upstream's tools and learns their hints; whether it could.
+    async fn list_tools(self: &Arc<Self>) -> bool {
         let name = &self.config.name;
         match self.pooled().await {
             Ok(session) => {
@@ -605,9 +644,12 @@ impl Shared {
                     tokio::time::timeout(self.config.timeout, session.peer().list_all_tools())
                         .await;
                 match listed {
-                    Ok(Ok(tools)) => self.policy.learn(&tools),
+                    Ok(Ok(tools)) => {
+                        self.policy.learn(&tools);
+                        return true;
+                    }
                     Ok(Err(e)) => {
-                        tracing::warn!(upstream = %name, error = %e, "cannot list the upstream's tools")
+                        tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "cannot list the upstream's tools")
                     }
                     Err(_) => {
                         tracing::warn!(upstream = %name, "listing the upstream's tools timed out")
@@ -618,13 +660,16 @@ impl Shared {
                 tracing::warn!(upstream = %name, error = %e.message, "upstream not reachable")
             }
         }
+        false
     }
 
+    /// A connection, holding `place` for its life (a session's places).
     async fn connect(
         self: &Arc<Self>,
         info: ClientConfig,
         client: Option<Peer<RoleServer>>,
         lifecycle: ClientLifecycleMode,
+        place: Option<(OwnedSemaphorePermit, ClientPlace)>,
     ) -> Result<UpSession, ErrorData> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let up = UpClient {
@@ -638,7 +683,13 @@ impl Shared {
             .http
             .clone()
             .map(|(client, sender)| Leg::new(client, sender));
-        let mut process = None;
+        // Ended, places and all, unless it becomes the session's: on failure, and if
+        // this future is dropped half-way.
+        let mut owned = Owned {
+            place,
+            process: None,
+            processes: self.processes.clone(),
+        };
         let connected = tokio::time::timeout(self.config.connect_timeout, async {
             match &self.config.transport {
                 Transport::Http { url, headers } => {
@@ -657,7 +708,7 @@ impl Shared {
                     cwd,
                 } => {
                     let (transport, child) = self.spawn(command, args, env, cwd.as_deref())?;
-                    process = Some(child);
+                    owned.process = Some(child);
                     serve(up, InOrder::new(transport, routes.clone()), lifecycle).await
                 }
             }
@@ -670,13 +721,9 @@ impl Shared {
         };
         let service = match failure {
             Ok(service) => service,
-            Err(failure) => {
-                // A server that did not start its session is ended like any other.
-                if let Some(process) = process.take() {
-                    tokio::spawn(end_process(process, self.processes.clone(), ()));
-                }
-                return Err(self.failed_to_connect(failure));
-            }
+            // A server that did not start its session is ended like any other
+            // (`owned`, dropped).
+            Err(failure) => return Err(self.failed_to_connect(failure)),
         };
         self.record(true, None);
         self.observe().info = service.peer_info();
@@ -684,9 +731,7 @@ impl Shared {
             service,
             routes,
             leg,
-            place: StdMutex::new(None),
-            process: StdMutex::new(process),
-            processes: self.processes.clone(),
+            owned: StdMutex::new(owned),
             calls: Arc::new(Semaphore::new(MAX_CALLS)),
         })
     }
@@ -756,6 +801,9 @@ impl Shared {
             locked(&self.processes).insert(pid);
         }
         let (Some(stdin), Some(stdout)) = (child.stdin().take(), child.stdout().take()) else {
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                locked(&self.processes).remove(&pid);
+            }
             let _ = child.start_kill();
             return Err("its stdin and stdout could not be connected".into());
         };
