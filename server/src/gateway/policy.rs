@@ -103,16 +103,18 @@ impl ToolPolicy {
         self.changes.load(Ordering::Acquire)
     }
 
-    /// A listing that started when [`ToolPolicy::changes`] said `as_of` completed
-    /// and was learnt. A change announced since keeps the hints stale; a listing
-    /// that failed or was given up never gets here, and they stay stale too.
-    pub fn mark_fresh(&self, as_of: u64) {
-        self.seen.fetch_max(as_of, Ordering::AcqRel);
-    }
-
-    /// Remembers the hints of the tools an upstream listed.
-    pub fn learn(&self, tools: &[Tool]) {
+    /// Remembers the hints of the tools a listing gave, one that started when
+    /// [`ToolPolicy::changes`] said `as_of`; `complete` when it listed every tool
+    /// (not one page a client asked for), which makes the hints fresh up to `as_of`.
+    /// A listing that started before a change another listing has seen since is
+    /// older than what is known: it is ignored, so a slow one cannot bring back what
+    /// a change replaced. A listing that failed or was given up never gets here, and
+    /// the hints stay stale.
+    pub fn learn(&self, tools: &[Tool], as_of: u64, complete: bool) {
         let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());
+        if as_of < self.seen.load(Ordering::Acquire) {
+            return;
+        }
         for tool in tools {
             // Full, it still takes changes to the tools it knows.
             if known.len() >= MAX_KNOWN_TOOLS && !known.contains_key(tool.name.as_ref()) {
@@ -124,6 +126,10 @@ impl ToolPolicy {
                 .and_then(|a| a.read_only_hint)
                 .unwrap_or(false);
             known.insert(tool.name.to_string(), read_only);
+        }
+        if complete {
+            // Under the lock: the hints and what they have seen change together.
+            self.seen.fetch_max(as_of, Ordering::AcqRel);
         }
     }
 }
@@ -189,8 +195,8 @@ mod tests {
             tool("add", Some(false)),
             tool("mystery", None),
         ];
-        plain.learn(&tools);
-        policy.learn(&tools);
+        plain.learn(&tools, 0, true);
+        policy.learn(&tools, 0, true);
         assert_eq!(plain.tool_access("echo"), Some(Access::Read));
         assert_eq!(plain.tool_access("add"), Some(Access::Write));
         assert_eq!(plain.tool_access("mystery"), Some(Access::Write));
@@ -210,7 +216,7 @@ mod tests {
     #[test]
     fn requests_need_the_scope_of_what_they_touch() {
         let policy = ToolPolicy::new(vec![ToolRule::parse("hidden", "deny").expect("rule")]);
-        policy.learn(&[tool("echo", Some(true))]);
+        policy.learn(&[tool("echo", Some(true))], 0, true);
         assert_eq!(
             policy.needs(&call("tools/call", Some("echo"))),
             Need::Scope(Access::Read)
@@ -243,7 +249,7 @@ mod tests {
     #[test]
     fn a_change_of_tools_makes_their_hints_unknown_until_listed_again() {
         let policy = ToolPolicy::new(vec![ToolRule::parse("toggle", "read").expect("rule")]);
-        policy.learn(&[tool("query", Some(true))]);
+        policy.learn(&[tool("query", Some(true))], 0, true);
         assert!(policy.knows("query"));
         policy.mark_stale();
         // Listed again before its next call; rules need no listing.
@@ -251,21 +257,33 @@ mod tests {
         assert!(policy.knows("toggle"));
         // Until then, what was learnt holds.
         assert_eq!(policy.tool_access("query"), Some(Access::Read));
-        // A listing starts; another change comes while it runs: still stale after.
-        let as_of = policy.changes();
+        // A listing starts (A); another change comes while it runs: still stale after.
+        let a = policy.changes();
         policy.mark_stale();
-        policy.learn(&[tool("query", Some(false))]);
-        policy.mark_fresh(as_of);
-        assert!(!policy.knows("query"));
-        // The next listing saw both.
-        let as_of = policy.changes();
-        policy.learn(&[tool("query", Some(false))]);
-        policy.mark_fresh(as_of);
+        // The next listing (B) saw both, and says the tool now writes.
+        let b = policy.changes();
+        policy.learn(&[tool("query", Some(false))], b, true);
         assert!(policy.knows("query"));
         assert_eq!(policy.tool_access("query"), Some(Access::Write));
-        // A late listing that started before cannot make them stale or fresh again.
-        policy.mark_fresh(as_of - 1);
+        // A, slower, ends last with what it saw before: ignored.
+        policy.learn(&[tool("query", Some(true))], a, true);
         assert!(policy.knows("query"));
+        assert_eq!(policy.tool_access("query"), Some(Access::Write));
+        // A page a client listed teaches hints but does not make them fresh.
+        policy.mark_stale();
+        policy.learn(&[tool("query", Some(true))], policy.changes(), false);
+        assert!(!policy.knows("query"));
+        assert_eq!(policy.tool_access("query"), Some(Access::Read));
+    }
+
+    #[test]
+    fn a_listing_that_ends_after_a_change_leaves_the_hints_stale() {
+        let policy = ToolPolicy::new(Vec::new());
+        let as_of = policy.changes();
+        policy.mark_stale();
+        policy.learn(&[tool("query", Some(true))], as_of, true);
+        assert!(policy.is_stale());
+        assert!(!policy.knows("query"));
     }
 
     #[test]
@@ -277,9 +295,9 @@ mod tests {
                 tool(name, Some(true))
             })
             .collect();
-        policy.learn(&many);
+        policy.learn(&many, 0, true);
         // A new name first, then a known tool that is no longer read-only.
-        policy.learn(&[tool("new", Some(true)), tool("t7", Some(false))]);
+        policy.learn(&[tool("new", Some(true)), tool("t7", Some(false))], 0, true);
         assert!(!policy.knows("new"));
         assert_eq!(policy.tool_access("t7"), Some(Access::Write));
     }

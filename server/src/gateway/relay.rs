@@ -406,6 +406,7 @@ impl ServerHandler for GatewayHandler {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let as_of = self.shared.policy.changes();
         let mut page: ListToolsResult = self
             .forward_as(
                 ClientRequest::ListToolsRequest(ListToolsRequest {
@@ -416,7 +417,7 @@ impl ServerHandler for GatewayHandler {
                 context,
             )
             .await?;
-        self.shared.policy.learn(&page.tools);
+        self.shared.policy.learn(&page.tools, as_of, false);
         page.tools
             .retain(|tool| self.shared.policy.visible(&tool.name));
         Ok(page)

@@ -167,22 +167,57 @@ struct Owned {
 impl Owned {
     fn end(&mut self) {
         let place = self.place.take();
-        let Some(mut process) = self.process.take() else {
+        let Some(process) = self.process.take() else {
             return drop(place);
         };
-        let processes = self.processes.clone();
+        let ending = Ending::new(process, self.processes.clone());
         match tokio::runtime::Handle::try_current() {
+            // Spawned onto a runtime that is stopping, the task never runs: dropped,
+            // `ending` kills the group then.
             Ok(runtime) => {
-                runtime.spawn(end_process(process, processes, place));
+                runtime.spawn(end_process(ending, place));
             }
-            // No runtime to wait in (Gatehouse is stopping): the group is killed now,
-            // and forgotten before its leader can be reaped.
-            Err(_) => {
-                if let Some(pid) = process.id().and_then(|id| i32::try_from(id).ok()) {
-                    locked(&processes).remove(&pid);
-                }
-                let _ = process.start_kill();
-            }
+            // No runtime to wait in: the group is killed now.
+            Err(_) => drop(ending),
+        }
+    }
+}
+
+/// A stdio server being ended. Dropped before [`end_process`] is done with it (its
+/// task never ran, or was cut off as Gatehouse stops), its process group is killed
+/// at once and forgotten, unless its leader is being reaped already.
+struct Ending {
+    process: Box<dyn ChildWrapper>,
+    pid: Option<i32>,
+    processes: Processes,
+    /// Its group may still be signalled: its leader is not being reaped.
+    signal_on_drop: bool,
+}
+
+impl Ending {
+    fn new(process: Box<dyn ChildWrapper>, processes: Processes) -> Self {
+        let pid = process.id().and_then(|id| i32::try_from(id).ok());
+        Ending {
+            process,
+            pid,
+            processes,
+            signal_on_drop: true,
+        }
+    }
+
+    /// Kills the group and forgets it; its leader may be reaped after this.
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid {
+            locked(&self.processes).remove(&pid);
+        }
+        let _ = self.process.start_kill();
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if self.signal_on_drop {
+            self.kill();
         }
     }
 }
@@ -200,28 +235,22 @@ impl Drop for Owned {
 /// child). Only then are its places given back, so that `max_sessions` bounds the
 /// processes alive, not only the sessions. The leader is reaped last: until then its
 /// group id cannot be given to another process.
-async fn end_process<P: Send>(process: Box<dyn ChildWrapper>, processes: Processes, place: P) {
-    end_process_within(process, processes, place, EXIT_GRACE).await
+async fn end_process<P: Send>(ending: Ending, place: P) {
+    end_process_within(ending, place, EXIT_GRACE).await
 }
 
-async fn end_process_within<P: Send>(
-    mut process: Box<dyn ChildWrapper>,
-    processes: Processes,
-    place: P,
-    grace: Duration,
-) {
-    let pid = process.id().and_then(|id| i32::try_from(id).ok());
-    if let Some(pid) = pid {
+async fn end_process_within<P: Send>(mut ending: Ending, place: P, grace: Duration) {
+    if let Some(pid) = ending.pid {
         if !exits_within(pid, grace).await {
-            let _ = process.signal(nix::sys::signal::Signal::SIGTERM as i32);
+            let _ = ending
+                .process
+                .signal(nix::sys::signal::Signal::SIGTERM as i32);
             exits_within(pid, grace).await;
         }
     }
-    let _ = process.start_kill();
-    if let Some(pid) = pid {
-        locked(&processes).remove(&pid);
-    }
-    let _ = tokio::time::timeout(grace, process.wait()).await;
+    ending.kill();
+    ending.signal_on_drop = false;
+    let _ = tokio::time::timeout(grace, ending.process.wait()).await;
     drop(place);
 }
 
@@ -600,10 +629,7 @@ impl Shared {
     /// decide which scope each needs).
     pub async fn probe(self: &Arc<Self>) {
         *self.listed.lock().await = Some(tokio::time::Instant::now());
-        let as_of = self.policy.changes();
-        if self.list_tools().await {
-            self.policy.mark_fresh(as_of);
-        }
+        self.list_tools().await;
     }
 
     /// Before a call of a tool whose hints are unknown (no client listed tools yet),
@@ -626,28 +652,23 @@ impl Shared {
         if recent || self.policy.knows(tool) {
             return;
         }
-        let as_of = self.policy.changes();
         *listed = Some(tokio::time::Instant::now());
-        if self.list_tools().await {
-            self.policy.mark_fresh(as_of);
-        }
+        self.list_tools().await;
         // Those who waited behind this listing find it recent, however long it took.
         *listed = Some(tokio::time::Instant::now());
     }
 
-    /// Lists the upstream's tools and learns their hints; whether it could.
-    async fn list_tools(self: &Arc<Self>) -> bool {
+    /// Lists the upstream's tools and learns their hints (see [`ToolPolicy::learn`]).
+    async fn list_tools(self: &Arc<Self>) {
         let name = &self.config.name;
+        let as_of = self.policy.changes();
         match self.pooled().await {
             Ok(session) => {
                 let listed =
                     tokio::time::timeout(self.config.timeout, session.peer().list_all_tools())
                         .await;
                 match listed {
-                    Ok(Ok(tools)) => {
-                        self.policy.learn(&tools);
-                        return true;
-                    }
+                    Ok(Ok(tools)) => self.policy.learn(&tools, as_of, true),
                     Ok(Err(e)) => {
                         tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "cannot list the upstream's tools")
                     }
@@ -660,7 +681,6 @@ impl Shared {
                 tracing::warn!(upstream = %name, error = %e.message, "upstream not reachable")
             }
         }
-        false
     }
 
     /// A connection, holding `place` for its life (a session's places).
@@ -953,6 +973,14 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(15);
 mod tests {
     use super::*;
 
+    /// No stdio of the test's: a process that outlives a failing test must not hold
+    /// its output open.
+    fn quiet(cmd: &mut tokio::process::Command) {
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
+
     /// Whether a process of group `pgid` still runs (a zombie does not: where nothing
     /// reaps orphans, as in some containers, it stays one).
     fn group_alive(pgid: i32) -> bool {
@@ -978,6 +1006,7 @@ mod tests {
         // leaves the server it starts.
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", "trap '' TERM; sleep 600 & while :; do sleep 1; done"]);
+        quiet(&mut cmd);
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
         wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
         let process = wrapped.spawn().expect("sh");
@@ -990,7 +1019,11 @@ mod tests {
         let places = Arc::new(Semaphore::new(1));
         let place = places.clone().try_acquire_owned().expect("a place");
         let grace = Duration::from_millis(300);
-        let ending = tokio::spawn(end_process_within(process, processes.clone(), place, grace));
+        let ending = tokio::spawn(end_process_within(
+            Ending::new(process, processes.clone()),
+            place,
+            grace,
+        ));
         // Within the grace and after SIGTERM, still there: the place is still held.
         tokio::time::sleep(grace + grace / 2).await;
         assert!(group_alive(pgid));
@@ -1010,6 +1043,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_whose_ending_never_runs_is_killed_with_its_group() {
+        // As when Gatehouse stops: the task that would end it is dropped unrun.
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "sleep 600 & while :; do sleep 1; done"]);
+        quiet(&mut cmd);
+        let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+        let process = wrapped.spawn().expect("sh");
+        let pgid = i32::try_from(process.id().expect("pid")).expect("pid");
+        let processes = Processes::default();
+        locked(&processes).insert(pgid);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let task = end_process(Ending::new(process, processes.clone()), ());
+        drop(task);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!group_alive(pgid), "the whole group is gone");
+        assert!(locked(&processes).is_empty());
+    }
+
+    #[tokio::test]
     async fn a_server_that_exits_at_once_frees_its_place_at_once() {
         let cmd = tokio::process::Command::new("true");
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
@@ -1018,7 +1074,8 @@ mod tests {
         let places = Arc::new(Semaphore::new(1));
         let place = places.clone().try_acquire_owned().expect("a place");
         let started = tokio::time::Instant::now();
-        end_process_within(process, Processes::default(), place, Duration::from_secs(3)).await;
+        let ending = Ending::new(process, Processes::default());
+        end_process_within(ending, place, Duration::from_secs(3)).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(places.available_permits(), 1);
     }
