@@ -663,15 +663,27 @@ async fn sessionless_requests_use_the_pool() {
     assert!(refused.body.contains("does not match"), "{}", refused.body);
 }
 
-/// An HTTP upstream (rmcp, here) whose one tool never answers: it tells the test it
-/// was called, then waits forever.
-#[derive(Clone)]
-struct Stalls(Arc<tokio::sync::Notify>);
+/// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls
+/// and telling the test of each.
+#[derive(Clone, Default)]
+struct Holds {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    called: Arc<tokio::sync::Notify>,
+}
 
-impl ServerHandler for Stalls {
+impl Holds {
+    /// Once `n` calls have reached it.
+    async fn reached(&self, n: usize) {
+        while self.calls.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl ServerHandler for Holds {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("stalls", "1"))
+            .with_server_info(Implementation::new("holds", "1"))
     }
 
     async fn list_tools(
@@ -679,7 +691,7 @@ impl ServerHandler for Stalls {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("wait", "never answers", Arc::new(serde_json::Map::new()))
+        let tool = Tool::new("hold", "never answers", Arc::new(serde_json::Map::new()))
             .with_annotations(ToolAnnotations::new().read_only(true));
         Ok(ListToolsResult::with_all_items(vec![tool]))
     }
@@ -689,8 +701,63 @@ impl ServerHandler for Stalls {
         _request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.0.notify_one();
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.called.notify_one();
         std::future::pending().await
+    }
+}
+
+/// Gatehouse with one HTTP upstream, `web`, at `addr`; a `web:read` token and a
+/// session in which the tools were listed, as clients do (so calls take the
+/// direct path).
+struct Web {
+    app: TestApp,
+    token: String,
+    session: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Web {
+    async fn open(addr: std::net::SocketAddr) -> Web {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("gatehouse.toml");
+        std::fs::write(
+            &config,
+            format!("[[upstream]]\nname = \"web\"\nurl = \"http://{addr}/mcp\"\n"),
+        )
+        .expect("write");
+        let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+        let (_, tokens) = app
+            .tokens_at("https://gate.example.com/mcp/web", "web:read")
+            .await;
+        let token = tokens["access_token"].as_str().expect("at").to_owned();
+        let session = app.session_at("/mcp/web", &token, V2025).await;
+        let web = Web {
+            app,
+            token,
+            session,
+            _dir: dir,
+        };
+        let listed = web
+            .app
+            .send(
+                web.post()
+                    .body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})),
+            )
+            .await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        web
+    }
+
+    /// A POST in the session.
+    fn post(&self) -> McpPost<'_> {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&self.token),
+            session: Some(&self.session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
     }
 }
 
@@ -741,41 +808,15 @@ impl Cuttable {
 /// (rmcp's server asks for 3 s between attempts, which the client must honour.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
-    let called = Arc::new(tokio::sync::Notify::new());
-    let upstream = serve_upstream(Stalls(called.clone())).await;
+    let holds = Holds::default();
+    let upstream = serve_upstream(holds.clone()).await;
     let relay = Cuttable::start(upstream).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[upstream]]\nname = \"web\"\nurl = \"http://{}/mcp\"\ntimeout = \"60s\"\n",
-            relay.addr
-        ),
-    )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
-    let session = app.session_at("/mcp/web", &token, V2025).await;
-    let web = McpPost {
-        path: "/mcp/web",
-        token: Some(&token),
-        session: Some(&session),
-        version: Some(V2025),
-        ..McpPost::default()
-    };
-    // Listed first, as clients do: the call then takes the direct path.
-    let listed = app
-        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
-        .await;
-    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let opened = Web::open(relay.addr).await;
+    let (app, web) = (&opened.app, opened.post());
 
-    let answer = app.send(web.body(call(3, "wait", json!({}))));
+    let answer = app.send(web.body(call(3, "hold", json!({}))));
     let crash = async {
-        called.notified().await;
+        holds.called.notified().await;
         relay.cut();
         std::time::Instant::now()
     };
@@ -1246,36 +1287,6 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     assert_eq!(endpoint.live_sessions().await, 0);
 }
 
-/// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls.
-#[derive(Clone, Default)]
-struct Holds(Arc<std::sync::atomic::AtomicUsize>);
-
-impl ServerHandler for Holds {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("holds", "1"))
-    }
-
-    async fn list_tools(
-        &self,
-        _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("hold", "never answers", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
-    }
-
-    async fn call_tool(
-        &self,
-        _request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::future::pending().await
-    }
-}
-
 /// One session cannot make Gatehouse hold more than 64 requests (so upstream
 /// connections) at once: the next is refused with a JSON-RPC error, and a place is
 /// free again once a request's client goes away.
@@ -1285,46 +1296,14 @@ async fn a_session_has_a_bounded_number_of_requests_in_flight() {
     const MAX: usize = 64;
     let holds = Holds::default();
     let upstream = serve_upstream(holds.clone()).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!("[[upstream]]\nname = \"web\"\nurl = \"http://{upstream}/mcp\"\n"),
-    )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
-    let session = app.session_at("/mcp/web", &token, V2025).await;
-    let web = McpPost {
-        path: "/mcp/web",
-        token: Some(&token),
-        session: Some(&session),
-        version: Some(V2025),
-        ..McpPost::default()
-    };
-    // Listed first, as clients do: the calls then take the direct path, which lets
-    // go of a call as soon as its client does.
-    let listed = app
-        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
-        .await;
-    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
-    let held = |n: usize| {
-        let holds = holds.clone();
-        async move {
-            while holds.0.load(std::sync::atomic::Ordering::SeqCst) < n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let opened = Web::open(upstream).await;
+    let (app, web) = (&opened.app, opened.post());
     let mut calls: futures::stream::FuturesUnordered<_> = (0..MAX as u64)
         .map(|i| app.send(web.body(call(100 + i, "hold", json!({})))))
         .collect();
     tokio::select! {
         answer = calls.next() => panic!("a held call was answered: {:?}", answer.map(|a| a.body)),
-        reached = tokio::time::timeout(Duration::from_secs(30), held(MAX)) => {
+        reached = tokio::time::timeout(Duration::from_secs(30), holds.reached(MAX)) => {
             reached.expect("every call reached the upstream");
         }
     }
@@ -1342,14 +1321,14 @@ async fn a_session_has_a_bounded_number_of_requests_in_flight() {
         refused.body
     );
     assert_eq!(error["data"]["upstream"], "web", "{}", refused.body);
-    assert_eq!(holds.0.load(std::sync::atomic::Ordering::SeqCst), MAX);
+    assert_eq!(holds.calls.load(std::sync::atomic::Ordering::SeqCst), MAX);
 
     // Their client went away: the places are free again.
     drop(calls);
     let again = app.send(web.body(call(3, "hold", json!({}))));
     tokio::select! {
         answer = again => panic!("the call was answered: {}", answer.body),
-        reached = tokio::time::timeout(Duration::from_secs(30), held(MAX + 1)) => {
+        reached = tokio::time::timeout(Duration::from_secs(30), holds.reached(MAX + 1)) => {
             reached.expect("the call reached the upstream");
         }
     }
@@ -1399,33 +1378,8 @@ impl ServerHandler for Pings {
 async fn an_upstream_flooding_pings_does_not_multiply_connections() {
     let upstream = serve_upstream(Pings).await;
     let relay = Cuttable::start(upstream).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[upstream]]\nname = \"web\"\nurl = \"http://{}/mcp\"\n",
-            relay.addr
-        ),
-    )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
-    let session = app.session_at("/mcp/web", &token, V2025).await;
-    let web = McpPost {
-        path: "/mcp/web",
-        token: Some(&token),
-        session: Some(&session),
-        version: Some(V2025),
-        ..McpPost::default()
-    };
-    let listed = app
-        .send(web.body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})))
-        .await;
-    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let opened = Web::open(relay.addr).await;
+    let (app, web) = (&opened.app, opened.post());
     let before = relay.connections();
     let answer = app.send(web.body(call(3, "pings", json!({})))).await;
     assert!(answer.body.contains("pinged"), "{}", answer.body);

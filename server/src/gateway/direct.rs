@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    lock,
     plain::{Pool, DRAIN},
     text::{self, plain_str, Members},
     upstream::Shared,
@@ -228,10 +229,6 @@ pub struct Leg {
     pending: StdMutex<Pending>,
     /// Answered SSE responses being read off (see [`drain`]).
     drains: Arc<tokio::sync::Semaphore>,
-}
-
-fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Leg {

@@ -22,9 +22,15 @@ pub mod relay;
 pub mod text;
 pub mod upstream;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{oauth::scope::Scope, resource::Resource};
+
+/// A std mutex's guard, even after a panic while it was held: what the gateway
+/// keeps under one is consistent between statements, never half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// An upstream as a protected resource: `<public-url>/mcp/NAME`, with the scopes
 /// `NAME:read` and `NAME:write`.

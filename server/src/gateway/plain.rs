@@ -176,7 +176,7 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.parked)
     }
 
     /// A connection that can take a call: one whose answer has ended since it was

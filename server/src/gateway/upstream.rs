@@ -31,6 +31,7 @@ use tokio::{
 use super::{
     config::{Transport, Upstream},
     direct::{Leg, Recorder, Sender},
+    lock,
     policy::ToolPolicy,
     relay::{InOrder, Routes, UpClient, UpService},
 };
@@ -81,10 +82,6 @@ pub struct UpSession {
 /// group id: what is killed when Gatehouse stops.
 type Processes = Arc<StdMutex<HashSet<i32>>>;
 
-fn locked<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Sessions each client holds on one upstream, for `max_sessions_per_client`.
 type Held = Arc<StdMutex<HashMap<ClientId, usize>>>;
 
@@ -97,7 +94,7 @@ struct ClientPlace {
 impl ClientPlace {
     /// A place for `client`, unless it holds `max` already.
     fn take(held: &Held, client: &ClientId, max: usize) -> Option<ClientPlace> {
-        let mut counts = held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = lock(held);
         let count = counts.entry(client.clone()).or_default();
         if *count >= max {
             return None;
@@ -112,7 +109,7 @@ impl ClientPlace {
 
 impl Drop for ClientPlace {
     fn drop(&mut self) {
-        let mut counts = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = lock(&self.held);
         if let Some(count) = counts.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
@@ -148,7 +145,7 @@ impl UpSession {
     }
 
     fn end(&self) {
-        locked(&self.owned).end();
+        lock(&self.owned).end();
     }
 }
 
@@ -208,7 +205,7 @@ impl Ending {
     /// Kills the group and forgets it; its leader may be reaped after this.
     fn kill(&mut self) {
         if let Some(pid) = self.pid {
-            locked(&self.processes).remove(&pid);
+            lock(&self.processes).remove(&pid);
         }
         let _ = self.process.start_kill();
     }
@@ -281,7 +278,7 @@ pub async fn end_processes(upstreams: &[Arc<Shared>]) {
     let signal_all = |signal: Signal| {
         let mut any = false;
         for upstream in upstreams {
-            for &group in locked(&upstream.processes).iter() {
+            for &group in lock(&upstream.processes).iter() {
                 let _ = killpg(nix::unistd::Pid::from_raw(group), signal);
                 any = true;
             }
@@ -294,7 +291,7 @@ pub async fn end_processes(upstreams: &[Arc<Shared>]) {
     let deadline = tokio::time::Instant::now() + EXIT_GRACE;
     let running = || {
         upstreams.iter().any(|u| {
-            locked(&u.processes)
+            lock(&u.processes)
                 .iter()
                 .any(|&pid| exited(pid) == Some(false))
         })
@@ -426,7 +423,7 @@ impl Shared {
     }
 
     fn observe(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.observed.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.observed)
     }
 
     /// The last upstream handshake seen, for `get_info` of sessionless requests.
@@ -818,11 +815,11 @@ impl Shared {
             .spawn()
             .map_err(|e| format!("cannot start {command:?}: {e}"))?;
         if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-            locked(&self.processes).insert(pid);
+            lock(&self.processes).insert(pid);
         }
         let (Some(stdin), Some(stdout)) = (child.stdin().take(), child.stdout().take()) else {
             if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-                locked(&self.processes).remove(&pid);
+                lock(&self.processes).remove(&pid);
             }
             let _ = child.start_kill();
             return Err("its stdin and stdout could not be connected".into());
@@ -1000,20 +997,39 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn a_server_that_ignores_its_end_is_killed_with_its_group_before_its_place_is_free() {
-        // A leader that ignores SIGTERM and a child of its own in its group, as `npx`
-        // leaves the server it starts.
+    /// `script` run by `sh` as the leader of its own group, registered as a stdio
+    /// server's is; its group id.
+    async fn group(script: &str) -> (Box<dyn ChildWrapper>, i32, Processes) {
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", "trap '' TERM; sleep 600 & while :; do sleep 1; done"]);
+        cmd.args(["-c", script]);
         quiet(&mut cmd);
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
         wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
         let process = wrapped.spawn().expect("sh");
         let pgid = i32::try_from(process.id().expect("pid")).expect("pid");
         let processes = Processes::default();
-        locked(&processes).insert(pgid);
+        lock(&processes).insert(pgid);
+        // Its child started.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        (process, pgid, processes)
+    }
+
+    /// Whether group `pgid` is gone within 2 s: SIGKILL is delivered at once, but an
+    /// orphan it hit takes a moment to die.
+    async fn gone(pgid: i32) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !group_alive(pgid)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_ignores_its_end_is_killed_with_its_group_before_its_place_is_free() {
+        // A leader that ignores SIGTERM and a child of its own in its group, as `npx`
+        // leaves the server it starts.
+        let (process, pgid, processes) =
+            group("trap '' TERM; sleep 600 & while :; do sleep 1; done").await;
         assert!(group_alive(pgid));
 
         let places = Arc::new(Semaphore::new(1));
@@ -1032,49 +1048,28 @@ mod tests {
             .await
             .expect("ended in time")
             .expect("no panic");
-        // SIGKILL is delivered at once, but the orphan it left takes a moment to die.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!group_alive(pgid), "the whole group is gone");
+        assert!(gone(pgid).await, "the whole group is gone");
         assert_eq!(places.available_permits(), 1);
-        assert!(locked(&processes).is_empty());
+        assert!(lock(&processes).is_empty());
     }
 
     #[tokio::test]
     async fn a_server_whose_ending_never_runs_is_killed_with_its_group() {
         // As when Gatehouse stops: the task that would end it is dropped unrun.
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", "sleep 600 & while :; do sleep 1; done"]);
-        quiet(&mut cmd);
-        let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
-        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
-        let process = wrapped.spawn().expect("sh");
-        let pgid = i32::try_from(process.id().expect("pid")).expect("pid");
-        let processes = Processes::default();
-        locked(&processes).insert(pgid);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (process, pgid, processes) = group("sleep 600 & while :; do sleep 1; done").await;
         let task = end_process(Ending::new(process, processes.clone()), ());
         drop(task);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while group_alive(pgid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!group_alive(pgid), "the whole group is gone");
-        assert!(locked(&processes).is_empty());
+        assert!(gone(pgid).await, "the whole group is gone");
+        assert!(lock(&processes).is_empty());
     }
 
     #[tokio::test]
     async fn a_server_that_exits_at_once_frees_its_place_at_once() {
-        let cmd = tokio::process::Command::new("true");
-        let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
-        wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
-        let process = wrapped.spawn().expect("true");
+        let (process, _, processes) = group("exit 0").await;
         let places = Arc::new(Semaphore::new(1));
         let place = places.clone().try_acquire_owned().expect("a place");
         let started = tokio::time::Instant::now();
-        let ending = Ending::new(process, Processes::default());
+        let ending = Ending::new(process, processes);
         end_process_within(ending, place, Duration::from_secs(3)).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(places.available_permits(), 1);

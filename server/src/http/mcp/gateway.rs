@@ -531,9 +531,10 @@ impl Endpoint for GatewayEndpoint {
 
     async fn needs(&self, call: &Call<'_>) -> Need {
         if call.method() == "tools/call" {
-            if let Some(tool) = call.name() {
-                // Bounded: an upstream that does not answer its listing leaves the
-                // tool unknown (it needs the write scope), not the call waiting.
+            // Bounded: an upstream that does not answer its listing leaves the tool
+            // unknown (it needs the write scope), not the call waiting. A known tool,
+            // the usual case, costs no timer.
+            if let Some(tool) = call.name().filter(|t| !self.shared.policy.knows(t)) {
                 let learning = self.shared.learn_tool(tool);
                 let _ = tokio::time::timeout(self.shared.config.timeout, learning).await;
             }
