@@ -49,3 +49,124 @@ pub fn example_host_policy() -> crate::http::mcp::policy::HostPolicy {
     .expect("config");
     crate::http::mcp::policy::HostPolicy::new(&config)
 }
+
+/// The id the direct path's oracles below give a call on the upstream leg.
+const OURS: &str = "gatehouse-9";
+
+/// A JSON object's members in order, names unescaped and repeats kept: what any
+/// upstream's parser may make of it, whichever repeat it keeps and however it
+/// matches names.
+struct Pairs(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+impl Pairs {
+    fn of(text: &str) -> Self {
+        serde_json::from_str(text).expect("the direct path read this object")
+    }
+
+    /// The one member whose name is `name` to a parser that ignores case; it panics
+    /// when there are more (or none), as a reader could then take another.
+    fn only(&self, name: &str) -> &str {
+        let mut found = self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        let (_, value) = found.next().unwrap_or_else(|| panic!("no {name:?} member"));
+        assert!(found.next().is_none(), "{name:?} is named twice");
+        value.get()
+    }
+}
+
+fn string(text: &str) -> String {
+    serde_json::from_str(text).expect("a string")
+}
+
+/// What the direct path makes of `body` as a `tools/call` (the tool it names, and the
+/// text it sends upstream) must be what any parser reads in it: one `jsonrpc`, `id`,
+/// `method` and `params`, ignoring case and escapes, and in `params` one `name`, the
+/// tool the gateway authorized; and what goes upstream is the same message with only
+/// its id and progress token changed. Panics where that fails; nothing to check for a
+/// body the direct path leaves to the relay.
+pub fn check_direct_call(body: &[u8]) {
+    use crate::http::mcp::gateway::{Direct, Read};
+    let Some(Read::Call(call, tool)) = Direct::of(&bytes::Bytes::copy_from_slice(body)) else {
+        return;
+    };
+    let text = std::str::from_utf8(body).expect("JSON is UTF-8");
+    let message = Pairs::of(text);
+    assert_eq!(string(message.only("jsonrpc")), "2.0");
+    assert_eq!(string(message.only("method")), "tools/call");
+    message.only("id");
+    let params = Pairs::of(message.only("params"));
+    assert_eq!(string(params.only("name")), tool);
+
+    let sent = call.with_id(OURS).expect("the spans are in order");
+    let Ok(mut meant) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Beyond what a tree reads (a number past f64, say): the upstream's to judge.
+        return;
+    };
+    meant["id"] = OURS.into();
+    if let Some(token) = meant.pointer_mut("/params/_meta/progressToken") {
+        *token = OURS.into();
+    }
+    let sent: serde_json::Value = serde_json::from_slice(&sent).expect("JSON goes upstream");
+    assert_eq!(sent, meant);
+}
+
+/// What the direct path makes of an upstream's `message` as the answer to the call it
+/// sent as [`OURS`]: the same message with the client's id (`client_id`, a JSON string
+/// or integer) in place of ours, flagged as an error exactly when it has an `error`
+/// or its result says `isError: true`. Panics where that fails.
+pub fn check_direct_answer(message: &[u8], client_id: &serde_json::Value) {
+    let client_text = serde_json::to_vec(client_id).expect("JSON");
+    let Some((answer, error)) = crate::gateway::direct::answer_text(message, OURS, &client_text)
+    else {
+        return;
+    };
+    let Ok(mut meant) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return;
+    };
+    assert!(meant.get("method").is_none(), "a request is no answer");
+    assert_eq!(meant["id"], OURS);
+    let is_error = meant.get("error").is_some()
+        || meant.pointer("/result/isError") == Some(&serde_json::Value::Bool(true));
+    assert_eq!(error, is_error);
+    meant["id"] = client_id.clone();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(answer, meant);
+}
+
+/// A JSON message sent to the client as SSE is one event whose data means the same,
+/// whatever line breaks the upstream wrote in it. Panics where that fails.
+pub fn check_sse_frame(json: &[u8]) {
+    let Ok(meant) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return;
+    };
+    let frame = crate::http::mcp::gateway::sse_frame(json.to_vec());
+    let data = frame
+        .strip_prefix(b"event: message\ndata: ")
+        .and_then(|rest| rest.strip_suffix(b"\n\n"))
+        .expect("one event");
+    assert!(!data.iter().any(|b| matches!(b, b'\n' | b'\r')));
+    let read: serde_json::Value = serde_json::from_slice(data).expect("JSON");
+    assert_eq!(read, meant);
+}

@@ -463,7 +463,7 @@ impl CallText {
 
     /// The call's text with `ours` (an id without escapes) as its id and progress
     /// token.
-    fn with_id(&self, ours: &str) -> Option<Vec<u8>> {
+    pub(crate) fn with_id(&self, ours: &str) -> Option<Vec<u8>> {
         let ours = format!("\"{ours}\"");
         let mut replacements = vec![(self.id.clone(), ours.as_bytes())];
         if let Some(token) = &self.token {
@@ -844,7 +844,7 @@ impl InFlight {
 /// whether it is an error (a JSON-RPC error, or a result with `isError: true`), when
 /// `message` is that answer and can be read as text; else `None`, and
 /// [`InFlight::relay`] reads it as a tree.
-fn answer_text(message: &[u8], ours: &str, client_id: &[u8]) -> Option<(Vec<u8>, bool)> {
+pub(crate) fn answer_text(message: &[u8], ours: &str, client_id: &[u8]) -> Option<(Vec<u8>, bool)> {
     #[derive(serde::Deserialize)]
     struct Outcome {
         #[serde(rename = "isError", default)]
@@ -1308,5 +1308,265 @@ mod tests {
             read.iter().all(Result::is_ok),
             "a blank line starts a new event"
         );
+    }
+}
+
+/// The direct path's text handling against what a parser reads in the same text, on
+/// messages near the ones it takes: members in any order, line breaks, names written
+/// with escapes, in another case or twice (`crate::fuzzing` holds the checks, which
+/// the `gateway_text` fuzz target runs on any bytes).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        fuzzing,
+        strategies::{json, tricky_text},
+    };
+
+    /// An object's text from members already written, in the order given, compact
+    /// or with line breaks.
+    fn object(members: Vec<(String, String)>, broken: bool) -> String {
+        let separator = if broken { ",\r\n  " } else { "," };
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(name, value)| format!("{}:{value}", Value::from(name)))
+            .collect();
+        format!("{{{}}}", members.join(separator))
+    }
+
+    fn text(value: &Value) -> String {
+        value.to_string()
+    }
+
+    /// Changes to a message's text that parsers may read differently: the first
+    /// `"name"` written with an escape, in capitals, or after a member of the same
+    /// name (or the same in capitals).
+    fn mutated(message: String, names: &'static [&'static str]) -> impl Strategy<Value = String> {
+        let change = (prop::sample::select(names), 0..4u8);
+        prop::collection::vec(change, 0..3).prop_map(move |changes| {
+            let mut message = message.clone();
+            for (name, how) in changes {
+                let quoted = format!("\"{name}\"");
+                let Some(at) = message.find(&quoted) else {
+                    continue;
+                };
+                let replacement = match how {
+                    0 => format!("\"\\u{:04x}{}\"", name.as_bytes()[0], &name[1..]),
+                    1 => format!("\"{}\"", name.to_uppercase()),
+                    2 => format!("\"{name}\":\"other\",{quoted}"),
+                    _ => format!("\"{}\":\"other\",{quoted}", name.to_uppercase()),
+                };
+                message.replace_range(at..at + quoted.len(), &replacement);
+            }
+            message
+        })
+    }
+
+    fn call() -> impl Strategy<Value = String> {
+        let id = prop_oneof![
+            4 => any::<i64>().prop_map(Value::from),
+            4 => "[a-z0-9-]{0,12}".prop_map(Value::from),
+            1 => Just(Value::from(1.5)),
+            1 => Just(Value::Null),
+        ];
+        let tool = prop_oneof![
+            3 => prop::sample::select(vec!["echo", "add", "delete"]).prop_map(str::to_owned),
+            1 => tricky_text(),
+        ];
+        // Mostly what the direct path takes, so that most cases reach the checks.
+        let rare = || prop::bool::weighted(0.15);
+        let meta = prop::option::weighted(
+            0.7,
+            (
+                prop::option::weighted(
+                    0.8,
+                    prop_oneof![
+                        any::<i64>().prop_map(Value::from),
+                        "[a-z0-9-]{0,8}".prop_map(Value::from),
+                    ],
+                ),
+                rare(),
+                rare(),
+            ),
+        );
+        let arguments = json(&["name", "id", "_meta", "progressToken"]);
+        let shape = (
+            prop::bool::weighted(0.9),
+            prop::bool::weighted(0.9),
+            any::<bool>(),
+            rare(),
+        );
+        (id, tool, meta, arguments, shape)
+            .prop_flat_map(
+                |(id, tool, meta, arguments, (rpc, method, broken, extra))| {
+                    let mut params = vec![
+                        ("name".to_owned(), text(&tool.into())),
+                        ("arguments".to_owned(), text(&arguments)),
+                    ];
+                    if let Some((token, per_request, non_object)) = meta {
+                        let mut members = Vec::new();
+                        if let Some(token) = token {
+                            members.push(("progressToken".to_owned(), text(&token)));
+                        }
+                        if per_request {
+                            members.push(("io.modelcontextprotocol/x".to_owned(), "1".to_owned()));
+                        }
+                        let meta = if non_object {
+                            "\"meta\"".to_owned()
+                        } else {
+                            object(members, broken)
+                        };
+                        params.push(("_meta".to_owned(), meta));
+                    }
+                    if extra {
+                        params.push(("inputResponses".to_owned(), "{}".to_owned()));
+                    }
+                    let params = Just(params).prop_shuffle();
+                    (params, Just((id, rpc, method, broken, extra)))
+                },
+            )
+            .prop_flat_map(|(params, (id, rpc, method, broken, extra))| {
+                let mut message = vec![
+                    (
+                        "jsonrpc".to_owned(),
+                        if rpc { "\"2.0\"" } else { "\"1.0\"" }.to_owned(),
+                    ),
+                    ("id".to_owned(), text(&id)),
+                    (
+                        "method".to_owned(),
+                        if method {
+                            "\"tools/call\""
+                        } else {
+                            "\"tools/list\""
+                        }
+                        .to_owned(),
+                    ),
+                    ("params".to_owned(), object(params, broken)),
+                ];
+                if extra {
+                    message.push(("x-vendor".to_owned(), "{\"k\":[1]}".to_owned()));
+                }
+                Just(message).prop_shuffle().prop_flat_map(move |message| {
+                    mutated(
+                        object(message, broken),
+                        &[
+                            "name",
+                            "method",
+                            "id",
+                            "params",
+                            "jsonrpc",
+                            "_meta",
+                            "progressToken",
+                        ],
+                    )
+                })
+            })
+    }
+
+    fn answer() -> impl Strategy<Value = String> {
+        let id = prop_oneof![
+            4 => Just(Value::from("gatehouse-9")),
+            1 => Just(Value::from("gatehouse-1")),
+            1 => Just(Value::from(9)),
+        ];
+        let is_error = prop::option::of(prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            Just(Value::from("yes")),
+            Just(Value::Null),
+        ]);
+        let content = json(&["isError", "id", "text"]);
+        let shape = (0..3u8, any::<bool>(), any::<bool>());
+        (id, is_error, content, shape).prop_flat_map(
+            |(id, is_error, content, (kind, method, broken))| {
+                let mut result = vec![("content".to_owned(), text(&content))];
+                if let Some(is_error) = is_error {
+                    result.push(("isError".to_owned(), text(&is_error)));
+                }
+                let mut message = vec![
+                    ("jsonrpc".to_owned(), "\"2.0\"".to_owned()),
+                    ("id".to_owned(), text(&id)),
+                ];
+                if kind != 1 {
+                    message.push(("result".to_owned(), object(result, broken)));
+                }
+                if kind != 0 {
+                    message.push((
+                        "error".to_owned(),
+                        r#"{"code":-32000,"message":"m"}"#.to_owned(),
+                    ));
+                }
+                if method {
+                    message.push(("method".to_owned(), "\"ping\"".to_owned()));
+                }
+                Just(message).prop_shuffle().prop_flat_map(move |message| {
+                    mutated(
+                        object(message, broken),
+                        &["id", "isError", "result", "error", "method"],
+                    )
+                })
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_call_goes_up_as_every_parser_reads_it(body in call()) {
+            fuzzing::check_direct_call(body.as_bytes());
+        }
+
+        #[test]
+        fn an_answer_comes_back_as_the_upstream_wrote_it(
+            message in answer(),
+            client_id in prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                tricky_text().prop_map(Value::from),
+            ],
+        ) {
+            fuzzing::check_direct_answer(message.as_bytes(), &client_id);
+            fuzzing::check_sse_frame(message.replace(',', ",\r\n").as_bytes());
+        }
+
+        /// With chunks no longer than the limit (reads are far shorter than the real
+        /// limit), an event passes if and only if it fits, wherever the chunks split
+        /// the events and their boundaries.
+        #[test]
+        fn an_event_is_cut_off_exactly_when_it_is_longer_than_the_limit(
+            bytes in prop::collection::vec(
+                prop_oneof![6 => Just(b'a'), 1 => Just(b'\n'), 1 => Just(b'\r')],
+                0..160,
+            ),
+            cuts in prop::collection::vec(1usize..=16, 1..40),
+        ) {
+            const MAX: usize = 16;
+            let is_boundary =
+                |a: u8, b: u8| matches!((a, b), (b'\n', b'\n' | b'\r') | (b'\r', b'\r'));
+            // The longest run of bytes between two boundaries, counting the second
+            // byte of the boundary before and the first of the one after.
+            let (mut run, mut longest, mut last) = (0usize, 0usize, 0u8);
+            for &b in &bytes {
+                run = if is_boundary(last, b) { 1 } else { run + 1 };
+                longest = longest.max(run);
+                last = b;
+            }
+            let mut chunks = Vec::new();
+            let mut rest = bytes.as_slice();
+            for size in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, after) = rest.split_at((*size).min(rest.len()));
+                chunks.push(Ok(Bytes::copy_from_slice(chunk)));
+                rest = after;
+            }
+            let read: Vec<_> = futures::executor::block_on(
+                bounded_by(futures::stream::iter(chunks), MAX).collect(),
+            );
+            prop_assert_eq!(read.iter().any(Result::is_err), longest > MAX, "{:?}", String::from_utf8_lossy(&bytes));
+        }
     }
 }

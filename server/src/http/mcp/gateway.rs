@@ -86,6 +86,14 @@ pub enum Direct {
     Cancel(Value),
 }
 
+/// A body the direct path can take, before the upstream's policy is applied.
+pub(crate) enum Read {
+    /// A `tools/call`, and the tool it names.
+    Call(CallText, String),
+    /// An answer or a cancellation.
+    Reply(Direct),
+}
+
 impl GatewayEndpoint {
     pub fn new(shared: Arc<Shared>, store: SharedStore, shutdown: CancellationToken) -> Self {
         let mut config = StreamableHttpServerConfig::default()
@@ -405,7 +413,7 @@ fn accepted() -> Response {
 /// with its ids spliced in, and JSON may have line breaks between its tokens, which in
 /// SSE would end the `data:` line: as whitespace outside strings (the only place JSON
 /// allows them raw) they become spaces, and the message means the same.
-fn sse_frame(mut json: Vec<u8>) -> Vec<u8> {
+pub(crate) fn sse_frame(mut json: Vec<u8>) -> Vec<u8> {
     for byte in json.iter_mut().filter(|b| matches!(**b, b'\n' | b'\r')) {
         *byte = b' ';
     }
@@ -466,6 +474,23 @@ impl Direct {
     ) -> Option<(Direct, Need, Option<String>)> {
         shared.is_http().then_some(())?;
         direct_session(&parts.headers)?;
+        match Direct::of(body)? {
+            Read::Call(call, name) => {
+                // A tool whose needs are unknown (or denied) goes to the relay, which
+                // learns or refuses it.
+                if !shared.policy.knows(&name) {
+                    return None;
+                }
+                let access = shared.policy.tool_access(&name)?;
+                Some((Direct::Call(call), Need::Scope(access), Some(name)))
+            }
+            Read::Reply(reply) => Some((reply, Need::Nothing, None)),
+        }
+    }
+
+    /// What the direct path makes of a POST's body alone, before any policy: a
+    /// `tools/call` and the tool it names, or a client's answer or cancellation.
+    pub(crate) fn of(body: &Bytes) -> Option<Read> {
         // The members only: a call's text goes upstream as the client wrote it.
         let message = Members::parse(body)?;
         if plain_str(message.get("jsonrpc"))?? != "2.0" {
@@ -475,16 +500,10 @@ impl Direct {
         match (plain_str(message.get("method")), id) {
             (Some(Some("tools/call")), Some(_)) => {
                 let (call, name) = CallText::read(body, &message)?;
-                // A tool whose needs are unknown (or denied) goes to the relay, which
-                // learns or refuses it.
-                if !shared.policy.knows(&name) {
-                    return None;
-                }
-                let access = shared.policy.tool_access(&name)?;
-                Some((Direct::Call(call), Need::Scope(access), Some(name)))
+                Some(Read::Call(call, name))
             }
             (None, Some(_)) | (Some(Some("notifications/cancelled")), None) => {
-                Some((Direct::reply(body, &message)?, Need::Nothing, None))
+                Some(Read::Reply(Direct::reply(body, &message)?))
             }
             _ => None,
         }

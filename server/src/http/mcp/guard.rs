@@ -868,6 +868,72 @@ mod properties {
             prop_assert_eq!(rest.trim(), token);
         }
 
+        /// SEP-2243: a client that names the method and its target in headers, plain
+        /// or Base64-wrapped, is never refused; headers of any other bytes pass only
+        /// when they say what the body says.
+        #[test]
+        fn mcp_method_and_name_headers_pass_exactly_when_they_say_what_the_body_says(
+            method in prop_oneof![
+                Just("tools/call"), Just("prompts/get"), Just("resources/read"),
+                Just("tools/list"), Just("initialize"),
+            ],
+            target in prop_oneof![
+                3 => "[a-z_]{1,12}",
+                1 => crate::strategies::tricky_text(),
+            ],
+            wrapped in any::<bool>(),
+            sent in prop::collection::vec(
+                (any::<bool>(), prop_oneof![
+                    any::<Vec<u8>>(),
+                    "(tools/call|tools/list|=\\?base64\\?[A-Za-z0-9+/=]{0,12}\\?=|[a-z_]{1,4})"
+                        .prop_map(String::into_bytes),
+                ]),
+                0..3,
+            ),
+        ) {
+            use base64::{engine::general_purpose::STANDARD, Engine};
+            let member = if method.starts_with("resources/") { "uri" } else { "name" };
+            let body = serde_json::json!({
+                "jsonrpc": "2.0", "id": 1, "method": method, "params": { member: target },
+            })
+            .to_string();
+            let named = matches!(method, "tools/call" | "prompts/get" | "resources/read");
+
+            // As a client writes them: plain when the value is printable ASCII with no
+            // space at either end, else (or when it likes) Base64-wrapped.
+            let printable = target.bytes().all(|b| (0x20..0x7f).contains(&b))
+                && !target.starts_with(' ')
+                && !target.ends_with(' ');
+            let plain = HeaderValue::from_str(&target).ok().filter(|_| printable && !wrapped);
+            let name = plain.unwrap_or_else(|| {
+                let wrapped = format!("=?base64?{}?=", STANDARD.encode(&target));
+                HeaderValue::from_str(&wrapped).expect("Base64 is a header value")
+            });
+            let mut headers = HeaderMap::new();
+            headers.insert(&super::super::METHOD, HeaderValue::from_static(method));
+            prop_assert!(headers_agree(&headers, body.as_bytes()));
+            headers.insert(&super::super::NAME, name);
+            prop_assert_eq!(headers_agree(&headers, body.as_bytes()), named);
+
+            // Any bytes: what passes says what the body says.
+            let mut headers = HeaderMap::new();
+            for (is_name, value) in &sent {
+                let Ok(value) = HeaderValue::from_bytes(value) else { continue };
+                let which = if *is_name { &super::super::NAME } else { &super::super::METHOD };
+                headers.append(which, value);
+            }
+            if headers_agree(&headers, body.as_bytes()) {
+                for (which, said) in [(&super::super::METHOD, method.to_owned()), (&super::super::NAME, target.clone())] {
+                    let mut values = headers.get_all(which).iter();
+                    let Some(value) = values.next() else { continue };
+                    prop_assert!(values.next().is_none(), "one value each");
+                    let text = value.to_str().expect("a text header passed");
+                    let decoded = header_text(text).expect("a header that passed decodes");
+                    prop_assert_eq!(decoded.as_ref(), said.as_str());
+                }
+            }
+        }
+
         #[test]
         fn any_token_sent_as_bearer_is_read_back(
             scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
