@@ -159,7 +159,7 @@ fn soak(extra: &[String]) -> Result {
 }
 
 /// The libFuzzer targets in `fuzz/`, one per group of parsers that read outside input.
-const FUZZ_TARGETS: [&str; 10] = [
+const FUZZ_TARGETS: [&str; 11] = [
     "scope",
     "redirect_uri",
     "registration_json",
@@ -170,6 +170,7 @@ const FUZZ_TARGETS: [&str; 10] = [
     "forwarded",
     "metadata_document",
     "pkce",
+    "gateway_text",
 ];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const DEFAULT_FUZZ_SECONDS: u64 = 300;
@@ -254,6 +255,11 @@ fn fuzz(args: &[String]) -> Result {
             format!("-max_total_time={seconds}"),
             "-print_final_stats=1".to_owned(),
         ]);
+        // Names a target's parser looks for, which random bytes seldom spell.
+        let dict = dir.join("dicts").join(format!("{target}.dict"));
+        if dict.is_file() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
         let started = std::time::Instant::now();
         let status = cmd
             .stdout(
