@@ -10,7 +10,16 @@
 //! - [`REGISTRATION_WORKERS`] workers registering clients, paced a little above the
 //!   per-address limit the server is started with, so both `201` and `429` occur;
 //! - one worker signing in with a wrong password, paced: `401`, then `429` once the
-//!   address is slowed down.
+//!   address is slowed down;
+//! - [`GATEWAY_WORKERS`] workers calling the bench upstream's tool through the gateway
+//!   (`/mcp/fast`, an HTTP upstream), each in its own session;
+//! - [`STDIO_WORKERS`] workers opening a session at a stdio upstream (`/mcp/stdio`, one
+//!   process per session), calling its tool [`CALLS_PER_STDIO_SESSION`] times and
+//!   ending the session, over and over.
+//!
+//! Gatehouse's child processes (the stdio upstream's) are counted with the RSS; once
+//! the load stops, they must be back to what they were before it within
+//! [`PROCESSES_GONE_GOAL`], and none may be left a zombie.
 //!
 //! The server's RSS is sampled every 5 s. On Redis, halfway through, the Redis server is
 //! killed (SIGKILL), restarted [`OUTAGE`] later on the same port and directory, and the
@@ -35,17 +44,30 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    free_port, mcp_session, tools_call, wait_until_up, Flow, Result, Server, PASSWORD, REDIRECT,
+    fast_params, free_port, gateway_config, mcp_session, tools_call, upstream, wait_until_up, Flow,
+    Result, Server, HTTP_UPSTREAM, PASSWORD, REDIRECT, STDIO_UPSTREAM,
 };
 
 const TOOL_WORKERS: usize = 16;
 const REFRESH_WORKERS: usize = 4;
 const REGISTRATION_WORKERS: usize = 2;
+const GATEWAY_WORKERS: usize = 4;
+/// Four sessions at a time, a process each, well under the stdio upstream's cap of 16:
+/// a session's place is given back only once its process is gone, so a cap reached
+/// here would mean processes outliving their sessions.
+const STDIO_WORKERS: usize = 4;
+const CALLS_PER_STDIO_SESSION: usize = 5;
+/// How long a stdio session's `DELETE` is tried again (a `503` while Redis is down)
+/// after the run, as a client would, so that its process is not left to idle out.
+const DELETE_GRACE: Duration = Duration::from_secs(5);
 /// Each registration worker registers once per this: 10 a second together, 600 a
 /// minute, against a limit of [`REGISTRATIONS_PER_MINUTE`]: mostly `201`, and the
 /// limiter's `429` in the last seconds of each minute.
 const REGISTRATION_PACE: Duration = Duration::from_millis(200);
 const REGISTRATIONS_PER_MINUTE: u32 = 500;
+/// New MCP sessions per client per minute (default 30): raised, so the stdio workers
+/// start and end processes as fast as they can.
+const SESSIONS_PER_MINUTE: u32 = 60_000;
 /// Two wrong passwords a second: a guesser, not a flood (Argon2 would eat the CPU the
 /// other loads need, and the slow-down turns almost all of them into `429` anyway).
 const SIGN_IN_PACE: Duration = Duration::from_millis(500);
@@ -59,6 +81,9 @@ const DEFAULT_SECONDS: u64 = 60;
 /// The goals of issue #12.
 const RSS_GROWTH_ALLOWED: f64 = 1.2;
 const RECOVERY_GOAL: Duration = Duration::from_secs(2);
+/// A stdio server has 3 s after its stdin closes, then 3 s after `SIGTERM`; the bench
+/// upstream exits at once, so this leaves room for a slow machine.
+const PROCESSES_GONE_GOAL: Duration = Duration::from_secs(10);
 
 const ARTICLE_TITLE: &str = "Soak";
 const ARTICLE_SLUG: &str = "soak";
@@ -153,9 +178,21 @@ enum Kind {
     Refresh,
     Registration,
     SignIn,
+    Gateway,
+    StdioSession,
 }
 
-const KINDS: [Kind; 4] = [Kind::Tools, Kind::Refresh, Kind::Registration, Kind::SignIn];
+const KINDS: [Kind; 6] = [
+    Kind::Tools,
+    Kind::Refresh,
+    Kind::Registration,
+    Kind::SignIn,
+    Kind::Gateway,
+    Kind::StdioSession,
+];
+
+/// One counter per kind.
+type Counters = [AtomicU64; KINDS.len()];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -164,6 +201,8 @@ impl Kind {
             Kind::Refresh => "refresh",
             Kind::Registration => "registration",
             Kind::SignIn => "failed sign-in",
+            Kind::Gateway => "gateway tools/call",
+            Kind::StdioSession => "stdio session",
         }
     }
 }
@@ -184,12 +223,12 @@ enum Outcome {
 struct Soak {
     started: Instant,
     deadline: Instant,
-    ok: [AtomicU64; 4],
-    limited: [AtomicU64; 4],
-    unavailable: [AtomicU64; 4],
-    unexpected: [AtomicU64; 4],
+    ok: Counters,
+    limited: Counters,
+    unavailable: Counters,
+    unexpected: Counters,
     /// The slowest answer (µs), or the longest wait for none: a hang shows here.
-    slowest: [AtomicU64; 4],
+    slowest: Counters,
     /// Each unexpected answer, by kind and reason.
     reasons: Mutex<BTreeMap<String, u64>>,
     /// Successes at or after this (µs since `started`) are noted below; `u64::MAX`
@@ -267,7 +306,7 @@ impl Soak {
         };
     }
 
-    fn count(&self, counters: &[AtomicU64; 4], kind: Kind) -> u64 {
+    fn count(&self, counters: &Counters, kind: Kind) -> u64 {
         counters[kind as usize].load(Ordering::Relaxed)
     }
 
@@ -278,11 +317,11 @@ impl Soak {
             .sum()
     }
 
-    fn total(&self, counters: &[AtomicU64; 4]) -> u64 {
+    fn total(&self, counters: &Counters) -> u64 {
         KINDS.iter().map(|k| self.count(counters, *k)).sum()
     }
 
-    fn total_max(&self, counters: &[AtomicU64; 4]) -> u64 {
+    fn total_max(&self, counters: &Counters) -> u64 {
         KINDS
             .iter()
             .map(|k| self.count(counters, *k))
@@ -354,46 +393,214 @@ fn reason(status: StatusCode, body: &str) -> String {
     }
 }
 
-/// A JSON body, or the first event of a server-sent event stream.
+/// A JSON body, or the first message of a server-sent event stream (past an event
+/// without data, such as the one a server may send first to give the stream an id).
 fn json_of(body: &str) -> Option<Value> {
     serde_json::from_str(body).ok().or_else(|| {
         body.lines()
-            .find_map(|l| l.strip_prefix("data:"))
-            .and_then(|data| serde_json::from_str(data.trim()).ok())
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find_map(|data| serde_json::from_str(data.trim()).ok())
     })
 }
 
 // ----- workers ----------------------------------------------------------------------
 
-/// `tools/call get_article` in its own session, as fast as it is answered.
-async fn tools_worker(
-    soak: Arc<Soak>,
-    http: reqwest::Client,
-    mcp: String,
+/// A tool call that must answer with a text: `get_article` at `/mcp`, or the bench
+/// upstream's tool through the gateway.
+#[derive(Clone)]
+struct Call {
+    kind: Kind,
+    url: String,
     token: String,
-    session: String,
-) {
-    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "get_article", "arguments": {"slug": ARTICLE_SLUG}}});
-    while soak.running() {
-        let request = http
-            .post(&mcp)
-            .bearer_auth(&token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &session)
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&call);
-        let outcome = match answer(&soak, Kind::Tools, request).await {
+    params: Value,
+    expected: &'static str,
+}
+
+impl Call {
+    fn request(&self, http: &reqwest::Client, session: &str, id: usize) -> reqwest::RequestBuilder {
+        mcp_request(http, &self.url, &self.token, Some(session)).json(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": self.params}),
+        )
+    }
+
+    /// Calls once in `session`, and records the outcome; how it went.
+    async fn once(&self, soak: &Soak, http: &reqwest::Client, session: &str, id: usize) -> Step {
+        let outcome = match answer(soak, self.kind, self.request(http, session, id)).await {
             Err(e) => Outcome::Unexpected(e),
-            Ok((StatusCode::OK, body)) => tool_answer(&body),
+            Ok((StatusCode::OK, body)) => tool_answer(&body, self.expected),
             Ok((status, body)) => status_outcome(status, &body),
         };
-        soak.record(Kind::Tools, outcome);
+        let step = Step::of(&outcome);
+        soak.record(self.kind, outcome);
+        step
     }
 }
 
-/// A `200` is a success only when it carries the article, not an error.
-fn tool_answer(body: &str) -> Outcome {
+/// How a step of a stdio session went; the worst step decides the cycle's outcome.
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+enum Step {
+    Ok,
+    /// `429` or `503`: a limit, or the store down.
+    Refused,
+    Failed,
+}
+
+impl Step {
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Ok => Step::Ok,
+            Outcome::Limited | Outcome::Unavailable => Step::Refused,
+            Outcome::Unexpected(_) => Step::Failed,
+        }
+    }
+
+    fn status(status: StatusCode) -> Self {
+        match status {
+            s if s.is_success() => Step::Ok,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Step::Refused,
+            _ => Step::Failed,
+        }
+    }
+}
+
+/// A POST to an MCP endpoint, in `session` when there is one.
+fn mcp_request(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    match session {
+        Some(session) => request.header("mcp-session-id", session),
+        None => request,
+    }
+}
+
+/// `call` in its own session, as fast as it is answered.
+async fn tools_worker(soak: Arc<Soak>, http: reqwest::Client, call: Call, session: String) {
+    while soak.running() {
+        call.once(&soak, &http, &session, 1).await;
+    }
+}
+
+/// A session at the stdio upstream (a process of its own), [`CALLS_PER_STDIO_SESSION`]
+/// calls in it, and its end, over and over. A cycle is one answer of its kind: a
+/// success when every step succeeded (each call is also counted as a gateway call).
+async fn stdio_worker(soak: Arc<Soak>, http: reqwest::Client, call: Call) {
+    let kind = Kind::StdioSession;
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "soak", "version": "1"}}});
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    while soak.running() {
+        let request = mcp_request(&http, &call.url, &call.token, None).json(&initialize);
+        let began = Instant::now();
+        let opened = request.send().await.map_err(transport_error);
+        soak.slowest[kind as usize]
+            .fetch_max(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let session = match opened {
+            Err(e) => {
+                soak.record(kind, Outcome::Unexpected(e));
+                continue;
+            }
+            Ok(response) => {
+                let status = response.status();
+                let session = response
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.text().await.unwrap_or_default();
+                let message = json_of(&body);
+                match (status, session) {
+                    (StatusCode::OK, Some(session))
+                        if message.as_ref().is_some_and(|m| m.get("result").is_some()) =>
+                    {
+                        session
+                    }
+                    (StatusCode::OK, session) => {
+                        // A session named all the same is ended, as a client would.
+                        if let Some(session) = session {
+                            end_session(&soak, &http, &call, &session).await;
+                        }
+                        let busy = message
+                            .as_ref()
+                            .and_then(|m| m["error"]["data"]["reason"].as_str())
+                            .is_some_and(|r| r == "busy" || r == "client_busy");
+                        soak.record(
+                            kind,
+                            if busy {
+                                // The upstream's cap on sessions, doing its job.
+                                Outcome::Limited
+                            } else {
+                                Outcome::Unexpected(format!(
+                                    "initialize: {}",
+                                    reason(status, &body)
+                                ))
+                            },
+                        );
+                        continue;
+                    }
+                    (status, _) => {
+                        soak.record(kind, status_outcome(status, &body));
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut worst = mcp_request(&http, &call.url, &call.token, Some(&session))
+            .json(&initialized)
+            .send()
+            .await
+            .map_or(Step::Failed, |r| Step::status(r.status()));
+        for id in 1..=CALLS_PER_STDIO_SESSION {
+            let step = call.once(&soak, &http, &session, id).await;
+            worst = if step > worst { step } else { worst };
+        }
+        if !end_session(&soak, &http, &call, &session).await {
+            worst = Step::Failed;
+        }
+        soak.record(
+            kind,
+            match worst {
+                Step::Ok => Outcome::Ok,
+                Step::Refused => Outcome::Unavailable,
+                Step::Failed => Outcome::Unexpected("a step failed (see the gateway calls)".into()),
+            },
+        );
+    }
+}
+
+/// `DELETE`s `session`, again after a `503` (Redis down) until [`DELETE_GRACE`] after
+/// the run; whether it ended.
+async fn end_session(soak: &Soak, http: &reqwest::Client, call: &Call, session: &str) -> bool {
+    let give_up = soak.deadline + DELETE_GRACE;
+    loop {
+        let ended = http
+            .delete(&call.url)
+            .bearer_auth(&call.token)
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .map(|r| r.status());
+        match ended {
+            Ok(status) if status.is_success() => return true,
+            Ok(StatusCode::SERVICE_UNAVAILABLE) | Err(_) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// A `200` is a success only when it carries `expected`, not an error.
+fn tool_answer(body: &str, expected: &str) -> Outcome {
     let Some(message) = json_of(body) else {
         return Outcome::Unexpected("200 that is not JSON-RPC".into());
     };
@@ -403,8 +610,8 @@ fn tool_answer(body: &str) -> Outcome {
     if message["result"]["isError"] == true {
         return Outcome::Unexpected("200 with a tool error".into());
     }
-    if !message["result"].to_string().contains(ARTICLE_BODY) {
-        return Outcome::Unexpected("200 without the article".into());
+    if !message["result"].to_string().contains(expected) {
+        return Outcome::Unexpected("200 without the expected answer".into());
     }
     Outcome::Ok
 }
@@ -500,7 +707,7 @@ enum Recovery {
 struct Row {
     store: &'static str,
     seconds: u64,
-    answered: [u64; 4],
+    answered: [u64; KINDS.len()],
     limited: u64,
     unavailable: u64,
     unexpected: u64,
@@ -509,6 +716,20 @@ struct Row {
     rss_at_10s: f64,
     rss_last: f64,
     recovery: Recovery,
+    processes: Processes,
+}
+
+/// Gatehouse's child processes (the stdio upstream's, one per session).
+struct Processes {
+    /// Before the load.
+    before: usize,
+    /// The most seen at once, sampled with the RSS.
+    most: usize,
+    /// How long after the load they were back to `before`; `None`: not within
+    /// twice [`PROCESSES_GONE_GOAL`].
+    gone_after: Option<Duration>,
+    /// Left as zombies, then.
+    zombies: usize,
 }
 
 impl Row {
@@ -533,6 +754,26 @@ impl Row {
                     .map(|(reason, n)| format!("{n} × {reason}"))
                     .collect::<Vec<_>>()
                     .join("; ")
+            ));
+        }
+        let processes = &self.processes;
+        match processes.gone_after {
+            Some(t) if t <= PROCESSES_GONE_GOAL => {}
+            Some(t) => missed.push(format!(
+                "{}: the stdio servers' processes took {:.1} s to go (goal: {} s)",
+                self.store,
+                t.as_secs_f64(),
+                PROCESSES_GONE_GOAL.as_secs()
+            )),
+            None => missed.push(format!(
+                "{}: stdio servers' processes outlived their sessions",
+                self.store
+            )),
+        }
+        if processes.zombies > 0 {
+            missed.push(format!(
+                "{}: {} zombie process(es) left",
+                self.store, processes.zombies
             ));
         }
         match self.recovery {
@@ -564,8 +805,15 @@ async fn soak_store(
 ) -> Result<Row> {
     let store_args = ["--store".to_owned(), store.to_owned()];
     set_owner_password(&opts.gatehouse, &store_args)?;
+    // The bench's fast upstream over HTTP, and (started by Gatehouse) over stdio.
+    let upstream_port = free_port()?;
+    let _upstream = Server::this_binary(&["upstream", "--http", &upstream_port.to_string()])?;
+    let upstream_url = format!("http://127.0.0.1:{upstream_port}/mcp");
+    wait_until_up(http, &upstream_url).await?;
+    let config = gateway_config(dir, &upstream_url)?;
     let log = dir.join(format!("gatehouse-{}.log", name.to_lowercase()));
-    let (mut server, base) = start_gatehouse(&opts.gatehouse, &store_args, &log, http).await?;
+    let (mut server, base) =
+        start_gatehouse(&opts.gatehouse, &store_args, &config, &log, http).await?;
     let mcp = format!("{base}/mcp");
 
     let flow = Arc::new(Flow::new(http.clone(), base.clone()).await?);
@@ -591,17 +839,51 @@ async fn soak_store(
     for _ in 0..REFRESH_WORKERS {
         grants.push(new_grant(&flow).await.ok_or("no refresh token")?);
     }
+    let tools = Call {
+        kind: Kind::Tools,
+        url: mcp.clone(),
+        token: token.clone(),
+        params: json!({"name": "get_article", "arguments": {"slug": ARTICLE_SLUG}}),
+        expected: ARTICLE_BODY,
+    };
+    let through = |upstream: &str, token: String| Call {
+        kind: Kind::Gateway,
+        url: format!("{base}/mcp/{upstream}"),
+        token,
+        params: fast_params(),
+        expected: upstream::ANSWER,
+    };
+    let gateway = through(
+        HTTP_UPSTREAM,
+        gateway_token(&flow, &base, HTTP_UPSTREAM).await?,
+    );
+    let stdio = through(
+        STDIO_UPSTREAM,
+        gateway_token(&flow, &base, STDIO_UPSTREAM).await?,
+    );
+    let mut gateway_sessions = Vec::new();
+    for _ in 0..GATEWAY_WORKERS {
+        gateway_sessions.push(mcp_session(http, &gateway.url, Some(&gateway.token)).await?);
+    }
+    let before = children(server.child.id()).0;
 
     eprintln!(
-        "{TOOL_WORKERS} tool-call, {REFRESH_WORKERS} refresh, {REGISTRATION_WORKERS} registration \
-         and 1 failed-sign-in workers for {} s …",
+        "{TOOL_WORKERS} tool-call, {REFRESH_WORKERS} refresh, {REGISTRATION_WORKERS} registration, \
+         1 failed-sign-in, {GATEWAY_WORKERS} gateway and {STDIO_WORKERS} stdio-session workers \
+         for {} s …",
         opts.seconds
     );
     let soak = Arc::new(Soak::new(Duration::from_secs(opts.seconds)));
     let mut workers = Vec::new();
-    for session in sessions {
-        let (soak, http, mcp, token) = (soak.clone(), http.clone(), mcp.clone(), token.clone());
-        workers.push(tokio::spawn(tools_worker(soak, http, mcp, token, session)));
+    let in_sessions = (sessions.into_iter().map(|s| (&tools, s)))
+        .chain(gateway_sessions.into_iter().map(|s| (&gateway, s)));
+    for (call, session) in in_sessions {
+        let (soak, http, call) = (soak.clone(), http.clone(), call.clone());
+        workers.push(tokio::spawn(tools_worker(soak, http, call, session)));
+    }
+    for _ in 0..STDIO_WORKERS {
+        let (soak, http, call) = (soak.clone(), http.clone(), stdio.clone());
+        workers.push(tokio::spawn(stdio_worker(soak, http, call)));
     }
     for grant in grants {
         let (soak, http, flow) = (soak.clone(), http.clone(), flow.clone());
@@ -617,7 +899,7 @@ async fn soak_store(
         base.clone(),
     )));
 
-    let (samples, recovery) = tokio::join!(sample_rss(&soak, &server), async {
+    let ((samples, most), recovery) = tokio::join!(sample_rss(&soak, &server), async {
         match redis {
             Some(redis) => outage(&soak, redis).await,
             None => Ok(Recovery::NotMeasured),
@@ -632,6 +914,7 @@ async fn soak_store(
     if let Ok(Some(status)) = server.child.try_wait() {
         return Err(format!("the server exited during the run ({status})"));
     }
+    let processes = processes_after(server.child.id(), before, most).await;
     drop(server);
     print_breakdown(&soak);
 
@@ -652,7 +935,72 @@ async fn soak_store(
         rss_at_10s: rss_at(&samples, 10),
         rss_last: samples.last().map(|s| s.1).unwrap_or(0.0),
         recovery,
+        processes,
     })
+}
+
+/// An access token for the gateway's upstream `NAME`, with `NAME:read`, through the
+/// real flow.
+async fn gateway_token(flow: &Flow, base: &str, upstream: &str) -> Result<String> {
+    let resource = format!("{base}/mcp/{upstream}");
+    access_token(
+        &flow
+            .tokens_for(&format!("{upstream}:read"), Some(&resource))
+            .await?,
+    )
+}
+
+/// How many children `pid` has, and how many of them are zombies (`/proc/*/stat`).
+fn children(pid: u32) -> (usize, usize) {
+    let (mut alive, mut zombies) = (0, 0);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `PID (COMM) STATE PPID …`; COMM may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if ppid.parse() == Ok(pid) {
+            alive += 1;
+            if state == "Z" {
+                zombies += 1;
+            }
+        }
+    }
+    (alive, zombies)
+}
+
+/// Waits (up to twice [`PROCESSES_GONE_GOAL`]) for `pid`'s children to be back to
+/// `before` once the load has stopped.
+async fn processes_after(pid: u32, before: usize, most: usize) -> Processes {
+    let stopped = Instant::now();
+    loop {
+        let (alive, zombies) = children(pid);
+        let waited = stopped.elapsed();
+        if alive <= before || waited > PROCESSES_GONE_GOAL * 2 {
+            let gone_after = (alive <= before).then_some(waited);
+            eprintln!(
+                "  stdio processes: {before} before the load, at most {most} during it, {alive} \
+                 ({zombies} zombies) {:.1} s after it",
+                waited.as_secs_f64()
+            );
+            return Processes {
+                before,
+                most,
+                gone_after,
+                zombies,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn access_token(tokens: &Value) -> Result<String> {
@@ -687,6 +1035,7 @@ fn set_owner_password(gatehouse: &Path, store_args: &[String]) -> Result {
 async fn start_gatehouse(
     gatehouse: &Path,
     store_args: &[String],
+    config: &Path,
     log: &Path,
     http: &reqwest::Client,
 ) -> Result<(Server, String)> {
@@ -700,7 +1049,11 @@ async fn start_gatehouse(
             .args([
                 "--registrations-per-minute",
                 &REGISTRATIONS_PER_MINUTE.to_string(),
+                "--sessions-per-minute",
+                &SESSIONS_PER_MINUTE.to_string(),
             ])
+            .arg("--config")
+            .arg(config)
             .env("RUST_LOG", "warn")
             // The server logs to stdout.
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -712,19 +1065,23 @@ async fn start_gatehouse(
     Ok((server, base))
 }
 
-/// The server's RSS every [`RSS_EVERY`] until the end of the run, and at its end.
-async fn sample_rss(soak: &Soak, server: &Server) -> Vec<(u64, f64)> {
+/// The server's RSS every [`RSS_EVERY`] until the end of the run, and at its end;
+/// and the most child processes it had at those moments.
+async fn sample_rss(soak: &Soak, server: &Server) -> (Vec<(u64, f64)>, usize) {
     let mut samples = Vec::new();
+    let mut most = 0;
     let mut at = soak.started;
     loop {
         at = (at + RSS_EVERY).min(soak.deadline);
         tokio::time::sleep_until(at.into()).await;
         let second = (at - soak.started).as_secs();
         let mb = server.rss_mb();
-        eprintln!("  {second:>5} s  RSS {mb:.1} MB");
+        let (processes, _) = children(server.child.id());
+        most = most.max(processes);
+        eprintln!("  {second:>5} s  RSS {mb:.1} MB, {processes} child processes");
         samples.push((second, mb));
         if at >= soak.deadline {
-            return samples;
+            return (samples, most);
         }
     }
 }
@@ -788,25 +1145,33 @@ fn print_breakdown(soak: &Soak) {
 fn print_table(rows: &[Row], seconds: u64) {
     println!();
     println!(
-        "{TOOL_WORKERS} tool-call, {REFRESH_WORKERS} refresh, {REGISTRATION_WORKERS} registration \
-         and 1 failed-sign-in workers for {seconds} s per store; requests answered per kind."
+        "{TOOL_WORKERS} tool-call, {REFRESH_WORKERS} refresh, {REGISTRATION_WORKERS} registration, \
+         1 failed-sign-in, {GATEWAY_WORKERS} gateway and {STDIO_WORKERS} stdio-session workers \
+         for {seconds} s per store; requests answered per kind (a stdio session is \
+         initialize, {CALLS_PER_STDIO_SESSION} calls, counted among the gateway's, and DELETE)."
     );
     println!();
-    println!("| Store | Seconds | tools/call | refresh | registrations | failed sign-ins | 429 | 503 | unexpected | slowest answer s | RSS at 10 s MB | RSS last MB | Recovery s |");
+    println!("| Store | Seconds | tools/call | refresh | registrations | failed sign-ins | gateway tools/call | stdio sessions | 429 | 503 | unexpected | slowest answer s | RSS at 10 s MB | RSS last MB | Recovery s | stdio processes: before · most · gone after s · zombies |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in rows {
-        let [tools, refresh, registrations, sign_ins] = row.answered;
+        let [tools, refresh, registrations, sign_ins, gateway, stdio] = row.answered;
+        let processes = &row.processes;
+        let gone = match processes.gone_after {
+            Some(t) => format!("{:.1}", t.as_secs_f64()),
+            None => "never".to_owned(),
+        };
         let recovery = match row.recovery {
             Recovery::NotMeasured => "–".to_owned(),
             Recovery::Never => "never".to_owned(),
             Recovery::After(t) => format!("{:.2}", t.as_secs_f64()),
         };
         println!(
-            "| {} | {} | {tools} | {refresh} | {registrations} | {sign_ins} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {recovery} |",
+            "| {} | {} | {tools} | {refresh} | {registrations} | {sign_ins} | {gateway} | {stdio} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {recovery} | {} · {} · {gone} · {} |",
             row.store, row.seconds, row.limited, row.unavailable, row.unexpected,
             row.slowest.as_secs_f64(), row.rss_at_10s, row.rss_last,
+            processes.before, processes.most, processes.zombies,
         );
     }
 }
