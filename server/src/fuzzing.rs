@@ -51,7 +51,7 @@ pub fn example_host_policy() -> crate::http::mcp::policy::HostPolicy {
 }
 
 /// The id the direct path's oracles below give a call on the upstream leg.
-const OURS: &str = "gatehouse-9";
+pub const OURS: &str = "gatehouse-9";
 
 /// A JSON object's members in order, names unescaped and repeats kept: what any
 /// upstream's parser may make of it, whichever repeat it keeps and however it
@@ -89,10 +89,27 @@ impl Pairs {
     /// The one member whose name is `name` to a parser that ignores case; it panics
     /// when there are more (or none), as a reader could then take another.
     fn only(&self, name: &str) -> &str {
+        self.at_most(name)
+            .unwrap_or_else(|| panic!("no {name:?} member"))
+    }
+
+    /// The member whose name is `name` to any parser, if there is one: it panics
+    /// when there are more, or one that only a parser ignoring case takes for it.
+    fn at_most(&self, name: &str) -> Option<&str> {
         let mut found = self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
-        let (_, value) = found.next().unwrap_or_else(|| panic!("no {name:?} member"));
+        let (written, value) = found.next()?;
         assert!(found.next().is_none(), "{name:?} is named twice");
-        value.get()
+        assert_eq!(written, name, "{name:?} is named in another case");
+        Some(value.get())
+    }
+
+    /// Every name is ASCII: Go folds some others into ASCII ones (`ſ` is `s`, the
+    /// Kelvin sign `k`), which a check of ASCII case alone would not see.
+    fn ascii(&self) -> &Self {
+        for (name, _) in &self.0 {
+            assert!(name.is_ascii(), "the name {name:?} is not ASCII");
+        }
+        self
     }
 }
 
@@ -102,10 +119,13 @@ fn string(text: &str) -> String {
 
 /// What the direct path makes of `body` as a `tools/call` (the tool it names, and the
 /// text it sends upstream) must be what any parser reads in it: one `jsonrpc`, `id`,
-/// `method` and `params`, ignoring case and escapes, and in `params` one `name`, the
-/// tool the gateway authorized; and what goes upstream is the same message with only
-/// its id and progress token changed. Panics where that fails; nothing to check for a
-/// body the direct path leaves to the relay.
+/// `method` and `params` after unescaping and ignoring case (every name ASCII, so
+/// Go's Unicode folding is ASCII's), and in `params` one `name`, the tool the gateway
+/// authorized, and nothing the relay handles instead in any case (`inputResponses`,
+/// `requestState`, per-request `_meta`); and what goes upstream is the same message
+/// with only its id and progress token changed. Panics where that fails; nothing to
+/// check for a body the direct path leaves to the relay (the property tests assert
+/// that plain calls are taken).
 pub fn check_direct_call(body: &[u8]) {
     use crate::http::mcp::gateway::{Direct, Read};
     let Some(Read::Call(call, tool)) = Direct::of(&bytes::Bytes::copy_from_slice(body)) else {
@@ -113,11 +133,25 @@ pub fn check_direct_call(body: &[u8]) {
     };
     let text = std::str::from_utf8(body).expect("JSON is UTF-8");
     let message = Pairs::of(text);
+    message.ascii();
     assert_eq!(string(message.only("jsonrpc")), "2.0");
     assert_eq!(string(message.only("method")), "tools/call");
     message.only("id");
     let params = Pairs::of(message.only("params"));
+    params.ascii();
     assert_eq!(string(params.only("name")), tool);
+    // What the relay handles (answers to input requests, per-request metadata) is
+    // not there for any parser, and the progress token is where the path saw it.
+    assert!(params.at_most("inputResponses").is_none());
+    assert!(params.at_most("requestState").is_none());
+    if let Some(meta) = params.at_most("_meta").filter(|m| m.starts_with('{')) {
+        let meta = Pairs::of(meta);
+        meta.ascii().at_most("progressToken");
+        for (name, _) in &meta.0 {
+            let prefix = name.get(..24).unwrap_or_default();
+            assert!(!prefix.eq_ignore_ascii_case("io.modelcontextprotocol/"));
+        }
+    }
 
     let sent = call.with_id(OURS).expect("the spans are in order");
     let Ok(mut meant) = serde_json::from_slice::<serde_json::Value>(body) else {

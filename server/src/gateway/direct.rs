@@ -433,7 +433,14 @@ impl CallText {
         }
         let params = Members::of(message.get("params")?)?;
         let name = plain_str(params.get("name"))??;
-        if params.contains("inputResponses") || params.contains("requestState") {
+        // Also in another case: an upstream that matches names as Go does would read
+        // `_META` as metadata, or `INPUTRESPONSES` as answers, that this path passed
+        // over.
+        let relayed = ["inputResponses", "requestState", "_meta"];
+        if params.contains("inputResponses")
+            || params.contains("requestState")
+            || relayed.iter().any(|name| params.loosely(name))
+        {
             return None;
         }
         let meta = match params.get("_meta") {
@@ -444,7 +451,12 @@ impl CallText {
             _ => None,
         };
         let meta = meta.as_ref();
-        if meta.is_some_and(|m| m.names().any(|k| k.starts_with("io.modelcontextprotocol/"))) {
+        const PER_REQUEST: &str = "io.modelcontextprotocol/";
+        let per_request = |k: &str| {
+            k.get(..PER_REQUEST.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(PER_REQUEST))
+        };
+        if meta.is_some_and(|m| m.names().any(per_request) || m.loosely("progressToken")) {
             return None;
         }
         let token = match meta.and_then(|m| m.get("progressToken")) {
@@ -1251,14 +1263,17 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"progressToken":1,"progressToken":2}}}"#,
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol\/x":1}}}"#,
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            // Names a case-blind parser reads as the ones this path looks for.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_META":{"io.modelcontextprotocol/x":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"IO.modelcontextprotocol/x":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"PROGRESSTOKEN":"t"}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","InputResponses":{}}}"#,
+            // A name outside ASCII, which Go folds (`ſ` is `s`) into `params`.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\"},\"param\u{17f}\":{\"name\":\"b\"}}".as_bytes(),
         ] {
             let body = Bytes::copy_from_slice(refused);
-            let members = Members::parse(&body).expect("members");
-            assert!(
-                CallText::read(&body, &members).is_none(),
-                "{}",
-                String::from_utf8_lossy(refused)
-            );
+            let read = Members::parse(&body).and_then(|m| CallText::read(&body, &m));
+            assert!(read.is_none(), "{}", String::from_utf8_lossy(refused));
         }
     }
 
@@ -1343,9 +1358,9 @@ mod properties {
 
     /// Changes to a message's text that parsers may read differently: the first
     /// `"name"` written with an escape, in capitals, or after a member of the same
-    /// name (or the same in capitals).
+    /// name (or the same in capitals, or with the letters Go folds into `s` and `k`).
     fn mutated(message: String, names: &'static [&'static str]) -> impl Strategy<Value = String> {
-        let change = (prop::sample::select(names), 0..4u8);
+        let change = (prop::sample::select(names), 0..5u8);
         prop::collection::vec(change, 0..3).prop_map(move |changes| {
             let mut message = message.clone();
             for (name, how) in changes {
@@ -1357,6 +1372,10 @@ mod properties {
                     0 => format!("\"\\u{:04x}{}\"", name.as_bytes()[0], &name[1..]),
                     1 => format!("\"{}\"", name.to_uppercase()),
                     2 => format!("\"{name}\":\"other\",{quoted}"),
+                    3 => {
+                        let folded = name.replace('s', "\u{17f}").replace('k', "\u{212a}");
+                        format!("\"{folded}\":\"other\",{quoted}")
+                    }
                     _ => format!("\"{}\":\"other\",{quoted}", name.to_uppercase()),
                 };
                 message.replace_range(at..at + quoted.len(), &replacement);
@@ -1528,7 +1547,60 @@ mod properties {
             ],
         ) {
             fuzzing::check_direct_answer(message.as_bytes(), &client_id);
-            fuzzing::check_sse_frame(message.replace(',', ",\r\n").as_bytes());
+            fuzzing::check_sse_frame(message.as_bytes());
+        }
+
+        /// A plain call and its plain answer, in any member order, with line breaks
+        /// or without, take the direct path: the properties above check something.
+        #[test]
+        fn plain_calls_and_answers_take_the_direct_path(
+            id in prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                "[a-z0-9-]{0,12}".prop_map(Value::from),
+            ],
+            tool in "[a-z_]{1,12}",
+            arguments in json(&["name", "id", "_meta"]),
+            token in prop::option::of("[a-z0-9]{1,8}"),
+            is_error in prop::option::of(any::<bool>()),
+            broken in any::<bool>(),
+            order in Just((0..5).collect::<Vec<usize>>()).prop_shuffle(),
+        ) {
+            let mut params = vec![
+                ("name".to_owned(), text(&Value::from(tool.clone()))),
+                ("arguments".to_owned(), text(&arguments)),
+            ];
+            if let Some(token) = &token {
+                let meta = vec![("progressToken".to_owned(), text(&Value::from(token.clone())))];
+                params.push(("_meta".to_owned(), object(meta, broken)));
+            }
+            let members = [
+                ("jsonrpc".to_owned(), "\"2.0\"".to_owned()),
+                ("id".to_owned(), text(&id)),
+                ("method".to_owned(), "\"tools/call\"".to_owned()),
+                ("params".to_owned(), object(params, broken)),
+                ("x-vendor".to_owned(), "[1]".to_owned()),
+            ];
+            let call = object(order.iter().map(|i| members[*i].clone()).collect(), broken);
+            let body = Bytes::from(call.clone().into_bytes());
+            let read = crate::http::mcp::gateway::Direct::of(&body);
+            let taken = matches!(&read, Some(crate::http::mcp::gateway::Read::Call(_, name)) if *name == tool);
+            prop_assert!(taken, "{}", call);
+            fuzzing::check_direct_call(call.as_bytes());
+
+            let mut result = vec![("content".to_owned(), text(&arguments))];
+            if let Some(is_error) = is_error {
+                result.push(("isError".to_owned(), text(&Value::from(is_error))));
+            }
+            let members = [
+                ("jsonrpc".to_owned(), "\"2.0\"".to_owned()),
+                ("id".to_owned(), text(&Value::from(fuzzing::OURS))),
+                ("result".to_owned(), object(result, broken)),
+            ];
+            let order = order.iter().filter(|i| **i < 3);
+            let answer = object(order.map(|i| members[*i].clone()).collect(), broken);
+            let back = answer_text(answer.as_bytes(), fuzzing::OURS, text(&id).as_bytes());
+            prop_assert_eq!(back.map(|(_, error)| error), Some(is_error == Some(true)), "{}", answer);
+            fuzzing::check_direct_answer(answer.as_bytes(), &id);
         }
 
         /// With chunks no longer than the limit (reads are far shorter than the real

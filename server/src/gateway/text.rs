@@ -61,6 +61,13 @@ impl<'a> Members<'a> {
     pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.0.iter().map(|(k, _)| *k)
     }
+
+    /// Whether a member is `name` to a parser that ignores case but not to one that
+    /// does not (`_META` for `_meta`): the two would read the message differently.
+    pub fn loosely(&self, name: &str) -> bool {
+        self.names()
+            .any(|k| k != name && k.eq_ignore_ascii_case(name))
+    }
 }
 
 /// A member's value as a string without escapes: `None` when absent, `Some(None)`
