@@ -18,8 +18,9 @@
 //!   ending the session, over and over.
 //!
 //! Gatehouse's child processes (the stdio upstream's) are counted with the RSS; once
-//! the load stops, they must be back to what they were before it within
-//! [`PROCESSES_GONE_GOAL`], and none may be left a zombie.
+//! the load stops, none but those there before it may be left after
+//! [`PROCESSES_GONE_GOAL`] (compared by process id), and none may be a zombie. A
+//! stdio session refused as `busy` is unexpected.
 //!
 //! The server's RSS is sampled every 5 s. On Redis, halfway through, the Redis server is
 //! killed (SIGKILL), restarted [`OUTAGE`] later on the same port and directory, and the
@@ -52,9 +53,9 @@ const TOOL_WORKERS: usize = 16;
 const REFRESH_WORKERS: usize = 4;
 const REGISTRATION_WORKERS: usize = 2;
 const GATEWAY_WORKERS: usize = 4;
-/// Four sessions at a time, a process each, well under the stdio upstream's cap of 16:
-/// a session's place is given back only once its process is gone, so a cap reached
-/// here would mean processes outliving their sessions.
+/// Four sessions at a time, a process each, under the stdio upstream's cap of 16: a
+/// session's place is given back only once its process is gone, so a cap reached
+/// here (an unexpected `busy`) would mean processes outliving their sessions.
 const STDIO_WORKERS: usize = 4;
 const CALLS_PER_STDIO_SESSION: usize = 5;
 /// How long a stdio session's `DELETE` is tried again (a `503` while Redis is down)
@@ -528,22 +529,13 @@ async fn stdio_worker(soak: Arc<Soak>, http: reqwest::Client, call: Call) {
                         if let Some(session) = session {
                             end_session(&soak, &http, &call, &session).await;
                         }
-                        let busy = message
+                        // `busy` included: four sessions at a time are far from the
+                        // cap unless processes outlive their sessions.
+                        let why = message
                             .as_ref()
                             .and_then(|m| m["error"]["data"]["reason"].as_str())
-                            .is_some_and(|r| r == "busy" || r == "client_busy");
-                        soak.record(
-                            kind,
-                            if busy {
-                                // The upstream's cap on sessions, doing its job.
-                                Outcome::Limited
-                            } else {
-                                Outcome::Unexpected(format!(
-                                    "initialize: {}",
-                                    reason(status, &body)
-                                ))
-                            },
-                        );
+                            .map_or_else(|| reason(status, &body), str::to_owned);
+                        soak.record(kind, Outcome::Unexpected(format!("initialize: {why}")));
                         continue;
                     }
                     (status, _) => {
@@ -723,10 +715,10 @@ struct Row {
 struct Processes {
     /// Before the load.
     before: usize,
-    /// The most seen at once, sampled with the RSS.
+    /// The most seen at once in the samples taken with the RSS.
     most: usize,
-    /// How long after the load they were back to `before`; `None`: not within
-    /// twice [`PROCESSES_GONE_GOAL`].
+    /// How long after the load no child was left but those before it; `None`: not
+    /// within twice [`PROCESSES_GONE_GOAL`].
     gone_after: Option<Duration>,
     /// Left as zombies, then.
     zombies: usize,
@@ -865,7 +857,7 @@ async fn soak_store(
     for _ in 0..GATEWAY_WORKERS {
         gateway_sessions.push(mcp_session(http, &gateway.url, Some(&gateway.token)).await?);
     }
-    let before = children(server.child.id()).0;
+    let before = children(server.child.id());
 
     eprintln!(
         "{TOOL_WORKERS} tool-call, {REFRESH_WORKERS} refresh, {REGISTRATION_WORKERS} registration, \
@@ -914,7 +906,7 @@ async fn soak_store(
     if let Ok(Some(status)) = server.child.try_wait() {
         return Err(format!("the server exited during the run ({status})"));
     }
-    let processes = processes_after(server.child.id(), before, most).await;
+    let processes = processes_after(server.child.id(), &before, most).await;
     drop(server);
     print_breakdown(&soak);
 
@@ -950,11 +942,11 @@ async fn gateway_token(flow: &Flow, base: &str, upstream: &str) -> Result<String
     )
 }
 
-/// How many children `pid` has, and how many of them are zombies (`/proc/*/stat`).
-fn children(pid: u32) -> (usize, usize) {
-    let (mut alive, mut zombies) = (0, 0);
+/// The children of `pid`, each with whether it is a zombie (`/proc/*/stat`).
+fn children(pid: u32) -> BTreeMap<u32, bool> {
+    let mut children = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return (0, 0);
+        return children;
     };
     for entry in entries.flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -968,32 +960,34 @@ fn children(pid: u32) -> (usize, usize) {
         let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if ppid.parse() == Ok(pid) {
-            alive += 1;
-            if state == "Z" {
-                zombies += 1;
-            }
+        let child = entry.file_name().to_str().and_then(|n| n.parse().ok());
+        if let (Some(child), Ok(true)) = (child, ppid.parse().map(|p: u32| p == pid)) {
+            children.insert(child, state == "Z");
         }
     }
-    (alive, zombies)
+    children
 }
 
-/// Waits (up to twice [`PROCESSES_GONE_GOAL`]) for `pid`'s children to be back to
-/// `before` once the load has stopped.
-async fn processes_after(pid: u32, before: usize, most: usize) -> Processes {
+/// Waits (up to twice [`PROCESSES_GONE_GOAL`]) until no child of `pid` is left but
+/// those in `before` (by process id: a leaked process cannot stand in for one that
+/// ended), once the load has stopped.
+async fn processes_after(pid: u32, before: &BTreeMap<u32, bool>, most: usize) -> Processes {
     let stopped = Instant::now();
     loop {
-        let (alive, zombies) = children(pid);
+        let now = children(pid);
+        let new = now.keys().filter(|c| !before.contains_key(c)).count();
+        let zombies = now.values().filter(|z| **z).count();
         let waited = stopped.elapsed();
-        if alive <= before || waited > PROCESSES_GONE_GOAL * 2 {
-            let gone_after = (alive <= before).then_some(waited);
+        if new == 0 || waited > PROCESSES_GONE_GOAL * 2 {
+            let gone_after = (new == 0).then_some(waited);
             eprintln!(
-                "  stdio processes: {before} before the load, at most {most} during it, {alive} \
-                 ({zombies} zombies) {:.1} s after it",
+                "  stdio processes: {} before the load, at most {most} during it, {new} new ones \
+                 and {zombies} zombies {:.1} s after it",
+                before.len(),
                 waited.as_secs_f64()
             );
             return Processes {
-                before,
+                before: before.len(),
                 most,
                 gone_after,
                 zombies,
@@ -1076,7 +1070,7 @@ async fn sample_rss(soak: &Soak, server: &Server) -> (Vec<(u64, f64)>, usize) {
         tokio::time::sleep_until(at.into()).await;
         let second = (at - soak.started).as_secs();
         let mb = server.rss_mb();
-        let (processes, _) = children(server.child.id());
+        let processes = children(server.child.id()).len();
         most = most.max(processes);
         eprintln!("  {second:>5} s  RSS {mb:.1} MB, {processes} child processes");
         samples.push((second, mb));
