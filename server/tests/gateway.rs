@@ -542,21 +542,12 @@ impl ServerHandler for Recorder {
 async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
     let recorder = Recorder::default();
     let url = format!("http://{}/mcp", serve_upstream(recorder.clone()).await);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
     std::env::set_var("GATEHOUSE_TEST_UPSTREAM_SECRET", "upstream-secret-123");
-    std::fs::write(
-        &config,
-        format!(
-            "[[upstream]]\nname = \"web\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer ${{GATEHOUSE_TEST_UPSTREAM_SECRET}}\", X-Tenant = \"t1\" }}\n"
-        ),
+    let (app, token, _dir) = web_upstream(
+        &url,
+        "headers = { Authorization = \"Bearer ${GATEHOUSE_TEST_UPSTREAM_SECRET}\", X-Tenant = \"t1\" }\n",
     )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    .await;
     let session = app.session_at("/mcp/web", &token, V2025).await;
     let web = McpPost {
         path: "/mcp/web",
@@ -707,6 +698,22 @@ impl ServerHandler for Holds {
     }
 }
 
+/// Gatehouse whose one upstream, `web`, is the HTTP server at `url`, with `extra`
+/// lines in its config section; and a `web:read` token for it. The directory holds
+/// the config.
+async fn web_upstream(url: &str, extra: &str) -> (TestApp, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    let section = format!("[[upstream]]\nname = \"web\"\nurl = \"{url}\"\n{extra}");
+    std::fs::write(&config, section).expect("write");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    (app, token, dir)
+}
+
 /// Gatehouse with one HTTP upstream, `web`, at `addr`; a `web:read` token and a
 /// session in which the tools were listed, as clients do (so calls take the
 /// direct path).
@@ -719,18 +726,7 @@ struct Web {
 
 impl Web {
     async fn open(addr: std::net::SocketAddr) -> Web {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("gatehouse.toml");
-        std::fs::write(
-            &config,
-            format!("[[upstream]]\nname = \"web\"\nurl = \"http://{addr}/mcp\"\n"),
-        )
-        .expect("write");
-        let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-        let (_, tokens) = app
-            .tokens_at("https://gate.example.com/mcp/web", "web:read")
-            .await;
-        let token = tokens["access_token"].as_str().expect("at").to_owned();
+        let (app, token, dir) = web_upstream(&format!("http://{addr}/mcp"), "").await;
         let session = app.session_at("/mcp/web", &token, V2025).await;
         let web = Web {
             app,
@@ -950,18 +946,7 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
     use tower::ServiceExt;
     let upstream = TalksBack::default();
     let url = format!("http://{}/mcp", serve_upstream(upstream.clone()).await);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!("[[upstream]]\nname = \"web\"\nurl = \"{url}\"\ntimeout = \"30s\"\n"),
-    )
-    .expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let (app, token, _dir) = web_upstream(&url, "timeout = \"30s\"\n").await;
     let post = |session: Option<&str>, body: Value| {
         McpPost {
             path: "/mcp/web",
