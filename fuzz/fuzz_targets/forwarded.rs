@@ -1,12 +1,12 @@
 //! `Forwarded` / `X-Forwarded-For` chains behind any peer and any trusted ranges: the
-//! client is always the peer or an address from the headers, and an untrusted peer
-//! is always its own client.
+//! client is always the peer or an address from the headers, an untrusted peer is
+//! always its own client, and two headers that disagree name nobody but the peer.
 #![no_main]
 
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use gatehouse::http::address::{client_address, forwarded_chain};
+use gatehouse::http::address::{client_address, forwarded_chains};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -42,11 +42,16 @@ fuzz_target!(|input: Input| {
             headers.append(HeaderName::from_static(name), value);
         }
     }
-    let chain = forwarded_chain(&headers);
-    assert!(chain.len() <= entries);
-    // Independently of how the chain is read: with X-Forwarded-For alone, a last entry
-    // that is an address (what our proxy appended) always ends the chain.
-    if !headers.contains_key("forwarded") {
+    let chains = forwarded_chains(&headers);
+    let lengths = [&chains.forwarded, &chains.x_forwarded_for]
+        .into_iter()
+        .flatten()
+        .map(Vec::len)
+        .sum::<usize>();
+    assert!(lengths <= entries);
+    // Independently of how the chain is read: a last X-Forwarded-For entry that is an
+    // address (what our proxy appended) always ends that chain.
+    {
         let last = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -55,7 +60,10 @@ fuzz_target!(|input: Input| {
             .and_then(|entry| std::str::from_utf8(entry).ok())
             .and_then(|entry| entry.trim().parse::<IpAddr>().ok());
         if let Some(last) = last {
-            assert_eq!(chain.last(), Some(&last));
+            assert_eq!(
+                chains.x_forwarded_for.as_ref().and_then(|c| c.last()),
+                Some(&last)
+            );
         }
     }
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -63,14 +71,22 @@ fuzz_target!(|input: Input| {
     let client = client_address(input.peer, &headers, &trusted);
     if !is_trusted(&input.peer) {
         assert_eq!(client, input.peer);
-    } else if chain.is_empty() {
-        assert_eq!(client, input.peer);
-    } else {
-        assert!(chain.contains(&client));
-        // The right-most untrusted hop, or the first hop when every hop is ours.
-        match chain.iter().rev().find(|ip| !is_trusted(ip)) {
-            Some(hop) => assert_eq!(client, *hop),
-            None => assert_eq!(client, chain[0]),
-        }
+        return;
+    }
+    // Each header's client: the right-most untrusted hop, or the first hop when every
+    // hop is ours, or the peer for an empty chain.
+    let named = |chain: &Vec<IpAddr>| match chain.iter().rev().find(|ip| !is_trusted(ip)) {
+        Some(hop) => *hop,
+        None => chain.first().copied().unwrap_or(input.peer),
+    };
+    let mut said: Vec<IpAddr> = [&chains.forwarded, &chains.x_forwarded_for]
+        .into_iter()
+        .flatten()
+        .map(named)
+        .collect();
+    said.dedup();
+    match said.as_slice() {
+        [one] => assert_eq!(client, *one),
+        _ => assert_eq!(client, input.peer),
     }
 });

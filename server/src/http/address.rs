@@ -2,7 +2,9 @@
 //! peer, or, when the peer is a trusted reverse proxy (`--trusted-proxy`), the address
 //! its `Forwarded` (RFC 7239) or `X-Forwarded-For` header names. The chain is read
 //! from the right, skipping trusted proxies, so a client cannot choose its address by
-//! sending the header itself.
+//! sending the header itself. A proxy writes one of the two headers, and a client can
+//! send the other: when both name a client and disagree, the proxy itself is taken
+//! as the client.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -38,26 +40,55 @@ impl FromRequestParts<AppState> for ClientAddress {
 
 /// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the
 /// right-most address of the forwarding chain that is not a trusted proxy.
+///
+/// Which header the proxy writes is not configured, and a client may send either:
+/// when a proxy that writes `X-Forwarded-For` passes on a `Forwarded` the client
+/// made up (or the other way round), believing one header over the other would let
+/// the client pick a fresh address, and so fresh rate limits, at every request. So
+/// when both headers are sent and name different clients, the client is the proxy
+/// itself: a client that forges the other header only shares the proxy's limits.
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let chain = forwarded_chain(headers);
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer)
+    let client = |chain: &[IpAddr]| {
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .or(chain.first())
+            .copied()
+            .unwrap_or(peer)
+    };
+    let chains = forwarded_chains(headers);
+    match (chains.forwarded, chains.x_forwarded_for) {
+        (Some(forwarded), Some(xff)) => {
+            let (a, b) = (client(&forwarded), client(&xff));
+            if a == b {
+                a
+            } else {
+                peer
+            }
+        }
+        (Some(chain), None) | (None, Some(chain)) => client(&chain),
+        (None, None) => peer,
+    }
 }
 
-/// The addresses of the forwarding chain, client first: from `Forwarded` when present
-/// (its `for=` parameters), else from `X-Forwarded-For`. Entries that are not
-/// addresses (`unknown`, obfuscated names) end the chain there, so nothing left of
-/// them is believed.
-pub fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+/// The chains each forwarding header names, client first; `None` for a header not
+/// sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chains {
+    /// `Forwarded` (RFC 7239): its `for=` parameters.
+    pub forwarded: Option<Vec<IpAddr>>,
+    pub x_forwarded_for: Option<Vec<IpAddr>>,
+}
+
+/// The addresses of the forwarding chains, client first. In each, entries that are
+/// not addresses (`unknown`, obfuscated names) end the chain there, so nothing left
+/// of them is believed.
+pub fn forwarded_chains(headers: &HeaderMap) -> Chains {
     // Values are split as bytes: an entry that is not visible ASCII (which HTTP allows
     // as obs-text) is unparsable and ends the chain like `unknown`. Dropping its whole
     // value instead would drop the hops a proxy appended after it, and let a client
@@ -70,30 +101,33 @@ pub fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
             .map(|entry| String::from_utf8_lossy(entry).trim().to_owned())
             .collect()
     };
-    let forwarded = values("forwarded");
-    let entries: Vec<Option<IpAddr>> = if !forwarded.is_empty() {
-        forwarded
-            .iter()
-            .map(|element| {
-                element
-                    .split(';')
-                    .filter_map(|pair| pair.trim().split_once('='))
-                    .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
-                    .and_then(|(_, value)| parse_node(value.trim().trim_matches('"')))
-            })
-            .collect()
-    } else {
-        values("x-forwarded-for")
-            .iter()
-            .map(|entry| parse_node(entry))
-            .collect()
-    };
     // Keep only the trustworthy tail: everything right of the last unparsable entry.
-    let start = entries
-        .iter()
-        .rposition(Option::is_none)
-        .map_or(0, |i| i + 1);
-    entries[start..].iter().flatten().copied().collect()
+    let tail = |entries: Vec<Option<IpAddr>>| -> Vec<IpAddr> {
+        let start = entries
+            .iter()
+            .rposition(Option::is_none)
+            .map_or(0, |i| i + 1);
+        entries[start..].iter().flatten().copied().collect()
+    };
+    let sent = |name: &str| headers.contains_key(name).then(|| values(name));
+    Chains {
+        forwarded: sent("forwarded").map(|elements| {
+            tail(
+                elements
+                    .iter()
+                    .map(|element| {
+                        element
+                            .split(';')
+                            .filter_map(|pair| pair.trim().split_once('='))
+                            .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+                            .and_then(|(_, value)| parse_node(value.trim().trim_matches('"')))
+                    })
+                    .collect(),
+            )
+        }),
+        x_forwarded_for: sent("x-forwarded-for")
+            .map(|entries| tail(entries.iter().map(|entry| parse_node(entry)).collect())),
+    }
 }
 
 /// An address as a node: `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`,
@@ -154,14 +188,17 @@ mod tests {
             client_address(ip("10.0.0.2"), &h, &trusted),
             ip("198.51.100.7")
         );
-        // Forwarded wins over X-Forwarded-For, with ports and IPv6.
-        let h = headers(&[
-            (
-                "forwarded",
-                "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3",
-            ),
-            ("x-forwarded-for", "6.6.6.6"),
-        ]);
+        // Forwarded, with ports and IPv6.
+        let forwarded = (
+            "forwarded",
+            "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3",
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &headers(&[forwarded]), &trusted),
+            ip("2001:db8:cafe::17")
+        );
+        // Both headers, naming the same client.
+        let h = headers(&[forwarded, ("x-forwarded-for", "2001:db8:cafe::17")]);
         assert_eq!(
             client_address(ip("10.0.0.2"), &h, &trusted),
             ip("2001:db8:cafe::17")
@@ -173,12 +210,44 @@ mod tests {
         );
     }
 
+    /// The proxy writes one header; the client sent the other, naming whom it
+    /// likes. Neither is believed over the other: the client is the proxy, whatever
+    /// address the client picks.
+    #[test]
+    fn a_client_cannot_pick_its_address_with_the_header_the_proxy_does_not_write() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let proxy = ip("10.0.0.2");
+        for forged in ["for=6.6.6.6", "for=7.7.7.7;proto=https", "for=unknown"] {
+            let h = headers(&[("forwarded", forged), ("x-forwarded-for", "198.51.100.7")]);
+            assert_eq!(client_address(proxy, &h, &trusted), proxy, "{forged}");
+        }
+        for forged in ["6.6.6.6", "1.1.1.1, 7.7.7.7", "unknown"] {
+            let h = headers(&[
+                ("x-forwarded-for", forged),
+                ("forwarded", "for=198.51.100.7"),
+            ]);
+            assert_eq!(client_address(proxy, &h, &trusted), proxy, "{forged}");
+        }
+    }
+
     #[test]
     fn nothing_left_of_an_unparsable_entry_is_believed() {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, unknown, 198.51.100.7")]);
-        assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
+        assert_eq!(
+            forwarded_chains(&h),
+            Chains {
+                forwarded: None,
+                x_forwarded_for: Some(vec![ip("198.51.100.7")]),
+            }
+        );
         let h = headers(&[("forwarded", "for=1.1.1.1, for=_hidden, for=192.0.2.1:80")]);
-        assert_eq!(forwarded_chain(&h), vec![ip("192.0.2.1")]);
+        assert_eq!(
+            forwarded_chains(&h),
+            Chains {
+                forwarded: Some(vec![ip("192.0.2.1")]),
+                x_forwarded_for: None,
+            }
+        );
     }
 
     /// Found by the property test: a value with a byte outside visible ASCII was
@@ -196,7 +265,10 @@ mod tests {
             h
         };
         let h = obs_text("x-forwarded-for", "1.1.1.1, \u{1B164}, 198.51.100.7");
-        assert_eq!(forwarded_chain(&h), vec![ip("198.51.100.7")]);
+        assert_eq!(
+            forwarded_chains(&h).x_forwarded_for,
+            Some(vec![ip("198.51.100.7")])
+        );
         assert_eq!(
             client_address(ip("10.0.0.2"), &h, &trusted),
             ip("198.51.100.7")
@@ -298,16 +370,25 @@ mod properties {
             headers in headers(),
         ) {
             let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-            let chain = forwarded_chain(&headers);
+            let chains = forwarded_chains(&headers);
             let client = client_address(peer, &headers, &trusted);
             if !is_trusted(&peer) {
                 prop_assert_eq!(client, peer, "an untrusted peer is its own client");
                 return Ok(());
             }
-            prop_assert!(client == peer || chain.contains(&client));
-            match chain.iter().rev().find(|ip| !is_trusted(ip)) {
-                Some(hop) => prop_assert_eq!(client, *hop),
-                None => prop_assert_eq!(client, chain.first().copied().unwrap_or(peer)),
+            let named = |chain: &Vec<IpAddr>| match chain.iter().rev().find(|ip| !is_trusted(ip)) {
+                Some(hop) => *hop,
+                None => chain.first().copied().unwrap_or(peer),
+            };
+            let mut said: Vec<IpAddr> = [&chains.forwarded, &chains.x_forwarded_for]
+                .into_iter()
+                .flatten()
+                .map(named)
+                .collect();
+            said.dedup();
+            match said.as_slice() {
+                [one] => prop_assert_eq!(client, *one),
+                _ => prop_assert_eq!(client, peer, "no header, or two that disagree"),
             }
         }
 
@@ -327,6 +408,33 @@ mod properties {
             if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
                 headers.insert("x-forwarded-for", value);
                 prop_assert_eq!(client_address(peer, &headers, &trusted), real);
+            }
+        }
+
+        /// Whatever a client writes into the header the proxy does not write, it is
+        /// its real address or the proxy's, never one it picked.
+        #[test]
+        fn a_client_cannot_choose_its_address_with_the_other_header(
+            forged in prop::collection::vec(node(), 1..4),
+            real in address(),
+            peer in (0u8..4).prop_map(|b| IpAddr::from([10, 0, 0, b])),
+            proxy_writes_forwarded in any::<bool>(),
+        ) {
+            let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+            prop_assume!(!trusted[0].contains(&real));
+            let (written, forged_name, forged_value) = if proxy_writes_forwarded {
+                (format!("for=\"{real}\""), "x-forwarded-for", forged.join(", "))
+            } else {
+                let elements: Vec<String> = forged.iter().map(|n| format!("for={n}")).collect();
+                (real.to_string(), "forwarded", elements.join(", "))
+            };
+            let mut headers = HeaderMap::new();
+            let written_name = if proxy_writes_forwarded { "forwarded" } else { "x-forwarded-for" };
+            headers.insert(written_name, HeaderValue::from_str(&written).expect("address"));
+            if let Ok(value) = HeaderValue::from_str(&forged_value) {
+                headers.insert(forged_name, value);
+                let client = client_address(peer, &headers, &trusted);
+                prop_assert!(client == real || client == peer, "{client} from {headers:?}");
             }
         }
     }
