@@ -358,6 +358,42 @@ async fn progress_keeps_a_long_call_alive() {
     assert_eq!(text(&answer), "slow done");
 }
 
+/// A server that sends requests to the client without end holds at most
+/// `MAX_ASKS_WAITING` (64) of them waiting for it; the rest are refused at once,
+/// each with an error the server can read, so it cannot pile up tasks for five
+/// minutes each. Without the bound, nothing is refused and the call times out.
+#[tokio::test]
+async fn a_server_flooding_the_client_with_requests_is_refused_past_a_bound() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &token, V2025).await;
+    let request = call(2, "flood", json!({"count": 80, "refusals": 16}));
+    let answer = post(&app, &token, &session, request).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        text(&answer),
+        format!("refused {}", ["too_many_requests"; 16].join(" ")),
+        "{}",
+        answer.body
+    );
+    let relayed = answer
+        .body
+        .lines()
+        .filter(|l| l.starts_with("data:") && l.contains("sampling/createMessage"))
+        .count();
+    assert_eq!(relayed, 64, "those within the bound reach the client");
+    // The session goes on.
+    let echo = post(
+        &app,
+        &token,
+        &session,
+        call(3, "echo", json!({"message": "on"})),
+    )
+    .await;
+    assert_eq!(text(&echo), "echo: on");
+}
+
 #[tokio::test]
 async fn failures_are_clear_errors_that_name_the_upstream() {
     let app = gateway_app();

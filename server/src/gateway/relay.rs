@@ -43,6 +43,13 @@ use crate::{mcp::Access, oauth::records::AccessToken};
 /// for its answer: a person may be reading an elicitation form.
 const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How many of an upstream connection's requests may wait for the client at once:
+/// one for each of a session's requests in flight. rmcp handles every request on a
+/// task of its own, so without a bound a server that sends requests without end
+/// (a bug, or a package gone bad) would hold a task each for up to
+/// [`DOWNSTREAM_TIMEOUT`]. The direct path has its own bound per call.
+pub const MAX_ASKS_WAITING: usize = 64;
+
 /// One upstream connection's mapping between the legs.
 #[derive(Default)]
 pub struct Routes {
@@ -67,6 +74,9 @@ pub struct UpClient {
     pub routes: Arc<Mutex<Routes>>,
     /// The upstream's tool policy, told when its tools change.
     pub policy: Arc<super::policy::ToolPolicy>,
+    /// Places for the upstream's requests waiting for the client
+    /// ([`MAX_ASKS_WAITING`]).
+    pub asks: Arc<tokio::sync::Semaphore>,
 }
 
 fn relay_failed(upstream: &str, what: &str, e: impl std::fmt::Display) -> ErrorData {
@@ -85,6 +95,16 @@ impl rmcp::Service<RoleClient> for UpClient {
         if let ServerRequest::PingRequest(_) = request {
             return Ok(ClientResult::empty(()));
         }
+        // Held until the client answers or the wait ends.
+        let Ok(_place) = self.asks.clone().try_acquire_owned() else {
+            return Err(ErrorData::internal_error(
+                format!(
+                    "{MAX_ASKS_WAITING} requests of upstream {} already wait for the client",
+                    self.upstream
+                ),
+                Some(json!({ "upstream": self.upstream, "reason": "too_many_requests" })),
+            ));
+        };
         // Which call does this request belong to? An HTTP upstream says so
         // (SEP-2260); for stdio, the one call in flight, if there is exactly one and
         // the connection is a session's. A pooled connection serves many clients:

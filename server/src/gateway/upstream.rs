@@ -695,6 +695,7 @@ impl Shared {
             session_peer: client,
             routes: routes.clone(),
             policy: self.policy.clone(),
+            asks: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_ASKS_WAITING)),
         };
         let leg = self
             .http

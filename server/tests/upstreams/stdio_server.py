@@ -18,6 +18,7 @@ TOOLS = [
     {"name": "garbage", "annotations": {"readOnlyHint": True}},
     {"name": "hang", "annotations": {"readOnlyHint": True}},
     {"name": "env", "annotations": {"readOnlyHint": True}},
+    {"name": "flood", "annotations": {"readOnlyHint": True}},
 ]
 for tool in TOOLS:
     tool["description"] = "test tool " + tool["name"]
@@ -76,6 +77,26 @@ def call(request):
                 content = result.get("content") or {}
                 return text("sampled: " + str(content.get("text", message.get("error"))))
             handle(message)
+    if name == "flood":
+        # `count` sampling requests at once, none waited for; then the answers until
+        # `refusals` of them are errors: those the gateway refused at once.
+        asked = set()
+        for _ in range(int(args.get("count", 0))):
+            next_id[0] += 1
+            asked.add(next_id[0])
+            send({"jsonrpc": "2.0", "id": next_id[0], "method": "sampling/createMessage",
+                  "params": {"messages": [{"role": "user",
+                                           "content": {"type": "text", "text": "hi"}}],
+                             "maxTokens": 10}})
+        reasons = []
+        while len(reasons) < int(args.get("refusals", 0)):
+            message = read()
+            if message.get("id") in asked and "method" not in message:
+                error = message.get("error") or {}
+                reasons.append(str((error.get("data") or {}).get("reason")))
+            else:
+                handle(message)
+        return text("refused " + " ".join(reasons))
     if name == "crash":
         sys.stderr.write("stdio test server: crashing on purpose\n")
         sys.stderr.flush()
