@@ -1,8 +1,9 @@
 //! Upstream servers as configured: in the `--config` file (`[[upstream]]` tables) or
 //! with `--upstream NAME=URL` / `--upstream 'NAME=stdio:COMMAND ARGS…'`. Everything is
-//! checked at start-up, one message per mistake; `${VAR}` in header and environment
-//! values is replaced from Gatehouse's own environment, so secrets stay out of the
-//! file.
+//! checked at start-up, one message per mistake; `${VAR}` in the url and in header
+//! and environment values is replaced from Gatehouse's own environment, so secrets
+//! stay out of the file. `command` and `args` are passed as written (a shell the
+//! command starts may expand them itself).
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
@@ -95,7 +96,7 @@ impl fmt::Debug for Transport {
         match self {
             Transport::Http { url, headers } => f
                 .debug_struct("Http")
-                .field("url", &url.as_str())
+                .field("url", &shown(url))
                 .field(
                     "headers",
                     &headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
@@ -114,6 +115,19 @@ impl fmt::Debug for Transport {
                 .finish(),
         }
     }
+}
+
+/// An upstream's URL without its query, which may hold a key (see [`interpolate`]).
+fn shown(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut shown = String::from(shown);
+    if query {
+        shown.push_str("?…");
+    }
+    shown
 }
 
 /// What a tool rule grants or forbids.
@@ -279,9 +293,16 @@ impl RawUpstream {
                 if !self.args.is_empty() || !self.env.is_empty() || self.cwd.is_some() {
                     fail("args, env and cwd are for command upstreams, not url ones".into());
                 }
-                let parsed = url::Url::parse(url)
-                    // Not repeated: it may hold credentials.
-                    .map_err(|e| format!("the url is not a URL: {e}"))
+                // A key some servers take only in the query comes from the
+                // environment like a header's; messages below name the url as
+                // written, never as filled in.
+                let parsed = interpolate(url, lookup)
+                    .map_err(|e| format!("url: {e}"))
+                    .and_then(|filled| {
+                        url::Url::parse(&filled)
+                            // Not repeated: it may hold credentials.
+                            .map_err(|e| format!("the url is not a URL: {e}"))
+                    })
                     .and_then(|u| match u.scheme() {
                         _ if !u.username().is_empty() || u.password().is_some() => Err(
                             // It would show wherever the URL does (logs, /healthz), and
@@ -589,6 +610,39 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(errors[0].contains("headers"), "{errors:#?}");
         assert!(!errors[0].contains("hunter2"), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_key_in_the_url_comes_from_the_environment_and_is_never_printed() {
+        let upstream = |url: &str| {
+            let file: FileConfig =
+                toml::from_str(&format!("[[upstream]]\nname = \"a\"\nurl = \"{url}\"\n"))
+                    .expect("toml");
+            file.upstreams
+                .into_iter()
+                .next()
+                .expect("one")
+                .validate(&env)
+        };
+        let ok = upstream("https://example.com/mcp?key=${TOKEN}").expect("valid");
+        match &ok.transport {
+            Transport::Http { url, .. } => {
+                assert_eq!(url.as_str(), "https://example.com/mcp?key=s3cret");
+            }
+            other => panic!("{other:?}"),
+        }
+        let printed = format!("{ok:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("https://example.com/mcp?…"), "{printed}");
+        let errors = upstream("https://example.com/mcp?key=${MISSING}").expect_err("unset");
+        assert!(
+            errors[0].contains("url: ${MISSING} is not set"),
+            "{errors:#?}"
+        );
+        // A filled-in URL that is wrong is named as written, not as filled in.
+        let errors = upstream("ftp://example.com/?key=${TOKEN}").expect_err("scheme");
+        assert!(errors[0].contains("${TOKEN}"), "{errors:#?}");
+        assert!(!errors[0].contains("s3cret"), "{errors:#?}");
     }
 
     #[test]
