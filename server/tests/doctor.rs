@@ -505,6 +505,21 @@ async fn a_pinned_document_lets_its_client_sign_in_without_any_fetch() {
         .await;
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
     assert!(consent.body.contains("Pinned app"), "{}", consent.body);
+    // The operator pinned it, so vouches for its redirect URIs: an error goes back
+    // at once (a fetched document's is shown instead).
+    let refused = app
+        .authorize(
+            UNREACHABLE_DOCUMENT,
+            &[("redirect_uri", redirect_uri), ("response_type", "token")],
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.body);
+    assert!(refused.location().starts_with(redirect_uri));
+    assert_eq!(
+        refused.param("error").as_deref(),
+        Some("unsupported_response_type")
+    );
     let approved = app
         .get(&TestApp::link(&consent, "approve"), Some(&cookie))
         .await;

@@ -1655,6 +1655,30 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
     );
 }
 
+/// Anyone can publish a metadata document naming any redirect URI, so a fetched
+/// document's client gets its errors shown, like a self-registered one: a link to
+/// this server must not send a person on to anywhere at once (RFC 9700 §4.11.2).
+#[tokio::test]
+async fn later_errors_of_a_fetched_document_client_are_shown_not_redirected() {
+    let docs = document_server().await;
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let client_id = format!("{}/client.json", docs.base);
+    for (extra, error) in LATER_ERRORS {
+        let answer = app.authorize(&client_id, extra, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{extra:?}: {}",
+            answer.body
+        );
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert!(answer
+            .body
+            .contains("data-testid=\"redirect-host\">client.example<"));
+        assert!(answer.body.contains(error), "{extra:?}: {}", answer.body);
+    }
+}
+
 #[tokio::test]
 async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
     let docs = document_server().await;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{
-    client::ClientKind,
     pkce::CodeChallenge,
     records::{
         decision_key, grant_key, ticket_key, token_key, CodeRecord, Grant, PendingAuthorization,
@@ -115,7 +114,7 @@ impl AuthServer {
             code,
             description,
             state: params.state.clone(),
-            verified: client.kind != ClientKind::Registered,
+            trusted: self.vouched_for(&client),
         };
         match params.response_type.as_deref() {
             Some("code") => {}

@@ -133,6 +133,17 @@ impl AuthServer {
         }
     }
 
+    /// Whether the operator configured `client` (the static client, a pinned
+    /// document), and so vouches for its redirect URIs.
+    pub fn vouched_for(&self, client: &Client) -> bool {
+        match client.kind {
+            ClientKind::Static => true,
+            ClientKind::MetadataDocument => url::Url::parse(client.client_id.as_str())
+                .is_ok_and(|url| self.settings.pinned_documents.get(&url).is_some()),
+            ClientKind::Registered => false,
+        }
+    }
+
     /// A metadata-document client: pinned in the configuration (never fetched), else
     /// from the cache while the document's HTTP caching headers allow, else fetched
     /// and validated.

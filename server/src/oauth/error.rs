@@ -98,10 +98,12 @@ pub enum AuthorizeError {
         code: ErrorCode,
         description: String,
         state: Option<String>,
-        /// Whether the client's identity is verified (a metadata document or the
-        /// static client). A self-registered client's URI may be anyone's, so its
-        /// errors are shown with a link instead of redirected (RFC 9700 §4.11.2).
-        verified: bool,
+        /// Whether the operator vouches for the client's redirect URIs (the static
+        /// client, a pinned document). Anyone can register a client, or publish a
+        /// metadata document, naming any URI: such a client's errors are shown with a
+        /// link instead of redirected, so that a link to this server cannot send
+        /// a person on to anywhere at once (RFC 9700 §4.11.2).
+        trusted: bool,
     },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -52,7 +52,7 @@ pub async fn authorize(
             code,
             description,
             state: client_state,
-            verified,
+            trusted,
         }) => {
             let target = state.auth.error_redirect(
                 &redirect_uri,
@@ -60,7 +60,7 @@ pub async fn authorize(
                 &description,
                 client_state.as_deref(),
             );
-            if verified {
+            if trusted {
                 return see_other(&target);
             }
             // Nobody has approved anything yet, and a self-registered client's URI
