@@ -104,10 +104,10 @@ pub fn consent_document(view: ConsentView) -> String {
                         </p>
                     })}
                     <div class="actions">
-                        <a class="button" data-testid="approve" href=approve_href>"Approve"</a>
+                        <a class="button arm" data-testid="approve" href=approve_href>"Approve"</a>
                         {read_only.map(|choice| view! {
                             <a
-                                class="button secondary"
+                                class="button secondary arm"
                                 data-testid="approve-read-only"
                                 title=format!("Grants only {}", choice.scopes.join(" "))
                                 href=choice.href

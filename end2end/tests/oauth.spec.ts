@@ -193,6 +193,33 @@ test('an approve link opened in another browser session approves nothing', async
   expect(new URL(page.url()).searchParams.get('code')).toBeTruthy();
 });
 
+// Double-clickjacking: a page that sends the person here between the two clicks of a
+// double-click must not get the second click on Approve. The links take no click for
+// their first 0.8 s; the test holds that time still instead of racing it.
+test('approve takes no click in its first moments on the page', async ({ page, gatehouse, callback }) => {
+  await setOwnerPassword(gatehouse);
+  await reachConsent(page, gatehouse, callback);
+  const consentUrl = page.url();
+  const approve = page.getByTestId('approve');
+  const box = (await approve.boundingBox())!;
+  const at = (ms: number) =>
+    approve.evaluate((link, ms) => {
+      for (const animation of link.getAnimations()) {
+        animation.pause();
+        animation.currentTime = ms;
+      }
+      return getComputedStyle(link).pointerEvents;
+    }, ms);
+  expect(await at(100)).toBe('none');
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+  await page.waitForTimeout(300);
+  expect(page.url()).toBe(consentUrl);
+  expect(await at(800)).toBe('auto');
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+  await expect(page.getByText('Callback received')).toBeVisible();
+  expect(new URL(page.url()).searchParams.get('code')).toBeTruthy();
+});
+
 test('script in a client name or scope is shown as text', async ({ page, gatehouse, callback }) => {
   await setOwnerPassword(gatehouse);
   let dialogs = 0;
