@@ -1043,6 +1043,9 @@ async fn start_gatehouse(
             .args([
                 "--registrations-per-minute",
                 &REGISTRATIONS_PER_MINUTE.to_string(),
+                // The limit in all must not be what the registration load meets.
+                "--registrations-per-hour",
+                &(REGISTRATIONS_PER_MINUTE * 60).to_string(),
                 "--sessions-per-minute",
                 &SESSIONS_PER_MINUTE.to_string(),
             ])

@@ -269,6 +269,17 @@ pub struct ServeArgs {
     )]
     pub registrations_per_minute: u32,
 
+    /// Dynamic registrations allowed per hour from all addresses together, per
+    /// instance (more get 429): what unused registrations may take in the store,
+    /// however many addresses a flood comes from.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REGISTRATIONS_PER_HOUR",
+        default_value_t = 200,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub registrations_per_hour: u32,
+
     /// New MCP sessions allowed per client per minute, on all MCP URLs together (more
     /// get 429): each keeps its `initialize` in the store for a day.
     #[arg(
@@ -450,6 +461,7 @@ pub struct Limits {
     pub request_body_timeout: Duration,
     pub max_connections: usize,
     pub registrations_per_minute: u32,
+    pub registrations_per_hour: u32,
     pub sessions_per_minute: u32,
     pub max_registration_bytes: usize,
     /// How often an open MCP stream checks that its token is still valid.
@@ -738,6 +750,7 @@ impl ServeArgs {
                     request_body_timeout: self.request_body_timeout,
                     max_connections: self.max_connections as usize,
                     registrations_per_minute: self.registrations_per_minute,
+                    registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,
                     max_registration_bytes: self.max_registration_bytes as usize,
                     stream_recheck: self.stream_recheck,

@@ -61,6 +61,42 @@ async fn a_registration_flood_from_one_address_is_answered_429() {
     assert_eq!(other.status, StatusCode::CREATED);
 }
 
+/// A flood from many addresses, each within its own limit, still meets the limit of
+/// all registrations together: what unused registrations keep in the store is
+/// bounded however many addresses an attacker holds.
+#[tokio::test]
+async fn registrations_from_many_addresses_meet_a_limit_in_all() {
+    let app = TestApp::new(&[
+        "--registrations-per-minute",
+        "2",
+        "--registrations-per-hour",
+        "10",
+    ]);
+    for i in 0..10u8 {
+        let answer = app.send(from([198, 51, 100, i], registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    for i in 10..13u8 {
+        let refused = app.send(from([198, 51, 100, i], registration())).await;
+        assert_oauth_error(
+            &refused,
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+        );
+        assert!(refused.body.contains("in all"), "{}", refused.body);
+        let retry: u64 = refused.headers[header::RETRY_AFTER]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    // An address over its own limit is told so.
+    let own = app.send(from([198, 51, 100, 0], registration())).await;
+    let own = app.send(from([198, 51, 100, 0], registration())).await.body + &own.body;
+    assert!(own.contains("from this address"), "{own}");
+}
+
 #[tokio::test]
 async fn registrations_are_small_and_short_lived_until_used() {
     let app = TestApp::new(&[]);

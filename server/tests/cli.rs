@@ -8,7 +8,7 @@ use std::{
 
 use gatehouse::{
     config::StoreSpec,
-    oauth::owner::Owner,
+    oauth::owner::{Owner, PasswordCheck},
     open_store,
     store::{
         embedded::EmbeddedStore,
@@ -83,14 +83,20 @@ async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
         .await
         .expect("store");
     let owner = Owner::new(store, None);
-    assert!(owner
-        .verify_password("a perfectly long password")
-        .await
-        .expect("store"));
-    assert!(!owner
-        .verify_password("another password")
-        .await
-        .expect("store"));
+    assert_eq!(
+        owner
+            .verify_password("a perfectly long password")
+            .await
+            .expect("store"),
+        PasswordCheck::Right
+    );
+    assert_eq!(
+        owner
+            .verify_password("another password")
+            .await
+            .expect("store"),
+        PasswordCheck::Wrong
+    );
 }
 
 #[test]

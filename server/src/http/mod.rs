@@ -87,6 +87,8 @@ pub struct Shared {
     pub limiter: Arc<SignInLimiter>,
     /// Dynamic registrations per client address per minute.
     pub registrations: WindowLimiter,
+    /// All registrations together, whatever their address.
+    pub all_registrations: WindowLimiter<()>,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
     pub articles: Articles,
@@ -182,6 +184,10 @@ impl AppState {
             registrations: WindowLimiter::new(
                 config.limits.registrations_per_minute,
                 Duration::from_secs(60),
+            ),
+            all_registrations: WindowLimiter::new(
+                config.limits.registrations_per_hour,
+                Duration::from_secs(3600),
             ),
             new_sessions: WindowLimiter::new(
                 config.limits.sessions_per_minute,

@@ -21,6 +21,21 @@ use crate::{
 /// of milliseconds, on the blocking pool that embedded-store writes share.
 pub const ARGON2_CONCURRENCY: usize = 2;
 
+/// Sign-ins that may wait for one of those runs; more are told to come back. The
+/// per-address slow-down bounds what one address asks, not what many do (an IPv6
+/// range holds many): without a bound the queue, and the wait of the owner's own
+/// sign-in behind it, would grow without end.
+pub const ARGON2_WAITING: usize = 16;
+
+/// What checking a password found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Right,
+    Wrong,
+    /// Not checked: [`ARGON2_WAITING`] sign-ins already wait.
+    Busy,
+}
+
 pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const SIGN_IN_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const SETUP_TTL: Duration = Duration::from_secs(3600);
@@ -126,6 +141,8 @@ pub struct Owner {
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
     argon2: Semaphore,
+    /// Sign-ins waiting for `argon2`.
+    argon2_waiting: std::sync::atomic::AtomicUsize,
     /// The memory of the Argon2 runs, allocated once and reused: at most
     /// [`ARGON2_CONCURRENCY`] buffers, one per run at a time.
     argon2_memory: Mutex<Vec<Blocks>>,
@@ -141,6 +158,7 @@ impl Owner {
             store,
             configured_hash,
             argon2: Semaphore::new(ARGON2_CONCURRENCY),
+            argon2_waiting: std::sync::atomic::AtomicUsize::new(0),
             argon2_memory: Mutex::new(Vec::new()),
         }
     }
@@ -157,17 +175,35 @@ impl Owner {
         Ok(self.password_hash().await?.is_some())
     }
 
-    /// Checks a password, at most [`ARGON2_CONCURRENCY`] at a time.
-    pub async fn verify_password(&self, password: &str) -> StoreResult<bool> {
+    /// Checks a password, at most [`ARGON2_CONCURRENCY`] at a time, with at most
+    /// [`ARGON2_WAITING`] more waiting.
+    pub async fn verify_password(&self, password: &str) -> StoreResult<PasswordCheck> {
+        use std::sync::atomic::Ordering;
         let (hash, exists) = match self.password_hash().await? {
             Some(hash) => (hash, true),
             None => (decoy_hash().to_owned(), false),
         };
-        let _permit = self
-            .argon2
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
+        let _permit = match self.argon2.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                /// Counted out however the wait ends, also when the request is
+                /// dropped.
+                struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                let waiting = Waiting(&self.argon2_waiting);
+                if waiting.0.fetch_add(1, Ordering::AcqRel) >= ARGON2_WAITING {
+                    return Ok(PasswordCheck::Busy);
+                }
+                self.argon2
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Backend("the password checker is closed".into()))?
+            }
+        };
         let blocks = self
             .argon2_memory
             .lock()
@@ -179,7 +215,11 @@ impl Owner {
         if memory.len() < ARGON2_CONCURRENCY {
             memory.push(blocks);
         }
-        Ok(ok && exists)
+        Ok(if ok && exists {
+            PasswordCheck::Right
+        } else {
+            PasswordCheck::Wrong
+        })
     }
 
     /// Ends every sign-in session (after a password change).
@@ -450,6 +490,68 @@ mod tests {
         assert!(limiter.reserve(a).is_err());
         tokio::time::advance(Duration::from_secs(900)).await;
         assert!(limiter.reserve(a).is_ok());
+    }
+
+    /// Past the runs and the places to wait for them, a sign-in is told to come
+    /// back at once; those waiting are checked as runs free up.
+    #[tokio::test]
+    async fn sign_ins_past_those_that_may_wait_are_busy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let hash = hash_password("correct horse battery").expect("hash");
+        let owner = std::sync::Arc::new(Owner::new(store, Some(hash)));
+        let runs = owner
+            .argon2
+            .acquire_many(ARGON2_CONCURRENCY as u32)
+            .await
+            .expect("permits");
+        let waiting: Vec<_> = (0..ARGON2_WAITING)
+            .map(|i| {
+                let owner = owner.clone();
+                let password = if i == 0 {
+                    "correct horse battery"
+                } else {
+                    "wrong"
+                };
+                tokio::spawn(async move { owner.verify_password(password).await })
+            })
+            .collect();
+        while owner
+            .argon2_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+            < ARGON2_WAITING
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            owner
+                .verify_password("correct horse battery")
+                .await
+                .expect("store"),
+            PasswordCheck::Busy
+        );
+        drop(runs);
+        let mut found = Vec::new();
+        for task in waiting {
+            found.push(task.await.expect("task").expect("store"));
+        }
+        assert_eq!(found[0], PasswordCheck::Right);
+        assert!(found[1..].iter().all(|c| *c == PasswordCheck::Wrong));
+        assert_eq!(
+            owner
+                .argon2_waiting
+                .load(std::sync::atomic::Ordering::Acquire),
+            0
+        );
+        assert_eq!(
+            owner
+                .verify_password("correct horse battery")
+                .await
+                .expect("store"),
+            PasswordCheck::Right
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
         session::{cookie_name, cookie_value, session_cookie},
         AppState,
     },
-    oauth::owner::SetupError,
+    oauth::owner::{PasswordCheck, SetupError},
 };
 
 /// Where to go after signing in: only back into an authorization request, the
@@ -114,13 +114,28 @@ pub async fn login(
     let password = form.password.unwrap_or_default();
     // The same answer whether or not a password exists.
     match state.owner.verify_password(&password).await {
-        Ok(true) => {
+        Ok(PasswordCheck::Right) => {
             attempt.succeeded();
             state
                 .audit
                 .record(Event::new(EventKind::SignInSucceeded).address(address));
         }
-        Ok(false) => {
+        // Nothing was checked, so nothing counts against the address.
+        Ok(PasswordCheck::Busy) => {
+            drop(attempt);
+            tracing::warn!(client = %address, "sign-in refused: too many sign-ins wait to be checked");
+            crate::telemetry::rate_limited("sign_in_busy");
+            let mut response = retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sign-ins are being checked right now. Try again in a few seconds.",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("2"),
+            );
+            return response;
+        }
+        Ok(PasswordCheck::Wrong) => {
             attempt.failed();
             state
                 .audit

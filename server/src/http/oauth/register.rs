@@ -22,15 +22,25 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    // Every registration is a record kept for --unused-client-ttl: bounded per address.
-    if let Err(wait) = state.registrations.hit(address) {
-        tracing::warn!(client = %address, "registration refused: too many from this address");
-        crate::telemetry::rate_limited("registration");
+    // Every registration is a record kept for --unused-client-ttl: bounded per
+    // address, and in all (an IPv6 range holds many addresses). One address's flood
+    // does not use up what all may register.
+    let refused = match state.registrations.hit(address) {
+        Err(wait) => Some(("registration", "from this address", wait)),
+        Ok(()) => state
+            .all_registrations
+            .hit_key(&())
+            .err()
+            .map(|wait| ("registrations", "in all", wait)),
+    };
+    if let Some((limit, whose, wait)) = refused {
+        tracing::warn!(client = %address, "registration refused: too many {whose}");
+        crate::telemetry::rate_limited(limit);
         let mut refused = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TemporarilyUnavailable,
             format!(
-                "too many registrations from this address; try again in {} second(s)",
+                "too many registrations {whose}; try again in {} second(s)",
                 wait.seconds()
             ),
         )
