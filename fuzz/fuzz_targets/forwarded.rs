@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use gatehouse::http::address::{client_address, forwarded_chains};
+use gatehouse::http::address::{client_address, forwarded_chains, ForwardedHeader};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,8 @@ use libfuzzer_sys::fuzz_target;
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
     peer: IpAddr,
+    /// The header the proxy is said to write: 0 either, 1 Forwarded, 2 X-Forwarded-For.
+    read: u8,
     trusted: Vec<(IpAddr, u8)>,
     /// Header values, each sent as `Forwarded` when its flag is set, else as
     /// `X-Forwarded-For`.
@@ -42,7 +44,7 @@ fuzz_target!(|input: Input| {
             headers.append(HeaderName::from_static(name), value);
         }
     }
-    let chains = forwarded_chains(&headers);
+    let mut chains = forwarded_chains(&headers);
     let lengths = [&chains.forwarded, &chains.x_forwarded_for]
         .into_iter()
         .flatten()
@@ -68,10 +70,21 @@ fuzz_target!(|input: Input| {
     }
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
 
-    let client = client_address(input.peer, &headers, &trusted);
+    let read = match input.read % 3 {
+        0 => ForwardedHeader::Any,
+        1 => ForwardedHeader::Forwarded,
+        _ => ForwardedHeader::XForwardedFor,
+    };
+    let client = client_address(input.peer, &headers, &trusted, read);
     if !is_trusted(&input.peer) {
         assert_eq!(client, input.peer);
         return;
+    }
+    // The header not read names nobody.
+    match read {
+        ForwardedHeader::Any => {}
+        ForwardedHeader::Forwarded => chains.x_forwarded_for = None,
+        ForwardedHeader::XForwardedFor => chains.forwarded = None,
     }
     // Each header's client: the right-most untrusted hop, or the first hop when every
     // hop is ours, or the peer for an empty chain.

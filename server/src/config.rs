@@ -52,6 +52,18 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+/// Which forwarding header a trusted proxy writes (`--forwarded-header`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedHeader {
+    /// Either: when both are sent and disagree, the proxy itself is the client.
+    #[default]
+    Any,
+    /// `Forwarded` (RFC 7239) only; `X-Forwarded-For` is ignored.
+    Forwarded,
+    /// `X-Forwarded-For` only; `Forwarded` is ignored.
+    XForwardedFor,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -318,6 +330,18 @@ pub struct ServeArgs {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// The forwarding header the trusted proxies write: `x-forwarded-for` (Caddy,
+    /// nginx, Traefik, HAProxy) or `forwarded`; the other is then ignored, so a
+    /// client cannot send it. `any` reads both, and takes the proxy itself as the
+    /// client when they disagree.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = ForwardedHeader::Any,
+        env = "GATEHOUSE_FORWARDED_HEADER"
+    )]
+    pub forwarded_header: ForwardedHeader,
+
     /// Allow an `http://` public URL on a host that is not loopback. Tokens and the
     /// session cookie then travel in clear: only behind a TLS-terminating proxy on a
     /// private network.
@@ -438,6 +462,8 @@ pub struct Config {
     pub limits: Limits,
     /// Peers whose forwarding headers name the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which of their headers is read.
+    pub forwarded_header: ForwardedHeader,
     /// Whether the built-in article server answers at `/mcp`.
     pub articles: bool,
     /// The upstream MCP servers guarded at `/mcp/NAME`.
@@ -758,6 +784,7 @@ impl ServeArgs {
                     activity_max_events: self.activity_max_events as usize,
                 },
                 trusted_proxies,
+                forwarded_header: self.forwarded_header,
                 articles,
                 upstreams,
                 metrics,

@@ -97,6 +97,41 @@ async fn registrations_from_many_addresses_meet_a_limit_in_all() {
     assert!(own.contains("from this address"), "{own}");
 }
 
+/// Told which header the proxy writes, Gatehouse ignores the other: a `Forwarded`
+/// a client sends beside the proxy's `X-Forwarded-For` neither moves it to another
+/// address nor into the proxy's own limits.
+#[tokio::test]
+async fn the_forwarded_header_named_is_the_only_one_read() {
+    let app = TestApp::new(&[
+        "--registrations-per-minute",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--forwarded-header",
+        "x-forwarded-for",
+    ]);
+    let via_proxy = |forged: Option<&str>| {
+        let mut request = from([127, 0, 0, 1], registration());
+        let headers = request.headers_mut();
+        headers.insert("x-forwarded-for", "198.51.100.9".parse().expect("value"));
+        if let Some(forged) = forged {
+            headers.insert("forwarded", forged.parse().expect("value"));
+        }
+        request
+    };
+    let first = app.send(via_proxy(Some("for=6.6.6.6"))).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    // Counted for 198.51.100.9, whatever the forged header said.
+    let second = app.send(via_proxy(None)).await;
+    assert_oauth_error(
+        &second,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+    );
+    let other = app.send(via_proxy(Some("for=7.7.7.7"))).await;
+    assert_eq!(other.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn registrations_are_small_and_short_lived_until_used() {
     let app = TestApp::new(&[]);

@@ -15,6 +15,7 @@ use axum::{
 use ipnet::IpNet;
 
 use super::{listener::peer, AppState};
+pub use crate::config::ForwardedHeader;
 
 /// The client's address as rate limits see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,7 @@ impl FromRequestParts<AppState> for ClientAddress {
             peer,
             &parts.headers,
             &state.config.trusted_proxies,
+            state.config.forwarded_header,
         )))
     }
 }
@@ -41,13 +43,19 @@ impl FromRequestParts<AppState> for ClientAddress {
 /// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the
 /// right-most address of the forwarding chain that is not a trusted proxy.
 ///
-/// Which header the proxy writes is not configured, and a client may send either:
-/// when a proxy that writes `X-Forwarded-For` passes on a `Forwarded` the client
-/// made up (or the other way round), believing one header over the other would let
-/// the client pick a fresh address, and so fresh rate limits, at every request. So
-/// when both headers are sent and name different clients, the client is the proxy
-/// itself: a client that forges the other header only shares the proxy's limits.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// `read` names the header the proxy writes; the other is ignored. Unnamed
+/// ([`ForwardedHeader::Any`]), a client may send either: when a proxy that writes
+/// `X-Forwarded-For` passes on a `Forwarded` the client made up (or the other way
+/// round), believing one header over the other would let the client pick a fresh
+/// address, and so fresh rate limits, at every request. So when both headers are
+/// sent and name different clients, the client is the proxy itself: a client that
+/// forges the other header only shares the proxy's limits.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    read: ForwardedHeader,
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -62,7 +70,12 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
             .unwrap_or(peer)
     };
     let chains = forwarded_chains(headers);
-    match (chains.forwarded, chains.x_forwarded_for) {
+    let (forwarded, xff) = match read {
+        ForwardedHeader::Any => (chains.forwarded, chains.x_forwarded_for),
+        ForwardedHeader::Forwarded => (chains.forwarded, None),
+        ForwardedHeader::XForwardedFor => (None, chains.x_forwarded_for),
+    };
+    match (forwarded, xff) {
         (Some(forwarded), Some(xff)) => {
             let (a, b) = (client(&forwarded), client(&xff));
             if a == b {
@@ -168,7 +181,7 @@ mod tests {
     fn an_untrusted_peer_is_the_client_whatever_it_sends() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(
-            client_address(ip("203.0.113.9"), &h, &[]),
+            client_address(ip("203.0.113.9"), &h, &[], ForwardedHeader::Any),
             ip("203.0.113.9")
         );
     }
@@ -179,13 +192,13 @@ mod tests {
         // The client sent a forged entry first; the proxy appended the real peer.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
         assert_eq!(
-            client_address(ip("10.0.0.2"), &h, &trusted),
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
             ip("198.51.100.7")
         );
         // Two proxies of ours in a row.
         let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.0.0.3")]);
         assert_eq!(
-            client_address(ip("10.0.0.2"), &h, &trusted),
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
             ip("198.51.100.7")
         );
         // Forwarded, with ports and IPv6.
@@ -194,18 +207,28 @@ mod tests {
             "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.3",
         );
         assert_eq!(
-            client_address(ip("10.0.0.2"), &headers(&[forwarded]), &trusted),
+            client_address(
+                ip("10.0.0.2"),
+                &headers(&[forwarded]),
+                &trusted,
+                ForwardedHeader::Any
+            ),
             ip("2001:db8:cafe::17")
         );
         // Both headers, naming the same client.
         let h = headers(&[forwarded, ("x-forwarded-for", "2001:db8:cafe::17")]);
         assert_eq!(
-            client_address(ip("10.0.0.2"), &h, &trusted),
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
             ip("2001:db8:cafe::17")
         );
         // Nothing usable: the proxy itself.
         assert_eq!(
-            client_address(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            client_address(
+                ip("10.0.0.2"),
+                &HeaderMap::new(),
+                &trusted,
+                ForwardedHeader::Any
+            ),
             ip("10.0.0.2")
         );
     }
@@ -219,14 +242,33 @@ mod tests {
         let proxy = ip("10.0.0.2");
         for forged in ["for=6.6.6.6", "for=7.7.7.7;proto=https", "for=unknown"] {
             let h = headers(&[("forwarded", forged), ("x-forwarded-for", "198.51.100.7")]);
-            assert_eq!(client_address(proxy, &h, &trusted), proxy, "{forged}");
+            assert_eq!(
+                client_address(proxy, &h, &trusted, ForwardedHeader::Any),
+                proxy,
+                "{forged}"
+            );
+            // Told which header the proxy writes, the other is not read at all.
+            assert_eq!(
+                client_address(proxy, &h, &trusted, ForwardedHeader::XForwardedFor),
+                ip("198.51.100.7"),
+                "{forged}"
+            );
         }
         for forged in ["6.6.6.6", "1.1.1.1, 7.7.7.7", "unknown"] {
             let h = headers(&[
                 ("x-forwarded-for", forged),
                 ("forwarded", "for=198.51.100.7"),
             ]);
-            assert_eq!(client_address(proxy, &h, &trusted), proxy, "{forged}");
+            assert_eq!(
+                client_address(proxy, &h, &trusted, ForwardedHeader::Any),
+                proxy,
+                "{forged}"
+            );
+            assert_eq!(
+                client_address(proxy, &h, &trusted, ForwardedHeader::Forwarded),
+                ip("198.51.100.7"),
+                "{forged}"
+            );
         }
     }
 
@@ -270,12 +312,12 @@ mod tests {
             Some(vec![ip("198.51.100.7")])
         );
         assert_eq!(
-            client_address(ip("10.0.0.2"), &h, &trusted),
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
             ip("198.51.100.7")
         );
         let h = obs_text("forwarded", "for=\"é\", for=198.51.100.7;proto=https");
         assert_eq!(
-            client_address(ip("10.0.0.2"), &h, &trusted),
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
             ip("198.51.100.7")
         );
     }
@@ -368,10 +410,20 @@ mod properties {
             peer in address(),
             trusted in trusted(),
             headers in headers(),
+            read in prop_oneof![
+                Just(ForwardedHeader::Any),
+                Just(ForwardedHeader::Forwarded),
+                Just(ForwardedHeader::XForwardedFor),
+            ],
         ) {
             let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-            let chains = forwarded_chains(&headers);
-            let client = client_address(peer, &headers, &trusted);
+            let mut chains = forwarded_chains(&headers);
+            match read {
+                ForwardedHeader::Any => {}
+                ForwardedHeader::Forwarded => chains.x_forwarded_for = None,
+                ForwardedHeader::XForwardedFor => chains.forwarded = None,
+            }
+            let client = client_address(peer, &headers, &trusted, read);
             if !is_trusted(&peer) {
                 prop_assert_eq!(client, peer, "an untrusted peer is its own client");
                 return Ok(());
@@ -407,7 +459,7 @@ mod properties {
             let mut headers = HeaderMap::new();
             if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
                 headers.insert("x-forwarded-for", value);
-                prop_assert_eq!(client_address(peer, &headers, &trusted), real);
+                prop_assert_eq!(client_address(peer, &headers, &trusted, ForwardedHeader::Any), real);
             }
         }
 
@@ -433,8 +485,15 @@ mod properties {
             headers.insert(written_name, HeaderValue::from_str(&written).expect("address"));
             if let Ok(value) = HeaderValue::from_str(&forged_value) {
                 headers.insert(forged_name, value);
-                let client = client_address(peer, &headers, &trusted);
+                let client = client_address(peer, &headers, &trusted, ForwardedHeader::Any);
                 prop_assert!(client == real || client == peer, "{client} from {headers:?}");
+                // Told which header the proxy writes: exactly the real address.
+                let read = if proxy_writes_forwarded {
+                    ForwardedHeader::Forwarded
+                } else {
+                    ForwardedHeader::XForwardedFor
+                };
+                prop_assert_eq!(client_address(peer, &headers, &trusted, read), real);
             }
         }
     }
