@@ -5,7 +5,10 @@
 //!   DNS rebinding because the checked address is the one connected to;
 //! - follows no redirects, and ignores proxy environment variables (a proxy would
 //!   make the address check meaningless);
-//! - gives up after [`FETCH_TIMEOUT`] and reads at most [`MAX_DOCUMENT_BYTES`].
+//! - gives up after [`FETCH_TIMEOUT`] and reads at most [`MAX_DOCUMENT_BYTES`];
+//! - runs with at most [`MAX_FETCHES`] others: anyone can name a document URL
+//!   (`/oauth/authorize?client_id=https://…`), each new one is a fetch, and each
+//!   fetch holds a connection (TLS and all) for up to five seconds.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -17,6 +20,11 @@ use url::{Host, Url};
 
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+pub const MAX_FETCHES: usize = 32;
+
+/// Why a fetch was not made: [`MAX_FETCHES`] are under way.
+pub const BUSY: &str =
+    "too many client metadata documents are being fetched at once; try again in a moment";
 
 /// A fetched document and how long it may be cached.
 pub struct Fetched {
@@ -28,6 +36,7 @@ pub struct Fetched {
 pub struct DocumentFetcher {
     client: reqwest::Client,
     allow_loopback: bool,
+    fetches: tokio::sync::Semaphore,
 }
 
 impl DocumentFetcher {
@@ -47,10 +56,14 @@ impl DocumentFetcher {
         Ok(DocumentFetcher {
             client,
             allow_loopback,
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
         })
     }
 
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, String> {
+        let Ok(_fetch) = self.fetches.try_acquire() else {
+            return Err(BUSY.into());
+        };
         // IP literals never reach the resolver: check them here.
         match url.host() {
             Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
@@ -246,6 +259,44 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fetches past [`MAX_FETCHES`] are refused at once, not queued: here every
+    /// one hangs on a server that accepts and never answers.
+    #[tokio::test]
+    async fn fetches_past_the_bound_are_refused_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!(
+            "http://{}/client.json",
+            listener.local_addr().expect("addr")
+        ))
+        .expect("url");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let fetcher = Arc::new(DocumentFetcher::new(true).expect("fetcher"));
+        let hanging: Vec<_> = (0..MAX_FETCHES)
+            .map(|_| {
+                let (fetcher, url) = (fetcher.clone(), url.clone());
+                tokio::spawn(async move { fetcher.fetch(&url).await.map(|_| ()) })
+            })
+            .collect();
+        while fetcher.fetches.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let refused = fetcher.fetch(&url).await.map(|_| ()).expect_err("busy");
+        assert_eq!(refused, BUSY);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for fetch in hanging {
+            fetch.abort();
+        }
+        held.abort();
+    }
 
     #[test]
     fn only_public_addresses_are_public() {
