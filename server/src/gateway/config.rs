@@ -612,18 +612,20 @@ mod tests {
         assert!(!errors[0].contains("hunter2"), "{errors:#?}");
     }
 
+    /// The one `[[upstream]]` named "a" with `body`, validated.
+    fn one_upstream(body: &str) -> Result<Upstream, Vec<String>> {
+        let file: FileConfig =
+            toml::from_str(&format!("[[upstream]]\nname = \"a\"\n{body}")).expect("toml");
+        file.upstreams
+            .into_iter()
+            .next()
+            .expect("one")
+            .validate(&env)
+    }
+
     #[test]
     fn a_key_in_the_url_comes_from_the_environment_and_is_never_printed() {
-        let upstream = |url: &str| {
-            let file: FileConfig =
-                toml::from_str(&format!("[[upstream]]\nname = \"a\"\nurl = \"{url}\"\n"))
-                    .expect("toml");
-            file.upstreams
-                .into_iter()
-                .next()
-                .expect("one")
-                .validate(&env)
-        };
+        let upstream = |url: &str| one_upstream(&format!("url = \"{url}\"\n"));
         let ok = upstream("https://example.com/mcp?key=${TOKEN}").expect("valid");
         match &ok.transport {
             Transport::Http { url, .. } => {
@@ -647,17 +649,7 @@ mod tests {
 
     #[test]
     fn a_client_may_hold_half_the_sessions_unless_configured() {
-        let upstream = |extra: &str| {
-            let file: FileConfig = toml::from_str(&format!(
-                "[[upstream]]\nname = \"a\"\ncommand = \"x\"\n{extra}"
-            ))
-            .expect("toml");
-            file.upstreams
-                .into_iter()
-                .next()
-                .expect("one")
-                .validate(&env)
-        };
+        let upstream = |extra: &str| one_upstream(&format!("command = \"x\"\n{extra}"));
         let per_client = |extra: &str| upstream(extra).expect("valid").max_sessions_per_client;
         assert_eq!(per_client(""), 8);
         assert_eq!(per_client("max_sessions = 5"), 3);
