@@ -141,8 +141,9 @@ pub struct Owner {
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
     argon2: Semaphore,
-    /// Sign-ins waiting for `argon2`.
-    argon2_waiting: std::sync::atomic::AtomicUsize,
+    /// Sign-ins running on `argon2` or waiting for it:
+    /// [`ARGON2_CONCURRENCY`] + [`ARGON2_WAITING`] places.
+    argon2_admitted: Semaphore,
     /// The memory of the Argon2 runs, allocated once and reused: at most
     /// [`ARGON2_CONCURRENCY`] buffers, one per run at a time.
     argon2_memory: Mutex<Vec<Blocks>>,
@@ -158,7 +159,7 @@ impl Owner {
             store,
             configured_hash,
             argon2: Semaphore::new(ARGON2_CONCURRENCY),
-            argon2_waiting: std::sync::atomic::AtomicUsize::new(0),
+            argon2_admitted: Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING),
             argon2_memory: Mutex::new(Vec::new()),
         }
     }
@@ -178,32 +179,19 @@ impl Owner {
     /// Checks a password, at most [`ARGON2_CONCURRENCY`] at a time, with at most
     /// [`ARGON2_WAITING`] more waiting.
     pub async fn verify_password(&self, password: &str) -> StoreResult<PasswordCheck> {
-        use std::sync::atomic::Ordering;
+        // Given back however the check ends, also when the request is dropped.
+        let Ok(_admitted) = self.argon2_admitted.try_acquire() else {
+            return Ok(PasswordCheck::Busy);
+        };
         let (hash, exists) = match self.password_hash().await? {
             Some(hash) => (hash, true),
             None => (decoy_hash().to_owned(), false),
         };
-        let _permit = match self.argon2.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                /// Counted out however the wait ends, also when the request is
-                /// dropped.
-                struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-                impl Drop for Waiting<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-                let waiting = Waiting(&self.argon2_waiting);
-                if waiting.0.fetch_add(1, Ordering::AcqRel) >= ARGON2_WAITING {
-                    return Ok(PasswordCheck::Busy);
-                }
-                self.argon2
-                    .acquire()
-                    .await
-                    .map_err(|_| StoreError::Backend("the password checker is closed".into()))?
-            }
-        };
+        let _permit = self
+            .argon2
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
         let blocks = self
             .argon2_memory
             .lock()
@@ -502,11 +490,19 @@ mod tests {
         );
         let hash = hash_password("correct horse battery").expect("hash");
         let owner = std::sync::Arc::new(Owner::new(store, Some(hash)));
-        let runs = owner
-            .argon2
-            .acquire_many(ARGON2_CONCURRENCY as u32)
-            .await
-            .expect("permits");
+        // Two sign-ins being checked.
+        let runs = (
+            owner
+                .argon2
+                .acquire_many(ARGON2_CONCURRENCY as u32)
+                .await
+                .expect("permits"),
+            owner
+                .argon2_admitted
+                .acquire_many(ARGON2_CONCURRENCY as u32)
+                .await
+                .expect("places"),
+        );
         let waiting: Vec<_> = (0..ARGON2_WAITING)
             .map(|i| {
                 let owner = owner.clone();
@@ -518,13 +514,13 @@ mod tests {
                 tokio::spawn(async move { owner.verify_password(password).await })
             })
             .collect();
-        while owner
-            .argon2_waiting
-            .load(std::sync::atomic::Ordering::Acquire)
-            < ARGON2_WAITING
-        {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while owner.argon2_admitted.available_permits() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiting sign-ins fill every place");
         assert_eq!(
             owner
                 .verify_password("correct horse battery")
@@ -540,10 +536,9 @@ mod tests {
         assert_eq!(found[0], PasswordCheck::Right);
         assert!(found[1..].iter().all(|c| *c == PasswordCheck::Wrong));
         assert_eq!(
-            owner
-                .argon2_waiting
-                .load(std::sync::atomic::Ordering::Acquire),
-            0
+            owner.argon2_admitted.available_permits(),
+            ARGON2_CONCURRENCY + ARGON2_WAITING,
+            "nobody is left waiting"
         );
         assert_eq!(
             owner
