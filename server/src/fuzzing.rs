@@ -204,3 +204,48 @@ pub fn check_sse_frame(json: &[u8]) {
     let read: serde_json::Value = serde_json::from_slice(data).expect("JSON");
     assert_eq!(read, meant);
 }
+
+/// Checks `client_address` against its rule, read independently of how it is
+/// written: an untrusted peer is its own client; otherwise each header that is read
+/// names the right-most hop that is not a trusted proxy (the first hop when every
+/// hop is ours, the peer for an empty chain), and the client is that address when
+/// the headers read name exactly one, else the peer. Panics on a difference, for
+/// the property tests and the `forwarded` fuzz target alike.
+pub fn check_client_address(
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+    read: crate::http::address::ForwardedHeader,
+) {
+    use crate::http::address::{client_address, forwarded_chains, ForwardedHeader};
+    let client = client_address(peer, headers, trusted, read);
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        assert_eq!(client, peer, "an untrusted peer is its own client");
+        return;
+    }
+    let mut chains = forwarded_chains(headers);
+    match read {
+        ForwardedHeader::Any => {}
+        ForwardedHeader::Forwarded => chains.x_forwarded_for = None,
+        ForwardedHeader::XForwardedFor => chains.forwarded = None,
+    }
+    let named = |chain: &Vec<std::net::IpAddr>| match chain.iter().rev().find(|ip| !is_trusted(ip))
+    {
+        Some(hop) => *hop,
+        None => chain.first().copied().unwrap_or(peer),
+    };
+    let mut said: Vec<std::net::IpAddr> = [&chains.forwarded, &chains.x_forwarded_for]
+        .into_iter()
+        .flatten()
+        .map(named)
+        .collect();
+    said.dedup();
+    match said.as_slice() {
+        [one] => assert_eq!(client, *one, "{headers:?}"),
+        _ => assert_eq!(
+            client, peer,
+            "no header read, or two that disagree: {headers:?}"
+        ),
+    }
+}

@@ -416,32 +416,7 @@ mod properties {
                 Just(ForwardedHeader::XForwardedFor),
             ],
         ) {
-            let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-            let mut chains = forwarded_chains(&headers);
-            match read {
-                ForwardedHeader::Any => {}
-                ForwardedHeader::Forwarded => chains.x_forwarded_for = None,
-                ForwardedHeader::XForwardedFor => chains.forwarded = None,
-            }
-            let client = client_address(peer, &headers, &trusted, read);
-            if !is_trusted(&peer) {
-                prop_assert_eq!(client, peer, "an untrusted peer is its own client");
-                return Ok(());
-            }
-            let named = |chain: &Vec<IpAddr>| match chain.iter().rev().find(|ip| !is_trusted(ip)) {
-                Some(hop) => *hop,
-                None => chain.first().copied().unwrap_or(peer),
-            };
-            let mut said: Vec<IpAddr> = [&chains.forwarded, &chains.x_forwarded_for]
-                .into_iter()
-                .flatten()
-                .map(named)
-                .collect();
-            said.dedup();
-            match said.as_slice() {
-                [one] => prop_assert_eq!(client, *one),
-                _ => prop_assert_eq!(client, peer, "no header, or two that disagree"),
-            }
+            crate::fuzzing::check_client_address(peer, &headers, &trusted, read);
         }
 
         /// Whatever a client writes into the header, a trusted proxy's appended hop
