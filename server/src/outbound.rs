@@ -26,6 +26,39 @@ pub const MAX_FETCHES: usize = 32;
 pub const BUSY: &str =
     "too many client metadata documents are being fetched at once; try again in a moment";
 
+/// Why a document could not be had. `transient` failures (this server is busy, the
+/// host is slow, unreachable or failing) say nothing about the client: the token
+/// endpoint answers them with 503 `temporarily_unavailable`, which a client retries,
+/// and never with `invalid_client`, which makes Claude register again. Anyone can
+/// keep the fetcher busy for a few seconds, so that difference matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    pub reason: String,
+    pub transient: bool,
+}
+
+impl FetchError {
+    fn lasting(reason: impl Into<String>) -> Self {
+        FetchError {
+            reason: reason.into(),
+            transient: false,
+        }
+    }
+
+    fn transient(reason: impl Into<String>) -> Self {
+        FetchError {
+            reason: reason.into(),
+            transient: true,
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// A fetched document and how long it may be cached.
 pub struct Fetched {
     pub body: Vec<u8>,
@@ -60,17 +93,17 @@ impl DocumentFetcher {
         })
     }
 
-    pub async fn fetch(&self, url: &Url) -> Result<Fetched, String> {
+    pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
         let Ok(_fetch) = self.fetches.try_acquire() else {
-            return Err(BUSY.into());
+            return Err(FetchError::transient(BUSY));
         };
         // IP literals never reach the resolver: check them here.
         match url.host() {
             Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
-                return Err(NOT_PUBLIC.into())
+                return Err(FetchError::lasting(NOT_PUBLIC))
             }
             Some(Host::Ipv6(ip)) if !allowed(IpAddr::V6(ip), self.allow_loopback) => {
-                return Err(NOT_PUBLIC.into())
+                return Err(FetchError::lasting(NOT_PUBLIC))
             }
             _ => {}
         }
@@ -82,39 +115,46 @@ impl DocumentFetcher {
             .await
             .map_err(|e| {
                 if caused_by_not_public(&e) {
-                    NOT_PUBLIC.to_owned()
+                    FetchError::lasting(NOT_PUBLIC)
                 } else if e.is_timeout() {
-                    "fetching the metadata document timed out".to_owned()
+                    FetchError::transient("fetching the metadata document timed out")
                 } else if e.is_connect() {
-                    "the metadata document's host is not reachable".to_owned()
+                    FetchError::transient("the metadata document's host is not reachable")
                 } else {
-                    "the metadata document could not be fetched".to_owned()
+                    FetchError::transient("the metadata document could not be fetched")
                 }
             })?;
-        if response.status().is_redirection() {
-            return Err("the metadata document URL redirects; redirects are not followed".into());
-        }
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(format!(
-                "the metadata document answered {}",
-                response.status().as_u16()
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(FetchError::lasting(
+                "the metadata document URL redirects; redirects are not followed",
             ));
+        }
+        if status != reqwest::StatusCode::OK {
+            let reason = format!("the metadata document answered {}", status.as_u16());
+            let failing =
+                status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            return Err(if failing {
+                FetchError::transient(reason)
+            } else {
+                FetchError::lasting(reason)
+            });
         }
         if response
             .content_length()
             .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
         {
-            return Err("the metadata document is too large".into());
+            return Err(FetchError::lasting("the metadata document is too large"));
         }
         let max_age = cache_lifetime(response.headers());
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|_| "reading the metadata document failed".to_owned())?
+            .map_err(|_| FetchError::transient("reading the metadata document failed"))?
         {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err("the metadata document is too large".into());
+                return Err(FetchError::lasting("the metadata document is too large"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -290,7 +330,7 @@ mod tests {
         }
         let started = std::time::Instant::now();
         let refused = fetcher.fetch(&url).await.map(|_| ()).expect_err("busy");
-        assert_eq!(refused, BUSY);
+        assert_eq!(refused, FetchError::transient(BUSY));
         assert!(started.elapsed() < Duration::from_secs(1));
         for fetch in hanging {
             fetch.abort();
@@ -374,7 +414,7 @@ mod tests {
                 .await
                 .err()
                 .expect("refused");
-            assert_eq!(refused, NOT_PUBLIC, "{url}");
+            assert_eq!(refused, FetchError::lasting(NOT_PUBLIC), "{url}");
         }
     }
 

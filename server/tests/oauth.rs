@@ -13,6 +13,7 @@ use axum::{
     body::Body,
     http::{header, Request, StatusCode},
 };
+use base64::Engine as _;
 use common::*;
 use gatehouse::{config::Cli, outbound::NOT_PUBLIC, resource::ResourceUri};
 use serde_json::json;
@@ -919,6 +920,21 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     assert_ne!(rt1, rt2, "refresh tokens rotate");
     assert_ne!(first["access_token"], second["access_token"]);
 
+    // A retry asks what the lost request asked: another resource or other scopes
+    // are refused (and revoke nothing).
+    let retarget = app
+        .refresh(
+            &client_id,
+            &rt1,
+            &[("resource", "https://other.example/mcp")],
+        )
+        .await;
+    assert_oauth_error(&retarget, StatusCode::BAD_REQUEST, "invalid_target");
+    let narrower = app
+        .refresh(&client_id, &rt1, &[("scope", "read:articles")])
+        .await;
+    assert_oauth_error(&narrower, StatusCode::BAD_REQUEST, "invalid_scope");
+
     // A lost response: the same old token within the window yields the same pair.
     let again = app.refresh(&client_id, &rt1, &[]).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
@@ -935,6 +951,29 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     );
     let successor = app.refresh(&client_id, &rt2, &[]).await;
     assert_oauth_error(&successor, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// The grant id is in clear in every token (and a code sits in a callback URL), so
+/// anyone who saw one can make up a refresh token of that grant. Only a token the
+/// grant really issued counts as a reuse; a made-up one revokes nothing.
+#[tokio::test]
+async fn a_made_up_refresh_token_of_a_grant_is_refused_and_revokes_nothing() {
+    let app = TestApp::new(&[]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("access");
+    let grant = access.split('.').nth(1).expect("grant id");
+    let made_up = format!("ghr.{grant}.{}", "A".repeat(43));
+    let refused = app.refresh(&client_id, &made_up, &[]).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(app.token_is_valid(access).await, "the grant lives on");
+    let real = app
+        .refresh(
+            &client_id,
+            tokens["refresh_token"].as_str().expect("refresh"),
+            &[],
+        )
+        .await;
+    assert_eq!(real.status, StatusCode::OK, "{}", real.body);
 }
 
 #[tokio::test]
@@ -1083,11 +1122,23 @@ async fn clients_must_authenticate_the_way_they_registered() {
     let anonymous = app.post_form("/oauth/token", &form, None).await;
     assert_oauth_error(&anonymous, StatusCode::UNAUTHORIZED, "invalid_client");
 
-    // The right secret passes authentication (and then fails on the fake token).
+    // The right secret passes authentication (and then fails on the fake token),
+    // whatever the case of the scheme name (RFC 9110 §11.1).
     let right = app
         .post_form("/oauth/token", &form, Some((id, secret)))
         .await;
     assert_oauth_error(&right, StatusCode::BAD_REQUEST, "invalid_grant");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let shouted = app
+        .send(
+            Request::post("/oauth/token")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::AUTHORIZATION, format!("BASIC {encoded}"))
+                .body(Body::from(serde_urlencoded::to_string(form).expect("form")))
+                .expect("request"),
+        )
+        .await;
+    assert_oauth_error(&shouted, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
 #[tokio::test]
@@ -1185,6 +1236,24 @@ async fn a_static_client_from_configuration_works() {
     // The failed attempt did not consume the code: client authentication comes first.
     let right = app.post_form("/oauth/token", &form, None).await;
     assert_eq!(right.status, StatusCode::OK, "{}", right.body);
+
+    // Anyone can register a client. A stranger who replays the used code (seen in a
+    // callback URL, say) as their own client is refused, and revokes nothing: only
+    // the static client, with its secret, could make it count as a replay.
+    let stranger = app.public_client("Stranger").await;
+    let replay = app
+        .post_form(
+            "/oauth/token",
+            &[form[0], form[1], form[2], form[3], ("client_id", &stranger)],
+            None,
+        )
+        .await;
+    assert_oauth_error(&replay, StatusCode::BAD_REQUEST, "invalid_grant");
+    let access = right.json()["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    assert!(app.token_is_valid(&access).await, "the grant lives on");
 }
 
 // ----- owner sign-in and setup ---------------------------------------------------------------
@@ -1612,6 +1681,10 @@ async fn document_server() -> DocumentServer {
             get(move || async move { json_body(Body::from(redirect_target)) }),
         )
         .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/failing.json",
+            get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        )
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
                 let counter = counter.clone();
@@ -1716,6 +1789,45 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
         docs.hits("/redirect-target.json"),
         0,
         "the redirect's target was never fetched"
+    );
+}
+
+/// A document that cannot be had just now (its host fails or is slow, or this
+/// server is fetching too many) says nothing against the client: the token endpoint
+/// answers 503, which a client retries, not `invalid_client`, which makes Claude
+/// register again. Anyone can keep the fetcher busy for a few seconds.
+#[tokio::test]
+async fn a_document_that_cannot_be_had_just_now_is_a_503_at_the_token_endpoint() {
+    let docs = document_server().await;
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let client_id = format!("{}/failing.json", docs.base);
+    let token = app
+        .post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "ghr.a.b"),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(
+        &token,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    assert_eq!(
+        token.json()["error_description"],
+        "the metadata document answered 503"
+    );
+    let cookie = app.sign_in().await;
+    let answer = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_error_page(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "Client metadata unavailable",
+        "the metadata document answered 503",
     );
 }
 

@@ -69,7 +69,7 @@ impl AuthServer {
                 ))
             }
             // The person who lands here is often the owner: say how to fix it.
-            Err(ClientError::Document(reason)) => {
+            Err(ClientError::Document(reason) | ClientError::Unavailable(reason)) => {
                 return Err(page(
                     "Client metadata unavailable",
                     format!(
@@ -296,6 +296,7 @@ impl AuthServer {
             created_at: self.now(),
             refresh: None,
             rotated: Vec::new(),
+            retired: Vec::new(),
             access: Vec::new(),
         })?;
         // Until the code is redeemed the grant needs to live only as long as the code.

@@ -155,11 +155,7 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, now_ms) {
             return Ok(client);
         }
-        let fetched = self
-            .fetcher
-            .fetch(url)
-            .await
-            .map_err(ClientError::Document)?;
+        let fetched = self.fetcher.fetch(url).await?;
         let client = metadata_document::client_from_document(
             url,
             &fetched.body,
@@ -215,6 +211,7 @@ impl AuthServer {
             Ok(Some(client)) => client,
             Ok(None) => return Err(refuse("unknown client; register again")),
             Err(ClientError::Document(reason)) => return Err(refuse(&reason)),
+            Err(ClientError::Unavailable(reason)) => return Err(TokenError::Unavailable(reason)),
             Err(ClientError::Store(e)) => return Err(e.into()),
         };
         let method_used = match (basic, secret) {

@@ -1,9 +1,10 @@
 //! Redeeming an authorization code (RFC 6749 §4.1.3 with PKCE, RFC 7636 §4.6, and
-//! RFC 8707). A code works once: a second use, even a concurrent one, is a replay and
-//! revokes the whole grant, so tokens already issued from the code stop working too
-//! (OAuth 2.1 §4.1.3: "SHOULD revoke all tokens previously issued based on that
-//! authorization code"). Of two concurrent redemptions at most one is answered with
-//! tokens, and those tokens are revoked by the other.
+//! RFC 8707). A code works once: a second use by the client it was issued to, even a
+//! concurrent one, is a replay and revokes the whole grant, so tokens already issued
+//! from the code stop working too (OAuth 2.1 §4.1.3: "SHOULD revoke all tokens
+//! previously issued based on that authorization code"). Of two concurrent
+//! redemptions at most one is answered with tokens, and those tokens are revoked by
+//! the other.
 
 use super::{
     client::Client,
@@ -39,6 +40,12 @@ impl AuthServer {
         let key = token_key(&token);
         let current = self.store.get(&key).await?.ok_or_else(invalid)?;
         let record: CodeRecord = decode(&current)?;
+        // The client first: a replay counts only from the client the code was
+        // issued to. Anyone can register a client, so a confidential client's
+        // leaked, used code must not let a stranger revoke its grant.
+        if record.client_id != client.client_id {
+            return Err(invalid());
+        }
         if record.used {
             self.store.delete_group(&token.grant).await?;
             self.audit.record(
@@ -47,9 +54,6 @@ impl AuthServer {
                     .grant(token.grant.as_str()),
             );
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
-            return Err(invalid());
-        }
-        if record.client_id != client.client_id {
             return Err(invalid());
         }
         match (params.redirect_uri.as_deref(), record.redirect_uri_explicit) {

@@ -56,8 +56,22 @@ pub enum ClientError {
     /// The client's metadata document is unusable (unreachable, invalid, not public).
     #[error("{0}")]
     Document(String),
+    /// The document could not be had just now (this server is busy, its host is
+    /// slow or failing): nothing is known against the client.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::outbound::FetchError> for ClientError {
+    fn from(e: crate::outbound::FetchError) -> Self {
+        if e.transient {
+            ClientError::Unavailable(e.reason)
+        } else {
+            ClientError::Document(e.reason)
+        }
+    }
 }
 
 /// RFC 7591 §3.2.2.
@@ -138,6 +152,10 @@ pub enum TokenError {
     InvalidScope(String),
     #[error("{0}")]
     InvalidTarget(String),
+    /// Something this server needs is not available right now (a client's metadata
+    /// document): 503, and the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -152,7 +170,7 @@ impl TokenError {
             TokenError::UnsupportedGrantType(_) => ErrorCode::UnsupportedGrantType,
             TokenError::InvalidScope(_) => ErrorCode::InvalidScope,
             TokenError::InvalidTarget(_) => ErrorCode::InvalidTarget,
-            TokenError::Store(_) => ErrorCode::TemporarilyUnavailable,
+            TokenError::Unavailable(_) | TokenError::Store(_) => ErrorCode::TemporarilyUnavailable,
         }
     }
 }

@@ -161,7 +161,8 @@ impl AuthServer {
                 Identity::Unknown,
                 Vec::new(),
             )),
-            Ok(None) | Err(super::ClientError::Document(_)) => {
+            Ok(None)
+            | Err(super::ClientError::Document(_) | super::ClientError::Unavailable(_)) => {
                 Ok((client_id.to_string(), Identity::Unknown, Vec::new()))
             }
             Err(super::ClientError::Store(e)) => Err(e),

@@ -74,11 +74,22 @@ pub struct Grant {
     /// refresh token of this grant is a reuse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotated: Vec<Rotation>,
+    /// The refresh tokens rotated before, newest first, at most
+    /// [`RETIRED_KEPT`]: what makes a presented token a reuse, which revokes the
+    /// grant. A token of this grant that was never issued (the grant id is in clear
+    /// in every token, so anyone who saw one can make one up) is only refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<SecretHash>,
     /// The access tokens still kept: the newest and the one before it. Older ones are
     /// deleted at rotation, so a grant holds a bounded number of keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<SecretHash>,
 }
+
+/// Earlier refresh tokens a grant remembers. A client refreshes about once an
+/// access token's lifetime while in use, so a stolen token is recognised for at
+/// least that many rotations; an older one is refused without revoking.
+pub const RETIRED_KEPT: usize = 16;
 
 /// One rotation of a refresh token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

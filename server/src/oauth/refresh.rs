@@ -5,22 +5,24 @@
 //! rotations of one token rotate once). Clients lose responses and race themselves,
 //! so for `--refresh-grace` a just-rotated token yields the same successor pair again:
 //! the pair is sealed with a key derived from the old token (see [`super::grace`])
-//! in a record that lives only for the grace window. Any other refresh token of the
-//! grant is a reuse, and revokes the grant.
+//! in a record that lives only for the grace window (and only for the same
+//! `resource` and scopes the lost request asked). Any other refresh token the grant
+//! issued is a reuse, and revokes the grant. A token it never issued (or rotated
+//! more than [`RETIRED_KEPT`] times ago) is only refused: the grant id is in clear in
+//! every token, so anyone who saw one could otherwise revoke the grant.
 //!
-//! What a grant keeps is bounded whatever the number of rotations: one grant record,
-//! at most two access tokens, and the sealed successor of the last rotation only.
+//! What a grant keeps is bounded whatever the number of rotations: one grant record
+//! (with the hashes of its last [`RETIRED_KEPT`] refresh tokens), at most two access
+//! tokens, and the sealed successor of the last rotation only.
 //! Once a successor has itself been rotated, the client clearly received it, so the
 //! token before it has no more use: presenting it again is a reuse, grace or not.
 
 use std::time::Duration;
 
-use subtle::ConstantTimeEq;
-
 use super::{
     client::Client,
     grace,
-    records::{access_key, grant_key, successor_key, Grant, Rotation, TokenResponse},
+    records::{access_key, grant_key, successor_key, Grant, Rotation, TokenResponse, RETIRED_KEPT},
     scope::ScopeSet,
     secret::{GrantToken, SecretHash, TokenKind},
     token::TokenParams,
@@ -40,10 +42,6 @@ const SUCCESSOR_MAX_WAIT: Duration = Duration::from_millis(50);
 /// Access tokens kept per grant: the newest and the one before it, so a client that
 /// refreshed early can finish what it was doing with the previous one.
 const ACCESS_TOKENS_KEPT: usize = 2;
-
-fn same(a: &SecretHash, b: &SecretHash) -> bool {
-    a.as_str().as_bytes().ct_eq(b.as_str().as_bytes()).into()
-}
 
 impl AuthServer {
     pub(super) async fn refresh(
@@ -76,15 +74,19 @@ impl AuthServer {
             if grant.client_id != client.client_id {
                 return Err(invalid());
             }
-            let live = grant.refresh.as_ref().is_some_and(|h| same(h, &token.hash));
+            let live = grant.refresh.as_ref().is_some_and(|h| h.same(&token.hash));
             if !live {
                 let now = self.now();
                 let grace = self.settings.refresh_grace.as_secs();
                 let recent = grant
                     .rotated
                     .iter()
-                    .any(|r| same(&r.hash, &token.hash) && now.saturating_sub(r.at) <= grace);
+                    .any(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
                 if !recent {
+                    if !grant.retired.iter().any(|h| h.same(&token.hash)) {
+                        // Never issued, or rotated long ago: no evidence of theft.
+                        return Err(invalid());
+                    }
                     self.store.delete_group(&token.grant).await?;
                     self.audit.record(
                         Event::new(EventKind::RefreshReuseDetected)
@@ -96,8 +98,17 @@ impl AuthServer {
                 }
                 let successor = successor_key(&token.grant, &token.hash);
                 if let Some(sealed) = self.store.get(&successor).await? {
-                    let pair = grace::open(raw, &sealed).ok_or_else(invalid)?;
-                    return Ok(decode(&pair)?);
+                    let pair: TokenResponse =
+                        decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
+                    // A retry asks what the lost request asked: the same checks,
+                    // and the scopes of the pair it would get.
+                    let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
+                    if requested.is_some() && ScopeSet::parse(&pair.scope).ok() != Some(scopes) {
+                        return Err(TokenError::InvalidScope(
+                            "this refresh token was rotated a moment ago for other scopes".into(),
+                        ));
+                    }
+                    return Ok(pair);
                 }
                 // Rotated a moment ago by a request that is still storing the
                 // successor: look again shortly.
@@ -106,27 +117,7 @@ impl AuthServer {
                 continue;
             }
 
-            if let Some(sent) = params.resource.as_deref() {
-                if sent != grant.resource.as_str() {
-                    return Err(TokenError::InvalidTarget(format!(
-                        "this grant is for {}, not {sent:?}",
-                        grant.resource
-                    )));
-                }
-            }
-            let scopes = match &requested {
-                Some(requested) if requested.is_empty() => {
-                    return Err(TokenError::InvalidScope("no scope was requested".into()))
-                }
-                Some(requested) if !requested.is_subset_of(&grant.scopes) => {
-                    return Err(TokenError::InvalidScope(format!(
-                        "a refresh may narrow scopes but not widen them beyond {}",
-                        grant.scopes
-                    )))
-                }
-                Some(requested) => requested.clone(),
-                None => grant.scopes.clone(),
-            };
+            let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
             let minted = self.mint(
                 &token.grant,
                 &grant.subject,
@@ -190,6 +181,8 @@ impl AuthServer {
                 hash: token.hash.clone(),
                 at: self.now(),
             }];
+            let mut retired = vec![token.hash.clone()];
+            retired.extend(grant.retired.iter().take(RETIRED_KEPT - 1).cloned());
             let mut access = vec![access_hash];
             access.extend(grant.access.iter().take(ACCESS_TOKENS_KEPT - 1).cloned());
             let dropped: Vec<SecretHash> = grant
@@ -201,6 +194,7 @@ impl AuthServer {
             let next = encode(&Grant {
                 refresh: Some(refresh),
                 rotated,
+                retired,
                 access,
                 ..grant
             })?;
@@ -242,5 +236,36 @@ impl AuthServer {
             return Ok(response);
         }
         Err(invalid())
+    }
+
+    /// The scopes a refresh of `grant` gets: the grant's, or fewer when asked; and
+    /// only for the grant's own resource.
+    fn refresh_scopes(
+        &self,
+        grant: &Grant,
+        params: &TokenParams,
+        requested: Option<&ScopeSet>,
+    ) -> Result<ScopeSet, TokenError> {
+        if let Some(sent) = params.resource.as_deref() {
+            if sent != grant.resource.as_str() {
+                return Err(TokenError::InvalidTarget(format!(
+                    "this grant is for {}, not {sent:?}",
+                    grant.resource
+                )));
+            }
+        }
+        match requested {
+            Some(requested) if requested.is_empty() => {
+                Err(TokenError::InvalidScope("no scope was requested".into()))
+            }
+            Some(requested) if !requested.is_subset_of(&grant.scopes) => {
+                Err(TokenError::InvalidScope(format!(
+                    "a refresh may narrow scopes but not widen them beyond {}",
+                    grant.scopes
+                )))
+            }
+            Some(requested) => Ok(requested.clone()),
+            None => Ok(grant.scopes.clone()),
+        }
     }
 }

@@ -49,8 +49,8 @@ impl AuthServer {
                 if grant.client_id != client.client_id {
                     return Err(not_yours());
                 }
-                let known = grant.refresh.as_ref() == Some(&token.hash)
-                    || grant.rotated.iter().any(|r| r.hash == token.hash);
+                let known = grant.refresh.as_ref().is_some_and(|h| h.same(&token.hash))
+                    || grant.rotated.iter().any(|r| r.hash.same(&token.hash));
                 if known {
                     self.store.delete_group(&token.grant).await?;
                     self.audit.record(

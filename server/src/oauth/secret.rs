@@ -42,11 +42,12 @@ impl SecretHash {
 
     /// Whether `secret` hashes to this, in constant time.
     pub fn matches(&self, secret: &str) -> bool {
-        SecretHash::of(secret)
-            .0
-            .as_bytes()
-            .ct_eq(self.0.as_bytes())
-            .into()
+        self.same(&SecretHash::of(secret))
+    }
+
+    /// Whether two hashes are equal, in constant time.
+    pub fn same(&self, other: &SecretHash) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
     }
 }
 

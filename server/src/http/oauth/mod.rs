@@ -60,6 +60,11 @@ impl From<TokenError> for OAuthError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Store(cause) => OAuthError::unavailable(&cause),
+            TokenError::Unavailable(description) => OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::TemporarilyUnavailable,
+                description,
+            ),
             // RFC 6749 §5.2: invalid_client is 401 (it makes Claude register again).
             TokenError::InvalidClient { description, basic } => OAuthError {
                 basic_challenge: basic,

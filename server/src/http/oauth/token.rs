@@ -139,9 +139,11 @@ pub(crate) fn credentials(
         let value = value
             .to_str()
             .map_err(|_| basic_refused("malformed Authorization header"))?;
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
         let Some(encoded) = value
-            .strip_prefix("Basic ")
-            .or_else(|| value.strip_prefix("basic "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .map(|(_, encoded)| encoded)
         else {
             return Err(basic_refused(
                 "only HTTP Basic client authentication is supported here",
