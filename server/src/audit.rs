@@ -27,8 +27,12 @@ use crate::{
     telemetry::{self, FastHash, FastMap},
 };
 
-/// The store log the activity goes to.
+/// The store log the activity goes to, tool calls apart.
 const LOG: &str = "activity";
+/// The store log of tool calls. Each log has its own cap: a busy agent writes
+/// thousands of calls an hour (and a client may call made-up tool names in a
+/// loop), and none of them may push a sign-in, a consent or a revocation out.
+const CALLS: &str = "calls";
 /// Events waiting to be written; more are dropped (and counted).
 const QUEUE: usize = 8192;
 /// Events written per store call at most.
@@ -388,17 +392,86 @@ impl Audit {
         self.write_usage().await
     }
 
-    /// The newest events first, `limit` at most, older than `before` when given.
+    /// The newest events first, `limit` at most, of `kind` when given, older than
+    /// `before`: both logs merged by time. Each event comes with the cursor that
+    /// reads on after it. Fewer than `limit` means there are no more.
     pub async fn read(
         &self,
         limit: usize,
+        before: &Cursor,
+        kind: Option<EventKind>,
+    ) -> StoreResult<Vec<(Cursor, Event)>> {
+        let calls_only = kind == Some(EventKind::ToolCall);
+        let mut cursor = before.clone();
+        let others = match (&before.others, kind.is_none() || !calls_only) {
+            (Part::Before(id), true) => self.read_log(LOG, limit, Some(id)).await?,
+            (Part::Newest, true) => self.read_log(LOG, limit, None).await?,
+            _ => {
+                cursor.others = Part::Done;
+                (Vec::new(), 0)
+            }
+        };
+        let calls = match (&before.calls, kind.is_none() || calls_only) {
+            (Part::Before(id), true) => self.read_log(CALLS, limit, Some(id)).await?,
+            (Part::Newest, true) => self.read_log(CALLS, limit, None).await?,
+            _ => {
+                cursor.calls = Part::Done;
+                (Vec::new(), 0)
+            }
+        };
+        // A log read to its end (fewer entries than asked for) is done once its
+        // last entry is taken; until then its part is the last id taken.
+        let done = |read: usize, taken: usize, len: usize| read < limit && taken == len;
+        let ((others, others_read), (calls, calls_read)) = (others, calls);
+        let (others_len, calls_len) = (others.len(), calls.len());
+        let (mut others, mut calls) = (others.into_iter().peekable(), calls.into_iter().peekable());
+        let (mut others_taken, mut calls_taken) = (0, 0);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let from_others = match (others.peek(), calls.peek()) {
+                (Some((_, a)), Some((_, b))) => a.at >= b.at,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (id, event) = if from_others {
+                others_taken += 1;
+                others.next()
+            } else {
+                calls_taken += 1;
+                calls.next()
+            }
+            .expect("peeked");
+            let (part, read, taken, len) = if from_others {
+                (&mut cursor.others, others_read, others_taken, others_len)
+            } else {
+                (&mut cursor.calls, calls_read, calls_taken, calls_len)
+            };
+            *part = if done(read, taken, len) {
+                Part::Done
+            } else {
+                Part::Before(id)
+            };
+            out.push((cursor.clone(), event));
+        }
+        Ok(out)
+    }
+
+    /// A log's events before `before`, and how many entries were read (some may not
+    /// decode).
+    async fn read_log(
+        &self,
+        log: &str,
+        limit: usize,
         before: Option<&str>,
-    ) -> StoreResult<Vec<(String, Event)>> {
-        let entries = self.store.log_read(LOG, limit, before).await?;
-        Ok(entries
+    ) -> StoreResult<(Vec<(String, Event)>, usize)> {
+        let entries = self.store.log_read(log, limit, before).await?;
+        let read = entries.len();
+        let events = entries
             .into_iter()
             .filter_map(|(id, raw)| decode(&raw).ok().map(|e| (id, e)))
-            .collect())
+            .collect();
+        Ok((events, read))
     }
 
     /// A grant's use as last written.
@@ -476,15 +549,19 @@ async fn write_events(
             }
         }
         let Some(audit) = audit.upgrade() else { break };
-        let batch = coalesce(batch);
-        for events in batch.chunks(BATCH) {
-            let entries: Vec<Vec<u8>> = events.iter().filter_map(|e| encode(e).ok()).collect();
-            if let Err(e) = audit
-                .store
-                .log_append(LOG, &entries, audit.cap, audit.retention)
-                .await
-            {
-                tracing::warn!(error = %e, lost = entries.len(), "cannot write the activity log");
+        let (calls, others): (Vec<Event>, Vec<Event>) = coalesce(batch)
+            .into_iter()
+            .partition(|e| e.kind == Some(EventKind::ToolCall));
+        for (log, events) in [(LOG, others), (CALLS, calls)] {
+            for events in events.chunks(BATCH) {
+                let entries: Vec<Vec<u8>> = events.iter().filter_map(|e| encode(e).ok()).collect();
+                if let Err(e) = audit
+                    .store
+                    .log_append(log, &entries, audit.cap, audit.retention)
+                    .await
+                {
+                    tracing::warn!(error = %e, lost = entries.len(), "cannot write the activity log");
+                }
             }
         }
         for done in waiting {
@@ -493,12 +570,73 @@ async fn write_events(
     }
 }
 
+/// Where a reading of the activity stopped, in each of its two logs: an opaque
+/// string to the console (`<others>~<calls>`), checked when it comes back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    others: Part,
+    calls: Part,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Part {
+    /// From the newest entry.
+    #[default]
+    Newest,
+    /// Before this entry id.
+    Before(String),
+    /// Nothing more to read.
+    Done,
+}
+
+impl Cursor {
+    /// A cursor as [`Cursor::to_string`] wrote it; `None` for anything else.
+    pub fn parse(raw: &str) -> Option<Cursor> {
+        // An entry id: digits (embedded) or digits-digits (a Redis stream id).
+        fn part(raw: &str) -> Option<Part> {
+            let digits =
+                |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+            match raw {
+                "" => Some(Part::Newest),
+                "-" => Some(Part::Done),
+                id => {
+                    let valid = match id.split_once('-') {
+                        Some((ms, seq)) => digits(ms) && digits(seq),
+                        None => digits(id),
+                    };
+                    valid.then(|| Part::Before(id.to_owned()))
+                }
+            }
+        }
+        let (others, calls) = raw.split_once('~')?;
+        Some(Cursor {
+            others: part(others)?,
+            calls: part(calls)?,
+        })
+    }
+
+    /// Whether both logs are read to their end.
+    pub fn is_done(&self) -> bool {
+        self.others == Part::Done && self.calls == Part::Done
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let part = |p: &Part| match p {
+            Part::Newest => String::new(),
+            Part::Before(id) => id.clone(),
+            Part::Done => "-".to_owned(),
+        };
+        write!(f, "{}~{}", part(&self.others), part(&self.calls))
+    }
+}
+
 /// Folds the tool calls of one batch that differ only in time (same client, grant,
 /// server, tool and outcome) into the first of them, counting them in
 /// [`Event::calls`] and keeping the longest duration. A client calling in a loop
-/// then writes one event per batch instead of one per call: the log stays readable,
-/// a flood of calls cannot push every other event out of the capped log, and the
-/// store does one insert where it did thousands (under load, the log's writes were
+/// then writes one event per batch instead of one per call: the log of calls stays
+/// readable, and the store does one insert where it did thousands (under load, the log's writes were
 /// the server's largest single cost after the sockets).
 fn coalesce(batch: Vec<Event>) -> Vec<Event> {
     type Alike = (
@@ -556,6 +694,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cursor_reads_back_what_it_wrote_and_nothing_else() {
+        for cursor in [
+            Cursor::default(),
+            Cursor {
+                others: Part::Before("1733480000000123".into()),
+                calls: Part::Done,
+            },
+            Cursor {
+                others: Part::Done,
+                calls: Part::Before("1733480000000-7".into()),
+            },
+        ] {
+            assert_eq!(Cursor::parse(&cursor.to_string()), Some(cursor));
+        }
+        for bad in ["", "1", "a~", "~-1", "1--2~", "-~-~", "1-~", "ä~"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn usage_counts_the_last_day() {
         let hour = 3_600_000u64;
         let mut usage = Usage::default();
@@ -592,7 +750,7 @@ mod tests {
         audit.flush().await.expect("flush");
 
         let events: Vec<Event> = audit
-            .read(100, None)
+            .read(100, &Cursor::default(), None)
             .await
             .expect("read")
             .into_iter()

@@ -403,7 +403,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_ACTIVITY_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub activity_retention: Duration,
 
-    /// The most events the activity log keeps (the oldest go first).
+    /// The most events the activity log keeps, tool calls and everything else
+    /// counted apart (the oldest go first).
     #[arg(
         long,
         env = "GATEHOUSE_ACTIVITY_MAX_EVENTS",

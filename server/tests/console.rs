@@ -870,4 +870,79 @@ async fn the_activity_log_pages_back_through_older_events() {
         .json();
     assert_eq!(second["events"].as_array().expect("present").len(), 5);
     assert_eq!(second["next"], Value::Null);
+
+    // A cursor is the server's own: anything else is the caller's error.
+    for bad in ["abc", "12", "1~2~3", "1-x~", "~99999999999999999999999"] {
+        let refused = app
+            .console(
+                "activity",
+                &[("kind", "sign_in_failed"), ("before", bad)],
+                &cookie,
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+/// Tool calls have a log of their own: a client calling made-up names in a loop (so
+/// that no two calls fold into one event) pushes out older calls only, and paging
+/// through the activity still reaches the sign-in, the consent and the redemption.
+#[tokio::test]
+async fn tool_calls_never_push_other_activity_out_of_the_log() {
+    let app = TestApp::new(&["--activity-max-events", "100"]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let access = tokens["access_token"].as_str().expect("token");
+    let session = app.mcp_session(access, "2025-06-18").await;
+    for i in 0..150 {
+        app.mcp(
+            Some(access),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "id": i + 2, "method": "tools/call",
+                   "params": {"name": format!("made_up_{i}"), "arguments": {}}}),
+        )
+        .await;
+    }
+    let cookie = app.sign_in().await;
+    let mut kinds = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..10 {
+        let mut filter = Vec::new();
+        if let Some(cursor) = &before {
+            filter.push(("before", cursor.as_str()));
+        }
+        let page = app.console("activity", &filter, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let page = page.json();
+        kinds.extend(
+            page["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["kind"].as_str().expect("kind").to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let calls = kinds.iter().filter(|k| *k == "tool_call").count();
+    assert_eq!(calls, 100, "the calls' own cap");
+    let others: Vec<&str> = kinds
+        .iter()
+        .filter(|k| *k != "tool_call")
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        others,
+        [
+            "sign_in_succeeded",
+            "code_redeemed",
+            "consent_approved",
+            "sign_in_succeeded",
+            "client_registered"
+        ],
+        "newest first, after the calls"
+    );
+    assert_eq!(kinds[0], "sign_in_succeeded", "merged by time");
 }

@@ -119,7 +119,11 @@ async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
     let mut outcomes: Vec<(String, String)> = app
         .state
         .audit
-        .read(100, None)
+        .read(
+            100,
+            &gatehouse::audit::Cursor::default(),
+            Some(gatehouse::audit::EventKind::ToolCall),
+        )
         .await
         .expect("activity")
         .into_iter()

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     articles::{ArticleError, Slug, Status, MAX_PAGE},
-    audit::{Event, EventKind},
+    audit::{Cursor, Event, EventKind},
     oauth::{
         client::ClientId,
         grants::{GrantSummary, Identity},
@@ -305,21 +305,25 @@ impl ConsoleBackend for Console {
             .map(|g| (g.client_id.to_string(), g.client_name))
             .collect();
 
+        let mut cursor = match before {
+            Some(raw) => Cursor::parse(raw)
+                .ok_or_else(|| ConsoleError::new(400, "not a cursor of this activity log"))?,
+            None => Cursor::default(),
+        };
         let mut events = Vec::new();
-        let mut cursor = before.map(str::to_owned);
         let mut scanned = 0;
         let mut next = None;
         'pages: loop {
             let batch = self
                 .state
                 .audit
-                .read(ACTIVITY_BATCH, cursor.as_deref())
+                .read(ACTIVITY_BATCH, &cursor, kind)
                 .await
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < ACTIVITY_BATCH;
-            for (id, event) in batch {
+            for (after, event) in batch {
                 scanned += 1;
-                cursor = Some(id.clone());
+                cursor = after;
                 let wanted = kind.is_none_or(|k| event.kind == Some(k))
                     && client.is_none_or(|c| event.client_id.as_deref() == Some(c));
                 if wanted {
@@ -334,7 +338,7 @@ impl ConsoleBackend for Console {
                         outcome: event.outcome.clone(),
                     });
                     if events.len() == ACTIVITY_PAGE {
-                        next = Some(id);
+                        next = (!cursor.is_done()).then(|| cursor.to_string());
                         break 'pages;
                     }
                 }
@@ -343,7 +347,7 @@ impl ConsoleBackend for Console {
                 break;
             }
             if scanned >= ACTIVITY_SCAN {
-                next = cursor;
+                next = (!cursor.is_done()).then(|| cursor.to_string());
                 break;
             }
         }
