@@ -305,6 +305,10 @@ impl Owner {
 /// - each address may fail [`SignInLimiter::free`] times; after that, each further
 ///   attempt must wait a delay that doubles with every failure (1 s, 2 s, 4 s, … up
 ///   to `max_delay`);
+/// - an IPv6 address counts as its /64 (one host usually holds one), and its /48
+///   counts too, with [`WIDE_FREE_FACTOR`] times the free failures: anyone can get
+///   a /48 from a tunnel broker, and its 65,536 /64s would otherwise each have their
+///   own free failures, enough to guess for days at Argon2's full speed;
 /// - an attempt is *reserved* before the password is checked, so a burst of
 ///   concurrent guesses from one address is checked at most `free` times: the rest
 ///   are refused with `Retry-After` without costing an Argon2 run;
@@ -318,7 +322,35 @@ pub struct SignInLimiter {
     free: u32,
     max_delay: Duration,
     forget_after: Duration,
-    state: Mutex<HashMap<IpAddr, Tries>>,
+    state: Mutex<HashMap<Limited, Tries>>,
+}
+
+/// How many times more failures an IPv6 /48 has free than one of its addresses.
+pub const WIDE_FREE_FACTOR: u32 = 5;
+
+/// What failures count against: an address (an IPv6 one by its /64), or an IPv6
+/// /48.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Limited {
+    Address(IpAddr),
+    Wide(IpAddr),
+}
+
+impl Limited {
+    /// The keys `address` is limited under.
+    fn of(address: IpAddr) -> [Option<Limited>; 2] {
+        let own = address_key(address);
+        let wide = match own {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                Some(Limited::Wide(IpAddr::V6(
+                    [s[0], s[1], s[2], 0, 0, 0, 0, 0].into(),
+                )))
+            }
+            IpAddr::V4(_) => None,
+        };
+        [Some(Limited::Address(own)), wide]
+    }
 }
 
 struct Tries {
@@ -333,7 +365,7 @@ struct Tries {
 /// failure, say) releases the reservation without counting a failure.
 pub struct Attempt<'a> {
     limiter: &'a SignInLimiter,
-    key: IpAddr,
+    keys: [Option<Limited>; 2],
     settled: bool,
 }
 
@@ -341,7 +373,20 @@ impl Attempt<'_> {
     pub fn succeeded(mut self) {
         self.settled = true;
         let mut state = self.limiter.lock();
-        state.remove(&self.key);
+        for key in self.keys.iter().flatten() {
+            match key {
+                Limited::Address(_) => {
+                    state.remove(key);
+                }
+                // The owner's right password clears the owner's address only: the
+                // rest of the /48 keeps what it did.
+                Limited::Wide(_) => {
+                    if let Some(tries) = state.get_mut(key) {
+                        tries.in_flight = tries.in_flight.saturating_sub(1);
+                    }
+                }
+            }
+        }
     }
 
     pub fn failed(mut self) {
@@ -349,14 +394,17 @@ impl Attempt<'_> {
         let now = Instant::now();
         let limiter = self.limiter;
         let mut state = limiter.lock();
-        if let Some(tries) = state.get_mut(&self.key) {
-            tries.in_flight = tries.in_flight.saturating_sub(1);
-            tries.failures += 1;
-            tries.last = now;
-            if tries.failures >= limiter.free {
-                let doublings = (tries.failures - limiter.free).min(20);
-                let delay = Duration::from_secs(1u64 << doublings).min(limiter.max_delay);
-                tries.next = now + delay;
+        for key in self.keys.iter().flatten() {
+            let free = limiter.free_for(key);
+            if let Some(tries) = state.get_mut(key) {
+                tries.in_flight = tries.in_flight.saturating_sub(1);
+                tries.failures += 1;
+                tries.last = now;
+                if tries.failures >= free {
+                    let doublings = (tries.failures - free).min(20);
+                    let delay = Duration::from_secs(1u64 << doublings).min(limiter.max_delay);
+                    tries.next = now + delay;
+                }
             }
         }
     }
@@ -366,8 +414,10 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
             let mut state = self.limiter.lock();
-            if let Some(tries) = state.get_mut(&self.key) {
-                tries.in_flight = tries.in_flight.saturating_sub(1);
+            for key in self.keys.iter().flatten() {
+                if let Some(tries) = state.get_mut(key) {
+                    tries.in_flight = tries.in_flight.saturating_sub(1);
+                }
             }
         }
     }
@@ -383,49 +433,67 @@ impl SignInLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Tries>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Limited, Tries>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn free_for(&self, key: &Limited) -> u32 {
+        match key {
+            Limited::Address(_) => self.free,
+            Limited::Wide(_) => self.free.saturating_mul(WIDE_FREE_FACTOR),
+        }
     }
 
     /// Reserves an attempt for `address`, or says when one will be allowed.
     pub fn reserve(&self, address: IpAddr) -> Result<Attempt<'_>, RetryAfter> {
         let now = Instant::now();
-        let key = address_key(address);
+        let keys = Limited::of(address);
         let mut state = self.lock();
-        if state.len() >= MAX_TRACKED {
+        if state.len() + keys.len() > MAX_TRACKED {
             let forget = self.forget_after;
             state.retain(|_, t| t.in_flight > 0 || now.duration_since(t.last) < forget);
-            if state.len() >= MAX_TRACKED {
-                if let Some(oldest) = state
+            while state.len() + keys.len() > MAX_TRACKED {
+                let Some(oldest) = state
                     .iter()
                     .filter(|(_, t)| t.in_flight == 0)
                     .min_by_key(|(_, t)| t.last)
                     .map(|(k, _)| *k)
-                {
-                    state.remove(&oldest);
-                }
+                else {
+                    break;
+                };
+                state.remove(&oldest);
             }
         }
-        let tries = state.entry(key).or_insert(Tries {
-            failures: 0,
-            in_flight: 0,
-            next: now,
-            last: now,
-        });
-        if tries.in_flight == 0 && now.duration_since(tries.last) >= self.forget_after {
-            tries.failures = 0;
-            tries.next = now;
+        let mut wait = None;
+        for key in keys.iter().flatten() {
+            let tries = state.entry(*key).or_insert(Tries {
+                failures: 0,
+                in_flight: 0,
+                next: now,
+                last: now,
+            });
+            if tries.in_flight == 0 && now.duration_since(tries.last) >= self.forget_after {
+                tries.failures = 0;
+                tries.next = now;
+            }
+            let within_free = tries.failures + tries.in_flight < self.free_for(key);
+            let waited = tries.in_flight == 0 && now >= tries.next;
+            if !(within_free || waited) {
+                let until = tries.next.saturating_duration_since(now);
+                wait = wait.max(Some(until.max(Duration::from_secs(1))));
+            }
         }
-        let within_free = tries.failures + tries.in_flight < self.free;
-        let waited = tries.in_flight == 0 && now >= tries.next;
-        if !(within_free || waited) {
-            let wait = tries.next.saturating_duration_since(now);
-            return Err(RetryAfter(wait.max(Duration::from_secs(1))));
+        if let Some(wait) = wait {
+            return Err(RetryAfter(wait));
         }
-        tries.in_flight += 1;
+        for key in keys.iter().flatten() {
+            if let Some(tries) = state.get_mut(key) {
+                tries.in_flight += 1;
+            }
+        }
         Ok(Attempt {
             limiter: self,
-            key,
+            keys,
             settled: false,
         })
     }
@@ -457,6 +525,41 @@ mod tests {
         tokio::time::advance(Duration::from_secs(8)).await;
         limiter.reserve(a).expect("allowed").succeeded();
         assert!(limiter.reserve(a).is_ok());
+    }
+
+    /// A /48 is cheap to come by, and holds 65,536 /64s: together they have
+    /// [`WIDE_FREE_FACTOR`] times the free failures of one, not 65,536 times.
+    #[tokio::test(start_paused = true)]
+    async fn the_64s_of_one_ipv6_48_share_a_larger_budget() {
+        let limiter = SignInLimiter::new(2, Duration::from_secs(8), Duration::from_secs(900));
+        let in_48 = |i: u16| ip(&format!("2001:db8:7:{i:x}::1"));
+        for i in 0..WIDE_FREE_FACTOR as u16 {
+            limiter.reserve(in_48(i)).expect("free").failed();
+            limiter.reserve(in_48(i)).expect("free").failed();
+        }
+        let refused = limiter
+            .reserve(in_48(0xffff))
+            .err()
+            .expect("a fresh /64 of a slowed /48");
+        assert_eq!(refused.seconds(), 1);
+        assert!(
+            limiter.reserve(ip("2001:db8:8::1")).is_ok(),
+            "another /48 is not slowed"
+        );
+        assert!(limiter.reserve(ip("192.0.2.1")).is_ok());
+        // After the delay, one attempt at a time for the whole /48.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let one = limiter.reserve(in_48(0xfffe)).expect("after the delay");
+        assert!(limiter.reserve(in_48(0xfffd)).is_err(), "one at a time");
+        one.failed();
+        assert_eq!(
+            limiter
+                .reserve(in_48(0xfffd))
+                .err()
+                .expect("slowed")
+                .seconds(),
+            2
+        );
     }
 
     #[tokio::test(start_paused = true)]
