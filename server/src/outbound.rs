@@ -3,6 +3,7 @@
 //! - resolves the host itself and connects only to public addresses (no loopback,
 //!   private, link-local, shared, multicast or reserved ranges), which also defeats
 //!   DNS rebinding because the checked address is the one connected to;
+//! - connects only to port 443, so that it cannot be made to probe other services;
 //! - follows no redirects, and ignores proxy environment variables (a proxy would
 //!   make the address check meaningless);
 //! - gives up after [`FETCH_TIMEOUT`] and reads at most [`MAX_DOCUMENT_BYTES`];
@@ -107,6 +108,12 @@ impl DocumentFetcher {
             }
             _ => {}
         }
+        // A document is served on the https port. Any other would let anyone make
+        // this server open connections to any port of any public address (its own
+        // included, where a firewall may trust it) and report what it found.
+        if !self.allow_loopback && url.port_or_known_default() != Some(443) {
+            return Err(FetchError::lasting(NOT_HTTPS_PORT));
+        }
         let mut response = self
             .client
             .get(url.clone())
@@ -188,6 +195,10 @@ fn cache_lifetime(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         None => Some(Duration::from_secs(300)),
     }
 }
+
+/// Why a fetch was refused when the URL names a port other than 443.
+pub const NOT_HTTPS_PORT: &str =
+    "a metadata document must be served on the https port, 443; pin it to use another";
 
 /// Why a fetch was refused when the host resolves only to addresses that are not
 /// public (or is such an address).
@@ -415,6 +426,24 @@ mod tests {
                 .err()
                 .expect("refused");
             assert_eq!(refused, FetchError::lasting(NOT_PUBLIC), "{url}");
+        }
+    }
+
+    /// Nothing is even resolved: the refusal is the same for any host.
+    #[tokio::test]
+    async fn a_fetch_from_a_port_other_than_443_is_refused_before_connecting() {
+        let fetcher = DocumentFetcher::new(false).expect("client");
+        for url in [
+            "https://1.1.1.1:6379/doc",
+            "https://example.com:8443/doc",
+            "https://[2606:4700:4700::1111]:22/doc",
+        ] {
+            let refused = fetcher
+                .fetch(&Url::parse(url).expect("url"))
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(refused, FetchError::lasting(NOT_HTTPS_PORT), "{url}");
         }
     }
 

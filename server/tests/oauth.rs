@@ -1840,7 +1840,8 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
     let not_public = format!("{NOT_PUBLIC}.");
     for client_id in [
         format!("https://127.0.0.1:{port}/client.json"),
-        format!("https://localhost:{port}/client.json"),
+        // (Port 443: any other is refused before the name is even resolved.)
+        "https://localhost/client.json".to_owned(),
         format!("https://[::1]:{port}/client.json"),
         // IPv4-mapped IPv6 for 127.0.0.1 (in the normal form a client_id URL must have).
         format!("https://[::ffff:7f00:1]:{port}/client.json"),
