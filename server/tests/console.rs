@@ -760,7 +760,7 @@ async fn each_flow_writes_its_activity() {
         ["code_redeemed", "consent_approved", "client_registered"]
     );
     let approved = &app.activity(&cookie, &[("kind", "consent_approved")]).await[0];
-    assert_eq!(approved["client"], "Flow client");
+    assert_eq!(approved["client"], "Flow client (self-registered)");
     assert!(approved["detail"]
         .as_str()
         .expect("present")
@@ -836,9 +836,9 @@ async fn each_flow_writes_its_activity() {
     // Filters: by client, by kind, and both; an unknown kind is the caller's error.
     let of_reader = app.activity(&cookie, &[("client", &reader_id)]).await;
     assert!(!of_reader.is_empty());
-    assert!(of_reader
-        .iter()
-        .all(|e| e["client"] == "Test client" || e["client"] == reader_id.as_str()));
+    assert!(of_reader.iter().all(
+        |e| e["client"] == "Test client (self-registered)" || e["client"] == reader_id.as_str()
+    ));
     let unknown = app
         .console("activity", &[("kind", "no_such_kind")], &cookie)
         .await;

@@ -302,7 +302,15 @@ impl ConsoleBackend for Console {
             .live_grants()
             .await?
             .into_iter()
-            .map(|g| (g.client_id.to_string(), g.client_name))
+            .map(|g| {
+                // A self-registered client chose its own name ("Claude", say): the
+                // activity says so, as the apps page does.
+                let name = match identity(&g) {
+                    (_, true) => g.client_name,
+                    (vouched, false) => format!("{} ({vouched})", g.client_name),
+                };
+                (g.client_id.to_string(), name)
+            })
             .collect();
 
         let mut cursor = match before {
