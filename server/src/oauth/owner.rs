@@ -308,7 +308,8 @@ impl Owner {
 /// - an IPv6 address counts as its /64 (one host usually holds one), and its /48
 ///   counts too, with [`WIDE_FREE_FACTOR`] times the free failures: anyone can get
 ///   a /48 from a tunnel broker, and its 65,536 /64s would otherwise each have their
-///   own free failures, enough to guess for days at Argon2's full speed;
+///   own free failures, enough to guess for days at Argon2's full speed. A /64 the
+///   owner signed in from in the last 30 days is not held back by its /48;
 /// - an attempt is *reserved* before the password is checked, so a burst of
 ///   concurrent guesses from one address is checked at most `free` times: the rest
 ///   are refused with `Retry-After` without costing an Argon2 run;
@@ -323,7 +324,15 @@ pub struct SignInLimiter {
     max_delay: Duration,
     forget_after: Duration,
     state: Mutex<HashMap<Limited, Tries>>,
+    /// Addresses (IPv6 /64s) the owner signed in from, and until when their /48
+    /// does not count against them.
+    trusted: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// How long an address the owner signed in from keeps its /48 out of the count.
+const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Addresses the owner signed in from that are remembered at once.
+const MAX_TRUSTED: usize = 64;
 
 /// How many times more failures an IPv6 /48 has free than one of its addresses.
 pub const WIDE_FREE_FACTOR: u32 = 5;
@@ -365,6 +374,7 @@ struct Tries {
 /// failure, say) releases the reservation without counting a failure.
 pub struct Attempt<'a> {
     limiter: &'a SignInLimiter,
+    address: IpAddr,
     keys: [Option<Limited>; 2],
     settled: bool,
 }
@@ -372,6 +382,7 @@ pub struct Attempt<'a> {
 impl Attempt<'_> {
     pub fn succeeded(mut self) {
         self.settled = true;
+        self.limiter.trust(self.address);
         let mut state = self.limiter.lock();
         for key in self.keys.iter().flatten() {
             match key {
@@ -430,6 +441,7 @@ impl SignInLimiter {
             max_delay,
             forget_after,
             state: Mutex::default(),
+            trusted: Mutex::default(),
         }
     }
 
@@ -444,19 +456,48 @@ impl SignInLimiter {
         }
     }
 
-    /// Reserves an attempt for `address`, or says when one will be allowed.
+    /// Reserves an attempt for `address`, or says when one will be allowed. A
+    /// refusal changes nothing: it costs the caller no Argon2 run, so it must not
+    /// cost this limiter an entry either (entries pushed out would be forgotten).
     pub fn reserve(&self, address: IpAddr) -> Result<Attempt<'_>, RetryAfter> {
         let now = Instant::now();
-        let keys = Limited::of(address);
+        let mut keys = Limited::of(address);
+        if self.trusted(address, now) {
+            keys[1] = None;
+        }
         let mut state = self.lock();
-        if state.len() + keys.len() > MAX_TRACKED {
+        let mut wait = None;
+        for key in keys.iter().flatten() {
+            let Some(tries) = state.get(key) else {
+                continue;
+            };
+            let forgotten =
+                tries.in_flight == 0 && now.duration_since(tries.last) >= self.forget_after;
+            let within_free = tries.failures + tries.in_flight < self.free_for(key);
+            let waited = tries.in_flight == 0 && now >= tries.next;
+            if !(forgotten || within_free || waited) {
+                let until = tries.next.saturating_duration_since(now);
+                wait = wait.max(Some(until.max(Duration::from_secs(1))));
+            }
+        }
+        if let Some(wait) = wait {
+            return Err(RetryAfter(wait));
+        }
+        let new_keys = keys
+            .iter()
+            .flatten()
+            .filter(|k| !state.contains_key(*k))
+            .count();
+        if state.len() + new_keys > MAX_TRACKED {
             let forget = self.forget_after;
             state.retain(|_, t| t.in_flight > 0 || now.duration_since(t.last) < forget);
-            while state.len() + keys.len() > MAX_TRACKED {
+            while state.len() + new_keys > MAX_TRACKED {
+                // Addresses before /48s, and of those the longest quiet: a /48 that
+                // is being slowed down is the last thing a flood should push out.
                 let Some(oldest) = state
                     .iter()
                     .filter(|(_, t)| t.in_flight == 0)
-                    .min_by_key(|(_, t)| t.last)
+                    .min_by_key(|(k, t)| (matches!(k, Limited::Wide(_)), t.last))
                     .map(|(k, _)| *k)
                 else {
                     break;
@@ -464,7 +505,6 @@ impl SignInLimiter {
                 state.remove(&oldest);
             }
         }
-        let mut wait = None;
         for key in keys.iter().flatten() {
             let tries = state.entry(*key).or_insert(Tries {
                 failures: 0,
@@ -476,26 +516,36 @@ impl SignInLimiter {
                 tries.failures = 0;
                 tries.next = now;
             }
-            let within_free = tries.failures + tries.in_flight < self.free_for(key);
-            let waited = tries.in_flight == 0 && now >= tries.next;
-            if !(within_free || waited) {
-                let until = tries.next.saturating_duration_since(now);
-                wait = wait.max(Some(until.max(Duration::from_secs(1))));
-            }
-        }
-        if let Some(wait) = wait {
-            return Err(RetryAfter(wait));
-        }
-        for key in keys.iter().flatten() {
-            if let Some(tries) = state.get_mut(key) {
-                tries.in_flight += 1;
-            }
+            tries.in_flight += 1;
         }
         Ok(Attempt {
             limiter: self,
+            address: address_key(address),
             keys,
             settled: false,
         })
+    }
+
+    /// Whether the owner signed in from `address` (its /64) lately: then its /48
+    /// does not count. Strangers who share the owner's /48 (a mobile carrier's, a
+    /// cloud's) can slow down a first sign-in from it, never the owner's usual one.
+    fn trusted(&self, address: IpAddr, now: Instant) -> bool {
+        let trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        trusted
+            .get(&address_key(address))
+            .is_some_and(|until| now < *until)
+    }
+
+    fn trust(&self, address: IpAddr) {
+        let now = Instant::now();
+        let mut trusted = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        trusted.retain(|_, until| now < *until);
+        if trusted.len() >= MAX_TRUSTED && !trusted.contains_key(&address) {
+            if let Some(oldest) = trusted.iter().min_by_key(|(_, u)| **u).map(|(a, _)| *a) {
+                trusted.remove(&oldest);
+            }
+        }
+        trusted.insert(address, now + TRUSTED_FOR);
     }
 }
 
@@ -533,6 +583,9 @@ mod tests {
     async fn the_64s_of_one_ipv6_48_share_a_larger_budget() {
         let limiter = SignInLimiter::new(2, Duration::from_secs(8), Duration::from_secs(900));
         let in_48 = |i: u16| ip(&format!("2001:db8:7:{i:x}::1"));
+        // The owner signed in from one /64 of it earlier.
+        let owner = in_48(0xaaaa);
+        limiter.reserve(owner).expect("free").succeeded();
         for i in 0..WIDE_FREE_FACTOR as u16 {
             limiter.reserve(in_48(i)).expect("free").failed();
             limiter.reserve(in_48(i)).expect("free").failed();
@@ -542,9 +595,19 @@ mod tests {
             .err()
             .expect("a fresh /64 of a slowed /48");
         assert_eq!(refused.seconds(), 1);
+        // Refusals cost the limiter nothing: no entry for each fresh /64.
+        let tracked = limiter.lock().len();
+        for i in 0x1000..0x1100 {
+            assert!(limiter.reserve(in_48(i)).is_err());
+        }
+        assert_eq!(limiter.lock().len(), tracked);
         assert!(
             limiter.reserve(ip("2001:db8:8::1")).is_ok(),
             "another /48 is not slowed"
+        );
+        assert!(
+            limiter.reserve(owner).is_ok(),
+            "the owner's own /64 is not held back by its /48"
         );
         assert!(limiter.reserve(ip("192.0.2.1")).is_ok());
         // After the delay, one attempt at a time for the whole /48.
