@@ -392,86 +392,96 @@ impl Audit {
         self.write_usage().await
     }
 
-    /// The newest events first, `limit` at most, of `kind` when given, older than
-    /// `before`: both logs merged by time. Each event comes with the cursor that
-    /// reads on after it. Fewer than `limit` means there are no more.
+    /// The newest events first, at most `limit`, older than `before`: both logs
+    /// merged by time, or only the one that holds `kind` when given. Each event
+    /// comes with the cursor that reads on after it, and [`Reading::end`] with the
+    /// cursor past everything this reading looked at (entries that do not decode,
+    /// from a newer version, say, included). Fewer than `limit` events does not mean
+    /// the end: [`Cursor::is_done`] does.
     pub async fn read(
         &self,
         limit: usize,
         before: &Cursor,
         kind: Option<EventKind>,
-    ) -> StoreResult<Vec<(Cursor, Event)>> {
-        let calls_only = kind == Some(EventKind::ToolCall);
-        let mut cursor = before.clone();
-        let others = match (&before.others, kind.is_none() || !calls_only) {
-            (Part::Before(id), true) => self.read_log(LOG, limit, Some(id)).await?,
-            (Part::Newest, true) => self.read_log(LOG, limit, None).await?,
-            _ => {
-                cursor.others = Part::Done;
-                (Vec::new(), 0)
+    ) -> StoreResult<Reading> {
+        // Tool calls written before they had a log of their own are in the main
+        // log, so a reading of tool calls reads both.
+        let calls_wanted = kind.is_none_or(|k| k == EventKind::ToolCall);
+        let mut others = self.slice(LOG, limit, &before.others, true).await?;
+        let mut calls = self
+            .slice(CALLS, limit, &before.calls, calls_wanted)
+            .await?;
+        let mut events = Vec::new();
+        while events.len() < limit {
+            // A log whose entries read so far are all taken (or did not decode), and
+            // that has more, must be read on before anything older of the other log
+            // is taken: the next reading does.
+            if others.must_read_on() || calls.must_read_on() {
+                break;
             }
-        };
-        let calls = match (&before.calls, kind.is_none() || calls_only) {
-            (Part::Before(id), true) => self.read_log(CALLS, limit, Some(id)).await?,
-            (Part::Newest, true) => self.read_log(CALLS, limit, None).await?,
-            _ => {
-                cursor.calls = Part::Done;
-                (Vec::new(), 0)
-            }
-        };
-        // A log read to its end (fewer entries than asked for) is done once its
-        // last entry is taken; until then its part is the last id taken.
-        let done = |read: usize, taken: usize, len: usize| read < limit && taken == len;
-        let ((others, others_read), (calls, calls_read)) = (others, calls);
-        let (others_len, calls_len) = (others.len(), calls.len());
-        let (mut others, mut calls) = (others.into_iter().peekable(), calls.into_iter().peekable());
-        let (mut others_taken, mut calls_taken) = (0, 0);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let from_others = match (others.peek(), calls.peek()) {
-                (Some((_, a)), Some((_, b))) => a.at >= b.at,
+            let from_others = match (others.newest(), calls.newest()) {
+                (Some(a), Some(b)) => a >= b,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
-            let (id, event) = if from_others {
-                others_taken += 1;
-                others.next()
-            } else {
-                calls_taken += 1;
-                calls.next()
-            }
-            .expect("peeked");
-            let (part, read, taken, len) = if from_others {
-                (&mut cursor.others, others_read, others_taken, others_len)
-            } else {
-                (&mut cursor.calls, calls_read, calls_taken, calls_len)
-            };
-            *part = if done(read, taken, len) {
-                Part::Done
-            } else {
-                Part::Before(id)
-            };
-            out.push((cursor.clone(), event));
+            let slice = if from_others { &mut others } else { &mut calls };
+            let Some(event) = slice.take() else { break };
+            events.push((
+                Cursor {
+                    others: others.part(),
+                    calls: calls.part(),
+                },
+                event,
+            ));
         }
-        Ok(out)
+        Ok(Reading {
+            events,
+            end: Cursor {
+                others: others.part(),
+                calls: calls.part(),
+            },
+        })
     }
 
-    /// A log's events before `before`, and how many entries were read (some may not
-    /// decode).
-    async fn read_log(
+    /// What `log` holds from `from` on: up to `limit` entries, none when not
+    /// `wanted`.
+    async fn slice(
         &self,
         log: &str,
         limit: usize,
-        before: Option<&str>,
-    ) -> StoreResult<(Vec<(String, Event)>, usize)> {
+        from: &Part,
+        wanted: bool,
+    ) -> StoreResult<Slice> {
+        let before = match from {
+            Part::Done => None,
+            _ if !wanted => None,
+            Part::Newest => Some(None),
+            Part::Before(id) => Some(Some(id.as_str())),
+        };
+        let Some(before) = before else {
+            return Ok(Slice {
+                start: Part::Done,
+                events: Default::default(),
+                exhausted: true,
+                last_read: None,
+                last_taken: None,
+            });
+        };
         let entries = self.store.log_read(log, limit, before).await?;
-        let read = entries.len();
+        let exhausted = entries.len() < limit;
+        let last_read = entries.last().map(|(id, _)| id.clone());
         let events = entries
             .into_iter()
             .filter_map(|(id, raw)| decode(&raw).ok().map(|e| (id, e)))
             .collect();
-        Ok((events, read))
+        Ok(Slice {
+            start: from.clone(),
+            events,
+            exhausted,
+            last_read,
+            last_taken: None,
+        })
     }
 
     /// A grant's use as last written.
@@ -570,6 +580,51 @@ async fn write_events(
     }
 }
 
+/// Events read from the activity, each with the cursor after it, and the cursor
+/// after all of them.
+pub struct Reading {
+    pub events: Vec<(Cursor, Event)>,
+    pub end: Cursor,
+}
+
+/// One log's part of a reading: the events read from it and not yet taken.
+struct Slice {
+    start: Part,
+    events: std::collections::VecDeque<(String, Event)>,
+    /// Fewer entries than asked for were read: there are no more.
+    exhausted: bool,
+    /// The id of the oldest entry read, whether or not it decoded.
+    last_read: Option<String>,
+    last_taken: Option<String>,
+}
+
+impl Slice {
+    /// When the newest event not yet taken happened.
+    fn newest(&self) -> Option<u64> {
+        self.events.front().map(|(_, e)| e.at)
+    }
+
+    fn must_read_on(&self) -> bool {
+        self.events.is_empty() && !self.exhausted
+    }
+
+    fn take(&mut self) -> Option<Event> {
+        let (id, event) = self.events.pop_front()?;
+        self.last_taken = Some(id);
+        Some(event)
+    }
+
+    /// Where a reading after the events taken so far starts in this log.
+    fn part(&self) -> Part {
+        match (self.events.is_empty(), &self.last_read, &self.last_taken) {
+            // Every event read is taken: past what was read, undecodable included.
+            (true, _, _) if self.exhausted => Part::Done,
+            (true, Some(id), _) | (false, _, Some(id)) => Part::Before(id.clone()),
+            _ => self.start.clone(),
+        }
+    }
+}
+
 /// Where a reading of the activity stopped, in each of its two logs: an opaque
 /// string to the console (`<others>~<calls>`), checked when it comes back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -594,8 +649,9 @@ impl Cursor {
     pub fn parse(raw: &str) -> Option<Cursor> {
         // An entry id: digits (embedded) or digits-digits (a Redis stream id).
         fn part(raw: &str) -> Option<Part> {
+            // Digits that fit the stores' u64s.
             let digits =
-                |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+                |s: &str| s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok();
             match raw {
                 "" => Some(Part::Newest),
                 "-" => Some(Part::Done),
@@ -727,6 +783,86 @@ mod tests {
         );
     }
 
+    /// Paging through both logs yields every event once, newest first, whatever the
+    /// page size, and gets past entries that do not decode (from a newer version,
+    /// say) to the end.
+    #[tokio::test]
+    async fn readings_page_through_both_logs_by_time_past_what_does_not_decode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let audit = Audit::new(
+            store.clone(),
+            Clock::system(),
+            Duration::from_secs(3600),
+            1000,
+        );
+        let now = Clock::system().now_ms();
+        let event = |kind: EventKind, at: u64| {
+            encode(&Event {
+                at: now + at,
+                ..Event::new(kind)
+            })
+            .expect("encode")
+        };
+        let garbage = |n: usize| vec![b"{\"kind\":\"from_the_future\"}".to_vec(); n];
+        // Oldest first, as written: calls and other events interleaved in time,
+        // with runs of undecodable entries between them in the main log.
+        let mut expected = Vec::new();
+        for at in 0..60u64 {
+            let (log, kind) = if at % 3 == 0 {
+                (LOG, EventKind::SignInFailed)
+            } else {
+                (CALLS, EventKind::ToolCall)
+            };
+            store
+                .log_append(log, &[event(kind, at)], 1000, Duration::from_secs(3600))
+                .await
+                .expect("append");
+            if at % 20 == 0 {
+                store
+                    .log_append(LOG, &garbage(25), 1000, Duration::from_secs(3600))
+                    .await
+                    .expect("append");
+            }
+            expected.push(now + at);
+        }
+        expected.reverse();
+        for limit in [1, 4, 7, 10, 100] {
+            let mut seen = Vec::new();
+            let mut cursor = Cursor::default();
+            for _ in 0..1000 {
+                let reading = audit.read(limit, &cursor, None).await.expect("read");
+                assert!(reading.events.len() <= limit);
+                seen.extend(reading.events.iter().map(|(_, e)| e.at));
+                // Each event's own cursor reads on right after it.
+                if let Some((after, _)) = reading.events.first() {
+                    let on = audit.read(limit, after, None).await.expect("read");
+                    let next: Vec<u64> = on.events.iter().map(|(_, e)| e.at).collect();
+                    let rest: Vec<u64> = reading.events.iter().skip(1).map(|(_, e)| e.at).collect();
+                    assert!(
+                        next.starts_with(&rest) || rest.starts_with(&next),
+                        "limit {limit}: {next:?} after {rest:?}"
+                    );
+                }
+                cursor = Cursor::parse(&reading.end.to_string()).expect("round trip");
+                if cursor.is_done() {
+                    break;
+                }
+            }
+            assert!(cursor.is_done(), "limit {limit}: reached the end");
+            assert_eq!(seen, expected, "limit {limit}");
+            // Another kind than tool calls: their log is not even read.
+            let others = audit
+                .read(100, &Cursor::default(), Some(EventKind::SignInFailed))
+                .await
+                .expect("read");
+            assert_eq!(others.events.len(), 20);
+            assert!(others.end.is_done());
+        }
+    }
+
     #[tokio::test]
     async fn alike_tool_calls_in_one_write_become_one_event_that_counts_them() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -753,6 +889,7 @@ mod tests {
             .read(100, &Cursor::default(), None)
             .await
             .expect("read")
+            .events
             .into_iter()
             .map(|(_, e)| e)
             .collect();

@@ -95,9 +95,6 @@ impl DocumentFetcher {
     }
 
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
-        let Ok(_fetch) = self.fetches.try_acquire() else {
-            return Err(FetchError::transient(BUSY));
-        };
         // IP literals never reach the resolver: check them here.
         match url.host() {
             Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
@@ -114,6 +111,10 @@ impl DocumentFetcher {
         if !self.allow_loopback && url.port_or_known_default() != Some(443) {
             return Err(FetchError::lasting(NOT_HTTPS_PORT));
         }
+        // Only then a place: what can never work is refused as such, busy or not.
+        let Ok(_fetch) = self.fetches.try_acquire() else {
+            return Err(FetchError::transient(BUSY));
+        };
         let mut response = self
             .client
             .get(url.clone())
@@ -139,8 +140,9 @@ impl DocumentFetcher {
         }
         if status != reqwest::StatusCode::OK {
             let reason = format!("the metadata document answered {}", status.as_u16());
-            let failing =
-                status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            let failing = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
             return Err(if failing {
                 FetchError::transient(reason)
             } else {

@@ -126,6 +126,7 @@ async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
         )
         .await
         .expect("activity")
+        .events
         .into_iter()
         .filter_map(|(_, event)| Some((event.tool?, event.outcome?)))
         .collect();

@@ -321,15 +321,14 @@ impl ConsoleBackend for Console {
         let mut events = Vec::new();
         let mut scanned = 0;
         let mut next = None;
-        'pages: loop {
-            let batch = self
+        'pages: for round in 1.. {
+            let reading = self
                 .state
                 .audit
                 .read(ACTIVITY_BATCH, &cursor, kind)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            let exhausted = batch.len() < ACTIVITY_BATCH;
-            for (after, event) in batch {
+            for (after, event) in reading.events {
                 scanned += 1;
                 cursor = after;
                 let wanted = kind.is_none_or(|k| event.kind == Some(k))
@@ -351,11 +350,14 @@ impl ConsoleBackend for Console {
                     }
                 }
             }
-            if exhausted {
+            cursor = reading.end;
+            if cursor.is_done() {
                 break;
             }
-            if scanned >= ACTIVITY_SCAN {
-                next = (!cursor.is_done()).then(|| cursor.to_string());
+            // Bounded in events looked at, and in readings (should entries not
+            // decode, a reading can look at many and yield none).
+            if scanned >= ACTIVITY_SCAN || round * ACTIVITY_BATCH >= 2 * ACTIVITY_SCAN {
+                next = Some(cursor.to_string());
                 break;
             }
         }

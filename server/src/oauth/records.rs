@@ -70,8 +70,7 @@ pub struct Grant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<SecretHash>,
     /// The refresh token rotated last (at most one), so a client that lost the
-    /// response gets the same successor again within the grace window. Any other
-    /// refresh token of this grant is a reuse.
+    /// response gets the same successor again within the grace window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotated: Vec<Rotation>,
     /// The refresh tokens rotated before, newest first, at most

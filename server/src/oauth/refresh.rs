@@ -43,6 +43,21 @@ const SUCCESSOR_MAX_WAIT: Duration = Duration::from_millis(50);
 /// refreshed early can finish what it was doing with the previous one.
 const ACCESS_TOKENS_KEPT: usize = 2;
 
+/// The pair a rotation made for another request of the same token, if it answers
+/// what this one asked: a narrower `scope` must not get a wider pair.
+fn answers(
+    pair: TokenResponse,
+    requested: Option<&ScopeSet>,
+    scopes: &ScopeSet,
+) -> Result<TokenResponse, TokenError> {
+    if requested.is_some() && ScopeSet::parse(&pair.scope).ok().as_ref() != Some(scopes) {
+        return Err(TokenError::InvalidScope(
+            "this refresh token was rotated a moment ago for other scopes".into(),
+        ));
+    }
+    Ok(pair)
+}
+
 impl AuthServer {
     pub(super) async fn refresh(
         &self,
@@ -83,7 +98,10 @@ impl AuthServer {
                     .iter()
                     .any(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
                 if !recent {
-                    if !grant.retired.iter().any(|h| h.same(&token.hash)) {
+                    // (`rotated` too: grants stored before `retired` existed.)
+                    let issued = grant.retired.iter().any(|h| h.same(&token.hash))
+                        || grant.rotated.iter().any(|r| r.hash.same(&token.hash));
+                    if !issued {
                         // Never issued, or rotated long ago: no evidence of theft.
                         return Err(invalid());
                     }
@@ -100,15 +118,9 @@ impl AuthServer {
                 if let Some(sealed) = self.store.get(&successor).await? {
                     let pair: TokenResponse =
                         decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
-                    // A retry asks what the lost request asked: the same checks,
-                    // and the scopes of the pair it would get.
+                    // A retry asks what the lost request asked: the same checks.
                     let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
-                    if requested.is_some() && ScopeSet::parse(&pair.scope).ok() != Some(scopes) {
-                        return Err(TokenError::InvalidScope(
-                            "this refresh token was rotated a moment ago for other scopes".into(),
-                        ));
-                    }
-                    return Ok(pair);
+                    return answers(pair, requested.as_ref(), &scopes);
                 }
                 // Rotated a moment ago by a request that is still storing the
                 // successor: look again shortly.
@@ -122,7 +134,7 @@ impl AuthServer {
                 &token.grant,
                 &grant.subject,
                 &client.client_id,
-                scopes,
+                scopes.clone(),
                 &grant.resource,
             )?;
             self.store_access(&minted).await?;
@@ -167,6 +179,7 @@ impl AuthServer {
                     };
                     let pair: TokenResponse =
                         decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
+                    let pair = answers(pair, requested.as_ref(), &scopes)?;
                     let refresh = GrantToken::parse(&pair.refresh_token)
                         .ok_or_else(invalid)?
                         .hash;
