@@ -519,3 +519,124 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         .collect();
     assert!(left.is_empty(), "nothing of the grant is left: {left:?}");
 }
+
+/// A proxy to Redis that, once armed, passes the next command on and then closes
+/// the connection without passing the reply back: a reply lost with its connection.
+struct ReplyDropper {
+    url: String,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyDropper {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = redis_url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("redis://{}", listener.local_addr().expect("addr"));
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(redis) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let armed = arm.clone();
+                tokio::spawn(async move {
+                    let cutting = Arc::new(AtomicBool::new(false));
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_redis, mut to_redis) = redis.into_split();
+                    let down = {
+                        let cutting = cutting.clone();
+                        async move {
+                            let mut buf = vec![0; 64 * 1024];
+                            loop {
+                                let n = from_client.read(&mut buf).await?;
+                                if n == 0 {
+                                    return Ok::<_, std::io::Error>(());
+                                }
+                                let cut = armed.swap(false, Ordering::SeqCst);
+                                if cut {
+                                    cutting.store(true, Ordering::SeqCst);
+                                }
+                                to_redis.write_all(&buf[..n]).await?;
+                                if cut {
+                                    // Let Redis run it, then hang up.
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    };
+                    let up = async move {
+                        let mut buf = vec![0; 64 * 1024];
+                        loop {
+                            let n = from_redis.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if !cutting.load(Ordering::SeqCst) {
+                                to_client.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = down => {}
+                        _ = up => {}
+                    }
+                });
+            }
+        });
+        ReplyDropper { url, armed }
+    }
+
+    fn drop_next_reply(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A write whose reply is lost with its connection is not sent again. Redis ran it
+/// once; a second run answers differently (a compare-and-swap that already swapped
+/// says no, which a code redemption reads as a replay: it revoked the grant the
+/// owner had just approved). The caller gets an error instead, a 503 it may retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_is_lost_is_an_error_not_a_second_run() {
+    use gatehouse::store::{Key, Kind, Put, Store};
+    let proxy = ReplyDropper::start().await;
+    let store = gatehouse::store::redis::RedisStore::connect(&proxy.url, &random_prefix(), 1)
+        .await
+        .expect("connect");
+    let key = Key::new(Kind::CLIENT, "lost-reply");
+    store
+        .put(&key, b"before", Put::forever())
+        .await
+        .expect("put");
+    proxy.drop_next_reply();
+    let swapped = store
+        .compare_and_swap(&key, b"before", b"after", Put::forever())
+        .await;
+    assert!(
+        swapped.is_err(),
+        "an outcome nobody saw is an error, not {swapped:?}"
+    );
+    // It ran once; the store answers again once reconnected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.get(&key).await {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some(&b"after"[..]));
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the store did not come back: {e}"),
+        }
+    }
+}

@@ -145,7 +145,12 @@ impl RedisStore {
             .with_connection_config(|c| {
                 c.connection_timeout = CONNECT_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
-                c.max_command_attempts = 2;
+                // Never send a command again: one whose connection closed before
+                // its reply may have run, and a second run of a script answers
+                // differently (a compare-and-swap that swapped says no, which a
+                // code redemption reads as a replay). An outcome nobody saw is an
+                // error, which callers answer with 503 and clients retry.
+                c.max_command_attempts = 1;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
