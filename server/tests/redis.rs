@@ -640,3 +640,35 @@ async fn a_write_whose_reply_is_lost_is_an_error_not_a_second_run() {
         }
     }
 }
+
+/// Two deployments on one Redis, one prefix extending the other's: each exports
+/// its own records only (the longer prefix's keys match the shorter one's pattern).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_prefix_extends_ours_is_not_ours() {
+    use gatehouse::store::{Key, Kind, Put, Store};
+    let ours = random_prefix();
+    let theirs = format!("{ours}staging:");
+    let connect = |prefix: String| async move {
+        gatehouse::store::redis::RedisStore::connect(&redis_url(), &prefix, 1)
+            .await
+            .expect("connect")
+    };
+    let (a, b) = (connect(ours).await, connect(theirs).await);
+    b.put(
+        &Key::new(Kind::OWNER, "password"),
+        b"theirs",
+        Put::forever(),
+    )
+    .await
+    .expect("put");
+    b.put(&Key::new(Kind::CLIENT, "c"), b"theirs", Put::forever())
+        .await
+        .expect("put");
+    a.put(&Key::new(Kind::CLIENT, "c"), b"ours", Put::forever())
+        .await
+        .expect("put");
+    let exported = a.export().await.expect("export");
+    let keys: Vec<&str> = exported.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["client:c"]);
+    assert_eq!(exported[0].value, b"ours");
+}

@@ -45,6 +45,35 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         self.0
     }
+
+    /// Whether `key`'s first segment is one of ours: what a scan of a shared Redis
+    /// keeps (a deployment whose prefix extends ours, `gatehouse:staging:`, shares
+    /// our pattern; its keys start with `staging:`).
+    pub fn owns(key: &str) -> bool {
+        let kind = key.split(':').next().unwrap_or_default();
+        #[cfg(test)]
+        if kind == Kind::TEST.0 {
+            return true;
+        }
+        [
+            Kind::CLIENT,
+            Kind::GRANT,
+            Kind::CODE,
+            Kind::ACCESS,
+            Kind::REFRESH,
+            Kind::SUCCESSOR,
+            Kind::SESSION,
+            Kind::TICKET,
+            Kind::SETUP,
+            Kind::OWNER,
+            Kind::MCP_SESSION,
+            Kind::MCP_BINDING,
+            Kind::ARTICLE,
+            Kind::USAGE,
+        ]
+        .iter()
+        .any(|k| k.0 == kind)
+    }
 }
 
 /// A key in the store. Keys are built only through the constructors below, so every

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use fred::{bytes::Bytes, prelude::*};
 use futures::StreamExt;
 
-use super::{Entry, Group, Key, Put, Store, StoreError, StoreResult};
+use super::{Entry, Group, Key, Kind, Put, Store, StoreError, StoreResult};
 
 /// A command that takes longer than this fails, so callers answer 503 promptly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -359,9 +359,11 @@ impl Store for RedisStore {
         while let Some(key) = stream.next().await {
             let key = key.map_err(unavailable)?;
             if let Some(name) = key.as_str() {
-                // Group sets and logs share the prefix namespace; they are not records.
+                // Group sets and logs share the prefix namespace; they are not
+                // records. Nor is what another deployment, whose prefix extends
+                // ours, keeps.
                 if let Some(name) = name.strip_prefix(self.prefix.as_str()) {
-                    if !name.starts_with("grp:") && !name.starts_with("log:") {
+                    if Kind::owns(name) {
                         keys.push(name.to_owned());
                     }
                 }
