@@ -14,6 +14,9 @@ pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_ARTICLE_BYTES: usize = 48 * 1024;
 pub const MAX_SLUG_CHARS: usize = 80;
 pub const MAX_PAGE: usize = 100;
+/// Articles kept at most. Listing and search read every article, so this bounds
+/// what one call costs (at most about 48 MB) as much as what the store holds.
+pub const MAX_ARTICLES: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +36,10 @@ pub struct Article {
     pub updated_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<u64>,
+    /// How many times the article changed: what an edit names to change only the
+    /// version it read (`updated_at`, in seconds, repeats within a second).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// A listing entry: an article without its body.
@@ -169,6 +176,8 @@ fn check_body(body: &str) -> Result<(), ArticleError> {
 pub struct Articles {
     store: SharedStore,
     clock: Clock,
+    /// [`MAX_ARTICLES`], lower in tests.
+    max: usize,
 }
 
 /// One page of a listing.
@@ -182,7 +191,11 @@ pub struct Page {
 
 impl Articles {
     pub fn new(store: SharedStore, clock: Clock) -> Self {
-        Articles { store, clock }
+        Articles {
+            store,
+            clock,
+            max: MAX_ARTICLES,
+        }
     }
 
     async fn all(&self) -> Result<Vec<Article>, ArticleError> {
@@ -295,7 +308,15 @@ impl Articles {
             created_at: now,
             updated_at: now,
             published_at: None,
+            revision: 0,
         };
+        let prefix = format!("{}:", Kind::ARTICLE.as_str());
+        if self.store.scan(&prefix).await?.len() >= self.max {
+            return Err(ArticleError::Invalid(format!(
+                "there are already {} articles, the most this server keeps; delete some first",
+                self.max
+            )));
+        }
         if !self
             .store
             .put_new(&slug.key(), &encode(&article)?, Put::forever())
@@ -320,6 +341,7 @@ impl Articles {
             let now = self.clock.now_secs();
             change(&mut article, now)?;
             article.updated_at = now;
+            article.revision += 1;
             if self
                 .store
                 .compare_and_swap(&slug.key(), &current, &encode(&article)?, Put::forever())
@@ -333,11 +355,14 @@ impl Articles {
         ))
     }
 
+    /// Replaces the title, the body, or both; only if the article is still at
+    /// `revision` when one is given.
     pub async fn update(
         &self,
         slug: &Slug,
         title: Option<&str>,
         body: Option<&str>,
+        revision: Option<u64>,
     ) -> Result<Article, ArticleError> {
         if title.is_none() && body.is_none() {
             return Err(ArticleError::Invalid(
@@ -349,6 +374,9 @@ impl Articles {
             check_body(body)?;
         }
         self.modify(slug, |article, _| {
+            if revision.is_some_and(|r| r != article.revision) {
+                return Err(ArticleError::Changed(slug.clone()));
+            }
             if let Some(title) = &title {
                 article.title = title.clone();
             }
@@ -361,7 +389,7 @@ impl Articles {
     }
 
     /// Replaces title and body, only if the article is still the version that was
-    /// read (`seen`, its `updated_at`): an edit made meanwhile is not overwritten.
+    /// read (`seen`, its `revision`): an edit made meanwhile is not overwritten.
     pub async fn edit(
         &self,
         slug: &Slug,
@@ -372,7 +400,7 @@ impl Articles {
         let title = check_title(title)?;
         check_body(body)?;
         self.modify(slug, |article, _| {
-            if article.updated_at != seen {
+            if article.revision != seen {
                 return Err(ArticleError::Changed(slug.clone()));
             }
             article.title = title.clone();
@@ -405,6 +433,70 @@ impl Articles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn articles(max: usize) -> (Articles, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let articles = Articles {
+            store,
+            clock: Clock::manual(),
+            max,
+        };
+        (articles, dir)
+    }
+
+    /// Two changes within one second: the second one's version differs all the
+    /// same, so an edit of what was read before it is refused, not applied over it.
+    #[tokio::test]
+    async fn an_edit_of_a_version_changed_within_the_same_second_is_refused() {
+        let (articles, _dir) = articles(10);
+        let slug = articles
+            .create(None, "Title", "one")
+            .await
+            .expect("create")
+            .slug;
+        let read = articles.get(&slug).await.expect("get");
+        let agent = articles
+            .update(&slug, None, Some("two"), None)
+            .await
+            .expect("update");
+        assert_eq!(agent.updated_at, read.updated_at, "the same second");
+        let owner = articles.edit(&slug, "Title", "three", read.revision).await;
+        assert!(matches!(owner, Err(ArticleError::Changed(_))), "{owner:?}");
+        let stale = articles
+            .update(&slug, None, Some("four"), Some(read.revision))
+            .await;
+        assert!(matches!(stale, Err(ArticleError::Changed(_))), "{stale:?}");
+        assert_eq!(articles.get(&slug).await.expect("get").body, "two");
+        articles
+            .edit(&slug, "Title", "five", agent.revision)
+            .await
+            .expect("an edit of the newest version");
+    }
+
+    #[tokio::test]
+    async fn articles_past_the_most_kept_are_refused() {
+        let (articles, _dir) = articles(3);
+        for i in 0..3 {
+            articles
+                .create(None, &format!("Article {i}"), "body")
+                .await
+                .expect("create");
+        }
+        let refused = articles.create(None, "One too many", "body").await;
+        assert!(
+            matches!(refused, Err(ArticleError::Invalid(_))),
+            "{refused:?}"
+        );
+        let first = Slug::parse("article-0").expect("slug");
+        articles.delete(&first).await.expect("delete");
+        articles
+            .create(None, "One too many", "body")
+            .await
+            .expect("room again");
+    }
 
     #[test]
     fn slugs() {

@@ -669,6 +669,25 @@ async fn articles_are_created_read_searched_updated_published_and_deleted() {
     )
     .await;
     assert_eq!(updated["structuredContent"]["title"], "Hello again");
+    // With the revision it read, an update applies only to that version.
+    assert_eq!(updated["structuredContent"]["revision"], 1);
+    let stale = run(
+        16,
+        "update_article",
+        json!({"slug": "hello-world", "body": "Overwrites?", "revision": 0}),
+    )
+    .await;
+    assert_eq!(stale["isError"], true, "{stale}");
+    assert!(stale["content"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("changed since it was read")));
+    let current = run(
+        17,
+        "update_article",
+        json!({"slug": "hello-world", "body": "Then again.", "revision": 1}),
+    )
+    .await;
+    assert_eq!(current["structuredContent"]["revision"], 2, "{current}");
     let published = run(14, "publish_article", json!({"slug": "hello-world"})).await;
     assert_eq!(published["structuredContent"]["status"], "published");
     let drafts = run(15, "list_articles", json!({"status": "draft"})).await;

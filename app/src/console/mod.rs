@@ -111,7 +111,7 @@ pub struct ArticleDetail {
     pub published: bool,
     pub created: String,
     pub updated: String,
-    /// The version the edit form was opened on (seconds since the epoch): a save
+    /// The version the edit form was opened on (the article's revision): a save
     /// over a newer version is refused instead of losing it.
     pub version: u64,
 }

@@ -414,7 +414,7 @@ impl ConsoleBackend for Console {
                 published: a.status == Status::Published,
                 created: when(a.created_at),
                 updated: when(a.updated_at),
-                version: a.updated_at,
+                version: a.revision,
             })),
             Err(ArticleError::NotFound(_)) => Ok(None),
             Err(e) => Err(article_error(e)),

@@ -139,7 +139,8 @@ fn article_schema() -> Value {
             "status": {"type": "string", "enum": ["draft", "published"]},
             "created_at": {"type": "integer"},
             "updated_at": {"type": "integer"},
-            "published_at": {"type": "integer"}
+            "published_at": {"type": "integer"},
+            "revision": {"type": "integer", "description": "How many times the article changed"}
         },
         "required": ["slug", "title", "body", "status", "created_at", "updated_at"]
     })
@@ -215,11 +216,12 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "update_article",
-            "Replace an article's title, body, or both. Needs write:articles.",
+            "Replace an article's title, body, or both. Give the revision you read to change only that version: if the article changed since, nothing is written and you are told. Needs write:articles.",
             json!({"type": "object", "properties": {
                 "slug": slug_property(),
                 "title": {"type": "string", "minLength": 1, "maxLength": 200},
-                "body": {"type": "string"}
+                "body": {"type": "string"},
+                "revision": {"type": "integer", "minimum": 0, "description": "The article's revision as read; the update applies only if it is still that"}
             }, "required": ["slug"], "additionalProperties": false}),
             written_schema(),
             (false, true, true),
@@ -276,6 +278,7 @@ struct UpdateArgs {
     slug: Slug,
     title: Option<String>,
     body: Option<String>,
+    revision: Option<u64>,
 }
 
 /// A tool failure the model can read and act on (MCP: tool errors are results with
@@ -447,7 +450,7 @@ impl ArticleServer {
             "update_article" => match parse::<UpdateArgs>(arguments) {
                 Ok(a) => self
                     .articles
-                    .update(&a.slug, a.title.as_deref(), a.body.as_deref())
+                    .update(&a.slug, a.title.as_deref(), a.body.as_deref(), a.revision)
                     .await
                     .map(written),
                 Err(e) => return Ok(e.into()),
