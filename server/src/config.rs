@@ -141,8 +141,15 @@ pub enum StoreCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Read an export from standard input into this store.
-    Import(StoreArgs),
+    /// Read an export from standard input into this store, which must be empty.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Import into a store that holds records already, writing over those with
+        /// the same keys (and keeping the others).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

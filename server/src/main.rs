@@ -180,9 +180,9 @@ async fn set_password(args: StoreArgs) -> ExitCode {
 
 /// `gatehouse store export|import`.
 async fn migrate(command: StoreCommand) -> ExitCode {
-    let (args, export_to) = match command {
-        StoreCommand::Export { store, output } => (store, Some(output)),
-        StoreCommand::Import(args) => (args, None),
+    let (args, export_to, replace) = match command {
+        StoreCommand::Export { store, output } => (store, Some(output), false),
+        StoreCommand::Import { store, replace } => (store, None, replace),
     };
     let store = match store_for(args).await {
         Ok(store) => store,
@@ -197,7 +197,7 @@ async fn migrate(command: StoreCommand) -> ExitCode {
         Some(None) => {
             gatehouse::migrate::export(store.as_ref(), &mut std::io::stdout().lock()).await
         }
-        None => gatehouse::migrate::import(store.as_ref(), std::io::stdin().lock()).await,
+        None => gatehouse::migrate::import(store.as_ref(), std::io::stdin().lock(), replace).await,
     };
     match outcome {
         Ok(count) => {

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Entry, Group, Key, Store, StoreError};
+use crate::store::{Entry, Group, Key, Kind, Store, StoreError};
 
 #[derive(Serialize, Deserialize)]
 struct Line {
@@ -30,7 +30,14 @@ pub enum MigrateError {
     Write(std::io::Error),
     #[error("line {line} of the import is not a record: {reason}")]
     Malformed { line: usize, reason: String },
+    #[error("the target store already holds {0} records; import into an empty store, or pass --replace to write over what has the same keys")]
+    NotEmpty(usize),
 }
+
+/// The longest lifetime an imported record may say it has left (no record of ours
+/// lives longer than a year; this leaves room and keeps the arithmetic far from
+/// overflowing on either backend).
+const MAX_IMPORTED_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Writes every live record of `store`; returns how many.
 pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, MigrateError> {
@@ -49,9 +56,15 @@ pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, Mi
     Ok(entries.len())
 }
 
-/// Writes every record of an export into `store` (replacing what has the same key);
-/// returns how many. Nothing is written unless every line parses.
-pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, MigrateError> {
+/// Writes every record of an export into `store`; returns how many. Nothing is
+/// written unless every line parses, and, without `replace`, unless the store is
+/// empty: an older export written over a live deployment would bring back old
+/// grant records (whose clients' refresh tokens then fail) and an old password.
+pub async fn import(
+    store: &dyn Store,
+    input: impl BufRead,
+    replace: bool,
+) -> Result<usize, MigrateError> {
     let mut entries = Vec::new();
     for (index, line) in input.lines().enumerate() {
         let malformed = |reason: String| MigrateError::Malformed {
@@ -63,6 +76,18 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, Mig
             continue;
         }
         let parsed: Line = serde_json::from_str(&line).map_err(|e| malformed(e.to_string()))?;
+        if !Kind::owns(&parsed.key) {
+            return Err(malformed(format!(
+                "{:?} is not a key of a Gatehouse record",
+                parsed.key
+            )));
+        }
+        if parsed
+            .ttl_ms
+            .is_some_and(|ms| ms > MAX_IMPORTED_TTL.as_millis() as u64)
+        {
+            return Err(malformed("its lifetime is longer than ten years".into()));
+        }
         let key = Key::from_raw(parsed.key);
         let group = match parsed.group.as_deref() {
             None => None,
@@ -83,6 +108,12 @@ pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<usize, Mig
             group,
             key,
         });
+    }
+    if !replace {
+        let held = store.export().await?.len();
+        if held > 0 {
+            return Err(MigrateError::NotEmpty(held));
+        }
     }
     for entry in &entries {
         store.put(&entry.key, &entry.value, entry.put()).await?;

@@ -264,7 +264,7 @@ async fn export_and_import_move_a_deployment_from_embedded_to_redis() {
     // ...keep working on Redis after the move.
     let prefix = random_prefix();
     let redis = TestApp::on_redis(&redis_url(), &prefix, &[]).await;
-    let imported = gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice())
+    let imported = gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice(), false)
         .await
         .expect("import");
     assert_eq!(imported, count);
@@ -476,7 +476,7 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         .await
         .expect("export");
     let redis = TestApp::on_redis(&redis_url(), &random_prefix(), &[]).await;
-    gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice())
+    gatehouse::migrate::import(redis.store.as_ref(), exported.as_slice(), false)
         .await
         .expect("import into Redis");
     let mut exported_again = Vec::new();
@@ -485,10 +485,37 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         .expect("export from Redis");
     let target = TestApp::new(&[]);
     assert!(records(&target.store).await.is_empty());
-    gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice())
+    gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice(), false)
         .await
         .expect("import into embedded");
     let after = records(&target.store).await;
+    // Into a store that holds records: only when asked to write over them.
+    let again =
+        gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice(), false).await;
+    assert!(
+        matches!(again, Err(gatehouse::migrate::MigrateError::NotEmpty(n)) if n == after.len()),
+        "{again:?}"
+    );
+    gatehouse::migrate::import(target.store.as_ref(), exported_again.as_slice(), true)
+        .await
+        .expect("import with replace");
+    assert_eq!(records(&target.store).await.len(), after.len());
+    // What is not a record of ours is refused, before anything is written.
+    for line in [
+        r#"{"key":"grp:{abc}","value":""}"#,
+        r#"{"key":"staging:owner:password","value":""}"#,
+        r#"{"key":"client:x","value":"","ttl_ms":18446744073709551615}"#,
+    ] {
+        let refused =
+            gatehouse::migrate::import(target.store.as_ref(), line.as_bytes(), true).await;
+        assert!(
+            matches!(
+                refused,
+                Err(gatehouse::migrate::MigrateError::Malformed { .. })
+            ),
+            "{line}: {refused:?}"
+        );
+    }
 
     let keys = |entries: &[gatehouse::store::Entry]| -> Vec<String> {
         entries.iter().map(|e| e.key.to_string()).collect()
