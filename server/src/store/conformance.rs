@@ -31,7 +31,7 @@ macro_rules! suite {
         mod conformance_suite {
             use super::*;
             $crate::store::conformance::suite!(@tests $fresh;
-                put_then_get, get_many_reads_each_key, put_replaces_value_ttl_and_group, missing_keys_are_none,
+                put_then_get, get_many_reads_each_key, put_replaces_value_ttl_and_group, put_in_a_group_needs_its_tag, missing_keys_are_none,
                 ttl_expiry_hides_records_everywhere, take_is_single_use,
                 take_under_concurrency_yields_exactly_once, put_new_writes_only_once,
                 put_new_under_concurrency_writes_exactly_once, compare_and_swap_needs_the_expected_value,
@@ -134,6 +134,19 @@ pub async fn put_replaces_value_ttl_and_group<S: Store>(store: Arc<S>, time: Tim
     assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
     assert_eq!(store.delete_group(&group).await.expect("delete group"), 0);
     assert_eq!(store.get(&k).await.expect("get"), Some(b"kept".to_vec()));
+}
+
+/// Both backends refuse a record in a group its key does not name, whatever the
+/// write: what one holds, the other must be able to import.
+pub async fn put_in_a_group_needs_its_tag<S: Store>(store: Arc<S>, _time: Time) {
+    let group = group("tagged");
+    let other = super::conformance::group("other");
+    let k = Key::in_group(Kind::TEST, &other, "k");
+    let put = || Put::forever().in_group(&group);
+    assert!(store.put(&k, b"x", put()).await.is_err());
+    assert!(store.put_new(&k, b"x", put()).await.is_err());
+    assert!(store.put(&key("plain"), b"x", put()).await.is_err());
+    assert_eq!(store.get(&k).await.expect("get"), None);
 }
 
 pub async fn missing_keys_are_none<S: Store>(store: Arc<S>, _time: Time) {
@@ -403,16 +416,16 @@ pub async fn scan_lists_live_records_by_prefix<S: Store>(store: Arc<S>, _time: T
 
     // More than one batch of reads (Redis reads what SCAN found 200 at a time).
     for n in 0..450 {
-        let key = Key::from_raw(format!("many:{n:03}"));
+        let key = Key::new(Kind::TEST, &format!("many-{n:03}"));
         store
             .put(&key, n.to_string().as_bytes(), Put::forever())
             .await
             .expect("put");
     }
-    let listed = store.scan("many:").await.expect("scan");
+    let listed = store.scan("test:many-").await.expect("scan");
     assert_eq!(listed.len(), 450);
     for (n, (key, value)) in listed.iter().enumerate() {
-        assert_eq!(key.as_str(), format!("many:{n:03}"));
+        assert_eq!(key.as_str(), format!("test:many-{n:03}"));
         assert_eq!(value, n.to_string().as_bytes());
     }
 }

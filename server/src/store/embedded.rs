@@ -195,7 +195,7 @@ fn live_value(
 impl Store for EmbeddedStore {
     async fn put(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<()> {
         let now = self.clock.now_ms();
-        let (key, record) = (key.as_str().to_owned(), Record::new(value, put, now));
+        let (key, record) = (key.as_str().to_owned(), Record::new(key, value, put, now)?);
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
             tables.replace(&key, &record)
@@ -205,7 +205,7 @@ impl Store for EmbeddedStore {
 
     async fn put_new(&self, key: &Key, value: &[u8], put: Put<'_>) -> StoreResult<bool> {
         let now = self.clock.now_ms();
-        let (key, record) = (key.as_str().to_owned(), Record::new(value, put, now));
+        let (key, record) = (key.as_str().to_owned(), Record::new(key, value, put, now)?);
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
             if tables.read_live(&key, now)?.is_some() {
@@ -251,7 +251,7 @@ impl Store for EmbeddedStore {
         put: Put<'_>,
     ) -> StoreResult<bool> {
         let now = self.clock.now_ms();
-        let (key, record) = (key.as_str().to_owned(), Record::new(new, put, now));
+        let (key, record) = (key.as_str().to_owned(), Record::new(key, new, put, now)?);
         let expected = expected.to_vec();
         self.write(move |txn| {
             let mut tables = Tables::open(txn)?;
@@ -539,17 +539,27 @@ struct Record {
 }
 
 impl Record {
-    fn new(value: &[u8], put: Put<'_>, now: u64) -> Self {
+    /// `key`'s record. A group is refused unless the key carries its tag, as Redis
+    /// refuses it: a record the two backends hold differently would not move.
+    fn new(key: &Key, value: &[u8], put: Put<'_>, now: u64) -> StoreResult<Self> {
+        if let Some(group) = put.group {
+            if key.group().as_ref() != Some(group) {
+                return Err(StoreError::Backend(format!(
+                    "{key} is not a key of group {}",
+                    group.as_str()
+                )));
+            }
+        }
         let expires_at = match put.ttl {
             // A zero TTL still expires: at least one millisecond from now.
-            Some(ttl) => now + (ttl.as_millis() as u64).max(1),
+            Some(ttl) => now.saturating_add((ttl.as_millis() as u64).max(1)),
             None => 0,
         };
-        Record {
+        Ok(Record {
             expires_at,
             group: put.group.map(|g| g.as_str().to_owned()),
             value: value.to_vec(),
-        }
+        })
     }
 
     fn is_live(&self, now: u64) -> bool {
