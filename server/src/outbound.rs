@@ -413,40 +413,45 @@ mod tests {
         assert!(found.iter().all(|a| a.ip().is_loopback()));
     }
 
-    #[tokio::test]
-    async fn a_fetch_from_a_private_address_is_refused_for_that_reason() {
+    /// Asserts that a fetcher for the real world refuses each URL with `reason`.
+    async fn assert_refused(urls: &[&str], reason: &str) {
         let fetcher = DocumentFetcher::new(false).expect("client");
-        for url in [
-            "https://127.0.0.1/doc",
-            "https://[::1]/doc",
-            "https://localhost/doc",
-            "https://10.1.2.3:8443/doc",
-        ] {
+        for url in urls {
             let refused = fetcher
                 .fetch(&Url::parse(url).expect("url"))
                 .await
                 .err()
                 .expect("refused");
-            assert_eq!(refused, FetchError::lasting(NOT_PUBLIC), "{url}");
+            assert_eq!(refused, FetchError::lasting(reason), "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_from_a_private_address_is_refused_for_that_reason() {
+        assert_refused(
+            &[
+                "https://127.0.0.1/doc",
+                "https://[::1]/doc",
+                "https://localhost/doc",
+                "https://10.1.2.3:8443/doc",
+            ],
+            NOT_PUBLIC,
+        )
+        .await;
     }
 
     /// Nothing is even resolved: the refusal is the same for any host.
     #[tokio::test]
     async fn a_fetch_from_a_port_other_than_443_is_refused_before_connecting() {
-        let fetcher = DocumentFetcher::new(false).expect("client");
-        for url in [
-            "https://1.1.1.1:6379/doc",
-            "https://example.com:8443/doc",
-            "https://[2606:4700:4700::1111]:22/doc",
-        ] {
-            let refused = fetcher
-                .fetch(&Url::parse(url).expect("url"))
-                .await
-                .err()
-                .expect("refused");
-            assert_eq!(refused, FetchError::lasting(NOT_HTTPS_PORT), "{url}");
-        }
+        assert_refused(
+            &[
+                "https://1.1.1.1:6379/doc",
+                "https://example.com:8443/doc",
+                "https://[2606:4700:4700::1111]:22/doc",
+            ],
+            NOT_HTTPS_PORT,
+        )
+        .await;
     }
 
     #[test]

@@ -1770,17 +1770,7 @@ async fn bad_metadata_documents_are_refused_and_never_redirected_to() {
             "Client metadata unavailable",
             reason,
         );
-        let token = app
-            .post_form(
-                "/oauth/token",
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", "ghr.a.b"),
-                    ("client_id", &client_id),
-                ],
-                None,
-            )
-            .await;
+        let token = app.refresh(&client_id, "ghr.a.b", &[]).await;
         assert_oauth_error(&token, StatusCode::UNAUTHORIZED, "invalid_client");
         assert_eq!(token.json()["error_description"], reason, "{path}");
     }
@@ -1801,17 +1791,7 @@ async fn a_document_that_cannot_be_had_just_now_is_a_503_at_the_token_endpoint()
     let docs = document_server().await;
     let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
     let client_id = format!("{}/failing.json", docs.base);
-    let token = app
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", "ghr.a.b"),
-                ("client_id", &client_id),
-            ],
-            None,
-        )
-        .await;
+    let token = app.refresh(&client_id, "ghr.a.b", &[]).await;
     assert_oauth_error(
         &token,
         StatusCode::SERVICE_UNAVAILABLE,
