@@ -617,6 +617,39 @@ async fn write_tools_need_write_scope_and_answer_403_insufficient_scope() {
     assert_eq!(listed.rpc()["result"]["isError"], false);
 }
 
+/// A record that cannot be read is not "try again": the answer says what is wrong,
+/// and that the log names it.
+#[tokio::test]
+async fn an_unreadable_article_is_named_as_such_not_as_an_outage() {
+    let app = TestApp::new(&[]);
+    app.store
+        .put(
+            &gatehouse::articles::Articles::key_of(
+                &gatehouse::articles::Slug::parse("broken").expect("slug"),
+            ),
+            b"not json",
+            Put::forever(),
+        )
+        .await
+        .expect("put");
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let answer = app
+        .mcp(
+            Some(token),
+            Some(&session),
+            Some(V2025_06),
+            call(2, "get_article", json!({"slug": "broken"})),
+        )
+        .await;
+    let message = answer.rpc()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("cannot be read"), "{}", answer.body);
+}
+
 #[tokio::test]
 async fn articles_are_created_read_searched_updated_published_and_deleted() {
     let app = TestApp::new(&[]);

@@ -109,7 +109,20 @@ async fn end_ungranted_sessions(state: &AppState) {
 
 fn unavailable(error: &StoreError) -> ConsoleError {
     tracing::error!(error = %error, "store failure in the console");
-    ConsoleError::new(503, "The store is unavailable; try again shortly.")
+    let message = match error {
+        StoreError::Unavailable(_) => "The store is unavailable; try again shortly.".to_owned(),
+        // Trying again will not help: say so.
+        other => format!("{}.", capitalized(other.for_caller())),
+    };
+    ConsoleError::new(503, message)
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn article_error(error: ArticleError) -> ConsoleError {

@@ -478,10 +478,7 @@ impl ArticleServer {
             Ok(result) => Ok(result),
             Err(ArticleError::Store(e)) => {
                 tracing::error!(error = %e, "store failure in a tool");
-                Err(ErrorData::internal_error(
-                    "the server cannot reach its store; try again shortly",
-                    None,
-                ))
+                Err(ErrorData::internal_error(e.for_caller(), None))
             }
             Err(e) => Ok(tool_error(e.to_string()).into()),
         }
@@ -600,10 +597,7 @@ impl ServerHandler for ArticleServer {
             .into()),
             Err(ArticleError::Store(e)) => {
                 tracing::error!(error = %e, "store failure reading a resource");
-                Err(ErrorData::internal_error(
-                    "the server cannot reach its store",
-                    None,
-                ))
+                Err(ErrorData::internal_error(e.for_caller(), None))
             }
             Err(e) => Err(ErrorData::resource_not_found(e.to_string(), None)),
         }

@@ -577,7 +577,7 @@ impl Record {
     }
 
     fn decode(raw: &[u8]) -> StoreResult<Option<Self>> {
-        let corrupt = || StoreError::Backend("corrupt record".into());
+        let corrupt = || StoreError::Corrupt("a record of the embedded store".into());
         let expires_at = u64::from_be_bytes(
             raw.get(..8)
                 .ok_or_else(corrupt)?

@@ -203,6 +203,20 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// What to tell a caller (never the details, which go to the log): whether
+    /// trying again may help.
+    pub fn for_caller(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "the server cannot reach its store; try again shortly",
+            StoreError::Backend(_) => "the server's store failed; its log says why",
+            StoreError::Corrupt(_) => {
+                "a record in the server's store cannot be read; the server's log names it"
+            }
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Encodes a record as JSON, the format of every record above the store.
