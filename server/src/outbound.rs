@@ -22,6 +22,10 @@ use url::{Host, Url};
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 pub const MAX_FETCHES: usize = 32;
+/// Further fetches only for documents whose clients obtained tokens before (Claude's,
+/// say): anonymous callers holding all [`MAX_FETCHES`] places with slow documents of
+/// their own cannot hold up a known client's refetch.
+pub const RESERVED_FETCHES: usize = 8;
 
 /// Why a fetch was not made: [`MAX_FETCHES`] are under way.
 pub const BUSY: &str =
@@ -71,6 +75,7 @@ pub struct DocumentFetcher {
     client: reqwest::Client,
     allow_loopback: bool,
     fetches: tokio::sync::Semaphore,
+    reserved: tokio::sync::Semaphore,
 }
 
 impl DocumentFetcher {
@@ -91,10 +96,13 @@ impl DocumentFetcher {
             client,
             allow_loopback,
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            reserved: tokio::sync::Semaphore::new(RESERVED_FETCHES),
         })
     }
 
-    pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
+    /// Fetches `url`; `known` (its client obtained tokens before) may also use the
+    /// [`RESERVED_FETCHES`] places.
+    pub async fn fetch(&self, url: &Url, known: bool) -> Result<Fetched, FetchError> {
         // IP literals never reach the resolver: check them here.
         match url.host() {
             Some(Host::Ipv4(ip)) if !allowed(IpAddr::V4(ip), self.allow_loopback) => {
@@ -112,7 +120,12 @@ impl DocumentFetcher {
             return Err(FetchError::lasting(NOT_HTTPS_PORT));
         }
         // Only then a place: what can never work is refused as such, busy or not.
-        let Ok(_fetch) = self.fetches.try_acquire() else {
+        let place = match self.fetches.try_acquire() {
+            Ok(place) => Ok(place),
+            Err(_) if known => self.reserved.try_acquire(),
+            Err(e) => Err(e),
+        };
+        let Ok(_place) = place else {
             return Err(FetchError::transient(BUSY));
         };
         let mut response = self
@@ -335,16 +348,27 @@ mod tests {
         let hanging: Vec<_> = (0..MAX_FETCHES)
             .map(|_| {
                 let (fetcher, url) = (fetcher.clone(), url.clone());
-                tokio::spawn(async move { fetcher.fetch(&url).await.map(|_| ()) })
+                tokio::spawn(async move { fetcher.fetch(&url, false).await.map(|_| ()) })
             })
             .collect();
         while fetcher.fetches.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
         let started = std::time::Instant::now();
-        let refused = fetcher.fetch(&url).await.map(|_| ()).expect_err("busy");
+        let refused = fetcher
+            .fetch(&url, false)
+            .await
+            .map(|_| ())
+            .expect_err("busy");
         assert_eq!(refused, FetchError::transient(BUSY));
         assert!(started.elapsed() < Duration::from_secs(1));
+        // A known client's document still gets a place of its own.
+        let known =
+            tokio::time::timeout(Duration::from_millis(500), fetcher.fetch(&url, true)).await;
+        assert!(
+            known.is_err(),
+            "it is fetched (and hangs), not refused as busy"
+        );
         for fetch in hanging {
             fetch.abort();
         }
@@ -418,7 +442,7 @@ mod tests {
         let fetcher = DocumentFetcher::new(false).expect("client");
         for url in urls {
             let refused = fetcher
-                .fetch(&Url::parse(url).expect("url"))
+                .fetch(&Url::parse(url).expect("url"), false)
                 .await
                 .err()
                 .expect("refused");

@@ -1725,6 +1725,8 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
         .await
         .param("code")
         .expect("code");
+    let document = url::Url::parse(&client_id).expect("url");
+    assert!(!app.state.auth.document_is_proven(&document));
     let tokens = app.redeem(&client_id, &code).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
     assert_eq!(
@@ -1732,6 +1734,9 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
         1,
         "the document is cached per its max-age"
     );
+    // Its client obtained tokens: the document keeps its place in the cache, and
+    // fetch places of its own, whatever anonymous callers name.
+    assert!(app.state.auth.document_is_proven(&document));
 }
 
 /// Anyone can publish a metadata document naming any redirect URI, so a fetched

@@ -30,7 +30,7 @@ async fn fetches_go_direct_whatever_the_proxy_variables_say() {
     std::env::remove_var("no_proxy");
     let fetcher = DocumentFetcher::new(true).expect("client");
     let fetched = fetcher
-        .fetch(&url::Url::parse(&url).expect("url"))
+        .fetch(&url::Url::parse(&url).expect("url"), false)
         .await
         .map_err(|e| e.to_string());
     assert_eq!(fetched.map(|f| f.body), Ok(b"{}".to_vec()));

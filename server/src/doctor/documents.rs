@@ -57,7 +57,7 @@ pub async fn check_client_document(auth: &AuthServer, name: &'static str, url: &
         );
     }
     let host = parsed.host_str().unwrap_or(url);
-    let fetched = match auth.document_fetcher().fetch(&parsed).await {
+    let fetched = match auth.document_fetcher().fetch(&parsed, false).await {
         Ok(fetched) => fetched,
         Err(reason) => {
             return Check::fail(

@@ -133,6 +133,12 @@ impl AuthServer {
         }
     }
 
+    /// Whether the client-ID metadata document at `url` is proven: its client
+    /// obtained tokens here (see [`metadata_document::DocumentCache`]).
+    pub fn document_is_proven(&self, url: &url::Url) -> bool {
+        self.document_cache().is_proven(url)
+    }
+
     /// Whether the operator configured `client` (the static client, a pinned
     /// document), and so vouches for its redirect URIs.
     pub fn vouched_for(&self, client: &Client) -> bool {
@@ -155,7 +161,8 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, now_ms) {
             return Ok(client);
         }
-        let fetched = self.fetcher.fetch(url).await?;
+        let known = self.document_cache().is_proven(url);
+        let fetched = self.fetcher.fetch(url, known).await?;
         let client = metadata_document::client_from_document(
             url,
             &fetched.body,

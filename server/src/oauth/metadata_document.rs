@@ -190,10 +190,18 @@ pub fn pin(url: &str, file: &Path, known: &ScopeSet) -> Result<(Url, PinnedDocum
 
 /// Fetched documents, in memory and bounded: an anonymous caller who names a new
 /// document URL at every request costs a fetch, never storage. When full, expired
-/// entries go first, then the one closest to expiry.
+/// entries go first, then the one closest to expiry among those never *proven*.
+///
+/// A document is proven once its client redeemed a code or refreshed a token: the
+/// owner approved it. Anonymous callers can only add unproven entries, so however
+/// many documents they name they cannot push Claude's out, and a proven document's
+/// next fetch may use places they cannot take (see `outbound`). The proven URLs are
+/// remembered (as many as the cache holds) after their entries expire.
 pub struct DocumentCache {
     max: usize,
     entries: HashMap<String, (Client, u64)>,
+    /// Proven URLs, and when each was last proven (for eviction, oldest first).
+    proven: HashMap<String, u64>,
 }
 
 impl DocumentCache {
@@ -201,6 +209,7 @@ impl DocumentCache {
         DocumentCache {
             max: max.max(1),
             entries: HashMap::new(),
+            proven: HashMap::new(),
         }
     }
 
@@ -215,18 +224,38 @@ impl DocumentCache {
         if self.entries.len() >= self.max && !self.entries.contains_key(url.as_str()) {
             self.entries.retain(|_, (_, expires)| *expires > now_ms);
             if self.entries.len() >= self.max {
-                let soonest = self
+                let proven = &self.proven;
+                let doomed = self
                     .entries
                     .iter()
-                    .min_by_key(|(_, (_, expires))| *expires)
+                    .min_by_key(|(url, (_, expires))| (proven.contains_key(*url), *expires))
                     .map(|(url, _)| url.clone());
-                if let Some(url) = soonest {
+                if let Some(url) = doomed {
                     self.entries.remove(&url);
                 }
             }
         }
         self.entries
             .insert(url.as_str().to_owned(), (client, expires_ms));
+    }
+
+    /// Notes that `url`'s client obtained tokens.
+    pub fn prove(&mut self, url: &str, now_ms: u64) {
+        if self.proven.len() >= self.max && !self.proven.contains_key(url) {
+            let oldest = self
+                .proven
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(url, _)| url.clone());
+            if let Some(oldest) = oldest {
+                self.proven.remove(&oldest);
+            }
+        }
+        self.proven.insert(url.to_owned(), now_ms);
+    }
+
+    pub fn is_proven(&self, url: &Url) -> bool {
+        self.proven.contains_key(url.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -393,6 +422,27 @@ mod tests {
             cache.insert(&url, client(&url), 99_000, 6_000);
         }
         assert_eq!(cache.len(), 2);
+    }
+
+    /// Documents named by anonymous callers, however many and however long they
+    /// may be cached, do not push out one whose client obtained tokens.
+    #[test]
+    fn a_proven_document_outlasts_a_flood_of_unproven_ones() {
+        let client = |url: &Url| {
+            let body = serde_json::json!({"client_id": url.as_str(), "redirect_uris": ["https://a.example/cb"]});
+            client_from_document(url, body.to_string().as_bytes(), &known(), 0).expect("valid")
+        };
+        let mut cache = DocumentCache::new(3);
+        let claude = Url::parse(CLAUDE).expect("url");
+        cache.insert(&claude, client(&claude), 300_000, 0);
+        cache.prove(claude.as_str(), 0);
+        for i in 0..100 {
+            let url = Url::parse(&format!("https://flood{i}.example/doc")).expect("url");
+            cache.insert(&url, client(&url), 86_400_000, 1_000);
+        }
+        assert!(cache.get(&claude, 2_000).is_some());
+        assert!(cache.is_proven(&claude));
+        assert_eq!(cache.len(), 3);
     }
 }
 

@@ -71,10 +71,15 @@ impl AuthServer {
             ))
         })?;
         let client = self.authenticate(credentials).await?;
-        match grant_type {
+        let tokens = match grant_type {
             GrantType::AuthorizationCode => self.redeem_code(&client, params).await,
             GrantType::RefreshToken => self.refresh(&client, params).await,
+        }?;
+        if client.kind == super::client::ClientKind::MetadataDocument {
+            self.document_cache()
+                .prove(client.client_id.as_str(), self.clock.now_ms());
         }
+        Ok(tokens)
     }
 
     /// A new access and refresh token for `grant`.
