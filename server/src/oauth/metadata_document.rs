@@ -397,12 +397,14 @@ mod tests {
         }
     }
 
+    /// A valid document's client for `url`.
+    fn client(url: &Url) -> Client {
+        let body = serde_json::json!({"client_id": url.as_str(), "redirect_uris": ["https://a.example/cb"]});
+        client_from_document(url, body.to_string().as_bytes(), &known(), 0).expect("valid")
+    }
+
     #[test]
     fn the_document_cache_is_bounded_and_forgets_expired_entries() {
-        let client = |url: &Url| {
-            let body = serde_json::json!({"client_id": url.as_str(), "redirect_uris": ["https://a.example/cb"]});
-            client_from_document(url, body.to_string().as_bytes(), &known(), 0).expect("valid")
-        };
         let mut cache = DocumentCache::new(2);
         let urls: Vec<Url> = (0..3)
             .map(|i| Url::parse(&format!("https://c{i}.example/doc")).expect("url"))
@@ -428,10 +430,6 @@ mod tests {
     /// may be cached, do not push out one whose client obtained tokens.
     #[test]
     fn a_proven_document_outlasts_a_flood_of_unproven_ones() {
-        let client = |url: &Url| {
-            let body = serde_json::json!({"client_id": url.as_str(), "redirect_uris": ["https://a.example/cb"]});
-            client_from_document(url, body.to_string().as_bytes(), &known(), 0).expect("valid")
-        };
         let mut cache = DocumentCache::new(3);
         let claude = Url::parse(CLAUDE).expect("url");
         cache.insert(&claude, client(&claude), 300_000, 0);
