@@ -266,7 +266,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// A request's body must arrive in full within this long.
+    /// A request's body must arrive in full within this long of its head (a deadline,
+    /// not a wait between bytes).
     #[arg(long, env = "GATEHOUSE_REQUEST_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_body_timeout: Duration,
 
@@ -278,6 +279,16 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub max_connections: u32,
+
+    /// Connections served at once from one address (an IPv6 /64); more are closed.
+    /// Trusted proxies are not counted.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections_per_address: u32,
 
     /// Dynamic registrations allowed per client address per minute (more get 429).
     #[arg(
@@ -494,6 +505,7 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub request_body_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub registrations_per_minute: u32,
     pub registrations_per_hour: u32,
     pub sessions_per_minute: u32,
@@ -783,6 +795,7 @@ impl ServeArgs {
                     header_read_timeout: self.header_read_timeout,
                     request_body_timeout: self.request_body_timeout,
                     max_connections: self.max_connections as usize,
+                    max_connections_per_address: self.max_connections_per_address as usize,
                     registrations_per_minute: self.registrations_per_minute,
                     registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,

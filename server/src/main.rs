@@ -86,7 +86,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     );
     let limits = Limits {
         header_read_timeout: config.limits.header_read_timeout,
+        request_body_timeout: config.limits.request_body_timeout,
         max_connections: config.limits.max_connections,
+        max_per_address: config.limits.max_connections_per_address,
+        trusted_proxies: config.trusted_proxies.clone(),
     };
     let state = match AppState::new(config, store) {
         Ok(state) => state,
@@ -107,6 +110,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Ok(tcp) => {
                 let metrics = gatehouse::http::metrics::router(state.clone());
                 let stop = shutdown.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
                     listener::serve(tcp, metrics, limits, async move { stop.cancelled().await })
                         .await

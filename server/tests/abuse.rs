@@ -301,7 +301,11 @@ async fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
 
 /// A server on a free port with the given limits, as `gatehouse serve` runs it.
 async fn serve_with(limits: listener::Limits) -> SocketAddr {
-    let app = TestApp::new(&[]);
+    serve_app_with(TestApp::new(&[]), limits).await
+}
+
+/// `app` on a free port with the given limits.
+async fn serve_app_with(app: TestApp, limits: listener::Limits) -> SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -332,11 +336,7 @@ fn wait_for_close(stream: &mut TcpStream, within: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_half_a_request_line_is_disconnected() {
     let timeout = Duration::from_millis(300);
-    let addr = serve_with(listener::Limits {
-        header_read_timeout: timeout,
-        max_connections: 100,
-    })
-    .await;
+    let addr = serve_with(listener::Limits::new(timeout, 100)).await;
     let waited = tokio::task::spawn_blocking(move || {
         let mut slow = TcpStream::connect(addr).expect("connect");
         slow.write_all(b"GET /healthz HT").expect("write");
@@ -359,6 +359,127 @@ async fn a_client_that_sends_half_a_request_line_is_disconnected() {
     .await
     .expect("join");
     assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+/// Hyper's header-read timeout starts only once it has told HTTP/1 from HTTP/2: a
+/// socket that says nothing, or only part of the HTTP/2 preface, was kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_or_half_an_http2_preface_is_closed() {
+    let addr = serve_with(listener::Limits::new(Duration::from_millis(300), 100)).await;
+    tokio::task::spawn_blocking(move || {
+        for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream.write_all(sent).expect("write");
+            let waited = wait_for_close(&mut stream, Duration::from_secs(5));
+            assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        }
+    })
+    .await
+    .expect("join");
+}
+
+/// Hyper's HTTP/2 server has no idle timeout, and every client answers its pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    use http_body_util::{BodyExt, Empty};
+    let addr = serve_with(listener::Limits::new(Duration::from_millis(300), 100)).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("handshake");
+    let driver = tokio::spawn(connection);
+    let request = Request::get(format!("http://{addr}/healthz"))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.into_body().collect().await.expect("body");
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the server closes an idle HTTP/2 connection")
+        .expect("join")
+        .expect("a clean close (GOAWAY)");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
+/// A timer reset at every byte let one byte every few seconds keep a request (and
+/// its connection) for weeks; the body now has a deadline from its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_refused_at_its_deadline() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("token").to_owned();
+    let addr = serve_app_with(
+        app,
+        listener::Limits {
+            request_body_timeout: Duration::from_millis(600),
+            ..listener::Limits::new(Duration::from_secs(10), 100)
+        },
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let mut client = TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Length: 200\r\n\r\n"
+        );
+        client.write_all(head.as_bytes()).expect("head");
+        let mut trickle = client.try_clone().expect("clone");
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                if trickle.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let answer = read_answer(&mut client);
+        assert!(answer.starts_with("http/1.1 408"), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_only_its_share_of_connections() {
+    let addr = serve_with(listener::Limits {
+        max_per_address: 2,
+        ..listener::Limits::new(Duration::from_secs(10), 100)
+    })
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let first = TcpStream::connect(addr).expect("connect");
+        let _second = TcpStream::connect(addr).expect("connect");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut third = TcpStream::connect(addr).expect("the kernel accepts it");
+        let waited = wait_for_close(&mut third, Duration::from_secs(2));
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        // A place given back is a place for the next connection.
+        drop(first);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut next = TcpStream::connect(addr).expect("connect");
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        assert!(read_answer(&mut next).starts_with("http/1.1 200"));
+    })
+    .await
+    .expect("join");
 }
 
 /// One HTTP/1.1 answer off `stream` (its head, and a body of `Content-Length`), in
@@ -394,11 +515,7 @@ fn read_answer(stream: &mut TcpStream) -> String {
 /// left unread keeps its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_refused_before_its_body_is_read_says_the_connection_closes() {
-    let addr = serve_with(listener::Limits {
-        header_read_timeout: Duration::from_secs(10),
-        max_connections: 100,
-    })
-    .await;
+    let addr = serve_with(listener::Limits::new(Duration::from_secs(10), 100)).await;
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     let head = |extra: &str, length: usize| {
         format!(
@@ -446,11 +563,7 @@ async fn a_post_refused_before_its_body_is_read_says_the_connection_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_for_a_free_place() {
-    let addr = serve_with(listener::Limits {
-        header_read_timeout: Duration::from_secs(2),
-        max_connections: 1,
-    })
-    .await;
+    let addr = serve_with(listener::Limits::new(Duration::from_secs(2), 1)).await;
     tokio::task::spawn_blocking(move || {
         let holder = TcpStream::connect(addr).expect("connect");
         // Let the server accept the holder before the second client arrives.

@@ -20,7 +20,6 @@ use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     set_header::SetResponseHeaderLayer,
-    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -402,17 +401,18 @@ pub fn router(state: AppState) -> Router {
                 HeaderValue::from_static("max-age=31536000"),
             )
         }))
-        .layer(RequestBodyTimeoutLayer::new(
-            state.config.limits.request_body_timeout,
-        ))
-        // A 413 leaves the rest of the body unread, and hyper then closes the
+        // A 413 or 408 leaves the rest of the body unread, and hyper then closes the
         // connection after the answer: the answer says so, or a client could send its
         // next request on it and see it closed without an answer (HTTP/2 drops it).
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONNECTION,
             |response: &axum::response::Response| {
-                (response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE)
-                    .then(|| HeaderValue::from_static("close"))
+                matches!(
+                    response.status(),
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE
+                        | axum::http::StatusCode::REQUEST_TIMEOUT
+                )
+                .then(|| HeaderValue::from_static("close"))
             },
         ))
         .service(mcp::front::McpFirst::new(state.clone(), routes, &mcp_cors));

@@ -78,6 +78,14 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     let body = if parts.method == Method::POST {
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
+            Err(e) if crate::http::listener::body_timed_out(&e) => {
+                // With `Connection: close` (see `http::router`): the rest is unread.
+                return rpc_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    code::INVALID_REQUEST,
+                    "the request body did not arrive in time",
+                );
+            }
             Err(_) => {
                 // With `Connection: close` (see `http::router`): the rest is unread.
                 return rpc_error(
