@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod net;
 pub mod oauth;
 pub mod outbound;
+pub mod places;
 pub mod ratelimit;
 pub mod resource;
 pub mod store;

@@ -696,3 +696,90 @@ async fn a_binding_ended_elsewhere_is_refused_once_the_remembered_one_is_stale()
     let stale = call().await;
     assert_eq!(stale.status, StatusCode::NOT_FOUND, "{}", stale.body);
 }
+
+/// A client opening a session every two seconds and touching them all (or restoring
+/// its stored ones, which took no place from the limiter) held thousands live, each
+/// with its tasks and streams. A client holds at most so many live on an instance;
+/// one ended gives its place back, and other clients are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_only_so_many_live_sessions() {
+    use gatehouse::mcp::articles::MAX_SESSIONS_PER_CLIENT;
+    const VERSION: &str = "2025-11-25";
+    let extra = ["--sessions-per-minute", "1000"];
+    let app = TestApp::new(&extra);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    // One session opened before a restart: stored, not live on the new instance.
+    let stored = app.session_at("/mcp", &token, VERSION).await;
+    let app = app.restart(&extra).await;
+    let mut sessions = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_CLIENT {
+        sessions.push(app.session_at("/mcp", &token, VERSION).await);
+    }
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": VERSION, "capabilities": {},
+        "clientInfo": {"name": "greedy", "version": "1"}
+    }});
+    let refused = app.mcp(Some(&token), None, None, initialize.clone()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("sessions open here"),
+        "{}",
+        refused.body
+    );
+    // Restoring a stored session would start one more: refused the same way.
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let restored = app
+        .mcp(Some(&token), Some(&stored), Some(VERSION), ping.clone())
+        .await;
+    assert_eq!(
+        restored.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        restored.body
+    );
+    // A live one is served as before.
+    let live = app
+        .mcp(
+            Some(&token),
+            Some(&sessions[1]),
+            Some(VERSION),
+            ping.clone(),
+        )
+        .await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.body);
+
+    let (_, other) = app.tokens_for("read:articles").await;
+    let other = other["access_token"].as_str().expect("at");
+    app.session_at("/mcp", other, VERSION).await;
+
+    let deleted = app
+        .send(
+            Request::delete("/mcp")
+                .header(header::HOST, "gate.example.com")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("mcp-session-id", sessions[0].as_str())
+                .header("mcp-protocol-version", VERSION)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.status);
+    // rmcp drops the ended session's handler (and its place) as its worker stops.
+    let mut reopened = None;
+    for _ in 0..100 {
+        let answer = app.mcp(Some(&token), None, None, initialize.clone()).await;
+        if answer.status != StatusCode::TOO_MANY_REQUESTS {
+            reopened = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reopened = reopened.expect("a place given back");
+    assert_eq!(reopened.status, StatusCode::OK, "{}", reopened.body);
+}

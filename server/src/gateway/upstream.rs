@@ -3,7 +3,7 @@
 //! requests, the cap on sessions, and what `/healthz` reports.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, SystemTime},
 };
@@ -35,7 +35,11 @@ use super::{
     policy::ToolPolicy,
     relay::{InOrder, Routes, UpClient, UpService},
 };
-use crate::{oauth::client::ClientId, resource::Resource};
+use crate::{
+    oauth::client::ClientId,
+    places::{Place, Places},
+    resource::Resource,
+};
 
 /// How often an unknown tool may make Gatehouse list an upstream's tools.
 const RELIST_AFTER: Duration = Duration::from_secs(30);
@@ -83,41 +87,10 @@ pub struct UpSession {
 type Processes = Arc<StdMutex<HashSet<i32>>>;
 
 /// Sessions each client holds on one upstream, for `max_sessions_per_client`.
-type Held = Arc<StdMutex<HashMap<ClientId, usize>>>;
+type Held = Places<ClientId>;
 
 /// One of a client's places on an upstream, given back when dropped.
-struct ClientPlace {
-    held: Held,
-    client: ClientId,
-}
-
-impl ClientPlace {
-    /// A place for `client`, unless it holds `max` already.
-    fn take(held: &Held, client: &ClientId, max: usize) -> Option<ClientPlace> {
-        let mut counts = lock(held);
-        let count = counts.entry(client.clone()).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientPlace {
-            held: held.clone(),
-            client: client.clone(),
-        })
-    }
-}
-
-impl Drop for ClientPlace {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.held);
-        if let Some(count) = counts.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.client);
-            }
-        }
-    }
-}
+type ClientPlace = Place<ClientId>;
 
 impl UpSession {
     pub fn peer(&self) -> &Peer<RoleClient> {
@@ -544,7 +517,7 @@ impl Shared {
         let client_id = client_id
             .ok_or_else(|| ErrorData::internal_error("the session's client is not known", None))?;
         let max = self.config.max_sessions_per_client;
-        let client_place = ClientPlace::take(&self.held, client_id, max).ok_or_else(|| {
+        let client_place = self.held.take(client_id, max).ok_or_else(|| {
             ErrorData::internal_error(
                 format!(
                     "this client has {max} sessions open at upstream {}, its maximum; \

@@ -21,13 +21,12 @@
 //! - a graceful shutdown that lets requests in flight finish, for a bounded time.
 
 use std::{
-    collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     task::{Context, Poll},
     time::Duration,
@@ -46,6 +45,8 @@ use ipnet::IpNet;
 use tokio::{net::TcpListener, sync::Semaphore, time::Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::places::Places;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -83,7 +84,7 @@ pub async fn serve(
 ) {
     let total = limits.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(total));
-    let addresses = Arc::new(Addresses::default());
+    let addresses = Places::default();
     let stop = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -124,7 +125,7 @@ pub async fn serve(
         let place = if trusted {
             None
         } else {
-            match addresses.take(peer.ip(), limits.max_per_address) {
+            match addresses.take(&address_key(peer.ip()), limits.max_per_address) {
                 Some(place) => Some(place),
                 None => {
                     // Closing at once costs the peer a reconnect, and us nothing.
@@ -261,49 +262,15 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Open connections per address; IPv6 addresses count per /64, which one machine
-/// usually has whole.
-#[derive(Default)]
-struct Addresses(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection's share of its address's count, given back on drop.
-struct Place {
-    addresses: Arc<Addresses>,
-    key: IpAddr,
-}
-
-impl Addresses {
-    /// A place for one more connection from `ip`, unless it has `max` already.
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Place> {
-        let key = match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        };
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(key).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Place {
-            addresses: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut counts = self.addresses.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
+/// The key an address's connections are counted under: IPv6 addresses per /64,
+/// which one machine usually has whole.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 

@@ -5,15 +5,18 @@
 //! here check the scope again from the token the guard attached, so a routing mistake
 //! or a body the guard read differently cannot open a write path.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
-        ToolAnnotations,
+        InitializeRequestParams, InitializeResult, ListResourceTemplatesResult,
+        ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+        ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
     },
     service::RequestContext,
     ErrorData, RoleServer, ServerHandler,
@@ -25,9 +28,11 @@ use super::{Access, Call, CallPolicy, Need};
 use crate::{
     articles::{Article, ArticleError, Articles, Slug, Status, MAX_PAGE},
     oauth::{
+        client::ClientId,
         records::AccessToken,
         scope::{Scope, ScopeSet},
     },
+    places::{Place, Places},
     resource,
     store::Key,
 };
@@ -92,11 +97,22 @@ pub struct Prefetched {
     pub value: Option<Vec<u8>>,
 }
 
+/// Sessions one client may hold live on one instance. A session idles out after
+/// five minutes (rmcp's keep-alive), but a client that opens one every two seconds
+/// (the default `--sessions-per-minute`) and keeps touching them all, or restores
+/// its stored ones, would otherwise hold thousands, each with its tasks and streams.
+pub const MAX_SESSIONS_PER_CLIENT: usize = 64;
+
 #[derive(Clone)]
 pub struct ArticleServer {
     articles: Articles,
     tools: Arc<Vec<Tool>>,
     resource: Arc<resource::Resource>,
+    /// Sessions each client holds live here.
+    sessions: Places<ClientId>,
+    /// This session's place, taken at `initialize` (each session's handler is its own
+    /// copy, [`ArticleServer::for_session`]) and given back when rmcp drops it.
+    place: Arc<Mutex<Option<Place<ClientId>>>>,
 }
 
 fn schema(value: Value) -> Arc<Map<String, Value>> {
@@ -337,11 +353,24 @@ fn structured(value: impl serde::Serialize) -> Outcome {
 }
 
 /// The token the guard attached to this request.
-fn granted(context: &RequestContext<RoleServer>) -> ScopeSet {
+/// Why a client may not open another session.
+pub fn too_many_sessions() -> String {
+    format!(
+        "this client has {MAX_SESSIONS_PER_CLIENT} MCP sessions open here, its maximum; \
+         end one (DELETE) or let one close when idle (five minutes)"
+    )
+}
+
+/// The token the guard put in the request.
+fn token(context: &RequestContext<RoleServer>) -> Option<&AccessToken> {
     context
         .extensions
         .get::<axum::http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<AccessToken>())
+}
+
+fn granted(context: &RequestContext<RoleServer>) -> ScopeSet {
+    token(context)
         .map(|token| token.scopes.clone())
         .unwrap_or_default()
 }
@@ -352,7 +381,22 @@ impl ArticleServer {
             articles,
             tools: Arc::new(tools()),
             resource,
+            sessions: Places::default(),
+            place: Arc::default(),
         }
+    }
+
+    /// A copy for one new session, with a place of its own.
+    pub fn for_session(&self) -> Self {
+        ArticleServer {
+            place: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `client` may open (or restore) one more session here.
+    pub fn has_room_for(&self, client: &ClientId) -> bool {
+        self.sessions.held(client) < MAX_SESSIONS_PER_CLIENT
     }
 
     fn scope(&self, access: Access) -> &Scope {
@@ -500,6 +544,24 @@ impl ServerHandler for ArticleServer {
             "Tools for the owner's blog. Reading needs the read:articles scope; \
                  creating, editing, publishing and deleting need write:articles.",
         )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        // The endpoint refuses past the maximum before rmcp is asked; this settles
+        // two sessions racing for the last place.
+        if let Some(client) = token(&context).map(|t| &t.client_id) {
+            let place = self
+                .sessions
+                .take(client, MAX_SESSIONS_PER_CLIENT)
+                .ok_or_else(|| ErrorData::invalid_request(too_many_sessions(), None))?;
+            *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some(place);
+        }
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(

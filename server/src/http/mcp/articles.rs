@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::{
     body::{Body, Bytes},
-    http::{header, request::Parts, HeaderMap, HeaderValue},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use rmcp::{
@@ -29,13 +29,17 @@ use tokio_util::sync::CancellationToken;
 use super::{
     direct_session,
     guard::{rebuild, ToolOutcome},
+    reply::{code, rpc_error},
     sessions::StoreSessions,
-    Endpoint, Guarded, Prepared, MAX_BODY_BYTES,
+    Endpoint, Guarded, GuardedBody, Prepared, MAX_BODY_BYTES, SESSION_ID,
 };
 use crate::{
     articles::Articles,
     mcp::{
-        articles::{tool_access, ArticlePolicy, ArticleServer, Outcome, Prefetched},
+        articles::{
+            too_many_sessions, tool_access, ArticlePolicy, ArticleServer, Outcome, Prefetched,
+        },
+        call::Message,
         Call, CallPolicy, Need,
     },
     oauth::scope::ScopeSet,
@@ -70,13 +74,28 @@ impl ArticleEndpoint {
         let sessions = Arc::new(LocalSessionManager::default());
         let transport = {
             let server = server.clone();
-            StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config)
+            StreamableHttpService::new(move || Ok(server.for_session()), sessions.clone(), config)
         };
         ArticleEndpoint {
             resource,
             server,
             sessions,
             transport,
+        }
+    }
+
+    /// Whether rmcp would start a session for this request: an `initialize`, or a
+    /// session it would restore from the store (one not live here).
+    async fn opens_session(&self, parts: &Parts, body: Option<Bytes>) -> bool {
+        match parts.headers.get(&SESSION_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) => !self
+                .sessions
+                .has_session(&SessionId::from(id))
+                .await
+                .unwrap_or(false),
+            None => body.is_some_and(|bytes| {
+                matches!(Message::peek(&bytes), Message::Single(call) if call.method() == "initialize")
+            }),
         }
     }
 
@@ -228,6 +247,19 @@ impl Endpoint for ArticleEndpoint {
             let prefetched = read_ahead.map(|(key, value)| Prefetched { key, value });
             if let Some(answer) = self.answer_directly(call, &access.scopes, prefetched).await {
                 return answer;
+            }
+        }
+        if !self.server.has_room_for(&access.client_id) {
+            let read = match &body {
+                GuardedBody::Read(bytes) => Some(bytes.clone()),
+                GuardedBody::Stream(_) => None,
+            };
+            if self.opens_session(&parts, read).await {
+                return rpc_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    code::INVALID_REQUEST,
+                    &too_many_sessions(),
+                );
             }
         }
         self.transport
