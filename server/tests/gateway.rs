@@ -693,6 +693,9 @@ async fn sessionless_requests_use_the_pool() {
     let refused = app.send(request).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert!(refused.body.contains("does not match"), "{}", refused.body);
+    // The 2026-07-28 code for it, answering the request by its id.
+    assert_eq!(refused.rpc()["error"]["code"], -32020, "{}", refused.body);
+    assert_eq!(refused.rpc()["id"], 9, "{}", refused.body);
 }
 
 /// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls

@@ -1857,3 +1857,58 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
     );
     assert_eq!(docs.total_hits(), 0, "nothing was fetched");
 }
+
+/// RFC 6749 §4.1.3: the token request names the same redirect URI. One without a
+/// path is stored with `/` (URL normalisation); the client sends it again as it
+/// first did, and that is the same URI.
+#[tokio::test]
+async fn a_redirect_uri_without_a_path_is_the_same_uri_when_sent_again() {
+    let app = TestApp::new(&[]);
+    let redirect = "http://127.0.0.1:8080";
+    let registered = app
+        .register(json!({"redirect_uris": [redirect], "token_endpoint_auth_method": "none"}))
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{}",
+        registered.body
+    );
+    let client_id = registered.json()["client_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let cookie = app.sign_in().await;
+    let code = || async {
+        let consent = app
+            .authorize(&client_id, &[("redirect_uri", redirect)], Some(&cookie))
+            .await;
+        assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+        let approved = app
+            .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+            .await;
+        approved.param("code").expect("code")
+    };
+    let redeem = |code: String, sent: &'static str| {
+        let client_id = client_id.clone();
+        let app = &app;
+        async move {
+            app.post_form(
+                "/oauth/token",
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", sent),
+                    ("code_verifier", VERIFIER),
+                    ("client_id", &client_id),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    let other = redeem(code().await, "http://127.0.0.1:8080/other").await;
+    assert_oauth_error(&other, StatusCode::BAD_REQUEST, "invalid_grant");
+    let same = redeem(code().await, redirect).await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.body);
+}

@@ -206,7 +206,11 @@ impl AuthServer {
         description: &str,
         state: Option<&str>,
     ) -> String {
-        let mut params = vec![("error", code.as_str()), ("error_description", description)];
+        let description = super::error::description_text(description);
+        let mut params = vec![
+            ("error", code.as_str()),
+            ("error_description", &description),
+        ];
         if let Some(state) = state {
             params.push(("state", state));
         }

@@ -9,6 +9,7 @@
 use super::{
     client::Client,
     records::{grant_key, token_key, CodeRecord, Grant, TokenResponse},
+    redirect::RedirectUri,
     secret::{GrantToken, TokenKind},
     token::TokenParams,
     AuthServer, TokenError, CODE_TTL,
@@ -57,7 +58,11 @@ impl AuthServer {
             return Err(invalid());
         }
         match (params.redirect_uri.as_deref(), record.redirect_uri_explicit) {
-            (Some(sent), _) if sent == record.redirect_uri.as_str() => {}
+            // RFC 6749 §4.1.3: the same URI. Compared as stored, parsed: a client that
+            // sent `http://127.0.0.1:8080` sends it again, and it is stored with `/`.
+            (Some(sent), _)
+                if sent == record.redirect_uri.as_str()
+                    || RedirectUri::parse(sent).is_ok_and(|sent| sent == record.redirect_uri) => {}
             (None, false) => {}
             _ => {
                 return Err(TokenError::InvalidGrant(

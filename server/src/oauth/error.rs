@@ -7,6 +7,21 @@ use std::fmt;
 use super::redirect::RedirectUri;
 use crate::store::StoreError;
 
+/// An `error_description` as RFC 6749 §5.2 allows it: printable ASCII without `"`
+/// and `\` (which become `'` and `/`); anything else (an echoed non-ASCII value, a
+/// control character) becomes `?`.
+pub fn description_text(description: &str) -> String {
+    description
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// The OAuth error codes Gatehouse answers with (RFC 6749 §4.1.2.1 and §5.2,
 /// RFC 7591 §3.2.2, RFC 8707 §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,5 +187,19 @@ impl TokenError {
             TokenError::InvalidTarget(_) => ErrorCode::InvalidTarget,
             TokenError::Unavailable(_) | TokenError::Store(_) => ErrorCode::TemporarilyUnavailable,
         }
+    }
+}
+
+#[cfg(test)]
+mod description_tests {
+    use super::description_text;
+
+    #[test]
+    fn a_description_keeps_to_the_characters_rfc_6749_allows() {
+        let text = description_text("scope \"caf\u{e9}\\x\"\n ok");
+        assert_eq!(text, "scope 'caf?/x'? ok");
+        assert!(text
+            .bytes()
+            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E)));
     }
 }

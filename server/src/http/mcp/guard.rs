@@ -32,7 +32,7 @@ use futures::StreamExt;
 
 use super::{
     policy::Refusal,
-    reply::{code, insufficient_scope, rpc_error, store_unavailable, unauthorized},
+    reply::{code, insufficient_scope, rpc_error, rpc_error_to, store_unavailable, unauthorized},
     session_id,
     sessions::{self, binding_key, Binding},
     Endpoint, Guarded, GuardedBody, MAX_BODY_BYTES,
@@ -172,10 +172,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         // for intermediaries to route by. The body decides; headers that say
         // otherwise are refused, so nothing downstream can be misled by them.
         if !headers_agree(&parts.headers, bytes) {
-            return rpc_error(
+            return rpc_error_to(
                 StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
+                code::HEADER_MISMATCH,
                 "the Mcp-Method or Mcp-Name header does not match the request body",
+                bytes,
             );
         }
         let need = match prepared.need {
@@ -580,11 +581,31 @@ pub fn headers_agree(headers: &HeaderMap, body: &[u8]) -> bool {
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 call.uri.as_deref()
             }
+            "tasks/get" | "tasks/update" | "tasks/cancel" => {
+                return task_id(body).is_some_and(|id| header_text(sent).is_some_and(|s| s == id))
+            }
             _ => None,
         };
         named.is_some_and(|named| header_text(sent).is_some_and(|sent| sent == named))
     });
     method_agrees && name_agrees
+}
+
+/// `params.taskId` of a request of the tasks extension (SEP-2663), what its
+/// `Mcp-Name` names; read only for those requests that send the header.
+fn task_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Request {
+        params: Params,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    }
+    serde_json::from_slice::<Request>(body)
+        .ok()
+        .map(|r| r.params.task_id)
 }
 
 /// An SEP-2243 header's text: as sent, or Base64-decoded from `=?base64?…?=`.
@@ -720,6 +741,13 @@ mod tests {
             &with(&[("mcp-name", "echo")]),
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"echo"}}"#
         ));
+        // A task's id, for the tasks extension's methods (as rmcp's clients send it).
+        let task = br#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":"t-1"}}"#;
+        assert!(headers_agree(
+            &with(&[("mcp-method", "tasks/get"), ("mcp-name", "t-1")]),
+            task
+        ));
+        assert!(!headers_agree(&with(&[("mcp-name", "t-2")]), task));
         // A name that is not plain ASCII comes Base64-wrapped.
         let accented =
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"caf\u00e9"}}"#;

@@ -18,6 +18,8 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Implementation-defined: authorization failed (401/403).
     pub const UNAUTHORIZED: i64 = -32001;
+    /// 2026-07-28 (SEP-2243): `Mcp-Method`/`Mcp-Name` disagree with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
 }
 
 /// A JSON-RPC error body with an HTTP status.
@@ -27,6 +29,25 @@ pub fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
         Json(
             json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": null }),
         ),
+    )
+        .into_response()
+}
+
+/// A JSON-RPC error answering the request in `body`, with its `id` when it has one.
+pub fn rpc_error_to(status: StatusCode, code: i64, message: &str, body: &[u8]) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    let id = serde_json::from_slice::<Id>(body)
+        .ok()
+        .and_then(|request| request.id)
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        status,
+        Json(json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": id })),
     )
         .into_response()
 }

@@ -104,7 +104,10 @@ impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({ "error": self.code.as_str(), "error_description": self.description })),
+            Json(json!({
+                "error": self.code.as_str(),
+                "error_description": crate::oauth::error::description_text(&self.description),
+            })),
         )
             .into_response();
         let headers = response.headers_mut();
