@@ -406,6 +406,21 @@ async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
         assert_eq!(answer.param("iss").as_deref(), Some(PUBLIC_URL));
         assert!(answer.param("code").is_none());
     }
+    // Each consent page keeps the request, `state` too: a long one is refused, and
+    // not sent back.
+    let long = "s".repeat(2049);
+    let answer = app
+        .authorize("claude-fixed", &[("state", &long)], None)
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert_eq!(answer.param("error").as_deref(), Some("invalid_request"));
+    assert_eq!(answer.param("state"), None);
+    let longest = "s".repeat(2048);
+    let cookie = app.sign_in().await;
+    let consent = app
+        .authorize("claude-fixed", &[("state", &longest)], Some(&cookie))
+        .await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
 }
 
 /// RFC 9700 §4.11.2: before the owner has acted, a self-registered client (whose

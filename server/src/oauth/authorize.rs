@@ -24,6 +24,9 @@ use crate::{
 };
 
 /// The tickets of one consent page.
+/// The longest `state` an authorization request may carry.
+pub const MAX_STATE_BYTES: usize = 2048;
+
 #[derive(Debug)]
 pub struct ConsentTickets {
     /// Approves what was asked; also the deny link's.
@@ -130,6 +133,21 @@ impl AuthServer {
                     format!("response_type {other:?} is not supported; use code"),
                 ))
             }
+        }
+        // Each consent page keeps the request (its `state` too) for ten minutes, once
+        // per link on it; clients send a few dozen random characters.
+        if params
+            .state
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_STATE_BYTES)
+        {
+            return Err(AuthorizeError::Redirect {
+                redirect_uri: redirect_uri.clone(),
+                code: ErrorCode::InvalidRequest,
+                description: format!("state is longer than {MAX_STATE_BYTES} bytes"),
+                state: None,
+                trusted: self.vouched_for(&client),
+            });
         }
         let challenge = CodeChallenge::parse(
             params.code_challenge.as_deref(),

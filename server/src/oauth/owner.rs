@@ -153,6 +153,12 @@ fn password_key() -> Key {
     Key::new(Kind::OWNER, "password")
 }
 
+/// The fingerprint of the `--owner-password-hash` that the sign-in sessions were
+/// opened under.
+fn configured_key() -> Key {
+    Key::new(Kind::OWNER, "configured")
+}
+
 impl Owner {
     pub fn new(store: SharedStore, configured_hash: Option<String>) -> Self {
         Owner {
@@ -217,6 +223,31 @@ impl Owner {
         for (key, _) in self.store.scan(&prefix).await? {
             ended += u64::from(self.store.delete(&key).await?);
         }
+        Ok(ended)
+    }
+
+    /// At start: when `--owner-password-hash` is not the one the sessions were opened
+    /// under (it was changed, or set in place of a stored password), every sign-in
+    /// session ends, as `set_password` ends them. An owner who changes the hash
+    /// because the password leaked must not leave its sessions to whoever has it.
+    /// Returns how many ended.
+    pub async fn settle_configured_password(&self) -> StoreResult<u64> {
+        let Some(hash) = &self.configured_hash else {
+            return Ok(0);
+        };
+        let fingerprint = SecretHash::of(hash);
+        let stored = self.store.get(&configured_key()).await?;
+        if stored.as_deref() == Some(fingerprint.as_str().as_bytes()) {
+            return Ok(0);
+        }
+        let ended = self.end_all_sessions().await?;
+        self.store
+            .put(
+                &configured_key(),
+                fingerprint.as_str().as_bytes(),
+                Put::forever(),
+            )
+            .await?;
         Ok(ended)
     }
 
@@ -644,6 +675,29 @@ mod tests {
         assert!(limiter.reserve(a).is_err());
         tokio::time::advance(Duration::from_secs(900)).await;
         assert!(limiter.reserve(a).is_ok());
+    }
+
+    /// A changed `--owner-password-hash` ends the sessions opened under the old one
+    /// (the owner changed it because the password leaked, say); a restart with the
+    /// same hash keeps them.
+    #[tokio::test]
+    async fn a_changed_configured_hash_ends_every_session() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let first = Owner::new(store.clone(), Some("hash-one".into()));
+        assert_eq!(first.settle_configured_password().await.expect("settle"), 0);
+        let cookie = first.new_session().await.expect("session");
+        let again = Owner::new(store.clone(), Some("hash-one".into()));
+        assert_eq!(again.settle_configured_password().await.expect("settle"), 0);
+        assert!(again.session(&cookie).await.expect("read").is_some());
+        let changed = Owner::new(store, Some("hash-two".into()));
+        assert_eq!(
+            changed.settle_configured_password().await.expect("settle"),
+            1
+        );
+        assert!(changed.session(&cookie).await.expect("read").is_none());
     }
 
     /// Past the runs and the places to wait for them, a sign-in is told to come
