@@ -1,7 +1,14 @@
 //! The owner's blog articles: the data behind the MCP tools and resources, kept in the
 //! same store as everything else (`article:<slug>`, no TTL).
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +185,52 @@ pub struct Articles {
     clock: Clock,
     /// [`MAX_ARTICLES`], lower in tests.
     max: usize,
+    /// The last reading of every article, shared by clones.
+    snapshot: Arc<Snapshot>,
+}
+
+/// How long one reading of every article serves listings and searches on this
+/// instance. Listing reads (and on Redis, scans for) every article: without sharing,
+/// a token could keep the store busy with concurrent listings, each holding its own
+/// copy of up to [`MAX_ARTICLES`] articles. A change made here is seen at once; one
+/// made on another instance within this long.
+pub const SNAPSHOT_FRESH: Duration = Duration::from_secs(1);
+
+/// Every article, newest first, and their text in lower case for searches (made
+/// once per reading, when first searched).
+struct Reading {
+    articles: Vec<Article>,
+    lowered: std::sync::OnceLock<Vec<(String, String)>>,
+}
+
+impl std::ops::Deref for Reading {
+    type Target = Vec<Article>;
+
+    fn deref(&self) -> &Vec<Article> {
+        &self.articles
+    }
+}
+
+impl Reading {
+    /// Each article's title and body in lower case, in order.
+    fn lowered(&self) -> &[(String, String)] {
+        self.lowered.get_or_init(|| {
+            self.articles
+                .iter()
+                .map(|a| (a.title.to_lowercase(), a.body.to_lowercase()))
+                .collect()
+        })
+    }
+}
+
+/// The last reading of every article, and when it was made (ms).
+#[derive(Default)]
+struct Snapshot {
+    last: std::sync::Mutex<Option<(u64, Arc<Reading>)>>,
+    /// One reading at a time; those who wait share it.
+    reading: tokio::sync::Mutex<()>,
+    /// Counts changes made here: a reading that began before one is not kept.
+    changes: AtomicU64,
 }
 
 /// One page of a listing.
@@ -195,10 +248,51 @@ impl Articles {
             store,
             clock,
             max: MAX_ARTICLES,
+            snapshot: Arc::default(),
         }
     }
 
-    async fn all(&self) -> Result<Vec<Article>, ArticleError> {
+    /// Every article, newest first: the snapshot while it is fresh, else one new
+    /// reading for all who ask meanwhile.
+    async fn all(&self) -> Result<Arc<Reading>, ArticleError> {
+        let fresh = || {
+            let last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref()
+                .filter(|(at, _)| {
+                    self.clock.now_ms().saturating_sub(*at) < SNAPSHOT_FRESH.as_millis() as u64
+                })
+                .map(|(_, articles)| articles.clone())
+        };
+        if let Some(articles) = fresh() {
+            return Ok(articles);
+        }
+        let _reading = self.snapshot.reading.lock().await;
+        if let Some(articles) = fresh() {
+            return Ok(articles);
+        }
+        let (at, changes) = (
+            self.clock.now_ms(),
+            self.snapshot.changes.load(Ordering::Acquire),
+        );
+        let articles = Arc::new(Reading {
+            articles: self.read_all().await?,
+            lowered: std::sync::OnceLock::new(),
+        });
+        let mut last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
+        if self.snapshot.changes.load(Ordering::Acquire) == changes {
+            *last = Some((at, articles.clone()));
+        }
+        Ok(articles)
+    }
+
+    /// After a change here: the next listing reads again.
+    fn changed(&self) {
+        let mut last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.snapshot.changes.fetch_add(1, Ordering::AcqRel);
+        *last = None;
+    }
+
+    async fn read_all(&self) -> Result<Vec<Article>, ArticleError> {
         let mut articles = Vec::new();
         let prefix = format!("{}:", Kind::ARTICLE.as_str());
         for (_, raw) in self.store.scan(&prefix).await? {
@@ -230,17 +324,16 @@ impl Articles {
                 ArticleError::Invalid(format!("cursor {c:?} is not one this server gave out"))
             })?,
         };
-        let matching: Vec<Article> = self
-            .all()
-            .await?
-            .into_iter()
+        let all = self.all().await?;
+        let matching: Vec<&Article> = all
+            .iter()
             .filter(|a| status.is_none_or(|s| a.status == s))
             .collect();
         let articles: Vec<Summary> = matching
             .iter()
             .skip(offset)
             .take(limit)
-            .map(Summary::from)
+            .map(|a| Summary::from(*a))
             .collect();
         let next = offset + articles.len();
         Ok(Page {
@@ -274,15 +367,13 @@ impl Articles {
         if query.is_empty() {
             return Err(ArticleError::Invalid("query must not be empty".into()));
         }
-        Ok(self
-            .all()
-            .await?
+        let all = self.all().await?;
+        Ok(all
             .iter()
-            .filter(|a| {
-                a.title.to_lowercase().contains(&query) || a.body.to_lowercase().contains(&query)
-            })
+            .zip(all.lowered())
+            .filter(|(_, (title, body))| title.contains(&query) || body.contains(&query))
             .take(limit.clamp(1, MAX_PAGE))
-            .map(Summary::from)
+            .map(|(article, _)| Summary::from(article))
             .collect())
     }
 
@@ -310,8 +401,7 @@ impl Articles {
             published_at: None,
             revision: 0,
         };
-        let prefix = format!("{}:", Kind::ARTICLE.as_str());
-        if self.store.scan(&prefix).await?.len() >= self.max {
+        if self.all().await?.len() >= self.max {
             return Err(ArticleError::Invalid(format!(
                 "there are already {} articles, the most this server keeps; delete some first",
                 self.max
@@ -324,6 +414,7 @@ impl Articles {
         {
             return Err(ArticleError::Exists(slug));
         }
+        self.changed();
         Ok(article)
     }
 
@@ -347,6 +438,7 @@ impl Articles {
                 .compare_and_swap(&slug.key(), &current, &encode(&article)?, Put::forever())
                 .await?
             {
+                self.changed();
                 return Ok(article);
             }
         }
@@ -423,6 +515,7 @@ impl Articles {
 
     pub async fn delete(&self, slug: &Slug) -> Result<(), ArticleError> {
         if self.store.delete(&slug.key()).await? {
+            self.changed();
             Ok(())
         } else {
             Err(ArticleError::NotFound(slug.clone()))
@@ -443,8 +536,40 @@ mod tests {
             store,
             clock: Clock::manual(),
             max,
+            snapshot: Arc::default(),
         };
         (articles, dir)
+    }
+
+    /// Listings share one reading of every article for [`SNAPSHOT_FRESH`], so that
+    /// many at once read the store once; a change made here is seen at once, one
+    /// made on another instance (another `Articles` on the same store) after that.
+    #[tokio::test]
+    async fn listings_share_one_reading_and_see_changes_made_here_at_once() {
+        let (articles, _dir) = articles(10);
+        let elsewhere = Articles {
+            snapshot: Arc::default(),
+            ..articles.clone()
+        };
+        let count = |page: Page| page.articles.len();
+        articles.create(None, "First", "one").await.expect("create");
+        assert_eq!(count(articles.list(None, 10, None).await.expect("list")), 1);
+        elsewhere
+            .create(None, "Second", "two")
+            .await
+            .expect("create");
+        assert_eq!(count(articles.list(None, 10, None).await.expect("list")), 1);
+        assert_eq!(articles.search("two", 10).await.expect("search").len(), 0);
+        articles.clock.advance(SNAPSHOT_FRESH);
+        assert_eq!(count(articles.list(None, 10, None).await.expect("list")), 2);
+        let first = Slug::parse("first").expect("slug");
+        articles.delete(&first).await.expect("delete");
+        assert_eq!(count(articles.list(None, 10, None).await.expect("list")), 1);
+        articles
+            .create(None, "Third", "three")
+            .await
+            .expect("create");
+        assert_eq!(articles.search("three", 10).await.expect("search").len(), 1);
     }
 
     /// Two changes within one second: the second one's version differs all the
