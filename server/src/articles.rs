@@ -259,7 +259,11 @@ impl Articles {
             let last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
             last.as_ref()
                 .filter(|(at, _)| {
-                    self.clock.now_ms().saturating_sub(*at) < SNAPSHOT_FRESH.as_millis() as u64
+                    // A clock set back makes it stale, not fresh until it catches up.
+                    self.clock
+                        .now_ms()
+                        .checked_sub(*at)
+                        .is_some_and(|age| age < SNAPSHOT_FRESH.as_millis() as u64)
                 })
                 .map(|(_, articles)| articles.clone())
         };

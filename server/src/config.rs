@@ -281,7 +281,7 @@ pub struct ServeArgs {
     pub max_connections: u32,
 
     /// Connections served at once from one address (an IPv6 /64); more are closed.
-    /// Trusted proxies are not counted.
+    /// Trusted proxies, 127.0.0.1 and ::1 are not counted.
     #[arg(
         long,
         env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS",

@@ -95,14 +95,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(state) => state,
         Err(e) => return report(vec![e]),
     };
-    match state.owner.settle_configured_password().await {
-        Ok(0) => {}
-        Ok(ended) => tracing::warn!(
-            ended,
-            "the configured owner password hash changed; every sign-in session ended"
-        ),
-        Err(e) => return report(vec![format!("cannot check the owner password: {e}")]),
-    }
     announce_setup_link(&state).await;
     tokio::spawn(gatehouse::telemetry::upkeep());
     // Learn each upstream's tools (their hints decide the scope each needs) without

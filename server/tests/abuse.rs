@@ -456,6 +456,9 @@ async fn a_trickled_body_is_refused_at_its_deadline() {
     .expect("join");
 }
 
+/// One machine gets at most its share of the connection places. 127.0.0.1 is
+/// exempt (a reverse proxy on the same machine carries everyone), so the test
+/// connects from 127.0.0.2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_gets_only_its_share_of_connections() {
     let addr = serve_with(listener::Limits {
@@ -463,23 +466,87 @@ async fn one_address_gets_only_its_share_of_connections() {
         ..listener::Limits::new(Duration::from_secs(10), 100)
     })
     .await;
+    let from_elsewhere = || async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        socket
+            .connect(addr)
+            .await
+            .expect("connect")
+            .into_std()
+            .expect("std")
+    };
+    let (first, second, third) = (
+        from_elsewhere().await,
+        from_elsewhere().await,
+        from_elsewhere().await,
+    );
+    let local = TcpStream::connect(addr).expect("connect");
     tokio::task::spawn_blocking(move || {
-        let first = TcpStream::connect(addr).expect("connect");
-        let _second = TcpStream::connect(addr).expect("connect");
-        std::thread::sleep(Duration::from_millis(100));
-        let mut third = TcpStream::connect(addr).expect("the kernel accepts it");
+        let _second = second;
+        for stream in [&first, &third, &local] {
+            stream.set_nonblocking(false).expect("blocking");
+        }
+        let mut third = third;
         let waited = wait_for_close(&mut third, Duration::from_secs(2));
         assert!(waited < Duration::from_secs(1), "{waited:?}");
+        // 127.0.0.1 is not held to it.
+        let mut local = local;
+        local
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        assert!(read_answer(&mut local).starts_with("http/1.1 200"));
         // A place given back is a place for the next connection.
         drop(first);
-        std::thread::sleep(Duration::from_millis(100));
-        let mut next = TcpStream::connect(addr).expect("connect");
+    })
+    .await
+    .expect("join");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut next = from_elsewhere().await;
+    tokio::task::spawn_blocking(move || {
+        next.set_nonblocking(false).expect("blocking");
         next.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .expect("write");
         assert!(read_answer(&mut next).starts_with("http/1.1 200"));
     })
     .await
     .expect("join");
+}
+
+/// A peer that takes nothing of an answer (here: an HTTP/2 client whose
+/// flow-control window stays shut) kept its connection for ever; it is dropped once
+/// the answer has waited `STALLED_AFTER`.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_takes_nothing_of_its_answer_is_dropped() {
+    let addr = serve_with(listener::Limits::new(Duration::from_secs(10), 100)).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    let driver = tokio::spawn(connection);
+    let request = Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answer head");
+    assert_eq!(answer.status(), StatusCode::OK);
+    // The body never gets a window; the server gives up on it, and not before.
+    let waited = tokio::time::Instant::now();
+    tokio::time::timeout(listener::STALLED_AFTER * 2, driver)
+        .await
+        .expect("the server drops the connection")
+        .expect("join")
+        .ok();
+    assert!(
+        waited.elapsed() >= listener::STALLED_AFTER,
+        "{:?}",
+        waited.elapsed()
+    );
 }
 
 /// One HTTP/1.1 answer off `stream` (its head, and a body of `Content-Length`), in

@@ -5,7 +5,8 @@
 //! - at most `max_connections` connections at once: past that, new connections wait
 //!   in the kernel's backlog instead of costing memory here;
 //! - at most `max_per_address` of them from one address (one /64 for IPv6), except
-//!   from trusted proxies, so that one machine cannot take every place;
+//!   from trusted proxies and 127.0.0.1/::1 (a reverse proxy on this machine), so
+//!   that one machine cannot take every place;
 //! - a deadline for a connection's first request: a request head must arrive within
 //!   `header_read_timeout` of connecting. Hyper's own header-read timeout starts
 //!   only once it knows the protocol, so a silent socket, or one that sends part of
@@ -17,6 +18,8 @@
 //! - a request body must arrive in full within `request_body_timeout` of its head
 //!   (an absolute deadline: a timer reset at every byte would let one byte every few
 //!   seconds keep a request, and its connection, for weeks);
+//! - an answer whose peer takes nothing of it (a full socket, an HTTP/2 window left
+//!   shut) for [`STALLED_AFTER`] has its connection dropped;
 //! - HTTP/2 keep-alive pings, so a dead peer's streams are noticed;
 //! - a graceful shutdown that lets requests in flight finish, for a bounded time.
 
@@ -25,7 +28,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -42,7 +45,12 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use ipnet::IpNet;
-use tokio::{net::TcpListener, sync::Semaphore, time::Sleep};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::Sleep,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -118,18 +126,20 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let trusted = limits
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
-        let place = if trusted {
+        let ip = peer.ip();
+        // A reverse proxy on this machine carries everyone's connections, configured
+        // as trusted or not.
+        let exempt = ip == IpAddr::from([127, 0, 0, 1])
+            || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            || limits.trusted_proxies.iter().any(|net| net.contains(&ip));
+        let place = if exempt {
             None
         } else {
-            match addresses.take(&address_key(peer.ip()), limits.max_per_address) {
+            match addresses.take(&address_key(ip), limits.max_per_address) {
                 Some(place) => Some(place),
                 None => {
                     // Closing at once costs the peer a reconnect, and us nothing.
-                    tracing::debug!(peer = %peer.ip(), "too many connections from one address");
+                    refused_for_address(ip, limits.max_per_address);
                     continue;
                 }
             }
@@ -137,15 +147,18 @@ pub async fn serve(
         // Small JSON-RPC answers must not wait for Nagle's algorithm (a 40 ms stall
         // against delayed ACKs on every streamed response).
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new());
         let body_timeout = limits.request_body_timeout;
         // The peer's address goes in as the request enters the router, and the body
         // gets its deadline. (A `Router::layer` here would wrap every route again for
         // each connection, and box one more service for every request to clone.)
-        let seen = activity.clone();
+        let (seen, version) = (activity.clone(), activity.clone());
         let service = app
             .clone()
             .map_request(move |request: axum::http::Request<Incoming>| {
+                if request.version() == axum::http::Version::HTTP_2 {
+                    version.http2.store(true, Ordering::Relaxed);
+                }
                 let mut request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
@@ -156,45 +169,21 @@ pub async fn serve(
                     let response: axum::response::Response = answer.await?;
                     // The request stays open until its answer's body is done or dropped.
                     Ok::<_, std::convert::Infallible>(
-                        response.map(|inner| Body::new(Tracked { inner, _open: open })),
+                        response.map(|inner| Tracked::body(inner, open)),
                     )
                 }
             });
+        let io = TokioIo::new(Watched {
+            stream,
+            activity: activity.clone(),
+        });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
             .into_owned();
         let idle_timeout = limits.header_read_timeout;
         let stop = stop.clone();
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut seen = 0;
-            let idle = tokio::time::sleep(idle_timeout);
-            tokio::pin!(idle);
-            // Errors here are the client's (a reset, a timeout): nothing to report.
-            loop {
-                tokio::select! {
-                    _ = connection.as_mut() => break,
-                    () = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.as_mut().await;
-                        break;
-                    }
-                    () = &mut idle => {
-                        let started = activity.started.load(Ordering::Relaxed);
-                        if started == 0 {
-                            // Not one request head in all that time: drop the socket.
-                            break;
-                        }
-                        if started == seen && activity.open.load(Ordering::Relaxed) == 0 {
-                            connection.as_mut().graceful_shutdown();
-                            let _ = connection.as_mut().await;
-                            break;
-                        }
-                        seen = started;
-                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                    }
-                }
-            }
+            watch(connection, &activity, idle_timeout, &stop).await;
             drop(place);
             drop(permit);
         });
@@ -211,11 +200,136 @@ pub async fn serve(
     }
 }
 
-/// What one connection has done: requests started, and those not yet answered in full.
-#[derive(Default)]
+/// How long an answer may wait for its peer to take more of it (a full socket, or
+/// an HTTP/2 flow-control window left shut) before the connection is dropped. A
+/// peer that reads nothing would otherwise keep its connection for ever.
+pub const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+/// Serves one connection until it ends, or until it is found doing nothing:
+/// - no request head within `idle` of connecting: dropped;
+/// - an answer that its peer has taken nothing of for [`STALLED_AFTER`]: dropped;
+/// - HTTP/2 with no request open, and none started or ended, for `idle`: shut down
+///   gracefully (GOAWAY). HTTP/1's wait between requests is hyper's own header-read
+///   timeout, which starts when hyper starts reading the next request head (a check
+///   here could close a connection just as its next request arrives).
+async fn watch<C>(connection: C, activity: &Activity, idle: Duration, stop: &CancellationToken)
+where
+    C: Future + GracefulConnection,
+{
+    tokio::pin!(connection);
+    let tick = idle.min(STALLED_AFTER);
+    let mut seen = activity.events.load(Ordering::Relaxed);
+    let mut first = true;
+    // Errors here are the client's (a reset, a timeout): nothing to report.
+    loop {
+        tokio::select! {
+            biased;
+            _ = connection.as_mut() => return,
+            () = stop.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+                return;
+            }
+            () = tokio::time::sleep(tick) => {}
+        }
+        let events = activity.events.load(Ordering::Relaxed);
+        if first && events == 0 {
+            // Not one request head in all that time.
+            return;
+        }
+        first = false;
+        if activity.stalled() {
+            tracing::debug!("dropping a connection whose peer takes nothing of its answer");
+            return;
+        }
+        let quiet = events == seen && activity.open.load(Ordering::Relaxed) == 0;
+        if quiet && activity.http2.load(Ordering::Relaxed) {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(idle, connection).await;
+            return;
+        }
+        seen = events;
+    }
+}
+
+/// What the watch needs of hyper-util's connection.
+trait GracefulConnection {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for auto::UpgradeableConnection<'static, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// What one connection has done, for [`watch`]. Times are ms since it began.
 struct Activity {
-    started: AtomicU64,
+    began: tokio::time::Instant,
+    /// Requests started, plus those ended: any change is activity.
+    events: AtomicU64,
+    /// Requests not yet answered in full.
     open: AtomicUsize,
+    http2: AtomicBool,
+    /// Answers whose body waits for the peer: hyper has not asked it for more since
+    /// its last frame (or at all).
+    waiting: AtomicUsize,
+    /// When hyper last asked an answer's body for a frame.
+    asked_at: AtomicU64,
+    /// Since when a write to the socket has been waiting (0: none is).
+    blocked_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            began: tokio::time::Instant::now(),
+            events: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            http2: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            asked_at: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Ms since the connection began, at least 1.
+    fn now(&self) -> u64 {
+        (self.began.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// Whether the peer has taken nothing of an answer for [`STALLED_AFTER`].
+    fn stalled(&self) -> bool {
+        let limit = STALLED_AFTER.as_millis() as u64;
+        let now = self.now();
+        let blocked = self.blocked_since.load(Ordering::Relaxed);
+        let socket = blocked != 0 && now.saturating_sub(blocked) >= limit;
+        let waiting = self.waiting.load(Ordering::Relaxed) > 0
+            && now.saturating_sub(self.asked_at.load(Ordering::Relaxed)) >= limit;
+        socket || waiting
+    }
+
+    /// Whether a write to the socket is waiting.
+    fn writing(&self, waits: bool) {
+        if waits {
+            let _ = self.blocked_since.compare_exchange(
+                0,
+                self.now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One request on a connection, from its head until its answer's body ends.
@@ -223,7 +337,7 @@ struct Open(Arc<Activity>);
 
 impl Open {
     fn new(activity: Arc<Activity>) -> Self {
-        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.events.fetch_add(1, Ordering::Relaxed);
         activity.open.fetch_add(1, Ordering::Relaxed);
         Open(activity)
     }
@@ -231,15 +345,44 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
+        self.0.events.fetch_add(1, Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// An answer's body, holding its request's [`Open`] until it ends; its length (and
-/// so `Content-Length`) is the inner body's.
+/// An answer's body, holding its request's [`Open`] until it ends and telling the
+/// connection's watch whether it waits for the peer; its length (and so
+/// `Content-Length`) is the inner body's.
 struct Tracked {
     inner: Body,
-    _open: Open,
+    open: Open,
+    /// Its last frame went to hyper (or none was asked for yet), and hyper has not
+    /// asked again.
+    waiting: bool,
+}
+
+impl Tracked {
+    fn body(inner: Body, open: Open) -> Body {
+        let activity = &open.0;
+        activity.waiting.fetch_add(1, Ordering::Relaxed);
+        activity.asked_at.store(activity.now(), Ordering::Relaxed);
+        Body::new(Tracked {
+            inner,
+            open,
+            waiting: true,
+        })
+    }
+
+    fn wait(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.open.0.waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.open.0.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -250,7 +393,14 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        this.open
+            .0
+            .asked_at
+            .store(this.open.0.now(), Ordering::Relaxed);
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        this.wait(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -259,6 +409,80 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.wait(false);
+    }
+}
+
+/// The socket, telling the connection's watch when a write waits (the peer reads
+/// nothing and its buffers are full).
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.writing(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.writing(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A refusal for too many connections from one address, in the log at most once a
+/// minute (a deployment behind a proxy not named by `--trusted-proxy` sees only the
+/// proxy's address, and would otherwise not know why connections close).
+fn refused_for_address(ip: IpAddr, max: usize) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60);
+    if LAST.swap(minute, Ordering::Relaxed) != minute {
+        tracing::warn!(
+            peer = %ip,
+            max,
+            "closed a connection: too many from one address (behind a reverse proxy, name it with --trusted-proxy)"
+        );
     }
 }
 

@@ -153,12 +153,6 @@ fn password_key() -> Key {
     Key::new(Kind::OWNER, "password")
 }
 
-/// The fingerprint of the `--owner-password-hash` that the sign-in sessions were
-/// opened under.
-fn configured_key() -> Key {
-    Key::new(Kind::OWNER, "configured")
-}
-
 impl Owner {
     pub fn new(store: SharedStore, configured_hash: Option<String>) -> Self {
         Owner {
@@ -226,31 +220,6 @@ impl Owner {
         Ok(ended)
     }
 
-    /// At start: when `--owner-password-hash` is not the one the sessions were opened
-    /// under (it was changed, or set in place of a stored password), every sign-in
-    /// session ends, as `set_password` ends them. An owner who changes the hash
-    /// because the password leaked must not leave its sessions to whoever has it.
-    /// Returns how many ended.
-    pub async fn settle_configured_password(&self) -> StoreResult<u64> {
-        let Some(hash) = &self.configured_hash else {
-            return Ok(0);
-        };
-        let fingerprint = SecretHash::of(hash);
-        let stored = self.store.get(&configured_key()).await?;
-        if stored.as_deref() == Some(fingerprint.as_str().as_bytes()) {
-            return Ok(0);
-        }
-        let ended = self.end_all_sessions().await?;
-        self.store
-            .put(
-                &configured_key(),
-                fingerprint.as_str().as_bytes(),
-                Put::forever(),
-            )
-            .await?;
-        Ok(ended)
-    }
-
     /// Stores a new password (`gatehouse owner set-password`, or first-run setup) and
     /// ends every existing sign-in session.
     pub async fn set_password(&self, password: &str) -> Result<(), SetupError> {
@@ -306,19 +275,34 @@ impl Owner {
         let id = random_token();
         let key = Key::new(Kind::SESSION, SecretHash::of(&id).as_str());
         self.store
-            .put(&key, b"owner", Put::ttl(SIGN_IN_TTL))
+            .put(&key, self.session_mark().as_bytes(), Put::ttl(SIGN_IN_TTL))
             .await?;
         Ok(id)
+    }
+
+    /// What a session record holds: the fingerprint of `--owner-password-hash` when
+    /// one is configured, so that a session opened under another hash (the owner
+    /// changed it because the password leaked, say) is not one under this one, on
+    /// any instance. `set_password` ends sessions itself.
+    fn session_mark(&self) -> String {
+        match &self.configured_hash {
+            Some(hash) => format!("owner {}", SecretHash::of(hash).as_str()),
+            None => "owner".to_owned(),
+        }
     }
 
     /// The session's hash when `cookie` names a live session.
     pub async fn session(&self, cookie: &str) -> StoreResult<Option<SecretHash>> {
         let hash = SecretHash::of(cookie);
-        let live = self
+        let record = self
             .store
             .get(&Key::new(Kind::SESSION, hash.as_str()))
-            .await?
-            .is_some();
+            .await?;
+        let live = match (record, &self.configured_hash) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(mark), Some(_)) => mark == self.session_mark().as_bytes(),
+        };
         Ok(live.then_some(hash))
     }
 
@@ -677,9 +661,9 @@ mod tests {
         assert!(limiter.reserve(a).is_ok());
     }
 
-    /// A changed `--owner-password-hash` ends the sessions opened under the old one
-    /// (the owner changed it because the password leaked, say); a restart with the
-    /// same hash keeps them.
+    /// A session opened under one `--owner-password-hash` is not one under another
+    /// (the owner changed it because the password leaked, say), on any instance; it
+    /// is again under the same one.
     #[tokio::test]
     async fn a_changed_configured_hash_ends_every_session() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -687,17 +671,11 @@ mod tests {
             crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
         );
         let first = Owner::new(store.clone(), Some("hash-one".into()));
-        assert_eq!(first.settle_configured_password().await.expect("settle"), 0);
         let cookie = first.new_session().await.expect("session");
-        let again = Owner::new(store.clone(), Some("hash-one".into()));
-        assert_eq!(again.settle_configured_password().await.expect("settle"), 0);
-        assert!(again.session(&cookie).await.expect("read").is_some());
-        let changed = Owner::new(store, Some("hash-two".into()));
-        assert_eq!(
-            changed.settle_configured_password().await.expect("settle"),
-            1
-        );
+        let changed = Owner::new(store.clone(), Some("hash-two".into()));
         assert!(changed.session(&cookie).await.expect("read").is_none());
+        let same = Owner::new(store, Some("hash-one".into()));
+        assert!(same.session(&cookie).await.expect("read").is_some());
     }
 
     /// Past the runs and the places to wait for them, a sign-in is told to come

@@ -87,6 +87,10 @@ impl ArticleEndpoint {
     /// Whether rmcp would start a session for this request: an `initialize`, or a
     /// session it would restore from the store (one not live here).
     async fn opens_session(&self, parts: &Parts, body: Option<Bytes>) -> bool {
+        // A DELETE ends a session; rmcp never restores one for it.
+        if parts.method == axum::http::Method::DELETE {
+            return false;
+        }
         match parts.headers.get(&SESSION_ID).and_then(|v| v.to_str().ok()) {
             Some(id) => !self
                 .sessions
