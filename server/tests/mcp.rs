@@ -1081,6 +1081,26 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
             .status,
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
+    // A body that is not JSON either: still the media type's 415, and a JSON body
+    // that cannot be read is 400.
+    let garbage = |content_type| {
+        McpPost {
+            token: Some(token),
+            session: Some(&session),
+            version: Some(V2025_06),
+            content_type,
+            ..McpPost::default()
+        }
+        .with_body(Body::from("hello"))
+    };
+    assert_eq!(
+        app.send(garbage("text/plain")).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(
+        app.send(garbage("application/json")).await.status,
+        StatusCode::BAD_REQUEST
+    );
     let deleted = app
         .send(
             Request::delete("/mcp")

@@ -190,6 +190,15 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "batched JSON-RPC requests are not supported",
                     )
                 }
+                // Not JSON, and not said to be: the transport's 415, as rmcp answers a
+                // readable body sent so.
+                Message::Unreadable if !content_type_is(&parts.headers, "application/json") => {
+                    return rpc_error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        code::INVALID_REQUEST,
+                        "the request body must be JSON (Content-Type: application/json)",
+                    )
+                }
                 Message::Unreadable => {
                     return rpc_error(
                         StatusCode::BAD_REQUEST,
