@@ -825,17 +825,7 @@ async fn a_client_holds_only_so_many_live_sessions() {
     let other = other["access_token"].as_str().expect("at");
     app.session_at("/mcp", other, VERSION).await;
 
-    let deleted = app
-        .send(
-            Request::delete("/mcp")
-                .header(header::HOST, "gate.example.com")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header("mcp-session-id", sessions[0].as_str())
-                .header("mcp-protocol-version", VERSION)
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let deleted = app.end_session("/mcp", &token, &sessions[0], VERSION).await;
     assert!(deleted.status.is_success(), "{}", deleted.status);
     // rmcp drops the ended session's handler (and its place) as its worker stops.
     let mut reopened = None;

@@ -1179,17 +1179,7 @@ async fn a_full_upstream_refuses_new_sessions_until_one_ends() {
     app.session_at("/mcp/py", &two, V2025).await;
     refused(app.send(initialize("/mcp/py", &three, 1)).await, "busy");
 
-    let ended = app
-        .send(
-            Request::delete("/mcp/py")
-                .header(header::HOST, "gate.example.com")
-                .header(header::AUTHORIZATION, format!("Bearer {one}"))
-                .header("mcp-session-id", &first)
-                .header("mcp-protocol-version", V2025)
-                .body(axum::body::Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let ended = app.end_session("/mcp/py", &one, &first, V2025).await;
     assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
     // The upstream's place, and the client's, are given back once rmcp has closed
     // the session.

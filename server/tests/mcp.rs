@@ -1101,17 +1101,7 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
         app.send(garbage("application/json")).await.status,
         StatusCode::BAD_REQUEST
     );
-    let deleted = app
-        .send(
-            Request::delete("/mcp")
-                .header(header::HOST, "gate.example.com")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header("mcp-session-id", session.as_str())
-                .header("mcp-protocol-version", V2025_06)
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let deleted = app.end_session("/mcp", token, &session, V2025_06).await;
     assert!(deleted.status.is_success(), "{}", deleted.status);
     let after = in_session(call(15, "get_article", json!({"slug": "x"}))).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);

@@ -424,17 +424,7 @@ async fn get_opens_the_session_stream_and_delete_ends_the_session() {
         Expect::Result,
     )
     .await;
-    let deleted = app
-        .send(
-            Request::delete("/mcp")
-                .header(header::HOST, "gate.example.com")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .header("mcp-session-id", session.as_str())
-                .header("mcp-protocol-version", VERSION)
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+    let deleted = app.end_session("/mcp", &token, &session, VERSION).await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED, "{}", deleted.body);
     // ...and neither, nor the stream, knows it afterwards.
     both_paths(

@@ -808,6 +808,26 @@ impl TestApp {
         session
     }
 
+    /// Ends `session` at `path` with a DELETE, as a Streamable HTTP client does.
+    pub async fn end_session(
+        &self,
+        path: &str,
+        token: &str,
+        session: &str,
+        version: &str,
+    ) -> Answer {
+        self.send(
+            Request::delete(path)
+                .header(header::HOST, "gate.example.com")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", version)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
     /// The whole OAuth flow to tokens with `scope`; returns (client_id, token response).
     pub async fn tokens_for(&self, scope: &str) -> (String, Value) {
         let (client_id, _, code) = self.code_for(scope).await;
