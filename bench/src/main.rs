@@ -1314,6 +1314,22 @@ struct Sessions {
     )>,
 }
 
+/// A keep-alive HTTP/1.1 connection to `address`, for one session's calls.
+async fn connect(
+    address: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 impl Sessions {
     async fn open(
         http: &reqwest::Client,
@@ -1332,16 +1348,7 @@ impl Sessions {
         let mut open = Vec::new();
         for _ in 0..workers {
             let session = mcp_session(http, mcp, token).await?;
-            let stream = tokio::net::TcpStream::connect(&address)
-                .await
-                .map_err(|e| e.to_string())?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(connection);
-            open.push((sender, session));
+            open.push((connect(&address).await?, session));
         }
         Ok(Sessions {
             path: url.path().to_owned(),
@@ -1391,6 +1398,18 @@ impl Sessions {
                 let (body, expect) = (self.body.clone(), self.expect);
                 tokio::spawn(async move {
                     let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    // A connection left unused longer than Gatehouse waits for a
+                    // request (other rows ran meanwhile) was closed: a client opens
+                    // another.
+                    if sender.is_closed() {
+                        match connect(&host).await {
+                            Ok(fresh) => sender = fresh,
+                            Err(e) => {
+                                eprintln!("  error: {e}");
+                                return (sender, session, latencies, 1);
+                            }
+                        }
+                    }
                     while Instant::now() < deadline {
                         let request = Sessions::request(
                             &path,
@@ -1457,7 +1476,14 @@ impl Sessions {
                 hyper::Method::DELETE,
                 &session,
             );
+            let host = self.host.clone();
             async move {
+                if sender.is_closed() {
+                    match connect(&host).await {
+                        Ok(fresh) => sender = fresh,
+                        Err(_) => return,
+                    }
+                }
                 if let (Ok(end), Ok(())) = (
                     end.body(http_body_util::Full::new(bytes::Bytes::new())),
                     sender.ready().await,
