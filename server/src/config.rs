@@ -320,6 +320,16 @@ pub struct ServeArgs {
     )]
     pub sessions_per_minute: u32,
 
+    /// Sessions one client may hold live at the built-in `/mcp` on an instance (an
+    /// idle one closes after five minutes); past that, new ones get 429.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_SESSIONS_PER_CLIENT",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub max_sessions_per_client: u32,
+
     /// The largest registration request body, in bytes.
     #[arg(
         long,
@@ -509,6 +519,7 @@ pub struct Limits {
     pub registrations_per_minute: u32,
     pub registrations_per_hour: u32,
     pub sessions_per_minute: u32,
+    pub max_sessions_per_client: usize,
     pub max_registration_bytes: usize,
     /// How often an open MCP stream checks that its token is still valid.
     pub stream_recheck: Duration,
@@ -799,6 +810,7 @@ impl ServeArgs {
                     registrations_per_minute: self.registrations_per_minute,
                     registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,
+                    max_sessions_per_client: self.max_sessions_per_client as usize,
                     max_registration_bytes: self.max_registration_bytes as usize,
                     stream_recheck: self.stream_recheck,
                     activity_retention: self.activity_retention,

@@ -770,9 +770,14 @@ async fn a_binding_ended_elsewhere_is_refused_once_the_remembered_one_is_stale()
 /// one ended gives its place back, and other clients are not affected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_holds_only_so_many_live_sessions() {
-    use gatehouse::mcp::articles::MAX_SESSIONS_PER_CLIENT;
     const VERSION: &str = "2025-11-25";
-    let extra = ["--sessions-per-minute", "1000"];
+    const MAX: usize = 8;
+    let extra = [
+        "--sessions-per-minute",
+        "1000",
+        "--max-sessions-per-client",
+        "8",
+    ];
     let app = TestApp::new(&extra);
     let (_, tokens) = app.tokens_for("read:articles").await;
     let token = tokens["access_token"].as_str().expect("at").to_owned();
@@ -780,7 +785,7 @@ async fn a_client_holds_only_so_many_live_sessions() {
     let stored = app.session_at("/mcp", &token, VERSION).await;
     let app = app.restart(&extra).await;
     let mut sessions = Vec::new();
-    for _ in 0..MAX_SESSIONS_PER_CLIENT {
+    for _ in 0..MAX {
         sessions.push(app.session_at("/mcp", &token, VERSION).await);
     }
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

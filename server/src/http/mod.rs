@@ -137,6 +137,7 @@ impl AppState {
                     resource.clone(),
                     store.clone(),
                     articles.clone(),
+                    config.limits.max_sessions_per_client,
                     shutdown.child_token(),
                 )))
             }

@@ -97,19 +97,21 @@ pub struct Prefetched {
     pub value: Option<Vec<u8>>,
 }
 
-/// Sessions one client may hold live on one instance. A session idles out after
-/// five minutes (rmcp's keep-alive), but a client that opens one every two seconds
-/// (the default `--sessions-per-minute`) and keeps touching them all, or restores
-/// its stored ones, would otherwise hold thousands, each with its tasks and streams.
-pub const MAX_SESSIONS_PER_CLIENT: usize = 64;
+/// Sessions one client may hold live on one instance, unless
+/// `--max-sessions-per-client` says otherwise. A session idles out after five
+/// minutes (rmcp's keep-alive), but a client that opens one every two seconds (the
+/// default `--sessions-per-minute`) and keeps touching them all, or restores its
+/// stored ones, would otherwise hold thousands, each with its tasks and streams.
+pub const MAX_SESSIONS_PER_CLIENT: usize = 128;
 
 #[derive(Clone)]
 pub struct ArticleServer {
     articles: Articles,
     tools: Arc<Vec<Tool>>,
     resource: Arc<resource::Resource>,
-    /// Sessions each client holds live here.
+    /// Sessions each client holds live here, and how many it may.
     sessions: Places<ClientId>,
+    max_sessions: usize,
     /// This session's place, taken at `initialize` (each session's handler is its own
     /// copy, [`ArticleServer::for_session`]) and given back when rmcp drops it.
     place: Arc<Mutex<Option<Place<ClientId>>>>,
@@ -353,14 +355,6 @@ fn structured(value: impl serde::Serialize) -> Outcome {
 }
 
 /// The token the guard attached to this request.
-/// Why a client may not open another session.
-pub fn too_many_sessions() -> String {
-    format!(
-        "this client has {MAX_SESSIONS_PER_CLIENT} MCP sessions open here, its maximum; \
-         end one (DELETE) or let one close when idle (five minutes)"
-    )
-}
-
 /// The token the guard put in the request.
 fn token(context: &RequestContext<RoleServer>) -> Option<&AccessToken> {
     context
@@ -382,7 +376,15 @@ impl ArticleServer {
             tools: Arc::new(tools()),
             resource,
             sessions: Places::default(),
+            max_sessions: MAX_SESSIONS_PER_CLIENT,
             place: Arc::default(),
+        }
+    }
+
+    pub fn with_max_sessions_per_client(self, max_sessions: usize) -> Self {
+        ArticleServer {
+            max_sessions,
+            ..self
         }
     }
 
@@ -394,9 +396,18 @@ impl ArticleServer {
         }
     }
 
+    /// Why a client may not open another session.
+    pub fn too_many_sessions(&self) -> String {
+        format!(
+            "this client has {} MCP sessions open here, its maximum; \
+             end one (DELETE) or let one close when idle (five minutes)",
+            self.max_sessions
+        )
+    }
+
     /// Whether `client` may open (or restore) one more session here.
     pub fn has_room_for(&self, client: &ClientId) -> bool {
-        self.sessions.held(client) < MAX_SESSIONS_PER_CLIENT
+        self.sessions.held(client) < self.max_sessions
     }
 
     fn scope(&self, access: Access) -> &Scope {
@@ -556,8 +567,8 @@ impl ServerHandler for ArticleServer {
         if let Some(client) = token(&context).map(|t| &t.client_id) {
             let place = self
                 .sessions
-                .take(client, MAX_SESSIONS_PER_CLIENT)
-                .ok_or_else(|| ErrorData::invalid_request(too_many_sessions(), None))?;
+                .take(client, self.max_sessions)
+                .ok_or_else(|| ErrorData::invalid_request(self.too_many_sessions(), None))?;
             *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some(place);
         }
         context.peer.set_peer_info(request.clone());

@@ -36,9 +36,7 @@ use super::{
 use crate::{
     articles::Articles,
     mcp::{
-        articles::{
-            too_many_sessions, tool_access, ArticlePolicy, ArticleServer, Outcome, Prefetched,
-        },
+        articles::{tool_access, ArticlePolicy, ArticleServer, Outcome, Prefetched},
         call::Message,
         Call, CallPolicy, Need,
     },
@@ -59,6 +57,7 @@ impl ArticleEndpoint {
         resource: Arc<Resource>,
         store: SharedStore,
         articles: Articles,
+        max_sessions_per_client: usize,
         shutdown: CancellationToken,
     ) -> Self {
         let mut config = StreamableHttpServerConfig::default()
@@ -70,7 +69,8 @@ impl ArticleEndpoint {
             .with_json_response(true)
             .with_cancellation_token(shutdown);
         config.session_store = Some(Arc::new(StoreSessions(store)));
-        let server = ArticleServer::new(articles, resource.clone());
+        let server = ArticleServer::new(articles, resource.clone())
+            .with_max_sessions_per_client(max_sessions_per_client);
         let sessions = Arc::new(LocalSessionManager::default());
         let transport = {
             let server = server.clone();
@@ -262,7 +262,7 @@ impl Endpoint for ArticleEndpoint {
                 return rpc_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     code::INVALID_REQUEST,
-                    &too_many_sessions(),
+                    &self.server.too_many_sessions(),
                 );
             }
         }
