@@ -261,8 +261,9 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_UNUSED_CLIENT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub unused_client_ttl: Duration,
 
-    /// A request's head must arrive in full within this long; a keep-alive connection
-    /// that waits this long for its next request is closed.
+    /// A connection's first request head must arrive within this long of connecting,
+    /// and each next one within this long of waiting for it (HTTP/2: within once to
+    /// twice this long); else the connection is closed.
     #[arg(long, env = "GATEHOUSE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
