@@ -1905,21 +1905,10 @@ async fn a_redirect_uri_without_a_path_is_the_same_uri_when_sent_again() {
         approved.param("code").expect("code")
     };
     let redeem = |code: String, sent: &'static str| {
-        let client_id = client_id.clone();
-        let app = &app;
+        let (app, client_id) = (&app, client_id.clone());
         async move {
-            app.post_form(
-                "/oauth/token",
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", sent),
-                    ("code_verifier", VERIFIER),
-                    ("client_id", &client_id),
-                ],
-                None,
-            )
-            .await
+            app.redeem_with(&client_id, &code, &[("redirect_uri", sent)])
+                .await
         }
     };
     let other = redeem(code().await, "http://127.0.0.1:8080/other").await;

@@ -520,19 +520,27 @@ impl TestApp {
 
     /// Redeems a code issued for `resource`.
     pub async fn redeem_at(&self, client_id: &str, code: &str, resource: &str) -> Answer {
-        self.post_form(
-            "/oauth/token",
+        self.redeem_with(
+            client_id,
+            code,
             &[
-                ("grant_type", "authorization_code"),
-                ("code", code),
                 ("redirect_uri", "https://client.example/cb"),
-                ("code_verifier", VERIFIER),
-                ("client_id", client_id),
                 ("resource", resource),
             ],
-            None,
         )
         .await
+    }
+
+    /// Redeems a code with the test's verifier and the given other parameters.
+    pub async fn redeem_with(&self, client_id: &str, code: &str, extra: &[(&str, &str)]) -> Answer {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", VERIFIER),
+            ("client_id", client_id),
+        ];
+        form.extend_from_slice(extra);
+        self.post_form("/oauth/token", &form, None).await
     }
 
     pub async fn refresh(
