@@ -281,8 +281,9 @@ pub struct ServeArgs {
     )]
     pub max_connections: u32,
 
-    /// Connections served at once from one address (an IPv6 /64); more are closed.
-    /// Trusted proxies, 127.0.0.1 and ::1 are not counted.
+    /// Connections served at once from one address (an IPv6 /64; four times as many
+    /// from one /48); more are closed. Trusted proxies, 127.0.0.1 and ::1 are not
+    /// counted.
     #[arg(
         long,
         env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS",

@@ -4,9 +4,10 @@
 //!
 //! - at most `max_connections` connections at once: past that, new connections wait
 //!   in the kernel's backlog instead of costing memory here;
-//! - at most `max_per_address` of them from one address (one /64 for IPv6), except
-//!   from trusted proxies and 127.0.0.1/::1 (a reverse proxy on this machine), so
-//!   that one machine cannot take every place;
+//! - at most `max_per_address` of them from one address (one /64 for IPv6, and
+//!   [`WIDE_SHARE`] times that from one /48), except from trusted proxies and
+//!   127.0.0.1/::1 (a reverse proxy on this machine), so that one machine, or one
+//!   home's IPv6 prefix, cannot take every place;
 //! - a deadline for a connection's first request: a request head must arrive within
 //!   `header_read_timeout` of connecting. Hyper's own header-read timeout starts
 //!   only once it knows the protocol, so a silent socket, or one that sends part of
@@ -54,7 +55,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::places::Places;
+use crate::places::{Place, Places};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -135,8 +136,8 @@ pub async fn serve(
         let place = if exempt {
             None
         } else {
-            match addresses.take(&address_key(ip), limits.max_per_address) {
-                Some(place) => Some(place),
+            match take_places(&addresses, ip, limits.max_per_address) {
+                Some(places) => Some(places),
                 None => {
                     // Closing at once costs the peer a reconnect, and us nothing.
                     refused_for_address(ip, limits.max_per_address);
@@ -486,15 +487,38 @@ fn refused_for_address(ip: IpAddr, max: usize) {
     }
 }
 
-/// The key an address's connections are counted under: IPv6 addresses per /64,
-/// which one machine usually has whole.
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
+/// How many times an address's share one IPv6 /48 gets in all: a home is given a
+/// /56 or a /48 (256 or 65,536 /64s), which would otherwise take 256 places each.
+pub const WIDE_SHARE: usize = 4;
+
+/// The places a connection from `ip` takes: one of its address's (an IPv6 /64), at
+/// most `max` of them, and for IPv6 one of its /48's, at most `max` ×
+/// [`WIDE_SHARE`]; `None` when either is full.
+fn take_places(places: &Places<Prefix>, ip: IpAddr, max: usize) -> Option<Vec<Place<Prefix>>> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    };
+    let mut taken = Vec::with_capacity(2);
+    taken.push(places.take(&prefix(ip, 64), max)?);
+    if ip.is_ipv6() {
+        taken.push(places.take(&prefix(ip, 48), max.saturating_mul(WIDE_SHARE))?);
+    }
+    Some(taken)
+}
+
+/// A network connections are counted by: its length and its first address (a /64
+/// and the /48 around it can have the same first address).
+type Prefix = (u32, IpAddr);
+
+/// The IPv6 network of `ip` `bits` long; an IPv4 address as it is.
+fn prefix(ip: IpAddr, bits: u32) -> Prefix {
+    match ip {
+        IpAddr::V6(v6) => (
+            bits,
+            IpAddr::V6((u128::from(v6) & !(u128::MAX >> bits)).into()),
+        ),
+        v4 => (32, v4),
     }
 }
 
@@ -569,4 +593,44 @@ pub fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_48_gets_a_few_addresses_worth_of_places_and_v4_its_own() {
+        let places = Places::default();
+        let in_48 = |subnet: u16, host: u16| -> IpAddr {
+            format!("2001:db8:7:{subnet:x}::{host:x}")
+                .parse()
+                .expect("ip")
+        };
+        // One /64 (any host in it): `max` places.
+        let mut held: Vec<_> = (0..2)
+            .map(|host| take_places(&places, in_48(0, host), 2).expect("a place"))
+            .collect();
+        assert!(take_places(&places, in_48(0, 9), 2).is_none());
+        // Other /64s of the same /48 (the first has the /48's own first address):
+        // WIDE_SHARE times `max` in all.
+        for subnet in 1..WIDE_SHARE as u16 {
+            for host in 0..2 {
+                held.push(take_places(&places, in_48(subnet, host), 2).expect("a place"));
+            }
+        }
+        assert!(
+            take_places(&places, in_48(0xff, 1), 2).is_none(),
+            "the /48 is full"
+        );
+        assert!(take_places(&places, "2001:db8:8::1".parse().expect("ip"), 2).is_some());
+        // IPv4, and IPv4 written as IPv6, count as one address.
+        let v4 = take_places(&places, "192.0.2.1".parse().expect("ip"), 1).expect("a place");
+        assert!(take_places(&places, "::ffff:192.0.2.1".parse().expect("ip"), 1).is_none());
+        drop((held.pop(), v4));
+        assert!(
+            take_places(&places, in_48(0xff, 1), 2).is_some(),
+            "a place given back"
+        );
+    }
 }
