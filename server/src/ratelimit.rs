@@ -36,6 +36,33 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What a client counts as: its address (an IPv6 one by its /64, [`address_key`]),
+/// and for IPv6 also the /48 around it, which a home or a tunnel broker hands out
+/// whole (65,536 /64s). Two kinds, so that a /64 and its /48 never share a key even
+/// when their first addresses are the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    Address(IpAddr),
+    Wide(IpAddr),
+}
+
+impl Network {
+    /// The networks `address` counts in.
+    pub fn of(address: IpAddr) -> [Option<Network>; 2] {
+        let own = address_key(address);
+        let wide = match own {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                Some(Network::Wide(IpAddr::V6(
+                    [s[0], s[1], s[2], 0, 0, 0, 0, 0].into(),
+                )))
+            }
+            IpAddr::V4(_) => None,
+        };
+        [Some(Network::Address(own)), wide]
+    }
+}
+
 /// At most `limit` events per key (a client address by default) in each fixed window.
 pub struct WindowLimiter<K = IpAddr> {
     limit: u32,

@@ -55,7 +55,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::places::{Place, Places};
+use crate::{
+    places::{Place, Places},
+    ratelimit::Network,
+};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -494,32 +497,18 @@ pub const WIDE_SHARE: usize = 4;
 /// The places a connection from `ip` takes: one of its address's (an IPv6 /64), at
 /// most `max` of them, and for IPv6 one of its /48's, at most `max` ×
 /// [`WIDE_SHARE`]; `None` when either is full.
-fn take_places(places: &Places<Prefix>, ip: IpAddr, max: usize) -> Option<Vec<Place<Prefix>>> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    let mut taken = Vec::with_capacity(2);
-    taken.push(places.take(&prefix(ip, 64), max)?);
-    if ip.is_ipv6() {
-        taken.push(places.take(&prefix(ip, 48), max.saturating_mul(WIDE_SHARE))?);
-    }
-    Some(taken)
-}
-
-/// A network connections are counted by: its length and its first address (a /64
-/// and the /48 around it can have the same first address).
-type Prefix = (u32, IpAddr);
-
-/// The IPv6 network of `ip` `bits` long; an IPv4 address as it is.
-fn prefix(ip: IpAddr, bits: u32) -> Prefix {
-    match ip {
-        IpAddr::V6(v6) => (
-            bits,
-            IpAddr::V6((u128::from(v6) & !(u128::MAX >> bits)).into()),
-        ),
-        v4 => (32, v4),
-    }
+fn take_places(places: &Places<Network>, ip: IpAddr, max: usize) -> Option<Vec<Place<Network>>> {
+    Network::of(ip)
+        .into_iter()
+        .flatten()
+        .map(|network| {
+            let max = match network {
+                Network::Address(_) => max,
+                Network::Wide(_) => max.saturating_mul(WIDE_SHARE),
+            };
+            places.take(&network, max)
+        })
+        .collect()
 }
 
 /// A request body that must arrive in full by a deadline. What has arrived is always

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::secret::{random_token, SecretHash};
 use crate::{
-    ratelimit::{address_key, RetryAfter, MAX_TRACKED},
+    ratelimit::{address_key, Network, RetryAfter, MAX_TRACKED},
     store::{Key, Kind, Put, SharedStore, StoreError, StoreResult},
 };
 
@@ -338,7 +338,7 @@ pub struct SignInLimiter {
     free: u32,
     max_delay: Duration,
     forget_after: Duration,
-    state: Mutex<HashMap<Limited, Tries>>,
+    state: Mutex<HashMap<Network, Tries>>,
     /// Addresses (IPv6 /64s) the owner signed in from, and until when their /48
     /// does not count against them.
     trusted: Mutex<HashMap<IpAddr, Instant>>,
@@ -351,31 +351,6 @@ const MAX_TRUSTED: usize = 64;
 
 /// How many times more failures an IPv6 /48 has free than one of its addresses.
 pub const WIDE_FREE_FACTOR: u32 = 5;
-
-/// What failures count against: an address (an IPv6 one by its /64), or an IPv6
-/// /48.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Limited {
-    Address(IpAddr),
-    Wide(IpAddr),
-}
-
-impl Limited {
-    /// The keys `address` is limited under.
-    fn of(address: IpAddr) -> [Option<Limited>; 2] {
-        let own = address_key(address);
-        let wide = match own {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                Some(Limited::Wide(IpAddr::V6(
-                    [s[0], s[1], s[2], 0, 0, 0, 0, 0].into(),
-                )))
-            }
-            IpAddr::V4(_) => None,
-        };
-        [Some(Limited::Address(own)), wide]
-    }
-}
 
 struct Tries {
     failures: u32,
@@ -390,7 +365,7 @@ struct Tries {
 pub struct Attempt<'a> {
     limiter: &'a SignInLimiter,
     address: IpAddr,
-    keys: [Option<Limited>; 2],
+    keys: [Option<Network>; 2],
     settled: bool,
 }
 
@@ -401,12 +376,12 @@ impl Attempt<'_> {
         let mut state = self.limiter.lock();
         for key in self.keys.iter().flatten() {
             match key {
-                Limited::Address(_) => {
+                Network::Address(_) => {
                     state.remove(key);
                 }
                 // The owner's right password clears the owner's address only: the
                 // rest of the /48 keeps what it did.
-                Limited::Wide(_) => {
+                Network::Wide(_) => {
                     if let Some(tries) = state.get_mut(key) {
                         tries.in_flight = tries.in_flight.saturating_sub(1);
                     }
@@ -460,14 +435,14 @@ impl SignInLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Limited, Tries>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Network, Tries>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn free_for(&self, key: &Limited) -> u32 {
+    fn free_for(&self, key: &Network) -> u32 {
         match key {
-            Limited::Address(_) => self.free,
-            Limited::Wide(_) => self.free.saturating_mul(WIDE_FREE_FACTOR),
+            Network::Address(_) => self.free,
+            Network::Wide(_) => self.free.saturating_mul(WIDE_FREE_FACTOR),
         }
     }
 
@@ -476,7 +451,7 @@ impl SignInLimiter {
     /// cost this limiter an entry either (entries pushed out would be forgotten).
     pub fn reserve(&self, address: IpAddr) -> Result<Attempt<'_>, RetryAfter> {
         let now = Instant::now();
-        let mut keys = Limited::of(address);
+        let mut keys = Network::of(address);
         if self.trusted(address, now) {
             keys[1] = None;
         }
@@ -512,7 +487,7 @@ impl SignInLimiter {
                 let Some(oldest) = state
                     .iter()
                     .filter(|(_, t)| t.in_flight == 0)
-                    .min_by_key(|(k, t)| (matches!(k, Limited::Wide(_)), t.last))
+                    .min_by_key(|(k, t)| (matches!(k, Network::Wide(_)), t.last))
                     .map(|(k, _)| *k)
                 else {
                     break;
