@@ -327,7 +327,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "GATEHOUSE_MAX_SESSIONS_PER_CLIENT",
-        default_value_t = 128,
+        default_value_t = crate::mcp::articles::MAX_SESSIONS_PER_CLIENT as u32,
         value_parser = clap::value_parser!(u32).range(1..=100_000)
     )]
     pub max_sessions_per_client: u32,

@@ -355,7 +355,6 @@ fn structured(value: impl serde::Serialize) -> Outcome {
 }
 
 /// The token the guard attached to this request.
-/// The token the guard put in the request.
 fn token(context: &RequestContext<RoleServer>) -> Option<&AccessToken> {
     context
         .extensions
@@ -363,6 +362,7 @@ fn token(context: &RequestContext<RoleServer>) -> Option<&AccessToken> {
         .and_then(|parts| parts.extensions.get::<AccessToken>())
 }
 
+/// The scopes of that token (none without one).
 fn granted(context: &RequestContext<RoleServer>) -> ScopeSet {
     token(context)
         .map(|token| token.scopes.clone())

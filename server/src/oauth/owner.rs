@@ -140,6 +140,11 @@ pub struct Owner {
     store: SharedStore,
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
+    /// What a session record holds: `owner`, and the fingerprint of
+    /// `--owner-password-hash` when one is configured, so that a session opened under
+    /// another hash (the owner changed it because the password leaked, say) is not
+    /// one under this one, on any instance. `set_password` ends sessions itself.
+    session_mark: String,
     argon2: Semaphore,
     /// Sign-ins running on `argon2` or waiting for it:
     /// [`ARGON2_CONCURRENCY`] + [`ARGON2_WAITING`] places.
@@ -155,9 +160,14 @@ fn password_key() -> Key {
 
 impl Owner {
     pub fn new(store: SharedStore, configured_hash: Option<String>) -> Self {
+        let session_mark = match &configured_hash {
+            Some(hash) => format!("owner {}", SecretHash::of(hash).as_str()),
+            None => "owner".to_owned(),
+        };
         Owner {
             store,
             configured_hash,
+            session_mark,
             argon2: Semaphore::new(ARGON2_CONCURRENCY),
             argon2_admitted: Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING),
             argon2_memory: Mutex::new(Vec::new()),
@@ -275,20 +285,9 @@ impl Owner {
         let id = random_token();
         let key = Key::new(Kind::SESSION, SecretHash::of(&id).as_str());
         self.store
-            .put(&key, self.session_mark().as_bytes(), Put::ttl(SIGN_IN_TTL))
+            .put(&key, self.session_mark.as_bytes(), Put::ttl(SIGN_IN_TTL))
             .await?;
         Ok(id)
-    }
-
-    /// What a session record holds: the fingerprint of `--owner-password-hash` when
-    /// one is configured, so that a session opened under another hash (the owner
-    /// changed it because the password leaked, say) is not one under this one, on
-    /// any instance. `set_password` ends sessions itself.
-    fn session_mark(&self) -> String {
-        match &self.configured_hash {
-            Some(hash) => format!("owner {}", SecretHash::of(hash).as_str()),
-            None => "owner".to_owned(),
-        }
     }
 
     /// The session's hash when `cookie` names a live session.
@@ -301,7 +300,7 @@ impl Owner {
         let live = match (record, &self.configured_hash) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(mark), Some(_)) => mark == self.session_mark().as_bytes(),
+            (Some(mark), Some(_)) => mark == self.session_mark.as_bytes(),
         };
         Ok(live.then_some(hash))
     }

@@ -24,11 +24,13 @@ pub mod code {
 
 /// A JSON-RPC error body with an HTTP status.
 pub fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    error_answer(status, code, message, serde_json::Value::Null)
+}
+
+fn error_answer(status: StatusCode, code: i64, message: &str, id: serde_json::Value) -> Response {
     (
         status,
-        Json(
-            json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": null }),
-        ),
+        Json(json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": id })),
     )
         .into_response()
 }
@@ -45,11 +47,7 @@ pub fn rpc_error_to(status: StatusCode, code: i64, message: &str, body: &[u8]) -
         .and_then(|request| request.id)
         .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
         .unwrap_or(serde_json::Value::Null);
-    (
-        status,
-        Json(json!({ "jsonrpc": "2.0", "error": { "code": code, "message": message }, "id": id })),
-    )
-        .into_response()
+    error_answer(status, code, message, id)
 }
 
 /// The absolute URL of a resource's metadata (RFC 9728 §3.1).
