@@ -411,7 +411,9 @@ async fn an_idle_http2_connection_is_closed() {
 }
 
 /// A timer reset at every byte let one byte every few seconds keep a request (and
-/// its connection) for weeks; the body now has a deadline from its head.
+/// its connection) for weeks; the body now has a deadline from its head, and its
+/// refusal speaks each endpoint's language (JSON-RPC at `/mcp`, RFC 6749 JSON at the
+/// token endpoint).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_is_refused_at_its_deadline() {
     let app = TestApp::new(&[]);
@@ -425,35 +427,49 @@ async fn a_trickled_body_is_refused_at_its_deadline() {
         },
     )
     .await;
-    tokio::task::spawn_blocking(move || {
-        let mut client = TcpStream::connect(addr).expect("connect");
-        let head = format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-             Content-Length: 200\r\n\r\n"
-        );
-        client.write_all(head.as_bytes()).expect("head");
-        let mut trickle = client.try_clone().expect("clone");
-        let started = Instant::now();
-        std::thread::spawn(move || {
-            for _ in 0..200 {
-                if trickle.write_all(b" ").is_err() {
-                    break;
+    for (path, content_type, refusal) in [
+        ("/mcp", "application/json", r#""code":-32600"#),
+        (
+            "/oauth/token",
+            "application/x-www-form-urlencoded",
+            r#""error":"invalid_request""#,
+        ),
+    ] {
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut client = TcpStream::connect(addr).expect("connect");
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\n\
+                 Content-Length: 200\r\n\r\n"
+            );
+            client.write_all(head.as_bytes()).expect("head");
+            let mut trickle = client.try_clone().expect("clone");
+            let started = Instant::now();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if trickle.write_all(b" ").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let answer = read_answer(&mut client);
-        assert!(answer.starts_with("http/1.1 408"), "{answer}");
-        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
-    })
-    .await
-    .expect("join");
+            });
+            let answer = read_answer(&mut client);
+            assert!(answer.starts_with("http/1.1 408"), "{path}: {answer}");
+            assert!(
+                answer.contains("\r\nconnection: close\r\n"),
+                "{path}: {answer}"
+            );
+            assert!(answer.contains(refusal), "{path}: {answer}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{path}: {:?}",
+                started.elapsed()
+            );
+        })
+        .await
+        .expect("join");
+    }
 }
 
 /// One machine gets at most its share of the connection places. 127.0.0.1 is

@@ -97,6 +97,48 @@ async fn the_inspector_origin_gets_cors_on_every_endpoint_it_calls() {
     }
 }
 
+/// 2026-07-28 (SEP-2243) clients send a tool's annotated arguments as
+/// `Mcp-Param-<name>` headers: a page the guard allows may send them to `/mcp`, and
+/// discovery, open to every origin, keeps to its list.
+#[tokio::test]
+async fn an_allowed_origin_may_send_mcp_param_headers_to_mcp() {
+    let app = TestApp::new(&[]);
+    let ask = |path: &str| {
+        Request::options(path)
+            .header(header::HOST, "gate.example.com")
+            .header(header::ORIGIN, INSPECTOR)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "authorization, content-type, mcp-method, mcp-name, mcp-param-region",
+            )
+            .body(Body::empty())
+            .expect("request")
+    };
+    let mcp = app.send(ask("/mcp")).await;
+    assert_eq!(mcp.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], INSPECTOR);
+    let allowed = header_list(&mcp, header::ACCESS_CONTROL_ALLOW_HEADERS);
+    for needed in [
+        "authorization",
+        "content-type",
+        "mcp-method",
+        "mcp-name",
+        "mcp-param-region",
+    ] {
+        assert!(
+            allowed.iter().any(|h| h == needed),
+            "{allowed:?} lacks {needed}"
+        );
+    }
+    let discovery = app.send(ask("/oauth/token")).await;
+    let allowed = header_list(&discovery, header::ACCESS_CONTROL_ALLOW_HEADERS);
+    assert!(allowed.iter().any(|h| h == "authorization"), "{allowed:?}");
+    assert!(
+        !allowed.iter().any(|h| h == "mcp-param-region"),
+        "{allowed:?}"
+    );
+}
+
 #[tokio::test]
 async fn mcp_gives_no_cors_grant_to_an_origin_it_refuses() {
     let app = TestApp::new(&[]);

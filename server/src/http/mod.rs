@@ -17,7 +17,7 @@ use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
-    cors::{AllowOrigin, CorsLayer},
+    cors::{AllowHeaders, AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
@@ -233,31 +233,40 @@ impl AppState {
 /// `http://localhost:6274`); preflights are answered here and never reach
 /// authentication. Discovery, registration and tokens involve no cookies, so any
 /// origin may call them; the MCP endpoints answer only the origins the guard allows
-/// (`origins`), echoing the origin rather than `*`.
+/// (`origins`), echoing the origin rather than `*`, and whatever headers such an
+/// origin asks to send: 2026-07-28 (SEP-2243) has clients send a tool's annotated
+/// arguments as `Mcp-Param-<name>` headers, names no fixed list can hold, and a page
+/// the guard allows gains nothing by a header that it lacks without one.
 fn api_cors(origins: Option<mcp::policy::HostPolicy>) -> CorsLayer {
-    let allow_origin = match origins {
-        None => AllowOrigin::any(),
-        Some(policy) => AllowOrigin::predicate(move |origin, _| {
-            origin
-                .to_str()
-                .ok()
-                .and_then(|o| crate::net::Origin::parse(o).ok())
-                .is_some_and(|o| policy.allows_origin(&o))
-        }),
+    let (allow_origin, allow_headers) = match origins {
+        None => (
+            AllowOrigin::any(),
+            AllowHeaders::list([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                mcp::SESSION_ID.clone(),
+                mcp::PROTOCOL_VERSION.clone(),
+                HeaderName::from_static("last-event-id"),
+                mcp::METHOD.clone(),
+                mcp::NAME.clone(),
+            ]),
+        ),
+        Some(policy) => (
+            AllowOrigin::predicate(move |origin, _| {
+                origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| crate::net::Origin::parse(o).ok())
+                    .is_some_and(|o| policy.allows_origin(&o))
+            }),
+            AllowHeaders::mirror_request(),
+        ),
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::ACCEPT,
-            mcp::SESSION_ID.clone(),
-            mcp::PROTOCOL_VERSION.clone(),
-            HeaderName::from_static("last-event-id"),
-            mcp::METHOD.clone(),
-            mcp::NAME.clone(),
-        ])
+        .allow_headers(allow_headers)
         .expose_headers([header::WWW_AUTHENTICATE, mcp::SESSION_ID.clone()])
         .max_age(Duration::from_secs(24 * 3600))
 }

@@ -663,7 +663,7 @@ pub const CORS_REQUEST_HEADERS: [&str; 6] = [
 ];
 
 #[track_caller]
-fn header_list(answer: &Answer, name: header::HeaderName) -> Vec<String> {
+pub fn header_list(answer: &Answer, name: header::HeaderName) -> Vec<String> {
     let value = answer
         .headers
         .get(&name)

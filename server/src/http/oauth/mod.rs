@@ -9,6 +9,8 @@ pub mod register;
 pub mod token;
 
 use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -119,6 +121,44 @@ impl IntoResponse for OAuthError {
             );
         }
         response
+    }
+}
+
+/// A request body as the OAuth API endpoints read it: one that misses its deadline
+/// (`--request-body-timeout`), grows past the router's limit or breaks off gets an
+/// RFC 6749 JSON error like every other refusal there, not axum's plain text.
+pub struct OAuthBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for OAuthBody {
+    type Rejection = OAuthError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, OAuthError> {
+        let rejection = match Bytes::from_request(request, state).await {
+            Ok(body) => return Ok(OAuthBody(body)),
+            Err(rejection) => rejection,
+        };
+        // With `Connection: close` for 408 and 413 (see `http::router`).
+        let (status, description) = if super::listener::body_timed_out(&rejection) {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            )
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        };
+        Err(OAuthError::new(
+            status,
+            ErrorCode::InvalidRequest,
+            description,
+        ))
     }
 }
 

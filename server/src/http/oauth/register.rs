@@ -1,14 +1,13 @@
 //! `POST /oauth/register`: RFC 7591 dynamic client registration.
 
 use axum::{
-    body::Bytes,
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 
-use super::{no_store, OAuthError};
+use super::{no_store, OAuthBody, OAuthError};
 use crate::{
     audit::{Event, EventKind},
     http::{address::ClientAddress, AppState},
@@ -20,7 +19,7 @@ pub async fn register(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
-    body: Bytes,
+    OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     // Every registration is a record kept for --unused-client-ttl: bounded per
     // address, and in all (an IPv6 range holds many addresses). One address's flood

@@ -2,7 +2,6 @@
 //! form-encoded bodies and authenticate the client the way it registered.
 
 use axum::{
-    body::Bytes,
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -11,7 +10,7 @@ use axum::{
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::Deserialize;
 
-use super::{no_store, OAuthError};
+use super::{no_store, OAuthBody, OAuthError};
 use crate::{
     http::AppState,
     net::content_type_is,
@@ -47,7 +46,7 @@ pub(crate) fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
 pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     let (params, credentials) = client_request::<TokenParams>(&headers, &body)?;
     let grant_type = match params.grant_type.as_deref() {
@@ -87,7 +86,7 @@ impl ClientForm for RevokeParams {
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     let (params, credentials) = client_request::<RevokeParams>(&headers, &body)?;
     let token = params
