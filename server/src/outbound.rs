@@ -90,6 +90,11 @@ impl DocumentFetcher {
             .connect_timeout(FETCH_TIMEOUT)
             .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            // No idle connections kept: anyone may name a document on a host of their
+            // own (a wildcard name makes every host new), and reqwest keeps idle
+            // connections per host without a bound in all, for 90 s. Documents are
+            // cached, so a new connection per fetch costs little.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| format!("cannot build the HTTP client for metadata documents: {e}"))?;
         Ok(DocumentFetcher {
@@ -373,6 +378,43 @@ mod tests {
             fetch.abort();
         }
         held.abort();
+    }
+
+    /// A fetched document's connection is closed once it is read, not kept idle for
+    /// the next fetch from that host: hosts are the caller's to choose, so a pool of
+    /// them would have no bound.
+    #[tokio::test]
+    async fn a_fetch_keeps_no_connection_open() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!(
+            "http://{}/client.json",
+            listener.local_addr().expect("addr")
+        ))
+        .expect("url");
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                socket.read_exact(&mut byte).await.expect("head");
+                head.push(byte[0]);
+            }
+            // Keep-alive offered: only the client's pool decides whether it stays.
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                .await
+                .expect("answer");
+            // The client closes its side once it has the document.
+            let closed = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut byte)).await;
+            matches!(closed, Ok(Ok(0)))
+        });
+        let fetcher = DocumentFetcher::new(true).expect("fetcher");
+        let fetched = fetcher.fetch(&url, false).await.expect("fetched");
+        assert_eq!(fetched.body, b"{}");
+        assert!(served.await.expect("join"), "the connection was kept open");
     }
 
     #[test]
