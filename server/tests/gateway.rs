@@ -871,6 +871,48 @@ async fn an_http_server_that_dies_mid_call_is_an_error_at_once() {
     );
 }
 
+/// A session rmcp must bring back from the store (after a restart, here, or an idle
+/// close) while its upstream is down: rmcp answered a plain-text 500, and would for
+/// the record's day, and clients open a new session only on 404. Now the record goes
+/// and the client hears the session is gone; a new session is then a JSON-RPC error
+/// naming the upstream, as long as it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_be_restored_ends_instead_of_failing() {
+    let upstream = serve_upstream(Holds::default()).await;
+    let relay = Cuttable::start(upstream).await;
+    let (app, token, dir) = web_upstream(&format!("http://{}/mcp", relay.addr), "").await;
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let config = dir.path().join("gatehouse.toml");
+    let app = app
+        .restart(&["--config", config.to_str().expect("utf-8")])
+        .await;
+    relay.cut();
+    for id in 2..4 {
+        let listed = app
+            .send(
+                McpPost {
+                    path: "/mcp/web",
+                    token: Some(&token),
+                    session: Some(&session),
+                    version: Some(V2025),
+                    ..McpPost::default()
+                }
+                .body(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"})),
+            )
+            .await;
+        assert_eq!(listed.status, StatusCode::NOT_FOUND, "{}", listed.body);
+    }
+    let stored = app.state.store.scan("mcp-session:").await.expect("scan");
+    assert!(stored.is_empty(), "{} session records left", stored.len());
+    let again = app.send(initialize("/mcp/web", &token, 4)).await;
+    assert_eq!(
+        again.rpc()["error"]["data"]["upstream"],
+        "web",
+        "{}",
+        again.body
+    );
+}
+
 /// An HTTP upstream (rmcp, here) whose tools talk back during a call: `ask` reports
 /// progress, asks the client for its roots, and answers with what it saw; `hold`
 /// waits until it is cancelled. It records the ids and progress tokens it is sent.

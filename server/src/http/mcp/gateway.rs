@@ -288,6 +288,37 @@ impl GatewayEndpoint {
     }
 
     /// Remembers a session `initialize` opened, for the direct path.
+    /// Whether rmcp holds `session` in memory on this instance.
+    async fn is_live(&self, session: &str) -> bool {
+        let id = SessionId::from(session);
+        self.sessions.has_session(&id).await.unwrap_or(true)
+    }
+
+    /// rmcp answers a plain 500 when it cannot bring a stored session back (after an
+    /// idle close or a restart): its upstream is down or full, the client holds its
+    /// share of sessions, or the store failed. No client recovers from a 500, and the
+    /// record would bring the same answer for a day. So the record goes, and the
+    /// client hears that the session is gone (404, as for any ended session): it
+    /// opens another, whose failure, if any, is a JSON-RPC error naming the upstream.
+    /// A store that cannot drop the record either gets the client a 503 to retry.
+    async fn not_restored(&self, session: &str) -> Response {
+        let upstream = &self.shared.config.name;
+        match self.stored.delete(session).await {
+            Ok(()) => {
+                tracing::info!(%upstream, "a stored session could not be restored; it ended");
+                super::guard::unknown_session()
+            }
+            Err(e) => {
+                tracing::warn!(%upstream, error = %e, "a stored session could not be restored");
+                super::reply::rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    super::reply::code::INTERNAL_ERROR,
+                    &format!("the session with upstream {upstream:?} cannot be resumed just now; try again"),
+                )
+            }
+        }
+    }
+
     fn opened(&self, session: &str, slot: &SessionSlot) {
         // Every session, for `end_session`; only an HTTP upstream's for the direct
         // path (`upstream_of` checks).
@@ -607,6 +638,13 @@ impl Endpoint for GatewayEndpoint {
             .handle(rebuild(parts, body, access))
             .await
             .map(Body::new);
+        if let Some(session) = &session {
+            if response.status() == StatusCode::INTERNAL_SERVER_ERROR
+                && !self.is_live(session).await
+            {
+                return self.not_restored(session).await;
+            }
+        }
         if let Some(slot) = slot {
             let opened = response
                 .headers()

@@ -634,7 +634,7 @@ fn header_text(value: &str) -> Option<std::borrow::Cow<'_, str>> {
 
 /// What rmcp answers for a session it does not know, to the byte: a session of
 /// another client must look exactly like no session at all.
-fn unknown_session() -> Response {
+pub(super) fn unknown_session() -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
