@@ -2,11 +2,11 @@
 
 mod common;
 
-use common::{faults::Mode, streamed, TestApp};
+use common::{assert_oauth_error, faults::Mode, streamed, TestApp};
 
 use axum::{
     body::Body,
-    http::{header, Request, StatusCode},
+    http::{header, Method, Request, StatusCode},
 };
 use gatehouse::http::MAX_BODY_BYTES;
 use http_body_util::BodyExt;
@@ -105,9 +105,29 @@ async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
     );
 }
 
+/// The OAuth endpoints that take a POST answer other methods with an RFC 6749
+/// error and `Allow: POST`, not an empty 405.
+#[tokio::test]
+async fn oauth_endpoints_refuse_other_methods_as_oauth_errors() {
+    let app = app();
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/register"] {
+        for method in [Method::GET, Method::PUT, Method::DELETE] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let answer = app.send(request).await;
+            assert_oauth_error(&answer, StatusCode::METHOD_NOT_ALLOWED, "invalid_request");
+            assert_eq!(answer.headers[header::ALLOW], "POST", "{method} {path}");
+        }
+    }
+}
+
 /// Every endpoint that takes a body refuses one over [`MAX_BODY_BYTES`] with 413,
 /// whether its size is announced (`Content-Length`) or found out while reading it
-/// (chunked), and reads one at the limit as usual.
+/// (chunked), in its own error language (JSON-RPC at `/mcp`, RFC 6749 at the OAuth
+/// endpoints), and reads one at the limit as usual.
 #[tokio::test]
 async fn oversized_bodies_are_refused_announced_or_streamed() {
     // Registrations have a smaller limit of their own (tests/abuse.rs); here they
@@ -148,6 +168,13 @@ async fn oversized_bodies_are_refused_announced_or_streamed() {
             )
             .await;
             assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{what}: {body}");
+            let error: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+            if path == "/mcp" {
+                assert_eq!(error["error"]["code"], -32600, "{what}: {body}");
+            } else {
+                assert_eq!(error["error"], "invalid_request", "{what}: {body}");
+            }
             let (status, _, body) =
                 send(&app, request(path, content_type, MAX_BODY_BYTES, chunked)).await;
             assert!(

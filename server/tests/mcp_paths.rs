@@ -123,7 +123,7 @@ enum Expect {
         code: i64,
         challenge: Option<&'static str>,
     },
-    /// rmcp's own plain answer (404, 406, 415) or the body limit's.
+    /// rmcp's own plain answer (404, 406, 415).
     Plain,
 }
 
@@ -313,7 +313,7 @@ async fn every_answer_is_the_same_on_the_direct_path_and_on_rmcps() {
             "a body over the limit, announced",
             probe.clone().body(over_limit.clone()),
             StatusCode::PAYLOAD_TOO_LARGE,
-            Expect::Plain,
+            refused(),
         ),
         (
             "a body over the limit, streamed",

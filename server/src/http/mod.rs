@@ -287,9 +287,18 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/openid-configuration",
             get(oauth::metadata::authorization_server),
         )
-        .route("/oauth/register", post(oauth::register::register))
-        .route("/oauth/token", post(oauth::token::token))
-        .route("/oauth/revoke", post(oauth::token::revoke))
+        .route(
+            "/oauth/register",
+            post(oauth::register::register).fallback(oauth::post_only),
+        )
+        .route(
+            "/oauth/token",
+            post(oauth::token::token).fallback(oauth::post_only),
+        )
+        .route(
+            "/oauth/revoke",
+            post(oauth::token::revoke).fallback(oauth::post_only),
+        )
         .layer(api_cors(None));
 
     // The MCP endpoints, exact paths only (never redirected), behind the bearer guard.

@@ -16,8 +16,8 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, task::Poll};
 use axum::{
     body::Body,
     extract::Request,
-    http::{header, HeaderMap, Method},
-    response::Response,
+    http::{header, HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
     Router,
 };
 use futures::{future::BoxFuture, FutureExt};
@@ -85,6 +85,57 @@ impl McpFirst {
     }
 }
 
+/// The error language of an API path, for the router's own refusals there.
+#[derive(Clone, Copy)]
+enum Speaks {
+    /// RFC 6749 JSON: the token, revocation and registration endpoints.
+    OAuth,
+    /// JSON-RPC: the MCP endpoints.
+    JsonRpc,
+}
+
+/// The OAuth endpoints that take a body.
+const OAUTH_BODIES: [&str; 3] = ["/oauth/token", "/oauth/revoke", "/oauth/register"];
+
+impl McpFirst {
+    fn speaks(&self, path: &str) -> Option<Speaks> {
+        if self.front.endpoints.contains_key(path) {
+            Some(Speaks::JsonRpc)
+        } else if OAUTH_BODIES.contains(&path) {
+            Some(Speaks::OAuth)
+        } else {
+            None
+        }
+    }
+}
+
+impl Speaks {
+    /// tower-http's body limit answers a body announced over the limit with a
+    /// plain-text 413 before any handler runs; here it says so as the endpoint
+    /// would (as it does for a body found too large while reading it).
+    fn too_large(self, answer: Response) -> Response {
+        if answer.status() != StatusCode::PAYLOAD_TOO_LARGE
+            || crate::net::content_type_is(answer.headers(), "application/json")
+        {
+            return answer;
+        }
+        const TOO_LARGE: &str = "the request body is too large";
+        match self {
+            Speaks::OAuth => crate::http::oauth::OAuthError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                crate::oauth::ErrorCode::InvalidRequest,
+                TOO_LARGE,
+            )
+            .into_response(),
+            Speaks::JsonRpc => super::reply::rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                super::reply::code::INVALID_REQUEST,
+                TOO_LARGE,
+            ),
+        }
+    }
+}
+
 fn serve<E: Endpoint>(endpoint: Arc<E>) -> Serve {
     Arc::new(move |state, request| guard::handle(state, endpoint.clone(), request).boxed())
 }
@@ -121,7 +172,14 @@ where
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let request = request.map(Body::new);
         let Some((route, serve)) = self.endpoint(&request) else {
-            return self.routes.call(request).boxed();
+            let speaks = self.speaks(request.uri().path());
+            let routed = self.routes.call(request);
+            return match speaks {
+                None => routed.boxed(),
+                Some(speaks) => routed
+                    .map(move |answer| answer.map(|answer| speaks.too_large(answer)))
+                    .boxed(),
+            };
         };
         let front = self.front.clone();
         async move {

@@ -162,6 +162,21 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
     }
 }
 
+/// What the token, revocation and registration endpoints answer to any method but
+/// POST: an RFC 6749 error like their other refusals, not axum's empty 405.
+pub async fn post_only() -> Response {
+    let mut answer = OAuthError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::InvalidRequest,
+        "this endpoint takes POST",
+    )
+    .into_response();
+    answer
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    answer
+}
+
 /// RFC 6749 §5.1: responses with tokens or credentials are never cached.
 pub fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
