@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_oauth_error, faults::Mode, streamed, TestApp};
+use common::{assert_error_page, assert_oauth_error, faults::Mode, streamed, TestApp};
 
 use axum::{
     body::Body,
@@ -103,6 +103,41 @@ async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {
         waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(3),
         "{waited:?}"
     );
+}
+
+/// Browser endpoints answer what they cannot read with the HTML error page, never
+/// axum's plain-text rejections: a parameter given twice, a form body too large.
+#[tokio::test]
+async fn browser_endpoints_refuse_unreadable_requests_with_the_error_page() {
+    let app = app();
+    for path in [
+        "/oauth/authorize/approve?ticket=a&ticket=b",
+        "/oauth/authorize/deny?ticket=a&ticket=b",
+        "/oauth/login?return_to=/&return_to=/console",
+        "/setup?token=a&token=b",
+    ] {
+        let answer = app.send(get(path)).await;
+        assert_error_page(
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "Malformed link",
+            "given twice",
+        );
+    }
+    for path in ["/oauth/login", "/setup"] {
+        let request = Request::post(path)
+            .header(header::HOST, "gate.example.com")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(streamed(vec![b'a'; MAX_BODY_BYTES + 1], 5))
+            .expect("request");
+        let answer = app.send(request).await;
+        assert_error_page(
+            &answer,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request refused",
+            "too large",
+        );
+    }
 }
 
 /// The OAuth endpoints that take a POST answer other methods with an RFC 6749

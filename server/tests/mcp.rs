@@ -216,7 +216,7 @@ async fn a_foreign_origin_is_403_and_preflights_are_never_401() {
                 .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
                 .header(
                     header::ACCESS_CONTROL_REQUEST_HEADERS,
-                    "authorization,content-type,mcp-session-id,mcp-protocol-version",
+                    CORS_REQUEST_HEADERS.join(","),
                 )
                 .body(Body::empty())
                 .expect("request"),

@@ -169,7 +169,7 @@ pub struct TicketParams {
 pub async fn approve(
     State(state): State<AppState>,
     headers: HeaderMap,
-    axum::extract::Query(params): axum::extract::Query<TicketParams>,
+    super::PageQuery(params): super::PageQuery<TicketParams>,
 ) -> Response {
     decide(state, headers, params, true).await
 }
@@ -177,7 +177,7 @@ pub async fn approve(
 pub async fn deny(
     State(state): State<AppState>,
     headers: HeaderMap,
-    axum::extract::Query(params): axum::extract::Query<TicketParams>,
+    super::PageQuery(params): super::PageQuery<TicketParams>,
 ) -> Response {
     decide(state, headers, params, false).await
 }

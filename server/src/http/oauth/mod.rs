@@ -10,8 +10,8 @@ pub mod token;
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, Request},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -133,32 +133,74 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
     type Rejection = OAuthError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, OAuthError> {
-        let rejection = match Bytes::from_request(request, state).await {
-            Ok(body) => return Ok(OAuthBody(body)),
-            Err(rejection) => rejection,
-        };
-        // With `Connection: close` for 408 and 413 (see `http::router`).
-        let (status, description) = if super::listener::body_timed_out(&rejection) {
-            (
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-            )
-        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is too large",
-            )
-        } else {
-            (
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            )
-        };
-        Err(OAuthError::new(
-            status,
-            ErrorCode::InvalidRequest,
-            description,
-        ))
+        read_body(request, state)
+            .await
+            .map(OAuthBody)
+            .map_err(|(status, why)| OAuthError::new(status, ErrorCode::InvalidRequest, why))
+    }
+}
+
+/// The same for the browser endpoints that take a form (sign-in, setup): the HTML
+/// error page.
+pub struct PageBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for PageBody {
+    type Rejection = ErrorPage;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ErrorPage> {
+        read_body(request, state)
+            .await
+            .map(PageBody)
+            .map_err(|(status, why)| ErrorPage::new(status, "Request refused", format!("{why}.")))
+    }
+}
+
+/// A request's body, or why it could not be read: with `Connection: close` for 408
+/// and 413 (see `http::router`).
+async fn read_body<S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<Bytes, (StatusCode, &'static str)> {
+    let rejection = match Bytes::from_request(request, state).await {
+        Ok(body) => return Ok(body),
+        Err(rejection) => rejection,
+    };
+    Err(if super::listener::body_timed_out(&rejection) {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )
+    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        )
+    })
+}
+
+/// A browser endpoint's query string: one that cannot be read (a parameter given
+/// twice, say) gets the HTML error page, not axum's plain-text rejection.
+pub struct PageQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = ErrorPage;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ErrorPage> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default())
+            .map(PageQuery)
+            .map_err(|_| {
+                ErrorPage::new(
+                    StatusCode::BAD_REQUEST,
+                    "Malformed link",
+                    "This link's parameters cannot be read (one given twice, say). \
+                     Go back and use the link or button again.",
+                )
+            })
     }
 }
 

@@ -3,14 +3,13 @@
 //! `HttpOnly`, `SameSite=Lax`, and `Secure` with the `__Host-` prefix under https.
 
 use axum::{
-    body::Bytes,
-    extract::{Query, State},
+    extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 
-use super::{page_headers, same_origin_post, unavailable_page};
+use super::{page_headers, same_origin_post, unavailable_page, PageBody, PageQuery};
 use crate::{
     audit::{Event, EventKind},
     http::{
@@ -49,7 +48,7 @@ pub struct LoginQuery {
     setup: Option<String>,
 }
 
-pub async fn login_page(Query(query): Query<LoginQuery>) -> Response {
+pub async fn login_page(PageQuery(query): PageQuery<LoginQuery>) -> Response {
     let notice = query
         .setup
         .as_deref()
@@ -72,7 +71,7 @@ pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
     ClientAddress(address): ClientAddress,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Response {
     if let Err(refused) = same_origin_post(&state, &headers) {
         return refused.into_response();
@@ -195,7 +194,7 @@ fn invalid_setup() -> Response {
 
 pub async fn setup_page(
     State(state): State<AppState>,
-    Query(query): Query<SetupQuery>,
+    PageQuery(query): PageQuery<SetupQuery>,
 ) -> Response {
     let Some(token) = query.token.filter(|t| !t.is_empty()) else {
         return invalid_setup();
@@ -219,7 +218,11 @@ struct SetupForm {
     confirm: Option<String>,
 }
 
-pub async fn setup(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn setup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PageBody(body): PageBody,
+) -> Response {
     if let Err(refused) = same_origin_post(&state, &headers) {
         return refused.into_response();
     }
