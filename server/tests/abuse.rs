@@ -861,3 +861,72 @@ async fn a_client_holds_only_so_many_live_sessions() {
     let reopened = reopened.expect("a place given back");
     assert_eq!(reopened.status, StatusCode::OK, "{}", reopened.body);
 }
+
+/// Bodies are read in full before their request is judged, each up to 64 KiB for up
+/// to `--request-body-timeout`: what they may hold at once is bounded in all. Here
+/// 1 MiB, which sixteen bodies that never end (each counted at the limit) take up;
+/// the next body is refused at once with 503 and `Retry-After`, in each endpoint's
+/// language, and room comes back when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_read_hold_a_bounded_amount_of_memory() {
+    let app = Arc::new(TestApp::new(&["--max-body-memory-mib", "1"]));
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let token_request = |body: Body| {
+        Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .expect("request")
+    };
+    let never_ending = || {
+        Body::from_stream(futures::stream::pending::<
+            Result<bytes::Bytes, std::io::Error>,
+        >())
+    };
+    let held: Vec<_> = (0..16)
+        .map(|_| {
+            let app = app.clone();
+            let request = token_request(never_ending());
+            tokio::spawn(async move { app.send(request).await })
+        })
+        .collect();
+    let small = || token_request(Body::from("grant_type=refresh_token"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let answer = app.send(small()).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_oauth_error(
+        &refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    let mcp = app
+        .send(
+            McpPost {
+                token: Some(&token),
+                ..McpPost::default()
+            }
+            .body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})),
+        )
+        .await;
+    assert_eq!(mcp.status, StatusCode::SERVICE_UNAVAILABLE, "{}", mcp.body);
+    assert_eq!(mcp.rpc()["error"]["code"], -32603, "{}", mcp.body);
+    for request in held {
+        request.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let answer = app.send(small()).await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Read and judged again: a request naming no client.
+    assert_oauth_error(&answer, StatusCode::UNAUTHORIZED, "invalid_client");
+}

@@ -108,7 +108,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_concurrent_streams(256);
+        // RFC 9113 §6.5.2 asks for at least 100; each may hold a request body being
+        // read (see `http::bodies`).
+        .max_concurrent_streams(100);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

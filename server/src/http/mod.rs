@@ -41,6 +41,7 @@ use crate::{
 };
 
 pub mod address;
+pub mod bodies;
 pub mod console;
 mod health;
 pub mod listener;
@@ -90,6 +91,8 @@ pub struct Shared {
     pub all_registrations: WindowLimiter<()>,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
+    /// Memory that request bodies being read may hold at once.
+    pub bodies: bodies::BodyBudget,
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
@@ -193,6 +196,7 @@ impl AppState {
                 config.limits.sessions_per_minute,
                 Duration::from_secs(60),
             ),
+            bodies: bodies::BodyBudget::new(config.limits.max_body_memory),
             hosts: mcp::policy::HostPolicy::new(&config),
             bindings: mcp::sessions::RecentBindings::new(clock.clone()),
             article_endpoint,

@@ -75,7 +75,17 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     // reads ahead travels to the store with the token: one round trip per call.
     // Nothing read is used before the token and its scopes pass.
     let (parts, body) = request.into_parts();
+    // Held until the request is answered: the body is kept that long.
+    let mut _body_place = None;
     let body = if parts.method == Method::POST {
+        let Some(place) = state.bodies.take(&parts.headers, MAX_BODY_BYTES) else {
+            return busy_reading_bodies(rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_ERROR,
+                "the server is reading too many request bodies; try again",
+            ));
+        };
+        _body_place = Some(place);
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
             Err(e) if crate::http::listener::body_timed_out(&e) => {
@@ -630,6 +640,17 @@ fn header_text(value: &str) -> Option<std::borrow::Cow<'_, str>> {
         }
         None => Some(value.into()),
     }
+}
+
+/// A refusal because the bodies being read hold their budget in all (see
+/// `http::bodies`): try again in a second, and the connection closes (the body is
+/// left unread).
+pub(crate) fn busy_reading_bodies(mut refusal: Response) -> Response {
+    crate::telemetry::rate_limited("request_bodies");
+    let headers = refusal.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    refusal
 }
 
 /// What rmcp answers for a session it does not know, to the byte: a session of
