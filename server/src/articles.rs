@@ -231,6 +231,9 @@ struct Snapshot {
     reading: tokio::sync::Mutex<()>,
     /// Counts changes made here: a reading that began before one is not kept.
     changes: AtomicU64,
+    /// One creation at a time on this instance, so that creations at once cannot all
+    /// count the same reading and together pass [`MAX_ARTICLES`].
+    creating: tokio::sync::Mutex<()>,
 }
 
 /// One page of a listing.
@@ -405,6 +408,7 @@ impl Articles {
             published_at: None,
             revision: 0,
         };
+        let _one_at_a_time = self.snapshot.creating.lock().await;
         if self.all().await?.len() >= self.max {
             return Err(ArticleError::Invalid(format!(
                 "there are already {} articles, the most this server keeps; delete some first",
@@ -543,6 +547,26 @@ mod tests {
             snapshot: Arc::default(),
         };
         (articles, dir)
+    }
+
+    /// Creations at once each counted the same reading and together passed the
+    /// cap; on one instance they now take turns.
+    #[tokio::test]
+    async fn creations_at_once_keep_to_the_cap() {
+        let (articles, _dir) = articles(3);
+        let creations = (0..12).map(|i| {
+            let articles = articles.clone();
+            async move { articles.create(None, &format!("Article {i}"), "text").await }
+        });
+        let created = futures::future::join_all(creations)
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count();
+        assert_eq!(created, 3);
+        articles.clock.advance(SNAPSHOT_FRESH);
+        let listed = articles.list(None, 100, None).await.expect("list");
+        assert_eq!(listed.articles.len(), 3);
     }
 
     /// Listings share one reading of every article for [`SNAPSHOT_FRESH`], so that
