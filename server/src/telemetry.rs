@@ -8,7 +8,10 @@
 
 use std::{
     hash::BuildHasher,
-    sync::{OnceLock, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -188,6 +191,42 @@ pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
+/// A warning that callers can cause as often as they like (a refusal, say) goes to
+/// the log at most once a minute from each place that gives it, with how many were
+/// left out since: a flood costs a line a minute, and the metrics count every one.
+pub struct Throttle {
+    minute: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Self {
+        Throttle {
+            minute: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(left out since the last line)` when a line may be logged now.
+    pub fn pass(&self) -> Option<u64> {
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        if self.minute.swap(minute, Ordering::Relaxed) != minute {
+            Some(self.skipped.swap(0, Ordering::Relaxed))
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
 /// The store, with every operation timed and every failure counted.
 pub struct MeteredStore(pub SharedStore);
 
@@ -323,5 +362,21 @@ mod handles {
         }
         assert_eq!(made.get(), 2, "nothing is kept past the cap");
         assert_eq!(handles.get(&["7"], || usize::MAX), 7, "what was kept stays");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_warning_passes_once_a_minute_and_counts_the_rest() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.pass(), Some(0));
+        assert_eq!(throttle.pass(), None);
+        assert_eq!(throttle.pass(), None);
+        // As if the minute turned.
+        throttle.minute.store(0, Ordering::Relaxed);
+        assert_eq!(throttle.pass(), Some(2));
     }
 }

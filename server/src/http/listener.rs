@@ -479,14 +479,12 @@ impl AsyncWrite for Watched {
 /// minute (a deployment behind a proxy not named by `--trusted-proxy` sees only the
 /// proxy's address, and would otherwise not know why connections close).
 fn refused_for_address(ip: IpAddr, max: usize) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let minute = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 60);
-    if LAST.swap(minute, Ordering::Relaxed) != minute {
+    static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+    if let Some(skipped) = REFUSED.pass() {
         tracing::warn!(
             peer = %ip,
             max,
+            skipped,
             "closed a connection: too many from one address (behind a reverse proxy, name it with --trusted-proxy)"
         );
     }

@@ -388,7 +388,13 @@ fn admit(state: &AppState, resource: &Resource, request: &Request) -> Result<Key
             )))
         }
         Err(Refusal::HostNotAllowed) => {
-            tracing::warn!("refused an MCP request for a Host that is not ours");
+            static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(skipped) = REFUSED.pass() {
+                tracing::warn!(
+                    skipped,
+                    "refused an MCP request for a Host that is not ours"
+                );
+            }
             return Err(Box::new(rpc_error(
                 StatusCode::FORBIDDEN,
                 code::INVALID_REQUEST,

@@ -280,7 +280,10 @@ pub fn same_origin_post(
     if ours {
         Ok(())
     } else {
-        tracing::warn!("refused a cross-site form post");
+        static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(skipped) = REFUSED.pass() {
+            tracing::warn!(skipped, "refused a cross-site form post");
+        }
         Err(ErrorPage::new(
             StatusCode::FORBIDDEN,
             "Cross-site request refused",
