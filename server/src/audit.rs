@@ -656,11 +656,20 @@ impl Cursor {
                 "" => Some(Part::Newest),
                 "-" => Some(Part::Done),
                 id => {
-                    let valid = match id.split_once('-') {
-                        Some((ms, seq)) => digits(ms) && digits(seq),
-                        None => digits(id),
+                    let zero = |s: &str| s.parse::<u64>() == Ok(0);
+                    let (valid, first) = match id.split_once('-') {
+                        Some((ms, seq)) => (digits(ms) && digits(seq), zero(ms) && zero(seq)),
+                        None => (digits(id), zero(id)),
                     };
-                    valid.then(|| Part::Before(id.to_owned()))
+                    // Nothing comes before the first id (and Redis refuses an
+                    // exclusive range that ends before it): that log is read.
+                    valid.then(|| {
+                        if first {
+                            Part::Done
+                        } else {
+                            Part::Before(id.to_owned())
+                        }
+                    })
                 }
             }
         }
@@ -766,6 +775,12 @@ mod tests {
         }
         for bad in ["", "1", "a~", "~-1", "1--2~", "-~-~", "1-~", "ä~"] {
             assert_eq!(Cursor::parse(bad), None, "{bad:?}");
+        }
+        // Nothing is before the first id: Redis refused such a range (a 503 in the
+        // console), so a log read up to it is read to its end.
+        for first in ["0-0~", "00-0~", "0~"] {
+            let cursor = Cursor::parse(first).expect(first);
+            assert_eq!(cursor.others, Part::Done, "{first:?}");
         }
     }
 
