@@ -51,6 +51,14 @@ pub mod oauth;
 pub mod pages;
 pub mod session;
 
+/// New MCP sessions a client may open in an hour, as a multiple of
+/// `--sessions-per-minute`: a burst of a minute's worth is fine, a client opening
+/// them at that rate all day is not. Each session keeps its `initialize` in the store
+/// for a day, so this bounds what one client makes the store hold to about a day's
+/// sessions (7,200 at the default 30 a minute) of at most
+/// [`mcp::guard::MAX_INITIALIZE_BYTES`] each, per instance.
+pub const SESSION_HOURS_PER_MINUTE: u32 = 10;
+
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -91,6 +99,8 @@ pub struct Shared {
     pub all_registrations: WindowLimiter<()>,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
+    /// And per hour: [`SESSION_HOURS_PER_MINUTE`] times the minute's.
+    pub new_sessions_hourly: WindowLimiter<ClientId>,
     /// Memory that request bodies being read may hold at once.
     pub bodies: bodies::BodyBudget,
     pub articles: Articles,
@@ -195,6 +205,13 @@ impl AppState {
             new_sessions: WindowLimiter::new(
                 config.limits.sessions_per_minute,
                 Duration::from_secs(60),
+            ),
+            new_sessions_hourly: WindowLimiter::new(
+                config
+                    .limits
+                    .sessions_per_minute
+                    .saturating_mul(SESSION_HOURS_PER_MINUTE),
+                Duration::from_secs(3600),
             ),
             bodies: bodies::BodyBudget::new(config.limits.max_body_memory),
             hosts: mcp::policy::HostPolicy::new(&config),

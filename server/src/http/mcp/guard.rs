@@ -345,26 +345,34 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
 /// The largest `initialize` request. rmcp keeps each session's `initialize` in the
 /// store for a day ([`sessions::MCP_SESSION_TTL`]), a week if in use; a client's is a
 /// few hundred bytes.
-pub const MAX_INITIALIZE_BYTES: usize = 8 * 1024;
+pub const MAX_INITIALIZE_BYTES: usize = 4 * 1024;
 
 /// A new session, if its client may open one now: each keeps its `initialize` in the
 /// store for a day (a week at most while in use, [`sessions::MAX_SESSION_LIFE`]), so
 /// what a token can make the store hold is bounded by the client's sessions per
-/// minute times [`MAX_INITIALIZE_BYTES`].
+/// minute and per hour (`--sessions-per-minute`, ten times that an hour) times a day
+/// times [`MAX_INITIALIZE_BYTES`]: about 28 MiB per client per instance by default.
 fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
     if body.len() > MAX_INITIALIZE_BYTES {
         return Err(Box::new(rpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             code::INVALID_REQUEST,
-            "the initialize request is too large (8 KiB at most)",
+            "the initialize request is too large (4 KiB at most)",
         )));
     }
-    if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
-        tracing::warn!(client = %access.client_id, "refused a new MCP session: too many this minute");
+    let refused = state
+        .new_sessions
+        .hit_key(&access.client_id)
+        .and_then(|()| state.new_sessions_hourly.hit_key(&access.client_id));
+    if let Err(wait) = refused {
+        static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(skipped) = REFUSED.pass() {
+            tracing::warn!(client = %access.client_id, skipped, "refused a new MCP session: too many this minute or hour");
+        }
         let mut refusal = rpc_error(
             StatusCode::TOO_MANY_REQUESTS,
             code::INVALID_REQUEST,
-            "this client opened too many sessions in the last minute; try again later",
+            "this client opened too many sessions lately; try again later",
         );
         refusal
             .headers_mut()
