@@ -930,3 +930,56 @@ async fn bodies_being_read_hold_a_bounded_amount_of_memory() {
     // Read and judged again: a request naming no client.
     assert_oauth_error(&answer, StatusCode::UNAUTHORIZED, "invalid_client");
 }
+
+/// A client id may name a metadata document on any host, which Gatehouse fetches:
+/// one address may have it fetch at most 30 documents not yet proven here a
+/// minute, at the consent page and at the token endpoint alike (here documents on
+/// private addresses, refused without connecting, but counted all the same).
+#[tokio::test]
+async fn one_address_has_only_so_many_new_documents_fetched() {
+    let app = TestApp::new(&[]);
+    let authorize = |ip: [u8; 4], n: u32| {
+        let uri = format!(
+            "/oauth/authorize?response_type=code&client_id=https%3A%2F%2F10.0.0.{n}%2Fdoc\
+             &redirect_uri=https%3A%2F%2Fclient.example%2Fcb&code_challenge=abc&code_challenge_method=S256"
+        );
+        from(ip, Request::get(uri).body(Body::empty()).expect("request"))
+    };
+    for n in 0..30 {
+        let answer = app.send(authorize([192, 0, 2, 1], n)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    }
+    let refused = app.send(authorize([192, 0, 2, 1], 30)).await;
+    assert_error_page(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many new applications",
+        "Try again in",
+    );
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    let token = app
+        .send(from(
+            [192, 0, 2, 1],
+            Request::post("/oauth/token")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(
+                    "grant_type=authorization_code&code=x&client_id=https%3A%2F%2F10.0.0.99%2Fdoc",
+                ))
+                .expect("request"),
+        ))
+        .await;
+    assert_oauth_error(
+        &token,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    assert!(token.headers.contains_key(header::RETRY_AFTER));
+    // Another address has its own share.
+    let elsewhere = app.send(authorize([192, 0, 2, 2], 31)).await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        elsewhere.body
+    );
+}

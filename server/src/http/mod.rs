@@ -51,6 +51,13 @@ pub mod oauth;
 pub mod pages;
 pub mod session;
 
+/// Client-ID metadata documents not yet proven here that one address (an IPv6 /64)
+/// may have Gatehouse fetch in a minute, through the consent page or the token and
+/// revocation endpoints. A person connects a new client once; a stranger naming
+/// document after document on hosts of its own would otherwise have Gatehouse send
+/// requests to any public host on port 443 as fast as 32 fetches at once allow.
+pub const DOCUMENT_FETCHES_PER_MINUTE: u32 = 30;
+
 /// New MCP sessions a client may open in an hour, as a multiple of
 /// `--sessions-per-minute`: a burst of a minute's worth is fine, a client opening
 /// them at that rate all day is not. Each session keeps its `initialize` in the store
@@ -97,6 +104,9 @@ pub struct Shared {
     pub registrations: WindowLimiter,
     /// All registrations together, whatever their address.
     pub all_registrations: WindowLimiter<()>,
+    /// Fetches of metadata documents not yet proven here, per client address
+    /// ([`DOCUMENT_FETCHES_PER_MINUTE`] a minute).
+    pub document_fetches: WindowLimiter,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
     /// And per hour: [`SESSION_HOURS_PER_MINUTE`] times the minute's.
@@ -201,6 +211,10 @@ impl AppState {
             all_registrations: WindowLimiter::new(
                 config.limits.registrations_per_hour,
                 Duration::from_secs(3600),
+            ),
+            document_fetches: WindowLimiter::new(
+                DOCUMENT_FETCHES_PER_MINUTE,
+                Duration::from_secs(60),
             ),
             new_sessions: WindowLimiter::new(
                 config.limits.sessions_per_minute,

@@ -30,6 +30,17 @@ pub enum ClientCredentials {
     Missing,
 }
 
+impl ClientCredentials {
+    /// The client id it names, if any.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            ClientCredentials::Basic { client_id, .. }
+            | ClientCredentials::Body { client_id, .. } => Some(client_id),
+            ClientCredentials::Missing => None,
+        }
+    }
+}
+
 /// A successful registration (RFC 7591 §3.2.1). The secret appears here once.
 #[derive(Debug, Serialize)]
 pub struct RegisteredClient {
@@ -131,6 +142,22 @@ impl AuthServer {
             Some(raw) => Ok(Some(decode(&raw)?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether finding `raw_id` would fetch a metadata document not yet proven
+    /// here: a document URL neither pinned, nor cached, nor of a client that
+    /// obtained tokens. A stranger can name any host's document, so these are the
+    /// fetches the HTTP layer counts per address.
+    pub fn would_fetch_unproven(&self, raw_id: &str) -> bool {
+        let allow_loopback = self.settings.allow_loopback_client_metadata;
+        let Some(Ok(url)) = metadata_document::document_url(raw_id, allow_loopback) else {
+            return false;
+        };
+        if self.settings.pinned_documents.get(&url).is_some() {
+            return false;
+        }
+        let cache = self.document_cache();
+        cache.get(&url, self.clock.now_ms()).is_none() && !cache.is_proven(&url)
     }
 
     /// Whether the client-ID metadata document at `url` is proven: its client

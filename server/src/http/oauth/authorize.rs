@@ -8,7 +8,7 @@
 
 use axum::{
     extract::{RawQuery, State},
-    http::{HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::{page_headers, unavailable_page};
 use crate::{
     http::{
+        address::ClientAddress,
         pages::{see_other, ErrorPage},
         session::current_session,
         AppState,
@@ -26,6 +27,7 @@ use crate::{
 pub async fn authorize(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ClientAddress(address): ClientAddress,
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
@@ -40,6 +42,20 @@ pub async fn authorize(
             .into_response()
         }
     };
+    if let Err(wait) = super::count_document_fetch(&state, address, params.client_id.as_deref()) {
+        let mut page = ErrorPage::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many new applications",
+            format!(
+                "This address has asked to connect too many applications new to this server \
+                 in the last minute. Try again in {wait} second(s)."
+            ),
+        )
+        .into_response();
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return page;
+    }
     let pending = match state.auth.validate_authorization(params).await {
         Ok(pending) => pending,
         // RFC 6749 §4.1.2.1: with a bad client or redirect URI, tell the person and

@@ -229,6 +229,29 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Pag
     }
 }
 
+/// Counts a request that would fetch the metadata document of `client_id` (not yet
+/// proven here) against `address`'s share ([`super::DOCUMENT_FETCHES_PER_MINUTE`]);
+/// `Err(seconds to wait)` once that share is spent.
+pub fn count_document_fetch(
+    state: &AppState,
+    address: std::net::IpAddr,
+    client_id: Option<&str>,
+) -> Result<(), u64> {
+    match client_id {
+        Some(id) if state.auth.would_fetch_unproven(id) => {
+            state.document_fetches.hit(address).map_err(|wait| {
+                crate::telemetry::rate_limited("document_fetch");
+                static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if let Some(skipped) = REFUSED.pass() {
+                    tracing::warn!(client = %address, skipped, "refused a metadata document fetch: too many from this address");
+                }
+                wait.seconds()
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What the token, revocation and registration endpoints answer to any method but
 /// POST: an RFC 6749 error like their other refusals, not axum's empty 405.
 pub async fn post_only() -> Response {

@@ -3,7 +3,7 @@
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap, StatusCode},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{no_store, OAuthBody, OAuthError};
 use crate::{
-    http::AppState,
+    http::{address::ClientAddress, AppState},
     net::content_type_is,
     oauth::{clients::ClientCredentials, token::TokenParams, ErrorCode},
     telemetry,
@@ -45,10 +45,14 @@ pub(crate) fn client_request<T: serde::de::DeserializeOwned + ClientForm>(
 
 pub async fn token(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     let (params, credentials) = client_request::<TokenParams>(&headers, &body)?;
+    if let Some(refused) = document_fetch(&state, address, &credentials) {
+        return Ok(refused);
+    }
     let grant_type = match params.grant_type.as_deref() {
         Some(t @ ("authorization_code" | "refresh_token")) => t.to_owned(),
         _ => "other".to_owned(),
@@ -85,10 +89,14 @@ impl ClientForm for RevokeParams {
 
 pub async fn revoke(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     let (params, credentials) = client_request::<RevokeParams>(&headers, &body)?;
+    if let Some(refused) = document_fetch(&state, address, &credentials) {
+        return Ok(refused);
+    }
     let token = params
         .token
         .filter(|t| !t.is_empty())
@@ -98,6 +106,28 @@ pub async fn revoke(
     let mut response = StatusCode::OK.into_response();
     no_store(response.headers_mut());
     Ok(response)
+}
+
+/// The refusal of a client whose metadata document would be fetched, past its
+/// address's share of such fetches: `503 temporarily_unavailable` with
+/// `Retry-After`, which clients retry (as for a document that cannot be had just
+/// now), never `invalid_client`.
+fn document_fetch(
+    state: &AppState,
+    address: std::net::IpAddr,
+    credentials: &ClientCredentials,
+) -> Option<Response> {
+    let wait = super::count_document_fetch(state, address, credentials.client_id()).err()?;
+    let mut refused = OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TemporarilyUnavailable,
+        format!("too many new clients from this address; try again in {wait} second(s)"),
+    )
+    .into_response();
+    refused
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    Some(refused)
 }
 
 /// Parses an `application/x-www-form-urlencoded` body.
