@@ -332,16 +332,6 @@ pub struct ServeArgs {
     )]
     pub max_sessions_per_client: u32,
 
-    /// Memory that request bodies being read may hold at once, in MiB, across every
-    /// connection; a body that finds it spent gets 503 (try again).
-    #[arg(
-        long,
-        env = "GATEHOUSE_MAX_BODY_MEMORY_MIB",
-        default_value_t = 64,
-        value_parser = clap::value_parser!(u32).range(1..=65536)
-    )]
-    pub max_body_memory_mib: u32,
-
     /// The largest registration request body, in bytes.
     #[arg(
         long,
@@ -533,8 +523,6 @@ pub struct Limits {
     pub sessions_per_minute: u32,
     pub max_sessions_per_client: usize,
     pub max_registration_bytes: usize,
-    /// Memory that request bodies being read may hold at once, in bytes.
-    pub max_body_memory: usize,
     /// How often an open MCP stream checks that its token is still valid.
     pub stream_recheck: Duration,
     pub activity_retention: Duration,
@@ -826,7 +814,6 @@ impl ServeArgs {
                     sessions_per_minute: self.sessions_per_minute,
                     max_sessions_per_client: self.max_sessions_per_client as usize,
                     max_registration_bytes: self.max_registration_bytes as usize,
-                    max_body_memory: self.max_body_memory_mib as usize * 1024 * 1024,
                     stream_recheck: self.stream_recheck,
                     activity_retention: self.activity_retention,
                     activity_max_events: self.activity_max_events as usize,

@@ -109,7 +109,7 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         // RFC 9113 §6.5.2 asks for at least 100; each may hold a request body being
-        // read (see `http::bodies`).
+        // read, 64 KiB at most.
         .max_concurrent_streams(100);
     tokio::pin!(shutdown);
     loop {

@@ -41,7 +41,6 @@ use crate::{
 };
 
 pub mod address;
-pub mod bodies;
 pub mod console;
 mod health;
 pub mod listener;
@@ -57,14 +56,6 @@ pub mod session;
 /// document after document on hosts of its own would otherwise have Gatehouse send
 /// requests to any public host on port 443 as fast as 32 fetches at once allow.
 pub const DOCUMENT_FETCHES_PER_MINUTE: u32 = 30;
-
-/// New MCP sessions a client may open in an hour, as a multiple of
-/// `--sessions-per-minute`: a burst of a minute's worth is fine, a client opening
-/// them at that rate all day is not. Each session keeps its `initialize` in the store
-/// for a day, so this bounds what one client makes the store hold to about a day's
-/// sessions (7,200 at the default 30 a minute) of at most
-/// [`mcp::guard::MAX_INITIALIZE_BYTES`] each, per instance.
-pub const SESSION_HOURS_PER_MINUTE: u32 = 10;
 
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -109,10 +100,6 @@ pub struct Shared {
     pub document_fetches: WindowLimiter,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
-    /// And per hour: [`SESSION_HOURS_PER_MINUTE`] times the minute's.
-    pub new_sessions_hourly: WindowLimiter<ClientId>,
-    /// Memory that request bodies being read may hold at once.
-    pub bodies: bodies::BodyBudget,
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
@@ -220,14 +207,6 @@ impl AppState {
                 config.limits.sessions_per_minute,
                 Duration::from_secs(60),
             ),
-            new_sessions_hourly: WindowLimiter::new(
-                config
-                    .limits
-                    .sessions_per_minute
-                    .saturating_mul(SESSION_HOURS_PER_MINUTE),
-                Duration::from_secs(3600),
-            ),
-            bodies: bodies::BodyBudget::new(config.limits.max_body_memory),
             hosts: mcp::policy::HostPolicy::new(&config),
             bindings: mcp::sessions::RecentBindings::new(clock.clone()),
             article_endpoint,

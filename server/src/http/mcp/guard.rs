@@ -10,7 +10,7 @@
 //!    instance saw it in the last minute ([`sessions::RecentBindings`]);
 //! 5. one JSON-RPC message per POST, which the guard can read (else 400: a batch, not
 //!    JSON, a member given twice); a new session's `initialize` at
-//!    most 8 KiB (413) and within its client's `--sessions-per-minute` (429); and
+//!    most 4 KiB (413) and within its client's `--sessions-per-minute` (429); and
 //!    the scope the call needs: 403 `insufficient_scope` so clients can step up;
 //! 6. the store answering within [`VERIFY_TIMEOUT`], else 503.
 //!
@@ -75,17 +75,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     // reads ahead travels to the store with the token: one round trip per call.
     // Nothing read is used before the token and its scopes pass.
     let (parts, body) = request.into_parts();
-    // Held until the request is answered: the body is kept that long.
-    let mut _body_place = None;
     let body = if parts.method == Method::POST {
-        let Some(place) = state.bodies.take(&parts.headers, MAX_BODY_BYTES) else {
-            return busy_reading_bodies(rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::INTERNAL_ERROR,
-                "the server is reading too many request bodies; try again",
-            ));
-        };
-        _body_place = Some(place);
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
             Err(e) if crate::http::listener::body_timed_out(&e) => {
@@ -350,8 +340,7 @@ pub const MAX_INITIALIZE_BYTES: usize = 4 * 1024;
 /// A new session, if its client may open one now: each keeps its `initialize` in the
 /// store for a day (a week at most while in use, [`sessions::MAX_SESSION_LIFE`]), so
 /// what a token can make the store hold is bounded by the client's sessions per
-/// minute and per hour (`--sessions-per-minute`, ten times that an hour) times a day
-/// times [`MAX_INITIALIZE_BYTES`]: about 28 MiB per client per instance by default.
+/// minute times a day times [`MAX_INITIALIZE_BYTES`] (per instance).
 fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
     if body.len() > MAX_INITIALIZE_BYTES {
         return Err(Box::new(rpc_error(
@@ -360,19 +349,15 @@ fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<
             "the initialize request is too large (4 KiB at most)",
         )));
     }
-    let refused = state
-        .new_sessions
-        .hit_key(&access.client_id)
-        .and_then(|()| state.new_sessions_hourly.hit_key(&access.client_id));
-    if let Err(wait) = refused {
+    if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
         static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
         if let Some(skipped) = REFUSED.pass() {
-            tracing::warn!(client = %access.client_id, skipped, "refused a new MCP session: too many this minute or hour");
+            tracing::warn!(client = %access.client_id, skipped, "refused a new MCP session: too many this minute");
         }
         let mut refusal = rpc_error(
             StatusCode::TOO_MANY_REQUESTS,
             code::INVALID_REQUEST,
-            "this client opened too many sessions lately; try again later",
+            "this client opened too many sessions in the last minute; try again later",
         );
         refusal
             .headers_mut()
@@ -654,17 +639,6 @@ fn header_text(value: &str) -> Option<std::borrow::Cow<'_, str>> {
         }
         None => Some(value.into()),
     }
-}
-
-/// A refusal because the bodies being read hold their budget in all (see
-/// `http::bodies`): try again in a second, and the connection closes (the body is
-/// left unread).
-pub(crate) fn busy_reading_bodies(mut refusal: Response) -> Response {
-    crate::telemetry::rate_limited("request_bodies");
-    let headers = refusal.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    refusal
 }
 
 /// What rmcp answers for a session it does not know, to the byte: a session of

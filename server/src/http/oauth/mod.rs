@@ -129,20 +129,14 @@ impl IntoResponse for OAuthError {
 /// RFC 6749 JSON error like every other refusal there, not axum's plain text.
 pub struct OAuthBody(pub Bytes);
 
-impl FromRequest<AppState> for OAuthBody {
-    type Rejection = Response;
+impl<S: Send + Sync> FromRequest<S> for OAuthBody {
+    type Rejection = OAuthError;
 
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, OAuthError> {
         read_body(request, state)
             .await
             .map(OAuthBody)
-            .map_err(|(status, why)| {
-                let code = match status {
-                    StatusCode::SERVICE_UNAVAILABLE => ErrorCode::TemporarilyUnavailable,
-                    _ => ErrorCode::InvalidRequest,
-                };
-                refused(status, OAuthError::new(status, code, why).into_response())
-            })
+            .map_err(|(status, why)| OAuthError::new(status, ErrorCode::InvalidRequest, why))
     }
 }
 
@@ -150,42 +144,23 @@ impl FromRequest<AppState> for OAuthBody {
 /// error page.
 pub struct PageBody(pub Bytes);
 
-impl FromRequest<AppState> for PageBody {
-    type Rejection = Response;
+impl<S: Send + Sync> FromRequest<S> for PageBody {
+    type Rejection = ErrorPage;
 
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, ErrorPage> {
         read_body(request, state)
             .await
             .map(PageBody)
-            .map_err(|(status, why)| {
-                let page = ErrorPage::new(status, "Request refused", format!("{why}."));
-                refused(status, page.into_response())
-            })
-    }
-}
-
-/// A refusal for want of room in the body budget says when to try again.
-fn refused(status: StatusCode, answer: Response) -> Response {
-    match status {
-        StatusCode::SERVICE_UNAVAILABLE => crate::http::mcp::guard::busy_reading_bodies(answer),
-        _ => answer,
+            .map_err(|(status, why)| ErrorPage::new(status, "Request refused", format!("{why}.")))
     }
 }
 
 /// A request's body, or why it could not be read: with `Connection: close` for 408
-/// and 413 (see `http::router`), and 503 when the bodies being read hold their
-/// budget (see `http::bodies`). The body's place is given back once it is read:
-/// these endpoints parse it at once and keep nothing of it.
-async fn read_body(
+/// and 413 (see `http::router`).
+async fn read_body<S: Send + Sync>(
     request: Request,
-    state: &AppState,
+    state: &S,
 ) -> Result<Bytes, (StatusCode, &'static str)> {
-    let Some(_place) = state.bodies.take(request.headers(), super::MAX_BODY_BYTES) else {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is reading too many request bodies; try again",
-        ));
-    };
     let rejection = match Bytes::from_request(request, state).await {
         Ok(body) => return Ok(body),
         Err(rejection) => rejection,
