@@ -287,7 +287,6 @@ impl GatewayEndpoint {
         }
     }
 
-    /// Remembers a session `initialize` opened, for the direct path.
     /// Whether rmcp holds `session` in memory on this instance.
     async fn is_live(&self, session: &str) -> bool {
         let id = SessionId::from(session);
@@ -300,25 +299,36 @@ impl GatewayEndpoint {
     /// record would bring the same answer for a day. So the record goes, and the
     /// client hears that the session is gone (404, as for any ended session): it
     /// opens another, whose failure, if any, is a JSON-RPC error naming the upstream.
-    /// A store that cannot drop the record either gets the client a 503 to retry.
+    /// A store that cannot be read now (the restore may have failed for that alone)
+    /// keeps the record and gets the client a 503 to retry. (A store that failed
+    /// rmcp's read and answers this one ends the session: the client opens another.)
     async fn not_restored(&self, session: &str) -> Response {
         let upstream = &self.shared.config.name;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(%upstream, error = %e, "a stored session could not be restored");
+            super::reply::rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::reply::code::INTERNAL_ERROR,
+                &format!(
+                    "the session with upstream {upstream:?} cannot be resumed just now; try again"
+                ),
+            )
+        };
+        match self.stored.load(session).await {
+            Err(e) => return unavailable(&e),
+            Ok(None) => return super::guard::unknown_session(),
+            Ok(Some(_)) => {}
+        }
         match self.stored.delete(session).await {
             Ok(()) => {
                 tracing::info!(%upstream, "a stored session could not be restored; it ended");
                 super::guard::unknown_session()
             }
-            Err(e) => {
-                tracing::warn!(%upstream, error = %e, "a stored session could not be restored");
-                super::reply::rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    super::reply::code::INTERNAL_ERROR,
-                    &format!("the session with upstream {upstream:?} cannot be resumed just now; try again"),
-                )
-            }
+            Err(e) => unavailable(&e),
         }
     }
 
+    /// Remembers a session `initialize` opened, for the direct path.
     fn opened(&self, session: &str, slot: &SessionSlot) {
         // Every session, for `end_session`; only an HTTP upstream's for the direct
         // path (`upstream_of` checks).
