@@ -331,10 +331,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 mod tests {
     use super::*;
 
-    /// Fetches past [`MAX_FETCHES`] are refused at once, not queued: here every
-    /// one hangs on a server that accepts and never answers.
-    #[tokio::test]
-    async fn fetches_past_the_bound_are_refused_at_once() {
+    /// A local listener, and the URL of a document it would serve.
+    async fn local_document() -> (tokio::net::TcpListener, Url) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -343,6 +341,14 @@ mod tests {
             listener.local_addr().expect("addr")
         ))
         .expect("url");
+        (listener, url)
+    }
+
+    /// Fetches past [`MAX_FETCHES`] are refused at once, not queued: here every
+    /// one hangs on a server that accepts and never answers.
+    #[tokio::test]
+    async fn fetches_past_the_bound_are_refused_at_once() {
+        let (listener, url) = local_document().await;
         let held = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
@@ -386,14 +392,7 @@ mod tests {
     #[tokio::test]
     async fn a_fetch_keeps_no_connection_open() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = Url::parse(&format!(
-            "http://{}/client.json",
-            listener.local_addr().expect("addr")
-        ))
-        .expect("url");
+        let (listener, url) = local_document().await;
         let served = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
             let mut head = Vec::new();
