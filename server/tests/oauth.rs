@@ -1435,6 +1435,39 @@ async fn registered_clients_that_never_obtain_a_grant_expire() {
     );
 }
 
+/// A registered client that obtained a grant was kept for good, even after every
+/// grant of it was gone. It now lives as long as the refresh tokens it gets, and
+/// `--unused-client-ttl` more: refreshing keeps it (here for twice the refresh
+/// tokens' lifetime), and once it stops, it is forgotten with its grant.
+#[tokio::test]
+async fn a_client_with_a_grant_lives_as_long_as_it_refreshes() {
+    let app = TestApp::new(&["--refresh-token-ttl", "3d", "--unused-client-ttl", "1d"]);
+    let (client, _, code) = app.code_for("read:articles").await;
+    let redeemed = app.redeem(&client, &code).await;
+    assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.body);
+    let mut refresh = redeemed.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    // Every 13 hours for six days: past both lifetimes, and past their sum.
+    for _ in 0..12 {
+        app.clock.advance(Duration::from_secs(13 * 3600));
+        let refreshed = app.refresh(&client, &refresh, &[]).await;
+        assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+        refresh = refreshed.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+    }
+    let kept = || async { app.state.auth.client(&client).await.expect("store") };
+    assert!(kept().await.is_some());
+    // Then it stops: its grant ends after three days, the client one day later.
+    app.clock.advance(Duration::from_secs(3 * 86400) + PAST);
+    assert!(kept().await.is_some(), "kept a margin past its grant");
+    app.clock.advance(Duration::from_secs(86400));
+    assert!(kept().await.is_none(), "forgotten once its grants are gone");
+}
+
 // ----- expiry, on the app's manual clock ---------------------------------------------------
 
 /// A minute past a lifetime: clearly expired, whatever the rounding to seconds.

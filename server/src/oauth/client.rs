@@ -147,6 +147,10 @@ pub struct Client {
     /// Whether a code was ever redeemed; registered clients without one expire.
     #[serde(default)]
     pub has_grant: bool,
+    /// When a registered client's record was last given its lifetime (seconds since
+    /// the epoch; 0 for records kept for good before lifetimes were renewed).
+    #[serde(default)]
+    pub kept_at: u64,
 }
 
 impl Client {

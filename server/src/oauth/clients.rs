@@ -89,6 +89,7 @@ impl AuthServer {
             kind: ClientKind::Registered,
             issued_at: self.now(),
             has_grant: false,
+            kept_at: 0,
         };
         self.store
             .put(
@@ -129,6 +130,7 @@ impl AuthServer {
                     kind: ClientKind::Static,
                     issued_at: 0,
                     has_grant: true,
+                    kept_at: 0,
                 }));
             }
         }
@@ -211,17 +213,30 @@ impl AuthServer {
         self.documents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembers that a registered client obtained a grant: it no longer expires.
+    /// Keeps a registered client that obtains tokens for as long as the refresh
+    /// token it gets may live, and `--unused-client-ttl` more: renewed at a code
+    /// redemption, and at a refresh once half of that margin has passed (so a
+    /// record is rewritten at most about twice a margin, not at every refresh). A
+    /// client thus outlives its grants, and is forgotten once they are all gone,
+    /// instead of being kept for good after its first grant.
     pub(super) async fn keep_client(&self, client: &Client) -> Result<(), TokenError> {
-        if client.kind == ClientKind::Registered && !client.has_grant {
-            let kept = encode(&Client {
-                has_grant: true,
-                ..client.clone()
-            })?;
-            self.store
-                .put(&client_key(&client.client_id), &kept, Put::forever())
-                .await?;
+        if client.kind != ClientKind::Registered {
+            return Ok(());
         }
+        let now = self.now();
+        let margin = self.settings.unused_client_ttl.as_secs();
+        if client.has_grant && now.saturating_sub(client.kept_at) < margin / 2 {
+            return Ok(());
+        }
+        let kept = encode(&Client {
+            has_grant: true,
+            kept_at: now,
+            ..client.clone()
+        })?;
+        let life = self.settings.refresh_token_ttl + self.settings.unused_client_ttl;
+        self.store
+            .put(&client_key(&client.client_id), &kept, Put::ttl(life))
+            .await?;
         Ok(())
     }
 

@@ -118,6 +118,7 @@ pub fn client_from_document(
         kind: ClientKind::MetadataDocument,
         issued_at: now,
         has_grant: true,
+        kept_at: 0,
     })
 }
 

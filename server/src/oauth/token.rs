@@ -75,6 +75,13 @@ impl AuthServer {
             GrantType::AuthorizationCode => self.redeem_code(&client, params).await,
             GrantType::RefreshToken => self.refresh(&client, params).await,
         }?;
+        if grant_type == GrantType::RefreshToken {
+            // The tokens are minted: a record not renewed now is renewed at a later
+            // refresh, well within its margin.
+            if let Err(e) = self.keep_client(&client).await {
+                tracing::warn!(error = %e, "cannot renew a client's record");
+            }
+        }
         if client.kind == super::client::ClientKind::MetadataDocument {
             self.document_cache()
                 .prove(client.client_id.as_str(), self.clock.now_ms());
