@@ -191,6 +191,18 @@ pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
+/// `tracing::warn!` through a [`Throttle`] of the call site's own, with `skipped`
+/// (how many were left out since the last line) among the fields.
+#[macro_export]
+macro_rules! warn_throttled {
+    ($($field:tt)+) => {{
+        static THROTTLE: $crate::telemetry::Throttle = $crate::telemetry::Throttle::new();
+        if let Some(skipped) = THROTTLE.pass() {
+            ::tracing::warn!(skipped, $($field)+);
+        }
+    }};
+}
+
 /// A warning that callers can cause as often as they like (a refusal, say) goes to
 /// the log at most once a minute from each place that gives it, with how many were
 /// left out since: a flood costs a line a minute, and the metrics count every one.

@@ -479,15 +479,11 @@ impl AsyncWrite for Watched {
 /// minute (a deployment behind a proxy not named by `--trusted-proxy` sees only the
 /// proxy's address, and would otherwise not know why connections close).
 fn refused_for_address(ip: IpAddr, max: usize) {
-    static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-    if let Some(skipped) = REFUSED.pass() {
-        tracing::warn!(
-            peer = %ip,
-            max,
-            skipped,
-            "closed a connection: too many from one address (behind a reverse proxy, name it with --trusted-proxy)"
-        );
-    }
+    crate::warn_throttled!(
+        peer = %ip,
+        max,
+        "closed a connection: too many from one address (behind a reverse proxy, name it with --trusted-proxy)"
+    );
 }
 
 /// How many times an address's share one IPv6 /48 gets in all: a home is given a

@@ -350,10 +350,7 @@ fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<
         )));
     }
     if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
-        static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-        if let Some(skipped) = REFUSED.pass() {
-            tracing::warn!(client = %access.client_id, skipped, "refused a new MCP session: too many this minute");
-        }
+        crate::warn_throttled!(client = %access.client_id, "refused a new MCP session: too many this minute");
         let mut refusal = rpc_error(
             StatusCode::TOO_MANY_REQUESTS,
             code::INVALID_REQUEST,
@@ -381,13 +378,7 @@ fn admit(state: &AppState, resource: &Resource, request: &Request) -> Result<Key
             )))
         }
         Err(Refusal::HostNotAllowed) => {
-            static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(skipped) = REFUSED.pass() {
-                tracing::warn!(
-                    skipped,
-                    "refused an MCP request for a Host that is not ours"
-                );
-            }
+            crate::warn_throttled!("refused an MCP request for a Host that is not ours");
             return Err(Box::new(rpc_error(
                 StatusCode::FORBIDDEN,
                 code::INVALID_REQUEST,

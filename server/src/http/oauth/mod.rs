@@ -216,10 +216,7 @@ pub fn count_document_fetch(
         Some(id) if state.auth.would_fetch_unproven(id) => {
             state.document_fetches.hit(address).map_err(|wait| {
                 crate::telemetry::rate_limited("document_fetch");
-                static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-                if let Some(skipped) = REFUSED.pass() {
-                    tracing::warn!(client = %address, skipped, "refused a metadata document fetch: too many from this address");
-                }
+                crate::warn_throttled!(client = %address, "refused a metadata document fetch: too many from this address");
                 wait.seconds()
             })
         }
@@ -278,10 +275,7 @@ pub fn same_origin_post(
     if ours {
         Ok(())
     } else {
-        static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-        if let Some(skipped) = REFUSED.pass() {
-            tracing::warn!(skipped, "refused a cross-site form post");
-        }
+        crate::warn_throttled!("refused a cross-site form post");
         Err(ErrorPage::new(
             StatusCode::FORBIDDEN,
             "Cross-site request refused",

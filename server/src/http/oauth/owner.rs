@@ -94,10 +94,7 @@ pub async fn login(
     let attempt = match state.limiter.reserve(address) {
         Ok(attempt) => attempt,
         Err(wait) => {
-            static SLOWED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(skipped) = SLOWED.pass() {
-                tracing::warn!(client = %address, skipped, "sign-in slowed down: too many failures from this address");
-            }
+            crate::warn_throttled!(client = %address, "sign-in slowed down: too many failures from this address");
             crate::telemetry::rate_limited("sign_in");
             let mut response = retry(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -125,10 +122,7 @@ pub async fn login(
         // Nothing was checked, so nothing counts against the address.
         Ok(PasswordCheck::Busy) => {
             drop(attempt);
-            static BUSY: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(skipped) = BUSY.pass() {
-                tracing::warn!(client = %address, skipped, "sign-in refused: too many sign-ins wait to be checked");
-            }
+            crate::warn_throttled!(client = %address, "sign-in refused: too many sign-ins wait to be checked");
             crate::telemetry::rate_limited("sign_in_busy");
             let mut response = retry(
                 StatusCode::SERVICE_UNAVAILABLE,

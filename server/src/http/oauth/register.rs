@@ -33,10 +33,7 @@ pub async fn register(
             .map(|wait| ("registrations", "in all", wait)),
     };
     if let Some((limit, whose, wait)) = refused {
-        static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-        if let Some(skipped) = REFUSED.pass() {
-            tracing::warn!(client = %address, skipped, "registration refused: too many {whose}");
-        }
+        crate::warn_throttled!(client = %address, "registration refused: too many {whose}");
         crate::telemetry::rate_limited(limit);
         let mut refused = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
