@@ -292,6 +292,18 @@ pub struct ServeArgs {
     )]
     pub max_connections_per_address: u32,
 
+    /// MiB of request bodies held at once: what has arrived of the bodies of requests
+    /// not yet answered. One address (an IPv6 /64) may hold 1/32 of it, one /48 four
+    /// times that; past either, a body is refused (429, or 503 when all is spent).
+    /// Trusted proxies, 127.0.0.1 and ::1 count in the whole only.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAX_BODY_MEMORY",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(8..=65_536)
+    )]
+    pub max_body_memory: u32,
+
     /// Dynamic registrations allowed per client address per minute (more get 429).
     #[arg(
         long,
@@ -518,6 +530,8 @@ pub struct Limits {
     pub request_body_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// Bytes of request bodies held at once.
+    pub max_body_memory: usize,
     pub registrations_per_minute: u32,
     pub registrations_per_hour: u32,
     pub sessions_per_minute: u32,
@@ -809,6 +823,7 @@ impl ServeArgs {
                     request_body_timeout: self.request_body_timeout,
                     max_connections: self.max_connections as usize,
                     max_connections_per_address: self.max_connections_per_address as usize,
+                    max_body_memory: (self.max_body_memory as usize) << 20,
                     registrations_per_minute: self.registrations_per_minute,
                     registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,

@@ -89,7 +89,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         request_body_timeout: config.limits.request_body_timeout,
         max_connections: config.limits.max_connections,
         max_per_address: config.limits.max_connections_per_address,
+        body_memory: config.limits.max_body_memory,
         trusted_proxies: config.trusted_proxies.clone(),
+        forwarded_header: config.forwarded_header,
     };
     let state = match AppState::new(config, store) {
         Ok(state) => state,

@@ -531,6 +531,189 @@ async fn one_address_gets_only_its_share_of_connections() {
     .expect("join");
 }
 
+/// A connection from `ip` (any of 127/8), as a blocking stream.
+async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((ip, 0))).expect("bind");
+    let stream = socket
+        .connect(addr)
+        .await
+        .expect("connect")
+        .into_std()
+        .expect("std");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+/// A POST to `path` announcing `length` bytes of body and sending `sent` of them
+/// (spaces), with `headers` (each ending in CRLF).
+fn upload(path: &str, headers: &str, length: usize, sent: usize) -> Vec<u8> {
+    let content_type = if path == "/mcp" {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\
+         Content-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend(std::iter::repeat_n(b' ', sent));
+    request
+}
+
+/// `request` sent from `ip`; its connection, to hold or to read the answer from.
+async fn send_from(ip: [u8; 4], addr: SocketAddr, request: Vec<u8>) -> TcpStream {
+    let mut stream = connect_from(ip, addr).await;
+    tokio::task::spawn_blocking(move || {
+        stream.write_all(&request).expect("write");
+        stream
+    })
+    .await
+    .expect("join")
+}
+
+async fn answer_on(mut stream: TcpStream) -> String {
+    tokio::task::spawn_blocking(move || read_answer(&mut stream))
+        .await
+        .expect("join")
+}
+
+/// Long enough for the server to have read what was sent.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// What has arrived of request bodies not yet answered is bounded per address and
+/// in all. One address holding its share of bodies (here: one slow upload) gets
+/// 429 for the next, in each endpoint's language, with `Retry-After` and
+/// `Connection: close`; another address is not held up; the share comes back when
+/// the upload ends. Past the whole, everyone gets 503, 127.0.0.1 (a proxy on this
+/// machine, held to the whole only) included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let bearer = format!(
+        "Authorization: Bearer {}\r\n",
+        tokens["access_token"].as_str().expect("token")
+    );
+    // One address's share: 1/32 of the whole, 8 KiB.
+    let addr = serve_app_with(
+        app,
+        listener::Limits {
+            body_memory: 32 * 8192,
+            ..listener::Limits::new(Duration::from_secs(10), 100)
+        },
+    )
+    .await;
+
+    // 7,000 of 8,000 bytes from 127.0.0.2, and the rest never.
+    let holder = send_from([127, 0, 0, 2], addr, upload("/oauth/token", "", 8000, 7000)).await;
+    settle().await;
+    for (path, headers, refusal) in [
+        ("/oauth/token", "", r#""error":"invalid_request""#),
+        ("/mcp", bearer.as_str(), r#""code":-32600"#),
+    ] {
+        let stream = send_from([127, 0, 0, 2], addr, upload(path, headers, 2000, 2000)).await;
+        let refused = answer_on(stream).await;
+        assert!(refused.starts_with("http/1.1 429"), "{path}: {refused}");
+        for expected in [
+            "\r\nretry-after: 1\r\n",
+            "\r\nconnection: close\r\n",
+            refusal,
+        ] {
+            assert!(refused.contains(expected), "{path}: {refused}");
+        }
+    }
+    // Another address is not held up by it: the token endpoint reads the body and
+    // judges it (no grant type).
+    let elsewhere = send_from([127, 0, 0, 3], addr, upload("/oauth/token", "", 2000, 2000)).await;
+    let elsewhere = answer_on(elsewhere).await;
+    assert!(elsewhere.starts_with("http/1.1 400"), "{elsewhere}");
+    // The upload given up: its share is back.
+    drop(holder);
+    settle().await;
+    let again = send_from([127, 0, 0, 2], addr, upload("/oauth/token", "", 2000, 2000)).await;
+    let again = answer_on(again).await;
+    assert!(again.starts_with("http/1.1 400"), "{again}");
+
+    // The whole, 256 KiB: four slow uploads of 64,000 bytes from 127.0.0.1 leave
+    // 6,144 bytes, too few for 7,000 more from anyone (within an address's share).
+    let mut uploads = Vec::new();
+    for _ in 0..4 {
+        let upload = upload("/oauth/token", "", 65_000, 64_000);
+        uploads.push(send_from([127, 0, 0, 1], addr, upload).await);
+    }
+    settle().await;
+    for ip in [[127, 0, 0, 1], [127, 0, 0, 4]] {
+        let stream = send_from(ip, addr, upload("/oauth/token", "", 7000, 7000)).await;
+        let refused = answer_on(stream).await;
+        assert!(refused.starts_with("http/1.1 503"), "{ip:?}: {refused}");
+        assert!(
+            refused.contains(r#""error":"temporarily_unavailable""#),
+            "{refused}"
+        );
+    }
+    drop(uploads);
+    settle().await;
+    let stream = send_from([127, 0, 0, 1], addr, upload("/oauth/token", "", 7000, 7000)).await;
+    let served = answer_on(stream).await;
+    assert!(served.starts_with("http/1.1 400"), "{served}");
+}
+
+/// Behind a trusted proxy, each client it names holds its own share of request
+/// bodies; what the proxy sends without naming one counts in the whole only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies() {
+    let addr = serve_with(listener::Limits {
+        body_memory: 32 * 8192,
+        trusted_proxies: vec!["127.0.0.5/32".parse().expect("net")],
+        ..listener::Limits::new(Duration::from_secs(10), 100)
+    })
+    .await;
+    let proxy = [127, 0, 0, 5];
+    let for_client = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
+    let holder = send_from(
+        proxy,
+        addr,
+        upload("/oauth/token", &for_client("192.0.2.1"), 8000, 7000),
+    )
+    .await;
+    settle().await;
+    let same = send_from(
+        proxy,
+        addr,
+        upload("/oauth/token", &for_client("192.0.2.1"), 2000, 2000),
+    )
+    .await;
+    let same = answer_on(same).await;
+    assert!(same.starts_with("http/1.1 429"), "{same}");
+    for headers in [for_client("192.0.2.2"), String::new()] {
+        let other = send_from(proxy, addr, upload("/oauth/token", &headers, 2000, 2000)).await;
+        let other = answer_on(other).await;
+        assert!(other.starts_with("http/1.1 400"), "{headers:?}: {other}");
+    }
+    // Without the proxy trusted, its header names nobody: all one address.
+    let untrusted = send_from(
+        [127, 0, 0, 6],
+        addr,
+        upload("/oauth/token", &for_client("192.0.2.3"), 8000, 7000),
+    )
+    .await;
+    settle().await;
+    let next = send_from(
+        [127, 0, 0, 6],
+        addr,
+        upload("/oauth/token", &for_client("192.0.2.4"), 2000, 2000),
+    )
+    .await;
+    let next = answer_on(next).await;
+    assert!(next.starts_with("http/1.1 429"), "{next}");
+    drop((holder, untrusted));
+}
+
 /// A peer that takes nothing of an answer (here: an HTTP/2 client whose
 /// flow-control window stays shut) kept its connection for ever; it is dropped once
 /// the answer has waited `STALLED_AFTER`.

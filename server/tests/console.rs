@@ -140,6 +140,31 @@ async fn every_console_call_needs_the_owners_session() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
 }
 
+/// A console call whose body the listener's budget for request bodies refuses gets
+/// that refusal (429 or 503, with `Retry-After`), not Leptos' 400 or 500.
+#[tokio::test]
+async fn a_console_call_refused_by_the_body_budget_says_so() {
+    use gatehouse::http::bodies::Refused;
+    let app = TestApp::new(&[]);
+    let cookie = app.sign_in().await;
+    let csrf = app.csrf(&cookie).await;
+    for (refused, status) in [
+        (Refused::Address, StatusCode::TOO_MANY_REQUESTS),
+        (Refused::All, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let form = serde_urlencoded::to_string([("slug", "s"), ("csrf", &csrf)]).expect("form");
+        let body = futures::stream::iter([
+            Ok(bytes::Bytes::from(form)),
+            Err::<bytes::Bytes, _>(refused),
+        ]);
+        let mut request = call("publish_article", &[], Some(&cookie), "same-origin");
+        *request.body_mut() = Body::from_stream(body);
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, status, "{}", answer.body);
+        assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+    }
+}
+
 #[tokio::test]
 async fn console_actions_need_the_sessions_token_and_a_same_origin_request() {
     let app = TestApp::new(&[]);

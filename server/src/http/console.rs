@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{
+    bodies::{Refused, Unread},
     oauth::same_origin_post,
     pages::see_other,
     session::{cookie_name, cookie_value},
@@ -516,14 +517,24 @@ impl ConsoleBackend for Console {
 }
 
 /// Leptos answers a call whose arguments do not parse with 500; it is the caller's
-/// error: 400.
+/// error: 400. A body refused by the budget for request bodies (Leptos reports it
+/// as unreadable arguments, with the refusal's words) gets that refusal's status.
 async fn caller_errors_are_400(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "error").into_response();
     };
     if bytes.starts_with(b"Args|") || bytes.starts_with(b"Deserialization|") {
-        parts.status = StatusCode::BAD_REQUEST;
+        let text = String::from_utf8_lossy(&bytes);
+        let refused = [Refused::Address, Refused::All]
+            .into_iter()
+            .find(|refused| text.contains(&refused.to_string()));
+        let Some(refused) = refused else {
+            parts.status = StatusCode::BAD_REQUEST;
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        };
+        let unread = Unread::of(&refused);
+        return unread.finish((unread.status, unread.why).into_response());
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }

@@ -19,6 +19,8 @@
 //! - a request body must arrive in full within `request_body_timeout` of its head
 //!   (an absolute deadline: a timer reset at every byte would let one byte every few
 //!   seconds keep a request, and its connection, for weeks);
+//! - what has arrived of request bodies is counted against `body_memory`, in all and
+//!   per address ([`super::bodies`]);
 //! - an answer whose peer takes nothing of it (a full socket, an HTTP/2 window left
 //!   shut) for [`STALLED_AFTER`] has its connection dropped;
 //! - HTTP/2 keep-alive pings, so a dead peer's streams are noticed;
@@ -55,10 +57,17 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::{
+    address::{client_address, ForwardedHeader},
+    bodies::{Budget, Charge},
+};
 use crate::{
     places::{Place, Places},
     ratelimit::Network,
 };
+
+/// Bytes of request bodies held at once by default: 128 MiB.
+pub const DEFAULT_BODY_MEMORY: usize = 128 << 20;
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -69,8 +78,13 @@ pub struct Limits {
     pub request_body_timeout: Duration,
     pub max_connections: usize,
     pub max_per_address: usize,
-    /// Peers that carry many people's connections: not held to `max_per_address`.
+    /// Bytes of request bodies held at once, in all (see [`super::bodies`]).
+    pub body_memory: usize,
+    /// Peers that carry many people's connections: not held to `max_per_address`;
+    /// their requests' bodies count in the share of the client they name.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which header those proxies write.
+    pub forwarded_header: ForwardedHeader,
 }
 
 impl Limits {
@@ -82,7 +96,9 @@ impl Limits {
             request_body_timeout: Duration::from_secs(30),
             max_connections,
             max_per_address: max_connections,
+            body_memory: DEFAULT_BODY_MEMORY,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::Any,
         }
     }
 }
@@ -97,6 +113,8 @@ pub async fn serve(
     let total = limits.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(total));
     let addresses = Places::default();
+    let budget = Budget::new(limits.body_memory);
+    let trusted: Arc<[IpNet]> = limits.trusted_proxies.clone().into();
     let stop = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -135,9 +153,12 @@ pub async fn serve(
         let ip = peer.ip();
         // A reverse proxy on this machine carries everyone's connections, configured
         // as trusted or not.
+        let proxy = trusted.iter().any(|net| net.contains(&ip));
         let exempt = ip == IpAddr::from([127, 0, 0, 1])
             || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-            || limits.trusted_proxies.iter().any(|net| net.contains(&ip));
+            || proxy;
+        let (budget, trusted) = (budget.clone(), trusted.clone());
+        let forwarded_header = limits.forwarded_header;
         let place = if exempt {
             None
         } else {
@@ -156,29 +177,35 @@ pub async fn serve(
         let activity = Arc::new(Activity::new());
         let body_timeout = limits.request_body_timeout;
         // The peer's address goes in as the request enters the router, and the body
-        // gets its deadline. (A `Router::layer` here would wrap every route again for
-        // each connection, and box one more service for every request to clone.)
-        let (seen, version) = (activity.clone(), activity.clone());
-        let service = app
-            .clone()
-            .map_request(move |request: axum::http::Request<Incoming>| {
-                if request.version() == axum::http::Version::HTTP_2 {
-                    version.http2.store(true, Ordering::Relaxed);
-                }
-                let mut request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            })
-            .map_future(move |answer| {
-                let open = Open::new(seen.clone());
-                async move {
-                    let response: axum::response::Response = answer.await?;
-                    // The request stays open until its answer's body is done or dropped.
-                    Ok::<_, std::convert::Infallible>(
-                        response.map(|inner| Tracked::body(inner, open)),
-                    )
-                }
-            });
+        // gets its deadline and its charge, held until the answer's head is ready and
+        // the body is dropped. (A `Router::layer` here would wrap every route again
+        // for each connection, and box one more service for every request to clone.)
+        let seen = activity.clone();
+        let app = app.clone();
+        let service = tower::service_fn(move |request: axum::http::Request<Incoming>| {
+            if request.version() == axum::http::Version::HTTP_2 {
+                seen.http2.store(true, Ordering::Relaxed);
+            }
+            let open = Open::new(seen.clone());
+            // Behind a trusted proxy, the client it names holds the share; one it
+            // does not name, the proxy itself, counts in the whole only.
+            let client = if proxy {
+                client_address(ip, request.headers(), &trusted, forwarded_header)
+            } else {
+                ip
+            };
+            let charge = Arc::new(budget.charge(client, exempt && client == ip));
+            let mut request =
+                request.map(|body| Body::new(Deadline::new(body, body_timeout, charge.clone())));
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let answer = app.clone().oneshot(request);
+            async move {
+                let response: axum::response::Response = answer.await?;
+                drop(charge);
+                // The request stays open until its answer's body is done or dropped.
+                Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked::body(inner, open)))
+            }
+        });
         let io = TokioIo::new(Watched {
             stream,
             activity: activity.clone(),
@@ -507,13 +534,15 @@ fn take_places(places: &Places<Network>, ip: IpAddr, max: usize) -> Option<Vec<P
         .collect()
 }
 
-/// A request body that must arrive in full by a deadline. What has arrived is always
-/// delivered: the deadline is looked at only while waiting for more, and its timer
-/// is made only then (most bodies arrive with their head and never need one).
+/// A request body that must arrive in full by a deadline, each of its frames charged
+/// to the [`Budget`]. What has arrived is delivered unless the budget refuses it: the
+/// deadline is looked at only while waiting for more, and its timer is made only then
+/// (most bodies arrive with their head and never need one).
 struct Deadline {
     inner: Incoming,
     at: tokio::time::Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    charge: Arc<Charge>,
 }
 
 /// The error a body that missed its deadline ends with.
@@ -522,11 +551,12 @@ struct Deadline {
 pub struct BodyTimedOut;
 
 impl Deadline {
-    fn new(inner: Incoming, within: Duration) -> Self {
+    fn new(inner: Incoming, within: Duration, charge: Arc<Charge>) -> Self {
         Deadline {
             inner,
             at: tokio::time::Instant::now() + within,
             timer: None,
+            charge,
         }
     }
 }
@@ -540,6 +570,12 @@ impl http_body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                let bytes = data.map_or(0, Bytes::len);
+                if let Err(refused) = self.charge.take(bytes) {
+                    return Poll::Ready(Some(Err(refused.into())));
+                }
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let at = self.at;

@@ -41,6 +41,7 @@ use crate::{
 };
 
 pub mod address;
+pub mod bodies;
 pub mod console;
 mod health;
 pub mod listener;

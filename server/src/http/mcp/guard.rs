@@ -39,7 +39,7 @@ use super::{
 };
 use crate::{
     audit::{Event, EventKind},
-    http::AppState,
+    http::{bodies::Unread, AppState},
     mcp::{call::Message, Access, Need},
     net::content_type_is,
     oauth::{records::AccessToken, AuthServer},
@@ -78,21 +78,14 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     let body = if parts.method == Method::POST {
         match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
             Ok(bytes) => GuardedBody::Read(bytes),
-            Err(e) if crate::http::listener::body_timed_out(&e) => {
-                // With `Connection: close` (see `http::router`): the rest is unread.
-                return rpc_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    code::INVALID_REQUEST,
-                    "the request body did not arrive in time",
-                );
-            }
-            Err(_) => {
-                // With `Connection: close` (see `http::router`): the rest is unread.
-                return rpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    code::INVALID_REQUEST,
-                    "the request body is too large",
-                );
+            Err(e) => {
+                let unread = Unread::of(&e);
+                let code = if unread.status.is_client_error() {
+                    code::INVALID_REQUEST
+                } else {
+                    code::INTERNAL_ERROR
+                };
+                return unread.finish(rpc_error(unread.status, code, unread.why));
             }
         }
     } else {

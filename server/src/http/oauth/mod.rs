@@ -17,7 +17,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{pages::ErrorPage, AppState};
+use super::{bodies::Unread, pages::ErrorPage, AppState};
 use crate::{
     oauth::{ErrorCode, RegisterError, TokenError},
     store::StoreError,
@@ -130,13 +130,20 @@ impl IntoResponse for OAuthError {
 pub struct OAuthBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for OAuthBody {
-    type Rejection = OAuthError;
+    type Rejection = Response;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, OAuthError> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
         read_body(request, state)
             .await
             .map(OAuthBody)
-            .map_err(|(status, why)| OAuthError::new(status, ErrorCode::InvalidRequest, why))
+            .map_err(|unread| {
+                let code = if unread.status == StatusCode::SERVICE_UNAVAILABLE {
+                    ErrorCode::TemporarilyUnavailable
+                } else {
+                    ErrorCode::InvalidRequest
+                };
+                unread.finish(OAuthError::new(unread.status, code, unread.why).into_response())
+            })
     }
 }
 
@@ -145,42 +152,35 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
 pub struct PageBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for PageBody {
-    type Rejection = ErrorPage;
+    type Rejection = Response;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ErrorPage> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
         read_body(request, state)
             .await
             .map(PageBody)
-            .map_err(|(status, why)| ErrorPage::new(status, "Request refused", format!("{why}.")))
+            .map_err(|unread| {
+                unread.finish(
+                    ErrorPage::new(unread.status, "Request refused", format!("{}.", unread.why))
+                        .into_response(),
+                )
+            })
     }
 }
 
-/// A request's body, or why it could not be read: with `Connection: close` for 408
-/// and 413 (see `http::router`).
-async fn read_body<S: Send + Sync>(
-    request: Request,
-    state: &S,
-) -> Result<Bytes, (StatusCode, &'static str)> {
+/// A request's body, or why it could not be read.
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Unread> {
     let rejection = match Bytes::from_request(request, state).await {
         Ok(body) => return Ok(body),
         Err(rejection) => rejection,
     };
-    Err(if super::listener::body_timed_out(&rejection) {
-        (
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time",
-        )
-    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is too large",
-        )
-    } else {
-        (
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        )
-    })
+    let mut unread = Unread::of(&rejection);
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        unread = Unread {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            why: "the request body is too large",
+        };
+    }
+    Err(unread)
 }
 
 /// A browser endpoint's query string: one that cannot be read (a parameter given

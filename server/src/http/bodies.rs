@@ -1,0 +1,342 @@
+//! Memory for request bodies, in all. Each body is bounded (64 KiB, 160 KiB for the
+//! console's server functions) and must arrive within `--request-body-timeout`, but a
+//! body is read before its request is judged, so without a bound in all, memory
+//! would follow what callers upload: 256 connections × 100 HTTP/2 streams × 64 KiB
+//! from one address.
+//!
+//! What has arrived of the bodies of requests not yet answered is counted as it
+//! arrives (never what a body announces: a trickle of empty bodies would spend a
+//! budget charged up front), in all and per address like connections: one IPv6 /64
+//! (or IPv4 address) holds at most [`ADDRESS_SHARE`] of the whole, one /48
+//! [`WIDE_SHARE`] times that. A body that would go past either is refused at once
+//! (its frame dropped): 429 when its address holds its share, 503 when the whole is
+//! spent. Trusted proxies and 127.0.0.1/::1 count in the whole only. A request gives
+//! back what its body took when its answer's head is ready and its body is dropped.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::Response,
+};
+
+use crate::{
+    http::listener::{body_timed_out, WIDE_SHARE},
+    ratelimit::Network,
+};
+
+/// The part of the whole one address (an IPv6 /64) may hold: 1/32 of it.
+pub const ADDRESS_SHARE: usize = 32;
+
+/// Bytes of request bodies held at once, in all and per network. Clones share it.
+#[derive(Clone)]
+pub struct Budget(Arc<Counts>);
+
+struct Counts {
+    total: usize,
+    used: AtomicUsize,
+    by_network: Mutex<HashMap<Network, usize>>,
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("too many request bodies from one address at once")]
+    Address,
+    #[error("too many request bodies at once")]
+    All,
+}
+
+impl Budget {
+    pub fn new(total: usize) -> Self {
+        Budget(Arc::new(Counts {
+            total,
+            used: AtomicUsize::new(0),
+            by_network: Mutex::default(),
+        }))
+    }
+
+    /// A charge for one request's body from `ip`; `exempt` counts in the whole only.
+    pub fn charge(&self, ip: IpAddr, exempt: bool) -> Charge {
+        Charge {
+            budget: self.clone(),
+            networks: if exempt {
+                [None, None]
+            } else {
+                Network::of(ip)
+            },
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes held now, in all.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    fn share(&self, network: &Network) -> usize {
+        let address = (self.0.total / ADDRESS_SHARE).max(1);
+        match network {
+            Network::Address(_) => address,
+            Network::Wide(_) => address.saturating_mul(WIDE_SHARE),
+        }
+    }
+}
+
+/// What one request's body holds of the [`Budget`], given back when dropped.
+pub struct Charge {
+    budget: Budget,
+    networks: [Option<Network>; 2],
+    held: AtomicUsize,
+}
+
+impl Charge {
+    /// Counts `bytes` more of this body, unless that goes past its address's share
+    /// or the whole; then nothing is counted.
+    pub fn take(&self, bytes: usize) -> Result<(), Refused> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let counts = &self.budget.0;
+        let before = counts.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > counts.total {
+            counts.used.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(refuse(Refused::All));
+        }
+        if self.networks.iter().any(Option::is_some) {
+            let mut by_network = counts.by_network.lock().unwrap_or_else(|e| e.into_inner());
+            let over = self.networks.iter().flatten().any(|network| {
+                let held = by_network.get(network).copied().unwrap_or(0);
+                held.saturating_add(bytes) > self.budget.share(network)
+            });
+            if over {
+                drop(by_network);
+                counts.used.fetch_sub(bytes, Ordering::Relaxed);
+                return Err(refuse(Refused::Address));
+            }
+            for network in self.networks.iter().flatten() {
+                *by_network.entry(*network).or_default() += bytes;
+            }
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Counts a refusal, and logs it at most once a minute for each kind (a caller can
+/// cause as many as it likes).
+fn refuse(refused: Refused) -> Refused {
+    match refused {
+        Refused::Address => {
+            crate::telemetry::rate_limited("body_memory_address");
+            crate::warn_throttled!(
+                "refused a request body: its address holds its share of request bodies (see --max-body-memory)"
+            );
+        }
+        Refused::All => {
+            crate::telemetry::rate_limited("body_memory");
+            crate::warn_throttled!(
+                "refused a request body: all of --max-body-memory is held by bodies being read"
+            );
+        }
+    }
+    refused
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let held = *self.held.get_mut();
+        if held == 0 {
+            return;
+        }
+        let counts = &self.budget.0;
+        counts.used.fetch_sub(held, Ordering::Relaxed);
+        if self.networks.iter().any(Option::is_some) {
+            let mut by_network = counts.by_network.lock().unwrap_or_else(|e| e.into_inner());
+            for network in self.networks.iter().flatten() {
+                if let Some(count) = by_network.get_mut(network) {
+                    *count = count.saturating_sub(held);
+                    if *count == 0 {
+                        by_network.remove(network);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why reading a body was refused by the budget, if it was.
+pub fn refused(error: &(dyn std::error::Error + 'static)) -> Option<Refused> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return Some(*refused);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Why a request's body could not be read, as an endpoint answers it in its own
+/// language (OAuth JSON, JSON-RPC, the HTML error page): its status and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unread {
+    pub status: StatusCode,
+    pub why: &'static str,
+}
+
+impl Unread {
+    /// `error` from reading a body: past its deadline (408), past its size (413),
+    /// refused by the [`Budget`] (429 or 503), else broken off (400).
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Unread {
+        let (status, why) = if body_timed_out(error) {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )
+        } else if let Some(refused) = refused(error) {
+            match refused {
+                Refused::Address => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many request bodies from your address at once",
+                ),
+                Refused::All => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many request bodies at once; try again shortly",
+                ),
+            }
+        } else if too_large(error) {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            )
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        };
+        Unread { status, why }
+    }
+
+    /// Adds what every such answer says: the rest of the body is unread, so hyper
+    /// closes the connection after the answer (else a client could send its next
+    /// request on it and see it closed without an answer); and, for a refusal by the
+    /// budget, when to try again.
+    pub fn finish(&self, mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn an_address_holds_its_share_and_the_whole_is_shared_out() {
+        let budget = Budget::new(ADDRESS_SHARE * 100);
+        let share = 100;
+        let first = budget.charge(ip("2001:db8:1:1::1"), false);
+        first.take(share - 10).expect("within its share");
+        // Another host of the same /64 shares it.
+        let second = budget.charge(ip("2001:db8:1:1::2"), false);
+        assert_eq!(second.take(11), Err(Refused::Address));
+        second.take(10).expect("what is left of the share");
+        assert_eq!(budget.used(), share, "a refused frame counts nothing");
+        // Another /64 of the same /48 has a share of its own, up to the /48's.
+        let mut wide = Vec::new();
+        for subnet in 2..=WIDE_SHARE {
+            let charge = budget.charge(ip(&format!("2001:db8:1:{subnet}::1")), false);
+            charge.take(share).expect("a share of its own");
+            wide.push(charge);
+        }
+        let past_wide = budget.charge(ip("2001:db8:1:ff::1"), false);
+        assert_eq!(past_wide.take(1), Err(Refused::Address), "the /48 is full");
+        // Another address, and a proxy, are not held up by it.
+        budget
+            .charge(ip("192.0.2.1"), false)
+            .take(share)
+            .expect("another address");
+        drop((first, second));
+        past_wide
+            .take(1)
+            .expect("given back when the charge is dropped");
+        drop((past_wide, wide));
+        assert_eq!(budget.used(), 0, "everything given back");
+    }
+
+    /// Each way a read can fail is told apart, through axum's error wrapping.
+    #[tokio::test]
+    async fn an_unread_body_says_why() {
+        let too_large = axum::body::to_bytes(axum::body::Body::from(vec![0u8; 100]), 10)
+            .await
+            .expect_err("over the limit");
+        assert_eq!(Unread::of(&too_large).status, StatusCode::PAYLOAD_TOO_LARGE);
+        for (refused, status) in [
+            (Refused::Address, StatusCode::TOO_MANY_REQUESTS),
+            (Refused::All, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let stream = futures::stream::iter([Err::<bytes::Bytes, _>(refused)]);
+            let error = axum::body::to_bytes(axum::body::Body::from_stream(stream), 10)
+                .await
+                .expect_err("refused");
+            assert_eq!(Unread::of(&error).status, status);
+        }
+        let broken =
+            futures::stream::iter([Err::<bytes::Bytes, _>(std::io::Error::other("reset"))]);
+        let error = axum::body::to_bytes(axum::body::Body::from_stream(broken), 10)
+            .await
+            .expect_err("broken off");
+        let unread = Unread::of(&error);
+        assert_eq!(unread.status, StatusCode::BAD_REQUEST);
+        let response = unread.finish(Response::default());
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn the_whole_is_a_bound_for_exempt_peers_too() {
+        let budget = Budget::new(1000);
+        let proxy = budget.charge(ip("127.0.0.1"), true);
+        proxy
+            .take(900)
+            .expect("a proxy is not held to an address's share");
+        let other = budget.charge(ip("::1"), true);
+        assert_eq!(other.take(101), Err(Refused::All));
+        other.take(100).expect("up to the whole");
+        let outsider = budget.charge(ip("192.0.2.7"), false);
+        assert_eq!(outsider.take(1), Err(Refused::All));
+        drop(proxy);
+        outsider.take(1).expect("room again");
+    }
+}
