@@ -823,7 +823,8 @@ impl ServeArgs {
                     request_body_timeout: self.request_body_timeout,
                     max_connections: self.max_connections as usize,
                     max_connections_per_address: self.max_connections_per_address as usize,
-                    max_body_memory: (self.max_body_memory as usize) << 20,
+                    max_body_memory: usize::try_from(u64::from(self.max_body_memory) << 20)
+                        .unwrap_or(usize::MAX),
                     registrations_per_minute: self.registrations_per_minute,
                     registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,

@@ -580,9 +580,18 @@ async fn answer_on(mut stream: TcpStream) -> String {
         .expect("join")
 }
 
-/// Long enough for the server to have read what was sent.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// The answer to `request` sent from `ip`, sent again until it has `status` (what
+/// other connections sent may not have been read yet, nor what they held given
+/// back), for at most 5 s.
+async fn answer_until(status: u16, ip: [u8; 4], addr: SocketAddr, request: Vec<u8>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = answer_on(send_from(ip, addr, request.clone()).await).await;
+        if answer.starts_with(&format!("http/1.1 {status} ")) || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What has arrived of request bodies not yet answered is bounded per address and
@@ -611,13 +620,12 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
 
     // 7,000 of 8,000 bytes from 127.0.0.2, and the rest never.
     let holder = send_from([127, 0, 0, 2], addr, upload("/oauth/token", "", 8000, 7000)).await;
-    settle().await;
     for (path, headers, refusal) in [
-        ("/oauth/token", "", r#""error":"invalid_request""#),
+        ("/oauth/token", "", r#""error":"temporarily_unavailable""#),
         ("/mcp", bearer.as_str(), r#""code":-32600"#),
     ] {
-        let stream = send_from([127, 0, 0, 2], addr, upload(path, headers, 2000, 2000)).await;
-        let refused = answer_on(stream).await;
+        let request = upload(path, headers, 2000, 2000);
+        let refused = answer_until(429, [127, 0, 0, 2], addr, request).await;
         assert!(refused.starts_with("http/1.1 429"), "{path}: {refused}");
         for expected in [
             "\r\nretry-after: 1\r\n",
@@ -629,14 +637,12 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
     }
     // Another address is not held up by it: the token endpoint reads the body and
     // judges it (no grant type).
-    let elsewhere = send_from([127, 0, 0, 3], addr, upload("/oauth/token", "", 2000, 2000)).await;
-    let elsewhere = answer_on(elsewhere).await;
+    let request = upload("/oauth/token", "", 2000, 2000);
+    let elsewhere = answer_until(400, [127, 0, 0, 3], addr, request.clone()).await;
     assert!(elsewhere.starts_with("http/1.1 400"), "{elsewhere}");
     // The upload given up: its share is back.
     drop(holder);
-    settle().await;
-    let again = send_from([127, 0, 0, 2], addr, upload("/oauth/token", "", 2000, 2000)).await;
-    let again = answer_on(again).await;
+    let again = answer_until(400, [127, 0, 0, 2], addr, request).await;
     assert!(again.starts_with("http/1.1 400"), "{again}");
 
     // The whole, 256 KiB: four slow uploads of 64,000 bytes from 127.0.0.1 leave
@@ -646,10 +652,9 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
         let upload = upload("/oauth/token", "", 65_000, 64_000);
         uploads.push(send_from([127, 0, 0, 1], addr, upload).await);
     }
-    settle().await;
+    let request = upload("/oauth/token", "", 7000, 7000);
     for ip in [[127, 0, 0, 1], [127, 0, 0, 4]] {
-        let stream = send_from(ip, addr, upload("/oauth/token", "", 7000, 7000)).await;
-        let refused = answer_on(stream).await;
+        let refused = answer_until(503, ip, addr, request.clone()).await;
         assert!(refused.starts_with("http/1.1 503"), "{ip:?}: {refused}");
         assert!(
             refused.contains(r#""error":"temporarily_unavailable""#),
@@ -657,9 +662,7 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
         );
     }
     drop(uploads);
-    settle().await;
-    let stream = send_from([127, 0, 0, 1], addr, upload("/oauth/token", "", 7000, 7000)).await;
-    let served = answer_on(stream).await;
+    let served = answer_until(400, [127, 0, 0, 1], addr, request).await;
     assert!(served.starts_with("http/1.1 400"), "{served}");
 }
 
@@ -681,18 +684,12 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
         upload("/oauth/token", &for_client("192.0.2.1"), 8000, 7000),
     )
     .await;
-    settle().await;
-    let same = send_from(
-        proxy,
-        addr,
-        upload("/oauth/token", &for_client("192.0.2.1"), 2000, 2000),
-    )
-    .await;
-    let same = answer_on(same).await;
+    let request = upload("/oauth/token", &for_client("192.0.2.1"), 2000, 2000);
+    let same = answer_until(429, proxy, addr, request).await;
     assert!(same.starts_with("http/1.1 429"), "{same}");
     for headers in [for_client("192.0.2.2"), String::new()] {
-        let other = send_from(proxy, addr, upload("/oauth/token", &headers, 2000, 2000)).await;
-        let other = answer_on(other).await;
+        let request = upload("/oauth/token", &headers, 2000, 2000);
+        let other = answer_until(400, proxy, addr, request).await;
         assert!(other.starts_with("http/1.1 400"), "{headers:?}: {other}");
     }
     // Without the proxy trusted, its header names nobody: all one address.
@@ -702,14 +699,8 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
         upload("/oauth/token", &for_client("192.0.2.3"), 8000, 7000),
     )
     .await;
-    settle().await;
-    let next = send_from(
-        [127, 0, 0, 6],
-        addr,
-        upload("/oauth/token", &for_client("192.0.2.4"), 2000, 2000),
-    )
-    .await;
-    let next = answer_on(next).await;
+    let request = upload("/oauth/token", &for_client("192.0.2.4"), 2000, 2000);
+    let next = answer_until(429, [127, 0, 0, 6], addr, request).await;
     assert!(next.starts_with("http/1.1 429"), "{next}");
     drop((holder, untrusted));
 }

@@ -162,7 +162,22 @@ async fn a_console_call_refused_by_the_body_budget_says_so() {
         let answer = app.send(request).await;
         assert_eq!(answer.status, status, "{}", answer.body);
         assert_eq!(answer.headers[header::RETRY_AFTER], "1");
+        assert_eq!(answer.headers[header::CONNECTION], "close");
     }
+    // The same for the pages' own server function, which anyone may call.
+    let body = futures::stream::iter([Err::<bytes::Bytes, _>(Refused::All)]);
+    let mut request = call("signed_in", &[], None, "same-origin");
+    *request.uri_mut() = <app::GetSiteInfo as leptos::server_fn::ServerFn>::PATH
+        .parse()
+        .expect("path");
+    *request.body_mut() = Body::from_stream(body);
+    let answer = app.send(request).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
 }
 
 #[tokio::test]

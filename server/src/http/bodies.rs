@@ -35,6 +35,11 @@ use crate::{
 /// The part of the whole one address (an IPv6 /64) may hold: 1/32 of it.
 pub const ADDRESS_SHARE: usize = 32;
 
+/// What each frame costs besides its bytes: a body read whole keeps one `Bytes` per
+/// frame, and each holds on to the buffer it was read into (one byte per HTTP/1
+/// chunk or HTTP/2 frame would otherwise cost tens of times what it is charged).
+pub const FRAME_COST: usize = 64;
+
 /// Bytes of request bodies held at once, in all and per network. Clones share it.
 #[derive(Clone)]
 pub struct Budget(Arc<Counts>);
@@ -98,34 +103,44 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Counts `bytes` more of this body, unless that goes past its address's share
-    /// or the whole; then nothing is counted.
+    /// Counts a frame of `bytes` more of this body (with its [`FRAME_COST`]), unless
+    /// that goes past its address's share or the whole; then nothing is counted.
     pub fn take(&self, bytes: usize) -> Result<(), Refused> {
         if bytes == 0 {
             return Ok(());
         }
+        let cost = bytes.saturating_add(FRAME_COST);
         let counts = &self.budget.0;
-        let before = counts.used.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > counts.total {
-            counts.used.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(refuse(Refused::All));
-        }
-        if self.networks.iter().any(Option::is_some) {
-            let mut by_network = counts.by_network.lock().unwrap_or_else(|e| e.into_inner());
+        // The address's share first, so that a caller past it takes nothing of the
+        // whole, even for a moment; the lock is held until the whole has said yes.
+        let mut by_network = self
+            .networks
+            .iter()
+            .any(Option::is_some)
+            .then(|| counts.by_network.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(by_network) = &by_network {
             let over = self.networks.iter().flatten().any(|network| {
                 let held = by_network.get(network).copied().unwrap_or(0);
-                held.saturating_add(bytes) > self.budget.share(network)
+                held.saturating_add(cost) > self.budget.share(network)
             });
             if over {
-                drop(by_network);
-                counts.used.fetch_sub(bytes, Ordering::Relaxed);
                 return Err(refuse(Refused::Address));
             }
+        }
+        let taken = counts
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(cost).filter(|&used| used <= counts.total)
+            });
+        if taken.is_err() {
+            return Err(refuse(Refused::All));
+        }
+        if let Some(by_network) = &mut by_network {
             for network in self.networks.iter().flatten() {
-                *by_network.entry(*network).or_default() += bytes;
+                *by_network.entry(*network).or_default() += cost;
             }
         }
-        self.held.fetch_add(bytes, Ordering::Relaxed);
+        self.held.fetch_add(cost, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -262,30 +277,37 @@ mod tests {
         text.parse().expect("ip")
     }
 
+    /// A frame whose charge, with its [`FRAME_COST`], is `cost`.
+    fn costing(cost: usize) -> usize {
+        cost - FRAME_COST
+    }
+
     #[test]
     fn an_address_holds_its_share_and_the_whole_is_shared_out() {
-        let budget = Budget::new(ADDRESS_SHARE * 100);
-        let share = 100;
+        let share = 1000;
+        let budget = Budget::new(ADDRESS_SHARE * share);
         let first = budget.charge(ip("2001:db8:1:1::1"), false);
-        first.take(share - 10).expect("within its share");
+        first.take(costing(share - 100)).expect("within its share");
         // Another host of the same /64 shares it.
         let second = budget.charge(ip("2001:db8:1:1::2"), false);
-        assert_eq!(second.take(11), Err(Refused::Address));
-        second.take(10).expect("what is left of the share");
+        assert_eq!(second.take(costing(101)), Err(Refused::Address));
+        second
+            .take(costing(100))
+            .expect("what is left of the share");
         assert_eq!(budget.used(), share, "a refused frame counts nothing");
         // Another /64 of the same /48 has a share of its own, up to the /48's.
         let mut wide = Vec::new();
         for subnet in 2..=WIDE_SHARE {
             let charge = budget.charge(ip(&format!("2001:db8:1:{subnet}::1")), false);
-            charge.take(share).expect("a share of its own");
+            charge.take(costing(share)).expect("a share of its own");
             wide.push(charge);
         }
         let past_wide = budget.charge(ip("2001:db8:1:ff::1"), false);
         assert_eq!(past_wide.take(1), Err(Refused::Address), "the /48 is full");
-        // Another address, and a proxy, are not held up by it.
+        // Another address is not held up by it.
         budget
             .charge(ip("192.0.2.1"), false)
-            .take(share)
+            .take(costing(share))
             .expect("another address");
         drop((first, second));
         past_wide
@@ -293,6 +315,19 @@ mod tests {
             .expect("given back when the charge is dropped");
         drop((past_wide, wide));
         assert_eq!(budget.used(), 0, "everything given back");
+    }
+
+    /// One byte per frame is charged what a frame holds, not one byte.
+    #[test]
+    fn tiny_frames_are_charged_what_they_hold() {
+        let share = 1000;
+        let budget = Budget::new(ADDRESS_SHARE * share);
+        let charge = budget.charge(ip("192.0.2.9"), false);
+        let frames = (0..share).take_while(|_| charge.take(1).is_ok()).count();
+        assert_eq!(frames, share / (1 + FRAME_COST));
+        // Empty frames hold nothing.
+        let empty = budget.charge(ip("192.0.2.9"), false);
+        empty.take(0).expect("nothing to count");
     }
 
     /// Each way a read can fail is told apart, through axum's error wrapping.
@@ -326,14 +361,14 @@ mod tests {
 
     #[test]
     fn the_whole_is_a_bound_for_exempt_peers_too() {
-        let budget = Budget::new(1000);
+        let budget = Budget::new(ADDRESS_SHARE * 1000);
         let proxy = budget.charge(ip("127.0.0.1"), true);
         proxy
-            .take(900)
+            .take(costing(ADDRESS_SHARE * 1000 - 1000))
             .expect("a proxy is not held to an address's share");
         let other = budget.charge(ip("::1"), true);
-        assert_eq!(other.take(101), Err(Refused::All));
-        other.take(100).expect("up to the whole");
+        assert_eq!(other.take(costing(1001)), Err(Refused::All));
+        other.take(costing(1000)).expect("up to the whole");
         let outsider = budget.charge(ip("192.0.2.7"), false);
         assert_eq!(outsider.take(1), Err(Refused::All));
         drop(proxy);

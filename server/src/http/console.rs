@@ -557,7 +557,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         (is_console_page(path), is_console_call(path))
     };
     if !page && !call {
-        return next.run(request).await;
+        let server_function = request.uri().path().starts_with("/api/");
+        let response = next.run(request).await;
+        if server_function && response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            return caller_errors_are_400(response).await;
+        }
+        return response;
     }
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();

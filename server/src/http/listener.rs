@@ -150,7 +150,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let ip = peer.ip();
+        // On a `[::]` bind, IPv4 peers (a proxy on 127.0.0.1, say) come as `::ffff:…`.
+        let ip = peer.ip().to_canonical();
         // A reverse proxy on this machine carries everyone's connections, configured
         // as trusted or not.
         let proxy = trusted.iter().any(|net| net.contains(&ip));

@@ -137,7 +137,11 @@ impl<S: Send + Sync> FromRequest<S> for OAuthBody {
             .await
             .map(OAuthBody)
             .map_err(|unread| {
-                let code = if unread.status == StatusCode::SERVICE_UNAVAILABLE {
+                // Refused by the budget: not the request's fault, so clients retry.
+                let code = if matches!(
+                    unread.status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) {
                     ErrorCode::TemporarilyUnavailable
                 } else {
                     ErrorCode::InvalidRequest
