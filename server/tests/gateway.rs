@@ -137,6 +137,11 @@ async fn tool_outcomes(app: &TestApp) -> Vec<(String, String)> {
 /// An app guarding only the Python server, with `settings` added to its upstream
 /// table and `flags` on the command line.
 fn py_app(settings: &str, flags: &[&str]) -> TestApp {
+    with_py_config(settings, flags, TestApp::new)
+}
+
+/// `app` given the command line of [`py_app`].
+fn with_py_config<T>(settings: &str, flags: &[&str], app: impl FnOnce(&[&str]) -> T) -> T {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gatehouse.toml");
     std::fs::write(
@@ -150,7 +155,7 @@ fn py_app(settings: &str, flags: &[&str]) -> TestApp {
     .expect("write");
     let mut args = vec!["--config", config.to_str().expect("utf-8")];
     args.extend_from_slice(flags);
-    TestApp::new(&args)
+    app(&args)
 }
 
 /// A new session at `/mcp/py`, tried for up to 5 s while a place upstream is being
@@ -1247,6 +1252,30 @@ async fn console(app: &TestApp, endpoint: &str, form: &[(&str, &str)], cookie: &
             .expect("request"),
     )
     .await
+}
+
+/// An `initialize` whose session cannot be bound to its client (the store takes no
+/// writes: Redis going away mid-handshake) gets 503, and the session opened for it
+/// ends at once with its process: its client never learns its id, and it held an
+/// upstream place (here the only one) until a sweep found it.
+#[tokio::test]
+async fn a_session_that_cannot_be_bound_ends_at_once() {
+    use common::faults::Mode;
+    let (app, faults) = with_py_config("max_sessions = 1\n", &[], TestApp::with_faults_and_args);
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    faults.set(Mode::WritesFailAfter(0));
+    let refused = app.send(initialize("/mcp/py", &token, 1)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(app.state.upstreams[0].live_sessions().await, 0);
+    faults.set(Mode::Pass);
+    let opened = initialize_once_free(&app, &token, 2).await;
+    assert_eq!(opened.status, StatusCode::OK, "{}", opened.body);
 }
 
 #[tokio::test]

@@ -233,8 +233,16 @@ impl TestApp {
     /// An app on the store `store` makes from the config and the clock (a failing
     /// one, say).
     pub fn with_store(store: impl FnOnce(&Config, &Clock) -> SharedStore) -> Self {
+        Self::with_store_and_args(&[], store)
+    }
+
+    /// The same, with `args` on the command line.
+    pub fn with_store_and_args(
+        args: &[&str],
+        store: impl FnOnce(&Config, &Clock) -> SharedStore,
+    ) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let config = config_with(dir.path(), &[]);
+        let config = config_with(dir.path(), args);
         let clock = Clock::manual();
         let store = store(&config, &clock);
         Self::assemble(dir, config, store, clock)
@@ -242,8 +250,13 @@ impl TestApp {
 
     /// An app on an embedded store behind a fault switch.
     pub fn with_faults() -> (Self, faults::Faults) {
+        Self::with_faults_and_args(&[])
+    }
+
+    /// The same, with `args` on the command line.
+    pub fn with_faults_and_args(args: &[&str]) -> (Self, faults::Faults) {
         let mut switch = None;
-        let app = Self::with_store(|config, clock| {
+        let app = Self::with_store_and_args(args, |config, clock| {
             let (store, faults) = faults::FaultStore::wrap(embedded(config, clock));
             switch = Some(faults);
             store

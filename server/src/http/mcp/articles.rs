@@ -212,6 +212,12 @@ impl<'a> StructuredAnswer<'a> {
 }
 
 impl Endpoint for ArticleEndpoint {
+    async fn abandon(&self, session: &str) {
+        // Its record, if rmcp wrote one, is of no use without a binding (the guard
+        // answers 404), and expires.
+        let _ = self.sessions.close_session(&SessionId::from(session)).await;
+    }
+
     type Prepared = Option<DirectCall>;
 
     fn resource(&self) -> &Arc<Resource> {

@@ -585,6 +585,10 @@ fn only(message: &Members<'_>, allowed: &[&str]) -> bool {
 impl Endpoint for GatewayEndpoint {
     type Prepared = Option<Direct>;
 
+    async fn abandon(&self, session: &str) {
+        self.end_session(&SessionId::from(session)).await;
+    }
+
     fn resource(&self) -> &Arc<Resource> {
         &self.shared.resource
     }

@@ -269,6 +269,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     bound_at: now,
                 };
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
+                    endpoint.abandon(opened).await;
                     return store_unavailable(&e);
                 }
                 state.bindings.remember(opened, Arc::new(binding));

@@ -61,6 +61,11 @@ pub trait Endpoint: Send + Sync + 'static {
 
     /// Serves a request that passed the guard.
     fn serve(&self, request: Guarded<Self::Prepared>) -> impl Future<Output = Response> + Send;
+
+    /// Ends a session this instance has just opened but whose client will never
+    /// use it (it could not be bound to the client: the answer is an error), so that
+    /// it holds no upstream, process or place until a sweep finds it.
+    fn abandon(&self, session: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// What [`Endpoint::prepare`] returns.
