@@ -69,6 +69,11 @@ use crate::{
 /// Bytes of request bodies held at once by default: 128 MiB.
 pub const DEFAULT_BODY_MEMORY: usize = 128 << 20;
 
+/// HTTP/2 flow-control windows: the largest body (a console call's 160 KiB), and a
+/// few of them per connection.
+const H2_STREAM_WINDOW: u32 = 160 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 4 * H2_STREAM_WINDOW;
+
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -128,7 +133,12 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(10))
         // RFC 9113 §6.5.2 asks for at least 100; each may hold a request body being
         // read, 64 KiB at most.
-        .max_concurrent_streams(100);
+        .max_concurrent_streams(100)
+        // What a peer may send before it is read, which the body budget cannot see
+        // (hyper's default is 1 MiB each): a stream, one body of the largest kind;
+        // a connection, a few.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
