@@ -824,6 +824,7 @@ async fn bench_gatehouse(
             .args(&store_args)
             // Each load opens a session per worker, all of them the bench's one client.
             .args(["--sessions-per-minute", "100000"])
+            .args(["--sessions-per-day", "1000000000"])
             .args(["--max-sessions-per-client", "100000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -1048,6 +1048,9 @@ async fn start_gatehouse(
                 &(REGISTRATIONS_PER_MINUTE * 60).to_string(),
                 "--sessions-per-minute",
                 &SESSIONS_PER_MINUTE.to_string(),
+                // Every stdio session is ended, but not those a run's end cuts short.
+                "--sessions-per-day",
+                "1000000000",
             ])
             .arg("--config")
             .arg(config)

@@ -334,6 +334,17 @@ pub struct ServeArgs {
     )]
     pub sessions_per_minute: u32,
 
+    /// New MCP sessions allowed per client per day, on all MCP URLs together and per
+    /// instance, less those it ended with DELETE (more get 429): what one client can
+    /// make the store hold.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SESSIONS_PER_DAY",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub sessions_per_day: u32,
+
     /// Sessions one client may hold live at the built-in `/mcp` on an instance (an
     /// idle one closes after five minutes); past that, new ones get 429.
     #[arg(
@@ -535,6 +546,7 @@ pub struct Limits {
     pub registrations_per_minute: u32,
     pub registrations_per_hour: u32,
     pub sessions_per_minute: u32,
+    pub sessions_per_day: u32,
     pub max_sessions_per_client: usize,
     pub max_registration_bytes: usize,
     /// How often an open MCP stream checks that its token is still valid.
@@ -828,6 +840,7 @@ impl ServeArgs {
                     registrations_per_minute: self.registrations_per_minute,
                     registrations_per_hour: self.registrations_per_hour,
                     sessions_per_minute: self.sessions_per_minute,
+                    sessions_per_day: self.sessions_per_day,
                     max_sessions_per_client: self.max_sessions_per_client as usize,
                     max_registration_bytes: self.max_registration_bytes as usize,
                     stream_recheck: self.stream_recheck,

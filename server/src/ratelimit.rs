@@ -106,6 +106,29 @@ impl<K: Clone + Eq + Hash> WindowLimiter<K> {
         entry.1 += 1;
         Ok(())
     }
+
+    /// Whether an event of `key` would be counted now, without counting it.
+    pub fn check_key(&self, key: &K) -> Result<(), RetryAfter> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.get(key) {
+            Some((start, count))
+                if now.duration_since(*start) < self.window && *count >= self.limit =>
+            {
+                Err(RetryAfter(self.window - now.duration_since(*start)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes back one event of `key` in the current window, if it holds any (what
+    /// the event stood for is gone again).
+    pub fn give_back(&self, key: &K) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, count)) = state.get_mut(key) {
+            *count = count.saturating_sub(1);
+        }
+    }
 }
 
 impl WindowLimiter<IpAddr> {
@@ -135,6 +158,30 @@ mod tests {
         assert_eq!(limiter.hit(a).expect_err("still limited").seconds(), 15);
         tokio::time::advance(Duration::from_secs(15)).await;
         assert!(limiter.hit(a).is_ok(), "a new window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_given_back_makes_room_and_a_check_counts_nothing() {
+        let limiter = WindowLimiter::new(2, Duration::from_secs(60));
+        let key = "client";
+        assert!(limiter.check_key(&key).is_ok());
+        limiter.hit_key(&key).expect("first");
+        limiter.hit_key(&key).expect("second");
+        assert_eq!(limiter.check_key(&key).expect_err("full").seconds(), 60);
+        limiter.give_back(&key);
+        assert!(limiter.check_key(&key).is_ok());
+        limiter.hit_key(&key).expect("the place given back");
+        assert!(limiter.hit_key(&key).is_err());
+        // Given back more often than counted: never below none.
+        for _ in 0..5 {
+            limiter.give_back(&key);
+        }
+        limiter.hit_key(&key).expect("one");
+        limiter.hit_key(&key).expect("two");
+        assert!(limiter.hit_key(&key).is_err());
+        limiter.give_back(&"never counted");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(limiter.check_key(&key).is_ok(), "a new window");
     }
 
     #[test]

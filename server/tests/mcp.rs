@@ -363,6 +363,55 @@ async fn sessions_protocol_versions_and_transport_errors() {
     assert!(!redirect.status.is_redirection());
 }
 
+/// What one client can make the store hold is bounded by day too: at most
+/// `--sessions-per-day` sessions opened and not ended; one ended with `DELETE` makes
+/// room again. Its sessions keep working, and other clients are not affected.
+#[tokio::test]
+async fn sessions_opened_and_not_ended_are_limited_per_client_per_day() {
+    let app = TestApp::new(&["--sessions-per-day", "2"]);
+    let token = |tokens: &Value| tokens["access_token"].as_str().expect("at").to_owned();
+    let (_, one) = app.tokens_for("read:articles").await;
+    let (_, other) = app.tokens_for("read:articles").await;
+    let (one, other) = (token(&one), token(&other));
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": V2025_06, "capabilities": {},
+        "clientInfo": {"name": "router-test", "version": "1"}}});
+
+    let first = app.mcp_session(&one, V2025_06).await;
+    let second = app.mcp_session(&one, V2025_06).await;
+    let refused = app.mcp(Some(&one), None, None, initialize.clone()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.get("mcp-session-id").is_none());
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(wait > 23 * 3600 && wait <= 24 * 3600, "{wait}");
+    app.mcp_session(&other, V2025_06).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let listed = app
+        .mcp(Some(&one), Some(&second), Some(V2025_06), list)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+
+    let ended = app.end_session("/mcp", &one, &first, V2025_06).await;
+    assert!(ended.status.is_success(), "{}", ended.body);
+    app.mcp_session(&one, V2025_06).await;
+    let refused = app.mcp(Some(&one), None, None, initialize).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+}
+
 /// Each session keeps its `initialize` in the store for a day, so a client opens a
 /// bounded number per minute, each of a bounded size; sessions it has keep working,
 /// and other clients are not affected.

@@ -101,6 +101,9 @@ pub struct Shared {
     pub document_fetches: WindowLimiter,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
+    /// Sessions opened per client in the last day and not ended: what a client can
+    /// make the store hold (`--sessions-per-day`).
+    pub daily_sessions: WindowLimiter<ClientId>,
     pub articles: Articles,
     /// Which `Host`s and `Origin`s may reach the MCP endpoints.
     pub hosts: mcp::policy::HostPolicy,
@@ -207,6 +210,10 @@ impl AppState {
             new_sessions: WindowLimiter::new(
                 config.limits.sessions_per_minute,
                 Duration::from_secs(60),
+            ),
+            daily_sessions: WindowLimiter::new(
+                config.limits.sessions_per_day,
+                Duration::from_secs(24 * 3600),
             ),
             hosts: mcp::policy::HostPolicy::new(&config),
             bindings: mcp::sessions::RecentBindings::new(clock.clone()),

@@ -273,10 +273,13 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     return store_unavailable(&e);
                 }
                 state.bindings.remember(opened, Arc::new(binding));
+                let _ = state.daily_sessions.hit_key(&client_id);
             }
         }
         Some(ended) if deleting && response.status().is_success() => {
             let _ = sessions::unbind(&state.store, &state.bindings, &ended).await;
+            // Its records are gone: it no longer counts among the day's sessions.
+            state.daily_sessions.give_back(&client_id);
         }
         Some(_) => {}
     }
@@ -333,8 +336,9 @@ pub const MAX_INITIALIZE_BYTES: usize = 4 * 1024;
 
 /// A new session, if its client may open one now: each keeps its `initialize` in the
 /// store for a day (a week at most while in use, [`sessions::MAX_SESSION_LIFE`]), so
-/// what a token can make the store hold is bounded by the client's sessions per
-/// minute times a day times [`MAX_INITIALIZE_BYTES`] (per instance).
+/// what a token can make the store hold is bounded by the client's sessions per day
+/// (those it did not end), times seven for sessions kept in use, times
+/// [`MAX_INITIALIZE_BYTES`] (per instance).
 fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
     if body.len() > MAX_INITIALIZE_BYTES {
         return Err(Box::new(rpc_error(
@@ -342,6 +346,18 @@ fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<
             code::INVALID_REQUEST,
             "the initialize request is too large (4 KiB at most)",
         )));
+    }
+    if let Err(wait) = state.daily_sessions.check_key(&access.client_id) {
+        crate::warn_throttled!(client = %access.client_id, "refused a new MCP session: too many today that were not ended");
+        let mut refusal = rpc_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::INVALID_REQUEST,
+            "this client opened too many sessions in the last day without ending them (DELETE); try again later",
+        );
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+        return Err(Box::new(refusal));
     }
     if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
         crate::warn_throttled!(client = %access.client_id, "refused a new MCP session: too many this minute");
