@@ -17,7 +17,7 @@ use axum::{
 use rmcp::{
     model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult},
     transport::streamable_http_server::{
-        session::{local::LocalSessionManager, SessionId, SessionManager},
+        session::{local::LocalSessionManager, store::SessionStore, SessionId, SessionManager},
         StreamableHttpServerConfig, StreamableHttpService,
     },
     ErrorData,
@@ -49,6 +49,8 @@ pub struct ArticleEndpoint {
     resource: Arc<Resource>,
     server: ArticleServer,
     sessions: Arc<LocalSessionManager>,
+    /// The sessions' records, as rmcp keeps them.
+    records: StoreSessions,
     transport: StreamableHttpService<ArticleServer, LocalSessionManager>,
 }
 
@@ -68,7 +70,7 @@ impl ArticleEndpoint {
             // Sessionless (2026-07-28) requests that only answer get plain JSON.
             .with_json_response(true)
             .with_cancellation_token(shutdown);
-        config.session_store = Some(Arc::new(StoreSessions(store)));
+        config.session_store = Some(Arc::new(StoreSessions(store.clone())));
         let server = ArticleServer::new(articles, resource.clone())
             .with_max_sessions_per_client(max_sessions_per_client);
         let sessions = Arc::new(LocalSessionManager::default());
@@ -80,6 +82,7 @@ impl ArticleEndpoint {
             resource,
             server,
             sessions,
+            records: StoreSessions(store),
             transport,
         }
     }
@@ -211,11 +214,17 @@ impl<'a> StructuredAnswer<'a> {
     }
 }
 
+/// How long removing an abandoned session's record may take (the store has just
+/// failed once).
+const ABANDON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Endpoint for ArticleEndpoint {
     async fn abandon(&self, session: &str) {
-        // Its record, if rmcp wrote one, is of no use without a binding (the guard
-        // answers 404), and expires.
         let _ = self.sessions.close_session(&SessionId::from(session)).await;
+        // Its record, if rmcp wrote one, is of no use without a binding (the guard
+        // answers 404): removed if the store lets it, else it expires.
+        let removal = self.records.delete(session);
+        let _ = tokio::time::timeout(ABANDON_TIMEOUT, removal).await;
     }
 
     type Prepared = Option<DirectCall>;

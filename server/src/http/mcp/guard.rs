@@ -42,7 +42,8 @@ use crate::{
     http::{bodies::Unread, AppState},
     mcp::{call::Message, Access, Need},
     net::content_type_is,
-    oauth::{records::AccessToken, AuthServer},
+    oauth::{client::ClientId, records::AccessToken, AuthServer},
+    ratelimit::RetryAfter,
     resource::{Resource, ResourceUri},
     store::{Key, StoreError},
 };
@@ -237,6 +238,14 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     }
 
     let client_id = access.client_id.clone();
+    // A new session takes its place for the day here, after every refusal above (so
+    // none keeps it), and gives it back below if no session comes of it. Counted
+    // before it is served, so that requests at once cannot all pass the check.
+    if counted {
+        if let Err(wait) = state.daily_sessions.hit_key(&client_id) {
+            return too_many_today(&client_id, wait);
+        }
+    }
     let deleting = parts.method == Method::DELETE;
     let grant = token_key.group();
     let response = endpoint
@@ -270,16 +279,27 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 };
                 if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
                     endpoint.abandon(opened).await;
+                    if counted {
+                        state.daily_sessions.give_back(&client_id);
+                    }
                     return store_unavailable(&e);
                 }
                 state.bindings.remember(opened, Arc::new(binding));
-                let _ = state.daily_sessions.hit_key(&client_id);
+                if !counted {
+                    let _ = state.daily_sessions.hit_key(&client_id);
+                }
+            } else if counted {
+                // No session came of it: its place for the day is given back.
+                state.daily_sessions.give_back(&client_id);
             }
         }
         Some(ended) if deleting && response.status().is_success() => {
-            let _ = sessions::unbind(&state.store, &state.bindings, &ended).await;
-            // Its records are gone: it no longer counts among the day's sessions.
-            state.daily_sessions.give_back(&client_id);
+            // Its records are gone: it no longer counts among the day's sessions. Only
+            // the removal that found the binding gives its place back (rmcp answers a
+            // DELETE of a session it does not hold with success too).
+            if let Ok(true) = sessions::unbind(&state.store, &state.bindings, &ended).await {
+                state.daily_sessions.give_back(&client_id);
+            }
         }
         Some(_) => {}
     }
@@ -337,7 +357,7 @@ pub const MAX_INITIALIZE_BYTES: usize = 4 * 1024;
 /// A new session, if its client may open one now: each keeps its `initialize` in the
 /// store for a day (a week at most while in use, [`sessions::MAX_SESSION_LIFE`]), so
 /// what a token can make the store hold is bounded by the client's sessions per day
-/// (those it did not end), times seven for sessions kept in use, times
+/// (those it did not end), times eight for sessions kept in use a week, times
 /// [`MAX_INITIALIZE_BYTES`] (per instance).
 fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<(), Box<Response>> {
     if body.len() > MAX_INITIALIZE_BYTES {
@@ -348,16 +368,7 @@ fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<
         )));
     }
     if let Err(wait) = state.daily_sessions.check_key(&access.client_id) {
-        crate::warn_throttled!(client = %access.client_id, "refused a new MCP session: too many today that were not ended");
-        let mut refusal = rpc_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            code::INVALID_REQUEST,
-            "this client opened too many sessions in the last day without ending them (DELETE); try again later",
-        );
-        refusal
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
-        return Err(Box::new(refusal));
+        return Err(Box::new(too_many_today(&access.client_id, wait)));
     }
     if let Err(wait) = state.new_sessions.hit_key(&access.client_id) {
         crate::warn_throttled!(client = %access.client_id, "refused a new MCP session: too many this minute");
@@ -372,6 +383,20 @@ fn admit_session(state: &AppState, access: &AccessToken, body: &[u8]) -> Result<
         return Err(Box::new(refusal));
     }
     Ok(())
+}
+
+/// The refusal of a new session past `--sessions-per-day`.
+fn too_many_today(client_id: &ClientId, wait: RetryAfter) -> Response {
+    crate::warn_throttled!(client = %client_id, "refused a new MCP session: too many today that were not ended");
+    let mut refusal = rpc_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        code::INVALID_REQUEST,
+        "this client opened too many sessions in the last day without ending them (DELETE); try again later",
+    );
+    refusal
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+    refusal
 }
 
 /// Steps 1 and 2, before the body is read: the hash of the bearer token, or the

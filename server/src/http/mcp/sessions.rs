@@ -93,13 +93,15 @@ pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> S
 
 /// Forgets an ended session's binding, here and in the store, so that its id is
 /// refused (404) from now on.
+/// Removes a session's binding; whether it was there (of two removals of one, one
+/// says so).
 pub async fn unbind(
     store: &SharedStore,
     bindings: &RecentBindings,
     session_id: &str,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     bindings.forget(session_id);
-    store.delete(&binding_key(session_id)).await.map(|_| ())
+    store.delete(&binding_key(session_id)).await
 }
 
 /// Bindings this instance read or wrote lately, so that every call in a session
