@@ -645,14 +645,15 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
     let again = answer_until(400, [127, 0, 0, 2], addr, request).await;
     assert!(again.starts_with("http/1.1 400"), "{again}");
 
-    // The whole, 256 KiB: four slow uploads of 64,000 bytes from 127.0.0.1 leave
-    // 6,144 bytes, too few for 7,000 more from anyone (within an address's share).
+    // The whole, 256 KiB, held by slow uploads of small bodies (7,000 of 8,000 bytes)
+    // from 127.0.0.1, more than it holds: too full for 7,500 more from anyone (within
+    // an address's share, and more than what refused the last upload).
     let mut uploads = Vec::new();
-    for _ in 0..4 {
-        let upload = upload("/oauth/token", "", 65_000, 64_000);
+    for _ in 0..40 {
+        let upload = upload("/oauth/token", "", 8000, 7000);
         uploads.push(send_from([127, 0, 0, 1], addr, upload).await);
     }
-    let request = upload("/oauth/token", "", 7000, 7000);
+    let request = upload("/oauth/token", "", 7500, 7500);
     for ip in [[127, 0, 0, 1], [127, 0, 0, 4]] {
         let refused = answer_until(503, ip, addr, request.clone()).await;
         assert!(refused.starts_with("http/1.1 503"), "{ip:?}: {refused}");

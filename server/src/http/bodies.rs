@@ -35,6 +35,15 @@ use crate::{
 /// The part of the whole one address (an IPv6 /64) may hold: 1/32 of it.
 pub const ADDRESS_SHARE: usize = 32;
 
+/// A body charged no more than this (a token request, a tool call) may use the
+/// whole budget; larger ones only what [`RESERVE_PART`] leaves, so that uploads of
+/// large bodies, however many, leave room for the small ones nearly every request
+/// has.
+pub const SMALL_BODY: usize = 8 * 1024;
+
+/// The part of the whole kept for small bodies: 1/8.
+pub const RESERVE_PART: usize = 8;
+
 /// What each frame costs besides its bytes: a body read whole keeps one `Bytes` per
 /// frame, and each holds on to the buffer it was read into (one byte per HTTP/1
 /// chunk or HTTP/2 frame would otherwise cost tens of times what it is charged).
@@ -127,10 +136,17 @@ impl Charge {
                 return Err(refuse(Refused::Address));
             }
         }
+        // A body past [`SMALL_BODY`] leaves the reserve to small ones.
+        let held = self.held.load(Ordering::Relaxed);
+        let limit = if held.saturating_add(cost) <= SMALL_BODY {
+            counts.total
+        } else {
+            counts.total - counts.total / RESERVE_PART
+        };
         let taken = counts
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(cost).filter(|&used| used <= counts.total)
+                used.checked_add(cost).filter(|&used| used <= limit)
             });
         if taken.is_err() {
             return Err(refuse(Refused::All));
@@ -359,13 +375,51 @@ mod tests {
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 
+    /// Large bodies, however many, leave an eighth of the whole to small ones.
+    #[test]
+    fn large_bodies_leave_a_reserve_for_small_ones() {
+        let total = 64 * SMALL_BODY;
+        let budget = Budget::new(total);
+        let proxy = |_| budget.charge(ip("127.0.0.1"), true);
+        let mut large = Vec::new();
+        // Uploads of large bodies, 4 KiB a frame, as many as are let in.
+        'uploads: loop {
+            let upload = proxy(());
+            for _ in 0..16 {
+                if upload.take(costing(4096)).is_err() {
+                    break 'uploads;
+                }
+            }
+            large.push(upload);
+        }
+        // Each upload is charged 64 KiB: seven fill all but the reserve, and the
+        // eighth is refused once past its first 8 KiB.
+        let reserve = total / RESERVE_PART;
+        assert_eq!(large.len(), 7);
+        assert_eq!(budget.used(), total - reserve);
+        // Small bodies use the reserve, up to the whole.
+        let mut small = Vec::new();
+        while budget.used() + SMALL_BODY <= total {
+            let body = proxy(());
+            body.take(costing(SMALL_BODY)).expect("a small body");
+            small.push(body);
+        }
+        assert_eq!(small.len(), reserve / SMALL_BODY);
+        assert_eq!(proxy(()).take(costing(SMALL_BODY)), Err(Refused::All));
+    }
+
     #[test]
     fn the_whole_is_a_bound_for_exempt_peers_too() {
         let budget = Budget::new(ADDRESS_SHARE * 1000);
-        let proxy = budget.charge(ip("127.0.0.1"), true);
-        proxy
-            .take(costing(ADDRESS_SHARE * 1000 - 1000))
-            .expect("a proxy is not held to an address's share");
+        // Small bodies, 31,000 in all, through one proxy.
+        let proxy: Vec<_> = (0..4)
+            .map(|_| {
+                let body = budget.charge(ip("127.0.0.1"), true);
+                body.take(costing(7750))
+                    .expect("a proxy is not held to an address's share");
+                body
+            })
+            .collect();
         let other = budget.charge(ip("::1"), true);
         assert_eq!(other.take(costing(1001)), Err(Refused::All));
         other.take(costing(1000)).expect("up to the whole");
