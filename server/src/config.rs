@@ -294,7 +294,8 @@ pub struct ServeArgs {
 
     /// MiB of request bodies held at once: what has arrived of the bodies of requests
     /// not yet answered. One address (an IPv6 /64) may hold 1/32 of it, one /48 four
-    /// times that; past either, a body is refused (429, or 503 when all is spent).
+    /// times that; past either, a body is refused (429, or 503 when all is spent;
+    /// bodies announced larger than 8 KiB get only seven eighths of it).
     /// Trusted proxies, 127.0.0.1 and ::1 count in the whole only.
     #[arg(
         long,

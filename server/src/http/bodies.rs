@@ -12,6 +12,10 @@
 //! (its frame dropped): 429 when its address holds its share, 503 when the whole is
 //! spent. Trusted proxies and 127.0.0.1/::1 count in the whole only. A request gives
 //! back what its body took when its answer's head is ready and its body is dropped.
+//! A body announced larger than [`SMALL_BODY`], or not announced (chunked), may use
+//! only what [`RESERVE_PART`] leaves of the whole: honest large uploads, however
+//! many, leave room for the small bodies nearly every request has. (Small bodies
+//! that stall are bounded only by their address's share and the deadline.)
 
 use std::{
     collections::HashMap,
@@ -35,10 +39,9 @@ use crate::{
 /// The part of the whole one address (an IPv6 /64) may hold: 1/32 of it.
 pub const ADDRESS_SHARE: usize = 32;
 
-/// A body charged no more than this (a token request, a tool call) may use the
-/// whole budget; larger ones only what [`RESERVE_PART`] leaves, so that uploads of
-/// large bodies, however many, leave room for the small ones nearly every request
-/// has.
+/// A body announced at no more than this, and charged no more (its frames' costs
+/// included), may use the whole budget; larger ones only what [`RESERVE_PART`]
+/// leaves.
 pub const SMALL_BODY: usize = 8 * 1024;
 
 /// The part of the whole kept for small bodies: 1/8.
@@ -77,10 +80,12 @@ impl Budget {
         }))
     }
 
-    /// A charge for one request's body from `ip`; `exempt` counts in the whole only.
-    pub fn charge(&self, ip: IpAddr, exempt: bool) -> Charge {
+    /// A charge for one request's body from `ip`, of `announced` bytes if it says;
+    /// `exempt` counts in the whole only.
+    pub fn charge(&self, ip: IpAddr, exempt: bool, announced: Option<u64>) -> Charge {
         Charge {
             budget: self.clone(),
+            large: announced.is_none_or(|length| length > SMALL_BODY as u64),
             networks: if exempt {
                 [None, None]
             } else {
@@ -107,6 +112,8 @@ impl Budget {
 /// What one request's body holds of the [`Budget`], given back when dropped.
 pub struct Charge {
     budget: Budget,
+    /// Announced larger than [`SMALL_BODY`], or not announced.
+    large: bool,
     networks: [Option<Network>; 2],
     held: AtomicUsize,
 }
@@ -136,9 +143,10 @@ impl Charge {
                 return Err(refuse(Refused::Address));
             }
         }
-        // A body past [`SMALL_BODY`] leaves the reserve to small ones.
+        // A large body leaves the reserve to small ones; so does one that said it
+        // was small and is not.
         let held = self.held.load(Ordering::Relaxed);
-        let limit = if held.saturating_add(cost) <= SMALL_BODY {
+        let limit = if !self.large && held.saturating_add(cost) <= SMALL_BODY {
             counts.total
         } else {
             counts.total - counts.total / RESERVE_PART
@@ -302,10 +310,10 @@ mod tests {
     fn an_address_holds_its_share_and_the_whole_is_shared_out() {
         let share = 1000;
         let budget = Budget::new(ADDRESS_SHARE * share);
-        let first = budget.charge(ip("2001:db8:1:1::1"), false);
+        let first = budget.charge(ip("2001:db8:1:1::1"), false, None);
         first.take(costing(share - 100)).expect("within its share");
         // Another host of the same /64 shares it.
-        let second = budget.charge(ip("2001:db8:1:1::2"), false);
+        let second = budget.charge(ip("2001:db8:1:1::2"), false, None);
         assert_eq!(second.take(costing(101)), Err(Refused::Address));
         second
             .take(costing(100))
@@ -314,15 +322,15 @@ mod tests {
         // Another /64 of the same /48 has a share of its own, up to the /48's.
         let mut wide = Vec::new();
         for subnet in 2..=WIDE_SHARE {
-            let charge = budget.charge(ip(&format!("2001:db8:1:{subnet}::1")), false);
+            let charge = budget.charge(ip(&format!("2001:db8:1:{subnet}::1")), false, None);
             charge.take(costing(share)).expect("a share of its own");
             wide.push(charge);
         }
-        let past_wide = budget.charge(ip("2001:db8:1:ff::1"), false);
+        let past_wide = budget.charge(ip("2001:db8:1:ff::1"), false, None);
         assert_eq!(past_wide.take(1), Err(Refused::Address), "the /48 is full");
         // Another address is not held up by it.
         budget
-            .charge(ip("192.0.2.1"), false)
+            .charge(ip("192.0.2.1"), false, None)
             .take(costing(share))
             .expect("another address");
         drop((first, second));
@@ -338,11 +346,11 @@ mod tests {
     fn tiny_frames_are_charged_what_they_hold() {
         let share = 1000;
         let budget = Budget::new(ADDRESS_SHARE * share);
-        let charge = budget.charge(ip("192.0.2.9"), false);
+        let charge = budget.charge(ip("192.0.2.9"), false, None);
         let frames = (0..share).take_while(|_| charge.take(1).is_ok()).count();
         assert_eq!(frames, share / (1 + FRAME_COST));
         // Empty frames hold nothing.
-        let empty = budget.charge(ip("192.0.2.9"), false);
+        let empty = budget.charge(ip("192.0.2.9"), false, None);
         empty.take(0).expect("nothing to count");
     }
 
@@ -380,11 +388,11 @@ mod tests {
     fn large_bodies_leave_a_reserve_for_small_ones() {
         let total = 64 * SMALL_BODY;
         let budget = Budget::new(total);
-        let proxy = |_| budget.charge(ip("127.0.0.1"), true);
+        let proxy = |announced: usize| budget.charge(ip("127.0.0.1"), true, Some(announced as u64));
         let mut large = Vec::new();
         // Uploads of large bodies, 4 KiB a frame, as many as are let in.
         'uploads: loop {
-            let upload = proxy(());
+            let upload = proxy(16 * costing(4096));
             for _ in 0..16 {
                 if upload.take(costing(4096)).is_err() {
                     break 'uploads;
@@ -400,12 +408,24 @@ mod tests {
         // Small bodies use the reserve, up to the whole.
         let mut small = Vec::new();
         while budget.used() + SMALL_BODY <= total {
-            let body = proxy(());
+            let body = proxy(costing(SMALL_BODY));
             body.take(costing(SMALL_BODY)).expect("a small body");
             small.push(body);
         }
         assert_eq!(small.len(), reserve / SMALL_BODY);
-        assert_eq!(proxy(()).take(costing(SMALL_BODY)), Err(Refused::All));
+        assert_eq!(
+            proxy(costing(SMALL_BODY)).take(costing(SMALL_BODY)),
+            Err(Refused::All)
+        );
+        // A body that said it was small and is not is held to the large ones' part.
+        drop(small);
+        let liar = proxy(100);
+        liar.take(costing(SMALL_BODY))
+            .expect("within what it may say");
+        assert_eq!(liar.take(costing(4096)), Err(Refused::All));
+        // Not announced (chunked): large.
+        let chunked = budget.charge(ip("127.0.0.1"), true, None);
+        assert_eq!(chunked.take(costing(4096)), Err(Refused::All));
     }
 
     #[test]
@@ -414,16 +434,16 @@ mod tests {
         // Small bodies, 31,000 in all, through one proxy.
         let proxy: Vec<_> = (0..4)
             .map(|_| {
-                let body = budget.charge(ip("127.0.0.1"), true);
+                let body = budget.charge(ip("127.0.0.1"), true, Some(7750));
                 body.take(costing(7750))
                     .expect("a proxy is not held to an address's share");
                 body
             })
             .collect();
-        let other = budget.charge(ip("::1"), true);
+        let other = budget.charge(ip("::1"), true, Some(1001));
         assert_eq!(other.take(costing(1001)), Err(Refused::All));
         other.take(costing(1000)).expect("up to the whole");
-        let outsider = budget.charge(ip("192.0.2.7"), false);
+        let outsider = budget.charge(ip("192.0.2.7"), false, None);
         assert_eq!(outsider.take(1), Err(Refused::All));
         drop(proxy);
         outsider.take(1).expect("room again");

@@ -205,7 +205,8 @@ pub async fn serve(
             } else {
                 ip
             };
-            let charge = Arc::new(budget.charge(client, exempt && client == ip));
+            let announced = http_body::Body::size_hint(request.body()).exact();
+            let charge = Arc::new(budget.charge(client, exempt && client == ip, announced));
             let mut request =
                 request.map(|body| Body::new(Deadline::new(body, body_timeout, charge.clone())));
             request.extensions_mut().insert(ConnectInfo(peer));
