@@ -594,6 +594,27 @@ async fn answer_until(status: u16, ip: [u8; 4], addr: SocketAddr, request: Vec<u
     }
 }
 
+/// `holder` sent from `holder_ip` and left unfinished, then `probe` from `probe_ip`,
+/// until the probe is answered with `status` (for at most 5 s): the holder's
+/// connection and the answer. A probe read before the holder's body takes its place
+/// first, and the holder is the one refused: then both are sent again.
+async fn answer_while_held(
+    (holder_ip, holder): ([u8; 4], &[u8]),
+    (probe_ip, probe): ([u8; 4], &[u8]),
+    addr: SocketAddr,
+    status: u16,
+) -> (TcpStream, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = send_from(holder_ip, addr, holder.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = answer_on(send_from(probe_ip, addr, probe.to_vec()).await).await;
+        if answer.starts_with(&format!("http/1.1 {status} ")) || Instant::now() > deadline {
+            return (held, answer);
+        }
+    }
+}
+
 /// What has arrived of request bodies not yet answered is bounded per address and
 /// in all. One address holding its share of bodies (here: one slow upload) gets
 /// 429 for the next, in each endpoint's language, with `Retry-After` and
@@ -618,14 +639,29 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
     )
     .await;
 
-    // 7,000 of 8,000 bytes from 127.0.0.2, and the rest never.
-    let holder = send_from([127, 0, 0, 2], addr, upload("/oauth/token", "", 8000, 7000)).await;
+    // 7,000 of 8,000 bytes from 127.0.0.2, and the rest never; once the first
+    // refusal shows it holds its place, the next request needs no new one.
+    let holder = upload("/oauth/token", "", 8000, 7000);
+    let mut held = None;
     for (path, headers, refusal) in [
         ("/oauth/token", "", r#""error":"temporarily_unavailable""#),
         ("/mcp", bearer.as_str(), r#""code":-32600"#),
     ] {
         let request = upload(path, headers, 2000, 2000);
-        let refused = answer_until(429, [127, 0, 0, 2], addr, request).await;
+        let refused = match held {
+            None => {
+                let (holder, refused) = answer_while_held(
+                    ([127, 0, 0, 2], &holder),
+                    ([127, 0, 0, 2], &request),
+                    addr,
+                    429,
+                )
+                .await;
+                held = Some(holder);
+                refused
+            }
+            Some(_) => answer_until(429, [127, 0, 0, 2], addr, request).await,
+        };
         assert!(refused.starts_with("http/1.1 429"), "{path}: {refused}");
         for expected in [
             "\r\nretry-after: 1\r\n",
@@ -640,8 +676,8 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
     let request = upload("/oauth/token", "", 2000, 2000);
     let elsewhere = answer_until(400, [127, 0, 0, 3], addr, request.clone()).await;
     assert!(elsewhere.starts_with("http/1.1 400"), "{elsewhere}");
-    // The upload given up: its share is back.
-    drop(holder);
+    // The uploads given up: their share is back.
+    drop(held);
     let again = answer_until(400, [127, 0, 0, 2], addr, request).await;
     assert!(again.starts_with("http/1.1 400"), "{again}");
 
@@ -693,14 +729,9 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
     .await;
     let proxy = [127, 0, 0, 5];
     let for_client = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
-    let holder = send_from(
-        proxy,
-        addr,
-        upload("/oauth/token", &for_client("192.0.2.1"), 8000, 7000),
-    )
-    .await;
+    let holder = upload("/oauth/token", &for_client("192.0.2.1"), 8000, 7000);
     let request = upload("/oauth/token", &for_client("192.0.2.1"), 2000, 2000);
-    let same = answer_until(429, proxy, addr, request).await;
+    let (held, same) = answer_while_held((proxy, &holder), (proxy, &request), addr, 429).await;
     assert!(same.starts_with("http/1.1 429"), "{same}");
     for headers in [for_client("192.0.2.2"), String::new()] {
         let request = upload("/oauth/token", &headers, 2000, 2000);
@@ -708,16 +739,13 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
         assert!(other.starts_with("http/1.1 400"), "{headers:?}: {other}");
     }
     // Without the proxy trusted, its header names nobody: all one address.
-    let untrusted = send_from(
-        [127, 0, 0, 6],
-        addr,
-        upload("/oauth/token", &for_client("192.0.2.3"), 8000, 7000),
-    )
-    .await;
+    let untrusted = [127, 0, 0, 6];
+    let holder = upload("/oauth/token", &for_client("192.0.2.3"), 8000, 7000);
     let request = upload("/oauth/token", &for_client("192.0.2.4"), 2000, 2000);
-    let next = answer_until(429, [127, 0, 0, 6], addr, request).await;
+    let (held_too, next) =
+        answer_while_held((untrusted, &holder), (untrusted, &request), addr, 429).await;
     assert!(next.starts_with("http/1.1 429"), "{next}");
-    drop((holder, untrusted));
+    drop((held, held_too));
 }
 
 /// A peer that takes nothing of an answer (here: an HTTP/2 client whose
