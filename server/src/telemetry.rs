@@ -32,6 +32,7 @@ pub const STORE_ERRORS: &str = "gatehouse_store_errors_total";
 pub const RATE_LIMITED: &str = "gatehouse_rate_limited_total";
 pub const ACTIVITY_DROPPED: &str = "gatehouse_activity_events_dropped_total";
 pub const UPSTREAM_UP: &str = "gatehouse_upstream_up";
+pub const BODY_BYTES: &str = "gatehouse_request_body_bytes";
 
 /// Buckets for request, tool and store latencies: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -183,6 +184,11 @@ fn describe() {
     describe_gauge!(
         UPSTREAM_UP,
         "1 when an upstream's last connection succeeded, else 0."
+    );
+    describe_gauge!(
+        BODY_BYTES,
+        Unit::Bytes,
+        "Request bodies held now, as charged to --max-body-memory."
     );
 }
 

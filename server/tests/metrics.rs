@@ -165,3 +165,22 @@ async fn rate_limit_refusals_are_counted() {
     );
     assert!(refused.is_some_and(|v| v >= 1.0), "{refused:?}");
 }
+
+/// What request bodies hold of `--max-body-memory` is a gauge: up while a body is
+/// being read, down once its request is done.
+#[tokio::test]
+async fn request_bodies_held_are_a_gauge() {
+    use gatehouse::http::bodies::{Budget, FRAME_COST};
+    let app = TestApp::new(&["--metrics-token", SECRET]);
+    let held = || async {
+        let answer = app.send(scrape(Some(SECRET))).await;
+        value(&parse(&answer.body), "gatehouse_request_body_bytes", &[]).unwrap_or(0.0)
+    };
+    let before = held().await;
+    let budget = Budget::new(1 << 20);
+    let body = budget.charge("192.0.2.1".parse().expect("ip"), false, Some(1000));
+    body.take(1000).expect("within the budget");
+    assert_eq!(held().await - before, (1000 + FRAME_COST) as f64);
+    drop(body);
+    assert_eq!(held().await, before);
+}

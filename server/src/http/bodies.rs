@@ -59,6 +59,8 @@ pub struct Budget(Arc<Counts>);
 struct Counts {
     total: usize,
     used: AtomicUsize,
+    /// `used`, for `/metrics` (all budgets of the process together).
+    gauge: metrics::Gauge,
     by_network: Mutex<HashMap<Network, usize>>,
 }
 
@@ -73,9 +75,12 @@ pub enum Refused {
 
 impl Budget {
     pub fn new(total: usize) -> Self {
+        // The gauge is the recorder's only if it is made after it is installed.
+        crate::telemetry::handle();
         Budget(Arc::new(Counts {
             total,
             used: AtomicUsize::new(0),
+            gauge: metrics::gauge!(crate::telemetry::BODY_BYTES),
             by_network: Mutex::default(),
         }))
     }
@@ -165,6 +170,7 @@ impl Charge {
             }
         }
         self.held.fetch_add(cost, Ordering::Relaxed);
+        counts.gauge.increment(cost as f64);
         Ok(())
     }
 }
@@ -197,6 +203,7 @@ impl Drop for Charge {
         }
         let counts = &self.budget.0;
         counts.used.fetch_sub(held, Ordering::Relaxed);
+        counts.gauge.decrement(held as f64);
         if self.networks.iter().any(Option::is_some) {
             let mut by_network = counts.by_network.lock().unwrap_or_else(|e| e.into_inner());
             for network in self.networks.iter().flatten() {
