@@ -32,7 +32,7 @@ use axum::{
 };
 
 use crate::{
-    http::listener::{body_timed_out, WIDE_SHARE},
+    http::listener::{BodyTimedOut, WIDE_SHARE},
     ratelimit::Network,
 };
 
@@ -218,16 +218,11 @@ impl Drop for Charge {
     }
 }
 
-/// Why reading a body was refused by the budget, if it was.
-pub fn refused(error: &(dyn std::error::Error + 'static)) -> Option<Refused> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(refused) = e.downcast_ref::<Refused>() {
-            return Some(*refused);
-        }
-        cause = e.source();
-    }
-    None
+/// The first error of type `T` in `error`'s chain of causes, if any.
+fn cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
 /// Why a request's body could not be read, as an endpoint answers it in its own
@@ -242,12 +237,12 @@ impl Unread {
     /// `error` from reading a body: past its deadline (408), past its size (413),
     /// refused by the [`Budget`] (429 or 503), else broken off (400).
     pub fn of(error: &(dyn std::error::Error + 'static)) -> Unread {
-        let (status, why) = if body_timed_out(error) {
+        let (status, why) = if cause::<BodyTimedOut>(error).is_some() {
             (
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time",
             )
-        } else if let Some(refused) = refused(error) {
+        } else if let Some(refused) = cause::<Refused>(error) {
             match refused {
                 Refused::Address => (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -258,11 +253,8 @@ impl Unread {
                     "too many request bodies at once; try again shortly",
                 ),
             }
-        } else if too_large(error) {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is too large",
-            )
+        } else if cause::<http_body_util::LengthLimitError>(error).is_some() {
+            return Unread::TOO_LARGE;
         } else {
             (
                 StatusCode::BAD_REQUEST,
@@ -271,6 +263,12 @@ impl Unread {
         };
         Unread { status, why }
     }
+
+    /// A body over the size its endpoint takes.
+    pub const TOO_LARGE: Unread = Unread {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        why: "the request body is too large",
+    };
 
     /// Adds what every such answer says: the rest of the body is unread, so hyper
     /// closes the connection after the answer (else a client could send its next
@@ -287,17 +285,6 @@ impl Unread {
         }
         response
     }
-}
-
-fn too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 #[cfg(test)]

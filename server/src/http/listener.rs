@@ -609,18 +609,6 @@ impl http_body::Body for Deadline {
     }
 }
 
-/// Whether reading a body failed because it missed its deadline.
-pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<BodyTimedOut>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
 /// The address a connection came from, as the listener recorded it.
 pub fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
     extensions

@@ -25,7 +25,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::CorsLayer;
 
 use super::{guard, Endpoint, MAX_BODY_BYTES};
-use crate::http::AppState;
+use crate::http::{bodies::Unread, AppState};
 
 type Serve = Arc<dyn Fn(AppState, Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
@@ -119,19 +119,17 @@ impl Speaks {
         {
             return answer;
         }
-        const TOO_LARGE: &str = "the request body is too large";
+        let Unread { status, why } = Unread::TOO_LARGE;
         match self {
             Speaks::OAuth => crate::http::oauth::OAuthError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                status,
                 crate::oauth::ErrorCode::InvalidRequest,
-                TOO_LARGE,
+                why,
             )
             .into_response(),
-            Speaks::JsonRpc => super::reply::rpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                super::reply::code::INVALID_REQUEST,
-                TOO_LARGE,
-            ),
+            Speaks::JsonRpc => {
+                super::reply::rpc_error(status, super::reply::code::INVALID_REQUEST, why)
+            }
         }
     }
 }

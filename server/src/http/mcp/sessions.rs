@@ -92,9 +92,8 @@ pub async fn bind(store: &SharedStore, session_id: &str, binding: &Binding) -> S
 }
 
 /// Forgets an ended session's binding, here and in the store, so that its id is
-/// refused (404) from now on.
-/// Removes a session's binding; whether it was there (of two removals of one, one
-/// says so).
+/// refused (404) from now on; whether the store held it (of two removals of one,
+/// one says so).
 pub async fn unbind(
     store: &SharedStore,
     bindings: &RecentBindings,

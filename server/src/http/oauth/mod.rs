@@ -177,14 +177,11 @@ async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes,
         Ok(body) => return Ok(body),
         Err(rejection) => rejection,
     };
-    let mut unread = Unread::of(&rejection);
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        unread = Unread {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            why: "the request body is too large",
-        };
-    }
-    Err(unread)
+    Err(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Unread::TOO_LARGE
+    } else {
+        Unread::of(&rejection)
+    })
 }
 
 /// A browser endpoint's query string: one that cannot be read (a parameter given
