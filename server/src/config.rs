@@ -315,9 +315,10 @@ pub struct ServeArgs {
     )]
     pub registrations_per_minute: u32,
 
-    /// Dynamic registrations allowed per hour from all addresses together, per
+    /// Dynamic registrations kept per hour from all addresses together, per
     /// instance (more get 429): what unused registrations may take in the store,
-    /// however many addresses a flood comes from.
+    /// however many addresses a flood comes from. One address (an IPv6 /64), and
+    /// one IPv6 /48, may take a tenth of it; invalid requests take nothing.
     #[arg(
         long,
         env = "GATEHOUSE_REGISTRATIONS_PER_HOUR",

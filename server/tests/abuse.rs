@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,10 +20,10 @@ use common::*;
 use gatehouse::http::{listener, router};
 use serde_json::json;
 
-fn from(ip: [u8; 4], mut request: Request<Body>) -> Request<Body> {
+fn from(ip: impl Into<IpAddr>, mut request: Request<Body>) -> Request<Body> {
     request
         .extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from((ip, 40000))));
+        .insert(ConnectInfo(SocketAddr::new(ip.into(), 40000)));
     request
 }
 
@@ -95,6 +95,98 @@ async fn registrations_from_many_addresses_meet_a_limit_in_all() {
     let own = app.send(from([198, 51, 100, 0], registration())).await;
     let own = app.send(from([198, 51, 100, 0], registration())).await.body + &own.body;
     assert!(own.contains("from this address"), "{own}");
+}
+
+/// One address, or one IPv6 /48 however many /64s it uses, takes at most a tenth of
+/// what all may register in an hour: a few addresses cannot use it up for everyone.
+#[tokio::test]
+async fn one_address_takes_only_its_share_of_all_registrations() {
+    let app = TestApp::new(&[
+        "--registrations-per-minute",
+        "100",
+        "--registrations-per-hour",
+        "50",
+    ]);
+    for _ in 0..5 {
+        let answer = app.send(from([198, 51, 100, 1], registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let refused = app.send(from([198, 51, 100, 1], registration())).await;
+    assert_oauth_error(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+    );
+    assert!(
+        refused.body.contains("from this address"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    // Five /64s of one /48 share the /48's five.
+    for i in 1..=5u16 {
+        let ip = [0x2001, 0xdb8, 7, i, 0, 0, 0, 1];
+        let answer = app.send(from(ip, registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let refused = app
+        .send(from([0x2001, 0xdb8, 7, 6, 0, 0, 0, 1], registration()))
+        .await;
+    assert_oauth_error(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+    );
+    assert!(
+        refused.body.contains("from this network"),
+        "{}",
+        refused.body
+    );
+    // Others still register.
+    for ip in [[198, 51, 100, 2], [203, 0, 113, 9]] {
+        let answer = app.send(from(ip, registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let other = app
+        .send(from([0x2001, 0xdb8, 8, 1, 0, 0, 0, 1], registration()))
+        .await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
+}
+
+/// Only registrations that are kept count against what all may register: requests
+/// refused as invalid, however many, take nothing of it.
+#[tokio::test]
+async fn invalid_registrations_take_nothing_of_what_all_may_register() {
+    let app = TestApp::new(&[
+        "--registrations-per-minute",
+        "100",
+        "--registrations-per-hour",
+        "10",
+    ]);
+    let invalid = |body: serde_json::Value| {
+        Request::post("/oauth/register")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    for _ in 0..30 {
+        // Not client metadata at all, and metadata that fails validation (a
+        // redirect URI over plain HTTP to another host).
+        for body in [
+            json!({"redirect_uris": "not a list"}),
+            json!({"redirect_uris": ["http://client.example/cb"], "token_endpoint_auth_method": "none"}),
+        ] {
+            let answer = app.send(from([198, 51, 100, 1], invalid(body))).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        }
+    }
+    // The one address sending them still has its share, and ten addresses the whole.
+    for i in 1..=10u8 {
+        let answer = app.send(from([198, 51, 100, i], registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let refused = app.send(from([198, 51, 100, 11], registration())).await;
+    assert!(refused.body.contains("in all"), "{}", refused.body);
 }
 
 /// Told which header the proxy writes, Gatehouse ignores the other: a `Forwarded`

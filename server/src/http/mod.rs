@@ -34,7 +34,7 @@ use crate::{
         owner::{Owner, SignInLimiter},
         AuthServer,
     },
-    ratelimit::WindowLimiter,
+    ratelimit::{Network, WindowLimiter},
     resource::Resource,
     store::SharedStore,
     telemetry::{self, MeteredStore},
@@ -94,7 +94,10 @@ pub struct Shared {
     pub limiter: Arc<SignInLimiter>,
     /// Dynamic registrations per client address per minute.
     pub registrations: WindowLimiter,
-    /// All registrations together, whatever their address.
+    /// Registrations kept per address (an IPv6 /64) and per IPv6 /48 in an hour:
+    /// each a [`oauth::register::REGISTRATION_SHARE`] of `all_registrations`.
+    pub registration_shares: WindowLimiter<Network>,
+    /// All registrations kept, whatever their address.
     pub all_registrations: WindowLimiter<()>,
     /// Fetches of metadata documents not yet proven here, per client address
     /// ([`DOCUMENT_FETCHES_PER_MINUTE`] a minute).
@@ -198,6 +201,10 @@ impl AppState {
             registrations: WindowLimiter::new(
                 config.limits.registrations_per_minute,
                 Duration::from_secs(60),
+            ),
+            registration_shares: WindowLimiter::new(
+                config.limits.registrations_per_hour / oauth::register::REGISTRATION_SHARE,
+                Duration::from_secs(3600),
             ),
             all_registrations: WindowLimiter::new(
                 config.limits.registrations_per_hour,

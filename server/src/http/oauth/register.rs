@@ -1,5 +1,7 @@
 //! `POST /oauth/register`: RFC 7591 dynamic client registration.
 
+use std::net::IpAddr;
+
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
@@ -13,7 +15,13 @@ use crate::{
     http::{address::ClientAddress, AppState},
     net::content_type_is,
     oauth::{client::RegistrationRequest, ErrorCode},
+    ratelimit::{Network, RetryAfter},
 };
+
+/// The part of `--registrations-per-hour` one address (an IPv6 /64), and one IPv6
+/// /48, may take: a tenth, so that registrations from a few addresses cannot use up
+/// what all may register.
+pub const REGISTRATION_SHARE: u32 = 10;
 
 pub async fn register(
     State(state): State<AppState>,
@@ -21,33 +29,9 @@ pub async fn register(
     headers: HeaderMap,
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
-    // Every registration is a record kept for --unused-client-ttl: bounded per
-    // address, and in all (an IPv6 range holds many addresses). One address's flood
-    // does not use up what all may register.
-    let refused = match state.registrations.hit(address) {
-        Err(wait) => Some(("registration", "from this address", wait)),
-        Ok(()) => state
-            .all_registrations
-            .hit_key(&())
-            .err()
-            .map(|wait| ("registrations", "in all", wait)),
-    };
-    if let Some((limit, whose, wait)) = refused {
-        crate::warn_throttled!(client = %address, "registration refused: too many {whose}");
-        crate::telemetry::rate_limited(limit);
-        let mut refused = OAuthError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TemporarilyUnavailable,
-            format!(
-                "too many registrations {whose}; try again in {} second(s)",
-                wait.seconds()
-            ),
-        )
-        .into_response();
-        refused
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
-        return Ok(refused);
+    // Every request is read and checked: bounded per address and minute.
+    if let Err(wait) = state.registrations.hit(address) {
+        return Ok(too_many(address, "registration", "from this address", wait));
     }
     // The body is already bounded by the router (64 KiB); a registration, which is
     // kept for --unused-client-ttl, by its own smaller limit.
@@ -73,7 +57,21 @@ pub async fn register(
             format!("the body is not valid client metadata: {e}"),
         )
     })?;
-    let client = state.auth.register(request).await?;
+    // Every registration is a record kept for --unused-client-ttl: those kept are
+    // bounded in all and, so that a few addresses cannot use up what all may
+    // register (an IPv6 range holds many addresses), per address and per /48. Only
+    // what is kept counts: a request refused as invalid takes nothing.
+    let kept = match take_place(&state, address) {
+        Ok(kept) => kept,
+        Err((limit, whose, wait)) => return Ok(too_many(address, limit, whose, wait)),
+    };
+    let client = match state.auth.register(request).await {
+        Ok(client) => client,
+        Err(e) => {
+            give_back(&state, &kept);
+            return Err(e.into());
+        }
+    };
     state.audit.record(
         Event::new(EventKind::ClientRegistered)
             .client(client.client_id.to_string())
@@ -82,4 +80,83 @@ pub async fn register(
     let mut response = (StatusCode::CREATED, Json(client)).into_response();
     no_store(response.headers_mut());
     Ok(response)
+}
+
+/// Where a registration from `address` counts besides the whole: its address (an
+/// IPv6 /64) and its IPv6 /48. A local or trusted proxy that names nobody counts in
+/// the whole only, as it speaks for every client behind it.
+fn kept_networks(state: &AppState, address: IpAddr) -> Vec<Network> {
+    let address = address.to_canonical();
+    let proxy = address.is_loopback()
+        || state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&address));
+    if proxy {
+        return Vec::new();
+    }
+    Network::of(address).into_iter().flatten().collect()
+}
+
+/// What one kept registration took.
+struct Kept {
+    networks: Vec<Network>,
+}
+
+/// Which limit refused a registration (the metrics' label), whose it is, and when
+/// to try again.
+type Refusal = (&'static str, &'static str, RetryAfter);
+
+/// A place for one kept registration from `address` in its networks' shares and in
+/// the whole, or what refuses it (and then it takes nothing).
+fn take_place(state: &AppState, address: IpAddr) -> Result<Kept, Refusal> {
+    let networks = kept_networks(state, address);
+    for (taken, network) in networks.iter().enumerate() {
+        if let Err(wait) = state.registration_shares.hit_key(network) {
+            for earlier in &networks[..taken] {
+                state.registration_shares.give_back(earlier);
+            }
+            let whose = match network {
+                Network::Address(_) => "from this address",
+                Network::Wide(_) => "from this network",
+            };
+            return Err(("registration", whose, wait));
+        }
+    }
+    if let Err(wait) = state.all_registrations.hit_key(&()) {
+        for network in &networks {
+            state.registration_shares.give_back(network);
+        }
+        return Err(("registrations", "in all", wait));
+    }
+    Ok(Kept { networks })
+}
+
+/// Gives back what [`take_place`] took, for a registration not kept after all.
+fn give_back(state: &AppState, kept: &Kept) {
+    for network in &kept.networks {
+        state.registration_shares.give_back(network);
+    }
+    state.all_registrations.give_back(&());
+}
+
+/// `429 temporarily_unavailable` with `Retry-After`, logged at most once a minute
+/// and counted under `limit`.
+fn too_many(address: IpAddr, limit: &'static str, whose: &str, wait: RetryAfter) -> Response {
+    crate::warn_throttled!(client = %address, "registration refused: too many {whose}");
+    crate::telemetry::rate_limited(limit);
+    let mut refused = OAuthError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TemporarilyUnavailable,
+        format!(
+            "too many registrations {whose}; try again in {} second(s)",
+            wait.seconds()
+        ),
+    )
+    .into_response();
+    refused
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+    refused
 }
