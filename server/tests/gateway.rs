@@ -747,6 +747,70 @@ impl ServerHandler for Holds {
     }
 }
 
+/// The pool of connections for sessionless requests is shared by every client: one
+/// client holds at most half its places, so another's requests still go through
+/// while the first one's slow ones wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_half_of_the_pool() {
+    use tower::ServiceExt;
+    let holds = Holds::default();
+    let url = format!("http://{}/mcp", serve_upstream(holds.clone()).await);
+    // One connection: 64 places, 32 for each client.
+    let (app, first, _dir) = web_upstream(&url, "pool_size = 1\ntimeout = \"10s\"\n").await;
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let second = tokens["access_token"].as_str().expect("at").to_owned();
+    let hold = |token: &str, id: u64| {
+        let mut request = call(id, "hold", json!({}));
+        request["params"]["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        let mut request = McpPost {
+            path: "/mcp/web",
+            token: Some(token),
+            version: Some("2026-07-28"),
+            ..McpPost::default()
+        }
+        .body(request);
+        for (name, value) in [("mcp-method", "tools/call"), ("mcp-name", "hold")] {
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header"));
+        }
+        request
+    };
+    let reason = |answer: &Answer| {
+        let error = &answer.rpc()["error"];
+        assert_eq!(error["data"]["upstream"], "web", "{}", answer.body);
+        error["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut waiting = Vec::new();
+    for id in 1..=32 {
+        waiting.push(tokio::spawn(app.router.clone().oneshot(hold(&first, id))));
+    }
+    // The upstream (rmcp's server) runs 16 of a session's calls at once; the others
+    // wait in Gatehouse, holding their places.
+    tokio::time::timeout(Duration::from_secs(5), holds.reached(16))
+        .await
+        .expect("the first client's calls reach the upstream");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = app.send(hold(&first, 33)).await;
+    assert_eq!(reason(&refused), "too_many_requests", "{}", refused.body);
+    // Another client's call still gets a place (and waits, as the upstream is busy,
+    // until its timeout).
+    let other = app.send(hold(&second, 34)).await;
+    assert_eq!(reason(&other), "timeout", "{}", other.body);
+    for task in waiting {
+        task.abort();
+    }
+}
+
 /// Gatehouse whose one upstream, `web`, is the HTTP server at `url`, with `extra`
 /// lines in its config section; and a `web:read` token for it. The directory holds
 /// the config.
@@ -918,6 +982,91 @@ async fn a_session_that_cannot_be_restored_ends_instead_of_failing() {
     );
 }
 
+/// An HTTP upstream (rmcp, here) whose one tool answers with the id it was called
+/// by, as JSON text: a string of Gatehouse's on the direct path, a number through
+/// rmcp's relay.
+#[derive(Clone, Default)]
+struct Ids;
+
+impl ServerHandler for Ids {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("ids", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("id", "the call's id", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let id = serde_json::to_string(&context.id).expect("id");
+        Ok(CallToolResult::success(vec![ContentBlock::text(id)]).into())
+    }
+}
+
+/// A session brought back from the store (after a restart, here) is one like any
+/// other: its calls take the direct path again, and its upstream side is found when
+/// it must end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_takes_the_direct_path_again() {
+    let url = format!("http://{}/mcp", serve_upstream(Ids).await);
+    let (app, token, dir) = web_upstream(&url, "").await;
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let post = |body: Value| {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session: Some(&session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
+        .body(body)
+    };
+    let called_by = |answer: &Answer| -> Value {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        serde_json::from_str(&text(answer)).expect("an id")
+    };
+    let listed = app
+        .send(post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let id = called_by(&app.send(post(call(3, "id", json!({})))).await);
+    assert!(
+        id.as_str().is_some_and(|id| id.starts_with("gatehouse-")),
+        "{id}"
+    );
+
+    let config = dir.path().join("gatehouse.toml");
+    let app = app
+        .restart(&["--config", config.to_str().expect("utf-8")])
+        .await;
+    let listed = app
+        .send(post(
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    for id in 5..7 {
+        let seen = called_by(&app.send(post(call(id, "id", json!({})))).await);
+        assert!(
+            seen.as_str().is_some_and(|id| id.starts_with("gatehouse-")),
+            "call {id} in the restored session reached the upstream as {seen}"
+        );
+    }
+}
+
 /// An HTTP upstream (rmcp, here) whose tools talk back during a call: `ask` reports
 /// progress, asks the client for its roots, and answers with what it saw; `hold`
 /// waits until it is cancelled. It records the ids and progress tokens it is sent.
@@ -989,6 +1138,165 @@ impl ServerHandler for TalksBack {
             .map(|r| r.uri.clone())
             .unwrap_or_default();
         Ok(CallToolResult::success(vec![ContentBlock::text(format!("roots: {uri}"))]).into())
+    }
+}
+
+/// An HTTP upstream (rmcp, here) whose one tool sends progress, then answers when the
+/// test says; it tells the test when the progress went.
+#[derive(Clone, Default)]
+struct Ticks {
+    ticked: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl ServerHandler for Ticks {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("ticks", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new(
+            "tick",
+            "progress, then done",
+            Arc::new(serde_json::Map::new()),
+        )
+        .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(token) = context.meta.get_progress_token() {
+            let _ = context
+                .peer
+                .notify_progress(ProgressNotificationParam::new(token, 1.0))
+                .await;
+        }
+        self.ticked.notify_one();
+        self.release.notified().await;
+        Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
+    }
+}
+
+/// A call streaming its answer holds its session's place upstream (`max_sessions`)
+/// until it ends, even once the session has ended: here the client ends it with
+/// DELETE, and the upstream, which keeps a DELETE to itself (as a server may), goes
+/// on streaming. Without that, a client could hold many calls upstream while holding
+/// no session, past every session cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
+    use tower::ServiceExt;
+    let ticks = Ticks::default();
+    let service = StreamableHttpService::new(
+        {
+            let ticks = ticks.clone();
+            move || Ok(ticks.clone())
+        },
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let keeps_deletes = axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if request.method() == axum::http::Method::DELETE {
+                return axum::response::IntoResponse::into_response(StatusCode::OK);
+            }
+            next.run(request).await
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let app = axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(keeps_deletes);
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("[[upstream]]\nname = \"web\"\nurl = \"http://{addr}/mcp\"\nmax_sessions = 1\ntimeout = \"30s\"\n"),
+    )
+    .expect("write");
+    // The attempts below are new sessions too.
+    let app = TestApp::new(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--sessions-per-minute",
+        "1000",
+    ]);
+    let (_, tokens) = app
+        .tokens_at("https://gate.example.com/mcp/web", "web:read")
+        .await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let post = |body: Value| {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session: Some(&session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
+        .body(body)
+    };
+    let listed = app
+        .send(post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+
+    let mut request = call(3, "tick", json!({}));
+    request["params"]["_meta"] = json!({"progressToken": "p"});
+    let response = app
+        .router
+        .clone()
+        .oneshot(post(request))
+        .await
+        .expect("response");
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+    };
+    let progress = events.next().await;
+    assert_eq!(progress["method"], "notifications/progress", "{progress}");
+    let ended = app.end_session("/mcp/web", &token, &session, V2025).await;
+    assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
+
+    // However long one waits while the call streams, the upstream is full.
+    for id in 10..20 {
+        let answer = app.send(initialize("/mcp/web", &token, id)).await;
+        let reason = &answer.rpc()["error"]["data"]["reason"];
+        assert!(
+            reason == "busy" || reason == "client_busy",
+            "a new session while the ended one's call streams: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ticks.release.notify_one();
+    let done = events.next().await;
+    assert_eq!(done["result"]["content"][0]["text"], "done", "{done}");
+    drop(events);
+    // Once the call has ended, its place is given back.
+    for id in 20.. {
+        let answer = app.send(initialize("/mcp/web", &token, id)).await;
+        if answer.headers.get("mcp-session-id").is_some() {
+            break;
+        }
+        assert!(id < 70, "no place upstream within 5 s: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

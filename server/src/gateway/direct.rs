@@ -895,13 +895,14 @@ enum Next {
 }
 
 impl Answer {
-    /// The answer, holding `place` until it has been sent (a stream's end).
-    pub fn holding(self, place: tokio::sync::OwnedSemaphorePermit) -> Self {
+    /// The answer, holding `held` (its place in flight, its upstream session) until
+    /// it has been sent (a stream's end).
+    pub fn holding<T: Send + 'static>(self, held: T) -> Self {
         match self {
             Answer::Stream(messages) => Answer::Stream(
                 messages
                     .chain(futures::stream::poll_fn(move |_| {
-                        let _held = &place;
+                        let _held = &held;
                         std::task::Poll::Ready(None)
                     }))
                     .boxed(),

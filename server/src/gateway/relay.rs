@@ -279,6 +279,16 @@ impl GatewayHandler {
         request: ClientRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
+        // Sessionless requests share the pool: each client holds at most its share.
+        let _client_place = match self.session.get() {
+            Some(_) => None,
+            None => {
+                let Some(token) = granted(&context) else {
+                    return Err(ErrorData::invalid_request("no token", None));
+                };
+                Some(self.shared.pooled_place(&token.client_id)?)
+            }
+        };
         let up = self.upstream().await?;
         if up.peer().is_transport_closed() {
             return Err(self.shared.closed_error());

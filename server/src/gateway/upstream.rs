@@ -338,6 +338,8 @@ pub struct Shared {
     listed: Mutex<Option<tokio::time::Instant>>,
     pool: Vec<Mutex<PoolSlot>>,
     next: std::sync::atomic::AtomicUsize,
+    /// Sessionless requests each client has in flight on the pool.
+    pooled_calls: Held,
     observed: StdMutex<Observed>,
     /// `observed.ok == Some(true)`, read without the lock on the direct path.
     up: std::sync::atomic::AtomicBool,
@@ -380,6 +382,7 @@ impl Shared {
             held: Held::default(),
             pool: (0..config.pool_size).map(|_| Mutex::default()).collect(),
             next: Default::default(),
+            pooled_calls: Held::default(),
             listed: Mutex::new(None),
             observed: StdMutex::default(),
             up: Default::default(),
@@ -455,6 +458,23 @@ impl Shared {
             ),
             Some(json!({ "upstream": name, "reason": "too_many_requests" })),
         )
+    }
+
+    /// A place for one of `client`'s sessionless requests on the pool, which all
+    /// clients share: at most half of the pool's places ([`MAX_CALLS`] a connection),
+    /// so that one client's slow requests cannot take them all.
+    pub fn pooled_place(&self, client: &ClientId) -> Result<ClientPlace, ErrorData> {
+        let max = (self.pool.len() * MAX_CALLS / 2).max(1);
+        self.pooled_calls.take(client, max).ok_or_else(|| {
+            let name = &self.config.name;
+            ErrorData::internal_error(
+                format!(
+                    "this client has {max} requests without a session in flight to \
+                     upstream {name}, its maximum; wait for an answer before sending more"
+                ),
+                Some(json!({ "upstream": name, "reason": "too_many_requests" })),
+            )
+        })
     }
 
     pub fn closed_error(&self) -> ErrorData {

@@ -280,7 +280,11 @@ impl GatewayEndpoint {
                 // Without a place, the relay answers it (with the error).
                 let place = upstream.call_place()?;
                 let answer = leg.call(&self.shared, request).await?;
-                Some(answer_response(answer.holding(place)))
+                // A streamed answer holds its upstream session, and with it the
+                // session's places (`max_sessions`, the client's share), until it
+                // ends: the session may end first (DELETE, an idle close), and an
+                // upstream may go on streaming to a session ended on its side.
+                Some(answer_response(answer.holding((place, upstream.clone()))))
             }
             Direct::Answer(message) => leg.answer(&self.shared, message).await.then(accepted),
             Direct::Cancel(message) => leg.cancel(&self.shared, message).await.then(accepted),
@@ -634,19 +638,16 @@ impl Endpoint for GatewayEndpoint {
             }
         }
         let session = session_id(&parts.headers).map(str::to_owned);
-        let slot = match &session {
-            Some(session) => {
-                if let Some(entry) = self.live().get_mut(session) {
-                    entry.relayed = Instant::now();
-                }
-                None
+        if let Some(session) = &session {
+            if let Some(entry) = self.live().get_mut(session) {
+                entry.relayed = Instant::now();
             }
-            None => {
-                let slot = SessionSlot::default();
-                parts.extensions.insert(slot.clone());
-                Some(slot)
-            }
-        };
+        }
+        // Where `initialize` leaves the session's upstream: a new session's, or that
+        // of a session rmcp brings back from the store (after a restart or an idle
+        // close), whose `initialize` it replays within this request.
+        let slot = SessionSlot::default();
+        parts.extensions.insert(slot.clone());
         let mut response = self
             .transport
             .handle(rebuild(parts, body, access))
@@ -658,8 +659,12 @@ impl Endpoint for GatewayEndpoint {
             {
                 return self.not_restored(session).await;
             }
-        }
-        if let Some(slot) = slot {
+            // Brought back: its calls may take the direct path again, and
+            // `end_session` finds its upstream.
+            if slot.0.get().is_some() && response.status().is_success() {
+                self.opened(session, &slot);
+            }
+        } else {
             let opened = response
                 .headers()
                 .get(&SESSION_ID)
