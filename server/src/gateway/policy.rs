@@ -74,16 +74,24 @@ impl ToolPolicy {
         }
     }
 
-    /// Whether what `tool` needs is known: a rule names it, or the upstream listed it
-    /// and has not said since that its tools changed.
+    /// Whether what `tool` needs is known: a `read` or `write` rule names it, or the
+    /// upstream listed it and has not said since that its tools changed. A denied
+    /// tool counts as unknown, as a tool the upstream does not have does: both take
+    /// the same path (a listing at most every so often), so a caller cannot tell
+    /// them apart by the time they take.
     pub fn knows(&self, tool: &str) -> bool {
-        self.rule(tool).is_some()
-            || (!self.is_stale()
-                && self
-                    .read_only
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(tool))
+        match self.rule(tool) {
+            Some(RuleAccess::Deny) => false,
+            Some(_) => true,
+            None => {
+                !self.is_stale()
+                    && self
+                        .read_only
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(tool)
+            }
+        }
     }
 
     /// The upstream's tools changed: the next call of a tool no rule names lists
@@ -274,6 +282,17 @@ mod tests {
         policy.learn(&[tool("query", Some(true))], policy.changes(), false);
         assert!(!policy.knows("query"));
         assert_eq!(policy.tool_access("query"), Some(Access::Read));
+    }
+
+    #[test]
+    fn a_denied_tool_is_as_unknown_as_one_the_upstream_does_not_have() {
+        let policy = ToolPolicy::new(vec![ToolRule::parse("secret_*", "deny").expect("rule")]);
+        policy.learn(&[tool("secret_keys", Some(true))], 0, true);
+        for name in ["secret_keys", "no_such_tool"] {
+            assert!(!policy.knows(name), "{name}");
+        }
+        assert_eq!(policy.tool_access("secret_keys"), None);
+        assert!(!policy.visible("secret_keys"));
     }
 
     #[test]

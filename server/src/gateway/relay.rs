@@ -462,7 +462,8 @@ impl ServerHandler for GatewayHandler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        // A denied tool is answered exactly as a tool that does not exist.
+        // A denied tool is answered as a tool that does not exist (in Gatehouse's
+        // words, which may not be the upstream's).
         let Some(access) = self.shared.policy.tool_access(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("Unknown tool: {}", request.name),
