@@ -1694,6 +1694,7 @@ async fn document_server() -> DocumentServer {
     let big_chunked = oversized_document(&base, "/big-chunked.json");
     // What the redirect points at would pass every check, were it followed.
     let redirect_target = document(&base, "/redirect.json", "Followed a redirect").to_string();
+    let slow = document(&base, "/slow-no-store.json", "Slow").to_string();
     let counter = hits.clone();
     let app = axum::Router::new()
         .route(
@@ -1728,6 +1729,27 @@ async fn document_server() -> DocumentServer {
             "/redirect-target.json",
             get(move || async move { json_body(Body::from(redirect_target)) }),
         )
+        // Slow, and not to be kept: every lookup is a fetch.
+        .route(
+            "/slow-no-store.json",
+            get(move || async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                (
+                    [
+                        (header::CACHE_CONTROL, "no-store"),
+                        (header::CONTENT_TYPE, "application/json"),
+                    ],
+                    slow,
+                )
+            }),
+        )
+        .route(
+            "/slow-failing.json",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
         .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }))
         .route(
             "/failing.json",
@@ -1750,6 +1772,53 @@ async fn document_server() -> DocumentServer {
         let _ = axum::serve(listener, app).await;
     });
     DocumentServer { base, hits }
+}
+
+/// Requests that name a document while it is being fetched share that fetch, found
+/// or failed: a flood naming one document that is not cached (served `no-store`,
+/// here) costs one fetch, not one each. Once it is done, the next lookup fetches
+/// again, as `no-store` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_a_document_being_fetched_share_the_fetch() {
+    let docs = document_server().await;
+    let app = Arc::new(TestApp::new(&["--insecure-allow-loopback-client-metadata"]));
+    let at_once = |path: &'static str| {
+        let client_id = format!("{}{path}", docs.base);
+        let app = app.clone();
+        async move {
+            let lookups = (0..8).map(|_| {
+                let app = app.clone();
+                let client_id = client_id.clone();
+                tokio::spawn(async move { app.authorize(&client_id, &[], None).await })
+            });
+            let mut statuses = Vec::new();
+            for lookup in futures::future::join_all(lookups).await {
+                statuses.push(lookup.expect("lookup").status);
+            }
+            statuses
+        }
+    };
+    // Found: every request goes on to sign in.
+    let statuses = at_once("/slow-no-store.json").await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::SEE_OTHER),
+        "{statuses:?}"
+    );
+    assert_eq!(docs.hits("/slow-no-store.json"), 1);
+    // Failed: every request hears so.
+    let statuses = at_once("/slow-failing.json").await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == statuses[0] && s.is_client_error()),
+        "{statuses:?}"
+    );
+    assert_eq!(docs.hits("/slow-failing.json"), 1);
+    // Not kept: the next lookup fetches it again.
+    let client_id = format!("{}/slow-no-store.json", docs.base);
+    let again = app.authorize(&client_id, &[], None).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
+    assert_eq!(docs.hits("/slow-no-store.json"), 2);
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! client-ID metadata documents (fetched and cached) and of registered clients, and
 //! client authentication at the token and revocation endpoints (RFC 6749 §2.3).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::{
@@ -13,7 +15,50 @@ use super::{
     secret::{random_token, SecretHash},
     AuthServer, ClientError, RegisterError, TokenError,
 };
-use crate::store::{decode, encode, Put};
+use crate::{
+    outbound::FetchError,
+    store::{decode, encode, Put},
+};
+
+/// A fetch of one metadata document that requests share: what it found, once done.
+pub(super) type Fetching = Arc<tokio::sync::OnceCell<Result<Client, FetchError>>>;
+
+/// A request's part in the fetch of a document: the fetch under way, or a new one.
+/// When the last request taking part goes (or the fetch is done), the fetch is no
+/// longer under way: the next request looks in the cache, then fetches anew.
+struct FetchTurn<'a> {
+    server: &'a AuthServer,
+    url: &'a url::Url,
+    fetch: Fetching,
+}
+
+impl<'a> FetchTurn<'a> {
+    fn join(server: &'a AuthServer, url: &'a url::Url) -> Self {
+        let mut fetching = server.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        let fetch = fetching.entry(url.clone()).or_default().clone();
+        FetchTurn { server, url, fetch }
+    }
+}
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self
+            .server
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Counted under the lock that every new part takes: the map's and ours are
+        // the only ones left, or the fetch is done (those still waiting hold it).
+        let last = Arc::strong_count(&self.fetch) <= 2 || self.fetch.initialized();
+        if last
+            && fetching
+                .get(self.url)
+                .is_some_and(|under_way| Arc::ptr_eq(under_way, &self.fetch))
+        {
+            fetching.remove(self.url);
+        }
+    }
+}
 
 /// How the client identified itself at the token or revocation endpoint.
 #[derive(Clone, Debug)]
@@ -186,10 +231,21 @@ impl AuthServer {
         if let Some(pinned) = self.settings.pinned_documents.get(url) {
             return Ok(pinned.client.clone());
         }
-        let now_ms = self.clock.now_ms();
-        if let Some(client) = self.document_cache().get(url, now_ms) {
+        if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
             return Ok(client);
         }
+        // One fetch of a document at a time: requests that name a document being
+        // fetched wait for that fetch and share what it found, so a flood naming one
+        // document while it is not cached (Claude's after a restart, or one served
+        // `no-store`) costs one fetch and one of the fetcher's places, not one each.
+        let turn = FetchTurn::join(self, url);
+        let outcome = turn.fetch.get_or_init(|| self.fetch_document(url)).await;
+        outcome.clone().map_err(ClientError::from)
+    }
+
+    /// Fetches and validates the document at `url`, and caches it as its HTTP
+    /// caching headers allow.
+    async fn fetch_document(&self, url: &url::Url) -> Result<Client, FetchError> {
         let known = self.document_cache().is_proven(url);
         let fetched = self.fetcher.fetch(url, known).await?;
         let client = metadata_document::client_from_document(
@@ -198,8 +254,12 @@ impl AuthServer {
             &self.known_scopes(),
             self.now(),
         )
-        .map_err(ClientError::Document)?;
+        .map_err(|reason| FetchError {
+            reason,
+            transient: false,
+        })?;
         if let Some(max_age) = fetched.max_age {
+            let now_ms = self.clock.now_ms();
             let expires = now_ms + max_age.as_millis() as u64;
             self.document_cache()
                 .insert(url, client.clone(), expires, now_ms);

@@ -83,6 +83,8 @@ pub struct AuthServer {
     settings: OAuthSettings,
     fetcher: DocumentFetcher,
     documents: std::sync::Mutex<metadata_document::DocumentCache>,
+    /// Metadata-document fetches under way, by URL (see `AuthServer::document_client`).
+    fetching: std::sync::Mutex<std::collections::HashMap<url::Url, clients::Fetching>>,
     /// Access-token records as the guard last decoded them.
     decoded: bearer::DecodedTokens,
     clock: Clock,
@@ -103,6 +105,7 @@ impl AuthServer {
             documents: std::sync::Mutex::new(metadata_document::DocumentCache::new(
                 settings.max_cached_documents,
             )),
+            fetching: Default::default(),
             store,
             audit,
             settings,
