@@ -153,6 +153,48 @@ async fn one_address_takes_only_its_share_of_all_registrations() {
     assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
 }
 
+/// Without a trusted proxy, 127.0.0.1 is a local proxy that cannot name its clients:
+/// its registrations count in the whole only. With one, a client whose headers make
+/// it the proxy itself (two that disagree) counts in the proxy's share: a header of
+/// one's own does not lift the limit.
+#[tokio::test]
+async fn a_trusted_proxys_unnamed_clients_share_its_share_and_a_local_one_counts_in_all() {
+    let limits = [
+        "--registrations-per-minute",
+        "100",
+        "--registrations-per-hour",
+        "50",
+    ];
+    let local = TestApp::new(&limits);
+    for _ in 0..8 {
+        let answer = local.send(from([127, 0, 0, 1], registration())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let proxied = TestApp::new(&[&limits[..], &["--trusted-proxy", "127.0.0.1"]].concat());
+    let forged = || {
+        let mut request = from([127, 0, 0, 1], registration());
+        let headers = request.headers_mut();
+        headers.insert("x-forwarded-for", "198.51.100.7".parse().expect("header"));
+        headers.insert("forwarded", "for=203.0.113.9".parse().expect("header"));
+        request
+    };
+    for _ in 0..5 {
+        let answer = proxied.send(forged()).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    let refused = proxied.send(forged()).await;
+    assert_oauth_error(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+    );
+    assert!(
+        refused.body.contains("from this address"),
+        "{}",
+        refused.body
+    );
+}
+
 /// Only registrations that are kept count against what all may register: requests
 /// refused as invalid, however many, take nothing of it.
 #[tokio::test]

@@ -799,8 +799,19 @@ async fn one_client_holds_at_most_half_of_the_pool() {
     tokio::time::timeout(Duration::from_secs(5), holds.reached(16))
         .await
         .expect("the first client's calls reach the upstream");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = app.send(hold(&first, 33)).await;
+    // Once the others hold their places too (a loaded machine may take a moment),
+    // the first client's next call is refused at once. One sent sooner takes a
+    // place, and is dropped (giving it back) when it is not answered at once.
+    let mut refused = None;
+    for id in 33..60 {
+        if let Ok(answer) =
+            tokio::time::timeout(Duration::from_millis(500), app.send(hold(&first, id))).await
+        {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("a call past the client's share is refused at once");
     assert_eq!(reason(&refused), "too_many_requests", "{}", refused.body);
     // Another client's call still gets a place (and waits, as the upstream is busy,
     // until its timeout).
@@ -1298,6 +1309,109 @@ async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
         assert!(id < 70, "no place upstream within 5 s: {}", answer.body);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An HTTP upstream (rmcp, here) whose one tool reports progress every 200 ms for
+/// 4 s, then answers.
+#[derive(Clone, Default)]
+struct Slow;
+
+impl ServerHandler for Slow {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("slow", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tool = Tool::new("slow", "4 s of progress", Arc::new(serde_json::Map::new()))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let token = context.meta.get_progress_token();
+        for step in 1..=20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(token) = token.clone() {
+                let _ = context
+                    .peer
+                    .notify_progress(ProgressNotificationParam::new(token, f64::from(step)))
+                    .await;
+            }
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
+    }
+}
+
+/// A call that streams for longer than its upstream's `idle_timeout`, with nothing
+/// else in its session, keeps the session open: rmcp does not see the direct path's
+/// traffic, so it would close the session as idle, and the client's next request
+/// would have to bring it back, which needs a place upstream that the streaming
+/// call still holds (here the only one): 404, and the session lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_streamed_call_keeps_its_session_open() {
+    use tower::ServiceExt;
+    let url = format!("http://{}/mcp", serve_upstream(Slow).await);
+    let (app, token, _dir) = web_upstream(
+        &url,
+        "max_sessions = 1\nidle_timeout = \"2s\"\ntimeout = \"30s\"\n",
+    )
+    .await;
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let post = |body: Value| {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session: Some(&session),
+            version: Some(V2025),
+            ..McpPost::default()
+        }
+        .body(body)
+    };
+    let listed = app
+        .send(post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let mut request = call(3, "slow", json!({}));
+    request["params"]["_meta"] = json!({"progressToken": "p"});
+    let response = app
+        .router
+        .clone()
+        .oneshot(post(request))
+        .await
+        .expect("response");
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+    };
+    let streamed = tokio::spawn(async move {
+        loop {
+            let event = events.next().await;
+            if event.get("result").is_some() || event.get("error").is_some() {
+                return event;
+            }
+        }
+    });
+    // Past the idle timeout, while the call still streams.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listed = app
+        .send(post(
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        ))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let done = streamed.await.expect("the stream");
+    assert_eq!(done["result"]["content"][0]["text"], "done", "{done}");
 }
 
 /// The messages of an SSE answer, read as they arrive.

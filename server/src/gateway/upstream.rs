@@ -572,7 +572,26 @@ impl Shared {
     /// A pooled connection for sessionless requests, started when first needed and
     /// again after it stopped.
     pub async fn pooled(self: &Arc<Self>) -> Result<Arc<UpSession>, ErrorData> {
-        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pool.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let index = start % self.pool.len();
+        // An open connection with room, from this turn's on: one client's slow
+        // requests filling one connection must not fail every request whose turn
+        // lands on it. A turn that lands on a connection not open opens it.
+        for k in 0..self.pool.len() {
+            let Ok(slot) = self.pool[(start + k) % self.pool.len()].try_lock() else {
+                continue;
+            };
+            match slot.session.as_ref() {
+                Some(session)
+                    if !session.peer().is_transport_closed()
+                        && session.calls.available_permits() > 0 =>
+                {
+                    return Ok(session.clone());
+                }
+                None if k == 0 => break,
+                _ => {}
+            }
+        }
         // Waiting behind a connection being opened takes no longer than opening one.
         let wait = self.config.connect_timeout;
         let Ok(mut slot) = tokio::time::timeout(wait, self.pool[index].lock()).await else {

@@ -59,7 +59,7 @@ pub struct GatewayEndpoint {
     transport: StreamableHttpService<GatewayHandler, LocalSessionManager>,
     /// Live sessions of an HTTP upstream, for the direct path.
     live: StdMutex<HashMap<String, Live>>,
-    touches: AtomicU64,
+    touches: Arc<AtomicU64>,
     /// Sessions found without a binding by [`end_ungranted`], and since when (ms).
     unbound: StdMutex<HashMap<SessionId, u64>>,
 }
@@ -124,7 +124,7 @@ impl GatewayEndpoint {
             stored,
             transport,
             live: StdMutex::default(),
-            touches: AtomicU64::new(0),
+            touches: Arc::default(),
             unbound: StdMutex::default(),
         }
     }
@@ -246,23 +246,33 @@ impl GatewayEndpoint {
     /// Lets rmcp see a session the direct path serves, which it would otherwise close
     /// as idle: a `ping` of Gatehouse's own through the session, which rmcp answers.
     fn touch(&self, session: SessionId) {
-        let sessions = self.sessions.clone();
-        let ping = json!({
-            "jsonrpc": "2.0",
-            "id": format!("gatehouse-touch-{}", self.touches.fetch_add(1, Ordering::Relaxed)),
-            "method": "ping",
-        });
-        // Bounded as a whole: a session whose worker no longer takes messages (its
-        // client stopped reading) must not keep this task for ever.
-        tokio::spawn(tokio::time::timeout(TOUCH_TIMEOUT, async move {
-            let Ok(ping) = serde_json::from_value::<ClientJsonRpcMessage>(ping) else {
-                return;
-            };
-            if let Ok(answer) = sessions.create_stream(&session, ping).await {
-                let mut answer = Box::pin(answer);
-                answer.next().await;
-            }
-        }));
+        touch(&self.sessions, &self.touches, session);
+    }
+
+    /// `answer`, touching `session` (see [`Self::touch`]) every quarter of the idle
+    /// timeout while it streams: a call that streams for longer than that, with
+    /// nothing else in its session, would otherwise see rmcp close the session as
+    /// idle under it, and the session, brought back at the client's next request,
+    /// would need places upstream while the call still holds the old ones.
+    fn touching(&self, answer: Answer, session: &str) -> Answer {
+        let Answer::Stream(messages) = answer else {
+            return answer;
+        };
+        let (sessions, touches) = (self.sessions.clone(), self.touches.clone());
+        let session = SessionId::from(session);
+        let every = self.shared.config.idle_timeout / 4;
+        let mut touched = Instant::now();
+        Answer::Stream(
+            messages
+                .inspect(move |_| {
+                    // Every message counts, keep-alives too (one each 15 s).
+                    if touched.elapsed() >= every {
+                        touched = Instant::now();
+                        touch(&sessions, &touches, session.clone());
+                    }
+                })
+                .boxed(),
+        )
     }
 
     /// Serves `direct` without rmcp, or `None` to leave it to rmcp.
@@ -284,7 +294,8 @@ impl GatewayEndpoint {
                 // session's places (`max_sessions`, the client's share), until it
                 // ends: the session may end first (DELETE, an idle close), and an
                 // upstream may go on streaming to a session ended on its side.
-                Some(answer_response(answer.holding((place, upstream.clone()))))
+                let answer = self.touching(answer.holding((place, upstream.clone())), session);
+                Some(answer_response(answer))
             }
             Direct::Answer(message) => leg.answer(&self.shared, message).await.then(accepted),
             Direct::Cancel(message) => leg.cancel(&self.shared, message).await.then(accepted),
@@ -347,6 +358,27 @@ impl GatewayEndpoint {
             },
         );
     }
+}
+
+/// Lets rmcp see `session` (see [`GatewayEndpoint::touch`]).
+fn touch(sessions: &Arc<LocalSessionManager>, touches: &AtomicU64, session: SessionId) {
+    let sessions = sessions.clone();
+    let ping = json!({
+        "jsonrpc": "2.0",
+        "id": format!("gatehouse-touch-{}", touches.fetch_add(1, Ordering::Relaxed)),
+        "method": "ping",
+    });
+    // Bounded as a whole: a session whose worker no longer takes messages (its
+    // client stopped reading) must not keep this task for ever.
+    tokio::spawn(tokio::time::timeout(TOUCH_TIMEOUT, async move {
+        let Ok(ping) = serde_json::from_value::<ClientJsonRpcMessage>(ping) else {
+            return;
+        };
+        if let Ok(answer) = sessions.create_stream(&session, ping).await {
+            let mut answer = Box::pin(answer);
+            answer.next().await;
+        }
+    }));
 }
 
 /// How often each instance ends the gateway sessions whose client lost its grant
@@ -660,8 +692,10 @@ impl Endpoint for GatewayEndpoint {
                 return self.not_restored(session).await;
             }
             // Brought back: its calls may take the direct path again, and
-            // `end_session` finds its upstream.
-            if slot.0.get().is_some() && response.status().is_success() {
+            // `end_session` finds its upstream. Also when this request then failed
+            // (rmcp checks the protocol version header after bringing it back): the
+            // session lives on in rmcp, which will not replay its `initialize` again.
+            if slot.0.get().is_some() {
                 self.opened(session, &slot);
             }
         } else {

@@ -1,6 +1,6 @@
 //! `POST /oauth/register`: RFC 7591 dynamic client registration.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::{
     extract::State,
@@ -82,21 +82,21 @@ pub async fn register(
     Ok(response)
 }
 
-/// Where a registration from `address` counts besides the whole: its address (an
-/// IPv6 /64) and its IPv6 /48. A local or trusted proxy that names nobody counts in
-/// the whole only, as it speaks for every client behind it.
+/// Where a registration from `address` counts besides the whole: its IPv6 /48, then
+/// its address (an IPv6 /64), the wider first so that a refusal there takes nothing
+/// in the narrower one. Without a trusted proxy, 127.0.0.1 and ::1 are a local proxy
+/// that cannot name its clients, and count in the whole only. With one, a client it
+/// does not name (or whose headers disagree) counts as the proxy's address, in its
+/// share: sending a header of one's own must not lift the limit.
 fn kept_networks(state: &AppState, address: IpAddr) -> Vec<Network> {
     let address = address.to_canonical();
-    let proxy = address.is_loopback()
-        || state
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&address));
-    if proxy {
+    let local = address == IpAddr::from(Ipv4Addr::LOCALHOST)
+        || address == IpAddr::from(Ipv6Addr::LOCALHOST);
+    if local && state.config.trusted_proxies.is_empty() {
         return Vec::new();
     }
-    Network::of(address).into_iter().flatten().collect()
+    let [own, wide] = Network::of(address);
+    [wide, own].into_iter().flatten().collect()
 }
 
 /// What one kept registration took.
