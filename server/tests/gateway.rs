@@ -1311,8 +1311,8 @@ async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
     }
 }
 
-/// An HTTP upstream (rmcp, here) whose one tool reports progress every 200 ms for
-/// 4 s, then answers.
+/// An HTTP upstream (rmcp, here) whose one tool reports progress once, says nothing
+/// for 4 s, then answers.
 #[derive(Clone, Default)]
 struct Slow;
 
@@ -1327,7 +1327,7 @@ impl ServerHandler for Slow {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("slow", "4 s of progress", Arc::new(serde_json::Map::new()))
+        let tool = Tool::new("slow", "4 s of silence", Arc::new(serde_json::Map::new()))
             .with_annotations(ToolAnnotations::new().read_only(true));
         Ok(ListToolsResult::with_all_items(vec![tool]))
     }
@@ -1337,22 +1337,19 @@ impl ServerHandler for Slow {
         _request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let token = context.meta.get_progress_token();
-        for step in 1..=20 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(token) = token.clone() {
-                let _ = context
-                    .peer
-                    .notify_progress(ProgressNotificationParam::new(token, f64::from(step)))
-                    .await;
-            }
+        if let Some(token) = context.meta.get_progress_token() {
+            let _ = context
+                .peer
+                .notify_progress(ProgressNotificationParam::new(token, 1.0))
+                .await;
         }
+        tokio::time::sleep(Duration::from_secs(4)).await;
         Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
     }
 }
 
 /// A call that streams for longer than its upstream's `idle_timeout`, with nothing
-/// else in its session, keeps the session open: rmcp does not see the direct path's
+/// else in its session and nothing to say for most of it, keeps the session open: rmcp does not see the direct path's
 /// traffic, so it would close the session as idle, and the client's next request
 /// would have to bring it back, which needs a place upstream that the streaming
 /// call still holds (here the only one): 404, and the session lost.

@@ -1733,7 +1733,7 @@ async fn document_server() -> DocumentServer {
         .route(
             "/slow-no-store.json",
             get(move || async move {
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 (
                     [
                         (header::CACHE_CONTROL, "no-store"),
@@ -1746,7 +1746,7 @@ async fn document_server() -> DocumentServer {
         .route(
             "/slow-failing.json",
             get(|| async {
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 StatusCode::SERVICE_UNAVAILABLE
             }),
         )
@@ -1776,8 +1776,9 @@ async fn document_server() -> DocumentServer {
 
 /// Requests that name a document while it is being fetched share that fetch, found
 /// or failed: a flood naming one document that is not cached (served `no-store`,
-/// here) costs one fetch, not one each. Once it is done, the next lookup fetches
-/// again, as `no-store` says.
+/// here) costs one fetch, not one each, and the first request going away does not
+/// start it again. Once it is done, the next lookup fetches again, as `no-store`
+/// says. (The documents take 2 s, for the requests to gather on a loaded machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_naming_a_document_being_fetched_share_the_fetch() {
     let docs = document_server().await;
@@ -1798,6 +1799,15 @@ async fn requests_naming_a_document_being_fetched_share_the_fetch() {
             statuses
         }
     };
+    // The first request gives up at once; the fetch it started goes on for the
+    // others.
+    let client_id = format!("{}/slow-no-store.json", docs.base);
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        app.authorize(&client_id, &[], None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the document takes 2 s");
     // Found: every request goes on to sign in.
     let statuses = at_once("/slow-no-store.json").await;
     assert!(
@@ -1815,7 +1825,6 @@ async fn requests_naming_a_document_being_fetched_share_the_fetch() {
     );
     assert_eq!(docs.hits("/slow-failing.json"), 1);
     // Not kept: the next lookup fetches it again.
-    let client_id = format!("{}/slow-no-store.json", docs.base);
     let again = app.authorize(&client_id, &[], None).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
     assert_eq!(docs.hits("/slow-no-store.json"), 2);

@@ -576,20 +576,25 @@ impl Shared {
         let index = start % self.pool.len();
         // An open connection with room, from this turn's on: one client's slow
         // requests filling one connection must not fail every request whose turn
-        // lands on it. A turn that lands on a connection not open opens it.
+        // lands on it. A turn that lands on a connection not open (never opened, or
+        // closed: a stdio server that exited) opens it, unless it waits out its
+        // back-off.
+        let now = tokio::time::Instant::now();
         for k in 0..self.pool.len() {
             let Ok(slot) = self.pool[(start + k) % self.pool.len()].try_lock() else {
                 continue;
             };
             match slot.session.as_ref() {
-                Some(session)
-                    if !session.peer().is_transport_closed()
-                        && session.calls.available_permits() > 0 =>
-                {
-                    return Ok(session.clone());
+                Some(session) if !session.peer().is_transport_closed() => {
+                    if session.calls.available_permits() > 0 {
+                        return Ok(session.clone());
+                    }
                 }
-                None if k == 0 => break,
-                _ => {}
+                _ => {
+                    if k == 0 && slot.retry_at.is_none_or(|at| now >= at) {
+                        break;
+                    }
+                }
             }
         }
         // Waiting behind a connection being opened takes no longer than opening one.

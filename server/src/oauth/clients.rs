@@ -2,8 +2,15 @@
 //! client-ID metadata documents (fetched and cached) and of registered clients, and
 //! client authentication at the token and revocation endpoints (RFC 6749 §2.3).
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
 
 use super::{
@@ -16,49 +23,19 @@ use super::{
     AuthServer, ClientError, RegisterError, TokenError,
 };
 use crate::{
-    outbound::FetchError,
+    outbound::{FetchError, Fetched},
     store::{decode, encode, Put},
 };
 
-/// A fetch of one metadata document that requests share: what it found, once done.
-pub(super) type Fetching = Arc<tokio::sync::OnceCell<Result<Client, FetchError>>>;
+/// The fetch of one metadata document, which every request naming the document
+/// while it runs awaits: what it found, or why it failed.
+type SharedFetch = Shared<BoxFuture<'static, Result<Fetched, FetchError>>>;
 
-/// A request's part in the fetch of a document: the fetch under way, or a new one.
-/// When the last request taking part goes (or the fetch is done), the fetch is no
-/// longer under way: the next request looks in the cache, then fetches anew.
-struct FetchTurn<'a> {
-    server: &'a AuthServer,
-    url: &'a url::Url,
-    fetch: Fetching,
-}
+/// Fetches under way, by URL, each with a number of its own.
+pub(super) type Fetches = Arc<std::sync::Mutex<HashMap<url::Url, (u64, SharedFetch)>>>;
 
-impl<'a> FetchTurn<'a> {
-    fn join(server: &'a AuthServer, url: &'a url::Url) -> Self {
-        let mut fetching = server.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        let fetch = fetching.entry(url.clone()).or_default().clone();
-        FetchTurn { server, url, fetch }
-    }
-}
-
-impl Drop for FetchTurn<'_> {
-    fn drop(&mut self) {
-        let mut fetching = self
-            .server
-            .fetching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Counted under the lock that every new part takes: the map's and ours are
-        // the only ones left, or the fetch is done (those still waiting hold it).
-        let last = Arc::strong_count(&self.fetch) <= 2 || self.fetch.initialized();
-        if last
-            && fetching
-                .get(self.url)
-                .is_some_and(|under_way| Arc::ptr_eq(under_way, &self.fetch))
-        {
-            fetching.remove(self.url);
-        }
-    }
-}
+/// Numbers the fetches, so that one ending removes its own entry, not a later one's.
+static FETCH_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 /// How the client identified itself at the token or revocation endpoint.
 #[derive(Clone, Debug)]
@@ -234,30 +211,14 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
             return Ok(client);
         }
-        // One fetch of a document at a time: requests that name a document being
-        // fetched wait for that fetch and share what it found, so a flood naming one
-        // document while it is not cached (Claude's after a restart, or one served
-        // `no-store`) costs one fetch and one of the fetcher's places, not one each.
-        let turn = FetchTurn::join(self, url);
-        let outcome = turn.fetch.get_or_init(|| self.fetch_document(url)).await;
-        outcome.clone().map_err(ClientError::from)
-    }
-
-    /// Fetches and validates the document at `url`, and caches it as its HTTP
-    /// caching headers allow.
-    async fn fetch_document(&self, url: &url::Url) -> Result<Client, FetchError> {
-        let known = self.document_cache().is_proven(url);
-        let fetched = self.fetcher.fetch(url, known).await?;
+        let fetched = self.shared_fetch(url).await?;
         let client = metadata_document::client_from_document(
             url,
             &fetched.body,
             &self.known_scopes(),
             self.now(),
         )
-        .map_err(|reason| FetchError {
-            reason,
-            transient: false,
-        })?;
+        .map_err(ClientError::Document)?;
         if let Some(max_age) = fetched.max_age {
             let now_ms = self.clock.now_ms();
             let expires = now_ms + max_age.as_millis() as u64;
@@ -265,6 +226,48 @@ impl AuthServer {
                 .insert(url, client.clone(), expires, now_ms);
         }
         Ok(client)
+    }
+
+    /// The fetch of the document at `url`: the one under way, or a new one.
+    ///
+    /// One fetch of a document at a time: requests that name a document being
+    /// fetched await that fetch and share what it found, so a flood naming one
+    /// document while it is not cached (Claude's after a restart, or one served
+    /// `no-store`) costs one fetch and one of the fetcher's places, not one each. The
+    /// fetch is a task of its own, which no request's going away cancels (nor makes
+    /// start again), bounded by the fetcher's own deadline; when it ends, its entry
+    /// goes, and the next request looks in the cache, then fetches anew.
+    fn shared_fetch(&self, url: &url::Url) -> SharedFetch {
+        let known = self.document_cache().is_proven(url);
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, fetch)) = fetching.get(url) {
+            return fetch.clone();
+        }
+        let number = FETCH_NUMBER.fetch_add(1, Ordering::Relaxed);
+        let (fetcher, fetches, url) = (self.fetcher.clone(), self.fetching.clone(), url.clone());
+        let key = url.clone();
+        // The entry is in place before the task can look for it: the task takes the
+        // lock held here.
+        let task = tokio::spawn(async move {
+            let fetched = fetcher.fetch(&url, known).await;
+            let mut fetching = fetches.lock().unwrap_or_else(|p| p.into_inner());
+            if fetching.get(&url).is_some_and(|(n, _)| *n == number) {
+                fetching.remove(&url);
+            }
+            fetched
+        });
+        let fetch = async move {
+            task.await.unwrap_or_else(|_| {
+                Err(FetchError {
+                    reason: "the metadata document could not be fetched".into(),
+                    transient: true,
+                })
+            })
+        }
+        .boxed()
+        .shared();
+        fetching.insert(key, (number, fetch.clone()));
+        fetch
     }
 
     pub(super) fn document_cache(

@@ -81,10 +81,10 @@ pub struct AuthServer {
     store: SharedStore,
     audit: Arc<Audit>,
     settings: OAuthSettings,
-    fetcher: DocumentFetcher,
+    fetcher: Arc<DocumentFetcher>,
     documents: std::sync::Mutex<metadata_document::DocumentCache>,
     /// Metadata-document fetches under way, by URL (see `AuthServer::document_client`).
-    fetching: std::sync::Mutex<std::collections::HashMap<url::Url, clients::Fetching>>,
+    fetching: clients::Fetches,
     /// Access-token records as the guard last decoded them.
     decoded: bearer::DecodedTokens,
     clock: Clock,
@@ -109,7 +109,7 @@ impl AuthServer {
             store,
             audit,
             settings,
-            fetcher,
+            fetcher: Arc::new(fetcher),
             clock,
         }))
     }

@@ -260,18 +260,16 @@ impl GatewayEndpoint {
         };
         let (sessions, touches) = (self.sessions.clone(), self.touches.clone());
         let session = SessionId::from(session);
-        let every = self.shared.config.idle_timeout / 4;
-        let mut touched = Instant::now();
+        let period = (self.shared.config.idle_timeout / 4).max(MIN_TOUCH_EVERY);
+        let mut every = tokio::time::interval_at(Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Answer::Stream(
-            messages
-                .inspect(move |_| {
-                    // Every message counts, keep-alives too (one each 15 s).
-                    if touched.elapsed() >= every {
-                        touched = Instant::now();
-                        touch(&sessions, &touches, session.clone());
-                    }
-                })
-                .boxed(),
+            Touching {
+                messages,
+                every,
+                touch: move || touch(&sessions, &touches, session.clone()),
+            }
+            .boxed(),
         )
     }
 
@@ -357,6 +355,31 @@ impl GatewayEndpoint {
                 relayed: Instant::now(),
             },
         );
+    }
+}
+
+/// The shortest time between two touches of a session while a call streams.
+const MIN_TOUCH_EVERY: Duration = Duration::from_millis(100);
+
+/// A streamed answer that calls `touch` each time `every` ticks while it streams
+/// (hyper polls it then: the interval wakes it), however quiet the call is.
+struct Touching<F> {
+    messages: futures::stream::BoxStream<'static, Option<Vec<u8>>>,
+    every: tokio::time::Interval,
+    touch: F,
+}
+
+impl<F: FnMut() + Unpin> futures::Stream for Touching<F> {
+    type Item = Option<Vec<u8>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        while self.every.poll_tick(cx).is_ready() {
+            (self.touch)();
+        }
+        self.messages.poll_next_unpin(cx)
     }
 }
 
