@@ -65,7 +65,6 @@ impl std::fmt::Display for FetchError {
 }
 
 /// A fetched document and how long it may be cached.
-#[derive(Clone)]
 pub struct Fetched {
     pub body: Vec<u8>,
     /// From `Cache-Control: max-age`; `None` when the response forbids caching.

@@ -23,19 +23,38 @@ use super::{
     AuthServer, ClientError, RegisterError, TokenError,
 };
 use crate::{
-    outbound::{FetchError, Fetched},
+    outbound::FetchError,
     store::{decode, encode, Put},
 };
 
 /// The fetch of one metadata document, which every request naming the document
-/// while it runs awaits: what it found, or why it failed.
-type SharedFetch = Shared<BoxFuture<'static, Result<Fetched, FetchError>>>;
+/// while it runs awaits: the client it describes, or why there is none.
+type SharedFetch = Shared<BoxFuture<'static, Result<Client, FetchError>>>;
 
 /// Fetches under way, by URL, each with a number of its own.
 pub(super) type Fetches = Arc<std::sync::Mutex<HashMap<url::Url, (u64, SharedFetch)>>>;
 
 /// Numbers the fetches, so that one ending removes its own entry, not a later one's.
 static FETCH_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes a fetch's entry when its task ends, however it ends.
+struct FetchDone {
+    fetches: Fetches,
+    url: url::Url,
+    number: u64,
+}
+
+impl Drop for FetchDone {
+    fn drop(&mut self) {
+        let mut fetching = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching
+            .get(&self.url)
+            .is_some_and(|(number, _)| *number == self.number)
+        {
+            fetching.remove(&self.url);
+        }
+    }
+}
 
 /// How the client identified itself at the token or revocation endpoint.
 #[derive(Clone, Debug)]
@@ -211,21 +230,7 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
             return Ok(client);
         }
-        let fetched = self.shared_fetch(url).await?;
-        let client = metadata_document::client_from_document(
-            url,
-            &fetched.body,
-            &self.known_scopes(),
-            self.now(),
-        )
-        .map_err(ClientError::Document)?;
-        if let Some(max_age) = fetched.max_age {
-            let now_ms = self.clock.now_ms();
-            let expires = now_ms + max_age.as_millis() as u64;
-            self.document_cache()
-                .insert(url, client.clone(), expires, now_ms);
-        }
-        Ok(client)
+        Ok(self.shared_fetch(url).await?)
     }
 
     /// The fetch of the document at `url`: the one under way, or a new one.
@@ -233,10 +238,12 @@ impl AuthServer {
     /// One fetch of a document at a time: requests that name a document being
     /// fetched await that fetch and share what it found, so a flood naming one
     /// document while it is not cached (Claude's after a restart, or one served
-    /// `no-store`) costs one fetch and one of the fetcher's places, not one each. The
-    /// fetch is a task of its own, which no request's going away cancels (nor makes
-    /// start again), bounded by the fetcher's own deadline; when it ends, its entry
-    /// goes, and the next request looks in the cache, then fetches anew.
+    /// `no-store`) costs one fetch, one of the fetcher's places and one reading of
+    /// the document, not one each. The fetch is a task of its own, which no
+    /// request's going away cancels (nor makes start again), bounded by the
+    /// fetcher's own deadline. It reads the document and caches it as its HTTP
+    /// caching headers allow, then its entry goes (also if it panics), and the next
+    /// request looks in the cache, then fetches anew.
     fn shared_fetch(&self, url: &url::Url) -> SharedFetch {
         let known = self.document_cache().is_proven(url);
         let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,17 +251,43 @@ impl AuthServer {
             return fetch.clone();
         }
         let number = FETCH_NUMBER.fetch_add(1, Ordering::Relaxed);
-        let (fetcher, fetches, url) = (self.fetcher.clone(), self.fetching.clone(), url.clone());
-        let key = url.clone();
-        // The entry is in place before the task can look for it: the task takes the
+        let done = FetchDone {
+            fetches: self.fetching.clone(),
+            url: url.clone(),
+            number,
+        };
+        let (fetcher, documents, clock) = (
+            self.fetcher.clone(),
+            self.documents.clone(),
+            self.clock.clone(),
+        );
+        let (scopes, key, url) = (self.known_scopes(), url.clone(), url.clone());
+        // The entry is in place before the task can remove it: `done` takes the
         // lock held here.
         let task = tokio::spawn(async move {
-            let fetched = fetcher.fetch(&url, known).await;
-            let mut fetching = fetches.lock().unwrap_or_else(|p| p.into_inner());
-            if fetching.get(&url).is_some_and(|(n, _)| *n == number) {
-                fetching.remove(&url);
+            let _done = done;
+            let fetched = fetcher.fetch(&url, known).await?;
+            let client = metadata_document::client_from_document(
+                &url,
+                &fetched.body,
+                &scopes,
+                clock.now_secs(),
+            )
+            .map_err(|reason| FetchError {
+                reason,
+                transient: false,
+            })?;
+            if let Some(max_age) = fetched.max_age {
+                let now_ms = clock.now_ms();
+                let expires = now_ms + max_age.as_millis() as u64;
+                documents.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    &url,
+                    client.clone(),
+                    expires,
+                    now_ms,
+                );
             }
-            fetched
+            Ok(client)
         });
         let fetch = async move {
             task.await.unwrap_or_else(|_| {

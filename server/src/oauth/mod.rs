@@ -82,7 +82,7 @@ pub struct AuthServer {
     audit: Arc<Audit>,
     settings: OAuthSettings,
     fetcher: Arc<DocumentFetcher>,
-    documents: std::sync::Mutex<metadata_document::DocumentCache>,
+    documents: Arc<std::sync::Mutex<metadata_document::DocumentCache>>,
     /// Metadata-document fetches under way, by URL (see `AuthServer::document_client`).
     fetching: clients::Fetches,
     /// Access-token records as the guard last decoded them.
@@ -102,8 +102,8 @@ impl AuthServer {
         let fetcher = DocumentFetcher::new(settings.allow_loopback_client_metadata)?;
         Ok(Arc::new(AuthServer {
             decoded: bearer::DecodedTokens::default(),
-            documents: std::sync::Mutex::new(metadata_document::DocumentCache::new(
-                settings.max_cached_documents,
+            documents: Arc::new(std::sync::Mutex::new(
+                metadata_document::DocumentCache::new(settings.max_cached_documents),
             )),
             fetching: Default::default(),
             store,

@@ -261,13 +261,23 @@ impl GatewayEndpoint {
         let (sessions, touches) = (self.sessions.clone(), self.touches.clone());
         let session = SessionId::from(session);
         let period = (self.shared.config.idle_timeout / 4).max(MIN_TOUCH_EVERY);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut every = tokio::time::interval_at(Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Answer::Stream(
             Touching {
                 messages,
                 every,
-                touch: move || touch(&sessions, &touches, session.clone()),
+                // One touch at a time: a session whose queue is stuck must not
+                // gather a touch per tick, each waiting for its timeout.
+                touch: move || {
+                    if !busy.swap(true, Ordering::AcqRel) {
+                        let busy = busy.clone();
+                        touch_then(&sessions, &touches, session.clone(), move || {
+                            busy.store(false, Ordering::Release)
+                        });
+                    }
+                },
             }
             .boxed(),
         )
@@ -359,7 +369,7 @@ impl GatewayEndpoint {
 }
 
 /// The shortest time between two touches of a session while a call streams.
-const MIN_TOUCH_EVERY: Duration = Duration::from_millis(100);
+const MIN_TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// A streamed answer that calls `touch` each time `every` ticks while it streams
 /// (hyper polls it then: the interval wakes it), however quiet the call is.
@@ -385,6 +395,16 @@ impl<F: FnMut() + Unpin> futures::Stream for Touching<F> {
 
 /// Lets rmcp see `session` (see [`GatewayEndpoint::touch`]).
 fn touch(sessions: &Arc<LocalSessionManager>, touches: &AtomicU64, session: SessionId) {
+    touch_then(sessions, touches, session, || {});
+}
+
+/// [`touch`], then `done` (once the touch is answered, or given up).
+fn touch_then(
+    sessions: &Arc<LocalSessionManager>,
+    touches: &AtomicU64,
+    session: SessionId,
+    done: impl FnOnce() + Send + 'static,
+) {
     let sessions = sessions.clone();
     let ping = json!({
         "jsonrpc": "2.0",
@@ -393,7 +413,7 @@ fn touch(sessions: &Arc<LocalSessionManager>, touches: &AtomicU64, session: Sess
     });
     // Bounded as a whole: a session whose worker no longer takes messages (its
     // client stopped reading) must not keep this task for ever.
-    tokio::spawn(tokio::time::timeout(TOUCH_TIMEOUT, async move {
+    let touched = tokio::time::timeout(TOUCH_TIMEOUT, async move {
         let Ok(ping) = serde_json::from_value::<ClientJsonRpcMessage>(ping) else {
             return;
         };
@@ -401,7 +421,11 @@ fn touch(sessions: &Arc<LocalSessionManager>, touches: &AtomicU64, session: Sess
             let mut answer = Box::pin(answer);
             answer.next().await;
         }
-    }));
+    });
+    tokio::spawn(async move {
+        let _ = touched.await;
+        done();
+    });
 }
 
 /// How often each instance ends the gateway sessions whose client lost its grant
