@@ -537,19 +537,43 @@ async fn an_unreachable_http_server_is_an_error_without_its_url_and_leaves_no_se
 /// Serves `handler` as a Streamable HTTP MCP server at `/mcp` on a free local port (one
 /// clone per session, rmcp's default configuration); returns its address.
 async fn serve_upstream<H: ServerHandler + Clone>(handler: H) -> std::net::SocketAddr {
-    let service = StreamableHttpService::new(
+    serve_local(axum::Router::new().nest_service("/mcp", mcp_service(handler))).await
+}
+
+/// rmcp's Streamable HTTP server for `handler`, as most servers run it.
+fn mcp_service<H: ServerHandler + Clone>(
+    handler: H,
+) -> StreamableHttpService<H, LocalSessionManager> {
+    StreamableHttpService::new(
         move || Ok(handler.clone()),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
-    );
+    )
+}
+
+/// `app` served on a port of 127.0.0.1 of its own.
+async fn serve_local(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new().nest_service("/mcp", service)).await;
+        let _ = axum::serve(listener, app).await;
     });
     address
+}
+
+/// What a test server says of itself: `name`, with tools.
+fn tools_server(name: &str) -> ServerConfig {
+    ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        .with_server_info(Implementation::new(name, "1"))
+}
+
+/// A listing of one read-only tool.
+fn one_read_only_tool(name: &'static str, description: &'static str) -> ListToolsResult {
+    let tool = Tool::new(name, description, Arc::new(serde_json::Map::new()))
+        .with_annotations(ToolAnnotations::new().read_only(true));
+    ListToolsResult::with_all_items(vec![tool])
 }
 
 /// An HTTP upstream (rmcp, here) that records the headers it was sent.
@@ -558,8 +582,7 @@ struct Recorder(Arc<Mutex<Vec<axum::http::HeaderMap>>>);
 
 impl ServerHandler for Recorder {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("recorder", "1"))
+        tools_server("recorder")
     }
 
     async fn list_tools(
@@ -567,9 +590,7 @@ impl ServerHandler for Recorder {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("whoami", "who called", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
+        Ok(one_read_only_tool("whoami", "who called"))
     }
 
     async fn call_tool(
@@ -722,8 +743,7 @@ impl Holds {
 
 impl ServerHandler for Holds {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("holds", "1"))
+        tools_server("holds")
     }
 
     async fn list_tools(
@@ -731,9 +751,7 @@ impl ServerHandler for Holds {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("hold", "never answers", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
+        Ok(one_read_only_tool("hold", "never answers"))
     }
 
     async fn call_tool(
@@ -826,11 +844,20 @@ async fn one_client_holds_at_most_half_of_the_pool() {
 /// lines in its config section; and a `web:read` token for it. The directory holds
 /// the config.
 async fn web_upstream(url: &str, extra: &str) -> (TestApp, String, tempfile::TempDir) {
+    web_upstream_with(url, extra, &[]).await
+}
+
+/// [`web_upstream`], with `flags` on Gatehouse's command line.
+async fn web_upstream_with(
+    url: &str,
+    extra: &str,
+    flags: &[&str],
+) -> (TestApp, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gatehouse.toml");
     let section = format!("[[upstream]]\nname = \"web\"\nurl = \"{url}\"\n{extra}");
     std::fs::write(&config, section).expect("write");
-    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let app = TestApp::new(&[&["--config", config.to_str().expect("utf-8")], flags].concat());
     let (_, tokens) = app
         .tokens_at("https://gate.example.com/mcp/web", "web:read")
         .await;
@@ -850,7 +877,13 @@ struct Web {
 
 impl Web {
     async fn open(addr: std::net::SocketAddr) -> Web {
-        let (app, token, dir) = web_upstream(&format!("http://{addr}/mcp"), "").await;
+        Web::at(&format!("http://{addr}/mcp"), "", &[]).await
+    }
+
+    /// [`Web::open`] for the server at `url`, with `extra` lines in its config
+    /// section and `flags` on Gatehouse's command line.
+    async fn at(url: &str, extra: &str, flags: &[&str]) -> Web {
+        let (app, token, dir) = web_upstream_with(url, extra, flags).await;
         let session = app.session_at("/mcp/web", &token, V2025).await;
         let web = Web {
             app,
@@ -877,6 +910,25 @@ impl Web {
             session: Some(&self.session),
             version: Some(V2025),
             ..McpPost::default()
+        }
+    }
+
+    /// A call of `tool` with a progress token, its answer read as it streams.
+    async fn streamed_call(&self, id: u64, tool: &str) -> Events {
+        use tower::ServiceExt;
+        let mut request = call(id, tool, json!({}));
+        request["params"]["_meta"] = json!({"progressToken": "p"});
+        let response = self
+            .app
+            .router
+            .clone()
+            .oneshot(self.post().body(request))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        Events {
+            body: response.into_body(),
+            buffer: String::new(),
         }
     }
 }
@@ -1001,8 +1053,7 @@ struct Ids;
 
 impl ServerHandler for Ids {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("ids", "1"))
+        tools_server("ids")
     }
 
     async fn list_tools(
@@ -1010,9 +1061,7 @@ impl ServerHandler for Ids {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("id", "the call's id", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
+        Ok(one_read_only_tool("id", "the call's id"))
     }
 
     async fn call_tool(
@@ -1093,8 +1142,7 @@ struct TalksBack {
 
 impl ServerHandler for TalksBack {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("talks-back", "1"))
+        tools_server("talks-back")
     }
 
     async fn list_tools(
@@ -1162,8 +1210,7 @@ struct Ticks {
 
 impl ServerHandler for Ticks {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("ticks", "1"))
+        tools_server("ticks")
     }
 
     async fn list_tools(
@@ -1204,16 +1251,7 @@ impl ServerHandler for Ticks {
 /// no session, past every session cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
-    use tower::ServiceExt;
     let ticks = Ticks::default();
-    let service = StreamableHttpService::new(
-        {
-            let ticks = ticks.clone();
-            move || Ok(ticks.clone())
-        },
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
     let keeps_deletes = axum::middleware::from_fn(
         |request: axum::extract::Request, next: axum::middleware::Next| async move {
             if request.method() == axum::http::Method::DELETE {
@@ -1222,72 +1260,29 @@ async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
             next.run(request).await
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let app = axum::Router::new()
-            .nest_service("/mcp", service)
-            .layer(keeps_deletes);
-        let _ = axum::serve(listener, app).await;
-    });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!("[[upstream]]\nname = \"web\"\nurl = \"http://{addr}/mcp\"\nmax_sessions = 1\ntimeout = \"30s\"\n"),
+    let addr = serve_local(
+        axum::Router::new()
+            .nest_service("/mcp", mcp_service(ticks.clone()))
+            .layer(keeps_deletes),
     )
-    .expect("write");
-    // The attempts below are new sessions too.
-    let app = TestApp::new(&[
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--sessions-per-minute",
-        "1000",
-    ]);
-    let (_, tokens) = app
-        .tokens_at("https://gate.example.com/mcp/web", "web:read")
-        .await;
-    let token = tokens["access_token"].as_str().expect("at").to_owned();
-    let session = app.session_at("/mcp/web", &token, V2025).await;
-    let post = |body: Value| {
-        McpPost {
-            path: "/mcp/web",
-            token: Some(&token),
-            session: Some(&session),
-            version: Some(V2025),
-            ..McpPost::default()
-        }
-        .body(body)
-    };
-    let listed = app
-        .send(post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-        ))
-        .await;
-    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
-
-    let mut request = call(3, "tick", json!({}));
-    request["params"]["_meta"] = json!({"progressToken": "p"});
-    let response = app
-        .router
-        .clone()
-        .oneshot(post(request))
-        .await
-        .expect("response");
-    let mut events = Events {
-        body: response.into_body(),
-        buffer: String::new(),
-    };
+    .await;
+    let web = Web::at(
+        &format!("http://{addr}/mcp"),
+        "max_sessions = 1\ntimeout = \"30s\"\n",
+        // The attempts below are new sessions too.
+        &["--sessions-per-minute", "1000"],
+    )
+    .await;
+    let (app, token, session) = (&web.app, web.token.as_str(), web.session.as_str());
+    let mut events = web.streamed_call(3, "tick").await;
     let progress = events.next().await;
     assert_eq!(progress["method"], "notifications/progress", "{progress}");
-    let ended = app.end_session("/mcp/web", &token, &session, V2025).await;
+    let ended = app.end_session("/mcp/web", token, session, V2025).await;
     assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
 
     // However long one waits while the call streams, the upstream is full.
     for id in 10..20 {
-        let answer = app.send(initialize("/mcp/web", &token, id)).await;
+        let answer = app.send(initialize("/mcp/web", token, id)).await;
         let reason = &answer.rpc()["error"]["data"]["reason"];
         assert!(
             reason == "busy" || reason == "client_busy",
@@ -1302,7 +1297,7 @@ async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
     drop(events);
     // Once the call has ended, its place is given back.
     for id in 20.. {
-        let answer = app.send(initialize("/mcp/web", &token, id)).await;
+        let answer = app.send(initialize("/mcp/web", token, id)).await;
         if answer.headers.get("mcp-session-id").is_some() {
             break;
         }
@@ -1318,8 +1313,7 @@ struct Slow;
 
 impl ServerHandler for Slow {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("slow", "1"))
+        tools_server("slow")
     }
 
     async fn list_tools(
@@ -1327,9 +1321,7 @@ impl ServerHandler for Slow {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("slow", "4 s of silence", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
+        Ok(one_read_only_tool("slow", "4 s of silence"))
     }
 
     async fn call_tool(
@@ -1355,42 +1347,14 @@ impl ServerHandler for Slow {
 /// call still holds (here the only one): 404, and the session lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_streamed_call_keeps_its_session_open() {
-    use tower::ServiceExt;
     let url = format!("http://{}/mcp", serve_upstream(Slow).await);
-    let (app, token, _dir) = web_upstream(
+    let web = Web::at(
         &url,
         "max_sessions = 1\nidle_timeout = \"2s\"\ntimeout = \"30s\"\n",
+        &[],
     )
     .await;
-    let session = app.session_at("/mcp/web", &token, V2025).await;
-    let post = |body: Value| {
-        McpPost {
-            path: "/mcp/web",
-            token: Some(&token),
-            session: Some(&session),
-            version: Some(V2025),
-            ..McpPost::default()
-        }
-        .body(body)
-    };
-    let listed = app
-        .send(post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-        ))
-        .await;
-    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
-    let mut request = call(3, "slow", json!({}));
-    request["params"]["_meta"] = json!({"progressToken": "p"});
-    let response = app
-        .router
-        .clone()
-        .oneshot(post(request))
-        .await
-        .expect("response");
-    let mut events = Events {
-        body: response.into_body(),
-        buffer: String::new(),
-    };
+    let mut events = web.streamed_call(3, "slow").await;
     let streamed = tokio::spawn(async move {
         loop {
             let event = events.next().await;
@@ -1401,10 +1365,12 @@ async fn a_long_streamed_call_keeps_its_session_open() {
     });
     // Past the idle timeout, while the call still streams.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listed = app
-        .send(post(
-            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
-        ))
+    let listed = web
+        .app
+        .send(
+            web.post()
+                .body(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})),
+        )
         .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     let done = streamed.await.expect("the stream");
@@ -1850,8 +1816,7 @@ struct Pings;
 
 impl ServerHandler for Pings {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("pings", "1"))
+        tools_server("pings")
     }
 
     async fn list_tools(
@@ -1859,9 +1824,7 @@ impl ServerHandler for Pings {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tool = Tool::new("pings", "pings a lot", Arc::new(serde_json::Map::new()))
-            .with_annotations(ToolAnnotations::new().read_only(true));
-        Ok(ListToolsResult::with_all_items(vec![tool]))
+        Ok(one_read_only_tool("pings", "pings a lot"))
     }
 
     async fn call_tool(
