@@ -231,6 +231,31 @@ async fn invalid_registrations_take_nothing_of_what_all_may_register() {
     assert!(refused.body.contains("in all"), "{}", refused.body);
 }
 
+/// Each consent page stores its tickets for ten minutes: one sign-in session opens
+/// at most 30 a minute (a page elsewhere could keep sending the owner's browser to
+/// them), and others are not affected.
+#[tokio::test]
+async fn a_sign_in_session_opens_a_bounded_number_of_consent_pages() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Busy").await;
+    let cookie = app.sign_in().await;
+    for _ in 0..30 {
+        let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+        assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    }
+    let refused = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_error_page(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many consent pages",
+        "too many consent pages in the last minute",
+    );
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    let other = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&other)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+}
+
 /// Told which header the proxy writes, Gatehouse ignores the other: a `Forwarded`
 /// a client sends beside the proxy's `X-Forwarded-For` neither moves it to another
 /// address nor into the proxy's own limits.

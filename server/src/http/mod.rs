@@ -32,6 +32,7 @@ use crate::{
     oauth::{
         client::ClientId,
         owner::{Owner, SignInLimiter},
+        secret::SecretHash,
         AuthServer,
     },
     ratelimit::{Network, WindowLimiter},
@@ -57,6 +58,12 @@ pub mod session;
 /// document after document on hosts of its own would otherwise have Gatehouse send
 /// requests to any public host on port 443 as fast as 32 fetches at once allow.
 pub const DOCUMENT_FETCHES_PER_MINUTE: u32 = 30;
+
+/// Consent pages one sign-in session may open a minute. Each stores its two
+/// tickets for ten minutes, and a page elsewhere that the signed-in owner visits
+/// could keep sending the browser to them (a pop-up it navigates, say); a person
+/// opens a few.
+pub const CONSENT_PAGES_PER_MINUTE: u32 = 30;
 
 /// Request bodies larger than this are refused with 413 before any handler reads them.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -99,6 +106,8 @@ pub struct Shared {
     pub registration_shares: WindowLimiter<Network>,
     /// All registrations kept, whatever their address.
     pub all_registrations: WindowLimiter<()>,
+    /// Consent pages per sign-in session ([`CONSENT_PAGES_PER_MINUTE`] a minute).
+    pub consent_pages: WindowLimiter<SecretHash>,
     /// Fetches of metadata documents not yet proven here, per client address
     /// ([`DOCUMENT_FETCHES_PER_MINUTE`] a minute).
     pub document_fetches: WindowLimiter,
@@ -210,6 +219,7 @@ impl AppState {
                 config.limits.registrations_per_hour,
                 Duration::from_secs(3600),
             ),
+            consent_pages: WindowLimiter::new(CONSENT_PAGES_PER_MINUTE, Duration::from_secs(60)),
             document_fetches: WindowLimiter::new(
                 DOCUMENT_FETCHES_PER_MINUTE,
                 Duration::from_secs(60),

@@ -28,7 +28,7 @@ pub fn random_id() -> String {
 }
 
 /// The SHA-256 of a secret, base64url: what keys and records hold instead of it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SecretHash(String);
 
 impl SecretHash {

@@ -143,6 +143,23 @@ pub async fn authorize(
         deny_href: String::new(),
         read_only: None,
     };
+    if let Err(wait) = state.consent_pages.hit_key(&session) {
+        crate::warn_throttled!("consent page refused: too many for one sign-in session");
+        crate::telemetry::rate_limited("consent_pages");
+        let mut page = ErrorPage::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many consent pages",
+            format!(
+                "This sign-in opened too many consent pages in the last minute (a page \
+                 elsewhere may be opening them). Try again in {} second(s).",
+                wait.seconds()
+            ),
+        )
+        .into_response();
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.seconds()));
+        return page;
+    }
     let read_only = resource.and_then(|r| r.read_only(&pending.scopes));
     let read_only_scopes = read_only
         .as_ref()
