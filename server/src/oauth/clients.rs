@@ -246,11 +246,31 @@ impl AuthServer {
     /// request looks in the cache, then fetches anew.
     fn shared_fetch(&self, url: &url::Url) -> SharedFetch {
         let known = self.document_cache().is_proven(url);
-        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, fetch)) = fetching.get(url) {
-            return fetch.clone();
-        }
         let number = FETCH_NUMBER.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let shared = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, fetch)) = fetching.get(url) {
+                return fetch.clone();
+            }
+            // A fetch that ended just now may have cached it: looked at again
+            // under this lock, which every fetch's end takes after caching.
+            if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
+                return futures::future::ready(Ok(client)).boxed().shared();
+            }
+            let fetch = async move {
+                receiver.await.unwrap_or_else(|_| {
+                    Err(FetchError {
+                        reason: "the metadata document could not be fetched".into(),
+                        transient: true,
+                    })
+                })
+            }
+            .boxed()
+            .shared();
+            fetching.insert(url.clone(), (number, fetch.clone()));
+            fetch
+        };
         let done = FetchDone {
             fetches: self.fetching.clone(),
             url: url.clone(),
@@ -261,46 +281,38 @@ impl AuthServer {
             self.documents.clone(),
             self.clock.clone(),
         );
-        let (scopes, key, url) = (self.known_scopes(), url.clone(), url.clone());
-        // The entry is in place before the task can remove it: `done` takes the
-        // lock held here.
-        let task = tokio::spawn(async move {
+        let (scopes, url) = (self.known_scopes(), url.clone());
+        // Spawned once the entry is in place and the lock is let go: a runtime that
+        // is stopping drops the task at once, and `done` takes the lock.
+        tokio::spawn(async move {
             let _done = done;
-            let fetched = fetcher.fetch(&url, known).await?;
-            let client = metadata_document::client_from_document(
-                &url,
-                &fetched.body,
-                &scopes,
-                clock.now_secs(),
-            )
-            .map_err(|reason| FetchError {
-                reason,
-                transient: false,
-            })?;
-            if let Some(max_age) = fetched.max_age {
-                let now_ms = clock.now_ms();
-                let expires = now_ms + max_age.as_millis() as u64;
-                documents.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            let found = async {
+                let fetched = fetcher.fetch(&url, known).await?;
+                let client = metadata_document::client_from_document(
                     &url,
-                    client.clone(),
-                    expires,
-                    now_ms,
-                );
-            }
-            Ok(client)
+                    &fetched.body,
+                    &scopes,
+                    clock.now_secs(),
+                )
+                .map_err(|reason| FetchError {
+                    reason,
+                    transient: false,
+                })?;
+                if let Some(max_age) = fetched.max_age {
+                    let now_ms = clock.now_ms();
+                    let expires = now_ms + max_age.as_millis() as u64;
+                    documents.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        &url,
+                        client.clone(),
+                        expires,
+                        now_ms,
+                    );
+                }
+                Ok(client)
+            };
+            let _ = sender.send(found.await);
         });
-        let fetch = async move {
-            task.await.unwrap_or_else(|_| {
-                Err(FetchError {
-                    reason: "the metadata document could not be fetched".into(),
-                    transient: true,
-                })
-            })
-        }
-        .boxed()
-        .shared();
-        fetching.insert(key, (number, fetch.clone()));
-        fetch
+        shared
     }
 
     pub(super) fn document_cache(

@@ -368,8 +368,20 @@ impl GatewayEndpoint {
     }
 }
 
-/// The shortest time between two touches of a session while a call streams.
-const MIN_TOUCH_EVERY: Duration = Duration::from_secs(1);
+/// The shortest time between two touches of a session while a call streams (one
+/// runs at a time, however short the idle timeout).
+const MIN_TOUCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Calls its function when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
 
 /// A streamed answer that calls `touch` each time `every` ticks while it streams
 /// (hyper polls it then: the interval wakes it), however quiet the call is.
@@ -423,8 +435,10 @@ fn touch_then(
         }
     });
     tokio::spawn(async move {
+        // `done` however the touch ends, a panic included: a stream whose touches
+        // stopped for good would lose its session.
+        let _done = OnDrop(Some(done));
         let _ = touched.await;
-        done();
     });
 }
 
