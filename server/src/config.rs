@@ -296,8 +296,9 @@ pub struct ServeArgs {
     /// not yet answered. One address (an IPv6 /64) may hold 1/32 of it, one /48 four
     /// times that; past either, a body is refused (429, or 503 when all is spent;
     /// bodies announced larger than 8 KiB get only seven eighths of it).
-    /// Behind a trusted proxy the client it names holds the share; 127.0.0.1, ::1 and
-    /// a proxy naming nobody count in the whole only.
+    /// Behind a trusted proxy the client it names holds the share (one it does not
+    /// name counts as the proxy); without one, 127.0.0.1 and ::1 count in the whole
+    /// only.
     #[arg(
         long,
         env = "GATEHOUSE_MAX_BODY_MEMORY",

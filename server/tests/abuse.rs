@@ -877,7 +877,8 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
 }
 
 /// Behind a trusted proxy, each client it names holds its own share of request
-/// bodies; what the proxy sends without naming one counts in the whole only.
+/// bodies; what the proxy sends without naming one (or with forwarding headers that
+/// disagree, which a client can forge) counts as the proxy, in a share of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies() {
     let addr = serve_with(listener::Limits {
@@ -897,6 +898,15 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
         let other = answer_until(400, proxy, addr, request).await;
         assert!(other.starts_with("http/1.1 400"), "{headers:?}: {other}");
     }
+    // A client forging a second header is the proxy: it holds the proxy's share,
+    // not the whole.
+    let forged = format!("{}Forwarded: for=203.0.113.9\r\n", for_client("192.0.2.5"));
+    let holder = upload("/oauth/token", &forged, 8000, 7000);
+    let request = upload("/oauth/token", "", 2000, 2000);
+    let (held_by_forger, unnamed) =
+        answer_while_held((proxy, &holder), (proxy, &request), addr, 429).await;
+    assert!(unnamed.starts_with("http/1.1 429"), "{unnamed}");
+    drop(held_by_forger);
     // Without the proxy trusted, its header names nobody: all one address.
     let untrusted = [127, 0, 0, 6];
     let holder = upload("/oauth/token", &for_client("192.0.2.3"), 8000, 7000);

@@ -10,7 +10,7 @@
 //! (or IPv4 address) holds at most [`ADDRESS_SHARE`] of the whole, one /48
 //! [`WIDE_SHARE`] times that. A body that would go past either is refused at once
 //! (its frame dropped): 429 when its address holds its share, 503 when the whole is
-//! spent. Trusted proxies and 127.0.0.1/::1 count in the whole only. A request gives
+//! spent. Without a trusted proxy, 127.0.0.1/::1 count in the whole only. A request gives
 //! back what its body took when its answer's head is ready and its body is dropped.
 //! A body announced larger than [`SMALL_BODY`], or not announced (chunked), may use
 //! only what [`RESERVE_PART`] leaves of the whole: honest large uploads, however

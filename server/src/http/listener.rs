@@ -199,14 +199,18 @@ pub async fn serve(
             }
             let open = Open::new(seen.clone());
             // Behind a trusted proxy, the client it names holds the share; one it
-            // does not name, the proxy itself, counts in the whole only.
+            // does not name (or whose headers disagree) is the proxy itself, which
+            // holds a share of its own: a header a client sends must not lift its
+            // limit. Without a trusted proxy, 127.0.0.1 and ::1 are a local proxy
+            // that cannot name anyone, and count in the whole only.
             let client = if proxy {
                 client_address(ip, request.headers(), &trusted, forwarded_header)
             } else {
                 ip
             };
+            let local = exempt && !proxy && trusted.is_empty();
             let announced = http_body::Body::size_hint(request.body()).exact();
-            let charge = Arc::new(budget.charge(client, exempt && client == ip, announced));
+            let charge = Arc::new(budget.charge(client, local, announced));
             let mut request =
                 request.map(|body| Body::new(Deadline::new(body, body_timeout, charge.clone())));
             request.extensions_mut().insert(ConnectInfo(peer));
