@@ -180,6 +180,30 @@ async fn a_console_call_refused_by_the_body_budget_says_so() {
     );
 }
 
+/// The server functions anyone may call take no arguments, and a body no larger than
+/// any other anonymous request's (64 KiB): the console's 160 KiB are the owner's.
+#[tokio::test]
+async fn server_functions_anyone_may_call_take_small_bodies_only() {
+    let app = TestApp::new(&[]);
+    let site_info = <app::GetSiteInfo as leptos::server_fn::ServerFn>::PATH;
+    for path in ["/api/console/signed_in", site_info] {
+        let mut request = call("signed_in", &[], None, "same-origin");
+        *request.uri_mut() = path.parse().expect("path");
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        let mut request = call("signed_in", &[], None, "same-origin");
+        *request.uri_mut() = path.parse().expect("path");
+        *request.body_mut() = Body::from(format!("x={}", "a".repeat(100 * 1024)));
+        let answer = app.send(request).await;
+        assert!(
+            answer.status.is_client_error(),
+            "{path}: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn console_actions_need_the_sessions_token_and_a_same_origin_request() {
     let app = TestApp::new(&[]);

@@ -556,6 +556,20 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         let path = request.uri().path();
         (is_console_page(path), is_console_call(path))
     };
+    // Server functions anyone may call (the pages' own, and whether one is signed
+    // in) take no arguments: their bodies get the 64 KiB of every other anonymous
+    // request, not the console's 160 KiB.
+    let anyones = {
+        let path = request.uri().path();
+        path.starts_with("/api/") && (!call || path == "/api/console/signed_in")
+    };
+    let request = if anyones {
+        request.map(|body| {
+            axum::body::Body::new(http_body_util::Limited::new(body, super::MAX_BODY_BYTES))
+        })
+    } else {
+        request
+    };
     if !page && !call {
         let server_function = request.uri().path().starts_with("/api/");
         let response = next.run(request).await;
