@@ -963,6 +963,37 @@ async fn the_guard_answers_503_when_the_store_is_unreachable() {
     assert_eq!(answer.json()["error"]["code"], -32603);
 }
 
+/// A store failure after the token was read (listing the articles, here) is a
+/// JSON-RPC error with a few fixed words; the store's own detail goes to the log
+/// only, whichever read fails.
+#[tokio::test]
+async fn a_store_failure_behind_the_guard_tells_the_caller_no_details() {
+    let (app, faults) = TestApp::with_faults();
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.mcp_session(&token, V2025_06).await;
+    let mut failed_in_handler = false;
+    for reads in 0..6 {
+        faults.set(faults::Mode::ReadsFailAfter(reads));
+        let answer = app
+            .mcp(
+                Some(&token),
+                Some(&session),
+                Some(V2025_06),
+                json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}),
+            )
+            .await;
+        faults.set(faults::Mode::Pass);
+        assert!(
+            !answer.body.contains("injected"),
+            "{reads} reads: {}",
+            answer.body
+        );
+        failed_in_handler |= answer.status == StatusCode::OK && answer.body.contains("-32603");
+    }
+    assert!(failed_in_handler, "no read failed past the guard");
+}
+
 #[tokio::test]
 async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
     let app = TestApp::new(&["--allowed-host", "internal.example"]);

@@ -606,11 +606,15 @@ impl ServerHandler for ArticleServer {
             ));
         }
         let cursor = request.and_then(|r| r.cursor);
-        let page = self
-            .articles
-            .list(None, MAX_PAGE, cursor.as_deref())
-            .await
-            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let page = match self.articles.list(None, MAX_PAGE, cursor.as_deref()).await {
+            Ok(page) => page,
+            // The store's detail goes to the log, never to the caller.
+            Err(ArticleError::Store(e)) => {
+                tracing::error!(error = %e, "store failure listing resources");
+                return Err(ErrorData::internal_error(e.for_caller(), None));
+            }
+            Err(e) => return Err(ErrorData::invalid_params(e.to_string(), None)),
+        };
         let resources = page
             .articles
             .into_iter()

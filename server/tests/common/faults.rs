@@ -1,6 +1,6 @@
 //! A store wrapper that fails on command: every operation errors (a Redis server that
-//! is down), hangs (one that stopped answering), or writes fail after the next `n`
-//! succeed (a failure between two writes of one flow). Tests switch the mode while
+//! is down), hangs (one that stopped answering), or writes (or reads) fail after the
+//! next `n` succeed (a failure between two writes of one flow). Tests switch the mode while
 //! the app runs.
 
 use std::sync::{
@@ -20,6 +20,8 @@ pub enum Mode {
     Hang,
     /// Reads pass; the next `n` writes pass, later ones fail.
     WritesFailAfter(usize),
+    /// Writes pass; the next `n` reads pass, later ones fail.
+    ReadsFailAfter(usize),
 }
 
 /// The switch a test holds.
@@ -53,6 +55,14 @@ impl Faults {
                 }
             }
             Mode::WritesFailAfter(_) => Ok(()),
+            Mode::ReadsFailAfter(n) if !write => {
+                if self.0.writes.fetch_add(1, Ordering::SeqCst) >= n {
+                    Err(StoreError::Unavailable("injected: read failed".into()))
+                } else {
+                    Ok(())
+                }
+            }
+            Mode::ReadsFailAfter(_) => Ok(()),
         }
     }
 }
