@@ -664,6 +664,8 @@ async fn write_tools_need_write_scope_and_answer_403_insufficient_scope() {
         "Bearer error=\"insufficient_scope\", scope=\"read:articles write:articles\", \
          resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\""
     );
+    // The JSON-RPC error answers the call by its id (JSON-RPC 2.0 §5).
+    assert_eq!(answer.rpc()["id"], 3, "{}", answer.body);
     // A member of another type beside the tool's name (which rmcp passes over)
     // does not hide the call from the scope check, wherever it would go after.
     let mut disguised = call(5, "create_article", json!({"title": "Nope", "body": "x"}));

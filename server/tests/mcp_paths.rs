@@ -57,6 +57,11 @@ impl<'a> Probe<'a> {
         }
     }
 
+    /// The id of the request in the body (`null` without one).
+    fn id(&self) -> Value {
+        serde_json::from_slice::<Value>(&self.body).map_or(Value::Null, |v| v["id"].clone())
+    }
+
     fn body(self, body: Value) -> Self {
         Probe {
             body: body.to_string().into_bytes(),
@@ -118,7 +123,9 @@ fn www_authenticate(answer: &Answer) -> Option<&str> {
 enum Expect {
     /// The tool's result: plain JSON from the direct path, SSE from rmcp's.
     Result,
-    /// A JSON-RPC error with this code and `id: null`, and this challenge (if any).
+    /// A JSON-RPC error with this code, and this challenge (if any); its `id` is the
+    /// request's when the guard read the body before refusing (a step-up), else
+    /// `null`.
     RpcError {
         code: i64,
         challenge: Option<&'static str>,
@@ -162,7 +169,10 @@ async fn both_paths(
                 assert_eq!(error["jsonrpc"], "2.0", "{what}, {path:?}");
                 assert_eq!(error["error"]["code"], code, "{what}, {path:?}");
                 assert!(error["error"]["message"].is_string(), "{what}, {path:?}");
-                assert_eq!(error["id"], Value::Null, "{what}, {path:?}");
+                let step_up =
+                    challenge.is_some_and(|c| c.starts_with("Bearer error=\"insufficient_scope\""));
+                let id = if step_up { probe.id() } else { Value::Null };
+                assert_eq!(error["id"], id, "{what}, {path:?}");
             }
             assert_eq!(direct.body, rmcp.body, "{what}");
             match challenge {

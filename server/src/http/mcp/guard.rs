@@ -232,7 +232,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 }
                 let mut wanted = access.scopes.clone();
                 wanted.insert(needed.clone());
-                return insufficient_scope(public_url, resource, &wanted);
+                return insufficient_scope(public_url, resource, &wanted, bytes);
             }
         }
     }

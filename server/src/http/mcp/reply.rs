@@ -89,15 +89,23 @@ pub fn unauthorized(public_url: &str, resource: &Resource, invalid: Option<&str>
 }
 
 /// RFC 6750 §3.1: 403 with every scope the call needs, so clients step up.
-pub fn insufficient_scope(public_url: &str, resource: &Resource, wanted: &ScopeSet) -> Response {
+///
+/// The body answers the request in `body` by its id.
+pub fn insufficient_scope(
+    public_url: &str,
+    resource: &Resource,
+    wanted: &ScopeSet,
+    body: &[u8],
+) -> Response {
     let challenge = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{wanted}\", resource_metadata=\"{}\"",
         metadata_url(public_url, resource)
     );
-    let response = rpc_error(
+    let response = rpc_error_to(
         StatusCode::FORBIDDEN,
         code::UNAUTHORIZED,
         &format!("this call needs the scopes {wanted}; authorize again to grant them"),
+        body,
     );
     with_challenge(response, &challenge)
 }
