@@ -996,6 +996,65 @@ async fn a_store_failure_behind_the_guard_tells_the_caller_no_details() {
     assert!(failed_in_handler, "no read failed past the guard");
 }
 
+/// A call's article is read with its token only for a token that passed the guard
+/// before: a made-up token of the right shape, which anyone can send, makes the
+/// store hand out nothing but the token's (missing) record.
+#[tokio::test]
+async fn made_up_tokens_have_nothing_read_ahead() {
+    let (app, faults) = TestApp::with_faults();
+    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.mcp_session(&token, V2025_06).await;
+    let created = app
+        .mcp(
+            Some(&token),
+            Some(&session),
+            Some(V2025_06),
+            call(
+                2,
+                "create_article",
+                json!({"title": "Read ahead", "body": "b"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        created.rpc()["result"]["isError"],
+        false,
+        "{}",
+        created.body
+    );
+    let get = call(3, "get_article", json!({"slug": "read-ahead"}));
+    faults.keys_read();
+    let refused = app
+        .mcp(
+            Some("gha.made.up"),
+            Some(&session),
+            Some(V2025_06),
+            get.clone(),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    let read = faults.keys_read();
+    assert!(
+        !read.iter().any(|key| key.contains("read-ahead")),
+        "read for a made-up token: {read:?}"
+    );
+    // The real token's calls still read it (with the token, once it has passed).
+    for _ in 0..2 {
+        let got = app
+            .mcp(Some(&token), Some(&session), Some(V2025_06), get.clone())
+            .await;
+        assert_eq!(got.rpc()["result"]["isError"], false, "{}", got.body);
+    }
+    assert!(
+        faults
+            .keys_read()
+            .iter()
+            .any(|key| key.contains("read-ahead")),
+        "the article was read"
+    );
+}
+
 #[tokio::test]
 async fn an_unknown_host_is_refused_and_allowed_hosts_can_be_added() {
     let app = TestApp::new(&["--allowed-host", "internal.example"]);

@@ -121,6 +121,8 @@ pub struct Shared {
     pub hosts: mcp::policy::HostPolicy,
     /// MCP session bindings seen lately, so the guard need not read them per call.
     pub bindings: mcp::sessions::RecentBindings,
+    /// Tokens that passed the MCP guard lately (see `mcp::sessions::VerifiedTokens`).
+    pub verified_tokens: mcp::sessions::VerifiedTokens,
     /// The built-in article server at `/mcp`, unless turned off.
     pub article_endpoint: Option<Arc<mcp::articles::ArticleEndpoint>>,
     /// The guarded upstream servers at `/mcp/NAME`.
@@ -234,6 +236,7 @@ impl AppState {
             ),
             hosts: mcp::policy::HostPolicy::new(&config),
             bindings: mcp::sessions::RecentBindings::new(clock.clone()),
+            verified_tokens: Default::default(),
             article_endpoint,
             upstreams,
             articles,

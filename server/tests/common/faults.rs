@@ -31,9 +31,17 @@ pub struct Faults(Arc<Inner>);
 struct Inner {
     mode: Mutex<Mode>,
     writes: AtomicUsize,
+    /// Every key read with `get_many`, in order, until taken.
+    read: Mutex<Vec<String>>,
 }
 
 impl Faults {
+    /// The keys read with `get_many` since the last call.
+    #[allow(dead_code)]
+    pub fn keys_read(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.read.lock().expect("lock"))
+    }
+
     pub fn set(&self, mode: Mode) {
         self.0.writes.store(0, Ordering::SeqCst);
         *self.0.mode.lock().expect("lock") = mode;
@@ -78,6 +86,7 @@ impl FaultStore {
         let faults = Faults(Arc::new(Inner {
             mode: Mutex::new(Mode::Pass),
             writes: AtomicUsize::new(0),
+            read: Mutex::default(),
         }));
         (
             Arc::new(FaultStore {
@@ -105,6 +114,12 @@ impl Store for FaultStore {
     }
     async fn get_many(&self, keys: &[&Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
         self.faults.gate(false).await?;
+        self.faults
+            .0
+            .read
+            .lock()
+            .expect("lock")
+            .extend(keys.iter().map(|key| key.as_str().to_owned()));
         self.inner.get_many(keys).await
     }
     async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {

@@ -109,9 +109,15 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         .as_deref()
         .filter(|_| known.is_none())
         .map(binding_key);
+    // What the call will read is read with the token only for a token that passed
+    // here lately: anyone can present a token of the right shape, and must not make
+    // the store hand out an article (up to 48 KiB) for each made-up one.
+    let read_ahead_key = prepared
+        .read_ahead
+        .filter(|_| state.verified_tokens.contains(&token_key));
     let keys: Vec<&Key> = std::iter::once(&token_key)
         .chain(binding.as_ref())
-        .chain(prepared.read_ahead.as_ref())
+        .chain(read_ahead_key.as_ref())
         .collect();
     let mut records = match tokio::time::timeout(VERIFY_TIMEOUT, state.store.get_many(&keys)).await
     {
@@ -126,14 +132,15 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             return store_unavailable(&StoreError::Unavailable("the token check timed out".into()))
         }
     };
-    let read_ahead = prepared
-        .read_ahead
-        .map(|key| (key, records.pop().flatten()));
+    let read_ahead = read_ahead_key.map(|key| (key, records.pop().flatten()));
     let access = match state
         .auth
         .access_token_from(records[0].as_deref(), &resource.uri)
     {
-        Ok(Some(access)) => access,
+        Ok(Some(access)) => {
+            state.verified_tokens.insert(&token_key);
+            access
+        }
         Ok(None) => return unauthorized(public_url, resource, Some(INVALID_TOKEN)),
         Err(e) => return store_unavailable(&e),
     };

@@ -3,6 +3,7 @@
 //! replays the handshake from them). Keys hold the SHA-256 of the session id.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,6 +19,7 @@ use crate::{
     oauth::{client::ClientId, secret::SecretHash},
     resource::ResourceUri,
     store::{decode, encode, Key, Kind, Put, SharedStore, StoreResult},
+    telemetry::FastHash,
 };
 
 /// How long an idle MCP session can be restored on another instance.
@@ -218,6 +220,38 @@ impl Binding {
 /// The binding a record holds, if it is one.
 pub fn binding_of(record: Option<&[u8]>) -> Option<Binding> {
     record.and_then(|raw| decode::<Binding>(raw).ok())
+}
+
+/// The keys of tokens that passed the guard lately: only their calls have what
+/// they will read fetched with the token (see the guard). At [`VerifiedTokens::MAX`]
+/// it starts again empty; a token that lost its place has one more call without
+/// reading ahead.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    keys: Mutex<HashSet<Key, FastHash>>,
+}
+
+impl VerifiedTokens {
+    pub const MAX: usize = 4096;
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.lock().contains(key)
+    }
+
+    pub fn insert(&self, key: &Key) {
+        let mut keys = self.lock();
+        if keys.contains(key) {
+            return;
+        }
+        if keys.len() >= Self::MAX {
+            keys.clear();
+        }
+        keys.insert(key.clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Key, FastHash>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]
