@@ -473,7 +473,16 @@ async fn new_sessions_are_limited_per_client_and_in_size() {
     };
     let hidden = app.send(request.with_body(Body::from(twice))).await;
     assert_eq!(hidden.status, StatusCode::BAD_REQUEST, "{}", hidden.body);
-    assert_eq!(hidden.rpc()["error"]["code"], -32700, "{}", hidden.body);
+    // JSON, but not a message the guard can read: an invalid request (JSON-RPC 2.0
+    // §5.1), answered by its id; not JSON at all is a parse error.
+    assert_eq!(hidden.rpc()["error"]["code"], -32600, "{}", hidden.body);
+    assert_eq!(hidden.rpc()["id"], 1, "{}", hidden.body);
+    let garbage = app
+        .send(request.with_body(Body::from("{\"jsonrpc\": \"2.0\", \"id\": 1,")))
+        .await;
+    assert_eq!(garbage.status, StatusCode::BAD_REQUEST, "{}", garbage.body);
+    assert_eq!(garbage.rpc()["error"]["code"], -32700, "{}", garbage.body);
+    assert_eq!(garbage.rpc()["id"], Value::Null, "{}", garbage.body);
     assert!(hidden.headers.get("mcp-session-id").is_none());
 
     let session = app.mcp_session(one, V2025_06).await;

@@ -200,11 +200,24 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "the request body must be JSON (Content-Type: application/json)",
                     )
                 }
+                // JSON that is not a message the guard can read (a `method` that is
+                // not a string, a member given twice): an invalid request, answered
+                // by its id. Not JSON at all: a parse error (JSON-RPC 2.0 §5.1).
+                Message::Unreadable
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+                {
+                    return rpc_error_to(
+                        StatusCode::BAD_REQUEST,
+                        code::INVALID_REQUEST,
+                        "the request body is not a JSON-RPC message this server can read",
+                        bytes,
+                    )
+                }
                 Message::Unreadable => {
                     return rpc_error(
                         StatusCode::BAD_REQUEST,
                         code::PARSE_ERROR,
-                        "the request body is not a JSON-RPC message",
+                        "the request body is not JSON",
                     )
                 }
                 Message::Single(call) => {
