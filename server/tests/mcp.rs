@@ -1011,7 +1011,7 @@ async fn a_store_failure_behind_the_guard_tells_the_caller_no_details() {
 #[tokio::test]
 async fn made_up_tokens_have_nothing_read_ahead() {
     let (app, faults) = TestApp::with_faults();
-    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let (client_id, tokens) = app.tokens_for("read:articles write:articles").await;
     let token = tokens["access_token"].as_str().expect("at").to_owned();
     let session = app.mcp_session(&token, V2025_06).await;
     let created = app
@@ -1061,6 +1061,24 @@ async fn made_up_tokens_have_nothing_read_ahead() {
             .iter()
             .any(|key| key.contains("read-ahead")),
         "the article was read"
+    );
+    // Once the token is revoked, the first call refused forgets it: the next reads
+    // nothing ahead either.
+    let revoked = app.revoke(&client_id, &token).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let refused = app
+        .mcp(Some(&token), Some(&session), Some(V2025_06), get.clone())
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    faults.keys_read();
+    let refused = app
+        .mcp(Some(&token), Some(&session), Some(V2025_06), get.clone())
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    let read = faults.keys_read();
+    assert!(
+        !read.iter().any(|key| key.contains("read-ahead")),
+        "read for a revoked token: {read:?}"
     );
 }
 

@@ -530,6 +530,11 @@ async fn caller_errors_are_400(response: Response) -> Response {
             .into_iter()
             .find(|refused| text.contains(&refused.to_string()));
         let Some(refused) = refused else {
+            // Past the 64 KiB a call anyone may make takes (see `guard`).
+            if text.contains("length limit exceeded") {
+                let unread = Unread::TOO_LARGE;
+                return unread.finish((unread.status, unread.why).into_response());
+            }
             parts.status = StatusCode::BAD_REQUEST;
             return Response::from_parts(parts, axum::body::Body::from(bytes));
         };
@@ -563,6 +568,16 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         let path = request.uri().path();
         path.starts_with("/api/") && (!call || path == "/api/console/signed_in")
     };
+    if anyones
+        && request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length > super::MAX_BODY_BYTES as u64)
+    {
+        let unread = Unread::TOO_LARGE;
+        return unread.finish((unread.status, unread.why).into_response());
+    }
     let request = if anyones {
         request.map(|body| {
             axum::body::Body::new(http_body_util::Limited::new(body, super::MAX_BODY_BYTES))

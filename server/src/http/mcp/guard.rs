@@ -141,7 +141,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             state.verified_tokens.insert(&token_key);
             access
         }
-        Ok(None) => return unauthorized(public_url, resource, Some(INVALID_TOKEN)),
+        Ok(None) => {
+            // Revoked or expired: nothing is read ahead for it any more.
+            state.verified_tokens.remove(&token_key);
+            return unauthorized(public_url, resource, Some(INVALID_TOKEN));
+        }
         Err(e) => return store_unavailable(&e),
     };
     if let Some(session) = &session {

@@ -249,6 +249,10 @@ impl VerifiedTokens {
         keys.insert(key.clone());
     }
 
+    pub fn remove(&self, key: &Key) {
+        self.lock().remove(key);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Key, FastHash>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
