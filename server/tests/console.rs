@@ -186,34 +186,27 @@ async fn a_console_call_refused_by_the_body_budget_says_so() {
 async fn server_functions_anyone_may_call_take_small_bodies_only() {
     let app = TestApp::new(&[]);
     let site_info = <app::GetSiteInfo as leptos::server_fn::ServerFn>::PATH;
+    let to = |path: &str, body: Body| {
+        let mut request = call("signed_in", &[], None, "same-origin");
+        *request.uri_mut() = path.parse().expect("path");
+        *request.body_mut() = body;
+        request
+    };
     for path in ["/api/console/signed_in", site_info] {
-        let mut request = call("signed_in", &[], None, "same-origin");
-        *request.uri_mut() = path.parse().expect("path");
-        let answer = app.send(request).await;
+        let answer = app.send(to(path, Body::empty())).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
-        let mut request = call("signed_in", &[], None, "same-origin");
-        *request.uri_mut() = path.parse().expect("path");
-        *request.body_mut() = Body::from(format!("x={}", "a".repeat(100 * 1024)));
-        let answer = app.send(request).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "{path}: {}",
-            answer.body
-        );
-        assert_eq!(answer.headers[header::CONNECTION], "close", "{path}");
-        // Streamed, without a length: the same once 64 KiB have been read.
-        let mut request = call("signed_in", &[], None, "same-origin");
-        *request.uri_mut() = path.parse().expect("path");
-        *request.body_mut() = streamed(format!("x={}", "a".repeat(100 * 1024)).into_bytes(), 8);
-        let answer = app.send(request).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "{path}: {}",
-            answer.body
-        );
-        assert_eq!(answer.headers[header::CONNECTION], "close", "{path}");
+        // Announced, or streamed without a length (refused once 64 KiB are read).
+        let large = || format!("x={}", "a".repeat(100 * 1024)).into_bytes();
+        for body in [Body::from(large()), streamed(large(), 8)] {
+            let answer = app.send(to(path, body)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{path}: {}",
+                answer.body
+            );
+            assert_eq!(answer.headers[header::CONNECTION], "close", "{path}");
+        }
     }
 }
 
