@@ -40,6 +40,19 @@ impl FromRequestParts<AppState> for ClientAddress {
     }
 }
 
+/// Whether a client at `ip` is a proxy on this machine that cannot name its clients
+/// (127.0.0.1 or ::1, with no trusted proxy configured): per-address shares (of
+/// request bodies, of registrations) do not apply to it, only the whole. With a
+/// trusted proxy, a client it does not name (or whose forwarding headers disagree)
+/// counts as the proxy, in a share of its own: a header a client sends must not
+/// lift its limit.
+pub fn is_unnamed_local_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.is_empty()
+        && (ip == IpAddr::from(Ipv4Addr::LOCALHOST)
+            || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+}
+
 /// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the
 /// right-most address of the forwarding chain that is not a trusted proxy.
 ///

@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{
-    address::{client_address, ForwardedHeader},
+    address::{client_address, is_unnamed_local_proxy, ForwardedHeader},
     bodies::{Budget, Charge},
 };
 use crate::{
@@ -198,17 +198,14 @@ pub async fn serve(
                 seen.http2.store(true, Ordering::Relaxed);
             }
             let open = Open::new(seen.clone());
-            // Behind a trusted proxy, the client it names holds the share; one it
-            // does not name (or whose headers disagree) is the proxy itself, which
-            // holds a share of its own: a header a client sends must not lift its
-            // limit. Without a trusted proxy, 127.0.0.1 and ::1 are a local proxy
-            // that cannot name anyone, and count in the whole only.
+            // Behind a trusted proxy, the client it names holds the share (see
+            // `is_unnamed_local_proxy` for who counts in the whole only).
             let client = if proxy {
                 client_address(ip, request.headers(), &trusted, forwarded_header)
             } else {
                 ip
             };
-            let local = exempt && !proxy && trusted.is_empty();
+            let local = is_unnamed_local_proxy(ip, &trusted);
             let announced = http_body::Body::size_hint(request.body()).exact();
             let charge = Arc::new(budget.charge(client, local, announced));
             let mut request =

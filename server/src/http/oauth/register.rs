@@ -1,6 +1,6 @@
 //! `POST /oauth/register`: RFC 7591 dynamic client registration.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use axum::{
     extract::State,
@@ -12,7 +12,10 @@ use axum::{
 use super::{no_store, OAuthBody, OAuthError};
 use crate::{
     audit::{Event, EventKind},
-    http::{address::ClientAddress, AppState},
+    http::{
+        address::{is_unnamed_local_proxy, ClientAddress},
+        AppState,
+    },
     net::content_type_is,
     oauth::{client::RegistrationRequest, ErrorCode},
     ratelimit::{Network, RetryAfter},
@@ -84,18 +87,12 @@ pub async fn register(
 
 /// Where a registration from `address` counts besides the whole: its IPv6 /48, then
 /// its address (an IPv6 /64), the wider first so that a refusal there takes nothing
-/// in the narrower one. Without a trusted proxy, 127.0.0.1 and ::1 are a local proxy
-/// that cannot name its clients, and count in the whole only. With one, a client it
-/// does not name (or whose headers disagree) counts as the proxy's address, in its
-/// share: sending a header of one's own must not lift the limit.
+/// in the narrower one; none for a local proxy (see [`is_unnamed_local_proxy`]).
 fn kept_networks(state: &AppState, address: IpAddr) -> Vec<Network> {
-    let address = address.to_canonical();
-    let local = address == IpAddr::from(Ipv4Addr::LOCALHOST)
-        || address == IpAddr::from(Ipv6Addr::LOCALHOST);
-    if local && state.config.trusted_proxies.is_empty() {
+    if is_unnamed_local_proxy(address, &state.config.trusted_proxies) {
         return Vec::new();
     }
-    let [own, wide] = Network::of(address);
+    let [own, wide] = Network::of(address.to_canonical());
     [wide, own].into_iter().flatten().collect()
 }
 
