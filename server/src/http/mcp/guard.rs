@@ -112,6 +112,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     // What the call will read is read with the token only for a token that passed
     // here lately: anyone can present a token of the right shape, and must not make
     // the store hand out an article (up to 48 KiB) for each made-up one.
+    let reads_ahead = prepared.read_ahead.is_some();
     let read_ahead_key = prepared
         .read_ahead
         .filter(|_| state.verified_tokens.contains(&token_key));
@@ -138,7 +139,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         .access_token_from(records[0].as_deref(), &resource.uri)
     {
         Ok(Some(access)) => {
-            state.verified_tokens.insert(&token_key);
+            // Only calls that would read ahead look for it: no lock on other calls.
+            if reads_ahead {
+                state.verified_tokens.insert(&token_key);
+            }
             access
         }
         Ok(None) => {
