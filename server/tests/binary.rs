@@ -251,7 +251,12 @@ async fn set_password_ends_every_sign_in_session() {
     .await
     .expect("store");
     let owner = gatehouse::oauth::owner::Owner::new(store.clone(), None);
-    let cookie = owner.new_session().await.expect("session");
+    let verified = owner
+        .check(owner.admit().expect("place"), "the first long password")
+        .await
+        .expect("store")
+        .expect("right");
+    let cookie = owner.new_session(&verified).await.expect("session");
     assert!(owner.session(&cookie).await.expect("store").is_some());
     drop(owner);
     drop(store);

@@ -1,9 +1,17 @@
 //! The owner: the one person who may approve clients. Their password (Argon2id), the
 //! first-run setup token, sign-in sessions, and the limit on failed sign-ins.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString},
@@ -105,15 +113,8 @@ fn verify_with(phc: &str, password: &[u8], blocks: &mut Blocks) -> bool {
     computed && bool::from(expected.as_bytes().ct_eq(&out))
 }
 
-/// Verifies on the blocking pool (Argon2 is deliberately slow) in `blocks`, which
-/// it hands back for the next run.
-async fn verify(phc: String, password: String, mut blocks: Blocks) -> (bool, Blocks) {
-    tokio::task::spawn_blocking(move || {
-        let ok = verify_with(&phc, password.as_bytes(), &mut blocks);
-        (ok, blocks)
-    })
-    .await
-    .unwrap_or((false, Vec::new()))
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A hash to verify against when no password exists, so that a sign-in takes as long
@@ -140,18 +141,35 @@ pub struct Owner {
     store: SharedStore,
     /// From `--owner-password-hash`; takes precedence over a stored password.
     configured_hash: Option<String>,
-    /// What a session record holds: `owner`, and the fingerprint of
-    /// `--owner-password-hash` when one is configured, so that a session opened under
-    /// another hash (the owner changed it because the password leaked, say) is not
-    /// one under this one, on any instance. `set_password` ends sessions itself.
-    session_mark: String,
-    argon2: Semaphore,
+    /// The session mark of `configured_hash`, worked out once.
+    configured_mark: Option<String>,
+    argon2: Arc<Semaphore>,
     /// Sign-ins running on `argon2` or waiting for it:
     /// [`ARGON2_CONCURRENCY`] + [`ARGON2_WAITING`] places.
-    argon2_admitted: Semaphore,
+    argon2_admitted: Arc<Semaphore>,
     /// The memory of the Argon2 runs, allocated once and reused: at most
     /// [`ARGON2_CONCURRENCY`] buffers, one per run at a time.
-    argon2_memory: Mutex<Vec<Blocks>>,
+    argon2_memory: Arc<Mutex<Vec<Blocks>>>,
+}
+
+/// A sign-in's place among those being checked or waiting to be
+/// ([`ARGON2_CONCURRENCY`] + [`ARGON2_WAITING`]): [`Owner::admit`].
+pub struct Admission {
+    _place: OwnedSemaphorePermit,
+}
+
+/// A password found right: it opens a session under the hash it matched.
+pub struct Verified {
+    mark: String,
+}
+
+/// What a session record holds: `owner` and the fingerprint of the password hash
+/// its sign-in matched. A session is live only while that is still the owner's
+/// hash, on any instance: a session opened under another (the owner changed it
+/// because the password leaked, say) is not one under this one, even when its
+/// sign-in was checked before the change and the session stored after it.
+fn session_mark(hash: &str) -> String {
+    format!("owner {}", SecretHash::of(hash).as_str())
 }
 
 fn password_key() -> Key {
@@ -160,17 +178,13 @@ fn password_key() -> Key {
 
 impl Owner {
     pub fn new(store: SharedStore, configured_hash: Option<String>) -> Self {
-        let session_mark = match &configured_hash {
-            Some(hash) => format!("owner {}", SecretHash::of(hash).as_str()),
-            None => "owner".to_owned(),
-        };
         Owner {
             store,
+            configured_mark: configured_hash.as_deref().map(session_mark),
             configured_hash,
-            session_mark,
-            argon2: Semaphore::new(ARGON2_CONCURRENCY),
-            argon2_admitted: Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING),
-            argon2_memory: Mutex::new(Vec::new()),
+            argon2: Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
+            argon2_admitted: Arc::new(Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING)),
+            argon2_memory: Arc::default(),
         }
     }
 
@@ -187,37 +201,67 @@ impl Owner {
     }
 
     /// Checks a password, at most [`ARGON2_CONCURRENCY`] at a time, with at most
-    /// [`ARGON2_WAITING`] more waiting.
+    /// [`ARGON2_WAITING`] more waiting: [`Owner::admit`], then [`Owner::check`].
     pub async fn verify_password(&self, password: &str) -> StoreResult<PasswordCheck> {
-        // Given back however the check ends, also when the request is dropped.
-        let Ok(_admitted) = self.argon2_admitted.try_acquire() else {
+        let Some(admission) = self.admit() else {
             return Ok(PasswordCheck::Busy);
         };
-        let (hash, exists) = match self.password_hash().await? {
-            Some(hash) => (hash, true),
-            None => (decoy_hash().to_owned(), false),
-        };
-        let _permit = self
-            .argon2
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
-        let blocks = self
-            .argon2_memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
-        let (ok, blocks) = verify(hash, password.to_owned(), blocks).await;
-        let mut memory = self.argon2_memory.lock().unwrap_or_else(|p| p.into_inner());
-        if memory.len() < ARGON2_CONCURRENCY {
-            memory.push(blocks);
-        }
-        Ok(if ok && exists {
+        Ok(if self.check(admission, password).await?.is_some() {
             PasswordCheck::Right
         } else {
             PasswordCheck::Wrong
         })
+    }
+
+    /// A place to check a password, or `None` when [`ARGON2_WAITING`] sign-ins
+    /// already wait.
+    pub fn admit(&self) -> Option<Admission> {
+        self.argon2_admitted
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|place| Admission { _place: place })
+    }
+
+    /// Whether `password` is the owner's, checked in the place `admission` holds.
+    ///
+    /// The Argon2 run owns its places and its memory until it ends. A request that
+    /// goes away while the run is under way (a reset HTTP/2 stream, a closed
+    /// connection) drops only the waiting for it: if it took the places with it,
+    /// anyone could start runs and drop them at once, without bound, each with
+    /// memory of its own.
+    pub async fn check(
+        &self,
+        admission: Admission,
+        password: &str,
+    ) -> StoreResult<Option<Verified>> {
+        let (hash, exists) = match self.password_hash().await? {
+            Some(hash) => (hash, true),
+            None => (decoy_hash().to_owned(), false),
+        };
+        let run = self
+            .argon2
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Backend("the password checker is closed".into()))?;
+        let memory = self.argon2_memory.clone();
+        let mut blocks = lock(&memory).pop().unwrap_or_default();
+        let password = password.to_owned();
+        let mark = exists.then(|| session_mark(&hash));
+        let ok = tokio::task::spawn_blocking(move || {
+            // Let go of last, once the memory is back for the next run.
+            let _places = (admission, run);
+            let ok = verify_with(&hash, password.as_bytes(), &mut blocks);
+            let mut memory = lock(&memory);
+            if memory.len() < ARGON2_CONCURRENCY {
+                memory.push(blocks);
+            }
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        Ok(mark.filter(|_| ok).map(|mark| Verified { mark }))
     }
 
     /// Ends every sign-in session (after a password change).
@@ -280,12 +324,13 @@ impl Owner {
         self.set_password(password).await
     }
 
-    /// Starts a session; returns the cookie value. The store keeps only its hash.
-    pub async fn new_session(&self) -> StoreResult<String> {
+    /// Starts a session for a sign-in; returns the cookie value. The store keeps
+    /// only its hash.
+    pub async fn new_session(&self, verified: &Verified) -> StoreResult<String> {
         let id = random_token();
         let key = Key::new(Kind::SESSION, SecretHash::of(&id).as_str());
         self.store
-            .put(&key, self.session_mark.as_bytes(), Put::ttl(SIGN_IN_TTL))
+            .put(&key, verified.mark.as_bytes(), Put::ttl(SIGN_IN_TTL))
             .await?;
         Ok(id)
     }
@@ -297,10 +342,15 @@ impl Owner {
             .store
             .get(&Key::new(Kind::SESSION, hash.as_str()))
             .await?;
-        let live = match (record, &self.configured_hash) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(mark), Some(_)) => mark == self.session_mark.as_bytes(),
+        let Some(mark) = record else {
+            return Ok(None);
+        };
+        let live = match &self.configured_mark {
+            Some(current) => mark == current.as_bytes(),
+            None => self
+                .password_hash()
+                .await?
+                .is_some_and(|current| mark == session_mark(&current).as_bytes()),
         };
         Ok(live.then_some(hash))
     }
@@ -359,13 +409,15 @@ struct Tries {
     last: Instant,
 }
 
-/// One reserved attempt. Report how it went; dropping it unreported (a store
-/// failure, say) releases the reservation without counting a failure.
+/// One reserved attempt. Report how it went; dropping it unreported releases the
+/// reservation without counting a failure, unless the password was being checked
+/// ([`Attempt::checking`]).
 pub struct Attempt<'a> {
     limiter: &'a SignInLimiter,
     address: IpAddr,
     keys: [Option<Network>; 2],
     settled: bool,
+    checking: bool,
 }
 
 impl Attempt<'_> {
@@ -390,6 +442,23 @@ impl Attempt<'_> {
     }
 
     pub fn failed(mut self) {
+        self.count_failure();
+    }
+
+    /// The password is being checked: from now on, an attempt dropped unreported
+    /// (its request went away) counts as failed. Otherwise anyone could start
+    /// checks and go away before their answer, as often as they like and never
+    /// slowed down.
+    pub fn checking(&mut self) {
+        self.checking = true;
+    }
+
+    /// Releases the reservation without counting a failure (the store failed).
+    pub fn release(mut self) {
+        self.release_places();
+    }
+
+    fn count_failure(&mut self) {
         self.settled = true;
         let now = Instant::now();
         let limiter = self.limiter;
@@ -408,17 +477,24 @@ impl Attempt<'_> {
             }
         }
     }
+
+    fn release_places(&mut self) {
+        self.settled = true;
+        let mut state = self.limiter.lock();
+        for key in self.keys.iter().flatten() {
+            if let Some(tries) = state.get_mut(key) {
+                tries.in_flight = tries.in_flight.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if !self.settled {
-            let mut state = self.limiter.lock();
-            for key in self.keys.iter().flatten() {
-                if let Some(tries) = state.get_mut(key) {
-                    tries.in_flight = tries.in_flight.saturating_sub(1);
-                }
-            }
+        match (self.settled, self.checking) {
+            (true, _) => {}
+            (false, true) => self.count_failure(),
+            (false, false) => self.release_places(),
         }
     }
 }
@@ -512,6 +588,7 @@ impl SignInLimiter {
             address: address_key(address),
             keys,
             settled: false,
+            checking: false,
         })
     }
 
@@ -625,6 +702,26 @@ mod tests {
         assert!(limiter.reserve(a).is_ok());
     }
 
+    /// An attempt whose request went away while its password was being checked
+    /// counts as failed: dropping requests must not buy unlimited checks.
+    #[tokio::test(start_paused = true)]
+    async fn attempts_dropped_while_checked_count_as_failed() {
+        let limiter = SignInLimiter::new(2, Duration::from_secs(300), Duration::from_secs(900));
+        let a = ip("192.0.2.1");
+        for _ in 0..2 {
+            let mut attempt = limiter.reserve(a).expect("free");
+            attempt.checking();
+        }
+        assert!(limiter.reserve(a).is_err(), "slowed down after two");
+        // Released before any check (the checker was busy): nothing counted.
+        let b = ip("192.0.2.2");
+        for _ in 0..5 {
+            drop(limiter.reserve(b).expect("free"));
+        }
+        limiter.reserve(b).expect("still free").release();
+        assert!(limiter.reserve(b).is_ok());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn addresses_are_forgotten_after_a_quiet_period() {
         let limiter = SignInLimiter::new(1, Duration::from_secs(300), Duration::from_secs(900));
@@ -645,11 +742,75 @@ mod tests {
             crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
         );
         let first = Owner::new(store.clone(), Some("hash-one".into()));
-        let cookie = first.new_session().await.expect("session");
+        let verified = Verified {
+            mark: session_mark("hash-one"),
+        };
+        let cookie = first.new_session(&verified).await.expect("session");
+        assert!(first.session(&cookie).await.expect("read").is_some());
         let changed = Owner::new(store.clone(), Some("hash-two".into()));
         assert!(changed.session(&cookie).await.expect("read").is_none());
         let same = Owner::new(store, Some("hash-one".into()));
         assert!(same.session(&cookie).await.expect("read").is_some());
+    }
+
+    /// A sign-in checked against the stored password, whose session is stored only
+    /// after the password changed (and after every session was ended), opens
+    /// nothing; nor does one checked against a configured hash once the server runs
+    /// on the stored password instead.
+    #[tokio::test]
+    async fn a_session_is_live_only_under_the_hash_its_sign_in_matched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let owner = Owner::new(store.clone(), None);
+        owner
+            .set_password("the first long password")
+            .await
+            .expect("set");
+        let admission = owner.admit().expect("place");
+        let verified = owner
+            .check(admission, "the first long password")
+            .await
+            .expect("store")
+            .expect("right");
+        owner
+            .set_password("the second long password")
+            .await
+            .expect("changed");
+        let late = owner.new_session(&verified).await.expect("session");
+        assert!(owner.session(&late).await.expect("read").is_none());
+
+        let admission = owner.admit().expect("place");
+        let verified = owner
+            .check(admission, "the second long password")
+            .await
+            .expect("store")
+            .expect("right");
+        let current = owner.new_session(&verified).await.expect("session");
+        assert!(owner.session(&current).await.expect("read").is_some());
+
+        let configured = Owner::new(
+            store.clone(),
+            Some(hash_password("configured one").expect("hash")),
+        );
+        let admission = configured.admit().expect("place");
+        let verified = configured
+            .check(admission, "configured one")
+            .await
+            .expect("store")
+            .expect("right");
+        let cookie = configured.new_session(&verified).await.expect("session");
+        assert!(configured.session(&cookie).await.expect("read").is_some());
+        assert!(
+            owner.session(&cookie).await.expect("read").is_none(),
+            "not once the configured hash is gone"
+        );
+        assert!(owner
+            .check(owner.admit().expect("place"), "configured one")
+            .await
+            .expect("store")
+            .is_none());
     }
 
     /// Past the runs and the places to wait for them, a sign-in is told to come
@@ -719,6 +880,60 @@ mod tests {
                 .expect("store"),
             PasswordCheck::Right
         );
+    }
+
+    /// A check whose request goes away (a reset stream, a closed connection) while
+    /// Argon2 runs keeps its places, and its memory, until the run ends: otherwise
+    /// runs started and dropped at once would be bounded by nothing.
+    #[tokio::test]
+    async fn a_dropped_check_keeps_its_places_until_argon2_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        // A slow hash (64 MiB, 8 passes), so the run outlasts the checks below.
+        let slow = Params::new(64 * 1024, 8, 1, None).expect("params");
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, slow)
+            .hash_password(b"correct horse battery", &salt)
+            .expect("hash")
+            .to_string();
+        let owner = Arc::new(Owner::new(store, Some(hash)));
+        let all = ARGON2_CONCURRENCY + ARGON2_WAITING;
+        let admission = owner.admit().expect("a place");
+        let task = {
+            let owner = owner.clone();
+            tokio::spawn(async move { owner.check(admission, "wrong guess").await })
+        };
+        // On this one-thread runtime the task yields only once its run is under way.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while owner.argon2.available_permits() == ARGON2_CONCURRENCY {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the run starts");
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(
+            owner.argon2.available_permits(),
+            ARGON2_CONCURRENCY - 1,
+            "the run still holds its place"
+        );
+        assert_eq!(owner.argon2_admitted.available_permits(), all - 1);
+        assert!(
+            lock(&owner.argon2_memory).is_empty(),
+            "its memory is in use"
+        );
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while owner.argon2_admitted.available_permits() < all {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the run ends");
+        assert_eq!(owner.argon2.available_permits(), ARGON2_CONCURRENCY);
+        assert_eq!(lock(&owner.argon2_memory).len(), 1, "its memory is back");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
         session::{cookie_name, cookie_value, session_cookie},
         AppState,
     },
-    oauth::owner::{PasswordCheck, SetupError},
+    oauth::owner::SetupError,
 };
 
 /// Where to go after signing in: only back into an authorization request, the
@@ -91,7 +91,7 @@ pub async fn login(
     };
     // Reserved before the password is checked: a burst from one address is checked
     // only as often as its budget allows, and never locks out another address.
-    let attempt = match state.limiter.reserve(address) {
+    let mut attempt = match state.limiter.reserve(address) {
         Ok(attempt) => attempt,
         Err(wait) => {
             crate::warn_throttled!(client = %address, "sign-in slowed down: too many failures from this address");
@@ -111,30 +111,32 @@ pub async fn login(
         }
     };
     let password = form.password.unwrap_or_default();
+    let Some(admission) = state.owner.admit() else {
+        // Nothing was checked, so nothing counts against the address.
+        drop(attempt);
+        crate::warn_throttled!(client = %address, "sign-in refused: too many sign-ins wait to be checked");
+        crate::telemetry::rate_limited("sign_in_busy");
+        let mut response = retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins are being checked right now. Try again in a few seconds.",
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("2"),
+        );
+        return response;
+    };
+    attempt.checking();
     // The same answer whether or not a password exists.
-    match state.owner.verify_password(&password).await {
-        Ok(PasswordCheck::Right) => {
+    let verified = match state.owner.check(admission, &password).await {
+        Ok(Some(verified)) => {
             attempt.succeeded();
             state
                 .audit
                 .record(Event::new(EventKind::SignInSucceeded).address(address));
+            verified
         }
-        // Nothing was checked, so nothing counts against the address.
-        Ok(PasswordCheck::Busy) => {
-            drop(attempt);
-            crate::warn_throttled!(client = %address, "sign-in refused: too many sign-ins wait to be checked");
-            crate::telemetry::rate_limited("sign_in_busy");
-            let mut response = retry(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many sign-ins are being checked right now. Try again in a few seconds.",
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("2"),
-            );
-            return response;
-        }
-        Ok(PasswordCheck::Wrong) => {
+        Ok(None) => {
             attempt.failed();
             state
                 .audit
@@ -142,13 +144,16 @@ pub async fn login(
             tracing::warn!(client = %address, "failed sign-in");
             return retry(StatusCode::UNAUTHORIZED, "That password is not right.");
         }
-        Err(e) => return unavailable_page(&e).into_response(),
-    }
+        Err(e) => {
+            attempt.release();
+            return unavailable_page(&e).into_response();
+        }
+    };
     // A new id at every sign-in (no session fixation).
     if let Some(old) = cookie_value(&headers, cookie_name(&state)) {
         let _ = state.owner.end_session(old).await;
     }
-    let session = match state.owner.new_session().await {
+    let session = match state.owner.new_session(&verified).await {
         Ok(session) => session,
         Err(e) => return unavailable_page(&e).into_response(),
     };
