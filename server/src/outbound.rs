@@ -121,7 +121,8 @@ impl DocumentFetcher {
         // A document is served on the https port. Any other would let anyone make
         // this server open connections to any port of any public address (its own
         // included, where a firewall may trust it) and report what it found.
-        if !self.allow_loopback && url.port_or_known_default() != Some(443) {
+        let loopback = self.allow_loopback && crate::net::is_loopback_url(url);
+        if !loopback && url.port_or_known_default() != Some(443) {
             return Err(FetchError::lasting(NOT_HTTPS_PORT));
         }
         // Only then a place: what can never work is refused as such, busy or not.
@@ -140,12 +141,13 @@ impl DocumentFetcher {
             .send()
             .await
             .map_err(|e| {
-                if caused_by_not_public(&e) {
-                    FetchError::lasting(NOT_PUBLIC)
+                // A name with only private addresses reads as one that does not
+                // resolve: otherwise anyone could ask which internal names (this
+                // server's search domains included) exist.
+                if caused_by_not_public(&e) || e.is_connect() {
+                    FetchError::transient(UNREACHABLE)
                 } else if e.is_timeout() {
                     FetchError::transient("fetching the metadata document timed out")
-                } else if e.is_connect() {
-                    FetchError::transient("the metadata document's host is not reachable")
                 } else {
                     FetchError::transient("the metadata document could not be fetched")
                 }
@@ -223,6 +225,7 @@ pub const NOT_HTTPS_PORT: &str =
 /// Why a fetch was refused when the host resolves only to addresses that are not
 /// public (or is such an address).
 pub const NOT_PUBLIC: &str = "the metadata document's host has no public address";
+pub const UNREACHABLE: &str = "the metadata document's host is not reachable";
 
 /// The resolver's refusal, recognisable in reqwest's error chain.
 #[derive(Debug)]
@@ -478,8 +481,8 @@ mod tests {
         assert!(found.iter().all(|a| a.ip().is_loopback()));
     }
 
-    /// Asserts that a fetcher for the real world refuses each URL with `reason`.
-    async fn assert_refused(urls: &[&str], reason: &str) {
+    /// Asserts that a fetcher for the real world refuses each URL with `refusal`.
+    async fn assert_refused_as(urls: &[&str], refusal: FetchError) {
         let fetcher = DocumentFetcher::new(false).expect("client");
         for url in urls {
             let refused = fetcher
@@ -487,8 +490,12 @@ mod tests {
                 .await
                 .err()
                 .expect("refused");
-            assert_eq!(refused, FetchError::lasting(reason), "{url}");
+            assert_eq!(refused, refusal, "{url}");
         }
+    }
+
+    async fn assert_refused(urls: &[&str], reason: &str) {
+        assert_refused_as(urls, FetchError::lasting(reason)).await;
     }
 
     #[tokio::test]
@@ -497,10 +504,20 @@ mod tests {
             &[
                 "https://127.0.0.1/doc",
                 "https://[::1]/doc",
-                "https://localhost/doc",
                 "https://10.1.2.3:8443/doc",
             ],
             NOT_PUBLIC,
+        )
+        .await;
+    }
+
+    /// A name with only private addresses is refused as one that does not resolve:
+    /// the answer tells nobody which internal names exist.
+    #[tokio::test]
+    async fn a_name_with_only_private_addresses_reads_as_one_that_does_not_resolve() {
+        assert_refused_as(
+            &["https://localhost/doc", "https://no-such-host.invalid/doc"],
+            FetchError::transient(UNREACHABLE),
         )
         .await;
     }

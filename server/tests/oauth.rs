@@ -1852,7 +1852,7 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
         .param("code")
         .expect("code");
     let document = url::Url::parse(&client_id).expect("url");
-    assert!(!app.state.auth.document_is_proven(&document));
+    assert!(!app.state.auth.document_is_proven(&document).await);
     let tokens = app.redeem(&client_id, &code).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
     assert_eq!(
@@ -1861,8 +1861,15 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
         "the document is cached per its max-age"
     );
     // Its client obtained tokens: the document keeps its place in the cache, and
-    // fetch places of its own, whatever anonymous callers name.
-    assert!(app.state.auth.document_is_proven(&document));
+    // fetch places of its own, whatever anonymous callers name; after a restart
+    // too, when it is not cached (and on other instances: the store says so).
+    assert!(app.state.auth.document_is_proven(&document).await);
+    let app = app
+        .restart(&["--insecure-allow-loopback-client-metadata"])
+        .await;
+    assert!(app.state.auth.document_is_proven(&document).await);
+    let other = url::Url::parse(&format!("{}/other.json", docs.base)).expect("url");
+    assert!(!app.state.auth.document_is_proven(&other).await);
 }
 
 /// Anyone can publish a metadata document naming any redirect URI, so a fetched
@@ -1951,8 +1958,6 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
     let not_public = format!("{NOT_PUBLIC}.");
     for client_id in [
         format!("https://127.0.0.1:{port}/client.json"),
-        // (Port 443: any other is refused before the name is even resolved.)
-        "https://localhost/client.json".to_owned(),
         format!("https://[::1]:{port}/client.json"),
         // IPv4-mapped IPv6 for 127.0.0.1 (in the normal form a client_id URL must have).
         format!("https://[::ffff:7f00:1]:{port}/client.json"),
@@ -1970,6 +1975,22 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
             &not_public,
         );
     }
+    // A name with only private addresses is refused as one that does not resolve,
+    // so that nobody learns which internal names exist. (Port 443: any other is
+    // refused before the name is even resolved.)
+    let private = app
+        .authorize("https://localhost/client.json", &[], Some(&cookie))
+        .await;
+    let unknown = app
+        .authorize(
+            "https://no-such-host.invalid/client.json",
+            &[],
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(private.status, unknown.status);
+    assert_eq!(private.error_page(), unknown.error_page());
+    assert!(!private.body.contains(NOT_PUBLIC), "{}", private.body);
     // Plain http document URLs are not metadata documents at all without the opt-in:
     // the id is looked up as a registered client, and there is none.
     let answer = app

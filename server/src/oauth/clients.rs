@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{
     client::{AuthMethod, Client, ClientId, ClientKind, MetadataError, RegistrationRequest},
     metadata_document,
-    records::client_key,
+    records::{client_key, proven_key},
     redirect::RedirectUri,
     scope::ScopeSet,
     secret::{random_token, SecretHash},
@@ -204,9 +204,46 @@ impl AuthServer {
     }
 
     /// Whether the client-ID metadata document at `url` is proven: its client
-    /// obtained tokens here (see [`metadata_document::DocumentCache`]).
-    pub fn document_is_proven(&self, url: &url::Url) -> bool {
-        self.document_cache().is_proven(url)
+    /// obtained tokens here (see [`metadata_document::DocumentCache`]). Asked only
+    /// before a fetch. The store remembers it for as long as the refresh token the
+    /// client got may live, so that its fetch may use the reserved places after a
+    /// restart and on every instance: those places are what keeps a flood of slow
+    /// documents from holding up Claude's refresh, and a restart is when Claude's
+    /// document is not cached. A store that fails counts as not proven.
+    pub async fn document_is_proven(&self, url: &url::Url) -> bool {
+        if self.document_cache().is_proven(url) {
+            return true;
+        }
+        match self.store.get(&proven_key(url.as_str())).await {
+            Ok(Some(_)) => {
+                self.document_cache()
+                    .proven_elsewhere(url.as_str(), self.clock.now_ms());
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read whether a metadata document is proven");
+                false
+            }
+        }
+    }
+
+    /// Notes that the client of the metadata document at `url` obtained tokens.
+    pub(super) async fn prove_document(&self, url: &str) {
+        let ttl = self.settings.refresh_token_ttl;
+        let rewrite_after = (ttl / 2).as_millis() as u64;
+        let store = self
+            .document_cache()
+            .prove(url, self.clock.now_ms(), rewrite_after);
+        if store {
+            let written = self
+                .store
+                .put(&proven_key(url), url.as_bytes(), Put::ttl(ttl))
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot note that a metadata document is proven");
+            }
+        }
     }
 
     /// Whether the operator configured `client` (the static client, a pinned
@@ -230,7 +267,8 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
             return Ok(client);
         }
-        Ok(self.shared_fetch(url).await?)
+        let known = self.document_is_proven(url).await;
+        Ok(self.shared_fetch(url, known).await?)
     }
 
     /// The fetch of the document at `url`: the one under way, or a new one.
@@ -244,8 +282,7 @@ impl AuthServer {
     /// fetcher's own deadline. It reads the document and caches it as its HTTP
     /// caching headers allow, then its entry goes (also if it panics), and the next
     /// request looks in the cache, then fetches anew.
-    fn shared_fetch(&self, url: &url::Url) -> SharedFetch {
-        let known = self.document_cache().is_proven(url);
+    fn shared_fetch(&self, url: &url::Url, known: bool) -> SharedFetch {
         let number = FETCH_NUMBER.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let shared = {

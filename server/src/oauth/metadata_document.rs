@@ -36,7 +36,8 @@ fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, String> {
         return Err("the client_id URL is too long".into());
     }
     let url = Url::parse(raw).map_err(|_| "the client_id is not a valid URL".to_owned())?;
-    let loopback_http = allow_loopback_http && url.scheme() == "http";
+    let loopback_http =
+        allow_loopback_http && url.scheme() == "http" && crate::net::is_loopback_url(&url);
     if url.scheme() != "https" && !loopback_http {
         return Err("a client_id URL must use https".into());
     }
@@ -197,12 +198,20 @@ pub fn pin(url: &str, file: &Path, known: &ScopeSet) -> Result<(Url, PinnedDocum
 /// owner approved it. Anonymous callers can only add unproven entries, so however
 /// many documents they name they cannot push Claude's out, and a proven document's
 /// next fetch may use places they cannot take (see `outbound`). The proven URLs are
-/// remembered (as many as the cache holds) after their entries expire.
+/// remembered (as many as the cache holds) after their entries expire, and in the
+/// store (see `AuthServer::document_is_proven`), so that a restart or another
+/// instance knows them too.
 pub struct DocumentCache {
     max: usize,
     entries: HashMap<String, (Client, u64)>,
-    /// Proven URLs, and when each was last proven (for eviction, oldest first).
-    proven: HashMap<String, u64>,
+    proven: HashMap<String, Proven>,
+}
+
+struct Proven {
+    /// When last proven (for eviction, oldest first).
+    at: u64,
+    /// When this instance last wrote the store's record of it, if it did.
+    stored_at: Option<u64>,
 }
 
 impl DocumentCache {
@@ -240,19 +249,41 @@ impl DocumentCache {
             .insert(url.as_str().to_owned(), (client, expires_ms));
     }
 
-    /// Notes that `url`'s client obtained tokens.
-    pub fn prove(&mut self, url: &str, now_ms: u64) {
+    /// Notes that `url`'s client obtained tokens. Whether the store's record of it
+    /// is to be written: never written here, or `rewrite_after_ms` ago.
+    pub fn prove(&mut self, url: &str, now_ms: u64, rewrite_after_ms: u64) -> bool {
+        let proven = self.proven_entry(url, now_ms);
+        proven.at = now_ms;
+        let rewrite = proven
+            .stored_at
+            .is_none_or(|at| now_ms.saturating_sub(at) >= rewrite_after_ms);
+        if rewrite {
+            proven.stored_at = Some(now_ms);
+        }
+        rewrite
+    }
+
+    /// Notes that the store says `url` is proven (another instance, or this one
+    /// before a restart, saw its client obtain tokens).
+    pub fn proven_elsewhere(&mut self, url: &str, now_ms: u64) {
+        self.proven_entry(url, now_ms);
+    }
+
+    fn proven_entry(&mut self, url: &str, now_ms: u64) -> &mut Proven {
         if self.proven.len() >= self.max && !self.proven.contains_key(url) {
             let oldest = self
                 .proven
                 .iter()
-                .min_by_key(|(_, at)| **at)
+                .min_by_key(|(_, proven)| proven.at)
                 .map(|(url, _)| url.clone());
             if let Some(oldest) = oldest {
                 self.proven.remove(&oldest);
             }
         }
-        self.proven.insert(url.to_owned(), now_ms);
+        self.proven.entry(url.to_owned()).or_insert(Proven {
+            at: now_ms,
+            stored_at: None,
+        })
     }
 
     pub fn is_proven(&self, url: &Url) -> bool {
@@ -296,6 +327,8 @@ mod tests {
         }
         assert!(document_url("http://127.0.0.1:8000/doc", false).is_none());
         assert!(document_url("http://127.0.0.1:8000/doc", true).is_some_and(|r| r.is_ok()));
+        // The test switch admits plain http on loopback only.
+        assert!(document_url("http://example.com:8000/doc", true).is_some_and(|r| r.is_err()));
     }
 
     #[test]
@@ -434,7 +467,11 @@ mod tests {
         let mut cache = DocumentCache::new(3);
         let claude = Url::parse(CLAUDE).expect("url");
         cache.insert(&claude, client(&claude), 300_000, 0);
-        cache.prove(claude.as_str(), 0);
+        assert!(cache.prove(claude.as_str(), 0, 1_000), "stored once");
+        assert!(
+            !cache.prove(claude.as_str(), 999, 1_000),
+            "not again so soon"
+        );
         for i in 0..100 {
             let url = Url::parse(&format!("https://flood{i}.example/doc")).expect("url");
             cache.insert(&url, client(&url), 86_400_000, 1_000);

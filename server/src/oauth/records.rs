@@ -134,6 +134,12 @@ pub fn client_key(client_id: &ClientId) -> Key {
     Key::new(Kind::CLIENT, client_id.as_str())
 }
 
+/// Where the store notes that the client of the metadata document at `url` obtained
+/// tokens here (see `AuthServer::document_is_proven`).
+pub fn proven_key(url: &str) -> Key {
+    Key::new(Kind::PROVEN, SecretHash::of(url).as_str())
+}
+
 pub fn grant_key(grant: &Group) -> Key {
     Key::in_group(Kind::GRANT, grant, "record")
 }

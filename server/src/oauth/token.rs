@@ -83,8 +83,7 @@ impl AuthServer {
             }
         }
         if client.kind == super::client::ClientKind::MetadataDocument {
-            self.document_cache()
-                .prove(client.client_id.as_str(), self.clock.now_ms());
+            self.prove_document(client.client_id.as_str()).await;
         }
         Ok(tokens)
     }

@@ -38,6 +38,8 @@ impl Kind {
     pub const ARTICLE: Kind = Kind("article");
     /// A grant's use: when last, how many tool calls per hour.
     pub const USAGE: Kind = Kind("usage");
+    /// A client-ID metadata document whose client obtained tokens here.
+    pub const PROVEN: Kind = Kind("proven");
     /// For the store's own tests.
     #[cfg(test)]
     pub const TEST: Kind = Kind("test");
@@ -70,6 +72,7 @@ impl Kind {
             Kind::MCP_BINDING,
             Kind::ARTICLE,
             Kind::USAGE,
+            Kind::PROVEN,
         ]
         .iter()
         .any(|k| k.0 == kind)
