@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::{bytes::Bytes, prelude::*};
+use fred::{bytes::Bytes, prelude::*, types::config::UnresponsiveConfig};
 use futures::StreamExt;
 
 use super::{Entry, Group, Key, Kind, Put, Store, StoreError, StoreResult};
@@ -22,6 +22,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest wait between reconnection attempts while Redis is away.
 const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
+/// How long a command may go unanswered before its connection counts as dead.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+/// Commands waiting for one connection at most.
+const MAX_QUEUED_COMMANDS: usize = 10_000;
 
 /// Writes a value and keeps its group's member set (and the set's TTL, the longest of
 /// its members') in step. KEYS: the key, then its group set when the key's name carries
@@ -151,6 +155,22 @@ impl RedisStore {
                 // code redemption reads as a replay). An outcome nobody saw is an
                 // error, which callers answer with 503 and clients retry.
                 c.max_command_attempts = 1;
+                // A connection whose host vanished without a reset (a node lost, a
+                // partition during a failover) looks open until the kernel gives up,
+                // about 15 minutes on Linux: every command on it would time out
+                // meanwhile. It is closed and made again once what was sent on it
+                // goes unacknowledged this long (TCP_USER_TIMEOUT: under load), or
+                // a command on it goes unanswered this long with nothing sent after
+                // it (fred's check: when calls pause).
+                c.tcp.user_timeout = Some(UNRESPONSIVE_AFTER);
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE_AFTER),
+                    interval: Duration::from_secs(1),
+                };
+                // While Redis is away the commands of every request wait in each
+                // connection's queue: bounded, past it a request fails at once
+                // (503) instead of the queue growing with the outage.
+                c.max_command_buffer_len = MAX_QUEUED_COMMANDS;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
@@ -559,4 +579,95 @@ mod tests {
     }
 
     conformance::suite!(fresh);
+
+    /// Passes bytes both ways, until told to go silent: then it keeps the
+    /// connections open and passes nothing, as a host that vanished would.
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if silent.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A connection whose far end goes silent without closing is made again within
+    /// seconds once calls pause, instead of failing every call until the kernel
+    /// gives up on it (about 15 minutes).
+    #[tokio::test]
+    async fn a_connection_gone_silent_is_made_again() {
+        use std::sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc, Mutex,
+        };
+        let url = std::env::var("GATEHOUSE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let mut proxied = url::Url::parse(&url).expect("Redis URL");
+        let target = format!(
+            "{}:{}",
+            proxied.host_str().expect("host"),
+            proxied.port().unwrap_or(6379)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        proxied.set_host(Some("127.0.0.1")).expect("host");
+        proxied
+            .set_port(Some(listener.local_addr().expect("address").port()))
+            .expect("port");
+        let connections: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let made = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                made.lock().expect("lock").push(silent.clone());
+                let ((down_read, down_write), (up_read, up_write)) =
+                    (down.into_split(), up.into_split());
+                tokio::spawn(pipe(down_read, up_write, silent.clone()));
+                tokio::spawn(pipe(up_read, down_write, silent));
+            }
+        });
+        let prefix = format!("gatehouse-test:{}:", crate::oauth::secret::random_id());
+        let _purge = PurgeOnDrop {
+            url: url.clone(),
+            prefix: prefix.clone(),
+        };
+        let store = RedisStore::connect(proxied.as_str(), &prefix, 1)
+            .await
+            .expect("connect");
+        let key = Key::new(Kind::TEST, "silent");
+        store.put(&key, b"kept", Put::forever()).await.expect("put");
+        for silent in connections.lock().expect("lock").iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
+        assert!(store.get(&key).await.is_err(), "no answer comes");
+        tokio::time::sleep(UNRESPONSIVE_AFTER + Duration::from_secs(2)).await;
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(value) = store.get(&key).await {
+                    return value;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("a new connection answers");
+        assert_eq!(read.as_deref(), Some(&b"kept"[..]));
+        assert!(connections.lock().expect("lock").len() >= 2);
+    }
 }
