@@ -29,10 +29,25 @@ use crate::{
 
 /// The store log the activity goes to, tool calls apart.
 const LOG: &str = "activity";
-/// The store log of tool calls. Each log has its own cap: a busy agent writes
-/// thousands of calls an hour (and a client may call made-up tool names in a
-/// loop), and none of them may push a sign-in, a consent or a revocation out.
+/// The store log of tool calls, and of the other events that a client, or anyone,
+/// can cause in numbers ([`in_numbers`]). Each log has its own cap: a busy agent
+/// writes thousands of calls an hour (and a client may call made-up tool names, or
+/// refresh its tokens, in a loop), and none of them may push a sign-in, a consent
+/// or a revocation out.
 const CALLS: &str = "calls";
+
+/// Whether events of `kind` go to the [`CALLS`] log: tool calls, refreshes (a
+/// client may refresh in a loop), registrations (anyone may register, 200 an hour)
+/// and failed sign-ins (anyone may try, within the sign-in limits).
+fn in_numbers(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ToolCall
+            | EventKind::TokenRefreshed
+            | EventKind::ClientRegistered
+            | EventKind::SignInFailed
+    )
+}
 /// Events waiting to be written; more are dropped (and counted).
 const QUEUE: usize = 8192;
 /// Events written per store call at most.
@@ -233,6 +248,18 @@ struct Pending {
     calls: Vec<(u64, u64)>,
 }
 
+impl Pending {
+    fn merge(&mut self, other: Pending) {
+        self.last_used = self.last_used.max(other.last_used);
+        for (hour, count) in other.calls {
+            match self.calls.iter_mut().find(|(h, _)| *h == hour) {
+                Some((_, n)) => *n += count,
+                None => self.calls.push((hour, count)),
+            }
+        }
+    }
+}
+
 /// The tools that are metric labels, by resource (looked up without allocating).
 #[derive(Default)]
 struct ToolLabels {
@@ -404,9 +431,9 @@ impl Audit {
         before: &Cursor,
         kind: Option<EventKind>,
     ) -> StoreResult<Reading> {
-        // Tool calls written before they had a log of their own are in the main
-        // log, so a reading of tool calls reads both.
-        let calls_wanted = kind.is_none_or(|k| k == EventKind::ToolCall);
+        // Events written before they had a place in the second log are in the main
+        // log, so a reading of them reads both.
+        let calls_wanted = kind.is_none_or(in_numbers);
         let mut others = self.slice(LOG, limit, &before.others, true).await?;
         let mut calls = self
             .slice(CALLS, limit, &before.calls, calls_wanted)
@@ -497,28 +524,42 @@ impl Audit {
             let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
             usage.drain().collect()
         };
-        for (grant, delta) in pending {
-            let key = usage_key(&grant);
-            // Several instances add to the same record: compare-and-swap.
-            for _ in 0..5 {
-                let current = self.store.get(&key).await?;
-                let mut usage: Usage = match &current {
-                    Some(raw) => decode(raw)?,
-                    None => Usage::default(),
-                };
-                usage.add(delta.last_used, &delta.calls);
-                let put = Put::ttl(Duration::from_secs(25 * 3600)).in_group(&grant);
-                let written = match &current {
-                    Some(raw) => {
-                        self.store
-                            .compare_and_swap(&key, raw, &encode(&usage)?, put)
-                            .await?
-                    }
-                    None => self.store.put_new(&key, &encode(&usage)?, put).await?,
-                };
-                if written {
-                    break;
+        let mut pending = pending.into_iter();
+        while let Some((grant, delta)) = pending.next() {
+            if let Err(e) = self.add_usage(&grant, &delta).await {
+                // Kept for the next write: a store that fails for a moment loses no
+                // counts (a write that failed after it took may count twice).
+                let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                for (grant, delta) in std::iter::once((grant, delta)).chain(pending) {
+                    usage.entry(grant).or_default().merge(delta);
                 }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_usage(&self, grant: &Group, delta: &Pending) -> StoreResult<()> {
+        let key = usage_key(grant);
+        // Several instances add to the same record: compare-and-swap.
+        for _ in 0..5 {
+            let current = self.store.get(&key).await?;
+            let mut usage: Usage = match &current {
+                Some(raw) => decode(raw)?,
+                None => Usage::default(),
+            };
+            usage.add(delta.last_used, &delta.calls);
+            let put = Put::ttl(Duration::from_secs(25 * 3600)).in_group(grant);
+            let written = match &current {
+                Some(raw) => {
+                    self.store
+                        .compare_and_swap(&key, raw, &encode(&usage)?, put)
+                        .await?
+                }
+                None => self.store.put_new(&key, &encode(&usage)?, put).await?,
+            };
+            if written {
+                break;
             }
         }
         Ok(())
@@ -561,7 +602,7 @@ async fn write_events(
         let Some(audit) = audit.upgrade() else { break };
         let (calls, others): (Vec<Event>, Vec<Event>) = coalesce(batch)
             .into_iter()
-            .partition(|e| e.kind == Some(EventKind::ToolCall));
+            .partition(|e| e.kind.is_some_and(in_numbers));
         for (log, events) in [(LOG, others), (CALLS, calls)] {
             for events in events.chunks(BATCH) {
                 let entries: Vec<Vec<u8>> = events.iter().filter_map(|e| encode(e).ok()).collect();
@@ -827,7 +868,7 @@ mod tests {
         let mut expected = Vec::new();
         for at in 0..60u64 {
             let (log, kind) = if at % 3 == 0 {
-                (LOG, EventKind::SignInFailed)
+                (LOG, EventKind::ConsentApproved)
             } else {
                 (CALLS, EventKind::ToolCall)
             };
@@ -868,14 +909,46 @@ mod tests {
             }
             assert!(cursor.is_done(), "limit {limit}: reached the end");
             assert_eq!(seen, expected, "limit {limit}");
-            // Another kind than tool calls: their log is not even read.
+            // A kind of the main log only: the other is not even read.
             let others = audit
-                .read(100, &Cursor::default(), Some(EventKind::SignInFailed))
+                .read(100, &Cursor::default(), Some(EventKind::ConsentApproved))
                 .await
                 .expect("read");
             assert_eq!(others.events.len(), 20);
             assert!(others.end.is_done());
         }
+    }
+
+    /// However many refreshes, registrations and failed sign-ins there are, a
+    /// consent stays in the log: they have the other log, with its own cap.
+    #[tokio::test]
+    async fn events_anyone_can_cause_in_numbers_push_no_consent_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let audit = Audit::new(store, Clock::system(), Duration::from_secs(3600), 20);
+        audit.record(Event::new(EventKind::ConsentApproved).client("c1"));
+        for i in 0..50 {
+            audit.record(
+                Event::new(EventKind::TokenRefreshed)
+                    .client("c1")
+                    .grant("g1"),
+            );
+            audit.record(Event::new(EventKind::ClientRegistered).client(format!("r{i}")));
+            audit.record(Event::new(EventKind::SignInFailed).address("192.0.2.1"));
+        }
+        audit.flush().await.expect("flush");
+        let consents = audit
+            .read(100, &Cursor::default(), Some(EventKind::ConsentApproved))
+            .await
+            .expect("read");
+        assert_eq!(consents.events.len(), 1);
+        let refreshes = audit
+            .read(100, &Cursor::default(), Some(EventKind::TokenRefreshed))
+            .await
+            .expect("read");
+        assert!(!refreshes.events.is_empty());
     }
 
     #[tokio::test]
