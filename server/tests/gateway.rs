@@ -429,8 +429,9 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    // A crash mid-call: an error naming the upstream, and so is every later call in
-    // that session; a new session starts a new process.
+    // A crash mid-call: an error naming the upstream. The session has ended: its
+    // next request hears so (404), which is what makes clients open another; a new
+    // session starts a new process.
     let crashed = post(&app, &token, &session, call(4, "crash", json!({}))).await;
     assert_eq!(
         crashed.rpc()["error"]["data"]["upstream"],
@@ -445,12 +446,7 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
         call(5, "echo", json!({"message": "x"})),
     )
     .await;
-    assert_eq!(
-        after.rpc()["error"]["data"]["upstream"],
-        "py",
-        "{}",
-        after.body
-    );
+    assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
     let fresh = app.session_at("/mcp/py", &token, V2025).await;
     let echoed = post(
         &app,
@@ -574,6 +570,65 @@ fn one_read_only_tool(name: &'static str, description: &'static str) -> ListTool
     let tool = Tool::new(name, description, Arc::new(serde_json::Map::new()))
         .with_annotations(ToolAnnotations::new().read_only(true));
     ListToolsResult::with_all_items(vec![tool])
+}
+
+/// An upstream whose tool listing never ends: every page names one more tool and
+/// the cursor of another page. It counts the pages it gave.
+#[derive(Clone, Default)]
+struct EndlessListing(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ServerHandler for EndlessListing {
+    fn get_info(&self) -> ServerConfig {
+        tools_server("endless")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let page = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tool = Tool::new(
+            format!("tool-{page}"),
+            "one of many",
+            Arc::new(serde_json::Map::new()),
+        )
+        .with_annotations(ToolAnnotations::new().read_only(true));
+        let mut listing = ListToolsResult::with_all_items(vec![tool]);
+        listing.next_cursor = Some(format!("page-{}", page + 1));
+        Ok(listing)
+    }
+}
+
+/// Gatehouse reads a bounded number of pages of an upstream's tool listing: one
+/// whose cursor never ends holds up neither a call nor Gatehouse's memory until
+/// the timeout.
+#[tokio::test]
+async fn an_endless_tool_listing_is_read_for_a_bounded_number_of_pages() {
+    let pages = EndlessListing::default();
+    let addr = serve_upstream(pages.clone()).await;
+    let (app, token, _dir) = web_upstream(&format!("http://{addr}/mcp"), "").await;
+    let session = app.session_at("/mcp/web", &token, V2025).await;
+    let web = McpPost {
+        path: "/mcp/web",
+        token: Some(&token),
+        session: Some(&session),
+        version: Some(V2025),
+        ..McpPost::default()
+    };
+    let started = std::time::Instant::now();
+    // A tool nobody listed: Gatehouse lists the upstream's tools to learn it.
+    let answer = app.send(web.body(call(2, "unlisted", json!({})))).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let read = pages.0.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pages.0.load(std::sync::atomic::Ordering::SeqCst),
+        read,
+        "no more pages are read"
+    );
+    assert!(read <= 2 * 64, "{read} pages");
 }
 
 /// An HTTP upstream (rmcp, here) that records the headers it was sent.

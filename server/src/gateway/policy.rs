@@ -21,7 +21,11 @@ use crate::mcp::{Access, Call, CallPolicy, Need};
 
 /// Tools an upstream answer names at most are remembered (a server listing more is
 /// not remembered beyond this: those tools need the write scope).
-const MAX_KNOWN_TOOLS: usize = 4096;
+pub(super) const MAX_KNOWN_TOOLS: usize = 4096;
+
+/// The longest tool name remembered, in bytes (the MCP spec's tool names have at
+/// most 128 characters); a longer one is left unknown, so it needs the write scope.
+const MAX_KNOWN_NAME: usize = 512;
 
 pub struct ToolPolicy {
     rules: Vec<ToolRule>,
@@ -126,6 +130,9 @@ impl ToolPolicy {
         for tool in tools {
             // Full, it still takes changes to the tools it knows.
             if known.len() >= MAX_KNOWN_TOOLS && !known.contains_key(tool.name.as_ref()) {
+                continue;
+            }
+            if tool.name.len() > MAX_KNOWN_NAME {
                 continue;
             }
             let read_only = tool

@@ -11,8 +11,8 @@ use std::{
 use process_wrap::tokio::ChildWrapper;
 use rmcp::{
     model::{
-        ClientCapabilities, ClientConfig, Implementation, InitializeRequestParams, ProtocolVersion,
-        ServerPeerInfo,
+        ClientCapabilities, ClientConfig, Implementation, InitializeRequestParams,
+        PaginatedRequestParams, ProtocolVersion, ServerPeerInfo, Tool,
     },
     service::{serve_client_with_lifecycle, ClientLifecycleMode, Peer, ServiceError},
     transport::{
@@ -679,10 +679,9 @@ impl Shared {
         match self.pooled().await {
             Ok(session) => {
                 let listed =
-                    tokio::time::timeout(self.config.timeout, session.peer().list_all_tools())
-                        .await;
+                    tokio::time::timeout(self.config.timeout, list_tools(session.peer())).await;
                 match listed {
-                    Ok(Ok(tools)) => self.policy.learn(&tools, as_of, true),
+                    Ok(Ok((tools, complete))) => self.policy.learn(&tools, as_of, complete),
                     Ok(Err(e)) => {
                         tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "cannot list the upstream's tools")
                     }
@@ -972,13 +971,50 @@ fn resume_briefly() -> ExponentialBackoff {
 /// The longest part of an upstream's error text that is logged.
 const MAX_LOGGED_ERROR: usize = 512;
 
-/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (at a character's boundary), for the log.
-pub(super) fn cut(text: &str) -> &str {
+/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (at a character's boundary), its control
+/// characters escaped, for the log. An upstream chooses its error's words: a line
+/// break in them would forge a log line, an escape sequence redraw a terminal (the
+/// log's formatter escapes only the message itself, not these fields).
+pub(super) fn cut(text: &str) -> String {
     let mut end = text.len().min(MAX_LOGGED_ERROR);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    let mut logged = String::with_capacity(end);
+    for c in text[..end].chars() {
+        if c.is_control() {
+            logged.extend(c.escape_default());
+        } else {
+            logged.push(c);
+        }
+    }
+    logged
+}
+
+/// Pages of an upstream's tool listing read at most.
+const MAX_LISTED_PAGES: usize = 64;
+
+/// The upstream's tools, page by page, and whether that was all of them: at most
+/// [`MAX_LISTED_PAGES`] pages, read on only while fewer tools than are remembered
+/// came. rmcp's `list_all_tools` reads on for as long as the upstream gives a
+/// cursor and keeps every page: one whose cursor never ends would grow Gatehouse's
+/// memory until the timeout.
+async fn list_tools(peer: &Peer<RoleClient>) -> Result<(Vec<Tool>, bool), ServiceError> {
+    let mut tools = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_LISTED_PAGES {
+        let params = PaginatedRequestParams::default().with_cursor(cursor);
+        let page = peer.list_tools(Some(params)).await?;
+        tools.extend(page.tools);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            return Ok((tools, true));
+        }
+        if tools.len() >= super::policy::MAX_KNOWN_TOOLS {
+            break;
+        }
+    }
+    Ok((tools, false))
 }
 
 /// How long the start-up probe may take before serving starts regardless.
@@ -1115,5 +1151,9 @@ mod tests {
         assert!(logged.len() <= MAX_LOGGED_ERROR);
         assert!(logged.len() >= MAX_LOGGED_ERROR - 1);
         assert_eq!(cut("short"), "short");
+        assert_eq!(
+            cut("x\n2026-12-07 INFO forged\u{1b}[2J"),
+            "x\\n2026-12-07 INFO forged\\u{1b}[2J"
+        );
     }
 }

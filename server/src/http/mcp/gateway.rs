@@ -351,6 +351,29 @@ impl GatewayEndpoint {
         }
     }
 
+    /// Whether `session`'s upstream connection or process has closed (it crashed,
+    /// or it ended the upstream session).
+    fn upstream_closed(&self, session: &str) -> bool {
+        let upstream = self
+            .live()
+            .get(session)
+            .and_then(|entry| entry.upstream.upgrade());
+        upstream.is_some_and(|upstream| upstream.peer().is_transport_closed())
+    }
+
+    /// Ends a session whose upstream side has closed, and says it is gone (404).
+    /// Every call in it would fail, and clients open a new session on a 404 only
+    /// (Streamable HTTP, "Session Management"), not on a JSON-RPC error: the session
+    /// would stay useless, holding its places, until its client gave up.
+    async fn end_closed(&self, session: &str) -> Response {
+        self.end_session(&SessionId::from(session)).await;
+        tracing::info!(
+            upstream = %self.shared.config.name,
+            "ended a session whose upstream side closed"
+        );
+        super::guard::unknown_session()
+    }
+
     /// Remembers a session `initialize` opened, for the direct path.
     fn opened(&self, session: &str, slot: &SessionSlot) {
         // Every session, for `end_session`; only an HTTP upstream's for the direct
@@ -732,6 +755,9 @@ impl Endpoint for GatewayEndpoint {
         }
         let session = session_id(&parts.headers).map(str::to_owned);
         if let Some(session) = &session {
+            if self.upstream_closed(session) {
+                return self.end_closed(session).await;
+            }
             if let Some(entry) = self.live().get_mut(session) {
                 entry.relayed = Instant::now();
             }
