@@ -312,6 +312,22 @@ mod tests {
         assert!(!policy.knows("query"));
     }
 
+    /// A name longer than any tool's may be is not remembered: the tool stays
+    /// unknown, so it needs the write scope.
+    #[test]
+    fn names_past_the_longest_a_tool_may_have_are_not_remembered() {
+        let policy = ToolPolicy::new(Vec::new());
+        let long: &'static str = Box::leak("x".repeat(MAX_KNOWN_NAME + 1).into_boxed_str());
+        let longest: &'static str = Box::leak("y".repeat(MAX_KNOWN_NAME).into_boxed_str());
+        policy.learn(
+            &[tool(long, Some(true)), tool(longest, Some(true))],
+            0,
+            true,
+        );
+        assert!(!policy.knows(long));
+        assert_eq!(policy.tool_access(longest), Some(Access::Read));
+    }
+
     #[test]
     fn a_full_memory_still_takes_changes_to_the_tools_it_knows() {
         let policy = ToolPolicy::new(Vec::new());
