@@ -871,7 +871,7 @@ impl ServeArgs {
         let parsed = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
             .and_then(|text| {
-                toml::from_str::<FileConfig>(&text).map_err(|e| e.to_string().trim_end().into())
+                toml::from_str::<FileConfig>(&text).map_err(|e| toml_mistake(&text, &e))
             });
         match parsed {
             Ok(mut file) => {
@@ -1031,6 +1031,37 @@ fn check_writable_parent(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("data directory {} is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// Where the config file is wrong and why, without the line itself: toml's own
+/// message quotes it, and serde's may quote a value, and a line may hold a secret (a
+/// header's value). Quoted text in the message is left out.
+fn toml_mistake(text: &str, error: &toml::de::Error) -> String {
+    let mut message = String::new();
+    let mut quoted = false;
+    for c in error.message().chars() {
+        match c {
+            '"' if quoted => {
+                quoted = false;
+                message.push_str("…\"");
+            }
+            '"' => {
+                quoted = true;
+                message.push('"');
+            }
+            _ if quoted => {}
+            c => message.push(c),
+        }
+    }
+    let place = error
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+            format!("line {line}, column {column}: ")
+        });
+    format!("{}{message}", place.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -1313,6 +1344,35 @@ mod tests {
             .into_config()
             .expect_err("no such file");
         assert!(errors[0].contains("nowhere.json"), "{errors:?}");
+    }
+
+    /// A mistake in the config file is told by line and column, never by quoting
+    /// the line or a value in it, which may be a secret.
+    #[test]
+    fn config_file_mistakes_quote_no_values() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf-8");
+        for (name, text) in [
+            (
+                "unknown.toml",
+                "[[upstream]]\nname = \"gh\"\nurl = \"https://gh.example/mcp\"\nheader = { Authorization = \"Bearer sk-secret-1\" }\n",
+            ),
+            (
+                "type.toml",
+                "[[upstream]]\nname = \"gh\"\nurl = \"https://gh.example/mcp\"\nheaders = \"Bearer sk-secret-1\"\n",
+            ),
+            ("syntax.toml", "[[upstream]]\nname = \"gh\nheaders = \"Bearer sk-secret-1\"\n"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let errors = args(&["--config", path.to_str().expect("utf-8"), "--data-dir", data])
+                .into_config()
+                .expect_err("a mistake");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(!errors[0].contains("sk-secret"), "{errors:?}");
+            assert!(errors[0].contains("line "), "{errors:?}");
+        }
     }
 
     #[test]

@@ -105,7 +105,14 @@ impl Answer {
                 _ => {}
             }
         }
-        Some(decode_entities(plain.trim()))
+        // What a page says reaches the operator's terminal: no control characters
+        // (escape sequences could redraw what the doctor printed).
+        let text = decode_entities(plain.trim());
+        Some(
+            text.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        )
     }
 
     /// A bot challenge or WAF block page, whatever the request expected.
@@ -383,6 +390,20 @@ mod tests {
             headers: map,
             body: body.as_bytes().to_vec(),
         }
+    }
+
+    /// A page's words reach the operator's terminal without control characters.
+    #[test]
+    fn page_messages_lose_control_characters() {
+        let page = answer(
+            400,
+            &[("content-type", "text/html; charset=utf-8")],
+            "<html><body><p data-testid=\"error-message\">bad\u{1b}[2J\r\nclient &amp; more\u{9b}31m</p></body></html>",
+        );
+        assert_eq!(
+            page.error_message().as_deref(),
+            Some("bad [2J  client & more 31m")
+        );
     }
 
     #[test]
