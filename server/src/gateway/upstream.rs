@@ -346,6 +346,8 @@ pub struct Shared {
     /// For an HTTP upstream: rmcp's client, and the direct path's.
     http: Option<(reqwest013::Client, Sender)>,
     processes: Processes,
+    /// What the upstream's processes may write to the log, all of them together.
+    stderr: Arc<StdMutex<Bucket>>,
 }
 
 impl Shared {
@@ -390,6 +392,7 @@ impl Shared {
             resource,
             http,
             processes: Processes::default(),
+            stderr: Arc::new(StdMutex::new(Bucket::new(STDERR_BURST, STDERR_PER_SECOND))),
         }))
     }
 
@@ -842,7 +845,11 @@ impl Shared {
             return Err("its stdin and stdout could not be connected".into());
         };
         if let Some(stderr) = child.stderr().take() {
-            tokio::spawn(log_stderr(self.config.name.clone(), stderr));
+            tokio::spawn(log_stderr(
+                self.config.name.clone(),
+                stderr,
+                self.stderr.clone(),
+            ));
         }
         Ok((AsyncRwTransport::new_client(stdout, stdin), child))
     }
@@ -851,19 +858,25 @@ impl Shared {
 type StdioTransport =
     AsyncRwTransport<RoleClient, tokio::process::ChildStdout, tokio::process::ChildStdin>;
 
-/// How many stderr lines of one server are logged in a burst, and how many a second
-/// after that; the rest are counted, and the count logged once lines flow again.
+/// How many stderr lines of one upstream (all its processes together) are logged in
+/// a burst, and how many a second after that; the rest are counted, and the count
+/// logged once lines flow again. A line costs one more for each KiB it holds.
 const STDERR_BURST: f64 = 200.0;
 const STDERR_PER_SECOND: f64 = 20.0;
 
 /// A stdio server's stderr, line by line into the log with the upstream's name: a
 /// line is cut at [`MAX_STDERR_LINE`] (the rest of it skipped), a carriage return
-/// is shown as `\r` (it cannot rewrite a log line on a terminal), and a server that
-/// writes faster than [`STDERR_PER_SECOND`] loses lines, not Gatehouse's disk.
-async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
+/// is shown as `\r` (it cannot rewrite a log line on a terminal), and an upstream
+/// whose processes write faster than `bucket` lets through loses lines, not
+/// Gatehouse's disk: one bucket for all of them, or each new process (one per
+/// session) would bring a burst of its own.
+async fn log_stderr(
+    name: String,
+    stderr: tokio::process::ChildStderr,
+    bucket: Arc<StdMutex<Bucket>>,
+) {
     let mut lines = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
-    let mut bucket = Bucket::new(STDERR_BURST, STDERR_PER_SECOND);
     let mut skipping = false;
     loop {
         line.clear();
@@ -881,7 +894,9 @@ async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
             // The rest of a line already cut.
             continue;
         }
-        match bucket.take(tokio::time::Instant::now()) {
+        let cost = 1.0 + (line.len() / 1024) as f64;
+        let take = lock(&bucket).take_cost(tokio::time::Instant::now(), cost);
+        match take {
             Take::Yes { dropped } => {
                 if dropped > 0 {
                     tracing::warn!(target: "gatehouse::upstream", upstream = %name, dropped, "stderr lines not logged: the server wrote too many");
@@ -924,12 +939,17 @@ impl Bucket {
         }
     }
 
+    #[cfg(test)]
     fn take(&mut self, now: tokio::time::Instant) -> Take {
+        self.take_cost(now, 1.0)
+    }
+
+    fn take_cost(&mut self, now: tokio::time::Instant, cost: f64) -> Take {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             Take::Yes {
                 dropped: std::mem::take(&mut self.dropped),
             }
@@ -1142,6 +1162,13 @@ mod tests {
         let later = start + Duration::from_millis(500);
         assert!(matches!(bucket.take(later), Take::Yes { dropped: 2 }));
         assert!(matches!(bucket.take(later), Take::No));
+        // A long line costs as much as several short ones.
+        let mut bucket = Bucket::new(3.0, 2.0);
+        assert!(matches!(
+            bucket.take_cost(start, 3.0),
+            Take::Yes { dropped: 0 }
+        ));
+        assert!(matches!(bucket.take(start), Take::No));
     }
 
     #[test]
