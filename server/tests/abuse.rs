@@ -1255,6 +1255,15 @@ async fn a_client_holds_only_so_many_live_sessions() {
 #[tokio::test]
 async fn one_address_has_only_so_many_new_documents_fetched() {
     let app = TestApp::new(&[]);
+    let authorize_from = |ip: IpAddr, n: u32| {
+        let uri = format!(
+            "/oauth/authorize?response_type=code&client_id=https%3A%2F%2F10.0.{}.{}%2Fdoc\
+             &redirect_uri=https%3A%2F%2Fclient.example%2Fcb&code_challenge=abc&code_challenge_method=S256",
+            n / 256,
+            n % 256
+        );
+        from(ip, Request::get(uri).body(Body::empty()).expect("request"))
+    };
     let authorize = |ip: [u8; 4], n: u32| {
         let uri = format!(
             "/oauth/authorize?response_type=code&client_id=https%3A%2F%2F10.0.0.{n}%2Fdoc\
@@ -1299,4 +1308,18 @@ async fn one_address_has_only_so_many_new_documents_fetched() {
         "{}",
         elsewhere.body
     );
+    // The /64s of one IPv6 /48 share one too: anyone can get a /48.
+    for n in 0..30u16 {
+        let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, n, 0, 0, 0, 1);
+        let answer = app
+            .send(authorize_from(ip.into(), u32::from(n) + 100))
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    }
+    let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, 0xffff, 0, 0, 0, 1);
+    let refused = app.send(authorize_from(ip.into(), 200)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 1);
+    let other = app.send(authorize_from(ip.into(), 201)).await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST, "another /48");
 }

@@ -108,9 +108,9 @@ pub struct Shared {
     pub all_registrations: WindowLimiter<()>,
     /// Consent pages per sign-in session ([`CONSENT_PAGES_PER_MINUTE`] a minute).
     pub consent_pages: WindowLimiter<SecretHash>,
-    /// Fetches of metadata documents not yet proven here, per client address
-    /// ([`DOCUMENT_FETCHES_PER_MINUTE`] a minute).
-    pub document_fetches: WindowLimiter,
+    /// Fetches of metadata documents not yet proven here, per client address and
+    /// per IPv6 /48 ([`DOCUMENT_FETCHES_PER_MINUTE`] a minute each).
+    pub document_fetches: WindowLimiter<crate::ratelimit::Network>,
     /// New MCP sessions per client per minute.
     pub new_sessions: WindowLimiter<ClientId>,
     /// Sessions opened per client in the last day and not ended: what a client can

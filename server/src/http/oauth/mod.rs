@@ -206,8 +206,9 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Pag
 }
 
 /// Counts a request that would fetch the metadata document of `client_id` (not yet
-/// proven here) against `address`'s share ([`super::DOCUMENT_FETCHES_PER_MINUTE`]);
-/// `Err(seconds to wait)` once that share is spent.
+/// proven here) against `address`'s share ([`super::DOCUMENT_FETCHES_PER_MINUTE`]),
+/// and for IPv6 against its /48's too (anyone can get a /48 and its 65,536 /64s);
+/// `Err(seconds to wait)` once a share is spent, and then nothing is counted.
 pub fn count_document_fetch(
     state: &AppState,
     address: std::net::IpAddr,
@@ -215,11 +216,19 @@ pub fn count_document_fetch(
 ) -> Result<(), u64> {
     match client_id {
         Some(id) if state.auth.would_fetch_unproven(id) => {
-            state.document_fetches.hit(address).map_err(|wait| {
-                crate::telemetry::rate_limited("document_fetch");
-                crate::warn_throttled!(client = %address, "refused a metadata document fetch: too many from this address");
-                wait.seconds()
-            })
+            let networks = crate::ratelimit::Network::of(address.to_canonical());
+            let networks: Vec<_> = networks.into_iter().flatten().collect();
+            for (counted, network) in networks.iter().enumerate() {
+                if let Err(wait) = state.document_fetches.hit_key(network) {
+                    for earlier in &networks[..counted] {
+                        state.document_fetches.give_back(earlier);
+                    }
+                    crate::telemetry::rate_limited("document_fetch");
+                    crate::warn_throttled!(client = %address, "refused a metadata document fetch: too many from this address");
+                    return Err(wait.seconds());
+                }
+            }
+            Ok(())
         }
         _ => Ok(()),
     }
