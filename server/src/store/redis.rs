@@ -24,8 +24,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
 /// How long a command may go unanswered before its connection counts as dead.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
-/// Commands waiting for one connection at most.
-const MAX_QUEUED_COMMANDS: usize = 10_000;
 
 /// Writes a value and keeps its group's member set (and the set's TTL, the longest of
 /// its members') in step. KEYS: the key, then its group set when the key's name carries
@@ -162,15 +160,18 @@ impl RedisStore {
                 // goes unacknowledged this long (TCP_USER_TIMEOUT: under load), or
                 // a command on it goes unanswered this long with nothing sent after
                 // it (fred's check: when calls pause).
-                c.tcp.user_timeout = Some(UNRESPONSIVE_AFTER);
+                #[cfg(target_os = "linux")]
+                {
+                    c.tcp.user_timeout = Some(UNRESPONSIVE_AFTER);
+                }
                 c.unresponsive = UnresponsiveConfig {
                     max_timeout: Some(UNRESPONSIVE_AFTER),
                     interval: Duration::from_secs(1),
                 };
-                // While Redis is away the commands of every request wait in each
-                // connection's queue: bounded, past it a request fails at once
-                // (503) instead of the queue growing with the outage.
-                c.max_command_buffer_len = MAX_QUEUED_COMMANDS;
+                // The command queue stays unbounded (`max_command_buffer_len`):
+                // fred sends its own reconnection through the same queue, and a full
+                // bounded one ends its routing task for good (fred 10.1). Requests
+                // waiting on a Redis that is away give up after COMMAND_TIMEOUT.
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
