@@ -101,6 +101,40 @@ pub struct RegisteredClient {
     pub scope: Option<ScopeSet>,
 }
 
+/// Whether the metadata document at `url` is proven (see
+/// [`metadata_document::DocumentCache`]): remembered here, or in the store, which
+/// keeps it for as long as the client's refresh token may live, so that after a
+/// restart, and on every instance, its fetch may use the reserved places: those
+/// keep a flood of slow documents from holding up Claude's refresh, and a restart
+/// is when Claude's document is not cached. A store that fails counts as not
+/// proven.
+async fn is_proven(
+    documents: &std::sync::Mutex<metadata_document::DocumentCache>,
+    store: &crate::store::SharedStore,
+    clock: &crate::clock::Clock,
+    url: &url::Url,
+) -> bool {
+    fn cache(
+        documents: &std::sync::Mutex<metadata_document::DocumentCache>,
+    ) -> std::sync::MutexGuard<'_, metadata_document::DocumentCache> {
+        documents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    if cache(documents).is_proven(url) {
+        return true;
+    }
+    match store.get(&proven_key(url.as_str())).await {
+        Ok(Some(_)) => {
+            cache(documents).proven_elsewhere(url.as_str(), clock.now_ms());
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read whether a metadata document is proven");
+            false
+        }
+    }
+}
+
 impl AuthServer {
     /// Every scope some resource defines: what a client may register with.
     fn known_scopes(&self) -> ScopeSet {
@@ -204,44 +238,31 @@ impl AuthServer {
     }
 
     /// Whether the client-ID metadata document at `url` is proven: its client
-    /// obtained tokens here (see [`metadata_document::DocumentCache`]). Asked only
-    /// before a fetch. The store remembers it for as long as the refresh token the
-    /// client got may live, so that its fetch may use the reserved places after a
-    /// restart and on every instance: those places are what keeps a flood of slow
-    /// documents from holding up Claude's refresh, and a restart is when Claude's
-    /// document is not cached. A store that fails counts as not proven.
+    /// obtained tokens here (see [`metadata_document::DocumentCache`]).
     pub async fn document_is_proven(&self, url: &url::Url) -> bool {
-        if self.document_cache().is_proven(url) {
-            return true;
-        }
-        match self.store.get(&proven_key(url.as_str())).await {
-            Ok(Some(_)) => {
-                self.document_cache()
-                    .proven_elsewhere(url.as_str(), self.clock.now_ms());
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read whether a metadata document is proven");
-                false
-            }
-        }
+        is_proven(&self.documents, &self.store, &self.clock, url).await
     }
 
-    /// Notes that the client of the metadata document at `url` obtained tokens.
+    /// Notes that the client of the metadata document at `url` obtained tokens. The
+    /// store's record lives half as long again as a refresh token, and is rewritten
+    /// once half a refresh token's life has passed: a refresh token renewed just
+    /// before that outlives it by at most the other half.
     pub(super) async fn prove_document(&self, url: &str) {
         let ttl = self.settings.refresh_token_ttl;
         let rewrite_after = (ttl / 2).as_millis() as u64;
-        let store = self
+        let write = self
             .document_cache()
             .prove(url, self.clock.now_ms(), rewrite_after);
-        if store {
+        if write {
             let written = self
                 .store
-                .put(&proven_key(url), url.as_bytes(), Put::ttl(ttl))
+                .put(&proven_key(url), url.as_bytes(), Put::ttl(ttl + ttl / 2))
                 .await;
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "cannot note that a metadata document is proven");
+            match written {
+                Ok(()) => self.document_cache().stored(url, self.clock.now_ms()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot note that a metadata document is proven")
+                }
             }
         }
     }
@@ -267,8 +288,7 @@ impl AuthServer {
         if let Some(client) = self.document_cache().get(url, self.clock.now_ms()) {
             return Ok(client);
         }
-        let known = self.document_is_proven(url).await;
-        Ok(self.shared_fetch(url, known).await?)
+        Ok(self.shared_fetch(url).await?)
     }
 
     /// The fetch of the document at `url`: the one under way, or a new one.
@@ -282,7 +302,7 @@ impl AuthServer {
     /// fetcher's own deadline. It reads the document and caches it as its HTTP
     /// caching headers allow, then its entry goes (also if it panics), and the next
     /// request looks in the cache, then fetches anew.
-    fn shared_fetch(&self, url: &url::Url, known: bool) -> SharedFetch {
+    fn shared_fetch(&self, url: &url::Url) -> SharedFetch {
         let number = FETCH_NUMBER.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let shared = {
@@ -313,10 +333,11 @@ impl AuthServer {
             url: url.clone(),
             number,
         };
-        let (fetcher, documents, clock) = (
+        let (fetcher, documents, clock, store) = (
             self.fetcher.clone(),
             self.documents.clone(),
             self.clock.clone(),
+            self.store.clone(),
         );
         let (scopes, url) = (self.known_scopes(), url.clone());
         // Spawned once the entry is in place and the lock is let go: a runtime that
@@ -324,6 +345,8 @@ impl AuthServer {
         tokio::spawn(async move {
             let _done = done;
             let found = async {
+                // Asked once per fetch, not once per request waiting on it.
+                let known = is_proven(&documents, &store, &clock, &url).await;
                 let fetched = fetcher.fetch(&url, known).await?;
                 let client = metadata_document::client_from_document(
                     &url,

@@ -254,13 +254,16 @@ impl DocumentCache {
     pub fn prove(&mut self, url: &str, now_ms: u64, rewrite_after_ms: u64) -> bool {
         let proven = self.proven_entry(url, now_ms);
         proven.at = now_ms;
-        let rewrite = proven
+        proven
             .stored_at
-            .is_none_or(|at| now_ms.saturating_sub(at) >= rewrite_after_ms);
-        if rewrite {
+            .is_none_or(|at| now_ms.saturating_sub(at) >= rewrite_after_ms)
+    }
+
+    /// Notes that the store's record of `url` was written.
+    pub fn stored(&mut self, url: &str, now_ms: u64) {
+        if let Some(proven) = self.proven.get_mut(url) {
             proven.stored_at = Some(now_ms);
         }
-        rewrite
     }
 
     /// Notes that the store says `url` is proven (another instance, or this one
@@ -467,11 +470,14 @@ mod tests {
         let mut cache = DocumentCache::new(3);
         let claude = Url::parse(CLAUDE).expect("url");
         cache.insert(&claude, client(&claude), 300_000, 0);
-        assert!(cache.prove(claude.as_str(), 0, 1_000), "stored once");
+        assert!(cache.prove(claude.as_str(), 0, 1_000), "to be stored");
+        assert!(cache.prove(claude.as_str(), 10, 1_000), "until it was");
+        cache.stored(claude.as_str(), 10);
         assert!(
             !cache.prove(claude.as_str(), 999, 1_000),
             "not again so soon"
         );
+        assert!(cache.prove(claude.as_str(), 1_010, 1_000), "then again");
         for i in 0..100 {
             let url = Url::parse(&format!("https://flood{i}.example/doc")).expect("url");
             cache.insert(&url, client(&url), 86_400_000, 1_000);
