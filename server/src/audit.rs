@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{
     clock::Clock,
-    store::{decode, encode, Group, Key, Kind, Put, SharedStore, StoreResult},
+    store::{decode, encode, Group, Key, Kind, Put, SharedStore, StoreError, StoreResult},
     telemetry::{self, FastHash, FastMap},
 };
 
@@ -524,19 +524,21 @@ impl Audit {
             let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
             usage.drain().collect()
         };
-        let mut pending = pending.into_iter();
-        while let Some((grant, delta)) = pending.next() {
+        let mut failed = None;
+        for (grant, delta) in pending {
             if let Err(e) = self.add_usage(&grant, &delta).await {
-                // Kept for the next write: a store that fails for a moment loses no
-                // counts (a write that failed after it took may count twice).
-                let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-                for (grant, delta) in std::iter::once((grant, delta)).chain(pending) {
+                // Kept for the next write while the store is away: a store that
+                // fails for a moment loses no counts (a write that failed after it
+                // took may count twice). A grant whose record cannot be written for
+                // another reason (one of another version, say) holds up no other.
+                if matches!(e, StoreError::Unavailable(_)) {
+                    let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
                     usage.entry(grant).or_default().merge(delta);
                 }
-                return Err(e);
+                failed.get_or_insert(e);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn add_usage(&self, grant: &Group, delta: &Pending) -> StoreResult<()> {
