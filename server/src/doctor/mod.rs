@@ -65,12 +65,21 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
+/// `text` without control characters (each becomes a space): what a checked server
+/// says reaches the operator's terminal, where an escape sequence could redraw what
+/// the doctor printed.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 impl Check {
     pub fn pass(check: &'static str, detail: impl Into<String>) -> Self {
         Check {
             check,
             ok: true,
-            detail: detail.into(),
+            detail: printable(&detail.into()),
             fix: None,
         }
     }
@@ -79,7 +88,7 @@ impl Check {
         Check {
             check,
             ok: false,
-            detail: detail.into(),
+            detail: printable(&detail.into()),
             fix: Some(fix.into()),
         }
     }
@@ -281,6 +290,15 @@ pub async fn run_checks(public_url: &str, auth: Option<&AuthServer>, options: &O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever a checked server said (a page's words, a JSON error's description),
+    /// a check's detail holds no control characters.
+    #[test]
+    fn details_lose_control_characters() {
+        let check = Check::fail("x", "answered \u{1b}[2J\r\nforged", "fix it");
+        assert_eq!(check.detail, "answered  [2J  forged");
+        assert_eq!(Check::pass("x", "ok\u{9b}1m").detail, "ok 1m");
+    }
 
     #[test]
     fn targets_are_origins_with_an_mcp_path() {

@@ -105,14 +105,7 @@ impl Answer {
                 _ => {}
             }
         }
-        // What a page says reaches the operator's terminal: no control characters
-        // (escape sequences could redraw what the doctor printed).
-        let text = decode_entities(plain.trim());
-        Some(
-            text.chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect(),
-        )
+        Some(super::printable(&decode_entities(plain.trim())))
     }
 
     /// A bot challenge or WAF block page, whatever the request expected.
