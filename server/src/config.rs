@@ -1038,9 +1038,12 @@ fn check_writable_parent(path: &Path) -> Result<(), String> {
 /// header's value). Quoted text in the message is left out.
 fn toml_mistake(text: &str, error: &toml::de::Error) -> String {
     let mut message = String::new();
-    let mut quoted = false;
+    let (mut quoted, mut escaped) = (false, false);
     for c in error.message().chars() {
         match c {
+            // Quoted values are written as Rust strings: `\"` is inside them.
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' if quoted => {
                 quoted = false;
                 message.push_str("…\"");
@@ -1361,6 +1364,10 @@ mod tests {
             (
                 "type.toml",
                 "[[upstream]]\nname = \"gh\"\nurl = \"https://gh.example/mcp\"\nheaders = \"Bearer sk-secret-1\"\n",
+            ),
+            (
+                "quote.toml",
+                "[[upstream]]\nname = \"gh\"\nurl = \"https://gh.example/mcp\"\nheaders = \"Bearer ab\\\"cd-sk-secret-2\"\n",
             ),
             ("syntax.toml", "[[upstream]]\nname = \"gh\nheaders = \"Bearer sk-secret-1\"\n"),
         ] {
