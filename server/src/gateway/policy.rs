@@ -25,7 +25,7 @@ pub(super) const MAX_KNOWN_TOOLS: usize = 4096;
 
 /// The longest tool name remembered, in bytes (the MCP spec's tool names have at
 /// most 128 characters); a longer one is left unknown, so it needs the write scope.
-const MAX_KNOWN_NAME: usize = 512;
+pub(super) const MAX_KNOWN_NAME: usize = 512;
 
 pub struct ToolPolicy {
     rules: Vec<ToolRule>,

@@ -12,7 +12,7 @@ use process_wrap::tokio::ChildWrapper;
 use rmcp::{
     model::{
         ClientCapabilities, ClientConfig, Implementation, InitializeRequestParams,
-        PaginatedRequestParams, ProtocolVersion, ServerPeerInfo, Tool,
+        PaginatedRequestParams, ProtocolVersion, ServerPeerInfo, Tool, ToolAnnotations,
     },
     service::{serve_client_with_lifecycle, ClientLifecycleMode, Peer, ServiceError},
     transport::{
@@ -1014,9 +1014,9 @@ pub(super) fn cut(text: &str) -> String {
 /// Pages of an upstream's tool listing read at most.
 const MAX_LISTED_PAGES: usize = 64;
 
-/// The upstream's tools, page by page, and whether that was all of them: at most
-/// [`MAX_LISTED_PAGES`] pages, read on only while fewer tools than are remembered
-/// came. rmcp's `list_all_tools` reads on for as long as the upstream gives a
+/// The upstream's tools (their names and read-only hints only), page by page, and
+/// whether that was all of them: at most [`MAX_LISTED_PAGES`] pages, read on only
+/// while fewer tools than are remembered came. rmcp's `list_all_tools` reads on for as long as the upstream gives a
 /// cursor and keeps every page: one whose cursor never ends would grow Gatehouse's
 /// memory until the timeout.
 async fn list_tools(peer: &Peer<RoleClient>) -> Result<(Vec<Tool>, bool), ServiceError> {
@@ -1025,7 +1025,20 @@ async fn list_tools(peer: &Peer<RoleClient>) -> Result<(Vec<Tool>, bool), Servic
     for _ in 0..MAX_LISTED_PAGES {
         let params = PaginatedRequestParams::default().with_cursor(cursor);
         let page = peer.list_tools(Some(params)).await?;
-        tools.extend(page.tools);
+        // Only what the policy learns is kept of a page (a page may be 16 MiB).
+        let known = page
+            .tools
+            .into_iter()
+            .filter(|tool| tool.name.len() <= super::policy::MAX_KNOWN_NAME);
+        tools.extend(known.map(|tool| {
+            let hint = Tool::new(tool.name, "", Arc::default());
+            match tool.annotations.and_then(|a| a.read_only_hint) {
+                Some(read_only) => {
+                    hint.with_annotations(ToolAnnotations::new().read_only(read_only))
+                }
+                None => hint,
+            }
+        }));
         cursor = page.next_cursor;
         if cursor.is_none() {
             return Ok((tools, true));
