@@ -447,6 +447,16 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
     )
     .await;
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
+    // Its binding went with it (so it no longer counts among the client's sessions
+    // of the day).
+    let binding = gatehouse::http::mcp::sessions::binding_key(&session);
+    assert!(app
+        .state
+        .store
+        .get(&binding)
+        .await
+        .expect("store")
+        .is_none());
     let fresh = app.session_at("/mcp/py", &token, V2025).await;
     let echoed = post(
         &app,

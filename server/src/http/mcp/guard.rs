@@ -321,10 +321,16 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 state.daily_sessions.give_back(&client_id);
             }
         }
-        Some(ended) if deleting && response.status().is_success() => {
+        Some(ended)
+            if (deleting && response.status().is_success())
+                || response.status() == StatusCode::NOT_FOUND =>
+        {
             // Its records are gone: it no longer counts among the day's sessions. Only
             // the removal that found the binding gives its place back (rmcp answers a
-            // DELETE of a session it does not hold with success too).
+            // DELETE of a session it does not hold with success too). A session the
+            // resource answers 404 for is gone as well: ended because its upstream
+            // closed, say, or not to be brought back; a server crashing in a loop
+            // must not use up its client's sessions for the day.
             if let Ok(true) = sessions::unbind(&state.store, &state.bindings, &ended).await {
                 state.daily_sessions.give_back(&client_id);
             }
