@@ -417,6 +417,60 @@ async fn a_burst_of_wrong_passwords_is_checked_only_as_often_as_its_budget() {
     assert_eq!(owner.status, StatusCode::SEE_OTHER, "{}", owner.body);
 }
 
+/// Strangers who share the owner's address (a carrier's NAT, a VPN) and fail there
+/// slow that address down, but not a browser the owner signed in with before: its
+/// device cookie counts its sign-ins apart. A made-up device cookie counts nothing
+/// apart.
+#[tokio::test]
+async fn strangers_at_the_owners_address_do_not_slow_the_owners_browser() {
+    let app = TestApp::new(&[]);
+    let shared = [198, 51, 100, 77];
+    let first = app.sign_in_from(shared, PASSWORD).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+    let device = first
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-gatehouse_device="))
+        .expect("a device cookie")
+        .to_owned();
+    assert!(
+        device.contains("HttpOnly") && device.contains("SameSite=Strict"),
+        "{device}"
+    );
+    let device = device.split(';').next().expect("pair").to_owned();
+    let login = |password: &str, cookie: Option<&str>| {
+        let body = serde_urlencoded::to_string([("password", password), ("return_to", "/")])
+            .expect("form");
+        let mut request = Request::post("/oauth/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        from(shared, request.body(Body::from(body)).expect("request"))
+    };
+    for _ in 0..10 {
+        let wrong = app.send(login("wrong", None)).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    let slowed = app.send(login("wrong", None)).await;
+    assert_eq!(slowed.status, StatusCode::TOO_MANY_REQUESTS);
+    let made_up = app
+        .send(login(
+            PASSWORD,
+            Some("__Host-gatehouse_device=made-up-value"),
+        ))
+        .await;
+    assert_eq!(made_up.status, StatusCode::TOO_MANY_REQUESTS);
+    let owner = app.send(login(PASSWORD, Some(&device))).await;
+    assert_eq!(owner.status, StatusCode::SEE_OTHER, "{}", owner.body);
+    // A known browser gets no second device cookie.
+    assert!(!owner.headers.get_all(header::SET_COOKIE).iter().any(|v| v
+        .to_str()
+        .is_ok_and(|v| v.starts_with("__Host-gatehouse_device="))));
+}
+
 /// Behind a trusted proxy each client is told apart by its forwarded address, so an
 /// attacker's failures do not slow the owner down; an untrusted peer cannot choose
 /// its address by sending the header itself.

@@ -26,6 +26,31 @@ pub fn session_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValu
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// The cookie that names a browser the owner signed in with
+/// ([`crate::oauth::owner::KnownDevice`]).
+pub fn device_cookie_name(state: &AppState) -> &'static str {
+    if state.config.public_url.is_https() {
+        "__Host-gatehouse_device"
+    } else {
+        "gatehouse_device"
+    }
+}
+
+/// The device cookie: sent back only to this site's own pages (`SameSite=Strict`),
+/// never to scripts.
+pub fn device_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if state.config.public_url.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
+        device_cookie_name(state)
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)

@@ -150,6 +150,9 @@ pub struct Owner {
     /// The memory of the Argon2 runs, allocated once and reused: at most
     /// [`ARGON2_CONCURRENCY`] buffers, one per run at a time.
     argon2_memory: Arc<Mutex<Vec<Blocks>>>,
+    /// One more place to wait, for a browser the owner signed in with, so that
+    /// strangers keeping every other place busy cannot keep the owner out.
+    argon2_known: Arc<Semaphore>,
 }
 
 /// A sign-in's place among those being checked or waiting to be
@@ -176,6 +179,20 @@ fn password_key() -> Key {
     Key::new(Kind::OWNER, "password")
 }
 
+fn device_key(cookie: &str) -> Key {
+    Key::new(Kind::DEVICE, SecretHash::of(cookie).as_str())
+}
+
+/// What the limiter counts a known browser under: the first 128 bits of its
+/// cookie's SHA-256.
+fn device_number(cookie: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(cookie.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
+}
+
 impl Owner {
     pub fn new(store: SharedStore, configured_hash: Option<String>) -> Self {
         Owner {
@@ -185,6 +202,7 @@ impl Owner {
             argon2: Arc::new(Semaphore::new(ARGON2_CONCURRENCY)),
             argon2_admitted: Arc::new(Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING)),
             argon2_memory: Arc::default(),
+            argon2_known: Arc::new(Semaphore::new(1)),
         }
     }
 
@@ -221,6 +239,18 @@ impl Owner {
             .try_acquire_owned()
             .ok()
             .map(|place| Admission { _place: place })
+    }
+
+    /// A place to check a password for a browser the owner signed in with: an
+    /// ordinary one, else the one kept for such browsers.
+    pub fn admit_known(&self) -> Option<Admission> {
+        self.admit().or_else(|| {
+            self.argon2_known
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|place| Admission { _place: place })
+        })
     }
 
     /// Whether `password` is the owner's, checked in the place `admission` holds.
@@ -264,14 +294,39 @@ impl Owner {
         Ok(mark.filter(|_| ok).map(|mark| Verified { mark }))
     }
 
-    /// Ends every sign-in session (after a password change).
+    /// Ends every sign-in session, and forgets every browser the owner signed in
+    /// with (after a password change).
     pub async fn end_all_sessions(&self) -> StoreResult<u64> {
-        let prefix = format!("{}:", Kind::SESSION.as_str());
         let mut ended = 0;
-        for (key, _) in self.store.scan(&prefix).await? {
-            ended += u64::from(self.store.delete(&key).await?);
+        for kind in [Kind::SESSION, Kind::DEVICE] {
+            let prefix = format!("{}:", kind.as_str());
+            for (key, _) in self.store.scan(&prefix).await? {
+                let gone = self.store.delete(&key).await?;
+                if kind == Kind::SESSION {
+                    ended += u64::from(gone);
+                }
+            }
         }
         Ok(ended)
+    }
+
+    /// Remembers the browser of a sign-in for [`DEVICE_TTL`]; returns its cookie
+    /// value. The store keeps only its hash.
+    pub async fn new_device(&self) -> StoreResult<String> {
+        let id = random_token();
+        self.store
+            .put(&device_key(&id), b"", Put::ttl(DEVICE_TTL))
+            .await?;
+        Ok(id)
+    }
+
+    /// The browser a device cookie names, when the owner signed in with it.
+    pub async fn known_device(&self, cookie: &str) -> StoreResult<Option<KnownDevice>> {
+        if cookie.is_empty() || cookie.len() > 128 {
+            return Ok(None);
+        }
+        let known = self.store.get(&device_key(cookie)).await?.is_some();
+        Ok(known.then(|| KnownDevice(device_number(cookie))))
     }
 
     /// Stores a new password (`gatehouse owner set-password`, or first-run setup) and
@@ -387,11 +442,29 @@ pub struct SignInLimiter {
     free: u32,
     max_delay: Duration,
     forget_after: Duration,
-    state: Mutex<HashMap<Network, Tries>>,
+    state: Mutex<HashMap<Counted, Tries>>,
     /// Addresses (IPv6 /64s) the owner signed in from, and until when their /48
     /// does not count against them.
     trusted: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// What a sign-in attempt counts against: the networks of its address, or, for a
+/// browser the owner signed in with before ([`KnownDevice`]), that browser alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Counted {
+    Network(Network),
+    Device(u128),
+}
+
+/// A browser the owner signed in with (its device cookie names a record in the
+/// store): its sign-ins count against it alone, not against the address, so
+/// strangers who share the owner's address (a carrier's NAT, a VPN, an office) and
+/// fail there cannot slow the owner's sign-in down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownDevice(u128);
+
+/// How long a browser stays known after its last sign-in.
+pub const DEVICE_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// How long an address the owner signed in from keeps its /48 out of the count.
 const TRUSTED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -415,7 +488,7 @@ struct Tries {
 pub struct Attempt<'a> {
     limiter: &'a SignInLimiter,
     address: IpAddr,
-    keys: [Option<Network>; 2],
+    keys: [Option<Counted>; 2],
     settled: bool,
     checking: bool,
 }
@@ -427,12 +500,12 @@ impl Attempt<'_> {
         let mut state = self.limiter.lock();
         for key in self.keys.iter().flatten() {
             match key {
-                Network::Address(_) => {
+                Counted::Network(Network::Address(_)) | Counted::Device(_) => {
                     state.remove(key);
                 }
                 // The owner's right password clears the owner's address only: the
                 // rest of the /48 keeps what it did.
-                Network::Wide(_) => {
+                Counted::Network(Network::Wide(_)) => {
                     if let Some(tries) = state.get_mut(key) {
                         tries.in_flight = tries.in_flight.saturating_sub(1);
                     }
@@ -510,14 +583,14 @@ impl SignInLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Network, Tries>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Counted, Tries>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn free_for(&self, key: &Network) -> u32 {
+    fn free_for(&self, key: &Counted) -> u32 {
         match key {
-            Network::Address(_) => self.free,
-            Network::Wide(_) => self.free.saturating_mul(WIDE_FREE_FACTOR),
+            Counted::Network(Network::Address(_)) | Counted::Device(_) => self.free,
+            Counted::Network(Network::Wide(_)) => self.free.saturating_mul(WIDE_FREE_FACTOR),
         }
     }
 
@@ -525,11 +598,29 @@ impl SignInLimiter {
     /// refusal changes nothing: it costs the caller no Argon2 run, so it must not
     /// cost this limiter an entry either (entries pushed out would be forgotten).
     pub fn reserve(&self, address: IpAddr) -> Result<Attempt<'_>, RetryAfter> {
-        let now = Instant::now();
-        let mut keys = Network::of(address);
-        if self.trusted(address, now) {
+        let mut keys = Network::of(address).map(|n| n.map(Counted::Network));
+        if self.trusted(address, Instant::now()) {
             keys[1] = None;
         }
+        self.reserve_keys(keys, address)
+    }
+
+    /// Reserves an attempt from a browser the owner signed in with: counted against
+    /// it alone, with the same budget as an address.
+    pub fn reserve_known(
+        &self,
+        device: KnownDevice,
+        address: IpAddr,
+    ) -> Result<Attempt<'_>, RetryAfter> {
+        self.reserve_keys([Some(Counted::Device(device.0)), None], address)
+    }
+
+    fn reserve_keys(
+        &self,
+        keys: [Option<Counted>; 2],
+        address: IpAddr,
+    ) -> Result<Attempt<'_>, RetryAfter> {
+        let now = Instant::now();
         let mut state = self.lock();
         let mut wait = None;
         for key in keys.iter().flatten() {
@@ -562,7 +653,7 @@ impl SignInLimiter {
                 let Some(oldest) = state
                     .iter()
                     .filter(|(_, t)| t.in_flight == 0)
-                    .min_by_key(|(k, t)| (matches!(k, Network::Wide(_)), t.last))
+                    .min_by_key(|(k, t)| (matches!(k, Counted::Network(Network::Wide(_))), t.last))
                     .map(|(k, _)| *k)
                 else {
                     break;
@@ -720,6 +811,26 @@ mod tests {
         }
         limiter.reserve(b).expect("still free").release();
         assert!(limiter.reserve(b).is_ok());
+    }
+
+    /// A browser the owner signed in with has a budget of its own, whatever its
+    /// address did.
+    #[tokio::test(start_paused = true)]
+    async fn a_known_browser_counts_apart_from_its_address() {
+        let limiter = SignInLimiter::new(2, Duration::from_secs(300), Duration::from_secs(900));
+        let a = ip("192.0.2.1");
+        limiter.reserve(a).expect("free").failed();
+        limiter.reserve(a).expect("free").failed();
+        assert!(limiter.reserve(a).is_err());
+        let browser = KnownDevice(7);
+        limiter.reserve_known(browser, a).expect("its own").failed();
+        limiter.reserve_known(browser, a).expect("its own").failed();
+        assert!(
+            limiter.reserve_known(browser, a).is_err(),
+            "and its own slow-down"
+        );
+        assert!(limiter.reserve_known(KnownDevice(8), a).is_ok());
+        assert!(limiter.reserve(a).is_err(), "the address is as it was");
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,6 +40,8 @@ impl Kind {
     pub const USAGE: Kind = Kind("usage");
     /// A client-ID metadata document whose client obtained tokens here.
     pub const PROVEN: Kind = Kind("proven");
+    /// A browser the owner signed in with.
+    pub const DEVICE: Kind = Kind("device");
     /// For the store's own tests.
     #[cfg(test)]
     pub const TEST: Kind = Kind("test");
@@ -73,6 +75,7 @@ impl Kind {
             Kind::ARTICLE,
             Kind::USAGE,
             Kind::PROVEN,
+            Kind::DEVICE,
         ]
         .iter()
         .any(|k| k.0 == kind)

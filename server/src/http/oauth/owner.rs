@@ -15,7 +15,7 @@ use crate::{
     http::{
         address::ClientAddress,
         pages::{see_other, ErrorPage},
-        session::{cookie_name, cookie_value, session_cookie},
+        session::{cookie_name, cookie_value, device_cookie, device_cookie_name, session_cookie},
         AppState,
     },
     oauth::owner::SetupError,
@@ -89,9 +89,22 @@ pub async fn login(
         )
             .into_response()
     };
+    // A browser the owner signed in with counts against itself alone, so strangers
+    // at the owner's address cannot slow the owner down.
+    let device = match cookie_value(&headers, device_cookie_name(&state)) {
+        Some(cookie) => match state.owner.known_device(cookie).await {
+            Ok(device) => device,
+            Err(e) => return unavailable_page(&e).into_response(),
+        },
+        None => None,
+    };
     // Reserved before the password is checked: a burst from one address is checked
     // only as often as its budget allows, and never locks out another address.
-    let mut attempt = match state.limiter.reserve(address) {
+    let reserved = match device {
+        Some(device) => state.limiter.reserve_known(device, address),
+        None => state.limiter.reserve(address),
+    };
+    let mut attempt = match reserved {
         Ok(attempt) => attempt,
         Err(wait) => {
             crate::warn_throttled!(client = %address, "sign-in slowed down: too many failures from this address");
@@ -111,7 +124,11 @@ pub async fn login(
         }
     };
     let password = form.password.unwrap_or_default();
-    let Some(admission) = state.owner.admit() else {
+    let admission = match device {
+        Some(_) => state.owner.admit_known(),
+        None => state.owner.admit(),
+    };
+    let Some(admission) = admission else {
         // Nothing was checked, so nothing counts against the address.
         drop(attempt);
         crate::warn_throttled!(client = %address, "sign-in refused: too many sign-ins wait to be checked");
@@ -163,6 +180,18 @@ pub async fn login(
         header::SET_COOKIE,
         session_cookie(&state, &session, max_age),
     );
+    if device.is_none() {
+        match state.owner.new_device().await {
+            Ok(device) => {
+                let max_age = crate::oauth::owner::DEVICE_TTL.as_secs();
+                response
+                    .headers_mut()
+                    .append(header::SET_COOKIE, device_cookie(&state, &device, max_age));
+            }
+            // Signed in all the same; the next sign-in counts by address.
+            Err(e) => tracing::warn!(error = %e, "cannot remember the owner's browser"),
+        }
+    }
     response
 }
 
