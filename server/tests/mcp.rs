@@ -555,6 +555,55 @@ async fn a_session_in_use_outlives_a_day_up_to_a_week() {
     assert!(stored().await.is_none());
 }
 
+/// rmcp answers a 2026-07-28 request for a method the server lacks with 404,
+/// whatever session it names: that session lives on, so it keeps its binding and
+/// its place among its client's sessions of the day.
+#[tokio::test]
+async fn a_404_for_a_session_that_lives_on_unbinds_nothing() {
+    let app = TestApp::new(&["--sessions-per-day", "1"]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "router-test", "version": "1"}
+    });
+    let request = Request::post("/mcp")
+        .header(header::HOST, "gate.example.com")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "prompts/list")
+        .header("mcp-session-id", &session)
+        .body(Body::from(
+            json!({"jsonrpc": "2.0", "id": 5, "method": "prompts/list", "params": {"_meta": meta}})
+                .to_string(),
+        ))
+        .expect("request");
+    let answer = app.send(request).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+    let binding = gatehouse::http::mcp::sessions::binding_key(&session);
+    assert!(app
+        .state
+        .store
+        .get(&binding)
+        .await
+        .expect("store")
+        .is_some());
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": V2025_06, "capabilities": {},
+        "clientInfo": {"name": "router-test", "version": "1"}}});
+    let another = app.mcp(Some(token), None, None, initialize).await;
+    assert_eq!(
+        another.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        another.body
+    );
+}
+
 #[tokio::test]
 async fn the_2026_revision_works_without_a_session() {
     let app = TestApp::new(&[]);

@@ -229,6 +229,11 @@ impl Endpoint for ArticleEndpoint {
 
     type Prepared = Option<DirectCall>;
 
+    async fn holds(&self, session: &str) -> bool {
+        let id = SessionId::from(session);
+        self.sessions.has_session(&id).await.unwrap_or(true)
+    }
+
     fn resource(&self) -> &Arc<Resource> {
         &self.resource
     }

@@ -705,6 +705,10 @@ fn only(message: &Members<'_>, allowed: &[&str]) -> bool {
 impl Endpoint for GatewayEndpoint {
     type Prepared = Option<Direct>;
 
+    async fn holds(&self, session: &str) -> bool {
+        self.is_live(session).await
+    }
+
     async fn abandon(&self, session: &str) {
         self.end_session(&SessionId::from(session)).await;
     }

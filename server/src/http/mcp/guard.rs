@@ -286,6 +286,15 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         })
         .await;
 
+    // A session answered 404 that the resource no longer holds is gone as well:
+    // ended because its upstream closed, say, or not to be brought back (a server
+    // crashing in a loop must not use up its client's sessions for the day). Not
+    // every 404 means so: rmcp answers a 2026-07-28 request for a method the server
+    // lacks with 404 too, whatever session it names.
+    let gone = match &session {
+        Some(id) if response.status() == StatusCode::NOT_FOUND => !endpoint.holds(id).await,
+        _ => false,
+    };
     match session {
         // A new session: bind it to this client before the client can use it.
         None => {
@@ -321,16 +330,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                 state.daily_sessions.give_back(&client_id);
             }
         }
-        Some(ended)
-            if (deleting && response.status().is_success())
-                || response.status() == StatusCode::NOT_FOUND =>
-        {
+        Some(ended) if (deleting && response.status().is_success()) || gone => {
             // Its records are gone: it no longer counts among the day's sessions. Only
             // the removal that found the binding gives its place back (rmcp answers a
-            // DELETE of a session it does not hold with success too). A session the
-            // resource answers 404 for is gone as well: ended because its upstream
-            // closed, say, or not to be brought back; a server crashing in a loop
-            // must not use up its client's sessions for the day.
+            // DELETE of a session it does not hold with success too).
             if let Ok(true) = sessions::unbind(&state.store, &state.bindings, &ended).await {
                 state.daily_sessions.give_back(&client_id);
             }

@@ -66,6 +66,9 @@ pub trait Endpoint: Send + Sync + 'static {
     /// use it (it could not be bound to the client: the answer is an error), so that
     /// it holds no upstream, process or place until a sweep finds it.
     fn abandon(&self, session: &str) -> impl Future<Output = ()> + Send;
+
+    /// Whether this instance holds `session` (a store failure counts as yes).
+    fn holds(&self, session: &str) -> impl Future<Output = bool> + Send;
 }
 
 /// What [`Endpoint::prepare`] returns.
