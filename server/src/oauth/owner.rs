@@ -311,22 +311,45 @@ impl Owner {
     }
 
     /// Remembers the browser of a sign-in for [`DEVICE_TTL`]; returns its cookie
-    /// value. The store keeps only its hash.
-    pub async fn new_device(&self) -> StoreResult<String> {
+    /// value. The store keeps only its hash, and the mark of the password hash the
+    /// sign-in matched: like a session, it is known only under that hash.
+    pub async fn new_device(&self, verified: &Verified) -> StoreResult<String> {
         let id = random_token();
         self.store
-            .put(&device_key(&id), b"", Put::ttl(DEVICE_TTL))
+            .put(
+                &device_key(&id),
+                verified.mark.as_bytes(),
+                Put::ttl(DEVICE_TTL),
+            )
             .await?;
         Ok(id)
     }
 
-    /// The browser a device cookie names, when the owner signed in with it.
+    /// The browser a device cookie names, when the owner signed in with it under
+    /// the password hash that is the owner's now. Only a cookie of the shape this
+    /// server makes is looked up.
     pub async fn known_device(&self, cookie: &str) -> StoreResult<Option<KnownDevice>> {
-        if cookie.is_empty() || cookie.len() > 128 {
+        let shaped = cookie.len() == 43
+            && cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !shaped {
             return Ok(None);
         }
-        let known = self.store.get(&device_key(cookie)).await?.is_some();
+        let Some(mark) = self.store.get(&device_key(cookie)).await? else {
+            return Ok(None);
+        };
+        let current = self.current_mark().await?;
+        let known = current.is_some_and(|current| mark == current.as_bytes());
         Ok(known.then(|| KnownDevice(device_number(cookie))))
+    }
+
+    /// The session mark of the owner's password hash now, if there is one.
+    async fn current_mark(&self) -> StoreResult<Option<String>> {
+        if let Some(mark) = &self.configured_mark {
+            return Ok(Some(mark.clone()));
+        }
+        Ok(self.password_hash().await?.map(|hash| session_mark(&hash)))
     }
 
     /// Stores a new password (`gatehouse owner set-password`, or first-run setup) and
@@ -400,13 +423,8 @@ impl Owner {
         let Some(mark) = record else {
             return Ok(None);
         };
-        let live = match &self.configured_mark {
-            Some(current) => mark == current.as_bytes(),
-            None => self
-                .password_hash()
-                .await?
-                .is_some_and(|current| mark == session_mark(&current).as_bytes()),
-        };
+        let current = self.current_mark().await?;
+        let live = current.is_some_and(|current| mark == current.as_bytes());
         Ok(live.then_some(hash))
     }
 
@@ -463,7 +481,7 @@ enum Counted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownDevice(u128);
 
-/// How long a browser stays known after its last sign-in.
+/// How long a browser stays known after the sign-in that made it known.
 pub const DEVICE_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// How long an address the owner signed in from keeps its /48 out of the count.
@@ -922,6 +940,26 @@ mod tests {
             .await
             .expect("store")
             .is_none());
+    }
+
+    /// A browser is known only under the password hash its sign-in matched, like a
+    /// session: a new hash (the old password leaked) forgets every browser.
+    #[tokio::test]
+    async fn a_browser_is_known_only_under_the_hash_it_signed_in_under() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: SharedStore = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
+        );
+        let one = Owner::new(store.clone(), Some("hash-one".into()));
+        let verified = Verified {
+            mark: session_mark("hash-one"),
+        };
+        let cookie = one.new_device(&verified).await.expect("device");
+        assert!(one.known_device(&cookie).await.expect("read").is_some());
+        let two = Owner::new(store, Some("hash-two".into()));
+        assert!(two.known_device(&cookie).await.expect("read").is_none());
+        let made_up = random_token();
+        assert!(one.known_device(&made_up).await.expect("read").is_none());
     }
 
     /// Past the runs and the places to wait for them, a sign-in is told to come

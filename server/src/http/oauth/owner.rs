@@ -181,7 +181,7 @@ pub async fn login(
         session_cookie(&state, &session, max_age),
     );
     if device.is_none() {
-        match state.owner.new_device().await {
+        match state.owner.new_device(&verified).await {
             Ok(device) => {
                 let max_age = crate::oauth::owner::DEVICE_TTL.as_secs();
                 response
