@@ -216,8 +216,9 @@ pub fn count_document_fetch(
 ) -> Result<(), u64> {
     match client_id {
         Some(id) if state.auth.would_fetch_unproven(id) => {
-            let networks = crate::ratelimit::Network::of(address.to_canonical());
-            let networks: Vec<_> = networks.into_iter().flatten().collect();
+            // The /48 first: a refusal then leaves no entry behind for a new /64.
+            let [own, wide] = crate::ratelimit::Network::of(address.to_canonical());
+            let networks: Vec<_> = [wide, own].into_iter().flatten().collect();
             for (counted, network) in networks.iter().enumerate() {
                 if let Err(wait) = state.document_fetches.hit_key(network) {
                     for earlier in &networks[..counted] {
