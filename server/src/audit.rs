@@ -525,18 +525,24 @@ impl Audit {
             usage.drain().collect()
         };
         let mut failed = None;
-        for (grant, delta) in pending {
-            if let Err(e) = self.add_usage(&grant, &delta).await {
-                // Kept for the next write while the store is away: a store that
-                // fails for a moment loses no counts (a write that failed after it
-                // took may count twice). A grant whose record cannot be written for
-                // another reason (one of another version, say) holds up no other.
-                if matches!(e, StoreError::Unavailable(_)) {
-                    let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = pending.into_iter();
+        while let Some((grant, delta)) = pending.next() {
+            let Err(e) = self.add_usage(&grant, &delta).await else {
+                continue;
+            };
+            // Kept for the next write while the store is away (a store that fails
+            // for a moment loses no counts; a write that failed after it took may
+            // count twice), the rest untried: each would wait out the timeout. A
+            // grant whose record cannot be written for another reason (one of
+            // another version, say) holds up no other.
+            if matches!(e, StoreError::Unavailable(_)) {
+                let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                for (grant, delta) in std::iter::once((grant, delta)).chain(pending) {
                     usage.entry(grant).or_default().merge(delta);
                 }
-                failed.get_or_insert(e);
+                return Err(e);
             }
+            failed.get_or_insert(e);
         }
         failed.map_or(Ok(()), Err)
     }
