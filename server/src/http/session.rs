@@ -1,5 +1,7 @@
-//! The owner's sign-in session cookie: a random id (the store keeps its hash),
-//! `HttpOnly`, `SameSite=Lax`, and `Secure` with the `__Host-` prefix under https.
+//! The owner's cookies: the sign-in session (a random id, the store keeps its hash;
+//! `SameSite=Lax`) and the device cookie of a browser the owner signed in with
+//! (`SameSite=Strict`), both `HttpOnly`, and `Secure` with the `__Host-` prefix
+//! under https.
 
 use axum::http::{header, HeaderMap, HeaderValue};
 
@@ -14,14 +16,19 @@ pub fn cookie_name(state: &AppState) -> &'static str {
 }
 
 pub fn session_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
+    cookie(state, cookie_name(state), value, "Lax", max_age)
+}
+
+/// A cookie of ours: `HttpOnly`, for the whole site, `Secure` under https (where
+/// its name has the `__Host-` prefix).
+fn cookie(state: &AppState, name: &str, value: &str, same_site: &str, max_age: u64) -> HeaderValue {
     let secure = if state.config.public_url.is_https() {
         "; Secure"
     } else {
         ""
     };
     let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-        cookie_name(state)
+        "{name}={value}; Path=/; HttpOnly; SameSite={same_site}; Max-Age={max_age}{secure}"
     );
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -39,16 +46,7 @@ pub fn device_cookie_name(state: &AppState) -> &'static str {
 /// The device cookie: sent back only to this site's own pages (`SameSite=Strict`),
 /// never to scripts.
 pub fn device_cookie(state: &AppState, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if state.config.public_url.is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
-        device_cookie_name(state)
-    );
-    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+    cookie(state, device_cookie_name(state), value, "Strict", max_age)
 }
 
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -732,6 +732,14 @@ mod tests {
         s.parse().expect(s)
     }
 
+    /// An embedded store in a directory of its own (kept while the first lives).
+    fn embedded() -> (tempfile::TempDir, SharedStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store");
+        (dir, Arc::new(store))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn failures_slow_one_address_down_and_no_other() {
         let limiter = SignInLimiter::new(2, Duration::from_secs(8), Duration::from_secs(900));
@@ -866,10 +874,7 @@ mod tests {
     /// is again under the same one.
     #[tokio::test]
     async fn a_changed_configured_hash_ends_every_session() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: SharedStore = std::sync::Arc::new(
-            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
-        );
+        let (_dir, store) = embedded();
         let first = Owner::new(store.clone(), Some("hash-one".into()));
         let verified = Verified {
             mark: session_mark("hash-one"),
@@ -888,10 +893,7 @@ mod tests {
     /// on the stored password instead.
     #[tokio::test]
     async fn a_session_is_live_only_under_the_hash_its_sign_in_matched() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: SharedStore = std::sync::Arc::new(
-            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
-        );
+        let (_dir, store) = embedded();
         let owner = Owner::new(store.clone(), None);
         owner
             .set_password("the first long password")
@@ -946,10 +948,7 @@ mod tests {
     /// session: a new hash (the old password leaked) forgets every browser.
     #[tokio::test]
     async fn a_browser_is_known_only_under_the_hash_it_signed_in_under() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: SharedStore = std::sync::Arc::new(
-            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
-        );
+        let (_dir, store) = embedded();
         let one = Owner::new(store.clone(), Some("hash-one".into()));
         let verified = Verified {
             mark: session_mark("hash-one"),
@@ -966,10 +965,7 @@ mod tests {
     /// back at once; those waiting are checked as runs free up.
     #[tokio::test]
     async fn sign_ins_past_those_that_may_wait_are_busy() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: SharedStore = std::sync::Arc::new(
-            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
-        );
+        let (_dir, store) = embedded();
         let hash = hash_password("correct horse battery").expect("hash");
         let owner = std::sync::Arc::new(Owner::new(store, Some(hash)));
         // Two sign-ins being checked.
@@ -1036,10 +1032,7 @@ mod tests {
     /// runs started and dropped at once would be bounded by nothing.
     #[tokio::test]
     async fn a_dropped_check_keeps_its_places_until_argon2_ends() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: SharedStore = Arc::new(
-            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"),
-        );
+        let (_dir, store) = embedded();
         // A slow hash (64 MiB, 8 passes), so the run outlasts the checks below.
         let slow = Params::new(64 * 1024, 8, 1, None).expect("params");
         let salt = SaltString::generate(&mut OsRng);
