@@ -65,12 +65,19 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-/// `text` without control characters (each becomes a space): what a checked server
+/// `text` without control or format characters (each becomes a space; bidi
+/// overrides among them), nor line separators: what a checked server
 /// says reaches the operator's terminal, where an escape sequence could redraw what
 /// the doctor printed.
 pub fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if crate::oauth::client::is_hidden_char(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

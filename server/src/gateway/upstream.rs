@@ -1002,7 +1002,7 @@ pub(super) fn cut(text: &str) -> String {
     }
     let mut logged = String::with_capacity(end);
     for c in text[..end].chars() {
-        if c.is_control() {
+        if crate::oauth::client::is_hidden_char(c) {
             logged.extend(c.escape_default());
         } else {
             logged.push(c);
@@ -1195,5 +1195,6 @@ mod tests {
             cut("x\n2026-12-07 INFO forged\u{1b}[2J"),
             "x\\n2026-12-07 INFO forged\\u{1b}[2J"
         );
+        assert_eq!(cut("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
     }
 }

@@ -65,11 +65,18 @@ impl fmt::Debug for ClientId {
 pub fn clean_name(raw: &str) -> Option<String> {
     let name: String = raw
         .chars()
-        .filter(|c| !c.is_control() && !is_format_char(*c))
+        .filter(|c| !is_hidden_char(*c))
         .take(MAX_CLIENT_NAME)
         .collect();
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Whether `c` is not text to show as it is: a control character, a format
+/// character ([`is_format_char`]), or a line or paragraph separator. Names lose
+/// them; what goes to a log or a terminal has them escaped or blanked.
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control() || is_format_char(c) || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Unicode general category Cf (format characters) that can disguise a name: soft
