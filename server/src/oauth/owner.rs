@@ -355,15 +355,33 @@ impl Owner {
     /// Stores a new password (`gatehouse owner set-password`, or first-run setup) and
     /// ends every existing sign-in session.
     pub async fn set_password(&self, password: &str) -> Result<(), SetupError> {
+        self.store_password(password, false).await
+    }
+
+    /// Hashes and stores `password`, then ends every session. `first`: only if no
+    /// password is stored yet, atomically, so that of two setup links used at once
+    /// one sets the password and the other is refused, rather than the later one
+    /// replacing it unseen.
+    async fn store_password(&self, password: &str, first: bool) -> Result<(), SetupError> {
         check_new_password(password).map_err(SetupError::WeakPassword)?;
         let password = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|e| SetupError::Hashing(e.to_string()))?
             .map_err(SetupError::Hashing)?;
-        self.store
-            .put(&password_key(), hash.as_bytes(), Put::forever())
-            .await?;
+        if first {
+            let stored = self
+                .store
+                .put_new(&password_key(), hash.as_bytes(), Put::forever())
+                .await?;
+            if !stored {
+                return Err(SetupError::InvalidToken);
+            }
+        } else {
+            self.store
+                .put(&password_key(), hash.as_bytes(), Put::forever())
+                .await?;
+        }
         self.end_all_sessions().await?;
         Ok(())
     }
@@ -399,7 +417,7 @@ impl Owner {
         if self.store.take(&key).await?.is_none() {
             return Err(SetupError::InvalidToken);
         }
-        self.set_password(password).await
+        self.store_password(password, true).await
     }
 
     /// Starts a session for a sign-in; returns the cookie value. The store keeps
@@ -959,6 +977,38 @@ mod tests {
         assert!(two.known_device(&cookie).await.expect("read").is_none());
         let made_up = random_token();
         assert!(one.known_device(&made_up).await.expect("read").is_none());
+    }
+
+    /// Two setup links used at once: one sets the password, the other is refused
+    /// (and does not replace it).
+    #[tokio::test]
+    async fn of_two_setup_links_used_at_once_one_sets_the_password() {
+        let (_dir, store) = embedded();
+        let owner = Owner::new(store, None);
+        let first = owner
+            .create_setup_token()
+            .await
+            .expect("store")
+            .expect("token");
+        let second = owner
+            .create_setup_token()
+            .await
+            .expect("store")
+            .expect("token");
+        let (a, b) = tokio::join!(
+            owner.complete_setup(&first, "the first long password"),
+            owner.complete_setup(&second, "the second long password"),
+        );
+        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+        let winner = if a.is_ok() {
+            "the first long password"
+        } else {
+            "the second long password"
+        };
+        assert_eq!(
+            owner.verify_password(winner).await.expect("store"),
+            PasswordCheck::Right
+        );
     }
 
     /// Past the runs and the places to wait for them, a sign-in is told to come
