@@ -557,13 +557,34 @@ async fn a_session_in_use_outlives_a_day_up_to_a_week() {
 
 /// rmcp answers a 2026-07-28 request for a method the server lacks with 404,
 /// whatever session it names: that session lives on, so it keeps its binding and
-/// its place among its client's sessions of the day.
+/// its place among its client's sessions of the day, also when it is not in this
+/// instance's memory but can be brought back from its record (after a restart,
+/// an idle close, or on another instance).
 #[tokio::test]
 async fn a_404_for_a_session_that_lives_on_unbinds_nothing() {
-    let app = TestApp::new(&["--sessions-per-day", "1"]);
+    let mut app = TestApp::new(&["--sessions-per-day", "1"]);
     let (_, tokens) = app.tokens_for("read:articles").await;
-    let token = tokens["access_token"].as_str().expect("at");
-    let session = app.mcp_session(token, V2025_06).await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.mcp_session(&token, V2025_06).await;
+    assert_live_after_404(&app, &token, &session).await;
+    // Its place for the day is still taken.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": V2025_06, "capabilities": {},
+        "clientInfo": {"name": "router-test", "version": "1"}}});
+    let another = app.mcp(Some(&token), None, None, initialize).await;
+    assert_eq!(
+        another.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        another.body
+    );
+    // Not in memory after a restart (whose day's counts start afresh), but its
+    // record can bring it back: its binding stays.
+    app = app.restart(&["--sessions-per-day", "1"]).await;
+    assert_live_after_404(&app, &token, &session).await;
+}
+
+async fn assert_live_after_404(app: &TestApp, token: &str, session: &str) {
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
@@ -576,7 +597,7 @@ async fn a_404_for_a_session_that_lives_on_unbinds_nothing() {
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "prompts/list")
-        .header("mcp-session-id", &session)
+        .header("mcp-session-id", session)
         .body(Body::from(
             json!({"jsonrpc": "2.0", "id": 5, "method": "prompts/list", "params": {"_meta": meta}})
                 .to_string(),
@@ -584,7 +605,7 @@ async fn a_404_for_a_session_that_lives_on_unbinds_nothing() {
         .expect("request");
     let answer = app.send(request).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
-    let binding = gatehouse::http::mcp::sessions::binding_key(&session);
+    let binding = gatehouse::http::mcp::sessions::binding_key(session);
     assert!(app
         .state
         .store
@@ -592,16 +613,6 @@ async fn a_404_for_a_session_that_lives_on_unbinds_nothing() {
         .await
         .expect("store")
         .is_some());
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": V2025_06, "capabilities": {},
-        "clientInfo": {"name": "router-test", "version": "1"}}});
-    let another = app.mcp(Some(token), None, None, initialize).await;
-    assert_eq!(
-        another.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        another.body
-    );
 }
 
 #[tokio::test]

@@ -232,6 +232,7 @@ impl Endpoint for ArticleEndpoint {
     async fn holds(&self, session: &str) -> bool {
         let id = SessionId::from(session);
         self.sessions.has_session(&id).await.unwrap_or(true)
+            || self.records.may_restore(session).await
     }
 
     fn resource(&self) -> &Arc<Resource> {

@@ -706,7 +706,7 @@ impl Endpoint for GatewayEndpoint {
     type Prepared = Option<Direct>;
 
     async fn holds(&self, session: &str) -> bool {
-        self.is_live(session).await
+        self.is_live(session).await || self.stored.may_restore(session).await
     }
 
     async fn abandon(&self, session: &str) {

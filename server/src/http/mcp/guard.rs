@@ -286,7 +286,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         })
         .await;
 
-    // A session answered 404 that the resource no longer holds is gone as well:
+    // A session answered 404 that the resource can no longer serve is gone as well:
     // ended because its upstream closed, say, or not to be brought back (a server
     // crashing in a loop must not use up its client's sessions for the day). Not
     // every 404 means so: rmcp answers a 2026-07-28 request for a method the server

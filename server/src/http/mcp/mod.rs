@@ -67,7 +67,8 @@ pub trait Endpoint: Send + Sync + 'static {
     /// it holds no upstream, process or place until a sweep finds it.
     fn abandon(&self, session: &str) -> impl Future<Output = ()> + Send;
 
-    /// Whether this instance holds `session` (a store failure counts as yes).
+    /// Whether `session` may still be served: held here, or with a record rmcp
+    /// could bring it back from (a store failure counts as yes).
     fn holds(&self, session: &str) -> impl Future<Output = bool> + Send;
 }
 

@@ -33,6 +33,15 @@ pub const MAX_SESSION_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct StoreSessions(pub SharedStore);
 
+impl StoreSessions {
+    /// Whether rmcp could still bring `session` back from its record (a store that
+    /// fails counts as yes): a session not held in memory here may be after an idle
+    /// close, a restart, or on another instance.
+    pub async fn may_restore(&self, session: &str) -> bool {
+        !matches!(self.0.get(&session_key(session)).await, Ok(None))
+    }
+}
+
 fn session_key(session_id: &str) -> Key {
     Key::new(Kind::MCP_SESSION, SecretHash::of(session_id).as_str())
 }
