@@ -865,8 +865,9 @@ const STDERR_BURST: f64 = 200.0;
 const STDERR_PER_SECOND: f64 = 20.0;
 
 /// A stdio server's stderr, line by line into the log with the upstream's name: a
-/// line is cut at [`MAX_STDERR_LINE`] (the rest of it skipped), a carriage return
-/// is shown as `\r` (it cannot rewrite a log line on a terminal), and an upstream
+/// line is cut at [`MAX_STDERR_LINE`] (the rest of it skipped), what is not shown
+/// as it is ([`escaped`]: a carriage return as `\r`, bidi overrides, line
+/// separators) is escaped, so it cannot rewrite a log line, and an upstream
 /// whose processes write faster than `bucket` lets through loses lines, not
 /// Gatehouse's disk: one bucket for all of them, or each new process (one per
 /// session) would bring a burst of its own.
@@ -902,7 +903,7 @@ async fn log_stderr(
                     tracing::warn!(target: "gatehouse::upstream", upstream = %name, dropped, "stderr lines not logged: the server wrote too many");
                 }
                 let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end().replace('\r', "\\r");
+                let text = escaped(text.trim_end());
                 let cut = if whole { "" } else { " …" };
                 tracing::info!(target: "gatehouse::upstream", upstream = %name, "{text}{cut}");
             }
@@ -1000,8 +1001,16 @@ pub(super) fn cut(text: &str) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let mut logged = String::with_capacity(end);
-    for c in text[..end].chars() {
+    escaped(&text[..end])
+}
+
+/// `text` with the characters not shown as they are
+/// ([`crate::oauth::client::is_hidden_char`]) escaped (`\n`, `\u{202e}`), for the
+/// log: what an upstream writes or answers must not forge a log line or reorder
+/// what a terminal shows.
+fn escaped(text: &str) -> String {
+    let mut logged = String::with_capacity(text.len());
+    for c in text.chars() {
         if crate::oauth::client::is_hidden_char(c) {
             logged.extend(c.escape_default());
         } else {
@@ -1016,8 +1025,9 @@ const MAX_LISTED_PAGES: usize = 64;
 
 /// The upstream's tools (their names and read-only hints only), page by page, and
 /// whether that was all of them: at most [`MAX_LISTED_PAGES`] pages, read on only
-/// while fewer tools than are remembered came. rmcp's `list_all_tools` reads on for as long as the upstream gives a
-/// cursor and keeps every page: one whose cursor never ends would grow Gatehouse's
+/// while fewer tools than are remembered came. rmcp's `list_all_tools` reads on for
+/// as long as the upstream gives a cursor and keeps every page: one whose cursor
+/// never ends would grow Gatehouse's
 /// memory until the timeout.
 async fn list_tools(peer: &Peer<RoleClient>) -> Result<(Vec<Tool>, bool), ServiceError> {
     let mut tools = Vec::new();
@@ -1196,5 +1206,8 @@ mod tests {
             "x\\n2026-12-07 INFO forged\\u{1b}[2J"
         );
         assert_eq!(cut("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
+        // A stderr line is escaped by the same rule (a carriage return shown as
+        // `\r`, as before).
+        assert_eq!(escaped("50%\r60%\u{2029}x"), "50%\\r60%\\u{2029}x");
     }
 }
