@@ -61,6 +61,10 @@ pub struct Resource {
     pub write: Scope,
     read_description: String,
     write_description: String,
+    /// What identifies the server behind it, for grants to name (a hash of an
+    /// upstream's URL without its query, or of its command line); `None` for the
+    /// built-in article server.
+    pub server: Option<String>,
 }
 
 impl Resource {
@@ -79,7 +83,18 @@ impl Resource {
             write: write.0,
             read_description: read.1,
             write_description: write.1,
+            server: None,
         }
+    }
+
+    /// The same resource, naming its server by `identity` (hashed: a URL's path may
+    /// be a secret of its own).
+    pub fn with_server(mut self, identity: &str) -> Self {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(identity.as_bytes());
+        self.server = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash));
+        self
     }
 
     /// Every scope this resource defines, with its description.

@@ -836,6 +836,24 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
     let access = first["access_token"].as_str().expect("token");
     assert!(app.token_is_valid(access).await);
 
+    // Whoever saw the used code (a browser's history, a callback's log) but lacks the
+    // verifier is refused, and revokes nothing.
+    let guess = app
+        .post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &"x".repeat(43)),
+                ("client_id", &client_id),
+                ("redirect_uri", "https://client.example/cb"),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&guess, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(app.token_is_valid(access).await, "the grant lives on");
+
     let replay = app.redeem(&client_id, &code).await;
     assert_oauth_error(&replay, StatusCode::BAD_REQUEST, "invalid_grant");
     assert!(
@@ -850,6 +868,93 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
         )
         .await;
     assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// A grant is for the server the owner consented to: another server configured
+/// later under the same name (here: at another address) does not inherit it. Its
+/// next refresh, or the redemption of a code issued before, is refused and revokes
+/// the grant. The same server taken out for a while and put back keeps its grants,
+/// and an instance that does not serve it (yet, in a rolling change) refreshes them:
+/// its tokens work only where it is served.
+#[tokio::test]
+async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
+    const WEB: &str = "https://gate.example.com/mcp/web";
+    let first = ["--upstream", "web=http://127.0.0.1:9/mcp?key=1"];
+    let app = TestApp::new(&first);
+    let (client_id, tokens) = app.tokens_at(WEB, "web:read").await;
+    let refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let refreshed = |answer: Answer| {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned()
+    };
+
+    let app = app.restart(&[]).await;
+    let refresh = refreshed(app.refresh(&client_id, &refresh, &[]).await);
+    // Back, with another key in its query: the same server.
+    let app = app
+        .restart(&["--upstream", "web=http://127.0.0.1:9/mcp?key=2"])
+        .await;
+    let refresh = refreshed(app.refresh(&client_id, &refresh, &[]).await);
+    let pending = app.public_client("Second client").await;
+    let cookie = app.sign_in().await;
+    let consent = app
+        .authorize(
+            &pending,
+            &[("scope", "web:read"), ("resource", WEB)],
+            Some(&cookie),
+        )
+        .await;
+    let approved = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    let code = approved.param("code").expect("code");
+
+    let app = app
+        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
+        .await;
+    let refused = app.refresh(&client_id, &refresh, &[]).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    let refused = app.redeem_at(&pending, &code, WEB).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    // Revoked, not only refused: the first server back does not bring them back.
+    let app = app.restart(&first).await;
+    let refused = app.refresh(&client_id, &refresh, &[]).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    let refused = app.redeem_at(&pending, &code, WEB).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// A redemption cut short by the store before the code is marked used leaves the
+/// code for the client's retry. (Keeping a self-registered client alive came after
+/// the code's swap: its failure made the retry a replay that revoked the grant.)
+#[tokio::test]
+async fn a_redemption_interrupted_before_the_code_is_used_succeeds_when_retried() {
+    // The writes: the client kept, the access token, then the code's swap.
+    for fail_at in 0..3 {
+        let (app, faults) = TestApp::with_faults();
+        let (client_id, _, code) = app.code_for("read:articles").await;
+        // The activity so far written now, not amid the writes counted below.
+        app.state.audit.flush().await.expect("flush");
+        faults.set(faults::Mode::WritesFailAfter(fail_at));
+        let first = app.redeem(&client_id, &code).await;
+        faults.set(faults::Mode::Pass);
+        assert_eq!(
+            first.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{fail_at}: {}",
+            first.body
+        );
+        let retry = app.redeem(&client_id, &code).await;
+        assert_eq!(retry.status, StatusCode::OK, "{fail_at}: {}", retry.body);
+        let access = retry.json()["access_token"]
+            .as_str()
+            .expect("at")
+            .to_owned();
+        assert!(app.token_is_valid(&access).await, "{fail_at}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

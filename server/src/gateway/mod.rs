@@ -39,23 +39,36 @@ pub fn resource(public_url: &str, upstream: &config::Upstream) -> Result<Arc<Res
         Scope::parse(&format!("{}:{suffix}", upstream.name))
             .map_err(|e| format!("upstream {:?}: {e}", upstream.name))
     };
-    Ok(Arc::new(Resource::new(
-        public_url,
-        &format!("/mcp/{}", upstream.name),
-        upstream.title.clone(),
-        (
-            scope("read")?,
-            format!(
-                "Use the read-only tools, resources and prompts of {}",
-                upstream.title
+    // The server a grant is for: an HTTP server's URL without its query (which may
+    // hold a key that rotates), or a stdio server's command line.
+    let server = match &upstream.transport {
+        config::Transport::Http { url, .. } => {
+            format!("http {}", &url[..url::Position::AfterPath])
+        }
+        config::Transport::Stdio { command, args, .. } => {
+            format!("stdio {}", serde_json::json!([command, args]))
+        }
+    };
+    Ok(Arc::new(
+        Resource::new(
+            public_url,
+            &format!("/mcp/{}", upstream.name),
+            upstream.title.clone(),
+            (
+                scope("read")?,
+                format!(
+                    "Use the read-only tools, resources and prompts of {}",
+                    upstream.title
+                ),
             ),
-        ),
-        (
-            scope("write")?,
-            format!(
-                "Use every tool of {}, including those that change things",
-                upstream.title
+            (
+                scope("write")?,
+                format!(
+                    "Use every tool of {}, including those that change things",
+                    upstream.title
+                ),
             ),
-        ),
-    )))
+        )
+        .with_server(&server),
+    ))
 }

@@ -315,6 +315,11 @@ impl AuthServer {
             client_id: request.client_id.clone(),
             scopes: request.scopes.clone(),
             resource: request.resource.clone(),
+            server: self
+                .settings
+                .resources
+                .get(request.resource.as_str())
+                .and_then(|r| r.server.clone()),
             created_at: self.now(),
             refresh: None,
             rotated: Vec::new(),

@@ -1,6 +1,7 @@
 //! Redeeming an authorization code (RFC 6749 §4.1.3 with PKCE, RFC 7636 §4.6, and
-//! RFC 8707). A code works once: a second use by the client it was issued to, even a
-//! concurrent one, is a replay and revokes the whole grant, so tokens already issued
+//! RFC 8707). A code works once: a second use by the client it was issued to, with
+//! the code's PKCE verifier, even a concurrent one, is a replay and revokes the whole
+//! grant, so tokens already issued
 //! from the code stop working too (OAuth 2.1 §4.1.3: "SHOULD revoke all tokens
 //! previously issued based on that authorization code"). Of two concurrent
 //! redemptions at most one is answered with tokens, and those tokens are revoked by
@@ -47,16 +48,6 @@ impl AuthServer {
         if record.client_id != client.client_id {
             return Err(invalid());
         }
-        if record.used {
-            self.store.delete_group(&token.grant).await?;
-            self.audit.record(
-                Event::new(EventKind::TokenRevoked)
-                    .client(client.client_id.to_string())
-                    .grant(token.grant.as_str()),
-            );
-            tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
-            return Err(invalid());
-        }
         match (params.redirect_uri.as_deref(), record.redirect_uri_explicit) {
             // RFC 6749 §4.1.3: the same URI. Compared as stored, parsed: a client that
             // sent `http://127.0.0.1:8080` sends it again, and it is stored with `/`.
@@ -83,12 +74,33 @@ impl AuthServer {
                 )));
             }
         }
+        // A replay counts only from a party that proves it holds the verifier: a
+        // used code seen in a browser's history or a callback's log must not let
+        // whoever saw it revoke the owner's grant (without the verifier it could
+        // not have redeemed the code anyway).
+        if record.used {
+            self.store.delete_group(&token.grant).await?;
+            self.audit.record(
+                Event::new(EventKind::TokenRevoked)
+                    .client(client.client_id.to_string())
+                    .grant(token.grant.as_str()),
+            );
+            tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
+            return Err(invalid());
+        }
         let grant_raw = self
             .store
             .get(&grant_key(&token.grant))
             .await?
             .ok_or_else(invalid)?;
         let grant: Grant = decode(&grant_raw)?;
+        if !self.same_server(&grant) {
+            return Err(self.another_server(client, &token.grant).await);
+        }
+
+        // Before the code is used: a store failure here leaves the code for the
+        // client's retry, where after the swap the retry would be a replay.
+        self.keep_client(client).await?;
 
         // The access token first, then the code is marked used: of concurrent
         // redemptions exactly one swap succeeds, and each loser revokes the grant.
@@ -139,7 +151,6 @@ impl AuthServer {
             self.store.delete_group(&token.grant).await?;
             return Err(invalid());
         }
-        self.keep_client(client).await?;
         self.audit.record(
             Event::new(EventKind::CodeRedeemed)
                 .client(client.client_id.to_string())

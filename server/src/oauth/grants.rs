@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::{
-    client::{ClientId, ClientKind},
+    client::{Client, ClientId, ClientKind},
     metadata_document,
     records::Grant,
     redirect::RedirectUri,
-    AuthServer,
+    AuthServer, TokenError,
 };
 use crate::{
     audit::{Event, EventKind},
@@ -191,5 +191,37 @@ impl AuthServer {
             }
         }
         Ok(revoked)
+    }
+}
+
+impl AuthServer {
+    /// Whether `grant`'s MCP server is still the one the owner consented to: a grant
+    /// made for the server configured under a name passes to no other server
+    /// configured under that name later. A server not configured on this instance
+    /// (taken out, or not yet added during a rolling change) is not judged here (its
+    /// tokens work nowhere it is not served), nor is a grant made before grants
+    /// named their server.
+    pub(super) fn same_server(&self, grant: &Grant) -> bool {
+        let configured = self.settings.resources.get(grant.resource.as_str());
+        match (&grant.server, configured) {
+            (Some(server), Some(resource)) => resource.server.as_ref() == Some(server),
+            _ => true,
+        }
+    }
+
+    /// Revokes a grant whose server is another one now; the error for its client.
+    pub(super) async fn another_server(&self, client: &Client, grant: &Group) -> TokenError {
+        if let Err(e) = self.store.delete_group(grant).await {
+            return e.into();
+        }
+        self.audit.record(
+            Event::new(EventKind::TokenRevoked)
+                .client(client.client_id.to_string())
+                .grant(grant.as_str()),
+        );
+        tracing::warn!(client_id = %client.client_id, "the MCP server of a grant is another server now; the grant is revoked");
+        TokenError::InvalidGrant(
+            "the MCP server this was granted for has been replaced; ask the owner again".into(),
+        )
     }
 }

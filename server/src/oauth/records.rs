@@ -65,6 +65,11 @@ pub struct Grant {
     pub client_id: ClientId,
     pub scopes: ScopeSet,
     pub resource: ResourceUri,
+    /// What identified the server behind `resource` when the owner consented
+    /// ([`crate::resource::Resource::server`]); `None` for the built-in article
+    /// server, and in grants made before grants named their server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     pub created_at: u64,
     /// The live refresh token; `None` until the code is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

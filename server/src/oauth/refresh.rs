@@ -89,6 +89,9 @@ impl AuthServer {
             if grant.client_id != client.client_id {
                 return Err(invalid());
             }
+            if !self.same_server(&grant) {
+                return Err(self.another_server(client, &token.grant).await);
+            }
             let live = grant.refresh.as_ref().is_some_and(|h| h.same(&token.hash));
             if !live {
                 let now = self.now();
