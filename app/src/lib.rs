@@ -54,6 +54,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <AutoReload options=options.clone() />
                 <HydrationScripts options />
                 <MetaTags />
+                // The console's revoke, delete and publish buttons hold still while
+                // the window is away (see `HOLD_WHILE_AWAY`).
+                <script inner_html=document::HOLD_WHILE_AWAY></script>
             </head>
             <body>
                 <App />

@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use crate::document::{document, document_with_script};
+use crate::document::{document, document_with_script, HOLD_WHILE_AWAY};
 
 /// What the consent page shows. Everything here may come from a client and is
 /// escaped when rendered.
@@ -31,23 +31,6 @@ pub struct ConsentView {
     /// "Approve read-only", when the request asks to write too.
     pub read_only: Option<ReadOnlyChoice>,
 }
-
-/// The consent page's approve links take no click unless this window has been in
-/// front for a moment. The CSS holds them for the page's first 0.8 s (see `.arm`),
-/// which a page can wait out by opening this one behind a window of its own, then
-/// closing that window under the person's double-click: the second click would
-/// land here. So they are held while the window is not focused or not visible, and
-/// for 0.6 s after it is again; a click (or Enter) on a held link does nothing.
-/// Without JavaScript only the CSS holds.
-const HOLD_WHILE_AWAY: &str = "(()=>{\
-const links=document.querySelectorAll('.arm');let t=0;\
-const hold=()=>{clearTimeout(t);links.forEach(a=>a.classList.add('held'));};\
-const wake=()=>{clearTimeout(t);t=setTimeout(()=>{if(document.hasFocus()&&!document.hidden)links.forEach(a=>a.classList.remove('held'));},600);};\
-hold();if(document.hasFocus()&&!document.hidden)wake();\
-addEventListener('blur',hold);addEventListener('focus',wake);\
-document.addEventListener('visibilitychange',()=>document.hidden?hold():wake());\
-links.forEach(a=>a.addEventListener('click',e=>{if(a.classList.contains('held'))e.preventDefault();}));\
-})();";
 
 /// The lesser choice on the consent page: its own single-use link.
 #[derive(Clone, Debug)]

@@ -2,7 +2,8 @@
 // TypeScript SDK shows up, its tool call is in Activity, revoking it from the console
 // makes the SDK's next call get 401; an article edited in the console reads back
 // through MCP; reading and revoking work with JavaScript off; a cross-site POST to a
-// console action is refused.
+// console action is refused; a confirmation another site opens is not shown, and the
+// confirm buttons hold still while their window is away.
 import { test as base, expect, type Page } from '@playwright/test';
 import { createServer, type Server } from 'node:http';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -198,4 +199,61 @@ test('a cross-site POST to a console action is refused', async ({ page, gatehous
   await expect(page.getByTestId('app')).toHaveCount(1);
   const listed = await client.callTool({ name: 'list_articles', arguments: {} });
   expect(listed.isError).toBeFalsy();
+});
+
+// Double-clickjacking: another site could open a confirmation under the person's
+// double-click, for its second click to land on the button. Such a navigation gets
+// the page without the confirmation; and the button holds still while its window is
+// away, and for a moment after it is back.
+test('a confirmation opened from another site is not shown, and its button holds while away', async ({
+  page,
+  gatehouse,
+  callback,
+}) => {
+  const { client } = await connectSdk(page, gatehouse, callback);
+  await page.goto(`${gatehouse.url}/console`);
+  const grant = await page.getByTestId('app').getAttribute('data-grant');
+  const confirmUrl = `${gatehouse.url}/console?revoke=${grant}`;
+
+  const attacker: Server = createServer((_, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end(`<!doctype html><a id="go" href="${confirmUrl}">go</a>`);
+  });
+  await new Promise<void>((ok) => attacker.listen(0, '127.0.0.1', ok));
+  const address = attacker.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  try {
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.locator('#go').click();
+    await expect(page).toHaveURL(`${gatehouse.url}/console`);
+    await expect(page.getByTestId('app')).toHaveCount(1);
+    await expect(page.getByTestId('confirm-revoke')).toHaveCount(0);
+  } finally {
+    await new Promise<void>((ok) => attacker.close(() => ok()));
+  }
+
+  // Typed (or from the console's own link) it opens.
+  await page.goto(confirmUrl);
+  await hydrated(page);
+  const confirm = page.getByTestId('confirm');
+  await expect(confirm).toBeVisible();
+  await expect(page.locator('html')).not.toHaveClass(/held/);
+  await page.waitForTimeout(900);
+  await confirm.scrollIntoViewIfNeeded();
+  const box = (await confirm.boundingBox())!;
+  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+  await page.evaluate(() => window.dispatchEvent(new Event('blur')));
+  await expect(page.locator('html')).toHaveClass(/held/);
+  await page.mouse.click(x, y);
+  await confirm.focus();
+  await page.keyboard.press('Enter');
+  await page.evaluate(() => window.dispatchEvent(new Event('focus')));
+  await page.mouse.click(x, y);
+  await page.waitForTimeout(300);
+  await expect(page.getByTestId('confirm-revoke')).toBeVisible();
+  const listed = await client.callTool({ name: 'list_articles', arguments: {} });
+  expect(listed.isError).toBeFalsy();
+  await expect(page.locator('html')).not.toHaveClass(/held/);
+  await page.mouse.click(x, y);
+  await expect(page.getByTestId('no-apps')).toBeVisible();
 });

@@ -221,7 +221,7 @@ test('approve takes no click in its first moments on the page', async ({ page, g
   await page.waitForTimeout(300);
   expect(page.url()).toBe(consentUrl);
   // The script's hold (next test) ends 0.6 s after load; only the CSS is tested here.
-  await expect(approve).not.toHaveClass(/held/);
+  await expect(page.locator('html')).not.toHaveClass(/held/);
   expect(await at(800)).toBe('approve');
   await page.mouse.click(x, y);
   await expect(page.getByText('Callback received')).toBeVisible();
@@ -240,13 +240,13 @@ test('approve takes no click while its window is away, nor just after it is back
   await reachConsent(page, gatehouse, callback);
   const consentUrl = page.url();
   const approve = page.getByTestId('approve');
-  await expect(approve).not.toHaveClass(/held/);
+  await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.waitForTimeout(900);
   await approve.scrollIntoViewIfNeeded();
   const box = (await approve.boundingBox())!;
   const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
   await page.evaluate(() => window.dispatchEvent(new Event('blur')));
-  await expect(approve).toHaveClass(/held/);
+  await expect(page.locator('html')).toHaveClass(/held/);
   await page.mouse.click(x, y);
   await approve.focus();
   await page.keyboard.press('Enter');
@@ -254,7 +254,7 @@ test('approve takes no click while its window is away, nor just after it is back
   await page.mouse.click(x, y);
   await page.waitForTimeout(300);
   expect(page.url()).toBe(consentUrl);
-  await expect(approve).not.toHaveClass(/held/);
+  await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.mouse.click(x, y);
   await expect(page.getByText('Callback received')).toBeVisible();
   expect(new URL(page.url()).searchParams.get('code')).toBeTruthy();

@@ -427,6 +427,58 @@ async fn console_pages_render_for_the_owner_unframed_and_uncached() {
     assert!(confirm.body.contains(&format!("value=\"{grant}\"")));
 }
 
+/// A confirmation that another site (or a sibling subdomain) opens could take the
+/// second click of a double-click made there ("double-clickjacking"): such a
+/// navigation gets the page without it. The console's own links, and a typed
+/// address, open it.
+#[tokio::test]
+async fn a_confirmation_opened_from_another_site_is_not_shown() {
+    let app = TestApp::new(&[]);
+    let _ = app.tokens_for("read:articles").await;
+    let cookie = app.sign_in().await;
+    let grant = app.apps(&cookie).await[0]["grant"]
+        .as_str()
+        .expect("grant")
+        .to_owned();
+    let open = |path: &str, site: &str| {
+        Request::get(path)
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "text/html")
+            .header("sec-fetch-site", site)
+            .body(Body::empty())
+            .expect("request")
+    };
+    let confirmations = [
+        (format!("/console?revoke={grant}"), "/console"),
+        ("/console?revoke_client=c&x=1".to_owned(), "/console"),
+        (
+            "/console/articles/some-draft?delete=1".to_owned(),
+            "/console/articles/some-draft",
+        ),
+    ];
+    for (path, plain) in &confirmations {
+        for site in ["cross-site", "same-site"] {
+            let answer = app.send(open(path, site)).await;
+            assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path} {site}");
+            assert_eq!(answer.headers[header::LOCATION], *plain, "{path} {site}");
+        }
+        for site in ["same-origin", "none"] {
+            let answer = app.send(open(path, site)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{path} {site}: {}",
+                answer.body
+            );
+        }
+    }
+    let shown = app.send(open(&confirmations[0].0, "same-origin")).await;
+    assert!(shown.body.contains("data-testid=\"confirm-revoke\""));
+    // Other pages open from anywhere.
+    let linked = app.send(open("/console/activity", "cross-site")).await;
+    assert_eq!(linked.status, StatusCode::OK);
+}
+
 // ----- what the console shows and does -------------------------------------------------
 
 #[tokio::test]

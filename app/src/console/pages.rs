@@ -170,7 +170,7 @@ fn confirm_panel(
                         <input type="hidden" name="csrf" value=csrf />
                         <input type="hidden" name="grant" value=grant />
                         <div class="actions">
-                            <button class="button danger" type="submit" data-testid="confirm">
+                            <button class="button danger arm" type="submit" data-testid="confirm">
                                 "Revoke access"
                             </button>
                             <a class="button secondary" href="/console">
@@ -197,7 +197,7 @@ fn confirm_panel(
                     <input type="hidden" name="csrf" value=csrf />
                     <input type="hidden" name="client_id" value=client />
                     <div class="actions">
-                        <button class="button danger" type="submit" data-testid="confirm">
+                        <button class="button danger arm" type="submit" data-testid="confirm">
                             "Revoke all"
                         </button>
                         <a class="button secondary" href="/console">
@@ -550,7 +550,7 @@ pub fn ArticlePage() -> impl IntoView {
                                                 <ActionForm action=publish>
                                                     <input type="hidden" name="csrf" value=csrf />
                                                     <input type="hidden" name="slug" value=slug />
-                                                    <button class="button secondary" type="submit" data-testid="publish">
+                                                    <button class="button secondary arm" type="submit" data-testid="publish">
                                                         "Publish"
                                                     </button>
                                                 </ActionForm>
@@ -561,7 +561,7 @@ pub fn ArticlePage() -> impl IntoView {
                                                 <ActionForm action=delete>
                                                     <input type="hidden" name="csrf" value=csrf />
                                                     <input type="hidden" name="slug" value=slug />
-                                                    <button class="button danger" type="submit" data-testid="confirm-delete">
+                                                    <button class="button danger arm" type="submit" data-testid="confirm-delete">
                                                         "Delete for good"
                                                     </button>
                                                 </ActionForm>

@@ -552,6 +552,25 @@ fn is_console_call(path: &str) -> bool {
     path.starts_with("/api/console/")
 }
 
+/// The console's confirmations (`?revoke=`, `?revoke_client=`, `?delete=`) put the
+/// button that ends a grant or an article where the page opens. Another site that
+/// opens one under the person's double-click would get the second click on it
+/// ("double-clickjacking"; the buttons also hold still, see `HOLD_WHILE_AWAY`), so a
+/// navigation from another site (or a sibling subdomain) gets the page without the
+/// confirmation: the path to send it to instead. The console's own links are
+/// same-origin, and a typed or bookmarked address says `none`.
+fn confirmation_from_elsewhere(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())?;
+    if site != "cross-site" && site != "same-site" {
+        return None;
+    }
+    let confirms = form_urlencoded::parse(uri.query()?.as_bytes())
+        .any(|(name, _)| matches!(&*name, "revoke" | "revoke_client" | "delete"));
+    confirms.then(|| uri.path().to_owned())
+}
+
 /// In front of the console: its pages send a visitor without a session to sign in
 /// (and back); its pages and calls carry the owner pages' headers (never cached,
 /// never framed); and a failed call made by a plain form (no JavaScript) gets an
@@ -624,6 +643,11 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             .append_pair("return_to", return_to)
             .finish();
         return see_other(&format!("/oauth/login?{login}"));
+    }
+    if page && matches!(*request.method(), Method::GET | Method::HEAD) {
+        if let Some(plain) = confirmation_from_elsewhere(request.uri(), &headers) {
+            return see_other(&plain);
+        }
     }
     let wants_html = request
         .headers()
