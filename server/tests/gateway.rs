@@ -905,6 +905,213 @@ async fn one_client_holds_at_most_half_of_the_pool() {
     }
 }
 
+/// An HTTP upstream (rmcp, here) with two read-only tools: `chatty` sends 200
+/// progress notifications, then answers; `quick` answers at once. It counts the
+/// progress notifications it got out.
+#[derive(Clone, Default)]
+struct Chatty(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Chatty {
+    const PROGRESS: usize = 200;
+
+    async fn sent(&self, n: usize) {
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl ServerHandler for Chatty {
+    fn get_info(&self) -> ServerConfig {
+        tools_server("chatty")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = ["chatty", "quick"].map(|name| {
+            Tool::new(name, "read-only", Arc::new(serde_json::Map::new()))
+                .with_annotations(ToolAnnotations::new().read_only(true))
+        });
+        Ok(ListToolsResult::with_all_items(tools.to_vec()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if let (true, Some(token)) = (request.name == "chatty", context.meta.get_progress_token()) {
+            for step in 1..=Self::PROGRESS {
+                let progress = ProgressNotificationParam::new(token.clone(), step as f64);
+                if context.peer.notify_progress(progress).await.is_err() {
+                    break;
+                }
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text(request.name.to_string())]).into())
+    }
+}
+
+/// Progress goes to its client from a queue of its call's own: a client that reads
+/// nothing of its answer holds up neither the pooled upstream connection that every
+/// sessionless request shares, nor anyone else's call on it. (Relaying progress in
+/// the connection's reading once waited for the client: one call whose client read
+/// nothing stopped the pool for everyone until that call's timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_progress_holds_up_no_other_call_on_the_pool() {
+    use tower::ServiceExt;
+    let chatty = Chatty::default();
+    let url = format!("http://{}/mcp", serve_upstream(chatty.clone()).await);
+    let (app, token, _dir) = web_upstream(
+        &url,
+        "pool_size = 1
+timeout = \"30s\"\n",
+    )
+    .await;
+    let sessionless = |id: u64, tool: &str| {
+        let mut request = call(id, tool, json!({}));
+        request["params"]["_meta"] = json!({
+            "progressToken": id,
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        let mut request = McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            version: Some("2026-07-28"),
+            ..McpPost::default()
+        }
+        .body(request);
+        for (name, value) in [("mcp-method", "tools/call"), ("mcp-name", tool)] {
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header"));
+        }
+        request
+    };
+    let unread = app
+        .router
+        .clone()
+        .oneshot(sessionless(1, "chatty"))
+        .await
+        .expect("response");
+    assert_eq!(unread.status(), StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), chatty.sent(Chatty::PROGRESS))
+        .await
+        .expect("the upstream's progress is read, though its client reads none");
+    let other = tokio::time::timeout(Duration::from_secs(10), app.send(sessionless(2, "quick")))
+        .await
+        .expect("another call on the pool is answered");
+    assert_eq!(text(&other), "quick", "{}", other.body);
+    drop(unread);
+}
+
+/// An HTTP upstream (rmcp, here) whose one read-only tool, `noise`, answers at once
+/// and has a task of its own send 400 logging notifications, which belong to no
+/// call (they go to the session's stream). It counts those it got out.
+#[derive(Clone, Default)]
+struct Noisy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Noisy {
+    const NOTES: usize = 400;
+}
+
+// Logging is deprecated by SEP-2577 but still relayed for the 2025 revisions.
+#[allow(deprecated)]
+impl ServerHandler for Noisy {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("noisy", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(one_read_only_tool("noise", "notifications without end"))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (peer, sent) = (context.peer.clone(), self.0.clone());
+        tokio::spawn(async move {
+            for n in 0..Self::NOTES {
+                let note = LoggingMessageNotificationParam::new(LoggingLevel::Info, json!(n));
+                if peer.notify_logging_message(note).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Ok(CallToolResult::success(vec![ContentBlock::text("started")]).into())
+    }
+}
+
+/// An upstream's notifications wait for a client that reads nothing of its stream
+/// in a bounded number of places, and past them are dropped. (Each waited in a task
+/// of its own: a server that wrote them without end grew Gatehouse's memory without
+/// end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_waiting_for_a_client_are_bounded() {
+    use http_body_util::BodyExt;
+    let noisy = Noisy::default();
+    let web = Web::open(serve_upstream(noisy.clone()).await).await;
+    // The session's stream: open, and read only once the upstream is done.
+    let request = Request::get("/mcp/web")
+        .header(header::HOST, "gate.example.com")
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::AUTHORIZATION, format!("Bearer {}", web.token))
+        .header("mcp-session-id", &web.session)
+        .header("mcp-protocol-version", V2025)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let stream = tower::ServiceExt::oneshot(web.app.router.clone(), request)
+        .await
+        .expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    // Gatehouse's own stream from the upstream is open by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = web
+        .app
+        .send(web.post().body(call(3, "noise", json!({}))))
+        .await;
+    assert_eq!(text(&started), "started", "{}", started.body);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while noisy.0.load(std::sync::atomic::Ordering::SeqCst) < Noisy::NOTES {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the upstream got its notifications out");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut body = stream.into_body();
+    let mut received = 0;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(1), body.frame()).await
+    {
+        if let Ok(data) = frame.into_data() {
+            received += String::from_utf8_lossy(&data)
+                .matches("notifications/message")
+                .count();
+        }
+    }
+    assert!(received > 0, "no notification reached the client");
+    assert!(received < 120, "{received} of {} waited", Noisy::NOTES);
+}
+
 /// Gatehouse whose one upstream, `web`, is the HTTP server at `url`, with `extra`
 /// lines in its config section; and a `web:read` token for it. The directory holds
 /// the config.

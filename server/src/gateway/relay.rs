@@ -34,7 +34,7 @@ use rmcp::{
     ErrorData, RoleClient, RoleServer, ServerHandler,
 };
 use serde_json::json;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use super::upstream::{Shared, UpSession};
 use crate::{mcp::Access, oauth::records::AccessToken};
@@ -50,13 +50,29 @@ const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 /// [`DOWNSTREAM_TIMEOUT`]. The direct path has its own bound per call.
 pub const MAX_ASKS_WAITING: usize = 64;
 
+/// How many of an upstream connection's notifications (logging, `list_changed`,
+/// resource updates) may wait for its client at once. rmcp hands each to a task of
+/// its own, and the client may read its stream slowly or not at all; past this they
+/// are dropped, so a server that writes them without end costs bounded memory.
+pub const MAX_NOTES_WAITING: usize = 32;
+
+/// How many of one call's progress notifications may wait for its client. They go
+/// to the client from a task of the call's own, so that a client that does not read
+/// holds up only its own call, never the upstream connection (shared by every
+/// client's sessionless requests); past this they are dropped (progress is a hint).
+const PROGRESS_QUEUE: usize = 16;
+
+/// How long a call's answer waits for the progress sent before it to reach the
+/// client.
+const PROGRESS_FLUSH: Duration = Duration::from_secs(5);
+
 /// One upstream connection's mapping between the legs.
 #[derive(Default)]
 pub struct Routes {
-    /// Upstream progress token → the client's peer, its own token, and the last
-    /// progress sent (progress must increase; rmcp delivers notifications from
-    /// separate tasks, so late ones are dropped).
-    progress: HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken, f64)>,
+    /// Upstream progress token → the call's progress queue, the client's own token,
+    /// and the last progress sent (progress must increase; rmcp delivers
+    /// notifications from separate tasks, so late ones are dropped).
+    progress: HashMap<ProgressToken, (mpsc::Sender<ProgressNotification>, ProgressToken, f64)>,
     /// Upstream request id → the client's peer and its own request id, to route the
     /// upstream's requests to the stream of the call they belong to.
     inflight: HashMap<RequestId, (Peer<RoleServer>, RequestId)>,
@@ -77,6 +93,17 @@ pub struct UpClient {
     /// Places for the upstream's requests waiting for the client
     /// ([`MAX_ASKS_WAITING`]).
     pub asks: Arc<tokio::sync::Semaphore>,
+    /// Places for its notifications waiting for the client ([`MAX_NOTES_WAITING`]).
+    pub notes: Arc<tokio::sync::Semaphore>,
+}
+
+/// A task that ends when its owner drops it.
+struct Owned(tokio::task::JoinHandle<()>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn relay_failed(upstream: &str, what: &str, e: impl std::fmt::Display) -> ErrorData {
@@ -189,6 +216,14 @@ impl rmcp::Service<RoleClient> for UpClient {
                 Some(peer) => peer.clone(),
                 None => return Ok(()),
             },
+        };
+        // Held until the client's stream has taken it.
+        let Ok(_place) = self.notes.clone().try_acquire_owned() else {
+            crate::warn_throttled!(
+                upstream = %self.upstream,
+                "{MAX_NOTES_WAITING} notifications of an upstream already wait for the client; one is dropped"
+            );
+            return Ok(());
         };
         *notification.get_meta_mut() = context.meta;
         target
@@ -303,6 +338,7 @@ impl GatewayHandler {
             .reset_timeout_on_progress()
             .with_max_total_timeout(self.shared.config.timeout * 10)
             .with_meta(meta);
+        let mut relaying = None;
         let handle = {
             // Registered under the lock, before a fast upstream's first progress
             // notification can look for it.
@@ -313,10 +349,17 @@ impl GatewayHandler {
                 .await
                 .map_err(|e| self.shared.error(e))?;
             if let Some(token) = client_token {
-                routes.progress.insert(
-                    handle.progress_token.clone(),
-                    (context.peer.clone(), token, f64::MIN),
-                );
+                let (queue, mut waiting) = mpsc::channel(PROGRESS_QUEUE);
+                let client = context.peer.clone();
+                relaying = Some(Owned(tokio::spawn(async move {
+                    while let Some(progress) = waiting.recv().await {
+                        let progress = ServerNotification::ProgressNotification(progress);
+                        let _ = client.send_notification(progress).await;
+                    }
+                })));
+                routes
+                    .progress
+                    .insert(handle.progress_token.clone(), (queue, token, f64::MIN));
             }
             routes.inflight.insert(
                 handle.id.clone(),
@@ -343,9 +386,17 @@ impl GatewayHandler {
                 Err(ErrorData::internal_error("cancelled by the client", None))
             }
         };
-        let mut routes = up.routes.lock().await;
-        routes.progress.remove(&up_token);
-        routes.inflight.remove(&up_id);
+        {
+            let mut routes = up.routes.lock().await;
+            routes.progress.remove(&up_token);
+            routes.inflight.remove(&up_id);
+        }
+        // The progress sent before the answer reaches the client before it (its
+        // queue now closed, the task ends once it is empty); a client that does not
+        // read it holds up only this answer, and only for a while.
+        if let Some(mut relaying) = relaying {
+            let _ = tokio::time::timeout(PROGRESS_FLUSH, &mut relaying.0).await;
+        }
         answer
     }
 
@@ -683,24 +734,18 @@ impl<T> InOrder<T> {
     }
 }
 
-/// Sends one upstream progress notification to the client whose call it belongs to,
-/// with that client's own token; dropped when it names no call or does not increase.
+/// Queues one upstream progress notification for the client whose call it belongs
+/// to, with that client's own token; dropped when it names no call, does not
+/// increase, or finds the call's queue full. It never waits for a client: this runs
+/// in the upstream connection's reading, which others' calls share.
 async fn relay_progress(routes: Arc<Mutex<Routes>>, mut progress: ProgressNotification) {
-    let target = {
-        let mut routes = routes.lock().await;
-        match routes.progress.get_mut(&progress.params.progress_token) {
-            Some((peer, token, last)) if progress.params.progress > *last => {
-                *last = progress.params.progress;
-                progress.params.progress_token = token.clone();
-                Some(peer.clone())
-            }
-            _ => None,
+    let mut routes = routes.lock().await;
+    if let Some((queue, token, last)) = routes.progress.get_mut(&progress.params.progress_token) {
+        if progress.params.progress > *last {
+            *last = progress.params.progress;
+            progress.params.progress_token = token.clone();
+            let _ = queue.try_send(progress);
         }
-    };
-    if let Some(peer) = target {
-        let _ = peer
-            .send_notification(ServerNotification::ProgressNotification(progress))
-            .await;
     }
 }
 

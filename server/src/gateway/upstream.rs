@@ -715,6 +715,7 @@ impl Shared {
             routes: routes.clone(),
             policy: self.policy.clone(),
             asks: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_ASKS_WAITING)),
+            notes: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_NOTES_WAITING)),
         };
         let leg = self
             .http
