@@ -973,7 +973,9 @@ async fn behind_a_trusted_proxy_each_client_named_holds_its_own_share_of_bodies(
 
 /// A peer that takes nothing of an answer (here: an HTTP/2 client whose
 /// flow-control window stays shut) kept its connection for ever; it is dropped once
-/// the answer has waited `STALLED_AFTER`.
+/// the answer has waited `STALLED_AFTER`, also while the peer keeps other streams
+/// going on the connection (a wait was once judged by the connection's latest
+/// activity, which each new stream renewed).
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_takes_nothing_of_its_answer_is_dropped() {
     let addr = serve_with(listener::Limits::new(Duration::from_secs(10), 100)).await;
@@ -991,6 +993,18 @@ async fn a_peer_that_takes_nothing_of_its_answer_is_dropped() {
         .expect("request");
     let answer = sender.send_request(request).await.expect("answer head");
     assert_eq!(answer.status(), StatusCode::OK);
+    let mut more = sender.clone();
+    let busy = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let request = Request::get(format!("http://{addr}/healthz"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            if more.send_request(request).await.is_err() {
+                return;
+            }
+        }
+    });
     // The body never gets a window; the server gives up on it, and not before.
     let waited = tokio::time::Instant::now();
     tokio::time::timeout(listener::STALLED_AFTER * 2, driver)
@@ -1003,6 +1017,7 @@ async fn a_peer_that_takes_nothing_of_its_answer_is_dropped() {
         "{:?}",
         waited.elapsed()
     );
+    busy.abort();
 }
 
 /// One HTTP/1.1 answer off `stream` (its head, and a body of `Content-Length`), in

@@ -325,11 +325,12 @@ struct Activity {
     /// Requests not yet answered in full.
     open: AtomicUsize,
     http2: AtomicBool,
-    /// Answers whose body waits for the peer: hyper has not asked it for more since
-    /// its last frame (or at all).
-    waiting: AtomicUsize,
-    /// When hyper last asked an answer's body for a frame.
-    asked_at: AtomicU64,
+    /// For each answer whose body is not done: since when it has waited for the peer
+    /// (hyper has not asked it for more since its last frame, or at all), 0 while it
+    /// does not. Each its own: an HTTP/2 peer that keeps one stream's window shut
+    /// while it reads another (a GET stream, pings) must not keep the first waiting
+    /// for ever.
+    waits: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
     /// Since when a write to the socket has been waiting (0: none is).
     blocked_since: AtomicU64,
 }
@@ -341,8 +342,7 @@ impl Activity {
             events: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
-            waiting: AtomicUsize::new(0),
-            asked_at: AtomicU64::new(0),
+            waits: std::sync::Mutex::new(Vec::new()),
             blocked_since: AtomicU64::new(0),
         }
     }
@@ -358,8 +358,15 @@ impl Activity {
         let now = self.now();
         let blocked = self.blocked_since.load(Ordering::Relaxed);
         let socket = blocked != 0 && now.saturating_sub(blocked) >= limit;
-        let waiting = self.waiting.load(Ordering::Relaxed) > 0
-            && now.saturating_sub(self.asked_at.load(Ordering::Relaxed)) >= limit;
+        let waiting = self
+            .waits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|since| {
+                let since = since.load(Ordering::Relaxed);
+                since != 0 && now.saturating_sub(since) >= limit
+            });
         socket || waiting
     }
 
@@ -397,39 +404,40 @@ impl Drop for Open {
 }
 
 /// An answer's body, holding its request's [`Open`] until it ends and telling the
-/// connection's watch whether it waits for the peer; its length (and so
+/// connection's watch since when it waits for the peer; its length (and so
 /// `Content-Length`) is the inner body's.
 struct Tracked {
     inner: Body,
+    /// What is left of a frame handed on in pieces ([`PIECE`]).
+    rest: Bytes,
     open: Open,
-    /// Its last frame went to hyper (or none was asked for yet), and hyper has not
-    /// asked again.
-    waiting: bool,
+    /// Since when its last frame went to hyper (or since it began, when none was
+    /// asked for yet) without hyper asking again; 0 while hyper waits for it.
+    since: Arc<AtomicU64>,
 }
 
 impl Tracked {
     fn body(inner: Body, open: Open) -> Body {
-        let activity = &open.0;
-        activity.waiting.fetch_add(1, Ordering::Relaxed);
-        activity.asked_at.store(activity.now(), Ordering::Relaxed);
+        let since = Arc::new(AtomicU64::new(open.0.now()));
+        open.0
+            .waits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(since.clone());
         Body::new(Tracked {
             inner,
+            rest: Bytes::new(),
             open,
-            waiting: true,
+            since,
         })
     }
-
-    fn wait(&mut self, waiting: bool) {
-        if waiting != self.waiting {
-            self.waiting = waiting;
-            if waiting {
-                self.open.0.waiting.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.open.0.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
+
+/// The most of an answer handed to hyper at once. Hyper asks for more only once
+/// what it holds is written, so the wait judged by [`STALLED_AFTER`] is that of one
+/// piece: a slow reader of a large SSE event (an upstream's may be 16 MiB) that
+/// keeps reading is not taken for one that reads nothing.
+const PIECE: usize = 64 * 1024;
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
@@ -440,27 +448,56 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        this.open
-            .0
-            .asked_at
-            .store(this.open.0.now(), Ordering::Relaxed);
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        this.wait(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        let frame = if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > PIECE {
+                            this.rest = data.split_off(PIECE);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let piece = this.rest.split_to(this.rest.len().min(PIECE));
+            Poll::Ready(Some(Ok(Frame::data(piece))))
+        };
+        let handed = matches!(frame, Poll::Ready(Some(Ok(_))));
+        let since = if handed { this.open.0.now() } else { 0 };
+        this.since.store(since, Ordering::Relaxed);
         frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.wait(false);
+        let mut waits = self
+            .open
+            .0
+            .waits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = waits.iter().position(|w| Arc::ptr_eq(w, &self.since)) {
+            waits.swap_remove(at);
+        }
     }
 }
 
@@ -620,6 +657,31 @@ pub fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large frame goes to hyper in pieces, so that the wait for the peer is judged
+    /// per piece (a slow reader of a 16 MiB event that keeps reading is not
+    /// dropped); the answer and its length are unchanged.
+    #[tokio::test]
+    async fn a_large_frame_is_handed_on_in_pieces() {
+        use http_body_util::BodyExt;
+        let activity = Arc::new(Activity::new());
+        let whole: Vec<u8> = (0..PIECE * 3 + 7).map(|i| i as u8).collect();
+        let mut body = Tracked::body(Body::from(whole.clone()), Open::new(activity));
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            Some(whole.len() as u64)
+        );
+        let mut got = Vec::new();
+        let mut pieces = 0;
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("frame").into_data().expect("data");
+            assert!(data.len() <= PIECE, "{}", data.len());
+            got.extend_from_slice(&data);
+            pieces += 1;
+        }
+        assert_eq!(pieces, 4);
+        assert_eq!(got, whole);
+    }
 
     #[test]
     fn an_ipv6_48_gets_a_few_addresses_worth_of_places_and_v4_its_own() {
