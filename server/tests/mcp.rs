@@ -127,6 +127,7 @@ async fn planted_token(app: &TestApp, resource: &str, expires_at: u64) -> String
         scopes: ScopeSet::parse("read:articles write:articles").expect("scopes"),
         resource: ResourceUri::new(resource.into()),
         expires_at,
+        server: None,
     })
     .expect("json");
     app.store

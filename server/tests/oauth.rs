@@ -885,19 +885,18 @@ async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
     let refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
     let refreshed = |answer: Answer| {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-        answer.json()["refresh_token"]
-            .as_str()
-            .expect("rt")
-            .to_owned()
+        let tokens = answer.json();
+        let token = |name: &str| tokens[name].as_str().expect("token").to_owned();
+        (token("refresh_token"), token("access_token"))
     };
 
     let app = app.restart(&[]).await;
-    let refresh = refreshed(app.refresh(&client_id, &refresh, &[]).await);
+    let (refresh, _) = refreshed(app.refresh(&client_id, &refresh, &[]).await);
     // Back, with another key in its query: the same server.
     let app = app
         .restart(&["--upstream", "web=http://127.0.0.1:9/mcp?key=2"])
         .await;
-    let refresh = refreshed(app.refresh(&client_id, &refresh, &[]).await);
+    let (refresh, access) = refreshed(app.refresh(&client_id, &refresh, &[]).await);
     let pending = app.public_client("Second client").await;
     let cookie = app.sign_in().await;
     let consent = app
@@ -912,9 +911,39 @@ async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
         .await;
     let code = approved.param("code").expect("code");
 
+    // A consent page shown for this server, approved once it was replaced.
+    let (third, cookie) = (app.public_client("Third client").await, app.sign_in().await);
+    let consent = app
+        .authorize(
+            &third,
+            &[("scope", "web:read"), ("resource", WEB)],
+            Some(&cookie),
+        )
+        .await;
+    let valid = |app: &TestApp| {
+        let access = access.clone();
+        let auth = app.state.auth.clone();
+        async move {
+            auth.verify_access_token(&access, &ResourceUri::new(WEB.into()))
+                .await
+                .expect("store")
+                .is_some()
+        }
+    };
+    assert!(valid(&app).await);
+
     let app = app
         .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
         .await;
+    assert!(
+        !valid(&app).await,
+        "an access token works only at its server"
+    );
+    let approved = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_eq!(approved.status, StatusCode::CONFLICT, "{}", approved.body);
+    assert!(approved.body.contains("Nothing was approved"));
     let refused = app.refresh(&client_id, &refresh, &[]).await;
     assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
     let refused = app.redeem_at(&pending, &code, WEB).await;
@@ -924,6 +953,48 @@ async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
     let refused = app.refresh(&client_id, &refresh, &[]).await;
     assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
     let refused = app.redeem_at(&pending, &code, WEB).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// A grant written without its server (made before grants named one, or rewritten
+/// by such a version during a rolling upgrade) names the server serving it at its
+/// next refresh, and from then on passes to no other one.
+#[tokio::test]
+async fn a_grant_without_its_server_takes_the_one_serving_it_at_its_next_refresh() {
+    use gatehouse::{oauth::records::grant_key, store::Group};
+    const WEB: &str = "https://gate.example.com/mcp/web";
+    let first = ["--upstream", "web=http://127.0.0.1:9/mcp"];
+    let app = TestApp::new(&first);
+    let (client_id, tokens) = app.tokens_at(WEB, "web:read").await;
+    let refresh = tokens["refresh_token"].as_str().expect("rt");
+    let group = Group::parse(refresh.split('.').nth(1).expect("grant id")).expect("group");
+    let key = grant_key(&group);
+    let record = app.store.get(&key).await.expect("get").expect("grant");
+    let mut grant: serde_json::Value = serde_json::from_slice(&record).expect("json");
+    assert!(grant["server"].is_string(), "{grant}");
+    grant.as_object_mut().expect("object").remove("server");
+    let legacy = serde_json::to_vec(&grant).expect("json");
+    assert!(app
+        .store
+        .compare_and_swap(
+            &key,
+            &record,
+            &legacy,
+            gatehouse::store::Put::ttl(Duration::from_secs(3600)).in_group(&group)
+        )
+        .await
+        .expect("swap"));
+
+    let answer = app.refresh(&client_id, refresh, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let refresh = answer.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    let app = app
+        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
+        .await;
+    let refused = app.refresh(&client_id, &refresh, &[]).await;
     assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 

@@ -40,14 +40,15 @@ pub fn resource(public_url: &str, upstream: &config::Upstream) -> Result<Arc<Res
             .map_err(|e| format!("upstream {:?}: {e}", upstream.name))
     };
     // The server a grant is for: an HTTP server's URL without its query (which may
-    // hold a key that rotates), or a stdio server's command line.
+    // hold a key that rotates), or a stdio server's command line and directory. Not
+    // its credentials or environment, which change as keys rotate.
     let server = match &upstream.transport {
         config::Transport::Http { url, .. } => {
             format!("http {}", &url[..url::Position::AfterPath])
         }
-        config::Transport::Stdio { command, args, .. } => {
-            format!("stdio {}", serde_json::json!([command, args]))
-        }
+        config::Transport::Stdio {
+            command, args, cwd, ..
+        } => format!("stdio {}", serde_json::json!([command, args, cwd])),
     };
     Ok(Arc::new(
         Resource::new(
@@ -71,4 +72,59 @@ pub fn resource(public_url: &str, upstream: &config::Upstream) -> Result<Arc<Res
         )
         .with_server(&server),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What grants of the upstream `short` (edited by `edit`) name as its server.
+    fn server_of(short: &str, edit: impl FnOnce(&mut config::RawUpstream)) -> Option<String> {
+        let mut raw = config::parse_short(short).expect("short form");
+        edit(&mut raw);
+        let upstream = raw.validate(&|_| Some("v".into())).expect("valid");
+        resource("https://gate.example.com", &upstream)
+            .expect("resource")
+            .server
+            .clone()
+    }
+
+    /// A grant names its server by what picks the server (address; program,
+    /// arguments and directory), not by what rotates (a key in the query, headers,
+    /// the environment), so another server under the same name is told apart and a
+    /// new key is not.
+    #[test]
+    fn a_server_is_named_by_its_address_or_its_command_line_and_directory() {
+        let url = |url: &str| server_of(&format!("web={url}"), |_| {});
+        assert!(url("https://a.example/mcp").is_some());
+        assert_eq!(
+            url("https://a.example/mcp?key=1"),
+            url("https://a.example/mcp?key=2")
+        );
+        assert_ne!(url("https://a.example/mcp"), url("https://b.example/mcp"));
+        assert_ne!(url("https://a.example/mcp"), url("https://a.example/x"));
+        let header = server_of("web=https://a.example/mcp", |raw| {
+            raw.headers
+                .insert("Authorization".into(), "Bearer 2".into());
+        });
+        assert_eq!(header, url("https://a.example/mcp"));
+
+        let stdio = |cwd: Option<&str>, key: &str| {
+            server_of("s=stdio:node server.js", |raw| {
+                raw.cwd = cwd.map(Into::into);
+                raw.env.insert("KEY".into(), key.into());
+            })
+        };
+        assert_ne!(stdio(Some("/srv/a"), "1"), stdio(Some("/srv/b"), "1"));
+        assert_ne!(stdio(None, "1"), stdio(Some("/srv/a"), "1"));
+        assert_eq!(stdio(Some("/srv/a"), "1"), stdio(Some("/srv/a"), "2"));
+        assert_ne!(
+            server_of("s=stdio:node a.js", |_| {}),
+            server_of("s=stdio:node b.js", |_| {})
+        );
+        assert_ne!(
+            server_of("s=stdio:node a.js", |_| {}),
+            url("https://a.example/mcp")
+        );
+    }
 }

@@ -212,6 +212,7 @@ impl AuthServer {
             ignored_scopes,
             resource: resource.uri.clone(),
             state: params.state,
+            server: resource.server.clone(),
         })
     }
 
@@ -308,6 +309,12 @@ impl AuthServer {
     /// Approves: creates the grant and its code; returns the redirect to the client.
     pub async fn approve(&self, ticket: &str, session: &SecretHash) -> Result<String, TicketError> {
         let request = self.redeem_ticket(ticket, session).await?;
+        // The server the page named, still behind its URL (where this instance
+        // serves it: during a rolling change, one that does not yet may approve).
+        let now_served = self.settings.resources.get(request.resource.as_str());
+        if now_served.is_some_and(|r| r.server != request.server) {
+            return Err(TicketError::ServerChanged);
+        }
         let grant = Group::random();
         let record = encode(&Grant {
             id: grant.as_str().to_owned(),
@@ -315,11 +322,7 @@ impl AuthServer {
             client_id: request.client_id.clone(),
             scopes: request.scopes.clone(),
             resource: request.resource.clone(),
-            server: self
-                .settings
-                .resources
-                .get(request.resource.as_str())
-                .and_then(|r| r.server.clone()),
+            server: request.server.clone(),
             created_at: self.now(),
             refresh: None,
             rotated: Vec::new(),

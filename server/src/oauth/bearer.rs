@@ -48,7 +48,9 @@ impl AuthServer {
             return Ok(None);
         };
         let access = self.decoded.access_token(record)?;
-        let valid = access.expires_at > self.now() && access.resource == *resource;
+        let valid = access.expires_at > self.now()
+            && access.resource == *resource
+            && self.same_server_as(access.server.as_deref(), resource);
         Ok(valid.then_some(access))
     }
 }
@@ -97,6 +99,7 @@ mod tests {
             scopes: crate::oauth::scope::ScopeSet::parse("read:articles").expect("scopes"),
             resource: ResourceUri::new("https://gate.example/mcp".into()),
             expires_at,
+            server: None,
         }
     }
 

@@ -110,6 +110,7 @@ impl AuthServer {
             &client.client_id,
             record.scopes.clone(),
             &record.resource,
+            grant.server.as_deref(),
         )?;
         self.store_access(&minted).await?;
         let used = encode(&CodeRecord {

@@ -143,6 +143,8 @@ pub enum AuthorizeError {
 pub enum TicketError {
     #[error("this approval link is not valid: it expired, was already used, or belongs to another sign-in")]
     Invalid,
+    #[error("the MCP server this approval was for was replaced after the consent page was shown")]
+    ServerChanged,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

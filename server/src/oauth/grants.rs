@@ -202,11 +202,29 @@ impl AuthServer {
     /// tokens work nowhere it is not served), nor is a grant made before grants
     /// named their server.
     pub(super) fn same_server(&self, grant: &Grant) -> bool {
-        let configured = self.settings.resources.get(grant.resource.as_str());
-        match (&grant.server, configured) {
-            (Some(server), Some(resource)) => resource.server.as_ref() == Some(server),
-            _ => true,
+        self.same_server_as(grant.server.as_deref(), &grant.resource)
+    }
+
+    /// [`Self::same_server`] for what a grant or token names.
+    pub(super) fn same_server_as(&self, server: Option<&str>, resource: &ResourceUri) -> bool {
+        let Some(server) = server else {
+            return true;
+        };
+        match self.settings.resources.get(resource.as_str()) {
+            Some(configured) => configured.server.as_deref() == Some(server),
+            None => true,
         }
+    }
+
+    /// The server a grant's next records name: its own, or for a grant made before
+    /// grants named one (or rewritten by such a version), the one serving it now.
+    pub(super) fn server_of(&self, grant: &Grant) -> Option<String> {
+        grant.server.clone().or_else(|| {
+            self.settings
+                .resources
+                .get(grant.resource.as_str())
+                .and_then(|r| r.server.clone())
+        })
     }
 
     /// Revokes a grant whose server is another one now; the error for its client.

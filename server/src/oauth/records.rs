@@ -33,6 +33,10 @@ pub struct PendingAuthorization {
     pub ignored_scopes: Vec<Scope>,
     pub resource: ResourceUri,
     pub state: Option<String>,
+    /// The server behind `resource` when the consent page was shown: the one the
+    /// owner approves ([`Grant::server`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// The consent page's approve/deny ticket: which session saw the page, and what it
@@ -123,6 +127,10 @@ pub struct AccessToken {
     pub scopes: ScopeSet,
     pub resource: ResourceUri,
     pub expires_at: u64,
+    /// Its grant's server ([`Grant::server`]): the token works at no other server
+    /// configured under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// RFC 6749 §5.1.

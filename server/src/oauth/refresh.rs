@@ -133,12 +133,14 @@ impl AuthServer {
             }
 
             let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
+            let server = self.server_of(&grant);
             let minted = self.mint(
                 &token.grant,
                 &grant.subject,
                 &client.client_id,
                 scopes.clone(),
                 &grant.resource,
+                server.as_deref(),
             )?;
             self.store_access(&minted).await?;
 
@@ -212,6 +214,7 @@ impl AuthServer {
                 rotated,
                 retired,
                 access,
+                server,
                 ..grant
             })?;
             let swapped = self

@@ -96,6 +96,7 @@ impl AuthServer {
         client_id: &super::client::ClientId,
         scopes: ScopeSet,
         resource: &ResourceUri,
+        server: Option<&str>,
     ) -> Result<Minted, StoreError> {
         let (access_raw, access) = GrantToken::issue(TokenKind::Access, grant);
         let (refresh_raw, refresh) = GrantToken::issue(TokenKind::Refresh, grant);
@@ -113,6 +114,7 @@ impl AuthServer {
             scopes,
             resource: resource.clone(),
             expires_at: self.now() + ttl,
+            server: server.map(str::to_owned),
         })?;
         Ok(Minted {
             response,

@@ -270,6 +270,13 @@ async fn decide(
             see_other(&target)
         }
         Err(TicketError::Invalid) => invalid(),
+        Err(TicketError::ServerChanged) => ErrorPage::new(
+            StatusCode::CONFLICT,
+            "Nothing was approved",
+            "The MCP server this page asked about was replaced by another one since. \
+             Start the connection again from your app.",
+        )
+        .into_response(),
         Err(TicketError::Store(e)) => unavailable_page(&e).into_response(),
     }
 }
