@@ -5,27 +5,6 @@
 
 use leptos::prelude::*;
 
-/// Buttons and links marked `arm` (the consent page's approve links, the console's
-/// revoke, delete and publish buttons) take no click unless their window has been in
-/// front for a moment. The CSS holds them for their first 0.8 s on the page (see
-/// `.arm`), which another site can wait out by opening the page behind a window of
-/// its own, then closing that window under the person's double-click: the second
-/// click would land here ("double-clickjacking"). So they are held while the window
-/// is not focused or not visible, and for 0.6 s after it is again; a click (or Enter)
-/// on a held one does nothing. The hold is a class on the root element and the click
-/// check listens on the document, so it covers what the console renders later too.
-/// Without JavaScript only the CSS holds.
-pub const HOLD_WHILE_AWAY: &str = "(()=>{\
-const root=document.documentElement;let t=0;\
-const front=()=>document.hasFocus()&&!document.hidden;\
-const hold=()=>{clearTimeout(t);root.classList.add('held');};\
-const wake=()=>{clearTimeout(t);t=setTimeout(()=>{if(front())root.classList.remove('held');},600);};\
-hold();if(front())wake();\
-addEventListener('blur',hold);addEventListener('focus',wake);\
-document.addEventListener('visibilitychange',()=>document.hidden?hold():wake());\
-document.addEventListener('click',e=>{if(root.classList.contains('held')&&e.target instanceof Element&&e.target.closest('.arm')){e.preventDefault();e.stopImmediatePropagation();}},true);\
-})();";
-
 /// `<!DOCTYPE html>` around `body` with the shared stylesheet.
 pub fn document(title: &str, body: impl RenderHtml) -> String {
     document_with_script(title, body, "")

@@ -3,7 +3,10 @@
 
 use leptos::prelude::*;
 
-use crate::document::{document, document_with_script, HOLD_WHILE_AWAY};
+use crate::{
+    document::{document, document_with_script},
+    HOLD_WHILE_AWAY,
+};
 
 /// What the consent page shows. Everything here may come from a client and is
 /// escaped when rendered.
