@@ -998,6 +998,55 @@ async fn a_grant_without_its_server_takes_the_one_serving_it_at_its_next_refresh
     assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// A consent page shown by a version that did not name the server (a restart onto
+/// this one, or a rolling upgrade) still approves, and its grant and tokens take the
+/// server serving it then.
+#[tokio::test]
+async fn a_consent_page_that_named_no_server_approves_the_one_serving_it() {
+    use gatehouse::{oauth::records::ticket_key, store::Put};
+    const WEB: &str = "https://gate.example.com/mcp/web";
+    let app = TestApp::new(&["--upstream", "web=http://127.0.0.1:9/mcp"]);
+    let client_id = app.public_client("Test client").await;
+    let cookie = app.sign_in().await;
+    let consent = app
+        .authorize(
+            &client_id,
+            &[("scope", "web:read"), ("resource", WEB)],
+            Some(&cookie),
+        )
+        .await;
+    let link = TestApp::link(&consent, "approve");
+    let ticket = link.split("ticket=").nth(1).expect("ticket");
+    let key = ticket_key(ticket);
+    let record = app.store.get(&key).await.expect("get").expect("ticket");
+    let mut stored: serde_json::Value = serde_json::from_slice(&record).expect("json");
+    assert!(stored["request"]["server"].is_string(), "{stored}");
+    stored["request"]
+        .as_object_mut()
+        .expect("request")
+        .remove("server");
+    let old = serde_json::to_vec(&stored).expect("json");
+    app.store
+        .put(&key, &old, Put::ttl(Duration::from_secs(600)))
+        .await
+        .expect("put");
+
+    let approved = app.get(&link, Some(&cookie)).await;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+    let code = approved.param("code").expect("code");
+    let tokens = app.redeem_at(&client_id, &code, WEB).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let refresh = tokens.json()["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    let app = app
+        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
+        .await;
+    let refused = app.refresh(&client_id, &refresh, &[]).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
 /// A redemption cut short by the store before the code is marked used leaves the
 /// code for the client's retry. (Keeping a self-registered client alive came after
 /// the code's swap: its failure made the retry a replay that revoked the grant.)

@@ -311,10 +311,17 @@ impl AuthServer {
         let request = self.redeem_ticket(ticket, session).await?;
         // The server the page named, still behind its URL (where this instance
         // serves it: during a rolling change, one that does not yet may approve).
+        // A page shown by a version that did not name it takes the one serving now.
         let now_served = self.settings.resources.get(request.resource.as_str());
-        if now_served.is_some_and(|r| r.server != request.server) {
-            return Err(TicketError::ServerChanged);
+        if let (Some(served), Some(shown)) = (now_served, request.server.as_deref()) {
+            if served.server.as_deref() != Some(shown) {
+                return Err(TicketError::ServerChanged);
+            }
         }
+        let server = request
+            .server
+            .clone()
+            .or_else(|| now_served.and_then(|r| r.server.clone()));
         let grant = Group::random();
         let record = encode(&Grant {
             id: grant.as_str().to_owned(),
@@ -322,7 +329,7 @@ impl AuthServer {
             client_id: request.client_id.clone(),
             scopes: request.scopes.clone(),
             resource: request.resource.clone(),
-            server: request.server.clone(),
+            server,
             created_at: self.now(),
             refresh: None,
             rotated: Vec::new(),

@@ -104,13 +104,14 @@ impl AuthServer {
 
         // The access token first, then the code is marked used: of concurrent
         // redemptions exactly one swap succeeds, and each loser revokes the grant.
+        let server = self.server_of(&grant);
         let minted = self.mint(
             &token.grant,
             &record.subject,
             &client.client_id,
             record.scopes.clone(),
             &record.resource,
-            grant.server.as_deref(),
+            server.as_deref(),
         )?;
         self.store_access(&minted).await?;
         let used = encode(&CodeRecord {
@@ -137,6 +138,7 @@ impl AuthServer {
         let started = encode(&Grant {
             refresh: Some(minted.refresh.clone()),
             access: vec![minted.access.hash.clone()],
+            server,
             ..grant
         })?;
         let kept = self
