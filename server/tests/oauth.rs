@@ -870,6 +870,19 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
     assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// The upstream `web` the next tests configure.
+const WEB: &str = "https://gate.example.com/mcp/web";
+
+/// `app` restarted with another server configured as `web`, where `refresh` (of
+/// `client_id`) is refused.
+async fn refused_once_web_is_another_server(app: TestApp, client_id: &str, refresh: &str) {
+    let app = app
+        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
+        .await;
+    let refused = app.refresh(client_id, refresh, &[]).await;
+    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
 /// A grant is for the server the owner consented to: another server configured
 /// later under the same name (here: at another address) does not inherit it. Its
 /// next refresh, or the redemption of a code issued before, is refused and revokes
@@ -878,7 +891,6 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
 /// its tokens work only where it is served.
 #[tokio::test]
 async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
-    const WEB: &str = "https://gate.example.com/mcp/web";
     let first = ["--upstream", "web=http://127.0.0.1:9/mcp?key=1"];
     let app = TestApp::new(&first);
     let (client_id, tokens) = app.tokens_at(WEB, "web:read").await;
@@ -962,7 +974,6 @@ async fn a_grant_does_not_pass_to_another_server_under_the_same_name() {
 #[tokio::test]
 async fn a_grant_without_its_server_takes_the_one_serving_it_at_its_next_refresh() {
     use gatehouse::{oauth::records::grant_key, store::Group};
-    const WEB: &str = "https://gate.example.com/mcp/web";
     let first = ["--upstream", "web=http://127.0.0.1:9/mcp"];
     let app = TestApp::new(&first);
     let (client_id, tokens) = app.tokens_at(WEB, "web:read").await;
@@ -991,11 +1002,7 @@ async fn a_grant_without_its_server_takes_the_one_serving_it_at_its_next_refresh
         .as_str()
         .expect("rt")
         .to_owned();
-    let app = app
-        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
-        .await;
-    let refused = app.refresh(&client_id, &refresh, &[]).await;
-    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    refused_once_web_is_another_server(app, &client_id, &refresh).await;
 }
 
 /// A consent page shown by a version that did not name the server (a restart onto
@@ -1004,7 +1011,6 @@ async fn a_grant_without_its_server_takes_the_one_serving_it_at_its_next_refresh
 #[tokio::test]
 async fn a_consent_page_that_named_no_server_approves_the_one_serving_it() {
     use gatehouse::{oauth::records::ticket_key, store::Put};
-    const WEB: &str = "https://gate.example.com/mcp/web";
     let app = TestApp::new(&["--upstream", "web=http://127.0.0.1:9/mcp"]);
     let client_id = app.public_client("Test client").await;
     let cookie = app.sign_in().await;
@@ -1040,11 +1046,7 @@ async fn a_consent_page_that_named_no_server_approves_the_one_serving_it() {
         .as_str()
         .expect("rt")
         .to_owned();
-    let app = app
-        .restart(&["--upstream", "web=http://127.0.0.1:10/mcp"])
-        .await;
-    let refused = app.refresh(&client_id, &refresh, &[]).await;
-    assert_oauth_error(&refused, StatusCode::BAD_REQUEST, "invalid_grant");
+    refused_once_web_is_another_server(app, &client_id, &refresh).await;
 }
 
 /// A redemption cut short by the store before the code is marked used leaves the
