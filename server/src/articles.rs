@@ -427,6 +427,9 @@ impl Articles {
     }
 
     /// Applies `change` to the stored article atomically (compare-and-swap, retried).
+    /// A change that changes nothing (publishing a published article, an update to
+    /// what is there) writes nothing: the revision an open edit names stays valid,
+    /// and an agent that retries an idempotent call moves nothing.
     async fn modify(
         &self,
         slug: &Slug,
@@ -438,7 +441,11 @@ impl Articles {
             };
             let mut article: Article = decode(&current)?;
             let now = self.clock.now_secs();
+            let before = article.clone();
             change(&mut article, now)?;
+            if article == before {
+                return Ok(article);
+            }
             article.updated_at = now;
             article.revision += 1;
             if self
@@ -598,6 +605,31 @@ mod tests {
             .await
             .expect("create");
         assert_eq!(articles.search("three", 10).await.expect("search").len(), 1);
+    }
+
+    /// A change that changes nothing writes nothing: publishing a published article
+    /// (an idempotent tool an agent may retry) or an update to what is there leaves
+    /// its revision, so the owner's open edit still saves.
+    #[tokio::test]
+    async fn a_change_that_changes_nothing_leaves_the_revision() {
+        let (articles, _dir) = articles(10);
+        let created = articles.create(None, "Title", "one").await.expect("create");
+        let published = articles.publish(&created.slug).await.expect("publish");
+        assert_eq!(published.revision, created.revision + 1);
+        let again = articles
+            .publish(&created.slug)
+            .await
+            .expect("publish again");
+        assert_eq!(again, published);
+        let same = articles
+            .update(&created.slug, Some("Title"), Some("one"), None)
+            .await
+            .expect("update to the same");
+        assert_eq!(same, published);
+        articles
+            .edit(&created.slug, "Title", "two", published.revision)
+            .await
+            .expect("the owner's edit of the version read");
     }
 
     /// Two changes within one second: the second one's version differs all the
