@@ -449,14 +449,7 @@ async fn failures_are_clear_errors_that_name_the_upstream() {
     assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
     // Its binding went with it (so it no longer counts among the client's sessions
     // of the day).
-    let binding = gatehouse::http::mcp::sessions::binding_key(&session);
-    assert!(app
-        .state
-        .store
-        .get(&binding)
-        .await
-        .expect("store")
-        .is_none());
+    assert!(!app.is_bound(&session).await);
     let fresh = app.session_at("/mcp/py", &token, V2025).await;
     let echoed = post(
         &app,
@@ -1985,12 +1978,7 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     .await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
     assert!(
-        app.state
-            .store
-            .get(&binding_key(&session))
-            .await
-            .expect("store")
-            .is_none(),
+        !app.is_bound(&session).await,
         "the ended session's binding is kept"
     );
     // (the place of the revoked client's session)
@@ -2002,13 +1990,7 @@ async fn a_session_ends_upstream_once_its_client_has_no_grant() {
     let gone = app.revoke(&second_client, refresh).await;
     assert!(gone.status.is_success(), "{}", gone.body);
     assert_eq!(end_ungranted(&app.state).await.expect("sweep"), 1);
-    assert!(app
-        .state
-        .store
-        .get(&binding_key(&second_session))
-        .await
-        .expect("store")
-        .is_none());
+    assert!(!app.is_bound(&second_session).await);
     // (the place of the session the sweep ended)
     let third_session = opened_session(&initialize_once_free(&app, &access(&third), 3).await);
 

@@ -606,14 +606,7 @@ async fn assert_live_after_404(app: &TestApp, token: &str, session: &str) {
         .expect("request");
     let answer = app.send(request).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
-    let binding = gatehouse::http::mcp::sessions::binding_key(session);
-    assert!(app
-        .state
-        .store
-        .get(&binding)
-        .await
-        .expect("store")
-        .is_some());
+    assert!(app.is_bound(session).await);
 }
 
 #[tokio::test]

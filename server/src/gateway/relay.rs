@@ -98,9 +98,9 @@ pub struct UpClient {
 }
 
 /// A task that ends when its owner drops it.
-struct Owned(tokio::task::JoinHandle<()>);
+struct OwnedTask(tokio::task::JoinHandle<()>);
 
-impl Drop for Owned {
+impl Drop for OwnedTask {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -351,7 +351,7 @@ impl GatewayHandler {
             if let Some(token) = client_token {
                 let (queue, mut waiting) = mpsc::channel(PROGRESS_QUEUE);
                 let client = context.peer.clone();
-                relaying = Some(Owned(tokio::spawn(async move {
+                relaying = Some(OwnedTask(tokio::spawn(async move {
                     while let Some(progress) = waiting.recv().await {
                         let progress = ServerNotification::ProgressNotification(progress);
                         let _ = client.send_notification(progress).await;

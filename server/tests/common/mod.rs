@@ -581,6 +581,12 @@ impl TestApp {
         .await
     }
 
+    /// Whether the MCP session `session` is still bound to a client in the store.
+    pub async fn is_bound(&self, session: &str) -> bool {
+        let binding = gatehouse::http::mcp::sessions::binding_key(session);
+        self.store.get(&binding).await.expect("store").is_some()
+    }
+
     pub async fn token_is_valid(&self, access_token: &str) -> bool {
         self.state
             .auth
