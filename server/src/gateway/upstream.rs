@@ -828,6 +828,7 @@ impl Shared {
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
+        ends_with_gatehouse(&mut cmd);
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
         // Killed (its leader) if dropped without being ended, as when Gatehouse stops.
         wrapped.wrap(process_wrap::tokio::KillOnDrop);
@@ -855,6 +856,32 @@ impl Shared {
         Ok((AsyncRwTransport::new_client(stdout, stdin), child))
     }
 }
+
+/// Has the kernel send a stdio server `SIGTERM` if Gatehouse dies without ending it
+/// (`SIGKILL`, the out-of-memory killer): its stdin closes then too, but a server
+/// that ignores that would run on with nobody to end it. Only the leader gets the
+/// signal; what it started (`npx` starts the server as its child) gets what the
+/// leader passes on, as npm passes `SIGTERM` on. The kernel sends it when the thread
+/// that started the process ends: a runtime worker, which lasts as long as Gatehouse.
+#[cfg(target_os = "linux")]
+fn ends_with_gatehouse(cmd: &mut tokio::process::Command) {
+    let gatehouse = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe system
+    // calls (prctl, getppid), and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // Gatehouse died before the request took effect: no signal would come.
+            if nix::unistd::getppid() != gatehouse {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ends_with_gatehouse(_: &mut tokio::process::Command) {}
 
 type StdioTransport =
     AsyncRwTransport<RoleClient, tokio::process::ChildStdout, tokio::process::ChildStdin>;
@@ -1159,6 +1186,50 @@ mod tests {
         drop(task);
         assert!(gone(pgid).await, "the whole group is gone");
         assert!(lock(&processes).is_empty());
+    }
+
+    /// Gatehouse killed with a stdio server running (no destructor runs, no ending):
+    /// the server, which ignores its stdin, still gets `SIGTERM`. Here the thread
+    /// that started it ends, which is what the kernel watches.
+    #[test]
+    fn a_server_gets_sigterm_when_gatehouse_dies_without_ending_it() {
+        let script = "while :; do sleep 1; done";
+        let raw = crate::gateway::config::parse_short(&format!("s=stdio:sh -c {script:?}"))
+            .expect("short");
+        let upstream = raw.validate(&|_| None).expect("valid");
+        let resource =
+            crate::gateway::resource("https://gate.example.com", &upstream).expect("resource");
+        let shared = Shared::new(upstream, resource).expect("shared");
+        let pgid = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let args = ["-c".to_owned(), script.to_owned()];
+                let (transport, process) = shared.spawn("sh", &args, &[], None).expect("spawn");
+                let pgid = i32::try_from(process.id().expect("pid")).expect("pid");
+                // As after SIGKILL: nothing ends it, nor closes its stdin.
+                std::mem::forget((transport, process));
+                pgid
+            })
+        })
+        .join()
+        .expect("thread");
+        let ended = {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while group_alive(pgid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !group_alive(pgid)
+        };
+        if !ended {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(ended, "the server outlived Gatehouse");
     }
 
     #[tokio::test]
