@@ -782,6 +782,91 @@ async fn sessionless_requests_use_the_pool() {
     assert_eq!(refused.rpc()["id"], 9, "{}", refused.body);
 }
 
+/// A pooled stdio server that exits on some request is not started again for each
+/// such request: one client repeating the request cannot make Gatehouse start a
+/// process per request. The pool opens again after a short wait.
+#[tokio::test]
+async fn a_pooled_server_that_exits_on_a_request_is_not_started_for_each() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let starts = dir.path().join("starts");
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[upstream]]
+name = "py"
+command = "sh"
+args = ["-c", "echo started >> \"$STARTS\"; exec '{}' '{}/tests/upstreams/stdio_server.py'"]
+env = {{ STARTS = "{}" }}
+pool_size = 1
+"#,
+            python(),
+            env!("CARGO_MANIFEST_DIR"),
+            starts.display()
+        ),
+    )
+    .expect("write config");
+    let app = TestApp::new(&["--config", config.to_str().expect("utf-8")]);
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let sessionless = |id: u64, tool: &str| {
+        let mut request = call(id, tool, json!({"message": "back"}));
+        request["params"]["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        let mut request = McpPost {
+            path: "/mcp/py",
+            token: Some(&token),
+            version: Some("2026-07-28"),
+            ..McpPost::default()
+        }
+        .body(request);
+        for (name, value) in [("mcp-method", "tools/call"), ("mcp-name", tool)] {
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header"));
+        }
+        request
+    };
+    let started = || {
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for id in 1..=6 {
+        let answer = app.send(sessionless(id, "crash")).await;
+        assert_eq!(
+            answer.rpc()["error"]["data"]["upstream"],
+            "py",
+            "{}",
+            answer.body
+        );
+    }
+    assert!(started() <= 2, "{} starts for 6 requests", started());
+    // Then it is started again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = app.send(sessionless(7, "echo")).await;
+        if answer.rpc()["result"].is_object() {
+            assert_eq!(text(&answer), "echo: back");
+            break;
+        }
+        assert_eq!(
+            answer.rpc()["error"]["data"]["reason"],
+            "unavailable",
+            "{}",
+            answer.body
+        );
+        assert!(std::time::Instant::now() < deadline, "{}", answer.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started() <= 3, "{} starts", started());
+}
+
 /// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls
 /// and telling the test of each.
 #[derive(Clone, Default)]

@@ -312,18 +312,40 @@ struct Observed {
     info: Option<Arc<ServerPeerInfo>>,
 }
 
-/// One pooled connection for sessionless requests, and when it may be opened again
-/// after it could not be.
+/// One pooled connection for sessionless requests, and when it may be opened again.
 #[derive(Default)]
 struct PoolSlot {
     session: Option<Arc<UpSession>>,
+    /// When the last attempt to open it began.
+    started_at: Option<tokio::time::Instant>,
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
 }
 
-/// After a pooled connection could not be opened, the next attempt waits this long,
-/// doubling up to the second: a stdio server that dies at start is not started again
-/// for every sessionless request (each such request is refused meanwhile).
+impl PoolSlot {
+    /// Notes an attempt to open the connection, begun `now`: the next may begin
+    /// [`POOL_BACKOFF`] after it at the earliest, twice as long as the last wait when
+    /// this one came soon after the last (a server that dies at start, or exits on
+    /// some request), whether or not this one succeeds. A connection that lives
+    /// longer than the wait is opened again at once when it closes.
+    fn attempt(&mut self, now: tokio::time::Instant) {
+        let soon = self
+            .started_at
+            .is_some_and(|at| now.duration_since(at) < POOL_BACKOFF.1 * 3);
+        self.backoff = if soon {
+            (self.backoff * 2).clamp(POOL_BACKOFF.0, POOL_BACKOFF.1)
+        } else {
+            POOL_BACKOFF.0
+        };
+        self.started_at = Some(now);
+        self.retry_at = Some(now + self.backoff);
+    }
+}
+
+/// A pooled connection is opened at most once this long after the last attempt,
+/// doubling up to the second while attempts keep coming soon after one another: a
+/// stdio server that dies at start, or that exits on some request, is not started
+/// again for every sessionless request (each such request is refused meanwhile).
 const POOL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 /// What every session of one upstream shares.
@@ -616,6 +638,8 @@ impl Shared {
         if slot.retry_at.is_some_and(|at| now < at) {
             return Err(self.closed_error());
         }
+        slot.session = None;
+        slot.attempt(now);
         let mut info = InitializeRequestParams::new(
             ClientCapabilities::default(),
             Implementation::new("gatehouse", env!("CARGO_PKG_VERSION")),
@@ -628,14 +652,11 @@ impl Shared {
         match self.connect(info, None, lifecycle, None).await {
             Ok(session) => {
                 let session = Arc::new(session);
-                *slot = PoolSlot {
-                    session: Some(session.clone()),
-                    ..PoolSlot::default()
-                };
+                slot.session = Some(session.clone());
                 Ok(session)
             }
             Err(e) => {
-                slot.backoff = (slot.backoff * 2).clamp(POOL_BACKOFF.0, POOL_BACKOFF.1);
+                // A start that failed slowly (a timeout) waits as long again.
                 slot.retry_at = Some(tokio::time::Instant::now() + slot.backoff);
                 Err(e)
             }
@@ -1230,6 +1251,21 @@ mod tests {
             );
         }
         assert!(ended, "the server outlived Gatehouse");
+    }
+
+    #[test]
+    fn a_pool_slot_waits_longer_while_its_connections_die_young() {
+        let mut slot = PoolSlot::default();
+        let mut now = tokio::time::Instant::now();
+        for wait in [1, 2, 4, 8, 10, 10] {
+            slot.attempt(now);
+            assert_eq!(slot.retry_at, Some(now + Duration::from_secs(wait)));
+            now += Duration::from_secs(wait);
+        }
+        // A connection that lived a while is opened again after the shortest wait.
+        now += Duration::from_secs(60);
+        slot.attempt(now);
+        assert_eq!(slot.retry_at, Some(now + POOL_BACKOFF.0));
     }
 
     #[tokio::test]
