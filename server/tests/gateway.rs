@@ -837,7 +837,7 @@ pool_size = 1
             .lines()
             .count()
     };
-    for id in 1..=6 {
+    for id in 1..=8 {
         let answer = app.send(sessionless(id, "crash")).await;
         assert_eq!(
             answer.rpc()["error"]["data"]["upstream"],
@@ -846,7 +846,8 @@ pool_size = 1
             answer.body
         );
     }
-    assert!(started() <= 2, "{} starts for 6 requests", started());
+    // One start a second at most: once, unless the machine is slow.
+    assert!(started() <= 3, "{} starts for 8 requests", started());
     // Then it is started again.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -864,7 +865,7 @@ pool_size = 1
         assert!(std::time::Instant::now() < deadline, "{}", answer.body);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(started() <= 3, "{} starts", started());
+    assert!(started() <= 4, "{} starts", started());
 }
 
 /// An HTTP upstream (rmcp, here) whose one tool never answers, counting its calls

@@ -316,36 +316,44 @@ struct Observed {
 #[derive(Default)]
 struct PoolSlot {
     session: Option<Arc<UpSession>>,
-    /// When the last attempt to open it began.
-    started_at: Option<tokio::time::Instant>,
     retry_at: Option<tokio::time::Instant>,
+    /// The wait after the last failed start; none after a start that succeeded.
     backoff: Duration,
 }
 
 impl PoolSlot {
-    /// Notes an attempt to open the connection, begun `now`: the next may begin
-    /// [`POOL_BACKOFF`] after it at the earliest, twice as long as the last wait when
-    /// this one came soon after the last (a server that dies at start, or exits on
-    /// some request), whether or not this one succeeds. A connection that lives
-    /// longer than the wait is opened again at once when it closes.
+    /// Whether it may be opened `now`.
+    fn may_open(&self, now: tokio::time::Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// An attempt to open it begins `now`: the next may begin [`POOL_BACKOFF`]`.0`
+    /// after it at the earliest, so that requests that make a server exit do not
+    /// start one each. A connection that ran longer than that is opened again at
+    /// once when it closes.
     fn attempt(&mut self, now: tokio::time::Instant) {
-        let soon = self
-            .started_at
-            .is_some_and(|at| now.duration_since(at) < POOL_BACKOFF.1 * 3);
-        self.backoff = if soon {
-            (self.backoff * 2).clamp(POOL_BACKOFF.0, POOL_BACKOFF.1)
-        } else {
-            POOL_BACKOFF.0
-        };
-        self.started_at = Some(now);
+        self.session = None;
+        self.retry_at = Some(now + POOL_BACKOFF.0);
+    }
+
+    /// The attempt failed `now`: the next waits twice as long as after the last
+    /// failure, up to [`POOL_BACKOFF`]`.1`.
+    fn failed(&mut self, now: tokio::time::Instant) {
+        self.backoff = (self.backoff * 2).clamp(POOL_BACKOFF.0, POOL_BACKOFF.1);
         self.retry_at = Some(now + self.backoff);
+    }
+
+    fn opened(&mut self, session: Arc<UpSession>) {
+        self.session = Some(session);
+        self.backoff = Duration::ZERO;
     }
 }
 
-/// A pooled connection is opened at most once this long after the last attempt,
-/// doubling up to the second while attempts keep coming soon after one another: a
-/// stdio server that dies at start, or that exits on some request, is not started
-/// again for every sessionless request (each such request is refused meanwhile).
+/// A pooled connection starts at most once per the first of these; after a failed
+/// start the next waits that long after the failure, doubling up to the second while
+/// starts keep failing: a stdio server that dies at start, or exits on some
+/// request, is not started again for every sessionless request (each such request
+/// is refused meanwhile, unless another pooled connection takes it).
 const POOL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 /// What every session of one upstream shares.
@@ -598,15 +606,16 @@ impl Shared {
     /// again after it stopped.
     pub async fn pooled(self: &Arc<Self>) -> Result<Arc<UpSession>, ErrorData> {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let index = start % self.pool.len();
         // An open connection with room, from this turn's on: one client's slow
         // requests filling one connection must not fail every request whose turn
         // lands on it. A turn that lands on a connection not open (never opened, or
         // closed: a stdio server that exited) opens it, unless it waits out its
-        // back-off.
+        // back-off; then another that may be opened is, if none is open with room.
         let now = tokio::time::Instant::now();
+        let mut opening = None;
         for k in 0..self.pool.len() {
-            let Ok(slot) = self.pool[(start + k) % self.pool.len()].try_lock() else {
+            let at = (start + k) % self.pool.len();
+            let Ok(slot) = self.pool[at].try_lock() else {
                 continue;
             };
             match slot.session.as_ref() {
@@ -615,13 +624,16 @@ impl Shared {
                         return Ok(session.clone());
                     }
                 }
-                _ => {
-                    if k == 0 && slot.retry_at.is_none_or(|at| now >= at) {
+                _ if opening.is_none() && slot.may_open(now) => {
+                    opening = Some(at);
+                    if k == 0 {
                         break;
                     }
                 }
+                _ => {}
             }
         }
+        let index = opening.unwrap_or(start % self.pool.len());
         // Waiting behind a connection being opened takes no longer than opening one.
         let wait = self.config.connect_timeout;
         let Ok(mut slot) = tokio::time::timeout(wait, self.pool[index].lock()).await else {
@@ -635,10 +647,9 @@ impl Shared {
             return Ok(session.clone());
         }
         let now = tokio::time::Instant::now();
-        if slot.retry_at.is_some_and(|at| now < at) {
+        if !slot.may_open(now) {
             return Err(self.closed_error());
         }
-        slot.session = None;
         slot.attempt(now);
         let mut info = InitializeRequestParams::new(
             ClientCapabilities::default(),
@@ -652,12 +663,11 @@ impl Shared {
         match self.connect(info, None, lifecycle, None).await {
             Ok(session) => {
                 let session = Arc::new(session);
-                slot.session = Some(session.clone());
+                slot.opened(session.clone());
                 Ok(session)
             }
             Err(e) => {
-                // A start that failed slowly (a timeout) waits as long again.
-                slot.retry_at = Some(tokio::time::Instant::now() + slot.backoff);
+                slot.failed(tokio::time::Instant::now());
                 Err(e)
             }
         }
@@ -828,6 +838,10 @@ impl Shared {
     /// `PATH`, `HOME` and the configured variables only. Its stderr goes to the log
     /// (see [`log_stderr`]). The process is Gatehouse's to end ([`end_process`]):
     /// rmcp only gets its stdin and stdout, read a line of at most 16 MiB at a time.
+    ///
+    /// Call it only on a thread that lasts as long as Gatehouse (a runtime worker,
+    /// never under `block_in_place` or `spawn_blocking`): the server gets `SIGTERM`
+    /// when that thread ends ([`ends_with_gatehouse`]).
     fn spawn(
         &self,
         command: &str,
@@ -1238,7 +1252,7 @@ mod tests {
         .join()
         .expect("thread");
         let ended = {
-            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while group_alive(pgid) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1254,18 +1268,24 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_slot_waits_longer_while_its_connections_die_young() {
+    fn a_pool_slot_starts_at_most_once_a_second_and_waits_longer_while_starts_fail() {
         let mut slot = PoolSlot::default();
         let mut now = tokio::time::Instant::now();
-        for wait in [1, 2, 4, 8, 10, 10] {
-            slot.attempt(now);
-            assert_eq!(slot.retry_at, Some(now + Duration::from_secs(wait)));
-            now += Duration::from_secs(wait);
-        }
-        // A connection that lived a while is opened again after the shortest wait.
-        now += Duration::from_secs(60);
+        assert!(slot.may_open(now));
         slot.attempt(now);
-        assert_eq!(slot.retry_at, Some(now + POOL_BACKOFF.0));
+        assert!(!slot.may_open(now + Duration::from_millis(999)));
+        assert!(slot.may_open(now + POOL_BACKOFF.0));
+        // Failures, each noted when it happens: 1 s, doubling up to 10 s.
+        for wait in [1, 2, 4, 8, 10, 10] {
+            now += Duration::from_secs(30);
+            slot.attempt(now);
+            slot.failed(now + Duration::from_secs(30));
+            assert_eq!(
+                slot.retry_at,
+                Some(now + Duration::from_secs(30 + wait)),
+                "after a failure that took 30 s"
+            );
+        }
     }
 
     #[tokio::test]
