@@ -88,7 +88,7 @@ impl DocumentFetcher {
             .no_proxy()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
-            .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
+            .dns_resolver(Arc::new(GuardedResolver::new(allow_loopback)))
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             // No idle connections kept: anyone may name a document on a host of their
             // own (a wildcard name makes every host new), and reqwest keeps idle
@@ -250,19 +250,52 @@ fn caused_by_not_public(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How many names are looked up at once. The system's resolver runs on a blocking
+/// thread that a fetch that timed out cannot stop: each lookup keeps its place until
+/// the resolver gives up, so names whose servers never answer tie up these places,
+/// never the blocking threads the store and Argon2 need.
+const MAX_LOOKUPS: usize = MAX_FETCHES + RESERVED_FETCHES;
+
 /// Resolves names to their public addresses only: a name with none is refused, so
 /// the address connected to is the address checked (no DNS-rebinding window).
+#[derive(Clone)]
 struct GuardedResolver {
     allow_loopback: bool,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl GuardedResolver {
+    fn new(allow_loopback: bool) -> Self {
+        GuardedResolver {
+            allow_loopback,
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
+        }
+    }
+
     async fn public_addresses(
         &self,
         host: &str,
     ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-            .await?
+        let Ok(place) = self.lookups.clone().try_acquire_owned() else {
+            return Err("too many names are being looked up".into());
+        };
+        // A name with dots as an absolute one (`example.com.`): the resolver's search
+        // domains never apply, so nobody can have this server ask its own DNS which
+        // internal names (`db.internal` under a search domain) exist.
+        let name = if host.contains('.') && !host.ends_with('.') && host.parse::<IpAddr>().is_err()
+        {
+            format!("{host}.")
+        } else {
+            host.to_owned()
+        };
+        let found = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+                .map(|found| found.collect::<Vec<SocketAddr>>())
+        })
+        .await??;
+        let addresses: Vec<SocketAddr> = found
+            .into_iter()
             .filter(|a| allowed(a.ip(), self.allow_loopback))
             .collect();
         if addresses.is_empty() {
@@ -274,9 +307,7 @@ impl GuardedResolver {
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = GuardedResolver {
-            allow_loopback: self.allow_loopback,
-        };
+        let resolver = self.clone();
         Box::pin(async move {
             let addresses = resolver.public_addresses(name.as_str()).await?;
             Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
@@ -458,9 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_resolver_keeps_public_addresses_only() {
-        let guarded = GuardedResolver {
-            allow_loopback: false,
-        };
+        let guarded = GuardedResolver::new(false);
         let refused = guarded
             .public_addresses("localhost")
             .await
@@ -471,14 +500,30 @@ mod tests {
             .await
             .expect_err("private");
         assert!(refused.is::<NotPublic>(), "{refused}");
-        let testing = GuardedResolver {
-            allow_loopback: true,
-        };
+        let testing = GuardedResolver::new(true);
         let found = testing
             .public_addresses("127.0.0.1")
             .await
             .expect("loopback allowed in tests");
         assert!(found.iter().all(|a| a.ip().is_loopback()));
+        // Each lookup holds a place until the resolver is done, and gives it back.
+        assert_eq!(testing.lookups.available_permits(), MAX_LOOKUPS);
+        let held = testing
+            .lookups
+            .clone()
+            .acquire_many_owned(MAX_LOOKUPS as u32)
+            .await
+            .expect("places");
+        let refused = testing
+            .public_addresses("127.0.0.1")
+            .await
+            .expect_err("no place");
+        assert!(refused.to_string().contains("too many"), "{refused}");
+        drop(held);
+        testing
+            .public_addresses("127.0.0.1")
+            .await
+            .expect("a place again");
     }
 
     /// Asserts that a fetcher for the real world refuses each URL with `refusal`.

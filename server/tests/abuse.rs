@@ -1391,4 +1391,10 @@ async fn one_address_has_only_so_many_new_documents_fetched() {
     let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 1);
     let other = app.send(authorize_from(ip.into(), 201)).await;
     assert_eq!(other.status, StatusCode::BAD_REQUEST, "another /48");
+    // A proxy on this machine that names nobody is everyone: no share of its own,
+    // or one client's requests would refuse every other's.
+    for n in 0..40 {
+        let answer = app.send(authorize([127, 0, 0, 1], n)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    }
 }

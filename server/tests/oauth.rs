@@ -2202,21 +2202,23 @@ async fn metadata_documents_on_private_addresses_are_refused_without_the_test_op
             &not_public,
         );
     }
-    // A name with only private addresses is refused as one that does not resolve,
-    // so that nobody learns which internal names exist. (Port 443: any other is
-    // refused before the name is even resolved.)
+    // A name without a dot is refused before it is looked up: only this server's
+    // search domains could give it an address, and a lookup would tell anyone which
+    // internal names exist. (A dotted name with only private addresses is refused as
+    // one that does not resolve: `outbound`'s unit tests.)
     let private = app
         .authorize("https://localhost/client.json", &[], Some(&cookie))
         .await;
-    let unknown = app
-        .authorize(
-            "https://no-such-host.invalid/client.json",
-            &[],
-            Some(&cookie),
-        )
+    let internal = app
+        .authorize("https://intranet/client.json", &[], Some(&cookie))
         .await;
-    assert_eq!(private.status, unknown.status);
-    assert_eq!(private.error_page(), unknown.error_page());
+    assert_error_page(
+        &private,
+        StatusCode::BAD_REQUEST,
+        "Client metadata unavailable",
+        "must name a public host",
+    );
+    assert_eq!(private.error_page(), internal.error_page());
     assert!(!private.body.contains(NOT_PUBLIC), "{}", private.body);
     // Plain http document URLs are not metadata documents at all without the opt-in:
     // the id is looked up as a registered client, and there is none.

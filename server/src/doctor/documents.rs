@@ -57,7 +57,9 @@ pub async fn check_client_document(auth: &AuthServer, name: &'static str, url: &
         );
     }
     let host = parsed.host_str().unwrap_or(url);
-    let fetched = match auth.document_fetcher().fetch(&parsed, false).await {
+    // Claude's documents may use the places kept for known clients: anonymous
+    // fetches holding the others must not make the doctor blame the network.
+    let fetched = match auth.document_fetcher().fetch(&parsed, true).await {
         Ok(fetched) => fetched,
         Err(reason) => {
             return Check::fail(

@@ -44,6 +44,13 @@ fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, String> {
     if url.host().is_none() || !url.username().is_empty() || url.password().is_some() {
         return Err("a client_id URL needs a host and no credentials".into());
     }
+    // A name without a dot is no public name: only this server's search domains
+    // would give it an address.
+    if matches!(url.host(), Some(url::Host::Domain(name)) if !name.trim_end_matches('.').contains('.'))
+        && !loopback_http
+    {
+        return Err("a client_id URL must name a public host".into());
+    }
     if url.fragment().is_some() || raw.contains('#') {
         return Err("a client_id URL must not have a fragment".into());
     }
@@ -75,7 +82,16 @@ pub fn client_from_document(
     now: u64,
 ) -> Result<Client, String> {
     let doc: Document = serde_json::from_slice(body)
-        .map_err(|e| format!("the metadata document is not valid JSON: {e}"))?;
+        // Not serde's message: it quotes the document, which anyone may have this
+        // server fetch from a host that trusts it, back to whoever asked.
+        .map_err(|e| {
+            format!(
+                "the metadata document is not valid JSON, or a member has the wrong type \
+                 (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })?;
     if doc.client_id.as_deref() != Some(url.as_str()) {
         return Err("the metadata document's client_id differs from its URL".into());
     }
@@ -322,6 +338,8 @@ mod tests {
             "https://claude.ai/a/../b",
             "https://claude.ai/a#frag",
             "https://user@claude.ai/doc",
+            "https://intranet/doc",
+            "https://intranet./doc",
         ] {
             assert!(
                 document_url(bad, false).is_some_and(|r| r.is_err()),
@@ -405,6 +423,17 @@ mod tests {
         let garbage = write("garbage.json", b"<html>not json</html>");
         let refused = pin(CLAUDE, &garbage, &known()).expect_err("not JSON");
         assert!(refused.contains("not valid JSON"), "{refused}");
+        // What a document holds is never repeated (a fetched one's error reaches
+        // whoever named it): only where it went wrong.
+        for body in [
+            &br#""internal-secret""#[..],
+            br#"{"client_id": ["internal-secret"]}"#,
+            br#"{"scope": {"internal-secret": 1}}"#,
+        ] {
+            let refused = client_from_document(&url, body, &known(), 0).expect_err("refused");
+            assert!(!refused.contains("internal-secret"), "{refused}");
+            assert!(refused.contains("line 1"), "{refused}");
+        }
 
         let other = write(
             "other.json",
@@ -529,6 +558,8 @@ mod properties {
             prop_assert!(url.fragment().is_none() && url.username().is_empty());
             prop_assert!(url.path() != "/");
             prop_assert!(!raw.split('/').any(|s| s == "." || s == ".."));
+            let dotless = matches!(url.host(), Some(url::Host::Domain(name)) if !name.trim_end_matches('.').contains('.'));
+            prop_assert!(!dotless || url.scheme() == "http");
             prop_assert!(matches!(document_url(url.as_str(), allow), Some(Ok(again)) if again == url));
         }
 

@@ -209,11 +209,19 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Pag
 /// proven here) against `address`'s share ([`super::DOCUMENT_FETCHES_PER_MINUTE`]),
 /// and for IPv6 against its /48's too (anyone can get a /48 and its 65,536 /64s);
 /// `Err(seconds to wait)` once a share is spent, and then nothing is counted.
+///
+/// Not for a proxy on this machine that cannot name its clients (see
+/// [`super::address::is_unnamed_local_proxy`]): everyone behind it would share one
+/// address's share, so anyone could keep every new client from signing in. Fetches
+/// are bounded in all as well (places at once, one per document, a timeout each).
 pub fn count_document_fetch(
     state: &AppState,
     address: std::net::IpAddr,
     client_id: Option<&str>,
 ) -> Result<(), u64> {
+    if super::address::is_unnamed_local_proxy(address, &state.config.trusted_proxies) {
+        return Ok(());
+    }
     match client_id {
         Some(id) if state.auth.would_fetch_unproven(id) => {
             // The /48 first: a refusal then leaves no entry behind for a new /64.
