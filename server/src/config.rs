@@ -24,6 +24,10 @@ use crate::{
     resource::Resources,
 };
 
+/// The longest lifetime or timeout a flag may set: ten years of 365.25 days, as
+/// `10y` reads.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 36_525 * 24 * 36);
+
 /// Gatehouse: an OAuth 2.1 authorization server and the MCP server it protects.
 #[derive(Debug, Parser)]
 #[command(
@@ -700,6 +704,11 @@ impl ServeArgs {
             if ttl.as_secs() == 0 {
                 errors.push(format!("{flag} must be at least one second"));
             }
+            // Far beyond any use, and still a lifetime every store can keep (Redis
+            // would keep one past 2^63 ms for ever, and refuse some shorter ones).
+            if ttl > MAX_LIFETIME {
+                errors.push(format!("{flag} must be at most ten years"));
+            }
         }
         // A grant is kept for the refresh token's lifetime from its last rotation:
         // an access token living longer would outlive the grant it came from.
@@ -1162,6 +1171,10 @@ mod tests {
             ["--access-token-ttl must not be longer than --refresh-token-ttl"]
         );
         assert!(ttls("1d", "1d").is_ok());
+        let errors = ttls("1d", "300000000y").expect_err("for ever");
+        assert_eq!(errors, ["--refresh-token-ttl must be at most ten years"]);
+        assert!(ttls("1d", "10y").is_ok());
+        assert!(ttls("1d", "11y").is_err());
     }
 
     #[test]

@@ -34,10 +34,11 @@ pub enum MigrateError {
     NotEmpty(usize),
 }
 
-/// The longest lifetime an imported record may say it has left (no record of ours
-/// lives longer than a year; this leaves room and keeps the arithmetic far from
-/// overflowing on either backend).
-const MAX_IMPORTED_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest lifetime an imported record may say it has left: a kept client's,
+/// the longest, is two flags' ([`crate::config::MAX_LIFETIME`] each) at most. Far
+/// from overflowing on either backend.
+const MAX_IMPORTED_TTL: std::time::Duration =
+    std::time::Duration::from_secs(2 * crate::config::MAX_LIFETIME.as_secs());
 
 /// Writes every live record of `store`; returns how many.
 pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, MigrateError> {
@@ -86,11 +87,13 @@ pub async fn import(
             .ttl_ms
             .is_some_and(|ms| ms > MAX_IMPORTED_TTL.as_millis() as u64)
         {
-            return Err(malformed("its lifetime is longer than ten years".into()));
+            return Err(malformed("its lifetime is longer than twenty years".into()));
         }
         let key = Key::from_raw(parsed.key);
         let group = match parsed.group.as_deref() {
-            None => None,
+            // A key that carries a group's tag goes into that group all the same:
+            // outside it, revoking the grant would leave the record behind.
+            None => key.group(),
             Some(raw) => {
                 let group = Group::parse(raw)
                     .ok_or_else(|| malformed(format!("{raw:?} is not a group id")))?;

@@ -535,11 +535,19 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         }
     }
 
+    // A record that carries the grant's tag but names no group (as one exported from
+    // a store that lost the grant's member set) joins the grant's group.
+    let grant = grant_of(&refresh);
+    let line =
+        format!(r#"{{"key":"at:{{{grant}}}:imported-without-group","value":"","ttl_ms":60000}}"#);
+    gatehouse::migrate::import(target.store.as_ref(), line.as_bytes(), true)
+        .await
+        .expect("a tagged record");
+
     // The moved grant is still one group: revoking its refresh token revokes it all.
     let revoked = target.revoke(&client_id, &refresh).await;
     assert_eq!(revoked.status, StatusCode::OK);
     assert!(!target.token_is_valid(&access).await);
-    let grant = grant_of(&refresh);
     let left: Vec<String> = keys(&records(&target.store).await)
         .into_iter()
         .filter(|key| key.contains(&grant))
@@ -698,4 +706,21 @@ async fn a_deployment_whose_prefix_extends_ours_is_not_ours() {
     let keys: Vec<&str> = exported.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["client:c"]);
     assert_eq!(exported[0].value, b"ours");
+}
+
+/// Gatehouse reads Redis's eviction policy at start (and warns unless it is
+/// `noeviction`, under which no grant's key set can vanish): here Debian's default.
+#[tokio::test]
+async fn the_eviction_policy_is_read_at_start() {
+    let store = gatehouse::store::redis::RedisStore::connect(&redis_url(), &random_prefix(), 1)
+        .await
+        .expect("connect");
+    let expected = std::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "config", "get", "maxmemory-policy"])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|out| out.lines().nth(1).map(str::to_owned));
+    assert_eq!(store.eviction_policy().await, expected);
+    assert!(expected.is_some(), "redis-cli answered");
 }

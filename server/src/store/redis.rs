@@ -201,10 +201,32 @@ impl RedisStore {
                 ))
             }
         }
-        Ok(RedisStore {
+        let store = RedisStore {
             pool,
             prefix: prefix.to_owned(),
-        })
+        };
+        match store.eviction_policy().await {
+            Some(policy) if policy != "noeviction" => tracing::warn!(
+                %policy,
+                "Redis may evict keys when its memory is full (maxmemory-policy); a grant \
+                 whose key set it evicts can no longer be revoked: set it to noeviction"
+            ),
+            Some(_) => {}
+            None => tracing::info!(
+                "cannot read Redis's maxmemory-policy (CONFIG may be disabled); it must be \
+                 noeviction"
+            ),
+        }
+        Ok(store)
+    }
+
+    /// Redis's `maxmemory-policy`, when `CONFIG GET` may be used. Anything but
+    /// `noeviction` lets Redis drop keys when its memory is full, a grant's member set
+    /// (`grp:{…}`) among them, after which revoking the grant deletes nothing.
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let reply: std::collections::HashMap<String, String> =
+            self.pool.config_get("maxmemory-policy").await.ok()?;
+        reply.get("maxmemory-policy").cloned()
     }
 
     fn key(&self, key: &Key) -> String {
@@ -232,7 +254,17 @@ impl RedisStore {
         mode: &str,
         expected: &[u8],
     ) -> StoreResult<bool> {
-        let ttl = put.ttl.map(|t| (t.as_millis() as u64).max(1)).unwrap_or(0);
+        // Redis keeps a key with a negative lifetime for ever: one too long for it is
+        // refused instead (flags allow ten years at most).
+        let ttl = match put.ttl.map(|t| i64::try_from(t.as_millis())) {
+            None => 0,
+            Some(Ok(ms)) => ms.max(1),
+            Some(Err(_)) => {
+                return Err(StoreError::Backend(format!(
+                    "{key}: a lifetime too long to keep"
+                )))
+            }
+        };
         let tag = self.tag_set(key);
         if let Some(group) = put.group {
             if tag.as_deref() != Some(self.group_set(group.as_str()).as_str()) {
@@ -246,7 +278,7 @@ impl RedisStore {
         keys.extend(tag);
         let args: Vec<Value> = vec![
             Value::Bytes(Bytes::copy_from_slice(value)),
-            Value::from(ttl as i64),
+            Value::from(ttl),
             Value::from(mode),
             Value::Bytes(Bytes::copy_from_slice(expected)),
             Value::from(if put.group.is_some() { "1" } else { "0" }),
