@@ -1,7 +1,9 @@
 //! `gatehouse store export` and `gatehouse store import`: move a deployment from one
 //! store to another (the embedded file to Redis, say) without losing its clients,
 //! grants, tokens, owner password or articles. The format is JSON lines, one record
-//! each, with the value in base64 and what is left of its lifetime. The store holds
+//! each, with the value in base64, what is left of its lifetime and when that was
+//! (an import counts the time since, so nothing lives longer for having waited in a
+//! file, and what ran out meanwhile is left out). The store holds
 //! only hashes of secrets, so the export does too; it still holds the owner's password
 //! hash and every grant, so keep it as private as the store.
 
@@ -20,6 +22,17 @@ struct Line {
     ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     group: Option<String>,
+    /// When `ttl_ms` was read, in milliseconds since the Unix epoch (exports before
+    /// this field have none: their lifetimes count from the import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exported_at_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +56,14 @@ const MAX_IMPORTED_TTL: std::time::Duration =
 /// Writes every live record of `store`; returns how many.
 pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, MigrateError> {
     let entries = store.export().await?;
+    let exported_at_ms = wall_clock_ms();
     for entry in &entries {
         let line = Line {
             key: entry.key.as_str().to_owned(),
             value: STANDARD.encode(&entry.value),
             ttl_ms: entry.ttl.map(|t| t.as_millis() as u64),
             group: entry.group.as_ref().map(|g| g.as_str().to_owned()),
+            exported_at_ms: entry.ttl.map(|_| exported_at_ms),
         };
         let json = serde_json::to_string(&line).map_err(|e| MigrateError::Write(e.into()))?;
         writeln!(out, "{json}").map_err(MigrateError::Write)?;
@@ -57,7 +72,8 @@ pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, Mi
     Ok(entries.len())
 }
 
-/// Writes every record of an export into `store`; returns how many. Nothing is
+/// Writes every record of an export into `store` whose lifetime has not run out
+/// since the export; returns how many. Nothing is
 /// written unless every line parses, and, without `replace`, unless the store is
 /// empty: an older export written over a live deployment would bring back old
 /// grant records (whose clients' refresh tokens then fail) and an old password.
@@ -67,6 +83,7 @@ pub async fn import(
     replace: bool,
 ) -> Result<usize, MigrateError> {
     let mut entries = Vec::new();
+    let now_ms = wall_clock_ms();
     for (index, line) in input.lines().enumerate() {
         let malformed = |reason: String| MigrateError::Malformed {
             line: index + 1,
@@ -103,11 +120,21 @@ pub async fn import(
                 Some(group)
             }
         };
+        let value = STANDARD
+            .decode(parsed.value)
+            .map_err(|e| malformed(e.to_string()))?;
+        // What is left of the lifetime now: less the time since the export.
+        let waited = parsed
+            .exported_at_ms
+            .map_or(0, |at| now_ms.saturating_sub(at));
+        let ttl = match parsed.ttl_ms.map(|ms| ms.saturating_sub(waited)) {
+            // It ran out while the export waited.
+            Some(0) => continue,
+            left => left.map(std::time::Duration::from_millis),
+        };
         entries.push(Entry {
-            value: STANDARD
-                .decode(parsed.value)
-                .map_err(|e| malformed(e.to_string()))?,
-            ttl: parsed.ttl_ms.map(std::time::Duration::from_millis),
+            value,
+            ttl,
             group,
             key,
         });

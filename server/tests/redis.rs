@@ -535,6 +535,38 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         }
     }
 
+    // The time a record waited in the file counts: one whose lifetime ran out since
+    // the export is left out, another keeps only what is left of its own.
+    let hour: u64 = 3_600_000;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    let lines = format!(
+        "{{\"key\":\"session:waited-out\",\"value\":\"\",\"ttl_ms\":{},\"exported_at_ms\":{}}}\n\
+         {{\"key\":\"session:waited-some\",\"value\":\"\",\"ttl_ms\":{},\"exported_at_ms\":{}}}\n",
+        hour / 2,
+        now_ms - hour,
+        2 * hour,
+        now_ms - hour
+    );
+    let written = gatehouse::migrate::import(target.store.as_ref(), lines.as_bytes(), true)
+        .await
+        .expect("records that waited");
+    assert_eq!(written, 1);
+    let held = records(&target.store).await;
+    assert!(!held.iter().any(|e| e.key.as_str() == "session:waited-out"));
+    let kept = held
+        .iter()
+        .find(|e| e.key.as_str() == "session:waited-some")
+        .and_then(|e| e.ttl)
+        .expect("kept, with a lifetime");
+    assert!(kept <= Duration::from_millis(hour), "{kept:?}");
+    assert!(kept > Duration::from_millis(hour - 60_000), "{kept:?}");
+
     // A record that carries the grant's tag but names no group (as one exported from
     // a store that lost the grant's member set) joins the grant's group.
     let grant = grant_of(&refresh);
