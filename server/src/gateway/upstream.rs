@@ -618,19 +618,23 @@ impl Shared {
             let Ok(slot) = self.pool[at].try_lock() else {
                 continue;
             };
-            match slot.session.as_ref() {
-                Some(session) if !session.peer().is_transport_closed() => {
-                    if session.calls.available_permits() > 0 {
-                        return Ok(session.clone());
-                    }
+            let open = slot
+                .session
+                .as_ref()
+                .filter(|session| !session.peer().is_transport_closed());
+            match open {
+                Some(session) if session.calls.available_permits() > 0 => {
+                    return Ok(session.clone());
                 }
-                _ if opening.is_none() && slot.may_open(now) => {
+                // Open and full: another may have room.
+                Some(_) => {}
+                None if opening.is_none() && slot.may_open(now) => {
                     opening = Some(at);
                     if k == 0 {
                         break;
                     }
                 }
-                _ => {}
+                None => {}
             }
         }
         let index = opening.unwrap_or(start % self.pool.len());
