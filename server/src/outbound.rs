@@ -73,6 +73,10 @@ pub struct Fetched {
 
 pub struct DocumentFetcher {
     client: reqwest::Client,
+    /// The same, with lookups of its own: for documents whose clients obtained
+    /// tokens here, so that names anyone else had looked up (hung, say) never hold
+    /// up theirs.
+    known_client: reqwest::Client,
     allow_loopback: bool,
     fetches: tokio::sync::Semaphore,
     reserved: tokio::sync::Semaphore,
@@ -83,7 +87,17 @@ impl DocumentFetcher {
     /// locally. Never in production. Fails when the HTTP client cannot be built (no
     /// TLS roots, say): a start-up error, never a client without the guard.
     pub fn new(allow_loopback: bool) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        Ok(DocumentFetcher {
+            client: Self::client(allow_loopback)?,
+            known_client: Self::client(allow_loopback)?,
+            allow_loopback,
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            reserved: tokio::sync::Semaphore::new(RESERVED_FETCHES),
+        })
+    }
+
+    fn client(allow_loopback: bool) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(FETCH_TIMEOUT)
@@ -96,13 +110,7 @@ impl DocumentFetcher {
             // cached, so a new connection per fetch costs little.
             .pool_max_idle_per_host(0)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client for metadata documents: {e}"))?;
-        Ok(DocumentFetcher {
-            client,
-            allow_loopback,
-            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
-            reserved: tokio::sync::Semaphore::new(RESERVED_FETCHES),
-        })
+            .map_err(|e| format!("cannot build the HTTP client for metadata documents: {e}"))
     }
 
     /// Fetches `url`; `known` (its client obtained tokens before) may also use the
@@ -134,8 +142,12 @@ impl DocumentFetcher {
         let Ok(_place) = place else {
             return Err(FetchError::transient(BUSY));
         };
-        let mut response = self
-            .client
+        let client = if known {
+            &self.known_client
+        } else {
+            &self.client
+        };
+        let mut response = client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
@@ -250,10 +262,11 @@ fn caused_by_not_public(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// How many names are looked up at once. The system's resolver runs on a blocking
-/// thread that a fetch that timed out cannot stop: each lookup keeps its place until
-/// the resolver gives up, so names whose servers never answer tie up these places,
-/// never the blocking threads the store and Argon2 need.
+/// How many names each HTTP client of the fetcher looks up at once. The system's
+/// resolver runs on a blocking thread that a fetch that timed out cannot stop: each
+/// lookup keeps its place until the resolver gives up, so names whose servers never
+/// answer tie up these places, never the blocking threads the store and Argon2
+/// need. Known documents' lookups have places of their own.
 const MAX_LOOKUPS: usize = MAX_FETCHES + RESERVED_FETCHES;
 
 /// Resolves names to their public addresses only: a name with none is refused, so
