@@ -710,6 +710,10 @@ impl ServeArgs {
                 errors.push(format!("{flag} must be at most ten years"));
             }
         }
+        // Zero turns the grace off; a successor kept longer than its grant is of no use.
+        if self.refresh_grace > self.refresh_token_ttl {
+            errors.push("--refresh-grace must not be longer than --refresh-token-ttl".into());
+        }
         // A grant is kept for the refresh token's lifetime from its last rotation:
         // an access token living longer would outlive the grant it came from.
         if self.access_token_ttl > self.refresh_token_ttl {
@@ -1175,6 +1179,22 @@ mod tests {
         assert_eq!(errors, ["--refresh-token-ttl must be at most ten years"]);
         assert!(ttls("1d", "10y").is_ok());
         assert!(ttls("1d", "11y").is_err());
+        let grace = |grace: &str| {
+            args(&[
+                "--data-dir",
+                data,
+                "--refresh-token-ttl",
+                "1d",
+                "--refresh-grace",
+                grace,
+            ])
+            .into_config()
+        };
+        assert!(grace("0s").is_ok());
+        assert_eq!(
+            grace("300000000y").expect_err("for ever"),
+            ["--refresh-grace must not be longer than --refresh-token-ttl"]
+        );
     }
 
     #[test]

@@ -747,12 +747,23 @@ async fn the_eviction_policy_is_read_at_start() {
     let store = gatehouse::store::redis::RedisStore::connect(&redis_url(), &random_prefix(), 1)
         .await
         .expect("connect");
-    let expected = std::process::Command::new("redis-cli")
-        .args(["-u", &redis_url(), "config", "get", "maxmemory-policy"])
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|out| out.lines().nth(1).map(str::to_owned));
-    assert_eq!(store.eviction_policy().await, expected);
-    assert!(expected.is_some(), "redis-cli answered");
+    let config = |name: &str| {
+        std::process::Command::new("redis-cli")
+            .args(["-u", &redis_url(), "config", "get", name])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|out| out.lines().nth(1).map(str::to_owned))
+            .expect("redis-cli answered")
+    };
+    let expected = (config("maxmemory"), config("maxmemory-policy"));
+    assert_eq!(store.eviction_policy().await, Some(expected));
+    use gatehouse::store::redis::evicts;
+    let of = |memory: &str, policy: &str| (memory.to_owned(), policy.to_owned());
+    assert!(evicts(&of("1gb", "volatile-lru")));
+    assert!(!evicts(&of("1gb", "noeviction")));
+    assert!(
+        !evicts(&of("0", "allkeys-lru")),
+        "no limit, nothing evicted"
+    );
 }

@@ -132,6 +132,13 @@ fn unavailable(e: Error) -> StoreError {
     }
 }
 
+/// Whether Redis with these `maxmemory` and `maxmemory-policy` may drop keys when
+/// its memory is full, a grant's member set (`grp:{…}`) among them, after which
+/// revoking the grant deletes nothing. No limit (`0`) evicts nothing.
+pub fn evicts((maxmemory, policy): &(String, String)) -> bool {
+    maxmemory != "0" && policy != "noeviction"
+}
+
 impl RedisStore {
     /// Connects to `url` with `connections` pipelined connections; every key gets
     /// `prefix` (no braces: it must not contain a hash tag of its own).
@@ -206,27 +213,30 @@ impl RedisStore {
             prefix: prefix.to_owned(),
         };
         match store.eviction_policy().await {
-            Some(policy) if policy != "noeviction" => tracing::warn!(
-                %policy,
+            Some(policy) if evicts(&policy) => tracing::warn!(
+                policy = %policy.1,
                 "Redis may evict keys when its memory is full (maxmemory-policy); a grant \
                  whose key set it evicts can no longer be revoked: set it to noeviction"
             ),
             Some(_) => {}
-            None => tracing::info!(
-                "cannot read Redis's maxmemory-policy (CONFIG may be disabled); it must be \
-                 noeviction"
+            None => tracing::warn!(
+                "cannot read Redis's maxmemory and maxmemory-policy (CONFIG may be disabled, \
+                 as on managed services); Redis must not evict keys (noeviction), or a \
+                 revoked grant may keep working"
             ),
         }
         Ok(store)
     }
 
-    /// Redis's `maxmemory-policy`, when `CONFIG GET` may be used. Anything but
-    /// `noeviction` lets Redis drop keys when its memory is full, a grant's member set
-    /// (`grp:{…}`) among them, after which revoking the grant deletes nothing.
-    pub async fn eviction_policy(&self) -> Option<String> {
-        let reply: std::collections::HashMap<String, String> =
-            self.pool.config_get("maxmemory-policy").await.ok()?;
-        reply.get("maxmemory-policy").cloned()
+    /// Redis's `maxmemory` and `maxmemory-policy` (of the node that answers), when
+    /// `CONFIG GET` may be used.
+    pub async fn eviction_policy(&self) -> Option<(String, String)> {
+        let read = |name: &'static str| async move {
+            let reply: std::collections::HashMap<String, String> =
+                self.pool.config_get(name).await.ok()?;
+            reply.get(name).cloned()
+        };
+        Some((read("maxmemory").await?, read("maxmemory-policy").await?))
     }
 
     fn key(&self, key: &Key) -> String {
