@@ -1079,6 +1079,60 @@ async fn a_redemption_interrupted_before_the_code_is_used_succeeds_when_retried(
     }
 }
 
+/// Without a grace window a retried refresh is a reuse: so a refresh whose rotation
+/// is done is answered with its pair even when tidying up after it fails (an access
+/// token the rotation replaced, deleted after the swap). Before the swap, a failure
+/// leaves the refresh token live for the retry.
+#[tokio::test]
+async fn a_refresh_that_rotated_is_answered_even_when_tidying_up_fails() {
+    for fail_at in 0..4 {
+        let (app, faults) = TestApp::with_faults_and_args(&["--refresh-grace", "0s"]);
+        let (client_id, tokens) = app.tokens_for("read:articles").await;
+        let mut refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+        // Two access tokens are kept per grant: the next refresh replaces one.
+        let first = app.refresh(&client_id, &refresh, &[]).await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+        refresh = first.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+        app.state.audit.flush().await.expect("flush");
+
+        faults.set(faults::Mode::WritesFailAfter(fail_at));
+        let answer = app.refresh(&client_id, &refresh, &[]).await;
+        faults.set(faults::Mode::Pass);
+        let pair = if answer.status == StatusCode::OK {
+            answer.json()
+        } else {
+            assert_eq!(
+                answer.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                answer.body
+            );
+            let retried = app.refresh(&client_id, &refresh, &[]).await;
+            assert_eq!(
+                retried.status,
+                StatusCode::OK,
+                "write {fail_at} failing answered 503, then the retry: {}",
+                retried.body
+            );
+            retried.json()
+        };
+        let access = pair["access_token"].as_str().expect("at");
+        assert!(app.token_is_valid(access).await, "write {fail_at}");
+        let next = app
+            .refresh(&client_id, pair["refresh_token"].as_str().expect("rt"), &[])
+            .await;
+        assert_eq!(
+            next.status,
+            StatusCode::OK,
+            "write {fail_at}: {}",
+            next.body
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_redemptions_revoke_and_concurrent_refreshes_rotate_once() {
     let app = Arc::new(TestApp::new(&[]));

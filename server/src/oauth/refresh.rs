@@ -239,8 +239,15 @@ impl AuthServer {
                 }
                 continue;
             }
+            // The rotation is done: what follows tidies up, and its failure must not
+            // answer 503, whose retry (with the refresh token just rotated) would be
+            // a reuse that revokes the grant when there is no grace. What is left
+            // expires by itself: an access token within its lifetime, a successor
+            // within the grace; and revoking the grant deletes both.
             for hash in dropped {
-                self.store.delete(&access_key(&token.grant, &hash)).await?;
+                if let Err(e) = self.store.delete(&access_key(&token.grant, &hash)).await {
+                    tracing::warn!(error = %e, "cannot delete an access token a refresh replaced; it expires by itself");
+                }
             }
             self.audit.record(
                 Event::new(EventKind::TokenRefreshed)
@@ -248,9 +255,10 @@ impl AuthServer {
                     .grant(token.grant.as_str()),
             );
             for earlier in &grant.rotated {
-                self.store
-                    .delete(&successor_key(&token.grant, &earlier.hash))
-                    .await?;
+                let key = successor_key(&token.grant, &earlier.hash);
+                if let Err(e) = self.store.delete(&key).await {
+                    tracing::warn!(error = %e, "cannot delete an earlier rotation's successor; it expires with its grace");
+                }
             }
             return Ok(response);
         }
