@@ -930,6 +930,42 @@ async fn request_bodies_in_flight_are_bounded_per_address_and_in_all() {
     drop(large);
 }
 
+/// Request heads count in an address's share as bodies do (a head stays in memory
+/// while its request is open: up to 64 KiB on HTTP/1, 16 KiB on each of 100 HTTP/2
+/// streams): a request whose head goes past the share is refused before routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_count_in_an_addresss_share() {
+    // One address's share: 8 KiB.
+    let addr = serve_with(listener::Limits {
+        body_memory: 32 * 8192,
+        ..listener::Limits::new(Duration::from_secs(10), 100)
+    })
+    .await;
+    let padded = |pad: usize| format!("X-Pad: {}\r\n", "a".repeat(pad));
+    // A 6 KiB head whose body never comes.
+    let holder = send_from(
+        [127, 0, 0, 2],
+        addr,
+        upload("/oauth/token", &padded(6000), 100, 0),
+    )
+    .await;
+    let request = upload("/oauth/token", &padded(3000), 10, 10);
+    let refused = answer_until(429, [127, 0, 0, 2], addr, request.clone()).await;
+    assert!(refused.starts_with("http/1.1 429"), "{refused}");
+    for expected in [
+        "\r\nretry-after: 1\r\n",
+        "too many request bodies from your address at once",
+    ] {
+        assert!(refused.contains(expected), "{refused}");
+    }
+    // Another address is not held up by it; and once the holder goes, neither is it.
+    let elsewhere = answer_until(400, [127, 0, 0, 3], addr, request.clone()).await;
+    assert!(elsewhere.starts_with("http/1.1 400"), "{elsewhere}");
+    drop(holder);
+    let again = answer_until(400, [127, 0, 0, 2], addr, request).await;
+    assert!(again.starts_with("http/1.1 400"), "{again}");
+}
+
 /// Behind a trusted proxy, each client it names holds its own share of request
 /// bodies; what the proxy sends without naming one (or with forwarding headers that
 /// disagree, which a client can forge) counts as the proxy, in a share of its own.

@@ -48,8 +48,8 @@ pub const SMALL_BODY: usize = 8 * 1024;
 pub const RESERVE_PART: usize = 8;
 
 /// What each frame costs besides its bytes: a body read whole keeps one `Bytes` per
-/// frame, and each holds on to the buffer it was read into (one byte per HTTP/1
-/// chunk or HTTP/2 frame would otherwise cost tens of times what it is charged).
+/// frame, each an allocation of its own (the listener copies a frame out of the
+/// buffer it was read into, which one byte per HTTP/1 chunk would otherwise keep).
 pub const FRAME_COST: usize = 64;
 
 /// Bytes of request bodies held at once, in all and per network. Clones share it.
@@ -173,6 +173,28 @@ impl Charge {
         counts.gauge.increment(cost as f64);
         Ok(())
     }
+}
+
+impl Charge {
+    /// Counts a request's head (see `listener::head_cost`) as the first of what its
+    /// request holds; refused as a body's frame would be.
+    pub fn take_head(&self, bytes: usize) -> Result<(), Refused> {
+        self.take(bytes)
+    }
+}
+
+/// The answer to a request refused before it reached the router (its head past its
+/// address's share, or the whole spent): 429 or 503, as a body's refusal is, in
+/// plain text (no endpoint has read it yet to answer in its own language).
+pub fn refusal(refused: Refused) -> Response {
+    let unread = Unread::of(&refused);
+    let mut response = Response::new(axum::body::Body::from(unread.why));
+    *response.status_mut() = unread.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    unread.finish(response)
 }
 
 /// Counts a refusal, and logs it at most once a minute for each kind (a caller can

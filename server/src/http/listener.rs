@@ -69,6 +69,24 @@ use crate::{
 /// Bytes of request bodies held at once by default: 128 MiB.
 pub const DEFAULT_BODY_MEMORY: usize = 128 << 20;
 
+/// The largest HTTP/1 request head, and an HTTP/1 connection's read buffer: far
+/// above any head a client of ours sends (a long consent URL and cookies are a few
+/// KiB).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// What a request's head costs in memory while its request is open: its URI and
+/// headers, each header with some overhead. Charged to the body budget with the body,
+/// so that heads (up to 64 KiB on HTTP/1, 16 KiB on each of 100 HTTP/2 streams)
+/// count in an address's share as bodies do.
+fn head_cost<B>(request: &axum::http::Request<B>) -> usize {
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    request.uri().to_string().len() + headers
+}
+
 /// HTTP/2 flow-control windows: the largest body (a console call's 160 KiB), and a
 /// few of them per connection.
 const H2_STREAM_WINDOW: u32 = 160 * 1024;
@@ -125,7 +143,11 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // The largest request head, and what a connection's read buffer may grow to
+        // (hyper's default is about 400 KiB): a head stays in memory for as long as
+        // its request, and is charged to the body budget (see `head_cost`).
+        .max_buf_size(MAX_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -208,11 +230,17 @@ pub async fn serve(
             let local = is_unnamed_local_proxy(ip, &trusted);
             let announced = http_body::Body::size_hint(request.body()).exact();
             let charge = Arc::new(budget.charge(client, local, announced));
+            let refused = charge.take_head(head_cost(&request)).err();
             let mut request =
                 request.map(|body| Body::new(Deadline::new(body, body_timeout, charge.clone())));
             request.extensions_mut().insert(ConnectInfo(peer));
             let answer = app.clone().oneshot(request);
             async move {
+                if let Some(refused) = refused {
+                    return Ok(
+                        super::bodies::refusal(refused).map(|inner| Tracked::body(inner, open))
+                    );
+                }
                 let response: axum::response::Response = answer.await?;
                 drop(charge);
                 // The request stays open until its answer's body is done or dropped.
@@ -626,6 +654,11 @@ impl http_body::Body for Deadline {
                     return Poll::Ready(Some(Err(refused.into())));
                 }
             }
+            // A frame is a slice of the buffer hyper read it into (8 KiB or more,
+            // however little of it the frame is), and a body read whole keeps every
+            // frame: one byte per HTTP/1 chunk would keep 8 KiB for every 65 bytes
+            // charged. Each frame gets an allocation of its own.
+            let frame = frame.map(|f| f.map(|f| f.map_data(|data| Bytes::copy_from_slice(&data))));
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let at = self.at;
