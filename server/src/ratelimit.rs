@@ -138,6 +138,27 @@ impl WindowLimiter<IpAddr> {
     }
 }
 
+impl WindowLimiter<Network> {
+    /// Counts an event from `ip` against its address (an IPv6 /64) and, for IPv6,
+    /// against its /48 as well (anyone can get a /48, and its 65,536 /64s, each
+    /// a key of its own). The /48 first, so that a refusal there leaves nothing
+    /// counted for a new /64; once either is full, nothing is counted.
+    pub fn hit_networks(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let [own, wide] = Network::of(ip.to_canonical());
+        let networks = [wide, own];
+        let networks = networks.iter().flatten();
+        for (counted, network) in networks.clone().enumerate() {
+            if let Err(wait) = self.hit_key(network) {
+                for earlier in networks.take(counted) {
+                    self.give_back(earlier);
+                }
+                return Err(wait);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,33 @@ async fn a_registration_flood_from_one_address_is_answered_429() {
     // Another address is not affected.
     let other = app.send(from([198, 51, 100, 2], registration())).await;
     assert_eq!(other.status, StatusCode::CREATED);
+    // The /64s of one IPv6 /48 share a limit as well (anyone can get a /48): each
+    // request is counted, kept or not.
+    let v6 = |n: u16| IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, n, 0, 0, 0, 1));
+    let malformed = || {
+        Request::post("/oauth/register")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .expect("request")
+    };
+    for n in 0..20 {
+        let answer = app.send(from(v6(n), malformed())).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    }
+    let refused = app.send(from(v6(20), malformed())).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    let other = app
+        .send(from(
+            IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 10, 0, 0, 0, 0, 1)),
+            malformed(),
+        ))
+        .await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST, "another /48");
 }
 
 /// A flood from many addresses, each within its own limit, still meets the limit of

@@ -99,8 +99,9 @@ pub struct Shared {
     pub auth: Arc<AuthServer>,
     pub owner: Arc<Owner>,
     pub limiter: Arc<SignInLimiter>,
-    /// Dynamic registrations per client address per minute.
-    pub registrations: WindowLimiter,
+    /// Dynamic registration requests per client address (an IPv6 /64) and per IPv6
+    /// /48 per minute.
+    pub registrations: WindowLimiter<Network>,
     /// Registrations kept per address (an IPv6 /64) and per IPv6 /48 in an hour:
     /// each a [`oauth::register::REGISTRATION_SHARE`] of `all_registrations`.
     pub registration_shares: WindowLimiter<Network>,

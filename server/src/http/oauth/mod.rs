@@ -224,20 +224,11 @@ pub fn count_document_fetch(
     }
     match client_id {
         Some(id) if state.auth.would_fetch_unproven(id) => {
-            // The /48 first: a refusal then leaves no entry behind for a new /64.
-            let [own, wide] = crate::ratelimit::Network::of(address.to_canonical());
-            let networks: Vec<_> = [wide, own].into_iter().flatten().collect();
-            for (counted, network) in networks.iter().enumerate() {
-                if let Err(wait) = state.document_fetches.hit_key(network) {
-                    for earlier in &networks[..counted] {
-                        state.document_fetches.give_back(earlier);
-                    }
-                    crate::telemetry::rate_limited("document_fetch");
-                    crate::warn_throttled!(client = %address, "refused a metadata document fetch: too many from this address");
-                    return Err(wait.seconds());
-                }
-            }
-            Ok(())
+            state.document_fetches.hit_networks(address).map_err(|wait| {
+                crate::telemetry::rate_limited("document_fetch");
+                crate::warn_throttled!(client = %address, "refused a metadata document fetch: too many from this address");
+                wait.seconds()
+            })
         }
         _ => Ok(()),
     }

@@ -33,7 +33,7 @@ pub async fn register(
     OAuthBody(body): OAuthBody,
 ) -> Result<Response, OAuthError> {
     // Every request is read and checked: bounded per address and minute.
-    if let Err(wait) = state.registrations.hit(address) {
+    if let Err(wait) = state.registrations.hit_networks(address) {
         return Ok(too_many(address, "registration", "from this address", wait));
     }
     // The body is already bounded by the router (64 KiB); a registration, which is
