@@ -89,6 +89,31 @@ async fn healthz_is_503_when_the_store_is_unreachable() {
     assert!(!body.contains("injected"), "{body}");
 }
 
+/// Health checks that come together share one look at the store (anyone may ask, as
+/// often as they like): here the store answers its first look only, and all of them
+/// are told it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_at_once_share_one_look_at_the_store() {
+    let (app, faults) = TestApp::with_faults();
+    faults.set(Mode::ReadsFailAfter(1));
+    let checks: Vec<_> = (0..10)
+        .map(|_| {
+            let router = app.router.clone();
+            tokio::spawn(async move {
+                use tower::ServiceExt;
+                router
+                    .oneshot(get("/healthz"))
+                    .await
+                    .expect("answer")
+                    .status()
+            })
+        })
+        .collect();
+    for check in checks {
+        assert_eq!(check.await.expect("join"), StatusCode::OK);
+    }
+}
+
 /// Paused time: the 2 s deadline passes without waiting for it.
 #[tokio::test(start_paused = true)]
 async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {

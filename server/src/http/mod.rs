@@ -128,6 +128,8 @@ pub struct Shared {
     pub article_endpoint: Option<Arc<mcp::articles::ArticleEndpoint>>,
     /// The guarded upstream servers at `/mcp/NAME`.
     pub upstreams: Vec<Arc<mcp::gateway::GatewayEndpoint>>,
+    /// The last look `/healthz` took at the store.
+    store_check: health::StoreCheck,
     /// Cancelled at shutdown: ends the MCP sessions (which hold the store).
     pub shutdown: CancellationToken,
     pub leptos: LeptosOptions,
@@ -240,6 +242,7 @@ impl AppState {
             verified_tokens: Default::default(),
             article_endpoint,
             upstreams,
+            store_check: health::StoreCheck::default(),
             articles,
             config: Arc::new(config),
             store,
