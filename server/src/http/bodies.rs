@@ -97,6 +97,7 @@ impl Budget {
                 Network::of(ip)
             },
             held: AtomicUsize::new(0),
+            head: AtomicUsize::new(0),
         }
     }
 
@@ -121,6 +122,8 @@ pub struct Charge {
     large: bool,
     networks: [Option<Network>; 2],
     held: AtomicUsize,
+    /// What of `held` is the request's head.
+    head: AtomicUsize,
 }
 
 impl Charge {
@@ -130,7 +133,17 @@ impl Charge {
         if bytes == 0 {
             return Ok(());
         }
-        let cost = bytes.saturating_add(FRAME_COST);
+        self.take_cost(bytes.saturating_add(FRAME_COST), false)
+    }
+
+    /// Counts a request's head (see `listener::head_cost`) as the first of what its
+    /// request holds; refused as a body's frame would be. It does not make its body
+    /// a large one.
+    pub fn take_head(&self, bytes: usize) -> Result<(), Refused> {
+        self.take_cost(bytes, true)
+    }
+
+    fn take_cost(&self, cost: usize, head: bool) -> Result<(), Refused> {
         let counts = &self.budget.0;
         // The address's share first, so that a caller past it takes nothing of the
         // whole, even for a moment; the lock is held until the whole has said yes.
@@ -150,8 +163,8 @@ impl Charge {
         }
         // A large body leaves the reserve to small ones; so does one that said it
         // was small and is not.
-        let held = self.held.load(Ordering::Relaxed);
-        let limit = if !self.large && held.saturating_add(cost) <= SMALL_BODY {
+        let body = self.held.load(Ordering::Relaxed) - self.head.load(Ordering::Relaxed);
+        let limit = if !self.large && (head || body.saturating_add(cost) <= SMALL_BODY) {
             counts.total
         } else {
             counts.total - counts.total / RESERVE_PART
@@ -169,17 +182,12 @@ impl Charge {
                 *by_network.entry(*network).or_default() += cost;
             }
         }
+        if head {
+            self.head.fetch_add(cost, Ordering::Relaxed);
+        }
         self.held.fetch_add(cost, Ordering::Relaxed);
         counts.gauge.increment(cost as f64);
         Ok(())
-    }
-}
-
-impl Charge {
-    /// Counts a request's head (see `listener::head_cost`) as the first of what its
-    /// request holds; refused as a body's frame would be.
-    pub fn take_head(&self, bytes: usize) -> Result<(), Refused> {
-        self.take(bytes)
     }
 }
 
@@ -433,6 +441,14 @@ mod tests {
             proxy(costing(SMALL_BODY)).take(costing(SMALL_BODY)),
             Err(Refused::All)
         );
+        // A small body behind a large head (big cookies, say) is still a small one.
+        drop((small.pop(), small.pop()));
+        let behind_cookies = proxy(100);
+        behind_cookies
+            .take_head(SMALL_BODY + 1024)
+            .expect("a head in the reserve");
+        behind_cookies.take(100).expect("its small body, too");
+        drop(behind_cookies);
         // A body that said it was small and is not is held to the large ones' part.
         drop(small);
         let liar = proxy(100);

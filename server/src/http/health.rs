@@ -1,6 +1,12 @@
 //! `GET /healthz`: whether this instance can serve, for load balancers and operators.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, Json};
 use serde_json::json;
@@ -16,39 +22,66 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// blocking thread's).
 const FRESH_FOR: Duration = Duration::from_millis(100);
 
-/// What the store said when last asked.
-#[derive(Clone, Copy)]
+/// What the store said when asked.
+#[derive(Clone, Copy, Debug)]
 enum Store {
     Up,
     Down,
     TimedOut,
 }
 
-/// The last look at the store, shared: one look at a time, and none again for
-/// [`FRESH_FOR`]; checks that come meanwhile wait for it and take its answer.
-#[derive(Default)]
-pub struct StoreCheck(tokio::sync::Mutex<Option<(tokio::time::Instant, Store)>>);
+/// The looks at the store `/healthz` takes: one at a time, in a task of its own (a
+/// check that goes away neither ends it nor lets another start), each answering for
+/// [`FRESH_FOR`]. A check takes the newest answer that is fresh, or that came after
+/// the check did; it waits at most [`STORE_PING_TIMEOUT`] for one.
+pub struct StoreCheck {
+    latest: tokio::sync::watch::Sender<Option<(tokio::time::Instant, Store)>>,
+    looking: Arc<AtomicBool>,
+}
+
+impl Default for StoreCheck {
+    fn default() -> Self {
+        StoreCheck {
+            latest: tokio::sync::watch::Sender::new(None),
+            looking: Arc::default(),
+        }
+    }
+}
 
 impl StoreCheck {
     async fn look(&self, state: &AppState) -> Store {
-        let mut last = self.0.lock().await;
-        if let Some((at, store)) = *last {
-            if at.elapsed() < FRESH_FOR {
-                return store;
-            }
-        }
-        let store = match tokio::time::timeout(STORE_PING_TIMEOUT, state.store.ping()).await {
-            Ok(Ok(())) => Store::Up,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "health check: store is down");
-                Store::Down
-            }
-            Err(_) => {
-                tracing::warn!("health check: store timed out");
-                Store::TimedOut
-            }
+        let arrived = tokio::time::Instant::now();
+        let usable = move |latest: &Option<(tokio::time::Instant, Store)>| {
+            latest.is_some_and(|(at, _)| at + FRESH_FOR > arrived)
         };
-        *last = Some((tokio::time::Instant::now(), store));
+        let mut latest = self.latest.subscribe();
+        if !usable(&latest.borrow_and_update()) && !self.looking.swap(true, Ordering::AcqRel) {
+            let (store, sender, looking) = (
+                state.store.clone(),
+                self.latest.clone(),
+                self.looking.clone(),
+            );
+            tokio::spawn(async move {
+                let store = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
+                    Ok(Ok(())) => Store::Up,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "health check: store is down");
+                        Store::Down
+                    }
+                    Err(_) => {
+                        tracing::warn!("health check: store timed out");
+                        Store::TimedOut
+                    }
+                };
+                sender.send_replace(Some((tokio::time::Instant::now(), store)));
+                looking.store(false, Ordering::Release);
+            });
+        }
+        let seen = tokio::time::timeout(STORE_PING_TIMEOUT, latest.wait_for(usable)).await;
+        let store = match seen {
+            Ok(Ok(seen)) => seen.map_or(Store::TimedOut, |(_, store)| store),
+            _ => Store::TimedOut,
+        };
         store
     }
 }

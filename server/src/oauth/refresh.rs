@@ -12,8 +12,10 @@
 //! every token, so anyone who saw one could otherwise revoke the grant.
 //!
 //! What a grant keeps is bounded whatever the number of rotations: one grant record
-//! (with the hashes of its last [`RETIRED_KEPT`] refresh tokens), at most two access
-//! tokens, and the sealed successor of the last rotation only.
+//! (with the hashes of its last [`RETIRED_KEPT`] refresh tokens), two access tokens
+//! (one more until it expires, when deleting the one a rotation replaced failed), and
+//! the sealed successor of the last rotation (and an earlier one within its grace,
+//! likewise).
 //! Once a successor has itself been rotated, the client clearly received it, so the
 //! token before it has no more use: presenting it again is a reuse, grace or not.
 
