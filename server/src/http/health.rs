@@ -78,11 +78,10 @@ impl StoreCheck {
             });
         }
         let seen = tokio::time::timeout(STORE_PING_TIMEOUT, latest.wait_for(usable)).await;
-        let store = match seen {
+        match seen {
             Ok(Ok(seen)) => seen.map_or(Store::TimedOut, |(_, store)| store),
             _ => Store::TimedOut,
-        };
-        store
+        }
     }
 }
 
