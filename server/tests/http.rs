@@ -114,6 +114,19 @@ async fn health_checks_at_once_share_one_look_at_the_store() {
     }
 }
 
+/// A look at the store that never finishes (the store panicked) does not keep every
+/// later check from taking one. Paused time: the 2 s deadline passes at once.
+#[tokio::test(start_paused = true)]
+async fn a_look_that_panicked_does_not_stop_later_ones() {
+    let (app, faults) = TestApp::with_faults();
+    faults.set(Mode::Panic);
+    let (status, _, _) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    faults.set(Mode::Pass);
+    let (status, _, body) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// Paused time: the 2 s deadline passes without waiting for it.
 #[tokio::test(start_paused = true)]
 async fn healthz_answers_503_within_bounded_time_when_the_store_hangs() {

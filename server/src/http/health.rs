@@ -48,6 +48,15 @@ impl Default for StoreCheck {
     }
 }
 
+/// Clears the "a look is being taken" flag when dropped.
+struct Over(Arc<AtomicBool>);
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl StoreCheck {
     async fn look(&self, state: &AppState) -> Store {
         let arrived = tokio::time::Instant::now();
@@ -62,6 +71,9 @@ impl StoreCheck {
                 self.looking.clone(),
             );
             tokio::spawn(async move {
+                // Another look may start once this one is over, however it ends (a
+                // store that panics, a runtime that stops): never stuck "looking".
+                let _over = Over(looking);
                 let store = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
                     Ok(Ok(())) => Store::Up,
                     Ok(Err(e)) => {
@@ -74,7 +86,6 @@ impl StoreCheck {
                     }
                 };
                 sender.send_replace(Some((tokio::time::Instant::now(), store)));
-                looking.store(false, Ordering::Release);
             });
         }
         let seen = tokio::time::timeout(STORE_PING_TIMEOUT, latest.wait_for(usable)).await;

@@ -22,6 +22,8 @@ pub enum Mode {
     WritesFailAfter(usize),
     /// Writes pass; the next `n` reads pass, later ones fail.
     ReadsFailAfter(usize),
+    /// Every operation panics (a bug in a backend).
+    Panic,
 }
 
 /// The switch a test holds.
@@ -71,6 +73,7 @@ impl Faults {
                 }
             }
             Mode::ReadsFailAfter(_) => Ok(()),
+            Mode::Panic => panic!("injected: the store panicked"),
         }
     }
 }
