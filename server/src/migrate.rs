@@ -28,6 +28,10 @@ struct Line {
     exported_at_ms: Option<u64>,
 }
 
+/// No export says it was made before this (2026-01-01): an earlier stamp is a clock
+/// that was wrong, and its lifetimes count from the import.
+const EXPORTS_SINCE_MS: u64 = 1_767_225_600_000;
+
 /// Milliseconds since the Unix epoch, by this machine's clock.
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
@@ -83,6 +87,7 @@ pub async fn import(
     replace: bool,
 ) -> Result<usize, MigrateError> {
     let mut entries = Vec::new();
+    let mut left_out = 0usize;
     let now_ms = wall_clock_ms();
     for (index, line) in input.lines().enumerate() {
         let malformed = |reason: String| MigrateError::Malformed {
@@ -123,13 +128,19 @@ pub async fn import(
         let value = STANDARD
             .decode(parsed.value)
             .map_err(|e| malformed(e.to_string()))?;
-        // What is left of the lifetime now: less the time since the export.
+        // What is left of the lifetime now: less the time since the export (by the
+        // two machines' clocks; none when the export says it was made in the future
+        // or before there were exports).
         let waited = parsed
             .exported_at_ms
+            .filter(|&at| at >= EXPORTS_SINCE_MS)
             .map_or(0, |at| now_ms.saturating_sub(at));
         let ttl = match parsed.ttl_ms.map(|ms| ms.saturating_sub(waited)) {
             // It ran out while the export waited.
-            Some(0) => continue,
+            Some(0) => {
+                left_out += 1;
+                continue;
+            }
             left => left.map(std::time::Duration::from_millis),
         };
         entries.push(Entry {
@@ -147,6 +158,13 @@ pub async fn import(
     }
     for entry in &entries {
         store.put(&entry.key, &entry.value, entry.put()).await?;
+    }
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            "records whose lifetime ran out since the export were left out (by this \
+             machine's clock and the exporting one's)"
+        );
     }
     Ok(entries.len())
 }

@@ -292,15 +292,7 @@ impl GuardedResolver {
         let Ok(place) = self.lookups.clone().try_acquire_owned() else {
             return Err("too many names are being looked up".into());
         };
-        // A name with dots as an absolute one (`example.com.`): the resolver's search
-        // domains never apply, so nobody can have this server ask its own DNS which
-        // internal names (`db.internal` under a search domain) exist.
-        let name = if host.contains('.') && !host.ends_with('.') && host.parse::<IpAddr>().is_err()
-        {
-            format!("{host}.")
-        } else {
-            host.to_owned()
-        };
+        let name = host.to_owned();
         let found = tokio::task::spawn_blocking(move || {
             let _place = place;
             std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))

@@ -553,10 +553,16 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         2 * hour,
         now_ms - hour
     );
+    // An export stamped by a clock that was wrong (before there were exports) counts
+    // from the import.
+    let lines = format!(
+        "{lines}{{\"key\":\"session:stamped-wrong\",\"value\":\"\",\"ttl_ms\":{},\"exported_at_ms\":0}}\n",
+        2 * hour
+    );
     let written = gatehouse::migrate::import(target.store.as_ref(), lines.as_bytes(), true)
         .await
         .expect("records that waited");
-    assert_eq!(written, 1);
+    assert_eq!(written, 2);
     let held = records(&target.store).await;
     assert!(!held.iter().any(|e| e.key.as_str() == "session:waited-out"));
     let kept = held
@@ -566,6 +572,15 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
         .expect("kept, with a lifetime");
     assert!(kept <= Duration::from_millis(hour), "{kept:?}");
     assert!(kept > Duration::from_millis(hour - 60_000), "{kept:?}");
+    let wrong = held
+        .iter()
+        .find(|e| e.key.as_str() == "session:stamped-wrong")
+        .and_then(|e| e.ttl)
+        .expect("kept, with a lifetime");
+    assert!(
+        wrong > Duration::from_millis(2 * hour - 60_000),
+        "{wrong:?}"
+    );
 
     // A record that carries the grant's tag but names no group (as one exported from
     // a store that lost the grant's member set) joins the grant's group.

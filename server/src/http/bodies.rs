@@ -169,10 +169,13 @@ impl Charge {
         } else {
             counts.total - counts.total / RESERVE_PART
         };
+        // A head is refused by its address's share only: when bodies hold the whole,
+        // requests without one (a load balancer's `/healthz`, a consent page) still
+        // get in, and the heads they hold are bounded per address.
         let taken = counts
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(cost).filter(|&used| used <= limit)
+                used.checked_add(cost).filter(|&used| head || used <= limit)
             });
         if taken.is_err() {
             return Err(refuse(Refused::All));
@@ -441,6 +444,10 @@ mod tests {
             proxy(costing(SMALL_BODY)).take(costing(SMALL_BODY)),
             Err(Refused::All)
         );
+        // A request without a body still gets in: its head is bounded per address.
+        proxy(0)
+            .take_head(500)
+            .expect("a head when bodies hold the whole");
         // A small body behind a large head (big cookies, say) is still a small one.
         drop((small.pop(), small.pop()));
         let behind_cookies = proxy(100);

@@ -46,8 +46,9 @@ fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, String> {
     }
     // A name without a dot is no public name: only this server's search domains
     // would give it an address.
+    let loopback_allowed = allow_loopback_http && crate::net::is_loopback_url(&url);
     if matches!(url.host(), Some(url::Host::Domain(name)) if !name.trim_end_matches('.').contains('.'))
-        && !loopback_http
+        && !loopback_allowed
     {
         return Err("a client_id URL must name a public host".into());
     }
@@ -348,6 +349,9 @@ mod tests {
         }
         assert!(document_url("http://127.0.0.1:8000/doc", false).is_none());
         assert!(document_url("http://127.0.0.1:8000/doc", true).is_some_and(|r| r.is_ok()));
+        // The test switch admits a dotless loopback name too.
+        assert!(document_url("https://localhost:8443/doc", true).is_some_and(|r| r.is_ok()));
+        assert!(document_url("https://localhost:8443/doc", false).is_some_and(|r| r.is_err()));
         // The test switch admits plain http on loopback only.
         assert!(document_url("http://example.com:8000/doc", true).is_some_and(|r| r.is_err()));
     }
@@ -559,7 +563,7 @@ mod properties {
             prop_assert!(url.path() != "/");
             prop_assert!(!raw.split('/').any(|s| s == "." || s == ".."));
             let dotless = matches!(url.host(), Some(url::Host::Domain(name)) if !name.trim_end_matches('.').contains('.'));
-            prop_assert!(!dotless || url.scheme() == "http");
+            prop_assert!(!dotless || (allow && crate::net::is_loopback_url(&url)));
             prop_assert!(matches!(document_url(url.as_str(), allow), Some(Ok(again)) if again == url));
         }
 
