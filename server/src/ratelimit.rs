@@ -61,6 +61,12 @@ impl Network {
         };
         [Some(Network::Address(own)), wide]
     }
+
+    /// The same, the wider first (its /48 before an IPv6 address's /64).
+    pub fn wide_first(address: IpAddr) -> impl Iterator<Item = Network> {
+        let [own, wide] = Network::of(address.to_canonical());
+        [wide, own].into_iter().flatten()
+    }
 }
 
 /// At most `limit` events per key (a client address by default) in each fixed window.
@@ -141,18 +147,22 @@ impl WindowLimiter<IpAddr> {
 impl WindowLimiter<Network> {
     /// Counts an event from `ip` against its address (an IPv6 /64) and, for IPv6,
     /// against its /48 as well (anyone can get a /48, and its 65,536 /64s, each
-    /// a key of its own). The /48 first, so that a refusal there leaves nothing
-    /// counted for a new /64; once either is full, nothing is counted.
+    /// a key of its own); see [`Self::hit_all`].
     pub fn hit_networks(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        let [own, wide] = Network::of(ip.to_canonical());
-        let networks = [wide, own];
-        let networks = networks.iter().flatten();
-        for (counted, network) in networks.clone().enumerate() {
+        let networks: Vec<Network> = Network::wide_first(ip).collect();
+        self.hit_all(&networks).map_err(|(_, wait)| wait)
+    }
+
+    /// Counts an event against each of `networks` in turn (the /48 first, so that a
+    /// refusal there leaves nothing counted for a new /64); once one is full,
+    /// nothing is counted, and it says which and when to try again.
+    pub fn hit_all(&self, networks: &[Network]) -> Result<(), (Network, RetryAfter)> {
+        for (counted, network) in networks.iter().enumerate() {
             if let Err(wait) = self.hit_key(network) {
-                for earlier in networks.take(counted) {
+                for earlier in &networks[..counted] {
                     self.give_back(earlier);
                 }
-                return Err(wait);
+                return Err((*network, wait));
             }
         }
         Ok(())

@@ -195,8 +195,8 @@ impl Charge {
 }
 
 /// The answer to a request refused before it reached the router (its head past its
-/// address's share, or the whole spent): 429 or 503, as a body's refusal is, in
-/// plain text (no endpoint has read it yet to answer in its own language).
+/// address's share): 429, as a body's refusal is, in plain text (no endpoint has
+/// read it yet to answer in its own language).
 pub fn refusal(refused: Refused) -> Response {
     let unread = Unread::of(&refused);
     let mut response = Response::new(axum::body::Body::from(unread.why));

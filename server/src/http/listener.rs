@@ -84,7 +84,11 @@ fn head_cost<B>(request: &axum::http::Request<B>) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
         .sum();
-    request.uri().to_string().len() + headers
+    let uri = request.uri();
+    let scheme = uri.scheme_str().map_or(0, str::len);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path + headers
 }
 
 /// HTTP/2 flow-control windows: the largest body (a console call's 160 KiB), and a

@@ -92,8 +92,7 @@ fn kept_networks(state: &AppState, address: IpAddr) -> Vec<Network> {
     if is_unnamed_local_proxy(address, &state.config.trusted_proxies) {
         return Vec::new();
     }
-    let [own, wide] = Network::of(address.to_canonical());
-    [wide, own].into_iter().flatten().collect()
+    Network::wide_first(address).collect()
 }
 
 /// What one kept registration took.
@@ -109,17 +108,12 @@ type Refusal = (&'static str, &'static str, RetryAfter);
 /// the whole, or what refuses it (and then it takes nothing).
 fn take_place(state: &AppState, address: IpAddr) -> Result<Kept, Refusal> {
     let networks = kept_networks(state, address);
-    for (taken, network) in networks.iter().enumerate() {
-        if let Err(wait) = state.registration_shares.hit_key(network) {
-            for earlier in &networks[..taken] {
-                state.registration_shares.give_back(earlier);
-            }
-            let whose = match network {
-                Network::Address(_) => "from this address",
-                Network::Wide(_) => "from this network",
-            };
-            return Err(("registration", whose, wait));
-        }
+    if let Err((network, wait)) = state.registration_shares.hit_all(&networks) {
+        let whose = match network {
+            Network::Address(_) => "from this address",
+            Network::Wide(_) => "from this network",
+        };
+        return Err(("registration", whose, wait));
     }
     if let Err(wait) = state.all_registrations.hit_key(&()) {
         for network in &networks {
