@@ -36,7 +36,7 @@ use super::{
     guard::{rebuild, ToolOutcome},
     session_id,
     sessions::{binding_key, binding_of, unbind, Binding, StoreSessions},
-    Endpoint, Guarded, Prepared, MAX_BODY_BYTES, SESSION_ID,
+    Endpoint, Guarded, GuardedBody, Prepared, MAX_BODY_BYTES, SESSION_ID,
 };
 use crate::{
     gateway::{
@@ -305,8 +305,13 @@ impl GatewayEndpoint {
                 let answer = self.touching(answer.holding((place, upstream.clone())), session);
                 Some(answer_response(answer))
             }
-            Direct::Answer(message) => leg.answer(&self.shared, message).await.then(accepted),
-            Direct::Cancel(message) => leg.cancel(&self.shared, message).await.then(accepted),
+            // Boxed, as the relay is in `serve`: only calls are frequent.
+            Direct::Answer(message) => Box::pin(leg.answer(&self.shared, message))
+                .await
+                .then(accepted),
+            Direct::Cancel(message) => Box::pin(leg.cancel(&self.shared, message))
+                .await
+                .then(accepted),
         }
     }
 
@@ -746,7 +751,7 @@ impl Endpoint for GatewayEndpoint {
 
     async fn serve(&self, request: Guarded<Option<Direct>>) -> Response {
         let Guarded {
-            mut parts,
+            parts,
             body,
             access,
             prepared,
@@ -757,6 +762,21 @@ impl Endpoint for GatewayEndpoint {
                 return answer;
             }
         }
+        // Boxed: the relay's future (rmcp's, around the upstream's) is several times
+        // the direct path's, and a future is as large as its largest path. Inline, it
+        // made every direct call allocate and copy it.
+        Box::pin(self.relayed(parts, body, access)).await
+    }
+}
+
+impl GatewayEndpoint {
+    /// Serves a request through rmcp (see [`Endpoint::serve`]).
+    async fn relayed(
+        &self,
+        mut parts: Parts,
+        body: GuardedBody,
+        access: crate::oauth::records::AccessToken,
+    ) -> Response {
         let session = session_id(&parts.headers).map(str::to_owned);
         if let Some(session) = &session {
             if self.upstream_closed(session) {

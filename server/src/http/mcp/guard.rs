@@ -167,7 +167,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         let now = state.clock.now_ms();
         if from_store && bound.is_due(now) {
             let raw = records[1].as_deref().unwrap_or_default();
-            let renew = sessions::renew(&state.store, session, raw, &bound, now);
+            let renew = Box::pin(sessions::renew(&state.store, session, raw, &bound, now));
             match tokio::time::timeout(VERIFY_TIMEOUT, renew).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew an MCP session in use"),
@@ -238,7 +238,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     if call.method() == "tools/call" {
                         tool = call.name().map(str::to_owned);
                     }
-                    endpoint.needs(&call).await
+                    // Boxed, as every path the direct one does not take: a
+                    // future is as large as its largest path, and each call
+                    // allocates and copies the guard's.
+                    Box::pin(endpoint.needs(&call)).await
                 }
             },
         };
@@ -292,7 +295,9 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     // every 404 means so: rmcp answers a 2026-07-28 request for a method the server
     // lacks with 404 too, whatever session it names.
     let gone = match &session {
-        Some(id) if response.status() == StatusCode::NOT_FOUND => !endpoint.holds(id).await,
+        Some(id) if response.status() == StatusCode::NOT_FOUND => {
+            !Box::pin(endpoint.holds(id)).await
+        }
         _ => false,
     };
     match session {
@@ -314,8 +319,8 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     opened_at: now,
                     bound_at: now,
                 };
-                if let Err(e) = sessions::bind(&state.store, opened, &binding).await {
-                    endpoint.abandon(opened).await;
+                if let Err(e) = Box::pin(sessions::bind(&state.store, opened, &binding)).await {
+                    Box::pin(endpoint.abandon(opened)).await;
                     if counted {
                         state.daily_sessions.give_back(&client_id);
                     }
@@ -334,7 +339,9 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
             // Its records are gone: it no longer counts among the day's sessions. Only
             // the removal that found the binding gives its place back (rmcp answers a
             // DELETE of a session it does not hold with success too).
-            if let Ok(true) = sessions::unbind(&state.store, &state.bindings, &ended).await {
+            if let Ok(true) =
+                Box::pin(sessions::unbind(&state.store, &state.bindings, &ended)).await
+            {
                 state.daily_sessions.give_back(&client_id);
             }
         }
