@@ -1478,6 +1478,35 @@ async fn revoking_a_refresh_token_revokes_the_grant() {
     assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// A client signing out revokes the refresh token it holds. When someone who stole
+/// it has rotated it twice since, the client's token is only remembered as retired:
+/// its revocation still ends the grant, and with it the thief's tokens.
+#[tokio::test]
+async fn revoking_a_refresh_token_rotated_since_revokes_the_grant() {
+    let app = TestApp::new(&[]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let held = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let mut stolen = held.clone();
+    let mut access = String::new();
+    for _ in 0..2 {
+        let rotated = app.refresh(&client_id, &stolen, &[]).await;
+        assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+        let rotated = rotated.json();
+        stolen = rotated["refresh_token"].as_str().expect("rt").to_owned();
+        access = rotated["access_token"].as_str().expect("at").to_owned();
+    }
+    assert!(app.token_is_valid(&access).await);
+
+    let revoked = app.revoke(&client_id, &held).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(
+        !app.token_is_valid(&access).await,
+        "the thief's token is revoked"
+    );
+    let refresh = app.refresh(&client_id, &stolen, &[]).await;
+    assert_oauth_error(&refresh, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
 #[tokio::test]
 async fn revoking_an_access_token_leaves_the_refresh_token() {
     let app = TestApp::new(&[]);
