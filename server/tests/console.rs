@@ -474,6 +474,42 @@ async fn a_confirmation_opened_from_another_site_is_not_shown() {
     }
     let shown = app.send(open(&confirmations[0].0, "same-origin")).await;
     assert!(shown.body.contains("data-testid=\"confirm-revoke\""));
+
+    // Nor after signing in: the answer to the sign-in is a same-origin navigation,
+    // and another site may link to the sign-in page (or send a signed-out owner to a
+    // confirmation, which sends them to sign in).
+    let after_sign_in = [
+        (confirmations[0].0.as_str(), "/console"),
+        ("/console?revoke_client=c&x=1", "/console?x=1"),
+        (
+            "/console/articles/some-draft?delete=1",
+            "/console/articles/some-draft",
+        ),
+        (
+            "/console/activity?kind=tool_call",
+            "/console/activity?kind=tool_call",
+        ),
+    ];
+    for (path, plain) in after_sign_in {
+        let query = serde_urlencoded::to_string([("return_to", path)]).expect("query");
+        let page = app.get(&format!("/oauth/login?{query}"), None).await;
+        assert!(
+            page.body.contains(&format!(
+                "name=\"return_to\" value=\"{}\"",
+                plain.replace('&', "&amp;")
+            )),
+            "{path}: {}",
+            page.body
+        );
+        let signed_in = app
+            .post_form(
+                "/oauth/login",
+                &[("password", PASSWORD), ("return_to", path)],
+                None,
+            )
+            .await;
+        assert_eq!(signed_in.location(), plain, "{path}");
+    }
     // Other pages open from anywhere.
     let linked = app.send(open("/console/activity", "cross-site")).await;
     assert_eq!(linked.status, StatusCode::OK);

@@ -567,8 +567,37 @@ fn confirmation_from_elsewhere(uri: &axum::http::Uri, headers: &HeaderMap) -> Op
         return None;
     }
     let confirms = form_urlencoded::parse(uri.query()?.as_bytes())
-        .any(|(name, _)| matches!(&*name, "revoke" | "revoke_client" | "delete"));
+        .any(|(name, _)| CONFIRMATIONS.contains(&&*name));
     confirms.then(|| uri.path().to_owned())
+}
+
+/// The query parameters that open a confirmation (see
+/// [`confirmation_from_elsewhere`]).
+const CONFIRMATIONS: [&str; 3] = ["revoke", "revoke_client", "delete"];
+
+/// A console path without the parameters that open a confirmation, for where the
+/// owner goes after signing in: the sign-in's answer follows a same-origin post, so
+/// a link from another site to the sign-in page (or to a confirmation, which sends a
+/// signed-out owner to sign in) would otherwise land the owner on an armed button.
+pub(crate) fn without_confirmations(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let pairs = form_urlencoded::parse(query.as_bytes());
+    if !pairs
+        .clone()
+        .any(|(name, _)| CONFIRMATIONS.contains(&&*name))
+    {
+        return path_and_query.to_owned();
+    }
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.filter(|(name, _)| !CONFIRMATIONS.contains(&&**name)))
+        .finish();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{kept}")
+    }
 }
 
 /// In front of the console: its pages send a visitor without a session to sign in

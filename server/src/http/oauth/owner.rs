@@ -22,7 +22,8 @@ use crate::{
 };
 
 /// Where to go after signing in: only back into an authorization request, the
-/// console, or home, so the parameter cannot be used as an open redirect.
+/// console (never to one of its confirmations), or home, so the parameter cannot be
+/// used as an open redirect.
 fn safe_return_to(raw: Option<&str>) -> String {
     let one_line = |path: &str| !path.contains(['\r', '\n']);
     // A console path: plain characters only, so it cannot turn into another host.
@@ -37,7 +38,7 @@ fn safe_return_to(raw: Option<&str>) -> String {
     };
     match raw {
         Some(path) if path.starts_with("/oauth/authorize?") && one_line(path) => path.to_owned(),
-        Some(path) if console(path) => path.to_owned(),
+        Some(path) if console(path) => crate::http::console::without_confirmations(path),
         _ => "/".to_owned(),
     }
 }
