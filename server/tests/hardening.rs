@@ -497,3 +497,90 @@ async fn a_metadata_document_client_is_shown_with_its_host_and_a_clean_name() {
     );
     assert!(consent.body.contains("data-testid=\"document-host\""));
 }
+
+/// DNS rebinding: another site whose name resolves to Gatehouse's address (one bound
+/// to loopback, say) shares an origin with it in the owner's browser. The pages, the
+/// sign-in, the consent and the console's calls answer only under a `Host` of ours,
+/// as `/mcp` does; a request without one (no browser sends that) passes.
+#[tokio::test]
+async fn pages_and_sign_in_answer_only_under_a_host_of_ours() {
+    let app = TestApp::new(&["--allowed-host", "gate.internal:8080"]);
+    let cookie = app.sign_in().await;
+    let request = |method: &str, path: &str, host: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "text/html")
+            // The rebound page and Gatehouse share an origin.
+            .header("sec-fetch-site", "same-origin");
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        if method == "POST" {
+            request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let body = if method == "POST" {
+            Body::from(format!("password={}", PASSWORD.replace(' ', "+")))
+        } else {
+            Body::empty()
+        };
+        request.body(body).expect("request")
+    };
+    let paths = [
+        ("GET", "/"),
+        ("GET", "/console"),
+        ("GET", "/oauth/login"),
+        ("POST", "/oauth/login"),
+        ("GET", "/oauth/authorize?client_id=x"),
+        ("GET", "/setup"),
+        ("POST", "/api/console/signed_in"),
+    ];
+    for (method, path) in paths {
+        for host in [
+            "rebound.example:8080",
+            "rebound.example",
+            "127.0.0.1.evil.example",
+        ] {
+            let refused = app.send(request(method, path, Some(host))).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} {host}"
+            );
+            // (The console's calls get its own error page for a form's refusal.)
+            if !path.starts_with("/api/") {
+                assert!(
+                    refused.body.contains("--allowed-host"),
+                    "{method} {path} {host}"
+                );
+            }
+            assert_eq!(refused.headers[header::X_FRAME_OPTIONS], "DENY");
+            assert!(refused.headers.get(header::SET_COOKIE).is_none());
+        }
+        for host in [
+            Some("gate.example.com"),
+            Some("127.0.0.1:8080"),
+            Some("localhost"),
+            Some("gate.internal:8080"),
+            None,
+        ] {
+            let served = app.send(request(method, path, host)).await;
+            assert_ne!(
+                served.status,
+                StatusCode::FORBIDDEN,
+                "{method} {path} {host:?}"
+            );
+        }
+    }
+    // Discovery, tokens and metadata involve no cookies: any Host, as before.
+    let discovery = app
+        .send(
+            Request::get("/.well-known/oauth-authorization-server")
+                .header(header::HOST, "rebound.example")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(discovery.status, StatusCode::OK);
+}

@@ -401,7 +401,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/setup",
             get(oauth::owner::setup_page).post(oauth::owner::setup),
-        );
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser_host,
+        ));
 
     // Pages (Leptos SSR) and their server functions, with the owner's console.
     let console: Arc<dyn app::console::ConsoleBackend> =
@@ -419,7 +423,11 @@ pub fn router(state: AppState) -> Router {
                 move || shell(options.clone())
             },
         )
-        .layer(RequestBodyLimitLayer::new(PAGE_BODY_BYTES));
+        .layer(RequestBodyLimitLayer::new(PAGE_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser_host,
+        ));
 
     // Routes, with what must see the matched route (the request count) or apply to
     // some routes only. Each layer here wraps every route, and axum clones each
@@ -482,6 +490,28 @@ pub fn router(state: AppState) -> Router {
         ))
         .service(mcp::front::McpFirst::new(state.clone(), routes, &mcp_cors));
     Router::new().fallback_service(around)
+}
+
+/// In front of the pages, the console's calls, and the owner's sign-in and consent:
+/// only under a `Host` of ours (see `HostPolicy::allows_host`), as for `/mcp`.
+async fn browser_host(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if state.hosts.allows_host(request.headers()) {
+        return next.run(request).await;
+    }
+    crate::warn_throttled!("refused a page request for a Host that is not ours");
+    axum::response::IntoResponse::into_response((
+        axum::http::StatusCode::FORBIDDEN,
+        oauth::page_headers(),
+        app::error_document(
+            403,
+            "Not served here",
+            "This Gatehouse does not answer under this address. Its owner can add the address with --allowed-host.",
+        ),
+    ))
 }
 
 /// Counts a request by route and status, timed from `started` to its answer's head.

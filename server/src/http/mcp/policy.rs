@@ -60,9 +60,7 @@ impl HostPolicy {
             None => uri.authority().cloned(),
         }
         .ok_or(Refusal::MalformedHost)?;
-        let host = normalise_host(authority.host());
-        let port = authority.port_u16();
-        if !self.hosts.iter().any(|a| a.matches(&host, port)) {
+        if !self.allows_authority(&authority) {
             return Err(Refusal::HostNotAllowed);
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
@@ -76,6 +74,28 @@ impl HostPolicy {
             }
         }
         Ok(())
+    }
+
+    fn allows_authority(&self, authority: &axum::http::uri::Authority) -> bool {
+        let host = normalise_host(authority.host());
+        let port = authority.port_u16();
+        self.hosts.iter().any(|a| a.matches(&host, port))
+    }
+
+    /// The `Host` check alone, for the pages, the owner's sign-in and consent: a
+    /// rebound name must not reach them either (an instance bound to loopback would
+    /// take sign-in attempts, and then set a session, for another site's name).
+    /// Browsers always send `Host`, so a request without one passes; not their
+    /// `Origin`, which Gatehouse's own forms send as `null`.
+    pub fn allows_host(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::HOST) else {
+            return true;
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<axum::http::uri::Authority>().ok())
+            .is_some_and(|authority| self.allows_authority(&authority))
     }
 
     pub fn allows_origin(&self, origin: &Origin) -> bool {
