@@ -257,12 +257,15 @@ async fn a_proxy_that_rewrites_host_fails_the_host_check() {
     let (detail, fix) = failed(&report, "mcp-challenge");
     assert!(detail.contains("403 instead of 401"), "{detail}");
     assert!(fix.contains("--allowed-host"), "{fix}");
+    // The pages are Host-checked too (DNS rebinding), so the consent page fails.
+    let (detail, fix) = failed(&report, "authorization-page");
+    assert!(detail.contains("403"), "{detail}");
+    assert!(fix.contains("--allowed-host"), "{fix}");
     // Discovery and the rest are not Host-checked, and pass.
     for name in [
         "resource-metadata",
         "authorization-server-metadata",
         "registration",
-        "authorization-page",
         "no-redirects",
         "answers-from-gatehouse",
     ] {

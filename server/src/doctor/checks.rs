@@ -831,7 +831,10 @@ async fn authorization_page(
         ),
         (400..=499, Some(page)) => {
             let message = answer.error_message().unwrap_or_default();
-            let fix = if message.contains("not registered here") {
+            let fix = if message.contains("does not answer under this address") {
+                // The pages answer only under a Host of Gatehouse's, as /mcp does.
+                fixes::HOST.to_owned()
+            } else if message.contains("not registered here") {
                 fixes::SHARED_STORE.to_owned()
             } else if message.contains("does not serve the resource") {
                 format!(
