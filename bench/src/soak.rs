@@ -1051,6 +1051,11 @@ async fn start_gatehouse(
                 // Every stdio session is ended, but not those a run's end cuts short.
                 "--sessions-per-day",
                 "1000000000",
+                // Each refresh worker rotates its grant as fast as it is answered,
+                // as no client does: a rotation would otherwise wait for a token
+                // retired within the hour to be remembered that long.
+                "--refresh-reuse-window",
+                "0s",
             ])
             .arg("--config")
             .arg(config)

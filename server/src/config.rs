@@ -261,6 +261,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_REFRESH_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub refresh_grace: Duration,
 
+    /// How long a rotated refresh token is at least still recognised as a reuse
+    /// (which revokes its grant): a rotation that would forget one rotated more
+    /// lately waits. Default: `--access-token-ttl`; `0s` turns the wait off.
+    #[arg(long, env = "GATEHOUSE_REFRESH_REUSE_WINDOW", value_parser = humantime::parse_duration)]
+    pub refresh_reuse_window: Option<Duration>,
+
     /// Registered clients that never obtain a grant are forgotten after this long.
     #[arg(long, env = "GATEHOUSE_UNUSED_CLIENT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub unused_client_ttl: Duration,
@@ -710,6 +716,15 @@ impl ServeArgs {
                 errors.push(format!("{flag} must be at most ten years"));
             }
         }
+        // Zero turns the wait off; past the refresh token's lifetime it would hold a
+        // grant's rotations back for longer than any of its tokens lives.
+        if self
+            .refresh_reuse_window
+            .is_some_and(|window| window > self.refresh_token_ttl)
+        {
+            errors
+                .push("--refresh-reuse-window must not be longer than --refresh-token-ttl".into());
+        }
         // Zero turns the grace off; a successor kept longer than its grant is of no use.
         if self.refresh_grace > self.refresh_token_ttl {
             errors.push("--refresh-grace must not be longer than --refresh-token-ttl".into());
@@ -835,6 +850,9 @@ impl ServeArgs {
                     access_token_ttl: self.access_token_ttl,
                     refresh_token_ttl: self.refresh_token_ttl,
                     refresh_grace: self.refresh_grace,
+                    refresh_reuse_window: self
+                        .refresh_reuse_window
+                        .unwrap_or(self.access_token_ttl),
                     unused_client_ttl: self.unused_client_ttl,
                     max_cached_documents: self.max_cached_client_documents as usize,
                     static_client,
@@ -1194,6 +1212,33 @@ mod tests {
         assert_eq!(
             grace("300000000y").expect_err("for ever"),
             ["--refresh-grace must not be longer than --refresh-token-ttl"]
+        );
+        let window = |window: &str| {
+            args(&[
+                "--data-dir",
+                data,
+                "--refresh-token-ttl",
+                "1d",
+                "--refresh-reuse-window",
+                window,
+            ])
+            .into_config()
+        };
+        assert_eq!(
+            window("0s").expect("off").oauth.refresh_reuse_window,
+            Duration::ZERO
+        );
+        assert_eq!(
+            window("2d").expect_err("longer than the grant"),
+            ["--refresh-reuse-window must not be longer than --refresh-token-ttl"]
+        );
+        // By default, an access token's lifetime.
+        let default = args(&["--data-dir", data, "--access-token-ttl", "15m"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(
+            default.oauth.refresh_reuse_window,
+            Duration::from_secs(15 * 60)
         );
     }
 

@@ -1249,6 +1249,65 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     assert_oauth_error(&successor, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// Someone holding a stolen refresh token must not make the token its client holds
+/// unknown (refused, revoking nothing) by rotating 16 times in a second: a rotation
+/// that would forget a token retired less than an access token's lifetime ago waits,
+/// and the client's token, presented meanwhile, is a reuse that revokes the grant.
+/// A client refreshing at its pace never waits.
+#[tokio::test]
+async fn quick_rotations_cannot_make_a_clients_token_unknown() {
+    let app = TestApp::new(&["--access-token-ttl", "1h"]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let held = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let mut stolen = held.clone();
+    for _ in 0..16 {
+        let rotated = app.refresh(&client_id, &stolen, &[]).await;
+        assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+        stolen = rotated.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+    }
+    let held_back = app.refresh(&client_id, &stolen, &[]).await;
+    assert_oauth_error(
+        &held_back,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    let reuse = app.refresh(&client_id, &held, &[]).await;
+    assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
+    let revoked = app.refresh(&client_id, &stolen, &[]).await;
+    assert_oauth_error(&revoked, StatusCode::BAD_REQUEST, "invalid_grant");
+
+    // Turned off, nothing waits.
+    let off = TestApp::new(&["--refresh-reuse-window", "0s"]);
+    let (client_id, tokens) = off.tokens_for("read:articles").await;
+    let mut refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    for round in 0..20 {
+        let rotated = off.refresh(&client_id, &refresh, &[]).await;
+        assert_eq!(rotated.status, StatusCode::OK, "{round}: {}", rotated.body);
+        refresh = rotated.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+    }
+
+    // At a client's pace (here: 16 at once, then an hour later), nothing waits.
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let mut refresh = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    for round in 0..20 {
+        if round == 16 {
+            app.clock.advance(Duration::from_secs(3600));
+        }
+        let rotated = app.refresh(&client_id, &refresh, &[]).await;
+        assert_eq!(rotated.status, StatusCode::OK, "{round}: {}", rotated.body);
+        refresh = rotated.json()["refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+    }
+}
+
 /// The grant id is in clear in every token (and a code sits in a callback URL), so
 /// anyone who saw one can make up a refresh token of that grant. Only a token the
 /// grant really issued counts as a reuse; a made-up one revokes nothing.

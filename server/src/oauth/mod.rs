@@ -54,6 +54,9 @@ pub struct OAuthSettings {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub refresh_grace: Duration,
+    /// How long a rotated refresh token is at least remembered (see
+    /// `refresh::too_soon_to_forget`); zero for no wait.
+    pub refresh_reuse_window: Duration,
     /// Registered clients that never obtain a grant are forgotten after this long.
     pub unused_client_ttl: Duration,
     /// Client-ID metadata documents kept in memory at once.

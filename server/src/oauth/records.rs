@@ -78,8 +78,11 @@ pub struct Grant {
     /// The live refresh token; `None` until the code is redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<SecretHash>,
-    /// The refresh token rotated last (at most one), so a client that lost the
-    /// response gets the same successor again within the grace window.
+    /// The refresh tokens rotated before, with when, newest first, at most
+    /// [`RETIRED_KEPT`]: the newest so that a client that lost the response gets
+    /// the same successor again within the grace window, and all so that a rotation
+    /// which would forget a token retired lately is held back (see
+    /// `--refresh-reuse-window`). Grants written before kept one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotated: Vec<Rotation>,
     /// The refresh tokens rotated before, newest first, at most

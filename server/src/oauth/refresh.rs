@@ -9,7 +9,11 @@
 //! `resource` and scopes the lost request asked). Any other refresh token the grant
 //! issued is a reuse, and revokes the grant. A token it never issued (or rotated
 //! more than [`RETIRED_KEPT`] times ago) is only refused: the grant id is in clear in
-//! every token, so anyone who saw one could otherwise revoke the grant.
+//! every token, so anyone who saw one could otherwise revoke the grant. A rotation
+//! that would forget a token retired less than `--refresh-reuse-window` (an access
+//! token's lifetime) ago waits (503, `temporarily_unavailable`): with a stolen refresh
+//! token, 16 quick rotations would otherwise make its client's token unknown rather
+//! than a reuse.
 //!
 //! What a grant keeps is bounded whatever the number of rotations: one grant record
 //! (with the hashes of its last [`RETIRED_KEPT`] refresh tokens), two access tokens
@@ -98,10 +102,12 @@ impl AuthServer {
             if !live {
                 let now = self.now();
                 let grace = self.settings.refresh_grace.as_secs();
+                // The newest rotation only: once its successor has been rotated in
+                // turn, the token before has no more use.
                 let recent = grant
                     .rotated
-                    .iter()
-                    .any(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
+                    .first()
+                    .is_some_and(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
                 if !recent {
                     // (`rotated` too: grants stored before `retired` existed.)
                     let issued = grant.retired.iter().any(|h| h.same(&token.hash))
@@ -134,6 +140,11 @@ impl AuthServer {
                 continue;
             }
 
+            if let Some(wait) = self.too_soon_to_forget(&grant) {
+                return Err(TokenError::Unavailable(format!(
+                    "this grant's refresh token was rotated too often lately; try again in {wait} second(s)"
+                )));
+            }
             let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
             let server = self.server_of(&grant);
             let minted = self.mint(
@@ -197,10 +208,11 @@ impl AuthServer {
                 }
             };
 
-            let rotated = vec![Rotation {
+            let mut rotated = vec![Rotation {
                 hash: token.hash.clone(),
                 at: self.now(),
             }];
+            rotated.extend(grant.rotated.iter().take(RETIRED_KEPT - 1).cloned());
             let mut retired = vec![token.hash.clone()];
             retired.extend(grant.retired.iter().take(RETIRED_KEPT - 1).cloned());
             let mut access = vec![access_hash];
@@ -256,7 +268,8 @@ impl AuthServer {
                     .client(client.client_id.to_string())
                     .grant(token.grant.as_str()),
             );
-            for earlier in &grant.rotated {
+            // The rotation before: those before it were tidied up at their own next.
+            for earlier in grant.rotated.iter().take(1) {
                 let key = successor_key(&token.grant, &earlier.hash);
                 if let Err(e) = self.store.delete(&key).await {
                     tracing::warn!(error = %e, "cannot delete an earlier rotation's successor; it expires with its grace");
@@ -265,6 +278,22 @@ impl AuthServer {
             return Ok(response);
         }
         Err(invalid())
+    }
+
+    /// When rotating `grant` now would forget a refresh token retired less than
+    /// `--refresh-reuse-window` ago: the seconds until it may. A client in use
+    /// refreshes about once an access token's lifetime (the default window), so its
+    /// own rotations never wait; but someone holding a stolen refresh token could
+    /// otherwise rotate it 16 times in a second, and the token its client holds
+    /// would then be refused as unknown, not recognised as a reuse that revokes the
+    /// grant. (A token whose retirement has no time, from a grant written before
+    /// times were kept, is forgotten as before.)
+    fn too_soon_to_forget(&self, grant: &Grant) -> Option<u64> {
+        let forgotten = grant.retired.get(RETIRED_KEPT - 1)?;
+        let retired_at = grant.rotated.iter().find(|r| r.hash.same(forgotten))?.at;
+        let min_age = self.settings.refresh_reuse_window.as_secs();
+        let age = self.now().saturating_sub(retired_at);
+        (age < min_age).then(|| min_age - age)
     }
 
     /// The scopes a refresh of `grant` gets: the grant's, or fewer when asked; and

@@ -307,7 +307,8 @@ impl TestApp {
         let store = gatehouse::open_store(&config.store)
             .await
             .expect("Redis store");
-        let mut app = Self::assemble(dir, config, store, Clock::system());
+        // Manual: the real time until a test moves it on (Redis keeps its own).
+        let mut app = Self::assemble(dir, config, store, Clock::manual());
         app.purge = Some(purge.unwrap_or_else(|| {
             Arc::new(PurgeOnDrop {
                 url: url.to_owned(),
