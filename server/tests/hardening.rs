@@ -580,6 +580,22 @@ async fn pages_and_sign_in_answer_only_under_a_host_of_ours() {
             );
         }
     }
+    // Over HTTP/2 the authority comes as `:authority`, in the URI, without `Host`.
+    for (authority, allowed) in [("rebound.example", false), ("gate.example.com", true)] {
+        let answer = app
+            .send(
+                Request::get(format!("http://{authority}/oauth/login"))
+                    .version(axum::http::Version::HTTP_2)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(
+            answer.status == StatusCode::FORBIDDEN,
+            !allowed,
+            "{authority}"
+        );
+    }
     // Discovery, tokens and metadata involve no cookies: any Host, as before.
     let discovery = app
         .send(

@@ -499,7 +499,7 @@ async fn browser_host(
     request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if state.hosts.allows_host(request.headers()) {
+    if state.hosts.allows_host(request.uri(), request.headers()) {
         return next.run(request).await;
     }
     crate::warn_throttled!("refused a page request for a Host that is not ours");

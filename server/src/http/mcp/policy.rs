@@ -85,17 +85,21 @@ impl HostPolicy {
     /// The `Host` check alone, for the pages, the owner's sign-in and consent: a
     /// rebound name must not reach them either (an instance bound to loopback would
     /// take sign-in attempts, and then set a session, for another site's name).
-    /// Browsers always send `Host`, so a request without one passes; not their
-    /// `Origin`, which Gatehouse's own forms send as `null`.
-    pub fn allows_host(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::HOST) else {
-            return true;
+    /// `Host`, else the URI's authority (HTTP/2's `:authority`, which hyper does not
+    /// copy into `Host`); a request with neither (no browser sends one) passes. Not
+    /// their `Origin`, which Gatehouse's own forms send as `null`.
+    pub fn allows_host(&self, uri: &Uri, headers: &HeaderMap) -> bool {
+        let authority = match headers.get(header::HOST) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<axum::http::uri::Authority>().ok()),
+            None => match uri.authority() {
+                Some(authority) => Some(authority.clone()),
+                None => return true,
+            },
         };
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse::<axum::http::uri::Authority>().ok())
-            .is_some_and(|authority| self.allows_authority(&authority))
+        authority.is_some_and(|authority| self.allows_authority(&authority))
     }
 
     pub fn allows_origin(&self, origin: &Origin) -> bool {
