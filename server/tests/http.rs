@@ -45,13 +45,24 @@ async fn home_page_names_the_server_and_shows_the_mcp_url() {
 #[tokio::test]
 async fn the_public_url_is_not_taken_from_the_host_header() {
     let app = app();
+    // Under a Host of ours (a proxy on this machine that does not pass Host on).
     let request = Request::get("/")
-        .header("host", "evil.example.net")
+        .header("host", "127.0.0.1:3000")
         .header("x-forwarded-host", "evil.example.net")
         .body(Body::empty())
         .expect("request");
-    let (_, _, body) = send(&app, request).await;
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(body.contains("https://gate.example.com/mcp"));
+    assert!(!body.contains("evil.example.net"));
+    assert!(!body.contains("127.0.0.1"));
+    // Under another, the page is not served at all (DNS rebinding).
+    let request = Request::get("/")
+        .header("host", "evil.example.net")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!body.contains("evil.example.net"));
 }
 

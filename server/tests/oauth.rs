@@ -1274,6 +1274,8 @@ async fn quick_rotations_cannot_make_a_clients_token_unknown() {
         StatusCode::SERVICE_UNAVAILABLE,
         "temporarily_unavailable",
     );
+    // Until the first of the 16 was retired an hour ago.
+    assert_eq!(held_back.headers[header::RETRY_AFTER], "3600");
     let reuse = app.refresh(&client_id, &held, &[]).await;
     assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
     let revoked = app.refresh(&client_id, &stolen, &[]).await;

@@ -173,6 +173,9 @@ pub enum TokenError {
     /// document): 503, and the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Not now, for `seconds` more: 503 with `Retry-After`.
+    #[error("{description}")]
+    Wait { description: String, seconds: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -187,7 +190,9 @@ impl TokenError {
             TokenError::UnsupportedGrantType(_) => ErrorCode::UnsupportedGrantType,
             TokenError::InvalidScope(_) => ErrorCode::InvalidScope,
             TokenError::InvalidTarget(_) => ErrorCode::InvalidTarget,
-            TokenError::Unavailable(_) | TokenError::Store(_) => ErrorCode::TemporarilyUnavailable,
+            TokenError::Unavailable(_) | TokenError::Wait { .. } | TokenError::Store(_) => {
+                ErrorCode::TemporarilyUnavailable
+            }
         }
     }
 }

@@ -141,9 +141,12 @@ impl AuthServer {
             }
 
             if let Some(wait) = self.too_soon_to_forget(&grant) {
-                return Err(TokenError::Unavailable(format!(
-                    "this grant's refresh token was rotated too often lately; try again in {wait} second(s)"
-                )));
+                return Err(TokenError::Wait {
+                    description: format!(
+                        "this grant's refresh token was rotated too often lately; try again in {wait} second(s)"
+                    ),
+                    seconds: wait,
+                });
             }
             let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
             let server = self.server_of(&grant);

@@ -31,6 +31,8 @@ pub struct OAuthError {
     pub description: String,
     /// `WWW-Authenticate: Basic` for `invalid_client` after HTTP Basic (RFC 6749 §5.2).
     pub basic_challenge: bool,
+    /// `Retry-After`, in seconds, for a refusal that ends by itself.
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -40,6 +42,7 @@ impl OAuthError {
             code,
             description: description.into(),
             basic_challenge: false,
+            retry_after: None,
         }
     }
 
@@ -67,6 +70,17 @@ impl From<TokenError> for OAuthError {
                 ErrorCode::TemporarilyUnavailable,
                 description,
             ),
+            TokenError::Wait {
+                description,
+                seconds,
+            } => OAuthError {
+                retry_after: Some(seconds),
+                ..OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::TemporarilyUnavailable,
+                    description,
+                )
+            },
             // RFC 6749 §5.2: invalid_client is 401 (it makes Claude register again).
             TokenError::InvalidClient { description, basic } => OAuthError {
                 basic_challenge: basic,
@@ -114,6 +128,9 @@ impl IntoResponse for OAuthError {
             .into_response();
         let headers = response.headers_mut();
         no_store(headers);
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.basic_challenge {
             headers.insert(
                 header::WWW_AUTHENTICATE,
