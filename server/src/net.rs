@@ -119,9 +119,11 @@ impl AllowedHost {
     }
 }
 
-/// A `Host` name as compared: lower case, IPv6 without brackets.
+/// A `Host` name as compared: lower case, IPv6 without brackets, and without the
+/// one final dot of a fully qualified name (`gate.example.com.` is the same name).
 pub fn normalise_host(host: &str) -> String {
-    host.trim_matches(['[', ']']).to_ascii_lowercase()
+    let host = host.trim_matches(['[', ']']);
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -139,6 +139,9 @@ mod tests {
             "127.0.0.1",
             "[::1]:80",
             "alias.example.com:8443",
+            // The same name, fully qualified (a browser sends what was typed).
+            "gate.example.com.",
+            "localhost.:3000",
         ] {
             assert_eq!(check(Some(ok), None), Ok(()), "{ok}");
         }
@@ -146,6 +149,8 @@ mod tests {
             "evil.example",
             "alias.example.com",
             "gate.example.com.evil.example",
+            "gate.example.com..",
+            "gate.example.com.evil.example.",
         ] {
             assert_eq!(
                 check(Some(bad), None),
