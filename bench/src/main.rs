@@ -1057,27 +1057,34 @@ async fn gateway_load(
 struct Flow {
     http: reqwest::Client,
     base: String,
-    cookie: String,
+    /// The owner's session, signed in again when it has opened its share of
+    /// consent pages for the minute.
+    cookie: std::sync::Mutex<String>,
     client_id: String,
+}
+
+/// The owner's sign-in: the session cookie.
+async fn sign_in(http: &reqwest::Client, base: &str) -> Result<String> {
+    let login = http
+        .post(format!("{base}/oauth/login"))
+        .form(&[("password", PASSWORD), ("return_to", "/")])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or("sign-in failed")?
+        .to_owned())
 }
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 impl Flow {
     async fn new(http: reqwest::Client, base: String) -> Result<Self> {
-        let login = http
-            .post(format!("{base}/oauth/login"))
-            .form(&[("password", PASSWORD), ("return_to", "/")])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let cookie = login
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .ok_or("sign-in failed")?
-            .to_owned();
+        let cookie = std::sync::Mutex::new(sign_in(&http, &base).await?);
         let registered: Value = http
             .post(format!("{base}/oauth/register"))
             .json(&json!({"client_name": "bench", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
@@ -1113,16 +1120,31 @@ impl Flow {
             Some(scope),
             resource,
         )?;
-        let consent = self
-            .http
-            .get(url)
-            .header("cookie", &self.cookie)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
+        let cookie = || {
+            self.cookie
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        let mut consent = String::new();
+        for _ in 0..2 {
+            consent = self
+                .http
+                .get(url.clone())
+                .header("cookie", cookie())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            // A session opens 30 consent pages a minute: the owner signs in again.
+            if !consent.contains("Too many consent pages") {
+                break;
+            }
+            let fresh = sign_in(&self.http, &self.base).await?;
+            *self.cookie.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
         let start = consent
             .find("/oauth/authorize/approve?ticket=")
             .ok_or("no consent page")?;
@@ -1130,7 +1152,7 @@ impl Flow {
         let approve = self
             .http
             .get(format!("{}{}", self.base, &consent[start..end]))
-            .header("cookie", &self.cookie)
+            .header("cookie", cookie())
             .send()
             .await
             .map_err(|e| e.to_string())?;
