@@ -572,6 +572,13 @@ impl TestApp {
         self.post_form("/oauth/token", &form, None).await
     }
 
+    /// A refresh that must succeed: the new pair.
+    pub async fn rotate(&self, client_id: &str, refresh_token: &str) -> Value {
+        let answer = self.refresh(client_id, refresh_token, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json()
+    }
+
     /// RFC 7009 revocation by a public client.
     pub async fn revoke(&self, client_id: &str, token: &str) -> Answer {
         self.post_form(
