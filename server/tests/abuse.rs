@@ -969,15 +969,19 @@ async fn request_heads_count_in_an_addresss_share() {
     })
     .await;
     let padded = |pad: usize| format!("X-Pad: {}\r\n", "a".repeat(pad));
-    // A 6 KiB head whose body never comes.
-    let holder = send_from(
-        [127, 0, 0, 2],
+    // A 6 KiB head whose body never comes. (When a probe's head is read first, the
+    // holder is the one refused: both are sent again.)
+    let request = upload("/oauth/token", &padded(3000), 10, 10);
+    let (holder, refused) = answer_while_held(
+        (
+            [127, 0, 0, 2],
+            &upload("/oauth/token", &padded(6000), 100, 0),
+        ),
+        ([127, 0, 0, 2], &request),
         addr,
-        upload("/oauth/token", &padded(6000), 100, 0),
+        429,
     )
     .await;
-    let request = upload("/oauth/token", &padded(3000), 10, 10);
-    let refused = answer_until(429, [127, 0, 0, 2], addr, request.clone()).await;
     assert!(refused.starts_with("http/1.1 429"), "{refused}");
     for expected in [
         "\r\nretry-after: 1\r\n",
