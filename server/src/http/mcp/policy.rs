@@ -2,7 +2,7 @@
 //! checks, and the only place they are made (rmcp's own checks are turned off, so the
 //! direct path and rmcp's path cannot disagree).
 
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{header, uri::Authority, HeaderMap, Uri};
 
 use crate::{
     config::Config,
@@ -52,14 +52,9 @@ impl HostPolicy {
     /// The `Host` check, made first so that a rebound name learns nothing, not even
     /// whether a token is needed; then the `Origin` check.
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
-        let authority = match headers.get(header::HOST) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<axum::http::uri::Authority>().ok()),
-            None => uri.authority().cloned(),
-        }
-        .ok_or(Refusal::MalformedHost)?;
+        let Ok(Some(authority)) = requested_authority(uri, headers) else {
+            return Err(Refusal::MalformedHost);
+        };
         if !self.allows_authority(&authority) {
             return Err(Refusal::HostNotAllowed);
         }
@@ -76,7 +71,7 @@ impl HostPolicy {
         Ok(())
     }
 
-    fn allows_authority(&self, authority: &axum::http::uri::Authority) -> bool {
+    fn allows_authority(&self, authority: &Authority) -> bool {
         let host = normalise_host(authority.host());
         let port = authority.port_u16();
         self.hosts.iter().any(|a| a.matches(&host, port))
@@ -84,26 +79,34 @@ impl HostPolicy {
 
     /// The `Host` check alone, for the pages, the owner's sign-in and consent: a
     /// rebound name must not reach them either (an instance bound to loopback would
-    /// take sign-in attempts, and then set a session, for another site's name).
-    /// `Host`, else the URI's authority (HTTP/2's `:authority`, which hyper does not
-    /// copy into `Host`); a request with neither (no browser sends one) passes. Not
-    /// their `Origin`, which Gatehouse's own forms send as `null`.
+    /// take sign-in attempts, and then set a session, for another site's name). A
+    /// request naming no authority at all (no browser sends one) passes. Not their
+    /// `Origin`, which Gatehouse's own forms send as `null`.
     pub fn allows_host(&self, uri: &Uri, headers: &HeaderMap) -> bool {
-        let authority = match headers.get(header::HOST) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<axum::http::uri::Authority>().ok()),
-            None => match uri.authority() {
-                Some(authority) => Some(authority.clone()),
-                None => return true,
-            },
-        };
-        authority.is_some_and(|authority| self.allows_authority(&authority))
+        match requested_authority(uri, headers) {
+            Ok(Some(authority)) => self.allows_authority(&authority),
+            Ok(None) => true,
+            Err(()) => false,
+        }
     }
 
     pub fn allows_origin(&self, origin: &Origin) -> bool {
         origin.is_loopback() || self.origins.contains(origin)
+    }
+}
+
+/// The authority a request names: its `Host`, else the URI's (HTTP/2's
+/// `:authority`, which hyper does not copy into `Host`); `None` when it names none,
+/// `Err` when its `Host` is not an authority.
+fn requested_authority(uri: &Uri, headers: &HeaderMap) -> Result<Option<Authority>, ()> {
+    match headers.get(header::HOST) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<Authority>().ok())
+            .map(Some)
+            .ok_or(()),
+        None => Ok(uri.authority().cloned()),
     }
 }
 
