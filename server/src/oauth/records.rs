@@ -97,6 +97,15 @@ pub struct Grant {
     pub access: Vec<SecretHash>,
 }
 
+impl Grant {
+    /// Whether `hash` is a refresh token this grant issued and has since rotated
+    /// (one it remembers): presented again, a reuse. (`rotated` too: grants stored
+    /// before `retired` existed.)
+    pub fn was_rotated(&self, hash: &SecretHash) -> bool {
+        self.retired.iter().any(|h| h.same(hash)) || self.rotated.iter().any(|r| r.hash.same(hash))
+    }
+}
+
 /// Earlier refresh tokens a grant remembers. A client refreshes about once an
 /// access token's lifetime while in use, so a stolen token is recognised for at
 /// least that many rotations; an older one is refused without revoking.

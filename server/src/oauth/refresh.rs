@@ -109,10 +109,7 @@ impl AuthServer {
                     .first()
                     .is_some_and(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
                 if !recent {
-                    // (`rotated` too: grants stored before `retired` existed.)
-                    let issued = grant.retired.iter().any(|h| h.same(&token.hash))
-                        || grant.rotated.iter().any(|r| r.hash.same(&token.hash));
-                    if !issued {
+                    if !grant.was_rotated(&token.hash) {
                         // Never issued, or rotated long ago: no evidence of theft.
                         return Err(invalid());
                     }

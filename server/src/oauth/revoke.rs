@@ -53,8 +53,7 @@ impl AuthServer {
                 // it last held, which someone who stole it has rotated since (the
                 // token endpoint revokes the grant on its reuse just the same).
                 let known = grant.refresh.as_ref().is_some_and(|h| h.same(&token.hash))
-                    || grant.rotated.iter().any(|r| r.hash.same(&token.hash))
-                    || grant.retired.iter().any(|h| h.same(&token.hash));
+                    || grant.was_rotated(&token.hash);
                 if known {
                     self.store.delete_group(&token.grant).await?;
                     self.audit.record(
