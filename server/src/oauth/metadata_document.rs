@@ -71,6 +71,13 @@ struct Document {
     client_name: Option<String>,
     redirect_uris: Option<Vec<String>>,
     token_endpoint_auth_method: Option<String>,
+    /// The methods the client can use, of which `token_endpoint_auth_method` is its
+    /// preference (OpenID Connect RP Metadata Choices; proposed for metadata
+    /// documents in draft-ietf-oauth-client-id-metadata-document issue 87). ChatGPT's
+    /// document prefers `private_key_jwt` and lists `none` here.
+    /// Read loosely: a member of another shape is passed over, as unknown members
+    /// are, and the client is judged by `token_endpoint_auth_method` alone.
+    token_endpoint_auth_methods_supported: Option<serde_json::Value>,
     scope: Option<String>,
 }
 
@@ -109,13 +116,21 @@ pub fn client_from_document(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("the metadata document has a bad redirect URI: {e}"))?;
     // A document is public: it cannot carry a shared secret, so only `none` works.
-    match doc.token_endpoint_auth_method.as_deref() {
-        None | Some("none") => {}
-        Some(other) => {
-            return Err(format!(
-                "the metadata document asks for {other:?}; only \"none\" is supported for metadata documents"
-            ))
-        }
+    // A client that prefers another method but lists `none` among those it can use
+    // is taken as the public client it can be; this server offers it nothing else
+    // (its metadata lists no `private_key_jwt`), so it authenticates with `none`.
+    let chosen = doc.token_endpoint_auth_method.as_deref();
+    let can_use_none = matches!(chosen, None | Some("none"))
+        || doc
+            .token_endpoint_auth_methods_supported
+            .as_ref()
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|methods| methods.iter().any(|m| m == "none"));
+    if !can_use_none {
+        return Err(format!(
+            "the metadata document asks for {:?}; only \"none\" is supported for metadata documents",
+            chosen.unwrap_or_default()
+        ));
     }
     let client_id = ClientId::parse(url.as_str()).ok_or("the client_id URL is too long")?;
     let scope = doc
@@ -373,6 +388,51 @@ mod tests {
         assert!(client.redirect_uri_for(&requested).is_some());
     }
 
+    /// ChatGPT's document, as published (2026-08): it prefers `private_key_jwt`,
+    /// which this server does not offer, and lists `none` as well.
+    #[test]
+    fn a_document_that_can_use_none_is_a_public_client_whatever_it_prefers() {
+        let url = Url::parse("https://chatgpt.example/oauth/client.json").expect("url");
+        let document = |method: serde_json::Value, methods: serde_json::Value| {
+            let mut body = serde_json::json!({
+                "client_id": url.as_str(),
+                "client_name": "ChatGPT",
+                "client_uri": "https://chatgpt.example/",
+                "redirect_uris": ["https://chatgpt.example/connector/oauth/x"],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_signing_alg": "RS256",
+                "jwks_uri": "https://chatgpt.example/oauth/jwks.json",
+            });
+            for (name, value) in [
+                ("token_endpoint_auth_method", method),
+                ("token_endpoint_auth_methods_supported", methods),
+            ] {
+                if !value.is_null() {
+                    body[name] = value;
+                }
+            }
+            client_from_document(&url, body.to_string().as_bytes(), &known(), 0)
+        };
+        let jwt = serde_json::json!("private_key_jwt");
+        let both = serde_json::json!(["none", "private_key_jwt"]);
+        let client = document(jwt.clone(), both).expect("ChatGPT's document");
+        assert_eq!(client.auth_method, AuthMethod::None);
+        assert!(client.secret_hash.is_none());
+        // A client that cannot be public is still refused.
+        let null = serde_json::Value::Null;
+        assert!(document(jwt.clone(), null.clone()).is_err());
+        assert!(document(jwt.clone(), serde_json::json!(["private_key_jwt"])).is_err());
+        assert!(document(serde_json::json!("client_secret_basic"), null.clone()).is_err());
+        // A list of another shape is passed over, as an unknown member would be.
+        assert!(
+            document(jwt, serde_json::json!("none")).is_err(),
+            "not a list"
+        );
+        assert!(document(null.clone(), serde_json::json!("none")).is_ok());
+        assert!(document(null, serde_json::json!([1, {"none": true}])).is_ok());
+    }
+
     #[test]
     fn refuses_documents_that_do_not_describe_their_url() {
         let url = Url::parse(CLAUDE).expect("url");
@@ -534,6 +594,7 @@ mod properties {
         "client_name",
         "redirect_uris",
         "token_endpoint_auth_method",
+        "token_endpoint_auth_methods_supported",
         "scope",
     ];
 
