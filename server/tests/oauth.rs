@@ -1425,6 +1425,89 @@ async fn grant_types_and_bodies_are_checked() {
     assert_oauth_error(&bad_code, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// RFC 6749 §3.1 and §3.2: a parameter sent without a value is as if omitted. Some
+/// clients send every field of their form, empty or not (`client_secret=` from a
+/// public client, an empty `scope` or `resource` on a refresh).
+#[tokio::test]
+async fn parameters_sent_without_a_value_count_as_omitted() {
+    let app = TestApp::new(&[]);
+    let client_id = app.public_client("Sends every field").await;
+    let cookie = app.sign_in().await;
+    let challenge = challenge(VERIFIER);
+    let query = serde_urlencoded::to_string([
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", "https://client.example/cb"),
+        ("response_type", "code"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("scope", "read:articles"),
+        ("state", ""),
+        ("resource", ""),
+    ])
+    .expect("query");
+    let consent = app
+        .get(&format!("/oauth/authorize?{query}"), Some(&cookie))
+        .await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    let approved = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+    assert_eq!(
+        approved.param("state"),
+        None,
+        "an empty state is not echoed"
+    );
+    let code = approved.param("code").expect("code");
+
+    let empty = [("client_secret", ""), ("scope", ""), ("resource", "")];
+    let mut form = vec![("redirect_uri", "https://client.example/cb")];
+    form.extend_from_slice(&empty);
+    let redeemed = app.redeem_with(&client_id, &code, &form).await;
+    assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.body);
+    let refresh = redeemed.json()["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let refreshed = app.refresh(&client_id, &refresh, &empty).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let tokens = refreshed.json();
+    assert_eq!(tokens["scope"], "read:articles");
+    let access = tokens["access_token"].as_str().expect("access token");
+    assert!(app.token_is_valid(access).await);
+
+    let revoked = app
+        .post_form(
+            "/oauth/revoke",
+            &[
+                ("token", tokens["refresh_token"].as_str().expect("rt")),
+                ("token_type_hint", ""),
+                ("client_id", &client_id),
+                ("client_secret", ""),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert!(!app.token_is_valid(access).await);
+
+    // A parameter given twice with values is still refused.
+    let twice = app
+        .post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "ghr.x.y"),
+                ("scope", "read:articles"),
+                ("scope", "write:articles"),
+                ("client_id", &client_id),
+            ],
+            None,
+        )
+        .await;
+    assert_oauth_error(&twice, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
 #[tokio::test]
 async fn clients_must_authenticate_the_way_they_registered() {
     let app = TestApp::new(&[]);

@@ -31,7 +31,7 @@ pub async fn authorize(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let params: AuthorizeParams = match serde_urlencoded::from_str(&query) {
+    let params: AuthorizeParams = match super::oauth_params(query.as_bytes()) {
         Ok(params) => params,
         Err(_) => {
             return ErrorPage::new(

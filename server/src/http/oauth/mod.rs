@@ -201,6 +201,22 @@ async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes,
     })
 }
 
+/// Reads an OAuth request's parameters (a query or a form body). RFC 6749 §3.1 and
+/// §3.2: "Parameters sent without a value MUST be treated as if they were omitted
+/// from the request": a public client sending `client_secret=` authenticates with
+/// `none`, and `scope=` or `resource=` asks for nothing narrower or other. A
+/// parameter given twice with a value is still refused ("MUST NOT be included
+/// more than once").
+pub fn oauth_params<T: serde::de::DeserializeOwned>(
+    raw: &[u8],
+) -> Result<T, serde_urlencoded::de::Error> {
+    let valued = form_urlencoded::parse(raw).filter(|(_, value)| !value.is_empty());
+    let kept = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(valued)
+        .finish();
+    serde_urlencoded::from_str(&kept)
+}
+
 /// A browser endpoint's query string: one that cannot be read (a parameter given
 /// twice, say) gets the HTML error page, not axum's plain-text rejection.
 pub struct PageQuery<T>(pub T);
