@@ -2084,6 +2084,87 @@ async fn a_session_has_a_bounded_number_of_requests_in_flight() {
     }
 }
 
+/// An upstream that answers at once, counting the listings it gave.
+#[derive(Clone, Default)]
+struct Quick(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ServerHandler for Quick {
+    fn get_info(&self) -> ServerConfig {
+        tools_server("quick")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(one_read_only_tool("quick", "answers at once"))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
+    }
+}
+
+/// Answers a client has not read keep their places: a client asking and never
+/// reading cannot make Gatehouse hold more answers than a session's places, on the
+/// direct path (tool calls) or through rmcp (everything else).
+#[tokio::test]
+async fn answers_a_client_does_not_read_hold_their_places() {
+    const MAX: usize = 64;
+    let quick = Quick::default();
+    let upstream = serve_upstream(quick.clone()).await;
+    let opened = Web::open(upstream).await;
+    let (app, web) = (&opened.app, opened.post());
+    let busy = |answer: &Answer| answer.rpc()["error"]["data"]["reason"] == "too_many_requests";
+
+    // Direct calls: each answered upstream, its answer here unread.
+    let mut unread = Vec::new();
+    for i in 0..MAX as u64 {
+        let response = app
+            .respond(web.body(call(100 + i, "quick", json!({}))))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        unread.push(response);
+    }
+    let refused = app.send(web.body(call(1, "quick", json!({})))).await;
+    assert!(busy(&refused), "{}", refused.body);
+    drop(unread);
+    let answered = app.send(web.body(call(2, "quick", json!({})))).await;
+    assert!(answered.body.contains("done"), "{}", answered.body);
+
+    // Relayed requests: rmcp answers them in a stream, here unread.
+    let listed = quick.0.load(std::sync::atomic::Ordering::SeqCst);
+    let list = |id: u64| web.body(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}));
+    let mut unread = Vec::new();
+    for i in 0..MAX as u64 {
+        unread.push(app.respond(list(200 + i)).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while quick.0.load(std::sync::atomic::Ordering::SeqCst) < listed + MAX {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream listed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = app.send(list(3)).await;
+    assert!(busy(&refused), "{}", refused.body);
+    // A notification is never refused for want of a place.
+    let note = app
+        .send(web.body(json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})))
+        .await;
+    assert_eq!(note.status, StatusCode::ACCEPTED, "{}", note.body);
+    drop(unread);
+    let again = app.send(list(4)).await;
+    assert!(again.body.contains("quick"), "{}", again.body);
+}
+
 /// An HTTP upstream (rmcp, here) whose one tool sends the client a flood of `ping`s
 /// during the call, then answers.
 #[derive(Clone)]

@@ -895,19 +895,23 @@ enum Next {
 }
 
 impl Answer {
-    /// The answer, holding `held` (its place in flight, its upstream session) until
-    /// it has been sent (a stream's end).
-    pub fn holding<T: Send + 'static>(self, held: T) -> Self {
+    /// The answer, a stream holding `held` (its place in flight, its upstream
+    /// session) until it ends; a whole answer gives `held` back, for its body to
+    /// hold until it has been sent.
+    pub fn holding<T: Send + 'static>(self, held: T) -> (Self, Option<T>) {
         match self {
-            Answer::Stream(messages) => Answer::Stream(
-                messages
-                    .chain(futures::stream::poll_fn(move |_| {
-                        let _held = &held;
-                        std::task::Poll::Ready(None)
-                    }))
-                    .boxed(),
+            Answer::Stream(messages) => (
+                Answer::Stream(
+                    messages
+                        .chain(futures::stream::poll_fn(move |_| {
+                            let _held = &held;
+                            std::task::Poll::Ready(None)
+                        }))
+                        .boxed(),
+                ),
+                None,
             ),
-            json => json,
+            json => (json, Some(held)),
         }
     }
 

@@ -80,6 +80,9 @@ pub struct UpSession {
     owned: StdMutex<Owned>,
     /// Places for the requests in flight to the upstream (see [`MAX_CALLS`]).
     calls: Arc<Semaphore>,
+    /// Places for the relayed requests whose answers are not yet sent (see
+    /// [`UpSession::answer_place`]).
+    answers: Arc<Semaphore>,
 }
 
 /// The process groups of an upstream's stdio servers that are not reaped yet, by
@@ -115,6 +118,15 @@ impl UpSession {
     /// when [`MAX_CALLS`] are in flight.
     pub fn call_place(&self) -> Option<OwnedSemaphorePermit> {
         self.calls.clone().try_acquire_owned().ok()
+    }
+
+    /// A place for one request the session relays through rmcp, held until its
+    /// answer has been sent to the client; `None` when [`MAX_CALLS`] are held. A
+    /// call's place ([`Self::call_place`]) is given back once the upstream answers;
+    /// this one bounds the answers that then wait for a client that does not read
+    /// them.
+    pub fn answer_place(&self) -> Option<OwnedSemaphorePermit> {
+        self.answers.clone().try_acquire_owned().ok()
     }
 
     fn end(&self) {
@@ -806,6 +818,7 @@ impl Shared {
             leg,
             owned: StdMutex::new(owned),
             calls: Arc::new(Semaphore::new(MAX_CALLS)),
+            answers: Arc::new(Semaphore::new(MAX_CALLS)),
         })
     }
 

@@ -96,6 +96,12 @@ fn head_cost<B>(request: &axum::http::Request<B>) -> usize {
 const H2_STREAM_WINDOW: u32 = 160 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 4 * H2_STREAM_WINDOW;
 
+/// What an HTTP/2 stream may queue of its answer beyond what the client has read
+/// (hyper's default is 400 KiB). hyper asks an answer's body for more only when
+/// there is room, so an answer holding a place until it is sent (the gateway's)
+/// holds it until the client reads, whatever window the client advertises.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -164,7 +170,8 @@ pub async fn serve(
         // (hyper's default is 1 MiB each): a stream, one body of the largest kind;
         // a connection, a few.
         .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW);
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

@@ -375,6 +375,17 @@ impl TestApp {
         }
     }
 
+    /// `request`'s response, its body not read: a client that has not read its
+    /// answer yet (in-process only).
+    pub async fn respond(&self, request: Request<Body>) -> axum::response::Response {
+        assert!(self.base.is_none(), "in-process only");
+        self.router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("response")
+    }
+
     pub async fn send(&self, request: Request<Body>) -> Answer {
         if let Some(base) = &self.base {
             return self.send_http(base, request).await;

@@ -298,12 +298,14 @@ impl GatewayEndpoint {
                 // Without a place, the relay answers it (with the error).
                 let place = upstream.call_place()?;
                 let answer = leg.call(&self.shared, request).await?;
-                // A streamed answer holds its upstream session, and with it the
+                // The answer holds its place, its upstream session, and with it the
                 // session's places (`max_sessions`, the client's share), until it
-                // ends: the session may end first (DELETE, an idle close), and an
-                // upstream may go on streaming to a session ended on its side.
-                let answer = self.touching(answer.holding((place, upstream.clone())), session);
-                Some(answer_response(answer))
+                // has been sent: a stream may outlive the session (DELETE, an idle
+                // close, an upstream streaming on to a session ended on its side),
+                // and an answer its client does not read would otherwise wait in
+                // memory with its place given back, as many as the client asks for.
+                let answer = self.touching(answer, session);
+                Some(answer_response(answer, (place, upstream.clone())))
             }
             // Boxed, as the relay is in `serve`: only calls are frequent.
             Direct::Answer(message) => Box::pin(leg.answer(&self.shared, message))
@@ -590,15 +592,17 @@ pub(crate) fn sse_frame(mut json: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-fn answer_response(answer: Answer) -> Response {
-    match answer {
-        Answer::Json { body, error } => {
+/// `answer` as a response, holding `held` until it has been sent (see [`Sending`]
+/// and [`Answer::holding`]).
+fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Response {
+    match answer.holding(held) {
+        (Answer::Json { body, error }, held) => {
             let mut response = (
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                body,
+                Body::new(Sending::new(body, held)),
             )
                 .into_response();
             response.extensions_mut().insert(if error {
@@ -608,7 +612,7 @@ fn answer_response(answer: Answer) -> Response {
             });
             response
         }
-        Answer::Stream(messages) => {
+        (Answer::Stream(messages), _) => {
             let frames = messages.map(|message| {
                 let frame = match message {
                     Some(json) => sse_frame(json),
@@ -628,6 +632,108 @@ fn answer_response(answer: Answer) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+/// Whether a POST's body is a request, which is answered, rather than a
+/// notification or a client's answer (never refused for want of a place: a
+/// cancellation frees places).
+fn is_request(body: &[u8]) -> bool {
+    match crate::mcp::call::Message::peek(body) {
+        crate::mcp::call::Message::Single(call) => {
+            !call.method().is_empty() && !call.method().starts_with("notifications/")
+        }
+        _ => false,
+    }
+}
+
+/// A response body that holds `held` until it ends or is dropped: a relayed
+/// answer's place (see [`GatewayEndpoint::relayed`]).
+struct Holding<T> {
+    body: Body,
+    held: Option<T>,
+}
+
+impl<T> Holding<T> {
+    fn new(body: Body, held: T) -> Self {
+        Holding {
+            body,
+            held: Some(held),
+        }
+    }
+}
+
+impl<T: Unpin> http_body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = frame {
+            this.held = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The most of a JSON answer handed to the connection at once.
+const SENDING_PIECE: usize = 16 * 1024;
+
+/// A whole JSON answer, handed to the connection a piece at a time, that holds
+/// what it was given until the connection has taken its last piece or dropped it.
+/// hyper asks for the next piece only once the connection can take more (HTTP/2
+/// flow control, HTTP/1's write buffer), so an answer its client does not read
+/// keeps its place in flight, and the session's cap on calls in flight bounds what
+/// unread answers hold. Its length is known, so it goes out with `Content-Length`.
+pub(crate) struct Sending<T> {
+    rest: Bytes,
+    _held: Option<T>,
+}
+
+impl<T> Sending<T> {
+    pub(crate) fn new(body: Vec<u8>, held: Option<T>) -> Self {
+        Sending {
+            rest: Bytes::from(body),
+            _held: held,
+        }
+    }
+}
+
+impl<T: Unpin> http_body::Body for Sending<T> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.rest.is_empty() {
+            this._held = None;
+            return std::task::Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(this.rest.len().min(SENDING_PIECE));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -791,11 +897,31 @@ impl GatewayEndpoint {
         // close), whose `initialize` it replays within this request.
         let slot = SessionSlot::default();
         parts.extensions.insert(slot.clone());
+        // A relayed request of a live session holds a place until its answer has
+        // been sent (see `UpSession::answer_place`); rmcp holds the answer until the
+        // client reads it.
+        let live = session.as_deref().and_then(|s| {
+            let upstream = self.live().get(s)?.upstream.upgrade()?;
+            Some(upstream)
+        });
+        let answer_place = match (&live, &body) {
+            (Some(upstream), GuardedBody::Read(bytes)) if is_request(bytes) => {
+                match upstream.answer_place() {
+                    Some(place) => Some(place),
+                    None => return super::reply::error_data_to(&self.shared.busy_error(), bytes),
+                }
+            }
+            _ => None,
+        };
+        drop(live);
         let mut response = self
             .transport
             .handle(rebuild(parts, body, access))
             .await
-            .map(Body::new);
+            .map(|body| match answer_place {
+                Some(place) => Body::new(Holding::new(Body::new(body), place)),
+                None => Body::new(body),
+            });
         if let Some(session) = &session {
             if response.status() == StatusCode::INTERNAL_SERVER_ERROR
                 && !self.is_live(session).await
@@ -850,6 +976,38 @@ impl GatewayEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole answer keeps its place in flight until the connection has taken all
+    /// of it, a piece at a time, and says its length.
+    #[tokio::test]
+    async fn a_whole_answer_holds_its_place_until_its_last_piece_is_taken() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        let place = places.clone().try_acquire_owned().expect("a place");
+        let answer: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let mut body = Sending::new(answer.clone(), Some(place));
+        assert_eq!(body.size_hint().exact(), Some(40_000));
+        let mut sent = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let piece = frame.expect("infallible").into_data().expect("data");
+            assert!(piece.len() <= SENDING_PIECE);
+            sent.extend_from_slice(&piece);
+            assert_eq!(places.available_permits(), 0, "held while pieces are taken");
+        }
+        assert_eq!(sent, answer);
+        assert!(body.is_end_stream());
+        assert_eq!(places.available_permits(), 1, "given back at the end");
+
+        // A connection that goes away before the end gives it back too.
+        let place = places.clone().try_acquire_owned().expect("a place");
+        let mut body = Sending::new(answer, Some(place));
+        let _first = body.frame().await;
+        assert_eq!(places.available_permits(), 0);
+        drop(body);
+        assert_eq!(places.available_permits(), 1);
+    }
 
     #[test]
     fn a_message_with_line_breaks_stays_one_sse_event_that_means_the_same() {

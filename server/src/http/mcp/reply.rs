@@ -37,17 +37,27 @@ fn error_answer(status: StatusCode, code: i64, message: &str, id: serde_json::Va
 
 /// A JSON-RPC error answering the request in `body`, with its `id` when it has one.
 pub fn rpc_error_to(status: StatusCode, code: i64, message: &str, body: &[u8]) -> Response {
+    error_answer(status, code, message, request_id(body))
+}
+
+/// `error` (with its `data`) answering the request in `body`, as 200 with a JSON
+/// body: a refusal that an MCP client shows as the call's error.
+pub fn error_data_to(error: &rmcp::ErrorData, body: &[u8]) -> Response {
+    Json(json!({ "jsonrpc": "2.0", "error": error, "id": request_id(body) })).into_response()
+}
+
+/// The `id` of the request in `body`, or null.
+fn request_id(body: &[u8]) -> serde_json::Value {
     #[derive(serde::Deserialize)]
     struct Id<'a> {
         #[serde(borrow)]
         id: Option<&'a serde_json::value::RawValue>,
     }
-    let id = serde_json::from_slice::<Id>(body)
+    serde_json::from_slice::<Id>(body)
         .ok()
         .and_then(|request| request.id)
         .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-        .unwrap_or(serde_json::Value::Null);
-    error_answer(status, code, message, id)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// The absolute URL of a resource's metadata (RFC 9728 §3.1).
