@@ -12,7 +12,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
     time::Duration,
 };
 
@@ -39,6 +42,11 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     clock: Clock,
+    /// Set once a write failed to reach the file (a full disk, say). redb then
+    /// refuses every write until the database is opened again, while reads from
+    /// its cache go on: `ping` (and so `/healthz`) reports it, for a supervisor to
+    /// restart Gatehouse, which opens it again with every record committed before.
+    broken: Arc<AtomicBool>,
 }
 
 impl EmbeddedStore {
@@ -59,6 +67,11 @@ impl EmbeddedStore {
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        Self::with_database(db, clock)
+    }
+
+    /// The store over an opened database.
+    fn with_database(db: Database, clock: Clock) -> StoreResult<Self> {
         // Create the tables up front so that read transactions always find them.
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(KV).map_err(backend)?;
@@ -70,6 +83,7 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             db: Arc::new(db),
             clock,
+            broken: Arc::new(AtomicBool::new(false)),
         };
         store.spawn_sweeper();
         Ok(store)
@@ -78,6 +92,7 @@ impl EmbeddedStore {
     fn spawn_sweeper(&self) {
         let weak: Weak<Database> = Arc::downgrade(&self.db);
         let clock = self.clock.clone();
+        let broken = self.broken.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -89,6 +104,7 @@ impl EmbeddedStore {
                     let store = EmbeddedStore {
                         db,
                         clock: clock.clone(),
+                        broken: broken.clone(),
                     };
                     if let Err(e) = store.sweep().await {
                         tracing::warn!(error = %e, "expiry sweep failed");
@@ -136,11 +152,30 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
+        let (db, broken) = (self.db.clone(), self.broken.clone());
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(backend)?;
+            let txn = db.begin_write().map_err(|e| {
+                // What redb answers once a write reached the file only in part, or
+                // a commit failed and its allocator state was discarded.
+                if let redb::TransactionError::Storage(
+                    e @ (redb::StorageError::Io(_)
+                    | redb::StorageError::PreviousIo
+                    | redb::StorageError::Corrupted(_)),
+                ) = &e
+                {
+                    mark_broken(&broken, e);
+                }
+                backend(e)
+            })?;
             let out = f(&txn)?;
-            txn.commit().map_err(backend)?;
+            txn.commit().map_err(|e| {
+                // redb: after a commit that failed with any storage error, the
+                // database refuses writes until it is opened again.
+                if let redb::CommitError::Storage(e) = &e {
+                    mark_broken(&broken, e);
+                }
+                backend(e)
+            })?;
             Ok(out)
         })
         .await
@@ -453,6 +488,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(BROKEN.into()));
+        }
         self.read(|_| Ok(())).await
     }
 
@@ -634,6 +672,18 @@ fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What `ping` says once a write could not reach the file.
+const BROKEN: &str = "the store's file could not be written (is the disk full?); \
+    restart Gatehouse to open it again";
+
+/// Notes a write that failed to reach the file: redb refuses every later write
+/// until the database is opened again.
+fn mark_broken(broken: &AtomicBool, e: &redb::StorageError) {
+    if !broken.swap(true, Ordering::Relaxed) {
+        tracing::error!(error = %e, "{BROKEN}");
+    }
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -653,6 +703,70 @@ mod tests {
     }
 
     conformance::suite!(fresh);
+
+    /// Memory that refuses writes while `full` is set, as a full disk does.
+    #[derive(Debug, Default)]
+    struct Disk {
+        bytes: redb::backends::InMemoryBackend,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Disk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Disk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.bytes.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.bytes.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.write(offset, data)
+        }
+    }
+
+    /// Once a write cannot reach the disk, redb refuses every later one until the
+    /// database is opened again; the health check says so rather than staying up
+    /// while nothing can be stored.
+    #[tokio::test]
+    async fn a_write_that_cannot_reach_the_disk_shows_in_the_health_check() {
+        let disk = Disk::default();
+        let full = disk.full.clone();
+        let db = Database::builder().create_with_backend(disk).expect("open");
+        let store = EmbeddedStore::with_database(db, Clock::manual()).expect("store");
+        let key = Key::new(Kind::CLIENT, "abc");
+        store.put(&key, b"kept", Put::forever()).await.expect("put");
+        assert!(store.ping().await.is_ok());
+
+        full.store(true, Ordering::Relaxed);
+        let other = Key::new(Kind::CLIENT, "def");
+        assert!(store.put(&other, b"lost", Put::forever()).await.is_err());
+        // Space again: redb still refuses until opened again, and the check says so.
+        full.store(false, Ordering::Relaxed);
+        assert!(store.put(&other, b"lost", Put::forever()).await.is_err());
+        let refused = store.ping().await.expect_err("not healthy");
+        assert!(
+            matches!(&refused, StoreError::Unavailable(why) if why.contains("restart")),
+            "{refused:?}"
+        );
+        assert_eq!(store.get(&key).await.expect("read"), Some(b"kept".to_vec()));
+    }
 
     #[tokio::test]
     async fn a_reopened_store_keeps_what_it_held() {
