@@ -64,8 +64,43 @@ pub fn check_password_hash(phc: &str) -> Result<(), String> {
     if parsed.algorithm != Algorithm::Argon2id.ident() {
         return Err("--owner-password-hash must be an Argon2id hash ($argon2id$…)".into());
     }
+    // A hash cut short when pasted parses, and then no password ever matches it.
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("--owner-password-hash has no salt or no hash part: was it cut short?".into());
+    }
+    let params = Params::try_from(&parsed)
+        .map_err(|e| format!("--owner-password-hash has parameters Argon2 refuses: {e}"))?;
+    // What a sign-in's check needs of it (see `verify_with`).
+    let version_known = parsed
+        .version
+        .is_none_or(|version| Version::try_from(version).is_ok());
+    let mut salt = [0u8; 64];
+    let salt_fits = parsed
+        .salt
+        .is_some_and(|s| s.decode_b64(&mut salt).is_ok_and(|s| s.len() >= 8));
+    if !version_known || !salt_fits {
+        return Err(
+            "--owner-password-hash has an Argon2 version or a salt (8 to 64 bytes) no check can use"
+                .into(),
+        );
+    }
+    // Every sign-in, anyone's, runs one check with these: two at a time, each
+    // keeping its memory for the next.
+    if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > MAX_HASH_PASSES {
+        return Err(format!(
+            "--owner-password-hash asks for more than {} MiB (m) or {MAX_HASH_PASSES} passes (t) \
+             per check; every sign-in attempt runs one",
+            MAX_HASH_MEMORY_KIB / 1024
+        ));
+    }
     Ok(())
 }
+
+/// The most memory a configured hash may ask of each check, in KiB: 1 GiB.
+const MAX_HASH_MEMORY_KIB: u32 = 1024 * 1024;
+
+/// The most passes a configured hash may ask of each check.
+const MAX_HASH_PASSES: u32 = 16;
 
 pub fn check_new_password(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
@@ -1135,6 +1170,25 @@ mod tests {
         assert!(check_password_hash(&hash).is_ok());
         assert!(check_password_hash("$2b$12$abcdefghijklmnopqrstuv").is_err());
         assert!(check_password_hash("plain").is_err());
+        // Cut short when pasted: no password could ever match.
+        let short = hash.rsplit_once('$').expect("parts").0;
+        assert!(check_password_hash(short).is_err(), "{short}");
+        // Memory or passes no sign-in should spend, which anyone can start.
+        let salt_and_hash = hash.splitn(5, '$').nth(4).expect("salt$hash");
+        for params in ["m=4194304,t=2,p=1", "m=19456,t=100,p=1", "m=1,t=2,p=1"] {
+            let odd = format!("$argon2id$v=19${params}${salt_and_hash}");
+            assert!(check_password_hash(&odd).is_err(), "{odd}");
+        }
+        // A version or a salt (here 4 bytes) no check can use.
+        let hash_part = salt_and_hash.split('$').nth(1).expect("hash");
+        for odd in [
+            format!("$argon2id$v=20$m=19456,t=2,p=1${salt_and_hash}"),
+            format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${hash_part}"),
+        ] {
+            assert!(check_password_hash(&odd).is_err(), "{odd}");
+        }
+        let rfc9106 = format!("$argon2id$v=19$m=65536,t=3,p=4${salt_and_hash}");
+        assert!(check_password_hash(&rfc9106).is_ok(), "{rfc9106}");
     }
 
     #[test]
