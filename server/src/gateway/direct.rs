@@ -545,7 +545,7 @@ impl InFlight {
         let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %self.shared.config.name, error = %super::upstream::cut(&e), "the upstream cannot be reached");
+                tracing::warn!(upstream = %self.shared.config.name, error = %self.shared.cut(&e), "the upstream cannot be reached");
                 self.shared.unreachable("it could not be reached");
                 let error = self.shared.closed_error();
                 return Answer::json(self.error(error), true);

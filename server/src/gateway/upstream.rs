@@ -390,6 +390,8 @@ pub struct Shared {
     processes: Processes,
     /// What the upstream's processes may write to the log, all of them together.
     stderr: Arc<StdMutex<Bucket>>,
+    /// Its configured credentials, hidden in what it writes or answers to the log.
+    hidden: Arc<Hidden>,
 }
 
 impl Shared {
@@ -430,17 +432,24 @@ impl Shared {
             listed: Mutex::new(None),
             observed: StdMutex::default(),
             up: Default::default(),
-            config,
             resource,
             http,
             processes: Processes::default(),
             stderr: Arc::new(StdMutex::new(Bucket::new(STDERR_BURST, STDERR_PER_SECOND))),
+            hidden: Arc::new(Hidden::of(&config.transport)),
+            config,
         }))
     }
 
     /// Whether sessions of this upstream may have a direct path (HTTP upstreams).
     pub fn is_http(&self) -> bool {
         self.http.is_some()
+    }
+
+    /// An error's text from or about the upstream, for the log: its configured
+    /// credentials hidden, then [`cut`].
+    pub fn cut(&self, text: &str) -> String {
+        cut(&self.hidden.hide(text))
     }
 
     fn observe(&self) -> std::sync::MutexGuard<'_, Observed> {
@@ -482,7 +491,7 @@ impl Shared {
             ServiceError::McpError(e) => e,
             ServiceError::Timeout { timeout } => self.timeout_error(timeout),
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
-                tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "the upstream connection closed");
+                tracing::warn!(upstream = %name, error = %self.cut(&e.to_string()), "the upstream connection closed");
                 self.record(false, Some("the connection closed"));
                 self.closed_error()
             }
@@ -733,7 +742,7 @@ impl Shared {
                 match listed {
                     Ok(Ok((tools, complete))) => self.policy.learn(&tools, as_of, complete),
                     Ok(Err(e)) => {
-                        tracing::warn!(upstream = %name, error = %cut(&e.to_string()), "cannot list the upstream's tools")
+                        tracing::warn!(upstream = %name, error = %self.cut(&e.to_string()), "cannot list the upstream's tools")
                     }
                     Err(_) => {
                         tracing::warn!(upstream = %name, "listing the upstream's tools timed out")
@@ -831,7 +840,7 @@ impl Shared {
             Some(e) => {
                 // The detail may quote what the upstream answered (an error page): the
                 // log has it, cut short; the client and `/healthz` get fixed words.
-                tracing::warn!(upstream = %name, error = %cut(&e), "cannot connect to the upstream");
+                tracing::warn!(upstream = %name, error = %self.cut(&e), "cannot connect to the upstream");
                 self.record(false, Some("it could not be started or reached"));
                 ErrorData::internal_error(
                     format!("upstream {name} could not be started or reached; its log says why"),
@@ -903,6 +912,7 @@ impl Shared {
                 self.config.name.clone(),
                 stderr,
                 self.stderr.clone(),
+                self.hidden.clone(),
             ));
         }
         Ok((AsyncRwTransport::new_client(stdout, stdin), child))
@@ -955,6 +965,7 @@ async fn log_stderr(
     name: String,
     stderr: tokio::process::ChildStderr,
     bucket: Arc<StdMutex<Bucket>>,
+    hidden: Arc<Hidden>,
 ) {
     let mut lines = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
@@ -982,8 +993,13 @@ async fn log_stderr(
                 if dropped > 0 {
                     tracing::warn!(target: "gatehouse::upstream", upstream = %name, dropped, "stderr lines not logged: the server wrote too many");
                 }
+                // A line cut short may end in the first part of a value, which
+                // would not be found: that part goes too.
+                if !whole {
+                    line.truncate(line.len().saturating_sub(hidden.longest()));
+                }
                 let text = String::from_utf8_lossy(&line);
-                let text = escaped(text.trim_end());
+                let text = escaped(&hidden.hide(text.trim_end()));
                 let cut = if whole { "" } else { " …" };
                 tracing::info!(target: "gatehouse::upstream", upstream = %name, "{text}{cut}");
             }
@@ -1067,6 +1083,77 @@ fn resume_briefly() -> ExponentialBackoff {
     backoff.max_times = Some(3);
     backoff.base_duration = Duration::from_millis(250);
     backoff
+}
+
+/// The shortest configured value hidden in the log: shorter ones (`true`, `8080`)
+/// are rarely secrets and would blank out ordinary words.
+const MIN_HIDDEN: usize = 8;
+
+/// An upstream's configured values that may be credentials: its header values (and
+/// their words, a `Bearer` token alone), its environment values, its URL's password
+/// and query values. A server may print its settings or environment, and an HTTP
+/// server or proxy echo the `Authorization` header it was sent in an error page;
+/// Gatehouse holds these values, so it hides them in what it logs of the upstream.
+pub(super) struct Hidden(Vec<String>);
+
+impl Hidden {
+    fn of(transport: &Transport) -> Self {
+        let mut values: Vec<String> = match transport {
+            Transport::Http { url, headers } => {
+                // Decoded, and as written (an error page may echo the request line).
+                let mut values: Vec<String> = url
+                    .query_pairs()
+                    .map(|(_, value)| value.into_owned())
+                    .chain(
+                        url.query()
+                            .unwrap_or_default()
+                            .split('&')
+                            .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.to_owned())),
+                    )
+                    .collect();
+                for (_, value) in headers {
+                    if let Ok(text) = value.to_str() {
+                        values.push(text.to_owned());
+                        values.extend(text.split_whitespace().map(str::to_owned));
+                    }
+                }
+                values
+            }
+            Transport::Stdio { env, .. } => env.iter().map(|(_, value)| value.clone()).collect(),
+        };
+        // As a JSON string holds them too (an error body may quote them so).
+        let escaped: Vec<String> = values
+            .iter()
+            .filter_map(|value| {
+                let json = serde_json::to_string(value).ok()?;
+                let json = json.get(1..json.len() - 1)?.to_owned();
+                Some([json.replace('/', "\\/"), json])
+            })
+            .flatten()
+            .collect();
+        values.extend(escaped);
+        values.retain(|value| value.len() >= MIN_HIDDEN);
+        // Longest first, so that a value is hidden whole before a part of it.
+        values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        values.dedup();
+        Hidden(values)
+    }
+
+    /// The longest value hidden, in bytes.
+    fn longest(&self) -> usize {
+        self.0.first().map_or(0, String::len)
+    }
+
+    /// `text` with each configured value replaced by `…`.
+    fn hide(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for value in &self.0 {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), "…");
+            }
+        }
+        text
+    }
 }
 
 /// The longest part of an upstream's error text that is logged.
@@ -1282,6 +1369,40 @@ mod tests {
             );
         }
         assert!(ended, "the server outlived Gatehouse");
+    }
+
+    /// What an upstream writes or answers reaches the log without the credentials
+    /// Gatehouse was configured with for it: an error page echoing the header it
+    /// was sent, a server printing its environment.
+    #[test]
+    fn configured_credentials_are_hidden_in_what_is_logged_of_an_upstream() {
+        let http = Transport::Http {
+            url: url::Url::parse("https://api.example/mcp?key=query%2Bsecret-1&v=2").expect("url"),
+            headers: vec![(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer header-secret-22"),
+            )],
+        };
+        let hidden = Hidden::of(&http);
+        let echoed = "401: bad Authorization \"Bearer header-secret-22\" (token header-secret-22, \
+                      key query+secret-1, v 2) GET /mcp?key=query%2Bsecret-1&v=2";
+        let logged = hidden.hide(echoed);
+        for secret in ["header-secret-22", "query+secret-1", "query%2Bsecret-1"] {
+            assert!(!logged.contains(secret), "{logged}");
+        }
+        assert!(logged.contains("401: bad Authorization") && logged.contains("v 2"));
+
+        let stdio = Transport::Stdio {
+            command: "server".into(),
+            args: vec![],
+            env: vec![
+                ("API_KEY".into(), "env-secret-333".into()),
+                ("DEBUG".into(), "true".into()),
+            ],
+            cwd: None,
+        };
+        let printed = Hidden::of(&stdio).hide("starting with API_KEY=env-secret-333 DEBUG=true");
+        assert_eq!(printed, "starting with API_KEY=… DEBUG=true");
     }
 
     #[test]
