@@ -155,32 +155,93 @@ async fn announce_setup_link(state: &AppState) {
     }
 }
 
-/// The store a maintenance command names, or the exit code after reporting why not.
-async fn store_for(args: StoreArgs) -> Result<gatehouse::store::SharedStore, ExitCode> {
+/// The store a maintenance command names, with words for it, or the exit code after
+/// reporting why not.
+async fn store_for(args: StoreArgs) -> Result<(gatehouse::store::SharedStore, String), ExitCode> {
     let spec = args.into_spec().map_err(report)?;
-    open_store(&spec)
+    // Named in the command's last line: run without the service's flags or
+    // environment, a command works on another store (a new, empty one) and would
+    // say only that it succeeded.
+    let words = match &spec {
+        StoreSpec::Embedded(path) if path.exists() => format!("the store {}", path.display()),
+        StoreSpec::Embedded(path) => format!(
+            "the store {}, new and empty until now (a server uses it only when started \
+             with the same --data-dir or --store)",
+            path.display()
+        ),
+        // Never the URL: it may carry a password.
+        StoreSpec::Redis { prefix, .. } => format!("the Redis store (key prefix {prefix:?})"),
+    };
+    let store = open_store(&spec)
         .await
-        .map_err(|e| report(vec![format!("cannot open the store: {e}")]))
+        .map_err(|e| report(vec![format!("cannot open the store: {e}")]))?;
+    Ok((store, words))
 }
 
-/// `gatehouse owner set-password`: reads one line from standard input.
+/// `gatehouse owner set-password`: reads one line from standard input (without
+/// showing it, at a terminal).
 async fn set_password(args: StoreArgs) -> ExitCode {
-    let store = match store_for(args).await {
-        Ok(store) => store,
+    let (store, words) = match store_for(args).await {
+        Ok(found) => found,
         Err(code) => return code,
     };
     eprintln!("New owner password (one line on standard input):");
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        return report(vec![format!("cannot read the password: {e}")]);
-    }
+    let line = match read_unshown_line().await {
+        Ok(line) => line,
+        Err(e) => return report(vec![format!("cannot read the password: {e}")]),
+    };
     let password = line.trim_end_matches(['\r', '\n']);
     match Owner::new(store, None).set_password(password).await {
         Ok(()) => {
-            eprintln!("gatehouse: the owner password is set");
+            eprintln!("gatehouse: the owner password is set in {words}");
+            if std::env::var_os("GATEHOUSE_OWNER_PASSWORD_HASH").is_some() {
+                eprintln!(
+                    "gatehouse: GATEHOUSE_OWNER_PASSWORD_HASH is set here: a server started \
+                     with it (or --owner-password-hash) ignores the stored password"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => report(vec![e.to_string()]),
+    }
+}
+
+/// One line of standard input; at a terminal, typed without being shown (it would
+/// stay in the scrollback and in recordings of the session), and shown again
+/// however the command ends, Ctrl-C included.
+async fn read_unshown_line() -> std::io::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::IsTerminal;
+
+    let stdin = std::io::stdin();
+    let shown = stdin
+        .is_terminal()
+        .then(|| tcgetattr(&stdin).ok())
+        .flatten();
+    let show_again = |shown: &Option<nix::sys::termios::Termios>| {
+        if let Some(shown) = shown {
+            let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, shown);
+            eprintln!();
+        }
+    };
+    if let Some(shown) = &shown {
+        let mut hidden = shown.clone();
+        hidden.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &hidden).map_err(std::io::Error::from)?;
+    }
+    let reading = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    });
+    tokio::select! {
+        read = reading => {
+            show_again(&shown);
+            read.map_err(std::io::Error::other)?
+        }
+        _ = tokio::signal::ctrl_c() => {
+            show_again(&shown);
+            std::process::exit(130);
+        }
     }
 }
 
@@ -190,14 +251,30 @@ async fn migrate(command: StoreCommand) -> ExitCode {
         StoreCommand::Export { store, output } => (store, Some(output), false),
         StoreCommand::Import { store, replace } => (store, None, replace),
     };
-    let store = match store_for(args).await {
-        Ok(store) => store,
+    let (store, words) = match store_for(args).await {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let exporting = export_to.is_some();
     let outcome = match export_to {
         Some(Some(path)) => match private_file(&path) {
-            Ok(mut file) => gatehouse::migrate::export(store.as_ref(), &mut file).await,
+            Ok(mut file) => {
+                let written = gatehouse::migrate::export(store.as_ref(), &mut file).await;
+                // On disk before it says so; and no part of an export left behind
+                // to be imported later as if it were whole.
+                let written = written.and_then(|count| {
+                    let file = file
+                        .into_inner()
+                        .map_err(|e| gatehouse::migrate::MigrateError::Write(e.into_error()))?;
+                    file.sync_all()
+                        .map_err(gatehouse::migrate::MigrateError::Write)?;
+                    Ok(count)
+                });
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                written
+            }
             Err(e) => return report(vec![format!("cannot create {}: {e}", path.display())]),
         },
         Some(None) => {
@@ -207,8 +284,12 @@ async fn migrate(command: StoreCommand) -> ExitCode {
     };
     match outcome {
         Ok(count) => {
-            let verb = if exporting { "exported" } else { "imported" };
-            eprintln!("gatehouse: {verb} {count} records");
+            let verb = if exporting {
+                "exported from"
+            } else {
+                "imported into"
+            };
+            eprintln!("gatehouse: {count} records {verb} {words}");
             ExitCode::SUCCESS
         }
         Err(e) => report(vec![e.to_string()]),

@@ -6,6 +6,11 @@
 //! file, and what ran out meanwhile is left out). The store holds
 //! only hashes of secrets, so the export does too; it still holds the owner's password
 //! hash and every grant, so keep it as private as the store.
+//!
+//! Its last line, `{"end":N}`, says how many records it holds: an export cut short
+//! at a line's end (a full disk, a dropped connection while it was piped) would
+//! otherwise import as a smaller one, and the records sorted last (refresh tokens,
+//! sessions) would be lost without a word.
 
 use std::io::{BufRead, Write};
 
@@ -26,6 +31,13 @@ struct Line {
     /// this field have none: their lifetimes count from the import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exported_at_ms: Option<u64>,
+}
+
+/// An export's last line: how many records come before it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct End {
+    end: usize,
 }
 
 /// No export says it was made before this (2026-01-01): an earlier stamp is a clock
@@ -49,6 +61,8 @@ pub enum MigrateError {
     Malformed { line: usize, reason: String },
     #[error("the target store already holds {0} records; import into an empty store, or pass --replace to write over what has the same keys")]
     NotEmpty(usize),
+    #[error("the import ends without its last line, {{\"end\":N}}: the export was cut short (or made by an older Gatehouse, which wrote none; if you are sure it is whole, add the line {{\"end\":{0}}} to it)")]
+    Unfinished(usize),
 }
 
 /// The longest lifetime an imported record may say it has left: a kept client's,
@@ -72,6 +86,9 @@ pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<usize, Mi
         let json = serde_json::to_string(&line).map_err(|e| MigrateError::Write(e.into()))?;
         writeln!(out, "{json}").map_err(MigrateError::Write)?;
     }
+    let end = serde_json::to_string(&End { end: entries.len() })
+        .map_err(|e| MigrateError::Write(e.into()))?;
+    writeln!(out, "{end}").map_err(MigrateError::Write)?;
     out.flush().map_err(MigrateError::Write)?;
     Ok(entries.len())
 }
@@ -88,6 +105,7 @@ pub async fn import(
 ) -> Result<usize, MigrateError> {
     let mut entries = Vec::new();
     let mut left_out = 0usize;
+    let mut ended = false;
     let now_ms = wall_clock_ms();
     for (index, line) in input.lines().enumerate() {
         let malformed = |reason: String| MigrateError::Malformed {
@@ -96,6 +114,19 @@ pub async fn import(
         };
         let line = line.map_err(|e| malformed(e.to_string()))?;
         if line.trim().is_empty() {
+            continue;
+        }
+        if ended {
+            return Err(malformed("it comes after the export's last line".into()));
+        }
+        if let Ok(End { end }) = serde_json::from_str::<End>(&line) {
+            let records = entries.len() + left_out;
+            if end != records {
+                return Err(malformed(format!(
+                    "the export says it holds {end} records, and {records} came before"
+                )));
+            }
+            ended = true;
             continue;
         }
         let parsed: Line = serde_json::from_str(&line).map_err(|e| malformed(e.to_string()))?;
@@ -149,6 +180,9 @@ pub async fn import(
             group,
             key,
         });
+    }
+    if !ended {
+        return Err(MigrateError::Unfinished(entries.len() + left_out));
     }
     if !replace {
         let held = store.export().await?.len();

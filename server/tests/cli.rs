@@ -78,6 +78,26 @@ async fn owner_set_password_reads_stdin_and_stores_an_argon2id_hash() {
         !output.contains("a perfectly long password"),
         "the password is never echoed"
     );
+    // It says where the password went: run without the service's flags, it would
+    // set one in a store no server uses.
+    assert!(output.contains("gatehouse.redb"), "{output}");
+    assert!(!output.contains("new and empty"), "{output}");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let fresh = run(
+        &[
+            "owner",
+            "set-password",
+            "--data-dir",
+            elsewhere.path().to_str().expect("utf-8"),
+        ],
+        b"a perfectly long password\n",
+    );
+    assert!(fresh.status.success());
+    assert!(
+        String::from_utf8_lossy(&fresh.stderr).contains("new and empty"),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
 
     let store = open_store(&StoreSpec::Embedded(dir.path().join("gatehouse.redb")))
         .await
@@ -187,8 +207,39 @@ async fn store_export_and_import_move_every_record_between_stores() {
     let embedded = format!("embedded:{}", path.display());
     let exported = run(&["store", "export", "--store", &embedded], b"");
     assert!(exported.status.success(), "{}", text(&exported.stderr));
-    assert!(text(&exported.stderr).contains("exported 4 records"));
-    assert_eq!(text(&exported.stdout).lines().count(), 4);
+    assert!(text(&exported.stderr).contains("4 records exported from the store"));
+    assert_eq!(
+        text(&exported.stdout).lines().count(),
+        5,
+        "4 records and the end"
+    );
+    assert_eq!(text(&exported.stdout).lines().last(), Some(r#"{"end":4}"#));
+
+    // Cut short at a line's end, it is refused, and nothing is written.
+    let whole = text(&exported.stdout);
+    let cut: Vec<&str> = whole.lines().take(3).collect();
+    let (cut_prefix, _purge_cut) = redis_prefix();
+    let refused = run(
+        &[
+            "store",
+            "import",
+            "--store",
+            &redis_url(),
+            "--redis-key-prefix",
+            &cut_prefix,
+        ],
+        format!("{}\n", cut.join("\n")).as_bytes(),
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("cut short"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let untouched = RedisStore::connect(&redis_url(), &cut_prefix, 1)
+        .await
+        .expect("Redis");
+    assert!(untouched.export().await.expect("export").is_empty());
 
     let (prefix, _purge) = redis_prefix();
     let url = redis_url();
@@ -204,7 +255,11 @@ async fn store_export_and_import_move_every_record_between_stores() {
         &exported.stdout,
     );
     assert!(imported.status.success(), "{}", text(&imported.stderr));
-    assert!(text(&imported.stderr).contains("imported 4 records"));
+    assert!(text(&imported.stderr).contains("4 records imported into the Redis store"));
+    assert!(
+        !text(&imported.stderr).contains(&url),
+        "never the Redis URL"
+    );
 
     let redis = RedisStore::connect(&url, &prefix, 1).await.expect("Redis");
     let moved = sorted(&redis).await;

@@ -207,6 +207,9 @@ async fn after_the_grace_window_nothing_decrypts_with_an_old_refresh_token() {
         .expect("export");
     for line in String::from_utf8(exported).expect("utf-8").lines() {
         let record: serde_json::Value = serde_json::from_str(line).expect("json");
+        if record.get("end").is_some() {
+            continue; // the count of records, last
+        }
         let value = base64::Engine::decode(
             &base64::engine::general_purpose::STANDARD,
             record["value"].as_str().expect("value"),

@@ -556,7 +556,7 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
     // An export stamped by a clock that was wrong (before there were exports) counts
     // from the import.
     let lines = format!(
-        "{lines}{{\"key\":\"session:stamped-wrong\",\"value\":\"\",\"ttl_ms\":{},\"exported_at_ms\":0}}\n",
+        "{lines}{{\"key\":\"session:stamped-wrong\",\"value\":\"\",\"ttl_ms\":{},\"exported_at_ms\":0}}\n{{\"end\":3}}\n",
         2 * hour
     );
     let written = gatehouse::migrate::import(target.store.as_ref(), lines.as_bytes(), true)
@@ -585,8 +585,10 @@ async fn export_and_import_round_trip_keeps_records_lifetimes_and_groups() {
     // A record that carries the grant's tag but names no group (as one exported from
     // a store that lost the grant's member set) joins the grant's group.
     let grant = grant_of(&refresh);
-    let line =
-        format!(r#"{{"key":"at:{{{grant}}}:imported-without-group","value":"","ttl_ms":60000}}"#);
+    let line = format!(
+        r#"{{"key":"at:{{{grant}}}:imported-without-group","value":"","ttl_ms":60000}}
+{{"end":1}}"#
+    );
     gatehouse::migrate::import(target.store.as_ref(), line.as_bytes(), true)
         .await
         .expect("a tagged record");
