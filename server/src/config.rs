@@ -586,7 +586,7 @@ impl PublicUrl {
             return Err(format!("--public-url {raw:?} has no host"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("--public-url {raw:?} must not carry credentials"));
+            return Err("--public-url must not carry credentials (user:password@)".into());
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
@@ -677,6 +677,14 @@ impl ServeArgs {
             (None, Some(bind)) if bind.ip().is_unspecified() => {
                 errors.push(format!(
                     "--bind {bind} listens on every interface; set --public-url to the address clients use"
+                ));
+                None
+            }
+            // The issuer and every resource would name port 0, which no client
+            // can reach.
+            (None, Some(bind)) if bind.port() == 0 => {
+                errors.push(format!(
+                    "--bind {bind} lets the system choose the port; set --public-url to the address clients use"
                 ));
                 None
             }
@@ -910,6 +918,13 @@ impl ServeArgs {
                 for document in &mut file.client_documents {
                     document.file = dir.join(&document.file);
                 }
+                // As documents' files: relative to the file that names them, not to
+                // wherever Gatehouse was started.
+                for upstream in &mut file.upstreams {
+                    if let Some(cwd) = &mut upstream.cwd {
+                        *cwd = dir.join(&*cwd);
+                    }
+                }
                 file
             }
             Err(e) => {
@@ -1024,9 +1039,13 @@ fn parse_store(spec: &str, redis_prefix: &str, connections: u8) -> Result<StoreS
             connections,
         });
     }
-    Err(format!(
-        "--store {spec:?} is not a store: use embedded:PATH or a redis:// URL"
-    ))
+    // Not echoed either: a Redis URL mistyped (`REDIS://`, quotes kept from an
+    // environment file) still carries its password.
+    Err(
+        "--store is not a store: use embedded:PATH or a redis:// URL \
+         (redis, rediss, redis-cluster or redis-sentinel, in lower case)"
+            .into(),
+    )
 }
 
 fn default_data_dir() -> Option<PathBuf> {
@@ -1170,6 +1189,50 @@ mod tests {
         assert!(errors[0].contains("--bind"));
         assert!(errors[1].contains("must not end with a slash"));
         assert!(errors[2].contains("is not a store"));
+    }
+
+    #[test]
+    fn a_port_chosen_by_the_system_needs_a_public_url() {
+        let errors = args(&["--bind", "127.0.0.1:0"])
+            .into_config()
+            .expect_err("invalid");
+        assert!(
+            errors.iter().any(|e| e.contains("--public-url")),
+            "{errors:?}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_str().expect("utf-8");
+        let given = [
+            "--bind",
+            "127.0.0.1:0",
+            "--public-url",
+            "http://127.0.0.1:8080",
+            "--data-dir",
+            data,
+        ];
+        assert!(args(&given).into_config().is_ok());
+    }
+
+    /// A mistyped Redis URL, or a public URL with credentials, is refused without
+    /// its password in the message (which goes to the service's log).
+    #[test]
+    fn refused_urls_are_not_echoed() {
+        for (flag, value) in [
+            ("--store", "REDIS://:hunter2secret@db:6379"),
+            ("--store", "\"redis://:hunter2secret@db:6379\""),
+            ("--store", "valkey://:hunter2secret@db"),
+            (
+                "--public-url",
+                "https://owner:hunter2secret@gate.example.com",
+            ),
+        ] {
+            let errors = args(&[flag, value]).into_config().expect_err("invalid");
+            assert!(errors.iter().any(|e| e.contains(flag)), "{errors:?}");
+            assert!(
+                errors.iter().all(|e| !e.contains("hunter2secret")),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]
@@ -1425,6 +1488,41 @@ mod tests {
             .into_config()
             .expect_err("no such file");
         assert!(errors[0].contains("nowhere.json"), "{errors:?}");
+    }
+
+    /// A stdio server's `cwd` is found as a pinned document's file is (beside the
+    /// config file), and one that is not a directory is refused at start-up, not
+    /// by every session's process failing to start.
+    #[test]
+    fn a_stdio_servers_cwd_is_beside_the_config_file_and_must_exist() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf-8");
+        std::fs::create_dir(dir.path().join("work")).expect("mkdir");
+        let config_file = |name: &str, cwd: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!("[[upstream]]\nname = \"local\"\ncommand = \"true\"\ncwd = \"{cwd}\"\n"),
+            )
+            .expect("write");
+            path.to_str().expect("utf-8").to_owned()
+        };
+        let good = config_file("good.toml", "work");
+        let config = args(&["--config", &good, "--data-dir", data])
+            .into_config()
+            .expect("valid");
+        let crate::gateway::config::Transport::Stdio { cwd, .. } = &config.upstreams[0].transport
+        else {
+            panic!("a stdio upstream");
+        };
+        assert_eq!(cwd.as_deref(), Some(dir.path().join("work").as_path()));
+
+        let missing = config_file("missing.toml", "nowhere");
+        let errors = args(&["--config", &missing, "--data-dir", data])
+            .into_config()
+            .expect_err("no such directory");
+        assert!(errors.iter().any(|e| e.contains("cwd")), "{errors:?}");
     }
 
     /// A mistake in the config file is told by line and column, never by quoting

@@ -370,6 +370,10 @@ impl RawUpstream {
                 if command.trim().is_empty() {
                     fail("command is empty".into());
                 }
+                // Checked now: otherwise each session's process would fail to start.
+                if let Some(cwd) = self.cwd.as_ref().filter(|cwd| !cwd.is_dir()) {
+                    fail(format!("cwd {} is not a directory", cwd.display()));
+                }
                 let mut env = Vec::new();
                 for (name, value) in &self.env {
                     let valid =

@@ -109,15 +109,24 @@ mod tests {
         });
         assert_eq!(header, url("https://a.example/mcp"));
 
+        // Directories that exist: a `cwd` is checked at start-up.
+        let (a, b) = (
+            tempfile::tempdir().expect("temp dir"),
+            tempfile::tempdir().expect("temp dir"),
+        );
+        let (a, b) = (
+            a.path().to_str().expect("utf-8"),
+            b.path().to_str().expect("utf-8"),
+        );
         let stdio = |cwd: Option<&str>, key: &str| {
             server_of("s=stdio:node server.js", |raw| {
                 raw.cwd = cwd.map(Into::into);
                 raw.env.insert("KEY".into(), key.into());
             })
         };
-        assert_ne!(stdio(Some("/srv/a"), "1"), stdio(Some("/srv/b"), "1"));
-        assert_ne!(stdio(None, "1"), stdio(Some("/srv/a"), "1"));
-        assert_eq!(stdio(Some("/srv/a"), "1"), stdio(Some("/srv/a"), "2"));
+        assert_ne!(stdio(Some(a), "1"), stdio(Some(b), "1"));
+        assert_ne!(stdio(None, "1"), stdio(Some(a), "1"));
+        assert_eq!(stdio(Some(a), "1"), stdio(Some(a), "2"));
         assert_ne!(
             server_of("s=stdio:node a.js", |_| {}),
             server_of("s=stdio:node b.js", |_| {})
