@@ -2146,6 +2146,14 @@ async fn document_server() -> DocumentServer {
     // What the redirect points at would pass every check, were it followed.
     let redirect_target = document(&base, "/redirect.json", "Followed a redirect").to_string();
     let slow = document(&base, "/slow-no-store.json", "Slow").to_string();
+    // As ChatGPT publishes its own (2026-08): it prefers private_key_jwt, which
+    // Gatehouse does not offer, and lists none as well.
+    let mut prefers_jwt = document(&base, "/prefers-jwt.json", "Prefers JWT");
+    prefers_jwt["token_endpoint_auth_method"] = json!("private_key_jwt");
+    prefers_jwt["token_endpoint_auth_methods_supported"] = json!(["none", "private_key_jwt"]);
+    prefers_jwt["token_endpoint_auth_signing_alg"] = json!("RS256");
+    prefers_jwt["jwks_uri"] = json!(format!("{base}/jwks.json"));
+    let prefers_jwt = prefers_jwt.to_string();
     let counter = hits.clone();
     let app = axum::Router::new()
         .route(
@@ -2200,6 +2208,10 @@ async fn document_server() -> DocumentServer {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 StatusCode::SERVICE_UNAVAILABLE
             }),
+        )
+        .route(
+            "/prefers-jwt.json",
+            get(move || async move { json_body(Body::from(prefers_jwt)) }),
         )
         .route("/missing.json", get(|| async { StatusCode::NOT_FOUND }))
         .route(
@@ -2321,6 +2333,33 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
     assert!(app.state.auth.document_is_proven(&document).await);
     let other = url::Url::parse(&format!("{}/other.json", docs.base)).expect("url");
     assert!(!app.state.auth.document_is_proven(&other).await);
+}
+
+/// A client whose document prefers `private_key_jwt` and lists `none` among the
+/// methods it can use (ChatGPT's does) connects as a public client: consent, code,
+/// tokens and a refresh, with no secret and no assertion.
+#[tokio::test]
+async fn a_document_client_that_can_use_none_connects_whatever_it_prefers() {
+    let docs = document_server().await;
+    let app = TestApp::new(&["--insecure-allow-loopback-client-metadata"]);
+    let client_id = format!("{}/prefers-jwt.json", docs.base);
+    let cookie = app.sign_in().await;
+    let consent = app.authorize(&client_id, &[], Some(&cookie)).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    assert!(consent.body.contains("Prefers JWT"));
+    let code = app
+        .get(&TestApp::link(&consent, "approve"), Some(&cookie))
+        .await
+        .param("code")
+        .expect("code");
+    let tokens = app.redeem(&client_id, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let refresh = tokens.json()["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    let rotated = app.rotate(&client_id, &refresh).await;
+    assert!(rotated["access_token"].is_string());
 }
 
 /// Anyone can publish a metadata document naming any redirect URI, so a fetched
