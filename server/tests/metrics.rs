@@ -90,6 +90,18 @@ async fn metrics_are_served_behind_their_secret_and_parse() {
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let bad = app.refresh(&client_id, "ghr.nothing.here", &[]).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // A `tools/call` without an id is a notification: it runs nothing, and must not
+    // count as a call (nor take a label) for the name it carries.
+    let notified = app
+        .mcp(
+            Some(access),
+            Some(&session),
+            Some("2025-06-18"),
+            json!({"jsonrpc": "2.0", "method": "tools/call",
+                   "params": {"name": "minted_by_a_notification", "arguments": {}}}),
+        )
+        .await;
+    assert_eq!(notified.status, StatusCode::ACCEPTED, "{}", notified.body);
 
     let answer = app.send(scrape(Some(SECRET))).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -133,6 +145,11 @@ async fn metrics_are_served_behind_their_secret_and_parse() {
         )
         .is_none(),
         "a refused tool took a label:\n{}",
+        answer.body
+    );
+    assert!(
+        !answer.body.contains("minted_by_a_notification"),
+        "a notification took a label:\n{}",
         answer.body
     );
     counted(

@@ -32,7 +32,10 @@ use futures::StreamExt;
 
 use super::{
     policy::Refusal,
-    reply::{code, insufficient_scope, rpc_error, rpc_error_to, store_unavailable, unauthorized},
+    reply::{
+        code, insufficient_scope, request_id, rpc_error, rpc_error_to, store_unavailable,
+        unauthorized,
+    },
     session_id,
     sessions::{self, binding_key, Binding},
     Endpoint, Guarded, GuardedBody, MAX_BODY_BYTES,
@@ -235,7 +238,11 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         }
                         counted = true;
                     }
-                    if call.method() == "tools/call" {
+                    // Only a request is a call: a `tools/call` without an `id` is a
+                    // notification, which runs nothing (answered 202), and must
+                    // neither show in the activity log as a call nor name a tool in
+                    // the metrics.
+                    if call.method() == "tools/call" && !request_id(bytes).is_null() {
                         tool = call.name().map(str::to_owned);
                     }
                     // Boxed, as every path the direct one does not take: a

@@ -47,7 +47,7 @@ pub fn error_data_to(error: &rmcp::ErrorData, body: &[u8]) -> Response {
 }
 
 /// The `id` of the request in `body`, or null.
-fn request_id(body: &[u8]) -> serde_json::Value {
+pub fn request_id(body: &[u8]) -> serde_json::Value {
     #[derive(serde::Deserialize)]
     struct Id<'a> {
         #[serde(borrow)]
