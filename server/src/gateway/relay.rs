@@ -501,6 +501,9 @@ impl ServerHandler for GatewayHandler {
         self.shared.policy.learn(&page.tools, as_of, false);
         page.tools
             .retain(|tool| self.shared.policy.visible(&tool.name));
+        for tool in &mut page.tools {
+            without_param_headers(&mut tool.input_schema);
+        }
         Ok(page)
     }
 
@@ -782,5 +785,67 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
 
     fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         self.inner.close()
+    }
+}
+
+/// `schema` without its `x-mcp-header` annotations (2026-07-28, SEP-2243): they ask
+/// a client to copy those arguments into `Mcp-Param-*` headers, which a server must
+/// then check against the body (400, -32020, when they differ). Gatehouse cannot
+/// check them for a tool it has not described itself, so it does not ask for them;
+/// its own client to the upstream sends the upstream's from the body.
+fn without_param_headers(schema: &mut std::sync::Arc<JsonObject>) {
+    fn strip(properties: Option<&mut serde_json::Value>) {
+        let Some(serde_json::Value::Object(properties)) = properties else {
+            return;
+        };
+        for property in properties.values_mut() {
+            if let serde_json::Value::Object(property) = property {
+                property.remove("x-mcp-header");
+                strip(property.get_mut("properties"));
+            }
+        }
+    }
+    let annotated = |value: &serde_json::Value| value.to_string().contains("x-mcp-header");
+    if schema.get("properties").is_some_and(annotated) {
+        strip(std::sync::Arc::make_mut(schema).get_mut("properties"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_tools_ask_for_no_param_headers() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "region": { "type": "string", "x-mcp-header": "Region" },
+                "x-mcp-header": { "type": "string" },
+                "nested": {
+                    "type": "object",
+                    "properties": { "tenant": { "type": "string", "x-mcp-header": "Tenant" } }
+                }
+            }
+        });
+        let serde_json::Value::Object(object) = schema else {
+            panic!("an object")
+        };
+        let mut schema = std::sync::Arc::new(object);
+        without_param_headers(&mut schema);
+        assert_eq!(
+            serde_json::Value::Object((*schema).clone()),
+            json!({
+                "type": "object",
+                "properties": {
+                    "region": { "type": "string" },
+                    "x-mcp-header": { "type": "string" },
+                    "nested": {
+                        "type": "object",
+                        "properties": { "tenant": { "type": "string" } }
+                    }
+                }
+            })
+        );
     }
 }

@@ -627,6 +627,12 @@ fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Respon
                         HeaderValue::from_static("text/event-stream"),
                     ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    // As rmcp's own streams: a proxy such as nginx must not hold
+                    // progress or an upstream's request back in its buffer.
+                    (
+                        header::HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    ),
                 ],
                 Body::from_stream(frames),
             )
