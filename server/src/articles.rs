@@ -196,31 +196,86 @@ pub struct Articles {
 /// made on another instance within this long.
 pub const SNAPSHOT_FRESH: Duration = Duration::from_secs(1);
 
-/// Every article, newest first, and their text in lower case for searches (made
-/// once per reading, when first searched).
+/// Every article, newest first, each with its text in lower case for searches
+/// (made when first searched, and kept while the article is unchanged).
 struct Reading {
-    articles: Vec<Article>,
-    lowered: std::sync::OnceLock<Vec<(String, String)>>,
+    entries: Vec<Arc<Entry>>,
 }
 
-impl std::ops::Deref for Reading {
-    type Target = Vec<Article>;
+/// One article of a reading.
+struct Entry {
+    article: Article,
+    lowered: std::sync::OnceLock<(String, String)>,
+}
 
-    fn deref(&self) -> &Vec<Article> {
-        &self.articles
+impl Entry {
+    fn new(article: Article) -> Arc<Self> {
+        Arc::new(Entry {
+            article,
+            lowered: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The article's title and body in lower case.
+    fn lowered(&self) -> &(String, String) {
+        self.lowered.get_or_init(|| {
+            (
+                self.article.title.to_lowercase(),
+                self.article.body.to_lowercase(),
+            )
+        })
     }
 }
 
 impl Reading {
-    /// Each article's title and body in lower case, in order.
-    fn lowered(&self) -> &[(String, String)] {
-        self.lowered.get_or_init(|| {
-            self.articles
-                .iter()
-                .map(|a| (a.title.to_lowercase(), a.body.to_lowercase()))
-                .collect()
-        })
+    fn iter(&self) -> impl Iterator<Item = &Article> {
+        self.entries.iter().map(|entry| &entry.article)
     }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// This reading with `change` made here applied: the rest of it, and each
+    /// other article's lower-cased text, stay shared.
+    fn with(&self, change: &Change) -> Reading {
+        let slug = match change {
+            Change::Put(article) => &article.slug,
+            Change::Gone(slug) => slug,
+        };
+        let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(self.entries.len() + 1);
+        let mut newer_here = false;
+        for entry in &self.entries {
+            if &entry.article.slug != slug {
+                entries.push(entry.clone());
+            } else if let Change::Put(article) = change {
+                // Two changes of one article made at once may be told here in
+                // either order: the later revision stays.
+                if entry.article.revision > article.revision {
+                    newer_here = true;
+                    entries.push(entry.clone());
+                }
+            }
+        }
+        if let (Change::Put(article), false) = (change, newer_here) {
+            entries.push(Entry::new(article.clone()));
+            entries.sort_by(|a, b| newest_first(&a.article, &b.article));
+        }
+        Reading { entries }
+    }
+}
+
+/// A change made on this instance, applied to the last reading.
+enum Change {
+    Put(Article),
+    Gone(Slug),
+}
+
+/// Newest first; the slug breaks ties so pages are stable.
+fn newest_first(a: &Article, b: &Article) -> std::cmp::Ordering {
+    b.updated_at
+        .cmp(&a.updated_at)
+        .then_with(|| a.slug.cmp(&b.slug))
 }
 
 /// The last reading of every article, and when it was made (ms).
@@ -282,8 +337,7 @@ impl Articles {
             self.snapshot.changes.load(Ordering::Acquire),
         );
         let articles = Arc::new(Reading {
-            articles: self.read_all().await?,
-            lowered: std::sync::OnceLock::new(),
+            entries: self.read_all().await?.into_iter().map(Entry::new).collect(),
         });
         let mut last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
         if self.snapshot.changes.load(Ordering::Acquire) == changes {
@@ -292,11 +346,16 @@ impl Articles {
         Ok(articles)
     }
 
-    /// After a change here: the next listing reads again.
-    fn changed(&self) {
+    /// After a change here: the last reading gets it, and keeps its age. Dropped
+    /// instead, the next listing would read every article again, and a client
+    /// changing one article between listings would make each listing a whole
+    /// reading (up to [`MAX_ARTICLES`] of 48 KiB).
+    fn changed(&self, change: Change) {
         let mut last = self.snapshot.last.lock().unwrap_or_else(|e| e.into_inner());
         self.snapshot.changes.fetch_add(1, Ordering::AcqRel);
-        *last = None;
+        if let Some((at, reading)) = last.as_ref() {
+            *last = Some((*at, Arc::new(reading.with(&change))));
+        }
     }
 
     async fn read_all(&self) -> Result<Vec<Article>, ArticleError> {
@@ -308,12 +367,7 @@ impl Articles {
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable article"),
             }
         }
-        // Newest first; the slug breaks ties so pages are stable.
-        articles.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then_with(|| a.slug.cmp(&b.slug))
-        });
+        articles.sort_by(newest_first);
         Ok(articles)
     }
 
@@ -376,11 +430,14 @@ impl Articles {
         }
         let all = self.all().await?;
         Ok(all
+            .entries
             .iter()
-            .zip(all.lowered())
-            .filter(|(_, (title, body))| title.contains(&query) || body.contains(&query))
+            .filter(|entry| {
+                let (title, body) = entry.lowered();
+                title.contains(&query) || body.contains(&query)
+            })
             .take(limit.clamp(1, MAX_PAGE))
-            .map(|(article, _)| Summary::from(article))
+            .map(|entry| Summary::from(&entry.article))
             .collect())
     }
 
@@ -393,9 +450,20 @@ impl Articles {
     ) -> Result<Article, ArticleError> {
         let title = check_title(title)?;
         check_body(body)?;
+        // The console's page for writing a new article is `/console/articles/new`:
+        // an article of that name could not be opened there.
         let slug = match slug {
+            Some(slug) if slug.as_str() == "new" => {
+                return Err(ArticleError::Invalid(
+                    "the slug \"new\" is the console's page for a new article; choose another"
+                        .into(),
+                ))
+            }
             Some(slug) => slug,
-            None => Slug::parse(&slugify(&title))?,
+            None => match slugify(&title) {
+                made if made == "new" => Slug::parse("new-article")?,
+                made => Slug::parse(&made)?,
+            },
         };
         let now = self.clock.now_secs();
         let article = Article {
@@ -422,7 +490,7 @@ impl Articles {
         {
             return Err(ArticleError::Exists(slug));
         }
-        self.changed();
+        self.changed(Change::Put(article.clone()));
         Ok(article)
     }
 
@@ -453,7 +521,7 @@ impl Articles {
                 .compare_and_swap(&slug.key(), &current, &encode(&article)?, Put::forever())
                 .await?
             {
-                self.changed();
+                self.changed(Change::Put(article.clone()));
                 return Ok(article);
             }
         }
@@ -530,7 +598,7 @@ impl Articles {
 
     pub async fn delete(&self, slug: &Slug) -> Result<(), ArticleError> {
         if self.store.delete(&slug.key()).await? {
-            self.changed();
+            self.changed(Change::Gone(slug.clone()));
             Ok(())
         } else {
             Err(ArticleError::NotFound(slug.clone()))
@@ -605,6 +673,86 @@ mod tests {
             .await
             .expect("create");
         assert_eq!(articles.search("three", 10).await.expect("search").len(), 1);
+    }
+
+    /// A change made here goes into the last reading instead of dropping it: a
+    /// client changing one article between listings does not make each listing a
+    /// reading of every article. (Another instance's article, written meanwhile,
+    /// shows that no new reading was made; it comes with the next one.)
+    #[tokio::test]
+    async fn a_change_made_here_keeps_the_reading() {
+        let (articles, _dir) = articles(10);
+        let elsewhere = Articles {
+            snapshot: Arc::default(),
+            ..articles.clone()
+        };
+        let first = articles.create(None, "First", "one").await.expect("create");
+        let second = articles
+            .create(None, "Second", "two")
+            .await
+            .expect("create");
+        assert_eq!(
+            articles
+                .list(None, 10, None)
+                .await
+                .expect("list")
+                .articles
+                .len(),
+            2
+        );
+        elsewhere
+            .create(None, "Other", "other")
+            .await
+            .expect("create");
+
+        articles
+            .update(
+                &first.slug,
+                Some("First, again"),
+                Some("changed text"),
+                None,
+            )
+            .await
+            .expect("update");
+        let listed = articles.list(None, 10, None).await.expect("list").articles;
+        let titles: Vec<&str> = listed.iter().map(|a| a.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            ["First, again", "Second"],
+            "newest first, no new reading"
+        );
+        assert_eq!(
+            articles.search("changed", 10).await.expect("search").len(),
+            1
+        );
+        assert_eq!(articles.search("one", 10).await.expect("search").len(), 0);
+        articles.delete(&second.slug).await.expect("delete");
+        assert_eq!(
+            articles
+                .list(None, 10, None)
+                .await
+                .expect("list")
+                .articles
+                .len(),
+            1
+        );
+
+        articles.clock.advance(SNAPSHOT_FRESH);
+        let listed = articles.list(None, 10, None).await.expect("list").articles;
+        assert_eq!(listed.len(), 2, "the next reading has the other instance's");
+    }
+
+    /// `new` is the console's page for a new article, never an article's slug.
+    #[tokio::test]
+    async fn no_article_takes_the_consoles_new_page() {
+        let (articles, _dir) = articles(10);
+        let made = articles.create(None, "New", "text").await.expect("create");
+        assert_eq!(made.slug.as_str(), "new-article");
+        let slug = Slug::parse("new").expect("a slug");
+        assert!(matches!(
+            articles.create(Some(slug), "Anything", "text").await,
+            Err(ArticleError::Invalid(_))
+        ));
     }
 
     /// A change that changes nothing writes nothing: publishing a published article
