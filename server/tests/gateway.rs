@@ -768,6 +768,78 @@ async fn sessionless_requests_use_the_pool() {
     assert_eq!(refused.rpc()["id"], 9, "{}", refused.body);
 }
 
+/// An upstream whose tool asks 2026-07-28 clients to send its `region` argument as
+/// an `Mcp-Param-Region` header, which rmcp's server then requires.
+#[derive(Clone)]
+struct Regional;
+
+impl ServerHandler for Regional {
+    fn get_info(&self) -> ServerConfig {
+        tools_server("regional")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = json!({
+            "type": "object",
+            "properties": { "region": { "type": "string", "x-mcp-header": "Region" } }
+        });
+        let Value::Object(schema) = schema else {
+            unreachable!("an object")
+        };
+        let tool = Tool::new("regional", "by region", Arc::new(schema))
+            .with_annotations(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![tool]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let region = request
+            .arguments
+            .and_then(|a| a.get("region").and_then(|r| r.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!("in {region}"))]).into())
+    }
+}
+
+/// A tool that asks for `Mcp-Param-*` headers (2026-07-28) is relayed without
+/// the annotation, so clients send none (Gatehouse could not check them against
+/// the body), and sessionless calls of it through the pool are answered.
+#[tokio::test]
+async fn sessionless_calls_carry_the_param_headers_the_upstream_asks_for() {
+    let upstream = serve_upstream(Regional).await;
+    let (app, token, _dir) = web_upstream(&format!("http://{upstream}/mcp"), "").await;
+    let mut list = sessionless(
+        "/mcp/web",
+        &token,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}),
+    );
+    list.headers_mut()
+        .insert("mcp-method", "tools/list".parse().expect("header"));
+    list.headers_mut().remove("mcp-name");
+    let listed = app.send(list).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert!(listed.body.contains("regional"), "{}", listed.body);
+    assert!(!listed.body.contains("x-mcp-header"), "{}", listed.body);
+    for id in 2..6 {
+        let region = format!("region-{id}");
+        let answer = app
+            .send(sessionless(
+                "/mcp/web",
+                &token,
+                call(id, "regional", json!({ "region": region })),
+            ))
+            .await;
+        assert_eq!(text(&answer), format!("in {region}"), "{}", answer.body);
+    }
+}
+
 /// A pooled stdio server that exits on some request is not started again for each
 /// such request: one client repeating the request cannot make Gatehouse start a
 /// process per request. The pool opens again after a short wait.
