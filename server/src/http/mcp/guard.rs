@@ -57,6 +57,16 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 const INVALID_TOKEN: &str = "the access token is invalid, expired or revoked";
 
 /// The bearer token of `Authorization: Bearer <token>`; never from the query string.
+/// Whether `id` is one rmcp takes a request by (a string, or an integer, also
+/// written as a whole float below 2^53): with another, or none, nothing runs.
+fn is_request_id(id: &serde_json::Value) -> bool {
+    id.is_string()
+        || id.as_i64().is_some()
+        || id
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+}
+
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -242,7 +252,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                     // notification, which runs nothing (answered 202), and must
                     // neither show in the activity log as a call nor name a tool in
                     // the metrics.
-                    if call.method() == "tools/call" && !request_id(bytes).is_null() {
+                    if call.method() == "tools/call" && is_request_id(&request_id(bytes)) {
                         tool = call.name().map(str::to_owned);
                     }
                     // Boxed, as every path the direct one does not take: a
@@ -946,6 +956,31 @@ mod tests {
         assert!(outcomes.try_recv().is_err());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(outcomes.try_recv().as_deref(), Ok("error"));
+    }
+
+    #[test]
+    fn only_ids_rmcp_runs_a_request_by_make_a_call() {
+        use serde_json::json;
+        for id in [
+            json!(0),
+            json!(7),
+            json!(-3),
+            json!("a"),
+            json!(""),
+            json!(2.0),
+        ] {
+            assert!(is_request_id(&id), "{id}");
+        }
+        for id in [
+            json!(null),
+            json!(true),
+            json!(1.5),
+            json!({}),
+            json!([]),
+            json!(1e300),
+        ] {
+            assert!(!is_request_id(&id), "{id}");
+        }
     }
 
     #[test]
