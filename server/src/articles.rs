@@ -686,60 +686,35 @@ mod tests {
             snapshot: Arc::default(),
             ..articles.clone()
         };
+        let titles =
+            |page: Page| -> Vec<String> { page.articles.into_iter().map(|a| a.title).collect() };
         let first = articles.create(None, "First", "one").await.expect("create");
-        let second = articles
-            .create(None, "Second", "two")
-            .await
-            .expect("create");
-        assert_eq!(
-            articles
-                .list(None, 10, None)
-                .await
-                .expect("list")
-                .articles
-                .len(),
-            2
-        );
-        elsewhere
-            .create(None, "Other", "other")
-            .await
-            .expect("create");
+        let second = articles.create(None, "Second", "two").await;
+        let second = second.expect("create");
+        let listed = articles.list(None, 10, None).await.expect("list");
+        assert_eq!(titles(listed), ["First", "Second"]);
+        let other = elsewhere.create(None, "Other", "other").await;
+        other.expect("create");
 
-        articles
-            .update(
-                &first.slug,
-                Some("First, again"),
-                Some("changed text"),
-                None,
-            )
-            .await
-            .expect("update");
-        let listed = articles.list(None, 10, None).await.expect("list").articles;
-        let titles: Vec<&str> = listed.iter().map(|a| a.title.as_str()).collect();
-        assert_eq!(
-            titles,
-            ["First, again", "Second"],
-            "newest first, no new reading"
-        );
-        assert_eq!(
-            articles.search("changed", 10).await.expect("search").len(),
-            1
-        );
-        assert_eq!(articles.search("one", 10).await.expect("search").len(), 0);
+        let changed = Some("changed text");
+        let updated = articles.update(&first.slug, Some("First, again"), changed, None);
+        updated.await.expect("update");
+        let listed = articles.list(None, 10, None).await.expect("list");
+        assert_eq!(titles(listed), ["First, again", "Second"], "no new reading");
+        let found = |query: &'static str| articles.search(query, 10);
+        assert_eq!(found("changed").await.expect("search").len(), 1);
+        assert_eq!(found("one").await.expect("search").len(), 0);
         articles.delete(&second.slug).await.expect("delete");
-        assert_eq!(
-            articles
-                .list(None, 10, None)
-                .await
-                .expect("list")
-                .articles
-                .len(),
-            1
-        );
+        let listed = articles.list(None, 10, None).await.expect("list");
+        assert_eq!(titles(listed), ["First, again"]);
 
         articles.clock.advance(SNAPSHOT_FRESH);
-        let listed = articles.list(None, 10, None).await.expect("list").articles;
-        assert_eq!(listed.len(), 2, "the next reading has the other instance's");
+        let listed = articles.list(None, 10, None).await.expect("list");
+        assert_eq!(
+            listed.articles.len(),
+            2,
+            "the next reading has the other instance's"
+        );
     }
 
     /// `new` is the console's page for a new article, never an article's slug.
