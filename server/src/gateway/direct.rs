@@ -895,26 +895,6 @@ enum Next {
 }
 
 impl Answer {
-    /// The answer, a stream holding `held` (its place in flight, its upstream
-    /// session) until it ends; a whole answer gives `held` back, for its body to
-    /// hold until it has been sent.
-    pub fn holding<T: Send + 'static>(self, held: T) -> (Self, Option<T>) {
-        match self {
-            Answer::Stream(messages) => (
-                Answer::Stream(
-                    messages
-                        .chain(futures::stream::poll_fn(move |_| {
-                            let _held = &held;
-                            std::task::Poll::Ready(None)
-                        }))
-                        .boxed(),
-                ),
-                None,
-            ),
-            json => (json, Some(held)),
-        }
-    }
-
     /// No answer: the call was cancelled, and the client expects none.
     fn nothing() -> Self {
         Answer::Stream(futures::stream::empty().boxed())

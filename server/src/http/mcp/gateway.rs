@@ -592,17 +592,17 @@ pub(crate) fn sse_frame(mut json: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-/// `answer` as a response, holding `held` until it has been sent (see [`Sending`]
-/// and [`Answer::holding`]).
+/// `answer` as a response whose body holds `held` until it has been sent (see
+/// [`Holding`]).
 fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Response {
-    match answer.holding(held) {
-        (Answer::Json { body, error }, held) => {
+    let mut response = match answer {
+        Answer::Json { body, error } => {
             let mut response = (
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                Body::new(Sending::new(body, held)),
+                Body::new(Pieces::new(body)),
             )
                 .into_response();
             response.extensions_mut().insert(if error {
@@ -612,7 +612,7 @@ fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Respon
             });
             response
         }
-        (Answer::Stream(messages), _) => {
+        Answer::Stream(messages) => {
             let frames = messages.map(|message| {
                 let frame = match message {
                     Some(json) => sse_frame(json),
@@ -638,7 +638,10 @@ fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Respon
             )
                 .into_response()
         }
-    }
+    };
+    let body = std::mem::take(response.body_mut());
+    *response.body_mut() = Body::new(Holding::new(body, held));
+    response
 }
 
 /// Whether a POST's body is a request, which is answered, rather than a
@@ -653,8 +656,11 @@ fn is_request(body: &[u8]) -> bool {
     }
 }
 
-/// A response body that holds `held` until it ends or is dropped: a relayed
-/// answer's place (see [`GatewayEndpoint::relayed`]).
+/// A response body that holds `held` until it ends or is dropped: an answer's
+/// place in flight (and a direct call's upstream session). hyper asks a body for
+/// more only when the connection can take it (HTTP/2 flow control, HTTP/1's
+/// write buffer), so an answer its client does not read keeps its place, and the
+/// caps on places bound what unread answers hold.
 struct Holding<T> {
     body: Body,
     held: Option<T>,
@@ -697,27 +703,22 @@ impl<T: Unpin> http_body::Body for Holding<T> {
 /// The most of a JSON answer handed to the connection at once.
 const SENDING_PIECE: usize = 16 * 1024;
 
-/// A whole JSON answer, handed to the connection a piece at a time, that holds
-/// what it was given until the connection has taken its last piece or dropped it.
-/// hyper asks for the next piece only once the connection can take more (HTTP/2
-/// flow control, HTTP/1's write buffer), so an answer its client does not read
-/// keeps its place in flight, and the session's cap on calls in flight bounds what
-/// unread answers hold. Its length is known, so it goes out with `Content-Length`.
-pub(crate) struct Sending<T> {
+/// A whole JSON answer, handed to the connection a piece at a time, so that a
+/// [`Holding`] around it holds its place until the client has taken nearly all of
+/// it. Its length is known, so it goes out with `Content-Length`.
+pub(crate) struct Pieces {
     rest: Bytes,
-    _held: Option<T>,
 }
 
-impl<T> Sending<T> {
-    pub(crate) fn new(body: Vec<u8>, held: Option<T>) -> Self {
-        Sending {
+impl Pieces {
+    pub(crate) fn new(body: Vec<u8>) -> Self {
+        Pieces {
             rest: Bytes::from(body),
-            _held: held,
         }
     }
 }
 
-impl<T: Unpin> http_body::Body for Sending<T> {
+impl http_body::Body for Pieces {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
@@ -725,12 +726,11 @@ impl<T: Unpin> http_body::Body for Sending<T> {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if this.rest.is_empty() {
-            this._held = None;
+        if self.rest.is_empty() {
             return std::task::Poll::Ready(None);
         }
-        let piece = this.rest.split_to(this.rest.len().min(SENDING_PIECE));
+        let take = self.rest.len().min(SENDING_PIECE);
+        let piece = self.rest.split_to(take);
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
     }
 
@@ -993,7 +993,7 @@ mod tests {
         let places = Arc::new(tokio::sync::Semaphore::new(1));
         let place = places.clone().try_acquire_owned().expect("a place");
         let answer: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        let mut body = Sending::new(answer.clone(), Some(place));
+        let mut body = Holding::new(Body::new(Pieces::new(answer.clone())), place);
         assert_eq!(body.size_hint().exact(), Some(40_000));
         let mut sent = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -1008,7 +1008,7 @@ mod tests {
 
         // A connection that goes away before the end gives it back too.
         let place = places.clone().try_acquire_owned().expect("a place");
-        let mut body = Sending::new(answer, Some(place));
+        let mut body = Holding::new(Body::new(Pieces::new(answer)), place);
         let _first = body.frame().await;
         assert_eq!(places.available_permits(), 0);
         drop(body);
