@@ -2237,6 +2237,45 @@ async fn answers_a_client_does_not_read_hold_their_places() {
     assert!(again.body.contains("quick"), "{}", again.body);
 }
 
+/// Without a session (2026-07-28), answers a client has not read hold places of
+/// its share of the pool, as a session's do of the session's.
+#[tokio::test]
+async fn sessionless_answers_a_client_does_not_read_hold_their_places() {
+    const SHARE: usize = 64; // half of the pool's: 2 connections × 64
+    let quick = Quick::default();
+    let upstream = serve_upstream(quick.clone()).await;
+    let (app, token, _dir) = web_upstream(&format!("http://{upstream}/mcp"), "").await;
+    let list = |id: u64| {
+        let mut request = sessionless(
+            "/mcp/web",
+            &token,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {}}),
+        );
+        let headers = request.headers_mut();
+        headers.insert("mcp-method", "tools/list".parse().expect("header"));
+        headers.remove("mcp-name");
+        request
+    };
+    let busy = |answer: &Answer| answer.rpc()["error"]["data"]["reason"] == "too_many_requests";
+    let mut unread = Vec::new();
+    for id in 0..SHARE as u64 {
+        unread.push(app.respond(list(100 + id)).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while quick.0.load(std::sync::atomic::Ordering::SeqCst) < SHARE {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream listed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = app.send(list(1)).await;
+    assert!(busy(&refused), "{}", refused.body);
+    drop(unread);
+    let again = app.send(list(2)).await;
+    assert!(again.body.contains("quick"), "{}", again.body);
+}
+
 /// An HTTP upstream (rmcp, here) whose one tool sends the client a flood of `ping`s
 /// during the call, then answers.
 #[derive(Clone)]

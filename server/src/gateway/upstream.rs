@@ -382,6 +382,9 @@ pub struct Shared {
     next: std::sync::atomic::AtomicUsize,
     /// Sessionless requests each client has in flight on the pool.
     pooled_calls: Held,
+    /// Sessionless requests each client has whose answers are not yet sent (see
+    /// [`UpSession::answer_place`]).
+    pooled_answers: Held,
     observed: StdMutex<Observed>,
     /// `observed.ok == Some(true)`, read without the lock on the direct path.
     up: std::sync::atomic::AtomicBool,
@@ -429,6 +432,7 @@ impl Shared {
             pool: (0..config.pool_size).map(|_| Mutex::default()).collect(),
             next: Default::default(),
             pooled_calls: Held::default(),
+            pooled_answers: Held::default(),
             listed: Mutex::new(None),
             observed: StdMutex::default(),
             up: Default::default(),
@@ -518,8 +522,20 @@ impl Shared {
     /// clients share: at most half of the pool's places ([`MAX_CALLS`] a connection),
     /// so that one client's slow requests cannot take them all.
     pub fn pooled_place(&self, client: &ClientId) -> Result<ClientPlace, ErrorData> {
+        self.pool_share(&self.pooled_calls, client)
+    }
+
+    /// A place for one of `client`'s sessionless requests until its answer has been
+    /// sent, as [`UpSession::answer_place`] is for a session's: as many as its share
+    /// of the pool.
+    pub fn pooled_answer_place(&self, client: &ClientId) -> Result<ClientPlace, ErrorData> {
+        self.pool_share(&self.pooled_answers, client)
+    }
+
+    /// One of `client`'s places in `held`: at most half of the pool's.
+    fn pool_share(&self, held: &Held, client: &ClientId) -> Result<ClientPlace, ErrorData> {
         let max = (self.pool.len() * MAX_CALLS / 2).max(1);
-        self.pooled_calls.take(client, max).ok_or_else(|| {
+        held.take(client, max).ok_or_else(|| {
             let name = &self.config.name;
             ErrorData::internal_error(
                 format!(

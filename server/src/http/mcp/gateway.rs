@@ -656,6 +656,9 @@ fn is_request(body: &[u8]) -> bool {
     }
 }
 
+/// A place an answer holds until it has been sent.
+type Held = Box<dyn std::any::Any + Send>;
+
 /// A response body that holds `held` until it ends or is dropped: an answer's
 /// place in flight (and a direct call's upstream session). hyper asks a body for
 /// more only when the connection can take it (HTTP/2 flow control, HTTP/1's
@@ -903,23 +906,32 @@ impl GatewayEndpoint {
         // close), whose `initialize` it replays within this request.
         let slot = SessionSlot::default();
         parts.extensions.insert(slot.clone());
-        // A relayed request of a live session holds a place until its answer has
-        // been sent (see `UpSession::answer_place`); rmcp holds the answer until the
-        // client reads it.
-        let live = session.as_deref().and_then(|s| {
-            let upstream = self.live().get(s)?.upstream.upgrade()?;
-            Some(upstream)
-        });
-        let answer_place = match (&live, &body) {
-            (Some(upstream), GuardedBody::Read(bytes)) if is_request(bytes) => {
-                match upstream.answer_place() {
-                    Some(place) => Some(place),
-                    None => return super::reply::error_data_to(&self.shared.busy_error(), bytes),
+        // A relayed request holds a place until its answer has been sent, its live
+        // session's (see `UpSession::answer_place`) or, without a session, one of
+        // its client's share of the pool: rmcp holds the answer until the client
+        // reads it.
+        let answer_place = match &body {
+            GuardedBody::Read(bytes) if is_request(bytes) => {
+                let place = match session.as_deref() {
+                    Some(session) => self.live().get(session).and_then(|entry| {
+                        let upstream = entry.upstream.upgrade()?;
+                        let place = upstream.answer_place().map(|p| Box::new(p) as Held);
+                        Some(place.ok_or_else(|| self.shared.busy_error()))
+                    }),
+                    None => Some(
+                        self.shared
+                            .pooled_answer_place(&access.client_id)
+                            .map(|p| Box::new(p) as Held),
+                    ),
+                };
+                match place {
+                    Some(Ok(place)) => Some(place),
+                    Some(Err(busy)) => return super::reply::error_data_to(&busy, bytes),
+                    None => None,
                 }
             }
             _ => None,
         };
-        drop(live);
         let mut response = self
             .transport
             .handle(rebuild(parts, body, access))
