@@ -646,11 +646,13 @@ fn answer_response<T: Send + Unpin + 'static>(answer: Answer, held: T) -> Respon
 
 /// Whether a POST's body is a request, which is answered, rather than a
 /// notification or a client's answer (never refused for want of a place: a
-/// cancellation frees places).
+/// cancellation frees places): a method, and an id rmcp runs a request by, as the
+/// guard judges a call.
 fn is_request(body: &[u8]) -> bool {
     match crate::mcp::call::Message::peek(body) {
         crate::mcp::call::Message::Single(call) => {
-            !call.method().is_empty() && !call.method().starts_with("notifications/")
+            !call.method().is_empty()
+                && super::reply::is_request_id(&super::reply::request_id(body))
         }
         _ => false,
     }

@@ -33,8 +33,8 @@ use futures::StreamExt;
 use super::{
     policy::Refusal,
     reply::{
-        code, insufficient_scope, request_id, rpc_error, rpc_error_to, store_unavailable,
-        unauthorized,
+        code, insufficient_scope, is_request_id, request_id, rpc_error, rpc_error_to,
+        store_unavailable, unauthorized,
     },
     session_id,
     sessions::{self, binding_key, Binding},
@@ -57,16 +57,6 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 const INVALID_TOKEN: &str = "the access token is invalid, expired or revoked";
 
 /// The bearer token of `Authorization: Bearer <token>`; never from the query string.
-/// Whether `id` is one rmcp takes a request by (a string, or an integer, also
-/// written as a whole float below 2^53): with another, or none, nothing runs.
-fn is_request_id(id: &serde_json::Value) -> bool {
-    id.is_string()
-        || id.as_i64().is_some()
-        || id
-            .as_f64()
-            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
-}
-
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

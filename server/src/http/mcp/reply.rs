@@ -46,6 +46,16 @@ pub fn error_data_to(error: &rmcp::ErrorData, body: &[u8]) -> Response {
     Json(json!({ "jsonrpc": "2.0", "error": error, "id": request_id(body) })).into_response()
 }
 
+/// Whether `id` is one rmcp takes a request by (a string, or an integer, also
+/// written as a whole float below 2^53): with another, or none, nothing runs.
+pub fn is_request_id(id: &serde_json::Value) -> bool {
+    id.is_string()
+        || id.as_i64().is_some()
+        || id
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+}
+
 /// The `id` of the request in `body`, or null.
 pub fn request_id(body: &[u8]) -> serde_json::Value {
     #[derive(serde::Deserialize)]
