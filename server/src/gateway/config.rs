@@ -174,9 +174,48 @@ impl ToolRule {
         })
     }
 
+    /// Whether the rule names `tool`. The matcher of a deny rule ignores the case of
+    /// ASCII letters only, while JavaScript's and Python's case mappings turn some
+    /// other letters into ASCII ones (the Kelvin sign into `k`, `ſ` into `S`, `ẞ`
+    /// into `ss`): the policy also tries a deny rule on the name as such an upstream
+    /// may read it ([`ascii_folded`]).
     pub fn matches(&self, tool: &str) -> bool {
         self.matcher.is_match(tool)
     }
+}
+
+/// `name` with each letter that a case mapping (lower, upper, or one after the
+/// other: Python's `casefold` takes `ẞ` to `ss`) makes ASCII replaced by that,
+/// when it has such letters outside ASCII.
+pub fn ascii_folded(name: &str) -> Option<String> {
+    if name.is_ascii() {
+        return None;
+    }
+    let mut folded = String::with_capacity(name.len());
+    let mut changed = false;
+    for c in name.chars() {
+        let mapped = if c.is_ascii() { None } else { ascii_mapping(c) };
+        match mapped {
+            Some(mapped) => {
+                folded.push_str(&mapped);
+                changed = true;
+            }
+            None => folded.push(c),
+        }
+    }
+    changed.then_some(folded)
+}
+
+/// What a case mapping makes of `c`, when that is ASCII. (Called only for names of
+/// at most 512 bytes, once per policy decision.)
+fn ascii_mapping(c: char) -> Option<String> {
+    let lower: String = c.to_lowercase().collect();
+    let upper: String = c.to_uppercase().collect();
+    let upper_of_lower: String = lower.chars().flat_map(char::to_uppercase).collect();
+    let lower_of_upper: String = upper.chars().flat_map(char::to_lowercase).collect();
+    [lower, upper, upper_of_lower, lower_of_upper]
+        .into_iter()
+        .find(|mapped| mapped.is_ascii())
 }
 
 /// A validated upstream.

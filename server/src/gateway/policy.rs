@@ -15,6 +15,7 @@ use std::{
 };
 
 use rmcp::model::Tool;
+use tokio::time::Instant;
 
 use super::config::{RuleAccess, ToolRule};
 use crate::mcp::{Access, Call, CallPolicy, Need};
@@ -27,11 +28,31 @@ pub(super) const MAX_KNOWN_TOOLS: usize = 4096;
 /// most 128 characters); a longer one is left unknown, so it needs the write scope.
 pub(super) const MAX_KNOWN_NAME: usize = 512;
 
+/// How long what a listing said of a tool is taken as known. An upstream says when
+/// its tools change only to a client that can hear it: a session of an older
+/// revision, never a request without one (2026-07-28 sends it only on a
+/// `subscriptions/listen` stream, which Gatehouse does not hold), and a stdio server
+/// need not say so at all. Past this, the next call of the tool lists them again
+/// (at most once a second, see `Shared::learn_tool`), so that a tool which stopped
+/// being read-only needs the write scope within about this long of the change.
+pub const HINTS_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a listing said of one tool.
+#[derive(Clone, Copy)]
+struct Hint {
+    read_only: bool,
+    /// When a listing last said so.
+    at: Instant,
+    /// Whether the last listing of all the upstream's tools named it (a tool only a
+    /// session lists, or one the upstream removed, is not).
+    listed: bool,
+}
+
 pub struct ToolPolicy {
     rules: Vec<ToolRule>,
     /// What the upstream said of each tool (`readOnlyHint`), learnt from every
     /// `tools/list` answer that passes through.
-    read_only: RwLock<HashMap<String, bool>>,
+    read_only: RwLock<HashMap<String, Hint>>,
     /// How many times the upstream said its tools changed
     /// (`notifications/tools/list_changed`), and how many of those a completed
     /// listing has seen: while the first is ahead, what it said of them may no
@@ -51,9 +72,24 @@ impl ToolPolicy {
     }
 
     fn rule(&self, tool: &str) -> Option<RuleAccess> {
+        // No tool has such a name (the spec's have 128 characters at most), and
+        // none is remembered: refused as denied ones are, before any rule costs
+        // time in proportion to it.
+        if tool.len() > MAX_KNOWN_NAME {
+            return Some(RuleAccess::Deny);
+        }
+        // Folded once, only when a deny rule does not match the name as it is.
+        let folded = std::cell::OnceCell::new();
         self.rules
             .iter()
-            .find(|r| r.matches(tool))
+            .find(|r| {
+                r.matches(tool)
+                    || r.access == RuleAccess::Deny
+                        && folded
+                            .get_or_init(|| super::config::ascii_folded(tool))
+                            .as_deref()
+                            .is_some_and(|folded| r.matches(folded))
+            })
             .map(|r| r.access)
     }
 
@@ -71,7 +107,9 @@ impl ToolPolicy {
             None => {
                 let known = self.read_only.read().unwrap_or_else(|p| p.into_inner());
                 Some(match known.get(tool) {
-                    Some(true) => Access::Read,
+                    Some(Hint {
+                        read_only: true, ..
+                    }) => Access::Read,
                     _ => Access::Write,
                 })
             }
@@ -79,7 +117,8 @@ impl ToolPolicy {
     }
 
     /// Whether what `tool` needs is known: a `read` or `write` rule names it, or the
-    /// upstream listed it and has not said since that its tools changed. A denied
+    /// upstream listed it less than [`HINTS_HOLD`] ago and has not said since that its
+    /// tools changed. A denied
     /// tool counts as unknown, as a tool the upstream does not have does: both take
     /// the same path (a listing at most every so often), so a caller cannot tell
     /// them apart by the time they take.
@@ -93,9 +132,23 @@ impl ToolPolicy {
                         .read_only
                         .read()
                         .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(tool)
+                        .get(tool)
+                        .is_some_and(|hint| hint.at.elapsed() < HINTS_HOLD)
             }
         }
+    }
+
+    /// Whether the last listing of all the upstream's tools named `tool`, however
+    /// long ago; never for a denied tool, which takes the path of an unknown one
+    /// (see [`Self::knows`]), nor for one the upstream has removed since.
+    pub fn has_hint(&self, tool: &str) -> bool {
+        self.rule(tool).is_none()
+            && self
+                .read_only
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(tool)
+                .is_some_and(|hint| hint.listed)
     }
 
     /// The upstream's tools changed: the next call of a tool no rule names lists
@@ -123,9 +176,17 @@ impl ToolPolicy {
     /// a change replaced. A listing that failed or was given up never gets here, and
     /// the hints stay stale.
     pub fn learn(&self, tools: &[Tool], as_of: u64, complete: bool) {
+        let now = Instant::now();
         let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());
         if as_of < self.seen.load(Ordering::Acquire) {
             return;
+        }
+        if complete {
+            // What it does not name is no longer listed (but its hint still holds
+            // for a session that lists it itself).
+            for hint in known.values_mut() {
+                hint.listed = false;
+            }
         }
         for tool in tools {
             // Full, it still takes changes to the tools it knows.
@@ -140,7 +201,16 @@ impl ToolPolicy {
                 .as_ref()
                 .and_then(|a| a.read_only_hint)
                 .unwrap_or(false);
-            known.insert(tool.name.to_string(), read_only);
+            let listed = complete
+                || known
+                    .get(tool.name.as_ref())
+                    .is_some_and(|hint| hint.listed);
+            let hint = Hint {
+                read_only,
+                at: now,
+                listed,
+            };
+            known.insert(tool.name.to_string(), hint);
         }
         if complete {
             // Under the lock: the hints and what they have seen change together.
@@ -226,6 +296,66 @@ mod tests {
         assert!(!policy.visible("Secret-Stuff"));
         assert_eq!(policy.tool_access("Toggle-logging"), Some(Access::Write));
         assert!(policy.visible("echo"));
+        // Also where JavaScript's or Python's case mappings make a letter outside
+        // ASCII one of its letters: `ſ` (long s) upper-cases to `S`, the Kelvin sign
+        // lower-cases to `k`, `ß` to `SS`.
+        assert_eq!(policy.tool_access("\u{17f}ecret-stuff"), None);
+        assert!(!policy.visible("\u{17f}ECRET"));
+        let kill = ToolPolicy::new(vec![ToolRule::parse("kill_*", "deny").expect("rule")]);
+        assert_eq!(kill.tool_access("\u{212a}ill_all"), None);
+        let class = ToolPolicy::new(vec![ToolRule::parse("class", "deny").expect("rule")]);
+        assert_eq!(class.tool_access("cla\u{df}"), None);
+        // Capital sharp s: lower `ß`, upper itself; Python's `casefold` gives `ss`.
+        assert_eq!(class.tool_access("cla\u{1e9e}"), None);
+        // A name no tool has (past 512 bytes) is refused as a denied one, whatever
+        // the rules say.
+        let long = "a".repeat(513);
+        assert_eq!(plain.tool_access(&long), None);
+        assert!(!plain.visible(&long));
+        // A name that is another outside ASCII is not folded into a match.
+        assert_eq!(policy.tool_access("s\u{e9}cret"), Some(Access::Write));
+    }
+
+    /// What a listing said holds for HINTS_HOLD: an upstream need not say its tools
+    /// changed (nor can it to requests without a session).
+    #[tokio::test(start_paused = true)]
+    async fn hints_are_known_for_a_while() {
+        let policy = ToolPolicy::new(vec![ToolRule::parse("hidden", "deny").expect("rule")]);
+        policy.learn(
+            &[tool("echo", Some(true)), tool("hidden", Some(true))],
+            0,
+            true,
+        );
+        assert!(policy.knows("echo"));
+        tokio::time::advance(HINTS_HOLD - std::time::Duration::from_secs(1)).await;
+        assert!(policy.knows("echo"));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(!policy.knows("echo"));
+        assert!(policy.has_hint("echo"));
+        // Meanwhile the hint decides, until a listing says otherwise.
+        assert_eq!(policy.tool_access("echo"), Some(Access::Read));
+        policy.learn(&[tool("echo", Some(false))], 0, true);
+        assert!(policy.knows("echo"));
+        assert_eq!(policy.tool_access("echo"), Some(Access::Write));
+        // A denied tool is never a known one, nor one with a hint.
+        assert!(!policy.knows("hidden"));
+        assert!(!policy.has_hint("hidden"));
+        // Nor is one the last listing of all tools left out (the upstream removed
+        // it, or only a session lists it): it is listed for as seldom as an unknown
+        // one, though its hint still decides.
+        policy.learn(&[tool("gone", Some(true))], 0, false);
+        assert!(policy.knows("gone"));
+        assert!(!policy.has_hint("gone"));
+        policy.learn(
+            &[tool("echo", Some(true)), tool("gone", Some(true))],
+            0,
+            true,
+        );
+        assert!(policy.has_hint("gone"));
+        policy.learn(&[tool("echo", Some(true))], 0, true);
+        assert!(!policy.has_hint("gone"));
+        assert!(policy.has_hint("echo"));
+        assert_eq!(policy.tool_access("gone"), Some(Access::Read));
     }
 
     #[test]

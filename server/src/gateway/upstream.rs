@@ -14,7 +14,9 @@ use rmcp::{
         ClientCapabilities, ClientConfig, Implementation, InitializeRequestParams,
         PaginatedRequestParams, ProtocolVersion, ServerPeerInfo, Tool, ToolAnnotations,
     },
-    service::{serve_client_with_lifecycle, ClientLifecycleMode, Peer, ServiceError},
+    service::{
+        serve_client_with_lifecycle, ClientCacheConfig, ClientLifecycleMode, Peer, ServiceError,
+    },
     transport::{
         async_rw::AsyncRwTransport, common::client_side_sse::ExponentialBackoff,
         streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
@@ -730,9 +732,10 @@ impl Shared {
         }
         let mut listed = self.listed.lock().await;
         // At most once per RELIST_AFTER however many unknown tools clients name;
-        // after the upstream said its tools changed, once per RELIST_STALE however
-        // often it says so (meanwhile, what was learnt holds).
-        let every = if self.policy.is_stale() {
+        // after the upstream said its tools changed, or once what a listing said of
+        // this tool is older than HINTS_HOLD, once per RELIST_STALE however often
+        // (meanwhile, what was learnt holds).
+        let every = if self.policy.is_stale() || self.policy.has_hint(tool) {
             RELIST_STALE
         } else {
             RELIST_AFTER
@@ -1082,12 +1085,22 @@ where
     T: rmcp::transport::IntoTransport<RoleClient, E, A>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    match lifecycle {
+    let service = match lifecycle {
         ClientLifecycleMode::Initialize => up.serve(transport).await.map_err(|e| e.to_string()),
         other => serve_client_with_lifecycle(up, transport, other)
             .await
             .map_err(|e| e.to_string()),
-    }
+    }?;
+    // rmcp's client keeps listings as long as the server's `ttlMs` says (up to a
+    // day), and answers with an expired one when a listing fails. The tool policy
+    // must read what the upstream says now: a tool that stopped being read-only,
+    // announced on another connection, would otherwise keep needing only the read
+    // scope. Nothing else Gatehouse sends goes through that cache.
+    service
+        .peer()
+        .set_response_cache_config(ClientCacheConfig::disabled())
+        .await;
+    Ok(service)
 }
 
 /// How an HTTP upstream's broken event stream is resumed (`Last-Event-ID`): three
