@@ -735,6 +735,110 @@ async fn a_tool_no_longer_read_only_needs_the_write_scope_whatever_listings_may_
     assert!(challenge.contains("web:write"), "{challenge}");
 }
 
+/// An upstream that offers tasks and says when its tools change; its one tool tells
+/// what the server knows of its client's capabilities.
+#[derive(Clone, Default)]
+struct OffersTasks;
+
+impl ServerHandler for OffersTasks {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_tasks()
+            .build();
+        ServerConfig::new(capabilities).with_server_info(Implementation::new("tasks", "1"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(one_read_only_tool("client", "the client's capabilities"))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let info = context.peer.peer_info().expect("an initialized session");
+        let capabilities = serde_json::to_string(&info.capabilities).expect("json");
+        Ok(CallToolResult::success(vec![ContentBlock::text(capabilities)]).into())
+    }
+}
+
+/// The relay carries no `tasks/*`: the tasks extension is offered neither to the
+/// client (which would start a task it could never read nor cancel) nor, for it, to
+/// the upstream. A request without a session is not offered notifications of changes
+/// either: they would reach it only through `subscriptions/listen`.
+#[tokio::test]
+async fn only_what_the_relay_carries_is_offered() {
+    const TASKS: &str = "io.modelcontextprotocol/tasks";
+    let addr = serve_upstream(OffersTasks).await;
+    let (app, token, _dir) = web_upstream(&format!("http://{addr}/mcp"), "").await;
+    let post = |session: Option<&str>, body: Value| {
+        McpPost {
+            path: "/mcp/web",
+            token: Some(&token),
+            session,
+            version: session.map(|_| V2025),
+            ..McpPost::default()
+        }
+        .body(body)
+    };
+    let init = app
+        .send(post(
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": V2025,
+                "capabilities": {"extensions": {TASKS: {}}, "roots": {}},
+                "clientInfo": {"name": "t", "version": "1"}}}),
+        ))
+        .await;
+    assert_eq!(init.status, StatusCode::OK, "{}", init.body);
+    let offered = &init.rpc()["result"]["capabilities"];
+    assert_eq!(offered["tools"]["listChanged"], true, "{offered}");
+    assert!(offered["extensions"].get(TASKS).is_none(), "{offered}");
+    let session = init.headers["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let initialized = app
+        .send(post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        ))
+        .await;
+    assert_eq!(initialized.status, StatusCode::ACCEPTED);
+    let answer = app
+        .send(post(Some(&session), call(2, "client", json!({}))))
+        .await;
+    let upstream_saw: Value = serde_json::from_str(&text(&answer)).expect("json");
+    assert!(
+        upstream_saw["extensions"].get(TASKS).is_none(),
+        "{upstream_saw}"
+    );
+    assert!(upstream_saw.get("roots").is_some(), "{upstream_saw}");
+
+    let mut discover = sessionless(
+        "/mcp/web",
+        &token,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "server/discover", "params": {}}),
+    );
+    discover
+        .headers_mut()
+        .insert("mcp-method", "server/discover".parse().expect("header"));
+    discover.headers_mut().remove("mcp-name");
+    let discovered = app.send(discover).await;
+    assert_eq!(discovered.status, StatusCode::OK, "{}", discovered.body);
+    let offered = &discovered.rpc()["result"]["capabilities"];
+    assert!(offered["tools"].is_object(), "{offered}");
+    assert!(offered["tools"].get("listChanged").is_none(), "{offered}");
+    assert!(offered["extensions"].get(TASKS).is_none(), "{offered}");
+}
+
 /// An HTTP upstream (rmcp, here) that records the headers it was sent.
 #[derive(Clone, Default)]
 struct Recorder(Arc<Mutex<Vec<axum::http::HeaderMap>>>);
@@ -1586,6 +1690,7 @@ impl ServerHandler for TalksBack {
         Ok(ListToolsResult::with_all_items(vec![
             read_only("ask"),
             read_only("hold"),
+            read_only("gives-up"),
         ]))
     }
 
@@ -1603,6 +1708,23 @@ impl ServerHandler for TalksBack {
                 .as_ref()
                 .map(|t| serde_json::to_string(t).expect("token")),
         ));
+        // Asks the client, then gives up waiting, as the TypeScript SDK does when its
+        // wait times out.
+        if request.name == "gives-up" {
+            let asking = context
+                .peer
+                .send_request_with_option(
+                    ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+                    rmcp::service::PeerRequestOptions::no_options(),
+                )
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            let _ = asking.cancel(Some("no answer in time".into())).await;
+            // It goes on working a while: the cancellation goes on the session's own
+            // stream, and would race an answer sent at once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Ok(CallToolResult::success(vec![ContentBlock::text("gave up")]).into());
+        }
         if request.name == "hold" {
             self.holding.notify_one();
             context.ct.cancelled().await;
@@ -1852,6 +1974,7 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
     let upstream = TalksBack::default();
     let url = format!("http://{}/mcp", serve_upstream(upstream.clone()).await);
     let (app, token, _dir) = web_upstream(&url, "timeout = \"30s\"\n").await;
+    let bearer = format!("Bearer {token}");
     let post = |session: Option<&str>, body: Value| {
         McpPost {
             path: "/mcp/web",
@@ -1939,6 +2062,55 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
         "the upstream saw token {token}"
     );
 
+    // The upstream gives up a request of its own: the client hears so, under the
+    // request's id as the client knows it. rmcp's server says so on the session's
+    // own stream (the TypeScript SDK on the call's: see
+    // `an_upstream_giving_up_its_request_on_the_calls_stream_is_relayed`).
+    let request = Request::get("/mcp/web")
+        .header(header::HOST, "gate.example.com")
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::AUTHORIZATION, &bearer)
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", V2025)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let stream = app.router.clone().oneshot(request).await.expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut session_events = Events {
+        body: stream.into_body(),
+        buffer: String::new(),
+    };
+    // Gatehouse's own stream from the upstream is open by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(post(Some(session), call(5, "gives-up", json!({}))))
+        .await
+        .expect("response");
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+    };
+    let ask = events.next().await;
+    assert_eq!(ask["method"], "roots/list", "{ask}");
+    let answer = events.next().await;
+    assert_eq!(answer["id"], 5, "{answer}");
+    let cancelled = session_events.next().await;
+    assert_eq!(
+        cancelled["method"], "notifications/cancelled",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["params"]["requestId"], ask["id"], "{cancelled}");
+    // Its answer, had the client sent one, would find nothing to answer.
+    let late = app
+        .send(post(
+            Some(session),
+            json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"roots": []}}),
+        ))
+        .await;
+    assert_eq!(late.status, StatusCode::ACCEPTED, "{}", late.body);
+
     // Cancelled by the client: the upstream hears of it, the call ends at once.
     let held = app
         .router
@@ -1989,6 +2161,94 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
         ))
         .await;
     assert_eq!(again.status, StatusCode::ACCEPTED);
+}
+
+/// A hand-written HTTP upstream that gives up a request of its own as the TypeScript
+/// SDK's server does when its wait times out: on the call's stream, before the
+/// call's answer. Its one tool asks the client for its roots.
+async fn gives_up_on_the_calls_stream() -> std::net::SocketAddr {
+    use axum::response::IntoResponse;
+    async fn mcp(body: String) -> axum::response::Response {
+        let message: Value = serde_json::from_str(&body).unwrap_or_default();
+        let id = message["id"].clone();
+        let json = |result: Value| {
+            let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::HeaderName::from_static("mcp-session-id"), "s1"),
+                ],
+                answer.to_string(),
+            )
+                .into_response()
+        };
+        match message["method"].as_str() {
+            Some("initialize") => json(json!({
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "gives-up", "version": "1"}})),
+            Some("tools/list") => json(json!({"tools": [{
+                "name": "gives-up", "inputSchema": {"type": "object"},
+                "annotations": {"readOnlyHint": true}}]})),
+            Some("tools/call") => {
+                let events = [
+                    json!({"jsonrpc": "2.0", "id": 7, "method": "roots/list"}),
+                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                           "params": {"requestId": 7, "reason": "timed out"}}),
+                    json!({"jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{"type": "text", "text": "gave up"}]}}),
+                ];
+                let body: String = events
+                    .iter()
+                    .map(|event| format!("event: message\ndata: {event}\n\n"))
+                    .collect();
+                ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+            }
+            _ => StatusCode::ACCEPTED.into_response(),
+        }
+    }
+    serve_local(
+        axum::Router::new().route(
+            "/mcp",
+            axum::routing::post(mcp)
+                .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                .delete(|| async { StatusCode::OK }),
+        ),
+    )
+    .await
+}
+
+/// An upstream that gives up its request to the client on the call's stream (the
+/// TypeScript SDK's way): the client hears so there, under the id it knows, before
+/// the call's answer.
+#[tokio::test]
+async fn an_upstream_giving_up_its_request_on_the_calls_stream_is_relayed() {
+    let web = Web::open(gives_up_on_the_calls_stream().await).await;
+    let response = tower::ServiceExt::oneshot(
+        web.app.router.clone(),
+        web.post().body(call(3, "gives-up", json!({}))),
+    )
+    .await
+    .expect("response");
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+    };
+    let ask = events.next().await;
+    assert_eq!(ask["method"], "roots/list", "{ask}");
+    assert!(
+        ask["id"].is_string(),
+        "the client sees Gatehouse's id: {ask}"
+    );
+    let cancelled = events.next().await;
+    assert_eq!(
+        cancelled["method"], "notifications/cancelled",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["params"]["requestId"], ask["id"], "{cancelled}");
+    let answer = events.next().await;
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], "gave up");
 }
 
 /// An upstream at its `max_sessions`, or a client at its `max_sessions_per_client`:

@@ -348,6 +348,20 @@ impl Leg {
         true
     }
 
+    /// Gatehouse's id for the request the upstream gave `upstream_id` and relayed to
+    /// the client on this path (during the call `call`, when given), now that the
+    /// upstream gave it up: the client's answer to it goes nowhere.
+    pub fn ask_given_up(&self, upstream_id: &Value, call: Option<&str>) -> Option<String> {
+        let mut pending = lock(&self.pending);
+        let ours = pending
+            .asks
+            .iter()
+            .find(|(_, (of, id))| id == upstream_id && call.is_none_or(|call| of == call))
+            .map(|(ours, _)| ours.clone())?;
+        pending.asks.remove(&ours);
+        Some(ours)
+    }
+
     /// Relays the client's cancellation of a call on this path; `false` when it
     /// names no such call.
     pub async fn cancel(&self, shared: &Shared, mut message: Value) -> bool {
@@ -839,8 +853,20 @@ impl InFlight {
                     _ => Relayed::Nothing,
                 }
             }
-            // Its ids are ours, for a call the client cannot cancel twice.
-            (false, Some("notifications/cancelled")) => Relayed::Nothing,
+            // The upstream giving up a request of its own to the client (the TypeScript
+            // SDK does when its wait times out): relayed under the id the client
+            // knows, so that it closes, say, an elicitation form. Anything else it
+            // might name is ours (this call), which the client cannot cancel twice.
+            (false, Some("notifications/cancelled")) => {
+                let given_up = message
+                    .pointer("/params/requestId")
+                    .and_then(|id| self.leg.ask_given_up(id, Some(&self.ours)));
+                let Some(ours) = given_up else {
+                    return Relayed::Nothing;
+                };
+                message["params"]["requestId"] = Value::String(ours);
+                Relayed::Message(encode(&message), false)
+            }
             (false, Some(method)) => {
                 if method == "notifications/tools/list_changed" {
                     self.shared.policy.mark_stale();

@@ -95,6 +95,9 @@ pub struct UpClient {
     pub asks: Arc<tokio::sync::Semaphore>,
     /// Places for its notifications waiting for the client ([`MAX_NOTES_WAITING`]).
     pub notes: Arc<tokio::sync::Semaphore>,
+    /// The session's direct path (HTTP upstreams), whose requests to the client
+    /// rmcp's client never saw.
+    pub direct: Option<Arc<super::direct::Leg>>,
 }
 
 /// A task that ends when its owner drops it.
@@ -210,8 +213,22 @@ impl rmcp::Service<RoleClient> for UpClient {
             // Relayed in order by the transport (`InOrder`), which hands them on to
             // rmcp only for the call's timeout.
             ServerNotification::ProgressNotification(_) => return Ok(()),
-            // Its ids are the upstream's: rmcp already cancelled the request it names.
-            ServerNotification::CancelledNotification(_) => return Ok(()),
+            // Its ids are the upstream's: rmcp already cancelled the request it names,
+            // unless the direct path relayed that request (rmcp's server sends such
+            // a cancellation here, on the session's own stream, not the call's).
+            ServerNotification::CancelledNotification(cancelled) => {
+                let given_up = cancelled.params.request_id.as_ref().and_then(|id| {
+                    let id = serde_json::to_value(id).ok()?;
+                    self.direct.as_ref()?.ask_given_up(&id, None)
+                });
+                match (given_up, &self.session_peer) {
+                    (Some(ours), Some(peer)) => {
+                        cancelled.params.request_id = Some(NumberOrString::String(ours.into()));
+                        peer.clone()
+                    }
+                    _ => return Ok(()),
+                }
+            }
             _ => match &self.session_peer {
                 Some(peer) => peer.clone(),
                 None => return Ok(()),
@@ -372,8 +389,15 @@ impl GatewayHandler {
             handle.progress_token.clone(),
             handle.peer.clone(),
         );
+        // Awaited to its end, also when the client cancels: rmcp forgets a request's
+        // progress watcher only there (or in `RequestHandle::cancel`, which would
+        // leave the answer unawaited), so each cancelled request would otherwise leave
+        // one behind on a connection that may serve clients for days. Once the
+        // cancellation is sent, rmcp ends the wait at once; its timeouts bound it.
+        let response = handle.await_response();
+        tokio::pin!(response);
         let answer = tokio::select! {
-            answer = handle.await_response() => answer.map_err(|e| self.shared.error(e)),
+            answer = &mut response => answer.map_err(|e| self.shared.error(e)),
             () = context.ct.cancelled() => {
                 let _ = peer
                     .send_notification(ClientNotification::CancelledNotification(
@@ -383,6 +407,7 @@ impl GatewayHandler {
                         )),
                     ))
                     .await;
+                let _ = response.await;
                 Err(ErrorData::internal_error("cancelled by the client", None))
             }
         };
@@ -429,7 +454,8 @@ impl ServerHandler for GatewayHandler {
             .or_else(|| self.shared.last_info());
         match info {
             Some(up) => {
-                let mut config = ServerConfig::new(up.capabilities.clone());
+                let sessionless = self.session.get().is_none();
+                let mut config = ServerConfig::new(offered(&up.capabilities, sessionless));
                 config.server_info = up
                     .server_info
                     .clone()
@@ -470,7 +496,7 @@ impl ServerHandler for GatewayHandler {
             let _ = slot.0.set(session.clone());
         }
         let _ = self.session.set(session);
-        let mut result = InitializeResult::new(info.capabilities.clone());
+        let mut result = InitializeResult::new(offered(&info.capabilities, false));
         result.server_info = info
             .server_info
             .clone()
@@ -705,6 +731,35 @@ impl ServerHandler for GatewayHandler {
                 .await;
         }
     }
+}
+
+/// Extensions whose methods the relay does not carry (`tasks/*`; `skills/*` and
+/// `resources/directory/read`): offered to a client, it would start a task it can
+/// never read nor cancel, or ask for what is answered "method not found".
+pub const UNRELAYED_EXTENSIONS: [&str; 2] = [TASKS_EXTENSION_ID, SKILLS_EXTENSION_ID];
+
+/// What the gateway offers a client of the upstream's capabilities `up`: not the
+/// extensions it does not relay, and, to a request without a session (2026-07-28),
+/// no notifications of changes or resource updates, which reach such a client only
+/// through `subscriptions/listen`, not relayed either.
+fn offered(up: &ServerCapabilities, sessionless: bool) -> ServerCapabilities {
+    let mut offered = up.clone();
+    if let Some(extensions) = offered.extensions.as_mut() {
+        extensions.retain(|id, _| !UNRELAYED_EXTENSIONS.contains(&id.as_str()));
+    }
+    if sessionless {
+        if let Some(tools) = offered.tools.as_mut() {
+            tools.list_changed = None;
+        }
+        if let Some(resources) = offered.resources.as_mut() {
+            resources.subscribe = None;
+            resources.list_changed = None;
+        }
+        if let Some(prompts) = offered.prompts.as_mut() {
+            prompts.list_changed = None;
+        }
+    }
+    offered
 }
 
 /// The running rmcp client of one upstream connection.

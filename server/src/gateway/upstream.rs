@@ -629,10 +629,16 @@ impl Shared {
             )
         })?;
         // Upstream, Gatehouse is the client it relays: same revision, capabilities
-        // and identity, so the server offers what the client can take.
+        // and identity, so the server offers what the client can take (but for the
+        // extensions the relay does not carry: no task is started that the client
+        // could not read).
+        let mut request = request.clone();
+        if let Some(extensions) = request.capabilities.extensions.as_mut() {
+            extensions.retain(|id, _| !super::relay::UNRELAYED_EXTENSIONS.contains(&id.as_str()));
+        }
         let session = self
             .connect(
-                request.clone(),
+                request,
                 Some(client),
                 ClientLifecycleMode::Initialize,
                 Some((place, client_place)),
@@ -783,6 +789,10 @@ impl Shared {
         place: Option<(OwnedSemaphorePermit, ClientPlace)>,
     ) -> Result<UpSession, ErrorData> {
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let leg = self
+            .http
+            .clone()
+            .map(|(client, sender)| Leg::new(client, sender));
         let up = UpClient {
             upstream: self.config.name.clone(),
             info,
@@ -791,11 +801,8 @@ impl Shared {
             policy: self.policy.clone(),
             asks: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_ASKS_WAITING)),
             notes: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_NOTES_WAITING)),
+            direct: leg.clone(),
         };
-        let leg = self
-            .http
-            .clone()
-            .map(|(client, sender)| Leg::new(client, sender));
         // Ended, places and all, unless it becomes the session's: on failure, and if
         // this future is dropped half-way.
         let mut owned = Owned {
