@@ -19,14 +19,27 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What is logged: `RUST_LOG`'s directives (`info` without it), with rmcp's own
+/// logging off unless they name it. rmcp logs every message it receives in full at
+/// `info` and errors at `warn`/`error`, clients' and upstreams' alike: unbounded, at
+/// the rate anyone with a token or any upstream chooses, and without the masking of
+/// configured credentials Gatehouse gives an upstream's own output.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
+    let filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    if directives.contains("rmcp") {
+        return filter;
+    }
+    filter.add_directive("rmcp=off".parse().expect("a valid directive"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // TLS for the gateway's HTTP upstreams (rmcp's client is built on reqwest with
     // rustls and no default provider).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt()
@@ -358,5 +371,66 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::log_filter;
+
+    /// What one line of rmcp's, one of its errors and one of Gatehouse's leave in the
+    /// log under `rust_log`.
+    fn logged(rust_log: Option<&str>) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(log_filter(rust_log))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "rmcp::service", "received notification: configured-secret");
+            tracing::error!(target: "rmcp::transport::worker", "worker quit: an error page");
+            tracing::info!(target: "gatehouse::gateway", "a line of Gatehouse's");
+        });
+        let logged = captured.0.lock().expect("lock").clone();
+        String::from_utf8(logged).expect("utf-8")
+    }
+
+    #[test]
+    fn rmcp_logs_nothing_unless_rust_log_names_it() {
+        for rust_log in [
+            None,
+            Some(""),
+            Some("info"),
+            Some("trace"),
+            Some("warn,gatehouse=info"),
+        ] {
+            let logged = logged(rust_log);
+            assert!(
+                logged.contains("a line of Gatehouse's"),
+                "{rust_log:?}: {logged}"
+            );
+            assert!(
+                !logged.contains("configured-secret"),
+                "{rust_log:?}: {logged}"
+            );
+            assert!(!logged.contains("an error page"), "{rust_log:?}: {logged}");
+        }
+        let logged = logged(Some("info,rmcp=info"));
+        assert!(logged.contains("configured-secret"), "{logged}");
+        assert!(logged.contains("an error page"), "{logged}");
     }
 }
