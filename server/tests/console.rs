@@ -515,6 +515,41 @@ async fn a_confirmation_opened_from_another_site_is_not_shown() {
     assert_eq!(linked.status, StatusCode::OK);
 }
 
+/// Leptos shows a failed form's error from the page's address (`__path`, `__err`),
+/// where anyone can write one: a console page opens without them, so no other site
+/// puts its own words in the console's alert, also not through the sign-in.
+#[tokio::test]
+async fn a_console_address_cannot_put_words_in_its_alert() {
+    use base64::Engine as _;
+    let app = TestApp::new(&[]);
+    let cookie = app.sign_in().await;
+    // "ServerError|Your password leaked: sign in at evil.example", as Leptos encodes it.
+    let words = "Your password leaked: sign in at evil.example";
+    let err = base64::engine::general_purpose::URL_SAFE.encode(format!("ServerError|{words}"));
+    let forged = format!("/console?__path=/api/console/revoke_grant&__err={err}&kind=x");
+    let opened = app.get(&forged, Some(&cookie)).await;
+    assert_eq!(opened.status, StatusCode::SEE_OTHER, "{}", opened.body);
+    assert_eq!(opened.location(), "/console?kind=x");
+    let shown = app.get(&opened.location(), Some(&cookie)).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(!shown.body.contains(words));
+    let article =
+        format!("/console/articles/some-draft?__path=/api/console/save_article&__err={err}");
+    let opened = app.get(&article, Some(&cookie)).await;
+    assert_eq!(opened.location(), "/console/articles/some-draft");
+    // Signed out: sent to sign in without them, and back without them.
+    let opened = app.get(&forged, None).await;
+    assert_eq!(opened.location(), "/console?kind=x");
+    let signed_in = app
+        .post_form(
+            "/oauth/login",
+            &[("password", PASSWORD), ("return_to", &forged)],
+            None,
+        )
+        .await;
+    assert_eq!(signed_in.location(), "/console?kind=x");
+}
+
 // ----- what the console shows and does -------------------------------------------------
 
 #[tokio::test]

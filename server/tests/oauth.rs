@@ -2318,6 +2318,24 @@ async fn metadata_document_clients_are_fetched_validated_and_cached() {
     assert!(!app.state.auth.document_is_proven(&document).await);
     let tokens = app.redeem(&client_id, &code).await;
     assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    // The document's host vouches for the name it gives, and the activity log says
+    // so, as the consent page did: any site can call its client "Claude Code".
+    let activity = app
+        .send(
+            Request::post("/api/console/activity")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::ACCEPT, "application/json")
+                .header("sec-fetch-site", "same-origin")
+                .header(header::COOKIE, &cookie)
+                .body(Body::from("kind=consent_approved"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(activity.status, StatusCode::OK, "{}", activity.body);
+    assert_eq!(
+        activity.json()["events"][0]["client"],
+        "Documented client (127.0.0.1)"
+    );
     assert_eq!(
         docs.hits("/client.json"),
         1,

@@ -317,11 +317,12 @@ impl ConsoleBackend for Console {
             .await?
             .into_iter()
             .map(|g| {
-                // A self-registered client chose its own name ("Claude", say): the
-                // activity says so, as the apps page does.
-                let name = match identity(&g) {
-                    (_, true) => g.client_name,
-                    (vouched, false) => format!("{} ({vouched})", g.client_name),
+                // A client other than the operator's chose its own name ("Claude",
+                // say): the activity says who vouches for it (the host of its
+                // metadata document) or that nobody does, as the consent page did.
+                let name = match &g.identity {
+                    Identity::Static => g.client_name,
+                    _ => format!("{} ({})", g.client_name, identity(&g).0),
                 };
                 (g.client_id.to_string(), name)
             })
@@ -579,19 +580,39 @@ const CONFIRMATIONS: [&str; 3] = ["revoke", "revoke_client", "delete"];
 /// owner goes after signing in: the sign-in's answer follows a same-origin post, so
 /// a link from another site to the sign-in page (or to a confirmation, which sends a
 /// signed-out owner to sign in) would otherwise land the owner on an armed button.
+/// Nor does it keep a failed form's report ([`FORM_REPORT`]).
 pub(crate) fn without_confirmations(path_and_query: &str) -> String {
+    without(path_and_query, |name| {
+        CONFIRMATIONS.contains(&name) || FORM_REPORT.contains(&name)
+    })
+}
+
+/// Where Leptos's forms without JavaScript say which server function failed and
+/// how (`server_fn`'s `form-redirects`): a console page shows that text as the
+/// function's error, in its red alert, straight from its address. Gatehouse never
+/// sends a browser there (a failed plain form gets an error page), so a console
+/// address that carries them came from someone else, with words of their choosing
+/// ("your password leaked, sign in at …"): the page opens without them.
+const FORM_REPORT: [&str; 2] = ["__err", "__path"];
+
+/// A console page's address without a failed form's report, when it has one.
+fn without_form_report(uri: &axum::http::Uri) -> Option<String> {
+    let path_and_query = uri.path_and_query()?.as_str();
+    let plain = without(path_and_query, |name| FORM_REPORT.contains(&name));
+    (plain != path_and_query).then_some(plain)
+}
+
+/// `path_and_query` without the query parameters `drop` names.
+fn without(path_and_query: &str, drop: impl Fn(&str) -> bool) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return path_and_query.to_owned();
     };
     let pairs = form_urlencoded::parse(query.as_bytes());
-    if !pairs
-        .clone()
-        .any(|(name, _)| CONFIRMATIONS.contains(&&*name))
-    {
+    if !pairs.clone().any(|(name, _)| drop(&name)) {
         return path_and_query.to_owned();
     }
     let kept: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.filter(|(name, _)| !CONFIRMATIONS.contains(&&**name)))
+        .extend_pairs(pairs.filter(|(name, _)| !drop(name)))
         .finish();
     if kept.is_empty() {
         path.to_owned()
@@ -662,6 +683,11 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ),
         )
             .into_response();
+    }
+    if page && matches!(*request.method(), Method::GET | Method::HEAD) {
+        if let Some(plain) = without_form_report(request.uri()) {
+            return see_other(&plain);
+        }
     }
     if page && matches!(*request.method(), Method::GET | Method::HEAD) && !signed_in().await {
         let return_to = request
