@@ -349,14 +349,14 @@ impl Leg {
     }
 
     /// Gatehouse's id for the request the upstream gave `upstream_id` and relayed to
-    /// the client on this path (during the call `call`, when given), now that the
-    /// upstream gave it up: the client's answer to it goes nowhere.
-    pub fn ask_given_up(&self, upstream_id: &Value, call: Option<&str>) -> Option<String> {
+    /// the client on this path during the call `call`, now that the upstream gave it
+    /// up: the client's answer to it goes nowhere.
+    fn ask_given_up(&self, upstream_id: &Value, call: &str) -> Option<String> {
         let mut pending = lock(&self.pending);
         let ours = pending
             .asks
             .iter()
-            .find(|(_, (of, id))| id == upstream_id && call.is_none_or(|call| of == call))
+            .find(|(_, (of, id))| id == upstream_id && of == call)
             .map(|(ours, _)| ours.clone())?;
         pending.asks.remove(&ours);
         Some(ours)
@@ -670,7 +670,7 @@ impl InFlight {
                         () = tokio::time::sleep(KEEP_ALIVE) => None,
                     };
                     let Some(next) = step else {
-                        return Some((None, (call, events, deadline)));
+                        return Some((vec![None], (call, events, deadline)));
                     };
                     match next {
                         Next::Relayed(Relayed::Answer(body, _)) => {
@@ -680,21 +680,62 @@ impl InFlight {
                                 &call.leg,
                                 std::mem::replace(&mut events, futures::stream::empty().boxed()),
                             );
-                            return Some((Some(body), (call, events, deadline)));
+                            let mut last = call.given_up();
+                            last.push(Some(body));
+                            return Some((last, (call, events, deadline)));
                         }
                         Next::Relayed(Relayed::Message(body, extends)) => {
                             if extends {
                                 deadline = Instant::now() + timeout;
                             }
-                            return Some((Some(body), (call, events, deadline)));
+                            return Some((vec![Some(body)], (call, events, deadline)));
                         }
                         Next::Relayed(Relayed::Nothing) => {}
-                        Next::Failed(body) => return Some((Some(body), (call, events, deadline))),
-                        Next::Cancelled => return None,
+                        Next::Failed(body) => {
+                            let mut last = call.given_up();
+                            last.push(Some(body));
+                            return Some((last, (call, events, deadline)));
+                        }
+                        // The client's form for a request of this call is moot too.
+                        Next::Cancelled => {
+                            let last = call.given_up();
+                            return (!last.is_empty()).then_some((last, (call, events, deadline)));
+                        }
                     }
                 }
             },
         )
+        .flat_map(futures::stream::iter)
+    }
+
+    /// Cancellations, for the client, of the upstream's requests this call relayed
+    /// that are still open: the call has ended, and their answers would go nowhere
+    /// (an upstream may have given them up on a stream of its own, as rmcp's server
+    /// does, or answered without waiting for them).
+    fn given_up(&self) -> Vec<Option<Vec<u8>>> {
+        let open: Vec<String> = {
+            let mut pending = lock(&self.leg.pending);
+            let open: Vec<String> = pending
+                .asks
+                .iter()
+                .filter(|(_, (call, _))| *call == self.ours)
+                .map(|(ours, _)| ours.clone())
+                .collect();
+            for ours in &open {
+                pending.asks.remove(ours);
+            }
+            open
+        };
+        open.into_iter()
+            .map(|ours| {
+                let cancelled = json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": ours, "reason": "the call it belonged to has ended"},
+                });
+                Some(serde_json::to_vec(&cancelled).unwrap_or_default())
+            })
+            .collect()
     }
 
     /// The next message of an SSE answer, or the error that ends it.
@@ -853,14 +894,15 @@ impl InFlight {
                     _ => Relayed::Nothing,
                 }
             }
-            // The upstream giving up a request of its own to the client (the TypeScript
-            // SDK does when its wait times out): relayed under the id the client
-            // knows, so that it closes, say, an elicitation form. Anything else it
+            // The upstream giving up a request of its own to the client on this stream
+            // (the TypeScript SDK does when its wait times out): relayed under the id
+            // the client knows, so that it closes, say, an elicitation form (one it
+            // gives up elsewhere is at the call's end: `given_up`). Anything else it
             // might name is ours (this call), which the client cannot cancel twice.
             (false, Some("notifications/cancelled")) => {
                 let given_up = message
                     .pointer("/params/requestId")
-                    .and_then(|id| self.leg.ask_given_up(id, Some(&self.ours)));
+                    .and_then(|id| self.leg.ask_given_up(id, &self.ours));
                 let Some(ours) = given_up else {
                     return Relayed::Nothing;
                 };

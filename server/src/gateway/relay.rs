@@ -95,9 +95,6 @@ pub struct UpClient {
     pub asks: Arc<tokio::sync::Semaphore>,
     /// Places for its notifications waiting for the client ([`MAX_NOTES_WAITING`]).
     pub notes: Arc<tokio::sync::Semaphore>,
-    /// The session's direct path (HTTP upstreams), whose requests to the client
-    /// rmcp's client never saw.
-    pub direct: Option<Arc<super::direct::Leg>>,
 }
 
 /// A task that ends when its owner drops it.
@@ -213,22 +210,9 @@ impl rmcp::Service<RoleClient> for UpClient {
             // Relayed in order by the transport (`InOrder`), which hands them on to
             // rmcp only for the call's timeout.
             ServerNotification::ProgressNotification(_) => return Ok(()),
-            // Its ids are the upstream's: rmcp already cancelled the request it names,
-            // unless the direct path relayed that request (rmcp's server sends such
-            // a cancellation here, on the session's own stream, not the call's).
-            ServerNotification::CancelledNotification(cancelled) => {
-                let given_up = cancelled.params.request_id.as_ref().and_then(|id| {
-                    let id = serde_json::to_value(id).ok()?;
-                    self.direct.as_ref()?.ask_given_up(&id, None)
-                });
-                match (given_up, &self.session_peer) {
-                    (Some(ours), Some(peer)) => {
-                        cancelled.params.request_id = Some(NumberOrString::String(ours.into()));
-                        peer.clone()
-                    }
-                    _ => return Ok(()),
-                }
-            }
+            // Its ids are the upstream's: rmcp already cancelled the request it names.
+            // (One the direct path relayed is given up when its call ends.)
+            ServerNotification::CancelledNotification(_) => return Ok(()),
             _ => match &self.session_peer {
                 Some(peer) => peer.clone(),
                 None => return Ok(()),

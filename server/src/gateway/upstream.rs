@@ -801,7 +801,6 @@ impl Shared {
             policy: self.policy.clone(),
             asks: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_ASKS_WAITING)),
             notes: Arc::new(tokio::sync::Semaphore::new(super::relay::MAX_NOTES_WAITING)),
-            direct: leg.clone(),
         };
         // Ended, places and all, unless it becomes the session's: on failure, and if
         // this future is dropped half-way.
