@@ -2468,9 +2468,13 @@ async fn a_session_has_a_bounded_number_of_requests_in_flight() {
     }
 }
 
-/// An upstream that answers at once, counting the listings it gave.
+/// An upstream that answers at once, counting the listings it gave and the calls
+/// it answered.
 #[derive(Clone, Default)]
-struct Quick(Arc<std::sync::atomic::AtomicUsize>);
+struct Quick(
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
 
 impl ServerHandler for Quick {
     fn get_info(&self) -> ServerConfig {
@@ -2491,6 +2495,7 @@ impl ServerHandler for Quick {
         _request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
     }
 }
@@ -2550,42 +2555,60 @@ async fn answers_a_client_does_not_read_hold_their_places() {
 }
 
 /// Without a session (2026-07-28), answers a client has not read hold places of
-/// its share of the pool, as a session's do of the session's.
+/// its share of the pool, as a session's do of the session's: listings, and tool
+/// calls, whose answer the guard reads for the activity log's outcome (it gave the
+/// place back as it read it).
 #[tokio::test]
 async fn sessionless_answers_a_client_does_not_read_hold_their_places() {
     const SHARE: usize = 64; // half of the pool's: 2 connections × 64
-    let quick = Quick::default();
-    let upstream = serve_upstream(quick.clone()).await;
-    let (app, token, _dir) = web_upstream(&format!("http://{upstream}/mcp"), "").await;
-    let list = |id: u64| {
-        let mut request = sessionless(
-            "/mcp/web",
-            &token,
-            json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {}}),
-        );
-        let headers = request.headers_mut();
-        headers.insert("mcp-method", "tools/list".parse().expect("header"));
-        headers.remove("mcp-name");
-        request
-    };
-    let busy = |answer: &Answer| answer.rpc()["error"]["data"]["reason"] == "too_many_requests";
-    let mut unread = Vec::new();
-    for id in 0..SHARE as u64 {
-        unread.push(app.respond(list(100 + id)).await);
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while quick.0.load(std::sync::atomic::Ordering::SeqCst) < SHARE {
+    for method in ["tools/list", "tools/call"] {
+        let quick = Quick::default();
+        let upstream = serve_upstream(quick.clone()).await;
+        let (app, token, _dir) = web_upstream(&format!("http://{upstream}/mcp"), "").await;
+        let ask = |id: u64| {
+            let params = match method {
+                "tools/call" => json!({"name": "quick", "arguments": {}}),
+                _ => json!({}),
+            };
+            let mut request = sessionless(
+                "/mcp/web",
+                &token,
+                json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+            );
+            let headers = request.headers_mut();
+            headers.insert("mcp-method", method.parse().expect("header"));
+            if method == "tools/list" {
+                headers.remove("mcp-name");
+            }
+            request
+        };
+        let answered = || match method {
+            "tools/call" => quick.1.load(std::sync::atomic::Ordering::SeqCst),
+            _ => quick.0.load(std::sync::atomic::Ordering::SeqCst),
+        };
+        let busy = |answer: &Answer| answer.rpc()["error"]["data"]["reason"] == "too_many_requests";
+        let mut unread = Vec::new();
+        for id in 0..SHARE as u64 {
+            unread.push(app.respond(ask(100 + id)).await);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while answered() < SHARE {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{method}: the upstream answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = app.send(ask(1)).await;
+        assert!(busy(&refused), "{method}: {}", refused.body);
+        drop(unread);
+        let again = app.send(ask(2)).await;
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upstream listed"
+            again.body.contains("quick") || again.body.contains("done"),
+            "{method}: {}",
+            again.body
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let refused = app.send(list(1)).await;
-    assert!(busy(&refused), "{}", refused.body);
-    drop(unread);
-    let again = app.send(list(2)).await;
-    assert!(again.body.contains("quick"), "{}", again.body);
 }
 
 /// An HTTP upstream (rmcp, here) whose one tool sends the client a flood of `ping`s

@@ -532,22 +532,78 @@ async fn with_outcome(response: Response) -> Response {
     if !is_json || !small {
         return response;
     }
-    let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_OUTCOME_BYTES as usize).await else {
-        // The body said its length and broke off: what is left of it is an error.
-        return rpc_error(
-            StatusCode::BAD_GATEWAY,
-            code::INTERNAL_ERROR,
-            "the answer broke off",
-        );
-    };
+    let (mut parts, mut body) = response.into_parts();
+    let length = axum::body::HttpBody::size_hint(&body).lower() as usize;
+    // Read up to its length, not to its end: what the body holds until its end (a
+    // place among the answers waiting for the client, see the gateway's `Holding`)
+    // is held until the answer is sent, not given back as it is read here.
+    let mut bytes = bytes::BytesMut::with_capacity(length);
+    while bytes.len() < length {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            // The body said its length and broke off: what is left of it is an error.
+            Some(Err(_)) | None => {
+                return rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    code::INTERNAL_ERROR,
+                    "the answer broke off",
+                );
+            }
+        }
+    }
+    let bytes = bytes.freeze();
     let error = answer_outcome(&bytes).unwrap_or(false);
     parts.extensions.insert(if error {
         ToolOutcome::Error
     } else {
         ToolOutcome::Ok
     });
-    Response::from_parts(parts, Body::from(bytes))
+    let read = ReadAhead {
+        bytes: Some(bytes),
+        rest: body,
+    };
+    Response::from_parts(parts, Body::new(read))
+}
+
+/// An answer [`with_outcome`] read: its bytes, then what is left of the body they
+/// came from (its end), which keeps what it holds until then.
+struct ReadAhead {
+    bytes: Option<bytes::Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for ReadAhead {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(bytes) = self.bytes.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let read = self.bytes.as_ref().map_or(0, |b| b.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + read);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
+    }
 }
 
 /// Records a streamed tool call's activity event (through `record`) once its answer
