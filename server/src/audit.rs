@@ -183,13 +183,25 @@ impl Event {
     }
 
     /// A tool call. The name is the client's to choose: only its first
-    /// [`MAX_TOOL_NAME`] characters are kept.
+    /// [`MAX_TOOL_NAME`] characters are kept, and those that would not show as
+    /// themselves (bidi overrides, zero-width spaces, controls) are written out
+    /// (`\u{200b}`), so that `delete\u{200b}_article` does not pass for a real tool in
+    /// the console, nor reorder what is shown beside it.
     pub fn tool(mut self, tool: impl Into<String>, outcome: &str, duration: Duration) -> Self {
-        let mut tool = tool.into();
-        if let Some((cut, _)) = tool.char_indices().nth(MAX_TOOL_NAME) {
-            tool.truncate(cut);
+        let tool: String = tool.into();
+        let mut shown = String::with_capacity(tool.len());
+        for c in tool.chars().take(MAX_TOOL_NAME) {
+            if c == '\\' {
+                // So that a name written `a\u{200b}b` is not taken for one holding
+                // the character.
+                shown.push_str("\\\\");
+            } else if crate::oauth::client::is_hidden_char(c) {
+                shown.extend(c.escape_unicode());
+            } else {
+                shown.push(c);
+            }
         }
-        self.tool = Some(tool);
+        self.tool = Some(shown);
         self.outcome = Some(outcome.to_owned());
         self.duration_ms = Some(duration.as_millis() as u64);
         self
@@ -309,6 +321,7 @@ impl Audit {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(write_events(Arc::downgrade(&audit), receiver, hurry));
             runtime.spawn(write_usage(Arc::downgrade(&audit)));
+            runtime.spawn(trim_logs(Arc::downgrade(&audit)));
         }
         audit
     }
@@ -574,6 +587,32 @@ impl Audit {
     }
 }
 
+/// How long after start-up both logs are first trimmed, and how often after that.
+/// Each log trims itself to its retention and cap as it is written to, but one
+/// nothing is written to any more (the main log once the owner stops signing in
+/// and approving, say) would keep its events, addresses among them, past
+/// `--activity-retention`, as would a lowered `--activity-max-events`.
+const TRIM_FIRST: Duration = Duration::from_secs(60);
+const TRIM_EVERY: Duration = Duration::from_secs(3600);
+
+async fn trim_logs(audit: std::sync::Weak<Audit>) {
+    tokio::time::sleep(TRIM_FIRST).await;
+    loop {
+        let Some(audit) = audit.upgrade() else { break };
+        for log in [LOG, CALLS] {
+            if let Err(e) = audit
+                .store
+                .log_append(log, &[], audit.cap, audit.retention)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot trim the activity log");
+            }
+        }
+        drop(audit);
+        tokio::time::sleep(TRIM_EVERY).await;
+    }
+}
+
 async fn write_events(
     audit: std::sync::Weak<Audit>,
     mut receiver: mpsc::Receiver<Message>,
@@ -806,6 +845,56 @@ async fn write_usage(audit: std::sync::Weak<Audit>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_name_shows_what_it_holds() {
+        let event = Event::new(EventKind::ToolCall).tool(
+            "delete\u{200b}_article\u{202e} ok\u{fe0f}\u{e0100}",
+            "denied",
+            Duration::ZERO,
+        );
+        assert_eq!(
+            event.tool.as_deref(),
+            Some("delete\\u{200b}_article\\u{202e} ok\\u{fe0f}\\u{e0100}")
+        );
+        // A name that writes such an escape itself does not pass for one.
+        let written = Event::new(EventKind::ToolCall).tool("a\\u{200b}b", "ok", Duration::ZERO);
+        assert_eq!(written.tool.as_deref(), Some("a\\\\u{200b}b"));
+        let long = Event::new(EventKind::ToolCall).tool("x".repeat(500), "ok", Duration::ZERO);
+        assert_eq!(long.tool.map(|t| t.chars().count()), Some(MAX_TOOL_NAME));
+    }
+
+    /// A log nothing is written to any more keeps to its retention all the same:
+    /// both logs are trimmed a minute after start-up and every hour after.
+    #[tokio::test(start_paused = true)]
+    async fn a_log_nothing_is_written_to_keeps_to_its_retention() {
+        let dir = tempfile::tempdir().expect("dir");
+        let clock = Clock::manual();
+        let path = dir.path().join("store.redb");
+        let store = crate::store::embedded::EmbeddedStore::open_with_clock(&path, clock.clone())
+            .expect("open");
+        let audit = Audit::new(
+            Arc::new(store),
+            clock.clone(),
+            Duration::from_secs(3600),
+            100,
+        );
+        audit.record(Event::new(EventKind::SignInSucceeded));
+        audit.flush().await.expect("flush");
+        let read = audit
+            .read(10, &Cursor::default(), None)
+            .await
+            .expect("read");
+        assert_eq!(read.events.len(), 1);
+        clock.advance(Duration::from_secs(2 * 3600));
+        // Past the next trim, whether the first came before this point or not.
+        tokio::time::sleep(TRIM_FIRST + TRIM_EVERY + Duration::from_secs(1)).await;
+        let read = audit
+            .read(10, &Cursor::default(), None)
+            .await
+            .expect("read");
+        assert!(read.events.is_empty(), "{} events", read.events.len());
+    }
 
     #[test]
     fn a_cursor_reads_back_what_it_wrote_and_nothing_else() {

@@ -79,18 +79,21 @@ pub fn is_hidden_char(c: char) -> bool {
     c.is_control() || is_format_char(c) || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Unicode general category Cf (format characters) that can disguise a name: soft
-/// hyphen, Arabic and Syriac marks, the Mongolian vowel separator, zero-width and
-/// bidirectional controls, invisible operators, the BOM, interlinear annotation
-/// marks, and the tag characters.
+/// Unicode general category Cf (format characters), and the other default-ignorable
+/// code points, that can disguise a name: soft hyphen, Arabic and Syriac marks, the
+/// combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian
+/// variation selectors and vowel separator, zero-width and bidirectional controls,
+/// invisible operators, variation selectors, the BOM, interlinear annotation marks,
+/// and the tag characters and supplementary variation selectors.
 fn is_format_char(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
-        | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        '\u{00AD}' | '\u{034F}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}'
+        | '\u{070F}' | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
-        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// How a client authenticates at the token endpoint (RFC 7591 §2).

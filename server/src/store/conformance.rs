@@ -511,6 +511,22 @@ pub async fn logs_keep_order_cap_and_age<S: Store>(store: Arc<S>, time: Time) {
     let aged = store.log_read("aged", 10, None).await.expect("read");
     assert_eq!(aged.len(), 1, "{aged:?}");
     assert_eq!(aged[0].1, b"e1");
+    // Appending nothing only trims: what aged since, and past a lower cap (a log
+    // nothing is written to any more keeps to its retention too).
+    time.pass(PAST_SHORT_TTL).await;
+    store
+        .log_append("aged", &[], 100, SHORT_TTL)
+        .await
+        .expect("trim");
+    let aged = store.log_read("aged", 10, None).await.expect("read");
+    assert!(aged.is_empty(), "{aged:?}");
+    store
+        .log_append("capped", &[], 1, Duration::from_secs(3600))
+        .await
+        .expect("trim");
+    let capped = store.log_read("capped", 10, None).await.expect("read");
+    assert_eq!(capped.len(), 1);
+    assert_eq!(capped[0].1, b"e4");
 }
 
 pub async fn ping_answers<S: Store>(store: Arc<S>, _time: Time) {

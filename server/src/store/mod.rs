@@ -288,7 +288,8 @@ pub trait Store: Send + Sync + 'static {
     async fn export(&self) -> StoreResult<Vec<Entry>>;
 
     /// Appends `entries` to the append-only log `name` (the activity log), keeping at
-    /// most `cap` entries and none older than `max_age`. Entries get increasing ids.
+    /// most `cap` entries and none older than `max_age` (with no entries, it only
+    /// trims). Entries get increasing ids.
     /// Logs are not records: [`Store::scan`] and [`Store::export`] do not see them.
     async fn log_append(
         &self,

@@ -91,7 +91,8 @@ return {deleted, redis.call("SCARD", KEYS[1])}
 "#;
 
 /// Appends to a log (a Redis stream) and trims it by length and by age. KEYS: the
-/// stream. ARGV: the most entries to keep, the oldest id to keep, then the entries.
+/// stream. ARGV: the most entries to keep, the oldest id to keep, then the entries
+/// (none: it only trims).
 const LOG_APPEND_SCRIPT: &str = r#"
 for i = 3, #ARGV do
   redis.call("XADD", KEYS[1], "*", "v", ARGV[i])
@@ -487,9 +488,6 @@ impl Store for RedisStore {
         cap: usize,
         max_age: Duration,
     ) -> StoreResult<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
