@@ -28,13 +28,16 @@ pub(super) const MAX_KNOWN_TOOLS: usize = 4096;
 /// most 128 characters); a longer one is left unknown, so it needs the write scope.
 pub(super) const MAX_KNOWN_NAME: usize = 512;
 
-/// How long what a listing said of a tool is taken as known. An upstream says when
-/// its tools change only to a client that can hear it: a session of an older
-/// revision, never a request without one (2026-07-28 sends it only on a
+/// How long a listing's word that a tool is read-only is taken as known. An upstream
+/// says when its tools change only to a client that can hear it: a session of an
+/// older revision, never a request without one (2026-07-28 sends it only on a
 /// `subscriptions/listen` stream, which Gatehouse does not hold), and a stdio server
 /// need not say so at all. Past this, the next call of the tool lists them again
 /// (at most once a second, see `Shared::learn_tool`), so that a tool which stopped
-/// being read-only needs the write scope within about this long of the change.
+/// being read-only needs the write scope within about this long of the change. A
+/// write tool's hint is the strict side already, and one of a tool Gatehouse's own
+/// listing does not name (one the server lists only to some clients) cannot be
+/// refreshed by it: those hold until the server says its tools changed.
 pub const HINTS_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a listing said of one tool.
@@ -46,6 +49,13 @@ struct Hint {
     /// Whether the last listing of all the upstream's tools named it (a tool only a
     /// session lists, or one the upstream removed, is not).
     listed: bool,
+}
+
+impl Hint {
+    /// Whether what it says is still taken as known (see [`HINTS_HOLD`]).
+    fn holds(&self) -> bool {
+        !self.read_only || !self.listed || self.at.elapsed() < HINTS_HOLD
+    }
 }
 
 pub struct ToolPolicy {
@@ -133,14 +143,15 @@ impl ToolPolicy {
                         .read()
                         .unwrap_or_else(|p| p.into_inner())
                         .get(tool)
-                        .is_some_and(|hint| hint.at.elapsed() < HINTS_HOLD)
+                        .is_some_and(Hint::holds)
             }
         }
     }
 
     /// Whether the last listing of all the upstream's tools named `tool`, however
     /// long ago; never for a denied tool, which takes the path of an unknown one
-    /// (see [`Self::knows`]), nor for one the upstream has removed since.
+    /// (see [`Self::knows`]), nor for one the upstream has removed since (or does
+    /// not list to Gatehouse).
     pub fn has_hint(&self, tool: &str) -> bool {
         self.rule(tool).is_none()
             && self
@@ -321,16 +332,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hints_are_known_for_a_while() {
         let policy = ToolPolicy::new(vec![ToolRule::parse("hidden", "deny").expect("rule")]);
-        policy.learn(
-            &[tool("echo", Some(true)), tool("hidden", Some(true))],
-            0,
-            true,
-        );
+        let tools = [
+            tool("echo", Some(true)),
+            tool("hidden", Some(true)),
+            tool("add", Some(false)),
+        ];
+        policy.learn(&tools, 0, true);
+        // Only a session's listing names this one: Gatehouse's cannot refresh it.
+        policy.learn(&[tool("session-only", Some(true))], 0, false);
         assert!(policy.knows("echo"));
         tokio::time::advance(HINTS_HOLD - std::time::Duration::from_secs(1)).await;
         assert!(policy.knows("echo"));
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
         assert!(!policy.knows("echo"));
+        // A write tool's hint is the strict side already.
+        assert!(policy.knows("add"));
+        assert!(policy.knows("session-only"));
         assert!(policy.has_hint("echo"));
         // Meanwhile the hint decides, until a listing says otherwise.
         assert_eq!(policy.tool_access("echo"), Some(Access::Read));
