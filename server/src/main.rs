@@ -26,11 +26,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// configured credentials Gatehouse gives an upstream's own output.
 fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
-    let filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    if directives.contains("rmcp") {
-        return filter;
+    let rmcp_off = || "rmcp=off".parse().expect("a valid directive");
+    match EnvFilter::try_new(directives) {
+        Ok(filter) if directives.contains("rmcp") => filter,
+        Ok(filter) => filter.add_directive(rmcp_off()),
+        // Not a filter: the default, whatever it named.
+        Err(_) => EnvFilter::new("info").add_directive(rmcp_off()),
     }
-    filter.add_directive("rmcp=off".parse().expect("a valid directive"))
 }
 
 #[tokio::main]
@@ -417,6 +419,7 @@ mod tests {
             Some("info"),
             Some("trace"),
             Some("warn,gatehouse=info"),
+            Some("info,rmcp=loudly"),
         ] {
             let logged = logged(rust_log);
             assert!(
