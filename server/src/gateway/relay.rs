@@ -720,7 +720,14 @@ impl ServerHandler for GatewayHandler {
 /// Extensions whose methods the relay does not carry (`tasks/*`; `skills/*` and
 /// `resources/directory/read`): offered to a client, it would start a task it can
 /// never read nor cancel, or ask for what is answered "method not found".
-pub const UNRELAYED_EXTENSIONS: [&str; 2] = [TASKS_EXTENSION_ID, SKILLS_EXTENSION_ID];
+const UNRELAYED_EXTENSIONS: [&str; 2] = [TASKS_EXTENSION_ID, SKILLS_EXTENSION_ID];
+
+/// `extensions` (a client's or a server's) without those the relay does not carry.
+pub fn drop_unrelayed(extensions: &mut Option<ExtensionCapabilities>) {
+    if let Some(extensions) = extensions.as_mut() {
+        extensions.retain(|id, _| !UNRELAYED_EXTENSIONS.contains(&id.as_str()));
+    }
+}
 
 /// What the gateway offers a client of the upstream's capabilities `up`: not the
 /// extensions it does not relay, and, to a request without a session (2026-07-28),
@@ -728,9 +735,7 @@ pub const UNRELAYED_EXTENSIONS: [&str; 2] = [TASKS_EXTENSION_ID, SKILLS_EXTENSIO
 /// through `subscriptions/listen`, not relayed either.
 fn offered(up: &ServerCapabilities, sessionless: bool) -> ServerCapabilities {
     let mut offered = up.clone();
-    if let Some(extensions) = offered.extensions.as_mut() {
-        extensions.retain(|id, _| !UNRELAYED_EXTENSIONS.contains(&id.as_str()));
-    }
+    drop_unrelayed(&mut offered.extensions);
     if sessionless {
         if let Some(tools) = offered.tools.as_mut() {
             tools.list_changed = None;

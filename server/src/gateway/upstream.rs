@@ -633,9 +633,7 @@ impl Shared {
         // extensions the relay does not carry: no task is started that the client
         // could not read).
         let mut request = request.clone();
-        if let Some(extensions) = request.capabilities.extensions.as_mut() {
-            extensions.retain(|id, _| !super::relay::UNRELAYED_EXTENSIONS.contains(&id.as_str()));
-        }
+        super::relay::drop_unrelayed(&mut request.capabilities.extensions);
         let session = self
             .connect(
                 request,
