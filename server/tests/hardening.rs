@@ -288,7 +288,7 @@ async fn a_write_only_token_does_not_read_bodies_through_write_tools() {
 }
 
 #[tokio::test]
-async fn approve_links_refuse_prefetches_and_cross_site_navigations_and_keep_the_ticket() {
+async fn approve_links_refuse_prefetches_heads_and_cross_site_navigations_and_keep_the_ticket() {
     let app = TestApp::new(&[]);
     let client_id = app.public_client("Prefetched").await;
     let cookie = app.sign_in().await;
@@ -312,6 +312,17 @@ async fn approve_links_refuse_prefetches_and_cross_site_navigations_and_keep_the
             "{}",
             answer.body
         );
+    }
+    // A HEAD (a link checker in the owner's browser) decides nothing either way.
+    for link in [&link, &TestApp::link(&consent, "deny")] {
+        let request = Request::head(link)
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .expect("request");
+        let answer = app.send(request).await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{link}");
+        assert!(answer.headers.get(header::LOCATION).is_none());
+        assert_eq!(answer.headers[header::ALLOW], "GET");
     }
     // The ticket is still good for the owner's own click.
     let request = Request::get(&link)

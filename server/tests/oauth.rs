@@ -423,6 +423,53 @@ async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
 }
 
+/// RFC 8707 §2 lets a request name several resources; a grant here is for one, so
+/// several different ones are `invalid_target` sent back to the client (not an
+/// unreadable request), and one named twice is that one.
+#[tokio::test]
+async fn several_resources_in_one_request_are_invalid_target() {
+    let secret = "a-static-secret-of-more-than-32-characters";
+    let app = TestApp::new(&[
+        "--static-client-id",
+        "claude-fixed",
+        "--static-client-secret",
+        secret,
+        "--static-client-redirect-uris",
+        "https://client.example/cb",
+    ]);
+    let cookie = app.sign_in().await;
+    let challenge = challenge(VERIFIER);
+    let request = |resources: &[&str]| {
+        let mut params = vec![
+            ("client_id", "claude-fixed"),
+            ("redirect_uri", "https://client.example/cb"),
+            ("response_type", "code"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("state", "xyz-state"),
+        ];
+        params.extend(resources.iter().map(|r| ("resource", *r)));
+        format!(
+            "/oauth/authorize?{}",
+            serde_urlencoded::to_string(&params).expect("query")
+        )
+    };
+    let ours = "https://gate.example.com/mcp";
+    let several = app
+        .get(
+            &request(&[ours, "https://other.example/mcp"]),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(several.status, StatusCode::SEE_OTHER, "{}", several.body);
+    assert_eq!(several.param("error").as_deref(), Some("invalid_target"));
+    assert_eq!(several.param("state").as_deref(), Some("xyz-state"));
+    assert_eq!(several.param("iss").as_deref(), Some(PUBLIC_URL));
+    let twice = app.get(&request(&[ours, ours]), Some(&cookie)).await;
+    assert_eq!(twice.status, StatusCode::OK, "{}", twice.body);
+    assert!(twice.body.contains("approve?ticket="), "{}", twice.body);
+}
+
 /// RFC 9700 §4.11.2: before the owner has acted, a self-registered client (whose
 /// redirect URI anyone may have chosen) gets a page naming the error and the
 /// destination, with a link, never an automatic redirect.

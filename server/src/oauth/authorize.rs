@@ -161,13 +161,17 @@ impl AuthServer {
             Some(r) => resources.get(r),
         }
         .ok_or_else(|| {
-            fail(
-                ErrorCode::InvalidTarget,
+            let several = params.resource.as_deref().is_some_and(|r| r.contains(' '));
+            let why = if several {
+                // See `http::oauth::authorize::one_resource`.
+                "a grant here is for one resource, and the request named several".to_owned()
+            } else {
                 format!(
                     "this server does not serve the resource {:?}",
                     params.resource.as_deref().unwrap_or("")
-                ),
-            )
+                )
+            };
+            fail(ErrorCode::InvalidTarget, why)
         })?;
 
         let (scopes, ignored_scopes) = match params.scope.as_deref() {

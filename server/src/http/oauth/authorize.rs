@@ -8,7 +8,7 @@
 
 use axum::{
     extract::{RawQuery, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -30,7 +30,7 @@ pub async fn authorize(
     ClientAddress(address): ClientAddress,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let query = query.unwrap_or_default();
+    let query = one_resource(&query.unwrap_or_default());
     let params: AuthorizeParams = match super::oauth_params(query.as_bytes()) {
         Ok(params) => params,
         Err(_) => {
@@ -199,20 +199,47 @@ pub struct TicketParams {
     ticket: Option<String>,
 }
 
+/// RFC 8707 §2 lets a request name several resources; a grant here is for one.
+/// Several different ones become one value no resource has (URIs hold no spaces), so
+/// the request fails with `invalid_target`, sent to the client once it and its
+/// redirect URI are known, rather than as an unreadable request; one named twice is
+/// that one. Other parameters given twice still make the request unreadable.
+fn one_resource(query: &str) -> String {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    let mut resources: Vec<&str> = Vec::new();
+    for (name, value) in &pairs {
+        if name == "resource" && !value.is_empty() && !resources.contains(&value.as_str()) {
+            resources.push(value);
+        }
+    }
+    if pairs.iter().filter(|(name, _)| name == "resource").count() < 2 {
+        return query.to_owned();
+    }
+    let joined = resources.join(" ");
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(name, _)| name != "resource"))
+        .append_pair("resource", &joined)
+        .finish()
+}
+
 pub async fn approve(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
     super::PageQuery(params): super::PageQuery<TicketParams>,
 ) -> Response {
-    decide(state, headers, params, true).await
+    decide(state, &method, headers, params, true).await
 }
 
 pub async fn deny(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
     super::PageQuery(params): super::PageQuery<TicketParams>,
 ) -> Response {
-    decide(state, headers, params, false).await
+    decide(state, &method, headers, params, false).await
 }
 
 /// Whether a browser fetched the link on its own (a prefetch or prerender) or another
@@ -234,10 +261,23 @@ fn unintended(headers: &HeaderMap) -> Option<&'static str> {
 
 async fn decide(
     state: AppState,
+    method: &Method,
     headers: HeaderMap,
     params: TicketParams,
     approve: bool,
 ) -> Response {
+    // axum answers HEAD with the GET handler; a link checker's HEAD must not decide.
+    if method != Method::GET {
+        let mut page = ErrorPage::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Nothing was decided",
+            "Only a click on the consent page decides.",
+        )
+        .into_response();
+        page.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return page;
+    }
     if let Some(reason) = unintended(&headers) {
         return ErrorPage::new(StatusCode::BAD_REQUEST, "Nothing was decided", reason)
             .into_response();
