@@ -197,7 +197,19 @@ async fn after_the_grace_window_nothing_decrypts_with_an_old_refresh_token() {
     };
     let during = app.store.scan("").await.expect("scan");
     assert_eq!(opens(&during), 1, "the successor, within the window");
-    app.clock.advance(Duration::from_secs(31));
+    // A retry within the window gets the same pair, with the time its access token
+    // has left.
+    app.clock.advance(Duration::from_secs(10));
+    let retried = app.refresh(&client_id, &old, &[]).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    let (rotated, retried) = (rotated.json(), retried.json());
+    assert_eq!(retried["access_token"], rotated["access_token"]);
+    assert_eq!(retried["refresh_token"], rotated["refresh_token"]);
+    assert_eq!(
+        retried["expires_in"].as_u64().expect("expires_in") + 10,
+        rotated["expires_in"].as_u64().expect("expires_in")
+    );
+    app.clock.advance(Duration::from_secs(21));
     let after = app.store.scan("").await.expect("scan");
     assert_eq!(opens(&after), 0, "nothing decryptable after the window");
     // And the export, a copy of the store, holds nothing either.

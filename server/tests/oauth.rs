@@ -1296,6 +1296,63 @@ async fn refresh_rotates_with_a_grace_window_then_revokes_on_reuse() {
     assert_oauth_error(&successor, StatusCode::BAD_REQUEST, "invalid_grant");
 }
 
+/// Without a grace window, the token just rotated is a reuse at once, in the very
+/// second of its rotation: it revokes the grant (it used to wait for a successor
+/// that is never stored, then revoke nothing).
+#[tokio::test]
+async fn without_a_grace_window_a_reuse_in_the_same_second_revokes_the_grant() {
+    let app = TestApp::new(&["--refresh-grace", "0s"]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let rt1 = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let second = app.refresh(&client_id, &rt1, &[]).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let second = second.json();
+
+    let reuse = app.refresh(&client_id, &rt1, &[]).await;
+    assert_oauth_error(&reuse, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(
+        !app.token_is_valid(second["access_token"].as_str().expect("at"))
+            .await
+    );
+    let rt2 = second["refresh_token"].as_str().expect("rt");
+    let successor = app.refresh(&client_id, rt2, &[]).await;
+    assert_oauth_error(&successor, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// The just-rotated token presented once its sealed pair is gone (it expired a
+/// moment before the rotation's own grace, which a retry that finished another
+/// request's rotation records later) is a retry come too late, not a theft: it is
+/// refused, and the grant lives on.
+#[tokio::test]
+async fn a_late_retry_whose_successor_expired_is_refused_without_revoking() {
+    let app = TestApp::new(&["--refresh-grace", "30s"]);
+    let (client_id, tokens) = app.tokens_for("read:articles").await;
+    let rt1 = tokens["refresh_token"].as_str().expect("rt").to_owned();
+    let second = app.refresh(&client_id, &rt1, &[]).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let second = second.json();
+    let sealed: Vec<_> = app
+        .store
+        .scan("next:")
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    app.store.delete(&sealed[0]).await.expect("delete");
+
+    let late = app.refresh(&client_id, &rt1, &[]).await;
+    assert_oauth_error(&late, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert!(
+        app.token_is_valid(second["access_token"].as_str().expect("at"))
+            .await
+    );
+    let rt2 = second["refresh_token"].as_str().expect("rt");
+    let third = app.refresh(&client_id, rt2, &[]).await;
+    assert_eq!(third.status, StatusCode::OK, "{}", third.body);
+}
+
 /// Someone holding a stolen refresh token must not make the token its client holds
 /// unknown (refused, revoking nothing) by rotating 16 times in a second: a rotation
 /// that would forget a token retired less than an access token's lifetime ago waits,

@@ -39,11 +39,9 @@ use crate::{
     store::{decode, encode, Put},
 };
 
-/// How long to keep looking for a rotation's successor that a concurrent request is
-/// still writing (under load, the winner's writes can take a while), and the longest
-/// wait between looks; waits start at 5 ms and double.
+/// How long concurrent requests with one refresh token may keep losing the race to
+/// rotate it (each lost race is followed by a look at the winner's rotation).
 const SUCCESSOR_PATIENCE: Duration = Duration::from_secs(2);
-const SUCCESSOR_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// Access tokens kept per grant: the newest and the one before it, so a client that
 /// refreshed early can finish what it was doing with the previous one.
@@ -88,7 +86,6 @@ impl AuthServer {
         let key = grant_key(&token.grant);
 
         let deadline = tokio::time::Instant::now() + SUCCESSOR_PATIENCE;
-        let mut wait = Duration::from_millis(5);
         while tokio::time::Instant::now() < deadline {
             let current = self.store.get(&key).await?.ok_or_else(invalid)?;
             let grant: Grant = decode(&current)?;
@@ -107,34 +104,42 @@ impl AuthServer {
                 let recent = grant
                     .rotated
                     .first()
-                    .is_some_and(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
-                if !recent {
-                    if !grant.was_rotated(&token.hash) {
-                        // Never issued, or rotated long ago: no evidence of theft.
+                    .filter(|r| r.hash.same(&token.hash) && now.saturating_sub(r.at) <= grace);
+                if let Some(rotation) = recent {
+                    // The successor is stored before the grant records the rotation,
+                    // and expires with the grace.
+                    let successor = successor_key(&token.grant, &token.hash);
+                    if let Some(sealed) = self.store.get(&successor).await? {
+                        let mut pair: TokenResponse =
+                            decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
+                        // Its access token was minted then: it has that much less left.
+                        let age = now.saturating_sub(rotation.at);
+                        pair.expires_in = pair.expires_in.saturating_sub(age);
+                        // A retry asks what the lost request asked: the same checks.
+                        let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
+                        return answers(pair, requested.as_ref(), &scopes);
+                    }
+                    // Gone: its grace has ended, a moment before the rotation's (a
+                    // retry that finished another request's rotation recorded it
+                    // later than that request stored the pair), so this is a retry
+                    // come too late, not evidence of theft. Without a grace there
+                    // is no successor, and the token is a reuse at once.
+                    if !self.settings.refresh_grace.is_zero() {
                         return Err(invalid());
                     }
-                    self.store.delete_group(&token.grant).await?;
-                    self.audit.record(
-                        Event::new(EventKind::RefreshReuseDetected)
-                            .client(client.client_id.to_string())
-                            .grant(token.grant.as_str()),
-                    );
-                    tracing::warn!(client_id = %client.client_id, "refresh token reused after rotation; its grant is revoked");
+                }
+                if !grant.was_rotated(&token.hash) {
+                    // Never issued, or rotated long ago: no evidence of theft.
                     return Err(invalid());
                 }
-                let successor = successor_key(&token.grant, &token.hash);
-                if let Some(sealed) = self.store.get(&successor).await? {
-                    let pair: TokenResponse =
-                        decode(&grace::open(raw, &sealed).ok_or_else(invalid)?)?;
-                    // A retry asks what the lost request asked: the same checks.
-                    let scopes = self.refresh_scopes(&grant, &params, requested.as_ref())?;
-                    return answers(pair, requested.as_ref(), &scopes);
-                }
-                // Rotated a moment ago by a request that is still storing the
-                // successor: look again shortly.
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(SUCCESSOR_MAX_WAIT);
-                continue;
+                self.store.delete_group(&token.grant).await?;
+                self.audit.record(
+                    Event::new(EventKind::RefreshReuseDetected)
+                        .client(client.client_id.to_string())
+                        .grant(token.grant.as_str()),
+                );
+                tracing::warn!(client_id = %client.client_id, "refresh token reused after rotation; its grant is revoked");
+                return Err(invalid());
             }
 
             if let Some(wait) = self.too_soon_to_forget(&grant) {
