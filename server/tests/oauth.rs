@@ -1700,6 +1700,16 @@ async fn revoking_a_refresh_token_revokes_the_grant() {
         let foreign = app.revoke(&other, token).await;
         assert_oauth_error(&foreign, StatusCode::BAD_REQUEST, "unauthorized_client");
     }
+    // A made-up refresh token naming that grant is unknown to it, as to anyone: the
+    // answer does not tell whether another client's grant is live (RFC 7009 §2.2).
+    let grant = tokens["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .split('.')
+        .nth(1)
+        .expect("grant");
+    let made_up = app.revoke(&other, &format!("ghr.{grant}.madeup")).await;
+    assert_eq!(made_up.status, StatusCode::OK, "{}", made_up.body);
     assert!(app.token_is_valid(access).await);
 
     let revoked = app
