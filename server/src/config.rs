@@ -704,7 +704,7 @@ impl ServeArgs {
 
         if let Some(hash) = &self.owner_password_hash {
             if let Err(e) = crate::oauth::owner::check_password_hash(hash) {
-                errors.push(e);
+                errors.push(format!("--owner-password-hash: {e}"));
             }
         }
         for (flag, ttl) in [

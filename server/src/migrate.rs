@@ -159,6 +159,10 @@ pub async fn import(
         let value = STANDARD
             .decode(parsed.value)
             .map_err(|e| malformed(e.to_string()))?;
+        if key == crate::oauth::owner::password_key() {
+            crate::oauth::owner::stored_password_hash(value.clone())
+                .map_err(|e| malformed(format!("the owner password hash: {e}")))?;
+        }
         // What is left of the lifetime now: less the time since the export (by the
         // two machines' clocks; none when the export says it was made in the future
         // or before there were exports).

@@ -631,3 +631,43 @@ async fn pages_and_sign_in_answer_only_under_a_host_of_ours() {
         .await;
     assert_eq!(discovery.status, StatusCode::OK);
 }
+
+/// An export edited to carry an owner password hash that would have every sign-in
+/// attempt ask for terabytes (or one cut short, which no password matches) is
+/// refused whole, naming the line.
+#[tokio::test]
+async fn an_import_refuses_an_owner_password_hash_no_sign_in_can_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = gatehouse::open_store(&gatehouse::config::StoreSpec::Embedded(
+        dir.path().join("gatehouse.redb"),
+    ))
+    .await
+    .expect("store");
+    let hash = gatehouse::oauth::owner::hash_password(PASSWORD).expect("hash");
+    let salt_and_hash = hash.splitn(5, '$').nth(4).expect("salt$hash");
+    let greedy = format!("$argon2id$v=19$m=4294967295,t=2,p=1${salt_and_hash}");
+    let short = hash.rsplit_once('$').expect("parts").0.to_owned();
+    for (bad, why) in [(greedy, "MiB"), (short, "cut short")] {
+        let value = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bad);
+        let input = format!(
+            "{}\n{}\n{{\"end\":2}}\n",
+            json!({"key": "client:one", "value": "b25l"}),
+            json!({"key": "owner:password", "value": value}),
+        );
+        let refused = gatehouse::migrate::import(store.as_ref(), input.as_bytes(), false).await;
+        let Err(e) = refused else {
+            panic!("imported {bad}");
+        };
+        let e = e.to_string();
+        assert!(e.contains("line 2") && e.contains(why), "{e}");
+        assert!(store.export().await.expect("export").is_empty());
+    }
+    // The hash this server writes goes in.
+    let value = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &hash);
+    let input = format!(
+        "{}\n{{\"end\":1}}\n",
+        json!({"key": "owner:password", "value": value})
+    );
+    let imported = gatehouse::migrate::import(store.as_ref(), input.as_bytes(), false).await;
+    assert_eq!(imported.expect("import"), 1);
+}

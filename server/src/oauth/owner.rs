@@ -57,19 +57,20 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash the password: {e}"))
 }
 
-/// Checks that `phc` is an Argon2id PHC string, for configuration validation.
+/// Checks that `phc` is an Argon2id PHC string a sign-in can check at a bounded cost:
+/// a configured one at start-up, a stored one (perhaps imported) before each use.
+/// The error names no flag: the caller says which hash it is.
 pub fn check_password_hash(phc: &str) -> Result<(), String> {
-    let parsed = PasswordHash::new(phc)
-        .map_err(|e| format!("--owner-password-hash is not a PHC string: {e}"))?;
+    let parsed = PasswordHash::new(phc).map_err(|e| format!("not a PHC string: {e}"))?;
     if parsed.algorithm != Algorithm::Argon2id.ident() {
-        return Err("--owner-password-hash must be an Argon2id hash ($argon2id$…)".into());
+        return Err("not an Argon2id hash ($argon2id$…)".into());
     }
     // A hash cut short when pasted parses, and then no password ever matches it.
     if parsed.salt.is_none() || parsed.hash.is_none() {
-        return Err("--owner-password-hash has no salt or no hash part: was it cut short?".into());
+        return Err("no salt or no hash part: was it cut short?".into());
     }
-    let params = Params::try_from(&parsed)
-        .map_err(|e| format!("--owner-password-hash has parameters Argon2 refuses: {e}"))?;
+    let params =
+        Params::try_from(&parsed).map_err(|e| format!("parameters Argon2 refuses: {e}"))?;
     // What a sign-in's check needs of it (see `verify_with`).
     let version_known = parsed
         .version
@@ -79,17 +80,14 @@ pub fn check_password_hash(phc: &str) -> Result<(), String> {
         .salt
         .is_some_and(|s| s.decode_b64(&mut salt).is_ok_and(|s| s.len() >= 8));
     if !version_known || !salt_fits {
-        return Err(
-            "--owner-password-hash has an Argon2 version or a salt (8 to 64 bytes) no check can use"
-                .into(),
-        );
+        return Err("an Argon2 version or a salt (8 to 64 bytes) no check can use".into());
     }
     // Every sign-in, anyone's, runs one check with these: two at a time, each
     // keeping its memory for the next.
     if params.m_cost() > MAX_HASH_MEMORY_KIB || params.t_cost() > MAX_HASH_PASSES {
         return Err(format!(
-            "--owner-password-hash asks for more than {} MiB (m) or {MAX_HASH_PASSES} passes (t) \
-             per check; every sign-in attempt runs one",
+            "more than {} MiB (m) or {MAX_HASH_PASSES} passes (t) per check, and every sign-in \
+             attempt runs one",
             MAX_HASH_MEMORY_KIB / 1024
         ));
     }
@@ -210,8 +208,17 @@ fn session_mark(hash: &str) -> String {
     format!("owner {}", SecretHash::of(hash).as_str())
 }
 
-fn password_key() -> Key {
+pub(crate) fn password_key() -> Key {
     Key::new(Kind::OWNER, "password")
+}
+
+/// The stored record of the owner's password as a hash a sign-in can check. Written
+/// by this server, or imported: an edited export could otherwise ask every sign-in
+/// attempt, anyone's, for terabytes.
+pub(crate) fn stored_password_hash(stored: Vec<u8>) -> Result<String, String> {
+    let hash = String::from_utf8(stored).map_err(|_| "not UTF-8".to_owned())?;
+    check_password_hash(&hash)?;
+    Ok(hash)
 }
 
 fn device_key(cookie: &str) -> Key {
@@ -245,8 +252,12 @@ impl Owner {
         if let Some(hash) = &self.configured_hash {
             return Ok(Some(hash.clone()));
         }
-        let stored = self.store.get(&password_key()).await?;
-        Ok(stored.and_then(|raw| String::from_utf8(raw).ok()))
+        let Some(stored) = self.store.get(&password_key()).await? else {
+            return Ok(None);
+        };
+        let hash = stored_password_hash(stored)
+            .map_err(|e| StoreError::Corrupt(format!("the stored owner password hash: {e}")))?;
+        Ok(Some(hash))
     }
 
     pub async fn has_password(&self) -> StoreResult<bool> {
@@ -1161,6 +1172,32 @@ mod tests {
         .expect("the run ends");
         assert_eq!(owner.argon2.available_permits(), ARGON2_CONCURRENCY);
         assert_eq!(lock(&owner.argon2_memory).len(), 1, "its memory is back");
+    }
+
+    /// A stored hash (an edited import, a hand-written Redis key) that would have
+    /// every sign-in attempt ask for terabytes is refused before any run.
+    #[tokio::test]
+    async fn a_stored_hash_no_check_should_run_is_not_used() {
+        let (_dir, store) = embedded();
+        let owner = Owner::new(store.clone(), None);
+        owner
+            .set_password("the first long password")
+            .await
+            .expect("set");
+        let hash = owner.password_hash().await.expect("read").expect("stored");
+        let salt_and_hash = hash.splitn(5, '$').nth(4).expect("salt$hash");
+        let greedy = format!("$argon2id$v=19$m=4294967295,t=2,p=1${salt_and_hash}");
+        store
+            .put(&password_key(), greedy.as_bytes(), Put::forever())
+            .await
+            .expect("put");
+        let admission = owner.admit().expect("place");
+        let checked = owner.check(admission, "the first long password").await;
+        assert!(
+            matches!(&checked, Err(StoreError::Corrupt(why)) if why.contains("owner password hash")),
+            "{:?}",
+            checked.map(|verified| verified.is_some())
+        );
     }
 
     #[test]
