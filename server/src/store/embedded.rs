@@ -66,7 +66,15 @@ impl EmbeddedStore {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| match e {
+                // The usual cause: a maintenance command run beside the server.
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "cannot open {}: another process (a running Gatehouse?) has it open, and \
+                     the embedded store admits one at a time: stop it first",
+                    path.display()
+                )),
+                e => StoreError::Backend(format!("cannot open {}: {e}", path.display())),
+            })?;
         Self::with_database(db, clock)
     }
 
@@ -794,6 +802,17 @@ mod tests {
             store.get(&token).await.expect("get"),
             Some(b"for an hour".to_vec())
         );
+    }
+
+    #[test]
+    fn a_store_in_use_says_so_when_opened_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.redb");
+        let _running = EmbeddedStore::open(&path).expect("open");
+        let Err(e) = EmbeddedStore::open(&path) else {
+            panic!("a second open succeeded");
+        };
+        assert!(e.to_string().contains("stop it first"), "{e}");
     }
 
     #[tokio::test]
