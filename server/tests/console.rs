@@ -93,13 +93,39 @@ impl TestApp {
 #[tokio::test]
 async fn every_console_call_needs_the_owners_session() {
     let app = TestApp::new(&[]);
-    let (_, tokens) = app.tokens_for("read:articles write:articles").await;
+    let (client_id, tokens) = app.tokens_for("read:articles write:articles").await;
     let access = tokens["access_token"].as_str().expect("token").to_owned();
     let cookie = app.sign_in().await;
     let csrf = app.csrf(&cookie).await;
+    // Real targets, so that a call that got through would show.
+    let grant = app.apps(&cookie).await[0]["grant"]
+        .as_str()
+        .expect("grant")
+        .to_owned();
+    let draft = app
+        .console_act(
+            "save_article",
+            &[
+                ("slug", ""),
+                ("title", "Kept"),
+                ("body", "B"),
+                ("version", ""),
+            ],
+            &cookie,
+        )
+        .await;
+    assert_eq!(draft.status, StatusCode::OK, "{}", draft.body);
 
     for (endpoint, form, _) in CALLS {
-        let mut form = form.to_vec();
+        let mut form: Vec<(&str, &str)> = form
+            .iter()
+            .map(|&(name, value)| match (name, value) {
+                ("grant", _) => (name, grant.as_str()),
+                ("client_id", _) => (name, client_id.as_str()),
+                ("slug", "s") => (name, "kept"),
+                other => other,
+            })
+            .collect();
         form.push(("csrf", &csrf));
         for cookie in [None, Some("gatehouse_session=forged"), Some("other=1")] {
             let answer = app.send(call(endpoint, &form, cookie, "same-origin")).await;
@@ -114,17 +140,23 @@ async fn every_console_call_needs_the_owners_session() {
                 "{endpoint} {cookie:?}: {}",
                 answer.body
             );
+            // In the words the console's script reads (`Type|message`), not a page
+            // it would show as a complaint about their format.
             assert!(
-                answer.body.contains("Sign in"),
+                answer.body.starts_with("ServerError|Sign in"),
                 "{endpoint}: {}",
                 answer.body
             );
         }
     }
-    // Nothing changed: the client's token still works, and no article appeared.
+    // Nothing changed: the client's token still works, the draft is still there and
+    // still a draft, and no other article appeared.
     assert!(app.token_is_valid(&access).await);
     let articles = app.console("articles", &[], &cookie).await;
-    assert_eq!(articles.json()["articles"], json!([]));
+    let listed = articles.json()["articles"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["slug"], "kept", "{listed}");
+    assert_eq!(listed[0]["published"], false, "{listed}");
 
     // A session that ended is no session.
     let signed_out = app
@@ -163,6 +195,8 @@ async fn a_console_call_refused_by_the_body_budget_says_so() {
         assert_eq!(answer.status, status, "{}", answer.body);
         assert_eq!(answer.headers[header::RETRY_AFTER], "1");
         assert_eq!(answer.headers[header::CONNECTION], "close");
+        // In words the console's script shows.
+        assert!(answer.body.starts_with("ServerError|"), "{}", answer.body);
     }
     // The same for the pages' own server function, which anyone may call.
     let body = futures::stream::iter([Err::<bytes::Bytes, _>(Refused::All)]);
@@ -324,6 +358,31 @@ async fn a_plain_form_post_gets_a_redirect_or_an_error_page() {
     assert!(revoked.status.is_redirection(), "{}", revoked.body);
     assert_eq!(revoked.location(), "/console");
     assert!(!app.token_is_valid(&access).await);
+
+    // A form missing a field, and one whose body the listener's budget refuses, get
+    // their error pages (server_fn would send them back to a Referer browsers do not
+    // send us: a silent redirect to `/`).
+    let missing = app.send(form_post(&[("csrf", &csrf)], "same-origin")).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.body);
+    assert!(missing.headers.get(header::LOCATION).is_none());
+    assert!(missing.body.contains("<html"), "{}", missing.body);
+    let form =
+        serde_urlencoded::to_string([("grant", grant.as_str()), ("csrf", &csrf)]).expect("form");
+    let mut refused = form_post(&[], "same-origin");
+    *refused.body_mut() = Body::from_stream(futures::stream::iter([
+        Ok(bytes::Bytes::from(form)),
+        Err::<bytes::Bytes, _>(gatehouse::http::bodies::Refused::Address),
+    ]));
+    let refused = app.send(refused).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.get(header::LOCATION).is_none());
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    assert!(refused.body.contains("<html"), "{}", refused.body);
 }
 
 // ----- pages ---------------------------------------------------------------------------
@@ -548,6 +607,24 @@ async fn a_console_address_cannot_put_words_in_its_alert() {
         )
         .await;
     assert_eq!(signed_in.location(), "/console?kind=x");
+    // Nor through the activity page's client filter, which a link chooses too.
+    let query = serde_urlencoded::to_string([("client", words)]).expect("query");
+    let filter = format!("/console/activity?{query}");
+    let shown = app.get(&filter, Some(&cookie)).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    // Kept as the filter's value (an attribute), never shown as text.
+    assert!(
+        !shown.body.contains(">Your password leaked"),
+        "{}",
+        shown.body
+    );
+    assert!(
+        shown
+            .body
+            .contains("selected>a client not seen here</option>"),
+        "{}",
+        shown.body
+    );
 }
 
 // ----- what the console shows and does -------------------------------------------------
@@ -619,6 +696,35 @@ async fn what_clients_write_is_shown_as_text_in_the_console() {
         "{}",
         page.body
     );
+}
+
+/// A store that cannot be reached is not a signed-out owner: the console's pages and
+/// calls answer 503 (try again), not "sign in" (which could not help).
+#[tokio::test]
+async fn a_store_that_fails_is_not_a_signed_out_owner() {
+    let (app, faults) = TestApp::with_faults();
+    let cookie = app.sign_in().await;
+    faults.set(faults::Mode::Down);
+    let page = app.get("/console", Some(&cookie)).await;
+    assert_eq!(
+        page.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        page.body
+    );
+    assert!(page.headers.get(header::LOCATION).is_none());
+    assert_eq!(page.headers[header::RETRY_AFTER], "1");
+    let called = app.console("apps", &[], &cookie).await;
+    assert_eq!(
+        called.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        called.body
+    );
+    assert!(called.body.starts_with("ServerError|"), "{}", called.body);
+    faults.set(faults::Mode::Pass);
+    let page = app.get("/console", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
 }
 
 /// A store that fails while the usage counters are written loses none of them:

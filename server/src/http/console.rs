@@ -21,7 +21,10 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use base64::{
+    engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD},
+    Engine as _,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -379,7 +382,9 @@ impl ConsoleBackend for Console {
         let mut clients: Vec<(String, String)> = names.into_iter().collect();
         if let Some(filtered) = client {
             if !clients.iter().any(|(id, _)| id == filtered) {
-                clients.push((filtered.to_owned(), filtered.to_owned()));
+                // Not its id as its name: a link from any site chooses it, and the
+                // page would show that site's words as the owner's own filter.
+                clients.push((filtered.to_owned(), "a client not seen here".to_owned()));
             }
         }
         Ok(ActivityView {
@@ -664,23 +669,48 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     }
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
+    let wants_html = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    // A store that fails is not a signed-out owner: no sign-in would help.
     let signed_in = || async {
-        matches!(
-            super::session::current_session(&state, &headers).await,
-            Ok(Some(_))
-        )
+        match super::session::current_session(&state, &headers).await {
+            Ok(session) => Ok(session.is_some()),
+            Err(e) => {
+                let page = super::oauth::unavailable_page(&e);
+                let mut refused = if call && !wants_html {
+                    server_error(StatusCode::SERVICE_UNAVAILABLE, e.for_caller())
+                } else {
+                    page.into_response()
+                };
+                refused
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(with_owner_headers(refused))
+            }
+        }
     };
     // Calls take bodies of up to 160 KiB: only from the owner. (Each checks the
     // session again, and more.)
-    if call && path != "/api/console/signed_in" && !signed_in().await {
+    let checked = if call && path != "/api/console/signed_in" {
+        Some(signed_in().await)
+    } else {
+        None
+    };
+    if let Some(Err(refused)) = checked {
+        return refused;
+    }
+    if matches!(checked, Some(Ok(false))) {
+        let why = "Sign in to use the console, then repeat what you did.";
+        if !wants_html {
+            return with_owner_headers(server_error(StatusCode::UNAUTHORIZED, why));
+        }
         return (
             StatusCode::UNAUTHORIZED,
             super::oauth::page_headers(),
-            app::error_document(
-                401,
-                "Sign in again",
-                "Sign in to use the console, then repeat what you did.",
-            ),
+            app::error_document(401, "Sign in again", why),
         )
             .into_response();
     }
@@ -689,7 +719,16 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             return see_other(&plain);
         }
     }
-    if page && matches!(*request.method(), Method::GET | Method::HEAD) && !signed_in().await {
+    let page_view = page && matches!(*request.method(), Method::GET | Method::HEAD);
+    let viewer = if page_view {
+        Some(signed_in().await)
+    } else {
+        None
+    };
+    if let Some(Err(refused)) = viewer {
+        return refused;
+    }
+    if matches!(viewer, Some(Ok(false))) {
         let return_to = request
             .uri()
             .path_and_query()
@@ -704,19 +743,23 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             return see_other(&plain);
         }
     }
-    let wants_html = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
+    let mut request = request;
+    if call && wants_html {
+        request
+            .headers_mut()
+            .insert(header::REFERER, HeaderValue::from_static(FORM_RETURN));
+    }
     let mut response = next.run(request).await;
+    if call && wants_html {
+        response = form_returned(response).await;
+    }
     if call && response.status() == StatusCode::INTERNAL_SERVER_ERROR {
         response = caller_errors_are_400(response).await;
     }
-    if call
-        && wants_html
-        && response.status().is_client_error() | response.status().is_server_error()
-    {
+    if call && !wants_html && is_error(response.status()) {
+        response = in_server_function_words(response).await;
+    }
+    if call && wants_html && is_error(response.status()) {
         let status = response.status();
         let (title, message) = match status {
             StatusCode::UNAUTHORIZED => (
@@ -741,13 +784,65 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
                 "Gatehouse could not do that just now. Try again shortly.",
             ),
         };
+        let kept = [header::RETRY_AFTER, header::CONNECTION]
+            .map(|name| (name.clone(), response.headers().get(name).cloned()));
         response = (
             status,
             super::oauth::page_headers(),
             app::error_document(status.as_u16(), title, message),
         )
             .into_response();
+        for (name, value) in kept {
+            if let Some(value) = value {
+                response.headers_mut().insert(name, value);
+            }
+        }
     }
+    with_owner_headers(response)
+}
+
+/// Where `server_fn` sends a plain form (no JavaScript) back after its call
+/// (`form-redirects`): to the request's `Referer`, with the failure in the query.
+/// Browsers send none to us (`Referrer-Policy: no-referrer`), which made a failure
+/// a silent redirect to `/`; the guard names this one, which cannot be anywhere,
+/// and reads the failure back from it.
+const FORM_RETURN: &str = "http://console.invalid/";
+
+/// A plain form's call as `server_fn` answered it: a failure sent back to
+/// [`FORM_RETURN`] becomes the error it is (a refusal by the body budget keeps its
+/// status, arguments that do not parse are 400); a call that succeeded without
+/// saying where to go leads to the console.
+async fn form_returned(mut response: Response) -> Response {
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(query) = location.and_then(|l| l.strip_prefix(FORM_RETURN)) else {
+        return response;
+    };
+    let failure = form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .find(|(name, _)| name == "__err")
+        .and_then(|(_, value)| URL_SAFE.decode(value.as_bytes()).ok());
+    if is_error(response.status()) {
+        // A console error with its own status (`fail`).
+        response.headers_mut().remove(header::LOCATION);
+        return response;
+    }
+    match failure {
+        Some(failure) => {
+            caller_errors_are_400((StatusCode::INTERNAL_SERVER_ERROR, failure).into_response())
+                .await
+        }
+        None => see_other("/console"),
+    }
+}
+
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
+/// What the owner pages' answers carry: never cached, never framed.
+fn with_owner_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -756,6 +851,41 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         HeaderValue::from_static("frame-ancestors 'none'"),
     );
     response
+}
+
+/// A failed call's answer as the console's script reads one (`server_fn`'s
+/// `Type|message`), so that it shows the words, not a complaint about their format.
+fn server_error(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("ServerError|{why}"),
+    )
+        .into_response()
+}
+
+/// An error answer to a call from the console's script whose body is not in
+/// `server_fn`'s words (a refusal by the body budget, a size limit: plain text):
+/// the same words in them, with the same status and headers.
+async fn in_server_function_words(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return server_error(parts.status, "Gatehouse could not do that just now.");
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let typed = text
+        .split_once('|')
+        .is_some_and(|(kind, _)| !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphabetic()));
+    if typed {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let words = format!("ServerError|{}", text.trim());
+    Response::from_parts(parts, axum::body::Body::from(words))
 }
 
 #[cfg(test)]
