@@ -239,6 +239,20 @@ pub struct Upstream {
     pub pool_size: usize,
     /// First match wins; tools no rule matches follow their `readOnlyHint`.
     pub tools: Vec<ToolRule>,
+    /// The values its `${VAR}`s were filled with, wherever they went (a header, the
+    /// environment, the url's path or query): credentials, hidden in what Gatehouse
+    /// logs of the upstream.
+    pub filled: Filled,
+}
+
+/// What `${VAR}`s filled in: credentials, never printed.
+#[derive(Clone, Default)]
+pub struct Filled(pub Vec<String>);
+
+impl fmt::Debug for Filled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{} hidden]", self.0.len())
+    }
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -324,6 +338,14 @@ impl RawUpstream {
         let mut errors = Vec::new();
         let name = self.name.clone();
         let mut fail = |e: String| errors.push(format!("upstream {name:?}: {e}"));
+        let filled = std::cell::RefCell::new(Vec::new());
+        let lookup = &|name: &str| {
+            let value = lookup(name);
+            if let Some(value) = &value {
+                filled.borrow_mut().push(value.clone());
+            }
+            value
+        };
         if let Err(e) = check_name(&self.name) {
             fail(e);
         }
@@ -495,6 +517,7 @@ impl RawUpstream {
                 idle_timeout,
                 pool_size,
                 tools,
+                filled: Filled(filled.into_inner()),
             }),
             _ => Err(errors),
         }
@@ -679,6 +702,10 @@ mod tests {
         let printed = format!("{ok:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("https://example.com/mcp?…"), "{printed}");
+        // Noted wherever it went, to be hidden in what is logged of the upstream.
+        assert_eq!(ok.filled.0, ["s3cret"]);
+        let in_path = upstream("https://example.com/k/${TOKEN}/mcp").expect("valid");
+        assert_eq!(in_path.filled.0, ["s3cret"]);
         let errors = upstream("https://example.com/mcp?key=${MISSING}").expect_err("unset");
         assert!(
             errors[0].contains("url: ${MISSING} is not set"),

@@ -442,7 +442,7 @@ impl Shared {
             http,
             processes: Processes::default(),
             stderr: Arc::new(StdMutex::new(Bucket::new(STDERR_BURST, STDERR_PER_SECOND))),
-            hidden: Arc::new(Hidden::of(&config.transport)),
+            hidden: Arc::new(Hidden::of(&config.transport, &config.filled.0)),
             config,
         }))
     }
@@ -1123,14 +1123,16 @@ fn resume_briefly() -> ExponentialBackoff {
 const MIN_HIDDEN: usize = 8;
 
 /// An upstream's configured values that may be credentials: its header values (and
-/// their words, a `Bearer` token alone), its environment values, its URL's password
-/// and query values. A server may print its settings or environment, and an HTTP
-/// server or proxy echo the `Authorization` header it was sent in an error page;
-/// Gatehouse holds these values, so it hides them in what it logs of the upstream.
+/// their words, a `Bearer` token alone), its environment values, its URL's query
+/// values, and whatever a `${VAR}` filled in (a key in the URL's path, say). A
+/// server may print its settings or environment, and an HTTP server or proxy echo
+/// the `Authorization` header it was sent, or the path it was asked for, in an error
+/// page; Gatehouse holds these values, so it hides them in what it logs of the
+/// upstream.
 pub(super) struct Hidden(Vec<String>);
 
 impl Hidden {
-    fn of(transport: &Transport) -> Self {
+    fn of(transport: &Transport, filled: &[String]) -> Self {
         let mut values: Vec<String> = match transport {
             Transport::Http { url, headers } => {
                 // Decoded, and as written (an error page may echo the request line).
@@ -1154,6 +1156,30 @@ impl Hidden {
             }
             Transport::Stdio { env, .. } => env.iter().map(|(_, value)| value.clone()).collect(),
         };
+        values.extend(filled.iter().cloned());
+        if let Transport::Http { url, .. } = transport {
+            // A filled-in part of the path, as written there (percent-encoded).
+            let segments = url.path_segments().into_iter().flatten();
+            values.extend(
+                segments
+                    .filter(|segment| {
+                        let decoded = percent_encoding::percent_decode_str(segment)
+                            .decode_utf8_lossy()
+                            .into_owned();
+                        filled
+                            .iter()
+                            .any(|value| value.len() >= MIN_HIDDEN && decoded.contains(value))
+                    })
+                    .map(str::to_owned),
+            );
+        }
+        // Stderr is hidden line by line: a value of several lines (a PEM key), each.
+        let lines: Vec<String> = values
+            .iter()
+            .filter(|value| value.contains('\n'))
+            .flat_map(|value| value.lines().map(|line| line.trim().to_owned()))
+            .collect();
+        values.extend(lines);
         // As a JSON string holds them too (an error body may quote them so).
         let escaped: Vec<String> = values
             .iter()
@@ -1416,7 +1442,7 @@ mod tests {
                 http::HeaderValue::from_static("Bearer header-secret-22"),
             )],
         };
-        let hidden = Hidden::of(&http);
+        let hidden = Hidden::of(&http, &[]);
         let echoed = "401: bad Authorization \"Bearer header-secret-22\" (token header-secret-22, \
                       key query+secret-1, v 2) GET /mcp?key=query%2Bsecret-1&v=2";
         let logged = hidden.hide(echoed);
@@ -1434,8 +1460,30 @@ mod tests {
             ],
             cwd: None,
         };
-        let printed = Hidden::of(&stdio).hide("starting with API_KEY=env-secret-333 DEBUG=true");
+        let printed =
+            Hidden::of(&stdio, &[]).hide("starting with API_KEY=env-secret-333 DEBUG=true");
         assert_eq!(printed, "starting with API_KEY=… DEBUG=true");
+
+        // A key a `${VAR}` put in the url's path, echoed in a 404 page; a key of
+        // several lines, printed line by line on stderr.
+        let in_path = Transport::Http {
+            url: url::Url::parse("https://api.example/s/path%20secret-4444/mcp").expect("url"),
+            headers: vec![],
+        };
+        let hidden = Hidden::of(&in_path, &["path secret-4444".into()]);
+        let logged = hidden.hide("404: Cannot POST /s/path%20secret-4444/mcp");
+        assert_eq!(logged, "404: Cannot POST /s/…/mcp");
+        let pem = "-----BEGIN KEY-----\nline-one-secret\nline-two-secret\n-----END KEY-----";
+        let stdio = Transport::Stdio {
+            command: "server".into(),
+            args: vec![],
+            env: vec![("KEY".into(), pem.into())],
+            cwd: None,
+        };
+        let hidden = Hidden::of(&stdio, &[pem.into()]);
+        for line in ["bad key: line-one-secret", "line-two-secret"] {
+            assert!(!hidden.hide(line).contains("secret"), "{line}");
+        }
     }
 
     #[test]
