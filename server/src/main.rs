@@ -23,16 +23,35 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// logging off unless they name it. rmcp logs every message it receives in full at
 /// `info` and errors at `warn`/`error`, clients' and upstreams' alike: unbounded, at
 /// the rate anyone with a token or any upstream chooses, and without the masking of
-/// configured credentials Gatehouse gives an upstream's own output.
-fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+/// configured credentials Gatehouse gives an upstream's own output. rmcp is kept out
+/// by a filter of the log's own, not by a directive: a span directive
+/// (`[request]=trace`) turns on everything inside the span, rmcp's events too,
+/// before any directive for a target is looked at.
+fn logging<W>(
+    rust_log: Option<&str>,
+    json: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt, Layer};
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
-    let rmcp_off = || "rmcp=off".parse().expect("a valid directive");
-    match EnvFilter::try_new(directives) {
-        Ok(filter) if directives.contains("rmcp") => filter,
-        Ok(filter) => filter.add_directive(rmcp_off()),
-        // Not a filter: the default, whatever it named.
-        Err(_) => EnvFilter::new("info").add_directive(rmcp_off()),
-    }
+    // Not a filter: the default, whatever it named.
+    let (filter, names_rmcp) = match EnvFilter::try_new(directives) {
+        Ok(filter) => (filter, directives.contains("rmcp")),
+        Err(_) => (EnvFilter::new("info"), false),
+    };
+    let rmcp = filter_fn(move |meta| names_rmcp || !meta.target().starts_with("rmcp"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer = if json {
+        layer.json().boxed()
+    } else {
+        layer.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(rmcp))
 }
 
 #[tokio::main]
@@ -41,14 +60,14 @@ async fn main() -> ExitCode {
     // rustls and no default provider).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    match cli.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-    }
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let subscriber = logging(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        json,
+        std::io::stdout,
+    );
+    // Also takes the `log` crate's records, as `fmt().init()` did.
+    tracing_subscriber::util::SubscriberInitExt::init(subscriber);
 
     match cli.command {
         Some(Command::Serve(args)) => serve(*args).await,
@@ -380,7 +399,7 @@ async fn shutdown_signal() {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::log_filter;
+    use super::logging;
 
     /// What one line of rmcp's, one of its errors and one of Gatehouse's leave in the
     /// log under `rust_log`.
@@ -398,11 +417,11 @@ mod tests {
         }
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(log_filter(rust_log))
-            .with_writer(move || writer.clone())
-            .finish();
+        let subscriber = logging(rust_log, false, move || writer.clone());
         tracing::subscriber::with_default(subscriber, || {
+            // Inside a request's span, as rmcp's events are.
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
             tracing::info!(target: "rmcp::service", "received notification: configured-secret");
             tracing::error!(target: "rmcp::transport::worker", "worker quit: an error page");
             tracing::info!(target: "gatehouse::gateway", "a line of Gatehouse's");
@@ -420,6 +439,7 @@ mod tests {
             Some("trace"),
             Some("warn,gatehouse=info"),
             Some("info,rmcp=loudly"),
+            Some("info,[request]=trace"),
         ] {
             let logged = logged(rust_log);
             assert!(
