@@ -163,6 +163,42 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A Redis at its `maxmemory` under `noeviction` answers `PING` and reads and
+/// refuses every write: `/healthz` says so (503), for a supervisor or a load
+/// balancer, and says "up" again once Redis takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_redis_that_refuses_writes() {
+    let redis = OwnRedis::start();
+    let app = TestApp::on_redis(&redis.url(), "gatehouse:", &[]).await;
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+    // Redis's inline commands, over a connection of the test's own.
+    let config = |args: &[&str]| {
+        use std::io::{Read, Write};
+        let mut redis = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+        write!(redis, "CONFIG SET {}\r\n", args.join(" ")).expect("write");
+        let mut reply = [0u8; 64];
+        let read = redis.read(&mut reply).expect("read");
+        assert!(reply[..read].starts_with(b"+OK"), "{:?}", &reply[..read]);
+    };
+    config(&["maxmemory-policy", "noeviction"]);
+    config(&["maxmemory", "1"]);
+    let full = || async {
+        // Past the 100 ms for which one look answers every check.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        app.get("/healthz", None).await
+    };
+    let health = full().await;
+    assert_eq!(
+        health.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        health.body
+    );
+    config(&["maxmemory", "0"]);
+    let health = full().await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_is_answered_quickly_and_recovered_from() {
     let mut redis = OwnRedis::start();

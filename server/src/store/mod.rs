@@ -260,7 +260,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Gets and deletes in one step: of many concurrent takers of one key, exactly one
-    /// receives the value. Single-use codes and tickets rely on this.
+    /// receives the value. Consent tickets and setup links rely on this (codes are
+    /// marked used by [`Store::compare_and_swap`] instead, so that a replay is seen).
     async fn take(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
 
     /// Replaces the value only while it still equals `expected`; returns whether it

@@ -213,6 +213,24 @@ impl RedisStore {
             pool,
             prefix: prefix.to_owned(),
         };
+        let info: Option<String> = store
+            .pool
+            .info(Some(fred::types::InfoKind::Server))
+            .await
+            .ok();
+        match info.as_deref().and_then(redis_version) {
+            Some(version) if version < MIN_REDIS => {
+                return Err(StoreError::Backend(format!(
+                    "Redis {}.{} is too old: Gatehouse needs {}.{} or newer (GETDEL, \
+                     XTRIM MINID); without them no approval or sign-in setup could finish",
+                    version.0, version.1, MIN_REDIS.0, MIN_REDIS.1
+                )))
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "cannot read Redis's version (INFO may be disabled); Gatehouse needs 6.2 or newer"
+            ),
+        }
         match store.eviction_policy().await {
             Some(policy) if evicts(&policy) => tracing::warn!(
                 policy = %policy.1,
@@ -542,8 +560,23 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    /// A write, not `PING`: a Redis at its `maxmemory` under `noeviction` (the
+    /// policy Gatehouse asks for) still answers `PING` and reads, and refuses every
+    /// write, so that tokens, sign-ins and sessions all fail. `/healthz` takes one
+    /// look at a time, at most every 100 ms. The key is no record's (exports skip
+    /// it) and goes away by itself.
     async fn ping(&self) -> StoreResult<()> {
-        let _: String = self.pool.ping(None).await.map_err(unavailable)?;
+        let _: () = self
+            .pool
+            .set(
+                format!("{}health", self.prefix),
+                "1",
+                Some(Expiration::PX(10_000)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -598,10 +631,35 @@ impl Drop for PurgeOnDrop {
     }
 }
 
+/// The oldest Redis with every command Gatehouse sends (`GETDEL`, `XTRIM MINID`,
+/// exclusive `XREVRANGE` ranges).
+const MIN_REDIS: (u32, u32) = (6, 2);
+
+/// The `redis_version` (major, minor) of an `INFO server` answer.
+fn redis_version(info: &str) -> Option<(u32, u32)> {
+    let version = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis_version:"))?;
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::conformance;
+
+    #[test]
+    fn redis_versions_before_6_2_are_told_apart() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        assert_eq!(redis_version(&info("7.0.15")), Some((7, 0)));
+        assert_eq!(redis_version(&info("6.0.16")), Some((6, 0)));
+        assert!(redis_version(&info("6.0.16")).is_some_and(|v| v < MIN_REDIS));
+        assert!(redis_version(&info("6.2.0")).is_some_and(|v| v >= MIN_REDIS));
+        assert!(redis_version(&info("10.0.1")).is_some_and(|v| v >= MIN_REDIS));
+        assert_eq!(redis_version("# Server\r\n"), None);
+        assert_eq!(redis_version(&info("unknown")), None);
+    }
 
     /// The Redis the tests use (`GATEHOUSE_TEST_REDIS_URL`, default the local one),
     /// with a random key prefix per test so tests run in parallel.
