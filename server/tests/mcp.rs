@@ -1378,3 +1378,54 @@ async fn tool_calls_in_a_session_are_answered_with_plain_json() {
         .await;
     assert_eq!(revoked.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A body sent as JSON that rmcp cannot read as a message (an `id` it does not
+/// take, no `jsonrpc`, nesting past serde's 128) is JSON-RPC's 400 (an invalid
+/// request: it is JSON), as the guard answers what it cannot read itself: rmcp's
+/// own answer is a plain-text 415, which reads as a wrong Content-Type.
+#[tokio::test]
+async fn a_json_body_that_is_no_message_is_400_not_415() {
+    let app = TestApp::new(&[]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let session = app.mcp_session(token, V2025_06).await;
+    let post = McpPost {
+        token: Some(token),
+        session: Some(&session),
+        version: Some(V2025_06),
+        ..McpPost::default()
+    };
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"list_articles","arguments":{{"a":{}1{}}}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for (body, code) in [
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}"#.to_owned(),
+            -32600,
+        ),
+        (r#"{"id":2,"method":"tools/list"}"#.to_owned(), -32600),
+        ("{}".to_owned(), -32600),
+        (deep, -32600),
+    ] {
+        let answer = app.send(post.with_body(Body::from(body.clone()))).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{body:.60}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.rpc()["error"]["code"],
+            code,
+            "{body:.60}: {}",
+            answer.body
+        );
+    }
+    // The session still works.
+    let listed = app
+        .send(post.body(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+}

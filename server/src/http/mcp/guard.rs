@@ -211,26 +211,7 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
                         "the request body must be JSON (Content-Type: application/json)",
                     )
                 }
-                // JSON that is not a message the guard can read (a `method` that is
-                // not a string, a member given twice): an invalid request, answered
-                // by its id. Not JSON at all: a parse error (JSON-RPC 2.0 §5.1).
-                Message::Unreadable
-                    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
-                {
-                    return rpc_error_to(
-                        StatusCode::BAD_REQUEST,
-                        code::INVALID_REQUEST,
-                        "the request body is not a JSON-RPC message this server can read",
-                        bytes,
-                    )
-                }
-                Message::Unreadable => {
-                    return rpc_error(
-                        StatusCode::BAD_REQUEST,
-                        code::PARSE_ERROR,
-                        "the request body is not JSON",
-                    )
-                }
+                Message::Unreadable => return unreadable(bytes),
                 Message::Single(call) => {
                     if session.is_none() && call.method() == "initialize" {
                         if let Err(refusal) = admit_session(&state, &access, bytes) {
@@ -286,6 +267,10 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
     }
     let deleting = parts.method == Method::DELETE;
     let grant = token_key.group();
+    // What was sent as JSON, should the endpoint find it unreadable (a cheap copy).
+    let sent_as_json = bytes
+        .filter(|_| content_type_is(&parts.headers, "application/json"))
+        .cloned();
     let response = endpoint
         .serve(Guarded {
             parts,
@@ -354,6 +339,18 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         }
         Some(_) => {}
     }
+    // rmcp answers a body it cannot read as a message (an `id` of 1.5, no
+    // `jsonrpc`, nesting past 128) with its transport's plain-text 415, which reads
+    // as a wrong Content-Type: one sent as JSON gets the guard's own answer instead.
+    let response = match &sent_as_json {
+        Some(sent)
+            if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                && !content_type_is(response.headers(), "application/json") =>
+        {
+            unreadable(sent)
+        }
+        _ => response,
+    };
     let response = match tool {
         Some(tool) => {
             // The grant's use counts now; the event waits for the outcome.
@@ -398,6 +395,27 @@ pub async fn handle<E: Endpoint>(state: AppState, endpoint: Arc<E>, request: Req
         None => response,
     };
     watch_stream(state, token_key, resource.uri.clone(), response)
+}
+
+/// A body sent as JSON that is not a message this server can read: JSON (a
+/// `method` that is not a string, a member given twice, an `id` rmcp does not take)
+/// is an invalid request, answered by its id; not JSON at all, a parse error
+/// (JSON-RPC 2.0 §5.1).
+fn unreadable(bytes: &[u8]) -> Response {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        rpc_error_to(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            "the request body is not a JSON-RPC message this server can read",
+            bytes,
+        )
+    } else {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::PARSE_ERROR,
+            "the request body is not JSON",
+        )
+    }
 }
 
 /// The largest `initialize` request. rmcp keeps each session's `initialize` in the
