@@ -86,6 +86,14 @@ async fn a_registration_flood_from_one_address_is_answered_429() {
         ))
         .await;
     assert_eq!(other.status, StatusCode::BAD_REQUEST, "another /48");
+    // A proxy on this machine that names nobody (no --trusted-proxy) is everyone:
+    // one client's junk does not spend the others' minute.
+    for _ in 0..25 {
+        let junk = app.send(from([127, 0, 0, 1], malformed())).await;
+        assert_eq!(junk.status, StatusCode::BAD_REQUEST, "{}", junk.body);
+    }
+    let behind = app.send(from([127, 0, 0, 1], registration())).await;
+    assert_eq!(behind.status, StatusCode::CREATED, "{}", behind.body);
 }
 
 /// A flood from many addresses, each within its own limit, still meets the limit of
