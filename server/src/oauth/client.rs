@@ -231,10 +231,7 @@ impl RegistrationRequest {
                 "at most {MAX_REDIRECT_URIS} redirect_uris"
             )));
         }
-        let redirect_uris = uris
-            .iter()
-            .map(|u| RedirectUri::parse(u).map_err(InvalidRedirectUri))
-            .collect::<Result<Vec<_>, _>>()?;
+        let redirect_uris = super::redirect::parse_all(&uris).map_err(InvalidRedirectUri)?;
 
         // RFC 7591 §2: the default method is client_secret_basic.
         let auth_method = match self.token_endpoint_auth_method.as_deref() {

@@ -13,7 +13,6 @@ use url::Url;
 
 use super::{
     client::{clean_name, AuthMethod, Client, ClientId, ClientKind, MAX_REDIRECT_URIS},
-    redirect::RedirectUri,
     scope::ScopeSet,
 };
 
@@ -110,10 +109,7 @@ pub fn client_from_document(
     if uris.len() > MAX_REDIRECT_URIS {
         return Err("the metadata document lists too many redirect_uris".into());
     }
-    let redirect_uris = uris
-        .iter()
-        .map(|u| RedirectUri::parse(u))
-        .collect::<Result<Vec<_>, _>>()
+    let redirect_uris = super::redirect::parse_all(&uris)
         .map_err(|e| format!("the metadata document has a bad redirect URI: {e}"))?;
     // A document is public: it cannot carry a shared secret, so only `none` works.
     // A client that prefers another method but lists `none` among those it can use
@@ -384,7 +380,9 @@ mod tests {
         let client =
             client_from_document(&url, body.to_string().as_bytes(), &known(), 0).expect("valid");
         assert_eq!(client.kind, ClientKind::MetadataDocument);
-        let requested = RedirectUri::parse("http://localhost:54321/callback").expect("uri");
+        let requested =
+            crate::oauth::redirect::RedirectUri::parse("http://localhost:54321/callback")
+                .expect("uri");
         assert!(client.redirect_uri_for(&requested).is_some());
     }
 

@@ -14,6 +14,29 @@ use crate::net::is_loopback_url;
 #[serde(try_from = "String", into = "String")]
 pub struct RedirectUri(Url);
 
+/// How much longer a client's redirect URIs may be as kept (normalised: spaces,
+/// quotes and every byte of a non-ASCII character percent-encoded, three bytes
+/// each) than as sent: without a bound, a registration within its size limit
+/// could be kept, and echoed, at three times it.
+pub const MAX_GROWTH: usize = 1024;
+
+/// Each of `raw`, parsed, as long as they grow by at most [`MAX_GROWTH`] in all.
+pub fn parse_all(raw: &[String]) -> Result<Vec<RedirectUri>, String> {
+    let parsed = raw
+        .iter()
+        .map(|u| RedirectUri::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sent: usize = raw.iter().map(String::len).sum();
+    let kept: usize = parsed.iter().map(|u| u.as_str().len()).sum();
+    if kept > sent + MAX_GROWTH {
+        return Err(format!(
+            "the redirect URIs are {kept} bytes percent-encoded, {sent} as sent: send them \
+             encoded (at most {MAX_GROWTH} bytes may be added)"
+        ));
+    }
+    Ok(parsed)
+}
+
 impl RedirectUri {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let url = Url::parse(raw).map_err(|_| format!("{raw:?} is not an absolute URL"))?;
@@ -99,6 +122,19 @@ mod tests {
 
     fn uri(s: &str) -> RedirectUri {
         RedirectUri::parse(s).expect(s)
+    }
+
+    #[test]
+    fn redirect_uris_may_not_grow_threefold_when_kept() {
+        let spaced = format!("https://a.example/{}cb", " ".repeat(2000));
+        let refused = parse_all(std::slice::from_ref(&spaced)).expect_err("grows");
+        assert!(refused.contains("percent-encoded"), "{refused}");
+        // Encoded as sent, the same URI is kept as it came.
+        let encoded = format!("https://a.example/{}cb", "%20".repeat(2000));
+        let kept = parse_all(std::slice::from_ref(&encoded)).expect("kept");
+        assert_eq!(kept[0].as_str(), encoded);
+        // A few characters that need encoding are fine.
+        assert!(parse_all(&["https://a.example/café cb".to_owned()]).is_ok());
     }
 
     #[test]
