@@ -203,27 +203,29 @@ impl DocumentFetcher {
     }
 }
 
-/// How long a response may be cached: `max-age` when given (capped at a day),
-/// nothing for `no-store`/`no-cache`, and five minutes otherwise.
+/// How long a response may be cached (RFC 9111): `max-age` when given, less its
+/// `Age` (capped at a day), nothing for `no-store`/`no-cache` or a `max-age` that
+/// cannot be read (stale), and five minutes otherwise. Every `Cache-Control` line
+/// counts (a CDN may add one), and of two `max-age`s the shorter.
 fn cache_lifetime(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let cache_control = headers
-        .get(reqwest::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mut max_age = None;
-    for directive in cache_control.split(',').map(str::trim) {
-        if directive == "no-store" || directive == "no-cache" {
-            return None;
-        }
-        if let Some(secs) = directive
-            .strip_prefix("max-age=")
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            max_age = Some(secs);
+    let mut max_age: Option<u64> = None;
+    for line in headers.get_all(reqwest::header::CACHE_CONTROL) {
+        let line = line.to_str().ok()?.to_ascii_lowercase();
+        for directive in line.split(',').map(str::trim) {
+            if directive == "no-store" || directive == "no-cache" {
+                return None;
+            }
+            if let Some(value) = directive.strip_prefix("max-age=") {
+                let secs = value.trim_matches('"').parse::<u64>().ok()?;
+                max_age = Some(max_age.map_or(secs, |m| m.min(secs)));
+            }
         }
     }
-    match max_age {
+    let age = headers
+        .get(reqwest::header::AGE)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    match max_age.map(|secs| secs.saturating_sub(age)) {
         Some(0) => None,
         Some(secs) => Some(Duration::from_secs(secs.min(24 * 3600))),
         None => Some(Duration::from_secs(300)),
@@ -610,5 +612,26 @@ mod tests {
             cache_lifetime(&reqwest::header::HeaderMap::new()),
             Some(Duration::from_secs(300))
         );
+        // Unreadable: stale (RFC 9111 §4.2.1), not five minutes.
+        assert_eq!(cache_lifetime(&headers("max-age=-1")), None);
+        // A second line (a CDN's) counts; of two max-ages, the shorter.
+        let mut two = headers("max-age=86400");
+        two.append(
+            reqwest::header::CACHE_CONTROL,
+            "no-store".parse().expect("h"),
+        );
+        assert_eq!(cache_lifetime(&two), None);
+        let mut two = headers("max-age=86400");
+        two.append(
+            reqwest::header::CACHE_CONTROL,
+            "max-age=60".parse().expect("h"),
+        );
+        assert_eq!(cache_lifetime(&two), Some(Duration::from_secs(60)));
+        // What a cache on the way kept it for is gone from its lifetime.
+        let mut aged = headers("max-age=600");
+        aged.insert(reqwest::header::AGE, "500".parse().expect("h"));
+        assert_eq!(cache_lifetime(&aged), Some(Duration::from_secs(100)));
+        aged.insert(reqwest::header::AGE, "900".parse().expect("h"));
+        assert_eq!(cache_lifetime(&aged), None);
     }
 }
