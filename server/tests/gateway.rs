@@ -871,7 +871,22 @@ impl ServerHandler for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
     let recorder = Recorder::default();
-    let url = format!("http://{}/mcp", serve_upstream(recorder.clone()).await);
+    // Every request the upstream gets, whichever way it is sent (rmcp's client for
+    // initialize, listings and DELETE; the direct path for calls).
+    let every = Recorder::default();
+    let record = {
+        let every = every.0.clone();
+        axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                every.lock().expect("lock").push(request.headers().clone());
+                next.run(request)
+            },
+        )
+    };
+    let upstream = axum::Router::new()
+        .nest_service("/mcp", mcp_service(recorder.clone()))
+        .layer(record);
+    let url = format!("http://{}/mcp", serve_local(upstream).await);
     std::env::set_var("GATEHOUSE_TEST_UPSTREAM_SECRET", "upstream-secret-123");
     let (app, token, _dir) = web_upstream(
         &url,
@@ -893,8 +908,18 @@ async fn an_http_server_gets_its_own_credentials_never_the_clients_token() {
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     let answer = app.send(web.body(call(3, "whoami", json!({})))).await;
     assert_eq!(text(&answer), "you");
-    let seen = recorder.0.lock().expect("lock").clone();
-    assert!(!seen.is_empty());
+    let ended = app.end_session("/mcp/web", &token, &session, V2025).await;
+    assert!(ended.status.is_success(), "{} {}", ended.status, ended.body);
+    // The call reached the tool with them (the direct path), and so did every
+    // request before and after it: initialize, initialized, the listing, and
+    // whatever ending the session sent.
+    assert_eq!(recorder.0.lock().expect("lock").len(), 1);
+    let seen = every.0.lock().expect("lock").clone();
+    assert!(
+        seen.len() >= 4,
+        "{} requests reached the upstream",
+        seen.len()
+    );
     for headers in seen {
         assert_eq!(headers[header::AUTHORIZATION], "Bearer upstream-secret-123");
         assert_eq!(headers["x-tenant"], "t1");
@@ -2612,9 +2637,9 @@ async fn sessionless_answers_a_client_does_not_read_hold_their_places() {
 }
 
 /// An HTTP upstream (rmcp, here) whose one tool sends the client a flood of `ping`s
-/// during the call, then answers.
-#[derive(Clone)]
-struct Pings;
+/// during the call, then answers; it counts the pings answered.
+#[derive(Clone, Default)]
+struct Pings(Arc<std::sync::atomic::AtomicUsize>);
 
 impl ServerHandler for Pings {
     fn get_info(&self) -> ServerConfig {
@@ -2636,9 +2661,15 @@ impl ServerHandler for Pings {
     ) -> Result<CallToolResponse, ErrorData> {
         // Sent from the call's own task, as rmcp puts them in the call's stream.
         let pings = (0..200).map(|_| {
-            context
+            let ping = context
                 .peer
-                .send_request(ServerRequest::PingRequest(Default::default()))
+                .send_request(ServerRequest::PingRequest(Default::default()));
+            let answered = self.0.clone();
+            async move {
+                if ping.await.is_ok() {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         });
         let _ = tokio::time::timeout(Duration::from_millis(500), futures::future::join_all(pings))
             .await;
@@ -2650,7 +2681,8 @@ impl ServerHandler for Pings {
 /// connection for each answer: they are answered one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_flooding_pings_does_not_multiply_connections() {
-    let upstream = serve_upstream(Pings).await;
+    let pings = Pings::default();
+    let upstream = serve_upstream(pings.clone()).await;
     let relay = Cuttable::start(upstream).await;
     let opened = Web::open(relay.addr).await;
     let (app, web) = (&opened.app, opened.post());
@@ -2663,6 +2695,9 @@ async fn an_upstream_flooding_pings_does_not_multiply_connections() {
         opened < 20,
         "{opened} connections opened for one call's pings"
     );
+    // And they were answered (not dropped, which would open nothing either).
+    let answered = pings.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(answered > 0, "no ping was answered");
 }
 
 /// A stdio server that never initializes and ignores SIGTERM (its child too): the

@@ -80,17 +80,30 @@ async fn without_a_token_the_answer_is_401_pointing_at_the_metadata() {
         www_authenticate(&answer),
         "Bearer resource_metadata=\"https://gate.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"read:articles\""
     );
-    // A token in the query string is not a token.
+    // A token in the query string is not a token, even a good one (RFC 6750 §2.3 is
+    // not offered): the challenge is that of a request without one.
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    let token = tokens["access_token"].as_str().expect("at");
+    let path = format!("/mcp?access_token={token}");
+    let post = McpPost {
+        path: &path,
+        ..McpPost::default()
+    };
     let query = app
-        .send(
-            Request::post("/mcp?access_token=gha.x.y")
-                .header(header::HOST, "gate.example.com")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .expect("request"),
+        .send(post.body(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})))
+        .await;
+    assert_eq!(query.status, StatusCode::UNAUTHORIZED, "{}", query.body);
+    assert!(!www_authenticate(&query).contains("error="));
+    // The same token in the header is one.
+    let header = app
+        .mcp(
+            Some(token),
+            None,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
         )
         .await;
-    assert_eq!(query.status, StatusCode::UNAUTHORIZED);
+    assert_ne!(header.status, StatusCode::UNAUTHORIZED, "{}", header.body);
 }
 
 #[tokio::test]

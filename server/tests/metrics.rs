@@ -201,3 +201,38 @@ async fn request_bodies_held_are_a_gauge() {
     drop(body);
     assert_eq!(held().await, before);
 }
+
+/// `--metrics-bind`'s router (an address of its own, no secret): `/metrics` as
+/// Prometheus reads it, and nothing else there.
+#[tokio::test]
+async fn the_metrics_address_serves_metrics_without_a_secret_and_nothing_else() {
+    use tower::ServiceExt as _;
+    let app = TestApp::new(&["--metrics-bind", "127.0.0.1:0"]);
+    let (_, tokens) = app.tokens_for("read:articles").await;
+    assert!(tokens["access_token"].is_string());
+    let own = gatehouse::http::metrics::router(app.state.clone());
+    let scraped = own.clone().oneshot(scrape(None)).await.expect("answer");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(scraped.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let samples = parse(&text);
+    assert!(
+        samples
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("gatehouse_")),
+        "{text}"
+    );
+    for path in ["/", "/mcp", "/oauth/token", "/healthz"] {
+        let other = own
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        assert_eq!(other.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    // The main listener does not serve them without a token.
+    assert_eq!(app.send(scrape(None)).await.status, StatusCode::NOT_FOUND);
+}
