@@ -93,7 +93,7 @@ fn test() -> Result {
     ]))?;
 
     step("unit and router tests");
-    run(cargo().args(["test", "-p", "gatehouse", "-p", "xtask"]))?;
+    run(cargo().args(["test", "-p", "gatehouse", "-p", "xtask", "-p", "bench"]))?;
 
     step("site build");
     run(cargo().args(["leptos", "build"]))?;
@@ -103,7 +103,7 @@ fn test() -> Result {
     let status = Command::new("npx")
         .args(["playwright", "test"])
         .current_dir(root.join("end2end"))
-        .env("GATEHOUSE_BIN", root.join("target/debug/gatehouse"))
+        .env("GATEHOUSE_BIN", target_dir().join("debug/gatehouse"))
         .env("GATEHOUSE_SITE_ROOT", root.join("target/site"))
         .status()
         .map_err(|e| format!("cannot run npx: {e}"))?;
@@ -132,9 +132,9 @@ fn bench(extra: &[String]) -> Result {
     step("building the release server and the load generator");
     run(cargo().args(["build", "--release", "-p", "gatehouse", "-p", "bench"]))?;
     step("benchmarking");
-    run(Command::new(root.join("target/release/bench"))
+    run(Command::new(target_dir().join("release/bench"))
         .arg("--gatehouse")
-        .arg(root.join("target/release/gatehouse"))
+        .arg(target_dir().join("release/gatehouse"))
         .arg("--reference")
         .arg(&reference)
         .args(extra)
@@ -150,10 +150,10 @@ fn soak(extra: &[String]) -> Result {
     step("building the release server and the load generator");
     run(cargo().args(["build", "--release", "-p", "gatehouse", "-p", "bench"]))?;
     step("soaking");
-    run(Command::new(root.join("target/release/bench"))
+    run(Command::new(target_dir().join("release/bench"))
         .arg("soak")
         .arg("--gatehouse")
-        .arg(root.join("target/release/gatehouse"))
+        .arg(target_dir().join("release/gatehouse"))
         .args(extra)
         .current_dir(&root))
 }
@@ -218,10 +218,7 @@ fn fuzz(args: &[String]) -> Result {
     )?;
     let root = workspace_root();
     let dir = root.join("fuzz");
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("fuzz");
+    let target_dir = target_dir().join("fuzz");
     let fuzz_cargo = |subcommand: &str| {
         let mut cmd = cargo();
         cmd.current_dir(&dir)
@@ -401,7 +398,27 @@ fn ensure_cargo_install(krate: &str, version: &str, probe: &[&str], locked: bool
     run(&mut cmd)
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, or the workspace's `target`.
+fn target_dir() -> PathBuf {
+    // Relative to the workspace, as cargo reads it: the browser tests run elsewhere.
+    env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace_root().join(dir))
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 fn ensure_chromium() -> Result {
+    // The browser the Playwright config runs: `CHROMIUM_PATH`, when set, is the
+    // person's own choice, and nothing is installed for it.
+    if let Some(chosen) = std::env::var_os("CHROMIUM_PATH") {
+        return if Path::new(&chosen).exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "CHROMIUM_PATH names {}, which does not exist",
+                Path::new(&chosen).display()
+            ))
+        };
+    }
     if Path::new(CHROMIUM).exists() {
         return Ok(());
     }
