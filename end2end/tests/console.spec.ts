@@ -237,6 +237,11 @@ test('a confirmation opened from another site is not shown, and its button holds
   await hydrated(page);
   const confirm = page.getByTestId('confirm');
   await expect(confirm).toBeVisible();
+  // Every revocation the page sends: a held click must send none, even a slow one.
+  const revocations: string[] = [];
+  page.on('request', (request) => {
+    if (request.url().includes('/api/console/revoke')) revocations.push(request.url());
+  });
   await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.waitForTimeout(900);
   await confirm.scrollIntoViewIfNeeded();
@@ -251,9 +256,11 @@ test('a confirmation opened from another site is not shown, and its button holds
   await page.mouse.click(x, y);
   await page.waitForTimeout(300);
   await expect(page.getByTestId('confirm-revoke')).toBeVisible();
+  expect(revocations).toHaveLength(0);
   const listed = await client.callTool({ name: 'list_articles', arguments: {} });
   expect(listed.isError).toBeFalsy();
   await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.mouse.click(x, y);
   await expect(page.getByTestId('no-apps')).toBeVisible();
+  expect(revocations).toHaveLength(1);
 });

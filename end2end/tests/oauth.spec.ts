@@ -216,16 +216,23 @@ test('approve takes no click in its first moments on the page', async ({ page, g
       },
       [ms, x, y],
     );
+  // Every approval the page sends: a held click must send none, even a slow one.
+  const approvals: string[] = [];
+  page.on('request', (request) => {
+    if (request.url().includes('/oauth/authorize/approve')) approvals.push(request.url());
+  });
   expect(await at(100)).toBe('something else');
   await page.mouse.click(x, y);
   await page.waitForTimeout(300);
   expect(page.url()).toBe(consentUrl);
+  expect(approvals).toHaveLength(0);
   // The script's hold (next test) ends 0.6 s after load; only the CSS is tested here.
   await expect(page.locator('html')).not.toHaveClass(/held/);
   expect(await at(800)).toBe('approve');
   await page.mouse.click(x, y);
   await expect(page.getByText('Callback received')).toBeVisible();
   expect(new URL(page.url()).searchParams.get('code')).toBeTruthy();
+  expect(approvals).toHaveLength(1);
 });
 
 // A page can wait out those 0.8 s by opening this one behind a window of its own,
@@ -240,6 +247,10 @@ test('approve takes no click while its window is away, nor just after it is back
   await reachConsent(page, gatehouse, callback);
   const consentUrl = page.url();
   const approve = page.getByTestId('approve');
+  const approvals: string[] = [];
+  page.on('request', (request) => {
+    if (request.url().includes('/oauth/authorize/approve')) approvals.push(request.url());
+  });
   await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.waitForTimeout(900);
   await approve.scrollIntoViewIfNeeded();
@@ -254,10 +265,12 @@ test('approve takes no click while its window is away, nor just after it is back
   await page.mouse.click(x, y);
   await page.waitForTimeout(300);
   expect(page.url()).toBe(consentUrl);
+  expect(approvals).toHaveLength(0);
   await expect(page.locator('html')).not.toHaveClass(/held/);
   await page.mouse.click(x, y);
   await expect(page.getByText('Callback received')).toBeVisible();
   expect(new URL(page.url()).searchParams.get('code')).toBeTruthy();
+  expect(approvals).toHaveLength(1);
 });
 
 test('script in a client name or scope is shown as text', async ({ page, gatehouse, callback }) => {

@@ -1880,9 +1880,9 @@ async fn a_streamed_call_holds_its_sessions_place_until_it_ends() {
 }
 
 /// An HTTP upstream (rmcp, here) whose one tool reports progress once, says nothing
-/// for 4 s, then answers.
+/// until the test lets it go (30 s at most), then answers.
 #[derive(Clone, Default)]
-struct Slow;
+struct Slow(Arc<tokio::sync::Notify>);
 
 impl ServerHandler for Slow {
     fn get_info(&self) -> ServerConfig {
@@ -1894,7 +1894,7 @@ impl ServerHandler for Slow {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(one_read_only_tool("slow", "4 s of silence"))
+        Ok(one_read_only_tool("slow", "silence until let go"))
     }
 
     async fn call_tool(
@@ -1908,7 +1908,7 @@ impl ServerHandler for Slow {
                 .notify_progress(ProgressNotificationParam::new(token, 1.0))
                 .await;
         }
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.0.notified()).await;
         Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
     }
 }
@@ -1920,7 +1920,8 @@ impl ServerHandler for Slow {
 /// call still holds (here the only one): 404, and the session lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_streamed_call_keeps_its_session_open() {
-    let url = format!("http://{}/mcp", serve_upstream(Slow).await);
+    let slow = Slow::default();
+    let url = format!("http://{}/mcp", serve_upstream(slow.clone()).await);
     let web = Web::at(
         &url,
         "max_sessions = 1\nidle_timeout = \"2s\"\ntimeout = \"30s\"\n",
@@ -1946,6 +1947,10 @@ async fn a_long_streamed_call_keeps_its_session_open() {
         )
         .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    // Only now may the call end: the listing above came while it streamed, however
+    // slow this machine is.
+    assert!(!streamed.is_finished(), "the call ended before the listing");
+    slow.0.notify_one();
     let done = streamed.await.expect("the stream");
     assert_eq!(done["result"]["content"][0]["text"], "done", "{done}");
 }
