@@ -166,6 +166,9 @@ pub fn slugify(title: &str) -> String {
         .to_owned()
 }
 
+/// A title as given, trimmed, of a length that may be kept. (Its characters are
+/// checked with [`check_title_text`] when it is new: an article's own title, kept
+/// before that check, is sent back with every edit and must not block it.)
 fn check_title(title: &str) -> Result<String, ArticleError> {
     let title = title.trim();
     if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
@@ -173,16 +176,21 @@ fn check_title(title: &str) -> Result<String, ArticleError> {
             "title must have 1 to {MAX_TITLE_CHARS} characters"
         )));
     }
-    // A title is one line of text: it heads the article where tools show it
-    // (`# Title`), and clients print it in terminals. Line breaks would let it add
-    // lines of its own there, control and bidirectional characters redraw or
-    // reorder what is shown.
+    Ok(title.to_owned())
+}
+
+/// A new title is one line of text: it heads the article where tools show it
+/// (`# Title`), and clients print it in terminals. Line breaks would let it add
+/// lines of its own there, control characters redraw the terminal, and the
+/// bidirectional embeddings, overrides and isolates reorder what is shown. (The
+/// plain direction marks, U+200E, U+200F and U+061C, are ordinary in Hebrew,
+/// Arabic and Persian text, and reorder nothing around them.)
+fn check_title_text(title: &str) -> Result<(), ArticleError> {
     let hidden = |c: char| {
         c.is_control()
             || matches!(
                 c,
-                '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'
-                    ..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
             )
     };
     if title.chars().any(hidden) {
@@ -190,7 +198,7 @@ fn check_title(title: &str) -> Result<String, ArticleError> {
             "title must be one line, without control or text-direction characters".into(),
         ));
     }
-    Ok(title.to_owned())
+    Ok(())
 }
 
 fn check_body(body: &str) -> Result<(), ArticleError> {
@@ -472,6 +480,7 @@ impl Articles {
         body: &str,
     ) -> Result<Article, ArticleError> {
         let title = check_title(title)?;
+        check_title_text(&title)?;
         check_body(body)?;
         // The console's page for writing a new article is `/console/articles/new`:
         // an article of that name could not be opened there.
@@ -580,6 +589,9 @@ impl Articles {
                 return Err(ArticleError::Changed(slug.clone()));
             }
             if let Some(title) = &title {
+                if *title != article.title {
+                    check_title_text(title)?;
+                }
                 article.title = title.clone();
             }
             if let Some(body) = body {
@@ -604,6 +616,9 @@ impl Articles {
         self.modify(slug, |article, _| {
             if article.revision != seen {
                 return Err(ArticleError::Changed(slug.clone()));
+            }
+            if title != article.title {
+                check_title_text(&title)?;
             }
             article.title = title.clone();
             article.body = body.to_owned();
@@ -684,11 +699,62 @@ mod tests {
             .await
             .expect("created");
         assert_eq!(accented.slug.as_str(), "cafe-arger");
-        // An emoji sequence (joined by U+200D) is text.
+        // An emoji sequence (joined by U+200D) is text, and so is a plain direction
+        // mark in Hebrew.
         articles
             .create(None, "Family 👨‍👩‍👧", "body")
             .await
             .expect("created");
+        articles
+            .create(
+                Some(Slug::parse("hebrew").expect("slug")),
+                "שלום\u{200f} world",
+                "b",
+            )
+            .await
+            .expect("created");
+
+        // An article whose title was kept before these checks is still edited with
+        // it (the console and agents send it back); a new title is checked.
+        let old = articles
+            .create(Some(Slug::parse("old").expect("slug")), "Old", "body")
+            .await
+            .expect("created");
+        let mut kept = old.clone();
+        kept.title = "Old\ttitle".into();
+        let raw = articles
+            .store
+            .get(&old.slug.key())
+            .await
+            .expect("get")
+            .expect("there");
+        assert!(articles
+            .store
+            .compare_and_swap(
+                &old.slug.key(),
+                &raw,
+                &encode(&kept).expect("json"),
+                Put::forever()
+            )
+            .await
+            .expect("swap"));
+        let updated = articles
+            .update(&old.slug, Some("Old\ttitle"), Some("new body"), None)
+            .await
+            .expect("its own title");
+        assert_eq!(updated.body, "new body");
+        let edited = articles
+            .edit(&old.slug, "Old\ttitle", "newer body", updated.revision)
+            .await
+            .expect("its own title");
+        assert_eq!(edited.body, "newer body");
+        let refused = articles
+            .update(&old.slug, Some("New\ttitle"), None, None)
+            .await;
+        assert!(
+            matches!(refused, Err(ArticleError::Invalid(_))),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
