@@ -216,7 +216,15 @@ fn cache_lifetime(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
                 return None;
             }
             if let Some(value) = directive.strip_prefix("max-age=") {
-                let secs = value.trim_matches('"').parse::<u64>().ok()?;
+                let value = value.trim_matches('"');
+                // Too large to read is "a very long time" (RFC 9111 §1.2.2),
+                // capped below like any other.
+                let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                let secs = match value.parse::<u64>() {
+                    Ok(secs) => secs,
+                    Err(_) if digits => u64::MAX,
+                    Err(_) => return None,
+                };
                 max_age = Some(max_age.map_or(secs, |m| m.min(secs)));
             }
         }
@@ -612,8 +620,13 @@ mod tests {
             cache_lifetime(&reqwest::header::HeaderMap::new()),
             Some(Duration::from_secs(300))
         );
-        // Unreadable: stale (RFC 9111 §4.2.1), not five minutes.
+        // Unreadable: stale (RFC 9111 §4.2.1), not five minutes; too large to read,
+        // a long time (§1.2.2), capped.
         assert_eq!(cache_lifetime(&headers("max-age=-1")), None);
+        assert_eq!(
+            cache_lifetime(&headers("max-age=99999999999999999999")),
+            Some(Duration::from_secs(86400))
+        );
         // A second line (a CDN's) counts; of two max-ages, the shorter.
         let mut two = headers("max-age=86400");
         two.append(
