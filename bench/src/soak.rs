@@ -659,8 +659,25 @@ async fn new_grant(flow: &Flow) -> Option<String> {
     tokens["refresh_token"].as_str().map(str::to_owned)
 }
 
-/// Registers a public client every [`REGISTRATION_PACE`].
-async fn registration_worker(soak: Arc<Soak>, http: reqwest::Client, base: String) {
+/// The address registrations come from: not 127.0.0.1, which Gatehouse (started
+/// without `--trusted-proxy`) takes for a local proxy that names nobody and does not
+/// hold to the per-minute limit (its clients would share one minute), but another
+/// loopback address, which is one client like any other.
+const REGISTRATION_FROM: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// Registers a public client every [`REGISTRATION_PACE`], from [`REGISTRATION_FROM`].
+async fn registration_worker(soak: Arc<Soak>, base: String) {
+    let Ok(http) = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(REGISTRATION_FROM)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+    else {
+        let why = format!("no HTTP client from {REGISTRATION_FROM}");
+        soak.record(Kind::Registration, Outcome::Unexpected(why));
+        return;
+    };
     let url = format!("{base}/oauth/register");
     let metadata = json!({"client_name": "soak", "redirect_uris": [REDIRECT],
         "token_endpoint_auth_method": "none"});
@@ -882,8 +899,8 @@ async fn soak_store(
         workers.push(tokio::spawn(refresh_worker(soak, http, flow, grant)));
     }
     for _ in 0..REGISTRATION_WORKERS {
-        let (soak, http, base) = (soak.clone(), http.clone(), base.clone());
-        workers.push(tokio::spawn(registration_worker(soak, http, base)));
+        let (soak, base) = (soak.clone(), base.clone());
+        workers.push(tokio::spawn(registration_worker(soak, base)));
     }
     workers.push(tokio::spawn(sign_in_worker(
         soak.clone(),
