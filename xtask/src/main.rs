@@ -477,14 +477,14 @@ fn ensure_python_venv() -> Result {
 }
 
 /// The Redis store's tests use the Redis on 127.0.0.1:6379 (or
-/// `GATEHOUSE_TEST_REDIS_URL`); start one if none answers, installing Debian's
-/// `redis-server` if it is missing (the outage tests also start their own).
+/// `GATEHOUSE_TEST_REDIS_URL`); start one if none answers. Debian's `redis-server`
+/// is installed if it is missing either way: the outage tests start their own.
 fn ensure_redis() -> Result {
+    install_redis_server()?;
     let answers = || std::net::TcpStream::connect(("127.0.0.1", 6379)).is_ok();
     if env::var_os("GATEHOUSE_TEST_REDIS_URL").is_some() || answers() {
         return Ok(());
     }
-    install_redis_server()?;
     step("starting redis-server on 127.0.0.1:6379");
     run(Command::new("redis-server").args([
         "--daemonize",
