@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                  bench   build the release server and run the benchmark (table on stdout)\n  \
                  fuzz    run each fuzz target for N seconds: fuzz [--seconds N] [TARGET…]\n  \
                  soak    mixed load on each store, Redis killed halfway: soak [--seconds N]\n  \
-                 setup   only install what is missing"
+                 setup   only install what is missing (what `test` needs, a Redis too)"
             );
             return ExitCode::from(2);
         }

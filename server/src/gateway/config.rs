@@ -272,7 +272,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "upstream name {name:?} must be 1 to 32 lower-case letters, digits and hyphens"
+            "upstream name {name:?} must be 1 to 32 lower-case letters, digits and hyphens, \
+             not starting with a hyphen"
         ))
     }
 }
