@@ -908,6 +908,13 @@ impl GatewayEndpoint {
         // close), whose `initialize` it replays within this request.
         let slot = SessionSlot::default();
         parts.extensions.insert(slot.clone());
+        // Whether rmcp will have to bring the session back for this request: looked
+        // at before, as a restore that failed may leave the session in rmcp's memory
+        // (its service ended) for a moment after the answer.
+        let restoring = match &session {
+            Some(session) => !self.is_live(session).await,
+            None => false,
+        };
         // A relayed request holds a place until its answer has been sent, its live
         // session's (see `UpSession::answer_place`) or, without a session, one of
         // its client's share of the pool: rmcp holds the answer until the client
@@ -944,8 +951,12 @@ impl GatewayEndpoint {
             });
         if let Some(session) = &session {
             if response.status() == StatusCode::INTERNAL_SERVER_ERROR
-                && !self.is_live(session).await
+                && (restoring || !self.is_live(session).await)
             {
+                // What is left of it in rmcp goes too, so that the next request
+                // with its id is answered as for any ended session.
+                let id = SessionId::from(session.as_str());
+                let _ = tokio::time::timeout(END_TIMEOUT, self.sessions.close_session(&id)).await;
                 return self.not_restored(session).await;
             }
             // Brought back: its calls may take the direct path again, and
