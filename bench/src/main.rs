@@ -749,14 +749,18 @@ const STDIO_SESSIONS: usize = 16;
 /// Gatehouse's `--config` for the gateway rows. The HTTP upstream may have one session
 /// per load worker, and one for the single-session row (the default cap is 16); the
 /// stdio one keeps its default cap. Every session is the bench's one client's, so
-/// each upstream lets one client hold all of them (by default, half).
+/// each upstream lets one client hold all of them (by default, half). The stdio
+/// upstream's pool of connections for sessionless requests (none here but Gatehouse's
+/// own listings, when a tool's hint ages after 30 s) is one process, there from the
+/// start: with the default two, a listing could start a second one mid-load, which
+/// the soak, counting processes by id, would take for a session's left behind.
 fn gateway_config(data: &std::path::Path, upstream_url: &str) -> Result<PathBuf> {
     let bench = std::env::current_exe().map_err(|e| e.to_string())?;
     let config = format!(
         "[[upstream]]\nname = \"{HTTP_UPSTREAM}\"\nurl = \"{upstream_url}\"\nmax_sessions = {0}\n\
          max_sessions_per_client = {0}\n\n\
          [[upstream]]\nname = \"{STDIO_UPSTREAM}\"\ncommand = {1:?}\nargs = [\"upstream\", \"--stdio\"]\n\
-         max_sessions_per_client = {STDIO_SESSIONS}\n",
+         max_sessions_per_client = {STDIO_SESSIONS}\npool_size = 1\n",
         CONCURRENCY + 1,
         bench.display().to_string()
     );
