@@ -381,8 +381,9 @@ const LATER_ERRORS: [(Overrides<'static>, &str); 7] = [
     (&[("scope", "admin everything")], "invalid_scope"),
 ];
 
-#[tokio::test]
-async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
+/// An app with the static client `claude-fixed` (redirect `https://client.example/cb`),
+/// and its secret.
+fn with_static_client() -> (TestApp, &'static str) {
     let secret = "a-static-secret-of-more-than-32-characters";
     let app = TestApp::new(&[
         "--static-client-id",
@@ -392,6 +393,12 @@ async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
         "--static-client-redirect-uris",
         "https://client.example/cb",
     ]);
+    (app, secret)
+}
+
+#[tokio::test]
+async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
+    let (app, _) = with_static_client();
     for (extra, error) in LATER_ERRORS {
         let answer = app.authorize("claude-fixed", extra, None).await;
         assert_eq!(
@@ -428,15 +435,7 @@ async fn later_errors_go_back_to_a_verified_client_with_state_and_iss() {
 /// unreadable request), and one named twice is that one.
 #[tokio::test]
 async fn several_resources_in_one_request_are_invalid_target() {
-    let secret = "a-static-secret-of-more-than-32-characters";
-    let app = TestApp::new(&[
-        "--static-client-id",
-        "claude-fixed",
-        "--static-client-secret",
-        secret,
-        "--static-client-redirect-uris",
-        "https://client.example/cb",
-    ]);
+    let (app, _) = with_static_client();
     let cookie = app.sign_in().await;
     let challenge = challenge(VERIFIER);
     let request = |resources: &[&str]| {
@@ -1783,15 +1782,7 @@ async fn revoking_an_access_token_leaves_the_refresh_token() {
 
 #[tokio::test]
 async fn a_static_client_from_configuration_works() {
-    let secret = "a-static-secret-of-more-than-32-characters";
-    let app = TestApp::new(&[
-        "--static-client-id",
-        "claude-fixed",
-        "--static-client-secret",
-        secret,
-        "--static-client-redirect-uris",
-        "https://client.example/cb",
-    ]);
+    let (app, secret) = with_static_client();
     let cookie = app.sign_in().await;
     let consent = app.authorize("claude-fixed", &[], Some(&cookie)).await;
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
