@@ -219,7 +219,17 @@ pub fn check_client_address(
 ) {
     use crate::http::address::{client_address, forwarded_chains, ForwardedHeader};
     let client = client_address(peer, headers, trusted, read);
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // An IPv4 address is the same written as `::ffff:…`, in an address or a range.
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &std::net::IpAddr| {
+        let forms = match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => [v4.into(), v4.to_ipv6_mapped().into()],
+            v6 => [v6, v6],
+        };
+        trusted
+            .iter()
+            .any(|net| forms.iter().any(|form| net.contains(form)))
+    };
     if !is_trusted(&peer) {
         assert_eq!(client, peer, "an untrusted peer is its own client");
         return;

@@ -53,6 +53,19 @@ pub fn is_unnamed_local_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
             || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
 }
 
+/// Whether `ip` is in a `--trusted-proxy` range, whichever way either writes an IPv4
+/// address (`10.0.0.2` or `::ffff:10.0.0.2`).
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    let mapped = match ip {
+        IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        IpAddr::V6(_) => None,
+    };
+    trusted
+        .iter()
+        .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
+}
+
 /// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the
 /// right-most address of the forwarding chain that is not a trusted proxy.
 ///
@@ -69,7 +82,10 @@ pub fn client_address(
     trusted: &[IpNet],
     read: ForwardedHeader,
 ) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // On a `[::]` bind an IPv4 proxy comes as `::ffff:…`, and a proxy listening on
+    // `[::]` writes its IPv4 peers that way in the headers too.
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -158,16 +174,18 @@ pub fn forwarded_chains(headers: &HeaderMap) -> Chains {
 
 /// An address as a node: `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`,
 /// `2001:db8::1`.
+/// IPv4 addresses written as `::ffff:…` come back in their IPv4 form.
 fn parse_node(raw: &str) -> Option<IpAddr> {
-    if let Ok(ip) = raw.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Some(addr.ip());
-    }
-    raw.strip_prefix('[')
-        .and_then(|r| r.split_once(']'))
-        .and_then(|(ip, _)| ip.parse().ok())
+    let ip = if let Ok(ip) = raw.parse::<IpAddr>() {
+        Some(ip)
+    } else if let Ok(addr) = raw.parse::<SocketAddr>() {
+        Some(addr.ip())
+    } else {
+        raw.strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(ip, _)| ip.parse().ok())
+    };
+    ip.map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -243,6 +261,42 @@ mod tests {
                 ForwardedHeader::Any
             ),
             ip("10.0.0.2")
+        );
+    }
+
+    /// On a `[::]` bind an IPv4 proxy's connection comes as `::ffff:…`, and a
+    /// proxy listening on `[::]` writes IPv4 hops that way: both are the IPv4
+    /// addresses a trusted range names, and the client comes back in IPv4 form.
+    #[test]
+    fn ipv4_written_as_ipv6_is_the_same_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
+            ip("198.51.100.7")
+        );
+        // The load balancer's hop, as nginx on `[::]` appends it.
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, ::ffff:10.0.0.3")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
+            ip("198.51.100.7")
+        );
+        let h = headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &trusted, ForwardedHeader::Any),
+            ip("198.51.100.7")
+        );
+        // A range written in IPv6 form trusts the IPv4 peer too.
+        let mapped: Vec<IpNet> = vec!["::ffff:10.0.0.0/104".parse().expect("net")];
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &h, &mapped, ForwardedHeader::Any),
+            ip("198.51.100.7")
+        );
+        // An untrusted peer is its own client, in IPv4 form.
+        assert_eq!(
+            client_address(ip("::ffff:203.0.113.9"), &h, &trusted, ForwardedHeader::Any),
+            ip("203.0.113.9")
         );
     }
 
@@ -350,6 +404,9 @@ mod properties {
             (0u8..4, 0u8..4).prop_map(|(a, b)| IpAddr::from([10, 0, a, b])),
             (0u8..4).prop_map(|b| IpAddr::from([198, 51, 100, b])),
             (0u16..4).prop_map(|b| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, b])),
+            // IPv4 as a `[::]` socket or a proxy listening there writes it.
+            (0u8..4, 0u8..4)
+                .prop_map(|(a, b)| IpAddr::V6(Ipv4Addr::new(10, 0, a, b).to_ipv6_mapped())),
             any::<IpAddr>(),
         ]
     }
@@ -361,6 +418,7 @@ mod properties {
                 Just("10.0.1.0/24"),
                 Just("198.51.100.2/32"),
                 Just("2001:db8::/64"),
+                Just("::ffff:10.0.0.0/120"),
                 Just("0.0.0.0/0"),
             ]
             .prop_map(|net| net.parse::<IpNet>().expect("net")),
@@ -441,13 +499,16 @@ mod properties {
             peer in (0u8..4).prop_map(|b| IpAddr::from([10, 0, 0, b])),
         ) {
             let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-            prop_assume!(!trusted[0].contains(&real));
+            prop_assume!(!is_trusted_proxy(real, &trusted));
             let mut list = forged;
             list.push(real.to_string());
             let mut headers = HeaderMap::new();
             if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
                 headers.insert("x-forwarded-for", value);
-                prop_assert_eq!(client_address(peer, &headers, &trusted, ForwardedHeader::Any), real);
+                prop_assert_eq!(
+                    client_address(peer, &headers, &trusted, ForwardedHeader::Any),
+                    real.to_canonical()
+                );
             }
         }
 
@@ -461,7 +522,8 @@ mod properties {
             proxy_writes_forwarded in any::<bool>(),
         ) {
             let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-            prop_assume!(!trusted[0].contains(&real));
+            prop_assume!(!is_trusted_proxy(real, &trusted));
+            let real = real.to_canonical();
             let (written, forged_name, forged_value) = if proxy_writes_forwarded {
                 (format!("for=\"{real}\""), "x-forwarded-for", forged.join(", "))
             } else {

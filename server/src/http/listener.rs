@@ -197,7 +197,7 @@ pub async fn serve(
         let ip = peer.ip().to_canonical();
         // A reverse proxy on this machine carries everyone's connections, configured
         // as trusted or not.
-        let proxy = trusted.iter().any(|net| net.contains(&ip));
+        let proxy = super::address::is_trusted_proxy(ip, &trusted);
         let exempt = ip == IpAddr::from([127, 0, 0, 1])
             || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
             || proxy;
