@@ -577,13 +577,32 @@ impl Audit {
                         .compare_and_swap(&key, raw, &encode(&usage)?, put)
                         .await?
                 }
-                None => self.store.put_new(&key, &encode(&usage)?, put).await?,
+                // A grant revoked since its calls (here or on another instance)
+                // gets no record: revoking removed its group, and nothing may
+                // bring a part of it back. Looked at again after writing, for a
+                // revocation that came in between.
+                None if !self.grant_is_live(grant).await? => return Ok(()),
+                None => {
+                    let written = self.store.put_new(&key, &encode(&usage)?, put).await?;
+                    if written && !self.grant_is_live(grant).await? {
+                        self.store.delete(&key).await?;
+                    }
+                    written
+                }
             };
             if written {
                 break;
             }
         }
         Ok(())
+    }
+
+    async fn grant_is_live(&self, grant: &Group) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .get(&crate::oauth::records::grant_key(grant))
+            .await?
+            .is_some())
     }
 }
 
@@ -894,6 +913,35 @@ mod tests {
             .await
             .expect("read");
         assert!(read.events.is_empty(), "{} events", read.events.len());
+    }
+
+    /// Usage goes into the grant's group, so revoking removes it; calls counted
+    /// before a revocation must not bring a record back after it.
+    #[tokio::test]
+    async fn a_revoked_grant_gets_no_usage_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let clock = Clock::manual();
+        let store: SharedStore = Arc::new(
+            crate::store::embedded::EmbeddedStore::open_with_clock(
+                &dir.path().join("store.redb"),
+                clock.clone(),
+            )
+            .expect("open"),
+        );
+        let audit = Audit::new(store.clone(), clock, Duration::from_secs(3600), 100);
+        let grant = Group::random();
+        let record = crate::oauth::records::grant_key(&grant);
+        store
+            .put(&record, b"grant", Put::forever().in_group(&grant))
+            .await
+            .expect("put");
+        audit.used(&grant);
+        audit.flush().await.expect("flush");
+        assert_ne!(audit.usage(&grant).await.expect("usage").last_used, 0);
+        store.delete_group(&grant).await.expect("revoke");
+        audit.used(&grant);
+        audit.flush().await.expect("flush");
+        assert!(store.get(&usage_key(&grant)).await.expect("get").is_none());
     }
 
     #[test]
