@@ -2065,10 +2065,12 @@ async fn an_http_upstreams_calls_take_the_direct_path_with_everything_relayed() 
     assert_eq!(ask["method"], "roots/list", "{ask}");
     let ask_id = ask["id"].as_str().expect("a string id").to_owned();
     assert!(ask_id.starts_with("gatehouse-"), "{ask}");
+    // With a member JSON-RPC does not have: dropped on the way (an upstream's
+    // parser might read it as something else), the answer itself is not.
     let answered = app
         .send(post(
             Some(session),
-            json!({"jsonrpc": "2.0", "id": ask_id,
+            json!({"jsonrpc": "2.0", "id": ask_id, "x-trace": "t",
                    "result": {"roots": [{"uri": "file:///home/owner/project"}]}}),
         ))
         .await;
@@ -2260,6 +2262,219 @@ async fn an_upstream_giving_up_its_request_on_the_calls_stream_is_relayed() {
     let answer = events.next().await;
     assert_eq!(answer["id"], 3, "{answer}");
     assert_eq!(answer["result"]["content"][0]["text"], "gave up");
+}
+
+/// What [`resumable`] has been sent besides its requests: the notifications (a
+/// cancellation, say), and the `Last-Event-ID`s of its GETs.
+#[derive(Clone, Default)]
+struct Resumable {
+    notified: Arc<Mutex<Vec<Value>>>,
+    resumed_after: Arc<Mutex<Vec<String>>>,
+    call: Arc<Mutex<Value>>,
+    /// The sessions it knows (cleared: it restarted), and how many it opened.
+    sessions: Arc<Mutex<std::collections::HashSet<String>>>,
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A hand-written HTTP upstream of the 2025-11-25 kind: its tool `resumes` sends an
+/// event id and closes the call's stream at once, and answers on a GET with that
+/// `Last-Event-ID`; its tool `slow` never answers, and `echo` at once. A request in
+/// a session it does not know (see [`Resumable::sessions`]) is answered 404.
+async fn resumable(seen: Resumable) -> std::net::SocketAddr {
+    use axum::{extract::State, response::IntoResponse};
+    const SSE: (header::HeaderName, &str) = (header::CONTENT_TYPE, "text/event-stream");
+    async fn mcp(
+        State(seen): State<Resumable>,
+        headers: header::HeaderMap,
+        body: String,
+    ) -> axum::response::Response {
+        let message: Value = serde_json::from_str(&body).unwrap_or_default();
+        let id = message["id"].clone();
+        let session = match headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            Some(session) => session.to_owned(),
+            None if message["method"] == "initialize" => {
+                let n = seen
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let session = format!("s{n}");
+                seen.sessions.lock().expect("lock").insert(session.clone());
+                session
+            }
+            None => return StatusCode::BAD_REQUEST.into_response(),
+        };
+        if !seen.sessions.lock().expect("lock").contains(&session) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let json = |result: Value| {
+            let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                [(
+                    header::HeaderName::from_static("mcp-session-id"),
+                    session.clone(),
+                )],
+                answer.to_string(),
+            )
+                .into_response()
+        };
+        match (
+            message["method"].as_str(),
+            message["params"]["name"].as_str(),
+        ) {
+            (Some("initialize"), _) => json(json!({
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "resumable", "version": "1"}})),
+            (Some("tools/call"), Some("echo")) => {
+                json(json!({"content": [{"type": "text", "text": "echo"}]}))
+            }
+            (Some("tools/list"), _) => {
+                let tools: Vec<Value> = ["resumes", "slow", "echo"]
+                    .iter()
+                    .map(|name| {
+                        json!({"name": name, "inputSchema": {"type": "object"},
+                                       "annotations": {"readOnlyHint": true}})
+                    })
+                    .collect();
+                json(json!({ "tools": tools }))
+            }
+            (Some("tools/call"), Some("resumes")) => {
+                *seen.call.lock().expect("lock") = id;
+                ([SSE], "id: e1\nretry: 50\ndata: \n\n").into_response()
+            }
+            (Some("tools/call"), _) => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                StatusCode::GATEWAY_TIMEOUT.into_response()
+            }
+            _ => {
+                seen.notified.lock().expect("lock").push(message);
+                StatusCode::ACCEPTED.into_response()
+            }
+        }
+    }
+    async fn resume(
+        State(seen): State<Resumable>,
+        headers: header::HeaderMap,
+    ) -> axum::response::Response {
+        let after = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+        let Some(after) = after else {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        };
+        seen.resumed_after
+            .lock()
+            .expect("lock")
+            .push(after.to_owned());
+        let id = seen.call.lock().expect("lock").clone();
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": {
+            "content": [{"type": "text", "text": "resumed"}]}});
+        ([SSE], format!("id: e2\ndata: {answer}\n\n")).into_response()
+    }
+    serve_local(
+        axum::Router::new()
+            .route(
+                "/mcp",
+                axum::routing::post(mcp)
+                    .get(resume)
+                    .delete(|| async { StatusCode::OK }),
+            )
+            .with_state(seen),
+    )
+    .await
+}
+
+/// An upstream may close a call's stream once it has sent an event id (2025-11-25):
+/// the call's answer comes from the stream taken up again with `Last-Event-ID`, as
+/// through rmcp's client, not an error saying the upstream is unreachable.
+#[tokio::test]
+async fn a_calls_stream_the_upstream_closed_is_taken_up_again() {
+    let seen = Resumable::default();
+    let web = Web::open(resumable(seen.clone()).await).await;
+    let answer = web
+        .app
+        .send(web.post().body(call(3, "resumes", json!({}))))
+        .await;
+    let answer = answer.rpc();
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "resumed",
+        "{answer}"
+    );
+    assert_eq!(*seen.resumed_after.lock().expect("lock"), ["e1"]);
+}
+
+/// An upstream that no longer knows the session (it restarted) answers 404: the
+/// call is sent again in a new upstream session, as rmcp's client does, rather than
+/// failed as if the upstream were down.
+#[tokio::test]
+async fn a_call_in_a_session_the_upstream_forgot_is_sent_again_in_a_new_one() {
+    let seen = Resumable::default();
+    let web = Web::open(resumable(seen.clone()).await).await;
+    let first = web
+        .app
+        .send(web.post().body(call(3, "echo", json!({}))))
+        .await;
+    assert_eq!(
+        first.rpc()["result"]["content"][0]["text"],
+        "echo",
+        "{}",
+        first.body
+    );
+    let before = seen.opened.load(std::sync::atomic::Ordering::SeqCst);
+    seen.sessions.lock().expect("lock").clear();
+    for id in [4, 5] {
+        let again = web
+            .app
+            .send(web.post().body(call(id, "echo", json!({}))))
+            .await;
+        let again = again.rpc();
+        assert_eq!(again["id"], id, "{again}");
+        assert_eq!(again["result"]["content"][0]["text"], "echo", "{again}");
+    }
+    assert!(seen.opened.load(std::sync::atomic::Ordering::SeqCst) > before);
+    let health = web.app.get("/healthz", None).await;
+    assert_eq!(
+        health.json()["upstreams"][0]["status"],
+        "up",
+        "{}",
+        health.body
+    );
+}
+
+/// A call that runs out of its `timeout` gets its error, and the upstream is told
+/// to stop it: what a session may have in flight upstream stays bounded by what it
+/// may have in flight here.
+#[tokio::test]
+async fn a_call_that_times_out_is_cancelled_upstream() {
+    let seen = Resumable::default();
+    let addr = resumable(seen.clone()).await;
+    let web = Web::at(&format!("http://{addr}/mcp"), "timeout = \"1s\"\n", &[]).await;
+    let answer = web
+        .app
+        .send(web.post().body(call(3, "slow", json!({}))))
+        .await;
+    let answer = answer.rpc();
+    assert_eq!(answer["error"]["data"]["upstream"], "web", "{answer}");
+    let cancelled = async {
+        loop {
+            let notified = seen.notified.lock().expect("lock").clone();
+            if let Some(cancelled) = notified
+                .iter()
+                .find(|n| n["method"] == "notifications/cancelled")
+            {
+                return cancelled.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), cancelled)
+        .await
+        .expect("the upstream hears the call is cancelled");
+    assert!(
+        cancelled["params"]["requestId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("gatehouse-")),
+        "the call's id upstream: {cancelled}"
+    );
 }
 
 /// An upstream at its `max_sessions`, or a client at its `max_sessions_per_client`:

@@ -76,8 +76,19 @@ const DRAINS: usize = 16;
 /// have waiting for the client's answer at once.
 const MAX_ASKS: usize = 16;
 
-/// The longest string id of such a request that is relayed.
+/// The longest string id of such a request that is relayed, and the longest SSE
+/// event id a stream is resumed from.
 const MAX_ID_BYTES: usize = 256;
+
+/// How many times in a row, without a message between, one call's stream is taken
+/// up again after the upstream ended it before the answer (see
+/// [`InFlight::resume`]); the longest wait before each that an upstream's `retry`
+/// may ask for; and how many tries each takes, this far apart (and first, when the
+/// upstream asked for no wait), as rmcp's client does.
+const MAX_RESUMES: u8 = 3;
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+const RESUME_TRIES: usize = 3;
+const RESUME_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Ids (and progress tokens) Gatehouse gives on the upstream leg, and to the requests
 /// it relays to the client: strings, where rmcp's own ids are numbers.
@@ -139,22 +150,51 @@ impl Sender {
     }
 
     async fn send(&self, seen: &Seen, body: Vec<u8>) -> Result<Reply, String> {
+        self.exchange(seen, http::Method::POST, seen.headers.clone(), body)
+            .await
+    }
+
+    /// Takes up the session's stream after the event `last_event` (Streamable HTTP,
+    /// "Resumability and Redelivery"): a GET with `Last-Event-ID`.
+    async fn resume(&self, seen: &Seen, last_event: &str) -> Result<Reply, String> {
+        let last_event = HeaderValue::from_str(last_event).map_err(|e| e.to_string())?;
+        let mut headers = seen.headers.clone();
+        headers.remove(http::header::CONTENT_TYPE);
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(HeaderName::from_static("last-event-id"), last_event);
+        self.exchange(seen, http::Method::GET, headers, Vec::new())
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        seen: &Seen,
+        method: http::Method,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
         let (status, headers, length, body) = match self {
             Sender::Plain(pool) => {
                 let mut request = http::Request::new(Full::new(Bytes::from(body)));
-                *request.method_mut() = http::Method::POST;
+                *request.method_mut() = method;
                 *request.uri_mut() = seen.path.clone();
-                *request.headers_mut() = seen.headers.clone();
+                *request.headers_mut() = headers;
                 let response = pool.send(&seen.uri, request).await?;
                 let (parts, body) = response.into_parts();
                 let length = body.exact_len();
                 (parts.status, parts.headers, length, body.boxed())
             }
             Sender::Tls(client) => {
-                let response = client
-                    .post(seen.url.clone())
-                    .headers(seen.headers.clone())
-                    .body(body)
+                let mut request = client
+                    .request(method.clone(), seen.url.clone())
+                    .headers(headers);
+                if method == http::Method::POST {
+                    request = request.body(body);
+                }
+                let response = request
                     .send()
                     .await
                     // reqwest's text names the URL, whose query may hold a secret.
@@ -314,10 +354,15 @@ impl Leg {
         let Some(seen) = lock(&self.seen).clone() else {
             return;
         };
+        self.notify_in(shared, &seen, message).await;
+    }
+
+    /// [`Self::notify`] in the upstream session `seen`.
+    async fn notify_in(&self, shared: &Shared, seen: &Seen, message: Value) {
         let Ok(body) = serde_json::to_vec(&message) else {
             return;
         };
-        let sent = tokio::time::timeout(shared.config.timeout, self.sender.send(&seen, body)).await;
+        let sent = tokio::time::timeout(shared.config.timeout, self.sender.send(seen, body)).await;
         match sent {
             Ok(Ok(reply)) if reply.status.is_success() => {}
             Ok(Ok(reply)) => {
@@ -381,8 +426,8 @@ impl Leg {
     }
 
     /// Sends a `tools/call` (the client's whole JSON-RPC request) upstream and reads
-    /// its answer; `None` when the upstream session is not open yet (the relay then
-    /// has the call).
+    /// its answer; `None` when the upstream session is not open yet, or no longer
+    /// (the relay then has the call).
     pub async fn call(self: &Arc<Self>, shared: &Arc<Shared>, request: CallText) -> Option<Answer> {
         let seen = lock(&self.seen).clone()?;
         let client_id_text = request.body.slice(request.id.clone());
@@ -410,6 +455,7 @@ impl Leg {
         }
         let call = InFlight {
             cancelled,
+            seen: seen.clone(),
             leg: self.clone(),
             shared: shared.clone(),
             client_id,
@@ -419,8 +465,12 @@ impl Leg {
             client_token,
             progress: f64::MIN,
             finished: false,
+            timed_out: false,
+            last_event: None,
+            retry: None,
+            resumes: 0,
         };
-        Some(call.start(&seen, body).await)
+        call.start(body).await
     }
 }
 
@@ -515,6 +565,9 @@ pub enum Answer {
 /// answer (the client went away), it cancels the call upstream.
 struct InFlight {
     leg: Arc<Leg>,
+    /// The upstream session the call was sent in: its stream is taken up again in
+    /// it, and it is cancelled in it, whichever session the leg has opened since.
+    seen: Arc<Seen>,
     shared: Arc<Shared>,
     client_id: Value,
     /// The client's id as it wrote it, for its answer.
@@ -526,6 +579,51 @@ struct InFlight {
     progress: f64,
     cancelled: CancellationToken,
     finished: bool,
+    /// The call ran out of time: the client has its error, and the upstream is told
+    /// to stop (as rmcp's client does on a timeout), so that what a session may have
+    /// in flight upstream stays bounded.
+    timed_out: bool,
+    /// The last SSE event id of the call's stream, the wait the upstream asked for
+    /// before taking it up again, and how often it was taken up (see
+    /// [`InFlight::resume`]).
+    last_event: Option<String>,
+    retry: Option<Duration>,
+    resumes: u8,
+}
+
+/// What came of taking up a call's stream again.
+enum Resumed {
+    Events(Events),
+    Cancelled,
+    TimedOut,
+    No,
+}
+
+/// `messages`, with a keep-alive (`vec![None]`) whenever none has come for
+/// [`KEEP_ALIVE`]; the pending message is kept while the keep-alive goes out.
+struct KeepAlive {
+    messages: BoxStream<'static, Vec<Option<Vec<u8>>>>,
+    quiet: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures::Stream for KeepAlive {
+    type Item = Vec<Option<Vec<u8>>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Poll::Ready(next) = self.messages.poll_next_unpin(cx) {
+            self.quiet.as_mut().reset(Instant::now() + KEEP_ALIVE);
+            return Poll::Ready(next);
+        }
+        if self.quiet.as_mut().poll(cx).is_ready() {
+            self.quiet.as_mut().reset(Instant::now() + KEEP_ALIVE);
+            return Poll::Ready(Some(vec![None]));
+        }
+        Poll::Pending
+    }
 }
 
 /// One message from the upstream, as the client gets it.
@@ -547,13 +645,25 @@ impl InFlight {
             .unwrap_or_default()
     }
 
-    async fn start(mut self, seen: &Seen, body: Vec<u8>) -> Answer {
+    /// The error for a call that ran out of `timeout`; dropped, it cancels the call
+    /// upstream.
+    fn timed_out(&mut self, timeout: Duration) -> Vec<u8> {
+        self.timed_out = true;
+        let error = self.shared.timeout_error(timeout);
+        self.error(error)
+    }
+
+    /// Sends the call and reads its answer; `None` when the upstream no longer knows
+    /// the session (404: it restarted, or reaped it), and the relay is to take the
+    /// call: rmcp's client opens a new upstream session and sends it again, as it
+    /// would have, where failing it would fail a call the upstream never ran.
+    async fn start(mut self, body: Vec<u8>) -> Option<Answer> {
         let timeout = self.shared.config.timeout;
         let sent = tokio::select! {
-            sent = tokio::time::timeout(timeout, self.leg.sender.send(seen, body)) => sent,
+            sent = tokio::time::timeout(timeout, self.leg.sender.send(&self.seen, body)) => sent,
             () = self.cancelled.cancelled() => {
                 self.finished = true;
-                return Answer::nothing();
+                return Some(Answer::nothing());
             }
         };
         let response = match sent {
@@ -562,48 +672,48 @@ impl InFlight {
                 tracing::warn!(upstream = %self.shared.config.name, error = %self.shared.cut(&e), "the upstream cannot be reached");
                 self.shared.unreachable("it could not be reached");
                 let error = self.shared.closed_error();
-                return Answer::json(self.error(error), true);
+                return Some(Answer::json(self.error(error), true));
             }
-            Err(_) => {
-                let error = self.shared.timeout_error(timeout);
-                return Answer::json(self.error(error), true);
-            }
+            Err(_) => return Some(Answer::json(self.timed_out(timeout), true)),
         };
         let mut response = response;
         let (status, content_type) = (response.status, std::mem::take(&mut response.content_type));
         if status == http::StatusCode::NOT_FOUND {
-            // The upstream ended its session (it restarted, or reaped it): later calls
-            // go through the relay, which knows what to do.
-            *lock(&self.leg.seen) = None;
-            self.shared.unreachable("the upstream session ended");
-            let error = self.shared.closed_error();
-            return Answer::json(self.error(error), true);
+            // Later calls go through the relay too, until rmcp's client has sent a
+            // message in the new session (unless it has already).
+            let mut seen = lock(&self.leg.seen);
+            if seen
+                .as_ref()
+                .is_some_and(|s| s.session == self.seen.session)
+            {
+                *seen = None;
+            }
+            drop(seen);
+            self.finished = true;
+            return None;
         }
         if content_type == "text/event-stream" && status.is_success() {
             let events = SseStream::from_bytes_stream(bounded(response.body)).boxed();
-            return self.stream(events).await;
+            return Some(self.stream(events).await);
         }
         // A JSON answer, or an error with (perhaps) a JSON-RPC error in its body.
         let body = tokio::select! {
             body = tokio::time::timeout(timeout, read_bounded(response)) => {
                 match body {
                     Ok(body) => body,
-                    Err(_) => {
-                        let error = self.shared.timeout_error(timeout);
-                        return Answer::json(self.error(error), true);
-                    }
+                    Err(_) => return Some(Answer::json(self.timed_out(timeout), true)),
                 }
             }
             () = self.cancelled.cancelled() => {
                 self.finished = true;
-                return Answer::nothing();
+                return Some(Answer::nothing());
             }
         };
         let relayed = match body {
             Ok(body) if content_type == "application/json" => self.relay_text(&body),
             _ => Relayed::Nothing,
         };
-        match relayed {
+        Some(match relayed {
             Relayed::Answer(body, error) => {
                 self.finished = true;
                 self.shared.answered();
@@ -615,7 +725,7 @@ impl InFlight {
                     .failed_error(&format!("it answered HTTP {status}"));
                 Answer::json(self.error(error), true)
             }
-        }
+        })
     }
 
     /// Reads an SSE answer up to its first message: the answer itself goes to the
@@ -658,21 +768,14 @@ impl InFlight {
         limit: Instant,
     ) -> impl futures::Stream<Item = Option<Vec<u8>>> + Send + 'static {
         let timeout = self.shared.config.timeout;
-        futures::stream::unfold(
+        let messages = futures::stream::unfold(
             (self, events, deadline),
             move |(mut call, mut events, mut deadline)| async move {
                 if call.finished {
                     return None;
                 }
                 loop {
-                    let step = tokio::select! {
-                        next = call.next(&mut events, deadline.min(limit)) => Some(next),
-                        () = tokio::time::sleep(KEEP_ALIVE) => None,
-                    };
-                    let Some(next) = step else {
-                        return Some((vec![None], (call, events, deadline)));
-                    };
-                    match next {
+                    match call.next(&mut events, deadline.min(limit)).await {
                         Next::Relayed(Relayed::Answer(body, _)) => {
                             call.finished = true;
                             call.shared.answered();
@@ -704,7 +807,13 @@ impl InFlight {
                     }
                 }
             },
-        )
+        );
+        // The keep-alive does not interrupt the wait for the next message, which
+        // may be in the middle of taking the stream up again.
+        KeepAlive {
+            messages: messages.boxed(),
+            quiet: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        }
         .flat_map(futures::stream::iter)
     }
 
@@ -749,12 +858,20 @@ impl InFlight {
         };
         match next {
             Ok(Some(Ok(event))) => {
+                if let Some(id) = event.id {
+                    self.last_event = (!id.is_empty() && id.len() <= MAX_ID_BYTES).then_some(id);
+                }
+                if let Some(retry) = event.retry {
+                    self.retry = Some(Duration::from_millis(retry).min(MAX_RETRY_WAIT));
+                }
                 let data = event.data.as_deref().unwrap_or("");
                 let is_message = event.event.as_deref().is_none_or(|e| e == "message");
                 if data.is_empty() || !is_message {
                     // A priming event (an id for resumption), or one of another kind.
                     return Next::Relayed(Relayed::Nothing);
                 }
+                // The stream moves on: it may be taken up again as often.
+                self.resumes = 0;
                 let answer = answer_text(data.as_bytes(), &self.ours, &self.client_id_text);
                 if let Some((body, error)) = answer {
                     return Next::Relayed(Relayed::Answer(body, error));
@@ -769,22 +886,83 @@ impl InFlight {
                     }
                 }
             }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(upstream = %self.shared.config.name, error = %e, "the upstream's answer broke off");
-                self.shared.unreachable("its answer broke off");
+            Ok(ended) => {
+                match self.resume(deadline).await {
+                    Resumed::Events(resumed) => {
+                        *events = resumed;
+                        return Next::Relayed(Relayed::Nothing);
+                    }
+                    Resumed::Cancelled => return Next::Cancelled,
+                    Resumed::TimedOut => {
+                        return Next::Failed(self.timed_out(self.shared.config.timeout))
+                    }
+                    Resumed::No => {}
+                }
+                match ended {
+                    Some(Err(e)) => {
+                        tracing::warn!(upstream = %self.shared.config.name, error = %e, "the upstream's answer broke off");
+                        self.shared.unreachable("its answer broke off");
+                    }
+                    _ => self
+                        .shared
+                        .unreachable("it closed the stream before answering"),
+                }
                 let error = self.shared.closed_error();
                 Next::Failed(self.error(error))
             }
-            Ok(None) => {
-                self.shared
-                    .unreachable("it closed the stream before answering");
-                let error = self.shared.closed_error();
-                Next::Failed(self.error(error))
+            Err(_) => Next::Failed(self.timed_out(self.shared.config.timeout)),
+        }
+    }
+
+    /// The call's stream from after its last event, when the upstream ended it
+    /// before the answer: since 2025-11-25 a server may close a request's stream
+    /// once it has sent an event id, and keeps what follows for a GET with
+    /// `Last-Event-ID` (after the `retry` it asked for). At most [`MAX_RESUMES`]
+    /// times per call, and only while the call has time left; an upstream that
+    /// cannot be reached or does not resume ends the call as before.
+    async fn resume(&mut self, deadline: Instant) -> Resumed {
+        let Some(last_event) = self.last_event.clone() else {
+            return Resumed::No;
+        };
+        if self.resumes >= MAX_RESUMES {
+            return Resumed::No;
+        }
+        self.resumes += 1;
+        let (leg, seen) = (self.leg.clone(), self.seen.clone());
+        let first = self.retry.unwrap_or(RESUME_BACKOFF);
+        let attempts = async move {
+            // An upstream that is restarting may refuse the first tries, or fail
+            // them from within. Event ids mean something only in their session.
+            let mut wait = first;
+            for _ in 0..RESUME_TRIES {
+                tokio::time::sleep(wait).await;
+                wait = RESUME_BACKOFF;
+                match leg.sender.resume(&seen, &last_event).await {
+                    Ok(reply)
+                        if reply.status.is_success()
+                            && reply.content_type == "text/event-stream" =>
+                    {
+                        return Some(reply);
+                    }
+                    Ok(reply) if !reply.status.is_server_error() => return None,
+                    _ => {}
+                }
             }
-            Err(_) => {
-                let error = self.shared.timeout_error(self.shared.config.timeout);
-                Next::Failed(self.error(error))
+            None
+        };
+        let reply = tokio::select! {
+            reply = tokio::time::timeout_at(deadline, attempts) => reply,
+            () = self.cancelled.cancelled() => {
+                self.finished = true;
+                return Resumed::Cancelled;
             }
+        };
+        match reply {
+            Ok(Some(reply)) => {
+                Resumed::Events(SseStream::from_bytes_stream(bounded(reply.body)).boxed())
+            }
+            Ok(None) => Resumed::No,
+            Err(_) => Resumed::TimedOut,
         }
     }
 
@@ -986,19 +1164,26 @@ impl Drop for InFlight {
             }
             pending.asks.retain(|_, (call, _)| *call != self.ours);
         }
-        if self.finished {
+        if self.finished && !self.timed_out {
             return;
         }
-        // The client went away before the answer: tell the upstream, as the relay does.
+        // The client went away before the answer, or the call ran out of time: tell
+        // the upstream, as the relay does.
+        let reason = if self.timed_out {
+            "timed out"
+        } else {
+            "cancelled by the client"
+        };
         let (leg, shared, ours) = (self.leg.clone(), self.shared.clone(), self.ours.clone());
+        let seen = self.seen.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let cancelled = json!({
                     "jsonrpc": "2.0",
                     "method": "notifications/cancelled",
-                    "params": { "requestId": ours, "reason": "cancelled by the client" },
+                    "params": { "requestId": ours, "reason": reason },
                 });
-                leg.notify(&shared, cancelled).await;
+                leg.notify_in(&shared, &seen, cancelled).await;
             });
         }
     }

@@ -799,23 +799,42 @@ impl Direct {
     /// `error` (JSON-RPC 2.0 §5); a cancellation `jsonrpc`, `method` and `params`
     /// with `requestId`, `reason` and `_meta`. Another member (a `METHOD`, which Go's
     /// `encoding/json` reads as `method`) could make it a request, checked for no
-    /// scope, to the upstream's parser; such a message goes to the relay instead,
-    /// whose typed parse drops what it does not know.
+    /// scope, to the upstream's parser; such a message is read as rmcp's typed
+    /// model reads it, which drops what it does not know, and goes on as that.
+    /// (Left to the relay, it was lost: rmcp's session knows neither the ids of
+    /// the requests this path relayed nor its calls.)
     fn reply(body: &Bytes, message: &Members<'_>) -> Option<Direct> {
         if plain_str(message.get("method")) == Some(Some("notifications/cancelled")) {
             let params = Members::of(message.get("params")?)?;
             if !only(message, &["jsonrpc", "method", "params"])
                 || !only(&params, &["requestId", "reason", "_meta"])
             {
-                return None;
+                return Direct::retyped(body);
             }
             return Some(Direct::Cancel(serde_json::from_slice(body).ok()?));
         }
-        let answer = message.get("id")?.get().starts_with('"')
-            && message.contains("result") != message.contains("error")
-            && only(message, &["jsonrpc", "id", "result", "error"]);
-        answer.then_some(())?;
+        let id = message.get("id")?.get().starts_with('"');
+        let one_outcome = message.contains("result") != message.contains("error");
+        if !(id && one_outcome) {
+            return None;
+        }
+        if !only(message, &["jsonrpc", "id", "result", "error"]) {
+            return Direct::retyped(body);
+        }
         Some(Direct::Answer(serde_json::from_slice(body).ok()?))
+    }
+
+    /// An answer or a cancellation with members it should not have, as rmcp's
+    /// typed model reads it (without them).
+    fn retyped(body: &Bytes) -> Option<Direct> {
+        let typed: rmcp::model::ClientJsonRpcMessage = serde_json::from_slice(body).ok()?;
+        let message = serde_json::to_value(&typed).ok()?;
+        let object = message.as_object()?;
+        match object.get("method").map(Value::as_str) {
+            Some(Some("notifications/cancelled")) => Some(Direct::Cancel(message)),
+            None if object.get("id").is_some_and(Value::is_string) => Some(Direct::Answer(message)),
+            _ => None,
+        }
     }
 }
 
@@ -1072,18 +1091,50 @@ mod tests {
         assert!(matches!(reply(cancel), Some(Direct::Cancel(_))));
 
         // A member that a case-blind parser reads as `method` would make the answer
-        // a request upstream: the relay takes it, and drops the member.
+        // a request upstream: it goes on as rmcp's typed model reads it, without
+        // what JSON-RPC does not have.
+        let members = |message: &Value| -> Vec<String> {
+            let mut names: Vec<String> = message
+                .as_object()
+                .expect("an object")
+                .keys()
+                .cloned()
+                .collect();
+            names.sort();
+            names
+        };
         for smuggled in [
             r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"METHOD":"tools/call","params":{"name":"delete"}}"#,
             r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"params":{}}"#,
+        ] {
+            let Some(Direct::Answer(answer)) = reply(smuggled) else {
+                panic!("{smuggled}: not an answer");
+            };
+            assert_eq!(members(&answer), ["id", "jsonrpc", "result"], "{smuggled}");
+            assert_eq!(answer["id"], "gatehouse-7");
+        }
+        for smuggled in [
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3},"Id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"NAME":"x"}}"#,
+        ] {
+            let Some(Direct::Cancel(cancel)) = reply(smuggled) else {
+                panic!("{smuggled}: not a cancellation");
+            };
+            assert_eq!(
+                members(&cancel),
+                ["jsonrpc", "method", "params"],
+                "{smuggled}"
+            );
+            assert_eq!(members(&cancel["params"]), ["requestId"], "{smuggled}");
+        }
+        // Not an answer or a cancellation at all: the relay's.
+        for other in [
             r#"{"jsonrpc":"2.0","id":"gatehouse-7","result":{},"error":{"code":1,"message":"m"}}"#,
             r#"{"jsonrpc":"2.0","id":"gatehouse-7"}"#,
             r#"{"jsonrpc":"2.0","id":7,"result":{}}"#,
-            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3},"Id":1}"#,
-            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"NAME":"x"}}"#,
             r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":[3]}"#,
         ] {
-            assert!(reply(smuggled).is_none(), "{smuggled}");
+            assert!(reply(other).is_none(), "{other}");
         }
     }
 }
