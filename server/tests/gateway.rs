@@ -1955,6 +1955,78 @@ async fn a_long_streamed_call_keeps_its_session_open() {
     assert_eq!(done["result"]["content"][0]["text"], "done", "{done}");
 }
 
+/// An upstream that logs to its client every 100 ms from the moment a session
+/// opens, until the session ends.
+#[derive(Clone, Default)]
+struct Talkative;
+
+// Logging, deprecated by SEP-2577, is what servers of today send in numbers.
+#[allow(deprecated)]
+impl ServerHandler for Talkative {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("chatty", "1"))
+    }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let note = LoggingMessageNotificationParam::new(LoggingLevel::Info, json!("tick"));
+                if peer.notify_logging_message(note).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// A session its client left (without DELETE) is closed once no request of the
+/// client's has come for `idle_timeout`, although its upstream keeps sending it
+/// messages, each of which restarts rmcp's own idle timer: it held its place (here
+/// the only one) for as long as its binding lived, a day. The client that comes
+/// back has its session brought back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_its_client_left_closes_though_the_upstream_keeps_talking() {
+    let url = format!("http://{}/mcp", serve_upstream(Talkative).await);
+    let web = Web::at(&url, "max_sessions = 1\nidle_timeout = \"2s\"\n", &[]).await;
+    let endpoint = &web.app.state.upstreams[0];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(endpoint.close_idle().await, 0, "not idle yet");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        endpoint.live_sessions().await,
+        1,
+        "rmcp keeps a session its upstream talks to"
+    );
+    assert_eq!(endpoint.close_idle().await, 1);
+    // rmcp forgets it, and its place comes back once the upstream session has
+    // ended.
+    let freed = async {
+        while endpoint.live_sessions().await > 0 || endpoint.health().sessions > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), freed)
+        .await
+        .expect("the session's place given back");
+    let again = web
+        .app
+        .send(
+            web.post()
+                .body(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(endpoint.live_sessions().await, 1);
+}
+
 /// The messages of an SSE answer, read as they arrive.
 struct Events {
     body: axum::body::Body,

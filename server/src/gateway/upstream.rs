@@ -131,6 +131,11 @@ impl UpSession {
         self.answers.clone().try_acquire_owned().ok()
     }
 
+    /// Whether a request of the session is in flight, or its answer not yet sent.
+    pub fn busy(&self) -> bool {
+        self.calls.available_permits() < MAX_CALLS || self.answers.available_permits() < MAX_CALLS
+    }
+
     fn end(&self) {
         lock(&self.owned).end();
     }

@@ -74,6 +74,8 @@ struct Live {
     /// upstream's `idle_timeout`, so the direct path shows it the session (a `ping`)
     /// every quarter of that.
     relayed: Instant,
+    /// When the session's client last sent a request (see [`GatewayEndpoint::close_idle`]).
+    heard: Instant,
 }
 
 /// What the direct path may take, read from the body once, before the token check.
@@ -180,6 +182,64 @@ impl GatewayEndpoint {
         }
     }
 
+    /// Closes this instance's sessions that no request of their client has reached
+    /// for the upstream's `idle_timeout` and that have nothing in flight, as rmcp's
+    /// own idle close does: their upstream sessions or processes end, their records
+    /// stay, and a client that comes back has its session brought back. rmcp's close
+    /// alone misses a session whose upstream keeps talking (a server logging every
+    /// few seconds): each message relayed to the client restarts rmcp's timer, so a
+    /// session its client left without ending it would hold its places, and a stdio
+    /// server's process, until its binding expired a day later. Returns how many
+    /// closed.
+    pub async fn close_idle(&self) -> usize {
+        let idle = self.shared.config.idle_timeout;
+        let is_idle = |entry: &Live| {
+            entry.heard.elapsed() >= idle && entry.upstream.upgrade().is_some_and(|up| !up.busy())
+        };
+        let ids: Vec<String> = self
+            .live()
+            .iter()
+            .filter(|(_, entry)| is_idle(entry))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut closed = 0;
+        for id in &ids {
+            // Looked at again: closing the ones before may have taken seconds.
+            let upstream = {
+                let mut live = self.live();
+                if !live.get(id).is_some_and(is_idle) {
+                    continue;
+                }
+                live.remove(id).and_then(|entry| entry.upstream.upgrade())
+            };
+            // Told to close, the session's worker ends as after rmcp's own idle
+            // close, and rmcp then forgets the session. (`close_session` would
+            // forget it at once, and the ended worker's own `close_session` after
+            // it would take down the session a request brought back meanwhile.)
+            let handle = self
+                .sessions
+                .sessions
+                .read()
+                .await
+                .get(&SessionId::from(id.as_str()))
+                .cloned();
+            if let Some(handle) = handle {
+                if tokio::time::timeout(END_TIMEOUT, handle.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(upstream = %self.shared.config.name, "closing an idle session timed out; its upstream side ends all the same");
+                }
+            }
+            if let Some(upstream) = upstream {
+                upstream.shut();
+            }
+            tracing::info!(upstream = %self.shared.config.name, "closed a session its client left idle");
+            closed += 1;
+        }
+        closed
+    }
+
     /// Of `unbound` (this instance's sessions without a binding in the store now),
     /// those that have had none for longer than an `initialize` may take, as seen at
     /// earlier sweeps; remembers the others.
@@ -216,6 +276,7 @@ impl GatewayEndpoint {
         let (upstream, stale) = {
             let mut live = self.live();
             let entry = live.get_mut(session)?;
+            entry.heard = Instant::now();
             let stale = entry.relayed.elapsed() > self.shared.config.idle_timeout / 4;
             if stale {
                 entry.relayed = Instant::now();
@@ -393,6 +454,7 @@ impl GatewayEndpoint {
             Live {
                 upstream: Arc::downgrade(upstream),
                 relayed: Instant::now(),
+                heard: Instant::now(),
             },
         );
     }
@@ -562,13 +624,31 @@ pub async fn sweep(state: AppState) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
+    // Idle sessions are looked for every quarter of the shortest `idle_timeout`
+    // (a second to a minute).
+    let idle_every = state
+        .upstreams
+        .iter()
+        .map(|endpoint| endpoint.shared.config.idle_timeout / 4)
+        .min()
+        .unwrap_or(SWEEP_EVERY)
+        .clamp(Duration::from_secs(1), SWEEP_EVERY);
+    let mut idle = tokio::time::interval(idle_every);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle.tick().await;
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            _ = every.tick() => {
+                if let Err(e) = end_ungranted(&state).await {
+                    tracing::warn!(error = %e, "cannot check the gateway sessions' grants");
+                }
+            }
+            _ = idle.tick() => {
+                for endpoint in &state.upstreams {
+                    endpoint.close_idle().await;
+                }
+            }
             () = state.shutdown.cancelled() => return,
-        }
-        if let Err(e) = end_ungranted(&state).await {
-            tracing::warn!(error = %e, "cannot check the gateway sessions' grants");
         }
     }
 }
@@ -919,7 +999,7 @@ impl GatewayEndpoint {
                 return self.end_closed(session).await;
             }
             if let Some(entry) = self.live().get_mut(session) {
-                entry.relayed = Instant::now();
+                (entry.relayed, entry.heard) = (Instant::now(), Instant::now());
             }
         }
         // Where `initialize` leaves the session's upstream: a new session's, or that
