@@ -36,8 +36,12 @@ pub(super) const MAX_KNOWN_NAME: usize = 512;
 /// (at most once a second, see `Shared::learn_tool`), so that a tool which stopped
 /// being read-only needs the write scope within about this long of the change. A
 /// write tool's hint is the strict side already, and one of a tool Gatehouse's own
-/// listing does not name (one the server lists only to some clients) cannot be
-/// refreshed by it: those hold until the server says its tools changed.
+/// listing has been seen not to name (one the server lists only to some clients)
+/// cannot be refreshed by it: those hold until the server says its tools changed.
+/// A hint only a session's listing gave ages like the others until Gatehouse's own
+/// listing has run since (it may never have succeeded), and one its listing named
+/// and then no longer names is forgotten (the tool was removed, and may come back
+/// as a write tool).
 pub const HINTS_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a listing said of one tool.
@@ -47,14 +51,19 @@ struct Hint {
     /// When a listing last said so.
     at: Instant,
     /// Whether the last listing of all the upstream's tools named it (a tool only a
-    /// session lists, or one the upstream removed, is not).
+    /// session lists is not).
     listed: bool,
+    /// Whether a listing of all the upstream's tools has run since a session's
+    /// listing first named it: one that did not name it makes it a tool only
+    /// sessions see.
+    checked: bool,
 }
 
 impl Hint {
     /// Whether what it says is still taken as known (see [`HINTS_HOLD`]).
     fn holds(&self) -> bool {
-        !self.read_only || !self.listed || self.at.elapsed() < HINTS_HOLD
+        let session_only = !self.listed && self.checked;
+        !self.read_only || session_only || self.at.elapsed() < HINTS_HOLD
     }
 }
 
@@ -187,17 +196,31 @@ impl ToolPolicy {
     /// a change replaced. A listing that failed or was given up never gets here, and
     /// the hints stay stale.
     pub fn learn(&self, tools: &[Tool], as_of: u64, complete: bool) {
+        self.learn_since(tools, as_of, complete.then(Instant::now));
+    }
+
+    /// [`Self::learn`], for a listing of all tools that started at `complete`: a
+    /// hint a session's listing gave after that may name a tool the listing did
+    /// not know of yet, so it is not taken as one only sessions see.
+    pub fn learn_since(&self, tools: &[Tool], as_of: u64, complete: Option<Instant>) {
         let now = Instant::now();
         let mut known = self.read_only.write().unwrap_or_else(|p| p.into_inner());
         if as_of < self.seen.load(Ordering::Acquire) {
             return;
         }
-        if complete {
-            // What it does not name is no longer listed (but its hint still holds
-            // for a session that lists it itself).
-            for hint in known.values_mut() {
-                hint.listed = false;
-            }
+        if let Some(started) = complete {
+            // What it does not name: a tool it named before was removed, and is
+            // forgotten; one only a session named before it started is a tool only
+            // sessions see, and its hint holds for them.
+            let named: std::collections::HashSet<&str> =
+                tools.iter().map(|tool| tool.name.as_ref()).collect();
+            known.retain(|name, hint| {
+                if named.contains(name.as_str()) {
+                    return true;
+                }
+                hint.checked |= hint.at <= started;
+                !hint.listed
+            });
         }
         for tool in tools {
             // Full, it still takes changes to the tools it knows.
@@ -212,18 +235,20 @@ impl ToolPolicy {
                 .as_ref()
                 .and_then(|a| a.read_only_hint)
                 .unwrap_or(false);
-            let listed = complete
-                || known
-                    .get(tool.name.as_ref())
-                    .is_some_and(|hint| hint.listed);
+            let (listed, checked) = match known.get(tool.name.as_ref()) {
+                _ if complete.is_some() => (true, true),
+                Some(hint) => (hint.listed, hint.checked),
+                None => (false, false),
+            };
             let hint = Hint {
                 read_only,
                 at: now,
                 listed,
+                checked,
             };
             known.insert(tool.name.to_string(), hint);
         }
-        if complete {
+        if complete.is_some() {
             // Under the lock: the hints and what they have seen change together.
             self.seen.fetch_max(as_of, Ordering::AcqRel);
         }
@@ -338,8 +363,10 @@ mod tests {
             tool("add", Some(false)),
         ];
         policy.learn(&tools, 0, true);
-        // Only a session's listing names this one: Gatehouse's cannot refresh it.
+        // Only a session's listing names this one, and Gatehouse's listing has run
+        // since without it: Gatehouse's cannot refresh it.
         policy.learn(&[tool("session-only", Some(true))], 0, false);
+        policy.learn(&tools, 0, true);
         assert!(policy.knows("echo"));
         tokio::time::advance(HINTS_HOLD - std::time::Duration::from_secs(1)).await;
         assert!(policy.knows("echo"));
@@ -357,12 +384,15 @@ mod tests {
         // A denied tool is never a known one, nor one with a hint.
         assert!(!policy.knows("hidden"));
         assert!(!policy.has_hint("hidden"));
-        // Nor is one the last listing of all tools left out (the upstream removed
-        // it, or only a session lists it): it is listed for as seldom as an unknown
-        // one, though its hint still decides.
+        // Nor is one only a session's listing named: it is listed for as seldom
+        // as an unknown one, though its hint decides.
         policy.learn(&[tool("gone", Some(true))], 0, false);
         assert!(policy.knows("gone"));
         assert!(!policy.has_hint("gone"));
+        assert_eq!(policy.tool_access("gone"), Some(Access::Read));
+        // A tool the last listing of all tools named, and the next one does not,
+        // was removed: forgotten, so it needs the write scope (it may come back as
+        // a write tool without the server saying so).
         policy.learn(
             &[tool("echo", Some(true)), tool("gone", Some(true))],
             0,
@@ -371,8 +401,44 @@ mod tests {
         assert!(policy.has_hint("gone"));
         policy.learn(&[tool("echo", Some(true))], 0, true);
         assert!(!policy.has_hint("gone"));
+        assert!(!policy.knows("gone"));
         assert!(policy.has_hint("echo"));
-        assert_eq!(policy.tool_access("gone"), Some(Access::Read));
+        assert_eq!(policy.tool_access("gone"), Some(Access::Write));
+    }
+
+    /// A read-only hint only a session's listing gave (Gatehouse's own listing
+    /// failed at start-up, say) ages like the others, so that the next call lists
+    /// the tools; once Gatehouse's listing has run without naming the tool, it is
+    /// one only sessions see, and its hint holds for them.
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_only_a_session_gave_ages_until_gatehouses_listing_runs() {
+        let policy = ToolPolicy::new(Vec::new());
+        policy.learn(&[tool("echo", Some(true))], 0, false);
+        assert!(policy.knows("echo"));
+        tokio::time::advance(HINTS_HOLD).await;
+        assert!(!policy.knows("echo"), "listed again before its next call");
+        // The listing names it (now a write tool): it decides from then on.
+        policy.learn(&[tool("echo", Some(false))], 0, true);
+        assert!(policy.knows("echo"));
+        assert_eq!(policy.tool_access("echo"), Some(Access::Write));
+        // A session-only tool: Gatehouse's listing ran and did not name it.
+        policy.learn(&[tool("mine", Some(true))], 0, false);
+        policy.learn(&[tool("echo", Some(false))], 0, true);
+        tokio::time::advance(HINTS_HOLD * 2).await;
+        assert!(policy.knows("mine"));
+        assert_eq!(policy.tool_access("mine"), Some(Access::Read));
+        // A session listing it again keeps it so.
+        policy.learn(&[tool("mine", Some(true))], 0, false);
+        tokio::time::advance(HINTS_HOLD * 2).await;
+        assert!(policy.knows("mine"));
+        // A listing that started before a session's listing named a tool says
+        // nothing of it (the tool may be newer than the listing).
+        let started = Instant::now();
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        policy.learn(&[tool("new", Some(true))], 0, false);
+        policy.learn_since(&[tool("echo", Some(false))], 0, Some(started));
+        tokio::time::advance(HINTS_HOLD).await;
+        assert!(!policy.knows("new"));
     }
 
     #[test]
@@ -485,8 +551,13 @@ mod tests {
             })
             .collect();
         policy.learn(&many, 0, true);
-        // A new name first, then a known tool that is no longer read-only.
-        policy.learn(&[tool("new", Some(true)), tool("t7", Some(false))], 0, true);
+        // A session's listing: a new name first, then a known tool that is no
+        // longer read-only.
+        policy.learn(
+            &[tool("new", Some(true)), tool("t7", Some(false))],
+            0,
+            false,
+        );
         assert!(!policy.knows("new"));
         assert_eq!(policy.tool_access("t7"), Some(Access::Write));
     }

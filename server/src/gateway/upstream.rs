@@ -762,13 +762,16 @@ impl Shared {
     /// Lists the upstream's tools and learns their hints (see [`ToolPolicy::learn`]).
     async fn list_tools(self: &Arc<Self>) {
         let name = &self.config.name;
-        let as_of = self.policy.changes();
+        let (as_of, started) = (self.policy.changes(), tokio::time::Instant::now());
         match self.pooled().await {
             Ok(session) => {
                 let listed =
                     tokio::time::timeout(self.config.timeout, list_tools(session.peer())).await;
                 match listed {
-                    Ok(Ok((tools, complete))) => self.policy.learn(&tools, as_of, complete),
+                    Ok(Ok((tools, complete))) => {
+                        self.policy
+                            .learn_since(&tools, as_of, complete.then_some(started))
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(upstream = %name, error = %self.cut(&e.to_string()), "cannot list the upstream's tools")
                     }
