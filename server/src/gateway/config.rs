@@ -438,10 +438,12 @@ impl RawUpstream {
                 }
                 let mut env = Vec::new();
                 for (name, value) in &self.env {
-                    let valid =
-                        !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0');
-                    if !valid {
+                    if name.is_empty() || name.contains(['=', '\0']) {
                         fail(format!("env {name:?} is not a variable"));
+                        continue;
+                    }
+                    if value.contains('\0') {
+                        fail(format!("env {name}: the value holds a NUL character"));
                         continue;
                     }
                     match interpolate(value, lookup) {
@@ -536,11 +538,12 @@ pub fn parse_short(raw: &str) -> Result<RawUpstream, String> {
     };
     match target.strip_prefix("stdio:") {
         Some(command) => {
-            let words = shlex::split(command)
-                .filter(|w| !w.is_empty())
-                .ok_or_else(|| {
-                    format!("--upstream {name}: the command {command:?} has unbalanced quotes")
-                })?;
+            let words = shlex::split(command).ok_or_else(|| {
+                format!("--upstream {name}: the command {command:?} has unbalanced quotes")
+            })?;
+            if words.is_empty() {
+                return Err(format!("--upstream {name}: the command is empty"));
+            }
             let mut words = words.into_iter();
             upstream.command = words.next();
             upstream.args = words.collect();
@@ -598,7 +601,26 @@ mod tests {
             ["-y", "@modelcontextprotocol/server-everything"]
         );
         assert!(parse_short("no-equals").is_err());
-        assert!(parse_short("x=stdio:npx 'unbalanced").is_err());
+        let unbalanced = parse_short("x=stdio:npx 'unbalanced").expect_err("unbalanced");
+        assert!(unbalanced.contains("unbalanced quotes"), "{unbalanced}");
+        for empty in ["x=stdio:", "x=stdio:   "] {
+            let said = parse_short(empty).expect_err("empty");
+            assert!(said.contains("the command is empty"), "{empty}: {said}");
+        }
+    }
+
+    /// A NUL in a value is the value's fault, not the name's, and the value is not
+    /// repeated (it may be a secret).
+    #[test]
+    fn a_nul_in_an_env_value_says_so() {
+        let errors =
+            one_upstream("command = \"x\"\nenv = { KEY = \"s3cret\\u0000\" }\n").expect_err("NUL");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains("env KEY: the value holds a NUL"),
+            "{errors:#?}"
+        );
+        assert!(!errors[0].contains("s3cret"), "{errors:#?}");
     }
 
     #[test]

@@ -48,7 +48,15 @@ pub fn resource(public_url: &str, upstream: &config::Upstream) -> Result<Arc<Res
         }
         config::Transport::Stdio {
             command, args, cwd, ..
-        } => format!("stdio {}", serde_json::json!([command, args, cwd])),
+        } => {
+            // As JSON, a path that is not UTF-8 (which JSON cannot hold) written
+            // out with its bytes escaped.
+            let cwd = cwd.as_ref().map(|cwd| {
+                cwd.to_str()
+                    .map_or_else(|| format!("{cwd:?}"), str::to_owned)
+            });
+            format!("stdio {}", serde_json::json!([command, args, cwd]))
+        }
     };
     Ok(Arc::new(
         Resource::new(
@@ -135,5 +143,24 @@ mod tests {
             server_of("s=stdio:node a.js", |_| {}),
             url("https://a.example/mcp")
         );
+    }
+
+    /// A directory whose name is not UTF-8 (Latin-1, say) names its server too; it
+    /// panicked at start-up.
+    #[test]
+    fn a_directory_that_is_not_utf8_names_its_server() {
+        use std::os::unix::ffi::OsStrExt;
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = |name: &[u8]| {
+            let dir = parent.path().join(std::ffi::OsStr::from_bytes(name));
+            std::fs::create_dir(&dir).expect("mkdir");
+            dir
+        };
+        let (latin, other) = (dir(b"caf\xe9"), dir(b"caf\xe8"));
+        let server = |cwd: &std::path::Path| {
+            server_of("s=stdio:node server.js", |raw| raw.cwd = Some(cwd.into()))
+        };
+        assert!(server(&latin).is_some());
+        assert_ne!(server(&latin), server(&other));
     }
 }
