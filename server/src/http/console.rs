@@ -694,51 +694,42 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     };
     // Calls take bodies of up to 160 KiB: only from the owner. (Each checks the
     // session again, and more.)
-    let checked = if call && path != "/api/console/signed_in" {
-        Some(signed_in().await)
-    } else {
-        None
-    };
-    if let Some(Err(refused)) = checked {
-        return refused;
-    }
-    if matches!(checked, Some(Ok(false))) {
-        let why = "Sign in to use the console, then repeat what you did.";
-        if !wants_html {
-            return with_owner_headers(server_error(StatusCode::UNAUTHORIZED, why));
+    if call && path != "/api/console/signed_in" {
+        match signed_in().await {
+            Err(refused) => return refused,
+            Ok(true) => {}
+            Ok(false) => {
+                let why = "Sign in to use the console, then repeat what you did.";
+                if !wants_html {
+                    return with_owner_headers(server_error(StatusCode::UNAUTHORIZED, why));
+                }
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    super::oauth::page_headers(),
+                    app::error_document(401, "Sign in again", why),
+                )
+                    .into_response();
+            }
         }
-        return (
-            StatusCode::UNAUTHORIZED,
-            super::oauth::page_headers(),
-            app::error_document(401, "Sign in again", why),
-        )
-            .into_response();
     }
     if page && matches!(*request.method(), Method::GET | Method::HEAD) {
         if let Some(plain) = without_form_report(request.uri()) {
             return see_other(&plain);
         }
-    }
-    let page_view = page && matches!(*request.method(), Method::GET | Method::HEAD);
-    let viewer = if page_view {
-        Some(signed_in().await)
-    } else {
-        None
-    };
-    if let Some(Err(refused)) = viewer {
-        return refused;
-    }
-    if matches!(viewer, Some(Ok(false))) {
-        let return_to = request
-            .uri()
-            .path_and_query()
-            .map_or("/console", |p| p.as_str());
-        let login: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("return_to", return_to)
-            .finish();
-        return see_other(&format!("/oauth/login?{login}"));
-    }
-    if page && matches!(*request.method(), Method::GET | Method::HEAD) {
+        match signed_in().await {
+            Err(refused) => return refused,
+            Ok(true) => {}
+            Ok(false) => {
+                let return_to = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/console", |p| p.as_str());
+                let login: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("return_to", return_to)
+                    .finish();
+                return see_other(&format!("/oauth/login?{login}"));
+            }
+        }
         if let Some(plain) = confirmation_from_elsewhere(request.uri(), &headers) {
             return see_other(&plain);
         }
