@@ -13,6 +13,11 @@ use serde_json::json;
 
 const SECRET: &str = "a-metrics-secret-of-at-least-32-chars";
 
+/// Held by each test for its whole run: the recorder is process-wide, and a scrape
+/// sets the gauges of every app it renders (the same MCP URL's live sessions among
+/// them), so a test scraping in parallel could read another's values.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn scrape(token: Option<&str>) -> Request<Body> {
     let mut request = Request::get("/metrics");
     if let Some(token) = token {
@@ -46,6 +51,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 
 #[tokio::test]
 async fn metrics_are_served_behind_their_secret_and_parse() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // Not configured: nothing there.
     let plain = TestApp::new(&[]);
     assert_eq!(plain.send(scrape(None)).await.status, StatusCode::NOT_FOUND);
@@ -169,6 +175,7 @@ async fn metrics_are_served_behind_their_secret_and_parse() {
 
 #[tokio::test]
 async fn rate_limit_refusals_are_counted() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let app = TestApp::new(&["--metrics-token", SECRET, "--registrations-per-minute", "1"]);
     for _ in 0..2 {
         app.register(json!({"redirect_uris": ["https://client.example/cb"]}))
@@ -187,6 +194,7 @@ async fn rate_limit_refusals_are_counted() {
 /// being read, down once its request is done.
 #[tokio::test]
 async fn request_bodies_held_are_a_gauge() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use gatehouse::http::bodies::{Budget, FRAME_COST};
     let app = TestApp::new(&["--metrics-token", SECRET]);
     let held = || async {
@@ -206,6 +214,7 @@ async fn request_bodies_held_are_a_gauge() {
 /// Prometheus reads it, and nothing else there.
 #[tokio::test]
 async fn the_metrics_address_serves_metrics_without_a_secret_and_nothing_else() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use tower::ServiceExt as _;
     let app = TestApp::new(&["--metrics-bind", "127.0.0.1:0"]);
     let (_, tokens) = app.tokens_for("read:articles").await;
