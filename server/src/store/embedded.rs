@@ -62,9 +62,13 @@ impl EmbeddedStore {
         restrict_to_owner(path)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         // A bounded page cache: the records here are small, and an idle server should
-        // stay small too (redb's default cache is large).
+        // stay small too (redb's default cache is large). Every open checks the
+        // file: one altered since redb last wrote it (a partial restore, a bad copy)
+        // is refused with an error, where a plain open trusts it and may panic. It
+        // reads the whole file, which is small here.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create(path)
             .map_err(|e| match e {
                 // The usual cause: a maintenance command run beside the server.
@@ -774,6 +778,40 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(store.get(&key).await.expect("read"), Some(b"kept".to_vec()));
+    }
+
+    /// A file altered since redb last wrote it (a partial restore, a bad copy, a
+    /// flipped bit) is refused with an error naming it, never trusted: a plain
+    /// open may panic on it, or hand back what it holds wrong.
+    #[tokio::test]
+    async fn an_altered_file_is_refused_with_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.redb");
+        {
+            let store = EmbeddedStore::open(&path).expect("open");
+            for i in 0..200 {
+                let key = Key::new(Kind::CLIENT, &format!("client-{i}"));
+                store
+                    .put(&key, &[b'x'; 512], Put::forever())
+                    .await
+                    .expect("put");
+            }
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        // Every byte past the header pages, flipped.
+        for byte in bytes.iter_mut().skip(8192) {
+            *byte = !*byte;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let opened = std::panic::AssertUnwindSafe(async { EmbeddedStore::open(&path).err() });
+        let refused = futures::FutureExt::catch_unwind(opened)
+            .await
+            .expect("an error, not a panic")
+            .expect("the altered file refused");
+        assert!(
+            refused.to_string().contains(&path.display().to_string()),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
