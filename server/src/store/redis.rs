@@ -123,11 +123,31 @@ pub struct RedisStore {
     prefix: String,
 }
 
+/// Redis's answers that mean "not now": it is loading its data after a restart, a
+/// replica became read-only in a failover, its memory is full, a script is busy,
+/// it cannot persist, or the cluster is moving slots. Callers keep what they
+/// would otherwise drop (usage counts) and tell the client to try again shortly.
+const REFUSED_FOR_NOW: [&str; 9] = [
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "BUSY",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+];
+
 fn unavailable(e: Error) -> StoreError {
+    let first = e.details().split_whitespace().next().unwrap_or("");
     match e.kind() {
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => {
-            StoreError::Unavailable(e.to_string())
-        }
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster => StoreError::Unavailable(e.to_string()),
+        _ if REFUSED_FOR_NOW.contains(&first) => StoreError::Unavailable(e.to_string()),
         _ if e.to_string().contains("connection") => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Backend(e.to_string()),
     }
@@ -648,6 +668,43 @@ fn redis_version(info: &str) -> Option<(u32, u32)> {
 mod tests {
     use super::*;
     use crate::store::conformance;
+
+    /// What Redis answers while it reloads after a restart, in a failover or when
+    /// full means "try again", not a broken store: callers keep what they would
+    /// drop.
+    #[test]
+    fn redis_refusing_for_now_is_unavailable() {
+        // As fred reads error replies: by their first word, most as Unknown.
+        for (kind, reply) in [
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            ),
+            (ErrorKind::Unknown, "MASTERDOWN Link with MASTER is down"),
+            (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+        ] {
+            let e = Error::new(kind, reply);
+            assert!(
+                matches!(unavailable(e), StoreError::Unavailable(_)),
+                "{reply}"
+            );
+        }
+        let wrong = Error::new(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation against a key",
+        );
+        assert!(matches!(unavailable(wrong), StoreError::Backend(_)));
+        let err = Error::new(ErrorKind::Unknown, "ERR unknown command 'GETDEL'");
+        assert!(matches!(unavailable(err), StoreError::Backend(_)));
+    }
 
     #[test]
     fn redis_versions_before_6_2_are_told_apart() {
