@@ -453,17 +453,25 @@ impl Owner {
         Ok(!self.has_password().await? && self.store.get(&key).await?.is_some())
     }
 
-    /// Sets the first password with a setup token, once.
+    /// Sets the first password with a setup token, once. The token is spent only
+    /// once the password is stored: a store that fails in between (or a hash that
+    /// fails) leaves the link working, for the owner to try again. Storing the
+    /// first password only where none is (`put_new`) is what lets one setup win.
     pub async fn complete_setup(&self, token: &str, password: &str) -> Result<(), SetupError> {
         check_new_password(password).map_err(SetupError::WeakPassword)?;
         if self.has_password().await? {
             return Err(SetupError::InvalidToken);
         }
         let key = Key::new(Kind::SETUP, SecretHash::of(token).as_str());
-        if self.store.take(&key).await?.is_none() {
+        if self.store.get(&key).await?.is_none() {
             return Err(SetupError::InvalidToken);
         }
-        self.store_password(password, true).await
+        self.store_password(password, true).await?;
+        // No password can be set with it any more; removed all the same.
+        if let Err(e) = self.store.delete(&key).await {
+            tracing::warn!(error = %e, "cannot remove a used setup link");
+        }
+        Ok(())
     }
 
     /// Starts a session for a sign-in; returns the cookie value. The store keeps
