@@ -434,6 +434,50 @@ async fn a_server_flooding_the_client_with_requests_is_refused_past_a_bound() {
     assert_eq!(text(&echo), "echo: on");
 }
 
+/// A server that asks the client something during a call, then ends the call
+/// without waiting or saying so: the client hears that the request is cancelled
+/// (on the session's stream, where rmcp sends it), or its form would stay open for
+/// five minutes, for an answer nobody waits for.
+#[tokio::test]
+async fn a_request_of_the_servers_still_open_when_its_call_ends_is_cancelled() {
+    let app = gateway_app();
+    let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
+    let token = tokens["access_token"].as_str().expect("at").to_owned();
+    let session = app.session_at("/mcp/py", &token, V2025).await;
+    let listen = Request::get("/mcp/py")
+        .header(header::HOST, "gate.example.com")
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", V2025)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let stream = tower::ServiceExt::oneshot(app.router.clone(), listen)
+        .await
+        .expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = Events {
+        body: stream.into_body(),
+        buffer: String::new(),
+    };
+    let answer = post(&app, &token, &session, call(2, "abandon", json!({}))).await;
+    assert_eq!(text(&answer), "abandoned", "{}", answer.body);
+    let asked: Value = answer
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+        .find(|m| m["method"] == "sampling/createMessage")
+        .unwrap_or_else(|| panic!("the request reaches the client: {}", answer.body));
+    loop {
+        let heard = stream.next().await;
+        if heard["method"] == "notifications/cancelled" {
+            assert_eq!(heard["params"]["requestId"], asked["id"], "{heard}");
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn failures_are_clear_errors_that_name_the_upstream() {
     let app = gateway_app();

@@ -74,9 +74,29 @@ pub struct Routes {
     /// notifications from separate tasks, so late ones are dropped).
     progress: HashMap<ProgressToken, (mpsc::Sender<ProgressNotification>, ProgressToken, f64)>,
     /// Upstream request id → the client's peer and its own request id, to route the
-    /// upstream's requests to the stream of the call they belong to.
-    inflight: HashMap<RequestId, (Peer<RoleServer>, RequestId)>,
+    /// upstream's requests to the stream of the call they belong to, and the call's
+    /// [`CallEnd`].
+    inflight: HashMap<RequestId, (Peer<RoleServer>, RequestId, CallEnd)>,
 }
+
+/// The end of a relayed call, for the upstream's requests relayed during it
+/// (sampling, elicitation, roots): when the call ends, those still open are
+/// cancelled at the client, whose form would otherwise stay open for an answer
+/// nobody waits for (a server may give its request up without saying so: the
+/// Python SDK's does when its tool is cancelled). rmcp sends such a cancellation on
+/// the session's own stream (GET), where clients listen for what belongs to no
+/// call. Each request holds `open` (shared) while it waits, and the call takes it
+/// (exclusive, for a moment at most) before its answer goes out, so that the
+/// cancellations are handed on first.
+#[derive(Clone, Default)]
+struct CallEnd {
+    ended: tokio_util::sync::CancellationToken,
+    open: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// How long a call's answer waits for the cancellations of its requests to the
+/// client to go out.
+const CANCELS_FLUSH: Duration = Duration::from_secs(1);
 
 /// The upstream-facing side: an rmcp client service for one upstream connection.
 pub struct UpClient {
@@ -148,14 +168,35 @@ impl rmcp::Service<RoleClient> for UpClient {
                 _ => None,
             }
         };
-        let (downstream, call) = match (target, &self.session_peer) {
-            (Some((peer, id)), _) => (peer, Some(id)),
-            (None, Some(peer)) => (peer.clone(), None),
+        let (downstream, call, end) = match (target, &self.session_peer) {
+            (Some((peer, id, end)), _) => (peer, Some(id), Some(end)),
+            (None, Some(peer)) => (peer.clone(), None, None),
             (None, None) => {
                 return Err(ErrorData::invalid_request(
                     "this request cannot reach a client: the connection is shared",
                     None,
                 ))
+            }
+        };
+        // Held while it waits (see `CallEnd`); a call that has ended meanwhile
+        // gets no more requests relayed.
+        let _open = match &end {
+            Some(end) => {
+                let open = end.open.clone().read_owned().await;
+                if end.ended.is_cancelled() {
+                    return Err(ErrorData::internal_error(
+                        "the call this request belonged to has ended",
+                        None,
+                    ));
+                }
+                Some(open)
+            }
+            None => None,
+        };
+        let call_ended = async {
+            match &end {
+                Some(end) => end.ended.cancelled().await,
+                None => std::future::pending().await,
             }
         };
         let mut meta = context.meta.clone();
@@ -179,23 +220,25 @@ impl rmcp::Service<RoleClient> for UpClient {
         .map_err(|e| relay_failed(&self.upstream, "relaying to the client failed", e))?
         .map_err(|e| relay_failed(&self.upstream, "the client cannot be reached", e))?;
         let (id, peer) = (handle.id.clone(), handle.peer.clone());
-        tokio::select! {
-            answer = handle.await_response() => answer.map_err(|e| match e {
-                ServiceError::McpError(e) => e,
-                e => relay_failed(&self.upstream, "the client did not answer", e),
-            }),
-            () = context.ct.cancelled() => {
-                let _ = peer
-                    .send_notification(ServerNotification::CancelledNotification(
-                        CancelledNotification::new(CancelledNotificationParam::new(
-                            Some(id),
-                            Some("cancelled by the server".into()),
-                        )),
-                    ))
-                    .await;
-                Err(ErrorData::internal_error("cancelled by the server", None))
+        let reason = tokio::select! {
+            answer = handle.await_response() => {
+                return answer.map_err(|e| match e {
+                    ServiceError::McpError(e) => e,
+                    e => relay_failed(&self.upstream, "the client did not answer", e),
+                })
             }
-        }
+            () = context.ct.cancelled() => "cancelled by the server",
+            () = call_ended => "the call it belonged to has ended",
+        };
+        let _ = peer
+            .send_notification(ServerNotification::CancelledNotification(
+                CancelledNotification::new(CancelledNotificationParam::new(
+                    Some(id),
+                    Some(reason.into()),
+                )),
+            ))
+            .await;
+        Err(ErrorData::internal_error(reason, None))
     }
 
     async fn handle_notification(
@@ -340,6 +383,7 @@ impl GatewayHandler {
             .with_max_total_timeout(self.shared.config.timeout * 10)
             .with_meta(meta);
         let mut relaying = None;
+        let end = CallEnd::default();
         let handle = {
             // Registered under the lock, before a fast upstream's first progress
             // notification can look for it.
@@ -364,7 +408,7 @@ impl GatewayHandler {
             }
             routes.inflight.insert(
                 handle.id.clone(),
-                (context.peer.clone(), context.id.clone()),
+                (context.peer.clone(), context.id.clone(), end.clone()),
             );
             handle
         };
@@ -400,6 +444,10 @@ impl GatewayHandler {
             routes.progress.remove(&up_token);
             routes.inflight.remove(&up_id);
         }
+        // Its requests to the client still open are cancelled there, before the
+        // answer goes out.
+        end.ended.cancel();
+        let _ = tokio::time::timeout(CANCELS_FLUSH, end.open.write()).await;
         // The progress sent before the answer reaches the client before it (its
         // queue now closed, the task ends once it is empty); a client that does not
         // read it holds up only this answer, and only for a while.

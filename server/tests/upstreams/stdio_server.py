@@ -19,6 +19,7 @@ TOOLS = [
     {"name": "hang", "annotations": {"readOnlyHint": True}},
     {"name": "env", "annotations": {"readOnlyHint": True}},
     {"name": "flood", "annotations": {"readOnlyHint": True}},
+    {"name": "abandon", "annotations": {"readOnlyHint": True}},
 ]
 for tool in TOOLS:
     tool["description"] = "test tool " + tool["name"]
@@ -77,6 +78,15 @@ def call(request):
                 content = result.get("content") or {}
                 return text("sampled: " + str(content.get("text", message.get("error"))))
             handle(message)
+    if name == "abandon":
+        # Asks the client, then answers the call without waiting or saying so, as a
+        # tool that gave up (the Python SDK does not cancel its own requests).
+        next_id[0] += 1
+        send({"jsonrpc": "2.0", "id": next_id[0], "method": "sampling/createMessage",
+              "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+                         "maxTokens": 10}})
+        time.sleep(0.3)
+        return text("abandoned")
     if name == "flood":
         # `count` sampling requests at once, none waited for; then the answers until
         # `refusals` of them are errors: those the gateway refused at once.
