@@ -40,7 +40,9 @@ use super::upstream::{Shared, UpSession};
 use crate::{mcp::Access, oauth::records::AccessToken};
 
 /// How long a request relayed to the client (sampling, elicitation, roots) may wait
-/// for its answer: a person may be reading an elicitation form.
+/// for its answer: a person may be reading an elicitation form. (The call it
+/// belongs to keeps its own `timeout`, which progress restarts; when the call ends,
+/// its requests are cancelled: see [`CallEnd`].)
 const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How many of an upstream connection's requests may wait for the client at once:
