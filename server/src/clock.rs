@@ -9,10 +9,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-/// The system clock, or (for tests) the system clock plus an offset that only grows.
+/// The system clock, or (for tests) the system clock plus an offset that only grows,
+/// or a clock that only that offset moves.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     offset_ms: Option<Arc<AtomicU64>>,
+    /// For [`Clock::frozen`]: the time it started at, in place of the system's.
+    frozen_at: Option<u64>,
 }
 
 impl Clock {
@@ -24,6 +27,16 @@ impl Clock {
     pub fn manual() -> Self {
         Clock {
             offset_ms: Some(Arc::new(AtomicU64::new(0))),
+            frozen_at: None,
+        }
+    }
+
+    /// A manual clock that stands still between [`Clock::advance`]s, for tests that
+    /// must not see time pass on a slow machine.
+    pub fn frozen() -> Self {
+        Clock {
+            frozen_at: Some(system_ms()),
+            ..Clock::manual()
         }
     }
 
@@ -40,10 +53,7 @@ impl Clock {
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        let system = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let system = self.frozen_at.unwrap_or_else(system_ms);
         let offset = self
             .offset_ms
             .as_ref()
@@ -55,6 +65,13 @@ impl Clock {
     pub fn now_secs(&self) -> u64 {
         self.now_ms() / 1000
     }
+}
+
+fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
