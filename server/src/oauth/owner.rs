@@ -186,6 +186,9 @@ pub struct Owner {
     /// One more place to wait, for a browser the owner signed in with, so that
     /// strangers keeping every other place busy cannot keep the owner out.
     argon2_known: Arc<Semaphore>,
+    /// One first-run setup at a time: its link stays valid until the password is
+    /// stored, so submits of it queue here rather than each running Argon2.
+    setting_up: tokio::sync::Mutex<()>,
 }
 
 /// A sign-in's place among those being checked or waiting to be
@@ -245,6 +248,7 @@ impl Owner {
             argon2_admitted: Arc::new(Semaphore::new(ARGON2_CONCURRENCY + ARGON2_WAITING)),
             argon2_memory: Arc::default(),
             argon2_known: Arc::new(Semaphore::new(1)),
+            setting_up: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -456,9 +460,14 @@ impl Owner {
     /// Sets the first password with a setup token, once. The token is spent only
     /// once the password is stored: a store that fails in between (or a hash that
     /// fails) leaves the link working, for the owner to try again. Storing the
-    /// first password only where none is (`put_new`) is what lets one setup win.
+    /// first password only where none is (`put_new`) is what lets one setup win
+    /// across instances; on one, setups take turns, so a link submitted many times
+    /// at once runs one hash at a time.
     pub async fn complete_setup(&self, token: &str, password: &str) -> Result<(), SetupError> {
         check_new_password(password).map_err(SetupError::WeakPassword)?;
+        // The checks, the hash and the write, one setup at a time: the next one in
+        // line finds the password stored and runs no hash.
+        let _one = self.setting_up.lock().await;
         if self.has_password().await? {
             return Err(SetupError::InvalidToken);
         }
