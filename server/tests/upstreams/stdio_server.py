@@ -129,7 +129,8 @@ def call(request):
 
 def handle(message):
     method = message.get("method")
-    if "id" not in message:
+    if "id" not in message or method is None:
+        # A notification, or an answer nobody here waits for any more.
         return
     if method == "initialize":
         send({"jsonrpc": "2.0", "id": message["id"], "result": {
