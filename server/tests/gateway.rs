@@ -444,20 +444,8 @@ async fn a_request_of_the_servers_still_open_when_its_call_ends_is_cancelled() {
     let (_, tokens) = app.tokens_at(PY_URL, "py:read").await;
     let token = tokens["access_token"].as_str().expect("at").to_owned();
     let session = app.session_at("/mcp/py", &token, V2025).await;
-    let listen = Request::get("/mcp/py")
-        .header(header::HOST, "gate.example.com")
-        .header(header::ACCEPT, "text/event-stream")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", V2025)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let stream = tower::ServiceExt::oneshot(app.router.clone(), listen)
-        .await
-        .expect("response");
-    assert_eq!(stream.status(), StatusCode::OK);
     let mut stream = Events {
-        body: stream.into_body(),
+        body: session_stream(&app, "/mcp/py", &token, &session).await,
         buffer: String::new(),
     };
     let answer = post(&app, &token, &session, call(2, "abandon", json!({}))).await;
@@ -1401,18 +1389,7 @@ async fn notifications_waiting_for_a_client_are_bounded() {
     let noisy = Noisy::default();
     let web = Web::open(serve_upstream(noisy.clone()).await).await;
     // The session's stream: open, and read only once the upstream is done.
-    let request = Request::get("/mcp/web")
-        .header(header::HOST, "gate.example.com")
-        .header(header::ACCEPT, "text/event-stream")
-        .header(header::AUTHORIZATION, format!("Bearer {}", web.token))
-        .header("mcp-session-id", &web.session)
-        .header("mcp-protocol-version", V2025)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let stream = tower::ServiceExt::oneshot(web.app.router.clone(), request)
-        .await
-        .expect("response");
-    assert_eq!(stream.status(), StatusCode::OK);
+    let mut body = session_stream(&web.app, "/mcp/web", &web.token, &web.session).await;
     // Gatehouse's own stream from the upstream is open by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = web
@@ -1428,7 +1405,6 @@ async fn notifications_waiting_for_a_client_are_bounded() {
     .await
     .expect("the upstream got its notifications out");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut body = stream.into_body();
     let mut received = 0;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(1), body.frame()).await
     {
@@ -1440,6 +1416,23 @@ async fn notifications_waiting_for_a_client_are_bounded() {
     }
     assert!(received > 0, "no notification reached the client");
     assert!(received < 120, "{received} of {} waited", Noisy::NOTES);
+}
+
+/// The session's own stream (a GET), open, at the MCP URL `path`.
+async fn session_stream(app: &TestApp, path: &str, token: &str, session: &str) -> axum::body::Body {
+    let request = Request::get(path)
+        .header(header::HOST, "gate.example.com")
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", V2025)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let stream = tower::ServiceExt::oneshot(app.router.clone(), request)
+        .await
+        .expect("response");
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream.into_body()
 }
 
 /// Gatehouse whose one upstream, `web`, is the HTTP server at `url`, with `extra`

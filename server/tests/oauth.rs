@@ -1858,6 +1858,28 @@ async fn failed_sign_ins_are_limited_per_address() {
     assert_eq!(other.status, StatusCode::SEE_OTHER);
 }
 
+/// An app on a fresh store without an owner password (first run), its store
+/// passed through `wrap` (which may keep a handle on it).
+fn without_password<T>(
+    wrap: impl FnOnce(gatehouse::store::SharedStore) -> (gatehouse::store::SharedStore, T),
+) -> (TestApp, T) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Cli::parse_ignoring_env([
+        "gatehouse",
+        "--public-url",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+    ])
+    .expect("flags")
+    .serve
+    .into_config()
+    .expect("config");
+    let clock = gatehouse::clock::Clock::manual();
+    let (store, kept) = wrap(embedded(&config, &clock));
+    (TestApp::assemble(Arc::new(dir), config, store, clock), kept)
+}
+
 /// A store that fails while the first password is being set does not use up the
 /// setup link: either the link still works, or the password was set (and signs in).
 /// The link was spent before the password was stored, and a failure between the
@@ -1866,21 +1888,7 @@ async fn failed_sign_ins_are_limited_per_address() {
 async fn a_setup_the_store_failed_does_not_use_up_the_link() {
     // The first write fails (the password's), or the one after it.
     for fail_after in [0, 1] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Cli::parse_ignoring_env([
-            "gatehouse",
-            "--public-url",
-            "http://127.0.0.1:9",
-            "--data-dir",
-            dir.path().to_str().expect("utf-8"),
-        ])
-        .expect("flags")
-        .serve
-        .into_config()
-        .expect("config");
-        let clock = gatehouse::clock::Clock::manual();
-        let (store, faults) = common::faults::FaultStore::wrap(embedded(&config, &clock));
-        let app = TestApp::assemble(Arc::new(dir), config, store, clock);
+        let (app, faults) = without_password(common::faults::FaultStore::wrap);
         let token = app
             .state
             .owner
@@ -1927,21 +1935,7 @@ async fn a_setup_the_store_failed_does_not_use_up_the_link() {
 
 #[tokio::test]
 async fn first_run_setup_sets_the_password_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Cli::parse_ignoring_env([
-        "gatehouse",
-        "--public-url",
-        "http://127.0.0.1:9",
-        "--data-dir",
-        dir.path().to_str().expect("utf-8"),
-    ])
-    .expect("flags")
-    .serve
-    .into_config()
-    .expect("config");
-    let clock = gatehouse::clock::Clock::manual();
-    let store = embedded(&config, &clock);
-    let app = TestApp::assemble(Arc::new(dir), config, store, clock);
+    let (app, ()) = without_password(|store| (store, ()));
     // No password yet: a sign-in fails exactly like a wrong password.
     let before = app.sign_in_from([127, 0, 0, 1], PASSWORD).await;
     assert_eq!(before.status, StatusCode::UNAUTHORIZED);
@@ -2159,21 +2153,7 @@ async fn a_sign_in_session_expires_after_twelve_hours() {
 
 #[tokio::test]
 async fn the_first_run_setup_link_expires_after_an_hour() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = Cli::parse_ignoring_env([
-        "gatehouse",
-        "--public-url",
-        "http://127.0.0.1:9",
-        "--data-dir",
-        dir.path().to_str().expect("utf-8"),
-    ])
-    .expect("flags")
-    .serve
-    .into_config()
-    .expect("config");
-    let clock = gatehouse::clock::Clock::manual();
-    let store = embedded(&config, &clock);
-    let app = TestApp::assemble(Arc::new(dir), config, store, clock);
+    let (app, ()) = without_password(|store| (store, ()));
     let token = app
         .state
         .owner
