@@ -1486,15 +1486,15 @@ impl Web {
             session,
             _dir: dir,
         };
-        let listed = web
-            .app
-            .send(
-                web.post()
-                    .body(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})),
-            )
-            .await;
+        let listed = web.list_tools(2).await;
         assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
         web
+    }
+
+    /// `tools/list` in the session, as clients do.
+    async fn list_tools(&self, id: u64) -> Answer {
+        let listing = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+        self.app.send(self.post().body(listing)).await
     }
 
     /// A POST in the session.
@@ -1976,13 +1976,7 @@ async fn a_long_streamed_call_keeps_its_session_open() {
     });
     // Past the idle timeout, while the call still streams.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listed = web
-        .app
-        .send(
-            web.post()
-                .body(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})),
-        )
-        .await;
+    let listed = web.list_tools(4).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     // Only now may the call end: the listing above came while it streamed, however
     // slow this machine is.
@@ -2053,13 +2047,7 @@ async fn a_session_its_client_left_closes_though_the_upstream_keeps_talking() {
     tokio::time::timeout(Duration::from_secs(10), freed)
         .await
         .expect("the session's place given back");
-    let again = web
-        .app
-        .send(
-            web.post()
-                .body(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})),
-        )
-        .await;
+    let again = web.list_tools(4).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(endpoint.live_sessions().await, 1);
 }
